@@ -1,0 +1,21 @@
+"""Typed errors: the CLI turns any of these into a one-line message instead of a traceback."""
+
+
+class MiceError(Exception):
+    """Base class for every error the toolkit raises on bad input."""
+
+
+class MaskError(MiceError, ValueError):
+    """An interaction mask (preset, rule or JSON file) is invalid; the message names the rule at fault."""
+
+
+class DataError(MiceError, ValueError):
+    """A dataset, run or qrels file is malformed; the message names file and line."""
+
+
+class ModelError(MiceError, ValueError):
+    """A model cannot be loaded or does not fit what was asked of it."""
+
+
+class IndexError_(MiceError, ValueError):
+    """A document-state index is corrupt or was built by another model."""
