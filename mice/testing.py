@@ -46,8 +46,12 @@ def _roberta_tokenizer(folder: Path):
 
 
 def tiny_cross_encoder(folder, family: str = "bert", num_layers: int = 2, hidden: int = 32, heads: int = 4,
-                       intermediate: int = 64, seed: int = 0, num_labels: int = 1) -> Path:
-    """Build and save a tiny random `...ForSequenceClassification` model of `family` (bert|electra|roberta)."""
+                       intermediate: int = 64, seed: int = 0, num_labels: int = 1, init_range: float = 0.2) -> Path:
+    """Build and save a tiny random `...ForSequenceClassification` model of `family` (bert|electra|roberta).
+
+    `init_range` is larger than HF's default so that random models give clearly distinct scores and a wrong
+    knockout shows up far above test tolerances.
+    """
     import torch
     from transformers import (BertConfig, BertForSequenceClassification, ElectraConfig,
                               ElectraForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
@@ -56,7 +60,7 @@ def tiny_cross_encoder(folder, family: str = "bert", num_layers: int = 2, hidden
     folder.mkdir(parents=True, exist_ok=True)
     common = dict(num_hidden_layers=num_layers, hidden_size=hidden, num_attention_heads=heads,
                   intermediate_size=intermediate, max_position_embeddings=128, num_labels=num_labels,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=init_range)
     torch.manual_seed(seed)
     if family == "bert":
         _bert_tokenizer_files(folder)

@@ -18,6 +18,26 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+
+@app.callback()
+def _quiet_hf() -> None:
+    """Keep command output machine-readable: HF load reports and progress bars off unless asked for."""
+    quiet_hf()
+
+
+def quiet_hf() -> None:
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+
+
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     _module = importlib.import_module(f"{__name__}.{_info.name}")
     if hasattr(_module, "register"):

@@ -1,0 +1,339 @@
+"""A Hugging Face cross-encoder opened up as a TransformerLens `HookedRootModule`.
+
+The HF `…ForSequenceClassification` model is kept as is; we register our own attention function with
+`transformers.AttentionInterface`, so the HF attention modules compute scores → mask → softmax → values through
+`HookPoint`s. Edits made in hooks are honoured (unlike the TransformerLens bridge for BERT), and interaction
+masks and knockouts are applied in the same place, in either mode:
+
+- `renorm`: blocked scores are set to -inf before the softmax (what training masks do);
+- `zero`: blocked weights are zeroed after the softmax, without renormalising.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from .errors import MaskError, ModelError
+from .masks import InteractionMask
+from .segments import PairBatch, encode_pairs
+
+ATTN_NAME = "mice_hooked"
+MODES = ("renorm", "zero")
+
+
+class _ForwardState:
+    """What the attention function needs to know about the forward pass in progress (mask, mode, segments)."""
+
+    def __init__(self):
+        self.mask: InteractionMask | None = None
+        self.mode: str = "renorm"
+        self.segment_ids: torch.Tensor | None = None
+        self._compiled: dict[bytes, torch.Tensor] = {}
+
+    def allow(self, layer: int) -> torch.Tensor | None:
+        if self.mask is None or self.segment_ids is None:
+            return None
+        table = self.mask.tables[layer]
+        key = table.tobytes()
+        if key not in self._compiled:
+            self._compiled[key] = self.mask.compile(self.segment_ids, layer)
+        return self._compiled[key]
+
+
+class HookedAttention(nn.Module):
+    """Hook points of one attention layer (TransformerLens names and shapes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos], before softmax
+        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos], after softmax (and zero-mode mask)
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head], per-head output before the output projection
+
+
+class HookedBlock(nn.Module):
+    def __init__(self, layer: int, state: _ForwardState):
+        super().__init__()
+        self.layer = layer
+        self.hook_resid_pre = HookPoint()
+        self.attn = HookedAttention()
+        self.hook_resid_post = HookPoint()
+        object.__setattr__(self, "state", state)  # plain attribute, not a submodule
+
+
+def hooked_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Drop-in for HF's eager attention, routed through the block's hook points."""
+    block: HookedBlock | None = module.__dict__.get("_mice_block")
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    allow = block.state.allow(block.layer) if block is not None else None
+    mode = block.state.mode if block is not None else "renorm"
+    if allow is not None and mode == "renorm":
+        scores = scores.masked_fill(~allow.unsqueeze(1), float("-inf"))
+    if block is not None:
+        scores = block.attn.hook_attn_scores(scores)
+    pattern = torch.softmax(scores, dim=-1)
+    if allow is not None and mode == "zero":
+        pattern = pattern * allow.unsqueeze(1).to(pattern.dtype)
+    if block is not None:
+        pattern = block.attn.hook_pattern(pattern)
+    weights = nn.functional.dropout(pattern, p=dropout, training=module.training)
+    z = torch.matmul(weights, value).transpose(1, 2).contiguous()  # [B, T, H, d]
+    if block is not None:
+        z = block.attn.hook_z(z)
+    return z, pattern
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTN_NAME, hooked_attention_forward)
+    # Without a registered mask function HF passes no padding mask to a custom attention function.
+    AttentionMaskInterface.register(ATTN_NAME, eager_mask)
+
+
+_register()
+
+
+class HookedCrossEncoder(HookedRootModule):
+    """A cross-encoder with TransformerLens hooks, interaction masks and sentence-transformers verbs."""
+
+    def __init__(self, model, tokenizer, max_length: int | None = None, device=None):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.base = getattr(model, model.base_model_prefix)
+        if not hasattr(self.base, "encoder") or not hasattr(self.base.encoder, "layer"):
+            raise ModelError(f"{type(model).__name__}: expected a BERT-family encoder (…encoder.layer); "
+                             "supported: BERT/MiniLM, ELECTRA, RoBERTa")
+        self.layers = self.base.encoder.layer
+        self.n_layers = len(self.layers)
+        self.n_heads = model.config.num_attention_heads
+        limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512,
+                    model.config.max_position_embeddings - (2 if model.config.model_type in ("roberta", "xlm-roberta") else 0))
+        self.max_length = min(max_length or limit, limit)
+        self._state = _ForwardState()
+        self.blocks = nn.ModuleList(HookedBlock(l, self._state) for l in range(self.n_layers))
+        for l, layer in enumerate(self.layers):
+            object.__setattr__(layer.attention.self, "_mice_block", self.blocks[l])
+        self._orig_attn = model.config._attn_implementation
+        model.set_attn_implementation(ATTN_NAME)
+        self._default_mask: tuple[InteractionMask | None, str] = (None, "renorm")
+        self.setup()
+        self.model.eval()
+        if device is not None:
+            self.to(device)
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, name_or_path, max_length: int | None = None, device=None, num_labels: int = 1,
+                        **model_kwargs) -> "HookedCrossEncoder":
+        """Load any HF `…ForSequenceClassification` cross-encoder (or a bare encoder, with a fresh head)."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        from .backbone import resolve_model_path
+
+        path = resolve_model_path(name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(path)
+            archs = config.architectures or []
+            if not any(a.endswith("ForSequenceClassification") for a in archs):
+                config.num_labels = num_labels  # bare encoder: the classifier head starts fresh
+            model = AutoModelForSequenceClassification.from_pretrained(path, config=config, **model_kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except OSError as err:
+            raise ModelError(f"cannot load cross-encoder {name_or_path!r}: {err}") from None
+        model.name_or_path = str(name_or_path)
+        return cls(model, tokenizer, max_length=max_length, device=device)
+
+    def save_pretrained(self, path) -> None:
+        """A plain HF folder (config, safetensors weights, tokenizer) loadable without this toolkit."""
+        self.model.config._attn_implementation = self._orig_attn
+        try:
+            self.model.save_pretrained(path)
+        finally:
+            self.model.config._attn_implementation = ATTN_NAME
+        self.tokenizer.save_pretrained(path)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def config(self):
+        return self.model.config
+
+    # ------------------------------------------------------------------ masks
+    def resolve_mask(self, mask) -> InteractionMask | None:
+        """An InteractionMask, a preset spec (`mask3:k=2`), a JSON path, or None."""
+        if mask is None or isinstance(mask, InteractionMask):
+            m = mask
+        else:
+            m = InteractionMask.parse(str(mask), self.n_layers)
+        if m is not None and m.num_layers != self.n_layers:
+            raise MaskError(f"mask {m.name!r} has {m.num_layers} layers, the model has {self.n_layers}")
+        return m
+
+    @contextlib.contextmanager
+    def using_mask(self, mask, mode: str = "renorm"):
+        """Make `mask` the default for every forward/predict/rank inside the block."""
+        previous = self._default_mask
+        self._default_mask = (self.resolve_mask(mask), _check_mode(mode))
+        try:
+            yield self
+        finally:
+            self._default_mask = previous
+
+    def set_mask(self, mask, mode: str = "renorm") -> None:
+        """Make `mask` the default from now on (e.g. to train a masked cross-encoder)."""
+        self._default_mask = (self.resolve_mask(mask), _check_mode(mode))
+
+    def _mask_and_mode(self, mask, mode):
+        if mask is None and mode is None:
+            return self._default_mask
+        m = self.resolve_mask(mask) if mask is not None else self._default_mask[0]
+        return m, _check_mode(mode or self._default_mask[1])
+
+    # ------------------------------------------------------------------ forward pieces
+    def tokenize(self, pairs: Sequence[Sequence[str]]) -> PairBatch:
+        queries = [p[0] for p in pairs]
+        docs = [p[1] for p in pairs]
+        return encode_pairs(self.tokenizer, queries, docs, self.max_length).to(self.device)
+
+    def _as_batch(self, batch_or_pairs) -> PairBatch:
+        if isinstance(batch_or_pairs, dict):
+            return batch_or_pairs
+        return self.tokenize(batch_or_pairs)
+
+    def embed(self, batch) -> torch.Tensor:
+        """Residual stream entering layer 0."""
+        h = self.base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        project = getattr(self.base, "embeddings_project", None)
+        return project(h) if project is not None else h
+
+    def padding_mask(self, batch, dtype: torch.dtype) -> torch.Tensor:
+        """Additive [B, 1, 1, T] key-padding mask, as HF's eager path builds it."""
+        keep = batch["attention_mask"][:, None, None, :].to(torch.bool)
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+    def run_layers(self, resid: torch.Tensor, batch, start: int = 0, end: int | None = None, mask=None,
+                   mode: str | None = None) -> torch.Tensor:
+        """Layers [start, end) on a residual stream: lets sweeps resume from a cached clean stream."""
+        m, md = self._mask_and_mode(mask, mode)
+        end = self.n_layers if end is None else end
+        pad = self.padding_mask(batch, resid.dtype)
+        state = self._state
+        state.mask, state.mode, state.segment_ids, state._compiled = m, md, batch["segment_ids"], {}
+        try:
+            for l in range(start, end):
+                block = self.blocks[l]
+                resid = block.hook_resid_pre(resid)
+                out = self.layers[l](resid, pad)
+                resid = block.hook_resid_post(out[0] if isinstance(out, tuple) else out)
+        finally:
+            state.mask, state.segment_ids, state._compiled = None, None, {}
+        return resid
+
+    def score_head(self, resid: torch.Tensor) -> torch.Tensor:
+        """The model's own classification head on the final stream; one raw score per pair."""
+        model = self.model
+        pooler = getattr(self.base, "pooler", None)
+        if isinstance(model.classifier, nn.Linear) and pooler is not None:
+            logits = model.classifier(model.dropout(pooler(resid)))
+        else:
+            logits = model.classifier(resid)
+        if logits.shape[-1] == 1:
+            return logits[:, 0]
+        if logits.shape[-1] == 2:  # binary head: log-odds of the relevant class
+            return logits[:, 1] - logits[:, 0]
+        raise ModelError(f"classifier has {logits.shape[-1]} labels; a re-ranker needs 1 (score) or 2 (binary)")
+
+    def forward(self, batch_or_pairs, mask=None, mode: str | None = None) -> torch.Tensor:
+        """Raw scores [B] (differentiable). `batch_or_pairs`: a tokenised batch or a list of (query, doc)."""
+        batch = self._as_batch(batch_or_pairs)
+        resid = self.embed(batch)
+        resid = self.run_layers(resid, batch, 0, None, mask=mask, mode=mode)
+        return self.score_head(resid)
+
+    # ------------------------------------------------------------------ sentence-transformers verbs
+    @torch.no_grad()
+    def predict(self, pairs: Sequence[Sequence[str]], batch_size: int = 32, mask=None, mode: str | None = None,
+                show_progress_bar: bool = False, **_) -> np.ndarray:
+        """Raw scores for (query, doc) pairs, batched by length (order preserved)."""
+        pairs = [tuple(p) for p in pairs]
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        m, md = self._mask_and_mode(mask, mode)
+        order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
+        out = np.empty(len(pairs), dtype=np.float32)
+        starts = range(0, len(pairs), batch_size)
+        if show_progress_bar:
+            from rich.progress import track
+
+            starts = track(starts, description="scoring")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for s in starts:
+                idx = order[s:s + batch_size]
+                scores = self.forward([pairs[i] for i in idx], mask=m, mode=md)
+                out[idx] = scores.float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
+             batch_size: int = 32, mask=None, mode: str | None = None, **_) -> list[dict]:
+        """Documents sorted by score, as sentence-transformers' `CrossEncoder.rank` returns them."""
+        scores = self.predict([(query, d) for d in documents], batch_size=batch_size, mask=mask, mode=mode)
+        order = np.argsort(-scores, kind="stable")[: top_k or len(documents)]
+        return [{"corpus_id": int(i), "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
+                for i in order]
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise MaskError(f"unknown knockout mode {mode!r} (modes: {', '.join(MODES)})")
+    return mode
+
+
+def knockout_hook(allow: torch.Tensor, mode: str = "renorm"):
+    """A TransformerLens hook `(tensor, hook) -> tensor` knocking out every position where `allow` is False.
+
+    `allow` broadcasts to [B, H, T, T]. Attach it to `hook_attn_scores` for `renorm`, `hook_pattern` for `zero`.
+    """
+    def hook(tensor, hook=None):
+        if mode == "renorm":
+            return tensor.masked_fill(~allow, float("-inf"))
+        return tensor * allow.to(tensor.dtype)
+
+    return hook
+
+
+def knockout_hooks(model: HookedCrossEncoder, batch, mask: InteractionMask, mode: str = "renorm",
+                   heads: Iterable[int] | None = None) -> list:
+    """`fwd_hooks` list applying `mask` through hooks (optionally only to some heads) — same result as passing it."""
+    name = "hook_attn_scores" if mode == "renorm" else "hook_pattern"
+    hooks = []
+    for l in range(model.n_layers):
+        if mask.tables[l].all() or np.array_equal(mask.tables[l], InteractionMask.full(mask.num_layers).tables[l]):
+            continue
+        allow = mask.compile(batch["segment_ids"], l).unsqueeze(1)  # [B, 1, T, T]
+        if heads is not None:
+            sel = torch.zeros(model.n_heads, dtype=torch.bool, device=allow.device)
+            sel[list(heads)] = True
+            allow = allow | ~sel[None, :, None, None]
+        hooks.append((f"blocks.{l}.attn.{name}", knockout_hook(allow, mode)))
+    return hooks
