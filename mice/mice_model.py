@@ -1,0 +1,655 @@
+"""MICE-ℓa+b: a Minimal Interaction Cross-Encoder built from a BERT-family cross-encoder.
+
+Query and document are tokenised separately (`[CLS] q [SEP]`, `[CLS] d [SEP]`) and each runs through the
+backbone's embeddings and first `a` layers alone (shared weights, plain padding masks). The document's
+layer-`a` hidden states ("doc states") are all the upper part needs, so they can be computed offline and
+stored (see `mice.index`). Then `b` *interaction layers*, initialised from backbone layers a…a+b-1, run on the
+query side only:
+
+1. query self-attention (the layer's own attention incl. its output dense + LayerNorm); query tokens do not
+   attend `[CLS]`, `[CLS]` attends the query tokens and itself, padding is masked;
+2. cross-attention from the query tokens to the layer-`a` document states, through a NEW attention block per
+   layer initialised as a copy of that layer's self-attention; `[CLS]` does not read the document: its row
+   passes through this sublayer unchanged (no attention output, no dense, no LayerNorm);
+3. the layer's feed-forward block (intermediate + output).
+
+The score is the source model's own head (BERT: pooler + dropout + classifier) on the query `[CLS]`, a raw
+logit. Layers above a+b are dropped.
+
+Token types: the query gets token type 0 and the document token type 1 (when the backbone has two token types),
+which is how the source cross-encoder saw them in a pair; positions restart at 0 in each sequence.
+
+Known consequences, asserted in the tests: with b = 1 the `[CLS]` never sees the document (it reads the query
+before the query reads the document), so the score does not depend on the document; more generally the last
+interaction layer's cross-attention cannot reach the score (`[CLS]` reads the query *before* it, and the
+feed-forward is per token), so its block always gets a zero gradient and inference skips it.
+
+The query side that does not depend on the document (embeddings, the `a` contextual layers and the first
+interaction layer's self-attention) is `encode_query`; it is computed once per query and broadcast to all its
+candidate documents (`interact` accepts one query for N documents).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .errors import ModelError
+
+FORMAT = "mice-model/1"
+_ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
+_SUPPORTED = ("bert", "electra") + _ROBERTA_LIKE
+
+
+@dataclass
+class MICEConfig:
+    """What makes a MICE model besides the backbone's HF config; saved under the "mice" key of config.json."""
+
+    contextual_layers: int
+    interaction_layers: int
+    source: str = ""
+    max_query_length: int = 64
+    max_doc_length: int = 512
+    query_token_type: int = 0
+    doc_token_type: int = 1
+    mask: str | None = None
+    format: str = FORMAT
+
+    @classmethod
+    def from_dict(cls, obj: dict) -> "MICEConfig":
+        known = {k: v for k, v in obj.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class DocStates:
+    """Layer-`a` document states, padded: `hidden` [N, Ld, H] and `mask` [N, Ld] (bool, True = real token).
+
+    A padded batch (not a list of ragged tensors) because that is what attention consumes; `from_list` pads a
+    list of per-document [L_i, H] tensors and `unpadded` gives them back.
+    """
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.hidden.shape[0])
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(dim=1)
+
+    def select(self, index) -> "DocStates":
+        """Documents at `index` (list, slice or tensor), trimmed to their own longest length."""
+        if isinstance(index, slice):
+            hidden, mask = self.hidden[index], self.mask[index]
+        else:
+            idx = torch.as_tensor(index, dtype=torch.long, device=self.hidden.device)
+            hidden, mask = self.hidden.index_select(0, idx), self.mask.index_select(0, idx)
+        keep = int(mask.sum(dim=1).max().item()) if len(mask) else 0
+        return DocStates(hidden[:, :keep], mask[:, :keep])
+
+    def to(self, device=None, dtype=None) -> "DocStates":
+        return DocStates(self.hidden.to(device=device, dtype=dtype), self.mask.to(device=device))
+
+    def unpadded(self) -> list[torch.Tensor]:
+        return [h[: int(n)] for h, n in zip(self.hidden, self.lengths.tolist())]
+
+    @classmethod
+    def from_list(cls, states: Sequence[torch.Tensor], dtype=None, device=None) -> "DocStates":
+        if not len(states):
+            raise ModelError("DocStates.from_list: no documents")
+        width = max(int(s.shape[0]) for s in states)
+        hdim = int(states[0].shape[-1])
+        dtype = dtype or states[0].dtype
+        device = device or states[0].device
+        hidden = torch.zeros(len(states), width, hdim, dtype=dtype, device=device)
+        mask = torch.zeros(len(states), width, dtype=torch.bool, device=device)
+        for i, s in enumerate(states):
+            n = int(s.shape[0])
+            hidden[i, :n] = torch.as_tensor(s).to(device=device, dtype=dtype)
+            mask[i, :n] = True
+        return cls(hidden, mask)
+
+    @classmethod
+    def cat(cls, parts: Sequence["DocStates"]) -> "DocStates":
+        return cls.from_list([h for p in parts for h in p.unpadded()])
+
+
+@dataclass
+class QueryStates:
+    """The document-independent query side: hidden [B, Lq, H] after the first interaction layer's
+    self-attention sublayer, and the query padding mask [B, Lq] (bool)."""
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.hidden.shape[0])
+
+
+def _quiet_transformers():
+    import transformers
+
+    class _Quiet:
+        def __enter__(self):
+            self.level = transformers.logging.get_verbosity()
+            transformers.logging.set_verbosity_error()
+            try:
+                transformers.utils.logging.disable_progress_bar()
+            except Exception:  # pragma: no cover - older transformers
+                pass
+
+        def __exit__(self, *exc):
+            transformers.logging.set_verbosity(self.level)
+            try:
+                transformers.utils.logging.enable_progress_bar()
+            except Exception:  # pragma: no cover
+                pass
+
+    return _Quiet()
+
+
+def attend(attn_self: nn.Module, hq: torch.Tensor, hkv: torch.Tensor, mask: torch.Tensor | None,
+           dropout_p: float = 0.0) -> torch.Tensor:
+    """Multi-head attention of `hq` over `hkv` with a BERT self-attention module's projections.
+
+    `mask` is boolean, broadcastable to [B, heads, Lq, Lk], True = may attend. Returns the context [B, Lq, H]
+    (before the output dense), like `BertSelfAttention`.
+    """
+    b, lq, _ = hq.shape
+    lk = hkv.shape[1]
+    heads, dh = attn_self.num_attention_heads, attn_self.attention_head_size
+    q = attn_self.query(hq).view(b, lq, heads, dh).transpose(1, 2)
+    k = attn_self.key(hkv).view(hkv.shape[0], lk, heads, dh).transpose(1, 2)
+    v = attn_self.value(hkv).view(hkv.shape[0], lk, heads, dh).transpose(1, 2)
+    if k.shape[0] != b:  # one key/value set broadcast over a batch of queries, or the reverse
+        k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=attn_self.scaling)
+    return ctx.transpose(1, 2).reshape(b, lq, heads * dh)
+
+
+class MICEModel(nn.Module):
+    """MICE-ℓa+b (see the module docstring). Build with `from_cross_encoder`, load with `from_pretrained`.
+
+    `forward(query_batch, doc_batch=None, doc_states=None) -> Tensor[B]` is differentiable; `predict`, `rank`
+    and `save_pretrained` follow sentence-transformers' `CrossEncoder`.
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer, mice_config: MICEConfig,
+                 cross: nn.ModuleList | None = None):
+        super().__init__()
+        model_type = getattr(backbone.config, "model_type", "")
+        if model_type not in _SUPPORTED:
+            raise ModelError(f"MICE needs a BERT-family encoder ({', '.join(_SUPPORTED)}); got {model_type!r}")
+        a, b = mice_config.contextual_layers, mice_config.interaction_layers
+        layers = backbone.base_model.encoder.layer
+        if a < 0 or b < 1 or a + b > len(layers):
+            raise ModelError(f"MICE-ℓ{a}+{b} does not fit a backbone with {len(layers)} layers "
+                             f"(need a >= 0, b >= 1, a + b <= {len(layers)})")
+        if len(layers) > a + b:  # the layers above a+b are dropped
+            backbone.base_model.encoder.layer = nn.ModuleList(list(layers)[: a + b])
+            backbone.config.num_hidden_layers = a + b
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.mice_config = mice_config
+        if cross is None:  # a new cross-attention block per interaction layer, copied from its self-attention
+            cross = nn.ModuleList(copy.deepcopy(backbone.base_model.encoder.layer[a + j].attention)
+                                  for j in range(b))
+        self.cross = cross
+
+    # ----------------------------------------------------------------------------------------- properties
+    @property
+    def config(self):
+        """The backbone's Hugging Face config (truncated to a+b layers)."""
+        return self.backbone.config
+
+    @property
+    def base(self) -> nn.Module:
+        return self.backbone.base_model
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.backbone.base_model.encoder.layer
+
+    @property
+    def contextual_layers(self) -> int:
+        return self.mice_config.contextual_layers
+
+    @property
+    def interaction_layers(self) -> int:
+        return self.mice_config.interaction_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def name(self) -> str:
+        return f"MICE-ℓ{self.contextual_layers}+{self.interaction_layers}"
+
+    def __repr__(self) -> str:  # the nn.Module repr of a whole BERT is not what a notebook user wants
+        return (f"MICEModel({self.name}, source={self.mice_config.source!r}, hidden={self.hidden_size}, "
+                f"heads={self.num_heads}, max_query_length={self.mice_config.max_query_length}, "
+                f"max_doc_length={self.mice_config.max_doc_length})")
+
+    # ---------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_cross_encoder(cls, name_or_path, contextual_layers: int = 3, interaction_layers: int = 3,
+                           max_query_length: int | None = None, max_doc_length: int | None = None,
+                           mask=None, device=None, seed: int = 0) -> "MICEModel":
+        """MICE-ℓa+b from a `...ForSequenceClassification` folder, or a bare encoder (`BertModel`): then the
+        pooler comes from the encoder and the classifier is fresh (1 label, initialised under `seed`)."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        from .backbone import resolve_model_path
+
+        path = resolve_model_path(name_or_path)
+        try:
+            hf_config = AutoConfig.from_pretrained(path)
+        except Exception as err:  # noqa: BLE001 - surface as a typed error
+            raise ModelError(f"cannot load a model config from {name_or_path!r}: {err}") from err
+        archs = hf_config.architectures or []
+        bare = not any(a.endswith("ForSequenceClassification") for a in archs)
+        kwargs = {"num_labels": 1} if bare else {}
+        with _quiet_transformers(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = AutoModelForSequenceClassification.from_pretrained(
+                path, attn_implementation="eager", **kwargs)
+        if int(backbone.config.num_labels) != 1:
+            raise ModelError(f"{name_or_path}: MICE scores with a 1-logit head; this model has "
+                             f"{backbone.config.num_labels} labels")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        mcfg = MICEConfig(contextual_layers=int(contextual_layers), interaction_layers=int(interaction_layers),
+                          source=str(name_or_path), mask=getattr(mask, "name", mask))
+        cls._set_lengths(mcfg, backbone.config, tokenizer, max_query_length, max_doc_length)
+        if int(getattr(backbone.config, "type_vocab_size", 1) or 1) < 2:
+            mcfg.doc_token_type = 0
+        model = cls(backbone, tokenizer, mcfg)
+        model.eval()
+        return model.to(device) if device is not None else model
+
+    @staticmethod
+    def _position_limit(hf_config) -> int:
+        limit = int(getattr(hf_config, "max_position_embeddings", 512))
+        if getattr(hf_config, "model_type", "") in _ROBERTA_LIKE:
+            limit -= int(hf_config.pad_token_id or 1) + 1
+        return limit
+
+    @classmethod
+    def _set_lengths(cls, mcfg: MICEConfig, hf_config, tokenizer, max_query_length, max_doc_length) -> None:
+        limit = min(cls._position_limit(hf_config), 512)
+        tok_limit = getattr(tokenizer, "model_max_length", None)
+        if isinstance(tok_limit, int) and 0 < tok_limit < limit:
+            limit = tok_limit
+        if max_doc_length is not None:
+            mcfg.max_doc_length = int(max_doc_length)
+        elif mcfg.max_doc_length > limit or not mcfg.max_doc_length:
+            mcfg.max_doc_length = limit
+        if max_query_length is not None:
+            mcfg.max_query_length = int(max_query_length)
+        mcfg.max_query_length = min(mcfg.max_query_length, limit)
+        for what, n in (("max_query_length", mcfg.max_query_length), ("max_doc_length", mcfg.max_doc_length)):
+            if n < 2 or n > cls._position_limit(hf_config):
+                raise ModelError(f"{what}={n} outside [2, {cls._position_limit(hf_config)}] for this backbone")
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, max_length: int | None = None,
+                        max_query_length: int | None = None, max_doc_length: int | None = None) -> "MICEModel":
+        """Load a folder written by `save_pretrained` (config.json with a "mice" key, safetensors weights)."""
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.exists():
+            raise ModelError(f"{path}: no config.json (not a saved model folder)")
+        raw = json.loads(cfg_file.read_text())
+        if "mice" not in raw:
+            raise ModelError(f"{cfg_file}: no \"mice\" key; use MICEModel.from_cross_encoder for a cross-encoder")
+        mcfg = MICEConfig.from_dict(raw.pop("mice"))
+        if mcfg.format != FORMAT:
+            raise ModelError(f"{cfg_file}: unknown MICE format {mcfg.format!r} (expected {FORMAT!r})")
+        model_type = raw.pop("model_type", None)
+        if model_type is None:
+            raise ModelError(f"{cfg_file}: no model_type")
+        hf_config = AutoConfig.for_model(model_type, **raw)
+        hf_config._attn_implementation = "eager"
+        with _quiet_transformers():
+            backbone = AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        cls._set_lengths(mcfg, hf_config, tokenizer, max_query_length,
+                         max_doc_length if max_doc_length is not None else max_length)
+        model = cls(backbone, tokenizer, mcfg)
+        weights = path / "model.safetensors"
+        if not weights.exists():
+            raise ModelError(f"{path}: no model.safetensors")
+        state = {_from_file_key(k): v for k, v in load_file(str(weights)).items()}
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ModelError(f"{weights}: weights do not match {model.name} "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        return model.to(device) if device is not None else model
+
+    def _weights_for_saving(self) -> dict[str, torch.Tensor]:
+        """HF key names for the backbone (the folder reads like a truncated cross-encoder: `bert.…`,
+        `classifier.…`) plus `mice_cross.{j}.…` for the cross-attention blocks."""
+        return {_to_file_key(k): v.detach().contiguous() for k, v in self.state_dict().items()}
+
+    def save_pretrained(self, path) -> Path:
+        """Plain folder: model.safetensors, tokenizer files, config.json = backbone config + "mice" key.
+
+        config.json is written last, so a folder with a config.json is complete."""
+        from safetensors.torch import save_file
+
+        from .files import atomic_path, write_json_atomic
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_file({k: v.cpu() for k, v in self._weights_for_saving().items()}, str(tmp),
+                      metadata={"format": "pt", "mice": FORMAT})
+        self.tokenizer.save_pretrained(str(path))
+        cfg = self.config.to_dict()
+        cfg["architectures"] = [type(self.backbone).__name__]
+        cfg.pop("_attn_implementation_autoset", None)
+        cfg["mice"] = asdict(self.mice_config)
+        write_json_atomic(path / "config.json", cfg)
+        return path
+
+    # ----------------------------------------------------------------------------------------- tokenising
+    def _tokenize(self, texts: Sequence[str], max_length: int, token_type: int) -> dict:
+        texts = [str(t) for t in texts]
+        enc = self.tokenizer(texts, truncation=True, max_length=max_length, padding=True,
+                             return_tensors="pt", return_token_type_ids=False)
+        ids = enc["input_ids"].to(self.device)
+        return {"input_ids": ids, "attention_mask": enc["attention_mask"].to(self.device),
+                "token_type_ids": torch.full_like(ids, token_type)}
+
+    def tokenize_queries(self, queries: Sequence[str]) -> dict:
+        """`[CLS] q [SEP]` per query, padded, token type 0, on the model's device."""
+        return self._tokenize(queries, self.mice_config.max_query_length, self.mice_config.query_token_type)
+
+    def tokenize_documents(self, docs: Sequence[str]) -> dict:
+        """`[CLS] d [SEP]` per document, padded, token type 1 (0 if the backbone has one type)."""
+        return self._tokenize(docs, self.mice_config.max_doc_length, self.mice_config.doc_token_type)
+
+    # ------------------------------------------------------------------------------------------ the model
+    def _dropout_p(self) -> float:
+        return float(self.config.attention_probs_dropout_prob) if self.training else 0.0
+
+    def _embed(self, batch: dict) -> torch.Tensor:
+        h = self.base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        project = getattr(self.base, "embeddings_project", None)  # ELECTRA's small embeddings
+        return project(h) if project is not None else h
+
+    def _self_block(self, layer: nn.Module, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx = attend(layer.attention.self, h, h, mask, self._dropout_p())
+        return layer.attention.output(ctx, h)
+
+    @staticmethod
+    def _ffn(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return layer.output(layer.intermediate(h), h)
+
+    def contextualize(self, batch: dict) -> torch.Tensor:
+        """Embeddings and the first `a` layers of one side alone (plain padding mask): [B, L, H]."""
+        h = self._embed(batch)
+        mask = batch["attention_mask"].bool()[:, None, None, :]
+        for layer in self.layers[: self.contextual_layers]:
+            h = self._ffn(layer, self._self_block(layer, h, mask))
+        return h
+
+    @staticmethod
+    def query_self_mask(query_mask: torch.Tensor) -> torch.Tensor:
+        """[B, 1, Lq, Lq] bool: every row attends real tokens, except that rows > 0 do not attend `[CLS]`."""
+        lq = query_mask.shape[1]
+        allowed = query_mask.bool()[:, None, None, :].expand(-1, 1, lq, lq).clone()
+        allowed[:, :, 1:, 0] = False
+        return allowed
+
+    def _to_batch(self, batch, kind: str) -> dict:
+        if isinstance(batch, str):
+            batch = [batch]
+        if isinstance(batch, (list, tuple)):
+            return self.tokenize_queries(batch) if kind == "query" else self.tokenize_documents(batch)
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in dict(batch).items()}
+
+    def encode_query(self, query_batch) -> QueryStates:
+        """The document-independent query side, computed once per query: embeddings, the `a` contextual
+        layers and the first interaction layer's self-attention sublayer. `query_batch`: texts or tokens."""
+        batch = self._to_batch(query_batch, "query")
+        if "token_type_ids" not in batch:
+            batch["token_type_ids"] = torch.full_like(batch["input_ids"], self.mice_config.query_token_type)
+        qmask = batch["attention_mask"].bool()
+        h = self.contextualize(batch)
+        layer = self.layers[self.contextual_layers]
+        h = self._self_block(layer, h, self.query_self_mask(qmask))
+        return QueryStates(h, qmask)
+
+    def encode_doc_batch(self, doc_batch) -> DocStates:
+        """Layer-`a` states of a tokenised (or raw text) document batch, with gradients if enabled."""
+        batch = self._to_batch(doc_batch, "doc")
+        if "token_type_ids" not in batch:
+            batch["token_type_ids"] = torch.full_like(batch["input_ids"], self.mice_config.doc_token_type)
+        return DocStates(self.contextualize(batch), batch["attention_mask"].bool())
+
+    def cross_block(self, j: int, h: torch.Tensor, doc: DocStates) -> torch.Tensor:
+        """Interaction layer j's cross-attention sublayer: query tokens (rows > 0) read the document states;
+        the `[CLS]` row passes through unchanged."""
+        tokens = h[:, 1:]
+        ctx = attend(self.cross[j].self, tokens, doc.hidden, doc.mask[:, None, None, :], self._dropout_p())
+        return torch.cat([h[:, :1], self.cross[j].output(ctx, tokens)], dim=1)
+
+    def interact(self, query: QueryStates, doc: DocStates) -> torch.Tensor:
+        """Scores [N] from document-independent query states (B = N, or B = 1 shared by all N documents)."""
+        n = len(doc)
+        h, qmask = query.hidden, query.mask
+        if len(query) != n:
+            if len(query) != 1:
+                raise ModelError(f"{len(query)} queries for {n} documents (need equal counts or one query)")
+            h, qmask = h.expand(n, -1, -1), qmask.expand(n, -1)
+        if doc.hidden.dtype != h.dtype:
+            doc = DocStates(doc.hidden.to(h.dtype), doc.mask)
+        smask = self.query_self_mask(qmask)
+        a, b = self.contextual_layers, self.interaction_layers
+        # Only `[CLS]` reaches the head and `[CLS]` never reads the document, so in the last interaction layer
+        # only its row matters: the last cross-attention is dead weight. Without autograd we skip it (same
+        # scores); with autograd it runs, so every parameter gets a (zero) gradient, as DDP expects.
+        shortcut = not torch.is_grad_enabled()
+        for j in range(b):
+            layer = self.layers[a + j]
+            if j == b - 1 and shortcut:
+                if j > 0:
+                    ctx = attend(layer.attention.self, h[:, :1], h, smask[:, :, :1], self._dropout_p())
+                    h = layer.attention.output(ctx, h[:, :1])
+                else:
+                    h = h[:, :1]
+                h = self._ffn(layer, h)
+                break
+            if j > 0:
+                h = self._self_block(layer, h, smask)
+            h = self.cross_block(j, h, doc)
+            h = self._ffn(layer, h)
+        return self.head(h)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """The source model's scoring head on the query `[CLS]`: a raw logit per row, [B]."""
+        bb = self.backbone
+        pooler = getattr(self.base, "pooler", None)
+        if pooler is not None and isinstance(getattr(bb, "classifier", None), nn.Linear):
+            logits = bb.classifier(bb.dropout(pooler(h)))
+        else:  # ELECTRA / RoBERTa heads read position 0 of the sequence themselves
+            logits = bb.classifier(h)
+        return logits[..., 0]
+
+    def forward(self, query_batch, doc_batch=None, doc_states: DocStates | None = None) -> torch.Tensor:
+        """Scores [B] (raw logits, differentiable). Documents either tokenised/texts in `doc_batch` (encoded in
+        the same call) or precomputed `doc_states`. One query may be paired with all documents."""
+        if (doc_batch is None) == (doc_states is None):
+            raise ModelError("forward needs exactly one of doc_batch or doc_states")
+        doc = doc_states if doc_states is not None else self.encode_doc_batch(doc_batch)
+        doc = doc.to(self.device)
+        return self.interact(self.encode_query(query_batch), doc)
+
+    # ------------------------------------------------------------------------------- sentence-transformers
+    def encode_documents(self, texts: Sequence[str], batch_size: int = 32,
+                         show_progress_bar: bool = False) -> DocStates:
+        """Layer-`a` states of `texts` (no gradients), in input order; batches are formed by length."""
+        states = list(self.iter_document_states(texts, batch_size=batch_size, show_progress_bar=show_progress_bar))
+        ordered: list[torch.Tensor | None] = [None] * len(texts)
+        for i, s in states:
+            ordered[i] = s
+        return DocStates.from_list(ordered) if ordered else DocStates(
+            torch.zeros(0, 0, self.hidden_size), torch.zeros(0, 0, dtype=torch.bool))
+
+    def iter_document_states(self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False,
+                             sort_by_length: bool = True) -> Iterable[tuple[int, torch.Tensor]]:
+        """Yield (position, [L_i, H] states) per document, batched by token length (what the index stores)."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return
+        order = list(range(len(texts)))
+        if sort_by_length:
+            lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True,
+                                                         max_length=self.mice_config.max_doc_length)["input_ids"]]
+            order.sort(key=lambda i: -lengths[i])
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                for start in _progress(range(0, len(order), batch_size), show_progress_bar, "encoding documents"):
+                    idx = order[start: start + batch_size]
+                    doc = self.encode_doc_batch([texts[i] for i in idx])
+                    for row, i in enumerate(idx):
+                        n = int(doc.mask[row].sum())
+                        yield i, doc.hidden[row, :n]
+        finally:
+            self.train(was_training)
+
+    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, doc_states: DocStates | None = None,
+                show_progress_bar: bool = False, convert_to_numpy: bool = True):
+        """Scores for (query, document) pairs, in input order. With `doc_states` (one per pair, same order),
+        the document texts are not used. Pairs sharing a query in a batch share its query-side work."""
+        pairs = [(str(q), d) for q, d in pairs]
+        if doc_states is not None and len(doc_states) != len(pairs):
+            raise ModelError(f"{len(doc_states)} document states for {len(pairs)} pairs")
+        out = torch.empty(len(pairs), dtype=torch.float32)
+        order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], -len(str(pairs[i][1] or ""))))
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                for start in _progress(range(0, len(order), batch_size), show_progress_bar, "scoring"):
+                    idx = order[start: start + batch_size]
+                    if doc_states is not None:
+                        doc = doc_states.select(idx).to(self.device)
+                    else:
+                        doc = self.encode_doc_batch([str(pairs[i][1]) for i in idx])
+                    queries = [pairs[i][0] for i in idx]
+                    uniq = list(dict.fromkeys(queries))
+                    qs = self.encode_query(uniq)
+                    if len(uniq) > 1:
+                        pos = torch.tensor([uniq.index(q) for q in queries], device=self.device)
+                        qs = QueryStates(qs.hidden.index_select(0, pos), qs.mask.index_select(0, pos))
+                    out[torch.tensor(idx)] = self.interact(qs, doc).float().cpu()
+        finally:
+            self.train(was_training)
+        return out.numpy() if convert_to_numpy else out
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
+             return_documents: bool = False, batch_size: int = 32, show_progress_bar: bool = False) -> list[dict]:
+        """sentence-transformers `CrossEncoder.rank` format: [{corpus_id, score[, text]}], best first."""
+        scores = self.predict([(query, d) for d in documents], batch_size=batch_size,
+                              show_progress_bar=show_progress_bar)
+        order = np.argsort(-scores, kind="stable")
+        if top_k is not None:
+            order = order[:top_k]
+        out = []
+        for i in order:
+            row = {"corpus_id": int(i), "score": float(scores[i])}
+            if return_documents:
+                row["text"] = documents[i]
+            out.append(row)
+        return out
+
+    # ------------------------------------------------------------------------------------- fingerprints
+    def _hash_tensors(self, h, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        for name, t in named:
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+
+    def tokenizer_fingerprint(self) -> str:
+        tok = self.tokenizer
+        h = hashlib.sha256()
+        vocab = sorted(tok.get_vocab().items())
+        h.update(json.dumps(vocab, ensure_ascii=False).encode())
+        specials = {k: getattr(tok, k, None) for k in ("cls_token", "sep_token", "pad_token", "bos_token",
+                                                      "eos_token", "unk_token")}
+        h.update(json.dumps(specials, sort_keys=True).encode())
+        h.update(json.dumps(tok(["Fingerprint Ëxample 123, ok?"])["input_ids"]).encode())  # normaliser
+        return h.hexdigest()
+
+    def fingerprint(self) -> str:
+        """Identity of the document side: contextual-layer weights, tokenizer, `a` and the document token type.
+        Two models with equal fingerprints produce the same document states (what an index stores)."""
+        h = hashlib.sha256()
+        h.update(f"mice-doc-states/1 a={self.contextual_layers} type={self.mice_config.doc_token_type} "
+                 f"model_type={self.config.model_type}".encode())
+        h.update(self.tokenizer_fingerprint().encode())
+        named = list(self.base.embeddings.named_parameters(prefix="embeddings"))
+        if getattr(self.base, "embeddings_project", None) is not None:
+            named += list(self.base.embeddings_project.named_parameters(prefix="embeddings_project"))
+        for l in range(self.contextual_layers):
+            named += list(self.layers[l].named_parameters(prefix=f"layer.{l}"))
+        self._hash_tensors(h, named)
+        return h.hexdigest()[:32]
+
+    def kv_fingerprint(self) -> str:
+        """Identity of the cached cross-attention keys/values: the document side plus each interaction
+        layer's cross-attention key/value projections."""
+        h = hashlib.sha256(self.fingerprint().encode())
+        named = []
+        for j, block in enumerate(self.cross):
+            named += [(f"cross.{j}.key.weight", block.self.key.weight), (f"cross.{j}.key.bias", block.self.key.bias),
+                      (f"cross.{j}.value.weight", block.self.value.weight),
+                      (f"cross.{j}.value.bias", block.self.value.bias)]
+        self._hash_tensors(h, named)
+        return h.hexdigest()[:32]
+
+
+def _to_file_key(key: str) -> str:
+    return key[len("backbone."):] if key.startswith("backbone.") else "mice_" + key
+
+
+def _from_file_key(key: str) -> str:
+    return key[len("mice_"):] if key.startswith("mice_") else "backbone." + key
+
+
+def _progress(it, show: bool, description: str):
+    if not show:
+        return it
+    from rich.progress import track
+
+    return track(it, description=description)
