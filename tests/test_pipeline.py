@@ -1,0 +1,36 @@
+import pytest
+
+from mice.pipeline import Pipeline
+
+
+def test_stage_runs_once_and_is_reused(tmp_path):
+    calls = []
+
+    def stage(folder):
+        calls.append(1)
+        (folder / "out.txt").write_text("hello")
+        return {"n": 1}
+
+    p = Pipeline(tmp_path)
+    assert p.run("a", stage) == {"n": 1}
+    assert (tmp_path / "a" / "out.txt").read_text() == "hello"
+    p2 = Pipeline(tmp_path)
+    assert p2.run("a", stage) == {"n": 1}
+    assert len(calls) == 1 and p2.results[0].cached
+
+
+def test_interrupted_stage_leaves_nothing(tmp_path):
+    def stage(folder):
+        (folder / "half.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(tmp_path).run("b", stage)
+    assert not (tmp_path / "b").exists() and not (tmp_path / ".b.partial").exists()
+
+
+def test_changed_fingerprint_reruns(tmp_path):
+    calls = []
+    Pipeline(tmp_path, fingerprint={"preset": "quick"}).run("c", lambda f: calls.append(1))
+    Pipeline(tmp_path, fingerprint={"preset": "full"}).run("c", lambda f: calls.append(1))
+    assert len(calls) == 2
