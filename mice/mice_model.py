@@ -626,12 +626,17 @@ class MICEModel(nn.Module):
         self._hash_tensors(h, named)
         return h.hexdigest()[:32]
 
+    @property
+    def live_cross_layers(self) -> int:
+        """Interaction layers whose cross-attention can reach the score: all but the last (b - 1)."""
+        return self.interaction_layers - 1
+
     def kv_fingerprint(self) -> str:
-        """Identity of the cached cross-attention keys/values: the document side plus each interaction
-        layer's cross-attention key/value projections."""
+        """Identity of cached cross-attention keys/values: the document side plus the key/value projections
+        of the live cross-attention blocks (the last one never reaches the score and is not cached)."""
         h = hashlib.sha256(self.fingerprint().encode())
         named = []
-        for j, block in enumerate(self.cross):
+        for j, block in enumerate(list(self.cross)[: self.live_cross_layers]):
             named += [(f"cross.{j}.key.weight", block.self.key.weight), (f"cross.{j}.key.bias", block.self.key.bias),
                       (f"cross.{j}.value.weight", block.self.value.weight),
                       (f"cross.{j}.value.bias", block.self.value.bias)]

@@ -15,6 +15,15 @@ QUERIES = [q for q, _ in PAIRS]
 DOCS = [d for _, d in PAIRS]
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and lose a lot when other processes share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return tiny_cross_encoder(tmp_path_factory.mktemp("ce") / "tiny", num_layers=4, seed=1)

@@ -1,0 +1,122 @@
+"""`mice index build|info`: encode a corpus once into MICE document states (resumable, memory-mapped)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+index_app = typer.Typer(help="Build and inspect MICE document-state indexes (`mice index build`, `mice index info`). "
+                             "`mice index --model M --dataset D --out DIR` is short for `mice index build ...`.",
+                        invoke_without_command=True)
+
+
+def load_mice(model: str, layers: Optional[str] = None, device: Optional[str] = None):
+    """A MICE folder, or (with `--layers a+b`) a cross-encoder/encoder turned into MICE-ℓa+b on the spot."""
+    from ..errors import ModelError
+    from ..mice_model import MICEModel
+    from ..models import is_mice_folder
+    from ..backbone import resolve_model_path
+
+    path = resolve_model_path(model)
+    if is_mice_folder(path):
+        if layers:
+            raise ModelError(f"{model} is a MICE model already; --layers does not apply")
+        return MICEModel.from_pretrained(path, device=device)
+    if not layers:
+        raise ModelError(f"{model} is not a MICE folder (config.json without a \"mice\" key); give --layers a+b "
+                         "to build MICE-ℓa+b from this cross-encoder")
+    try:
+        a, b = (int(x) for x in layers.split("+"))
+    except ValueError:
+        raise ModelError(f"--layers {layers!r}: expected a+b, e.g. 3+3") from None
+    return MICEModel.from_cross_encoder(path, contextual_layers=a, interaction_layers=b, device=device)
+
+
+def _build(model: str, dataset: str, out: Path, dtype: str, kv: bool, shard_size: int, batch_size: int,
+           overwrite: bool, layers: Optional[str], device: Optional[str]) -> None:
+    from ..data import load_dataset
+    from ..index import IndexConfig, build_index
+    from .data import plain_warnings
+
+    with plain_warnings():
+        mice = load_mice(model, layers, device)
+        corpus = load_dataset(dataset).corpus()
+        config = IndexConfig(dtype=dtype, kv=kv, shard_size=shard_size, batch_size=batch_size)
+        if (out / "build.json").exists() and not (out / "manifest.json").exists():
+            typer.echo(f"resuming the build in {out}", err=True)
+        index = build_index(mice, corpus, out, config, overwrite=overwrite, show_progress=True)
+    _print_info(index.info())
+
+
+def _print_info(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"MICE index {info['path']}", show_header=False)
+    for key in ("model", "source", "fingerprint", "dtype", "kv", "kv_layers", "documents", "tokens",
+                "mean_doc_tokens", "shards", "bytes", "bytes_per_token", "bytes_per_token_states",
+                "bytes_per_token_kv", "created"):
+        if key in info:
+            value = info[key]
+            if key == "bytes":
+                value = f"{value} ({value / 2**20:.1f} MiB)"
+            table.add_row(key.replace("_", " "), str(value))
+    Console().print(table)
+
+
+_MODEL = typer.Option(None, "--model", "-m", help="MICE folder (or a cross-encoder with --layers a+b)")
+_DATASET = typer.Option(None, "--dataset", "-d", help="Dataset spec whose corpus is indexed")
+_OUT = typer.Option(None, "--out", "-o", help="Index folder to write (resumed if a build was interrupted)")
+_DTYPE = typer.Option("float16", "--dtype", help="Storage: float16, float32 or int8 (per-token scale)")
+_KV = typer.Option(False, "--kv/--no-kv", help="Also store each live interaction layer's cross-attention "
+                   "keys/values (more storage, faster re-ranking)")
+_SHARD = typer.Option(4096, "--shard-size", help="Documents per shard (the unit of resumption)")
+_BATCH = typer.Option(32, "--batch-size", help="Documents per forward pass")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace an index built with other settings")
+_LAYERS = typer.Option(None, "--layers", help="a+b, to build MICE-ℓa+b from a plain cross-encoder")
+_DEVICE = typer.Option(None, "--device", help="cpu, cuda, ...")
+
+
+@index_app.callback()
+def index_main(ctx: typer.Context, model: Optional[str] = _MODEL, dataset: Optional[str] = _DATASET,
+               out: Optional[Path] = _OUT, dtype: str = _DTYPE, kv: bool = _KV, shard_size: int = _SHARD,
+               batch_size: int = _BATCH, overwrite: bool = _OVERWRITE, layers: Optional[str] = _LAYERS,
+               device: Optional[str] = _DEVICE) -> None:
+    """Build and inspect MICE document-state indexes."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None or dataset is None or out is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0 if model is None and dataset is None and out is None else 2)
+    _build(model, dataset, out, dtype, kv, shard_size, batch_size, overwrite, layers, device)
+
+
+@index_app.command("build")
+def build_cmd(model: str = typer.Option(..., "--model", "-m", help="MICE folder (or a cross-encoder with "
+                                        "--layers a+b)"),
+              dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec whose corpus is indexed"),
+              out: Path = typer.Option(..., "--out", "-o", help="Index folder (resumed if interrupted)"),
+              dtype: str = _DTYPE, kv: bool = _KV, shard_size: int = _SHARD, batch_size: int = _BATCH,
+              overwrite: bool = _OVERWRITE, layers: Optional[str] = _LAYERS,
+              device: Optional[str] = _DEVICE) -> None:
+    """Encode every document of DATASET once to its layer-a states; resumable shard by shard."""
+    _build(model, dataset, out, dtype, kv, shard_size, batch_size, overwrite, layers, device)
+
+
+@index_app.command("info")
+def info_cmd(path: Path = typer.Argument(..., help="Index folder"),
+             verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every shard's sha256"),
+             model: Optional[str] = typer.Option(None, "--model", "-m", help="Also check the index matches this "
+                                                 "MICE model")) -> None:
+    """Documents, tokens, bytes per token, model and storage of an index (checks checksums)."""
+    from ..index import DocIndex
+
+    mice = load_mice(model) if model else None
+    _print_info(DocIndex.open(path, model=mice, verify=verify).info())
+    if mice is not None:
+        typer.echo(f"index matches {mice.name} ({model})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(index_app, name="index")

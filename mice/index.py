@@ -1,0 +1,510 @@
+"""A document-state index for MICE: every document encoded once to its layer-`a` states, stored on disk.
+
+Layout of an index folder (all little-endian, memory-mapped when read):
+
+    build.json                  settings of the build in progress (model fingerprint, dtype, shard size, ids hash)
+    shard-00000.json            one per complete shard: doc ids, offsets, lengths, file sizes and sha256
+    shard-00000.states.bin      [tokens, H] states (float16 | float32 | int8)
+    shard-00000.states.scale.bin  [tokens] float32 per-token scale (int8 only)
+    shard-00000.kv.bin          optional [tokens, 2·(b-1), H] cross-attention keys/values of the live
+                                interaction layers (order: layer 0 K, layer 0 V, layer 1 K, …)
+    shard-00000.kv.scale.bin    [tokens, 2·(b-1)] float32 scales (int8 only)
+    manifest.json               written last and atomically: the index is usable only once it exists
+
+A shard's data files are written under temporary names and renamed before its JSON is written, so a build
+interrupted at any point restarts at the first incomplete shard. The manifest records the model fingerprint
+(contextual-layer weights + tokenizer + a, see `MICEModel.fingerprint`), per-file checksums and its own
+checksum; opening an index with another model, or with a corrupted shard, raises `mice.errors.IndexError_`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .errors import IndexError_
+from .files import write_json_atomic
+
+FORMAT = "mice-index/1"
+DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
+_ALIASES = {"fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32", "i8": "int8"}
+_HASH_CHUNK = 1 << 22
+
+
+def normalise_dtype(dtype: str) -> str:
+    d = _ALIASES.get(str(dtype).lower(), str(dtype).lower())
+    if d not in DTYPES:
+        raise IndexError_(f"unknown index dtype {dtype!r} (use float16, float32 or int8)")
+    return d
+
+
+@dataclass
+class IndexConfig:
+    """How to build an index. `kv` adds each live interaction layer's cross-attention keys/values per token
+    (2·(b-1)·H more values per token) so that re-ranking skips their projections."""
+
+    dtype: str = "float16"
+    kv: bool = False
+    shard_size: int = 4096
+    batch_size: int = 32
+
+    def __post_init__(self):
+        self.dtype = normalise_dtype(self.dtype)
+        if self.shard_size < 1 or self.batch_size < 1:
+            raise IndexError_("shard_size and batch_size must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------- storage
+def quantize(x, dtype: str):
+    """x: float array [T, S, H] -> (stored array, scale [T, S] float32 or None). int8: symmetric, per row."""
+    x = np.asarray(x, dtype=np.float32)
+    if dtype == "int8":
+        amax = np.abs(x).max(axis=-1)
+        scale = np.maximum(amax, 1e-12) / 127.0
+        q = np.clip(np.rint(x / scale[..., None]), -127, 127).astype(np.int8)
+        return q, scale.astype(np.float32)
+    return x.astype(DTYPES[dtype]), None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _HashedFile:
+    """A temporary file that hashes what is written to it; `commit` renames it onto its final name."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.f = open(self.tmp, "wb")
+        self.h = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, arr: np.ndarray) -> None:
+        b = np.ascontiguousarray(arr).tobytes()
+        self.f.write(b)
+        self.h.update(b)
+        self.bytes += len(b)
+
+    def commit(self) -> dict:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        return {"bytes": self.bytes, "sha256": self.h.hexdigest()}
+
+    def abort(self) -> None:
+        if not self.f.closed:
+            self.f.close()
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
+def _ids_hash(doc_ids: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for d in doc_ids:
+        h.update(d.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _shard_name(s: int) -> str:
+    return f"shard-{s:05d}"
+
+
+def _manifest_checksum(obj: dict) -> str:
+    body = {k: v for k, v in obj.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- building
+def _model_record(model, config: IndexConfig) -> dict:
+    rec = {"fingerprint": model.fingerprint(), "name": model.name, "source": model.mice_config.source,
+           "contextual_layers": model.contextual_layers, "interaction_layers": model.interaction_layers,
+           "hidden_size": model.hidden_size, "max_doc_length": model.mice_config.max_doc_length,
+           "model_type": model.config.model_type}
+    if config.kv:
+        rec["kv_fingerprint"] = model.kv_fingerprint()
+        rec["kv_layers"] = model.live_cross_layers
+    return rec
+
+
+def kv_projection(model):
+    """(weight [2·(b-1)·H, H], bias) projecting layer-`a` states to the live cross-attention K/V, fused."""
+    import torch
+
+    ws, bs = [], []
+    for block in list(model.cross)[: model.live_cross_layers]:
+        for lin in (block.self.key, block.self.value):
+            ws.append(lin.weight)
+            bs.append(lin.bias)
+    if not ws:
+        return None, None
+    return torch.cat(ws).detach().float().contiguous(), torch.cat(bs).detach().float().contiguous()
+
+
+def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], config: IndexConfig,
+                 kv_weights) -> dict:
+    """Write one shard from (doc_id, states [L, H] tensor) items; returns its JSON record."""
+    import torch
+
+    name = _shard_name(s)
+    files = {"states": _HashedFile(out / f"{name}.states.bin")}
+    if config.dtype == "int8":
+        files["states.scale"] = _HashedFile(out / f"{name}.states.scale.bin")
+    if config.kv:
+        files["kv"] = _HashedFile(out / f"{name}.kv.bin")
+        if config.dtype == "int8":
+            files["kv.scale"] = _HashedFile(out / f"{name}.kv.scale.bin")
+    doc_ids, offsets, lengths = [], [], []
+    tokens = 0
+    try:
+        for doc_id, states in items:
+            st = states.detach().float()
+            q, scale = quantize(st.cpu().numpy()[:, None, :], config.dtype)
+            files["states"].write(q)
+            if scale is not None:
+                files["states.scale"].write(scale)
+            if config.kv:
+                w, b = kv_weights
+                if w is not None:
+                    kv = torch.nn.functional.linear(st.to(w.device), w, b)
+                    kv = kv.view(st.shape[0], -1, st.shape[1]).cpu().numpy()
+                else:
+                    kv = np.zeros((st.shape[0], 0, st.shape[1]), np.float32)
+                q, scale = quantize(kv, config.dtype)
+                files["kv"].write(q)
+                if scale is not None:
+                    files["kv.scale"].write(scale)
+            doc_ids.append(doc_id)
+            offsets.append(tokens)
+            lengths.append(int(st.shape[0]))
+            tokens += int(st.shape[0])
+        record = {"name": name, "documents": len(doc_ids), "tokens": tokens, "doc_ids": doc_ids,
+                  "offsets": offsets, "lengths": lengths,
+                  "files": {k: {"file": f.path.name, **f.commit()} for k, f in files.items()}}
+    except BaseException:
+        for f in files.values():
+            f.abort()
+        raise
+    write_json_atomic(out / f"{name}.json", record)
+    return record
+
+
+def _shard_complete(out: Path, s: int, expected_ids: list[str]) -> dict | None:
+    path = out / f"{_shard_name(s)}.json"
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if sorted(rec.get("doc_ids", [])) != sorted(expected_ids):  # stored by length within the shard
+        return None
+    for f in rec.get("files", {}).values():
+        p = out / f["file"]
+        if not p.exists() or p.stat().st_size != f["bytes"]:
+            return None
+    return rec
+
+
+EncodeFn = Callable[[list[str]], Iterator[tuple[str, "object"]]]
+
+
+def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, config: IndexConfig | None = None,
+                     overwrite: bool = False, show_progress: bool = False) -> "DocIndex":
+    """Build (or resume) an index of `doc_ids`; `encode(ids)` yields (doc_id, states [L, H]) for those ids."""
+    config = config or IndexConfig()
+    out = Path(out)
+    doc_ids = [str(d) for d in doc_ids]
+    if len(set(doc_ids)) != len(doc_ids):
+        raise IndexError_("duplicate document ids in the corpus")
+    settings = {"format": FORMAT, "model": _model_record(model, config), "dtype": config.dtype, "kv": config.kv,
+                "shard_size": config.shard_size, "documents": len(doc_ids), "ids_hash": _ids_hash(doc_ids)}
+    out.mkdir(parents=True, exist_ok=True)
+    build_file, manifest_file = out / "build.json", out / "manifest.json"
+    if build_file.exists():
+        previous = json.loads(build_file.read_text())
+        if previous != settings:
+            if not overwrite:
+                diff = sorted(k for k in settings if previous.get(k) != settings[k])
+                raise IndexError_(f"{out}: holds an index built with other settings ({', '.join(diff)} differ); "
+                                  "use another folder or overwrite=True (--overwrite)")
+            _clear(out)
+    elif manifest_file.exists() or any(out.glob("shard-*")):
+        if not overwrite:
+            raise IndexError_(f"{out}: not empty and not a resumable index build; use overwrite=True")
+        _clear(out)
+    if manifest_file.exists() and build_file.exists():
+        return DocIndex.open(out, model=model)
+    write_json_atomic(build_file, settings)
+    kv_weights = kv_projection(model) if config.kv else None
+    n_shards = max(1, -(-len(doc_ids) // config.shard_size))
+    records = []
+    shards = range(n_shards)
+    if show_progress:
+        from rich.progress import track
+
+        shards = track(shards, description=f"indexing {len(doc_ids)} documents")
+    for s in shards:
+        ids = doc_ids[s * config.shard_size: (s + 1) * config.shard_size]
+        rec = _shard_complete(out, s, ids)
+        if rec is None:
+            rec = _write_shard(out, s, encode(ids), config, kv_weights)
+        records.append(rec)
+    manifest = dict(settings)
+    n_tokens = sum(r["tokens"] for r in records)
+    bytes_by_kind: dict[str, int] = {}
+    for r in records:
+        for k, f in r["files"].items():
+            bytes_by_kind[k] = bytes_by_kind.get(k, 0) + f["bytes"]
+    manifest.update({
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tokens": n_tokens, "bytes": bytes_by_kind,
+        "shards": [{"name": r["name"], "documents": r["documents"], "tokens": r["tokens"],
+                    "files": r["files"]} for r in records],
+    })
+    manifest["checksum"] = _manifest_checksum(manifest)
+    write_json_atomic(manifest_file, manifest)
+    return DocIndex.open(out, model=model, verify=False)
+
+
+def _clear(out: Path) -> None:
+    for p in [out / "manifest.json", out / "build.json"] + list(out.glob("shard-*")) + list(out.glob(".shard-*")):
+        if p.is_file():
+            p.unlink()
+
+
+def build_index(model, corpus: Mapping[str, str], out, config: IndexConfig | None = None, overwrite: bool = False,
+                show_progress: bool = False) -> "DocIndex":
+    """Encode every document of `corpus` (doc_id -> text) once with `model`'s contextual layers and store the
+    states in `out`. Resumable: rerunning after an interruption continues at the first incomplete shard."""
+    config = config or IndexConfig()
+    ids = list(corpus.keys())
+
+    def encode(batch_ids: list[str]):
+        texts = [corpus[d] for d in batch_ids]
+        for pos, states in model.iter_document_states(texts, batch_size=config.batch_size):
+            yield batch_ids[pos], states
+
+    return build_index_with(model, ids, encode, out, config, overwrite=overwrite, show_progress=show_progress)
+
+
+def build_index_from_token_ids(model, docs: Mapping[str, Sequence[int]], out, config: IndexConfig | None = None,
+                               overwrite: bool = False) -> "DocIndex":
+    """Same as `build_index` from already tokenised documents (`[CLS] d [SEP]` ids), e.g. for benchmarks."""
+    import torch
+
+    config = config or IndexConfig()
+    ids = list(docs.keys())
+    tt = model.mice_config.doc_token_type
+
+    def encode(batch_ids: list[str]):
+        for start in range(0, len(batch_ids), config.batch_size):
+            chunk = batch_ids[start: start + config.batch_size]
+            seqs = [list(docs[d]) for d in chunk]
+            width = max(len(s) for s in seqs)
+            pad = model.tokenizer.pad_token_id or 0
+            input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=model.device)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=model.device)
+            with torch.no_grad():
+                st = model.encode_doc_batch({"input_ids": input_ids, "attention_mask": mask,
+                                             "token_type_ids": torch.full_like(input_ids, tt)})
+            for row, d in enumerate(chunk):
+                yield d, st.hidden[row, : len(seqs[row])]
+
+    was = model.training
+    model.eval()
+    try:
+        return build_index_with(model, ids, encode, out, config, overwrite=overwrite)
+    finally:
+        model.train(was)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+class DocIndex:
+    """A built index, memory-mapped. `states(positions)` / `kv(positions)` give padded float32 batches."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = path
+        self.manifest = manifest
+        self.dtype = manifest["dtype"]
+        self.hidden_size = int(manifest["model"]["hidden_size"])
+        self.has_kv = bool(manifest.get("kv"))
+        self.kv_slots = 2 * int(manifest["model"].get("kv_layers", 0)) if self.has_kv else 0
+        self.doc_ids: list[str] = []
+        shard_of, offsets, lengths = [], [], []
+        self._states, self._states_scale, self._kv, self._kv_scale = [], [], [], []
+        np_dtype = DTYPES[self.dtype]
+        for s, sh in enumerate(manifest["shards"]):
+            rec = json.loads((path / f"{sh['name']}.json").read_text())
+            self.doc_ids += rec["doc_ids"]
+            shard_of += [s] * rec["documents"]
+            offsets += rec["offsets"]
+            lengths += rec["lengths"]
+            t = rec["tokens"]
+            files = sh["files"]
+            self._states.append(_memmap(path / files["states"]["file"], np_dtype, (t, self.hidden_size)))
+            self._states_scale.append(_memmap(path / files["states.scale"]["file"], np.float32, (t,))
+                                      if "states.scale" in files else None)
+            if self.has_kv:
+                self._kv.append(_memmap(path / files["kv"]["file"], np_dtype, (t, self.kv_slots, self.hidden_size)))
+                self._kv_scale.append(_memmap(path / files["kv.scale"]["file"], np.float32, (t, self.kv_slots))
+                                      if "kv.scale" in files else None)
+        self.shard_of = np.asarray(shard_of, dtype=np.int32)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self._pos = {d: i for i, d in enumerate(self.doc_ids)}
+
+    # -- opening and checking
+    @classmethod
+    def open(cls, path, model=None, verify: bool = True) -> "DocIndex":
+        """Open the index at `path`; check its manifest and (with `verify`) every file's sha256; with `model`,
+        refuse an index built by another model."""
+        path = Path(path)
+        mf = path / "manifest.json"
+        if not mf.exists():
+            if (path / "build.json").exists():
+                raise IndexError_(f"{path}: index build not finished (no manifest.json); rerun the build to resume")
+            raise IndexError_(f"{path}: not a MICE index (no manifest.json)")
+        try:
+            manifest = json.loads(mf.read_text())
+        except json.JSONDecodeError as err:
+            raise IndexError_(f"{mf}: corrupted manifest ({err})") from None
+        if manifest.get("format") != FORMAT:
+            raise IndexError_(f"{mf}: unknown index format {manifest.get('format')!r} (expected {FORMAT!r})")
+        if manifest.get("checksum") != _manifest_checksum(manifest):
+            raise IndexError_(f"{mf}: manifest checksum mismatch (file edited or corrupted)")
+        for sh in manifest["shards"]:
+            for kind, f in sh["files"].items():
+                p = path / f["file"]
+                if not p.exists():
+                    raise IndexError_(f"{path}: shard {sh['name']} is missing {f['file']}")
+                if p.stat().st_size != f["bytes"]:
+                    raise IndexError_(f"{p}: corrupted shard {sh['name']} ({p.stat().st_size} bytes, "
+                                      f"manifest says {f['bytes']}); rebuild the index")
+                if verify and _sha256_file(p) != f["sha256"]:
+                    raise IndexError_(f"{p}: corrupted shard {sh['name']} (sha256 checksum mismatch); "
+                                      "rebuild the index")
+            shard_json = path / f"{sh['name']}.json"
+            if not shard_json.exists():
+                raise IndexError_(f"{path}: shard {sh['name']} has no {shard_json.name}")
+        index = cls(path, manifest)
+        if model is not None:
+            index.check_model(model)
+        return index
+
+    def check_model(self, model, kv: bool = False) -> None:
+        """Raise `IndexError_` unless `model` produces exactly the states stored here (and, with `kv`, the
+        stored keys/values)."""
+        rec = self.manifest["model"]
+        fp = model.fingerprint()
+        if fp != rec["fingerprint"]:
+            raise IndexError_(
+                f"{self.path}: index was built by another model ({rec.get('name')} from {rec.get('source')!r}, "
+                f"fingerprint {rec['fingerprint'][:12]}) than {model.name} from {model.mice_config.source!r} "
+                f"(fingerprint {fp[:12]}): contextual layers, tokenizer or a differ; rebuild the index")
+        if kv:
+            if not self.has_kv:
+                raise IndexError_(f"{self.path}: index has no cached keys/values (build it with kv=True / --kv)")
+            if model.kv_fingerprint() != rec.get("kv_fingerprint"):
+                raise IndexError_(f"{self.path}: cached keys/values were computed with other cross-attention "
+                                  "weights than this model's; rebuild with --kv or score from states")
+
+    # -- sizes
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["tokens"])
+
+    def positions(self, doc_ids: Sequence[str]) -> np.ndarray:
+        try:
+            return np.fromiter((self._pos[str(d)] for d in doc_ids), dtype=np.int64, count=len(doc_ids))
+        except KeyError as err:
+            raise IndexError_(f"{self.path}: document {err.args[0]!r} is not in the index") from None
+
+    def __contains__(self, doc_id) -> bool:
+        return str(doc_id) in self._pos
+
+    def bytes_per_token(self, kind: str = "all") -> float:
+        by = self.manifest["bytes"]
+        keys = {"states": ("states", "states.scale"), "kv": ("kv", "kv.scale")}.get(kind, tuple(by))
+        return sum(by.get(k, 0) for k in keys) / max(1, self.n_tokens)
+
+    def info(self) -> dict:
+        m = self.manifest
+        out = {"path": str(self.path), "model": m["model"]["name"], "source": m["model"]["source"],
+               "fingerprint": m["model"]["fingerprint"], "dtype": self.dtype, "kv": self.has_kv,
+               "documents": len(self), "tokens": self.n_tokens, "shards": len(m["shards"]),
+               "bytes": int(sum(m["bytes"].values())),
+               "bytes_per_token": round(self.bytes_per_token(), 2),
+               "bytes_per_token_states": round(self.bytes_per_token("states"), 2),
+               "mean_doc_tokens": round(self.n_tokens / max(1, len(self)), 1), "created": m.get("created")}
+        if self.has_kv:
+            out["bytes_per_token_kv"] = round(self.bytes_per_token("kv"), 2)
+            out["kv_layers"] = m["model"].get("kv_layers")
+        return out
+
+    # -- reading
+    def _gather(self, positions, arrays, scales, width_shape, out=None):
+        """Copy (and dequantise to float32) the rows of `positions` into a padded batch. `out`: a flat float32
+        buffer reused when large enough (the batch is a contiguous view of its start)."""
+        import torch
+
+        positions = np.asarray(positions, dtype=np.int64)
+        lens = self.lengths[positions]
+        width = int(lens.max()) if len(lens) else 0
+        shape = (len(positions), width) + tuple(width_shape)
+        needed = int(np.prod(shape))
+        if out is not None and out.numel() >= needed and out.dtype == torch.float32:
+            buf = out[:needed].view(shape)
+        else:
+            buf = torch.empty(shape, dtype=torch.float32)
+        for row, p in enumerate(positions):
+            s, off, n = int(self.shard_of[p]), int(self.offsets[p]), int(lens[row])
+            chunk = torch.from_numpy(arrays[s][off: off + n]).reshape((n,) + tuple(width_shape))
+            if scales[s] is not None:
+                sc = torch.from_numpy(scales[s][off: off + n]).reshape((n,) + tuple(width_shape[:-1]) + (1,))
+                torch.mul(chunk, sc, out=buf[row, :n])
+            else:
+                buf[row, :n].copy_(chunk)
+            if n < width:
+                buf[row, n:].zero_()
+        mask = torch.arange(width)[None, :] < torch.from_numpy(lens)[:, None]
+        return buf, mask
+
+    def states(self, positions, out=None):
+        """Padded float32 `DocStates` of the documents at `positions` (use `positions(doc_ids)`). `out`: a
+        preallocated flat float32 buffer, reused when large enough."""
+        from .mice_model import DocStates
+
+        hidden, mask = self._gather(positions, self._states, self._states_scale, (self.hidden_size,), out)
+        return DocStates(hidden, mask)
+
+    def kv(self, positions, out=None):
+        """Padded float32 cached keys/values [N, L, 2·(b-1), H] and the mask [N, L]."""
+        if not self.has_kv:
+            raise IndexError_(f"{self.path}: index has no cached keys/values (build with kv=True / --kv)")
+        return self._gather(positions, self._kv, self._kv_scale, (self.kv_slots, self.hidden_size), out)
+
+
+def _memmap(path: Path, dtype, shape) -> np.ndarray:
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    # copy-on-write keeps the mapping read-only on disk but gives torch a writable view without copying
+    return np.memmap(path, dtype=dtype, mode="c", shape=shape)
+
+
+def open_index(path, model=None, verify: bool = True) -> DocIndex:
+    return DocIndex.open(path, model=model, verify=verify)
