@@ -1,0 +1,86 @@
+"""Datasets: one interface (`Dataset`) over BEIR folders, MS MARCO-style TSV, explicit files, ir_datasets and
+the embedded docstring collection. `load_dataset(spec)` accepts every form; any API that takes a dataset
+accepts a spec string too.
+
+Spec strings:
+- a folder: BEIR (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`) or MS MARCO-style
+  (`collection.tsv`, `queries.<split>.tsv`, `qrels.<split>.tsv`);
+- `files:corpus=PATH,queries=PATH,qrels=PATH[,split=test]` (jsonl or `id<TAB>text`; TREC or BEIR qrels);
+- `irds:<ir_datasets id>[?split=NAME]` (optional extra `ir_datasets`);
+- `embedded:docs`, `embedded:docs-ood`, with options such as `embedded:docs?packages=json,logging`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DataError
+from .base import Dataset, DataWarning, InMemoryDataset, cache_dir
+from .embedded import EmbeddedConfig, EmbeddedDataset
+from .local import FilesDataset, beir_folder, msmarco_folder
+
+__all__ = ["Dataset", "DataWarning", "InMemoryDataset", "FilesDataset", "EmbeddedDataset", "EmbeddedConfig",
+           "load_dataset", "cache_dir", "beir_folder", "msmarco_folder", "write_beir"]
+
+_LOADED: dict[str, Dataset] = {}
+
+
+def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
+    """Resolve a dataset spec (see the module docstring) or pass a `Dataset` through.
+
+    Embedded and ir_datasets collections are memoised per process (they are costly to open); file datasets
+    are re-read so edits on disk are seen.
+    """
+    if isinstance(spec, Dataset):
+        return spec
+    s = str(spec).strip()
+    if s.startswith("embedded"):
+        from .embedded import parse_spec
+
+        if s not in _LOADED:
+            _LOADED[s] = EmbeddedDataset(parse_spec(s), spec=s)
+        return _LOADED[s]
+    if s.startswith("irds:"):
+        from urllib.parse import parse_qsl
+
+        from .irds import IrdsDataset
+
+        body, _, query = s[len("irds:"):].partition("?")
+        opts = dict(parse_qsl(query))
+        if s not in _LOADED:
+            _LOADED[s] = IrdsDataset(body, split=opts.get("split", "test"))
+        return _LOADED[s]
+    if s.startswith("files:"):
+        from .local import files_spec
+
+        return files_spec(s[len("files:"):])
+    path = Path(s).expanduser()
+    if path.is_dir():
+        from .local import folder_dataset
+
+        return folder_dataset(path)
+    if path.exists():
+        raise DataError(f"{path}: a dataset is a folder (BEIR or MS MARCO layout) or a spec; for single files "
+                        "use files:corpus=...,queries=...,qrels=...")
+    raise DataError(f"unknown dataset {s!r}: not a folder, and not embedded:..., irds:... or files:...")
+
+
+def write_beir(dataset: "str | Dataset", folder: str | os.PathLike) -> Path:
+    """Export any dataset as a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), atomically per file."""
+    import json
+
+    from ..files import write_text_atomic
+
+    ds = load_dataset(dataset)
+    folder = Path(folder)
+    write_text_atomic(folder / "corpus.jsonl", "".join(
+        json.dumps({"_id": k, "title": "", "text": v}, ensure_ascii=False) + "\n" for k, v in ds.corpus().items()))
+    queries = {}
+    for split in ds.splits:
+        queries.update(ds.queries(split))
+        q = ds.qrels(split)
+        write_text_atomic(folder / "qrels" / f"{split}.tsv", "query-id\tcorpus-id\tscore\n" + "".join(
+            f"{a}\t{b}\t{c}\n" for a, b, c in q.itertuples(index=False)))
+    write_text_atomic(folder / "queries.jsonl", "".join(
+        json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in queries.items()))
+    return folder

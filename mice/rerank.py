@@ -1,0 +1,226 @@
+"""Re-rank a first-stage run with any scorer (`predict(pairs, batch_size=...) -> np.ndarray`).
+
+Work is cut into fixed chunks of consecutive queries (fixed by the whole job, so an interrupted and resumed
+job scores exactly the same batches as an uninterrupted one); within a chunk, pairs are sorted by length and
+batched, which keeps padding low. With `out=`, every finished query is appended to a sidecar
+`<out>.partial` (one JSON line per query, flushed) and the run file appears, atomically, only when all queries
+are done; rerunning the same job picks up from the sidecar.
+
+The scorer is called through `score_batch`, the single place to extend for scorers that need more than
+texts (e.g. a MICE index keyed by doc id: give the scorer a `predict_candidates(batch, batch_size)` method).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import Dataset, load_dataset
+from .data.base import warn
+from .errors import DataError
+from .runs import make_run, read_run, sort_run, write_run
+
+PARTIAL_FORMAT = "mice-rerank-partial/1"
+
+
+@dataclass
+class CandidateBatch:
+    """A batch of (query, document) candidates with their ids, as handed to the scorer."""
+
+    query_ids: list[str]
+    doc_ids: list[str]
+    queries: list[str]
+    docs: list[str]
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(zip(self.queries, self.docs))
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+
+def score_batch(scorer, batch: CandidateBatch, batch_size: int) -> np.ndarray:
+    """Scores of one batch. Scorers exposing `predict_candidates(batch, batch_size)` get ids as well as texts."""
+    if hasattr(scorer, "predict_candidates"):
+        scores = scorer.predict_candidates(batch, batch_size=batch_size)
+    else:
+        scores = scorer.predict(batch.pairs, batch_size=batch_size)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.shape[0] != len(batch):
+        raise DataError(f"scorer returned {scores.shape[0]} scores for {len(batch)} pairs")
+    return scores
+
+
+def candidates(run: pd.DataFrame, queries: dict[str, str], k: int) -> dict[str, list[str]]:
+    """query_id -> its top-`k` first-stage doc ids, for the queries of the split (sorted by query id)."""
+    ranked = sort_run(run, k)
+    outside = set(ranked["query_id"].unique()) - set(queries)
+    if outside:
+        warn(f"re-ranking: {len(outside)} run queries are not in the split and are ignored")
+    ranked = ranked[ranked["query_id"].isin(queries.keys())]
+    grouped = {q: list(g["doc_id"]) for q, g in ranked.groupby("query_id", sort=True)}
+    missing = len(queries) - len(grouped)
+    if missing:
+        warn(f"re-ranking: {missing} queries of the split have no first-stage candidates (they stay empty)")
+    return grouped
+
+
+def _chunks(cands: dict[str, list[str]], target: int) -> list[list[str]]:
+    chunks, cur, size = [], [], 0
+    for qid in sorted(cands):
+        cur.append(qid)
+        size += len(cands[qid])
+        if size >= target:
+            chunks.append(cur)
+            cur, size = [], 0
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def _job_key(dataset: Dataset, split: str, cands: dict[str, list[str]], k: int, batch_size: int,
+             job: str | None) -> str:
+    h = hashlib.sha1()
+    h.update(json.dumps([dataset.name, split, k, batch_size, job or ""]).encode())
+    for qid in sorted(cands):
+        h.update(json.dumps([qid, cands[qid]]).encode())
+    return h.hexdigest()
+
+
+class _Partial:
+    """The append-only sidecar of completed queries. A torn last line (killed mid-write) is discarded."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+        self.done: dict[str, tuple[list[str], list[float]]] = {}
+        good_bytes = 0
+        if path.exists():
+            with open(path, "rb") as fh:
+                data = fh.read()
+            lines = data.split(b"\n")
+            complete = lines[:-1]  # whatever follows the last newline is torn
+            for i, raw in enumerate(complete):
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError:
+                    break
+                if i == 0:
+                    if obj.get("format") != PARTIAL_FORMAT or obj.get("job") != key:
+                        raise DataError(f"{path}: partial results of a different re-ranking job (other model, "
+                                        "run, k or batch size); delete it or choose another --out")
+                else:
+                    self.done[obj["query_id"]] = (obj["doc_ids"], obj["scores"])
+                good_bytes += len(raw) + 1
+        self._fh = open(path, "r+b" if path.exists() else "wb")
+        self._fh.truncate(good_bytes)
+        self._fh.seek(good_bytes)
+        if good_bytes == 0:
+            self._write({"format": PARTIAL_FORMAT, "job": key})
+
+    def _write(self, obj) -> None:
+        self._fh.write((json.dumps(obj) + "\n").encode("utf-8"))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def add(self, qid: str, doc_ids: list[str], scores: list[float]) -> None:
+        self._write({"query_id": qid, "doc_ids": doc_ids, "scores": scores})
+        self.done[qid] = (doc_ids, scores)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("re-ranking"), BarColumn(), MofNCompleteColumn(), TextColumn("pairs"),
+                    TimeRemainingColumn())
+
+
+def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | str | os.PathLike", k: int = 100,
+           batch_size: int = 32, out: "str | os.PathLike | None" = None, progress: bool = False,
+           tag: str = "mice-rerank", job: str | None = None,
+           score_fn: Callable[[object, CandidateBatch, int], np.ndarray] = score_batch) -> pd.DataFrame:
+    """Score each split query's top-`k` first-stage documents with `scorer`; return the new run.
+
+    `run`: DataFrame or run file. `out`: write the TREC run there (atomically) and make the job resumable
+    through `<out>.partial`. `job`: a string identifying the scorer (e.g. model spec + mask) so a sidecar
+    left by another model is refused rather than mixed in. `score_fn(scorer, batch, batch_size)` scores one
+    `CandidateBatch`.
+    """
+    ds = load_dataset(dataset)
+    queries = ds.queries(split)
+    run_df = read_run(run) if not isinstance(run, pd.DataFrame) else make_run(run)
+    cands = candidates(run_df, queries, k)
+    corpus = ds.corpus()
+    unknown = {d for docs in cands.values() for d in docs if d not in corpus}
+    if unknown:
+        where = f"{run}: " if not isinstance(run, pd.DataFrame) else ""
+        raise DataError(f"{where}run names {len(unknown)} documents that are not in {ds.name}'s corpus "
+                        f"(e.g. {sorted(unknown)[:3]})")
+
+    partial = None
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = _Partial(out.with_name(out.name + ".partial"),
+                           _job_key(ds, split, cands, k, batch_size, job or _scorer_name(scorer)))
+    done = dict(partial.done) if partial else {}
+
+    chunks = [c for c in _chunks(cands, target=max(batch_size * 8, 64)) if any(q not in done for q in c)]
+    prog = _progress(progress)
+    try:
+        if prog:
+            prog.start()
+            task = prog.add_task("rerank", total=sum(len(cands[q]) for c in chunks for q in c))
+        for chunk in chunks:
+            todo = {q for q in chunk if q not in done}
+            # score the whole chunk (fixed composition -> identical batches on resume)
+            items = [(q, d) for q in chunk for d in cands[q]]
+            order = sorted(range(len(items)), key=lambda i: (len(queries[items[i][0]]) + len(corpus[items[i][1]]), i))
+            scores = np.empty(len(items), dtype=np.float64)
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = CandidateBatch([items[i][0] for i in idx], [items[i][1] for i in idx],
+                                       [queries[items[i][0]] for i in idx], [corpus[items[i][1]] for i in idx])
+                scores[idx] = score_fn(scorer, batch, batch_size)
+                if prog:
+                    prog.advance(task, len(idx))
+            pos = 0
+            for q in chunk:
+                n = len(cands[q])
+                if q in todo:
+                    result = (list(cands[q]), [float(s) for s in scores[pos:pos + n]])
+                    done[q] = result
+                    if partial:
+                        partial.add(q, *result)
+                pos += n
+    finally:
+        if prog:
+            prog.stop()
+        if partial:
+            partial.close()
+
+    rows = [(q, d, s) for q in sorted(done) if q in cands for d, s in zip(*done[q])]
+    result = sort_run(make_run(rows))[["query_id", "doc_id", "score"]]
+    if out is not None:
+        write_run(result, out, tag=tag)
+        partial.path.unlink(missing_ok=True)
+    return result
+
+
+def _scorer_name(scorer) -> str:
+    for attr in ("name_or_path", "spec"):
+        value = getattr(scorer, attr, None)
+        if isinstance(value, (str, os.PathLike)):
+            return f"{type(scorer).__name__}:{value}"
+    return type(scorer).__name__
