@@ -86,9 +86,9 @@ def _chunks(cands: dict[str, list[str]], target: int) -> list[list[str]]:
 
 
 def _job_key(dataset: Dataset, split: str, cands: dict[str, list[str]], k: int, batch_size: int,
-             job: str | None) -> str:
+             chunk_pairs: int | None, job: str | None) -> str:
     h = hashlib.sha1()
-    h.update(json.dumps([dataset.name, split, k, batch_size, job or ""]).encode())
+    h.update(json.dumps([dataset.name, split, k, batch_size, chunk_pairs, job or ""]).encode())
     for qid in sorted(cands):
         h.update(json.dumps([qid, cands[qid]]).encode())
     return h.hexdigest()
@@ -148,14 +148,15 @@ def _progress(enabled: bool):
 
 def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | str | os.PathLike", k: int = 100,
            batch_size: int = 32, out: "str | os.PathLike | None" = None, progress: bool = False,
-           tag: str = "mice-rerank", job: str | None = None,
+           tag: str = "mice-rerank", job: str | None = None, chunk_pairs: int | None = None,
            score_fn: Callable[[object, CandidateBatch, int], np.ndarray] = score_batch) -> pd.DataFrame:
     """Score each split query's top-`k` first-stage documents with `scorer`; return the new run.
 
     `run`: DataFrame or run file. `out`: write the TREC run there (atomically) and make the job resumable
     through `<out>.partial`. `job`: a string identifying the scorer (e.g. model spec + mask) so a sidecar
-    left by another model is refused rather than mixed in. `score_fn(scorer, batch, batch_size)` scores one
-    `CandidateBatch`.
+    left by another model is refused rather than mixed in. `chunk_pairs`: pairs per unit of work (whole
+    queries; default max(8 x batch_size, 64)); a resumed job redoes at most one chunk. `score_fn(scorer,
+    batch, batch_size)` scores one `CandidateBatch`.
     """
     ds = load_dataset(dataset)
     queries = ds.queries(split)
@@ -173,10 +174,10 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = _Partial(out.with_name(out.name + ".partial"),
-                           _job_key(ds, split, cands, k, batch_size, job or _scorer_name(scorer)))
+                           _job_key(ds, split, cands, k, batch_size, chunk_pairs, job or _scorer_name(scorer)))
     done = dict(partial.done) if partial else {}
 
-    chunks = [c for c in _chunks(cands, target=max(batch_size * 8, 64)) if any(q not in done for q in c)]
+    chunks = [c for c in _chunks(cands, target=chunk_pairs or max(batch_size * 8, 64)) if any(q not in done for q in c)]
     prog = _progress(progress)
     try:
         if prog:
