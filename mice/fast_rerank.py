@@ -204,16 +204,17 @@ class FastReranker:
         out = np.empty(len(positions), dtype=np.float32)
         for rows in self._batches(positions):
             pos = positions[rows]
+            device = self.model.device
             if self.use_kv:
                 batch, mask = self.index.kv(pos, out=self._buf)
-                scores = self.fast.score_kv(prep, batch, mask)
+                scores = self.fast.score_kv(prep, batch.to(device), mask.to(device))
             else:
                 doc = self.index.states(pos, out=self._buf)
                 batch = doc.hidden
-                scores = self.fast.score_states(prep, doc)
+                scores = self.fast.score_states(prep, doc.to(device))
             if self._buf is None or batch.numel() > self._buf.numel():
                 self._buf = batch.view(-1)  # preallocated padding buffer for the next batches
-            out[rows] = scores.float().numpy()
+            out[rows] = scores.float().cpu().numpy()
         return out
 
     def score(self, query: str, doc_ids: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,410 @@
+"""Latency benchmark: re-ranking N candidates for one query, every method in one process on one backbone.
+
+Methods (all on the same backbone weights, the same hardware, threads and batch size, `torch.inference_mode`,
+attention through PyTorch's `scaled_dot_product_attention` ("sdpa") wherever the method allows it):
+- `cross-encoder`: the HF `…ForSequenceClassification` model on `[CLS] q [SEP] d [SEP]` (attn "sdpa");
+- `masked`: the same cross-encoder under an interaction mask (default mask2) through `HookedCrossEncoder`
+  (its own eager attention with hook points: a mask saves no compute without a structured kernel);
+- `mice`: MICE-ℓa+b with the documents' contextual layers computed on the fly;
+- `mice-index`: MICE from a document-state index on disk (float16, memory-mapped, fp32 compute);
+- `mice-kv`: MICE from an index that also caches the live interaction layers' cross-attention keys/values;
+- `maxsim`: ColBERT-style MaxSim over precomputed 128-d token vectors (float16, memory-mapped) of the same
+  backbone's last layer; only the query is encoded at query time.
+Inputs are token ids (random word pieces, fixed lengths), so tokenisation is excluded from every method.
+A pair that exceeds the model's positions (query + 512-token document) is truncated for the cross-encoder
+(the MICE document keeps all its tokens: the comparison favours the cross-encoder). Timings: median and
+10th/90th percentiles over `repeats` after `warmup` runs; `peak_mem_mb` is the peak additional resident memory
+during the timed runs (CPU; sampled every 2 ms) or peak additional allocated memory (CUDA).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+METHODS = ("cross-encoder", "masked", "mice", "mice-index", "mice-kv", "maxsim")
+COLUMNS = ["method", "doc_len", "median_ms", "p10_ms", "p90_ms", "docs_per_s", "peak_mem_mb",
+           "bytes_per_doc_token", "ratio_vs_ce", "speedup_vs_ce", "mem_ratio_vs_ce", "docs", "query_len",
+           "ce_pair_len", "batch_size", "repeats", "device", "threads", "attention", "model", "mice", "mask",
+           "index_dtype", "torch", "cpu", "load_avg", "date"]
+
+
+@dataclass
+class LatencyConfig:
+    docs: int = 100
+    query_len: int = 32
+    doc_lens: tuple[int, ...] = (128, 512)
+    repeats: int = 5
+    warmup: int = 1
+    device: str = "cpu"
+    model: str = "packaged:minilm"  # backbone: a cross-encoder or encoder folder/hub name
+    random_weights: bool = False  # same architecture, random weights (timing does not depend on them)
+    layers: tuple[int, int] = (3, 3)
+    mask: str = "mask2"
+    batch_size: int = 32
+    threads: int | None = None
+    index_dtype: str = "float16"
+    methods: tuple[str, ...] = METHODS
+    seed: int = 0
+    workdir: str | None = None  # where indexes are written (default: a temporary folder)
+
+
+class _PeakMemory:
+    """Peak additional memory while the block runs: RSS sampled by a thread (CPU) or CUDA's allocator peak."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.peak_mb = 0.0
+
+    def __enter__(self):
+        import torch
+
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        _trim_malloc()
+        import psutil
+
+        self._proc = psutil.Process()
+        self._base = self._proc.memory_info().rss
+        self._peak = self._base
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self._peak = max(self._peak, self._proc.memory_info().rss)
+                self._stop.wait(0.002)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak_mb = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+            self.peak_mb = (self._peak - self._base) / 2**20
+        return False
+
+
+def _trim_malloc() -> None:
+    """Give freed heap back to the OS so one method's garbage does not hide the next one's peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@dataclass
+class _Inputs:
+    query: "object"  # [1, Lq] ids
+    docs: "object"  # [N, Ld] ids
+    pairs: "object"  # [N, T] ids
+    pair_types: "object"
+    ce_pair_len: int
+
+
+def make_inputs(tokenizer, docs: int, query_len: int, doc_len: int, max_positions: int, seed: int) -> _Inputs:
+    """Random word pieces with exact lengths: `[CLS] q [SEP]`, `[CLS] d [SEP]`, and the pair for the CE."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + doc_len)
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    lo = min(1000, len(tokenizer) // 2)
+    hi = len(tokenizer)
+
+    def seqs(n, length):
+        body = torch.randint(lo, hi, (n, length - 2), generator=g)
+        return torch.cat([torch.full((n, 1), cls_id), body, torch.full((n, 1), sep_id)], dim=1)
+
+    q = seqs(1, query_len)
+    d = seqs(docs, doc_len)
+    d_body = d[:, 1:-1]
+    room = max_positions - query_len - 1  # [CLS] q [SEP] + d + [SEP]
+    d_body = d_body[:, : max(1, room)]
+    pairs = torch.cat([q.expand(docs, -1), d_body, torch.full((docs, 1), sep_id)], dim=1)
+    types = torch.zeros_like(pairs)
+    types[:, query_len:] = 1
+    return _Inputs(q, d, pairs, types, int(pairs.shape[1]))
+
+
+def _percentiles(times_s: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(times_s) * 1000.0
+    return float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90))
+
+
+def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
+    """Run the benchmark; returns a DataFrame with `COLUMNS`."""
+    import pandas as pd
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from .backbone import resolve_model_path
+    from .errors import ModelError
+    from .fast_rerank import FastMICE, FastReranker
+    from .index import IndexConfig, build_index_from_token_ids
+    from .maxsim import MaxSimScorer, TokenVectors
+    from .mice_model import MICEModel, _quiet_transformers
+
+    unknown = set(config.methods) - set(METHODS)
+    if unknown:
+        raise ModelError(f"unknown benchmark methods {sorted(unknown)} (choose from {', '.join(METHODS)})")
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda but CUDA is not available")
+    path = resolve_model_path(config.model)
+    hf_config = AutoConfig.from_pretrained(path)
+    is_encoder = not any(a.endswith("ForSequenceClassification") for a in (hf_config.architectures or []))
+    with _quiet_transformers(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        kwargs = {"num_labels": 1} if is_encoder else {}
+        if config.random_weights:
+            hf_config.num_labels = 1
+            ce = AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="sdpa")
+        else:
+            ce = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+    ce = ce.eval().to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    a, b = config.layers
+    work = Path(config.workdir) if config.workdir else Path(tempfile.mkdtemp(prefix="mice-bench-"))
+    ce_folder = work / "backbone"
+    with _quiet_transformers():
+        ce.save_pretrained(ce_folder)  # every method loads exactly these weights
+    tokenizer.save_pretrained(ce_folder)
+    mice = MICEModel.from_cross_encoder(ce_folder, contextual_layers=a, interaction_layers=b,
+                                        max_doc_length=max(config.doc_lens)).to(device).eval()
+    fast = FastMICE(mice)
+    max_pos = MICEModel._position_limit(ce.config)
+    bs = config.batch_size
+    rows = []
+    meta = {"docs": config.docs, "query_len": config.query_len, "batch_size": bs, "repeats": config.repeats,
+            "device": str(device), "threads": torch.get_num_threads(), "attention": "sdpa",
+            "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
+            "mice": f"{a}+{b}", "mask": config.mask, "index_dtype": config.index_dtype,
+            "torch": torch.__version__, "cpu": _cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for doc_len in config.doc_lens:
+        if doc_len > max_pos:
+            raise ModelError(f"--doc-len {doc_len} exceeds the model's {max_pos} positions")
+        inp = make_inputs(tokenizer, config.docs, config.query_len, doc_len, max_pos, config.seed)
+        q_batch = {"input_ids": inp.query.to(device), "attention_mask": torch.ones_like(inp.query).to(device),
+                   "token_type_ids": torch.zeros_like(inp.query).to(device)}
+        d_ids = inp.docs.to(device)
+        d_batches = [{"input_ids": d_ids[i:i + bs], "attention_mask": torch.ones_like(d_ids[i:i + bs]),
+                      "token_type_ids": torch.full_like(d_ids[i:i + bs], mice.mice_config.doc_token_type)}
+                     for i in range(0, config.docs, bs)]
+        pairs = inp.pairs.to(device)
+        types = inp.pair_types.to(device)
+        setups: dict[str, tuple[Callable[[], object], float]] = {}
+
+        if "cross-encoder" in config.methods:
+            def run_ce():
+                for i in range(0, config.docs, bs):
+                    ce(input_ids=pairs[i:i + bs], token_type_ids=types[i:i + bs],
+                       attention_mask=torch.ones_like(pairs[i:i + bs])).logits
+            setups["cross-encoder"] = (run_ce, 0.0)
+
+        if "masked" in config.methods:
+            from .hooked import HookedCrossEncoder
+            from .segments import PairBatch, segment_ids
+
+            with _quiet_transformers():
+                hooked = HookedCrossEncoder.from_pretrained(ce_folder, device=device)
+            mask = hooked.resolve_mask(config.mask)
+            m_batches = []
+            for i in range(0, config.docs, bs):
+                ids = pairs[i:i + bs]
+                am = torch.ones_like(ids)
+                m_batches.append(PairBatch({"input_ids": ids, "attention_mask": am, "token_type_ids": types[i:i + bs],
+                                            "segment_ids": segment_ids(ids.cpu(), am.cpu(), tokenizer).to(device)}))
+
+            def run_masked():
+                for batch in m_batches:
+                    hooked.forward(batch, mask=mask)
+            setups["masked"] = (run_masked, 0.0)
+
+        if "mice" in config.methods:
+            def run_mice():
+                prep = fast.prepare(q_batch)
+                for batch in d_batches:
+                    fast.score_states(prep, mice.encode_doc_batch(batch))
+            setups["mice"] = (run_mice, 0.0)
+
+        doc_tokens = {f"d{i}": inp.docs[i].tolist() for i in range(config.docs)}
+        for method, kv in (("mice-index", False), ("mice-kv", True)):
+            if method not in config.methods:
+                continue
+            idx_dir = work / f"index-{doc_len}-{'kv' if kv else 'states'}"
+            index = build_index_from_token_ids(mice, doc_tokens, idx_dir, IndexConfig(dtype=config.index_dtype, kv=kv),
+                                               overwrite=True)
+            rr = FastReranker(mice, index, use_kv=kv, batch_size=bs)
+            positions = index.positions(list(doc_tokens))
+
+            def run_index(rr=rr, positions=positions):
+                rr.score_positions(rr.fast.prepare(q_batch), positions)
+            setups[method] = (run_index, index.bytes_per_token())
+
+        if "maxsim" in config.methods:
+            from transformers import AutoModel
+
+            with _quiet_transformers():
+                enc = AutoModel.from_pretrained(ce_folder, attn_implementation="sdpa")
+            ms = MaxSimScorer(enc, dim=128, seed=config.seed).to(device)
+            vecs = ms.encode_documents(d_ids, torch.ones_like(d_ids), batch_size=bs, dtype=torch.float16)
+            vec_file = work / f"maxsim-{doc_len}.f16"
+            arr = np.memmap(vec_file, dtype=np.float16, mode="w+", shape=tuple(vecs.vectors.shape))
+            arr[:] = vecs.vectors.numpy()
+            arr.flush()
+            del arr
+            stored = np.memmap(vec_file, dtype=np.float16, mode="c", shape=tuple(vecs.vectors.shape))
+            mask_cpu = vecs.mask
+
+            def run_maxsim():
+                docs = TokenVectors(torch.from_numpy(stored), mask_cpu)  # read from the memory-mapped store
+                ms.score(inp.query, docs, batch_size=bs)
+            setups["maxsim"] = (run_maxsim, float(vecs.bytes_per_token))
+
+        for method in [m for m in METHODS if m in setups]:
+            fn, bytes_per_token = setups[method]
+            with torch.inference_mode():
+                for _ in range(config.warmup):
+                    fn()
+                    sync()
+                times = []
+                with _PeakMemory(str(device)) as mem:
+                    for _ in range(config.repeats):
+                        t0 = time.perf_counter()
+                        fn()
+                        sync()
+                        times.append(time.perf_counter() - t0)
+            med, p10, p90 = _percentiles(times)
+            rows.append({"method": method, "doc_len": doc_len, "median_ms": med, "p10_ms": p10, "p90_ms": p90,
+                         "docs_per_s": config.docs / (med / 1000.0), "peak_mem_mb": mem.peak_mb,
+                         "bytes_per_doc_token": bytes_per_token, "ce_pair_len": inp.ce_pair_len,
+                         "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"), **meta})
+            log(f"  {method:14s} doc_len={doc_len:4d}  median {med:9.1f} ms  ({p10:.1f}–{p90:.1f})  "
+                f"{config.docs / (med / 1000.0):8.1f} docs/s  peak +{mem.peak_mb:.0f} MB")
+        setups.clear()
+        gc.collect()
+    df = pd.DataFrame(rows)
+    return add_ratios(df)[COLUMNS]
+
+
+def add_ratios(df):
+    """ratio_vs_ce = method / cross-encoder (median time; < 1 is faster), speedup_vs_ce = its inverse,
+    mem_ratio_vs_ce = peak memory / the cross-encoder's, per document length."""
+    df = df.copy()
+    df["ratio_vs_ce"] = np.nan
+    df["speedup_vs_ce"] = np.nan
+    df["mem_ratio_vs_ce"] = np.nan
+    for doc_len, g in df.groupby("doc_len"):
+        ce = g[g["method"] == "cross-encoder"]
+        if ce.empty:
+            continue
+        ce_ms, ce_mem = float(ce["median_ms"].iloc[0]), float(ce["peak_mem_mb"].iloc[0])
+        idx = g.index
+        df.loc[idx, "ratio_vs_ce"] = df.loc[idx, "median_ms"] / ce_ms
+        df.loc[idx, "speedup_vs_ce"] = ce_ms / df.loc[idx, "median_ms"]
+        if ce_mem > 0:
+            df.loc[idx, "mem_ratio_vs_ce"] = df.loc[idx, "peak_mem_mb"] / ce_mem
+    return df
+
+
+def targets(df, doc_len: int = 512) -> list[tuple[str, float, bool]]:
+    """The issue's targets at `doc_len` (printed, never asserted): (description, value, met)."""
+    out = []
+    g = df[df["doc_len"] == doc_len].set_index("method")
+    if "mice-index" in g.index and "cross-encoder" in g.index:
+        s = float(g.loc["mice-index", "speedup_vs_ce"])
+        out.append((f"mice-index >= 4x faster than the cross-encoder at {doc_len} tokens", s, s >= 4))
+        out.append((f"mice-index >= 8x faster than the cross-encoder at {doc_len} tokens (aim)", s, s >= 8))
+    if "mice-index" in g.index and "maxsim" in g.index:
+        r = float(g.loc["mice-index", "median_ms"] / g.loc["maxsim", "median_ms"])
+        out.append((f"mice-index within 2x of MaxSim at {doc_len} tokens (time ratio)", r, r <= 2))
+    if "mice-kv" in g.index and "maxsim" in g.index:
+        r = float(g.loc["mice-kv", "median_ms"] / g.loc["maxsim", "median_ms"])
+        out.append((f"mice-kv within 2x of MaxSim at {doc_len} tokens (time ratio)", r, r <= 2))
+    return out
+
+
+def plot_latency(csv_path, out_png) -> Path:
+    """Latency per method and document length (log scale, p10–p90 whiskers, speed-up vs the cross-encoder),
+    drawn from the saved CSV only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .files import atomic_path, read_table
+
+    df = read_table(csv_path)
+    try:
+        from figures import setup_style
+
+        setup_style()
+    except ImportError:  # the figures package is optional for this plot
+        pass
+    lens = sorted(df["doc_len"].unique())
+    fig, axes = plt.subplots(1, len(lens), figsize=(4.2 * len(lens), 3.6), squeeze=False, sharey=True)
+    colors = dict(zip(METHODS, ["#444444", "#888888", "#8fb3d9", "#2c6fbb", "#0b3d91", "#d98c2c"]))
+    for ax, doc_len in zip(axes[0], lens):
+        g = df[df["doc_len"] == doc_len].set_index("method")
+        methods = [m for m in METHODS if m in g.index]
+        med = g.loc[methods, "median_ms"].to_numpy()
+        err = np.vstack([med - g.loc[methods, "p10_ms"].to_numpy(), g.loc[methods, "p90_ms"].to_numpy() - med])
+        x = np.arange(len(methods))
+        ax.bar(x, med, yerr=err, color=[colors[m] for m in methods], capsize=3)
+        ax.set_yscale("log")
+        ax.set_xticks(x, methods, rotation=35, ha="right")
+        ax.set_title(f"{int(g['docs'].iloc[0])} docs of {doc_len} tokens, {int(g['query_len'].iloc[0])}-token query")
+        for xi, m in zip(x, methods):
+            s = g.loc[m, "speedup_vs_ce"]
+            if np.isfinite(s) and m != "cross-encoder":
+                ax.annotate(f"{s:.1f}x", (xi, g.loc[m, "median_ms"]), ha="center", va="bottom", fontsize=8,
+                            xytext=(0, 3), textcoords="offset points")
+    axes[0][0].set_ylabel("re-ranking latency per query (ms, median)")
+    first = df.iloc[0]
+    fig.suptitle(f"{first['model']} · MICE-ℓ{first['mice']} · {first['device']} ({first['threads']} threads) · "
+                 f"{first['date']}", fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return out_png
