@@ -40,7 +40,7 @@ class PreparedQuery:
 class FastMICE:
     """Inference-only scorer over a `MICEModel`'s weights, with fused projections (see the module docstring)."""
 
-    def __init__(self, model: MICEModel, threads: int | None = None):
+    def __init__(self, model: MICEModel, threads: int | None = None, absorb="auto"):
         if threads:
             torch.set_num_threads(int(threads))
         self.model = model.eval()
@@ -48,8 +48,16 @@ class FastMICE:
         self.H, self.heads = model.hidden_size, model.num_heads
         self.dh = self.H // self.heads
         self.layers = [model.layers[self.a + j] for j in range(self.b)]
+        self.absorb = absorb
         with torch.inference_mode():
             self.kv_w, self.kv_b = kv_projection(model)
+            self.kv_wt = self.kv_w.T.contiguous() if self.kv_w is not None else None
+            self.absorb_w = []  # per live cross layer: W_k as [heads, dh, H], W_vᵀ as [heads, H, dh], b_v
+            for block in list(model.cross)[: model.live_cross_layers]:
+                wk = block.self.key.weight.detach().float().view(self.heads, self.dh, self.H).contiguous()
+                wv = block.self.value.weight.detach().float().view(self.heads, self.dh, self.H)
+                bv = block.self.value.bias.detach().float().view(self.heads, 1, self.dh)
+                self.absorb_w.append((wk, wv.transpose(1, 2).contiguous(), bv))
             self.qkv = []  # fused self-attention projections of interaction layers 1..b-1
             for layer in self.layers:
                 s = layer.attention.self
@@ -86,20 +94,18 @@ class FastMICE:
         n, _, l, _ = x.shape
         return x.transpose(1, 2).reshape(n, l, self.H)
 
-    def _run(self, prep: PreparedQuery, n: int, doc_mask: torch.Tensor | None, kv_slot) -> torch.Tensor:
-        """Interaction layers for N documents; `kv_slot(i)` gives cached or projected [N, Ld, H] slot i."""
+    def _run(self, prep: PreparedQuery, n: int, cross) -> torch.Tensor:
+        """Interaction layers for N documents; `cross(j, q)` is layer j's cross-attention context [N, Lq-1, H]
+        for queries q [1 or N, heads, Lq-1, dh] (before the output dense)."""
         m = self.model
         if prep.constant is not None:
             return prep.constant.expand(n).clone()
-        attn_mask = None
-        if doc_mask is not None and not bool(doc_mask.all()):
-            attn_mask = doc_mask[:, None, None, :]
         tokens = prep.hidden[:, 1:]
         h = None
         for j, layer in enumerate(self.layers):
             last = j == self.b - 1
             if j == 0:
-                q = prep.cross_q.expand(n, -1, -1, -1)
+                q = prep.cross_q
                 x_tok = tokens  # [1, Lq-1, H], broadcast in the residual
             else:
                 if last:  # only the [CLS] row reaches the head
@@ -121,14 +127,58 @@ class FastMICE:
                 h = layer.attention.output(self._merge_heads(ctx), h)
                 x_tok = h[:, 1:]
                 q = self._split_heads(m.cross[j].self.query(x_tok))
-            k = self._split_heads(kv_slot(2 * j))
-            v = self._split_heads(kv_slot(2 * j + 1))
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-            x_tok = m.cross[j].output(self._merge_heads(ctx), x_tok)  # [N, Lq-1, H]
+            x_tok = m.cross[j].output(cross(j, q), x_tok)  # [N, Lq-1, H]
             x_tok = layer.output(layer.intermediate(x_tok), x_tok)
             cls = prep.cls_ffn.expand(n, -1, -1) if j == 0 else layer.output(layer.intermediate(h[:, :1]), h[:, :1])
             h = torch.cat([cls, x_tok], dim=1)
         return m.head(h)  # unreachable for b >= 2 (the last layer returns above); kept for clarity
+
+    @staticmethod
+    def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+        """[N, 1, 1, Ld] boolean key mask, or None when no document in the batch is padded."""
+        if mask is None or bool(mask.all()):
+            return None
+        return mask[:, None, None, :]
+
+    def _sdpa_cross(self, q, k, v, key_mask) -> torch.Tensor:
+        n = k.shape[0]
+        ctx = F.scaled_dot_product_attention(q.expand(n, -1, -1, -1), self._split_heads(k), self._split_heads(v),
+                                             attn_mask=key_mask)
+        return self._merge_heads(ctx)
+
+    def _absorbed_cross(self, j: int, q: torch.Tensor, states: torch.Tensor, mask: torch.Tensor | None):
+        """Cross-attention straight over the layer-`a` states, keys/values never formed: per head,
+        q·(W_k d + b_k) = (W_kᵀ q)·d + const (the constant cancels in the softmax) and
+        Σ p (W_v d + b_v) = W_v (Σ p d) + b_v. Cheaper than projecting keys/values when
+        heads·(Lq-1) < H (short queries); exact in real arithmetic."""
+        n_docs, ld, H = states.shape
+        heads, dh = self.heads, self.dh
+        lq = q.shape[2]
+        r = heads * lq
+        wk, wv_t, bv = self.absorb_w[j]
+        qt = torch.matmul(q, wk) * (dh ** -0.5)  # [1|N, heads, Lq-1, H]
+        if q.shape[0] == 1:  # shared query (first interaction layer): one GEMM over all document tokens
+            s = torch.matmul(states, qt.reshape(r, H).T)  # [N, Ld, R]
+            if mask is not None and not bool(mask.all()):
+                s = s.masked_fill(~mask[:, :, None], float("-inf"))
+            p = torch.softmax(s, dim=1)
+            pd = torch.matmul(p.transpose(1, 2), states)  # [N, R, H]
+        else:
+            s = torch.matmul(qt.reshape(n_docs, r, H), states.transpose(1, 2))  # [N, R, Ld]
+            if mask is not None and not bool(mask.all()):
+                s = s.masked_fill(~mask[:, None, :], float("-inf"))
+            p = torch.softmax(s, dim=-1)
+            pd = torch.matmul(p, states)  # [N, R, H]
+        ctx = torch.matmul(pd.view(n_docs, heads, lq, H), wv_t) + bv  # [N, heads, Lq-1, dh]
+        return self._merge_heads(ctx)
+
+    def use_absorbed(self, prep: PreparedQuery) -> bool:
+        """Absorbed cross-attention costs 2·heads·(Lq-1)·H multiply-adds per document token, projecting keys
+        and values 2·H² (+ the attention). The projection's one large GEMM runs faster per operation, so
+        "auto" absorbs only when heads·(Lq-1) <= 0.75·H (measured crossover on CPU, MiniLM: ~Lq 24-32)."""
+        if self.absorb != "auto":
+            return bool(self.absorb)
+        return self.heads * (prep.hidden.shape[1] - 1) <= 0.75 * self.H
 
     def score_states(self, prep: PreparedQuery, doc: DocStates) -> torch.Tensor:
         """Scores [N] from layer-`a` document states (float32 compute whatever the storage)."""
@@ -137,14 +187,26 @@ class FastMICE:
             if prep.constant is not None:
                 return prep.constant.expand(n).clone()
             hidden = doc.hidden if doc.hidden.dtype == torch.float32 else doc.hidden.float()
-            kv = F.linear(hidden, self.kv_w, self.kv_b)  # all live layers' K and V in one GEMM
+            if self.use_absorbed(prep):
+                return self._run(prep, n, lambda j, q: self._absorbed_cross(j, q, hidden, doc.mask))
+            kv = torch.matmul(hidden, self.kv_wt)  # all live layers' K and V in one GEMM (biases below)
+            key_mask = self._key_mask(doc.mask)
             H = self.H
-            return self._run(prep, n, doc.mask, lambda i: kv[..., i * H:(i + 1) * H])
+
+            def cross(j, q):
+                # the key bias shifts every score of a query row equally (cancels in the softmax); the value
+                # bias passes through the convex combination, so it is added once to the context
+                ctx = self._sdpa_cross(q, kv[..., 2 * j * H:(2 * j + 1) * H], kv[..., (2 * j + 1) * H:(2 * j + 2) * H],
+                                       key_mask)
+                return ctx + self.kv_b[(2 * j + 1) * H:(2 * j + 2) * H]
+            return self._run(prep, n, cross)
 
     def score_kv(self, prep: PreparedQuery, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scores [N] from cached keys/values [N, Ld, 2·(b-1), H]."""
+        """Scores [N] from cached keys/values [N, Ld, 2·(b-1), H] (biases included)."""
         with torch.inference_mode():
-            return self._run(prep, kv.shape[0], mask, lambda i: kv[:, :, i])
+            key_mask = self._key_mask(mask)
+            return self._run(prep, kv.shape[0], lambda j, q: self._sdpa_cross(q, kv[:, :, 2 * j], kv[:, :, 2 * j + 1],
+                                                                             key_mask))
 
     def score_texts(self, query: str, docs: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """On-the-fly convenience: documents encoded now, then scored through the fast path."""
@@ -252,3 +314,38 @@ class FastReranker:
             rows += [(str(qid), d, float(s)) for d, s in zip(ids, scores)]
         out = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
         return out.sort_values(["query_id", "score"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+class IndexScorer:
+    """Adapter for `mice.rerank.rerank` (and `mice rerank --index`): scores candidates by doc id from the index
+    (`predict_candidates`), so document texts are never re-encoded. Query-side work is cached per query text
+    (the runner mixes queries within a batch)."""
+
+    def __init__(self, reranker: FastReranker, cache_size: int = 16):
+        self.reranker = reranker
+        self.cache_size = int(cache_size)
+        self._prepared: dict[str, PreparedQuery] = {}
+        self.name_or_path = f"{reranker.model.name}@{reranker.index.path}"
+
+    def _prepare(self, query: str) -> PreparedQuery:
+        prep = self._prepared.pop(query, None)
+        if prep is None:
+            prep = self.reranker.fast.prepare(query)
+        self._prepared[query] = prep  # most recent last
+        while len(self._prepared) > self.cache_size:
+            self._prepared.pop(next(iter(self._prepared)))
+        return prep
+
+    def predict_candidates(self, batch, batch_size: int = 32) -> np.ndarray:
+        out = np.empty(len(batch), dtype=np.float32)
+        groups: dict[str, list[int]] = {}
+        for i, q in enumerate(batch.queries):
+            groups.setdefault(q, []).append(i)
+        for query, rows in groups.items():
+            positions = self.reranker.index.positions([batch.doc_ids[i] for i in rows])
+            out[rows] = self.reranker.score_positions(self._prepare(query), positions)
+        return out
+
+    def predict(self, pairs, batch_size: int = 32, **kwargs) -> np.ndarray:
+        """Texts only (no ids): falls back to the model on the fly."""
+        return self.reranker.model.predict(pairs, batch_size=batch_size)

@@ -70,10 +70,12 @@ def test_fp32_index_equals_model(model, indexes, reference):
     perm = ids[::-1]
     np.testing.assert_allclose(rr.score(QUERIES["q1"], perm), reference["q1"][::-1], atol=1e-5, rtol=0)
     # the fast scorer on in-memory states equals the model too
-    fast = FastMICE(model)
-    prep = fast.prepare(QUERIES["q2"])
     states = model.encode_documents([CORPUS[d] for d in ids])
-    np.testing.assert_allclose(fast.score_states(prep, states).numpy(), reference["q2"], atol=1e-5, rtol=0)
+    for absorb in (False, True):  # keys/values projected, or absorbed into the query (never formed)
+        fast = FastMICE(model, absorb=absorb)
+        for q in ("q0", "q3"):
+            got = fast.score_states(fast.prepare(QUERIES[q]), states).numpy()
+            np.testing.assert_allclose(got, reference[q], atol=1e-5, rtol=0)
 
 
 def _ndcg10(scores: dict, qrels: pd.DataFrame) -> float:
@@ -257,3 +259,25 @@ def test_cli_build_and_info(model, tmp_path):
     assert res.exit_code == 0, res.output
     idx = DocIndex.open(tmp_path / "idx2", model=model)
     assert idx.dtype == "float16" and len(idx) == 12
+
+
+def test_runner_with_index_scorer(model, indexes, tmp_path):
+    """`mice.rerank.rerank` with the index adapter equals the same runner with the model on texts."""
+    from mice.data import InMemoryDataset
+    from mice.fast_rerank import IndexScorer
+    from mice.rerank import rerank
+
+    ids = list(CORPUS)
+    qrels = [(q, ids[i], 1) for i, q in enumerate(QUERIES)]
+    ds = InMemoryDataset("tiny", CORPUS, {"test": QUERIES}, {"test": qrels})
+    run = pd.DataFrame([(q, d, float(-i)) for q in QUERIES for i, d in enumerate(ids)],
+                       columns=["query_id", "doc_id", "score"])
+    scorer = IndexScorer(FastReranker(model, indexes["float32"]), cache_size=2)
+    fast = rerank(scorer, ds, "test", run, k=12, batch_size=5)
+    slow = rerank(model, ds, "test", run, k=12, batch_size=5)
+    merged = fast.merge(slow, on=["query_id", "doc_id"], suffixes=("_fast", "_slow"))
+    assert len(merged) == 12 * len(QUERIES)
+    np.testing.assert_allclose(merged["score_fast"], merged["score_slow"], atol=1e-5, rtol=0)
+    out = tmp_path / "run.trec"
+    rerank(scorer, ds, "test", run, k=12, batch_size=5, out=out)
+    assert out.exists()
