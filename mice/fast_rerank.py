@@ -349,3 +349,17 @@ class IndexScorer:
     def predict(self, pairs, batch_size: int = 32, **kwargs) -> np.ndarray:
         """Texts only (no ids): falls back to the model on the fly."""
         return self.reranker.model.predict(pairs, batch_size=batch_size)
+
+
+def index_scorer(model: str, index, device=None, use_kv="auto", batch_size: int = 64,
+                 verify: bool = True) -> IndexScorer:
+    """`mice rerank --model MICE_DIR --index INDEX_DIR`: a MICE model scoring from its document-state index.
+    Refuses a model that is not a MICE folder and an index built by another model."""
+    from .backbone import resolve_model_path
+    from .models import is_mice_folder
+
+    path = resolve_model_path(model)
+    if not is_mice_folder(path):
+        raise ModelError(f"--index needs a MICE model folder (config.json with a \"mice\" key); {model} is not one")
+    mice = MICEModel.from_pretrained(path, device=device)
+    return IndexScorer(FastReranker(mice, index, use_kv=use_kv, batch_size=batch_size, verify=verify))

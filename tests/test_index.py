@@ -281,3 +281,38 @@ def test_runner_with_index_scorer(model, indexes, tmp_path):
     out = tmp_path / "run.trec"
     rerank(scorer, ds, "test", run, k=12, batch_size=5, out=out)
     assert out.exists()
+
+
+def test_cli_rerank_with_index(model, tmp_path):
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+    from mice.data import InMemoryDataset, write_beir
+    from mice.runs import read_run, write_run
+
+    mice_dir = model.save_pretrained(tmp_path / "mice")
+    ids = list(CORPUS)
+    ds = InMemoryDataset("tiny", CORPUS, {"test": QUERIES}, {"test": [(q, ids[i], 1) for i, q in enumerate(QUERIES)]})
+    beir = write_beir(ds, tmp_path / "beir")
+    first = tmp_path / "first.trec"
+    write_run(pd.DataFrame([(q, d, float(-i)) for q in QUERIES for i, d in enumerate(ids)],
+                           columns=["query_id", "doc_id", "score"]), first)
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", "build", "-m", str(mice_dir), "-d", str(beir), "-o", str(tmp_path / "idx"),
+                              "--dtype", "float32"])
+    assert res.exit_code == 0, res.output
+    common = ["rerank", "-m", str(mice_dir), "-d", str(beir), "--run", str(first), "--k", "8", "--split", "test"]
+    res = runner.invoke(app, common + ["--out", str(tmp_path / "fast.trec"), "--index", str(tmp_path / "idx")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, common + ["--out", str(tmp_path / "slow.trec")])
+    assert res.exit_code == 0, res.output
+    fast, slow = read_run(tmp_path / "fast.trec"), read_run(tmp_path / "slow.trec")
+    merged = fast.merge(slow, on=["query_id", "doc_id"])
+    assert len(merged) == 8 * len(QUERIES)
+    np.testing.assert_allclose(merged["score_x"], merged["score_y"], atol=1e-5, rtol=0)
+    # an index built by another model is refused with a one-line error
+    other = MICEModel.from_cross_encoder(tiny_cross_encoder(tmp_path / "o", num_layers=4, seed=9), 1, 3)
+    other_dir = other.save_pretrained(tmp_path / "other")
+    res = runner.invoke(app, ["rerank", "-m", str(other_dir), "-d", str(beir), "--run", str(first), "--out",
+                              str(tmp_path / "x.trec"), "--index", str(tmp_path / "idx")])
+    assert res.exit_code != 0 and isinstance(res.exception, IndexError_)

@@ -37,18 +37,30 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
                batch_size: int = typer.Option(32, "--batch-size", help="Pairs per forward pass"),
                max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate pairs to this"),
                device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: best available)"),
+               index: Optional[Path] = typer.Option(None, "--index", help="MICE only: score documents from this "
+                                                    "document-state index (`mice index build`), not their text"),
                ) -> None:
     """Score the top-k candidates of RUN with MODEL; resumes from <out>.partial if a previous run stopped."""
     from ..rerank import rerank
     from .data import plain_warnings
 
     with plain_warnings():
-        scorer = load_scorer(model, mask, device, max_length)
+        job = job_id(model, mask, max_length)
+        if index is not None:  # MICE from its index (mice.fast_rerank); the index's checksum joins the job id
+            from ..errors import ModelError
+            from ..fast_rerank import index_scorer
+
+            if mask is not None:
+                raise ModelError("--mask does not apply with --index (a MICE model has its pattern built in)")
+            scorer = index_scorer(model, index, device=device)
+            job += f"|index={scorer.reranker.index.manifest['checksum'][:16]}"
+        else:
+            scorer = load_scorer(model, mask, device, max_length)
         partial = out.with_name(out.name + ".partial")
         if partial.exists():
             typer.echo(f"resuming from {partial}", err=True)
         result = rerank(scorer, dataset, split, run, k=k, batch_size=batch_size, out=out, progress=True,
-                        tag=Path(model).name or "rerank", job=job_id(model, mask, max_length))
+                        tag=Path(model).name or "rerank", job=job)
     typer.echo(f"wrote {out}: {result['query_id'].nunique()} queries, {len(result)} lines")
 
 
