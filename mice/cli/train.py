@@ -1,0 +1,128 @@
+"""`mice train` — fine-tune a cross-encoder, a masked cross-encoder, or a MICE model (Margin-MSE distillation).
+
+Settings come from a preset (`--preset tiny|quick|paper`), then a config file (`--config run.toml|run.json`,
+flat keys named like `mice.train.TrainConfig` fields), then the flags below and `--set key=value`.
+Data-parallel: `accelerate launch --num_processes N -m mice train ...` (same flags).
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+
+def _settings(**flags) -> dict:
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def train(
+    mode: Optional[str] = typer.Option(None, "--mode", help="cross-encoder | masked | mice (default: cross-encoder)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="tiny (seconds), quick (~5 min on 2 CPU cores), "
+                                                                "paper (the MICE paper's GPU recipe)"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Settings file (.json or .toml)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="Backbone (cross-encoder mode) or source cross-encoder folder"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset spec (default embedded:docs)"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder (best/, last/, logs)"),
+    teacher: Optional[str] = typer.Option(None, "--teacher",
+                                          help="Teacher: model spec, 'source' (the --model itself), "
+                                               "'biencoder:packaged', or a score_pos/score_neg/qid/pos/neg file"),
+    mask: Optional[str] = typer.Option(None, "--mask", help="masked mode: preset spec (mask2, mask3:k=2) or .json"),
+    contextual_layers: Optional[int] = typer.Option(None, "--contextual-layers", "-a", help="mice: a"),
+    interaction_layers: Optional[int] = typer.Option(None, "--interaction-layers", "-b", help="mice: b"),
+    loss: Optional[str] = typer.Option(None, "--loss", help="listwise | bce | margin-mse, joined with '+'"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    head_lr: Optional[float] = typer.Option(None, "--head-lr", help="LR of pooler + classifier"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Queries per step and process"),
+    negatives: Optional[int] = typer.Option(None, "--negatives", help="Hard negatives per query"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget"),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps"),
+    max_length: Optional[int] = typer.Option(None, "--max-length"),
+    teacher_scale: Optional[float] = typer.Option(None, "--teacher-scale"),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every"),
+    save_every: Optional[int] = typer.Option(None, "--save-every"),
+    dev_queries: Optional[int] = typer.Option(None, "--dev-queries"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Several runs, e.g. 0,1,2 (output/seed-N/ each)"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from output/last/ if it exists"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what output/ holds"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting: --set key=value (repeatable)"),
+    show_config: bool = typer.Option(False, "--show-config", help="Print the resolved settings and exit"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
+) -> None:
+    """Train a cross-encoder, a masked cross-encoder or a MICE model; prints its wall time and dev RR@10."""
+    import json
+
+    from ..errors import MiceError
+    from ..train.config import TrainConfig, read_config_file
+    from ..train.presets import preset_settings
+
+    file_settings = read_config_file(config) if config else {}
+    chosen_mode = mode or file_settings.get("mode") or "cross-encoder"
+    cfg = TrainConfig()
+    if preset:
+        cfg = cfg.updated(preset_settings(preset, chosen_mode), f"preset {preset}")
+    if file_settings:
+        cfg = cfg.updated(file_settings, str(config))
+    extra = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MiceError(f"--set {item!r}: expected key=value")
+        extra[key.strip()] = value.strip()
+    flags = _settings(mode=mode, model=model, dataset=dataset, output=output, teacher=teacher, mask=mask,
+                      contextual_layers=contextual_layers, interaction_layers=interaction_layers, loss=loss, lr=lr,
+                      head_lr=head_lr, batch_size=batch_size, negatives=negatives, max_steps=max_steps,
+                      max_minutes=max_minutes, warmup_steps=warmup_steps, max_length=max_length,
+                      teacher_scale=teacher_scale, eval_every=eval_every, save_every=save_every,
+                      dev_queries=dev_queries, seed=seed)
+    cfg = cfg.updated({**flags, **extra}, "command line")
+    if resume:
+        cfg = cfg.updated({"resume": True})
+    if overwrite:
+        cfg = cfg.updated({"overwrite": True})
+    if cfg.mode != "cross-encoder" and cfg.model == "packaged:minilm" and not (model or "model" in file_settings
+                                                                                or "model" in extra):
+        raise MiceError(f"--mode {cfg.mode} starts from a trained cross-encoder: pass --model FOLDER "
+                        "(e.g. the best/ folder of a cross-encoder run)")
+    cfg.validate()
+    if show_config:
+        typer.echo(json.dumps(cfg.to_dict(), indent=2))
+        return
+    from ..train.loop import Trainer, train_seeds
+
+    if seeds:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise MiceError(f"--seeds {seeds!r}: expected integers separated by commas") from None
+        table = train_seeds(cfg, seed_list, quiet=quiet)
+        _print_seed_table(table, cfg.output)
+        return
+    result = Trainer(cfg, quiet=quiet).train()
+    best = result.best_dev
+    typer.echo(f"wall time {result.wall_time_s:.1f} s, {result.steps} steps (stopped by {result.stopped_by}); "
+               + (f"best dev RR@10 {best['RR@10']:.4f} nDCG@10 {best['nDCG@10']:.4f} at step {result.best_step}; "
+                  if best else "") + f"model: {result.output / 'best'}")
+
+
+def _print_seed_table(table, output) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"mice train — {len(table)} seeds ({output}/seeds.csv)")
+    for col in ("seed", "steps", "best_step", "dev_rr10", "dev_ndcg10", "wall_time_s"):
+        t.add_column(col, justify="right")
+    for row in table.to_dict("records"):
+        t.add_row(*[f"{row[c]:.4f}" if isinstance(row[c], float) and c.startswith("dev") else str(row[c])
+                    for c in ("seed", "steps", "best_step", "dev_rr10", "dev_ndcg10", "wall_time_s")])
+    for label, fn in (("mean", "mean"), ("std", "std")):
+        vals = [getattr(table[c].astype(float), fn)() if len(table) > 1 or fn == "mean" else 0.0
+                for c in ("dev_rr10", "dev_ndcg10", "wall_time_s")]
+        t.add_row(label, "", "", f"{vals[0]:.4f}", f"{vals[1]:.4f}", f"{vals[2]:.1f}")
+    Console().print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

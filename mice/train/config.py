@@ -1,0 +1,239 @@
+"""`TrainConfig`: everything a training run depends on, in one dataclass that round-trips through JSON/TOML.
+
+Values come, in increasing priority, from the dataclass defaults, a preset (`mice.train.presets`), a config
+file (JSON or TOML, flat keys named like the fields) and explicit overrides (CLI flags).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from ..errors import MiceError
+
+MODES = ("cross-encoder", "masked", "mice")
+LOSS_TERMS = ("listwise", "bce", "margin-mse")
+SOURCE_TEACHER = "source"  # teacher = the model the student starts from (self-distillation, as in the paper)
+
+
+class ConfigError(MiceError, ValueError):
+    """A training configuration is invalid; the message names the field."""
+
+
+class TrainingDiverged(MiceError, RuntimeError):
+    """The loss (or the gradient norm) became NaN/inf; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainConfig:
+    """A training run. `batch_size` counts training groups (1 query, 1 positive, `negatives` negatives) per
+    process and step; under data parallelism the effective batch is `batch_size × processes`."""
+
+    mode: str = "cross-encoder"
+    model: str = "packaged:minilm"  # backbone (cross-encoder mode) or source cross-encoder (masked, mice)
+    dataset: str = "embedded:docs"
+    train_split: str = "train"
+    dev_split: str | None = "dev"
+    dev_dataset: str | None = None  # default: `dataset` (ir_datasets collections hold one split each)
+    output: str = "runs/train"
+
+    # student
+    max_length: int = 128  # pair length (cross-encoder, masked); document length (mice)
+    max_query_length: int = 32  # mice
+    mask: str | None = None  # masked: preset spec (mask2, mask3:k=2) or mask .json
+    mask_mode: str = "renorm"
+    contextual_layers: int = 3  # mice: a
+    interaction_layers: int = 3  # mice: b
+
+    # training groups
+    negatives: int = 3
+    bm25_depth: int = 20  # hard negatives come from BM25's top-`bm25_depth`, judged-relevant removed
+
+    # loss: '+'-joined terms among listwise, bce, margin-mse
+    loss: str = "listwise"
+    teacher: str | None = None  # model spec, "source", or a file of `score_pos score_neg qid pos neg` lines
+    teacher_scale: float = 1.0  # teacher scores are multiplied by this (cosine → logit-like range)
+    teacher_max_length: int | None = None  # default: max_length
+    teacher_cache: str | None = None  # parquet path; default: under the mice cache, keyed by teacher + data
+    teacher_batch_size: int = 64
+    distill_weight: float = 1.0  # weight of margin-mse when combined with a ranking term
+
+    # optimisation
+    batch_size: int = 4
+    lr: float = 3e-5
+    head_lr: float | None = None  # pooler + classifier (a fresh head learns faster); default: lr
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    max_steps: int = 1000
+    max_minutes: float | None = None  # wall-clock budget (stops early, keeps the best checkpoint)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+
+    # validation, logging, checkpoints
+    eval_every: int = 200
+    eval_at_start: bool = True  # also evaluate the untrained model (step 0)
+    dev_queries: int | None = 200  # first N dev queries (by id); None = all
+    dev_top_k: int = 20
+    eval_batch_size: int = 64
+    log_every: int = 10
+    save_every: int = 200
+    resume: bool = False
+    overwrite: bool = False
+
+    # ------------------------------------------------------------------------------------------------ utils
+    @property
+    def loss_terms(self) -> list[str]:
+        return [t.strip() for t in self.loss.split("+") if t.strip()]
+
+    @property
+    def needs_teacher(self) -> bool:
+        return "margin-mse" in self.loss_terms
+
+    def validate(self) -> "TrainConfig":
+        def bad(name, why):
+            raise ConfigError(f"train config: {name}: {why}")
+
+        if self.mode not in MODES:
+            bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
+        terms = self.loss_terms
+        if not terms:
+            bad("loss", "empty")
+        for t in terms:
+            if t not in LOSS_TERMS:
+                bad("loss", f"unknown term {t!r} (terms: {', '.join(LOSS_TERMS)}, joined with '+')")
+        if self.needs_teacher and not self.teacher:
+            bad("teacher", "margin-mse needs a teacher (a model spec, 'source', or a teacher score file)")
+        if self.mode == "masked" and not self.mask:
+            bad("mask", "masked mode needs a mask (a preset such as mask2 or mask3:k=2, or a mask .json)")
+        if self.mask:
+            _check_mask_spec(self.mask)
+        if self.mode != "masked" and self.mask:
+            bad("mask", f"a mask applies to masked mode, not {self.mode} (use --mode masked)")
+        for name in ("negatives", "batch_size", "max_steps", "bm25_depth", "dev_top_k", "eval_every",
+                     "log_every", "save_every", "max_length", "max_query_length", "eval_batch_size",
+                     "teacher_batch_size"):
+            if int(getattr(self, name)) < 1:
+                bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if "listwise" in terms and "bce" in terms:
+            bad("loss", "listwise and bce are alternatives; pick one")
+        if self.bm25_depth <= 1:
+            bad("bm25_depth", "needs room for negatives")
+        for name in ("lr", "max_grad_norm"):
+            v = float(getattr(self, name))
+            if not (v > 0 and math.isfinite(v)):
+                bad(name, f"must be a positive number, got {v}")
+        if self.head_lr is not None and not float(self.head_lr) > 0:
+            bad("head_lr", f"must be positive, got {self.head_lr}")
+        if self.warmup_steps < 0:
+            bad("warmup_steps", "must be >= 0")
+        if self.max_minutes is not None and not float(self.max_minutes) > 0:
+            bad("max_minutes", f"must be positive, got {self.max_minutes}")
+        if self.mode == "mice" and (self.contextual_layers < 0 or self.interaction_layers < 1):
+            bad("interaction_layers", "MICE needs a >= 0 contextual and b >= 1 interaction layers")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            bad("mixed_precision", f"{self.mixed_precision!r} (no, fp16, bf16)")
+        if self.mask_mode not in ("renorm", "zero"):
+            bad("mask_mode", f"{self.mask_mode!r} (renorm, zero)")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, obj: dict, source: str = "<dict>") -> "TrainConfig":
+        return cls().updated(obj, source)
+
+    def updated(self, changes: dict, source: str = "<overrides>") -> "TrainConfig":
+        """A copy with `changes` applied (keys may use '-' or '_'); unknown keys are an error naming them."""
+        names = {f.name: f for f in fields(self)}
+        clean = {}
+        for key, value in changes.items():
+            k = str(key).replace("-", "_")
+            if k not in names:
+                raise ConfigError(f"{source}: unknown setting {key!r} (settings: {', '.join(names)})")
+            clean[k] = _coerce(k, value, getattr(self, k), source)
+        return replace(self, **clean)
+
+    def save(self, path) -> Path:
+        from ..files import write_json_atomic
+
+        return write_json_atomic(path, self.to_dict())
+
+
+def _check_mask_spec(spec: str) -> None:
+    """Fail early (before any model loads) on a mask that is neither a file nor a known preset."""
+    from ..masks import PRESETS
+
+    s = str(spec).strip()
+    if s.endswith(".json") or Path(s).exists():
+        if not Path(s).is_file():
+            raise ConfigError(f"train config: mask: {s}: file not found")
+        return
+    base = s.split("(", 1)[0].split(":", 1)[0].strip().lower()
+    if base not in PRESETS:
+        raise ConfigError(f"train config: mask: unknown preset {base!r} (presets: {', '.join(PRESETS)}; "
+                          "or a mask .json file)")
+
+
+_OPTIONAL_TYPES = {"dev_split": str, "dev_dataset": str, "mask": str, "teacher": str, "teacher_max_length": int, "teacher_cache": str,
+                   "head_lr": float, "max_minutes": float, "dev_queries": int}
+
+
+def _coerce(name: str, value, current, source: str):
+    """Strings from `--set key=value` and TOML/JSON values to the field's type."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if name in _OPTIONAL_TYPES:
+            return None
+        raise ConfigError(f"{source}: {name} cannot be empty")
+    target = _OPTIONAL_TYPES.get(name) or type(current)
+    try:
+        if target is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if target is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if target is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name}={value!r} is not a valid {target.__name__}") from None
+
+
+def read_config_file(path) -> dict:
+    """A flat mapping of settings from a .json or .toml file (a TOML `[train]` table is accepted too)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            obj = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: malformed TOML ({err})") from None
+    elif path.suffix == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{err.lineno}:{err.colno}: malformed JSON ({err.msg})") from None
+    else:
+        raise ConfigError(f"{path}: config files are .json or .toml")
+    if isinstance(obj, dict) and isinstance(obj.get("train"), dict):
+        obj = obj["train"]
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: expected a table/object of settings")
+    return obj

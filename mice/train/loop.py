@@ -1,0 +1,554 @@
+"""`Trainer`: the training loop shared by the three modes, data-parallel through `accelerate`.
+
+One step: draw this process's share of the global batch (`GroupSampler`, stateless per step), score B×G pairs,
+add the loss terms, backward, clip, check that loss and gradient norm are finite (on every process alike: both
+are all-reduced), then AdamW and the linear warmup/decay schedule. Every `eval_every` steps the dev queries'
+BM25 top-k is re-ranked (each process scores a slice; results are gathered) and the best checkpoint is kept.
+
+Output folder:
+- `best/`: the best model by dev RR@10, a plain folder `mice.models.load_scorer` opens;
+- `last/`: the latest checkpoint: the model folder plus `trainer_state.pt` (optimizer, scheduler, step, best,
+  elapsed time) and `rng_state_<rank>.pt`; written to a temporary folder and swapped in, so a kill at any moment
+  leaves either the previous or the new checkpoint;
+- `train_log.csv` (step, loss, lr, pairs_per_s, dev RR@10, …), `summary.json`, `train_config.json`.
+
+On one process it behaves exactly like a plain PyTorch loop (no wrapping happens); under `accelerate launch`
+gradients are averaged across processes, so R processes with batch B reproduce one process with batch R·B.
+"""
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import MiceError
+from .config import SOURCE_TEACHER, ConfigError, TrainConfig, TrainingDiverged
+
+STATE_FILE = "trainer_state.pt"
+STATE_FORMAT = "mice-train-state/1"
+LOG_COLUMNS = ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "dev_ndcg10"]
+DEV_METRICS = ("RR@10", "nDCG@10")
+# settings that may change when resuming (they do not change what a step computes)
+_RESUME_FREE = {"output", "resume", "overwrite", "max_minutes", "eval_every", "save_every", "log_every",
+                "eval_batch_size", "teacher_batch_size", "teacher_cache", "max_steps"}
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a finished temporary folder in for `final` (the old one survives until the new one is in place)."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_dir(final: Path) -> None:
+    """After a kill between the two renames of `_replace_dir`, the previous checkpoint is `.name.old`."""
+    old = final.with_name(f".{final.name}.old")
+    if not final.exists() and old.exists():
+        old.rename(final)
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """LR factor: linear warmup over `warmup` steps, then linear decay to 0 at step `total`."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    best_step: int | None
+    best_dev: dict = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    stopped_by: str = "max_steps"
+    summary: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Train `config.mode` as configured. `train()` returns a `TrainResult` (also written to summary.json).
+
+    `callbacks` are called as `fn(trainer, step)` after every optimizer step (after any checkpoint of that step).
+    """
+
+    def __init__(self, config: TrainConfig, dataset=None, accelerator=None,
+                 callbacks: Sequence[Callable] = (), quiet: bool = False):
+        self.config = config.validate()
+        self.dataset = dataset
+        self.accelerator = accelerator
+        self.callbacks = list(callbacks)
+        self.quiet = quiet
+        self.step = 0
+        self.log_rows: list[dict] = []
+
+    # --------------------------------------------------------------------------------------------- setup
+    @property
+    def output(self) -> Path:
+        return Path(self.config.output)
+
+    def _print(self, message: str) -> None:
+        if not self.quiet and self.acc.is_main_process:
+            self.console.print(message, highlight=False)
+
+    def _prepare_output(self) -> Path | None:
+        """Decide between a fresh start and a resume; returns the checkpoint to resume from."""
+        cfg, out = self.config, self.output
+        last = out / "last"
+        if self.acc.is_main_process:
+            _recover_dir(last)
+        self.acc.wait_for_everyone()
+        has_ckpt = (last / STATE_FILE).exists()
+        if has_ckpt and cfg.resume:
+            return last
+        if has_ckpt and not cfg.overwrite:
+            raise ConfigError(f"{out} already holds a checkpoint (last/); pass --resume to continue it or "
+                              "--overwrite to start over")
+        if (out / "best").exists() and not cfg.overwrite and not cfg.resume:
+            raise ConfigError(f"{out} already holds a trained model (best/); pass --overwrite to replace it")
+        if self.acc.is_main_process:
+            for name in ("last", "best", ".last.tmp", ".best.tmp", "train_log.csv", "summary.json"):
+                p = out / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        self.acc.wait_for_everyone()
+        return None
+
+    def _load_data(self):
+        from ..data import load_dataset
+        from .samples import GroupSampler, pool_from_dataset, pool_from_triples
+        from .teacher import TeacherScores, default_cache_path, is_score_file
+
+        cfg = self.config
+        ds = load_dataset(self.dataset if self.dataset is not None else cfg.dataset)
+        self.ds = ds
+        triples = None
+        self.teacher = None
+        if cfg.needs_teacher and is_score_file(cfg.teacher):
+            self.teacher, triples = TeacherScores.from_file(cfg.teacher)
+        with self.acc.main_process_first():  # the BM25 index is built (and cached) once
+            pool = pool_from_triples(triples, ds) if triples is not None else pool_from_dataset(
+                ds, cfg.train_split, cfg.bm25_depth)
+            dev_ds = load_dataset(cfg.dev_dataset) if cfg.dev_dataset else ds
+            self.dev = self._dev_candidates(dev_ds) if cfg.dev_split else None
+        self.pool = pool
+        self.sampler = GroupSampler(pool, cfg.negatives, cfg.seed)
+        if cfg.needs_teacher and self.teacher is None:
+            spec = cfg.model if cfg.teacher == SOURCE_TEACHER else cfg.teacher
+            tmax = cfg.teacher_max_length or cfg.max_length
+            cache = Path(cfg.teacher_cache) if cfg.teacher_cache else default_cache_path(spec, tmax, ds)
+            self.teacher = TeacherScores(spec, cache, max_length=tmax, batch_size=cfg.teacher_batch_size,
+                                         device=self.acc.device)
+
+    def _dev_candidates(self, ds) -> dict:
+        from ..retrieval import bm25_run
+
+        cfg = self.config
+        queries = ds.queries(cfg.dev_split)
+        qids = sorted(queries)
+        if cfg.dev_queries is not None:
+            qids = qids[: cfg.dev_queries]
+        keep = set(qids)
+        run = bm25_run(ds, cfg.dev_split, k=cfg.dev_top_k)
+        run = run[run["query_id"].isin(keep)]
+        corpus = ds.corpus()
+        qrels = ds.qrels(cfg.dev_split)
+        qrels = qrels[qrels["query_id"].isin(keep)]
+        pairs = [(q, d, queries[q], corpus[d]) for q, d in zip(run["query_id"], run["doc_id"])]
+        return {"pairs": pairs, "qrels": qrels, "bm25": run}
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, float]:
+        """Dev RR@10 / nDCG@10 of the current model re-ranking BM25's top-k (sharded over processes)."""
+        import torch
+        from accelerate.utils import gather_object
+
+        from ..evaluation import per_query
+
+        acc = self.acc
+        pairs = self.dev["pairs"]
+        mine = pairs[acc.process_index::acc.num_processes]
+        model = acc.unwrap_model(self.model)
+        with torch.no_grad():
+            scores = model.predict([(q, d) for _, _, q, d in mine], batch_size=self.config.eval_batch_size) \
+                if mine else np.zeros(0)
+        rows = gather_object([(qid, did, float(s)) for (qid, did, _, _), s in zip(mine, scores)])
+        run = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
+        values = per_query(self.dev["qrels"], run, DEV_METRICS)
+        return {m: float(values.loc[values["measure"] == m, "value"].mean()) for m in DEV_METRICS}
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def _save_model(self, folder: Path) -> None:
+        from .student import quiet_hf
+
+        quiet_hf()
+        self.acc.unwrap_model(self.model).save(folder)
+
+    def _write_best(self, metrics: dict) -> None:
+        from ..files import write_json_atomic
+
+        if self.acc.is_main_process:
+            tmp = self.output / ".best.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            self._save_model(tmp)
+            write_json_atomic(tmp / "best.json", {"step": self.step, "dev": metrics})
+            _replace_dir(tmp, self.output / "best")
+        self.acc.wait_for_everyone()
+
+    def _flush_teacher(self) -> None:
+        if self.teacher is None:
+            return
+        from accelerate.utils import gather_object
+
+        rows = gather_object(self.teacher.take_new())
+        if self.acc.is_main_process:
+            self.teacher.write(rows)
+        else:
+            for q, d, s in rows:
+                self.teacher.table[(q, d)] = s
+
+    def save_checkpoint(self) -> None:
+        """`last/` = model folder + optimizer, scheduler, step, best so far, elapsed time and RNG states."""
+        import torch
+
+        acc = self.acc
+        t0 = time.perf_counter()
+        self._flush_teacher()
+        tmp = self.output / ".last.tmp"
+        if acc.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        torch.save(_rng_state(), tmp / f"rng_state_{acc.process_index}.pt")
+        if acc.is_main_process:
+            self._save_model(tmp)
+            state = {"format": STATE_FORMAT, "step": self.step, "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "best_metric": self.best_metric,
+                     "best_step": self.best_step, "best_dev": self.best_dev, "elapsed_s": self.elapsed(),
+                     "world_size": acc.num_processes, "config": self.config.to_dict()}
+            torch.save(state, tmp / STATE_FILE)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            _replace_dir(tmp, self.output / "last")
+            self._write_log()
+        acc.wait_for_everyone()
+        self._last_save_s = time.perf_counter() - t0
+
+    def _load_checkpoint(self, folder: Path) -> None:
+        import torch
+
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+        if state.get("format") != STATE_FORMAT:
+            raise MiceError(f"{folder / STATE_FILE}: unknown checkpoint format {state.get('format')!r}")
+        saved = state.get("config", {})
+        changed = [k for k, v in self.config.to_dict().items()
+                   if k not in _RESUME_FREE and k in saved and saved[k] != v]
+        if changed:
+            raise ConfigError(f"{folder}: cannot resume with different settings: "
+                              + ", ".join(f"{k} {saved[k]!r} -> {getattr(self.config, k)!r}" for k in changed))
+        if state.get("world_size", 1) != self.acc.num_processes:
+            self._print(f"[yellow]note:[/] resuming a {state.get('world_size')}-process run on "
+                        f"{self.acc.num_processes} process(es)")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.best_metric = state["best_metric"]
+        self.best_step = state["best_step"]
+        self.best_dev = state.get("best_dev") or {}
+        self._elapsed_before = float(state["elapsed_s"])
+        rng_file = folder / f"rng_state_{self.acc.process_index}.pt"
+        if rng_file.exists():
+            _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+        log = self.output / "train_log.csv"
+        if log.exists():
+            df = pd.read_csv(log)
+            self.log_rows = [r for r in df.to_dict("records") if r["step"] <= self.step]
+
+    # ------------------------------------------------------------------------------------------- logging
+    def elapsed(self) -> float:
+        return self._elapsed_before + (time.perf_counter() - self._t0)
+
+    def _write_log(self) -> None:
+        from ..files import write_table
+
+        if self.acc.is_main_process:
+            df = pd.DataFrame(self.log_rows, columns=LOG_COLUMNS)
+            write_table(df, self.output / "train_log.csv")
+
+    def _log(self, **row) -> None:
+        full = {c: row.get(c, np.nan) for c in LOG_COLUMNS}
+        if self.log_rows and self.log_rows[-1]["step"] == full["step"]:  # merge eval into the step's row
+            prev = self.log_rows[-1]
+            for k, v in full.items():
+                if not (isinstance(v, float) and math.isnan(v)):
+                    prev[k] = v
+        else:
+            self.log_rows.append(full)
+
+    # ---------------------------------------------------------------------------------------------- train
+    def train(self) -> TrainResult:
+        import torch
+        from accelerate import Accelerator
+        from rich.console import Console
+
+        from ..files import write_json_atomic
+        from .losses import combined_loss
+        from .student import build_student, param_groups
+
+        cfg = self.config
+        self.acc = acc = self.accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        self.console = Console(stderr=False)
+        world, rank = acc.num_processes, acc.process_index
+        self._t0 = time.perf_counter()
+        self._elapsed_before = 0.0
+        self._last_eval_s = self._last_save_s = 0.0
+        resume_from = self._prepare_output()
+        if acc.is_main_process:
+            self.output.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.output / "train_config.json")
+        _seed_everything(cfg.seed)
+        self._load_data()
+
+        student = build_student(cfg, source=str(resume_from) if resume_from else None)
+        student.train()
+        optimizer = torch.optim.AdamW(param_groups(student, cfg.lr, cfg.head_lr, cfg.weight_decay), lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(cfg.warmup_steps, cfg.max_steps))
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.best_metric, self.best_step, self.best_dev = None, None, {}
+        # the scheduler is stepped by hand, once per optimizer step (accelerate would step it once per process)
+        self.model, self.optimizer = acc.prepare(student, optimizer)
+        if resume_from is not None:
+            self._load_checkpoint(resume_from)
+            self._print(f"resuming from {resume_from} at step {self.step}")
+        start_step = self.step
+
+        group = 1 + cfg.negatives
+        pairs_per_step = cfg.batch_size * group * world
+        self._print(f"[bold]mice train[/] {cfg.mode}: {cfg.model} on {self.ds.name}/{cfg.train_split} "
+                    f"({len(self.pool)} queries), {world} process(es), {pairs_per_step} pairs/step, "
+                    f"loss {cfg.loss}" + (f", teacher {self.teacher.spec or cfg.teacher}" if self.teacher else ""))
+
+        if self.dev is not None and resume_from is None and cfg.eval_at_start:
+            self._evaluate_and_keep(loss=None)
+
+        stopped_by = "max_steps"
+        window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
+        progress = _progress(self.quiet or not acc.is_main_process, self.console)
+        task = progress.add_task("training", total=cfg.max_steps, completed=self.step, info="")
+        with progress:
+            while self.step < cfg.max_steps:
+                step_t0 = time.perf_counter()
+                groups = self.sampler.batch(self.step, cfg.batch_size, rank, world)
+                queries = [g.query for g in groups]
+                docs = [d for g in groups for d in g.docs]
+                teacher = None
+                if self.teacher is not None:
+                    t = self.teacher.scores(groups) * cfg.teacher_scale
+                    teacher = torch.as_tensor(t, dtype=torch.float32, device=acc.device)
+                scores = self.model(queries, docs)
+                loss, _parts = combined_loss(cfg.loss_terms, scores, teacher, cfg.distill_weight)
+                acc.backward(loss)
+                norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                time_up = cfg.max_minutes is not None and self._time_up(time.perf_counter() - step_t0)
+                stats = acc.reduce(torch.tensor([float(loss.detach()), float(time_up)], device=acc.device), "sum")
+                global_loss = float(stats[0]) / world
+                norm = float(norm) if norm is not None else 0.0
+                if not math.isfinite(global_loss) or (not math.isfinite(norm) and cfg.mixed_precision != "fp16"):
+                    self._diverged(global_loss, norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                window_loss += global_loss
+                window_steps += 1
+
+                lr = self.scheduler.get_last_lr()[0]
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    now = time.perf_counter()
+                    rate = pairs_per_step * window_steps / max(now - window_t, 1e-9)
+                    self._log(step=self.step, loss=window_loss / window_steps, lr=lr, pairs_per_s=rate,
+                              elapsed_s=self.elapsed())
+                    progress.update(task, info=f"loss {window_loss / window_steps:.4f}  {rate:.0f} pairs/s"
+                                    + (f"  best RR@10 {self.best_metric:.4f}" if self.best_metric is not None
+                                       else ""))
+                    window_loss, window_steps, window_t = 0.0, 0, now
+                progress.update(task, completed=self.step)
+                if stats[1] > 0:
+                    stopped_by = "max_minutes"
+                last_step = self.step == cfg.max_steps or stopped_by == "max_minutes"
+                if self.dev is not None and (self.step % cfg.eval_every == 0 or last_step):
+                    self._evaluate_and_keep(loss=global_loss)
+                if self.step % cfg.save_every == 0 or last_step:
+                    self.save_checkpoint()
+                for fn in self.callbacks:
+                    fn(self, self.step)
+                if stopped_by == "max_minutes":
+                    break
+
+        if self.step == start_step and not (self.output / "last").exists():
+            self.save_checkpoint()  # resumed at max_steps or max_steps reached before: keep the folder whole
+        self._flush_teacher()
+        if self.dev is None and acc.is_main_process:  # no dev split: the final model is the one we keep
+            tmp = self.output / ".best.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            self._save_model(tmp)
+            _replace_dir(tmp, self.output / "best")
+            self.best_step = self.step
+        acc.wait_for_everyone()
+        wall = self.elapsed()
+        rates = [r["pairs_per_s"] for r in self.log_rows if r["step"] > start_step and
+                 not (isinstance(r["pairs_per_s"], float) and math.isnan(r["pairs_per_s"]))]
+        summary = {
+            "status": "ok", "mode": cfg.mode, "model": cfg.model, "dataset": self.ds.name, "seed": cfg.seed,
+            "steps": self.step, "max_steps": cfg.max_steps, "stopped_by": stopped_by,
+            "wall_time_s": round(wall, 2), "this_session_s": round(time.perf_counter() - self._t0, 2),
+            "pairs_per_s": round(float(np.mean(rates)), 2) if rates else None,
+            "best_step": self.best_step, "best_dev": self.best_dev, "dev_metric": "RR@10",
+            "processes": world, "global_batch": cfg.batch_size * world,
+            "teacher": None if self.teacher is None else {
+                "spec": self.teacher.spec or cfg.teacher, "cache": str(self.teacher.cache_path or ""),
+                "pairs_scored": self.teacher.n_scored, "pairs_from_cache": self.teacher.n_cached},
+            "output": str(self.output),
+        }
+        if acc.is_main_process:
+            self._write_log()
+            write_json_atomic(self.output / "summary.json", summary)
+        self._print(f"done: {self.step} steps in {wall:.1f} s (stopped by {stopped_by})"
+                    + (f"; best dev RR@10 {self.best_metric:.4f} at step {self.best_step}"
+                       if self.best_metric is not None else "") + f"; model in {self.output / 'best'}")
+        acc.wait_for_everyone()
+        return TrainResult(self.output, self.step, self.best_step, self.best_dev, wall, stopped_by, summary)
+
+    def _time_up(self, step_s: float) -> bool:
+        """Stop now if one more step plus the closing evaluation and checkpoint would overrun `max_minutes`."""
+        reserve = step_s + self._last_eval_s + self._last_save_s
+        return self.elapsed() + reserve >= self.config.max_minutes * 60
+
+    def _evaluate_and_keep(self, loss) -> None:
+        t0 = time.perf_counter()
+        metrics = self.evaluate()
+        rr = metrics["RR@10"]
+        better = self.best_metric is None or rr > self.best_metric
+        self._log(step=self.step, dev_rr10=rr, dev_ndcg10=metrics["nDCG@10"], elapsed_s=self.elapsed(),
+                  **({"loss": loss} if loss is not None else {}))
+        self._print(f"step {self.step:>6}/{self.config.max_steps}  "
+                    + (f"loss {loss:.4f}  " if loss is not None else "")
+                    + f"dev RR@10 {rr:.4f}  nDCG@10 {metrics['nDCG@10']:.4f}  "
+                    f"[{self.elapsed():.0f} s]" + ("  [green]best[/]" if better else ""))
+        if better:
+            self.best_metric, self.best_step, self.best_dev = rr, self.step, metrics
+            self._write_best(metrics)
+        if self.acc.is_main_process:
+            self._write_log()
+        self._last_eval_s = time.perf_counter() - t0
+
+    def _diverged(self, loss: float, norm: float) -> None:
+        from ..files import write_json_atomic
+
+        last = self.output / "last"
+        kept = (f"the last good checkpoint is kept in {last} (step "
+                f"{_checkpoint_step(last)})" if (last / STATE_FILE).exists() else "no checkpoint had been written")
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+        message = (f"training diverged at step {self.step + 1}: {what}; {kept}. Lower --lr (now "
+                   f"{self.config.lr:g}), check the teacher scores, or resume from the checkpoint.")
+        if self.acc.is_main_process:
+            self._write_log()
+            write_json_atomic(self.output / "summary.json", {"status": "diverged", "step": self.step + 1,
+                                                             "message": message})
+        raise TrainingDiverged(message)
+
+
+def _checkpoint_step(folder: Path):
+    import torch
+
+    try:
+        return int(torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)["step"])
+    except Exception:  # noqa: BLE001 - only for the message
+        return "?"
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _progress(disabled: bool, console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console, disable=disabled,
+                    transient=False)
+
+
+def train_seeds(config: TrainConfig, seeds: Sequence[int], dataset=None, quiet: bool = False,
+                accelerator=None) -> pd.DataFrame:
+    """One run per seed in `<output>/seed-<s>/`; writes and returns a table of the runs (seeds.csv) with their
+    mean and standard deviation (seeds_summary.json). The teacher cache is shared between seeds."""
+    from ..files import write_json_atomic, write_table
+
+    rows = []
+    root = Path(config.output)
+    for s in seeds:
+        cfg = config.updated({"seed": int(s), "output": str(root / f"seed-{s}")})
+        res = Trainer(cfg, dataset=dataset, quiet=quiet, accelerator=accelerator).train()
+        rows.append({"seed": int(s), "steps": res.steps, "best_step": res.best_step,
+                     "dev_rr10": res.best_dev.get("RR@10"), "dev_ndcg10": res.best_dev.get("nDCG@10"),
+                     "wall_time_s": round(res.wall_time_s, 2), "stopped_by": res.stopped_by})
+    table = pd.DataFrame(rows)
+    stats = {}
+    for col in ("dev_rr10", "dev_ndcg10", "wall_time_s"):
+        vals = pd.to_numeric(table[col], errors="coerce").dropna()
+        if len(vals):
+            stats[col] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+    is_main = accelerator is None or accelerator.is_main_process
+    try:
+        from accelerate import PartialState
+
+        is_main = is_main and PartialState().is_main_process
+    except Exception:  # noqa: BLE001
+        pass
+    if is_main:
+        write_table(table, root / "seeds.csv")
+        write_json_atomic(root / "seeds_summary.json", {"seeds": [int(s) for s in seeds], "runs": rows,
+                                                        "mean_std": stats})
+    return table

@@ -1,0 +1,146 @@
+"""Training groups: one query, one relevant document and `n` hard negatives.
+
+Negatives come from BM25's top-`depth` for the query with every judged-relevant document removed (or from a
+teacher score file's triples). The sampler is *stateless*: the groups of step `s` depend only on (seed, s), so a
+resumed run sees exactly the batches an uninterrupted one would, and under data parallelism every process draws
+the same global batch and takes its own slice (rank r of R gets groups [r·B, (r+1)·B)) — which is why R
+processes with batch B train exactly like one process with batch R·B.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+
+
+@dataclass
+class Group:
+    """A query with its documents: `doc_ids[0]` is the positive, the rest negatives."""
+
+    query_id: str
+    query: str
+    doc_ids: list[str]
+    docs: list[str]
+
+
+@dataclass
+class TrainingPool:
+    """Where groups are drawn from: per query, its relevant documents and its negative candidates."""
+
+    queries: Mapping[str, str]
+    positives: dict[str, list[str]]
+    candidates: dict[str, list[str]]
+    corpus: Mapping[str, str]
+
+    def __post_init__(self):
+        self.query_ids = sorted(q for q in self.positives if self.positives[q] and self.candidates.get(q))
+        if not self.query_ids:
+            raise DataError("no training query has both a relevant document and a negative candidate")
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    def pairs(self) -> pd.DataFrame:
+        """Every (query_id, doc_id) a group can contain (what a teacher may be asked to score)."""
+        rows = [(q, d) for q in self.query_ids for d in dict.fromkeys(self.positives[q] + self.candidates[q])]
+        return pd.DataFrame(rows, columns=["query_id", "doc_id"])
+
+
+def pool_from_dataset(dataset, split: str, depth: int) -> TrainingPool:
+    """Relevant documents from the qrels of `split`, negatives from BM25's top-`depth` minus the judged relevant."""
+    from ..data.base import warn
+    from ..retrieval import bm25_run
+
+    corpus = dataset.corpus()
+    queries = dataset.queries(split)
+    qrels = dataset.qrels(split)
+    rel = qrels[qrels["relevance"] > 0]
+    positives: dict[str, list[str]] = {}
+    missing = 0
+    for qid, did in zip(rel["query_id"], rel["doc_id"]):
+        if did in corpus:
+            positives.setdefault(qid, []).append(did)
+        else:
+            missing += 1
+    if missing:
+        warn(f"{dataset.name}/{split}: {missing} relevant documents are not in the corpus (not used for training)")
+    run = bm25_run(dataset, split, k=depth)
+    judged = set(zip(rel["query_id"], rel["doc_id"]))
+    candidates: dict[str, list[str]] = {}
+    for qid, did in zip(run["query_id"], run["doc_id"]):
+        if (qid, did) not in judged:
+            candidates.setdefault(qid, []).append(did)
+    pool = TrainingPool(queries, positives, candidates, corpus)
+    dropped = len(positives) - len(pool)
+    if dropped:
+        warn(f"{dataset.name}/{split}: {dropped} of {len(positives)} training queries have no BM25 negative "
+             f"in the top {depth} and are not used")
+    return pool
+
+
+def pool_from_triples(triples: pd.DataFrame, dataset) -> TrainingPool:
+    """Groups from a teacher file's (qid, pos, neg) triples: positives and negatives as the file pairs them."""
+    corpus = dataset.corpus()
+    queries: dict[str, str] = {}
+    for split in dataset.splits:
+        queries.update(dataset.queries(split))
+    known = triples["qid"].isin(queries.keys()) & triples["pos"].isin(corpus.keys()) & triples["neg"].isin(
+        corpus.keys())
+    if not known.all():
+        from ..data.base import warn
+
+        warn(f"teacher file: {int((~known).sum())} of {len(triples)} triples name unknown queries or documents "
+             "(skipped)")
+    triples = triples[known]
+    positives: dict[str, list[str]] = {}
+    candidates: dict[str, list[str]] = {}
+    for qid, pos, neg in zip(triples["qid"], triples["pos"], triples["neg"]):
+        positives.setdefault(qid, [])
+        if pos not in positives[qid]:
+            positives[qid].append(pos)
+        candidates.setdefault(qid, [])
+        if neg not in candidates[qid]:
+            candidates[qid].append(neg)
+    return TrainingPool(queries, positives, candidates, corpus)
+
+
+class GroupSampler:
+    """Deterministic groups per step: epoch-wise shuffled queries, a random positive, `negatives` random
+    candidates (without replacement when there are enough, else with)."""
+
+    def __init__(self, pool: TrainingPool, negatives: int, seed: int = 0):
+        self.pool, self.negatives, self.seed = pool, int(negatives), int(seed)
+        self._perm: dict[int, np.ndarray] = {}
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perm:
+            if len(self._perm) > 4:
+                self._perm.clear()
+            self._perm[epoch] = np.random.default_rng([self.seed, epoch, 17]).permutation(len(self.pool))
+        return self._perm[epoch]
+
+    def group(self, index: int) -> Group:
+        """The `index`-th group of the infinite stream (same index, same group)."""
+        n = len(self.pool)
+        qid = self.pool.query_ids[int(self._permutation(index // n)[index % n])]
+        rng = np.random.default_rng([self.seed, index, 29])
+        pos_list = self.pool.positives[qid]
+        pos = pos_list[int(rng.integers(len(pos_list)))]
+        cands = self.pool.candidates[qid]
+        replace = len(cands) < self.negatives
+        negs = [cands[int(i)] for i in rng.choice(len(cands), size=self.negatives, replace=replace)]
+        ids = [pos] + negs
+        corpus = self.pool.corpus
+        return Group(qid, self.pool.queries[qid], ids, [corpus[d] for d in ids])
+
+    def batch(self, step: int, size: int, rank: int = 0, world: int = 1) -> list[Group]:
+        """This process's share of the global batch of step `step` (global size = size × world)."""
+        start = (step * world + rank) * size
+        return [self.group(start + j) for j in range(size)]
+
+    def epoch_of(self, step: int, size: int, world: int = 1) -> float:
+        return step * size * world / len(self.pool)

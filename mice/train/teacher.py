@@ -1,0 +1,193 @@
+"""Teacher scores for Margin-MSE distillation, computed once per (query, document) and cached in parquet.
+
+The teacher is any scorer spec `mice.models.load_scorer` understands (a cross-encoder folder, a hub name,
+`biencoder:packaged`, …) or a file of precomputed scores in the MS MARCO distillation format, one triple per
+line: `score_pos score_neg qid pos_id neg_id` (whitespace separated; a .parquet/.csv table with those columns
+works too). Model teachers are scored lazily — only the pairs training actually visits — and every new score is
+appended to the cache, so a second run (another seed, a resumed run, a MICE run from the same teacher) never runs
+the teacher on a pair it has already scored. The cache file is keyed by the teacher's weights, its max length
+and the dataset's fingerprint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError, MiceError
+from .samples import Group
+
+FILE_COLUMNS = ["score_pos", "score_neg", "qid", "pos", "neg"]
+
+
+def is_score_file(spec: str | None) -> bool:
+    return bool(spec) and Path(str(spec)).is_file()
+
+
+def read_score_file(path) -> pd.DataFrame:
+    """Triples with teacher scores: DataFrame [score_pos, score_neg, qid, pos, neg]; errors name file and line."""
+    path = Path(path)
+    if path.suffix in (".parquet", ".csv"):
+        from ..files import read_table
+
+        df = read_table(path)
+        missing = [c for c in FILE_COLUMNS if c not in df.columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing} (need {FILE_COLUMNS})")
+        df = df[FILE_COLUMNS].copy()
+        for c in ("qid", "pos", "neg"):
+            df[c] = df[c].astype(str)
+        bad = ~np.isfinite(df["score_pos"].astype(float)) | ~np.isfinite(df["score_neg"].astype(float))
+        if bad.any():
+            raise DataError(f"{path}: row {int(np.flatnonzero(bad.to_numpy())[0]) + 1}: teacher score is not finite")
+        return df.astype({"score_pos": float, "score_neg": float}).reset_index(drop=True)
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 5:
+                raise DataError(f"{path}:{lineno}: expected 'score_pos score_neg qid pos neg', got "
+                                f"{len(fields)} fields")
+            try:
+                sp, sn = float(fields[0]), float(fields[1])
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: the first two fields must be scores: {line.strip()[:80]!r}") \
+                    from None
+            if not (math.isfinite(sp) and math.isfinite(sn)):
+                raise DataError(f"{path}:{lineno}: teacher score is not finite")
+            rows.append((sp, sn, fields[2], fields[3], fields[4]))
+    if not rows:
+        raise DataError(f"{path}: no teacher scores")
+    return pd.DataFrame(rows, columns=FILE_COLUMNS)
+
+
+def teacher_identity(spec: str) -> dict:
+    """What identifies a teacher's scores: its spec, and for local folders their weight files (size, mtime)."""
+    from ..backbone import resolve_model_path
+    from ..data.base import file_fingerprint
+
+    s = str(spec)
+    if s.startswith("biencoder:"):
+        from ..backbone import packaged_model_path
+
+        return {"spec": s, "path": str(packaged_model_path())}
+    path = Path(resolve_model_path(s))
+    if path.is_dir():
+        weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+        return {"spec": str(path.resolve()), "weights": file_fingerprint(weights) if weights else ""}
+    return {"spec": s}
+
+
+def default_cache_path(spec: str, max_length: int | None, dataset) -> Path:
+    from ..data.base import cache_dir
+
+    key = json.dumps({"teacher": teacher_identity(spec), "max_length": max_length,
+                      "dataset": dataset.fingerprint()}, sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:20]
+    return cache_dir() / "teacher" / f"{digest}.parquet"
+
+
+class TeacherScores:
+    """(query_id, doc_id) → teacher score, from a model (lazily, cached) or from a score file."""
+
+    def __init__(self, spec: str | None, cache_path=None, max_length: int | None = None, batch_size: int = 64,
+                 device=None, scores: dict | None = None):
+        self.spec = spec
+        self.cache_path = Path(cache_path) if cache_path else None
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        self.table: dict[tuple[str, str], float] = dict(scores or {})
+        self.new: dict[tuple[str, str], float] = {}
+        self.n_scored = 0  # pairs this process sent through the teacher model
+        self.n_cached = 0  # pairs found in the cache at start
+        self._scorer = None
+        if self.cache_path is not None and self.cache_path.exists():
+            df = pd.read_parquet(self.cache_path)
+            self.table.update(zip(zip(df["query_id"].astype(str), df["doc_id"].astype(str)),
+                                  df["score"].astype(float)))
+            self.n_cached = len(df)
+
+    @classmethod
+    def from_file(cls, path) -> tuple["TeacherScores", pd.DataFrame]:
+        """Scores of a triples file, plus the triples (they also define the training groups)."""
+        triples = read_score_file(path)
+        scores: dict[tuple[str, str], float] = {}
+        for sp, sn, q, p, n in triples.itertuples(index=False):
+            scores.setdefault((q, p), sp)
+            scores.setdefault((q, n), sn)
+        teacher = cls(None, scores=scores)
+        teacher.n_cached = len(scores)
+        return teacher, triples
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            if self.spec is None:
+                raise MiceError("teacher scores come from a file, which lacks some pairs the run needs")
+            import torch
+
+            from ..models import load_scorer
+
+            with torch.random.fork_rng(devices=[]):  # loading must not move the training RNG
+                if str(self.spec).startswith("biencoder:"):  # honour max_length (load_scorer does not pass it)
+                    from ..biencoder import BiEncoder
+
+                    name = str(self.spec).split(":", 1)[1]
+                    self._scorer = BiEncoder("packaged:minilm" if name in ("", "packaged") else name,
+                                             device=self.device, max_length=self.max_length)
+                else:
+                    self._scorer = load_scorer(self.spec, device=self.device, max_length=self.max_length)
+        return self._scorer
+
+    def ensure(self, keys: Sequence[tuple[str, str]], texts: Sequence[tuple[str, str]]) -> None:
+        """Score (with the teacher model) every key not known yet."""
+        todo = {}
+        for key, pair in zip(keys, texts):
+            if key not in self.table and key not in todo:
+                todo[key] = pair
+        if not todo:
+            return
+        import torch
+
+        with torch.no_grad():
+            values = np.asarray(self.scorer.predict(list(todo.values()), batch_size=self.batch_size),
+                                dtype=np.float64).reshape(-1)
+        for key, v in zip(todo, values):
+            self.table[key] = float(v)
+            self.new[key] = float(v)
+        self.n_scored += len(todo)
+
+    def scores(self, groups: Iterable[Group]) -> np.ndarray:
+        """[B, G] teacher scores of the groups' (query, document) pairs, scoring unknown pairs first."""
+        groups = list(groups)
+        keys = [(g.query_id, d) for g in groups for d in g.doc_ids]
+        texts = [(g.query, t) for g in groups for t in g.docs]
+        self.ensure(keys, texts)
+        return np.array([self.table[k] for k in keys], dtype=np.float64).reshape(len(groups), -1)
+
+    def take_new(self) -> list[tuple[str, str, float]]:
+        rows = [(q, d, s) for (q, d), s in self.new.items()]
+        self.new = {}
+        return rows
+
+    def write(self, rows: list[tuple[str, str, float]]) -> None:
+        """Append `rows` (from every process) to the cache file, atomically."""
+        if self.cache_path is None or not rows:
+            return
+        from ..files import write_table
+
+        for q, d, s in rows:
+            self.table[(q, d)] = s
+        old = pd.read_parquet(self.cache_path) if self.cache_path.exists() else None
+        fresh = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
+        df = fresh if old is None else pd.concat([old, fresh], ignore_index=True)
+        df = df.drop_duplicates(["query_id", "doc_id"], keep="first").reset_index(drop=True)
+        write_table(df, self.cache_path)
