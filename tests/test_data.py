@@ -153,3 +153,6 @@ def test_data_info_cli(tmp_path):
     result = CliRunner().invoke(app, ["data", "info", str(folder), "--examples", "1"])
     assert result.exit_code == 0, result.output
     assert "6 documents" in result.output and "test" in result.output and "sort an array" in result.output
+    exported = CliRunner().invoke(app, ["data", "export", str(folder), str(tmp_path / "copy")])
+    assert exported.exit_code == 0, exported.output
+    assert load_dataset(tmp_path / "copy").corpus() == load_dataset(folder).corpus()

@@ -37,9 +37,10 @@ def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
     if s.startswith("embedded"):
         from .embedded import parse_spec
 
-        if s not in _LOADED:
-            _LOADED[s] = EmbeddedDataset(parse_spec(s), spec=s)
-        return _LOADED[s]
+        key = f"{s}@{cache_dir()}"
+        if key not in _LOADED:
+            _LOADED[key] = EmbeddedDataset(parse_spec(s), spec=s)
+        return _LOADED[key]
     if s.startswith("irds:"):
         from urllib.parse import parse_qsl
 

@@ -43,14 +43,14 @@ def _role_text(match: re.Match) -> str:
     target = _LINK_TARGET.match(inner)
     if target and target.group(1):
         inner = target.group(1)
-    return inner.lstrip("~!")
+    return inner.lstrip("~!.")
 
 
 def clean_inline(text: str) -> str:
     """Strip reST markup (roles, literals, emphasis) and collapse whitespace."""
     text = _ROLE.sub(_role_text, text)
     text = re.sub(r"`([^`<]*?)\s*<[^<>`]+>`_{1,2}", r"\1", text)  # `text <url>`_ hyperlinks
-    text = re.sub(r"`([^`]+)`_{0,2}", r"\1", text.replace("``", "`"))
+    text = re.sub(r"`([^`]+)`_{0,2}", lambda m: m.group(1).lstrip("~!."), text.replace("``", "`"))
     text = re.sub(r"\*\*([^*]+)\*\*", r"\1", text)
     text = re.sub(r"(?<!\w)\*([^*\s][^*]*)\*(?!\w)", r"\1", text)
     text = re.sub(r"\|(\w+)\|", r"\1", text)
