@@ -44,6 +44,7 @@ def train(
     save_every: Optional[int] = typer.Option(None, "--save-every"),
     dev_queries: Optional[int] = typer.Option(None, "--dev-queries"),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    num_threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (1 is faster on a busy machine)"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Several runs, e.g. 0,1,2 (output/seed-N/ each)"),
     resume: bool = typer.Option(False, "--resume", help="Continue from output/last/ if it exists"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what output/ holds"),
@@ -76,7 +77,7 @@ def train(
                       head_lr=head_lr, batch_size=batch_size, negatives=negatives, max_steps=max_steps,
                       max_minutes=max_minutes, warmup_steps=warmup_steps, max_length=max_length,
                       teacher_scale=teacher_scale, eval_every=eval_every, save_every=save_every,
-                      dev_queries=dev_queries, seed=seed)
+                      dev_queries=dev_queries, seed=seed, num_threads=num_threads)
     cfg = cfg.updated({**flags, **extra}, "command line")
     if resume:
         cfg = cfg.updated({"resume": True})

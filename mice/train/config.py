@@ -70,6 +70,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+    num_threads: int | None = None  # CPU threads for torch (None: torch's default; 1 is faster on a busy machine)
 
     # validation, logging, checkpoints
     eval_every: int = 200
@@ -182,7 +183,8 @@ def _check_mask_spec(spec: str) -> None:
 
 
 _OPTIONAL_TYPES = {"dev_split": str, "dev_dataset": str, "mask": str, "teacher": str, "teacher_max_length": int, "teacher_cache": str,
-                   "head_lr": float, "max_minutes": float, "dev_queries": int}
+                   "head_lr": float, "max_minutes": float, "dev_queries": int,
+                   "num_threads": int}
 
 
 def _coerce(name: str, value, current, source: str):

@@ -36,8 +36,8 @@ STATE_FORMAT = "mice-train-state/1"
 LOG_COLUMNS = ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "dev_ndcg10"]
 DEV_METRICS = ("RR@10", "nDCG@10")
 # settings that may change when resuming (they do not change what a step computes)
-_RESUME_FREE = {"output", "resume", "overwrite", "max_minutes", "eval_every", "save_every", "log_every",
-                "eval_batch_size", "teacher_batch_size", "teacher_cache", "max_steps"}
+_RESUME_FREE = {"output", "resume", "overwrite", "max_minutes", "num_threads", "eval_every", "save_every",
+                "log_every", "eval_batch_size", "teacher_batch_size", "teacher_cache", "max_steps"}
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -313,6 +313,8 @@ class Trainer:
         from .student import build_student, param_groups
 
         cfg = self.config
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
         self.acc = acc = self.accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
         self.console = Console(stderr=False)
         world, rank = acc.num_processes, acc.process_index
