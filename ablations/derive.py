@@ -1,0 +1,293 @@
+"""From knockout evidence to an interaction mask.
+
+Two forms, both zero-shot (the model is not retrained while searching):
+
+- `derive_mask`: greedy. Paths are tried from the cheapest knockout (sweep cost = loss of the metric on the
+  sweep's queries) to the dearest; each is removed on top of the paths already removed and the *cumulative*
+  mask is re-checked on held-out queries; the search stops when the next removal would lose more than
+  `tolerance` (relative to the clean model on those queries). Removals that would leave a segment with
+  nothing to attend to are skipped.
+- `merge_layer_search`: constraint-driven, as in the paper. Given `mask2` (no `d->q`, so document states are
+  query-independent), block `q->d` in layers [0, k) (`mask3(k)`) and keep the largest k within tolerance:
+  the layer where query and document start to interact.
+
+Both export a `mice-mask/1` JSON whose provenance records model, data, metric, tolerance and the search table.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mice.errors import DataError, MaskError
+from mice.masks import InteractionMask
+
+from probes.attention import hooked_model, sidecar
+from probes.candidates import Candidates, from_run
+
+from .engine import SweepEngine
+from .knockouts import ALL_HEADS
+from .metrics import Evaluator, relative_loss
+from .sweep import ScoredBatches, SweepResult, load_sweep
+
+STEP_COLUMNS = ["step", "layer", "path", "sweep_delta", "sweep_mean_abs_dscore", "decision", "value", "rel_loss",
+                "n_removed", "current"]
+
+
+@dataclass
+class Derivation:
+    """The derived mask, the per-step table and what it was derived from."""
+
+    mask: InteractionMask
+    steps: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    def save(self, out, report: bool = True) -> Path:
+        """`out` (mask JSON), `<stem>.steps.csv` and, with `report`, `<stem>.report.md` + `<stem>.steps.png`."""
+        from mice.files import write_table
+
+        out = Path(out)
+        self.mask.save(out)
+        write_table(self.steps, sidecar(out, ".steps.csv"))
+        if report:
+            write_report(self, sidecar(out, ".report.md"))
+        return out
+
+
+def _resolve_sources(meta: dict, model, data, split, run, k):
+    source = meta.get("source", {})
+    model = model if model is not None else meta.get("model")
+    data = data if data is not None else source.get("dataset")
+    split = split or source.get("split")
+    run = run if run is not None else source.get("run")
+    k = k or source.get("k")
+    missing = [n for n, v in (("model", model), ("dataset", data), ("split", split), ("run", run), ("k", k))
+               if v is None or (isinstance(v, str) and v in ("", "<DataFrame>"))]
+    if missing:
+        raise DataError(f"the sweep's metadata does not say which {', '.join(missing)} to use; pass them "
+                        f"explicitly (--model/--dataset/--split/--run/--k)")
+    return model, data, split, run, int(k)
+
+
+def held_out(meta: dict, data, split: str, run, k: int, check_split: str | None = None, check_run=None,
+             check_queries: int | None = None) -> Candidates:
+    """Queries for re-checking: those of `check_split` (default: the sweep's split) the sweep did not use."""
+    split2 = check_split or split
+    exclude = meta.get("query_ids", []) if split2 == split else []
+    try:
+        return from_run(data, split2, check_run if check_run is not None else run, k=k, max_queries=check_queries,
+                        exclude=exclude)
+    except DataError as err:
+        raise DataError(f"no held-out queries to re-check masks on ({err}); the sweep used every query of "
+                        f"{split!r}: sweep fewer (--max-queries) or pass another split (--check-split)") from None
+
+
+def _sweep_of(sweep) -> tuple[SweepResult, str]:
+    if isinstance(sweep, SweepResult):
+        return sweep, "<in memory>"
+    return load_sweep(sweep), str(sweep)
+
+
+def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None, k: int | None = None, *,
+                tolerance: float = 0.01, metric: str | None = None, check_split: str | None = None, check_run=None,
+                check_queries: int | None = None, patience: int = 0, max_steps: int | None = None,
+                batch_size: int = 16, name: str = "derived", progress: bool = False) -> Derivation:
+    """Greedy mask derivation from a layer-level sweep (see the module docstring).
+
+    Model, data, split, run and k default to the sweep's metadata. `metric` defaults to the sweep's first
+    metric; `tolerance` is the largest relative loss allowed against the clean model on the held-out queries;
+    `patience` lets the search go past that many consecutive rejected paths before stopping.
+    """
+    result, sweep_name = _sweep_of(sweep)
+    meta = result.meta
+    model_spec, data, split, run, k = _resolve_sources(meta, model, data, split, run, k)
+    model = hooked_model(model_spec)
+    table = result.table
+    mode = str(table["mode"].iloc[0]) if len(table) else meta.get("mode", "renorm")
+    metric = (metric or (meta.get("metrics") or ["ndcg@10"])[0]).lower()
+    if f"delta_{metric}" not in table.columns:
+        raise DataError(f"{sweep_name}: the sweep has no column delta_{metric}")
+    base = InteractionMask.from_dict(meta["base"]) if meta.get("base") else InteractionMask.full(model.n_layers)
+    if base.num_layers != model.n_layers:
+        raise MaskError(f"{sweep_name}: swept on {base.num_layers} layers, the model has {model.n_layers}")
+
+    rows = table[(table["status"] == "ok") & (table["head"] == ALL_HEADS)].copy()
+    if rows.empty:
+        raise DataError(f"{sweep_name}: no layer-level knockouts to derive a mask from")
+    rows["cost"] = -rows[f"delta_{metric}"]
+    rows = rows.sort_values(["cost", "mean_abs_dscore", "layer", "path"], kind="stable")
+
+    check = held_out(meta, data, split, run, k, check_split, check_run, check_queries)
+    evaluator = Evaluator(check, [metric])
+    batches = ScoredBatches(SweepEngine(model, mode, None), check.pairs, batch_size)
+    reference = evaluator.summary(evaluator.per_query(batches.clean()))[metric]
+    batches.rebase(base)
+    current = base
+    current_value = evaluator.summary(evaluator.per_query(batches.clean()))[metric]
+    steps = [{"step": 0, "layer": -1, "path": "", "sweep_delta": np.nan, "sweep_mean_abs_dscore": np.nan,
+              "decision": "start", "value": current_value, "rel_loss": relative_loss(reference, current_value),
+              "n_removed": 0, "current": current_value}]
+    removed, rejected = [], 0
+    items = list(rows.itertuples(index=False))
+    if progress:
+        from rich.progress import track
+
+        items = track(items, description="deriving")
+    started = time.perf_counter()
+    for r in items:
+        if max_steps is not None and len(steps) > max_steps:
+            break
+        step = {"step": len(steps), "layer": int(r.layer), "path": r.path, "sweep_delta": -float(r.cost),
+                "sweep_mean_abs_dscore": float(r.mean_abs_dscore)}
+        try:
+            trial = current.with_blocked([r.path], [int(r.layer)], name=name)
+        except MaskError as err:
+            steps.append({**step, "decision": "invalid", "value": np.nan, "rel_loss": np.nan,
+                          "n_removed": len(removed), "current": current_value, "reason": str(err)})
+            continue
+        value = evaluator.summary(evaluator.per_query(batches.mask(trial)))[metric]
+        loss = relative_loss(reference, value)
+        if loss <= tolerance:
+            current, current_value = trial, value
+            removed.append((int(r.layer), r.path))
+            batches.rebase(current)
+            rejected = 0
+            decision = "removed"
+        else:
+            rejected += 1
+            decision = "kept"
+        steps.append({**step, "decision": decision, "value": value, "rel_loss": loss, "n_removed": len(removed),
+                      "current": current_value})
+        if decision == "kept" and rejected > patience:
+            break
+    steps_df = pd.DataFrame(steps)
+    for c in STEP_COLUMNS:
+        if c not in steps_df.columns:
+            steps_df[c] = np.nan
+    steps_df = steps_df[STEP_COLUMNS + [c for c in steps_df.columns if c not in STEP_COLUMNS]]
+    provenance = {"method": "greedy knockout removal, cumulative re-check on held-out queries",
+                  "derived_from": sweep_name, "model": str(model_spec), "dataset": str(data) if isinstance(
+                      data, str) else getattr(data, "name", "<dataset>"), "split": check.source.get("split"),
+                  "run": check.source.get("run"), "k": k, "mode": mode, "metric": metric, "tolerance": tolerance,
+                  "reference": reference, "final": current_value, "held_out_queries": len(check.query_ids),
+                  "base": base.name, "removed": [f"{p}@{l}" for l, p in removed],
+                  "steps": _plain_steps(steps_df),
+                  "convention": "a->b: tokens of group a attend to tokens of group b"}
+    mask = InteractionMask.from_tables(current.tables, name=name, provenance=provenance)
+    meta_out = {"elapsed_s": round(time.perf_counter() - started, 3), **{k_: v for k_, v in provenance.items()
+                                                                         if k_ != "steps"}}
+    return Derivation(mask, steps_df, meta_out)
+
+
+def _plain_steps(steps: pd.DataFrame) -> list[dict]:
+    cols = ["step", "layer", "path", "sweep_delta", "decision", "value", "rel_loss"]
+    return json.loads(steps[cols].to_json(orient="records"))
+
+
+def write_report(derivation: Derivation, path) -> Path:
+    """Markdown report: one line per step (path removed or kept, its cost, the cumulative metric) + figure."""
+    from mice.files import write_text_atomic
+
+    path = Path(path)
+    m = derivation.meta
+    fig = path.with_name(path.name.replace(".report.md", "") + ".steps.png")
+    try:
+        from figures.derivation import plot_derivation
+
+        plot_derivation(derivation.steps, fig, metric=m.get("metric", "metric"), tolerance=m.get("tolerance"),
+                        reference=m.get("reference"))
+        fig_line = f"![derivation steps]({fig.name})\n"
+    except ImportError:  # figures is an optional part of the checkout
+        fig_line = ""
+    lines = [f"# Mask derivation: {derivation.mask.name}", "",
+             "Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.", "",
+             f"- model: `{m.get('model')}`; data: `{m.get('dataset')}` split `{m.get('split')}`, "
+             f"top {m.get('k')} of `{m.get('run')}`; knockout mode `{m.get('mode')}`",
+             f"- metric `{m.get('metric')}` on {m.get('held_out_queries')} held-out queries: clean "
+             f"{m.get('reference', float('nan')):.4f}, final {m.get('final', float('nan')):.4f}; tolerance "
+             f"{m.get('tolerance')} (relative)",
+             f"- removed {len(m.get('removed', []))} (layer, path) cells on top of `{m.get('base')}`", "",
+             fig_line,
+             f"| step | path @ layer | sweep Δ{m.get('metric')} | decision | held-out {m.get('metric')} "
+             "| rel. loss | cumulative |", "|---:|---|---:|---|---:|---:|---:|"]
+    for r in derivation.steps.itertuples(index=False):
+        if r.decision == "start":
+            lines.append(f"| 0 | (base: {m.get('base')}) | | start | {r.value:.4f} | {r.rel_loss:+.4f} | "
+                         f"{r.current:.4f} |")
+            continue
+        value = "" if pd.isna(r.value) else f"{r.value:.4f}"
+        loss = "" if pd.isna(r.rel_loss) else f"{r.rel_loss:+.4f}"
+        lines.append(f"| {r.step} | `{r.path}` @ {r.layer} | {r.sweep_delta:+.4f} | {r.decision} | {value} | "
+                     f"{loss} | {r.current:.4f} |")
+    lines += ["", "## Derived mask", "", "```", derivation.mask.render(), "```", ""]
+    return write_text_atomic(path, "\n".join(lines))
+
+
+# ---------------------------------------------------------------------- merge-layer search
+@dataclass
+class MergeLayerResult:
+    table: pd.DataFrame
+    chosen_k: int
+    mask: InteractionMask
+    meta: dict = field(default_factory=dict)
+
+
+def merge_layer_search(model, data, split: str, run, k: int = 20, *, base="mask2", tolerance: float = 0.01,
+                       metric: str = "nDCG@10", metrics=("nDCG@10", "RR@10"), reference: str = "base",
+                       mode: str = "renorm", max_queries: int | None = None, batch_size: int = 16,
+                       n_resamples: int = 2000) -> MergeLayerResult:
+    """Score `base` + `q->d` blocked in layers [0, k) for k = 0..L; choose the largest k within tolerance.
+
+    `reference`: "base" (k = 0, e.g. mask2 itself) or "full" (the unmasked model). The table has one row for
+    the full model (k = -1) and one per k, with metric values, deltas and paired tests against the full model,
+    the relative loss against the reference and whether it is within tolerance.
+    """
+    if reference not in ("base", "full"):
+        raise DataError(f"reference must be 'base' or 'full', got {reference!r}")
+    model = hooked_model(model)
+    cands = from_run(data, split, run, k=k, max_queries=max_queries)
+    names = [str(x).lower() for x in metrics]
+    metric = metric.lower()
+    if metric not in names:
+        metrics = list(metrics) + [metric]
+    evaluator = Evaluator(cands, metrics, n_resamples=n_resamples)
+    base_mask = model.resolve_mask(base) or InteractionMask.full(model.n_layers)
+    engine = SweepEngine(model, mode, None)
+    batches = ScoredBatches(engine, cands.pairs, batch_size)
+    clean = batches.clean()
+    clean_pq = evaluator.per_query(clean)
+    rows = [{"k": -1, "mask": "none", **evaluator.compare(clean, clean_pq, clean)[0]}]
+    masks = {}
+    for kk in range(model.n_layers + 1):
+        m = base_mask if kk == 0 else base_mask.with_blocked(["q->d"], range(0, kk))
+        m = InteractionMask(m.num_layers, m.rules, name=_merge_name(base_mask, kk), provenance=dict(m.provenance))
+        masks[kk] = m
+        rows.append({"k": kk, "mask": m.name, **evaluator.compare(clean, clean_pq, batches.mask(m))[0]})
+    table = pd.DataFrame(rows)
+    ref_value = float(table.loc[table["k"] == (0 if reference == "base" else -1), metric].iloc[0])
+    table["rel_loss"] = [relative_loss(ref_value, v) for v in table[metric]]
+    table["within_tolerance"] = table["rel_loss"] <= tolerance + 1e-12
+    ok = table[(table["k"] >= 0) & table["within_tolerance"]]
+    chosen = int(ok["k"].max()) if len(ok) else 0
+    table["chosen"] = table["k"] == chosen
+    provenance = {"method": "merge-layer search: q->d blocked in layers [0, k) on top of the base mask",
+                  "model": str(getattr(model.model, "name_or_path", "")), "dataset": cands.source.get("dataset"),
+                  "split": split, "run": cands.source.get("run"), "k_candidates": k, "mode": mode,
+                  "metric": metric, "tolerance": tolerance, "reference": reference, "reference_value": ref_value,
+                  "base": base_mask.name, "chosen_k": chosen, "queries": len(cands.query_ids),
+                  "table": json.loads(table[["k", "mask", metric, "rel_loss", "within_tolerance"]].to_json(
+                      orient="records")),
+                  "convention": "a->b: tokens of group a attend to tokens of group b"}
+    chosen_mask = masks[chosen]
+    mask = InteractionMask(chosen_mask.num_layers, chosen_mask.rules, name=chosen_mask.name, provenance=provenance)
+    return MergeLayerResult(table, chosen, mask, {k_: v for k_, v in provenance.items() if k_ != "table"})
+
+
+def _merge_name(base: InteractionMask, k: int) -> str:
+    if base.provenance.get("preset") == "mask2" and len(base.rules) == 4:
+        return f"mask3(k={k})" if k else "mask2"
+    return f"{base.name}+q->d[0,{k})" if k else base.name

@@ -1,0 +1,414 @@
+"""Knockout sweeps over (layer x path) and (layer x head x path), and cumulative (whole-mask) ablations.
+
+For every knockout the candidates are re-scored and the re-ranking compared with the clean one: nDCG@10 and
+RR@10 (per query, with paired tests), mean |delta score|, Kendall tau of the candidate order. A sweep given
+`out` is resumable: each finished unit of knockouts is appended to `<out>.partial` (JSON lines), an
+interrupted sweep continues from there, and the tables appear atomically at the end:
+
+- `OUT` (.parquet or .csv): one row per knockout, skipped ones included with their reason;
+- `<stem>.per_query.<ext>`: per-query values of every knockout (plus the clean run, `path == "clean"`);
+- `<stem>.meta.json`: what was swept (model, data, split, run, k, queries, mode, base mask, clean metrics),
+  which `mice ablate derive` reads back.
+
+Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mice.errors import DataError, MaskError
+from mice.masks import InteractionMask
+
+from probes.attention import hooked_model, sidecar
+from probes.candidates import Candidates, as_candidates
+
+from .engine import SweepEngine
+from .knockouts import ALL_HEADS, Knockout, check_knockout, knockout_set
+from .metrics import Evaluator
+
+SWEEP_FORMAT = "mice-sweep/1"
+PARTIAL_FORMAT = "mice-sweep-partial/1"
+KEY_COLUMNS = ["layer", "head", "path", "from", "to", "mode", "status", "reason"]
+
+
+class ScoredBatches:
+    """Candidates tokenised once into fixed, length-sorted batches, with their clean passes cached
+    (within `cache_bytes`; beyond that a batch's clean pass is recomputed when needed)."""
+
+    def __init__(self, engine: SweepEngine, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
+                 cache_bytes: int = 1 << 30):
+        self.engine = engine
+        self.n = len(pairs)
+        order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
+        self.batches = []
+        for s in range(0, self.n, batch_size):
+            idx = order[s:s + batch_size]
+            self.batches.append((idx, engine.model.tokenize([pairs[i] for i in idx])))
+        self.cache_bytes = cache_bytes
+        self._states: dict[int, object] = {}
+        self._used = 0
+
+    def rebase(self, base) -> None:
+        """Make `base` the reference mask (e.g. the cumulative mask of a derivation); drops cached passes."""
+        self.engine = SweepEngine(self.engine.model, self.engine.mode, base, self.engine.strategy,
+                                  self.engine.token_budget)
+        self._states.clear()
+        self._used = 0
+
+    def state(self, i: int):
+        if i in self._states:
+            return self._states[i]
+        st = self.engine.prepare(self.batches[i][1])
+        size = st.nbytes()
+        if self._used + size <= self.cache_bytes:
+            self._states[i] = st
+            self._used += size
+        return st
+
+    def clean(self) -> np.ndarray:
+        out = np.empty(self.n, dtype=np.float64)
+        for i, (idx, _) in enumerate(self.batches):
+            out[idx] = self.state(i).clean.double().cpu().numpy()
+        return out
+
+    def knockouts(self, kos: list[Knockout]) -> np.ndarray:
+        out = np.empty((len(kos), self.n), dtype=np.float64)
+        for i, (idx, _) in enumerate(self.batches):
+            out[:, idx] = self.engine.score(self.state(i), kos).double().cpu().numpy()
+        return out
+
+    def mask(self, mask: InteractionMask) -> np.ndarray:
+        out = np.empty(self.n, dtype=np.float64)
+        for i, (idx, _) in enumerate(self.batches):
+            out[idx] = self.engine.score_mask(self.state(i), mask).double().cpu().numpy()
+        return out
+
+
+@dataclass
+class SweepResult:
+    """`table`: one row per knockout; `per_query`: per-query values; `meta`: what was swept."""
+
+    table: pd.DataFrame
+    per_query: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    def save(self, out) -> Path:
+        return save_sweep(self, out)
+
+
+def _plain(obj):
+    """JSON round trip: rows computed now and rows read back from a sidecar become the very same values."""
+    return json.loads(json.dumps(obj))
+
+
+def _model_id(model) -> str:
+    h = hashlib.sha1(str(getattr(model.model, "name_or_path", "")).encode())
+    with torch.no_grad():
+        for name, p in model.model.named_parameters():
+            h.update(name.encode())
+            h.update(repr(round(float(p.double().sum()), 6)).encode())
+    return h.hexdigest()
+
+
+class _Partial:
+    """Append-only sidecar of finished units; a torn last line (killed mid-write) is discarded."""
+
+    def __init__(self, path: Path, key: str, restart: bool = False):
+        self.path, self.key = path, key
+        self.units: dict[int, dict] = {}
+        good = 0
+        if path.exists() and restart:
+            path.unlink()
+        if path.exists():
+            data = path.read_bytes()
+            for i, raw in enumerate(data.split(b"\n")[:-1]):
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError:
+                    break
+                if i == 0:
+                    if obj.get("format") != PARTIAL_FORMAT or obj.get("job") != key:
+                        raise DataError(f"{path}: partial results of a different sweep (other model, data, mode, "
+                                        "base mask or metrics); delete it, pass restart=True (--restart), or "
+                                        "choose another output")
+                else:
+                    self.units[int(obj["unit"])] = obj
+                good += len(raw) + 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "r+b" if path.exists() else "wb")
+        self._fh.truncate(good)
+        self._fh.seek(good)
+        if good == 0:
+            self._write({"format": PARTIAL_FORMAT, "job": key})
+
+    def _write(self, obj) -> None:
+        self._fh.write((json.dumps(obj) + "\n").encode("utf-8"))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def add(self, unit: int, rows: list, per_query: list) -> None:
+        obj = {"unit": unit, "rows": rows, "per_query": per_query}
+        self._write(obj)
+        self.units[unit] = obj
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _units(kos: list[Knockout], unit_size: int) -> list[list[Knockout]]:
+    by_layer: dict[int, list[Knockout]] = {}
+    for ko in kos:
+        by_layer.setdefault(ko.layer, []).append(ko)
+    units = []
+    for layer in sorted(by_layer):
+        group = by_layer[layer]
+        units += [group[s:s + unit_size] for s in range(0, len(group), unit_size)]
+    return units
+
+
+def _ko_row(ko: Knockout, mode: str, status: str = "ok", reason: str = "") -> dict:
+    src, dst = ko.path.split("->")
+    return {"layer": ko.layer, "head": ko.head, "path": ko.path, "from": src.strip(), "to": dst.strip(),
+            "mode": mode, "status": status, "reason": reason}
+
+
+def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths=None, layers=None, heads=False,
+          mode: str = "renorm", base=None, max_queries: int | None = None, metrics=("nDCG@10", "RR@10"),
+          batch_size: int = 16, strategy: str = "auto", out=None, restart: bool = False, unit_size: int = 25,
+          cache_bytes: int = 1 << 30, n_resamples: int = 2000, progress: bool = False,
+          callback: Callable[[int, int], None] | None = None, meta: dict | None = None) -> SweepResult:
+    """Knock out each path (in each layer; with `heads`, also in each head) and measure the re-ranking.
+
+    `data`: a dataset spec/object with `split` and `run` (file, DataFrame or "bm25"; top `k` per query,
+    first `max_queries` queries), or `Candidates`. `paths`: "q->d,d->q" or a list (default: all 25 single
+    paths); `layers`: "0-5", a list, or all; `heads`: True or a list of heads for per-head knockouts;
+    `base`: knock out on top of this mask (e.g. "mask2"); `strategy`: fast | replicate | naive (see
+    `ablations.engine`). `out` makes the sweep resumable and saves its three files. `callback(done, total)`
+    is called after each unit of knockouts.
+    """
+    started = time.perf_counter()
+    model = hooked_model(model)
+    cands = as_candidates(data, split, run, k, max_queries)
+    evaluator = Evaluator(cands, metrics, n_resamples=n_resamples)
+    engine = SweepEngine(model, mode, base, strategy)
+    base_mask = engine.base_mask
+    kos = knockout_set(model.n_layers, model.n_heads, paths, layers, heads)
+    reasons = {ko.key: check_knockout(ko, base_mask) for ko in kos}
+    runnable = [ko for ko in kos if reasons[ko.key] is None]
+    units = _units(runnable, unit_size)
+
+    batches = ScoredBatches(engine, cands.pairs, batch_size, cache_bytes)
+    clean = batches.clean()
+    clean_pq = evaluator.per_query(clean)
+
+    meta = {**(meta or {}), **_meta(model, cands, evaluator, engine, mode, base_mask, batch_size, clean_pq, kos,
+                                    paths, layers, heads)}
+    partial = None
+    if out is not None:
+        out = Path(out)
+        key = hashlib.sha1(json.dumps([_model_id(model), cands.fingerprint(), mode, base_mask.tables.tolist(),
+                                       evaluator.names, batch_size, n_resamples, unit_size]).encode()).hexdigest()
+        partial = _Partial(out.with_name(out.name + ".partial"), key, restart)
+    done_units = dict(partial.units) if partial else {}
+    unit_keys = [[ko.key for ko in u] for u in units]
+    results: dict[str, tuple[dict, list]] = {}
+    for i, u in enumerate(units):
+        if i in done_units and [r["key"] for r in done_units[i]["rows"]] == unit_keys[i]:
+            for r, pq in zip(done_units[i]["rows"], done_units[i]["per_query"]):
+                results[r["key"]] = (r, pq)
+
+    todo = [i for i, u in enumerate(units) if u[0].key not in results]
+    prog = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        prog = Progress(TextColumn("knockouts"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        prog.start()
+        task = prog.add_task("sweep", total=len(runnable), completed=len(runnable) - sum(len(units[i]) for i in todo))
+    try:
+        with torch.no_grad():
+            for n_done, i in enumerate(todo, 1):
+                unit = units[i]
+                scores = batches.knockouts(unit)
+                rows, pqs = [], []
+                for ko, s in zip(unit, scores):
+                    summary, qdf = evaluator.compare(clean, clean_pq, s)
+                    rows.append(_plain({"key": ko.key, **_ko_row(ko, mode), **summary}))
+                    pqs.append(_plain(qdf.to_dict(orient="list")))
+                for r, pq in zip(rows, pqs):
+                    results[r["key"]] = (r, pq)
+                if partial:
+                    partial.add(i, rows, pqs)
+                if prog:
+                    prog.advance(task, len(unit))
+                if callback:
+                    callback(n_done, len(todo))
+    finally:
+        if prog:
+            prog.stop()
+        if partial:
+            partial.close()
+
+    table, per_query = _assemble(kos, reasons, results, mode, evaluator, clean_pq)
+    meta["elapsed_s"] = round(time.perf_counter() - started, 3)
+    result = SweepResult(table, per_query, meta)
+    if out is not None:
+        save_sweep(result, out)
+        partial.path.unlink(missing_ok=True)
+    return result
+
+
+def _meta(model, cands: Candidates, evaluator: Evaluator, engine: SweepEngine, mode, base_mask, batch_size, clean_pq,
+          kos, paths, layers, heads) -> dict:
+    return {"format": SWEEP_FORMAT, "model": str(getattr(model.model, "name_or_path", "")),
+            "n_layers": model.n_layers, "n_heads": model.n_heads, "max_length": model.max_length,
+            "source": cands.source, "query_ids": cands.query_ids, "n_pairs": len(cands), "mode": mode,
+            "base": base_mask.to_dict(), "metrics": evaluator.names, "strategy": engine.strategy,
+            "batch_size": batch_size, "clean": evaluator.summary(clean_pq), "n_knockouts": len(kos),
+            "paths": paths if paths is None or isinstance(paths, str) else list(paths),
+            "layers": layers if layers is None or isinstance(layers, (str, int)) else list(layers),
+            "heads": heads if isinstance(heads, bool) else list(heads),
+            "convention": "a->b: tokens of group a attend to tokens of group b"}
+
+
+def _assemble(kos, reasons, results, mode, evaluator: Evaluator, clean_pq) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, pq_frames = [], []
+    clean_q = clean_pq.reset_index().rename(columns={"index": "query_id"})
+    clean_q.insert(0, "path", "clean")
+    clean_q.insert(0, "head", ALL_HEADS)
+    clean_q.insert(0, "layer", -1)
+    pq_frames.append(clean_q)
+    for ko in kos:
+        if reasons[ko.key] is not None:
+            rows.append(_ko_row(ko, mode, "skipped", reasons[ko.key]))
+            continue
+        r, pq = results[ko.key]
+        rows.append({c: v for c, v in r.items() if c != "key"})
+        q = pd.DataFrame(pq)
+        q.insert(0, "path", ko.path)
+        q.insert(0, "head", ko.head)
+        q.insert(0, "layer", ko.layer)
+        pq_frames.append(q)
+    table = pd.DataFrame(rows)
+    for c in KEY_COLUMNS:
+        if c not in table.columns:
+            table[c] = ""
+    metric_cols = [c for c in table.columns if c not in KEY_COLUMNS]
+    table = table[KEY_COLUMNS + metric_cols]
+    table["layer"] = table["layer"].astype("int64")
+    table["head"] = table["head"].astype("int64")
+    per_query = pd.concat(pq_frames, ignore_index=True)
+    return table, per_query
+
+
+def save_sweep(result: SweepResult, out) -> Path:
+    """Write meta, per-query values, then the table (last, atomically: its presence means a complete sweep)."""
+    from mice.files import write_json_atomic, write_table
+
+    out = Path(out)
+    ext = out.suffix
+    if ext not in (".parquet", ".csv", ".tsv"):
+        raise DataError(f"{out}: use a .parquet or .csv output")
+    meta = dict(result.meta)
+    meta["per_query"] = sidecar(out, f".per_query{ext}").name
+    write_json_atomic(sidecar(out, ".meta.json"), meta)
+    write_table(result.per_query, sidecar(out, f".per_query{ext}"))
+    write_table(result.table, out)
+    return out
+
+
+def load_sweep(path) -> SweepResult:
+    """A saved sweep (table, per-query values if present, metadata if present)."""
+    from mice.files import read_table
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: sweep table not found")
+    table = read_table(path)
+    needed = ("mask", "mode") if "mask" in table.columns else ("layer", "head", "path", "mode", "status")
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: not a knockout sweep or mask ablation table (missing columns {missing})")
+    meta_path = sidecar(path, ".meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    pq_path = sidecar(path, f".per_query{path.suffix}")
+    per_query = read_table(pq_path) if pq_path.exists() else pd.DataFrame()
+    return SweepResult(table, per_query, meta)
+
+
+# ---------------------------------------------------------------------- cumulative (whole-mask) ablations
+DEFAULT_PRESETS = ("mask0", "mask1", "mask2", "mask3", "prettr", "sparse_ce")
+
+
+def preset_masks(specs, num_layers: int) -> list[InteractionMask]:
+    """Mask specs (`mask3:k=2`, `mask3(2)`, JSON files) -> masks; `mask3`/`prettr` without k take L/2."""
+    if isinstance(specs, str):
+        specs = [s for s in (x.strip() for x in _split_specs(specs)) if s]
+    return [s if isinstance(s, InteractionMask) else InteractionMask.parse(str(s), num_layers) for s in specs]
+
+
+def _split_specs(text: str) -> list[str]:
+    """Split on commas outside parentheses and not inside `key=value` lists (`mask3:k=2,prettr(1)`)."""
+    out, cur, depth = [], "", 0
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return out
+
+
+def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *, masks=DEFAULT_PRESETS,
+                 mode: str = "renorm", max_queries: int | None = None, metrics=("nDCG@10", "RR@10"),
+                 batch_size: int = 16, n_resamples: int = 2000, out=None, progress: bool = False) -> SweepResult:
+    """Apply whole masks zero-shot (no retraining; e.g. the presets) and compare each with the clean model."""
+    started = time.perf_counter()
+    model = hooked_model(model)
+    cands = as_candidates(data, split, run, k, max_queries)
+    evaluator = Evaluator(cands, metrics, n_resamples=n_resamples)
+    engine = SweepEngine(model, mode, None)
+    batches = ScoredBatches(engine, cands.pairs, batch_size)
+    masks = preset_masks(masks, model.n_layers)
+    clean = batches.clean()
+    clean_pq = evaluator.per_query(clean)
+    rows, frames = [], []
+    items = masks
+    if progress:
+        from rich.progress import track
+
+        items = track(masks, description="masks")
+    for m in items:
+        scores = batches.mask(m)
+        summary, qdf = evaluator.compare(clean, clean_pq, scores)
+        n_blocked = int((~m.tables[:, :5, :5]).sum())
+        rows.append({"mask": m.name, "mode": mode, "blocked_cells": n_blocked, **summary})
+        qdf.insert(0, "mask", m.name)
+        frames.append(qdf)
+    clean_q = clean_pq.reset_index().rename(columns={"index": "query_id"})
+    clean_q.insert(0, "mask", "clean")
+    per_query = pd.concat([clean_q] + frames, ignore_index=True)
+    meta = {"format": "mice-mask-ablation/1", "model": str(getattr(model.model, "name_or_path", "")),
+            "source": cands.source, "query_ids": cands.query_ids, "mode": mode, "metrics": evaluator.names,
+            "clean": evaluator.summary(clean_pq), "masks": {m.name: m.to_dict() for m in masks},
+            "elapsed_s": round(time.perf_counter() - started, 3),
+            "convention": "a->b: tokens of group a attend to tokens of group b"}
+    result = SweepResult(pd.DataFrame(rows), per_query, meta)
+    if out is not None:
+        save_sweep(result, out)
+    return result
