@@ -105,7 +105,7 @@ def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None
     result, sweep_name = _sweep_of(sweep)
     meta = result.meta
     model_spec, data, split, run, k = _resolve_sources(meta, model, data, split, run, k)
-    model = hooked_model(model_spec)
+    model = hooked_model(model_spec, max_length=meta.get("max_length"))
     table = result.table
     mode = str(table["mode"].iloc[0]) if len(table) else meta.get("mode", "renorm")
     metric = (metric or (meta.get("metrics") or ["ndcg@10"])[0]).lower()

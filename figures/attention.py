@@ -12,7 +12,7 @@ import numpy as np
 from . import PATH_CONVENTION, save_figure, setup_style
 
 SEGS = ("cls", "q", "sep1", "d", "sep2")
-SEG_COLORS = {"cls": "#7f7f7f", "q": "#1f77b4", "sep1": "#bcbd22", "d": "#ff7f0e", "sep2": "#17becf", "pad": "#ffffff"}
+SEG_COLORS = {"cls": "#4d4d4d", "q": "#1f77b4", "sep1": "#8c8c00", "d": "#d95f02", "sep2": "#17a2b8", "pad": "#bbbbbb"}
 
 
 def _table(probe):
@@ -23,7 +23,7 @@ def _table(probe):
     return probe
 
 
-def plot_layer_heatmaps(probe, out_stem, value: str = "mass"):
+def plot_layer_heatmaps(probe, out_stem, value: str = "mass", formats=("png", "pdf")):
     """One 5x5 heatmap per layer: head-averaged attention mass from each segment (row) to each (column)."""
     import matplotlib.pyplot as plt
 
@@ -49,10 +49,10 @@ def plot_layer_heatmaps(probe, out_stem, value: str = "mass"):
     axes[0][0].set_ylabel("from (attending)")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"attention {value} (mean over heads)")
     fig.suptitle(f"Attention mass by path ({PATH_CONVENTION})", fontsize=9)
-    return save_figure(fig, out_stem)
+    return save_figure(fig, out_stem, formats)
 
 
-def plot_head_grid(probe, out_stem, value: str = "mass"):
+def plot_head_grid(probe, out_stem, value: str = "mass", formats=("png", "pdf")):
     """A 5x5 grid of paths (row = from, column = to), each a layer x head heatmap of attention mass."""
     import matplotlib.pyplot as plt
 
@@ -78,10 +78,11 @@ def plot_head_grid(probe, out_stem, value: str = "mass"):
                 ax.set_ylabel("layer")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label=f"attention {value}")
     fig.suptitle(f"Attention mass per layer and head ({PATH_CONVENTION})", fontsize=10)
-    return save_figure(fig, out_stem)
+    return save_figure(fig, out_stem, formats)
 
 
-def plot_example(examples, out_stem, example: int = 0, layer: int = -1, head: int | None = None):
+def plot_example(examples, out_stem, example: int = 0, layer: int = -1, head: int | None = None,
+                 formats=("png", "pdf")):
     """Token-level attention pattern of one saved example (mean over heads unless `head`), segments marked."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
@@ -102,9 +103,9 @@ def plot_example(examples, out_stem, example: int = 0, layer: int = -1, head: in
     ax.set_xticks(range(n), tokens, rotation=90, fontsize=6)
     ax.set_yticks(range(n), tokens, fontsize=6)
     ax.grid(False)
-    for i, s in enumerate(segs):  # segment colour bands along both axes
-        ax.add_patch(Rectangle((i - 0.5, n - 0.5), 1, 0.8, color=SEG_COLORS.get(s, "#000"), clip_on=False))
-        ax.add_patch(Rectangle((-1.3, i - 0.5), 0.8, 1, color=SEG_COLORS.get(s, "#000"), clip_on=False))
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):  # token labels coloured by segment
+        for label, s in zip(labels, segs):
+            label.set_color(SEG_COLORS.get(s, "#000"))
     bounds = [i for i in range(1, n) if segs[i] != segs[i - 1]]
     for b in bounds:
         ax.axhline(b - 0.5, color="red", lw=0.6)
@@ -116,7 +117,7 @@ def plot_example(examples, out_stem, example: int = 0, layer: int = -1, head: in
     ax.set_ylabel("attending token (from)")
     who = "mean over heads" if head is None else f"head {head}"
     ax.set_title(f"{ex['query_id']} / {ex['doc_id']}: layer {layer}, {who}\n({PATH_CONVENTION})", fontsize=8)
-    return save_figure(fig, out_stem)
+    return save_figure(fig, out_stem, formats)
 
 
 def main(argv=None) -> int:

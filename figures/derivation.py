@@ -25,7 +25,7 @@ def _read(t):
 
 
 def plot_derivation(steps, out_stem, metric: str = "ndcg@10", tolerance: float | None = None,
-                    reference: float | None = None):
+                    reference: float | None = None, formats=("png", "pdf")):
     """Each greedy step: the held-out metric of the trial mask (green = path removed, red = kept, grey = invalid)
     and the cumulative mask's metric; the dashed line is the tolerance floor."""
     import matplotlib.pyplot as plt
@@ -48,10 +48,10 @@ def plot_derivation(steps, out_stem, metric: str = "ndcg@10", tolerance: float |
     ax.set_ylabel(f"held-out {metric}")
     ax.legend(fontsize=7, loc="lower left")
     ax.set_title(f"Greedy mask derivation ({PATH_CONVENTION})", fontsize=9)
-    return save_figure(fig, out_stem)
+    return save_figure(fig, out_stem, formats)
 
 
-def plot_merge_layer(table, out_stem, metric: str = "ndcg@10"):
+def plot_merge_layer(table, out_stem, metric: str = "ndcg@10", formats=("png", "pdf")):
     """Metric vs k for base + `q->d` blocked in layers [0, k); the chosen k is circled."""
     import matplotlib.pyplot as plt
 
@@ -71,10 +71,10 @@ def plot_merge_layer(table, out_stem, metric: str = "ndcg@10"):
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     ax.set_title(f"Merge-layer search ({PATH_CONVENTION})", fontsize=8)
-    return save_figure(fig, out_stem)
+    return save_figure(fig, out_stem, formats)
 
 
-def plot_layer_drop(table, out_stem, metric: str | None = None):
+def plot_layer_drop(table, out_stem, metric: str | None = None, formats=("png", "pdf")):
     """Metric vs number of interaction layers b, one line per number of contextualisation layers a."""
     import matplotlib.pyplot as plt
 
@@ -95,7 +95,7 @@ def plot_layer_drop(table, out_stem, metric: str | None = None):
     ax.set_xticks(sorted(t["interaction_layers"].unique()))
     ax.legend(fontsize=7)
     ax.set_title("Layer-drop search over trained MICE variants", fontsize=9)
-    return save_figure(fig, out_stem)
+    return save_figure(fig, out_stem, formats)
 
 
 def main(argv=None) -> int:

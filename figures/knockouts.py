@@ -21,7 +21,8 @@ def _table(t):
     return getattr(t, "table", t)
 
 
-def plot_sweep(sweep, out_stem, metric: str = "delta_ndcg@10", alpha: float = 0.05):
+def plot_sweep(sweep, out_stem, metric: str = "delta_ndcg@10", alpha: float = 0.05,
+               formats=("png", "pdf")):
     """Layer x path map of a layer-level sweep: colour = `metric` (e.g. the nDCG@10 change), `*` = paired
     t-test p < alpha, grey = skipped (already blocked, or a segment would have nothing to attend to)."""
     import matplotlib.pyplot as plt
@@ -43,8 +44,7 @@ def plot_sweep(sweep, out_stem, metric: str = "delta_ndcg@10", alpha: float = 0.
     lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
     lim = lim or 1.0
     fig, ax = plt.subplots(figsize=(0.42 * len(paths) + 2.2, 0.45 * len(layers) + 1.6))
-    cmap = plt.get_cmap("RdBu").copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="#d9d9d9")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
     for i, j in zip(*np.nonzero(stars)):
         ax.text(j, i, "*", ha="center", va="center", fontsize=9, color="black")
@@ -56,10 +56,10 @@ def plot_sweep(sweep, out_stem, metric: str = "delta_ndcg@10", alpha: float = 0.
     mode = str(t["mode"].iloc[0]) if len(t) else ""
     fig.colorbar(im, ax=ax, label=metric)
     ax.set_title(f"Knockouts ({mode}): {metric}; * p<{alpha}; grey = skipped\n({PATH_CONVENTION})", fontsize=8)
-    return save_figure(fig, out_stem)
+    return save_figure(fig, out_stem, formats)
 
 
-def plot_head_sweep(sweep, out_stem, metric: str = "delta_ndcg@10"):
+def plot_head_sweep(sweep, out_stem, metric: str = "delta_ndcg@10", formats=("png", "pdf")):
     """Per-head knockouts: one layer x head map per path."""
     import matplotlib.pyplot as plt
 
@@ -88,10 +88,10 @@ def plot_head_sweep(sweep, out_stem, metric: str = "delta_ndcg@10"):
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label=metric)
     fig.suptitle(f"Per-head knockouts: {metric} ({PATH_CONVENTION})", fontsize=9)
-    return save_figure(fig, out_stem)
+    return save_figure(fig, out_stem, formats)
 
 
-def plot_mask_ablation(table, out_stem, metric: str = "ndcg@10"):
+def plot_mask_ablation(table, out_stem, metric: str = "ndcg@10", formats=("png", "pdf")):
     """Zero-shot whole-mask ablations (presets): `metric` per mask against the clean model."""
     import matplotlib.pyplot as plt
 
@@ -107,7 +107,7 @@ def plot_mask_ablation(table, out_stem, metric: str = "ndcg@10"):
     ax.legend(fontsize=7)
     mode = str(t["mode"].iloc[0]) if "mode" in t and len(t) else ""
     ax.set_title(f"Masks applied zero-shot ({mode}); red = p<0.05\n({PATH_CONVENTION})", fontsize=8)
-    return save_figure(fig, out_stem)
+    return save_figure(fig, out_stem, formats)
 
 
 def main(argv=None) -> int:

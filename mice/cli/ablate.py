@@ -1,0 +1,201 @@
+"""`mice ablate …` — knockout sweeps, zero-shot mask ablations, mask derivation, merge-layer and layer-drop
+searches. Path convention: a->b = tokens of a attend to tokens of b."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+ablate_app = typer.Typer(help="Knock attention paths out, measure the ranking, derive masks "
+                              "(a->b: tokens of a attend to tokens of b).", no_args_is_help=True)
+
+_MODEL = typer.Option(..., "--model", "-m", help="Cross-encoder folder, hub name or packaged:minilm")
+_DATASET = typer.Option(..., "--dataset", "-d", help="Dataset spec (BEIR folder, embedded:docs, ...)")
+_RUN = typer.Option(..., "--run", "-r", help="First-stage run file (TREC/parquet/CSV) or 'bm25'")
+
+
+def _top(table, metric: str, n: int = 10) -> str:
+    t = table[table["status"] == "ok"] if "status" in table else table
+    col = f"delta_{metric}"
+    if col not in t:
+        return ""
+    cols = [c for c in ("layer", "head", "path", "mask", col, "p_value", "mean_abs_dscore", "kendall_tau") if c in t]
+    return t.sort_values(col).head(n)[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}")
+
+
+@ablate_app.command("sweep")
+def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
+              split: str = typer.Option("test", "--split"), run: str = _RUN,
+              k: int = typer.Option(20, "--k", help="Top-k candidates per query"),
+              out: Path = typer.Option(..., "--out", "-o", help="Table (.parquet or .csv); per-query values and "
+                                       "metadata are written beside it"),
+              paths: Optional[str] = typer.Option(None, "--paths", help="e.g. q->d,d->q (default: all 25 paths)"),
+              layers: Optional[str] = typer.Option(None, "--layers", help="e.g. 0-5 or 1,3 (default: all)"),
+              heads: bool = typer.Option(False, "--heads", help="Also knock out each head separately"),
+              head_list: Optional[str] = typer.Option(None, "--head-list", help="Only these heads (e.g. 0,3)"),
+              mode: str = typer.Option("renorm", "--mode", help="renorm (-inf before softmax) or zero (after)"),
+              base: Optional[str] = typer.Option(None, "--base", help="Knock out on top of this mask (e.g. mask2)"),
+              max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Sweep the first N queries"),
+              metrics: str = typer.Option("nDCG@10,RR@10", "--metrics"),
+              batch_size: int = typer.Option(16, "--batch-size"),
+              strategy: str = typer.Option("auto", "--strategy", help="auto, fast, replicate or naive"),
+              restart: bool = typer.Option(False, "--restart", help="Ignore partial results of an earlier run"),
+              max_length: Optional[int] = typer.Option(None, "--max-length")) -> None:
+    """Knock out each path in each layer (and head); one row per knockout. Resumes an interrupted sweep."""
+    from ablations.sweep import sweep
+    from probes.attention import hooked_model
+
+    from .data import plain_warnings
+
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists() and not restart:
+        typer.echo(f"resuming from {partial}", err=True)
+    hl = [int(h) for h in head_list.split(",")] if head_list else None
+    with plain_warnings():
+        scorer = hooked_model(model, max_length=max_length)
+        result = sweep(scorer, dataset, split, run, k, paths=paths, layers=layers, heads=hl or heads, mode=mode,
+                       base=base, max_queries=max_queries, metrics=metrics, batch_size=batch_size,
+                       strategy=strategy, out=out, restart=restart, progress=True,
+                       meta={"model_spec": model, "max_length": max_length})
+    t = result.table
+    skipped = int((t["status"] != "ok").sum())
+    typer.echo(f"wrote {out}: {len(t)} knockouts ({skipped} skipped) in {result.meta['elapsed_s']:.1f}s; clean "
+               + ", ".join(f"{m} {v:.4f}" for m, v in result.meta["clean"].items()))
+    typer.echo(_top(t, result.meta["metrics"][0]))
+
+
+@ablate_app.command("presets")
+def presets_cmd(model: str = _MODEL, dataset: str = _DATASET, split: str = typer.Option("test", "--split"),
+                run: str = _RUN, k: int = typer.Option(20, "--k"),
+                out: Path = typer.Option(..., "--out", "-o", help="Table (.parquet or .csv)"),
+                presets: str = typer.Option("mask0,mask1,mask2,mask3,prettr,sparse_ce", "--presets",
+                                            help="Mask specs (mask3:k=2, prettr(1), file.json), comma-separated"),
+                mode: str = typer.Option("renorm", "--mode"),
+                max_queries: Optional[int] = typer.Option(None, "--max-queries"),
+                metrics: str = typer.Option("nDCG@10,RR@10", "--metrics"),
+                batch_size: int = typer.Option(16, "--batch-size"),
+                max_length: Optional[int] = typer.Option(None, "--max-length")) -> None:
+    """Apply whole masks zero-shot (cumulative ablations) and compare each with the clean model."""
+    from ablations.sweep import ablate_masks
+    from probes.attention import hooked_model
+
+    from .data import plain_warnings
+
+    with plain_warnings():
+        scorer = hooked_model(model, max_length=max_length)
+        result = ablate_masks(scorer, dataset, split, run, k, masks=presets, mode=mode, max_queries=max_queries,
+                              metrics=metrics, batch_size=batch_size, out=out, progress=True)
+    typer.echo(f"wrote {out}: {len(result.table)} masks; clean "
+               + ", ".join(f"{m} {v:.4f}" for m, v in result.meta["clean"].items()))
+    typer.echo(_top(result.table, result.meta["metrics"][0], n=len(result.table)))
+
+
+@ablate_app.command("derive")
+def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Sweep table written by `mice ablate sweep`"),
+               out: Path = typer.Option(..., "--out", "-o", help="Mask JSON to write (mice-mask/1)"),
+               tolerance: float = typer.Option(0.01, "--tolerance", help="Largest relative loss of the metric"),
+               metric: Optional[str] = typer.Option(None, "--metric", help="Default: the sweep's first metric"),
+               model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: from the sweep metadata"),
+               dataset: Optional[str] = typer.Option(None, "--dataset", "-d"),
+               split: Optional[str] = typer.Option(None, "--split"),
+               run: Optional[str] = typer.Option(None, "--run", "-r"),
+               k: Optional[int] = typer.Option(None, "--k"),
+               check_split: Optional[str] = typer.Option(None, "--check-split", help="Held-out queries from this "
+                                                         "split (default: the sweep's, minus the swept queries)"),
+               check_run: Optional[str] = typer.Option(None, "--check-run", help="Run for --check-split"),
+               check_queries: Optional[int] = typer.Option(None, "--check-queries", help="At most N held-out queries"),
+               patience: int = typer.Option(0, "--patience", help="Go on past N consecutive rejected paths"),
+               max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+               name: str = typer.Option("derived", "--name", help="Mask name"),
+               batch_size: int = typer.Option(16, "--batch-size"),
+               report: bool = typer.Option(True, "--report/--no-report", help="Write <stem>.report.md + figure")
+               ) -> None:
+    """Greedily remove the cheapest paths, re-checking the cumulative mask on held-out queries."""
+    from ablations.derive import derive_mask
+    from ablations.sweep import load_sweep
+    from probes.attention import sidecar
+
+    from .data import plain_warnings
+
+    loaded = load_sweep(sweep)
+    model = model or loaded.meta.get("model_spec")
+    with plain_warnings():
+        d = derive_mask(loaded, model=model, data=dataset, split=split, run=run, k=k, tolerance=tolerance,
+                        metric=metric, check_split=check_split, check_run=check_run, check_queries=check_queries,
+                        patience=patience, max_steps=max_steps, batch_size=batch_size, name=name, progress=True)
+    d.meta["derived_from"] = str(sweep)
+    d.mask.provenance["derived_from"] = str(sweep)
+    d.save(out, report=report)
+    m = d.meta
+    typer.echo(f"wrote {out}: removed {len(m['removed'])} (layer, path) cells; held-out {m['metric']} "
+               f"{m['reference']:.4f} -> {m['final']:.4f} (tolerance {tolerance}); steps in "
+               f"{sidecar(out, '.steps.csv')}" + (f", report {sidecar(out, '.report.md')}" if report else ""))
+    typer.echo(d.mask.render())
+
+
+@ablate_app.command("merge-layer")
+def merge_layer_cmd(model: str = _MODEL, dataset: str = _DATASET, split: str = typer.Option("test", "--split"),
+                    run: str = _RUN, k: int = typer.Option(20, "--k"),
+                    out: Path = typer.Option(..., "--out", "-o", help="Table k vs metric (.csv or .parquet)"),
+                    base: str = typer.Option("mask2", "--base", help="Mask to add q->d blocking to"),
+                    tolerance: float = typer.Option(0.01, "--tolerance"),
+                    metric: str = typer.Option("nDCG@10", "--metric"),
+                    reference: str = typer.Option("base", "--reference", help="base (k=0) or full (no mask)"),
+                    mode: str = typer.Option("renorm", "--mode"),
+                    max_queries: Optional[int] = typer.Option(None, "--max-queries"),
+                    mask_out: Optional[Path] = typer.Option(None, "--mask-out", help="Save the chosen mask here"),
+                    figure: Optional[Path] = typer.Option(None, "--figure", help="Draw metric vs k (PNG stem)"),
+                    batch_size: int = typer.Option(16, "--batch-size"),
+                    max_length: Optional[int] = typer.Option(None, "--max-length")) -> None:
+    """Find the largest k such that blocking q->d in layers [0, k) on top of BASE stays within tolerance."""
+    from ablations.derive import merge_layer_search
+    from mice.files import write_table
+    from probes.attention import hooked_model
+
+    from .data import plain_warnings
+
+    with plain_warnings():
+        scorer = hooked_model(model, max_length=max_length)
+        res = merge_layer_search(scorer, dataset, split, run, k, base=base, tolerance=tolerance, metric=metric,
+                                 reference=reference, mode=mode, max_queries=max_queries, batch_size=batch_size)
+    write_table(res.table, out)
+    if mask_out is not None:
+        res.mask.save(mask_out)
+    if figure is not None:
+        from figures.derivation import plot_merge_layer
+
+        plot_merge_layer(out, figure, metric=metric.lower())
+    m = metric.lower()
+    typer.echo(res.table[["k", "mask", m, "rel_loss", "within_tolerance"]].to_string(
+        index=False, float_format=lambda x: f"{x:.4f}"))
+    typer.echo(f"chosen k = {res.chosen_k} ({res.mask.name}); wrote {out}" + (f", {mask_out}" if mask_out else ""))
+
+
+@ablate_app.command("layer-drop")
+def layer_drop_cmd(results: Path = typer.Option(..., "--results", help="Table: interaction_layers, "
+                                                "contextual_layers, metric, value [, reference]"),
+                   metric: str = typer.Option(..., "--metric"),
+                   tolerance: float = typer.Option(0.01, "--tolerance"),
+                   reference: Optional[float] = typer.Option(None, "--reference", help="Default: per-a best value "
+                                                             "(or the table's reference column)"),
+                   out: Optional[Path] = typer.Option(None, "--out", "-o", help="Figure stem (PNG + PDF)"),
+                   table_out: Optional[Path] = typer.Option(None, "--table-out", help="Write the choice table")
+                   ) -> None:
+    """Smallest number of MICE interaction layers within tolerance, from evaluation results of trained variants."""
+    from ablations.layer_drop import choose_interaction_layers, load_layer_drop
+    from mice.files import write_table
+
+    table = load_layer_drop(results)
+    choice = choose_interaction_layers(table, metric, tolerance, reference)
+    if table_out is not None:
+        write_table(choice, table_out)
+    if out is not None:
+        from figures.derivation import plot_layer_drop
+
+        plot_layer_drop(table, out, metric=metric)
+    typer.echo(choice.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(ablate_app, name="ablate")
