@@ -13,8 +13,9 @@ attention through PyTorch's `scaled_dot_product_attention` ("sdpa") wherever the
 Inputs are token ids (random word pieces, fixed lengths), so tokenisation is excluded from every method.
 A pair that exceeds the model's positions (query + 512-token document) is truncated for the cross-encoder
 (the MICE document keeps all its tokens: the comparison favours the cross-encoder). Timings: median and
-10th/90th percentiles over `repeats` after `warmup` runs; `peak_mem_mb` is the peak additional resident memory
-during the timed runs (CPU; sampled every 2 ms) or peak additional allocated memory (CUDA).
+10th/90th percentiles over `repeats` after `warmup` runs, the methods' runs interleaved (so a change of machine
+load hits all of them alike); `peak_mem_mb` is the largest peak of additional resident memory over a method's
+runs (CPU; sampled every 2 ms) or of additional allocated memory (CUDA).
 """
 from __future__ import annotations
 
@@ -300,26 +301,34 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
                 ms.score(inp.query, docs, batch_size=bs)
             setups["maxsim"] = (run_maxsim, float(vecs.bytes_per_token))
 
-        for method in [m for m in METHODS if m in setups]:
-            fn, bytes_per_token = setups[method]
-            with torch.inference_mode():
+        # Warm up every method, then interleave the timed runs (repeat r of every method, then r+1, ...) so
+        # that a change in machine load during the benchmark hits all methods alike.
+        order = [m for m in METHODS if m in setups]
+        times: dict[str, list[float]] = {m: [] for m in order}
+        peaks: dict[str, float] = {m: 0.0 for m in order}
+        with torch.inference_mode():
+            for method in order:
                 for _ in range(config.warmup):
-                    fn()
+                    setups[method][0]()
                     sync()
-                times = []
-                with _PeakMemory(str(device)) as mem:
-                    for _ in range(config.repeats):
+            for _ in range(config.repeats):
+                for method in order:
+                    fn = setups[method][0]
+                    with _PeakMemory(str(device)) as mem:
                         t0 = time.perf_counter()
                         fn()
                         sync()
-                        times.append(time.perf_counter() - t0)
-            med, p10, p90 = _percentiles(times)
+                        times[method].append(time.perf_counter() - t0)
+                    peaks[method] = max(peaks[method], mem.peak_mb)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        for method in order:
+            med, p10, p90 = _percentiles(times[method])
             rows.append({"method": method, "doc_len": doc_len, "median_ms": med, "p10_ms": p10, "p90_ms": p90,
-                         "docs_per_s": config.docs / (med / 1000.0), "peak_mem_mb": mem.peak_mb,
-                         "bytes_per_doc_token": bytes_per_token, "ce_pair_len": inp.ce_pair_len,
-                         "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"), **meta})
+                         "docs_per_s": config.docs / (med / 1000.0), "peak_mem_mb": peaks[method],
+                         "bytes_per_doc_token": setups[method][1], "ce_pair_len": inp.ce_pair_len,
+                         "load_avg": load, **meta})
             log(f"  {method:14s} doc_len={doc_len:4d}  median {med:9.1f} ms  ({p10:.1f}–{p90:.1f})  "
-                f"{config.docs / (med / 1000.0):8.1f} docs/s  peak +{mem.peak_mb:.0f} MB")
+                f"{config.docs / (med / 1000.0):8.1f} docs/s  peak +{peaks[method]:.0f} MB")
         setups.clear()
         gc.collect()
     df = pd.DataFrame(rows)

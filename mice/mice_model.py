@@ -144,17 +144,15 @@ def _quiet_transformers():
         def __enter__(self):
             self.level = transformers.logging.get_verbosity()
             transformers.logging.set_verbosity_error()
-            try:
-                transformers.utils.logging.disable_progress_bar()
-            except Exception:  # pragma: no cover - older transformers
-                pass
+            hf_logging = transformers.utils.logging
+            self.bars = hasattr(hf_logging, "is_progress_bar_enabled") and hf_logging.is_progress_bar_enabled()
+            if self.bars:
+                hf_logging.disable_progress_bar()
 
         def __exit__(self, *exc):
             transformers.logging.set_verbosity(self.level)
-            try:
+            if self.bars:
                 transformers.utils.logging.enable_progress_bar()
-            except Exception:  # pragma: no cover
-                pass
 
     return _Quiet()
 
