@@ -1,5 +1,7 @@
-"""A tiny stage runner for long jobs: every stage writes into its own folder and is marked done only at the
-end, atomically, so a rerun skips finished stages and Ctrl-C never leaves a half-written artefact behind."""
+"""A tiny stage runner for long jobs: every stage writes into a hidden work folder that becomes its real folder
+only when the stage ends, so a rerun skips finished stages and Ctrl-C never leaves a half-written artefact under
+a real name. An interrupted stage keeps its work folder, so stages with their own resume logic (re-ranking,
+sweeps, training checkpoints) continue where they stopped."""
 from __future__ import annotations
 
 import json
@@ -46,7 +48,10 @@ class Pipeline:
         return info if info.get("fingerprint") == self.fingerprint else None
 
     def run(self, name: str, fn: Callable[[Path], dict | None], title: str | None = None) -> dict:
-        """Run `fn(folder)` unless the stage already finished with the same fingerprint."""
+        """Run `fn(folder)` unless the stage already finished with the same fingerprint.
+
+        `fn` writes into `folder` (a work folder renamed at the end): outputs should name files relative to it.
+        """
         info = self.done(name)
         label = title or name
         if info is not None:
@@ -55,16 +60,14 @@ class Pipeline:
             return info.get("outputs", {})
         folder = self.folder(name)
         work = folder.with_name(f".{name}.partial")
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
-        self._say(f"[bold cyan]▶[/] {label} …")
+        resumed = work.exists()
+        work.mkdir(parents=True, exist_ok=True)
+        self._say(f"[bold cyan]▶[/] {label} …" + (" [dim](resuming)[/]" if resumed else ""))
         start = time.perf_counter()
         try:
             outputs = fn(work) or {}
         except BaseException:
-            self._say(f"[red]✗[/] {label} stopped; nothing of it was kept")
-            shutil.rmtree(work, ignore_errors=True)
+            self._say(f"[red]✗[/] {label} stopped; its partial work is kept in {work} for the next run")
             raise
         seconds = time.perf_counter() - start
         write_json_atomic(work / DONE, {"stage": name, "seconds": seconds, "outputs": outputs,

@@ -19,14 +19,22 @@ def test_stage_runs_once_and_is_reused(tmp_path):
     assert len(calls) == 1 and p2.results[0].cached
 
 
-def test_interrupted_stage_leaves_nothing(tmp_path):
+def test_interrupted_stage_leaves_no_artefact_and_resumes(tmp_path):
+    seen = []
+
     def stage(folder):
-        (folder / "half.txt").write_text("half")
-        raise KeyboardInterrupt
+        seen.append(sorted(p.name for p in folder.iterdir()))
+        if not (folder / "half.txt").exists():
+            (folder / "half.txt").write_text("half")
+            raise KeyboardInterrupt
+        (folder / "done.txt").write_text("done")
 
     with pytest.raises(KeyboardInterrupt):
         Pipeline(tmp_path).run("b", stage)
-    assert not (tmp_path / "b").exists() and not (tmp_path / ".b.partial").exists()
+    assert not (tmp_path / "b").exists()  # nothing under the real name
+    Pipeline(tmp_path).run("b", stage)  # the rerun continues from the kept work folder
+    assert seen == [[], ["half.txt"]]
+    assert (tmp_path / "b" / "done.txt").exists() and not (tmp_path / ".b.partial").exists()
 
 
 def test_changed_fingerprint_reruns(tmp_path):

@@ -1,0 +1,68 @@
+"""Every figure of a demo run, regenerated from its saved result tables alone (PNG and PDF)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def make_all(run_dir, out_dir) -> list[Path]:
+    """Draw whatever the saved results in `run_dir` support into `out_dir`; returns the PNG paths."""
+    from mice.files import read_table
+    from mice.masks import InteractionMask
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+
+    def add(paths):
+        made.extend(p for p in paths if p.suffix == ".png")
+
+    probe = run_dir / "probe" / "probe.parquet"
+    if probe.exists():
+        from probes import load_examples
+
+        from .attention import plot_example, plot_head_grid, plot_layer_heatmaps
+
+        add(plot_layer_heatmaps(probe, out_dir / "attention_paths"))
+        add(plot_head_grid(probe, out_dir / "attention_heads"))
+        examples = sorted((run_dir / "probe").glob("*examples*"))
+        if examples:
+            add(plot_example(load_examples(examples[0]), out_dir / "attention_example"))
+    sweep = run_dir / "sweep" / "sweep.parquet"
+    if sweep.exists():
+        from .knockouts import plot_mask_ablation, plot_sweep
+
+        add(plot_sweep(sweep, out_dir / "knockout_heatmap"))
+        presets = run_dir / "sweep" / "presets.csv"
+        if presets.exists():
+            add(plot_mask_ablation(presets, out_dir / "zero_shot_masks"))
+    derive = run_dir / "derive"
+    if (derive / "mask.json").exists():
+        from .derivation import plot_derivation, plot_merge_layer
+        from .masks import plot_mask
+
+        add(plot_mask(InteractionMask.load(derive / "mask.json"), out_dir / "derived_mask"))
+        steps = derive / "mask.steps.csv"
+        if steps.exists():
+            tol = InteractionMask.load(derive / "mask.json").provenance.get("tolerance")
+            add(plot_derivation(steps, out_dir / "derivation_steps", tolerance=tol))
+        if (derive / "merge_layer.csv").exists():
+            add(plot_merge_layer(derive / "merge_layer.csv", out_dir / "merge_layer"))
+    layer_drop = run_dir / "layer_drop" / "layer_drop.csv"
+    if layer_drop.exists():
+        from .derivation import plot_layer_drop
+
+        add(plot_layer_drop(layer_drop, out_dir / "layer_drop", metric="nDCG@10"))
+    bench = run_dir / "bench" / "bench.csv"
+    if bench.exists():
+        from mice.bench import plot_latency
+
+        plot_latency(bench, out_dir / "latency.png")
+        made.append(out_dir / "latency.png")
+        results = run_dir / "evaluate" / "results.csv"
+        if results.exists():
+            from .efficiency import plot_latency_vs_effectiveness
+
+            add(plot_latency_vs_effectiveness(read_table(bench), read_table(results), out_dir / "latency_vs_ndcg"))
+    (out_dir / "index.json").write_text(json.dumps(sorted(p.name for p in made), indent=2))
+    return made

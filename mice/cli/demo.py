@@ -1,0 +1,48 @@
+"""`mice demo` (the main job) and `mice figures` (regenerate every figure from saved results)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def demo(preset: str = typer.Option("quick", "--preset", help="quick (~20 min on 2 CPU cores), full, or tiny"),
+         out: str = typer.Option("runs/demo", "--out", help="Output folder (stages already there are reused)"),
+         threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads")) -> None:
+    """The whole method on the offline default, ending in OUT/report.md."""
+    import time
+
+    from rich.console import Console
+
+    from ..demo import run_demo
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    console = Console()
+    start = time.perf_counter()
+    report = run_demo(out, preset, console=console)
+    console.print(f"[bold green]report:[/] {report}  [dim]({time.perf_counter() - start:.1f}s)[/]")
+
+
+def figures(source: str = typer.Option("runs/demo", "--from", help="A demo output folder"),
+            out: str = typer.Option("figures/out", "--out", help="Where to write PNG and PDF files")) -> None:
+    """Regenerate every figure from the saved result tables of a demo run (no model is run)."""
+    from pathlib import Path
+
+    from figures.make import make_all
+
+    from ..errors import MiceError
+
+    if not Path(source).is_dir():
+        raise MiceError(f"{source}: no such demo folder (run `mice demo` first)")
+    made = make_all(source, out)
+    for p in made:
+        typer.echo(str(p))
+    typer.echo(f"{len(made)} figures (PNG + PDF) in {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+    app.command("figures")(figures)

@@ -1,0 +1,146 @@
+"""`report.md` for a demo run, written only from the artefacts the stages saved (tables, masks, figures)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .files import read_table, write_text_atomic
+
+CONVENTION = "Path convention: `a->b` means tokens of group a attend to tokens of group b (information flows b → a)."
+
+
+def _md(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """A small markdown table without optional dependencies."""
+    cols = list(df.columns)
+
+    def fmt(v):
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def results_table(results: pd.DataFrame, domain: str, alpha: float = 0.05) -> pd.DataFrame:
+    """Runs x measures with significance markers against BM25 (Holm-corrected: † t-test, ‡ randomisation)."""
+    r = results[results["domain"] == domain]
+
+    def cell(row) -> str:
+        mark = ""
+        if pd.notna(row.p_ttest_holm) and row.p_ttest_holm < alpha:
+            mark += "†"
+        if pd.notna(row.p_randomization_holm) and row.p_randomization_holm < alpha:
+            mark += "‡"
+        return f"{row.value:.4f}{mark}"
+
+    wide = r.assign(cell=[cell(x) for x in r.itertuples()]).pivot(index="run", columns="measure", values="cell")
+    order = list(dict.fromkeys(r["run"]))
+    return wide.loc[order].reset_index()
+
+
+def _figure(lines: list[str], root: Path, rel: str, caption: str) -> None:
+    if (root / rel).exists():
+        lines += [f"![{caption}]({rel})", f"*{caption}*", ""]
+
+
+def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = None) -> Path:
+    root = Path(root)
+    lines = ["# MICE demo report", ""]
+    preset = json.loads((root / "preset.json").read_text()) if (root / "preset.json").exists() else {}
+    env = env or (json.loads((root / "environment.json").read_text()) if (root / "environment.json").exists() else {})
+    lines += [f"Preset `{preset.get('name', '?')}`, run on {env.get('date', '?')} ({env.get('cpus', '?')} CPUs, "
+              f"{env.get('machine', '')}, torch {env.get('torch', '?')}). Re-ranking BM25's top "
+              f"{preset.get('first_stage_k', '?')} for {preset.get('test_queries') or 'all'} test queries per domain.",
+              "", CONVENTION, ""]
+
+    sizes = root / "data" / "sizes.csv"
+    if sizes.exists():
+        df = read_table(sizes).pivot(index="domain", columns="split", values="queries").reset_index()
+        lines += ["## Data", "", "Queries per split and corpus size (documents):", "", _md(df, ".0f"), ""]
+
+    res_path = root / "evaluate" / "results.csv"
+    if res_path.exists():
+        results = read_table(res_path)
+        lines += ["## Effectiveness", "",
+                  "Significance against BM25, Holm-corrected over the runs: † paired t-test, ‡ randomisation test "
+                  "(p < 0.05). `zero-shot-maskN` = the trained cross-encoder under mask N without retraining.", ""]
+        for domain, title in (("in", "In-domain (`embedded:docs`)"), ("ood", "Out-of-domain (`embedded:docs-ood`)")):
+            if (results["domain"] == domain).any():
+                lines += [f"### {title}", "", _md(results_table(results, domain)), ""]
+        ce = results[(results.run == "cross-encoder") & (results.measure == "nDCG@10")].set_index("domain")["value"]
+        mice = results[(results.run == "mice") & (results.measure == "nDCG@10")].set_index("domain")["value"]
+        if len(ce) and len(mice):
+            kept = ", ".join(f"{d}: {100 * mice[d] / ce[d]:.1f}%" for d in ce.index if d in mice.index and ce[d] > 0)
+            lines += [f"MICE keeps {kept} of the cross-encoder's nDCG@10.", ""]
+        _figure(lines, root, "figures/latency_vs_ndcg.png", "Latency vs nDCG@10")
+
+    probe = root / "probe"
+    if probe.exists():
+        lines += ["## Attention paths (probe)", ""]
+        _figure(lines, root, "figures/attention_paths.png", "Attention mass per path and layer (mean over heads)")
+        _figure(lines, root, "figures/attention_heads.png", "Attention mass per head")
+        _figure(lines, root, "figures/attention_example.png", "One example's token-level pattern")
+
+    sweep = root / "sweep" / "sweep.parquet"
+    if sweep.exists():
+        df = read_table(sweep)
+        cols = [c for c in ("layer", "path", "mode", "ndcg@10", "delta_ndcg@10", "p_value", "mean_abs_dscore",
+                            "kendall_tau") if c in df.columns]
+        key = "delta_ndcg@10" if "delta_ndcg@10" in df.columns else cols[-1]
+        top = df.sort_values(key).head(10)[cols]
+        lines += ["## Knockouts", "", f"{len(df)} single-path knockouts (layer × path). The ten most harmful:", "",
+                  _md(top), ""]
+        _figure(lines, root, "figures/knockout_heatmap.png", "ΔnDCG@10 per knocked-out path and layer")
+
+    derive = root / "derive"
+    if (derive / "mask.json").exists():
+        from .masks import InteractionMask
+
+        mask = InteractionMask.load(derive / "mask.json")
+        lines += ["## Derived interaction mask", "", f"Tolerance {mask.provenance.get('tolerance', '?')} (relative "
+                  f"nDCG@10 on held-out queries). Per-layer allow-table (`#` allowed, `.` blocked):", "", "```",
+                  mask.render(), "```", ""]
+        steps = derive / "mask.steps.csv"
+        if steps.exists():
+            lines += ["Greedy derivation steps:", "", _md(read_table(steps)), ""]
+        _figure(lines, root, "figures/derived_mask.png", "The derived mask")
+        merge = derive / "merge_layer.csv"
+        if merge.exists():
+            info = json.loads((derive / "merge_layer.json").read_text())
+            lines += [f"Merge-layer search (`mask3(k)`: `q->d` blocked in layers [0, k)), chosen k = {info['k']}:", "",
+                      _md(read_table(merge)), ""]
+        _figure(lines, root, "figures/merge_layer.png", "Merge-layer curve")
+
+    mice_info = root / "mice" / "stage.json"
+    if mice_info.exists():
+        out = json.loads(mice_info.read_text())["outputs"]
+        lines += ["## MICE", "", f"MICE-ℓ{out.get('a')}+{out.get('b')}: {out.get('a')} contextual layers (documents "
+                  f"alone, precomputable), {out.get('b')} query-side interaction layers, distilled from the demo "
+                  "cross-encoder.", ""]
+    index_check = root / "index" / "index_check.json"
+    if index_check.exists():
+        c = json.loads(index_check.read_text())
+        lines += [f"From a float16 document-state index ({c['documents']} documents): mean Kendall τ "
+                  f"{c['kendall_tau_mean']:.4f} (min {c['kendall_tau_min']:.4f}) against the on-the-fly model, "
+                  f"max |Δscore| {c['max_abs_score_diff']:.2e}, nDCG@10 {c['ndcg10_from_index']:.4f} vs "
+                  f"{c['ndcg10_on_the_fly']:.4f}.", ""]
+        _figure(lines, root, "figures/layer_drop.png", "Layer-drop curve")
+
+    bench = root / "bench" / "bench.csv"
+    if bench.exists():
+        df = read_table(bench)
+        cols = [c for c in ("method", "doc_len", "median_ms", "p10_ms", "p90_ms", "docs_per_s", "peak_mem_mb",
+                            "bytes_per_doc_token", "ratio_vs_ce", "speedup_vs_ce") if c in df.columns]
+        lines += ["## Efficiency", "", f"Re-ranking {int(df['docs'].iloc[0])} candidates for a "
+                  f"{int(df['query_len'].iloc[0])}-token query, same backbone, one process "
+                  f"({df['device'].iloc[0]}, {int(df['threads'].iloc[0])} threads):", "", _md(df[cols], ".2f"), ""]
+        _figure(lines, root, "figures/latency.png", "Latency per method")
+
+    if timings is not None and len(timings):
+        lines += ["## Timings per stage", "", _md(timings, ".1f"),
+                  "", f"Total: {timings['seconds'].sum():.1f} s.", ""]
+    return write_text_atomic(root / "report.md", "\n".join(lines) + "\n")
