@@ -420,3 +420,15 @@ def environment() -> dict:
     return {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "processor": platform.processor(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version()}
+
+
+def demo_artifacts(root=".", console=None) -> Path:
+    """The folder notebooks read: `runs/demo` when a demo finished there, else a tiny demo (built once, cached)."""
+    root = Path(root)
+    full = root / "runs" / "demo"
+    if (full / "report.md").exists():
+        return full
+    tiny = root / "runs" / "tiny"
+    if not (tiny / "report.md").exists():
+        run_demo(tiny, "tiny", console=console)
+    return tiny

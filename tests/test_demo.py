@@ -1,0 +1,41 @@
+"""The main job end to end on the tiny preset (tiny random model, a few stdlib docstrings): every stage runs,
+the report has every section, and a second run reuses every stage."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from mice.demo import demo_artifacts, run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.integration
+def test_tiny_demo_end_to_end_and_cached():
+    run = demo_artifacts(ROOT)  # builds runs/tiny once (the notebooks reuse it) unless runs/demo exists
+    report = (run / "report.md").read_text()
+    for section in ("## Effectiveness", "### Out-of-domain", "## Knockouts", "## Derived interaction mask",
+                    "Merge-layer search", "## MICE", "## Efficiency", "## Timings per stage"):
+        assert section in report, section
+    for fig in ("attention_paths", "knockout_heatmap", "derived_mask", "merge_layer", "layer_drop",
+                "latency_vs_ndcg"):
+        assert (run / "figures" / f"{fig}.png").exists() and (run / "figures" / f"{fig}.pdf").exists(), fig
+    start = time.perf_counter()
+    run_demo(run, json.loads((run / "preset.json").read_text())["name"])
+    assert time.perf_counter() - start < 60  # everything but figures and report came from the cache
+    timings = (run / "timings.csv").read_text()
+    assert "True" in timings and timings.count("False") == 1  # only the figures stage was redrawn
+
+
+def test_figures_regenerate_from_saved_results_only(tmp_path):
+    run = ROOT / "runs" / "tiny"
+    if not (run / "report.md").exists():
+        pytest.skip("needs the tiny demo artefacts (built by the integration test above)")
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+
+    res = CliRunner().invoke(app, ["figures", "--from", str(run), "--out", str(tmp_path / "figs")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "figs" / "knockout_heatmap.pdf").exists() and (tmp_path / "figs" / "latency.png").exists()
