@@ -20,7 +20,9 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/mice demo --preset quick --out runs/demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	# MICE_CACHE: a fresh cache per run, so tests never lean on corpora or indexes built by hand earlier.
+	rm -rf .cache/test
+	MICE_CACHE=.cache/test HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 tests notebooks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -28,10 +28,9 @@ def test_tiny_demo_end_to_end_and_cached():
     assert "True" in timings and timings.count("False") == 1  # only the figures stage was redrawn
 
 
+@pytest.mark.integration
 def test_figures_regenerate_from_saved_results_only(tmp_path):
-    run = ROOT / "runs" / "tiny"
-    if not (run / "report.md").exists():
-        pytest.skip("needs the tiny demo artefacts (built by the integration test above)")
+    run = demo_artifacts(ROOT)  # cached by the test above
     from typer.testing import CliRunner
 
     from mice.cli import app
