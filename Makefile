@@ -21,8 +21,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	# MICE_CACHE: a fresh cache per run, so tests never lean on corpora or indexes built by hand earlier.
-	rm -rf .cache/test
-	MICE_CACHE=.cache/test HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 tests notebooks
+	rm -rf $(CURDIR)/.cache/test
+	MICE_CACHE=$(CURDIR)/.cache/test HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 tests notebooks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
