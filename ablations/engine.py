@@ -82,6 +82,7 @@ class SweepEngine:
                             "(use strategy='replicate')")
         self.strategy = strategy
         self.token_budget = token_budget
+        model.model.eval()  # knockout effects are measured on the deterministic model (no dropout)
         self.L = model.n_layers
         self.H = model.n_heads
 
@@ -117,7 +118,10 @@ class SweepEngine:
             by_layer.setdefault(ko.layer, []).append(i)
         B, T = state.batch["input_ids"].shape
         for layer, idx in by_layer.items():
-            chunk = len(idx) if self.strategy == "fast" else max(1, self.token_budget // (B * T))
+            if self.strategy == "fast":  # knockouts of a layer share its projections; cap the [R, B, T, T] masks
+                chunk = max(1, min(len(idx), (1 << 26) // (B * T * T)))
+            else:
+                chunk = max(1, self.token_budget // (B * T))
             for s in range(0, len(idx), chunk):
                 part = idx[s:s + chunk]
                 kos = [knockouts[i] for i in part]
