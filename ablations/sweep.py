@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mice.errors import DataError, MaskError
+from mice.errors import DataError
 from mice.masks import InteractionMask
 
 from probes.attention import hooked_model, sidecar

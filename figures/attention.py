@@ -32,7 +32,7 @@ def plot_layer_heatmaps(probe, out_stem, value: str = "mass", formats=("png", "p
     t = t[t["head"] == -1]
     layers = sorted(t["layer"].unique())
     fig, axes = plt.subplots(1, len(layers), figsize=(2.5 * len(layers) + 0.8, 2.9), squeeze=False)
-    for ax, l in zip(axes[0], layers):
+    for n, (ax, l) in enumerate(zip(axes[0], layers)):
         grid = t[t["layer"] == l].pivot(index="from", columns="to", values=value).reindex(index=SEGS, columns=SEGS)
         im = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1)
         for i in range(len(SEGS)):
@@ -42,7 +42,7 @@ def plot_layer_heatmaps(probe, out_stem, value: str = "mass", formats=("png", "p
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if v < 0.6 else "black")
         ax.set_xticks(range(len(SEGS)), SEGS, rotation=45)
-        ax.set_yticks(range(len(SEGS)), SEGS)
+        ax.set_yticks(range(len(SEGS)), SEGS if n == 0 else [])
         ax.set_title(f"layer {l}")
         ax.set_xlabel("to (attended)")
         ax.grid(False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from . import PATH_CONVENTION, save_figure, setup_style
 

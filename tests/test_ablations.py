@@ -281,7 +281,7 @@ def test_knockout_and_derivation_figures_render_from_saved_tables(planted_sweep,
     assert main([str(out), str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "knockouts_layers.png").stat().st_size > 1000
     _, ds, run = planted
-    heads = sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, paths="q->d,d->q", heads=True,
+    sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, paths="q->d,d->q", heads=True,
                   out=tmp_path / "heads.csv")
     assert plot_head_sweep(tmp_path / "heads.csv", tmp_path / "heads", formats=("png",))[0].exists()
     ab = ablate_masks(str(tiny_bert), ds, "test", run, k=4, max_queries=2, masks="mask1,mask2",
