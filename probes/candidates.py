@@ -117,12 +117,19 @@ def from_run(dataset, split: str, run, k: int = 20, max_queries: int | None = No
     frame = pd.DataFrame(rows, columns=["query_id", "doc_id", "query", "doc"])
     qrels = ds.qrels(split)
     qrels = qrels[qrels["query_id"].isin(set(qids))].reset_index(drop=True)
-    name = str(dataset) if isinstance(dataset, (str, os.PathLike)) else getattr(ds, "spec", None) or ds.name
+    name = _spec(dataset) if isinstance(dataset, (str, os.PathLike)) else getattr(ds, "spec", None) or ds.name
     source = {"kind": "run", "dataset": name, "split": split,
-              "run": run if isinstance(run, (str, os.PathLike)) else "<DataFrame>", "k": k,
+              "run": _spec(run) if isinstance(run, (str, os.PathLike)) else "<DataFrame>", "k": k,
               "max_queries": max_queries}
-    source["run"] = str(source["run"])
     return Candidates(frame, qrels, source)
+
+
+def _spec(value) -> str:
+    """A spec as recorded in metadata: existing paths made absolute so a later step can find them anywhere."""
+    from pathlib import Path
+
+    p = Path(str(value))
+    return str(p.resolve()) if p.exists() else str(value)
 
 
 def as_candidates(data, split: str | None = None, run=None, k: int = 20, max_queries: int | None = None

@@ -312,7 +312,8 @@ def test_cli_sweep_derive_and_merge_layer(planted, tmp_path):
     assert res.exit_code == 0, res.output
     assert "8 knockouts" in res.output
     meta = json.loads((tmp_path / "sw.meta.json").read_text())
-    assert meta["source"]["dataset"] == str(tmp_path / "beir") and meta["model_spec"] == str(folder)
+    assert meta["source"]["dataset"] == str((tmp_path / "beir").resolve()) and meta["model_spec"] == str(folder)
+    assert meta["source"]["run"] == str((tmp_path / "run.trec").resolve())
     res = r.invoke(app, ["ablate", "derive", "--sweep", str(tmp_path / "sw.csv"), "--out", str(tmp_path / "m.json"),
                          "--tolerance", "0.01"])
     assert res.exit_code == 0, res.output
