@@ -156,7 +156,8 @@ class FastMICE:
         lq = q.shape[2]
         r = heads * lq
         wk, wv_t, bv = self.absorb_w[j]
-        qt = torch.matmul(q, wk) * (dh ** -0.5)  # [1|N, heads, Lq-1, H]
+        # einsum folds the documents into the GEMM rows; matmul would broadcast (copy) the weights per document
+        qt = torch.einsum("nhqd,hdk->nhqk", q * (dh ** -0.5), wk)  # [1|N, heads, Lq-1, H]
         if q.shape[0] == 1:  # shared query (first interaction layer): one GEMM over all document tokens
             s = torch.matmul(states, qt.reshape(r, H).T)  # [N, Ld, R]
             if mask is not None and not bool(mask.all()):
@@ -169,7 +170,7 @@ class FastMICE:
                 s = s.masked_fill(~mask[:, None, :], float("-inf"))
             p = torch.softmax(s, dim=-1)
             pd = torch.matmul(p, states)  # [N, R, H]
-        ctx = torch.matmul(pd.view(n_docs, heads, lq, H), wv_t) + bv  # [N, heads, Lq-1, dh]
+        ctx = torch.einsum("nhqk,hkd->nhqd", pd.view(n_docs, heads, lq, H), wv_t) + bv  # [N, heads, Lq-1, dh]
         return self._merge_heads(ctx)
 
     def use_absorbed(self, prep: PreparedQuery) -> bool:
@@ -345,6 +346,13 @@ class IndexScorer:
             positions = self.reranker.index.positions([batch.doc_ids[i] for i in rows])
             out[rows] = self.reranker.score_positions(self._prepare(query), positions)
         return out
+
+    def runner_batching(self, k: int, chunk_pairs: int = 1024) -> dict:
+        """`batch_size`/`chunk_pairs` for `mice.rerank.rerank` so that each call holds whole queries (chunks
+        are whole queries, and a batch spans a chunk): every query's candidates are then scored together,
+        batched by length here, instead of in the runner's small mixed batches."""
+        chunk = max(int(chunk_pairs), 8 * self.reranker.batch_size)
+        return {"batch_size": chunk + int(k), "chunk_pairs": chunk}
 
     def predict(self, pairs, batch_size: int = 32, **kwargs) -> np.ndarray:
         """Texts only (no ids): falls back to the model on the fly."""

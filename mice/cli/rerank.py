@@ -46,21 +46,23 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
 
     with plain_warnings():
         job = job_id(model, mask, max_length)
+        calls = {"batch_size": batch_size}
         if index is not None:  # MICE from its index (mice.fast_rerank); the index's checksum joins the job id
             from ..errors import ModelError
             from ..fast_rerank import index_scorer
 
             if mask is not None:
                 raise ModelError("--mask does not apply with --index (a MICE model has its pattern built in)")
-            scorer = index_scorer(model, index, device=device)
+            scorer = index_scorer(model, index, device=device, batch_size=batch_size)
             job += f"|index={scorer.reranker.index.manifest['checksum'][:16]}"
+            calls = scorer.runner_batching(k)  # whole queries per call; --batch-size = documents per forward
         else:
             scorer = load_scorer(model, mask, device, max_length)
         partial = out.with_name(out.name + ".partial")
         if partial.exists():
             typer.echo(f"resuming from {partial}", err=True)
-        result = rerank(scorer, dataset, split, run, k=k, batch_size=batch_size, out=out, progress=True,
-                        tag=Path(model).name or "rerank", job=job)
+        result = rerank(scorer, dataset, split, run, k=k, out=out, progress=True,
+                        tag=Path(model).name or "rerank", job=job, **calls)
     typer.echo(f"wrote {out}: {result['query_id'].nunique()} queries, {len(result)} lines")
 
 
