@@ -86,9 +86,13 @@ def index_main(ctx: typer.Context, model: Optional[str] = _MODEL, dataset: Optio
     """Build and inspect MICE document-state indexes."""
     if ctx.invoked_subcommand is not None:
         return
-    if model is None or dataset is None or out is None:
+    if model is None and dataset is None and out is None:
         typer.echo(ctx.get_help())
-        raise typer.Exit(0 if model is None and dataset is None and out is None else 2)
+        raise typer.Exit(0)
+    if model is None or dataset is None or out is None:
+        from ..errors import MiceError
+
+        raise MiceError("mice index: building needs --model, --dataset and --out (or see `mice index --help`)")
     _build(model, dataset, out, dtype, kv, shard_size, batch_size, overwrite, layers, device)
 
 
