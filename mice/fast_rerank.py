@@ -5,7 +5,9 @@ What makes it fast (each measured by `mice bench latency`):
   interaction layer's self-attention, its cross-attention queries, and the `[CLS]` row of the first layer's
   feed-forward) is computed once per query and broadcast to every candidate;
 - the keys/values of all live cross-attention layers are one fused projection of the layer-`a` states (they all
-  read the same states), or are read precomputed from the index (`kv=True` at build time);
+  read the same states), or are read precomputed from the index (`kv=True` at build time); for short queries
+  (heads·(Lq-1) <= 0.75·H) they are never formed: the key/value projections are absorbed into the query side
+  (`FastMICE(absorb=...)`), which costs ~heads·Lq/H of the projection;
 - the last interaction layer only computes the `[CLS]` row (its cross-attention cannot reach the score);
 - documents are batched by length into a reused, preallocated float32 buffer (fp16/int8 storage, fp32 compute);
   batches without padding run attention without a mask;
