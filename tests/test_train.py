@@ -305,3 +305,19 @@ def test_wall_clock_budget_stops_the_run_and_keeps_its_models(env):
     assert torch.load(res.output / "last" / "trainer_state.pt", weights_only=False)["step"] == 1
     assert (res.output / "best" / "model.safetensors").exists()
     assert json.loads((res.output / "summary.json").read_text())["stopped_by"] == "max_minutes"
+
+
+@pytest.mark.integration
+def test_quick_preset_runs_on_the_embedded_data_with_the_packaged_minilm(tmp_path):
+    """The real recipe end to end for two steps: packaged MiniLM, bi-encoder teacher, embedded:docs."""
+    out = tmp_path / "quick"
+    result = run_cli("--preset", "quick", "-o", out, "--max-steps", 2, "--dev-queries", 3, "--set", "eval_every=1000",
+                     "--quiet")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["teacher"]["spec"] == "biencoder:packaged"
+    assert summary["teacher"]["pairs_scored"] + summary["teacher"]["pairs_from_cache"] >= 16
+    from mice.models import load_scorer
+
+    scores = load_scorer(out / "best").predict([("sort an array", "Return a sorted copy of an array.")])
+    assert np.isfinite(scores).all()

@@ -2,7 +2,9 @@
 
 Settings come from a preset (`--preset tiny|quick|paper`), then a config file (`--config run.toml|run.json`,
 flat keys named like `mice.train.TrainConfig` fields), then the flags below and `--set key=value`.
-Data-parallel: `accelerate launch --num_processes N -m mice train ...` (same flags).
+Data-parallel (DDP), same flags: `accelerate launch --multi_gpu --num_processes N -m mice train ...`; on CPU
+processes (gloo) also set `ACCELERATE_USE_CPU=1` (`accelerate launch --cpu` starts a single process unless MPI
+is configured). `--batch-size` is per process: N processes with batch B train like one with batch N·B.
 """
 from __future__ import annotations
 
@@ -99,9 +101,16 @@ def train(
         except ValueError:
             raise MiceError(f"--seeds {seeds!r}: expected integers separated by commas") from None
         table = train_seeds(cfg, seed_list, quiet=quiet)
-        _print_seed_table(table, cfg.output)
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            _print_seed_table(table, cfg.output)
         return
     result = Trainer(cfg, quiet=quiet).train()
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
     best = result.best_dev
     typer.echo(f"wall time {result.wall_time_s:.1f} s, {result.steps} steps (stopped by {result.stopped_by}); "
                + (f"best dev RR@10 {best['RR@10']:.4f} nDCG@10 {best['nDCG@10']:.4f} at step {result.best_step}; "

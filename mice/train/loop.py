@@ -387,6 +387,9 @@ class Trainer:
                     rate = pairs_per_step * window_steps / max(now - window_t, 1e-9)
                     self._log(step=self.step, loss=window_loss / window_steps, lr=lr, pairs_per_s=rate,
                               elapsed_s=self.elapsed())
+                    if not self.console.is_terminal:  # logs to a file (nohup): one plain line per log step
+                        self._print(f"step {self.step:>6}/{cfg.max_steps}  loss {window_loss / window_steps:.4f}  "
+                                    f"lr {lr:.2e}  {rate:.1f} pairs/s  [{self.elapsed():.0f} s]")
                     progress.update(task, info=f"loss {window_loss / window_steps:.4f}  {rate:.0f} pairs/s"
                                     + (f"  best RR@10 {self.best_metric:.4f}" if self.best_metric is not None
                                        else ""))
@@ -395,10 +398,12 @@ class Trainer:
                 if stats[1] > 0:
                     stopped_by = "max_minutes"
                 last_step = self.step == cfg.max_steps or stopped_by == "max_minutes"
+                pause = time.perf_counter()
                 if self.dev is not None and (self.step % cfg.eval_every == 0 or last_step):
                     self._evaluate_and_keep(loss=global_loss)
                 if self.step % cfg.save_every == 0 or last_step:
                     self.save_checkpoint()
+                window_t += time.perf_counter() - pause  # pairs/s counts training time only
                 for fn in self.callbacks:
                     fn(self, self.step)
                 if stopped_by == "max_minutes":
