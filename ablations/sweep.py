@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pandas as pd
 import torch
 
 from mice.errors import DataError
+from mice.files import JsonlJournal
 from mice.masks import InteractionMask
 
 from probes.attention import hooked_model, sidecar
@@ -125,44 +125,19 @@ class _Partial:
 
     def __init__(self, path: Path, key: str, restart: bool = False):
         self.path, self.key = path, key
-        self.units: dict[int, dict] = {}
-        good = 0
-        if path.exists() and restart:
-            path.unlink()
-        if path.exists():
-            data = path.read_bytes()
-            for i, raw in enumerate(data.split(b"\n")[:-1]):
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError:
-                    break
-                if i == 0:
-                    if obj.get("format") != PARTIAL_FORMAT or obj.get("job") != key:
-                        raise DataError(f"{path}: partial results of a different sweep (other model, data, mode, "
-                                        "base mask or metrics); delete it, pass restart=True (--restart), or "
-                                        "choose another output")
-                else:
-                    self.units[int(obj["unit"])] = obj
-                good += len(raw) + 1
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "r+b" if path.exists() else "wb")
-        self._fh.truncate(good)
-        self._fh.seek(good)
-        if good == 0:
-            self._write({"format": PARTIAL_FORMAT, "job": key})
-
-    def _write(self, obj) -> None:
-        self._fh.write((json.dumps(obj) + "\n").encode("utf-8"))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._journal = JsonlJournal(path, PARTIAL_FORMAT, key, restart=restart,
+                                     mismatch="partial results of a different sweep (other model, data, mode, "
+                                              "base mask or metrics); delete it, pass restart=True (--restart), "
+                                              "or choose another output")
+        self.units: dict[int, dict] = {int(obj["unit"]): obj for obj in self._journal.records}
 
     def add(self, unit: int, rows: list, per_query: list) -> None:
         obj = {"unit": unit, "rows": rows, "per_query": per_query}
-        self._write(obj)
+        self._journal.append(obj)
         self.units[unit] = obj
 
     def close(self) -> None:
-        self._fh.close()
+        self._journal.close()
 
 
 def _units(kos: list[Knockout], unit_size: int) -> list[list[Knockout]]:

@@ -60,3 +60,61 @@ def read_table(path: str | os.PathLike):
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+
+
+class JsonlJournal:
+    """An append-only JSON-lines sidecar, so a long job killed half-way resumes where it stopped.
+
+    The first line is a header ``{"format": fmt, "job": job}``; every later line is one record. On open, the
+    records already on disk are read into `records`; a torn last line (killed mid-write) and anything after it
+    is discarded by truncating to the last good byte. A header for another format or job raises DataError
+    ``f"{path}: {mismatch}"``. Each `append` is flushed and fsynced before it returns.
+    """
+
+    def __init__(self, path: str | os.PathLike, fmt: str, job: str, mismatch: str, restart: bool = False) -> None:
+        path = Path(path)
+        self.path, self.fmt, self.job = path, fmt, job
+        self.records: list = []
+        if path.exists() and restart:
+            path.unlink()
+        good = 0
+        if path.exists():
+            data = path.read_bytes()
+            for i, raw in enumerate(data.split(b"\n")[:-1]):  # whatever follows the last newline is torn
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError:
+                    break
+                if i == 0:
+                    if obj.get("format") != fmt or obj.get("job") != job:
+                        from .errors import DataError
+
+                        raise DataError(f"{path}: {mismatch}")
+                else:
+                    self.records.append(obj)
+                good += len(raw) + 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "r+b" if path.exists() else "wb")
+        self._fh.truncate(good)
+        self._fh.seek(good)
+        if good == 0:
+            self._write({"format": fmt, "job": job})
+
+    def _write(self, obj) -> None:
+        self._fh.write((json.dumps(obj) + "\n").encode("utf-8"))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def append(self, obj) -> None:
+        """Write one record durably (it survives a kill right after this returns)."""
+        self._write(obj)
+        self.records.append(obj)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def unlink(self) -> None:
+        """Close and delete the sidecar (the job it journals is complete)."""
+        if not self._fh.closed:
+            self._fh.close()
+        self.path.unlink(missing_ok=True)

@@ -44,6 +44,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .errors import ModelError
+from .hf import quiet_transformers as _quiet_transformers  # noqa: F401  (also imported by mice.bench)
 
 FORMAT = "mice-model/1"
 _ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
@@ -135,26 +136,6 @@ class QueryStates:
 
     def __len__(self) -> int:
         return int(self.hidden.shape[0])
-
-
-def _quiet_transformers():
-    import transformers
-
-    class _Quiet:
-        def __enter__(self):
-            self.level = transformers.logging.get_verbosity()
-            transformers.logging.set_verbosity_error()
-            hf_logging = transformers.utils.logging
-            self.bars = hasattr(hf_logging, "is_progress_bar_enabled") and hf_logging.is_progress_bar_enabled()
-            if self.bars:
-                hf_logging.disable_progress_bar()
-
-        def __exit__(self, *exc):
-            transformers.logging.set_verbosity(self.level)
-            if self.bars:
-                transformers.utils.logging.enable_progress_bar()
-
-    return _Quiet()
 
 
 def attend(attn_self: nn.Module, hq: torch.Tensor, hkv: torch.Tensor, mask: torch.Tensor | None,

@@ -24,6 +24,7 @@ import pandas as pd
 from .data import Dataset, load_dataset
 from .data.base import warn
 from .errors import DataError
+from .files import JsonlJournal
 from .runs import make_run, read_run, sort_run, write_run
 
 PARTIAL_FORMAT = "mice-rerank-partial/1"
@@ -99,42 +100,18 @@ class _Partial:
 
     def __init__(self, path: Path, key: str) -> None:
         self.path, self.key = path, key
-        self.done: dict[str, tuple[list[str], list[float]]] = {}
-        good_bytes = 0
-        if path.exists():
-            with open(path, "rb") as fh:
-                data = fh.read()
-            lines = data.split(b"\n")
-            complete = lines[:-1]  # whatever follows the last newline is torn
-            for i, raw in enumerate(complete):
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError:
-                    break
-                if i == 0:
-                    if obj.get("format") != PARTIAL_FORMAT or obj.get("job") != key:
-                        raise DataError(f"{path}: partial results of a different re-ranking job (other model, "
-                                        "run, k or batch size); delete it or choose another --out")
-                else:
-                    self.done[obj["query_id"]] = (obj["doc_ids"], obj["scores"])
-                good_bytes += len(raw) + 1
-        self._fh = open(path, "r+b" if path.exists() else "wb")
-        self._fh.truncate(good_bytes)
-        self._fh.seek(good_bytes)
-        if good_bytes == 0:
-            self._write({"format": PARTIAL_FORMAT, "job": key})
-
-    def _write(self, obj) -> None:
-        self._fh.write((json.dumps(obj) + "\n").encode("utf-8"))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._journal = JsonlJournal(path, PARTIAL_FORMAT, key,
+                                     mismatch="partial results of a different re-ranking job (other model, "
+                                              "run, k or batch size); delete it or choose another --out")
+        self.done: dict[str, tuple[list[str], list[float]]] = {
+            obj["query_id"]: (obj["doc_ids"], obj["scores"]) for obj in self._journal.records}
 
     def add(self, qid: str, doc_ids: list[str], scores: list[float]) -> None:
-        self._write({"query_id": qid, "doc_ids": doc_ids, "scores": scores})
+        self._journal.append({"query_id": qid, "doc_ids": doc_ids, "scores": scores})
         self.done[qid] = (doc_ids, scores)
 
     def close(self) -> None:
-        self._fh.close()
+        self._journal.close()
 
 
 def _progress(enabled: bool):

@@ -27,15 +27,9 @@ def _quiet_hf() -> None:
 
 
 def quiet_hf() -> None:
-    import os
+    from ..hf import quiet_hf as _quiet
 
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if "transformers" in sys.modules:
-        from transformers.utils import logging
-
-        logging.set_verbosity_error()
-        logging.disable_progress_bar()
+    _quiet()
 
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

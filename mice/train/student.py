@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..hf import quiet_hf as _quiet_hf
 from .config import TrainConfig
 
 MASK_KEY = "mice_mask"  # config.json key recording a masked cross-encoder's interaction mask
@@ -82,10 +83,7 @@ class MICEStudent(nn.Module):
 
 def quiet_hf() -> None:
     """HF load reports and "Writing model shards" bars off (checkpoints are written often)."""
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    _quiet_hf(load=True)
 
 
 def build_student(config: TrainConfig, source: str | None = None, device=None) -> nn.Module:
