@@ -17,7 +17,7 @@ from ..errors import ModelError
 from ..hf import quiet_hf as _quiet_hf
 from .config import TrainConfig
 
-MASK_KEY = "mice_mask"  # config.json key recording a masked cross-encoder's interaction mask
+from ..models import MASK_KEY  # config.json key recording a masked cross-encoder's interaction mask
 HEAD_MARKERS = ("classifier", ".pooler.")
 
 
