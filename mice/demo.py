@@ -19,6 +19,7 @@ from .files import read_table, write_table
 from .pipeline import Pipeline
 
 ZERO_SHOT = ("mask0", "mask1", "mask2", "mask3")
+CACHE_VERSION = 1  # bump when a stage's code changes what it produces
 
 
 @dataclass
@@ -29,30 +30,32 @@ class DemoPreset:
     dataset: str = "embedded:docs"
     dataset_ood: str = "embedded:docs-ood"
     first_stage_k: int = 20  # candidates re-ranked per query (BM25 top-k)
-    test_queries: int | None = 200  # first N test queries by id (None = all)
+    test_queries: int | None = 100  # first N test queries by id (None = all)
+    rerank_max_length: int = 128  # pair length when re-ranking with cross-encoders (trained at 96)
     train_preset: str = "quick"
     backbone: str = "packaged:minilm"  # "tiny" = a tiny random model built in-process
     ce_minutes: float | None = 4.5
-    masked_minutes: float | None = 3.5
-    mice_minutes: float | None = 4.0
+    masked_minutes: float | None = 2.5
+    mice_minutes: float | None = 3.0
     interaction_layers: int = 3  # MICE b (capped by the layers left above the split point)
     probe_queries: int = 20
-    sweep_queries: int = 40  # dev queries for the knockout sweep and the mask derivation
+    sweep_queries: int = 20  # dev queries for the knockout sweep (as many more are held out for re-checks)
     sweep_k: int = 10
     tolerance: float = 0.01
-    bench_docs: int = 100
+    bench_docs: int = 50  # `mice bench latency` defaults to 100; the demo keeps its budget
     bench_doc_lens: tuple[int, ...] = (128, 512)
-    bench_repeats: int = 5
+    bench_repeats: int = 3
     seed: int = 0
 
 
 PRESETS = {
     "quick": DemoPreset(),
     "full": DemoPreset(name="full", test_queries=None, first_stage_k=100, ce_minutes=None, masked_minutes=None,
-                       mice_minutes=None, train_preset="quick", sweep_queries=100, bench_repeats=10),
+                       mice_minutes=None, train_preset="quick", sweep_queries=100, bench_docs=100, bench_repeats=10),
     "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
                        dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
-                       first_stage_k=8, test_queries=20, train_preset="tiny", backbone="tiny", ce_minutes=None,
+                       first_stage_k=8, test_queries=20, rerank_max_length=64, train_preset="tiny", backbone="tiny",
+                       ce_minutes=None,
                        masked_minutes=None, mice_minutes=None, interaction_layers=2, probe_queries=4,
                        sweep_queries=8, sweep_k=6, bench_docs=8, bench_doc_lens=(32,), bench_repeats=2),
 }
@@ -84,6 +87,11 @@ class Demo:
         self.p = preset
         self.console = console
         self.pipe = Pipeline(self.out, console=console, fingerprint={"preset": asdict(preset)})
+
+    def key(self, fields) -> dict:
+        """What a stage depends on: the preset fields it (or a stage before it) reads, and the code version."""
+        values = asdict(self.p)
+        return {"version": CACHE_VERSION, **{f: values[f] for f in fields}}
 
     # ---- paths of artefacts produced by earlier stages
     def path(self, stage: str, *parts: str) -> Path:
@@ -121,9 +129,7 @@ class Demo:
 
         for domain, spec in self.datasets().items():
             ds = load_dataset(spec)
-            qids = _subset_queries(ds, "test", self.p.test_queries)
-            run = _restrict(bm25_run(ds, "test", k=max(self.p.first_stage_k, 100)), qids)
-            write_run(run, folder / f"{domain}.trec", tag="bm25")
+            write_run(bm25_run(ds, "test", k=max(self.p.first_stage_k, 100)), folder / f"{domain}.trec", tag="bm25")
             dev = bm25_run(ds, "dev", k=self.p.first_stage_k) if domain == "in" else None
             if dev is not None:
                 write_run(dev, folder / "in-dev.trec", tag="bm25")
@@ -132,9 +138,14 @@ class Demo:
     def _rerank(self, scorer, domain: str, folder: Path, name: str) -> Path:
         from .rerank import rerank
 
+        from .data import load_dataset
+        from .runs import read_run
+
         out = folder / f"{name}-{domain}.trec"
-        rerank(scorer, self.datasets()[domain], "test", self.path("bm25", f"{domain}.trec"), k=self.p.first_stage_k,
-               batch_size=32, out=out, progress=self.console is not None, tag=name)
+        ds = load_dataset(self.datasets()[domain])
+        first = _restrict(read_run(self.path("bm25", f"{domain}.trec")), _subset_queries(ds, "test", self.p.test_queries))
+        rerank(scorer, ds, "test", first, k=self.p.first_stage_k, batch_size=32, out=out,
+               progress=self.console is not None, tag=name)
         return out
 
     def stage_biencoder(self, folder: Path) -> dict:
@@ -156,6 +167,8 @@ class Demo:
         from .train import Trainer
         from .train.presets import preset
 
+        if (folder / "train_result.json").exists() and (folder / "train" / "best").exists():
+            return folder / "train" / "best"  # finished before the stage was interrupted
         cfg = preset(self.p.train_preset, mode, dataset=self.p.dataset, output=str(folder / "train"),
                      seed=self.p.seed, overwrite=True, **({"max_minutes": minutes} if minutes else {}), **overrides)
         result = Trainer(cfg, quiet=self.console is None).train()
@@ -168,7 +181,7 @@ class Demo:
         from .models import load_scorer
 
         best = self._train(folder, "cross-encoder", self.p.ce_minutes, model=self._backbone(folder))
-        scorer = load_scorer(best)
+        scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "cross-encoder")
         return {"model": str(best.relative_to(folder))}
@@ -180,7 +193,7 @@ class Demo:
         """The paper's masks applied to the trained cross-encoder without retraining."""
         from .models import load_scorer
 
-        model = load_scorer(self.ce_path())
+        model = load_scorer(self.ce_path(), max_length=self.p.rerank_max_length)
         for name in ZERO_SHOT:
             with model.using_mask(name):
                 for domain in self.datasets():
@@ -231,7 +244,7 @@ class Demo:
 
         mask = self.path("derive", "mask.json")
         best = self._train(folder, "masked", self.p.masked_minutes, model=str(self.ce_path()), mask=str(mask))
-        scorer = load_scorer(best)
+        scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "masked")
         return {"model": str(best.relative_to(folder))}
@@ -301,7 +314,7 @@ class Demo:
 
         model = load_scorer(self.path("mice", "train", "best"))
         ds = load_dataset(self.p.dataset)
-        run = read_run(self.path("bm25", "in.trec"))
+        run = _restrict(read_run(self.path("bm25", "in.trec")), _subset_queries(ds, "test", self.p.test_queries))
         needed = set(run.groupby("query_id").head(self.p.first_stage_k)["doc_id"])
         corpus = {d: t for d, t in ds.corpus().items() if d in needed}
         t0 = time.perf_counter()
@@ -344,7 +357,7 @@ class Demo:
             sources += [(f"zero-shot-{m}", "zero_shot") for m in ZERO_SHOT]
             sources += [("masked", "masked"), ("mice", "mice")]
             for name, stage in sources:
-                runs[name] = read_run(self.path(stage, f"{name}-{domain}.trec"))
+                runs[name] = _restrict(read_run(self.path(stage, f"{name}-{domain}.trec")), qids)
             per_query: dict = {}
             res = evaluate(qrels, runs, metrics=["nDCG@10", "RR@10"], per_query_out=per_query)
             res.insert(0, "domain", domain)
@@ -382,26 +395,36 @@ class Demo:
         p = self.pipe
         write_json_atomic(self.out / "preset.json", asdict(self.p))
         write_json_atomic(self.out / "environment.json", environment())
-        p.run("data", self.stage_data, "build the embedded collections")
-        p.run("bm25", self.stage_bm25, "BM25 first stage")
-        p.run("biencoder", self.stage_biencoder, "untuned bi-encoder re-ranking")
-        p.run("cross_encoder", self.stage_cross_encoder, "train the demo cross-encoder")
-        p.run("zero_shot", self.stage_zero_shot, "paper masks zero-shot on the cross-encoder")
-        p.run("probe", self.stage_probe, "probe attention paths")
-        p.run("sweep", self.stage_sweep, "knockout sweep (layer x path)")
-        p.run("derive", self.stage_derive, "derive the mask + merge-layer search")
-        p.run("masked", self.stage_masked, "train the masked cross-encoder")
-        p.run("mice", self.stage_mice, "train MICE")
-        p.run("layer_drop", self.stage_layer_drop, "layer-drop: fewer interaction layers")
-        p.run("index", self.stage_index, "MICE document index (fp16) vs on the fly")
-        p.run("evaluate", self.stage_evaluate, "evaluate every run, in and out of domain")
-        p.run("bench", self.stage_bench, "latency benchmark")
+        data = ("dataset", "dataset_ood")
+        runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
+        ce = runs + ("train_preset", "backbone", "ce_minutes", "seed")
+        sweep = ce + ("sweep_queries", "sweep_k")
+        derived = sweep + ("tolerance",)
+        mice = derived + ("mice_minutes", "interaction_layers")
+        stages = [
+            ("data", self.stage_data, "build the embedded collections", data),
+            ("bm25", self.stage_bm25, "BM25 first stage", data + ("first_stage_k",)),
+            ("biencoder", self.stage_biencoder, "untuned bi-encoder re-ranking", runs),
+            ("cross_encoder", self.stage_cross_encoder, "train the demo cross-encoder", ce),
+            ("zero_shot", self.stage_zero_shot, "paper masks zero-shot on the cross-encoder", ce),
+            ("probe", self.stage_probe, "probe attention paths", ce + ("probe_queries", "sweep_k")),
+            ("sweep", self.stage_sweep, "knockout sweep (layer x path)", sweep),
+            ("derive", self.stage_derive, "derive the mask + merge-layer search", derived),
+            ("masked", self.stage_masked, "train the masked cross-encoder", derived + ("masked_minutes",)),
+            ("mice", self.stage_mice, "train MICE", mice),
+            ("layer_drop", self.stage_layer_drop, "layer-drop: fewer interaction layers", mice),
+            ("index", self.stage_index, "MICE document index (fp16) vs on the fly", mice),
+            ("evaluate", self.stage_evaluate, "evaluate every run, in and out of domain", mice + ("masked_minutes",)),
+            ("bench", self.stage_bench, "latency benchmark",
+             mice + ("bench_docs", "bench_doc_lens", "bench_repeats")),
+        ]
+        for name, fn, title, fields in stages:
+            p.run(name, fn, title, key=self.key(fields))
         # figures and report are cheap and always redrawn from the saved results
         import shutil
 
         shutil.rmtree(self.out / "figures", ignore_errors=True)
-        self.pipe.fingerprint = {**self.pipe.fingerprint, "drawn": time.time()}
-        p.run("figures", self.stage_figures, "figures from saved results")
+        p.run("figures", self.stage_figures, "figures from saved results", key={"drawn": time.time()})
         timings = p.timings()
         write_table(timings, self.out / "timings.csv")
         return write_report(self.out, timings=timings)

@@ -37,7 +37,7 @@ class Pipeline:
     def folder(self, name: str) -> Path:
         return self.root / name
 
-    def done(self, name: str) -> dict | None:
+    def done(self, name: str, key: dict | None = None) -> dict | None:
         marker = self.folder(name) / DONE
         if not marker.is_file():
             return None
@@ -45,14 +45,18 @@ class Pipeline:
             info = json.loads(marker.read_text())
         except json.JSONDecodeError:
             return None
-        return info if info.get("fingerprint") == self.fingerprint else None
+        return info if info.get("fingerprint") == (self.fingerprint if key is None else key) else None
 
-    def run(self, name: str, fn: Callable[[Path], dict | None], title: str | None = None) -> dict:
+    def run(self, name: str, fn: Callable[[Path], dict | None], title: str | None = None,
+            key: dict | None = None) -> dict:
         """Run `fn(folder)` unless the stage already finished with the same fingerprint.
 
         `fn` writes into `folder` (a work folder renamed at the end): outputs should name files relative to it.
+        `key`: what the stage's result depends on (default: the pipeline's fingerprint); a finished stage is
+        reused only while its key is unchanged.
         """
-        info = self.done(name)
+        key = self.fingerprint if key is None else key
+        info = self.done(name, key)
         label = title or name
         if info is not None:
             self._say(f"[green]✓[/] {label} [dim](cached, {info['seconds']:.1f}s when run)[/]")
@@ -71,7 +75,7 @@ class Pipeline:
             raise
         seconds = time.perf_counter() - start
         write_json_atomic(work / DONE, {"stage": name, "seconds": seconds, "outputs": outputs,
-                                        "fingerprint": self.fingerprint})
+                                        "fingerprint": key})
         if folder.exists():
             shutil.rmtree(folder)
         work.rename(folder)
