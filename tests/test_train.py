@@ -122,6 +122,12 @@ def test_each_mode_trains_from_the_cli(env, mode):
         saved = InteractionMask.load(best / "mask.json")
         assert saved == InteractionMask.parse("mask2", 3)
         assert cfg["mice_mask"] == saved.to_dict()
+        from mice.hooked import HookedCrossEncoder
+
+        pairs = [("sort an array", "return a sorted copy of an array"), ("plot", "a line plot")]
+        plain = HookedCrossEncoder.from_pretrained(best)
+        np.testing.assert_allclose(scorer.predict(pairs), plain.predict(pairs, mask=saved), atol=1e-6)
+        assert not np.allclose(plain.predict(pairs), plain.predict(pairs, mask=saved))  # the mask matters
         # the saved weights under the saved mask reproduce what the trainer measured on dev
         assert json.loads((best / "best.json").read_text())["dev"]["RR@10"] == pytest.approx(
             summary["best_dev"]["RR@10"])
