@@ -45,7 +45,7 @@ class Pipeline:
             info = json.loads(marker.read_text())
         except json.JSONDecodeError:
             return None
-        return info if info.get("fingerprint") == (self.fingerprint if key is None else key) else None
+        return info if info.get("fingerprint") == _as_json(self.fingerprint if key is None else key) else None
 
     def run(self, name: str, fn: Callable[[Path], dict | None], title: str | None = None,
             key: dict | None = None) -> dict:
@@ -55,7 +55,7 @@ class Pipeline:
         `key`: what the stage's result depends on (default: the pipeline's fingerprint); a finished stage is
         reused only while its key is unchanged.
         """
-        key = self.fingerprint if key is None else key
+        key = _as_json(self.fingerprint if key is None else key)
         info = self.done(name, key)
         label = title or name
         if info is not None:
@@ -92,3 +92,8 @@ class Pipeline:
     def _say(self, text: str) -> None:
         if self.console is not None:
             self.console.print(text)
+
+
+def _as_json(obj):
+    """Keys compare as they are stored: tuples become lists, etc."""
+    return json.loads(json.dumps(obj, default=str))

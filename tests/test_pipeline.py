@@ -42,3 +42,10 @@ def test_changed_fingerprint_reruns(tmp_path):
     Pipeline(tmp_path, fingerprint={"preset": "quick"}).run("c", lambda f: calls.append(1))
     Pipeline(tmp_path, fingerprint={"preset": "full"}).run("c", lambda f: calls.append(1))
     assert len(calls) == 2
+
+
+def test_keys_with_tuples_still_match_after_a_round_trip_through_json(tmp_path):
+    calls = []
+    for _ in range(2):
+        Pipeline(tmp_path).run("d", lambda f: calls.append(1), key={"doc_lens": (128, 512)})
+    assert len(calls) == 1
