@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import MiceError
@@ -182,8 +182,8 @@ def _check_mask_spec(spec: str) -> None:
                           "or a mask .json file)")
 
 
-_OPTIONAL_TYPES = {"dev_split": str, "dev_dataset": str, "mask": str, "teacher": str, "teacher_max_length": int, "teacher_cache": str,
-                   "head_lr": float, "max_minutes": float, "dev_queries": int,
+_OPTIONAL_TYPES = {"dev_split": str, "dev_dataset": str, "mask": str, "teacher": str, "teacher_max_length": int,
+                   "teacher_cache": str, "head_lr": float, "max_minutes": float, "dev_queries": int,
                    "num_threads": int}
 
 

@@ -446,7 +446,11 @@ class Trainer:
 
     def _time_up(self, step_s: float) -> bool:
         """Stop now if one more step plus the closing evaluation and checkpoint would overrun `max_minutes`."""
-        reserve = step_s + self._last_eval_s + self._last_save_s
+        eval_s = self._last_eval_s
+        if not eval_s and self.dev is not None:  # no evaluation yet: scoring a pair costs ~1/3 of training on it
+            pairs = self.config.batch_size * (1 + self.config.negatives)
+            eval_s = len(self.dev["pairs"]) / max(1, self.acc.num_processes) * step_s / pairs / 3
+        reserve = step_s + eval_s + self._last_save_s
         return self.elapsed() + reserve >= self.config.max_minutes * 60
 
     def _evaluate_and_keep(self, loss) -> None:
