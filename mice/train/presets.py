@@ -38,12 +38,13 @@ _BY_MODE = {
                                  "head_lr": 1e-3, "warmup_steps": 30, "max_steps": 300, "eval_every": 75,
                                  "save_every": 75, "eval_at_start": False},
     ("quick", "masked"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "mask": "mask2", "lr": 5e-5,
-                          "warmup_steps": 20, "max_steps": 300, "eval_every": 75, "save_every": 75},
+                          "warmup_steps": 20, "max_steps": 300, "eval_every": 75, "save_every": 75,
+                          "eval_at_start": False},
     # MICE-ℓ2+4: measured on embedded:docs, 300 steps from the demo cross-encoder reach its dev RR@10, while
     # ℓ3+3 (whose last cross-attention is dead weight, leaving two that read the document) is at ~75% after 400
     ("quick", "mice"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "contextual_layers": 2,
                         "interaction_layers": 4, "lr": 6e-5, "warmup_steps": 20, "max_steps": 300,
-                        "eval_every": 75, "save_every": 75},
+                        "eval_every": 75, "save_every": 75, "eval_at_start": False},  # untrained MICE ≈ random
     ("paper", "cross-encoder"): {"model": "packaged:minilm"},
     ("paper", "masked"): {"teacher": SOURCE_TEACHER, "mask": "mask3:k=3",
                           "model": "cross-encoder/ms-marco-MiniLM-L-6-v2"},
