@@ -4,7 +4,8 @@ Methods (all on the same backbone weights, the same hardware, threads and batch 
 attention through PyTorch's `scaled_dot_product_attention` ("sdpa") wherever the method allows it):
 - `cross-encoder`: the HF `…ForSequenceClassification` model on `[CLS] q [SEP] d [SEP]` (attn "sdpa");
 - `masked`: the same cross-encoder under an interaction mask (default mask2) through `HookedCrossEncoder`
-  (its own eager attention with hook points: a mask saves no compute without a structured kernel);
+  (nothing hooked, so sdpa with the mask folded into the additive mask: a mask saves no compute without a
+  structured kernel, and costs the mask's construction);
 - `mice`: MICE-ℓa+b with the documents' contextual layers computed on the fly;
 - `mice-index`: MICE from a document-state index on disk (float16, memory-mapped, fp32 compute);
 - `mice-kv`: MICE from an index that also caches the live interaction layers' cross-attention keys/values;
@@ -413,7 +414,8 @@ def plot_latency(csv_path, out_png) -> Path:
                  f"{first['date']}", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    for path in (out_png, out_png.with_suffix(".pdf")):  # PNG for reading, PDF for papers
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight")
     plt.close(fig)
     return out_png

@@ -30,33 +30,44 @@ class DemoPreset:
     dataset: str = "embedded:docs"
     dataset_ood: str = "embedded:docs-ood"
     first_stage_k: int = 20  # candidates re-ranked per query (BM25 top-k)
-    test_queries: int | None = 100  # first N test queries by id (None = all)
+    test_queries: int | None = 60  # first N test queries by id (None = all)
     rerank_max_length: int = 128  # pair length when re-ranking with cross-encoders (trained at 96)
     train_preset: str = "quick"
     backbone: str = "packaged:minilm"  # "tiny" = a tiny random model built in-process
-    ce_minutes: float | None = 4.5
-    masked_minutes: float | None = 2.5
-    mice_minutes: float | None = 3.0
-    interaction_layers: int = 3  # MICE b (capped by the layers left above the split point)
+    # training steps per model (None: the train preset's own). Steps, not a wall clock, so that a loaded
+    # machine gives the same models, only later; on 2 idle cores they fit the 20-minute budget.
+    ce_steps: int | None = 150
+    masked_steps: int | None = 60  # starts from the cross-encoder: adapting to the mask is quick
+    mice_steps: int | None = 150
+    layer_drop_steps: int | None = 50  # the MICE with one interaction layer fewer (a curve point, not a model)
+    dev_queries: int | None = 30  # dev queries of the training runs' evaluations (None: the train preset's)
+    interaction_layers: int = 4  # MICE b (capped by the layers left above the split point)
     probe_queries: int = 20
-    sweep_queries: int = 20  # dev queries for the knockout sweep (as many more are held out for re-checks)
+    sweep_queries: int = 10  # dev queries for the knockout sweep
+    check_queries: int = 20  # further dev queries, held out, on which derived masks and merge layers are checked
     sweep_k: int = 10
-    tolerance: float = 0.01
-    bench_docs: int = 50  # `mice bench latency` defaults to 100; the demo keeps its budget
+    # largest relative nDCG@10 loss a derived mask may cost on the held-out dev queries: on 20 queries one
+    # relevant document moving one rank shifts nDCG@10 by 1-3%, so a tighter tolerance rejects on noise
+    tolerance: float = 0.02
+    derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
+    derive_max_steps: int | None = 30  # re-checks at most (each is one masked forward over the held-out pairs)
+    bench_docs: int = 32  # one batch; `mice bench latency` defaults to 100, the demo keeps its budget
     bench_doc_lens: tuple[int, ...] = (128, 512)
-    bench_repeats: int = 3
+    bench_repeats: int = 2
     seed: int = 0
 
 
 PRESETS = {
     "quick": DemoPreset(),
-    "full": DemoPreset(name="full", test_queries=None, first_stage_k=100, ce_minutes=None, masked_minutes=None,
-                       mice_minutes=None, train_preset="quick", sweep_queries=100, bench_docs=100, bench_repeats=10),
+    "full": DemoPreset(name="full", test_queries=None, first_stage_k=100, ce_steps=None, masked_steps=None,
+                       mice_steps=None, layer_drop_steps=None, dev_queries=None, train_preset="quick",
+                       sweep_queries=100, check_queries=100, derive_max_steps=None, bench_docs=100,
+                       bench_repeats=10),
     "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
                        dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
                        first_stage_k=8, test_queries=20, rerank_max_length=64, train_preset="tiny", backbone="tiny",
-                       ce_minutes=None,
-                       masked_minutes=None, mice_minutes=None, interaction_layers=2, probe_queries=4,
+                       ce_steps=None, masked_steps=None, mice_steps=None, layer_drop_steps=None, dev_queries=None,
+                       interaction_layers=2, check_queries=8, probe_queries=4,
                        sweep_queries=8, sweep_k=6, bench_docs=8, bench_doc_lens=(32,), bench_repeats=2),
 }
 
@@ -143,9 +154,9 @@ class Demo:
 
         out = folder / f"{name}-{domain}.trec"
         ds = load_dataset(self.datasets()[domain])
-        first = _restrict(read_run(self.path("bm25", f"{domain}.trec")), _subset_queries(ds, "test", self.p.test_queries))
-        rerank(scorer, ds, "test", first, k=self.p.first_stage_k, batch_size=32, out=out,
-               progress=self.console is not None, tag=name)
+        rerank(scorer, ds, "test", read_run(self.path("bm25", f"{domain}.trec")), k=self.p.first_stage_k,
+               batch_size=32, out=out, progress=self.console is not None, tag=name,
+               query_ids=_subset_queries(ds, "test", self.p.test_queries))
         return out
 
     def stage_biencoder(self, folder: Path) -> dict:
@@ -163,14 +174,19 @@ class Demo:
 
         return str(tiny_cross_encoder(folder / "tiny-backbone", num_layers=4, hidden=64, heads=4, intermediate=128))
 
-    def _train(self, folder: Path, mode: str, minutes: float | None, **overrides) -> Path:
+    def _train(self, folder: Path, mode: str, steps: int | None, **overrides) -> Path:
         from .train import Trainer
         from .train.presets import preset
 
         if (folder / "train_result.json").exists() and (folder / "train" / "best").exists():
             return folder / "train" / "best"  # finished before the stage was interrupted
+        if self.p.dev_queries:
+            overrides["dev_queries"] = self.p.dev_queries
         cfg = preset(self.p.train_preset, mode, dataset=self.p.dataset, output=str(folder / "train"),
-                     seed=self.p.seed, overwrite=True, **({"max_minutes": minutes} if minutes else {}), **overrides)
+                     seed=self.p.seed, overwrite=True, **overrides)
+        if steps:  # evaluate (and keep the best checkpoint) half-way and at the end
+            cfg = cfg.updated({"max_steps": steps, "max_minutes": None, "eval_every": max(1, steps // 2),
+                               "save_every": max(1, steps // 2), "warmup_steps": min(cfg.warmup_steps, steps // 10)})
         result = Trainer(cfg, quiet=self.console is None).train()
         (folder / "train_result.json").write_text(json.dumps(
             {k: v for k, v in asdict(result).items() if isinstance(v, (int, float, str, dict, type(None)))},
@@ -180,7 +196,7 @@ class Demo:
     def stage_cross_encoder(self, folder: Path) -> dict:
         from .models import load_scorer
 
-        best = self._train(folder, "cross-encoder", self.p.ce_minutes, model=self._backbone(folder))
+        best = self._train(folder, "cross-encoder", self.p.ce_steps, model=self._backbone(folder))
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "cross-encoder")
@@ -228,11 +244,12 @@ class Demo:
         from .files import write_json_atomic
 
         derivation = derive_mask(self.path("sweep", "sweep.parquet"), tolerance=self.p.tolerance,
-                                 check_queries=self.p.sweep_queries, name="derived")
+                                 check_queries=self.p.check_queries, patience=self.p.derive_patience,
+                                 max_steps=self.p.derive_max_steps, name="derived")
         derivation.save(folder / "mask.json")
         ce = str(self.ce_path())
         merge = merge_layer_search(ce, self.p.dataset, "dev", self.dev_run(), k=self.p.sweep_k, base="mask2",
-                                   tolerance=self.p.tolerance, max_queries=2 * self.p.sweep_queries)
+                                   tolerance=self.p.tolerance, max_queries=self.p.sweep_queries + self.p.check_queries)
         write_table(merge.table, folder / "merge_layer.csv")
         merge.mask.save(folder / "merge_mask.json")
         write_json_atomic(folder / "merge_layer.json", {"k": merge.chosen_k, "num_layers": merge.mask.num_layers,
@@ -243,7 +260,7 @@ class Demo:
         from .models import load_scorer
 
         mask = self.path("derive", "mask.json")
-        best = self._train(folder, "masked", self.p.masked_minutes, model=str(self.ce_path()), mask=str(mask))
+        best = self._train(folder, "masked", self.p.masked_steps, model=str(self.ce_path()), mask=str(mask))
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "masked")
@@ -260,7 +277,7 @@ class Demo:
         from .models import load_scorer
 
         a, b = self.mice_layers()
-        best = self._train(folder, "mice", self.p.mice_minutes, model=str(self.ce_path()), contextual_layers=a,
+        best = self._train(folder, "mice", self.p.mice_steps, model=str(self.ce_path()), contextual_layers=a,
                            interaction_layers=b)
         scorer = load_scorer(best)
         for domain in self.datasets():
@@ -285,8 +302,7 @@ class Demo:
         collapsed = MICEModel.from_cross_encoder(str(self.ce_path()), contextual_layers=a, interaction_layers=1)
         runs[1] = read_run(self._rerank(collapsed, "in", folder, "mice-b1"))
         if b - 1 > 1:
-            minutes = None if self.p.mice_minutes is None else self.p.mice_minutes / 2
-            best = self._train(folder, "mice", minutes, model=str(self.ce_path()), contextual_layers=a,
+            best = self._train(folder, "mice", self.p.layer_drop_steps, model=str(self.ce_path()), contextual_layers=a,
                                interaction_layers=b - 1)
             runs[b - 1] = read_run(self._rerank(load_scorer(best), "in", folder, f"mice-b{b - 1}"))
         ev = evaluate(qrels, {str(k): v for k, v in sorted(runs.items())}, metrics=["nDCG@10", "RR@10"])
@@ -329,7 +345,9 @@ class Demo:
         merged = on_the_fly.merge(from_index, on=["query_id", "doc_id"], suffixes=("_fly", "_index"))
         taus = [stats.kendalltau(g.score_fly, g.score_index).statistic for _, g in merged.groupby("query_id")
                 if len(g) > 1]
-        ev = evaluate(ds.qrels("test"), {"mice": on_the_fly, "mice-index": from_index}, metrics=["nDCG@10"])
+        qrels = ds.qrels("test")
+        qrels = qrels[qrels.query_id.isin(set(run["query_id"]))]  # the evaluated subset, not the whole split
+        ev = evaluate(qrels, {"mice": on_the_fly, "mice-index": from_index}, metrics=["nDCG@10"])
         ndcg = ev.set_index("run")["value"]
         check = {"documents": len(corpus), "build_seconds": round(build_s, 2), "rerank_seconds": round(rerank_s, 2),
                  "kendall_tau_mean": float(np.nanmean(taus)), "kendall_tau_min": float(np.nanmin(taus)),
@@ -397,10 +415,10 @@ class Demo:
         write_json_atomic(self.out / "environment.json", environment())
         data = ("dataset", "dataset_ood")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
-        ce = runs + ("train_preset", "backbone", "ce_minutes", "seed")
+        ce = runs + ("train_preset", "backbone", "ce_steps", "dev_queries", "seed")
         sweep = ce + ("sweep_queries", "sweep_k")
-        derived = sweep + ("tolerance",)
-        mice = derived + ("mice_minutes", "interaction_layers")
+        derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
+        mice = derived + ("mice_steps", "interaction_layers")
         stages = [
             ("data", self.stage_data, "build the embedded collections", data),
             ("bm25", self.stage_bm25, "BM25 first stage", data + ("first_stage_k",)),
@@ -410,11 +428,12 @@ class Demo:
             ("probe", self.stage_probe, "probe attention paths", ce + ("probe_queries", "sweep_k")),
             ("sweep", self.stage_sweep, "knockout sweep (layer x path)", sweep),
             ("derive", self.stage_derive, "derive the mask + merge-layer search", derived),
-            ("masked", self.stage_masked, "train the masked cross-encoder", derived + ("masked_minutes",)),
+            ("masked", self.stage_masked, "train the masked cross-encoder", derived + ("masked_steps",)),
             ("mice", self.stage_mice, "train MICE", mice),
-            ("layer_drop", self.stage_layer_drop, "layer-drop: fewer interaction layers", mice),
+            ("layer_drop", self.stage_layer_drop, "layer-drop: fewer interaction layers",
+             mice + ("layer_drop_steps",)),
             ("index", self.stage_index, "MICE document index (fp16) vs on the fly", mice),
-            ("evaluate", self.stage_evaluate, "evaluate every run, in and out of domain", mice + ("masked_minutes",)),
+            ("evaluate", self.stage_evaluate, "evaluate every run, in and out of domain", mice + ("masked_steps",)),
             ("bench", self.stage_bench, "latency benchmark",
              mice + ("bench_docs", "bench_doc_lens", "bench_repeats")),
         ]

@@ -66,11 +66,34 @@ class HookedBlock(nn.Module):
         object.__setattr__(self, "state", state)  # plain attribute, not a submodule
 
 
+def _has_hooks(block: HookedBlock) -> bool:
+    points = (block.attn.hook_attn_scores, block.attn.hook_pattern, block.attn.hook_z)
+    return any(p._forward_hooks or p._forward_pre_hooks or p._backward_hooks for p in points)
+
+
 def hooked_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Drop-in for HF's eager attention, routed through the block's hook points."""
+    """Drop-in for HF's eager attention, routed through the block's hook points.
+
+    When nothing is hooked on the layer's attention and the mask (if any) renormalises, the same result comes
+    from one fused `scaled_dot_product_attention` call with the mask folded into the additive mask: masked
+    scoring and masked training then cost what the plain cross-encoder does. No pattern is returned then.
+    """
     block: HookedBlock | None = module.__dict__.get("_mice_block")
     if scaling is None:
         scaling = query.size(-1) ** -0.5
+    if block is not None and block.state.mode == "renorm" and not _has_hooks(block):
+        allow = block.state.allow(block.layer)
+        bias = attention_mask
+        if bias is not None and bias.dtype == torch.bool:
+            bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~bias, torch.finfo(query.dtype).min)
+        if allow is not None:
+            if bias is None:
+                bias = torch.zeros(allow.shape[0], 1, *allow.shape[1:], dtype=query.dtype, device=query.device)
+            bias = bias.masked_fill(~allow.unsqueeze(1), float("-inf"))
+        z = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling,
+                                                       dropout_p=dropout if module.training else 0.0)
+        return z.transpose(1, 2).contiguous(), None
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:

@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -126,17 +126,29 @@ def _progress(enabled: bool):
 def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | str | os.PathLike", k: int = 100,
            batch_size: int = 32, out: "str | os.PathLike | None" = None, progress: bool = False,
            tag: str = "mice-rerank", job: str | None = None, chunk_pairs: int | None = None,
-           score_fn: Callable[[object, CandidateBatch, int], np.ndarray] = score_batch) -> pd.DataFrame:
+           score_fn: Callable[[object, CandidateBatch, int], np.ndarray] = score_batch,
+           query_ids: "Iterable[str] | None" = None) -> pd.DataFrame:
     """Score each split query's top-`k` first-stage documents with `scorer`; return the new run.
 
     `run`: DataFrame or run file. `out`: write the TREC run there (atomically) and make the job resumable
     through `<out>.partial`. `job`: a string identifying the scorer (e.g. model spec + mask) so a sidecar
     left by another model is refused rather than mixed in. `chunk_pairs`: pairs per unit of work (whole
     queries; default max(8 x batch_size, 64)); a resumed job redoes at most one chunk. `score_fn(scorer,
-    batch, batch_size)` scores one `CandidateBatch`.
+    batch, batch_size)` scores one `CandidateBatch`. `query_ids`: re-rank only these queries of the split
+    (a fixed evaluation subset); the run's other queries are dropped without a warning.
     """
     ds = load_dataset(dataset)
     queries = ds.queries(split)
+    if query_ids is not None:
+        wanted = list(query_ids)
+        unknown_q = [q for q in wanted if q not in queries]
+        if unknown_q:
+            raise DataError(f"re-ranking: {len(unknown_q)} query ids are not in {ds.name}'s {split} split "
+                            f"(e.g. {unknown_q[:3]})")
+        queries = {q: queries[q] for q in wanted}
+        if not isinstance(run, pd.DataFrame):
+            run = read_run(run)
+        run = run[run["query_id"].isin(queries.keys())]
     run_df = read_run(run) if not isinstance(run, pd.DataFrame) else make_run(run)
     cands = candidates(run_df, queries, k)
     corpus = ds.corpus()

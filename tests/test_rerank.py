@@ -120,3 +120,18 @@ def test_rerank_cli_after_bm25(setup, tmp_path, tiny_ce):
     ev = runner.invoke(app, ["evaluate", str(bm), str(out), "-d", str(folder), "--resamples", "200"])
     assert ev.exit_code == 0, ev.output
     assert "bm25.trec" in ev.output and "rr.trec" in ev.output
+
+
+def test_query_subset_reranks_only_those_queries_without_warnings(setup, recwarn):
+    folder, first_path, scorer = setup
+    ds = load_dataset(folder)
+    full = rerank(scorer, ds, "test", first_path, k=4)
+    qids = sorted(full["query_id"].unique())[:2]
+    sub = rerank(scorer, ds, "test", first_path, k=4, query_ids=qids)
+    assert not [w for w in recwarn if issubclass(w.category, DataWarning)]
+    assert sorted(sub["query_id"].unique()) == qids
+    expected = full[full["query_id"].isin(qids)].reset_index(drop=True)
+    np.testing.assert_allclose(sub["score"].to_numpy(), expected["score"].to_numpy(), atol=1e-6)
+    assert sub["doc_id"].tolist() == expected["doc_id"].tolist()
+    with pytest.raises(DataError, match="1 query ids are not in"):
+        rerank(scorer, ds, "test", first_path, k=4, query_ids=["nope"])
