@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from .files import read_table, write_table
+from .files import write_table
 from .pipeline import Pipeline
 
 ZERO_SHOT = ("mask0", "mask1", "mask2", "mask3")
@@ -36,9 +36,9 @@ class DemoPreset:
     backbone: str = "packaged:minilm"  # "tiny" = a tiny random model built in-process
     # training steps per model (None: the train preset's own). Steps, not a wall clock, so that a loaded
     # machine gives the same models, only later; on 2 idle cores they fit the 20-minute budget.
-    ce_steps: int | None = 150
+    ce_steps: int | None = 250
     masked_steps: int | None = 60  # starts from the cross-encoder: adapting to the mask is quick
-    mice_steps: int | None = 150
+    mice_steps: int | None = 200
     layer_drop_steps: int | None = 50  # the MICE with one interaction layer fewer (a curve point, not a model)
     dev_queries: int | None = 30  # dev queries of the training runs' evaluations (None: the train preset's)
     interaction_layers: int = 4  # MICE b (capped by the layers left above the split point)
@@ -50,7 +50,7 @@ class DemoPreset:
     # relevant document moving one rank shifts nDCG@10 by 1-3%, so a tighter tolerance rejects on noise
     tolerance: float = 0.02
     derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
-    derive_max_steps: int | None = 30  # re-checks at most (each is one masked forward over the held-out pairs)
+    derive_max_steps: int | None = 20  # re-checks at most (each is one masked forward over the held-out pairs)
     bench_docs: int = 32  # one batch; `mice bench latency` defaults to 100, the demo keeps its budget
     bench_doc_lens: tuple[int, ...] = (128, 512)
     bench_repeats: int = 2
@@ -184,8 +184,8 @@ class Demo:
             overrides["dev_queries"] = self.p.dev_queries
         cfg = preset(self.p.train_preset, mode, dataset=self.p.dataset, output=str(folder / "train"),
                      seed=self.p.seed, overwrite=True, **overrides)
-        if steps:  # evaluate (and keep the best checkpoint) half-way and at the end
-            cfg = cfg.updated({"max_steps": steps, "max_minutes": None, "eval_every": max(1, steps // 2),
+        if steps:  # the schedule decays to 0 at `steps`: evaluate once, at the end; checkpoint half-way too
+            cfg = cfg.updated({"max_steps": steps, "max_minutes": None, "eval_every": steps,
                                "save_every": max(1, steps // 2), "warmup_steps": min(cfg.warmup_steps, steps // 10)})
         result = Trainer(cfg, quiet=self.console is None).train()
         (folder / "train_result.json").write_text(json.dumps(

@@ -128,6 +128,16 @@ def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = N
                   f"{c['kendall_tau_mean']:.4f} (min {c['kendall_tau_min']:.4f}) against the on-the-fly model, "
                   f"max |Δscore| {c['max_abs_score_diff']:.2e}, nDCG@10 {c['ndcg10_from_index']:.4f} vs "
                   f"{c['ndcg10_on_the_fly']:.4f}.", ""]
+    layer_drop = root / "layer_drop" / "layer_drop.csv"
+    if layer_drop.exists():
+        t = read_table(layer_drop)
+        wide = t.pivot_table(index=["contextual_layers", "interaction_layers", "trained"], columns="metric",
+                             values="value").reset_index()
+        lines += ["### Layer drop", "", "MICE with fewer interaction layers (in-domain test; the main model is the "
+                  "largest b). b = 1 is untrained on purpose: with one interaction layer only `[CLS]` reads the "
+                  "output and `[CLS]` gets no document information, so every candidate of a query gets the same "
+                  "score (the collapse); its metric then reflects only the evaluator's tie-break order, which is "
+                  "why its nDCG@10 and RR@10 can disagree.", "", _md(wide), ""]
         _figure(lines, root, "figures/layer_drop.png", "Layer-drop curve")
 
     bench = root / "bench" / "bench.csv"

@@ -18,3 +18,25 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_bert(tiny_models):
     return tiny_models["bert"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and lose a lot when other processes share the cores.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """The planted-mechanism model and its dataset/run (ablations.planted): (folder, dataset, run)."""
+    from ablations.planted import planted_dataset, planted_model
+
+    folder = planted_model(tmp_path_factory.mktemp("planted") / "model")
+    ds, run = planted_dataset()
+    return folder, ds, run

@@ -9,26 +9,12 @@ import torch
 
 from ablations import (Knockout, SweepEngine, ablate_masks, check_knockout, choose_interaction_layers, derive_mask,
                        knockout_set, load_sweep, merge_layer_search, sweep)
-from ablations.planted import MECHANISM, planted_dataset, planted_model
+from ablations.planted import MECHANISM
 from mice import HookedCrossEncoder, InteractionMask
 from mice.errors import DataError, MaskError
 from mice.testing import PAIRS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread, and other suites share this machine's cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    folder = planted_model(tmp_path_factory.mktemp("planted") / "model")
-    ds, run = planted_dataset()
-    return folder, ds, run
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,8 @@ def _corpus(n=40, seed=0):
 CORPUS = _corpus()
 QUERIES = {f"q{i}": " ".join(random.Random(100 + i).choice(_WORDS) for _ in range(3 + i)) for i in range(4)}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and lose a lot when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):

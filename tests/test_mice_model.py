@@ -14,15 +14,8 @@ from mice.testing import PAIRS, tiny_cross_encoder
 QUERIES = [q for q, _ in PAIRS]
 DOCS = [d for _, d in PAIRS]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and lose a lot when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):

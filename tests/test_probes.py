@@ -2,29 +2,12 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from mice import HookedCrossEncoder, InteractionMask
 from mice.testing import PAIRS
 from probes import attention_examples, attention_paths, layer_means, load_examples, load_probe, probe_attention
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread, and other suites share this machine's cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    from ablations.planted import planted_dataset, planted_model
-
-    folder = planted_model(tmp_path_factory.mktemp("planted") / "model")
-    ds, run = planted_dataset()
-    return folder, ds, run
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_masses_sum_to_one_over_to_in_the_full_model(tiny_bert):

@@ -8,7 +8,6 @@ from mice.data import DataWarning, load_dataset
 from mice.errors import DataError
 from mice.models import load_scorer
 from mice.rerank import rerank
-from mice.retrieval import bm25_run
 from mice.runs import make_run, read_run, write_run
 
 from test_data import CORPUS, QRELS, write_beir_folder

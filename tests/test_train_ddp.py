@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import one_thread, write_beir  # noqa: F401 - one_thread is an autouse fixture
+from test_train import write_beir
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 
