@@ -299,19 +299,22 @@ class Demo:
         qrels = ds.qrels("test")
         qrels = qrels[qrels.query_id.isin(set(qids))]
         runs = {b: read_run(self.path("mice", "mice-in.trec"))}
+        steps = {b: json.loads(self.path("mice", "train_result.json").read_text())["steps"], 1: 0}
         collapsed = MICEModel.from_cross_encoder(str(self.ce_path()), contextual_layers=a, interaction_layers=1)
         runs[1] = read_run(self._rerank(collapsed, "in", folder, "mice-b1"))
         if b - 1 > 1:
             best = self._train(folder, "mice", self.p.layer_drop_steps, model=str(self.ce_path()), contextual_layers=a,
                                interaction_layers=b - 1)
             runs[b - 1] = read_run(self._rerank(load_scorer(best), "in", folder, f"mice-b{b - 1}"))
+            steps[b - 1] = json.loads((folder / "train_result.json").read_text())["steps"]
         ev = evaluate(qrels, {str(k): v for k, v in sorted(runs.items())}, metrics=["nDCG@10", "RR@10"])
         ce = evaluate(qrels, {"ce": read_run(self.path("cross_encoder", "cross-encoder-in.trec"))},
                       metrics=["nDCG@10", "RR@10"]).set_index("measure")["value"]
         table = pd.DataFrame({"contextual_layers": a, "interaction_layers": ev["run"].astype(int),
                               "metric": ev["measure"], "value": ev["value"],
                               "reference": [float(ce[m]) for m in ev["measure"]],
-                              "trained": [int(r) != 1 for r in ev["run"]]})
+                              "trained": [int(r) != 1 for r in ev["run"]],
+                              "train_steps": [steps[int(r)] for r in ev["run"]]})
         write_table(table, folder / "layer_drop.csv")
         return {}
 

@@ -131,13 +131,14 @@ def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = N
     layer_drop = root / "layer_drop" / "layer_drop.csv"
     if layer_drop.exists():
         t = read_table(layer_drop)
-        wide = t.pivot_table(index=["contextual_layers", "interaction_layers", "trained"], columns="metric",
-                             values="value").reset_index()
+        keys = [c for c in ("contextual_layers", "interaction_layers", "trained", "train_steps") if c in t.columns]
+        wide = t.pivot_table(index=keys, columns="metric", values="value").reset_index()
         lines += ["### Layer drop", "", "MICE with fewer interaction layers (in-domain test; the main model is the "
                   "largest b). b = 1 is untrained on purpose: with one interaction layer only `[CLS]` reads the "
                   "output and `[CLS]` gets no document information, so every candidate of a query gets the same "
                   "score (the collapse); its metric then reflects only the evaluator's tie-break order, which is "
-                  "why its nDCG@10 and RR@10 can disagree.", "", _md(wide), ""]
+                  "why its nDCG@10 and RR@10 can disagree. Models trained for fewer steps are not comparable "
+                  "point for point: `train_steps` says what each had.", "", _md(wide), ""]
         _figure(lines, root, "figures/layer_drop.png", "Layer-drop curve")
 
     bench = root / "bench" / "bench.csv"
