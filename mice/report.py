@@ -118,9 +118,16 @@ def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = N
     mice_info = root / "mice" / "stage.json"
     if mice_info.exists():
         out = json.loads(mice_info.read_text())["outputs"]
-        lines += ["## MICE", "", f"MICE-ℓ{out.get('a')}+{out.get('b')}: {out.get('a')} contextual layers (documents "
+        split = ""
+        merge_info = root / "derive" / "merge_layer.json"
+        if merge_info.exists():
+            k = json.loads(merge_info.read_text())["k"]
+            split = (f" The split point comes from the merge-layer search: k = {k}" +
+                     (f", raised to a = {out.get('a')} (MICE needs at least one contextual layer and two "
+                      "interaction layers)." if k != out.get("a") else "."))
+        lines += ["## MICE", "", f"MICE-ℓ{out.get('a')}+{out.get('b')}: {out.get('a')} contextual layer(s) (documents "
                   f"alone, precomputable), {out.get('b')} query-side interaction layers, distilled from the demo "
-                  "cross-encoder.", ""]
+                  f"cross-encoder.{split}", ""]
     index_check = root / "index" / "index_check.json"
     if index_check.exists():
         c = json.loads(index_check.read_text())
