@@ -24,7 +24,7 @@ CACHE_VERSION = 1  # bump when a stage's code changes what it produces
 
 @dataclass
 class DemoPreset:
-    """Sizes of one demo run. `quick`: 17.4 minutes from nothing on 2 idle CPU cores (measured, README); `tiny`:
+    """Sizes of one demo run. `quick`: 18.8 minutes from nothing on 2 idle CPU cores (measured, README); `tiny`:
     about a minute; `full`: every test query, the train presets' own budgets."""
 
     name: str = "quick"
