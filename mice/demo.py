@@ -151,11 +151,10 @@ class Demo:
         from .rerank import rerank
 
         from .data import load_dataset
-        from .runs import read_run
 
         out = folder / f"{name}-{domain}.trec"
         ds = load_dataset(self.datasets()[domain])
-        rerank(scorer, ds, "test", read_run(self.path("bm25", f"{domain}.trec")), k=self.p.first_stage_k,
+        rerank(scorer, ds, "test", self.path("bm25", f"{domain}.trec"), k=self.p.first_stage_k,
                batch_size=32, out=out, progress=self.console is not None, tag=name,
                query_ids=_subset_queries(ds, "test", self.p.test_queries))
         return out

@@ -146,10 +146,9 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
             raise DataError(f"re-ranking: {len(unknown_q)} query ids are not in {ds.name}'s {split} split "
                             f"(e.g. {unknown_q[:3]})")
         queries = {q: queries[q] for q in wanted}
-        if not isinstance(run, pd.DataFrame):
-            run = read_run(run)
-        run = run[run["query_id"].isin(queries.keys())]
     run_df = read_run(run) if not isinstance(run, pd.DataFrame) else make_run(run)
+    if query_ids is not None:
+        run_df = run_df[run_df["query_id"].isin(queries.keys())]
     cands = candidates(run_df, queries, k)
     corpus = ds.corpus()
     unknown = {d for docs in cands.values() for d in docs if d not in corpus}
