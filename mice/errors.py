@@ -19,3 +19,11 @@ class ModelError(MiceError, ValueError):
 
 class IndexError_(MiceError, ValueError):
     """A document-state index is corrupt or was built by another model."""
+
+
+class LockError(MiceError, RuntimeError):
+    """Another live process holds the lock of the output this job would write."""
+
+
+class IdentityError(DataError):
+    """A job would resume from work done under different inputs; the message says what differs."""

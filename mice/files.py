@@ -79,8 +79,8 @@ class JsonlJournal:
 
     The first line is a header ``{"format": fmt, "job": job}``; every later line is one record. On open, the
     records already on disk are read into `records`; a torn last line (killed mid-write) and anything after it
-    is discarded by truncating to the last good byte. A header for another format or job raises DataError
-    ``f"{path}: {mismatch}"``. Each `append` is flushed and fsynced before it returns.
+    is discarded by truncating to the last good byte. A header for another format or job raises IdentityError
+    ``f"{path}: {mismatch} [differs: …]"`` naming the components that differ. Each `append` is flushed and fsynced before it returns.
     """
 
     def __init__(self, path: str | os.PathLike, fmt: str, job: str, mismatch: str, restart: bool = False) -> None:
@@ -99,9 +99,11 @@ class JsonlJournal:
                     break
                 if i == 0:
                     if obj.get("format") != fmt or obj.get("job") != job:
-                        from .errors import DataError
+                        from .errors import IdentityError
+                        from .identity import identity_diff
 
-                        raise DataError(f"{path}: {mismatch}")
+                        diff = identity_diff(obj.get("job"), job) if obj.get("format") == fmt else "format"
+                        raise IdentityError(f"{path}: {mismatch}" + (f" [differs: {diff}]" if diff else ""))
                 else:
                     self.records.append(obj)
                 good += len(raw) + 1
