@@ -11,7 +11,9 @@ _LAZY = {
     "InteractionMask": ("mice.masks", "InteractionMask"),
     "HookedCrossEncoder": ("mice.hooked", "HookedCrossEncoder"),
     "MICEModel": ("mice.mice_model", "MICEModel"),
+    "load": ("mice.models", "load"),
     "load_scorer": ("mice.models", "load_scorer"),
+    "ActivationCache": ("transformer_lens", "ActivationCache"),
     "load_dataset": ("mice.data", "load_dataset"),
 }
 

@@ -86,6 +86,9 @@ class BiEncoder:
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64,
                 show_progress_bar: bool = False) -> np.ndarray:
         """Cosine similarity of each (query, document) pair, float32 [N]."""
+        from .validate import positive
+
+        positive("batch_size", batch_size)
         pairs = list(pairs)
         if not pairs:
             return np.zeros(0, dtype=np.float32)
@@ -94,12 +97,19 @@ class BiEncoder:
         return np.einsum("ij,ij->i", q, d).astype(np.float32)
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False) -> list[dict]:
+             return_documents: bool = False, batch_size: int = 64, show_progress_bar: bool = False) -> list[dict]:
         """Documents sorted by score: [{corpus_id, score[, text]}] (sentence-transformers' verb)."""
-        scores = self.predict([(query, d) for d in documents])
-        order = np.argsort(-scores, kind="stable")[:top_k]
-        return [{"corpus_id": int(i), "score": float(scores[i]), **({"text": documents[i]} if return_documents
-                                                                     else {})} for i in order]
+        from .scoring import rank_by_scores
+
+        scores = self.predict([(query, d) for d in documents], batch_size=batch_size,
+                              show_progress_bar=show_progress_bar)
+        return rank_by_scores(scores, documents, top_k, return_documents)
+
+    def identity(self) -> dict:
+        from .identity import module_fingerprint
+
+        return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model), "pooling": self.pooling,
+                "max_length": self.max_length}
 
     def __repr__(self) -> str:
         return f"BiEncoder({self.name_or_path!r}, pooling={self.pooling}, max_length={self.max_length})"

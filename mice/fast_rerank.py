@@ -288,11 +288,12 @@ class FastReranker:
             return np.zeros(0, dtype=np.float32)
         return self.score_positions(self.fast.prepare(query), self.index.positions(doc_ids))
 
-    def rank(self, query: str, doc_ids: Sequence[str], top_k: int | None = None) -> list[dict]:
-        """Best first: [{corpus_id (the doc id), score}]."""
-        scores = self.score(query, doc_ids)
-        order = np.argsort(-scores, kind="stable")[: top_k]
-        return [{"corpus_id": doc_ids[i], "score": float(scores[i])} for i in order]
+    def rank(self, query: str, doc_ids: Sequence[str], top_k: int | None = None,
+             return_documents: bool = False) -> list[dict]:
+        """Best first, sentence-transformers' format: [{corpus_id (position in `doc_ids`), score[, doc_id]}]."""
+        from .scoring import rank_by_scores
+
+        return rank_by_scores(self.score(query, doc_ids), list(doc_ids), top_k, return_documents, text_key="doc_id")
 
     def rerank(self, run, queries: Mapping[str, str], k: int | None = None, show_progress: bool = False):
         """Re-score the top `k` candidates of each query of `run` (DataFrame query_id, doc_id, score);
@@ -356,20 +357,10 @@ class IndexScorer:
         chunk = max(int(chunk_pairs), 8 * self.reranker.batch_size)
         return {"batch_size": chunk + int(k), "chunk_pairs": chunk}
 
-    def predict(self, pairs, batch_size: int = 32, **kwargs) -> np.ndarray:
+    def predict(self, pairs, batch_size: int = 32, show_progress_bar: bool = False) -> np.ndarray:
         """Texts only (no ids): falls back to the model on the fly."""
-        return self.reranker.model.predict(pairs, batch_size=batch_size)
+        return self.reranker.model.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar)
 
-
-def index_scorer(model: str, index, device=None, use_kv="auto", batch_size: int = 64,
-                 verify: bool = True) -> IndexScorer:
-    """`mice rerank --model MICE_DIR --index INDEX_DIR`: a MICE model scoring from its document-state index.
-    Refuses a model that is not a MICE folder and an index built by another model."""
-    from .backbone import resolve_model_path
-    from .models import is_mice_folder
-
-    path = resolve_model_path(model)
-    if not is_mice_folder(path):
-        raise ModelError(f"--index needs a MICE model folder (config.json with a \"mice\" key); {model} is not one")
-    mice = MICEModel.from_pretrained(path, device=device)
-    return IndexScorer(FastReranker(mice, index, use_kv=use_kv, batch_size=batch_size, verify=verify))
+    def identity(self) -> dict:
+        """The model's identity plus the index's manifest checksum (which covers every shard's checksum)."""
+        return {**self.reranker.model.identity(), "index": self.reranker.index.manifest["checksum"]}

@@ -27,25 +27,6 @@ ATTN_NAME = "mice_hooked"
 MODES = ("renorm", "zero")
 
 
-class _ForwardState:
-    """What the attention function needs to know about the forward pass in progress (mask, mode, segments)."""
-
-    def __init__(self):
-        self.mask: InteractionMask | None = None
-        self.mode: str = "renorm"
-        self.segment_ids: torch.Tensor | None = None
-        self._compiled: dict[bytes, torch.Tensor] = {}
-
-    def allow(self, layer: int) -> torch.Tensor | None:
-        if self.mask is None or self.segment_ids is None:
-            return None
-        table = self.mask.tables[layer]
-        key = table.tobytes()
-        if key not in self._compiled:
-            self._compiled[key] = self.mask.compile(self.segment_ids, layer)
-        return self._compiled[key]
-
-
 class HookedAttention(nn.Module):
     """Hook points of one attention layer (TransformerLens names and shapes)."""
 
@@ -57,32 +38,38 @@ class HookedAttention(nn.Module):
 
 
 class HookedBlock(nn.Module):
-    def __init__(self, layer: int, state: _ForwardState):
+    """Hook points of one layer. They live on the wrapper, never on the HF modules: the attention function
+    receives the block of the forward in progress as a keyword argument (`mice_block`)."""
+
+    def __init__(self, layer: int):
         super().__init__()
         self.layer = layer
         self.hook_resid_pre = HookPoint()
         self.attn = HookedAttention()
         self.hook_resid_post = HookPoint()
-        object.__setattr__(self, "state", state)  # plain attribute, not a submodule
+
+    def attn_hooked(self) -> bool:
+        """Whether any hook (forward or backward, temporary or permanent) sits on this layer's attention."""
+        return any(p.has_hooks() for p in (self.attn.hook_attn_scores, self.attn.hook_pattern, self.attn.hook_z))
 
 
-def _has_hooks(block: HookedBlock) -> bool:
-    points = (block.attn.hook_attn_scores, block.attn.hook_pattern, block.attn.hook_z)
-    return any(p._forward_hooks or p._forward_pre_hooks or p._backward_hooks for p in points)
+def hooked_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                             mice_block: HookedBlock | None = None, mice_allow: torch.Tensor | None = None,
+                             mice_mode: str = "renorm", **kwargs):
+    """Drop-in for HF's eager attention, routed through the hook points of `mice_block`.
 
-
-def hooked_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Drop-in for HF's eager attention, routed through the block's hook points.
+    `mice_block`, `mice_allow` (bool [B, T, T], the compiled interaction mask of this layer) and `mice_mode` are
+    passed down by `HookedCrossEncoder.run_layers` through the HF layer's keyword arguments; an HF model called
+    directly gets none of them and behaves as plain eager attention.
 
     When nothing is hooked on the layer's attention and the mask (if any) renormalises, the same result comes
     from one fused `scaled_dot_product_attention` call with the mask folded into the additive mask: masked
     scoring and masked training then cost what the plain cross-encoder does. No pattern is returned then.
     """
-    block: HookedBlock | None = module.__dict__.get("_mice_block")
+    block, allow, mode = mice_block, mice_allow, mice_mode
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    if block is not None and block.state.mode == "renorm" and not _has_hooks(block):
-        allow = block.state.allow(block.layer)
+    if mode == "renorm" and (block is None or not block.attn_hooked()):
         bias = attention_mask
         if bias is not None and bias.dtype == torch.bool:
             bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device).masked_fill(
@@ -100,8 +87,6 @@ def hooked_attention_forward(module, query, key, value, attention_mask, scaling=
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask
-    allow = block.state.allow(block.layer) if block is not None else None
-    mode = block.state.mode if block is not None else "renorm"
     if allow is not None and mode == "renorm":
         scores = scores.masked_fill(~allow.unsqueeze(1), float("-inf"))
     if block is not None:
@@ -118,16 +103,15 @@ def hooked_attention_forward(module, query, key, value, attention_mask, scaling=
     return z, pattern
 
 
-def _register() -> None:
+def register_attention() -> None:
+    """Make our attention function (and its mask function) known to HF under `ATTN_NAME`. Idempotent; called
+    when a HookedCrossEncoder is built, not at import."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     AttentionInterface.register(ATTN_NAME, hooked_attention_forward)
     # Without a registered mask function HF passes no padding mask to a custom attention function.
     AttentionMaskInterface.register(ATTN_NAME, eager_mask)
-
-
-_register()
 
 
 class HookedCrossEncoder(HookedRootModule):
@@ -146,12 +130,11 @@ class HookedCrossEncoder(HookedRootModule):
         self.n_heads = model.config.num_attention_heads
         limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512,
                     model.config.max_position_embeddings - (2 if model.config.model_type in ("roberta", "xlm-roberta") else 0))
-        self.max_length = min(max_length or limit, limit)
-        self._state = _ForwardState()
-        self.blocks = nn.ModuleList(HookedBlock(l, self._state) for l in range(self.n_layers))
-        for l, layer in enumerate(self.layers):
-            object.__setattr__(layer.attention.self, "_mice_block", self.blocks[l])
-        self._orig_attn = model.config._attn_implementation
+        self.max_length = _pair_length(model.config, limit, max_length)
+        self.blocks = nn.ModuleList(HookedBlock(l) for l in range(self.n_layers))
+        register_attention()
+        current = model.config._attn_implementation
+        self._orig_attn = "eager" if current == ATTN_NAME else current  # wrapped twice: both wrappers work
         model.set_attn_implementation(ATTN_NAME)
         self._default_mask: tuple[InteractionMask | None, str] = (None, "renorm")
         self.setup()
@@ -182,7 +165,9 @@ class HookedCrossEncoder(HookedRootModule):
         return cls(model, tokenizer, max_length=max_length, device=device)
 
     def save_pretrained(self, path) -> None:
-        """A plain HF folder (config, safetensors weights, tokenizer) loadable without this toolkit."""
+        """A plain HF folder (config, safetensors weights, tokenizer) loadable without this toolkit. The pair
+        length in use is recorded (config.json `mice_max_length`), so scoring defaults to what training saw."""
+        setattr(self.model.config, LENGTH_KEY, int(self.max_length))
         self.model.config._attn_implementation = self._orig_attn
         try:
             self.model.save_pretrained(path)
@@ -197,6 +182,22 @@ class HookedCrossEncoder(HookedRootModule):
     @property
     def config(self):
         return self.model.config
+
+    def identity(self) -> dict:
+        """What makes this scorer's output what it is (for resumable jobs): loaded weights, default mask and
+        mode as resolved tables, pair length."""
+        from .identity import mask_identity, module_fingerprint
+
+        mask, mode = self._default_mask
+        return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model),
+                "mask": mask_identity(mask, mode), "max_length": self.max_length}
+
+    def run_with_cache(self, *model_args, **kwargs):
+        """TransformerLens' `run_with_cache`, returning an `ActivationCache` (names `blocks.{l}.attn.hook_pattern`…)."""
+        from transformer_lens import ActivationCache
+
+        out, cache = super().run_with_cache(*model_args, **kwargs)
+        return out, cache if isinstance(cache, ActivationCache) else ActivationCache(cache, self)
 
     # ------------------------------------------------------------------ masks
     def resolve_mask(self, mask) -> InteractionMask | None:
@@ -257,16 +258,18 @@ class HookedCrossEncoder(HookedRootModule):
         m, md = self._mask_and_mode(mask, mode)
         end = self.n_layers if end is None else end
         pad = self.padding_mask(batch, resid.dtype)
-        state = self._state
-        state.mask, state.mode, state.segment_ids, state._compiled = m, md, batch["segment_ids"], {}
-        try:
-            for l in range(start, end):
-                block = self.blocks[l]
-                resid = block.hook_resid_pre(resid)
-                out = self.layers[l](resid, pad)
-                resid = block.hook_resid_post(out[0] if isinstance(out, tuple) else out)
-        finally:
-            state.mask, state.segment_ids, state._compiled = None, None, {}
+        compiled: dict[bytes, torch.Tensor] = {}  # layers with the same table share one compiled allow matrix
+        for l in range(start, end):
+            allow = None
+            if m is not None:
+                key = m.tables[l].tobytes()
+                if key not in compiled:
+                    compiled[key] = m.compile(batch["segment_ids"], l)
+                allow = compiled[key]
+            block = self.blocks[l]
+            resid = block.hook_resid_pre(resid)
+            out = self.layers[l](resid, pad, mice_block=block, mice_allow=allow, mice_mode=md)
+            resid = block.hook_resid_post(out[0] if isinstance(out, tuple) else out)
         return resid
 
     def score_head(self, resid: torch.Tensor) -> torch.Tensor:
@@ -293,8 +296,11 @@ class HookedCrossEncoder(HookedRootModule):
     # ------------------------------------------------------------------ sentence-transformers verbs
     @torch.no_grad()
     def predict(self, pairs: Sequence[Sequence[str]], batch_size: int = 32, mask=None, mode: str | None = None,
-                show_progress_bar: bool = False, **_) -> np.ndarray:
+                show_progress_bar: bool = False) -> np.ndarray:
         """Raw scores for (query, doc) pairs, batched by length (order preserved)."""
+        from .validate import positive
+
+        positive("batch_size", batch_size)
         pairs = [tuple(p) for p in pairs]
         if not pairs:
             return np.zeros(0, dtype=np.float32)
@@ -318,12 +324,39 @@ class HookedCrossEncoder(HookedRootModule):
         return out
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
-             batch_size: int = 32, mask=None, mode: str | None = None, **_) -> list[dict]:
+             batch_size: int = 32, show_progress_bar: bool = False, mask=None, mode: str | None = None) -> list[dict]:
         """Documents sorted by score, as sentence-transformers' `CrossEncoder.rank` returns them."""
-        scores = self.predict([(query, d) for d in documents], batch_size=batch_size, mask=mask, mode=mode)
-        order = np.argsort(-scores, kind="stable")[: top_k or len(documents)]
-        return [{"corpus_id": int(i), "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
-                for i in order]
+        from .scoring import rank_by_scores
+
+        scores = self.predict([(query, d) for d in documents], batch_size=batch_size, mask=mask, mode=mode,
+                              show_progress_bar=show_progress_bar)
+        return rank_by_scores(scores, documents, top_k, return_documents)
+
+
+LENGTH_KEY = "mice_max_length"  # config.json: the pair length a cross-encoder was trained (or saved) at
+_WARNED_LENGTHS: set = set()
+
+
+def _pair_length(config, limit: int, requested: int | None) -> int:
+    """The pair length to score at: the requested one (refused beyond the position limit; a warning, once per
+    model and length, beyond the length the model was trained at), else the trained one, else the limit."""
+    trained = getattr(config, LENGTH_KEY, None)
+    if requested is None:
+        return min(int(trained), limit) if trained else limit
+    from .validate import check_setting
+
+    check_setting("max_length", requested)
+    if requested > limit:
+        raise ModelError(f"max_length {requested} exceeds what the model can encode ({limit} positions)")
+    if trained and requested > int(trained):
+        key = (getattr(config, "_name_or_path", ""), int(trained), requested)
+        if key not in _WARNED_LENGTHS:
+            _WARNED_LENGTHS.add(key)
+            import logging
+
+            logging.getLogger("mice").warning("scoring at max_length %d, longer than the %d tokens this model was "
+                                              "trained at", requested, int(trained))
+    return int(requested)
 
 
 def _check_mode(mode: str) -> str:

@@ -168,3 +168,17 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
         yield lock
     finally:
         lock.unlink(missing_ok=True)
+
+
+def module_fingerprint(module) -> str:
+    """sha256 over a torch module's state dict (names, dtypes, shapes, bytes): the weights actually loaded."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()

@@ -529,6 +529,9 @@ class MICEModel(nn.Module):
                 show_progress_bar: bool = False, convert_to_numpy: bool = True):
         """Scores for (query, document) pairs, in input order. With `doc_states` (one per pair, same order),
         the document texts are not used. Pairs sharing a query in a batch share its query-side work."""
+        from .validate import positive
+
+        positive("batch_size", batch_size)
         pairs = [(str(q), d) for q, d in pairs]
         if doc_states is not None and len(doc_states) != len(pairs):
             raise ModelError(f"{len(doc_states)} document states for {len(pairs)} pairs")
@@ -558,18 +561,18 @@ class MICEModel(nn.Module):
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
              return_documents: bool = False, batch_size: int = 32, show_progress_bar: bool = False) -> list[dict]:
         """sentence-transformers `CrossEncoder.rank` format: [{corpus_id, score[, text]}], best first."""
+        from .scoring import rank_by_scores
+
         scores = self.predict([(query, d) for d in documents], batch_size=batch_size,
                               show_progress_bar=show_progress_bar)
-        order = np.argsort(-scores, kind="stable")
-        if top_k is not None:
-            order = order[:top_k]
-        out = []
-        for i in order:
-            row = {"corpus_id": int(i), "score": float(scores[i])}
-            if return_documents:
-                row["text"] = documents[i]
-            out.append(row)
-        return out
+        return rank_by_scores(scores, documents, top_k, return_documents)
+
+    def identity(self) -> dict:
+        """What makes this scorer's output what it is (for resumable jobs): loaded weights and lengths."""
+        from .identity import module_fingerprint
+
+        return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
+                "query_max_length": self.mice_config.max_query_length, "max_length": self.mice_config.max_doc_length}
 
     # ------------------------------------------------------------------------------------- fingerprints
     def _hash_tensors(self, h, named: Iterable[tuple[str, torch.Tensor]]) -> None:

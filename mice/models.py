@@ -1,13 +1,25 @@
-"""One entry point from a model spec to a scorer (anything with `predict(pairs) -> np.ndarray`)."""
+"""The one loader: a model spec and options in, the right scorer out (`predict(pairs)`, `rank(query, docs)`).
+
+`load(spec, ...)` returns
+- a `HookedCrossEncoder` for any HF cross-encoder folder or hub name (under `mask` if given, else under the mask
+  it was trained with, recorded in its config.json);
+- a `MICEModel` for a MICE folder (config.json with a "mice" key), or a cross-encoder turned into MICE-ℓa+b
+  on the spot with `arch="a+b"`; with `index=` a scorer reading documents from a document-state index;
+- a `BiEncoder` for `biencoder:<name>` (`biencoder:packaged` is the packaged MiniLM).
+
+Every option is honoured or refused: an option the chosen scorer cannot apply raises `ModelError` naming it.
+Folder problems (missing path, no config.json, unreadable weights) are `ModelError`s naming the file.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from .backbone import resolve_model_path
-
+from .errors import ModelError
 
 MASK_KEY = "mice_mask"  # config.json key under which a masked cross-encoder records its interaction mask
+KINDS = ("any", "hooked", "mice")
 
 
 def _config(path) -> dict:
@@ -34,28 +46,134 @@ def saved_mask(path):
     return InteractionMask.from_dict(obj, f"{path}/config.json[{MASK_KEY}]")
 
 
-def load_scorer(spec, mask=None, device=None, max_length: int | None = None, mode: str = "renorm"):
-    """A HookedCrossEncoder (under `mask`, if given, else under the mask it was trained with), a MICEModel for
-    MICE folders, or the packaged bi-encoder for `biencoder:packaged`."""
+def check_folder(spec: str) -> str:
+    """Resolve a spec to a local folder or hub name; a local-looking path that is not a usable model folder is a
+    `ModelError` naming what is missing (instead of HF's "Repo id must be in the form …")."""
+    path = resolve_model_path(spec)
+    p = Path(path)
+    looks_local = p.exists() or p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1 \
+        or path.endswith("/") or "\\" in path
+    if not looks_local:
+        return path  # a hub name: HF resolves it (offline, a clear error follows from the loader)
+    if not p.exists():
+        raise ModelError(f"{spec}: no such model folder")
+    if not p.is_dir():
+        raise ModelError(f"{spec}: not a folder (a model is a folder with config.json and weights)")
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        raise ModelError(f"{cfg}: missing (not a Hugging Face model folder)")
+    try:
+        json.loads(cfg.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"{cfg}: not valid JSON ({err})") from None
+    weights = [w for w in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (p / w).exists()]
+    if not weights:
+        raise ModelError(f"{p}: no weights (model.safetensors or pytorch_model.bin)")
+    return path
+
+
+def load_error(spec, err: Exception) -> ModelError:
+    """A loading failure as one line naming the folder's weights file where that is what failed."""
+    p = Path(resolve_model_path(str(spec)))
+    what = " ".join(str(err).split())[:200]
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (p / name).exists() and any(s in type(err).__name__ + what for s in ("Safetensor", "safetensor", "header",
+                                                                                 "pickle", "zip", "EOF", "size")):
+            return ModelError(f"{p / name}: cannot be read ({type(err).__name__}: {what})")
+    return ModelError(f"cannot load model {spec}: {type(err).__name__}: {what}")
+
+
+def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int | None = None,
+         query_max_length: int | None = None, index=None, arch: str | None = None, kind: str = "any",
+         use_kv="auto", batch_size: int = 64):
+    """The scorer for `spec` (see the module docstring). `kind="hooked"` insists on a HookedCrossEncoder
+    (probes and ablations), `kind="mice"` on a MICE model; `max_length` is the pair length of a cross-encoder,
+    the document length of MICE (`query_max_length` its query length); `index` a document-state index folder
+    (MICE only); `arch="a+b"` builds MICE-ℓa+b from a cross-encoder."""
+    from .validate import check_setting
+
+    if kind not in KINDS:
+        raise ModelError(f"unknown model kind {kind!r} ({', '.join(KINDS)})")
+    check_setting("max_length", max_length)
+    check_setting("query_max_length", query_max_length)
     s = str(spec)
+
+    def refuse(option: str, why: str):
+        raise ModelError(f"{s}: {option} does not apply ({why})")
+
     if s.startswith("biencoder:"):
+        if kind != "any":
+            refuse(f"a bi-encoder as a {kind} model", "it has no cross-attention to hook")
+        for option, value in (("--mask", mask), ("--index", index), ("--arch", arch),
+                              ("--query-max-length", query_max_length)):
+            if value is not None:
+                refuse(option, "a bi-encoder encodes query and document apart")
         from .biencoder import BiEncoder
 
-        return BiEncoder(device=device)
-    path = resolve_model_path(s)
-    if is_mice_folder(path):
+        name = s.split(":", 1)[1]
+        return BiEncoder("packaged:minilm" if name in ("", "packaged") else name, device=device,
+                         max_length=max_length)
+
+    path = check_folder(s)
+    try:
+        if is_mice_folder(path) or arch is not None:
+            return _load_mice(s, path, mask, device, max_length, query_max_length, index, arch, kind, use_kv,
+                              batch_size)
+        if kind == "mice":
+            raise ModelError(f"{s} is not a MICE folder (config.json without a \"mice\" key); give --arch a+b "
+                             "to build MICE-ℓa+b from this cross-encoder")
+        if index is not None:
+            refuse("--index", "only a MICE model reads a document-state index")
+        if query_max_length is not None:
+            refuse("--query-max-length", "a cross-encoder truncates the pair as a whole: use --max-length")
+        from .hooked import HookedCrossEncoder
+
+        model = HookedCrossEncoder.from_pretrained(path, max_length=max_length, device=device)
+        mask = mask if mask is not None else saved_mask(path)
         if mask is not None:
-            from .errors import ModelError
+            model.set_mask(mask, mode)
+        return model
+    except ModelError:
+        raise
+    except Exception as err:  # HF/safetensors failures on a bad folder -> one line naming the file
+        from .errors import MiceError
 
-            raise ModelError(f"{s}: a MICE model has its interaction pattern built in; --mask does not apply")
-        from .mice_model import MICEModel
+        if isinstance(err, MiceError):
+            raise
+        raise load_error(s, err) from None
 
-        model = MICEModel.from_pretrained(path)
-        return model.to(device) if device is not None else model
-    from .hooked import HookedCrossEncoder
 
-    model = HookedCrossEncoder.from_pretrained(path, max_length=max_length, device=device)
-    mask = mask if mask is not None else saved_mask(path)
+def _load_mice(s, path, mask, device, max_length, query_max_length, index, arch, kind, use_kv, batch_size):
+    from .mice_model import MICEModel
+
+    if kind == "hooked":
+        raise ModelError(f"{s}: probes and ablations need a cross-encoder with hooks; a MICE model has its "
+                         "interaction pattern built in")
     if mask is not None:
-        model.set_mask(mask, mode)
-    return model
+        raise ModelError(f"{s}: a MICE model has its interaction pattern built in; --mask does not apply")
+    if arch is not None:
+        if is_mice_folder(path):
+            raise ModelError(f"{s} is a MICE model already; --arch does not apply")
+        try:
+            a, b = (int(x) for x in str(arch).split("+"))
+        except ValueError:
+            raise ModelError(f"--arch {arch!r}: expected a+b, e.g. 3+3") from None
+        model = MICEModel.from_cross_encoder(path, contextual_layers=a, interaction_layers=b,
+                                             max_query_length=query_max_length, max_doc_length=max_length,
+                                             device=device)
+    else:
+        model = MICEModel.from_pretrained(path, device=device, max_query_length=query_max_length,
+                                          max_doc_length=max_length)
+    if index is None:
+        return model
+    if max_length is not None:
+        raise ModelError(f"{s}: --max-length does not apply with --index (documents were encoded when the "
+                         "index was built)")
+    from .fast_rerank import FastReranker, IndexScorer
+
+    return IndexScorer(FastReranker(model, index, use_kv=use_kv, batch_size=batch_size))
+
+
+def load_scorer(spec, mask=None, device=None, max_length: int | None = None, mode: str = "renorm"):
+    """Backwards-compatible name of `load` (same behaviour, same errors)."""
+    return load(spec, mask=mask, device=device, max_length=max_length, mode=mode)

@@ -86,23 +86,33 @@ def _chunks(cands: dict[str, list[str]], target: int) -> list[list[str]]:
     return chunks
 
 
-def _job_key(dataset: Dataset, split: str, cands: dict[str, list[str]], k: int, batch_size: int,
-             chunk_pairs: int | None, job: str | None) -> str:
-    h = hashlib.sha1()
-    h.update(json.dumps([dataset.name, split, k, batch_size, chunk_pairs, job or ""]).encode())
+def job_identity(scorer, dataset: Dataset, split: str, queries: dict[str, str], cands: dict[str, list[str]],
+                 k: int, batch_size: int, chunk_pairs: int | None, job=None) -> dict:
+    """Content identity of a re-ranking job: the scorer's own identity (loaded weights, resolved mask tables,
+    lengths, index checksum), the corpus content, the query texts and candidates, and every setting that changes
+    the output. `job` (a string or dict) adds to it."""
+    from .identity import job_identity as _identity
+
+    h = hashlib.sha256()
     for qid in sorted(cands):
-        h.update(json.dumps([qid, cands[qid]]).encode())
-    return h.hexdigest()
+        h.update(json.dumps([qid, queries.get(qid, ""), cands[qid]]).encode())
+    if hasattr(scorer, "identity"):
+        scorer_id = scorer.identity()
+    else:  # a scorer of the user's own: `job` names it, else its class and path
+        scorer_id = {} if job else {"scorer": _scorer_name(scorer)}
+    extra = job if isinstance(job, dict) else ({"job": job} if job else {})
+    return _identity(**scorer_id, **extra, corpus=dataset.fingerprint(), split=split, candidates=h.hexdigest(),
+                     k=k, batch_size=batch_size, chunk_pairs=chunk_pairs)
 
 
 class _Partial:
     """The append-only sidecar of completed queries. A torn last line (killed mid-write) is discarded."""
 
-    def __init__(self, path: Path, key: str) -> None:
+    def __init__(self, path: Path, key: dict, restart: bool = False) -> None:
         self.path, self.key = path, key
-        self._journal = JsonlJournal(path, PARTIAL_FORMAT, key,
-                                     mismatch="partial results of a different re-ranking job (other model, "
-                                              "run, k or batch size); delete it or choose another --out")
+        self._journal = JsonlJournal(path, PARTIAL_FORMAT, key, restart=restart,
+                                     mismatch="partial results of a different re-ranking job; rerun with "
+                                              "--overwrite to start afresh, or choose another --out")
         self.done: dict[str, tuple[list[str], list[float]]] = {
             obj["query_id"]: (obj["doc_ids"], obj["scores"]) for obj in self._journal.records}
 
@@ -125,18 +135,37 @@ def _progress(enabled: bool):
 
 def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | str | os.PathLike", k: int = 100,
            batch_size: int = 32, out: "str | os.PathLike | None" = None, progress: bool = False,
-           tag: str = "mice-rerank", job: str | None = None, chunk_pairs: int | None = None,
+           tag: str = "mice-rerank", job: "str | dict | None" = None, chunk_pairs: int | None = None,
            score_fn: Callable[[object, CandidateBatch, int], np.ndarray] = score_batch,
-           query_ids: "Iterable[str] | None" = None) -> pd.DataFrame:
+           query_ids: "Iterable[str] | None" = None, overwrite: bool = False) -> pd.DataFrame:
     """Score each split query's top-`k` first-stage documents with `scorer`; return the new run.
 
     `run`: DataFrame or run file. `out`: write the TREC run there (atomically) and make the job resumable
-    through `<out>.partial`. `job`: a string identifying the scorer (e.g. model spec + mask) so a sidecar
-    left by another model is refused rather than mixed in. `chunk_pairs`: pairs per unit of work (whole
+    through `<out>.partial`, holding `<out>.lock` meanwhile. The sidecar is keyed by the job's content identity
+    (`job_identity`: the scorer's `identity()`, data, candidates, settings; `job` adds to it): a sidecar left by
+    another job is refused, naming what differs, unless `overwrite` starts afresh. `chunk_pairs`: pairs per unit of work (whole
     queries; default max(8 x batch_size, 64)); a resumed job redoes at most one chunk. `score_fn(scorer,
     batch, batch_size)` scores one `CandidateBatch`. `query_ids`: re-rank only these queries of the split
     (a fixed evaluation subset); the run's other queries are dropped without a warning.
     """
+    from .validate import positive
+
+    positive("k", k)
+    positive("batch_size", batch_size)
+    if chunk_pairs is not None:
+        positive("chunk_pairs", chunk_pairs)
+    if out is None:
+        return _rerank(scorer, dataset, split, run, k, batch_size, None, progress, tag, job, chunk_pairs, score_fn,
+                       query_ids, overwrite)
+    from .identity import output_lock
+
+    with output_lock(out):
+        return _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job, chunk_pairs, score_fn,
+                       query_ids, overwrite)
+
+
+def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job, chunk_pairs, score_fn, query_ids,
+            overwrite) -> pd.DataFrame:
     ds = load_dataset(dataset)
     queries = ds.queries(split)
     if query_ids is not None:
@@ -162,7 +191,8 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = _Partial(out.with_name(out.name + ".partial"),
-                           _job_key(ds, split, cands, k, batch_size, chunk_pairs, job or _scorer_name(scorer)))
+                           job_identity(scorer, ds, split, queries, cands, k, batch_size, chunk_pairs, job),
+                           restart=overwrite)
     done = dict(partial.done) if partial else {}
 
     chunks = [c for c in _chunks(cands, target=chunk_pairs or max(batch_size * 8, 64)) if any(q not in done for q in c)]

@@ -37,11 +37,9 @@ def hooked_model(model, max_length: int | None = None):
     if isinstance(model, HookedCrossEncoder):
         return model
     if isinstance(model, (str, os.PathLike)):
-        from mice.models import load_scorer
+        from mice.models import load
 
-        model = load_scorer(str(model), max_length=max_length)
-        if isinstance(model, HookedCrossEncoder):
-            return model
+        return load(str(model), max_length=max_length, kind="hooked")
     raise ModelError(f"probes and ablations need a cross-encoder with hooks (HookedCrossEncoder), got "
                      f"{type(model).__name__}; MICE models have their interaction pattern built in")
 

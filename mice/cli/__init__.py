@@ -2,6 +2,7 @@
 so a new command is a new file here and nobody edits a central list."""
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import sys
@@ -38,6 +39,35 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         _module.register(app)
 
 
+def _checked(callback):
+    """Wrap a command so every numeric option is checked against `mice.validate.RANGES` before it runs."""
+    if getattr(callback, "_mice_checked", False):
+        return callback
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        from ..validate import check_settings
+
+        check_settings(kwargs)
+        return callback(*args, **kwargs)
+
+    run._mice_checked = True
+    return run
+
+
+def iter_commands(typer_app=None, prefix=()):
+    """(command path, CommandInfo) for every command of the CLI, sub-apps included."""
+    typer_app = typer_app or app
+    for info in typer_app.registered_commands:
+        yield (*prefix, info.name or info.callback.__name__), info
+    for group in typer_app.registered_groups:
+        yield from iter_commands(group.typer_instance, (*prefix, group.name))
+
+
+for _path, _cmd in iter_commands():
+    _cmd.callback = _checked(_cmd.callback)
+
+
 def main() -> None:
     """Console entry point: typed errors become one clear line on stderr and exit code 2."""
     try:
@@ -51,10 +81,9 @@ def main() -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
+    except Exception as err:  # usage errors (click's, or typer's vendored click): one line, exit 2
+        if any(c.__name__ in ("ClickException", "UsageError") for c in type(err).__mro__):
+            message = err.format_message() if hasattr(err, "format_message") else str(err)
+            typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+            sys.exit(2)
         raise

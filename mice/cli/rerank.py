@@ -1,29 +1,11 @@
-"""`mice rerank`: re-rank a first-stage run with a cross-encoder (optionally masked), resumably."""
+"""`mice rerank`: re-rank a first-stage run with a cross-encoder (optionally masked), MICE or a bi-encoder,
+resumably. The resume identity is the job's content (see `mice.rerank.job_identity`), never the spec strings."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional
 
 import typer
-
-
-def load_scorer(model: str, mask: Optional[Path] = None, device: Optional[str] = None,
-                max_length: Optional[int] = None):
-    """Model spec -> scorer through `mice.models.load_scorer` (HF cross-encoders, masked models, MICE folders,
-    `biencoder:packaged`). The one place to extend when a new kind of scorer needs CLI options."""
-    from ..errors import ModelError
-    from ..models import load_scorer as _load
-
-    if model.startswith("biencoder") and mask is not None:
-        raise ModelError("a bi-encoder takes no interaction mask")
-    return _load(model, mask=str(mask) if mask is not None else None, device=device, max_length=max_length)
-
-
-def job_id(model: str, mask: Optional[Path], max_length: Optional[int]) -> str:
-    """Identifies the scorer in the resumable sidecar: model spec, mask content, max length."""
-    digest = hashlib.sha1(mask.read_bytes()).hexdigest()[:16] if mask is not None and mask.exists() else "-"
-    return f"{model}|mask={digest}|max_length={max_length}"
 
 
 def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folder, hub name, packaged:minilm, "
@@ -31,38 +13,38 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
                dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec"),
                run: Path = typer.Option(..., "--run", "-r", help="First-stage TREC run"),
                out: Path = typer.Option(..., "--out", "-o", help="Re-ranked TREC run to write"),
-               mask: Optional[Path] = typer.Option(None, "--mask", help="Interaction mask JSON (mice-mask/1)"),
+               mask: Optional[str] = typer.Option(None, "--mask", help="Interaction mask: a preset (mask2, "
+                                                  "mask3:k=2, ...) or a mice-mask/1 JSON file"),
+               mode: str = typer.Option("renorm", "--mode", help="Knockout mode of --mask: renorm or zero"),
                split: str = typer.Option("test", help="Split whose queries are re-ranked"),
                k: int = typer.Option(100, help="Re-rank the top k of the first stage"),
                batch_size: int = typer.Option(32, "--batch-size", help="Pairs per forward pass"),
-               max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate pairs to this"),
+               max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens per pair (MICE: per "
+                                                        "document); default: the length the model was trained at"),
+               query_max_length: Optional[int] = typer.Option(None, "--query-max-length",
+                                                              help="MICE only: tokens per query"),
                device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: best available)"),
                index: Optional[Path] = typer.Option(None, "--index", help="MICE only: score documents from this "
                                                     "document-state index (`mice index build`), not their text"),
+               overwrite: bool = typer.Option(False, "--overwrite", help="Discard partial results of a different "
+                                              "job at OUT and start afresh"),
                ) -> None:
-    """Score the top-k candidates of RUN with MODEL; resumes from <out>.partial if a previous run stopped."""
+    """Score the top-k candidates of RUN with MODEL; resumes from <out>.partial if the same job stopped."""
+    from ..models import load
     from ..rerank import rerank
     from .data import plain_warnings
 
     with plain_warnings():
-        job = job_id(model, mask, max_length)
+        scorer = load(model, mask=mask, mode=mode, device=device, max_length=max_length,
+                      query_max_length=query_max_length, index=index, batch_size=batch_size)
         calls = {"batch_size": batch_size}
-        if index is not None:  # MICE from its index (mice.fast_rerank); the index's checksum joins the job id
-            from ..errors import ModelError
-            from ..fast_rerank import index_scorer
-
-            if mask is not None:
-                raise ModelError("--mask does not apply with --index (a MICE model has its pattern built in)")
-            scorer = index_scorer(model, index, device=device, batch_size=batch_size)
-            job += f"|index={scorer.reranker.index.manifest['checksum'][:16]}"
-            calls = scorer.runner_batching(k)  # whole queries per call; --batch-size = documents per forward
-        else:
-            scorer = load_scorer(model, mask, device, max_length)
+        if index is not None:  # whole queries per call; --batch-size = documents per forward
+            calls = scorer.runner_batching(k)
         partial = out.with_name(out.name + ".partial")
-        if partial.exists():
+        if partial.exists() and not overwrite:
             typer.echo(f"resuming from {partial}", err=True)
         result = rerank(scorer, dataset, split, run, k=k, out=out, progress=True,
-                        tag=Path(model).name or "rerank", job=job, **calls)
+                        tag=Path(model).name or "rerank", overwrite=overwrite, **calls)
     typer.echo(f"wrote {out}: {result['query_id'].nunique()} queries, {len(result)} lines")
 
 

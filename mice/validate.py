@@ -1,0 +1,98 @@
+"""Ranges of numeric settings, checked at the edge (CLI options and public API arguments) before any work starts.
+
+One table, keyed by the option's Python name, gives each name one meaning and one range across every command:
+`--batch-size` is always >= 1, `--k` always >= 1, `--max-length` always >= 2 (`[CLS]` and a `[SEP]`). A numeric
+CLI option missing from the table fails `tests/test_validation.py`, so a new option gets a range when it lands.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from .errors import MiceError
+
+
+class SettingError(MiceError, ValueError):
+    """A numeric setting is out of its range; the message names the option and the range."""
+
+
+# name -> (low, high, low_inclusive); None = unbounded on that side
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "batch_size": (1, None, True),
+    "k": (1, None, True),
+    "max_length": (2, None, True),
+    "query_max_length": (2, None, True),
+    "doc_max_length": (2, None, True),
+    "max_queries": (1, None, True),
+    "check_queries": (1, None, True),
+    "dev_queries": (1, None, True),
+    "examples": (0, None, True),
+    "docs": (1, None, True),
+    "query_len": (2, None, True),
+    "repeats": (1, None, True),
+    "warmup": (0, None, True),
+    "warmup_steps": (0, None, True),
+    "threads": (1, None, True),
+    "num_threads": (1, None, True),
+    "resamples": (1, None, True),
+    "alpha": (0, 1, False),
+    "tolerance": (0, None, True),
+    "patience": (0, None, True),
+    "max_steps": (1, None, True),
+    "max_minutes": (0, None, False),
+    "eval_every": (1, None, True),
+    "save_every": (1, None, True),
+    "negatives": (1, None, True),
+    "contextual_layers": (1, None, True),
+    "interaction_layers": (1, None, True),
+    "lr": (0, None, False),
+    "head_lr": (0, None, False),
+    "teacher_scale": (0, None, False),
+    "k1": (0, None, True),
+    "b": (0, 1, True),
+    "layers": (1, None, True),
+    "seed": (None, None, True),
+    "reference": (None, None, True),
+    "steps": (1, None, True),
+    "shard_size": (1, None, True),
+    "chunk_pairs": (1, None, True),
+}
+
+
+def _describe(name: str, low, high, low_inclusive) -> str:
+    opt = "--" + name.replace("_", "-")
+    if low is not None and high is not None:
+        return f"{opt} must be in {'[' if low_inclusive else '('}{low}, {high}]"
+    if low is not None:
+        return f"{opt} must be {'>=' if low_inclusive else '>'} {low}"
+    return f"{opt} must be <= {high}"
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """Check one named setting against `RANGES` (None passes: it means "default")."""
+    if value is None or isinstance(value, bool) or name not in RANGES:
+        return value
+    if not isinstance(value, (int, float)):
+        return value
+    low, high, low_inclusive = RANGES[name]
+    bad = isinstance(value, float) and not math.isfinite(value)
+    if low is not None:
+        bad = bad or (value < low if low_inclusive else value <= low)
+    if high is not None:
+        bad = bad or value > high
+    if bad:
+        raise SettingError(f"{_describe(name, low, high, low_inclusive)} (got {value})")
+    return value
+
+
+def check_settings(values: Mapping[str, Any]) -> None:
+    """Check every known numeric setting of a call (CLI keyword arguments or an API call's arguments)."""
+    for name, value in values.items():
+        check_setting(name, value)
+
+
+def positive(name: str, value: int) -> int:
+    """API guard: `value` must be an int >= 1 (batch sizes, k, ...)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingError(f"{name} must be an integer >= 1 (got {value!r})")
+    return value
