@@ -2,7 +2,7 @@
 
 A path `a->b` means tokens of group `a` attend to tokens of group `b` (row a, column b of the attention
 matrix; information flows from b into a). A mask is an ordered list of allow/block rules applied to a table
-that starts all-allowed; `pad` is never attended. The JSON form (`mice-mask/1`) is what users exchange.
+that starts all-allowed; `pad` is never attended. The JSON form (`mice-mask/2`; `/1` files still load) is what users exchange.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import numpy as np
 from .errors import MaskError
 from .segments import REAL_SEGMENTS, SEG, SEGMENTS
 
-FORMAT = "mice-mask/1"
+FORMAT = "mice-mask/2"
+FORMATS = ("mice-mask/1", "mice-mask/2")  # /1 read a two-element `layers` list as [start, end); /2 never does
 N_SEG = len(SEGMENTS)
 PRESETS = ("none", "mask0", "mask1", "mask2", "mask3", "prettr", "sparse_ce")
 
@@ -44,23 +45,31 @@ def all_paths() -> list[str]:
 
 
 def _layers(spec, num_layers: int, where: str) -> list[int]:
-    """`"all"`, `[start, end)` (two ints), an explicit list (any other length) or a single int."""
+    """One layer convention everywhere: `"all"`, an int, an explicit list of layers, or a half-open range written
+    with explicit keys, `{"start": s, "end": e}` (a Python `range` in the API). A list is always a list."""
     if spec == "all" or spec is None:
         return list(range(num_layers))
+    if isinstance(spec, range):
+        spec = {"start": spec.start, "end": spec.stop} if spec.step == 1 else list(spec)
     if isinstance(spec, bool):
         raise MaskError(f"{where}bad layers {spec!r}")
     if isinstance(spec, int):
         layers = [spec]
+    elif isinstance(spec, dict):
+        if set(spec) != {"start", "end"} or not all(isinstance(spec[k], int) and not isinstance(spec[k], bool)
+                                                     for k in ("start", "end")):
+            raise MaskError(f"{where}bad layer range {spec!r}: expected {{\"start\": int, \"end\": int}}")
+        start, end = spec["start"], spec["end"]
+        if start >= end:
+            raise MaskError(f"{where}empty layer range [{start}, {end})")
+        layers = list(range(start, end))
     elif isinstance(spec, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in spec):
-        if len(spec) == 2:
-            start, end = spec
-            if start >= end:
-                raise MaskError(f"{where}empty layer range [{start}, {end})")
-            layers = list(range(start, end))
-        else:
-            layers = list(spec)
+        layers = list(spec)
+        if not layers:
+            raise MaskError(f"{where}empty layer list")
     else:
-        raise MaskError(f"{where}bad layers {spec!r}: use \"all\", [start, end), a list of layers or an int")
+        raise MaskError(f"{where}bad layers {spec!r}: use \"all\", a layer, a list of layers or "
+                        "{\"start\": s, \"end\": e}")
     bad = [x for x in layers if not 0 <= x < num_layers]
     if bad:
         raise MaskError(f"{where}layer(s) {bad} outside the model's {num_layers} layers (0..{num_layers - 1})")
@@ -74,23 +83,45 @@ def _layers_to_json(layers: Sequence[int], num_layers: int):
     if len(layers) == 1:
         return layers[0]
     if layers == list(range(layers[0], layers[-1] + 1)):
-        return [layers[0], layers[-1] + 1]
+        return {"start": layers[0], "end": layers[-1] + 1}
     return None  # non-contiguous: caller splits into several rules
 
 
-@dataclass
+def _v1_rule(rule):
+    """A mice-mask/1 rule in /2 terms: its two-element `layers` list meant [start, end)."""
+    if isinstance(rule, dict) and isinstance(rule.get("layers"), list) and len(rule["layers"]) == 2:
+        start, end = rule["layers"]
+        return {**rule, "layers": {"start": start, "end": end}}
+    return rule
+
+
+@dataclass(frozen=True, eq=False)
 class InteractionMask:
-    """Per-layer allow-table over (from-segment, to-segment), built from ordered rules."""
+    """Per-layer allow-table over (from-segment, to-segment), built from ordered rules.
+
+    Immutable: `rules` is a tuple (copied on construction) and `tables` a read-only array, so the tables can
+    never go stale; derive a new mask with `with_blocked` or a new constructor call.
+    """
 
     num_layers: int
-    rules: list[dict] = field(default_factory=list)
+    rules: tuple = ()
     name: str = "custom"
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.num_layers, int) or self.num_layers < 1:
+        if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 1:
             raise MaskError(f"num_layers must be a positive int, got {self.num_layers!r}")
-        self.tables = self._build()
+        if not isinstance(self.rules, (list, tuple)):
+            raise MaskError(f"rules must be a list of rules, got {type(self.rules).__name__}")
+        if not isinstance(self.name, str):
+            raise MaskError(f"name must be a string, got {self.name!r}")
+        if not isinstance(self.provenance, dict):
+            raise MaskError(f"provenance must be an object, got {type(self.provenance).__name__}")
+        object.__setattr__(self, "rules", tuple(json.loads(json.dumps(r)) if _jsonable(r) else r
+                                                for r in self.rules))
+        tables = self._build()
+        tables.flags.writeable = False
+        object.__setattr__(self, "tables", tables)
 
     # ------------------------------------------------------------------ building and checking
     def _build(self) -> np.ndarray:
@@ -108,6 +139,8 @@ class InteractionMask:
             paths = rule[kinds[0]]
             if isinstance(paths, str):
                 paths = [paths]
+            if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+                raise MaskError(f"{where}'{kinds[0]}' must be a path or a non-empty list of paths like 'q->d'")
             layers = _layers(rule.get("layers", "all"), self.num_layers, where)
             for p in paths:
                 src, dst = parse_path(p, where)
@@ -162,11 +195,11 @@ class InteractionMask:
         if base in ("mask2", "mask3"):
             rules.append({"block": ["d->q"], "layers": "all"})
         if base == "mask3" and k > 0:
-            rules.append({"block": ["q->d"], "layers": [0, k]})
+            rules.append({"block": ["q->d"], "layers": {"start": 0, "end": k}})
         if base == "prettr" and k > 0:
             rules.append({"block": ["cls->d", "cls->sep2", "q->d", "q->sep2", "sep1->d", "sep1->sep2",
                                     "d->cls", "d->q", "d->sep1", "sep2->cls", "sep2->q", "sep2->sep1"],
-                          "layers": [0, k]})
+                          "layers": {"start": 0, "end": k}})
         if base == "sparse_ce":
             rules.append({"block": ["q->cls", "q->d", "q->sep2", "sep1->cls", "sep1->d", "sep1->sep2"],
                           "layers": "all"})
@@ -183,14 +216,17 @@ class InteractionMask:
                 raise MaskError(f"{s}: mask is for {mask.num_layers} layers, the model has {num_layers}")
             return mask
         params = {}
-        if "(" in s and s.endswith(")"):
-            s, arg = s[:-1].split("(", 1)
-            params["k"] = int(arg.split("=")[-1])
-        elif ":" in s:
-            s, arg = s.split(":", 1)
-            for kv in arg.split(","):
-                key, _, val = kv.partition("=")
-                params[key.strip()] = int(val)
+        try:
+            if "(" in s and s.endswith(")"):
+                s, arg = s[:-1].split("(", 1)
+                params["k"] = int(arg.split("=")[-1])
+            elif ":" in s:
+                s, arg = s.split(":", 1)
+                for kv in arg.split(","):
+                    key, _, val = kv.partition("=")
+                    params[key.strip()] = int(val)
+        except ValueError:
+            raise MaskError(f"mask spec {spec!r}: parameters must be integers, e.g. mask3:k=2") from None
         return cls.from_preset(s, num_layers, **params)
 
     @classmethod
@@ -198,15 +234,18 @@ class InteractionMask:
         if not isinstance(obj, dict):
             raise MaskError(f"{source}: a mask must be a JSON object")
         fmt = obj.get("format")
-        if fmt != FORMAT:
+        if fmt not in FORMATS:
             raise MaskError(f"{source}: format {fmt!r} is not supported (expected {FORMAT!r})")
         for key in ("num_layers", "rules"):
             if key not in obj:
                 raise MaskError(f"{source}: missing key {key!r}")
         if not isinstance(obj["rules"], list):
             raise MaskError(f"{source}: 'rules' must be a list")
+        rules = [_v1_rule(r) for r in obj["rules"]] if fmt == "mice-mask/1" else list(obj["rules"])
+        if not isinstance(obj.get("provenance", {}), dict):
+            raise MaskError(f"{source}: 'provenance' must be an object")
         try:
-            return cls(obj["num_layers"], list(obj["rules"]), name=obj.get("name", Path(source).stem),
+            return cls(obj["num_layers"], rules, name=str(obj.get("name", Path(source).stem)),
                        provenance=dict(obj.get("provenance", {})))
         except MaskError as err:
             raise MaskError(f"{source}: {err}") from None
@@ -241,14 +280,19 @@ class InteractionMask:
     def with_blocked(self, paths: Iterable[str] | str, layers=None, name: str | None = None) -> "InteractionMask":
         """A copy with one more block rule; `layers`: None (all), an int, a range, [start, end) or a list."""
         paths = [paths] if isinstance(paths, str) else list(paths)
-        spec = "all" if layers is None else [layers.start, layers.stop] if isinstance(layers, range) else layers
+        if layers is None:
+            spec = "all"
+        elif isinstance(layers, range) and layers.step == 1:
+            spec = {"start": layers.start, "end": layers.stop}
+        else:
+            spec = list(layers) if isinstance(layers, range) else layers
         rule = {"block": paths, "layers": spec}
-        return InteractionMask(self.num_layers, self.rules + [rule], name=name or f"{self.name}+block",
+        return InteractionMask(self.num_layers, [*self.rules, rule], name=name or f"{self.name}+block",
                                provenance=dict(self.provenance))
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "name": self.name, "num_layers": self.num_layers,
-                "rules": self.rules, "provenance": self.provenance}
+                "rules": [dict(r) for r in self.rules], "provenance": self.provenance}
 
     def save(self, path) -> Path:
         from .files import write_json_atomic
@@ -320,6 +364,14 @@ class InteractionMask:
         allow = self.compile(segment_ids, layer)
         out = torch.zeros(allow.shape, dtype=dtype or torch.float32, device=allow.device)
         return out.masked_fill(~allow, float("-inf")).unsqueeze(1)
+
+
+def _jsonable(obj) -> bool:
+    try:
+        json.dumps(obj)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _contiguous_groups(layers: list[int]) -> list[list[int]]:

@@ -52,7 +52,7 @@ def test_json_round_trip(tmp_path):
     again = InteractionMask.load(path)
     assert again == mask and again.name == mask.name and again.rules == mask.rules
     obj = json.loads(path.read_text())
-    assert obj["format"] == "mice-mask/1" and obj["num_layers"] == 6
+    assert obj["format"] == "mice-mask/2" and obj["num_layers"] == 6
 
 
 def test_design_doc_example_loads(tmp_path):

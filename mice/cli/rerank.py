@@ -14,7 +14,7 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
                run: Path = typer.Option(..., "--run", "-r", help="First-stage TREC run"),
                out: Path = typer.Option(..., "--out", "-o", help="Re-ranked TREC run to write"),
                mask: Optional[str] = typer.Option(None, "--mask", help="Interaction mask: a preset (mask2, "
-                                                  "mask3:k=2, ...) or a mice-mask/1 JSON file"),
+                                                  "mask3:k=2, ...) or a mice-mask/2 JSON file"),
                mode: str = typer.Option("renorm", "--mode", help="Knockout mode of --mask: renorm or zero"),
                split: str = typer.Option("test", help="Split whose queries are re-ranked"),
                k: int = typer.Option(100, help="Re-rank the top k of the first stage"),
