@@ -354,7 +354,7 @@ class InteractionMask:
         """Boolean allow-matrix [B, T, T] for one layer of a batch (True = may attend)."""
         import torch
 
-        table = torch.as_tensor(self.tables[layer], device=segment_ids.device)
+        table = torch.tensor(self.tables[layer], device=segment_ids.device)  # a copy: tables are read-only
         return table[segment_ids.unsqueeze(2), segment_ids.unsqueeze(1)]
 
     def compile_additive(self, segment_ids, layer: int, dtype=None):
