@@ -256,3 +256,77 @@ def test_demo_sized_views_render(browser, tmp_path, capsys):
         page.check_clean()
     with capsys.disabled():
         print("\n[viz render times] " + "; ".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------- report.html
+def _md_tables(md: str) -> list[list[str]]:
+    """Header cells of every Markdown table in report.md."""
+    lines = md.splitlines()
+    return [[c.strip() for c in lines[i].strip().strip("|").split("|")]
+            for i in range(len(lines) - 1) if lines[i].startswith("|") and lines[i + 1].startswith("|---")]
+
+
+def _md_figures(md: str) -> list[str]:
+    return [Path(src).name for src in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)]
+
+
+def _check_report(browser, html_path: Path, md: str):
+    page = Opened(browser, html_path)
+    p = page.page
+    # every table of report.md, in order, with the same header cells
+    headers = p.eval_on_selector_all("main table.md-table", "ts => ts.map(t => [...t.querySelectorAll('th')].map(th => th.innerText.trim()))")
+    want = _md_tables(md)
+    assert len(want) >= 5 and headers == [[re.sub(r"[`*]", "", c) for c in h] for h in want]
+    # every figure, inlined (data: URI) and actually decoded by the browser
+    imgs = p.eval_on_selector_all("main img", "is => is.map(i => [i.dataset.source, i.src.slice(0, 15), i.naturalWidth])")
+    assert [i[0] for i in imgs] == _md_figures(md) and len(imgs) >= 5
+    assert all(src.startswith("data:image/png") and w > 0 for _, src, w in imgs), imgs
+    # a table of contents linking every section heading
+    toc = p.eval_on_selector_all("nav.toc a", "as => as.map(a => a.getAttribute('href'))")
+    heads = p.eval_on_selector_all("main h2, main h3", "hs => hs.map(h => '#' + h.id)")
+    assert toc == heads and len(toc) >= 8
+    for section in re.findall(r"^## (.+)$", md, flags=re.M):
+        assert section.replace("`", "") in p.inner_text("nav.toc")
+    # the interactive views sit in their sections, and respond to real input
+    kinds = p.eval_on_selector_all(".mice-viz", "vs => vs.map(v => v.dataset.kind)")
+    assert sorted(kinds) == ["knockouts", "mask", "pair", "paths"], kinds
+    ko = p.query_selector(".mice-knockouts")
+    ko.query_selector('.mv-cell[data-row="0"][data-col="0"]').click()
+    assert ko.query_selector(".mv-selected") is not None and "knock out" in ko.query_selector(".mv-selected").inner_text()
+    pm = p.query_selector(".mice-paths")
+    pm.query_selector('.mv-cell[data-row="0"][data-col="1"]').hover()
+    assert pm.query_selector(".mv-hover").inner_text().startswith("layer 0, mean over heads, path ")
+    page.check_clean()
+
+
+@pytest.fixture(scope="module")
+def tiny_demo():
+    """The tiny demo the notebooks and tests/test_demo.py use (built once; runs/demo when `make demo` ran).
+    A folder from before report.html existed is refreshed through run_demo (every stage from its cache)."""
+    from mice.demo import demo_artifacts, run_demo
+
+    run = demo_artifacts(ROOT)
+    if not (run / "report.html").exists():
+        run_demo(run, json.loads((run / "preset.json").read_text())["name"])
+    return run
+
+
+@pytest.mark.integration
+def test_demo_report_html_has_every_table_figure_and_view(browser, tiny_demo):
+    assert (tiny_demo / "report.html").stat().st_mtime >= (tiny_demo / "report.md").stat().st_mtime - 5
+    _check_report(browser, tiny_demo / "report.html", (tiny_demo / "report.md").read_text())
+
+
+@pytest.mark.integration
+def test_mice_figures_writes_report_html(browser, tiny_demo, tmp_path):
+    out = tmp_path / "figs"
+    res = subprocess.run([sys.executable, "-m", "mice", "figures", "--from", str(tiny_demo), "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert f"report: {out / 'report.html'}" in res.stdout
+    from mice.files import read_table
+    from mice.report import report_markdown
+
+    md = report_markdown(tiny_demo, timings=read_table(tiny_demo / "timings.csv"), figures_dir=out)
+    assert _md_tables(md) == _md_tables((tiny_demo / "report.md").read_text())
+    _check_report(browser, out / "report.html", md)
