@@ -330,3 +330,34 @@ def test_mice_figures_writes_report_html(browser, tiny_demo, tmp_path):
     md = report_markdown(tiny_demo, timings=read_table(tiny_demo / "timings.csv"), figures_dir=out)
     assert _md_tables(md) == _md_tables((tiny_demo / "report.md").read_text())
     _check_report(browser, out / "report.html", md)
+
+
+# ---------------------------------------------------------------------------------------------- in a notebook
+def test_views_through_a_kernel_and_exported_html(browser, tmp_path):
+    """`_repr_html_` as Jupyter shows it: a real kernel runs the cells, nbconvert exports the outputs, and the
+    views in the exported page (two on one page) render and respond."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from mice import InteractionMask\nfrom mice.viz import mask_view\n"
+                                          "mask_view(InteractionMask.from_preset('mask1', 3))"),
+                nbformat.v4.new_code_cell("mask_view(InteractionMask.from_preset('mask2', 2))")]
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    assert all("text/html" in c.outputs[0]["data"] for c in nb.cells)
+    body, _ = HTMLExporter(template_name="basic").from_notebook_node(nb)
+    from mice.viz import page as make_page
+
+    path = tmp_path / "exported.html"
+    path.write_text(make_page("exported notebook", body))
+    opened = Opened(browser, path)
+    p = opened.page
+    views = p.query_selector_all(".mice-mask")
+    assert len(views) == 2 and len(views[0].query_selector_all(".mv-maskcell")) == 3 * 25
+    cell = views[1].query_selector('.mv-maskcell[data-layer="1"][data-path="d->q"]')
+    cell.click()
+    assert cell.get_attribute("data-allowed") == "1"  # mask2 blocks d->q; the click allowed it, in view 2 only
+    assert "1 edit(s): layer 1 d->q allowed" in views[1].query_selector(".mv-status").inner_text()
+    assert views[0].query_selector(".mv-status").inner_text().startswith("unchanged")
+    opened.check_clean()

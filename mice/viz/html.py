@@ -48,7 +48,7 @@ CSS = """
 
 # Helpers every view uses, defined once per page (a report embeds several views).
 LIB_JS = r"""
-window.miceViz = window.miceViz || (function () {
+window.miceViz = (window.miceViz && window.miceViz.version === '@VERSION@') ? window.miceViz : (function () {
   const NS = 'http://www.w3.org/2000/svg';
   function el(tag, attrs, parent, text) {
     const e = document.createElement(tag);
@@ -131,9 +131,12 @@ window.miceViz = window.miceViz || (function () {
     if (d.title) el('div', {class: 'mv-title'}, root, d.title);
     el('div', {class: 'mv-conv'}, root, d.convention);
   }
-  return {el, svg, sequential, diverging, fmt, b64u16, select, heatmap, colorbar, header, BLUES, VIRIDIS, views: {}};
+  return {version: '@VERSION@', el, svg, sequential, diverging, fmt, b64u16, select, heatmap, colorbar, header, BLUES,
+          VIRIDIS, views: {}};
 })();
 """
+# a page that already holds an older helper library (a long-lived notebook) gets this one instead
+LIB_JS = LIB_JS.replace("@VERSION@", __import__("hashlib").sha1(LIB_JS.encode()).hexdigest()[:12])
 
 
 def json_for_script(obj) -> str:

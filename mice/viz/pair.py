@@ -28,7 +28,13 @@ miceViz.views.pair = function (root, d) {
   const px = Math.max(3, Math.min(14, Math.floor(512 / T)));
   const cv = V.el('canvas', {width: T, height: T, class: 'mv-matrix',
     style: 'width:' + (T * px) + 'px;height:' + (T * px) + 'px;image-rendering:pixelated;border:1px solid #ccc;cursor:crosshair'}, box);
-  V.el('div', {style: 'font-size:11px;color:#555'}, box, 'rows: attending token (from) · columns: attended token (to)');
+  box.style.position = 'relative';
+  const over = V.svg('svg', {width: T * px, height: T * px, style: 'position:absolute;left:1px;top:1px;pointer-events:none'}, box);
+  for (let i = 1; i < T; i++) if (d.segments[i] !== d.segments[i - 1]) {  // segment boundaries
+    V.svg('line', {x1: i * px, x2: i * px, y1: 0, y2: T * px, stroke: '#d62728', 'stroke-width': 0.8, opacity: 0.7}, over);
+    V.svg('line', {y1: i * px, y2: i * px, x1: 0, x2: T * px, stroke: '#d62728', 'stroke-width': 0.8, opacity: 0.7}, over);
+  }
+  V.el('div', {style: 'font-size:11px;color:#555'}, box, 'rows: attending token (from) · columns: attended token (to) · red lines: segment boundaries');
   const side = V.el('div', {style: 'flex:1;min-width:280px'}, row);
   const toks = V.el('div', {class: 'mv-tokens'}, side);
   const spans = d.tokens.map((t, i) => {
