@@ -65,6 +65,12 @@ def test_knockout_view_value_columns_and_t_interval():
     half = stats.t.ppf(0.975, 3) * vals.std(ddof=1) / 2
     assert cell["ci_low"] == pytest.approx(vals.mean() - half) and cell["ci_high"] == pytest.approx(vals.mean() + half)
     assert data["cells"]["0|-1|d->q"]["ci_low"] is None  # no per-query values, no interval
+    both = pd.concat([t.assign(mode="zero"), t.assign(mode="renorm", **{"delta_ndcg@10": [0.5, 0.5]})])
+    with pytest.raises(DataError, match="several knockout modes"):
+        KnockoutView(both)
+    assert KnockoutView(both, mode="renorm").data()["cells"]["0|-1|q->d"]["value"] == 0.5
+    with pytest.raises(DataError, match="several rows for"):
+        KnockoutView(pd.concat([t, t]))
     with_ci = KnockoutView(t.assign(ci_low=[-0.2, -0.1], ci_high=[0.0, 0.1])).data()
     assert with_ci["cells"]["0|-1|q->d"]["ci_low"] == -0.2 and "from the table" in with_ci["ci_label"]
 

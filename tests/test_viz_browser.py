@@ -253,6 +253,12 @@ def test_demo_sized_views_render(browser, tmp_path, capsys):
         assert len(page.render_ms) == 1
         lines.append(f"{name}: render {page.render_ms[0]:.1f} ms in page, load {1000 * page.load_s:.0f} ms, "
                      f"{path.stat().st_size / 1e6:.2f} MB")
+        if name.startswith(("pair", "path")):  # the heaviest redraw: mean over 12 heads, or all 72 rows
+            ms = page.page.evaluate("""() => { const s = document.querySelector(
+                '.mv-controls label:nth-child(' + (document.querySelector('.mice-pair') ? 2 : 1) + ') select');
+                s.value = s.options[s.options.length - 1].value; const t = performance.now();
+                s.dispatchEvent(new Event('change')); return performance.now() - t; }""")
+            lines[-1] += f", redraw ({'head 11' if name.startswith('pair') else 'every head'}) {ms:.1f} ms"
         page.check_clean()
     with capsys.disabled():
         print("\n[viz render times] " + "; ".join(lines))

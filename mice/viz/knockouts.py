@@ -92,7 +92,7 @@ class KnockoutView(View):
     js = JS
 
     def __init__(self, table: pd.DataFrame, value: str | None = None, per_query: pd.DataFrame | None = None,
-                 per_query_value: str | None = None, title: str | None = None):
+                 per_query_value: str | None = None, mode: str | None = None, title: str | None = None):
         for c in ("layer", "path"):
             if c not in table.columns:
                 raise DataError(f"knockout view: table lacks column {c!r} (columns: {list(table.columns)})")
@@ -105,7 +105,23 @@ class KnockoutView(View):
                 raise DataError(f"knockout view: say which column to show (value=...); columns: {list(table.columns)}")
         if value not in table.columns:
             raise DataError(f"knockout view: no column {value!r} (columns: {list(table.columns)})")
-        self.table = table[table["layer"] >= 0] if "layer" in table.columns else table
+        modes = sorted(set(table["mode"].dropna())) if "mode" in table.columns else []
+        if mode is not None:
+            if mode not in modes:
+                raise DataError(f"knockout view: mode {mode!r} not in the table (modes: {modes})")
+            table = table[table["mode"] == mode]
+            if per_query is not None and "mode" in per_query.columns:
+                per_query = per_query[per_query["mode"] == mode]
+        elif len(modes) > 1:
+            raise DataError(f"knockout view: the table holds several knockout modes {modes}; pick one (mode=...)")
+        table = table[table["layer"] >= 0]
+        keys = ["layer", "head", "path"] if "head" in table.columns else ["layer", "path"]
+        dup = table[table.duplicated(keys, keep=False)]
+        if len(dup):
+            first = dup.iloc[0]
+            raise DataError(f"knockout view: several rows for {dict((k, first[k]) for k in keys)}; "
+                            f"one row per ({', '.join(keys)}) is needed")
+        self.table = table
         self.value = value
         self.per_query = per_query if per_query is not None and len(per_query) else None
         if self.per_query is not None:
