@@ -43,6 +43,19 @@ def test_pair_view_drops_padding_and_computes_path_mass():
     assert v.path_mass("q->d", layer=1, head=2) == pytest.approx(p[1, 2][q][:, d].sum(1).mean())
 
 
+def test_pair_view_layer_subset_and_size_guard(monkeypatch):
+    p = _pattern(L=4)
+    v = PairAttentionView(p, ["t"] * 7, SEGS7, layers=[1, 3])
+    assert v.pattern.shape[0] == 2 and v.data()["layer_ids"] == [1, 3] and v.data()["layer"] == 1
+    assert v.path_mass("q->d", layer=3) == pytest.approx(PairAttentionView(p, ["t"] * 7, SEGS7).path_mass("q->d", 3))
+    with pytest.raises(DataError, match=r"layers \[4\] outside"):
+        PairAttentionView(p, ["t"] * 7, SEGS7, layers=[4])
+    monkeypatch.setattr(PairAttentionView, "MAX_BYTES", 2 * 3 * 7 * 7 * 2 - 1)  # two layers' worth, minus one byte
+    with pytest.raises(DataError, match="MiB of attention to embed.*layers="):
+        PairAttentionView(p, ["t"] * 7, SEGS7, layers=[0, 1])
+    assert PairAttentionView(p, ["t"] * 7, SEGS7, layers=[0]).pattern.shape[0] == 1
+
+
 def test_path_mass_view_needs_probe_columns():
     with pytest.raises(DataError, match="lacks column"):
         PathMassView(pd.DataFrame({"layer": [0], "head": [0], "mass": [0.1]}))

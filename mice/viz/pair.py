@@ -17,7 +17,7 @@ miceViz.views.pair = function (root, d) {
   d.present.forEach(s => { const sp = V.el('span', {}, legend); V.el('span', {class: 'mv-chip', style: 'background:' + d.colors[s]}, sp); sp.append(s); });
   const ctr = V.el('div', {class: 'mv-controls'}, root);
   let layer = d.layer, head = -1, path = 'all', M = new Float32Array(T * T), focus = -1;
-  V.select(ctr, 'layer', Array.from({length: L}, (_, l) => [l, String(l)]), layer, v => { layer = +v; update(); });
+  V.select(ctr, 'layer', Array.from({length: L}, (_, l) => [l, String(d.layer_ids[l])]), layer, v => { layer = +v; update(); });
   V.select(ctr, 'head', [[-1, 'mean over heads']].concat(Array.from({length: H}, (_, h) => [h, String(h)])), head, v => { head = +v; update(); });
   const paths = [['all', 'all paths']];
   d.present.forEach(a => d.present.forEach(b => paths.push([a + '->' + b, a + '->' + b + '  (' + a + ' attends ' + b + ')'])));
@@ -66,11 +66,11 @@ miceViz.views.pair = function (root, d) {
     }
     ctx.putImageData(img, 0, 0);
     const who = head < 0 ? 'mean over ' + H + ' heads' : 'head ' + head;
-    if (path === 'all') status.textContent = 'layer ' + layer + ', ' + who + ': all paths (max weight ' + V.fmt(vmax, 3) + ')';
+    if (path === 'all') status.textContent = 'layer ' + d.layer_ids[layer] + ', ' + who + ': all paths (max weight ' + V.fmt(vmax, 3) + ')';
     else {
       const p = path.split('->'); let tot = 0, na = 0;
       for (let i = 0; i < T; i++) if (d.segments[i] === p[0]) { na++; for (let j = 0; j < T; j++) if (d.segments[j] === p[1]) tot += M[i * T + j]; }
-      status.textContent = 'layer ' + layer + ', ' + who + ': path ' + path + ' mass = ' + V.fmt(na ? tot / na : NaN, 4) +
+      status.textContent = 'layer ' + d.layer_ids[layer] + ', ' + who + ': path ' + path + ' mass = ' + V.fmt(na ? tot / na : NaN, 4) +
         ' (weight a ' + p[0] + ' token puts on all ' + p[1] + ' tokens, mean over ' + na + ' ' + p[0] + ' tokens)';
       status.setAttribute('data-mass', na ? (tot / na).toFixed(6) : '');
     }
@@ -107,7 +107,10 @@ class PairAttentionView(View):
     kind = "pair"
     js = JS
 
-    def __init__(self, pattern, tokens, segments, layer: int = -1, title: str | None = None):
+    MAX_BYTES = 64 << 20  # embedded pattern (uint16); beyond this a notebook output gets sluggish
+
+    def __init__(self, pattern, tokens, segments, layer: int = -1, layers=None, title: str | None = None):
+        """`layers`: keep only these layers (ids as in the model); `layer`: the one shown first (default last)."""
         p = np.asarray(pattern.detach().cpu() if hasattr(pattern, "detach") else pattern, dtype=np.float64)
         if p.ndim != 4 or p.shape[2] != p.shape[3]:
             raise DataError(f"pair attention: pattern must be [layers, heads, T, T], got shape {list(p.shape)}")
@@ -125,7 +128,16 @@ class PairAttentionView(View):
         if not np.isfinite(self.pattern).all() or self.pattern.min() < -1e-6 or self.pattern.max() > 1 + 1e-6:
             raise DataError("pair attention: pattern values must be attention weights in [0, 1]")
         n_layers = self.pattern.shape[0]
-        self.layer = layer % n_layers
+        self.layer_ids = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+        bad = [l for l in self.layer_ids if not 0 <= l < n_layers]
+        if bad or not self.layer_ids:
+            raise DataError(f"pair attention: layers {bad or '[]'} outside the pattern's {n_layers} layers")
+        self.pattern = self.pattern[self.layer_ids]
+        size = 2 * self.pattern.size
+        if size > self.MAX_BYTES:
+            raise DataError(f"pair attention: {size / 2**20:.0f} MiB of attention to embed (over "
+                            f"{self.MAX_BYTES >> 20} MiB); show fewer layers (layers=[...]) or a shorter pair")
+        self.layer = self.layer_ids.index(layer % n_layers) if layer % n_layers in self.layer_ids else len(self.layer_ids) - 1
         self.title = title or "Pair attention"
 
     @classmethod
@@ -154,14 +166,15 @@ class PairAttentionView(View):
     def path_mass(self, path: str, layer: int, head: int = -1) -> float:
         """Mean over tokens of `a` of the weight they put on tokens of `b` (what the view's status line shows)."""
         a, b = path.split("->")
-        m = self.pattern[layer].mean(0) if head < 0 else self.pattern[layer, head]
+        i = self.layer_ids.index(layer)
+        m = self.pattern[i].mean(0) if head < 0 else self.pattern[i, head]
         rows = np.array([s == a for s in self.segments])
         cols = np.array([s == b for s in self.segments])
         return float(m[rows][:, cols].sum(1).mean()) if rows.any() else float("nan")
 
     def data(self) -> dict:
         present = [s for s in REAL_SEGMENTS if s in self.segments]
-        return {"layers": int(self.pattern.shape[0]), "heads": int(self.pattern.shape[1]), "layer": self.layer,
+        return {"layers": int(self.pattern.shape[0]), "heads": int(self.pattern.shape[1]), "layer": self.layer, "layer_ids": self.layer_ids,
                 "tokens": self.tokens, "segments": self.segments, "present": present, "colors": SEG_COLORS,
                 "scale": 65535, "pattern_b64": b64_uint16(self.pattern)}
 
