@@ -122,3 +122,16 @@ def test_fragments_reference_no_network():
         urls = set(re.findall(r"https?://[^\s'\"]+", v.html()))
         assert urls <= {"http://www.w3.org/2000/svg"}, urls  # an XML namespace name, never fetched
         assert "</script>" not in v.html().split("<script>", 1)[1][:-len("</script>")]
+
+
+def test_notebooks_are_committed_without_outputs():
+    """The notebooks show interactive views when run; in git they stay stripped (no outputs, no counts)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    notebooks = sorted(root.glob("*.ipynb"))
+    assert notebooks
+    for path in notebooks:
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name} cell {i}"
