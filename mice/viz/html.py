@@ -120,7 +120,7 @@ window.miceViz = (window.miceViz && window.miceViz.version === '@VERSION@') ? wi
     return {svg: s, cells: cells};
   }
   function colorbar(parent, color, lo, hi, label) {
-    const s = svg('svg', {width: 260, height: 30}, parent);
+    const s = svg('svg', {width: 212 + 8 * String(label || '').length, height: 30}, parent);
     for (let k = 0; k < 50; k++) svg('rect', {x: 5 + 4 * k, y: 2, width: 4, height: 10, fill: color(lo + (hi - lo) * k / 49)}, s);
     svg('text', {x: 5, y: 26, 'font-size': 10}, s, fmt(lo, 3));
     svg('text', {x: 205, y: 26, 'font-size': 10, 'text-anchor': 'end'}, s, fmt(hi, 3));
