@@ -197,7 +197,9 @@ def test_knockout_view_of_a_real_sweep(browser, planted, tmp_path):
     page.page.click(f'.mv-cell[data-row="0"][data-col="{col}"]')
     n_q = res.per_query[(res.per_query.layer == 0) & (res.per_query.path == "q->d")]["query_id"].nunique()
     assert len(page.page.query_selector_all(".mv-bar")) == n_q > 0
-    assert "delta_ndcg@10 = " in page.text(".mv-selected")
+    row = res.table[(res.table.layer == 0) & (res.table.path == "q->d")].iloc[0]
+    sel = page.text(".mv-selected")
+    assert f"delta_ndcg@10 = {row['delta_ndcg@10']:.4f}" in sel and f"kendall_tau {row['kendall_tau']:.4f}" in sel
     page.check_clean()
 
 

@@ -38,6 +38,8 @@ miceViz.views.knockouts = function (root, d) {
       d.value + ' = ' + V.fmt(c.value, 4);
     if (c.ci_low !== null && c.ci_high !== null) s += '  [' + V.fmt(c.ci_low, 4) + ', ' + V.fmt(c.ci_high, 4) + '] ' + d.ci_label;
     if (c.note) s += '  (' + c.note + ')';
+    const ex = Object.keys(c.extra || {});
+    if (ex.length) s += '\n' + ex.map(k => k + ' ' + (typeof c.extra[k] === 'number' ? V.fmt(c.extra[k], 4) : c.extra[k])).join(' · ');
     return s;
   }
   function showDetail(l, p) {
@@ -73,6 +75,9 @@ miceViz.views.knockouts = function (root, d) {
   draw();
 };
 """
+
+
+EXTRA = ("p_value", "delta_ndcg@10", "delta_rr@10", "mean_abs_dscore", "kendall_tau", "estimate", "mode", "n_queries")
 
 
 def _t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -164,8 +169,9 @@ class KnockoutView(View):
             note = ""
             if "status" in t.columns and r["status"] != "ok":
                 note = f"{r['status']}: {r.get('reason', '')}"
+            extra = {c: clean(r[c]) for c in EXTRA if c in t.columns and c != self.value and pd.notna(r[c])}
             cells[key] = {"value": clean(float(r[self.value])) if pd.notna(r[self.value]) else None,
-                          "ci_low": lo, "ci_high": hi, "note": note}
+                          "ci_low": lo, "ci_high": hi, "note": note, "extra": extra}
         present = [s for s in REAL_SEGMENTS if any(p.startswith(s + "->") or p.endswith("->" + s) for p in t["path"])]
         paths = [f"{a}->{b}" for a in present for b in present]
         paths += sorted(set(t["path"]) - set(paths))  # composite paths (`q->*`) after the single ones
