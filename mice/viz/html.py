@@ -97,7 +97,7 @@ window.miceViz = (window.miceViz && window.miceViz.version === '@VERSION@') ? wi
   // A heatmap as SVG: rows x cols of values; hover/click report (row, col). Returns {svg, cells}.
   function heatmap(parent, o) {
     const cw = o.cellW || 22, ch = o.cellH || 16, left = o.left || 70, top = o.top || 56;
-    const W = left + o.cols.length * cw + 10, H = top + o.rows.length * ch + 24;
+    const W = Math.max(left + o.cols.length * cw + 10, left + 7 * (o.xlabel || '').length), H = top + o.rows.length * ch + 24;
     const s = svg('svg', {width: W, height: H, class: 'mv-heatmap'}, parent);
     o.cols.forEach((c, j) => svg('text', {x: left + j * cw + cw / 2, y: top - 4, 'font-size': 10,
       transform: 'rotate(-60 ' + (left + j * cw + cw / 2) + ' ' + (top - 4) + ')'}, s, c));
