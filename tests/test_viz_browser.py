@@ -30,7 +30,10 @@ def browser(tmp_path_factory):
     """One Chromium per module, fresh profile. `make test` installs Debian's chromium when it is missing."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: `make test` installs it (apt-get install chromium), or set MICE_CHROMIUM")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("playwright is missing: it is in the dev extra (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(str(tmp_path_factory.mktemp("chromium-profile")),
                                                     executable_path=CHROMIUM, args=ARGS, headless=True,
