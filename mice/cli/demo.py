@@ -23,7 +23,7 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (~20 min on
     console = Console()
     start = time.perf_counter()
     report = run_demo(out, preset, console=console)
-    console.print(f"[bold green]report:[/] {report}  [dim]({time.perf_counter() - start:.1f}s)[/]")
+    console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}  [dim]({time.perf_counter() - start:.1f}s)[/]")
 
 
 def figures(source: str = typer.Option("runs/demo", "--from", help="A demo output folder"),
