@@ -135,3 +135,23 @@ def test_notebooks_are_committed_without_outputs():
         for i, cell in enumerate(json.loads(path.read_text())["cells"]):
             if cell["cell_type"] == "code":
                 assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name} cell {i}"
+
+
+def test_report_html_inlines_figures_and_builds_a_toc(tmp_path):
+    """The Markdown-to-page step alone: relative and spaced figure paths inline, headings get anchors, views
+    land in their section, and a missing figure is a clear error."""
+    from mice.viz.report import render_report_html
+
+    (tmp_path / "fig dir").mkdir()
+    png = bytes.fromhex("89504e470d0a1a0a")  # PNG magic is enough: the browser tests decode real figures
+    (tmp_path / "fig dir" / "a b.png").write_bytes(png)
+    md = "# R\n\n## One\n\n| x | y |\n|---|---|\n| 1 | 2 |\n\n![cap](fig dir/a b.png)\n\n### Sub\n\n## Two\n\ntext\n"
+    view = MaskView(InteractionMask.from_preset("mask0", 2))
+    page = render_report_html(md.replace("](fig dir/a b.png)", "](<fig dir/a b.png>)"), tmp_path,
+                              views={"One": [("cap", view)], "Absent": [("later", view)]})
+    assert 'src="data:image/png;base64,iVBORw0KGgo=" data-source="a b.png"' in page
+    assert [a for a in re.findall(r'<a href="#([^"]+)"', page)] == ["one", "sub", "two", "interactive-views"]
+    assert page.index('id="sub"') < page.index('data-kind="mask"') < page.index('id="two"')  # at the end of One
+    assert page.count('data-kind="mask"') == 2 and '<table class="md-table">' in page
+    with pytest.raises(DataError, match="figure nope.png not found"):
+        render_report_html("![x](nope.png)", tmp_path)

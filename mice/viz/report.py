@@ -8,6 +8,7 @@ import html
 import mimetypes
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 from ..errors import DataError
 from .html import CSP, View
@@ -39,7 +40,7 @@ def _slug(text: str, seen: dict) -> str:
 
 def _inline_images(body: str, base: Path) -> str:
     def repl(m):
-        src = html.unescape(m.group(1))
+        src = unquote(html.unescape(m.group(1)))  # markdown-it percent-encodes link targets
         if src.startswith("data:"):
             return m.group(0)
         path = (base / src) if not Path(src).is_absolute() else Path(src)
