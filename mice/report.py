@@ -1,4 +1,6 @@
-"""`report.md` for a demo run, written only from the artefacts the stages saved (tables, masks, figures)."""
+"""`report.md` for a demo run, written only from the artefacts the stages saved (tables, masks, figures), and
+`report.html` beside it: the same text, tables and figures as one self-contained page with the interactive
+views (`mice.viz`) embedded."""
 from __future__ import annotations
 
 import json
@@ -42,13 +44,46 @@ def results_table(results: pd.DataFrame, domain: str, alpha: float = 0.05) -> pd
     return wide.loc[order].reset_index()
 
 
-def _figure(lines: list[str], root: Path, rel: str, caption: str) -> None:
-    if (root / rel).exists():
-        lines += [f"![{caption}]({rel})", f"*{caption}*", ""]
-
-
 def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = None) -> Path:
+    """`root/report.md` and `root/report.html`; returns the path of report.md."""
     root = Path(root)
+    text = report_markdown(root, env, timings)
+    path = write_text_atomic(root / "report.md", text)
+    write_report_html(root, text)
+    return path
+
+
+def write_report_html(root, text: str | None = None, figures_dir=None, out=None) -> Path:
+    """`report.html` from the report's Markdown (built here from `root` when not given; figures read from
+    `figures_dir`, default `root/figures`), with the interactive views of what `root` holds."""
+    from .viz.report import demo_views, render_report_html
+
+    root = Path(root)
+    if text is None:
+        timings = read_table(root / "timings.csv") if (root / "timings.csv").exists() else None
+        text = report_markdown(root, timings=timings, figures_dir=figures_dir)
+    page = render_report_html(text, base=root, views=demo_views(root))
+    return write_text_atomic(Path(out) if out else root / "report.html", page)
+
+
+def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None = None, figures_dir=None) -> str:
+    """The report's Markdown text; figure links are relative to `root` (absolute when `figures_dir` is elsewhere)."""
+    import os
+
+    root = Path(root)
+    fig_dir = Path(figures_dir) if figures_dir else root / "figures"
+
+    def _figure(lines: list[str], root: Path, rel: str, caption: str) -> None:
+        path = fig_dir / Path(rel).name
+        if path.exists():
+            try:
+                link = Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+            except ValueError:  # another drive (Windows)
+                link = path.resolve().as_posix()
+            if link.startswith(".."):
+                link = path.resolve().as_posix()
+            lines += [f"![{caption}]({link})", f"*{caption}*", ""]
+
     lines = ["# MICE demo report", ""]
     preset = json.loads((root / "preset.json").read_text()) if (root / "preset.json").exists() else {}
     env = env or (json.loads((root / "environment.json").read_text()) if (root / "environment.json").exists() else {})
@@ -161,4 +196,4 @@ def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = N
     if timings is not None and len(timings):
         lines += ["## Timings per stage", "", _md(timings, ".1f"),
                   "", f"Total: {timings['seconds'].sum():.1f} s.", ""]
-    return write_text_atomic(root / "report.md", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"

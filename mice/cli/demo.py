@@ -9,7 +9,7 @@ import typer
 def demo(preset: str = typer.Option("quick", "--preset", help="quick (~20 min on 2 CPU cores), full, or tiny"),
          out: str = typer.Option("runs/demo", "--out", help="Output folder (stages already there are reused)"),
          threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads")) -> None:
-    """The whole method on the offline default, ending in OUT/report.md."""
+    """The whole method on the offline default, ending in OUT/report.md and OUT/report.html."""
     import time
 
     from rich.console import Console
@@ -23,12 +23,12 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (~20 min on
     console = Console()
     start = time.perf_counter()
     report = run_demo(out, preset, console=console)
-    console.print(f"[bold green]report:[/] {report}  [dim]({time.perf_counter() - start:.1f}s)[/]")
+    console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}  [dim]({time.perf_counter() - start:.1f}s)[/]")
 
 
 def figures(source: str = typer.Option("runs/demo", "--from", help="A demo output folder"),
             out: str = typer.Option("figures/out", "--out", help="Where to write PNG and PDF files")) -> None:
-    """Regenerate every figure from the saved result tables of a demo run (no model is run)."""
+    """Regenerate every figure, and OUT/report.html, from the saved result tables of a demo run (no model is run)."""
     from pathlib import Path
 
     from figures.make import make_all
@@ -37,10 +37,13 @@ def figures(source: str = typer.Option("runs/demo", "--from", help="A demo outpu
 
     if not Path(source).is_dir():
         raise MiceError(f"{source}: no such demo folder (run `mice demo` first)")
+    from ..report import write_report_html
+
     made = make_all(source, out)
     for p in made:
         typer.echo(str(p))
     typer.echo(f"{len(made)} figures (PNG + PDF) in {out}")
+    typer.echo(f"report: {write_report_html(source, figures_dir=out, out=Path(out) / 'report.html')}")
 
 
 def register(app: typer.Typer) -> None:
