@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import IdentityError, MiceError
+from ..errors import IdentityError
 from .config import SOURCE_TEACHER, ConfigError, TrainConfig, TrainingDiverged
 
 log = logging.getLogger("mice.train")
