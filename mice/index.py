@@ -492,7 +492,11 @@ class DocIndex:
             shard_json = path / f"{sh['name']}.json"
             if not shard_json.exists():
                 raise IndexError_(f"{path}: shard {sh['name']} has no {shard_json.name}")
-        index = cls(path, manifest)
+        try:
+            index = cls(path, manifest)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+            raise IndexError_(f"{path}: corrupted shard record ({type(err).__name__}: {err}); rebuild the index") \
+                from None
         if model is not None:
             index.check_model(model)
         return index

@@ -179,3 +179,15 @@ def test_a_live_builder_locks_the_folder(env, tmp_path):
         holder.kill()
         holder.wait()
     assert len(build_index(env["model"], corpus, out, IndexConfig(shard_size=5))) == 10
+
+
+def test_a_torn_shard_record_is_a_clear_error_and_is_repaired(env, tmp_path):
+    corpus = dict(list(env["corpus"].items())[:20])
+    out = tmp_path / "idx"
+    config = IndexConfig(dtype="float32", shard_size=10)
+    build_index(env["model"], corpus, out, config)
+    (out / "shard-00001.json").write_text('{"name": "shard-00001", "doc')  # torn
+    with pytest.raises(IndexError_, match="corrupted shard record"):
+        DocIndex.open(out)
+    assert len(build_index(env["model"], corpus, out, config)) == 20  # the rerun rebuilds that shard
+    DocIndex.open(out, verify=True)
