@@ -492,9 +492,11 @@ class Trainer:
                               elapsed_s=self.elapsed())
                     # one plain line per log step: always to train.log; to the console when it is not a
                     # terminal (nohup), where the progress bar would not show
+                    session = time.perf_counter() - self._t0
+                    left = session / (self.step - start_step) * (cfg.max_steps - self.step)
                     self._print(f"step {self.step:>6}/{cfg.max_steps}  loss {window_loss / window_steps:.4f}  "
-                                f"lr {lr:.2e}  {rate:.1f} pairs/s  [{self.elapsed():.0f} s]",
-                                console=not self.console.is_terminal)
+                                f"lr {lr:.2e}  {rate:.1f} pairs/s  [{self.elapsed():.0f} s, about {left:.0f} s "
+                                "left]", console=not self.console.is_terminal)
                     progress.update(task, info=f"loss {window_loss / window_steps:.4f}  {rate:.0f} pairs/s"
                                     + (f"  best RR@10 {self.best_metric:.4f}" if self.best_metric is not None
                                        else ""))
