@@ -102,8 +102,8 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     first = sorted(weights)[0]
     weights[first] = weights[first] + 1e-3
     save_file(weights, str(own / "model.safetensors"), metadata={"format": "pt"})
-    res = _cli(_train_args(env, out, "--resume", "--max-steps", step + 2))
-    _assert_one_line_error(res, "start_model")
+    with pytest.raises(IdentityError, match="start_model"):  # (in-process: the same code path, no CLI start-up)
+        Trainer(_cfg(env, out, resume=True, max_steps=step + 2, num_threads=1), quiet=True).train()
     save_file(original, str(own / "model.safetensors"), metadata={"format": "pt"})
 
     # other training data (one judgement changed): refused
@@ -111,8 +111,10 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     write_beir(data2)
     qrels = (data2 / "qrels" / "train.tsv").read_text().replace("q0\td0\t1", "q0\td1\t1")
     (data2 / "qrels" / "train.tsv").write_text(qrels)
-    res = _cli(_train_args({**env, "data": str(data2)}, out, "--resume", "--max-steps", step + 2))
-    _assert_one_line_error(res, "data")
+    with pytest.raises(IdentityError, match=r"differs: data \("):
+        Trainer(_cfg({**env, "data": str(data2)}, out, resume=True, max_steps=step + 2, num_threads=1),
+                quiet=True).train()
+    assert _step(out) == step
 
     # the same job resumes (the dead run's stale lock is taken over) and finishes
     res = _cli(_train_args(env, out, "--resume", "--max-steps", step + 2))
