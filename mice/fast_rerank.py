@@ -211,15 +211,6 @@ class FastMICE:
             return self._run(prep, kv.shape[0], lambda j, q: self._sdpa_cross(q, kv[:, :, 2 * j], kv[:, :, 2 * j + 1],
                                                                              key_mask))
 
-    def score_texts(self, query: str, docs: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """On-the-fly convenience: documents encoded now, then scored through the fast path."""
-        prep = self.prepare(query)
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(docs), batch_size):
-                out.append(self.score_states(prep, self.model.encode_doc_batch(list(docs[start:start + batch_size]))))
-        return torch.cat(out).float().numpy() if out else np.zeros(0, np.float32)
-
 
 class FastReranker:
     """Re-rank candidates (doc ids) of queries with MICE from a `DocIndex`.

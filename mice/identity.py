@@ -182,3 +182,29 @@ def module_fingerprint(module) -> str:
             t = t.view(torch.int16)
         h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def dataset_identity(ds, splits=()) -> str:
+    """sha256 over a dataset's content: the corpus, and the queries and qrels of `splits` (sorted, so the
+    order files list them in does not matter). Unlike `Dataset.fingerprint` (which may key on file paths and
+    mtimes), this changes exactly when the text or the judgements change."""
+    h = hashlib.sha256()
+
+    def put(*parts) -> None:
+        for p in parts:
+            h.update(str(p).encode())
+            h.update(b"\0")
+        h.update(b"\1")
+
+    for doc_id, text in sorted(ds.corpus().items()):
+        put("d", doc_id, text)
+    for split in splits:
+        if split is None:
+            continue
+        for qid, text in sorted(ds.queries(split).items()):
+            put("q", split, qid, text)
+        qrels = ds.qrels(split)
+        for row in sorted(zip(qrels["query_id"].astype(str), qrels["doc_id"].astype(str),
+                              qrels["relevance"].astype(int))):
+            put("r", split, *row)
+    return h.hexdigest()

@@ -15,11 +15,23 @@ A shard's data files are written under temporary names and renamed before its JS
 interrupted at any point restarts at the first incomplete shard. The manifest records the model fingerprint
 (contextual-layer weights + tokenizer + a, see `MICEModel.fingerprint`), per-file checksums and its own
 checksum; opening an index with another model, or with a corrupted shard, raises `mice.errors.IndexError_`.
+
+A build is a resumable job with a content-addressed identity (`build_identity`): the document-side weights
+fingerprint (and the K/V projections' with `kv`), the maximum document length, the corpus content (ids and
+texts, or token ids), the storage dtype, `kv` and the shard size. Rerunning a build:
+- under the same identity resumes: every shard it keeps is verified against its sha256 (a damaged one is
+  rebuilt), stray temporary files of an interrupted run are removed, and a finished index that fails its checks
+  is repaired the same way;
+- under another identity is refused with one line naming what differs, unless `overwrite`, which always starts
+  afresh (also from a corrupted or half-written folder).
+The output folder is locked (`mice.identity.output_lock`) while a build writes it, and progress goes to the
+`mice.index` logger and `build.log` in the folder.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -31,7 +43,10 @@ import numpy as np
 from .errors import IndexError_
 from .files import write_json_atomic
 
+log = logging.getLogger("mice.index")
+
 FORMAT = "mice-index/1"
+BUILD_LOG = "build.log"
 DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
 _ALIASES = {"fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32", "i8": "int8"}
 _HASH_CHUNK = 1 << 22
@@ -202,6 +217,7 @@ def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], confi
 
 
 def _shard_complete(out: Path, s: int, expected_ids: list[str]) -> dict | None:
+    """The record of shard `s` if it is complete, holds `expected_ids` and every file matches its sha256."""
     path = out / f"{_shard_name(s)}.json"
     if not path.exists():
         return None
@@ -209,45 +225,103 @@ def _shard_complete(out: Path, s: int, expected_ids: list[str]) -> dict | None:
         rec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if sorted(rec.get("doc_ids", [])) != sorted(expected_ids):  # stored by length within the shard
+    if not isinstance(rec, dict) or sorted(rec.get("doc_ids", [])) != sorted(expected_ids):  # sorted by length
         return None
     for f in rec.get("files", {}).values():
         p = out / f["file"]
-        if not p.exists() or p.stat().st_size != f["bytes"]:
+        if not p.exists() or p.stat().st_size != f["bytes"] or _sha256_file(p) != f["sha256"]:
+            log.warning("%s: %s is damaged (size or sha256 differs from %s); rebuilding the shard",
+                        out, f["file"], path.name)
             return None
     return rec
+
+
+def content_hash(items: Iterable[tuple[str, object]]) -> str:
+    """sha256 over (doc id, content) pairs in order: texts, or token-id sequences."""
+    h = hashlib.sha256()
+    for doc_id, content in items:
+        h.update(str(doc_id).encode())
+        h.update(b"\0")
+        h.update((content if isinstance(content, str) else json.dumps([int(t) for t in content])).encode())
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def build_identity(model, config: IndexConfig, doc_ids: Sequence[str], content: str | None) -> dict:
+    """Everything that changes the bytes of an index, each component computed from content."""
+    from .identity import job_identity
+
+    return job_identity(format=FORMAT, doc_states=model.fingerprint(),
+                        kv_weights=model.kv_fingerprint() if config.kv else None,
+                        max_doc_length=int(model.mice_config.max_doc_length), hidden_size=int(model.hidden_size),
+                        dtype=config.dtype, kv=bool(config.kv), shard_size=int(config.shard_size),
+                        documents=_ids_hash(doc_ids), content=content)
 
 
 EncodeFn = Callable[[list[str]], Iterator[tuple[str, "object"]]]
 
 
 def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, config: IndexConfig | None = None,
-                     overwrite: bool = False, show_progress: bool = False) -> "DocIndex":
-    """Build (or resume) an index of `doc_ids`; `encode(ids)` yields (doc_id, states [L, H]) for those ids."""
+                     overwrite: bool = False, show_progress: bool = False,
+                     content: str | None = None) -> "DocIndex":
+    """Build (or resume) an index of `doc_ids`; `encode(ids)` yields (doc_id, states [L, H]) for those ids.
+
+    `content`: a hash of the documents' content (`content_hash`), part of the build identity, so that a resume
+    over changed texts is refused. The folder is locked while the build runs."""
+    from .identity import output_lock
+
     config = config or IndexConfig()
     out = Path(out)
     doc_ids = [str(d) for d in doc_ids]
     if len(set(doc_ids)) != len(doc_ids):
         raise IndexError_("duplicate document ids in the corpus")
-    settings = {"format": FORMAT, "model": _model_record(model, config), "dtype": config.dtype, "kv": config.kv,
-                "shard_size": config.shard_size, "documents": len(doc_ids), "ids_hash": _ids_hash(doc_ids)}
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        handler = logging.FileHandler(out / BUILD_LOG, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        log.addHandler(handler)
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
+        try:
+            return _build_locked(model, doc_ids, encode, out, config, overwrite, show_progress, content)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwrite: bool, show_progress: bool,
+                  content: str | None) -> "DocIndex":
+    from .identity import identity_diff
+
+    identity = build_identity(model, config, doc_ids, content)
+    settings = {"format": FORMAT, "identity": identity, "model": _model_record(model, config),
+                "dtype": config.dtype, "kv": config.kv, "shard_size": config.shard_size,
+                "documents": len(doc_ids), "ids_hash": _ids_hash(doc_ids)}
     build_file, manifest_file = out / "build.json", out / "manifest.json"
-    if build_file.exists():
-        previous = json.loads(build_file.read_text())
-        if previous != settings:
-            if not overwrite:
-                diff = sorted(k for k in settings if previous.get(k) != settings[k])
-                raise IndexError_(f"{out}: holds an index built with other settings ({', '.join(diff)} differ); "
-                                  "use another folder or overwrite=True (--overwrite)")
-            _clear(out)
+    _remove_temporaries(out)
+    if overwrite:
+        _clear(out)  # always recovers: corrupted, half-written or foreign folders alike
+    elif build_file.exists():
+        try:
+            previous = json.loads(build_file.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            raise IndexError_(f"{build_file}: corrupted build record; rebuild with overwrite=True (--overwrite)") \
+                from None
+        old = previous.get("identity") if isinstance(previous, dict) else None
+        diff = identity_diff(old, identity) if isinstance(old, dict) else "identity (none recorded)"
+        if diff:
+            raise IndexError_(f"{out}: holds an index built with other settings [differs: {diff}]; use another "
+                              "folder or overwrite=True (--overwrite)")
     elif manifest_file.exists() or any(out.glob("shard-*")):
-        if not overwrite:
-            raise IndexError_(f"{out}: not empty and not a resumable index build; use overwrite=True")
-        _clear(out)
+        raise IndexError_(f"{out}: not empty and not a resumable index build; use overwrite=True (--overwrite)")
     if manifest_file.exists() and build_file.exists():
-        return DocIndex.open(out, model=model)
-    write_json_atomic(build_file, settings)
+        try:
+            return DocIndex.open(out, model=model)
+        except IndexError_ as err:  # same identity, damaged files: repair the shards that fail their checks
+            log.warning("%s; repairing the index", err)
+            manifest_file.unlink()
+    else:
+        write_json_atomic(build_file, settings)
     kv_weights = kv_projection(model) if config.kv else None
     n_shards = max(1, -(-len(doc_ids) // config.shard_size))
     records = []
@@ -256,11 +330,19 @@ def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, confi
         from rich.progress import track
 
         shards = track(shards, description=f"indexing {len(doc_ids)} documents")
+    t0, built = time.perf_counter(), 0
     for s in shards:
         ids = doc_ids[s * config.shard_size: (s + 1) * config.shard_size]
         rec = _shard_complete(out, s, ids)
         if rec is None:
             rec = _write_shard(out, s, encode(ids), config, kv_weights)
+            built += 1
+            spent = time.perf_counter() - t0
+            left = n_shards - s - 1
+            log.info("%s: shard %d/%d written (%d documents, %d tokens); %.1f s so far, about %.0f s left", out,
+                     s + 1, n_shards, rec["documents"], rec["tokens"], spent, spent / built * left)
+        else:
+            log.info("%s: shard %d/%d kept (checksums verified)", out, s + 1, n_shards)
         records.append(rec)
     manifest = dict(settings)
     n_tokens = sum(r["tokens"] for r in records)
@@ -275,7 +357,17 @@ def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, confi
     })
     manifest["checksum"] = _manifest_checksum(manifest)
     write_json_atomic(manifest_file, manifest)
+    log.info("%s: index complete (%d documents, %d tokens, %d shards, %d built now)", out, len(doc_ids), n_tokens,
+             n_shards, built)
     return DocIndex.open(out, model=model, verify=False)
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Temporary files an interrupted build left (shard data, JSON written atomically); we hold the lock."""
+    for p in out.glob(".*.tmp"):
+        if p.is_file():
+            log.info("%s: removing %s left by an interrupted build", out, p.name)
+            p.unlink()
 
 
 def _clear(out: Path) -> None:
@@ -296,7 +388,8 @@ def build_index(model, corpus: Mapping[str, str], out, config: IndexConfig | Non
         for pos, states in model.iter_document_states(texts, batch_size=config.batch_size):
             yield batch_ids[pos], states
 
-    return build_index_with(model, ids, encode, out, config, overwrite=overwrite, show_progress=show_progress)
+    return build_index_with(model, ids, encode, out, config, overwrite=overwrite, show_progress=show_progress,
+                            content=content_hash((d, corpus[d]) for d in ids))
 
 
 def build_index_from_token_ids(model, docs: Mapping[str, Sequence[int]], out, config: IndexConfig | None = None,
@@ -325,7 +418,8 @@ def build_index_from_token_ids(model, docs: Mapping[str, Sequence[int]], out, co
     was = model.training
     model.eval()
     try:
-        return build_index_with(model, ids, encode, out, config, overwrite=overwrite)
+        return build_index_with(model, ids, encode, out, config, overwrite=overwrite,
+                                content=content_hash((d, docs[d]) for d in ids))
     finally:
         model.train(was)
 
@@ -398,7 +492,11 @@ class DocIndex:
             shard_json = path / f"{sh['name']}.json"
             if not shard_json.exists():
                 raise IndexError_(f"{path}: shard {sh['name']} has no {shard_json.name}")
-        index = cls(path, manifest)
+        try:
+            index = cls(path, manifest)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+            raise IndexError_(f"{path}: corrupted shard record ({type(err).__name__}: {err}); rebuild the index") \
+                from None
         if model is not None:
             index.check_model(model)
         return index
@@ -504,7 +602,3 @@ def _memmap(path: Path, dtype, shape) -> np.ndarray:
         return np.zeros(shape, dtype=dtype)
     # copy-on-write keeps the mapping read-only on disk but gives torch a writable view without copying
     return np.memmap(path, dtype=dtype, mode="c", shape=shape)
-
-
-def open_index(path, model=None, verify: bool = True) -> DocIndex:
-    return DocIndex.open(path, model=model, verify=verify)

@@ -120,10 +120,6 @@ class DocStates:
             mask[i, :n] = True
         return cls(hidden, mask)
 
-    @classmethod
-    def cat(cls, parts: Sequence["DocStates"]) -> "DocStates":
-        return cls.from_list([h for p in parts for h in p.unpadded()])
-
 
 @dataclass
 class QueryStates:

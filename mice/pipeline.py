@@ -1,10 +1,14 @@
 """A tiny stage runner for long jobs: every stage writes into a hidden work folder that becomes its real folder
 only when the stage ends, so a rerun skips finished stages and Ctrl-C never leaves a half-written artefact under
 a real name. An interrupted stage keeps its work folder, so stages with their own resume logic (re-ranking,
-sweeps, training checkpoints) continue where they stopped."""
+sweeps, training checkpoints) continue where they stopped — but only under the key it was started with: the
+work folder records its key (`partial.json`), and one made under another key is discarded, never resumed (a
+model half-trained with old settings must not be finished and recorded under new ones). A stage holds an
+exclusive lock (`mice.identity.output_lock`) on its folder while it runs."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -14,6 +18,8 @@ from typing import Callable
 from .files import write_json_atomic
 
 DONE = "stage.json"
+PARTIAL = "partial.json"  # in a work folder: the key the partial work was made under
+log = logging.getLogger("mice.pipeline")
 
 
 @dataclass
@@ -62,26 +68,50 @@ class Pipeline:
             self._say(f"[green]✓[/] {label} [dim](cached, {info['seconds']:.1f}s when run)[/]")
             self.results.append(StageResult(name, info["seconds"], True, info.get("outputs", {})))
             return info.get("outputs", {})
+        from .identity import output_lock
+
         folder = self.folder(name)
         work = folder.with_name(f".{name}.partial")
-        resumed = work.exists()
-        work.mkdir(parents=True, exist_ok=True)
-        self._say(f"[bold cyan]▶[/] {label} …" + (" [dim](resuming)[/]" if resumed else ""))
-        start = time.perf_counter()
-        try:
-            outputs = fn(work) or {}
-        except BaseException:
-            self._say(f"[red]✗[/] {label} stopped; its partial work is kept in {work} for the next run")
-            raise
-        seconds = time.perf_counter() - start
-        write_json_atomic(work / DONE, {"stage": name, "seconds": seconds, "outputs": outputs,
-                                        "fingerprint": key})
-        if folder.exists():
-            shutil.rmtree(folder)
-        work.rename(folder)
+        with output_lock(work):
+            resumed = self._adopt_partial(work, key, label)
+            self._say(f"[bold cyan]▶[/] {label} …" + (" [dim](resuming)[/]" if resumed else ""))
+            start = time.perf_counter()
+            try:
+                outputs = fn(work) or {}
+            except BaseException:
+                self._say(f"[red]✗[/] {label} stopped; its partial work is kept in {work} for the next run")
+                raise
+            seconds = time.perf_counter() - start
+            write_json_atomic(work / DONE, {"stage": name, "seconds": seconds, "outputs": outputs,
+                                            "fingerprint": key})
+            (work / PARTIAL).unlink(missing_ok=True)
+            if folder.exists():
+                shutil.rmtree(folder)
+            work.rename(folder)
         self._say(f"[green]✓[/] {label} [dim]({seconds:.1f}s)[/]")
         self.results.append(StageResult(name, seconds, False, outputs))
         return outputs
+
+    def _adopt_partial(self, work: Path, key, label: str) -> bool:
+        """Keep `work` for resumption only if it was made under `key`; otherwise start it afresh. Returns
+        whether partial work is resumed. The key is recorded before the stage writes anything."""
+        from .identity import identity_diff
+
+        if work.exists():
+            try:
+                recorded = json.loads((work / PARTIAL).read_text()).get("key")
+                diff = identity_diff(recorded, key)
+            except (OSError, json.JSONDecodeError, AttributeError):
+                diff = "no key recorded"
+            if not diff:
+                return True
+            message = f"{label}: discarding partial work in {work} made under another key [differs: {diff}]"
+            log.info(message)
+            self._say(f"[yellow]{message}[/]")
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        write_json_atomic(work / PARTIAL, {"key": key})
+        return False
 
     def timings(self):
         import pandas as pd

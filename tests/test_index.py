@@ -12,7 +12,7 @@ import torch
 
 from mice.errors import IndexError_
 from mice.fast_rerank import FastMICE, FastReranker
-from mice.index import DocIndex, IndexConfig, build_index, build_index_with
+from mice.index import DocIndex, IndexConfig, build_index, build_index_with, content_hash
 from mice.mice_model import MICEModel
 from mice.testing import _WORDS, tiny_cross_encoder
 
@@ -206,7 +206,7 @@ def test_interrupted_build_resumes(model, tmp_path):
             yield ids[i], s
 
     with pytest.raises(KeyboardInterrupt):
-        build_index_with(model, list(corpus), encode_then_fail, out, config)
+        build_index_with(model, list(corpus), encode_then_fail, out, config, content=content_hash(corpus.items()))
     assert not (out / "manifest.json").exists()
     assert (out / "shard-00001.json").exists() and not (out / "shard-00002.json").exists()
     assert not list(out.glob(".*tmp"))  # the torn shard left no temporary files

@@ -190,7 +190,7 @@ def test_resume_after_kill_equals_uninterrupted_run(env):
     out = env["root"] / "killed"
     with pytest.raises(Killed):
         Trainer(_cfg(env, out, **kw), callbacks=[kill_at_5], quiet=True).train()
-    assert torch.load(out / "last" / "trainer_state.pt", weights_only=False)["step"] == 4
+    assert torch.load(out / "last" / "trainer_state.pt", weights_only=True)["step"] == 4
     # a kill between the two renames of a checkpoint swap leaves only `.last.old`: resume must find it
     (out / "last").rename(out / ".last.old")
     resumed = Trainer(_cfg(env, out, resume=True, **kw), quiet=True).train()
@@ -212,7 +212,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert isinstance(result.exception, TrainingDiverged), result.output
     message = str(result.exception)
     assert "diverged at step 2" in message and "last good checkpoint" in message and "--lr" in message
-    state = torch.load(out / "last" / "trainer_state.pt", weights_only=False)
+    state = torch.load(out / "last" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 1
     assert all(torch.isfinite(v).all() for v in weights(out / "last").values())
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
@@ -302,7 +302,7 @@ def test_wall_clock_budget_stops_the_run_and_keeps_its_models(env):
 
     res = Trainer(_cfg(env, env["root"] / "budget", max_steps=50, max_minutes=1e-4), quiet=True).train()
     assert res.stopped_by == "max_minutes" and res.steps == 1
-    assert torch.load(res.output / "last" / "trainer_state.pt", weights_only=False)["step"] == 1
+    assert torch.load(res.output / "last" / "trainer_state.pt", weights_only=True)["step"] == 1
     assert (res.output / "best" / "model.safetensors").exists()
     assert json.loads((res.output / "summary.json").read_text())["stopped_by"] == "max_minutes"
 

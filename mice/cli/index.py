@@ -67,13 +67,15 @@ def _print_info(info: dict) -> None:
 
 _MODEL = typer.Option(None, "--model", "-m", help="MICE folder (or a cross-encoder with --layers a+b)")
 _DATASET = typer.Option(None, "--dataset", "-d", help="Dataset spec whose corpus is indexed")
-_OUT = typer.Option(None, "--out", "-o", help="Index folder to write (resumed if a build was interrupted)")
+_OUT = typer.Option(None, "--out", "-o", help="Index folder to write (resumed if a build was interrupted; kept "
+                    "shards are verified against their sha256; progress also goes to build.log there)")
 _DTYPE = typer.Option("float16", "--dtype", help="Storage: float16, float32 or int8 (per-token scale)")
 _KV = typer.Option(False, "--kv/--no-kv", help="Also store each live interaction layer's cross-attention "
                    "keys/values (more storage, faster re-ranking)")
 _SHARD = typer.Option(4096, "--shard-size", help="Documents per shard (the unit of resumption)")
 _BATCH = typer.Option(32, "--batch-size", help="Documents per forward pass")
-_OVERWRITE = typer.Option(False, "--overwrite", help="Replace an index built with other settings")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Start afresh, whatever the folder holds (an index built "
+                          "with other settings, a corrupted or a half-written one)")
 _LAYERS = typer.Option(None, "--layers", help="a+b, to build MICE-ℓa+b from a plain cross-encoder")
 _DEVICE = typer.Option(None, "--device", help="cpu, cuda, ...")
 

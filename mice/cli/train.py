@@ -2,6 +2,8 @@
 
 Settings come from a preset (`--preset tiny|quick|paper`), then a config file (`--config run.toml|run.json`,
 flat keys named like `mice.train.TrainConfig` fields), then the flags below and `--set key=value`.
+Progress lines also go to `output/train.log` (through `logging`, logger `mice.train`). Checkpoints hold only
+tensors and plain values (loaded with `weights_only=True`), and the output folder is locked while a run writes it.
 Data-parallel (DDP), same flags: `accelerate launch --multi_gpu --num_processes N -m mice train ...`; on CPU
 processes (gloo) also set `ACCELERATE_USE_CPU=1` (`accelerate launch --cpu` starts a single process unless MPI
 is configured). `--batch-size` is per process: N processes with batch B train like one with batch N·B.
@@ -48,8 +50,10 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed"),
     num_threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (1 is faster on a busy machine)"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Several runs, e.g. 0,1,2 (output/seed-N/ each)"),
-    resume: bool = typer.Option(False, "--resume", help="Continue from output/last/ if it exists"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what output/ holds"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from output/last/ if it exists; refused (one "
+                                "line naming what differs) unless settings, data, start and teacher weights and "
+                                "mask are those it was trained under"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what output/ holds (start afresh)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting: --set key=value (repeatable)"),
     show_config: bool = typer.Option(False, "--show-config", help="Print the resolved settings and exit"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),

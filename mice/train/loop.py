@@ -8,16 +8,26 @@ BM25 top-k is re-ranked (each process scores a slice; results are gathered) and 
 Output folder:
 - `best/`: the best model by dev RR@10, a plain folder `mice.models.load_scorer` opens;
 - `last/`: the latest checkpoint: the model folder plus `trainer_state.pt` (optimizer, scheduler, step, best,
-  elapsed time) and `rng_state_<rank>.pt`; written to a temporary folder and swapped in, so a kill at any moment
-  leaves either the previous or the new checkpoint;
-- `train_log.csv` (step, loss, lr, pairs_per_s, dev RR@10, …), `summary.json`, `train_config.json`.
+  elapsed time, the job identity) and `rng_state_<rank>.pt`; written to a temporary folder and swapped in, so a
+  kill at any moment leaves either the previous or the new checkpoint. Both files hold only tensors and plain
+  Python values and are read with `torch.load(..., weights_only=True)`: a checkpoint received from someone else
+  cannot run code on `--resume` (a pickle that needs more is refused);
+- `train_log.csv` (step, loss, lr, pairs_per_s, dev RR@10, …), `train.log` (every progress line, also when no
+  terminal is attached), `summary.json`, `train_config.json`.
+
+Resuming is allowed only under the same job identity (`Trainer.identity`): the settings that change what a step
+computes, the content of the training/dev data, the start model's (and teacher's) weights and the resolved mask.
+Anything else is refused with one line naming what differs; `--overwrite` starts afresh. The output folder is
+locked (`mice.identity.output_lock`) while a run writes it.
 
 On one process it behaves exactly like a plain PyTorch loop (no wrapping happens); under `accelerate launch`
 gradients are averaged across processes, so R processes with batch B reproduce one process with batch R·B.
 """
 from __future__ import annotations
 
+import logging
 import math
+import pickle
 import random
 import shutil
 import time
@@ -28,16 +38,44 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import MiceError
+from ..errors import IdentityError
 from .config import SOURCE_TEACHER, ConfigError, TrainConfig, TrainingDiverged
 
+log = logging.getLogger("mice.train")
+
 STATE_FILE = "trainer_state.pt"
-STATE_FORMAT = "mice-train-state/1"
+STATE_FORMAT = "mice-train-state/2"  # /1 was pickled (numpy RNG arrays): refused, it cannot be loaded safely
+LOG_FILE = "train.log"
 LOG_COLUMNS = ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "dev_ndcg10"]
 DEV_METRICS = ("RR@10", "nDCG@10")
 # settings that may change when resuming (they do not change what a step computes)
 _RESUME_FREE = {"output", "resume", "overwrite", "max_minutes", "num_threads", "eval_every", "save_every",
                 "log_every", "eval_batch_size", "teacher_batch_size", "teacher_cache", "max_steps"}
+# settings whose *content* enters the identity instead of their spec string (see `Trainer.identity`)
+_BY_CONTENT = {"model", "dataset", "dev_dataset", "teacher", "mask"}
+
+
+class TrainStateError(ConfigError):
+    """A checkpoint's state file cannot be loaded safely (pickled, foreign or corrupted)."""
+
+
+def safe_load(path: Path):
+    """`torch.load(path, weights_only=True)`: tensors and plain Python values only, never arbitrary pickle.
+
+    Anything else (an old pickled state, a crafted payload, a torn file) becomes one `TrainStateError` line; the
+    payload is never executed."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainStateError(f"{path}: missing from the checkpoint") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrainStateError(
+            f"{path}: refused: not a plain-tensor training state ({first[:120]}); it was written by an older "
+            "mice or tampered with, and loading it would need pickle, which can run code. Start over with "
+            "--overwrite") from None
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -100,8 +138,14 @@ class Trainer:
     def output(self) -> Path:
         return Path(self.config.output)
 
-    def _print(self, message: str) -> None:
-        if not self.quiet and self.acc.is_main_process:
+    def _print(self, message: str, console: bool = True) -> None:
+        """One progress line: to the `mice.train` logger (hence `train.log`) and, unless quiet, the console."""
+        if not self.acc.is_main_process:
+            return
+        from rich.text import Text
+
+        log.info(Text.from_markup(message).plain)
+        if console and not self.quiet:
             self.console.print(message, highlight=False)
 
     def _prepare_output(self) -> Path | None:
@@ -242,7 +286,7 @@ class Trainer:
             state = {"format": STATE_FORMAT, "step": self.step, "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "best_metric": self.best_metric,
                      "best_step": self.best_step, "best_dev": self.best_dev, "elapsed_s": self.elapsed(),
-                     "world_size": acc.num_processes, "config": self.config.to_dict()}
+                     "world_size": acc.num_processes, "config": self.config.to_dict(), "identity": self.job}
             torch.save(state, tmp / STATE_FILE)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -251,18 +295,49 @@ class Trainer:
         acc.wait_for_everyone()
         self._last_save_s = time.perf_counter() - t0
 
-    def _load_checkpoint(self, folder: Path) -> None:
-        import torch
+    def identity(self) -> dict:
+        """What a resumed run must share with the run that wrote the checkpoint: every setting that changes
+        what a step computes, and by content (not by spec string) the training/dev data, the start model's
+        weights, the teacher and the resolved mask. Call after the data is loaded."""
+        from ..identity import dataset_identity, file_hash, job_identity, weights_fingerprint
+        from .teacher import is_score_file
 
-        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
-        if state.get("format") != STATE_FORMAT:
-            raise MiceError(f"{folder / STATE_FILE}: unknown checkpoint format {state.get('format')!r}")
-        saved = state.get("config", {})
-        changed = [k for k, v in self.config.to_dict().items()
-                   if k not in _RESUME_FREE and k in saved and saved[k] != v]
-        if changed:
-            raise ConfigError(f"{folder}: cannot resume with different settings: "
-                              + ", ".join(f"{k} {saved[k]!r} -> {getattr(self.config, k)!r}" for k in changed))
+        cfg = self.config
+        settings = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE and k not in _BY_CONTENT}
+        parts = {"config." + k: v for k, v in settings.items()}
+        parts["start_model"] = weights_fingerprint(cfg.model)
+        parts["data"] = dataset_identity(self.ds, [cfg.train_split] + ([cfg.dev_split] if cfg.dev_split and
+                                                                       not cfg.dev_dataset else []))
+        if cfg.dev_dataset and cfg.dev_split:
+            from ..data import load_dataset
+
+            parts["dev_data"] = dataset_identity(load_dataset(cfg.dev_dataset), [cfg.dev_split])
+        if cfg.needs_teacher and cfg.teacher:
+            if is_score_file(cfg.teacher):
+                parts["teacher"] = "file:" + file_hash(cfg.teacher)
+            else:
+                parts["teacher"] = weights_fingerprint(cfg.model if cfg.teacher == SOURCE_TEACHER else cfg.teacher)
+        if cfg.mode == "masked" and cfg.mask:
+            parts["mask"] = _mask_identity(cfg)
+        return job_identity(**parts)
+
+    def _read_state(self, folder: Path) -> dict:
+        """Load `folder`'s state safely and refuse it unless it was written under this run's identity."""
+        state = safe_load(folder / STATE_FILE)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise TrainStateError(f"{folder / STATE_FILE}: unknown checkpoint format {fmt!r} (expected "
+                                  f"{STATE_FORMAT!r}; older checkpoints cannot be resumed): start over with "
+                                  "--overwrite")
+        from ..identity import identity_diff
+
+        diff = identity_diff(state.get("identity"), self.job)
+        if diff:
+            raise IdentityError(f"{self.output}: cannot resume, the checkpoint was trained under another job "
+                                f"[differs: {diff}]; pass --overwrite to start over")
+        return state
+
+    def _load_checkpoint(self, folder: Path, state: dict) -> None:
         if state.get("world_size", 1) != self.acc.num_processes:
             self._print(f"[yellow]note:[/] resuming a {state.get('world_size')}-process run on "
                         f"{self.acc.num_processes} process(es)")
@@ -275,10 +350,10 @@ class Trainer:
         self._elapsed_before = float(state["elapsed_s"])
         rng_file = folder / f"rng_state_{self.acc.process_index}.pt"
         if rng_file.exists():
-            _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
-        log = self.output / "train_log.csv"
-        if log.exists():
-            df = pd.read_csv(log)
+            _set_rng_state(safe_load(rng_file), rng_file)
+        log_csv = self.output / "train_log.csv"
+        if log_csv.exists():
+            df = pd.read_csv(log_csv)
             self.log_rows = [r for r in df.to_dict("records") if r["step"] <= self.step]
 
     # ------------------------------------------------------------------------------------------- logging
@@ -304,8 +379,34 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- train
     def train(self) -> TrainResult:
-        import torch
+        """Run (or resume) training; the output folder is locked against a second writer meanwhile."""
+        import contextlib
+
         from accelerate import Accelerator
+
+        from ..identity import output_lock
+
+        cfg = self.config
+        self.acc = self.accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        lock = output_lock(self.output) if self.acc.is_main_process else contextlib.nullcontext()
+        with lock:
+            handler = None
+            if self.acc.is_main_process:
+                self.output.mkdir(parents=True, exist_ok=True)
+                handler = logging.FileHandler(self.output / LOG_FILE, encoding="utf-8")
+                handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+                log.addHandler(handler)
+                if log.level == logging.NOTSET or log.level > logging.INFO:
+                    log.setLevel(logging.INFO)
+            try:
+                return self._train()
+            finally:
+                if handler is not None:
+                    log.removeHandler(handler)
+                    handler.close()
+
+    def _train(self) -> TrainResult:
+        import torch
         from rich.console import Console
 
         from ..files import write_json_atomic
@@ -315,18 +416,20 @@ class Trainer:
         cfg = self.config
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        self.acc = acc = self.accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        acc = self.acc
         self.console = Console(stderr=False)
         world, rank = acc.num_processes, acc.process_index
         self._t0 = time.perf_counter()
         self._elapsed_before = 0.0
         self._last_eval_s = self._last_save_s = 0.0
         resume_from = self._prepare_output()
+        _seed_everything(cfg.seed)
+        self._load_data()
+        self.job = self.identity()
+        state = self._read_state(resume_from) if resume_from is not None else None  # refuse before any work
         if acc.is_main_process:
             self.output.mkdir(parents=True, exist_ok=True)
             cfg.save(self.output / "train_config.json")
-        _seed_everything(cfg.seed)
-        self._load_data()
 
         student = build_student(cfg, source=str(resume_from) if resume_from else None)
         student.train()
@@ -337,7 +440,7 @@ class Trainer:
         # the scheduler is stepped by hand, once per optimizer step (accelerate would step it once per process)
         self.model, self.optimizer = acc.prepare(student, optimizer)
         if resume_from is not None:
-            self._load_checkpoint(resume_from)
+            self._load_checkpoint(resume_from, state)
             self._print(f"resuming from {resume_from} at step {self.step}")
         start_step = self.step
 
@@ -387,9 +490,13 @@ class Trainer:
                     rate = pairs_per_step * window_steps / max(now - window_t, 1e-9)
                     self._log(step=self.step, loss=window_loss / window_steps, lr=lr, pairs_per_s=rate,
                               elapsed_s=self.elapsed())
-                    if not self.console.is_terminal:  # logs to a file (nohup): one plain line per log step
-                        self._print(f"step {self.step:>6}/{cfg.max_steps}  loss {window_loss / window_steps:.4f}  "
-                                    f"lr {lr:.2e}  {rate:.1f} pairs/s  [{self.elapsed():.0f} s]")
+                    # one plain line per log step: always to train.log; to the console when it is not a
+                    # terminal (nohup), where the progress bar would not show
+                    session = time.perf_counter() - self._t0
+                    left = session / (self.step - start_step) * (cfg.max_steps - self.step)
+                    self._print(f"step {self.step:>6}/{cfg.max_steps}  loss {window_loss / window_steps:.4f}  "
+                                f"lr {lr:.2e}  {rate:.1f} pairs/s  [{self.elapsed():.0f} s, about {left:.0f} s "
+                                "left]", console=not self.console.is_terminal)
                     progress.update(task, info=f"loss {window_loss / window_steps:.4f}  {rate:.0f} pairs/s"
                                     + (f"  best RR@10 {self.best_metric:.4f}" if self.best_metric is not None
                                        else ""))
@@ -488,12 +595,24 @@ class Trainer:
 
 
 def _checkpoint_step(folder: Path):
-    import torch
-
     try:
-        return int(torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)["step"])
+        return int(safe_load(folder / STATE_FILE)["step"])
     except Exception:  # noqa: BLE001 - only for the message
         return "?"
+
+
+def _mask_identity(cfg: TrainConfig) -> str:
+    """The resolved allow-tables of the masked run's mask (a preset spec and the equivalent file agree)."""
+    from transformers import AutoConfig
+
+    from ..backbone import resolve_model_path
+    from ..hf import quiet_hf
+    from ..identity import mask_identity
+    from ..masks import InteractionMask
+
+    quiet_hf()
+    n_layers = int(AutoConfig.from_pretrained(resolve_model_path(cfg.model)).num_hidden_layers)
+    return mask_identity(InteractionMask.parse(str(cfg.mask), n_layers), cfg.mask_mode)
 
 
 def _seed_everything(seed: int) -> None:
@@ -505,20 +624,33 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
+    """Every RNG's state as tensors and plain values (loads with `weights_only=True`; no numpy arrays)."""
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, path: Path | str = "rng state") -> None:
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    try:
+        version, internal, gauss = state["python"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+        npst = state["numpy"]
+        np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                             npst["cached_gaussian"]))
+        torch.set_rng_state(state["torch"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise TrainStateError(f"{path}: malformed RNG state ({type(err).__name__}: {err}); start over with "
+                              "--overwrite") from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

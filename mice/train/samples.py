@@ -44,11 +44,6 @@ class TrainingPool:
     def __len__(self) -> int:
         return len(self.query_ids)
 
-    def pairs(self) -> pd.DataFrame:
-        """Every (query_id, doc_id) a group can contain (what a teacher may be asked to score)."""
-        rows = [(q, d) for q in self.query_ids for d in dict.fromkeys(self.positives[q] + self.candidates[q])]
-        return pd.DataFrame(rows, columns=["query_id", "doc_id"])
-
 
 def pool_from_dataset(dataset, split: str, depth: int) -> TrainingPool:
     """Relevant documents from the qrels of `split`, negatives from BM25's top-`depth` minus the judged relevant."""
@@ -141,6 +136,3 @@ class GroupSampler:
         """This process's share of the global batch of step `step` (global size = size × world)."""
         start = (step * world + rank) * size
         return [self.group(start + j) for j in range(size)]
-
-    def epoch_of(self, step: int, size: int, world: int = 1) -> float:
-        return step * size * world / len(self.pool)
