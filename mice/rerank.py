@@ -91,7 +91,7 @@ def job_identity(scorer, dataset: Dataset, split: str, queries: dict[str, str], 
     """Content identity of a re-ranking job: the scorer's own identity (loaded weights, resolved mask tables,
     lengths, index checksum), the corpus content, the query texts and candidates, and every setting that changes
     the output. `job` (a string or dict) adds to it."""
-    from .identity import job_identity as _identity
+    from .identity import dataset_identity, job_identity as _identity
 
     h = hashlib.sha256()
     for qid in sorted(cands):
@@ -101,7 +101,7 @@ def job_identity(scorer, dataset: Dataset, split: str, queries: dict[str, str], 
     else:  # a scorer of the user's own: `job` names it, else its class and path
         scorer_id = {} if job else {"scorer": _scorer_name(scorer)}
     extra = job if isinstance(job, dict) else ({"job": job} if job else {})
-    return _identity(**scorer_id, **extra, corpus=dataset.fingerprint(), split=split, candidates=h.hexdigest(),
+    return _identity(**scorer_id, **extra, corpus=dataset_identity(dataset), split=split, candidates=h.hexdigest(),
                      k=k, batch_size=batch_size, chunk_pairs=chunk_pairs)
 
 

@@ -59,8 +59,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 }
 
 
-def _describe(name: str, low, high, low_inclusive) -> str:
-    opt = "--" + name.replace("_", "-")
+def _describe(name: str, low, high, low_inclusive, flag: str | None = None) -> str:
+    opt = flag or "--" + name.replace("_", "-")
     if low is not None and high is not None:
         return f"{opt} must be in {'[' if low_inclusive else '('}{low}, {high}]"
     if low is not None:
@@ -68,8 +68,8 @@ def _describe(name: str, low, high, low_inclusive) -> str:
     return f"{opt} must be <= {high}"
 
 
-def check_setting(name: str, value: Any) -> Any:
-    """Check one named setting against `RANGES` (None passes: it means "default")."""
+def check_setting(name: str, value: Any, flag: str | None = None) -> Any:
+    """Check one named setting against `RANGES` (None passes: it means "default"); `flag` names it in errors."""
     if value is None or isinstance(value, bool) or name not in RANGES:
         return value
     if not isinstance(value, (int, float)):
@@ -81,14 +81,15 @@ def check_setting(name: str, value: Any) -> Any:
     if high is not None:
         bad = bad or value > high
     if bad:
-        raise SettingError(f"{_describe(name, low, high, low_inclusive)} (got {value})")
+        raise SettingError(f"{_describe(name, low, high, low_inclusive, flag)} (got {value})")
     return value
 
 
-def check_settings(values: Mapping[str, Any]) -> None:
-    """Check every known numeric setting of a call (CLI keyword arguments or an API call's arguments)."""
+def check_settings(values: Mapping[str, Any], flags: Mapping[str, str] | None = None) -> None:
+    """Check every known numeric setting of a call (CLI keyword arguments or an API call's arguments); `flags`
+    maps Python names to the option names users typed (`num_threads` -> `--threads`)."""
     for name, value in values.items():
-        check_setting(name, value)
+        check_setting(name, value, (flags or {}).get(name))
 
 
 def positive(name: str, value: int) -> int:

@@ -44,11 +44,19 @@ def _checked(callback):
     if getattr(callback, "_mice_checked", False):
         return callback
 
+    import inspect
+
+    flags = {}
+    for name, param in inspect.signature(callback).parameters.items():
+        decls = [d for d in (getattr(param.default, "param_decls", None) or ()) if d.startswith("--")]
+        if decls:
+            flags[name] = decls[0]
+
     @functools.wraps(callback)
     def run(*args, **kwargs):
         from ..validate import check_settings
 
-        check_settings(kwargs)
+        check_settings(kwargs, flags)
         return callback(*args, **kwargs)
 
     run._mice_checked = True
@@ -56,8 +64,10 @@ def _checked(callback):
 
 
 def iter_commands(typer_app=None, prefix=()):
-    """(command path, CommandInfo) for every command of the CLI, sub-apps included."""
+    """(command path, CommandInfo) for every command of the CLI, sub-apps and their own callbacks included."""
     typer_app = typer_app or app
+    if prefix and typer_app.registered_callback is not None and typer_app.registered_callback.callback:
+        yield prefix, typer_app.registered_callback
     for info in typer_app.registered_commands:
         yield (*prefix, info.name or info.callback.__name__), info
     for group in typer_app.registered_groups:

@@ -11,36 +11,21 @@ index_app = typer.Typer(help="Build and inspect MICE document-state indexes (`mi
                         invoke_without_command=True)
 
 
-def load_mice(model: str, layers: Optional[str] = None, device: Optional[str] = None):
-    """A MICE folder, or (with `--layers a+b`) a cross-encoder/encoder turned into MICE-ℓa+b on the spot."""
-    from ..errors import ModelError
-    from ..mice_model import MICEModel
-    from ..models import is_mice_folder
-    from ..backbone import resolve_model_path
+def load_mice(model: str, arch: Optional[str] = None, device: Optional[str] = None):
+    """A MICE folder, or (with `--arch a+b`) a cross-encoder turned into MICE-ℓa+b on the spot (`mice.load`)."""
+    from ..models import load
 
-    path = resolve_model_path(model)
-    if is_mice_folder(path):
-        if layers:
-            raise ModelError(f"{model} is a MICE model already; --layers does not apply")
-        return MICEModel.from_pretrained(path, device=device)
-    if not layers:
-        raise ModelError(f"{model} is not a MICE folder (config.json without a \"mice\" key); give --layers a+b "
-                         "to build MICE-ℓa+b from this cross-encoder")
-    try:
-        a, b = (int(x) for x in layers.split("+"))
-    except ValueError:
-        raise ModelError(f"--layers {layers!r}: expected a+b, e.g. 3+3") from None
-    return MICEModel.from_cross_encoder(path, contextual_layers=a, interaction_layers=b, device=device)
+    return load(model, arch=arch, device=device, kind="mice")
 
 
 def _build(model: str, dataset: str, out: Path, dtype: str, kv: bool, shard_size: int, batch_size: int,
-           overwrite: bool, layers: Optional[str], device: Optional[str]) -> None:
+           overwrite: bool, arch: Optional[str], device: Optional[str]) -> None:
     from ..data import load_dataset
     from ..index import IndexConfig, build_index
     from .data import plain_warnings
 
     with plain_warnings():
-        mice = load_mice(model, layers, device)
+        mice = load_mice(model, arch, device)
         corpus = load_dataset(dataset).corpus()
         config = IndexConfig(dtype=dtype, kv=kv, shard_size=shard_size, batch_size=batch_size)
         if (out / "build.json").exists() and not (out / "manifest.json").exists():
@@ -65,7 +50,7 @@ def _print_info(info: dict) -> None:
     Console().print(table)
 
 
-_MODEL = typer.Option(None, "--model", "-m", help="MICE folder (or a cross-encoder with --layers a+b)")
+_MODEL = typer.Option(None, "--model", "-m", help="MICE folder (or a cross-encoder with --arch a+b)")
 _DATASET = typer.Option(None, "--dataset", "-d", help="Dataset spec whose corpus is indexed")
 _OUT = typer.Option(None, "--out", "-o", help="Index folder to write (resumed if a build was interrupted; kept "
                     "shards are verified against their sha256; progress also goes to build.log there)")
@@ -76,14 +61,14 @@ _SHARD = typer.Option(4096, "--shard-size", help="Documents per shard (the unit 
 _BATCH = typer.Option(32, "--batch-size", help="Documents per forward pass")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Start afresh, whatever the folder holds (an index built "
                           "with other settings, a corrupted or a half-written one)")
-_LAYERS = typer.Option(None, "--layers", help="a+b, to build MICE-ℓa+b from a plain cross-encoder")
+_ARCH = typer.Option(None, "--arch", help="a+b, to build MICE-ℓa+b from a plain cross-encoder")
 _DEVICE = typer.Option(None, "--device", help="cpu, cuda, ...")
 
 
 @index_app.callback()
 def index_main(ctx: typer.Context, model: Optional[str] = _MODEL, dataset: Optional[str] = _DATASET,
                out: Optional[Path] = _OUT, dtype: str = _DTYPE, kv: bool = _KV, shard_size: int = _SHARD,
-               batch_size: int = _BATCH, overwrite: bool = _OVERWRITE, layers: Optional[str] = _LAYERS,
+               batch_size: int = _BATCH, overwrite: bool = _OVERWRITE, arch: Optional[str] = _ARCH,
                device: Optional[str] = _DEVICE) -> None:
     """Build and inspect MICE document-state indexes."""
     if ctx.invoked_subcommand is not None:
@@ -95,19 +80,19 @@ def index_main(ctx: typer.Context, model: Optional[str] = _MODEL, dataset: Optio
         from ..errors import MiceError
 
         raise MiceError("mice index: building needs --model, --dataset and --out (or see `mice index --help`)")
-    _build(model, dataset, out, dtype, kv, shard_size, batch_size, overwrite, layers, device)
+    _build(model, dataset, out, dtype, kv, shard_size, batch_size, overwrite, arch, device)
 
 
 @index_app.command("build")
 def build_cmd(model: str = typer.Option(..., "--model", "-m", help="MICE folder (or a cross-encoder with "
-                                        "--layers a+b)"),
+                                        "--arch a+b)"),
               dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec whose corpus is indexed"),
               out: Path = typer.Option(..., "--out", "-o", help="Index folder (resumed if interrupted)"),
               dtype: str = _DTYPE, kv: bool = _KV, shard_size: int = _SHARD, batch_size: int = _BATCH,
-              overwrite: bool = _OVERWRITE, layers: Optional[str] = _LAYERS,
+              overwrite: bool = _OVERWRITE, arch: Optional[str] = _ARCH,
               device: Optional[str] = _DEVICE) -> None:
     """Encode every document of DATASET once to its layer-a states; resumable shard by shard."""
-    _build(model, dataset, out, dtype, kv, shard_size, batch_size, overwrite, layers, device)
+    _build(model, dataset, out, dtype, kv, shard_size, batch_size, overwrite, arch, device)
 
 
 @index_app.command("info")

@@ -68,6 +68,9 @@ def read_jsonl_texts(path: str | os.PathLike, kind: str) -> dict[str, str]:
     skips = _Skips(path, "documents" if kind == "doc" else "queries")
     for lineno, obj in _jsonl(path):
         key = _field(obj, "_id", path, lineno)
+        if not key.strip() or any(c.isspace() for c in key):
+            raise DataError(f"{path}:{lineno}: '_id' must be a non-empty id without spaces, got {key!r} "
+                            "(run files separate fields by whitespace)")
         text = _field(obj, "text", path, lineno).strip()
         if kind == "doc":
             title = _field(obj, "title", path, lineno, required=False).strip()
