@@ -155,7 +155,7 @@ class Demo:
         out = folder / f"{name}-{domain}.trec"
         ds = load_dataset(self.datasets()[domain])
         rerank(scorer, ds, "test", self.path("bm25", f"{domain}.trec"), k=self.p.first_stage_k,
-               batch_size=32, out=out, progress=self.console is not None, tag=name,
+               batch_size=32, out=out, show_progress_bar=self.console is not None, tag=name,
                query_ids=_subset_queries(ds, "test", self.p.test_queries))
         return out
 

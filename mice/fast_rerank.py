@@ -286,7 +286,7 @@ class FastReranker:
 
         return rank_by_scores(self.score(query, doc_ids), list(doc_ids), top_k, return_documents, text_key="doc_id")
 
-    def rerank(self, run, queries: Mapping[str, str], k: int | None = None, show_progress: bool = False):
+    def rerank(self, run, queries: Mapping[str, str], k: int | None = None, show_progress_bar: bool = False):
         """Re-score the top `k` candidates of each query of `run` (DataFrame query_id, doc_id, score);
         returns a run DataFrame of the new scores, sorted per query. Queries without text are an error."""
         import pandas as pd
@@ -297,7 +297,7 @@ class FastReranker:
         groups = run.sort_values(["query_id", "score"], ascending=[True, False], kind="stable").groupby(
             "query_id", sort=False)
         it = groups
-        if show_progress:
+        if show_progress_bar:
             from rich.progress import track
 
             it = track(groups, total=groups.ngroups, description="re-ranking from the index")

@@ -262,7 +262,7 @@ EncodeFn = Callable[[list[str]], Iterator[tuple[str, "object"]]]
 
 
 def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, config: IndexConfig | None = None,
-                     overwrite: bool = False, show_progress: bool = False,
+                     overwrite: bool = False, show_progress_bar: bool = False,
                      content: str | None = None) -> "DocIndex":
     """Build (or resume) an index of `doc_ids`; `encode(ids)` yields (doc_id, states [L, H]) for those ids.
 
@@ -283,13 +283,13 @@ def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, confi
         if log.level == logging.NOTSET or log.level > logging.INFO:
             log.setLevel(logging.INFO)
         try:
-            return _build_locked(model, doc_ids, encode, out, config, overwrite, show_progress, content)
+            return _build_locked(model, doc_ids, encode, out, config, overwrite, show_progress_bar, content)
         finally:
             log.removeHandler(handler)
             handler.close()
 
 
-def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwrite: bool, show_progress: bool,
+def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwrite: bool, show_progress_bar: bool,
                   content: str | None) -> "DocIndex":
     from .identity import identity_diff
 
@@ -326,7 +326,7 @@ def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwr
     n_shards = max(1, -(-len(doc_ids) // config.shard_size))
     records = []
     shards = range(n_shards)
-    if show_progress:
+    if show_progress_bar:
         from rich.progress import track
 
         shards = track(shards, description=f"indexing {len(doc_ids)} documents")
@@ -377,7 +377,7 @@ def _clear(out: Path) -> None:
 
 
 def build_index(model, corpus: Mapping[str, str], out, config: IndexConfig | None = None, overwrite: bool = False,
-                show_progress: bool = False) -> "DocIndex":
+                show_progress_bar: bool = False) -> "DocIndex":
     """Encode every document of `corpus` (doc_id -> text) once with `model`'s contextual layers and store the
     states in `out`. Resumable: rerunning after an interruption continues at the first incomplete shard."""
     config = config or IndexConfig()
@@ -388,7 +388,7 @@ def build_index(model, corpus: Mapping[str, str], out, config: IndexConfig | Non
         for pos, states in model.iter_document_states(texts, batch_size=config.batch_size):
             yield batch_ids[pos], states
 
-    return build_index_with(model, ids, encode, out, config, overwrite=overwrite, show_progress=show_progress,
+    return build_index_with(model, ids, encode, out, config, overwrite=overwrite, show_progress_bar=show_progress_bar,
                             content=content_hash((d, corpus[d]) for d in ids))
 
 

@@ -134,7 +134,7 @@ def _progress(enabled: bool):
 
 
 def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | str | os.PathLike", k: int = 100,
-           batch_size: int = 32, out: "str | os.PathLike | None" = None, progress: bool = False,
+           batch_size: int = 32, out: "str | os.PathLike | None" = None, show_progress_bar: bool = False,
            tag: str = "mice-rerank", job: "str | dict | None" = None, chunk_pairs: int | None = None,
            score_fn: Callable[[object, CandidateBatch, int], np.ndarray] = score_batch,
            query_ids: "Iterable[str] | None" = None, overwrite: bool = False) -> pd.DataFrame:
@@ -155,12 +155,12 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
     if chunk_pairs is not None:
         positive("chunk_pairs", chunk_pairs)
     if out is None:
-        return _rerank(scorer, dataset, split, run, k, batch_size, None, progress, tag, job, chunk_pairs, score_fn,
+        return _rerank(scorer, dataset, split, run, k, batch_size, None, show_progress_bar, tag, job, chunk_pairs, score_fn,
                        query_ids, overwrite)
     from .identity import output_lock
 
     with output_lock(out):
-        return _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job, chunk_pairs, score_fn,
+        return _rerank(scorer, dataset, split, run, k, batch_size, out, show_progress_bar, tag, job, chunk_pairs, score_fn,
                        query_ids, overwrite)
 
 

@@ -116,7 +116,7 @@ class _PathAccumulator:
 
 
 def attention_paths(model, data, split: str | None = None, run=None, k: int = 20, max_queries: int | None = None,
-                    batch_size: int = 16, mask=None, mode: str = "renorm", progress: bool = False) -> pd.DataFrame:
+                    batch_size: int = 16, mask=None, mode: str = "renorm", show_progress_bar: bool = False) -> pd.DataFrame:
     """Mean attention mass per (layer, head, from, to) over the pairs of `data`.
 
     `data`: a dataset (spec or object, with `split` and `run`: a run file, DataFrame or "bm25", top-`k` per
@@ -131,7 +131,7 @@ def attention_paths(model, data, split: str | None = None, run=None, k: int = 20
     pairs = cands.pairs
     acc = _PathAccumulator(model.n_layers, model.n_heads)
     batches = _batches(len(pairs), [len(q) + len(d) for q, d in pairs], batch_size)
-    if progress:
+    if show_progress_bar:
         from rich.progress import track
 
         batches = track(batches, description="probing attention")
@@ -266,11 +266,11 @@ def load_probe(path) -> pd.DataFrame:
 
 def probe_attention(model, data, out, split: str | None = None, run=None, k: int = 20,
                     max_queries: int | None = None, examples: int = 0, batch_size: int = 16, mask=None,
-                    mode: str = "renorm", progress: bool = False) -> pd.DataFrame:
+                    mode: str = "renorm", show_progress_bar: bool = False) -> pd.DataFrame:
     """`attention_paths` + `attention_examples`, saved beside each other (what `mice probe attention` does)."""
     model = hooked_model(model)
     cands = as_candidates(data, split, run, k, max_queries)
-    table = attention_paths(model, cands, batch_size=batch_size, mask=mask, mode=mode, progress=progress)
+    table = attention_paths(model, cands, batch_size=batch_size, mask=mask, mode=mode, show_progress_bar=show_progress_bar)
     exs = attention_examples(model, cands, n=examples, mask=mask, mode=mode) if examples else None
     save_probe(table, out, exs)
     return table

@@ -30,7 +30,7 @@ def _build(model: str, dataset: str, out: Path, dtype: str, kv: bool, shard_size
         config = IndexConfig(dtype=dtype, kv=kv, shard_size=shard_size, batch_size=batch_size)
         if (out / "build.json").exists() and not (out / "manifest.json").exists():
             typer.echo(f"resuming the build in {out}", err=True)
-        index = build_index(mice, corpus, out, config, overwrite=overwrite, show_progress=True)
+        index = build_index(mice, corpus, out, config, overwrite=overwrite, show_progress_bar=True)
     _print_info(index.info())
 
 

@@ -33,7 +33,7 @@ def attention(model: str = typer.Option(..., "--model", "-m", help="Cross-encode
     with plain_warnings():
         scorer = hooked_model(model, max_length=max_length)
         table = probe_attention(scorer, dataset, out, split=split, run=run, k=k, max_queries=max_queries,
-                                examples=examples, batch_size=batch_size, mask=mask, mode=mode, progress=True)
+                                examples=examples, batch_size=batch_size, mask=mask, mode=mode, show_progress_bar=True)
     meta = table.attrs.get("meta", {})
     typer.echo(f"wrote {out}: {len(table)} rows ({meta.get('n_pairs')} pairs, {meta.get('n_queries')} queries)"
                + (f"; examples in {sidecar(out, '.examples.npz')}" if examples else ""))

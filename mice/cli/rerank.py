@@ -43,7 +43,7 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
         partial = out.with_name(out.name + ".partial")
         if partial.exists() and not overwrite:
             typer.echo(f"resuming from {partial}", err=True)
-        result = rerank(scorer, dataset, split, run, k=k, out=out, progress=True,
+        result = rerank(scorer, dataset, split, run, k=k, out=out, show_progress_bar=True,
                         tag=Path(model).name or "rerank", overwrite=overwrite, **calls)
     typer.echo(f"wrote {out}: {result['query_id'].nunique()} queries, {len(result)} lines")
 

@@ -95,14 +95,6 @@ class Dataset:
             self._qrels[split] = self._load_qrels(split)
         return self._qrels[split]
 
-    def docs(self, doc_ids) -> list[str]:
-        """Texts of `doc_ids`; a clear error for ids the corpus does not have."""
-        corpus = self.corpus()
-        try:
-            return [corpus[d] for d in doc_ids]
-        except KeyError as err:
-            raise DataError(f"{self.name}: document {err.args[0]!r} is not in the corpus") from None
-
     def stats(self) -> dict:
         out = {"name": self.name, "corpus": len(self.corpus())}
         for split in self.splits:
