@@ -50,7 +50,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "teacher_scale": (0, None, False),
     "k1": (0, None, True),
     "b": (0, 1, True),
-    "layers": (1, None, True),
+    "num_layers": (1, None, True),
     "seed": (None, None, True),
     "reference": (None, None, True),
     "steps": (1, None, True),

@@ -9,7 +9,7 @@ runner = CliRunner()
 
 
 def test_mask_show_prints_table():
-    res = runner.invoke(app, ["mask", "show", "mask3", "--k", "2", "--layers", "6"])
+    res = runner.invoke(app, ["mask", "show", "mask3", "--k", "2", "--num-layers", "6"])
     assert res.exit_code == 0, res.output
     assert "layers 0-1" in res.output and "layers 2-5" in res.output and "sep2" in res.output
 

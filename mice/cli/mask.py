@@ -11,7 +11,7 @@ mask_app = typer.Typer(help="Interaction masks: show presets and mask files (a->
 
 @mask_app.command("show")
 def show(spec: str = typer.Argument(..., help="Preset (none, mask0..mask3, prettr, sparse_ce) or a mask .json"),
-         layers: Optional[int] = typer.Option(None, "--layers", help="Number of layers (presets; default 6)"),
+         num_layers: Optional[int] = typer.Option(None, "--num-layers", help="Number of layers (presets; default 6)"),
          k: Optional[int] = typer.Option(None, "--k", help="k for mask3(k) / prettr(k)"),
          tidy: bool = typer.Option(False, "--tidy", help="Print the tidy (layer, from, to, allowed) table")) -> None:
     """Print the per-layer allow-table of a preset or a mask file."""
@@ -21,13 +21,13 @@ def show(spec: str = typer.Argument(..., help="Preset (none, mask0..mask3, prett
 
     if spec.endswith(".json") or Path(spec).is_file():
         mask = InteractionMask.load(spec)
-        if layers is not None and layers != mask.num_layers:
+        if num_layers is not None and num_layers != mask.num_layers:
             from ..errors import MaskError
 
-            raise MaskError(f"{spec}: mask is for {mask.num_layers} layers, not {layers}")
+            raise MaskError(f"{spec}: mask is for {mask.num_layers} layers, not {num_layers}")
     else:
         params = {"k": k} if k is not None else {}
-        mask = InteractionMask.from_preset(spec, num_layers=layers or 6, **params)
+        mask = InteractionMask.from_preset(spec, num_layers=num_layers or 6, **params)
     typer.echo(mask.to_frame().to_string(index=False) if tidy else mask.render())
 
 
