@@ -12,6 +12,8 @@ import pytest
 
 from mice.validate import RANGES
 
+from cli_checks import assert_one_error
+
 from test_data import write_beir_folder
 
 
@@ -33,13 +35,7 @@ def run_main(argv) -> tuple[int, str]:
 
 
 def check(code, stderr, where, must_mention=None):
-    lines = [l for l in stderr.splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("error:")]
-    assert code == 2, f"{where}: exit {code}, stderr {stderr[-500:]!r}"
-    assert "Traceback" not in stderr, f"{where}: traceback\n{stderr}"
-    assert len(errors) == 1, f"{where}: expected one error line, got {lines!r}"
-    if must_mention:
-        assert must_mention in errors[0], f"{where}: {errors[0]!r} does not name {must_mention!r}"
+    assert_one_error(code, stderr, *([must_mention] if must_mention else []), where=where)
 
 
 def malformed_masks(rng: random.Random) -> list[str]:

@@ -9,6 +9,7 @@ import random
 import signal
 import socket
 import subprocess
+
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from mice.errors import IndexError_, LockError
 from mice.index import DocIndex, IndexConfig, build_index
 from mice.mice_model import MICEModel
 from mice.testing import _WORDS, tiny_cross_encoder
+
+from cli_checks import assert_one_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,12 +62,7 @@ def _cli(args):
 
 
 def _one_error(res, *fragments):
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "Traceback" not in res.stderr, res.stderr
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, res.stderr
-    for f in fragments:
-        assert f in errors[0], errors[0]
+    return assert_one_error(res.returncode, res.stderr, *fragments)
 
 
 def _flip(path: Path, at: int = 100) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from mice.testing import tiny_cross_encoder
 from mice.train import Trainer, preset
 from mice.train.loop import STATE_FILE, TrainStateError
 from test_train import write_beir
+
+from cli_checks import assert_one_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,13 +54,7 @@ def _cli(args, timeout=240):
 
 
 def _assert_one_line_error(res, *fragments):
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "Traceback" not in res.stderr, res.stderr
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, res.stderr
-    for f in fragments:
-        assert f in errors[0], errors[0]
-    return errors[0]
+    return assert_one_error(res.returncode, res.stderr, *fragments)
 
 
 def _step(out: Path) -> int:
