@@ -1,5 +1,5 @@
 """Mask: the per-layer allow-table of an `InteractionMask` (or a derived configuration holding one). Clicking a
-cell toggles it; the view then shows the edited mask as `mice-mask/1` JSON (rules built exactly as
+cell toggles it; the view then shows the edited mask as `mice-mask/2` JSON (rules built exactly as
 `InteractionMask.from_tables` builds them) with a download button, and says when the edit is invalid (a segment
 left with nothing to attend to). Cells marked structural cannot affect the score and are drawn hatched."""
 from __future__ import annotations
@@ -56,7 +56,7 @@ miceViz.views.mask = function (root, d) {
   function layersJson(g) {
     if (g.length === L) return 'all';
     if (g.length === 1) return g[0];
-    return [g[0], g[g.length - 1] + 1];
+    return {start: g[0], end: g[g.length - 1] + 1};
   }
   function rules() {  // exactly InteractionMask.from_tables: one block rule per path and contiguous layer group
     const out = [];
@@ -85,7 +85,7 @@ miceViz.views.mask = function (root, d) {
       }
       if (!any) problems.push('segment ' + S[i] + ' has nothing to attend to in layer ' + l + ' (softmax over nothing is NaN)');
     }
-    const obj = {format: 'mice-mask/1', name: edited.length ? d.name + '-edited' : d.name, num_layers: L, rules: rules(),
+    const obj = {format: 'mice-mask/2', name: edited.length ? d.name + '-edited' : d.name, num_layers: L, rules: rules(),
       provenance: edited.length ? Object.assign({}, d.provenance, {edited_from: d.name, edits: edited}) : d.provenance};
     ta.value = JSON.stringify(obj, null, 2);
     dl.disabled = problems.length > 0;
@@ -121,7 +121,7 @@ def _as_mask(mask) -> InteractionMask:
 
 
 def _as_mask_obj(obj: dict, source: str) -> InteractionMask:
-    """A `mice-mask/1` object, or a derived configuration that holds one under `mask`."""
+    """A `mice-mask/2` object, or a derived configuration that holds one under `mask`."""
     if isinstance(obj.get("mask"), dict):
         return InteractionMask.from_dict(obj["mask"], source + ":mask")
     return InteractionMask.from_dict(obj, source)
@@ -175,7 +175,7 @@ class MaskView(View):
         return InteractionMask.from_tables(t, name=self.mask.name + "-edited", provenance=prov)
 
     def to_json(self) -> str:
-        """The mask shown, as `mice-mask/1` JSON (the view's download starts from this)."""
+        """The mask shown, as `mice-mask/2` JSON (the view's download starts from this)."""
         return json.dumps(self.mask.to_dict(), indent=2)
 
     def data(self) -> dict:
