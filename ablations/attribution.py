@@ -41,8 +41,9 @@ N_SEG = len(SEG)
 
 @dataclass
 class AttributionResult:
-    """`table`: one row per (layer, head, path, mode); `per_query`: tidy per-query values; `estimates`:
-    {mode: [K, N] estimated score changes per knockout and pair, in `knockouts` order}; `meta`."""
+    """`table`: one row per (layer, head, path, mode); `per_query`: tidy per-query values; `knockouts`:
+    {mode: estimated knockouts}; `estimates`: {mode: [K, N] estimated score changes per knockout and pair, in
+    `knockouts[mode]` order}; `clean`: clean scores [N]; `meta`."""
 
     table: pd.DataFrame
     per_query: pd.DataFrame
@@ -233,9 +234,8 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
     for ko in kos:
         why = check_knockout(ko, base_mask)
         status[ko.key] = ("skipped", why) if why else ("ok", "")
-    for key, why in structural_cells([ko for ko in kos if status[ko.key][0] == "ok"], base_mask, occupied).items():
-        status[key] = ("structural", why)
-    live = [ko for ko in kos if status[ko.key][0] == "ok"]
+    structural = {m: structural_cells([ko for ko in kos if status[ko.key][0] == "ok"], base_mask, occupied, m)
+                  for m in modes}
 
     effects = RankEffects(cands.frame, cands.qrels)
     measure = measure or (DEFAULT_MEASURE if effects.judged else "abs_dscore")
@@ -244,9 +244,12 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
     total = len(modes) * len(batches)
     prog = _progress(progress, total, "attribution")
     clean = np.empty(len(pairs))
-    estimates, tables, per_query = {}, [], []
+    estimates, tables, per_query, lives = {}, [], [], {}
     try:
         for mode in modes:
+            st = {key: ("structural", structural[mode][key]) if key in structural[mode] else v
+                  for key, v in status.items()}
+            live = [ko for ko in kos if st[ko.key][0] == "ok"]
             pa = PathAttribution(model, live, mode, None if base_mask.is_full() else base_mask)
             est = np.zeros((len(live), len(pairs)))
             for idx, batch in batches:
@@ -255,7 +258,8 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
                 est[:, idx] = e.double().cpu().numpy()
                 prog.advance()
             estimates[mode] = est
-            t, pq = _tables(kos, live, status, mode, clean, est, effects, n_boot, measure)
+            lives[mode] = live
+            t, pq = _tables(kos, live, st, mode, clean, est, effects, n_boot, measure)
             tables.append(t)
             per_query.append(pq)
     finally:
@@ -268,7 +272,7 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
             "n_boot": n_boot, "steps": steps, "elapsed_s": round(time.perf_counter() - started, 3),
             "estimate": "first order: <dscore/dpattern, pattern_knocked - pattern> (attribution patching)",
             "convention": "a->b: tokens of group a attend to tokens of group b"}
-    res = AttributionResult(table, pd.concat(per_query, ignore_index=True), live, estimates, clean, meta)
+    res = AttributionResult(table, pd.concat(per_query, ignore_index=True), lives, estimates, clean, meta)
     if out is not None:
         save_attribution(res, out)
     return res
@@ -384,7 +388,7 @@ def check_exact(model, data, attribution: AttributionResult, mode: str = "renorm
     t = attribution.table
     ok = t[(t["mode"] == mode) & (t["status"] == "ok")]
     cells = ok[ok["head"] == ALL_HEADS] if layer_level else ok.nsmallest(top, "rank")
-    idx = {ko.key: i for i, ko in enumerate(attribution.knockouts)}
+    idx = {ko.key: i for i, ko in enumerate(attribution.knockouts[mode])}
     kos = [Knockout(int(r.layer), r.path, int(r.head)) for r in cells.itertuples(index=False)]
     base = InteractionMask.from_dict(attribution.meta["base"])
     engine = SweepEngine(model, mode, None if base.is_full() else base)

@@ -7,6 +7,7 @@ is read, directly or through later attention, by `[CLS]` at the end. Going down 
     reach[L - 1] = {cls}
     reach[l]     = reach[l + 1] ∪ {b : some a in reach[l + 1] may attend b in layer l + 1 (base mask)}
 
+(In `zero` mode a blocked cell still feeds its row's softmax denominator, so there the base mask is ignored.)
 A cell (l, `a->b`) is structural when no group of `a` is in `reach[l]` (with the full mask: every last-layer
 row but `[CLS]`'s), or when no pair of the data has a token in both `a` and `b` (a cell no token occupies).
 Attention into `pad` is never a knockout target (its weight is exactly zero), so it needs no cell. The rule is
@@ -28,8 +29,14 @@ from .knockouts import Knockout
 N_REAL = len(REAL_SEGMENTS)
 
 
-def reach(mask: InteractionMask) -> np.ndarray:
-    """bool [L, S]: `reach[l, a]` = the state of group a after layer l can still reach the `[CLS]` score."""
+def reach(mask: InteractionMask, mode: str = "renorm") -> np.ndarray:
+    """bool [L, S]: `reach[l, a]` = the state of group a after layer l can still reach the `[CLS]` score.
+
+    In `zero` mode a blocked cell still takes part in its row's softmax (its weight is zeroed afterwards), so
+    its key changes the other weights: the base mask then blocks no information and only the full table counts.
+    """
+    if mode == "zero":
+        mask = InteractionMask.full(mask.num_layers)
     L = mask.num_layers
     out = np.zeros((L, N_REAL), dtype=bool)
     out[L - 1, SEG["cls"]] = True
@@ -50,10 +57,11 @@ def occupancy(segment_ids) -> np.ndarray:
     return occ
 
 
-def structural_reason(ko: Knockout, base: InteractionMask, occupied: np.ndarray | None = None) -> str | None:
-    """Why `ko` provably changes no score on top of `base` (None when it may)."""
+def structural_reason(ko: Knockout, base: InteractionMask, occupied: np.ndarray | None = None,
+                      mode: str = "renorm") -> str | None:
+    """Why `ko` provably changes no score on top of `base` in `mode` (None when it may)."""
     src, dst = parse_path(ko.path)
-    r = reach(base)[ko.layer]
+    r = reach(base, mode)[ko.layer]
     if not r[src].any():
         if ko.layer == base.num_layers - 1:
             return "structural: last layer, rows other than [CLS] are read by nobody"
@@ -63,12 +71,12 @@ def structural_reason(ko: Knockout, base: InteractionMask, occupied: np.ndarray 
     return None
 
 
-def structural_cells(kos: list[Knockout], base: InteractionMask, occupied: np.ndarray | None = None
-                     ) -> dict[str, str]:
+def structural_cells(kos: list[Knockout], base: InteractionMask, occupied: np.ndarray | None = None,
+                     mode: str = "renorm") -> dict[str, str]:
     """{knockout key: reason} for the structural knockouts among `kos`."""
     out = {}
     for ko in kos:
-        why = structural_reason(ko, base, occupied)
+        why = structural_reason(ko, base, occupied, mode)
         if why is not None:
             out[ko.key] = why
     return out
