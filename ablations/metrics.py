@@ -224,7 +224,10 @@ class RankEffects:
             np.add.at(counts, (idx.ravel(), np.repeat(np.arange(n_boot), Q)), 1.0)
         cols: dict[str, np.ndarray] = {}
         for m, v in pq.items():
-            v = np.where(np.isnan(v), np.nanmean(v, axis=1, keepdims=True) if np.isfinite(v).any() else 0.0, v)
+            if np.isnan(v).any():  # undefined for some queries (e.g. tau with a single candidate): row mean
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    v = np.where(np.isnan(v), np.nanmean(v, axis=1, keepdims=True), v)
             cols[m] = v.mean(1)
             boot = v @ counts / Q
             cols[f"{m}_ci_low"] = np.quantile(boot, alpha / 2, axis=1) if n_boot else cols[m]

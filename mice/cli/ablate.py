@@ -65,6 +65,98 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
     typer.echo(_top(t, result.meta["metrics"][0]))
 
 
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    """`query<TAB>doc` lines, as `mice score` reads them (blank lines skipped)."""
+    from ..errors import DataError
+
+    if not path.exists():
+        raise DataError(f"{path}: pairs file not found")
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                raise DataError(f"{path}:{n}: expected 'query<TAB>document', got {len(parts)} field(s)")
+            pairs.append((parts[0], parts[1]))
+    if not pairs:
+        raise DataError(f"{path}: no pairs")
+    return pairs
+
+
+@ablate_app.command("attribute")
+def attribute_cmd(model: str = _MODEL,
+                  out: Path = typer.Option(..., "--out", "-o", help="Table (.csv or .parquet); per-query values "
+                                           "and metadata are written beside it"),
+                  pairs: Optional[Path] = typer.Option(None, "--pairs", help="query<TAB>doc lines (instead of "
+                                                       "--dataset/--run; each pair is its own query)"),
+                  dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset spec"),
+                  split: str = typer.Option("dev", "--split"),
+                  run: Optional[str] = typer.Option(None, "--run", "-r", help="First-stage run file or 'bm25'"),
+                  k: int = typer.Option(20, "--k", min=1, help="Top-k candidates per query"),
+                  max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1),
+                  paths: Optional[str] = typer.Option(None, "--paths", help="e.g. q->d,d->q (default: all 25)"),
+                  layers: Optional[str] = typer.Option(None, "--layers", help="e.g. 0-5 (default: all)"),
+                  heads: bool = typer.Option(True, "--heads/--no-heads", help="Also every head separately"),
+                  modes: str = typer.Option("renorm,zero", "--modes", help="renorm, zero or both"),
+                  base: Optional[str] = typer.Option(None, "--base", help="Knock out on top of this mask"),
+                  steps: int = typer.Option(0, "--steps", min=0, help="Integrated-gradient steps per (layer, "
+                                            "path); 0 = one forward + one backward per batch"),
+                  measure: Optional[str] = typer.Option(None, "--measure", help="Column that ranks the knockouts "
+                                                        "(default delta_margin with judgements, else abs_dscore)"),
+                  check: int = typer.Option(0, "--check", min=0, help="Re-check the top N knockouts exactly and "
+                                            "print Spearman rho of estimate vs exact over the layer x path cells"),
+                  batch_size: int = typer.Option(16, "--batch-size", min=1),
+                  max_length: Optional[int] = typer.Option(None, "--max-length", min=8)) -> None:
+    """Estimate every (layer, head, path) knockout at once by attribution patching (a->b: a attends b)."""
+    from ablations.attribution import attribute, check_exact, spearman
+    from probes.attention import hooked_model, sidecar
+    from probes.candidates import as_candidates
+
+    from ..errors import DataError
+    from .data import plain_warnings
+
+    if pairs is None and (dataset is None or run is None):
+        raise DataError("give --pairs FILE, or --dataset with --run (and --split, --k)")
+    if pairs is not None and dataset is not None:
+        raise DataError("give either --pairs or --dataset/--run, not both")
+    with plain_warnings():
+        scorer = hooked_model(model, max_length=max_length)
+        cands = as_candidates(_read_pairs(pairs)) if pairs is not None else as_candidates(dataset, split, run, k,
+                                                                                       max_queries)
+        res = attribute(scorer, cands, heads=heads, paths=paths, layers=layers,
+                        modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=steps,
+                        measure=measure, batch_size=batch_size, progress=True, out=out,
+                        meta={"model_spec": model, "max_length": max_length})
+        t = res.table
+        typer.echo(f"wrote {out}: {len(t)} rows ({int((t['status'] == 'structural').sum())} structural, "
+                   f"{int((t['status'] == 'skipped').sum())} skipped) over {res.meta['n_pairs']} pairs in "
+                   f"{res.meta['elapsed_s']:.1f}s; ranked by {res.meta['measure']}")
+        cols = [c for c in ("layer", "head", "path", "mode", "estimate", res.meta["measure"],
+                            f"{res.meta['measure']}_ci_low", f"{res.meta['measure']}_ci_high") if c in t]
+        typer.echo(t.sort_values("rank").head(10)[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        if check:
+            mode = res.meta["modes"][0]
+            chk = check_exact(scorer, cands, res, mode)
+            top = check_exact(scorer, cands, res, mode, top=check, layer_level=False)
+            chk = chk.assign(kind="layer x path")
+            from mice.files import write_table
+
+            write_table(pd_concat([chk, top.assign(kind=f"top {check}")]), sidecar(out, f".check{out.suffix}"))
+            typer.echo(f"exact check ({mode}): Spearman rho over {len(chk)} layer x path cells: mean score change "
+                       f"{spearman(chk):.3f}, mean |score change| {spearman(chk, 'abs'):.3f}"
+                       + (f", delta_margin {spearman(chk, 'delta_margin'):.3f}" if "exact_delta_margin" in chk else "")
+                       + f"; top {check} re-checked in {sidecar(out, '.check' + out.suffix)}")
+
+
+def pd_concat(frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
 @ablate_app.command("presets")
 def presets_cmd(model: str = _MODEL, dataset: str = _DATASET, split: str = typer.Option("test", "--split"),
                 run: str = _RUN, k: int = typer.Option(20, "--k"),
