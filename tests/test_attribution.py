@@ -173,3 +173,28 @@ def test_rank_effects_agree_with_ir_measures_and_kendall(planted):
     assert (s["flip_rate"].diff().dropna() > 0).all()  # larger perturbations flip more pairs
     assert (s["abs_dscore_ci_low"] <= s["abs_dscore"]).all() and (s["abs_dscore"] <= s["abs_dscore_ci_high"]).all()
     assert (s["p_dscore"] > 0).all() and "p_flip_rate" not in s
+
+
+# ---------------------------------------------------------------------- derivation from attribution
+def test_derivation_from_attribution_is_bounded_logged_and_keeps_the_route(planted, tmp_path, caplog):
+    import logging
+
+    from ablations import derive_mask
+
+    folder, ds, run = planted
+    out = tmp_path / "attr.parquet"
+    attribute(str(folder), ds, "test", run, k=8, max_queries=8, heads=False, modes="renorm", steps=1, n_boot=200,
+              out=out)
+    with caplog.at_level(logging.INFO, logger="mice.ablations"):
+        d = derive_mask(out, data=ds, run=run, tolerance=0.01, max_steps=6, check_queries=5, progress=True)
+    m = d.meta
+    assert m["ranked_by"] == "delta_margin" and "attribution" in m["method"]
+    assert m["re_checks"] <= 6 and m["held_out_queries"] == 5
+    checked = d.steps[d.steps["decision"].isin(["removed", "kept"])]
+    assert len(checked) == m["re_checks"]
+    assert {"delta_margin_ci_low", "delta_margin_ci_high", "delta_ndcg@10_ci_low"} <= set(d.steps.columns)
+    assert (checked["delta_margin_ci_low"] <= checked["delta_margin_ci_high"]).all()
+    assert any(c.endswith("@2") for c in m["structural"]) and not any(c.startswith("cls->") and c.endswith("@2") for c in m["structural"])
+    assert d.mask.allowed(*MECHANISM["match"]) and d.mask.allowed(*MECHANISM["readout"])
+    logged = [r.getMessage() for r in caplog.records if r.name == "mice.ablations"]
+    assert len(logged) == m["re_checks"] and "left" in logged[-1]
