@@ -198,3 +198,44 @@ def test_derivation_from_attribution_is_bounded_logged_and_keeps_the_route(plant
     assert d.mask.allowed(*MECHANISM["match"]) and d.mask.allowed(*MECHANISM["readout"])
     logged = [r.getMessage() for r in caplog.records if r.name == "mice.ablations"]
     assert len(logged) == m["re_checks"] and "left" in logged[-1]
+
+
+def test_cli_attribute_from_pairs_and_derive_from_it(tiny_bert, planted, tmp_path):
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+    from mice.data import write_beir
+    from mice.runs import write_run
+
+    r = CliRunner()
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{q}\t{d}\n" for q, d in PAIRS))
+    res = r.invoke(app, ["ablate", "attribute", "--pairs", str(pairs), "--model", str(tiny_bert),
+                         "--out", str(tmp_path / "T.csv"), "--check", "3"])
+    assert res.exit_code == 0, res.output
+    t = pd.read_csv(tmp_path / "T.csv")
+    assert {"layer", "head", "path", "mode", "estimate", "abs_dscore", "abs_dscore_ci_low", "rank_by"} <= set(t.columns)
+    assert set(t["head"]) == {-1, 0, 1, 2, 3} and set(t["mode"]) == {"renorm", "zero"}
+    assert "Spearman rho" in res.output and (tmp_path / "T.check.csv").exists()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a query\ta doc\nno tab here\n")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mice", "ablate", "attribute", "--pairs", str(bad), "--model",
+                           str(tiny_bert), "--out", str(tmp_path / "B.csv")], capture_output=True, text=True)
+    assert proc.returncode == 2 and f"error: {bad}:2: expected 'query<TAB>document'" in proc.stderr
+    # a dataset + run, then the derivation reads the attribution table
+    folder, ds, run = planted
+    write_beir(ds, tmp_path / "beir")
+    write_run(run, tmp_path / "run.trec")
+    res = r.invoke(app, ["ablate", "attribute", "--model", str(folder), "--dataset", str(tmp_path / "beir"),
+                         "--split", "test", "--run", str(tmp_path / "run.trec"), "--k", "8", "--max-queries", "8",
+                         "--no-heads", "--modes", "renorm", "--steps", "1", "--out", str(tmp_path / "A.parquet")])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(app, ["ablate", "derive", "--sweep", str(tmp_path / "A.parquet"), "--out", str(tmp_path / "m.json"),
+                         "--max-steps", "4", "--check-queries", "4"])
+    assert res.exit_code == 0, res.output
+    mask = InteractionMask.load(tmp_path / "m.json")
+    assert mask.provenance["re_checks"] <= 4 and mask.provenance["ranked_by"] == "delta_margin"
+    assert mask.allowed(*MECHANISM["match"]) and mask.allowed(*MECHANISM["readout"])

@@ -184,7 +184,8 @@ def presets_cmd(model: str = _MODEL, dataset: str = _DATASET, split: str = typer
 
 
 @ablate_app.command("derive")
-def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Sweep table written by `mice ablate sweep`"),
+def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Evidence: a sweep table (`mice ablate sweep`) "
+                                          "or an attribution table (`mice ablate attribute`)"),
                out: Path = typer.Option(..., "--out", "-o", help="Mask JSON to write (mice-mask/1)"),
                tolerance: float = typer.Option(0.01, "--tolerance", help="Largest relative loss of the metric"),
                metric: Optional[str] = typer.Option(None, "--metric", help="Default: the sweep's first metric"),
@@ -196,31 +197,40 @@ def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Sweep tabl
                check_split: Optional[str] = typer.Option(None, "--check-split", help="Held-out queries from this "
                                                          "split (default: the sweep's, minus the swept queries)"),
                check_run: Optional[str] = typer.Option(None, "--check-run", help="Run for --check-split"),
-               check_queries: Optional[int] = typer.Option(None, "--check-queries", help="At most N held-out queries"),
+               check_queries: int = typer.Option(100, "--check-queries", min=1, help="At most N held-out queries"),
                patience: int = typer.Option(0, "--patience", help="Go on past N consecutive rejected paths"),
-               max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+               max_steps: int = typer.Option(24, "--max-steps", min=0, help="At most N exact re-checks"),
+               measure: Optional[str] = typer.Option(None, "--measure", help="Rank candidates by this column "
+                                                     "(default: the evidence's rank_by, else delta_margin)"),
+               mode: Optional[str] = typer.Option(None, "--mode", help="Knockout mode (default renorm if present)"),
+               structural: bool = typer.Option(True, "--structural/--no-structural", help="Remove cells that "
+                                               "cannot change the score without re-checks"),
                name: str = typer.Option("derived", "--name", help="Mask name"),
                batch_size: int = typer.Option(16, "--batch-size"),
                report: bool = typer.Option(True, "--report/--no-report", help="Write <stem>.report.md + figure")
                ) -> None:
     """Greedily remove the cheapest paths, re-checking the cumulative mask on held-out queries."""
     from ablations.derive import derive_mask
-    from ablations.sweep import load_sweep
     from probes.attention import sidecar
 
     from .data import plain_warnings
 
-    loaded = load_sweep(sweep)
-    model = model or loaded.meta.get("model_spec")
+    from ablations.derive import _evidence_of
+
+    _, meta, _ = _evidence_of(sweep)
+    loaded = sweep
+    model = model or meta.get("model_spec")
     with plain_warnings():
         d = derive_mask(loaded, model=model, data=dataset, split=split, run=run, k=k, tolerance=tolerance,
                         metric=metric, check_split=check_split, check_run=check_run, check_queries=check_queries,
-                        patience=patience, max_steps=max_steps, batch_size=batch_size, name=name, progress=True)
+                        patience=patience, max_steps=max_steps, batch_size=batch_size, name=name, progress=True,
+                        measure=measure, mode=mode, structural=structural)
     d.meta["derived_from"] = str(sweep)
     d.mask.provenance["derived_from"] = str(sweep)
     d.save(out, report=report)
     m = d.meta
-    typer.echo(f"wrote {out}: removed {len(m['removed'])} (layer, path) cells; held-out {m['metric']} "
+    typer.echo(f"wrote {out}: removed {len(m['removed'])} (layer, path) cells after {m['re_checks']} exact "
+               f"re-checks, {len(m['structural'])} structural ones without; held-out {m['metric']} "
                f"{m['reference']:.4f} -> {m['final']:.4f} (tolerance {tolerance}); steps in "
                f"{sidecar(out, '.steps.csv')}" + (f", report {sidecar(out, '.report.md')}" if report else ""))
     typer.echo(d.mask.render())
