@@ -104,7 +104,13 @@ def test_sweep_finds_the_planted_mechanism(planted_sweep):
     res, _ = planted_sweep
     t = res.table
     assert res.meta["clean"]["ndcg@10"] == 1.0  # the planted model ranks perfectly
-    assert len(t) == 3 * 25 and (t["status"] == "ok").all()
+    assert len(t) == 3 * 25 and t["status"].isin(["ok", "structural"]).all()
+    struct = t[t["status"] == "structural"]  # last-layer rows other than [CLS]: measured, exactly no effect
+    assert len(struct) == 20 and (struct["layer"] == 2).all() and (struct["abs_dscore"] == 0).all()
+    assert res.meta["rank_by"] == "delta_margin" and (t["rank_by"] == "delta_margin").all()
+    # the sensitive measure separates the route with CIs that exclude zero, and nothing else is harmful
+    route_rows = t.set_index(["layer", "path"]).loc[[MECHANISM["match"], MECHANISM["readout"]]]
+    assert (route_rows["delta_margin_ci_high"] < 0).all() and (route_rows["flip_rate"] > 0.2).all()
     t = t.set_index(["layer", "path"])
     match, readout = MECHANISM["match"], MECHANISM["readout"]
     route = [match, readout]

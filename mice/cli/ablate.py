@@ -16,7 +16,7 @@ _RUN = typer.Option(..., "--run", "-r", help="First-stage run file (TREC/parquet
 
 
 def _top(table, metric: str, n: int = 10) -> str:
-    t = table[table["status"] == "ok"] if "status" in table else table
+    t = table[table["status"] != "skipped"] if "status" in table else table
     col = f"delta_{metric}"
     if col not in t:
         return ""
@@ -59,7 +59,7 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
                        strategy=strategy, out=out, restart=restart, progress=True,
                        meta={"model_spec": model, "max_length": max_length})
     t = result.table
-    skipped = int((t["status"] != "ok").sum())
+    skipped = int((t["status"] == "skipped").sum())
     typer.echo(f"wrote {out}: {len(t)} knockouts ({skipped} skipped) in {result.meta['elapsed_s']:.1f}s; clean "
                + ", ".join(f"{m} {v:.4f}" for m, v in result.meta["clean"].items()))
     typer.echo(_top(t, result.meta["metrics"][0]))
