@@ -411,6 +411,23 @@ def check_exact(model, data, attribution: AttributionResult, mode: str = "renorm
     return out
 
 
+def compare_tables(attribution: pd.DataFrame, sweep: pd.DataFrame, mode: str = "renorm") -> pd.DataFrame:
+    """The `check_exact` table from saved tables alone: an attribution table and an exact sweep of the same
+    pairs, joined on the layer-level cells both measured (non-structural), estimate beside exact."""
+    a = attribution[(attribution["mode"] == mode) & (attribution["head"] == ALL_HEADS) & (attribution["status"] == "ok")]
+    e = sweep[(sweep["mode"] == mode) & (sweep["head"] == ALL_HEADS) & (sweep["status"] == "ok")]
+    j = a.merge(e, on=["layer", "path"], suffixes=("_a", "_e"))
+    out = pd.DataFrame({"layer": j["layer"], "head": ALL_HEADS, "path": j["path"], "mode": mode,
+                        "estimate": j["dscore_a"], "exact": j["dscore_e"],
+                        "estimate_abs": j["abs_dscore_a"], "exact_abs": j["abs_dscore_e"]})
+    for m in ("dscore", "abs_dscore", "flip_rate", "kendall_tau", "delta_margin", "delta_rr@10", "delta_ndcg@10"):
+        if f"{m}_a" in j and f"{m}_e" in j:
+            out[f"estimate_{m}"] = j[f"{m}_a"].to_numpy()
+            out[f"exact_{m}"] = j[f"{m}_e"].to_numpy()
+    out["kind"] = "layer x path"
+    return out.reset_index(drop=True)
+
+
 def spearman(check: pd.DataFrame, measure: str = "") -> float:
     """Spearman rho between estimated and exact effects over the cells of a `check_exact` table
     (`measure` "" = mean signed score change, else e.g. "abs" or "delta_margin")."""
