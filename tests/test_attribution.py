@@ -234,8 +234,10 @@ def test_cli_attribute_from_pairs_and_derive_from_it(tiny_bert, planted, tmp_pat
                          "--no-heads", "--modes", "renorm", "--steps", "1", "--out", str(tmp_path / "A.parquet")])
     assert res.exit_code == 0, res.output
     res = r.invoke(app, ["ablate", "derive", "--sweep", str(tmp_path / "A.parquet"), "--out", str(tmp_path / "m.json"),
-                         "--max-steps", "4", "--check-queries", "4"])
+                         "--max-steps", "4", "--check-queries", "4", "--log", str(tmp_path / "derive.log")])
     assert res.exit_code == 0, res.output
+    log = (tmp_path / "derive.log").read_text().splitlines()
+    assert log and all("about" in line and "left" in line for line in log) and "/" in log[-1]
     mask = InteractionMask.load(tmp_path / "m.json")
     assert mask.provenance["re_checks"] <= 4 and mask.provenance["ranked_by"] == "delta_margin"
     assert mask.allowed(*MECHANISM["match"]) and mask.allowed(*MECHANISM["readout"])

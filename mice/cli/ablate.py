@@ -65,6 +65,19 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
     typer.echo(_top(t, result.meta["metrics"][0]))
 
 
+def _log_to(path: Optional[Path]) -> None:
+    """Send the `mice.ablations` progress lines (done/total, elapsed, time left) to a log file as well."""
+    if path is None:
+        return
+    import logging
+
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("mice.ablations")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def _read_pairs(path: Path) -> list[tuple[str, str]]:
     """`query<TAB>doc` lines, as `mice score` reads them (blank lines skipped)."""
     from ..errors import DataError
@@ -109,7 +122,8 @@ def attribute_cmd(model: str = _MODEL,
                   check: int = typer.Option(0, "--check", min=0, help="Re-check the top N knockouts exactly and "
                                             "print Spearman rho of estimate vs exact over the layer x path cells"),
                   batch_size: int = typer.Option(16, "--batch-size", min=1),
-                  max_length: Optional[int] = typer.Option(None, "--max-length", min=8)) -> None:
+                  max_length: Optional[int] = typer.Option(None, "--max-length", min=8),
+                  log: Optional[Path] = typer.Option(None, "--log", help="Also log progress to this file")) -> None:
     """Estimate every (layer, head, path) knockout at once by attribution patching (a->b: a attends b)."""
     from ablations.attribution import attribute, check_exact, spearman
     from probes.attention import hooked_model, sidecar
@@ -118,6 +132,7 @@ def attribute_cmd(model: str = _MODEL,
     from ..errors import DataError
     from .data import plain_warnings
 
+    _log_to(log)
     if pairs is None and (dataset is None or run is None):
         raise DataError("give --pairs FILE, or --dataset with --run (and --split, --k)")
     if pairs is not None and dataset is not None:
@@ -207,8 +222,9 @@ def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Evidence: 
                                                "cannot change the score without re-checks"),
                name: str = typer.Option("derived", "--name", help="Mask name"),
                batch_size: int = typer.Option(16, "--batch-size"),
-               report: bool = typer.Option(True, "--report/--no-report", help="Write <stem>.report.md + figure")
-               ) -> None:
+               report: bool = typer.Option(True, "--report/--no-report", help="Write <stem>.report.md + figure"),
+               log: Optional[Path] = typer.Option(None, "--log", help="Also log re-check progress (done/total, "
+                                                  "time left) to this file")) -> None:
     """Greedily remove the cheapest paths, re-checking the cumulative mask on held-out queries."""
     from ablations.derive import derive_mask
     from probes.attention import sidecar
@@ -217,6 +233,7 @@ def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Evidence: 
 
     from ablations.derive import _evidence_of
 
+    _log_to(log)
     _, meta, _ = _evidence_of(sweep)
     loaded = sweep
     model = model or meta.get("model_spec")
