@@ -411,10 +411,18 @@ def check_exact(model, data, attribution: AttributionResult, mode: str = "renorm
     return out
 
 
-def compare_tables(attribution: pd.DataFrame, sweep: pd.DataFrame, mode: str = "renorm") -> pd.DataFrame:
-    """The `check_exact` table from saved tables alone: an attribution table and an exact sweep of the same
-    pairs, joined on the layer-level cells both measured (non-structural), estimate beside exact."""
+def compare_tables(attribution: pd.DataFrame, sweep: pd.DataFrame, mode: str = "renorm",
+                   per_query: pd.DataFrame | None = None, query_ids=None) -> pd.DataFrame:
+    """The `check_exact` table from saved tables alone: an attribution table and an exact sweep, joined on the
+    layer-level cells both measured (non-structural), estimate beside exact. When the sweep saw only some of
+    the attribution's queries, pass the attribution's per-query table and the sweep's `query_ids`: the
+    estimates are then averaged over those queries only, so both sides describe the same pairs."""
     a = attribution[(attribution["mode"] == mode) & (attribution["head"] == ALL_HEADS) & (attribution["status"] == "ok")]
+    if per_query is not None and query_ids is not None:
+        pq = per_query[(per_query["mode"] == mode) & (per_query["head"] == ALL_HEADS)
+                       & per_query["query_id"].astype(str).isin({str(q) for q in query_ids})]
+        means = pq.groupby(["layer", "path"], sort=False).mean(numeric_only=True).drop(columns=["head"]).reset_index()
+        a = a[["layer", "head", "path", "mode", "status"]].merge(means, on=["layer", "path"])
     e = sweep[(sweep["mode"] == mode) & (sweep["head"] == ALL_HEADS) & (sweep["status"] == "ok")]
     j = a.merge(e, on=["layer", "path"], suffixes=("_a", "_e"))
     out = pd.DataFrame({"layer": j["layer"], "head": ALL_HEADS, "path": j["path"], "mode": mode,

@@ -47,6 +47,9 @@ class DemoPreset:
     # dev queries screened by attribution patching (every layer x head x path) and swept exactly (layer x path):
     # 100 queries give per-knockout CIs narrow enough to rank the knockouts on the sensitive measure
     sweep_queries: int = 100
+    # the first of those swept exactly (layer x path) for the heatmap with CIs and to check the screen: exact
+    # knockouts cost a forward per knockout, attribution one forward + backward for all of them
+    exact_queries: int = 30
     check_queries: int = 40  # further dev queries, held out, on which derived masks are re-checked exactly
     merge_queries: int = 30  # dev queries of the merge-layer search
     sweep_k: int = 10
@@ -65,13 +68,13 @@ PRESETS = {
     "quick": DemoPreset(),
     "full": DemoPreset(name="full", test_queries=None, first_stage_k=100, ce_steps=None, masked_steps=None,
                        mice_steps=None, layer_drop_steps=None, dev_queries=None, train_preset="quick",
-                       sweep_queries=200, check_queries=100, merge_queries=100, derive_max_steps=48, bench_docs=100,
+                       sweep_queries=200, exact_queries=100, check_queries=100, merge_queries=100, derive_max_steps=48, bench_docs=100,
                        bench_repeats=10),
     "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
                        dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
                        first_stage_k=8, test_queries=20, rerank_max_length=64, train_preset="tiny", backbone="tiny",
                        ce_steps=None, masked_steps=None, mice_steps=None, layer_drop_steps=None, dev_queries=None,
-                       interaction_layers=2, check_queries=8, probe_queries=4, merge_queries=16,
+                       interaction_layers=2, check_queries=8, probe_queries=4, merge_queries=16, exact_queries=8,
                        sweep_queries=8, sweep_k=6, bench_docs=8, bench_doc_lens=(32,), bench_repeats=2),
 }
 
@@ -240,19 +243,23 @@ class Demo:
                 "seconds": res.meta["elapsed_s"]}
 
     def stage_sweep(self, folder: Path) -> dict:
-        """Every single path knocked out exactly in every layer, on the same dev queries as the attribution
-        screen (the rest stay held out), and the screen checked against it (Spearman rho)."""
+        """Every single path knocked out exactly in every layer, on the first `exact_queries` of the attribution
+        screen's dev queries (the rest of the split stays held out), and the screen checked against it on those
+        same queries (Spearman rho)."""
         from ablations import ablate_masks, sweep
         from ablations.attribution import compare_tables, spearman
 
         from .files import read_table, write_json_atomic
 
+        n = min(self.p.exact_queries, self.p.sweep_queries)
         res = sweep(str(self.ce_path()), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
-                    max_queries=self.p.sweep_queries, mode="renorm", out=folder / "sweep.parquet",
+                    max_queries=n, mode="renorm", out=folder / "sweep.parquet",
                     progress=self.console is not None, n_resamples=1000)
         ablate_masks(str(self.ce_path()), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
-                     max_queries=self.p.sweep_queries, out=folder / "presets.csv")
-        check = compare_tables(read_table(self.path("attribute", "attribution.parquet")), res.table)
+                     max_queries=n, out=folder / "presets.csv")
+        check = compare_tables(read_table(self.path("attribute", "attribution.parquet")), res.table,
+                               per_query=read_table(self.path("attribute", "attribution.per_query.parquet")),
+                               query_ids=res.meta["query_ids"])
         write_table(check, folder / "attribution_check.csv")
         rho = {"cells": len(check), "rho_mean_dscore": spearman(check), "rho_mean_abs_dscore": spearman(check, "abs")}
         if "exact_delta_margin" in check:
@@ -445,7 +452,7 @@ class Demo:
         data = ("dataset", "dataset_ood")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
         ce = runs + ("train_preset", "backbone", "ce_steps", "dev_queries", "seed")
-        sweep = ce + ("sweep_queries", "sweep_k")
+        sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "merge_queries", "tolerance", "derive_patience", "derive_max_steps")
         mice = derived + ("mice_steps", "interaction_layers")
         stages = [

@@ -102,8 +102,8 @@ def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = N
     check = root / "sweep" / "attribution_check.json"
     if check.exists():
         c = json.loads(check.read_text())
-        lines += [f"**Attribution vs exact knockouts** over {c['cells']} non-structural layer × path cells (same "
-                  f"queries): Spearman ρ = {c['rho_mean_dscore']:.3f} on the mean score change, "
+        lines += [f"**Attribution vs exact knockouts** over {c['cells']} non-structural layer × path cells (on the "
+                  f"exact sweep's queries): Spearman ρ = {c['rho_mean_dscore']:.3f} on the mean score change, "
                   f"{c['rho_mean_abs_dscore']:.3f} on the mean |score change|"
                   + (f", {c['rho_delta_margin']:.3f} on the relevant-vs-non-relevant margin change"
                      if "rho_delta_margin" in c else "") + ".", ""]
@@ -111,6 +111,7 @@ def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = N
         _figure(lines, root, "figures/attribution_vs_exact_margin.png", "Attribution estimate vs exact knockout (margin change)")
     if sweep.exists():
         df = read_table(sweep)
+        sidecar_meta = root / "sweep" / "sweep.meta.json"
         ok = df[df["status"] == "ok"]
         measure = str(df["rank_by"].iloc[0]) if "rank_by" in df.columns and len(df) else "delta_ndcg@10"
         lo, hi = f"{measure}_ci_low", f"{measure}_ci_high"
@@ -118,7 +119,9 @@ def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = N
             harmful = ok[ok[hi] < 0].sort_values(measure)
             cols = [c for c in ("layer", "path", measure, lo, hi, "flip_rate", "kendall_tau", "delta_ndcg@10",
                                 "p_value") if c in ok.columns]
-            lines += [f"**Exact sweep.** {len(df)} single-path knockouts (layer × path) on the same dev queries, "
+            lines += [f"**Exact sweep.** {len(df)} single-path knockouts (layer × path) on the first "
+                      f"{len(json.loads(sidecar_meta.read_text()).get('query_ids', [])) if sidecar_meta.exists() else '?'}"
+                      " of those dev queries, "
                       f"{int((df['status'] == 'structural').sum())} structural. Effects are measured per query and "
                       f"averaged with 95% bootstrap CIs over queries; `{measure}` is the change of the mean score "
                       "margin of relevant over non-relevant candidates, `flip_rate` the share of candidate pairs "

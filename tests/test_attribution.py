@@ -241,3 +241,20 @@ def test_cli_attribute_from_pairs_and_derive_from_it(tiny_bert, planted, tmp_pat
     mask = InteractionMask.load(tmp_path / "m.json")
     assert mask.provenance["re_checks"] <= 4 and mask.provenance["ranked_by"] == "delta_margin"
     assert mask.allowed(*MECHANISM["match"]) and mask.allowed(*MECHANISM["readout"])
+
+
+def test_check_from_saved_tables_restricts_estimates_to_the_swept_queries(tiny_bert, planted):
+    """compare_tables on a sweep of fewer queries equals attributing those queries alone (parity)."""
+    from ablations import sweep
+    from ablations.attribution import compare_tables
+
+    _, ds, run = planted
+    kw = dict(k=6, heads=False, modes="renorm", n_boot=0)
+    wide = attribute(str(tiny_bert), ds, "test", run, max_queries=6, **kw)
+    narrow = attribute(str(tiny_bert), ds, "test", run, max_queries=3, **kw)
+    sw = sweep(str(tiny_bert), ds, "test", run, k=6, max_queries=3, n_resamples=10, n_boot=0)
+    got = compare_tables(wide.table, sw.table, per_query=wide.per_query, query_ids=sw.meta["query_ids"])
+    ref = compare_tables(narrow.table, sw.table)
+    assert len(got) == len(ref) == 3 * 25 - 20
+    for c in ("estimate", "estimate_abs", "estimate_delta_margin", "estimate_flip_rate", "exact"):
+        np.testing.assert_allclose(got[c].to_numpy(), ref[c].to_numpy(), rtol=1e-4, atol=1e-6, err_msg=c)  # batching
