@@ -100,12 +100,16 @@ def plot_head_sweep(sweep, out_stem, metric: str | None = None, mode: str | None
     t = t[(t["head"] >= 0) & (t["status"].isin(["ok", "structural"]))]
     if t.empty:
         raise ValueError("the table has no per-head knockouts (run it with --heads)")
-    paths = list(dict.fromkeys(t["path"]))
+    from mice.masks import all_paths
+
+    present = list(dict.fromkeys(t["path"]))
+    paths = [p for p in all_paths() if p in present] + [p for p in present if p not in all_paths()]
     n_layers, n_heads = int(t["layer"].max()) + 1, int(t["head"].max()) + 1
     cols = min(5, len(paths))
     rows = int(np.ceil(len(paths) / cols))
     lim = float(np.nanmax(np.abs(t[metric].to_numpy(dtype=float)))) or 1.0
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1, 1.9 * rows + 0.8), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1, 2.3 * rows + 0.8), squeeze=False)
+    fig.subplots_adjust(hspace=0.65, wspace=0.35)
     im = None
     for ax, p in zip(axes.ravel(), paths):
         sub = t[t["path"] == p]
