@@ -232,11 +232,17 @@ class Demo:
                         k=self.p.sweep_k, max_queries=self.p.probe_queries, examples=2)
         return {}
 
+    def _knockout_model(self):
+        """The cross-encoder as the knockout stages see it: pairs cut at the re-ranking length, as it is used."""
+        from probes.attention import hooked_model
+
+        return hooked_model(str(self.ce_path()), max_length=self.p.rerank_max_length)
+
     def stage_attribute(self, folder: Path) -> dict:
         """Attribution patching: every layer x head x path knockout estimated on the first dev queries."""
         from ablations.attribution import attribute
 
-        res = attribute(str(self.ce_path()), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
+        res = attribute(self._knockout_model(), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
                         max_queries=self.p.sweep_queries, heads=True, modes=("renorm",),
                         out=folder / "attribution.parquet", progress=self.console is not None)
         return {"cells": int(len(res.table)), "structural": int((res.table["status"] == "structural").sum()),
@@ -252,10 +258,10 @@ class Demo:
         from .files import read_table, write_json_atomic
 
         n = min(self.p.exact_queries, self.p.sweep_queries)
-        res = sweep(str(self.ce_path()), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
+        res = sweep(self._knockout_model(), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
                     max_queries=n, mode="renorm", out=folder / "sweep.parquet",
                     progress=self.console is not None, n_resamples=1000)
-        ablate_masks(str(self.ce_path()), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
+        ablate_masks(self._knockout_model(), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
                      max_queries=n, out=folder / "presets.csv")
         check = compare_tables(read_table(self.path("attribute", "attribution.parquet")), res.table,
                                per_query=read_table(self.path("attribute", "attribution.per_query.parquet")),
