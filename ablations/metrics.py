@@ -176,7 +176,7 @@ class RankEffects:
         g = rel[order]  # [K, <=10]
         hit = g > 0
         first = np.where(hit.any(1), hit.argmax(1), -1)
-        rr = np.where(first >= 0, 1.0 / (first + 1), 0.0)
+        rr = np.where(first >= 0, 1.0 / np.maximum(first + 1, 1), 0.0)
         dcg = (g / np.log2(np.arange(2, g.shape[1] + 2))).sum(1)
         return rr, (dcg / idcg if idcg > 0 else np.zeros_like(dcg))
 
