@@ -2,11 +2,12 @@
 
 Two forms, both zero-shot (the model is not retrained while searching):
 
-- `derive_mask`: greedy. Paths are tried from the cheapest knockout (sweep cost = loss of the metric on the
-  sweep's queries) to the dearest; each is removed on top of the paths already removed and the *cumulative*
-  mask is re-checked on held-out queries; the search stops when the next removal would lose more than
-  `tolerance` (relative to the clean model on those queries). Removals that would leave a segment with
-  nothing to attend to are skipped.
+- `derive_mask`: greedy. Paths are tried from the cheapest knockout (by the sensitive measure of an attribution
+  table or a sweep) to the dearest; structural cells (which cannot change the score) go without a re-check;
+  every other removal is made on top of those already made and the *cumulative* mask is re-checked exactly
+  on held-out queries (bounded: at most `check_queries` queries and `max_steps` re-checks); the search stops
+  when the next removal would lose more than `tolerance` (relative to the clean model on those queries).
+  Removals that would leave a segment with nothing to attend to are skipped.
 - `merge_layer_search`: constraint-driven, as in the paper. Given `mask2` (no `d->q`, so document states are
   query-independent), block `q->d` in layers [0, k) (`mask3(k)`) and keep the largest k within tolerance:
   the layer where query and document start to interact.
@@ -86,95 +87,176 @@ def held_out(meta: dict, data, split: str, run, k: int, check_split: str | None 
                         f"{split!r}: sweep fewer (--max-queries) or pass another split (--check-split)") from None
 
 
-def _sweep_of(sweep) -> tuple[SweepResult, str]:
-    if isinstance(sweep, SweepResult):
-        return sweep, "<in memory>"
-    return load_sweep(sweep), str(sweep)
+def _evidence_of(evidence) -> tuple[pd.DataFrame, dict, str]:
+    """(table, meta, name) of a sweep or an attribution table (object or path)."""
+    if isinstance(evidence, SweepResult):
+        return evidence.table, evidence.meta, "<in memory>"
+    if hasattr(evidence, "estimates"):  # AttributionResult
+        return evidence.table, evidence.meta, "<in memory>"
+    path = Path(evidence)
+    from mice.files import read_table
+
+    if path.exists() and "estimate" in read_table(path).columns:
+        from .attribution import load_attribution
+
+        table, meta = load_attribution(path)
+        return table, meta, str(path)
+    res = load_sweep(path)
+    return res.table, res.meta, str(path)
+
+
+#: what the derivation ranks by when the evidence does not say: the sensitive measure, then the coarse one
+RANK_FALLBACK = ("delta_margin", "abs_dscore", "mean_abs_dscore")
 
 
 def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None, k: int | None = None, *,
-                tolerance: float = 0.01, metric: str | None = None, check_split: str | None = None, check_run=None,
-                check_queries: int | None = None, patience: int = 0, max_steps: int | None = None,
-                batch_size: int = 16, name: str = "derived", progress: bool = False) -> Derivation:
-    """Greedy mask derivation from a layer-level sweep (see the module docstring).
+                tolerance: float = 0.01, metric: str | None = None, measure: str | None = None,
+                mode: str | None = None, check_split: str | None = None, check_run=None,
+                check_queries: int | None = 100, patience: int = 0, max_steps: int | None = 24,
+                structural: bool = True, batch_size: int = 16, name: str = "derived", n_boot: int = 1000,
+                progress: bool = False) -> Derivation:
+    """Greedy mask derivation from knockout evidence: a layer-level sweep or an attribution table.
 
-    Model, data, split, run and k default to the sweep's metadata. `metric` defaults to the sweep's first
-    metric; `tolerance` is the largest relative loss allowed against the clean model on the held-out queries;
-    `patience` lets the search go past that many consecutive rejected paths before stopping.
+    Candidates (layer, path) are tried from the least to the most harmful by `measure` (default: the measure
+    that ranked the evidence, `rank_by`, else `delta_margin`, else the sweep's metric); each is removed on top
+    of those already removed and the cumulative mask re-checked exactly on held-out queries (at most
+    `check_queries`, at most `max_steps` re-checks: both bounded by default; progress on a bar and in the
+    `mice.ablations` log). Before each re-check, cells that have become *structural* (`ablations.structural`:
+    they provably cannot change the score under the current mask) are removed without one. A re-check records
+    the metric, its relative loss against the clean model (the decision: within `tolerance`), and the
+    change of the metric and of the relevant-vs-non-relevant score margin with bootstrap CIs over the held-out
+    queries. Model, data, split, run and k default to the evidence's metadata.
     """
-    result, sweep_name = _sweep_of(sweep)
-    meta = result.meta
+    from .attribution import _progress
+    from .metrics import RankEffects
+    from .structural import structural_reason
+
+    table, meta, sweep_name = _evidence_of(sweep)
     model_spec, data, split, run, k = _resolve_sources(meta, model, data, split, run, k)
     model = hooked_model(model_spec, max_length=meta.get("max_length"))
-    table = result.table
-    mode = str(table["mode"].iloc[0]) if len(table) else meta.get("mode", "renorm")
+    if mode is None:
+        mode = "renorm" if "renorm" in set(table["mode"]) else str(table["mode"].iloc[0]) if len(table) else "renorm"
     metric = (metric or (meta.get("metrics") or ["ndcg@10"])[0]).lower()
-    if f"delta_{metric}" not in table.columns:
-        raise DataError(f"{sweep_name}: the sweep has no column delta_{metric}")
     base = InteractionMask.from_dict(meta["base"]) if meta.get("base") else InteractionMask.full(model.n_layers)
     if base.num_layers != model.n_layers:
         raise MaskError(f"{sweep_name}: swept on {base.num_layers} layers, the model has {model.n_layers}")
 
-    rows = table[(table["status"] == "ok") & (table["head"] == ALL_HEADS)].copy()
+    rows = table[(table["status"] == "ok") & (table["head"] == ALL_HEADS) & (table["mode"] == mode)].copy()
     if rows.empty:
-        raise DataError(f"{sweep_name}: no layer-level knockouts to derive a mask from")
-    rows["cost"] = -rows[f"delta_{metric}"]
-    rows = rows.sort_values(["cost", "mean_abs_dscore", "layer", "path"], kind="stable")
+        raise DataError(f"{sweep_name}: no layer-level knockouts in mode {mode!r} to derive a mask from")
+    if measure is None:
+        ranked = [str(table["rank_by"].iloc[0])] if "rank_by" in table.columns and len(table) else []
+        measure = next((m for m in ranked + list(RANK_FALLBACK) + [f"delta_{metric}"] if m in rows.columns), None)
+    if measure not in rows.columns:
+        raise DataError(f"{sweep_name}: no column {measure!r} to rank the knockouts by")
+    signed = measure.startswith("delta_") or measure in ("dscore", "estimate")
+    rows["cost"] = -rows[measure] if signed else rows[measure]  # harm: larger = worse
+    tie = next((c for c in ("abs_dscore", "mean_abs_dscore", "estimate_abs") if c in rows.columns), "cost")
+    rows = rows.sort_values(["cost", tie, "layer", "path"], kind="stable")
 
     check = held_out(meta, data, split, run, k, check_split, check_run, check_queries)
     evaluator = Evaluator(check, [metric])
+    effects = RankEffects(check.frame, check.qrels)
     batches = ScoredBatches(SweepEngine(model, mode, None), check.pairs, batch_size)
-    reference = evaluator.summary(evaluator.per_query(batches.clean()))[metric]
+    clean_scores = batches.clean()
+    clean_pq = evaluator.per_query(clean_scores)[metric].to_numpy()
+    reference = float(clean_pq.mean())
     batches.rebase(base)
     current = base
-    current_value = evaluator.summary(evaluator.per_query(batches.clean()))[metric]
-    steps = [{"step": 0, "layer": -1, "path": "", "sweep_delta": np.nan, "sweep_mean_abs_dscore": np.nan,
-              "decision": "start", "value": current_value, "rel_loss": relative_loss(reference, current_value),
-              "n_removed": 0, "current": current_value}]
-    removed, rejected = [], 0
-    items = list(rows.itertuples(index=False))
-    if progress:
-        from rich.progress import track
+    base_scores = batches.clean()
+    current_value = evaluator.summary(evaluator.per_query(base_scores))[metric]
 
-        items = track(items, description="deriving")
+    def measured(scores) -> dict:
+        pq = evaluator.per_query(scores)[metric].to_numpy()
+        fx = effects.per_query(clean_scores, scores[None, :])
+        delta = {f"delta_{metric}": (pq - clean_pq)[None, :], "delta_margin": fx["delta_margin"]}
+        summ = effects.summarize(delta, n_boot=n_boot).iloc[0]
+        value = float(pq.mean())
+        out = {"value": value, "rel_loss": relative_loss(reference, value)}
+        for m in delta:
+            out.update({m: float(summ[m]), f"{m}_ci_low": float(summ[f"{m}_ci_low"]),
+                        f"{m}_ci_high": float(summ[f"{m}_ci_high"])})
+        return out
+
+    steps = [{"step": 0, "layer": -1, "path": "", "sweep_delta": np.nan, "sweep_mean_abs_dscore": np.nan,
+              "decision": "start", **measured(base_scores), "n_removed": 0, "current": current_value}]
+    removed, struct_removed, rejected, n_checks = [], [], 0, 0
+    all_cells = [(l, p) for l in range(model.n_layers) for p in rows["path"].drop_duplicates()]
+
+    def drop_structural():
+        nonlocal current
+        if not structural:
+            return
+        for l, p in all_cells:
+            ko = _Cell(l, p)
+            if not current.allowed(l, p) or structural_reason(ko, current, mode=mode) is None:
+                continue
+            try:
+                current = current.with_blocked([p], [l], name=name)
+            except MaskError:
+                continue
+            struct_removed.append((l, p))
+            steps.append({"step": len(steps), "layer": l, "path": p, "sweep_delta": np.nan,
+                          "sweep_mean_abs_dscore": np.nan, "decision": "structural", "value": np.nan,
+                          "rel_loss": np.nan, "n_removed": len(removed) + len(struct_removed),
+                          "current": current_value, "reason": structural_reason(ko, base, mode=mode) or
+                          "structural: no longer reaches [CLS] under the derived mask"})
+
+    budget = len(rows) if max_steps is None else min(max_steps, len(rows))
+    prog = _progress(progress, budget, "deriving (exact re-checks)")
     started = time.perf_counter()
-    for r in items:
-        if max_steps is not None and len(steps) > max_steps:
-            break
-        step = {"step": len(steps), "layer": int(r.layer), "path": r.path, "sweep_delta": -float(r.cost),
-                "sweep_mean_abs_dscore": float(r.mean_abs_dscore)}
-        try:
-            trial = current.with_blocked([r.path], [int(r.layer)], name=name)
-        except MaskError as err:
-            steps.append({**step, "decision": "invalid", "value": np.nan, "rel_loss": np.nan,
-                          "n_removed": len(removed), "current": current_value, "reason": str(err)})
-            continue
-        value = evaluator.summary(evaluator.per_query(batches.mask(trial)))[metric]
-        loss = relative_loss(reference, value)
-        if loss <= tolerance:
-            current, current_value = trial, value
-            removed.append((int(r.layer), r.path))
-            batches.rebase(current)
-            rejected = 0
-            decision = "removed"
-        else:
-            rejected += 1
-            decision = "kept"
-        steps.append({**step, "decision": decision, "value": value, "rel_loss": loss, "n_removed": len(removed),
-                      "current": current_value})
-        if decision == "kept" and rejected > patience:
-            break
+    try:
+        drop_structural()
+        for r in rows.itertuples(index=False):
+            if n_checks >= budget:
+                break
+            if not current.allowed(int(r.layer), r.path):
+                continue  # removed as structural meanwhile
+            step = {"step": len(steps), "layer": int(r.layer), "path": r.path, "sweep_delta": -float(r.cost),
+                    "sweep_mean_abs_dscore": float(getattr(r, tie)) if tie != "cost" else np.nan}
+            try:
+                trial = current.with_blocked([r.path], [int(r.layer)], name=name)
+            except MaskError as err:
+                steps.append({**step, "decision": "invalid", "value": np.nan, "rel_loss": np.nan,
+                              "n_removed": len(removed) + len(struct_removed), "current": current_value,
+                              "reason": str(err)})
+                continue
+            n_checks += 1
+            got = measured(batches.mask(trial))
+            prog.advance()
+            if got["rel_loss"] <= tolerance:
+                current, current_value = trial, got["value"]
+                removed.append((int(r.layer), r.path))
+                batches.rebase(current)
+                rejected = 0
+                decision = "removed"
+            else:
+                rejected += 1
+                decision = "kept"
+            steps.append({**step, "decision": decision, **got, "n_removed": len(removed) + len(struct_removed),
+                          "current": current_value})
+            if decision == "kept" and rejected > patience:
+                break
+            if decision == "removed":
+                drop_structural()
+    finally:
+        prog.stop()
     steps_df = pd.DataFrame(steps)
     for c in STEP_COLUMNS:
         if c not in steps_df.columns:
             steps_df[c] = np.nan
     steps_df = steps_df[STEP_COLUMNS + [c for c in steps_df.columns if c not in STEP_COLUMNS]]
-    provenance = {"method": "greedy knockout removal, cumulative re-check on held-out queries",
+    provenance = {"method": "greedy knockout removal ordered by " + ("attribution" if "estimate" in table.columns
+                                                                     else "exact knockouts") +
+                            f" on {measure}; structural cells removed without re-checks; cumulative exact "
+                            "re-checks on held-out queries",
                   "derived_from": sweep_name, "model": str(model_spec), "dataset": str(data) if isinstance(
                       data, str) else getattr(data, "name", "<dataset>"), "split": check.source.get("split"),
-                  "run": check.source.get("run"), "k": k, "mode": mode, "metric": metric, "tolerance": tolerance,
-                  "reference": reference, "final": current_value, "held_out_queries": len(check.query_ids),
+                  "run": check.source.get("run"), "k": k, "mode": mode, "metric": metric, "ranked_by": measure,
+                  "tolerance": tolerance, "reference": reference, "final": current_value,
+                  "held_out_queries": len(check.query_ids), "re_checks": n_checks, "max_steps": max_steps,
                   "base": base.name, "removed": [f"{p}@{l}" for l, p in removed],
+                  "structural": [f"{p}@{l}" for l, p in struct_removed],
                   "steps": _plain_steps(steps_df),
                   "convention": "a->b: tokens of group a attend to tokens of group b"}
     mask = InteractionMask.from_tables(current.tables, name=name, provenance=provenance)
@@ -183,8 +265,16 @@ def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None
     return Derivation(mask, steps_df, meta_out)
 
 
+class _Cell:
+    """A (layer, path) cell in the shape `structural_reason` reads."""
+
+    def __init__(self, layer: int, path: str):
+        self.layer, self.path = layer, path
+
+
 def _plain_steps(steps: pd.DataFrame) -> list[dict]:
-    cols = ["step", "layer", "path", "sweep_delta", "decision", "value", "rel_loss"]
+    cols = [c for c in ("step", "layer", "path", "sweep_delta", "decision", "value", "rel_loss",
+                        "delta_margin_ci_low", "delta_margin_ci_high") if c in steps.columns]
     return json.loads(steps[cols].to_json(orient="records"))
 
 
@@ -212,17 +302,23 @@ def write_report(derivation: Derivation, path) -> Path:
              f"{m.get('tolerance')} (relative)",
              f"- removed {len(m.get('removed', []))} (layer, path) cells on top of `{m.get('base')}`", "",
              fig_line,
-             f"| step | path @ layer | sweep Δ{m.get('metric')} | decision | held-out {m.get('metric')} "
-             "| rel. loss | cumulative |", "|---:|---|---:|---|---:|---:|---:|"]
+             f"- ranked by `{m.get('ranked_by', 'delta_' + str(m.get('metric')))}`; {m.get('re_checks', '?')} exact "
+             f"re-checks (at most {m.get('max_steps')}); {len(m.get('structural', []))} structural cells removed "
+             "without one (they cannot change a [CLS]-pooled score)", "",
+             f"| step | path @ layer | evidence (harm) | decision | held-out {m.get('metric')} "
+             "| rel. loss | Δmargin [95% CI] | cumulative |", "|---:|---|---:|---|---:|---:|---|---:|"]
     for r in derivation.steps.itertuples(index=False):
         if r.decision == "start":
-            lines.append(f"| 0 | (base: {m.get('base')}) | | start | {r.value:.4f} | {r.rel_loss:+.4f} | "
+            lines.append(f"| 0 | (base: {m.get('base')}) | | start | {r.value:.4f} | {r.rel_loss:+.4f} | | "
                          f"{r.current:.4f} |")
             continue
         value = "" if pd.isna(r.value) else f"{r.value:.4f}"
         loss = "" if pd.isna(r.rel_loss) else f"{r.rel_loss:+.4f}"
-        lines.append(f"| {r.step} | `{r.path}` @ {r.layer} | {r.sweep_delta:+.4f} | {r.decision} | {value} | "
-                     f"{loss} | {r.current:.4f} |")
+        ev = "" if pd.isna(r.sweep_delta) else f"{r.sweep_delta:+.4g}"
+        lo, hi = getattr(r, "delta_margin_ci_low", np.nan), getattr(r, "delta_margin_ci_high", np.nan)
+        ci = "" if pd.isna(getattr(r, "delta_margin", np.nan)) else f"{r.delta_margin:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+        lines.append(f"| {r.step} | `{r.path}` @ {r.layer} | {ev} | {r.decision} | {value} | {loss} | {ci} | "
+                     f"{r.current:.4f} |")
     lines += ["", "## Derived mask", "", "```", derivation.mask.render(), "```", ""]
     return write_text_atomic(path, "\n".join(lines))
 

@@ -34,7 +34,7 @@ from probes.candidates import Candidates, as_candidates
 
 from .engine import SweepEngine
 from .knockouts import ALL_HEADS, Knockout, check_knockout, knockout_set
-from .metrics import Evaluator
+from .metrics import Evaluator, RankEffects
 
 SWEEP_FORMAT = "mice-sweep/1"
 PARTIAL_FORMAT = "mice-sweep-partial/1"
@@ -161,7 +161,8 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
           mode: str = "renorm", base=None, max_queries: int | None = None, metrics=("nDCG@10", "RR@10"),
           batch_size: int = 16, strategy: str = "auto", out=None, restart: bool = False, unit_size: int = 25,
           cache_bytes: int = 1 << 30, n_resamples: int = 2000, progress: bool = False,
-          callback: Callable[[int, int], None] | None = None, meta: dict | None = None) -> SweepResult:
+          callback: Callable[[int, int], None] | None = None, meta: dict | None = None, n_boot: int = 1000,
+          structural: bool = True, rank_by: str | None = None) -> SweepResult:
     """Knock out each path (in each layer; with `heads`, also in each head) and measure the re-ranking.
 
     `data`: a dataset spec/object with `split` and `run` (file, DataFrame or "bm25"; top `k` per query,
@@ -169,30 +170,42 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
     paths); `layers`: "0-5", a list, or all; `heads`: True or a list of heads for per-head knockouts;
     `base`: knock out on top of this mask (e.g. "mask2"); `strategy`: fast | replicate | naive (see
     `ablations.engine`). `out` makes the sweep resumable and saves its three files. `callback(done, total)`
-    is called after each unit of knockouts.
+    is called after each unit of knockouts. Next to nDCG/RR, each row has the sensitive measures of
+    `ablations.metrics.RankEffects` with bootstrap CIs over queries (`n_boot` resamples), `rank_by` names the
+    one that ranks knockouts (default `delta_margin`), and knockouts that provably cannot change the score
+    (`ablations.structural`) are still measured but labelled `status == "structural"`.
     """
     started = time.perf_counter()
     model = hooked_model(model)
     cands = as_candidates(data, split, run, k, max_queries)
     evaluator = Evaluator(cands, metrics, n_resamples=n_resamples)
+    effects = RankEffects(cands.frame, cands.qrels)
     engine = SweepEngine(model, mode, base, strategy)
     base_mask = engine.base_mask
     kos = knockout_set(model.n_layers, model.n_heads, paths, layers, heads)
     reasons = {ko.key: check_knockout(ko, base_mask) for ko in kos}
+
     runnable = [ko for ko in kos if reasons[ko.key] is None]
     units = _units(runnable, unit_size)
+    rank_by = rank_by or ("delta_margin" if effects.judged else "abs_dscore")
 
     batches = ScoredBatches(engine, cands.pairs, batch_size, cache_bytes)
     clean = batches.clean()
     clean_pq = evaluator.per_query(clean)
+    from .structural import occupancy, structural_cells
+
+    struct = structural_cells(runnable, base_mask, occupancy([b["segment_ids"] for _, b in batches.batches]),
+                              mode) if structural else {}
 
     meta = {**(meta or {}), **_meta(model, cands, evaluator, engine, mode, base_mask, batch_size, clean_pq, kos,
-                                    paths, layers, heads)}
+                                    paths, layers, heads), "rank_by": rank_by, "measures": effects.names,
+            "n_boot": n_boot, "n_structural": len(struct)}
     partial = None
     if out is not None:
         out = Path(out)
         key = hashlib.sha1(json.dumps([_model_id(model), cands.fingerprint(), mode, base_mask.tables.tolist(),
-                                       evaluator.names, batch_size, n_resamples, unit_size]).encode()).hexdigest()
+                                       evaluator.names, batch_size, n_resamples, unit_size, n_boot, structural,
+                                       rank_by]).encode()).hexdigest()
         partial = _Partial(out.with_name(out.name + ".partial"), key, restart)
     done_units = dict(partial.units) if partial else {}
     unit_keys = [[ko.key for ko in u] for u in units]
@@ -215,10 +228,18 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
             for n_done, i in enumerate(todo, 1):
                 unit = units[i]
                 scores = batches.knockouts(unit)
+                fx = effects.per_query(clean, scores)
+                fx_sum = effects.summarize(fx, n_boot=n_boot)
                 rows, pqs = [], []
-                for ko, s in zip(unit, scores):
+                for j, (ko, s) in enumerate(zip(unit, scores)):
                     summary, qdf = evaluator.compare(clean, clean_pq, s)
-                    rows.append(_plain({"key": ko.key, **_ko_row(ko, mode), **summary}))
+                    sens = {c: float(v) for c, v in fx_sum.iloc[j].items() if c not in summary}
+                    for m in ("flip_rate", "delta_margin", "dscore", "abs_dscore"):
+                        if m in fx:
+                            qdf[m] = fx[m][j]
+                    status = ("structural", struct[ko.key]) if ko.key in struct else ("ok", "")
+                    rows.append(_plain({"key": ko.key, **_ko_row(ko, mode, *status), **summary, **sens,
+                                        "rank_by": rank_by}))
                     pqs.append(_plain(qdf.to_dict(orient="list")))
                 for r, pq in zip(rows, pqs):
                     results[r["key"]] = (r, pq)

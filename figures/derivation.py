@@ -12,7 +12,7 @@ from pathlib import Path
 from . import PATH_CONVENTION, save_figure, setup_style
 
 DECISION_STYLE = {"removed": ("o", "#55a868"), "kept": ("X", "#c44e52"), "invalid": ("s", "#8c8c8c"),
-                  "start": ("D", "#4c72b0")}
+                  "start": ("D", "#4c72b0"), "structural": ("|", "#8172b2")}
 
 
 def _read(t):
@@ -34,9 +34,16 @@ def plot_derivation(steps, out_stem, metric: str = "ndcg@10", tolerance: float |
     fig, ax = plt.subplots(figsize=(max(5.0, 0.18 * len(s) + 2.5), 3.4))
     ax.plot(s["step"], s["current"], color="#4c72b0", lw=1.2, label="cumulative mask")
     for decision, (marker, color) in DECISION_STYLE.items():
-        sub = s[(s["decision"] == decision) & s["value"].notna()]
+        if decision == "structural":  # no re-check: drawn on the cumulative line
+            sub = s[s["decision"] == decision]
+            y = sub["current"]
+            label = "structural (no re-check)"
+        else:
+            sub = s[(s["decision"] == decision) & s["value"].notna()]
+            y = sub["value"]
+            label = decision
         if len(sub):
-            ax.scatter(sub["step"], sub["value"], marker=marker, color=color, s=22, label=decision, zorder=3)
+            ax.scatter(sub["step"], y, marker=marker, color=color, s=22, label=label, zorder=3)
     if reference is not None and tolerance is not None:
         ax.axhline(reference * (1 - tolerance), color="black", ls="--", lw=0.8,
                    label=f"tolerance floor ({tolerance:g})")

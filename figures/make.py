@@ -28,6 +28,21 @@ def make_all(run_dir, out_dir) -> list[Path]:
         examples = sorted((run_dir / "probe").glob("*examples*"))
         if examples:
             add(plot_example(load_examples(examples[0]), out_dir / "attention_example"))
+    attribution = run_dir / "attribute" / "attribution.parquet"
+    if attribution.exists():
+        from .knockouts import plot_head_sweep, plot_sweep
+
+        table = read_table(attribution)
+        add(plot_sweep(table, out_dir / "attribution_heatmap"))
+        if (table["head"] >= 0).any():
+            add(plot_head_sweep(table, out_dir / "attribution_heads"))
+    check = run_dir / "sweep" / "attribution_check.csv"
+    if check.exists():
+        from .attribution import plot_attribution_check
+
+        add(plot_attribution_check(check, out_dir / "attribution_vs_exact"))
+        if "exact_delta_margin" in read_table(check).columns:
+            add(plot_attribution_check(check, out_dir / "attribution_vs_exact_margin", measure="delta_margin"))
     sweep = run_dir / "sweep" / "sweep.parquet"
     if sweep.exists():
         from .knockouts import plot_mask_ablation, plot_sweep

@@ -121,15 +121,59 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
         _figure(lines, root, "figures/attention_example.png", "One example's token-level pattern")
 
     sweep = root / "sweep" / "sweep.parquet"
+    attribution = root / "attribute" / "attribution.parquet"
+    if sweep.exists() or attribution.exists():
+        lines += ["## Knockouts", ""]
+    if attribution.exists():
+        at = read_table(attribution)
+        n_struct = int((at["status"] == "structural").sum())
+        meta_p = root / "attribute" / "attribution.meta.json"
+        am = json.loads(meta_p.read_text()) if meta_p.exists() else {}
+        lines += [f"**Screen (attribution patching).** {len(at)} knockouts (layer × head × path, head −1 = all heads; "
+                  f"mode {', '.join(am.get('modes', ['renorm']))}) estimated from one forward and one backward pass "
+                  f"per batch over {am.get('n_pairs', '?')} pairs of {len(am.get('query_ids', [])) or '?'} dev "
+                  f"queries in {am.get('elapsed_s', float('nan')):.1f} s; {n_struct} are *structural* (they cannot "
+                  f"change a `[CLS]`-pooled score and need no evidence). Ranked by `{am.get('measure', '?')}`.", ""]
+    check = root / "sweep" / "attribution_check.json"
+    if check.exists():
+        c = json.loads(check.read_text())
+        lines += [f"**Attribution vs exact knockouts** over {c['cells']} non-structural layer × path cells (on the "
+                  f"exact sweep's queries): Spearman ρ = {c['rho_mean_dscore']:.3f} on the mean score change, "
+                  f"{c['rho_mean_abs_dscore']:.3f} on the mean |score change|"
+                  + (f", {c['rho_delta_margin']:.3f} on the relevant-vs-non-relevant margin change"
+                     if "rho_delta_margin" in c else "") + ".", ""]
+        _figure(lines, root, "figures/attribution_vs_exact.png", "Attribution estimate vs exact knockout (mean score change)")
+        _figure(lines, root, "figures/attribution_vs_exact_margin.png", "Attribution estimate vs exact knockout (margin change)")
     if sweep.exists():
         df = read_table(sweep)
-        cols = [c for c in ("layer", "path", "mode", "ndcg@10", "delta_ndcg@10", "p_value", "mean_abs_dscore",
-                            "kendall_tau") if c in df.columns]
-        key = "delta_ndcg@10" if "delta_ndcg@10" in df.columns else cols[-1]
-        top = df.sort_values(key).head(10)[cols]
-        lines += ["## Knockouts", "", f"{len(df)} single-path knockouts (layer × path). The ten most harmful:", "",
-                  _md(top), ""]
-        _figure(lines, root, "figures/knockout_heatmap.png", "ΔnDCG@10 per knocked-out path and layer")
+        sidecar_meta = root / "sweep" / "sweep.meta.json"
+        ok = df[df["status"] == "ok"]
+        measure = str(df["rank_by"].iloc[0]) if "rank_by" in df.columns and len(df) else "delta_ndcg@10"
+        lo, hi = f"{measure}_ci_low", f"{measure}_ci_high"
+        if measure in ok.columns and hi in ok.columns:
+            harmful = ok[ok[hi] < 0].sort_values(measure)
+            cols = [c for c in ("layer", "path", measure, lo, hi, "flip_rate", "kendall_tau", "delta_ndcg@10",
+                                "p_value") if c in ok.columns]
+            lines += [f"**Exact sweep.** {len(df)} single-path knockouts (layer × path) on the first "
+                      f"{len(json.loads(sidecar_meta.read_text()).get('query_ids', [])) if sidecar_meta.exists() else '?'}"
+                      " of those dev queries, "
+                      f"{int((df['status'] == 'structural').sum())} structural. Effects are measured per query and "
+                      f"averaged with 95% bootstrap CIs over queries; `{measure}` is the change of the mean score "
+                      "margin of relevant over non-relevant candidates, `flip_rate` the share of candidate pairs "
+                      "whose order flips. A knockout is called **harmful** only when the CI of "
+                      f"`{measure}` lies below zero: {len(harmful)} are. The ten most harmful:", "",
+                      _md(harmful.head(10)[cols]), ""]
+        else:
+            cols = [c for c in ("layer", "path", "mode", "ndcg@10", "delta_ndcg@10", "p_value", "mean_abs_dscore",
+                                "kendall_tau") if c in df.columns]
+            key = "delta_ndcg@10" if "delta_ndcg@10" in df.columns else cols[-1]
+            lines += [f"{len(df)} single-path knockouts (layer × path). The ten most harmful:", "",
+                      _md(df.sort_values(key).head(10)[cols]), ""]
+        _figure(lines, root, "figures/knockout_heatmap.png", f"Exact knockouts: {measure} per path and layer "
+                "(* CI excludes 0, s structural)")
+    if attribution.exists():
+        _figure(lines, root, "figures/attribution_heatmap.png", "Attribution screen, layer × path")
+        _figure(lines, root, "figures/attribution_heads.png", "Attribution screen per head, one map per path")
 
     derive = root / "derive"
     if (derive / "mask.json").exists():
@@ -141,7 +185,15 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
                   mask.render(), "```", ""]
         steps = derive / "mask.steps.csv"
         if steps.exists():
-            lines += ["Greedy derivation steps:", "", _md(read_table(steps)), ""]
+            st = read_table(steps)
+            prov = mask.provenance
+            cols = [c for c in ("step", "layer", "path", "decision", "value", "rel_loss", "delta_margin",
+                                "delta_margin_ci_low", "delta_margin_ci_high", "current") if c in st.columns]
+            lines += [f"Greedy derivation steps, ordered by `{prov.get('ranked_by', '?')}` "
+                      f"({prov.get('method', '')}): {prov.get('re_checks', '?')} exact re-checks on "
+                      f"{prov.get('held_out_queries', '?')} held-out queries, {len(prov.get('structural', []))} "
+                      "structural cells removed without one:", "", _md(st[cols]), ""]
+        _figure(lines, root, "figures/derivation_steps.png", "Derivation steps (structural cells: no re-check)")
         _figure(lines, root, "figures/derived_mask.png", "The derived mask")
         merge = derive / "merge_layer.csv"
         if merge.exists():

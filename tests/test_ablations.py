@@ -104,7 +104,13 @@ def test_sweep_finds_the_planted_mechanism(planted_sweep):
     res, _ = planted_sweep
     t = res.table
     assert res.meta["clean"]["ndcg@10"] == 1.0  # the planted model ranks perfectly
-    assert len(t) == 3 * 25 and (t["status"] == "ok").all()
+    assert len(t) == 3 * 25 and t["status"].isin(["ok", "structural"]).all()
+    struct = t[t["status"] == "structural"]  # last-layer rows other than [CLS]: measured, exactly no effect
+    assert len(struct) == 20 and (struct["layer"] == 2).all() and (struct["abs_dscore"] == 0).all()
+    assert res.meta["rank_by"] == "delta_margin" and (t["rank_by"] == "delta_margin").all()
+    # the sensitive measure separates the route with CIs that exclude zero, and nothing else is harmful
+    route_rows = t.set_index(["layer", "path"]).loc[[MECHANISM["match"], MECHANISM["readout"]]]
+    assert (route_rows["delta_margin_ci_high"] < 0).all() and (route_rows["flip_rate"] > 0.2).all()
     t = t.set_index(["layer", "path"])
     match, readout = MECHANISM["match"], MECHANISM["readout"]
     route = [match, readout]
@@ -125,14 +131,19 @@ def test_sweep_finds_the_planted_mechanism(planted_sweep):
 def test_derivation_keeps_the_mechanism_and_removes_the_rest(planted, planted_sweep, tmp_path):
     folder, ds, run = planted
     _, out = planted_sweep
-    d = derive_mask(out, data=ds, run=run, tolerance=0.01)  # model, split, k: from the sweep's metadata
+    d = derive_mask(out, data=ds, run=run, tolerance=0.01, max_steps=None)  # model, split, k: from the sweep's metadata
     mask = d.mask
     (ml, mp), (rl, rp) = MECHANISM["match"], MECHANISM["readout"]
     assert mask.allowed(ml, mp) and mask.allowed(rl, rp)
     assert int((~mask.tables[:, :5, :5]).sum()) >= 50  # most of the 75 (layer, path) cells are gone
     assert not mask.allowed(0, "q->d") and not mask.allowed(2, "q->d") and not mask.allowed(1, "d->d")
     steps = d.steps
-    assert steps["decision"].iloc[0] == "start" and set(steps["decision"]) <= {"start", "removed", "kept", "invalid"}
+    assert steps["decision"].iloc[0] == "start"
+    assert set(steps["decision"]) <= {"start", "removed", "kept", "invalid", "structural"}
+    # last-layer rows other than [CLS] go without a re-check, and are labelled so
+    struct = steps[steps["decision"] == "structural"]
+    assert len(struct) and (struct["layer"] == 2).any() and struct["value"].isna().all()
+    assert (struct.loc[struct["layer"] == 2, "path"].str.split("->").str[0] != "cls").all()
     assert (steps.loc[steps["decision"] == "removed", "rel_loss"] <= 0.01).all()
     assert d.meta["held_out_queries"] == 8  # the 8 queries the sweep did not see
     # saved: JSON with provenance, steps table, report; the mask loads and the model accepts it
@@ -159,9 +170,11 @@ def test_derivation_stops_at_the_tolerance(planted, planted_sweep):
     route = (t["layer"] == MECHANISM["match"][0]) & (t["path"] == MECHANISM["match"][1])
     t.loc[route, "delta_ndcg@10"] = 1.0
     doctored = type(res)(t, res.per_query, res.meta)
-    d = derive_mask(doctored, data=ds, run=run, tolerance=0.05)
-    assert d.steps["decision"].iloc[1] == "kept" and len(d.steps) == 2
-    assert d.mask.is_full()
+    d = derive_mask(doctored, data=ds, run=run, tolerance=0.05, measure="delta_ndcg@10")
+    checked = d.steps[~d.steps["decision"].isin(["start", "structural"])]
+    assert len(checked) == 1 and checked["decision"].iloc[0] == "kept"
+    assert (checked["layer"].iloc[0], checked["path"].iloc[0]) == MECHANISM["match"]
+    assert d.meta["re_checks"] == 1 and d.mask.allowed(*MECHANISM["match"])
 
 
 def test_merge_layer_search_finds_where_query_meets_document(planted, tmp_path):

@@ -16,10 +16,12 @@ def test_tiny_demo_end_to_end_and_cached():
     run = demo_artifacts(ROOT)  # builds runs/tiny once (the notebooks reuse it) unless runs/demo exists
     report = (run / "report.md").read_text()
     for section in ("## Effectiveness", "### Out-of-domain", "## Knockouts", "## Derived interaction mask",
-                    "Merge-layer search", "## MICE", "## Efficiency", "## Timings per stage"):
+                    "Merge-layer search", "## MICE", "## Efficiency", "## Timings per stage",
+                    "Attribution vs exact knockouts", "Screen (attribution patching)", "structural cells removed"):
         assert section in report, section
     for fig in ("attention_paths", "knockout_heatmap", "derived_mask", "merge_layer", "layer_drop",
-                "latency_vs_ndcg"):
+                "latency_vs_ndcg", "attribution_heatmap", "attribution_heads", "attribution_vs_exact",
+                "derivation_steps"):
         assert (run / "figures" / f"{fig}.png").exists() and (run / "figures" / f"{fig}.pdf").exists(), fig
     start = time.perf_counter()
     run_demo(run, json.loads((run / "preset.json").read_text())["name"])

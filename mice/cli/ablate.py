@@ -16,7 +16,7 @@ _RUN = typer.Option(..., "--run", "-r", help="First-stage run file (TREC/parquet
 
 
 def _top(table, metric: str, n: int = 10) -> str:
-    t = table[table["status"] == "ok"] if "status" in table else table
+    t = table[table["status"] != "skipped"] if "status" in table else table
     col = f"delta_{metric}"
     if col not in t:
         return ""
@@ -59,10 +59,117 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
                        strategy=strategy, out=out, restart=restart, progress=True,
                        meta={"model_spec": model, "max_length": max_length})
     t = result.table
-    skipped = int((t["status"] != "ok").sum())
+    skipped = int((t["status"] == "skipped").sum())
     typer.echo(f"wrote {out}: {len(t)} knockouts ({skipped} skipped) in {result.meta['elapsed_s']:.1f}s; clean "
                + ", ".join(f"{m} {v:.4f}" for m, v in result.meta["clean"].items()))
     typer.echo(_top(t, result.meta["metrics"][0]))
+
+
+def _log_to(path: Optional[Path]) -> None:
+    """Send the `mice.ablations` progress lines (done/total, elapsed, time left) to a log file as well."""
+    if path is None:
+        return
+    import logging
+
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("mice.ablations")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    """`query<TAB>doc` lines, as `mice score` reads them (blank lines skipped)."""
+    from ..errors import DataError
+
+    if not path.exists():
+        raise DataError(f"{path}: pairs file not found")
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                raise DataError(f"{path}:{n}: expected 'query<TAB>document', got {len(parts)} field(s)")
+            pairs.append((parts[0], parts[1]))
+    if not pairs:
+        raise DataError(f"{path}: no pairs")
+    return pairs
+
+
+@ablate_app.command("attribute")
+def attribute_cmd(model: str = _MODEL,
+                  out: Path = typer.Option(..., "--out", "-o", help="Table (.csv or .parquet); per-query values "
+                                           "and metadata are written beside it"),
+                  pairs: Optional[Path] = typer.Option(None, "--pairs", help="query<TAB>doc lines (instead of "
+                                                       "--dataset/--run; each pair is its own query)"),
+                  dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset spec"),
+                  split: str = typer.Option("dev", "--split"),
+                  run: Optional[str] = typer.Option(None, "--run", "-r", help="First-stage run file or 'bm25'"),
+                  k: int = typer.Option(20, "--k", min=1, help="Top-k candidates per query"),
+                  max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1),
+                  paths: Optional[str] = typer.Option(None, "--paths", help="e.g. q->d,d->q (default: all 25)"),
+                  layers: Optional[str] = typer.Option(None, "--layers", help="e.g. 0-5 (default: all)"),
+                  heads: bool = typer.Option(True, "--heads/--no-heads", help="Also every head separately"),
+                  modes: str = typer.Option("renorm,zero", "--modes", help="renorm, zero or both"),
+                  base: Optional[str] = typer.Option(None, "--base", help="Knock out on top of this mask"),
+                  steps: int = typer.Option(0, "--steps", min=0, help="Integrated-gradient steps per (layer, "
+                                            "path); 0 = one forward + one backward per batch"),
+                  measure: Optional[str] = typer.Option(None, "--measure", help="Column that ranks the knockouts "
+                                                        "(default delta_margin with judgements, else abs_dscore)"),
+                  check: int = typer.Option(0, "--check", min=0, help="Re-check the top N knockouts exactly and "
+                                            "print Spearman rho of estimate vs exact over the layer x path cells"),
+                  batch_size: int = typer.Option(16, "--batch-size", min=1),
+                  max_length: Optional[int] = typer.Option(None, "--max-length", min=8),
+                  log: Optional[Path] = typer.Option(None, "--log", help="Also log progress to this file")) -> None:
+    """Estimate every (layer, head, path) knockout at once by attribution patching (a->b: a attends b)."""
+    from ablations.attribution import attribute, check_exact, spearman
+    from probes.attention import hooked_model, sidecar
+    from probes.candidates import as_candidates
+
+    from ..errors import DataError
+    from .data import plain_warnings
+
+    _log_to(log)
+    if pairs is None and (dataset is None or run is None):
+        raise DataError("give --pairs FILE, or --dataset with --run (and --split, --k)")
+    if pairs is not None and dataset is not None:
+        raise DataError("give either --pairs or --dataset/--run, not both")
+    with plain_warnings():
+        scorer = hooked_model(model, max_length=max_length)
+        cands = as_candidates(_read_pairs(pairs)) if pairs is not None else as_candidates(dataset, split, run, k,
+                                                                                       max_queries)
+        res = attribute(scorer, cands, heads=heads, paths=paths, layers=layers,
+                        modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=steps,
+                        measure=measure, batch_size=batch_size, progress=True, out=out,
+                        meta={"model_spec": model, "max_length": max_length})
+        t = res.table
+        typer.echo(f"wrote {out}: {len(t)} rows ({int((t['status'] == 'structural').sum())} structural, "
+                   f"{int((t['status'] == 'skipped').sum())} skipped) over {res.meta['n_pairs']} pairs in "
+                   f"{res.meta['elapsed_s']:.1f}s; ranked by {res.meta['measure']}")
+        cols = [c for c in ("layer", "head", "path", "mode", "estimate", res.meta["measure"],
+                            f"{res.meta['measure']}_ci_low", f"{res.meta['measure']}_ci_high") if c in t]
+        typer.echo(t.sort_values("rank").head(10)[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        if check:
+            mode = res.meta["modes"][0]
+            chk = check_exact(scorer, cands, res, mode)
+            top = check_exact(scorer, cands, res, mode, top=check, layer_level=False)
+            chk = chk.assign(kind="layer x path")
+            from mice.files import write_table
+
+            write_table(pd_concat([chk, top.assign(kind=f"top {check}")]), sidecar(out, f".check{out.suffix}"))
+            typer.echo(f"exact check ({mode}): Spearman rho over {len(chk)} layer x path cells: mean score change "
+                       f"{spearman(chk):.3f}, mean |score change| {spearman(chk, 'abs'):.3f}"
+                       + (f", delta_margin {spearman(chk, 'delta_margin'):.3f}" if "exact_delta_margin" in chk else "")
+                       + f"; top {check} re-checked in {sidecar(out, '.check' + out.suffix)}")
+
+
+def pd_concat(frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
 
 
 @ablate_app.command("presets")
@@ -92,7 +199,8 @@ def presets_cmd(model: str = _MODEL, dataset: str = _DATASET, split: str = typer
 
 
 @ablate_app.command("derive")
-def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Sweep table written by `mice ablate sweep`"),
+def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Evidence: a sweep table (`mice ablate sweep`) "
+                                          "or an attribution table (`mice ablate attribute`)"),
                out: Path = typer.Option(..., "--out", "-o", help="Mask JSON to write (mice-mask/1)"),
                tolerance: float = typer.Option(0.01, "--tolerance", help="Largest relative loss of the metric"),
                metric: Optional[str] = typer.Option(None, "--metric", help="Default: the sweep's first metric"),
@@ -104,31 +212,42 @@ def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Sweep tabl
                check_split: Optional[str] = typer.Option(None, "--check-split", help="Held-out queries from this "
                                                          "split (default: the sweep's, minus the swept queries)"),
                check_run: Optional[str] = typer.Option(None, "--check-run", help="Run for --check-split"),
-               check_queries: Optional[int] = typer.Option(None, "--check-queries", help="At most N held-out queries"),
+               check_queries: int = typer.Option(100, "--check-queries", min=1, help="At most N held-out queries"),
                patience: int = typer.Option(0, "--patience", help="Go on past N consecutive rejected paths"),
-               max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+               max_steps: int = typer.Option(24, "--max-steps", min=0, help="At most N exact re-checks"),
+               measure: Optional[str] = typer.Option(None, "--measure", help="Rank candidates by this column "
+                                                     "(default: the evidence's rank_by, else delta_margin)"),
+               mode: Optional[str] = typer.Option(None, "--mode", help="Knockout mode (default renorm if present)"),
+               structural: bool = typer.Option(True, "--structural/--no-structural", help="Remove cells that "
+                                               "cannot change the score without re-checks"),
                name: str = typer.Option("derived", "--name", help="Mask name"),
                batch_size: int = typer.Option(16, "--batch-size"),
-               report: bool = typer.Option(True, "--report/--no-report", help="Write <stem>.report.md + figure")
-               ) -> None:
+               report: bool = typer.Option(True, "--report/--no-report", help="Write <stem>.report.md + figure"),
+               log: Optional[Path] = typer.Option(None, "--log", help="Also log re-check progress (done/total, "
+                                                  "time left) to this file")) -> None:
     """Greedily remove the cheapest paths, re-checking the cumulative mask on held-out queries."""
     from ablations.derive import derive_mask
-    from ablations.sweep import load_sweep
     from probes.attention import sidecar
 
     from .data import plain_warnings
 
-    loaded = load_sweep(sweep)
-    model = model or loaded.meta.get("model_spec")
+    from ablations.derive import _evidence_of
+
+    _log_to(log)
+    _, meta, _ = _evidence_of(sweep)
+    loaded = sweep
+    model = model or meta.get("model_spec")
     with plain_warnings():
         d = derive_mask(loaded, model=model, data=dataset, split=split, run=run, k=k, tolerance=tolerance,
                         metric=metric, check_split=check_split, check_run=check_run, check_queries=check_queries,
-                        patience=patience, max_steps=max_steps, batch_size=batch_size, name=name, progress=True)
+                        patience=patience, max_steps=max_steps, batch_size=batch_size, name=name, progress=True,
+                        measure=measure, mode=mode, structural=structural)
     d.meta["derived_from"] = str(sweep)
     d.mask.provenance["derived_from"] = str(sweep)
     d.save(out, report=report)
     m = d.meta
-    typer.echo(f"wrote {out}: removed {len(m['removed'])} (layer, path) cells; held-out {m['metric']} "
+    typer.echo(f"wrote {out}: removed {len(m['removed'])} (layer, path) cells after {m['re_checks']} exact "
+               f"re-checks, {len(m['structural'])} structural ones without; held-out {m['metric']} "
                f"{m['reference']:.4f} -> {m['final']:.4f} (tolerance {tolerance}); steps in "
                f"{sidecar(out, '.steps.csv')}" + (f", report {sidecar(out, '.report.md')}" if report else ""))
     typer.echo(d.mask.render())
