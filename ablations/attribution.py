@@ -204,7 +204,7 @@ class PathAttribution:
 
 def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, paths=None, layers=None,
               heads=True, modes=("renorm", "zero"), base=None, max_queries: int | None = None, batch_size: int = 16,
-              n_boot: int = 1000, measure: str | None = None, steps: int = 0, progress: bool = False,
+              n_boot: int = 1000, measure: str | None = None, steps: int = 0, show_progress_bar: bool = False,
               out=None, meta: dict | None = None) -> AttributionResult:
     """Estimate every (layer, [head,] path) knockout in each mode; see the module docstring.
 
@@ -242,7 +242,7 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
     if measure not in effects.names:
         raise DataError(f"unknown effect measure {measure!r} (measures: {', '.join(effects.names)})")
     total = len(modes) * len(batches)
-    prog = _progress(progress, total, "attribution")
+    prog = _progress(show_progress_bar, total, "attribution")
     clean = np.empty(len(pairs))
     estimates, tables, per_query, lives = {}, [], [], {}
     try:

@@ -114,7 +114,7 @@ def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None
                 mode: str | None = None, check_split: str | None = None, check_run=None,
                 check_queries: int | None = 100, patience: int = 0, max_steps: int | None = 24,
                 structural: bool = True, batch_size: int = 16, name: str = "derived", n_boot: int = 1000,
-                progress: bool = False) -> Derivation:
+                show_progress_bar: bool = False) -> Derivation:
     """Greedy mask derivation from knockout evidence: a layer-level sweep or an attribution table.
 
     Candidates (layer, path) are tried from the least to the most harmful by `measure` (default: the measure
@@ -203,7 +203,7 @@ def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None
                           "structural: no longer reaches [CLS] under the derived mask"})
 
     budget = len(rows) if max_steps is None else min(max_steps, len(rows))
-    prog = _progress(progress, budget, "deriving (exact re-checks)")
+    prog = _progress(show_progress_bar, budget, "deriving (exact re-checks)")
     started = time.perf_counter()
     try:
         drop_structural()

@@ -43,7 +43,8 @@ class Knockout:
 
 
 def parse_layers(spec, num_layers: int) -> list[int]:
-    """`None`/"all" -> every layer; "0-5" (inclusive), "1,3", "2" or a list of ints."""
+    """`None`/"all" -> every layer; "1,3" or "2" (layers), "0:3" (the half-open range [0, 3), as Python slices it),
+    a list of ints or a `range`. One convention with masks: a list is a list, a range is explicit."""
     if spec is None or spec == "all":
         return list(range(num_layers))
     if isinstance(spec, int):
@@ -56,14 +57,19 @@ def parse_layers(spec, num_layers: int) -> list[int]:
             part = part.strip()
             if not part:
                 continue
+            if "-" in part.lstrip("-"):
+                raise MaskError(f"bad layer spec {spec!r}: write a range as start:end (half-open, e.g. 0:6 for "
+                                "layers 0 to 5) or list the layers (1,3)")
             try:
-                if "-" in part:
-                    a, b = part.split("-", 1)
-                    layers.extend(range(int(a), int(b) + 1))
+                if ":" in part:
+                    a, b = part.split(":", 1)
+                    if int(a) >= int(b):
+                        raise MaskError(f"bad layer spec {spec!r}: empty range {part} (start:end is half-open)")
+                    layers.extend(range(int(a), int(b)))
                 else:
                     layers.append(int(part))
             except ValueError:
-                raise MaskError(f"bad layer spec {spec!r}: use e.g. 0-5, 1,3 or all") from None
+                raise MaskError(f"bad layer spec {spec!r}: use e.g. 0:6, 1,3 or all") from None
     bad = [l for l in layers if not 0 <= l < num_layers]
     if bad:
         raise MaskError(f"layer(s) {bad} outside the model's {num_layers} layers (0..{num_layers - 1})")

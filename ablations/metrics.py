@@ -6,7 +6,6 @@ Ranking metrics come from ir-measures and the tests from `mice.evaluation` (the 
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -121,10 +120,6 @@ def relative_loss(reference: float, value: float) -> float:
     if reference == 0:
         return 0.0 if value >= 0 else float("inf")
     return (reference - value) / abs(reference)
-
-
-def significant(p: Sequence[float], alpha: float = 0.05) -> np.ndarray:
-    return np.asarray(p, dtype=float) < alpha
 
 
 # ---------------------------------------------------------------------- sensitive measures, all knockouts at once

@@ -80,3 +80,10 @@ def structural_cells(kos: list[Knockout], base: InteractionMask, occupied: np.nd
         if why is not None:
             out[ko.key] = why
     return out
+
+
+def structural_table(mask: InteractionMask, mode: str = "renorm") -> np.ndarray:
+    """bool [L, S, S]: cells (l, `a->b`) of `mask` that cannot change the score (rows that never reach `[CLS]`),
+    for views and figures that mark them."""
+    r = reach(mask, mode)
+    return np.repeat(~r[:, :, None], N_REAL, axis=2)

@@ -111,24 +111,14 @@ def _plain(obj):
     return json.loads(json.dumps(obj))
 
 
-def _model_id(model) -> str:
-    h = hashlib.sha1(str(getattr(model.model, "name_or_path", "")).encode())
-    with torch.no_grad():
-        for name, p in model.model.named_parameters():
-            h.update(name.encode())
-            h.update(repr(round(float(p.double().sum()), 6)).encode())
-    return h.hexdigest()
-
-
 class _Partial:
     """Append-only sidecar of finished units; a torn last line (killed mid-write) is discarded."""
 
     def __init__(self, path: Path, key: str, restart: bool = False):
         self.path, self.key = path, key
         self._journal = JsonlJournal(path, PARTIAL_FORMAT, key, restart=restart,
-                                     mismatch="partial results of a different sweep (other model, data, mode, "
-                                              "base mask or metrics); delete it, pass restart=True (--restart), "
-                                              "or choose another output")
+                                     mismatch="partial results of a different sweep; pass restart=True "
+                                              "(--restart) to start afresh, or choose another output")
         self.units: dict[int, dict] = {int(obj["unit"]): obj for obj in self._journal.records}
 
     def add(self, unit: int, rows: list, per_query: list) -> None:
@@ -160,7 +150,7 @@ def _ko_row(ko: Knockout, mode: str, status: str = "ok", reason: str = "") -> di
 def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths=None, layers=None, heads=False,
           mode: str = "renorm", base=None, max_queries: int | None = None, metrics=("nDCG@10", "RR@10"),
           batch_size: int = 16, strategy: str = "auto", out=None, restart: bool = False, unit_size: int = 25,
-          cache_bytes: int = 1 << 30, n_resamples: int = 2000, progress: bool = False,
+          cache_bytes: int = 1 << 30, n_resamples: int = 2000, show_progress_bar: bool = False,
           callback: Callable[[int, int], None] | None = None, meta: dict | None = None, n_boot: int = 1000,
           structural: bool = True, rank_by: str | None = None) -> SweepResult:
     """Knock out each path (in each layer; with `heads`, also in each head) and measure the re-ranking.
@@ -203,9 +193,14 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
     partial = None
     if out is not None:
         out = Path(out)
-        key = hashlib.sha1(json.dumps([_model_id(model), cands.fingerprint(), mode, base_mask.tables.tolist(),
-                                       evaluator.names, batch_size, n_resamples, unit_size, n_boot, structural,
-                                       rank_by]).encode()).hexdigest()
+        from mice.identity import job_identity, mask_identity
+
+        qrels = "" if cands.qrels is None else hashlib.sha256(
+            cands.qrels.sort_values(["query_id", "doc_id"]).to_csv(index=False).encode()).hexdigest()
+        key = job_identity(**model.identity(), pairs=cands.fingerprint(), qrels=qrels, mode=mode,
+                           base_mask=mask_identity(base_mask), metrics=evaluator.names, batch_size=batch_size,
+                           n_resamples=n_resamples, unit_size=unit_size, n_boot=n_boot, structural=structural,
+                           rank_by=rank_by)
         partial = _Partial(out.with_name(out.name + ".partial"), key, restart)
     done_units = dict(partial.units) if partial else {}
     unit_keys = [[ko.key for ko in u] for u in units]
@@ -217,7 +212,7 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
 
     todo = [i for i, u in enumerate(units) if u[0].key not in results]
     prog = None
-    if progress:
+    if show_progress_bar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         prog = Progress(TextColumn("knockouts"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -372,7 +367,7 @@ def _split_specs(text: str) -> list[str]:
 
 def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *, masks=DEFAULT_PRESETS,
                  mode: str = "renorm", max_queries: int | None = None, metrics=("nDCG@10", "RR@10"),
-                 batch_size: int = 16, n_resamples: int = 2000, out=None, progress: bool = False) -> SweepResult:
+                 batch_size: int = 16, n_resamples: int = 2000, out=None, show_progress_bar: bool = False) -> SweepResult:
     """Apply whole masks zero-shot (no retraining; e.g. the presets) and compare each with the clean model."""
     started = time.perf_counter()
     model = hooked_model(model)
@@ -385,7 +380,7 @@ def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *
     clean_pq = evaluator.per_query(clean)
     rows, frames = [], []
     items = masks
-    if progress:
+    if show_progress_bar:
         from rich.progress import track
 
         items = track(masks, description="masks")

@@ -245,7 +245,7 @@ class Demo:
 
         res = attribute(self._knockout_model(), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
                         max_queries=self.p.sweep_queries, heads=True, modes=("renorm",),
-                        out=folder / "attribution.parquet", progress=self.console is not None)
+                        out=folder / "attribution.parquet", show_progress_bar=self.console is not None)
         return {"cells": int(len(res.table)), "structural": int((res.table["status"] == "structural").sum()),
                 "seconds": res.meta["elapsed_s"]}
 
@@ -261,7 +261,7 @@ class Demo:
         n = min(self.p.exact_queries, self.p.sweep_queries)
         res = sweep(self._knockout_model(), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
                     max_queries=n, mode="renorm", out=folder / "sweep.parquet",
-                    progress=self.console is not None, n_resamples=1000)
+                    show_progress_bar=self.console is not None, n_resamples=1000)
         ablate_masks(self._knockout_model(), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
                      max_queries=n, out=folder / "presets.csv")
         check = compare_tables(read_table(self.path("attribute", "attribution.parquet")), res.table,
@@ -284,7 +284,7 @@ class Demo:
         derivation = derive_mask(self.path("attribute", "attribution.parquet"), tolerance=self.p.tolerance,
                                  check_queries=self.p.check_queries, patience=self.p.derive_patience,
                                  max_steps=self.p.derive_max_steps, name="derived",
-                                 progress=self.console is not None)
+                                 show_progress_bar=self.console is not None)
         derivation.save(folder / "mask.json")
         ce = str(self.ce_path())
         merge = merge_layer_search(ce, self.p.dataset, "dev", self.dev_run(), k=self.p.sweep_k, base="mask2",

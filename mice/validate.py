@@ -53,7 +53,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "num_layers": (1, None, True),
     "seed": (None, None, True),
     "reference": (None, None, True),
-    "steps": (1, None, True),
+    "ig_steps": (0, None, True),
+    "max_rechecks": (0, None, True),
+    "check": (0, None, True),
     "shard_size": (1, None, True),
     "chunk_pairs": (1, None, True),
 }

@@ -72,7 +72,7 @@ def test_fast_sweep_parity_on_top_of_a_base_mask(tiny_bert, mode):
 
 def test_sweep_tables_equal_across_strategies(tiny_bert, planted):
     _, ds, run = planted
-    kw = dict(k=6, max_queries=4, paths="q->d,d->q,cls->q,q->q", layers="1-2", heads=[0])
+    kw = dict(k=6, max_queries=4, paths="q->d,d->q,cls->q,q->q", layers="1:3", heads=[0])
     fast = sweep(str(tiny_bert), ds, "test", run, strategy="fast", **kw).table
     naive = sweep(str(tiny_bert), ds, "test", run, strategy="naive", **kw).table
     num = ["ndcg@10", "rr@10", "mean_abs_dscore", "kendall_tau"]
@@ -94,7 +94,7 @@ def test_skipped_knockouts_are_recorded(tiny_bert, planted):
     assert t.loc["q->d", "status"] == "ok" and np.isfinite(t.loc["q->d", "ndcg@10"])
     assert np.isnan(t.loc["d->q", "ndcg@10"])
     with pytest.raises(MaskError, match="outside"):
-        knockout_set(3, 4, layers="0-5")
+        knockout_set(3, 4, layers="0:6")
     with pytest.raises(MaskError, match="unknown segment"):
         knockout_set(3, 4, paths="q->doc")
 
@@ -209,7 +209,7 @@ class _Interrupt(Exception):
 
 def test_interrupted_sweep_resumes_to_the_identical_table(tiny_bert, planted, tmp_path):
     _, ds, run = planted
-    kw = dict(k=5, max_queries=3, layers="0-2", paths="q->d,d->q,cls->q,q->q,d->d", heads=[2], unit_size=4)
+    kw = dict(k=5, max_queries=3, layers="0:3", paths="q->d,d->q,cls->q,q->q,d->d", heads=[2], unit_size=4)
     out = tmp_path / "sweep.csv"
     calls = []
 
@@ -243,11 +243,11 @@ def test_partial_results_of_another_sweep_are_refused(tiny_bert, planted, tmp_pa
     _, ds, run = planted
     out = tmp_path / "s.parquet"
     with pytest.raises(_Interrupt):
-        sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, layers="0-1", out=out,
+        sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, layers="0:2", out=out,
               callback=lambda d, t: (_ for _ in ()).throw(_Interrupt()))
     with pytest.raises(DataError, match="different sweep"):
-        sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, layers="0-1", out=out, mode="zero")
-    res = sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, layers="0-1", out=out, mode="zero",
+        sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, layers="0:2", out=out, mode="zero")
+    res = sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, layers="0:2", out=out, mode="zero",
                 restart=True)
     assert (res.table["mode"] == "zero").all() and out.exists()
 
@@ -307,7 +307,7 @@ def test_cli_sweep_derive_and_merge_layer(planted, tmp_path):
     common = ["--model", str(folder), "--dataset", str(tmp_path / "beir"), "--split", "test",
               "--run", str(tmp_path / "run.trec"), "--k", "8"]
     res = r.invoke(app, ["ablate", "sweep", *common, "--out", str(tmp_path / "sw.csv"), "--max-queries", "8",
-                         "--layers", "1-2", "--paths", "q->d,cls->q,d->d,q->q"])
+                         "--layers", "1:3", "--paths", "q->d,cls->q,d->d,q->q"])
     assert res.exit_code == 0, res.output
     assert "8 knockouts" in res.output
     meta = json.loads((tmp_path / "sw.meta.json").read_text())

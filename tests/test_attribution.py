@@ -186,7 +186,7 @@ def test_derivation_from_attribution_is_bounded_logged_and_keeps_the_route(plant
     attribute(str(folder), ds, "test", run, k=8, max_queries=8, heads=False, modes="renorm", steps=1, n_boot=200,
               out=out)
     with caplog.at_level(logging.INFO, logger="mice.ablations"):
-        d = derive_mask(out, data=ds, run=run, tolerance=0.01, max_steps=6, check_queries=5, progress=True)
+        d = derive_mask(out, data=ds, run=run, tolerance=0.01, max_steps=6, check_queries=5, show_progress_bar=True)
     m = d.meta
     assert m["ranked_by"] == "delta_margin" and "attribution" in m["method"]
     assert m["re_checks"] <= 6 and m["held_out_queries"] == 5
@@ -231,10 +231,10 @@ def test_cli_attribute_from_pairs_and_derive_from_it(tiny_bert, planted, tmp_pat
     write_run(run, tmp_path / "run.trec")
     res = r.invoke(app, ["ablate", "attribute", "--model", str(folder), "--dataset", str(tmp_path / "beir"),
                          "--split", "test", "--run", str(tmp_path / "run.trec"), "--k", "8", "--max-queries", "8",
-                         "--no-heads", "--modes", "renorm", "--steps", "1", "--out", str(tmp_path / "A.parquet")])
+                         "--no-heads", "--modes", "renorm", "--ig-steps", "1", "--out", str(tmp_path / "A.parquet")])
     assert res.exit_code == 0, res.output
     res = r.invoke(app, ["ablate", "derive", "--sweep", str(tmp_path / "A.parquet"), "--out", str(tmp_path / "m.json"),
-                         "--max-steps", "4", "--check-queries", "4", "--log", str(tmp_path / "derive.log")])
+                         "--max-rechecks", "4", "--check-queries", "4", "--log", str(tmp_path / "derive.log")])
     assert res.exit_code == 0, res.output
     log = (tmp_path / "derive.log").read_text().splitlines()
     assert log and all("about" in line and "left" in line for line in log) and "/" in log[-1]

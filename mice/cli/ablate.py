@@ -31,7 +31,7 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
               out: Path = typer.Option(..., "--out", "-o", help="Table (.parquet or .csv); per-query values and "
                                        "metadata are written beside it"),
               paths: Optional[str] = typer.Option(None, "--paths", help="e.g. q->d,d->q (default: all 25 paths)"),
-              layers: Optional[str] = typer.Option(None, "--layers", help="e.g. 0-5 or 1,3 (default: all)"),
+              layers: Optional[str] = typer.Option(None, "--layers", help="Layers: 0:6 (half-open range), 1,3 or all (default)"),
               heads: bool = typer.Option(False, "--heads", help="Also knock out each head separately"),
               head_list: Optional[str] = typer.Option(None, "--head-list", help="Only these heads (e.g. 0,3)"),
               mode: str = typer.Option("renorm", "--mode", help="renorm (-inf before softmax) or zero (after)"),
@@ -52,11 +52,13 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
     if partial.exists() and not restart:
         typer.echo(f"resuming from {partial}", err=True)
     hl = [int(h) for h in head_list.split(",")] if head_list else None
-    with plain_warnings():
+    from ..identity import output_lock
+
+    with plain_warnings(), output_lock(out):
         scorer = hooked_model(model, max_length=max_length)
         result = sweep(scorer, dataset, split, run, k, paths=paths, layers=layers, heads=hl or heads, mode=mode,
                        base=base, max_queries=max_queries, metrics=metrics, batch_size=batch_size,
-                       strategy=strategy, out=out, restart=restart, progress=True,
+                       strategy=strategy, out=out, restart=restart, show_progress_bar=True,
                        meta={"model_spec": model, "max_length": max_length})
     t = result.table
     skipped = int((t["status"] == "skipped").sum())
@@ -78,27 +80,6 @@ def _log_to(path: Optional[Path]) -> None:
     log.setLevel(logging.INFO)
 
 
-def _read_pairs(path: Path) -> list[tuple[str, str]]:
-    """`query<TAB>doc` lines, as `mice score` reads them (blank lines skipped)."""
-    from ..errors import DataError
-
-    if not path.exists():
-        raise DataError(f"{path}: pairs file not found")
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-                raise DataError(f"{path}:{n}: expected 'query<TAB>document', got {len(parts)} field(s)")
-            pairs.append((parts[0], parts[1]))
-    if not pairs:
-        raise DataError(f"{path}: no pairs")
-    return pairs
-
-
 @ablate_app.command("attribute")
 def attribute_cmd(model: str = _MODEL,
                   out: Path = typer.Option(..., "--out", "-o", help="Table (.csv or .parquet); per-query values "
@@ -111,11 +92,11 @@ def attribute_cmd(model: str = _MODEL,
                   k: int = typer.Option(20, "--k", min=1, help="Top-k candidates per query"),
                   max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1),
                   paths: Optional[str] = typer.Option(None, "--paths", help="e.g. q->d,d->q (default: all 25)"),
-                  layers: Optional[str] = typer.Option(None, "--layers", help="e.g. 0-5 (default: all)"),
+                  layers: Optional[str] = typer.Option(None, "--layers", help="Layers: 0:6 (half-open range), 1,3 or all (default)"),
                   heads: bool = typer.Option(True, "--heads/--no-heads", help="Also every head separately"),
                   modes: str = typer.Option("renorm,zero", "--modes", help="renorm, zero or both"),
                   base: Optional[str] = typer.Option(None, "--base", help="Knock out on top of this mask"),
-                  steps: int = typer.Option(0, "--steps", min=0, help="Integrated-gradient steps per (layer, "
+                  ig_steps: int = typer.Option(0, "--ig-steps", min=0, help="Integrated-gradient steps per (layer, "
                                             "path); 0 = one forward + one backward per batch"),
                   measure: Optional[str] = typer.Option(None, "--measure", help="Column that ranks the knockouts "
                                                         "(default delta_margin with judgements, else abs_dscore)"),
@@ -137,13 +118,16 @@ def attribute_cmd(model: str = _MODEL,
         raise DataError("give --pairs FILE, or --dataset with --run (and --split, --k)")
     if pairs is not None and dataset is not None:
         raise DataError("give either --pairs or --dataset/--run, not both")
-    with plain_warnings():
+    from ..identity import output_lock
+    from ..pairs import read_pairs
+
+    with plain_warnings(), output_lock(out):
         scorer = hooked_model(model, max_length=max_length)
-        cands = as_candidates(_read_pairs(pairs)) if pairs is not None else as_candidates(dataset, split, run, k,
+        cands = as_candidates(read_pairs(pairs)) if pairs is not None else as_candidates(dataset, split, run, k,
                                                                                        max_queries)
         res = attribute(scorer, cands, heads=heads, paths=paths, layers=layers,
-                        modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=steps,
-                        measure=measure, batch_size=batch_size, progress=True, out=out,
+                        modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=ig_steps,
+                        measure=measure, batch_size=batch_size, show_progress_bar=True, out=out,
                         meta={"model_spec": model, "max_length": max_length})
         t = res.table
         typer.echo(f"wrote {out}: {len(t)} rows ({int((t['status'] == 'structural').sum())} structural, "
@@ -189,10 +173,12 @@ def presets_cmd(model: str = _MODEL, dataset: str = _DATASET, split: str = typer
 
     from .data import plain_warnings
 
-    with plain_warnings():
+    from ..identity import output_lock
+
+    with plain_warnings(), output_lock(out):
         scorer = hooked_model(model, max_length=max_length)
         result = ablate_masks(scorer, dataset, split, run, k, masks=presets, mode=mode, max_queries=max_queries,
-                              metrics=metrics, batch_size=batch_size, out=out, progress=True)
+                              metrics=metrics, batch_size=batch_size, out=out, show_progress_bar=True)
     typer.echo(f"wrote {out}: {len(result.table)} masks; clean "
                + ", ".join(f"{m} {v:.4f}" for m, v in result.meta["clean"].items()))
     typer.echo(_top(result.table, result.meta["metrics"][0], n=len(result.table)))
@@ -214,7 +200,7 @@ def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Evidence: 
                check_run: Optional[str] = typer.Option(None, "--check-run", help="Run for --check-split"),
                check_queries: int = typer.Option(100, "--check-queries", min=1, help="At most N held-out queries"),
                patience: int = typer.Option(0, "--patience", help="Go on past N consecutive rejected paths"),
-               max_steps: int = typer.Option(24, "--max-steps", min=0, help="At most N exact re-checks"),
+               max_rechecks: int = typer.Option(24, "--max-rechecks", min=0, help="At most N exact re-checks"),
                measure: Optional[str] = typer.Option(None, "--measure", help="Rank candidates by this column "
                                                      "(default: the evidence's rank_by, else delta_margin)"),
                mode: Optional[str] = typer.Option(None, "--mode", help="Knockout mode (default renorm if present)"),
@@ -240,7 +226,7 @@ def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Evidence: 
     with plain_warnings():
         d = derive_mask(loaded, model=model, data=dataset, split=split, run=run, k=k, tolerance=tolerance,
                         metric=metric, check_split=check_split, check_run=check_run, check_queries=check_queries,
-                        patience=patience, max_steps=max_steps, batch_size=batch_size, name=name, progress=True,
+                        patience=patience, max_steps=max_rechecks, batch_size=batch_size, name=name, show_progress_bar=True,
                         measure=measure, mode=mode, structural=structural)
     d.meta["derived_from"] = str(sweep)
     d.mask.provenance["derived_from"] = str(sweep)

@@ -147,6 +147,11 @@ def demo_views(root) -> dict[str, list[tuple[str, View]]]:
                                KnockoutView.from_sweep(sweep))]
     mask = root / "derive" / "mask.json"
     if mask.exists():
-        views["Derived interaction mask"] = [("Explore: the derived mask (click cells to edit, download JSON)",
-                                              MaskView(mask))]
+        from ablations.structural import structural_table
+        from ..masks import InteractionMask
+
+        loaded = InteractionMask.load(mask)
+        views["Derived interaction mask"] = [("Explore: the derived mask (click cells to edit, download JSON; "
+                                              "hatched cells are structural: they cannot change the score)",
+                                              MaskView(loaded, structural=structural_table(loaded)))]
     return views
