@@ -102,7 +102,8 @@ def build_student(config: TrainConfig, source: str | None = None, device=None) -
             model = MICEModel.from_cross_encoder(src, contextual_layers=config.contextual_layers,
                                                  interaction_layers=config.interaction_layers,
                                                  max_query_length=config.max_query_length,
-                                                 max_doc_length=config.max_length, seed=config.seed)
+                                                 max_doc_length=config.max_length, seed=config.seed,
+                                                 cls_cross_attention=config.cls_cross_attention)
         student: nn.Module = MICEStudent(model)
     else:
         from ..hooked import HookedCrossEncoder
