@@ -203,6 +203,8 @@ _OPTIONAL_TYPES = {"dev_split": str, "dev_dataset": str, "mask": str, "teacher":
 
 def _coerce(name: str, value, current, source: str):
     """Strings from `--set key=value` and TOML/JSON values to the field's type."""
+    if name == "cls_cross_attention" and isinstance(value, str) and value.lower() == "none":
+        return "none"  # a value of its own here, not "unset"
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
         if name in _OPTIONAL_TYPES:
             return None
