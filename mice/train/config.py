@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import MiceError
 
-MODES = ("cross-encoder", "masked", "mice")
+MODES = ("cross-encoder", "masked", "mice", "late-interaction")
 LOSS_TERMS = ("listwise", "bce", "margin-mse")
 SOURCE_TEACHER = "source"  # teacher = the model the student starts from (self-distillation: our cheap offline
 # recipe; the paper distils from Hofstätter's ensemble-teacher scores instead, see presets.PAPER_RECIPE)
@@ -32,7 +32,8 @@ class TrainConfig:
     process and step; under data parallelism the effective batch is `batch_size × processes`."""
 
     mode: str = "cross-encoder"
-    model: str = "packaged:minilm"  # backbone (cross-encoder mode) or source cross-encoder (masked, mice)
+    model: str = "packaged:minilm"  # backbone (cross-encoder mode) or source cross-encoder (masked, mice,
+    # late-interaction: its encoder is kept, its head dropped)
     dataset: str = "embedded:docs"
     train_split: str = "train"
     dev_split: str | None = "dev"
@@ -40,8 +41,8 @@ class TrainConfig:
     output: str = "runs/train"
 
     # student
-    max_length: int = 128  # pair length (cross-encoder, masked); document length (mice)
-    max_query_length: int = 32  # mice (saved in the model; `MICEModel.from_pretrained(max_query_length=)`)
+    max_length: int = 128  # pair length (cross-encoder, masked); document length (mice, late-interaction)
+    max_query_length: int = 32  # mice, late-interaction (saved in the model; `from_pretrained(max_query_length=)`)
     cls_cross_attention: str = "none"  # mice: none (the paper's text) | uniform (the authors' code)
     mask: str | None = None  # masked: preset spec (mask2, mask3:k=2) or mask .json
     mask_mode: str = "renorm"

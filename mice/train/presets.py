@@ -91,6 +91,7 @@ _BY_MODE = {
     ("tiny", "masked"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "mask": "mask2"},
     ("tiny", "mice"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "contextual_layers": 1,
                        "interaction_layers": 2},  # a tiny model needs >= 3 layers
+    ("tiny", "late-interaction"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER},
     ("quick", "cross-encoder"): {"model": "packaged:minilm", "loss": "listwise+margin-mse",
                                  "teacher": "biencoder:packaged", "teacher_scale": 10.0, "lr": 6e-5,
                                  "head_lr": 1e-3, "warmup_steps": 30, "max_steps": 300, "eval_every": 75,
@@ -103,6 +104,11 @@ _BY_MODE = {
     ("quick", "mice"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "contextual_layers": 2,
                         "interaction_layers": 4, "lr": 6e-5, "warmup_steps": 20, "max_steps": 300,
                         "eval_every": 75, "save_every": 75, "eval_at_start": False},  # untrained MICE ≈ random
+    # the late-interaction baseline: MICE's recipe (same teacher, lr, steps), and a head lr for its fresh
+    # projection as for the cross-encoder's fresh head
+    ("quick", "late-interaction"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "lr": 6e-5, "head_lr": 1e-3,
+                                    "warmup_steps": 20, "max_steps": 300, "eval_every": 75, "save_every": 75,
+                                    "eval_at_start": False},
 }
 
 PRESETS = tuple(_COMMON) + tuple(PAPER_MODELS)
