@@ -142,7 +142,8 @@ def _offline(env, out) -> list[str]:
 @pytest.mark.parametrize("name", list(PAPER_MODELS))
 def test_every_paper_preset_trains_two_seeds_offline(env, name):
     out = env["root"] / "runs" / name
-    result = CliRunner().invoke(app, ["train", "--preset", name, "--seeds", "0,1", *_offline(env, out)])
+    extra = ["--cls-cross-attention", "uniform"] if name == "paper-minilm-mice-l4+3" else []  # the authors' code
+    result = CliRunner().invoke(app, ["train", "--preset", name, "--seeds", "0,1", *extra, *_offline(env, out)])
     assert result.exit_code == 0, (result.output, result.exception)
     table = pd.read_csv(out / "seeds.csv")
     assert table["seed"].tolist() == [0, 1] and (table["steps"] == 2).all()
@@ -158,6 +159,10 @@ def test_every_paper_preset_trains_two_seeds_offline(env, name):
     if PAPER_MODELS[name][1]["mode"] == "mice":
         assert cfg["mice"]["contextual_layers"] == PAPER_MODELS[name][1]["contextual_layers"]
         assert cfg["mice"]["max_query_length"] == 16 and cfg["mice"]["max_doc_length"] == 48
+        assert cfg["mice"]["cls_cross_attention"] == ("uniform" if extra else "none")
+    if PAPER_MODELS[name][1]["mode"] == "late-interaction":
+        li = json.loads((out / "seed-0" / "best" / "late_interaction.json").read_text())
+        assert li["dim"] == 128 and li["max_query_length"] == 16 and li["max_doc_length"] == 48
     if PAPER_MODELS[name][1]["mode"] == "masked":
         assert cfg["mice_mask"]["name"].startswith(PAPER_MODELS[name][1]["mask"].split(":")[0])
 
