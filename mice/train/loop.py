@@ -157,7 +157,7 @@ class Trainer:
                                          device=self.acc.device)
 
     def _dev_candidates(self, ds) -> dict:
-        from ..retrieval import bm25_run
+        from ..retrieval import BM25Index
         from .devset import excluded_query_ids, select_dev_queries
 
         cfg = self.config
@@ -165,8 +165,8 @@ class Trainer:
         qids = select_dev_queries(queries, cfg.dev_queries, cfg.dev_sample, cfg.dev_seed,
                                   excluded_query_ids(cfg.dev_exclude))
         keep = set(qids)
-        run = bm25_run(ds, cfg.dev_split, k=cfg.dev_top_k)
-        run = run[run["query_id"].isin(keep)]
+        # only the chosen queries are retrieved (MS MARCO dev has ~55k judged queries; validation uses 500)
+        run = BM25Index.for_dataset(ds).search({q: queries[q] for q in qids}, cfg.dev_top_k)
         corpus = ds.corpus()
         qrels = ds.qrels(cfg.dev_split)
         qrels = qrels[qrels["query_id"].isin(keep)]
