@@ -397,14 +397,15 @@ class IndexScorer:
 
 
 def index_scorer(model: str, index, device=None, use_kv="auto", batch_size: int = 64,
-                 verify: bool = True) -> IndexScorer:
+                 verify: bool = True, max_query_length: int | None = None) -> IndexScorer:
     """`mice rerank --model MICE_DIR --index INDEX_DIR`: a MICE model scoring from its document-state index.
-    Refuses a model that is not a MICE folder and an index built by another model."""
+    Refuses a model that is not a MICE folder and an index built by another model. `max_query_length`
+    overrides the saved query length (the document length is fixed by the stored states)."""
     from .backbone import resolve_model_path
     from .models import is_mice_folder
 
     path = resolve_model_path(model)
     if not is_mice_folder(path):
         raise ModelError(f"--index needs a MICE model folder (config.json with a \"mice\" key); {model} is not one")
-    mice = MICEModel.from_pretrained(path, device=device)
+    mice = MICEModel.from_pretrained(path, device=device, max_query_length=max_query_length)
     return IndexScorer(FastReranker(mice, index, use_kv=use_kv, batch_size=batch_size, verify=verify))
