@@ -109,3 +109,18 @@ def test_mode_is_saved_and_validated(ce, tmp_path):
     np.testing.assert_allclose(back.predict(PAIRS), m.predict(PAIRS), atol=1e-6, rtol=0)
     with pytest.raises(ModelError, match="cls_cross_attention"):
         MICEModel.from_cross_encoder(ce, contextual_layers=2, interaction_layers=2, cls_cross_attention="mean")
+
+
+def test_query_length_is_overridable_when_loading(ce, tmp_path):
+    """A model trained with short queries can re-rank long-query sets with the paper's longer cap."""
+    short = MICEModel.from_cross_encoder(ce, contextual_layers=2, interaction_layers=2, max_query_length=6)
+    short.save_pretrained(tmp_path / "m")
+    pairs = [(LONG_QUERY, d) for d in DOCS]
+    as_saved = MICEModel.from_pretrained(tmp_path / "m")
+    longer = MICEModel.from_pretrained(tmp_path / "m", max_query_length=64)
+    assert as_saved.mice_config.max_query_length == 6 and longer.mice_config.max_query_length == 64
+    assert as_saved.tokenize_queries([LONG_QUERY])["input_ids"].shape[1] == 6
+    assert longer.tokenize_queries([LONG_QUERY])["input_ids"].shape[1] > 6
+    assert not np.allclose(as_saved.predict(pairs), longer.predict(pairs), atol=1e-4)
+    np.testing.assert_allclose(longer.predict(pairs), MICEModel.from_cross_encoder(
+        ce, contextual_layers=2, interaction_layers=2, max_query_length=64).predict(pairs), atol=1e-5, rtol=0)
