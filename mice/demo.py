@@ -43,9 +43,10 @@ class DemoPreset:
     mice_steps: int | None = 350  # 200 left MICE-ℓ1+4 at 92% of the CE's dev RR@10; 350 pass it
     layer_drop_steps: int | None = 50  # the MICE with one interaction layer fewer (a curve point, not a model)
     # the late-interaction baseline (MaxSim). Not MICE's 350: a step costs about a cross-encoder step (~1.5x a
-    # MICE step), and the quick demo had ~70 s left of its 20 minutes; `mice train --preset quick --mode
-    # late-interaction` gives it MICE's own budget (300 steps)
-    late_steps: int | None = 60
+    # MICE step, measured), and the quick demo had 74 s left of its 20 minutes (1126 s measured); 40 steps +
+    # two re-rankings is an estimate of ~65 s on the idle machine (not measured: see the branch report).
+    # `mice train --preset quick --mode late-interaction` gives it MICE's own budget (300 steps)
+    late_steps: int | None = 40
     dev_queries: int | None = 30  # dev queries of the training runs' evaluations (None: the train preset's)
     interaction_layers: int = 4  # MICE b (capped by the layers left above the split point)
     probe_queries: int = 20
