@@ -10,7 +10,9 @@ attention through PyTorch's `scaled_dot_product_attention` ("sdpa") wherever the
 - `mice-index`: MICE from a document-state index on disk (float16, memory-mapped, fp32 compute);
 - `mice-kv`: MICE from an index that also caches the live interaction layers' cross-attention keys/values;
 - `maxsim`: ColBERT-style MaxSim over precomputed 128-d token vectors (float16, memory-mapped) of the same
-  backbone's last layer; only the query is encoded at query time.
+  backbone's last layer; only the query is encoded at query time. With `late_interaction` (a folder trained by
+  `mice train --mode late-interaction`) it is that trained model; otherwise a random projection of the backbone
+  (the timing does not depend on the weights).
 Inputs are token ids (random word pieces, fixed lengths), so tokenisation is excluded from every method.
 A pair that exceeds the model's positions (query + 512-token document) is truncated for the cross-encoder
 (the MICE document keeps all its tokens: the comparison favours the cross-encoder). Timings: median and
@@ -57,6 +59,7 @@ class LatencyConfig:
     methods: tuple[str, ...] = METHODS
     seed: int = 0
     workdir: str | None = None  # where indexes are written (default: a temporary folder)
+    late_interaction: str | None = None  # a trained late-interaction folder for `maxsim` (default: random proj.)
 
 
 class _PeakMemory:
@@ -285,9 +288,12 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
         if "maxsim" in config.methods:
             from transformers import AutoModel
 
-            with _quiet_transformers():
-                enc = AutoModel.from_pretrained(ce_folder, attn_implementation="sdpa")
-            ms = MaxSimScorer(enc, dim=128, seed=config.seed).to(device)
+            if config.late_interaction:
+                ms = MaxSimScorer.from_pretrained(config.late_interaction, attn_implementation="sdpa").to(device)
+            else:
+                with _quiet_transformers():
+                    enc = AutoModel.from_pretrained(ce_folder, attn_implementation="sdpa")
+                ms = MaxSimScorer(enc, dim=128, seed=config.seed).to(device)
             vecs = ms.encode_documents(d_ids, torch.ones_like(d_ids), batch_size=bs, dtype=torch.float16)
             vec_file = work / f"maxsim-{doc_len}.f16"
             arr = np.memmap(vec_file, dtype=np.float16, mode="w+", shape=tuple(vecs.vectors.shape))
@@ -338,12 +344,13 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
 
 def add_ratios(df):
     """ratio_vs_ce = method / cross-encoder (median time; < 1 is faster), speedup_vs_ce = its inverse,
-    mem_ratio_vs_ce = peak memory / the cross-encoder's, per document length."""
+    mem_ratio_vs_ce = peak memory / the cross-encoder's, per document length (and device)."""
     df = df.copy()
     df["ratio_vs_ce"] = np.nan
     df["speedup_vs_ce"] = np.nan
     df["mem_ratio_vs_ce"] = np.nan
-    for doc_len, g in df.groupby("doc_len"):
+    keys = ["device", "doc_len"] if "device" in df.columns else ["doc_len"]
+    for _, g in df.groupby(keys):
         ce = g[g["method"] == "cross-encoder"]
         if ce.empty:
             continue

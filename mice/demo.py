@@ -1,7 +1,8 @@
 """`mice demo`: the whole method on the offline default, one cached stage at a time.
 
 data → BM25 → bi-encoder → demo cross-encoder → probes → knockout sweep → derived mask + merge layer →
-masked cross-encoder and MICE (split point from the merge-layer search) → evaluation in- and out-of-domain →
+masked cross-encoder and MICE (split point from the merge-layer search) → the late-interaction baseline (ColBERT-
+style, distilled from the same cross-encoder) → evaluation in- and out-of-domain →
 MICE index → latency benchmark → figures → report.md. Every arrow is a file under `--out`; a finished stage is
 never redone (its folder holds `stage.json`), and an interrupted one leaves nothing behind.
 """
@@ -41,6 +42,11 @@ class DemoPreset:
     masked_steps: int | None = 40  # starts from the cross-encoder: adapting to the mask is quick
     mice_steps: int | None = 350  # 200 left MICE-ℓ1+4 at 92% of the CE's dev RR@10; 350 pass it
     layer_drop_steps: int | None = 50  # the MICE with one interaction layer fewer (a curve point, not a model)
+    # the late-interaction baseline (MaxSim). Not MICE's 350: a step costs about a cross-encoder step (~1.5x a
+    # MICE step, measured), and the quick demo had 74 s left of its 20 minutes (1126 s measured); 40 steps +
+    # two re-rankings is an estimate of ~65 s on the idle machine (not measured: see the branch report).
+    # `mice train --preset quick --mode late-interaction` gives it MICE's own budget (300 steps)
+    late_steps: int | None = 40
     dev_queries: int | None = 30  # dev queries of the training runs' evaluations (None: the train preset's)
     interaction_layers: int = 4  # MICE b (capped by the layers left above the split point)
     probe_queries: int = 20
@@ -68,14 +74,16 @@ class DemoPreset:
 PRESETS = {
     "quick": DemoPreset(),
     "full": DemoPreset(name="full", test_queries=None, first_stage_k=100, ce_steps=None, masked_steps=None,
-                       mice_steps=None, layer_drop_steps=None, dev_queries=None, train_preset="quick",
-                       sweep_queries=200, exact_queries=100, check_queries=100, merge_queries=100, derive_max_steps=48, bench_docs=100,
+                       mice_steps=None, layer_drop_steps=None, late_steps=None, dev_queries=None,
+                       train_preset="quick", sweep_queries=200, exact_queries=100, check_queries=100,
+                       merge_queries=100, derive_max_steps=48, bench_docs=100,
                        bench_repeats=10),
     "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
                        dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
                        first_stage_k=8, test_queries=20, rerank_max_length=64, train_preset="tiny", backbone="tiny",
-                       ce_steps=None, masked_steps=None, mice_steps=None, layer_drop_steps=None, dev_queries=None,
-                       interaction_layers=2, check_queries=8, probe_queries=4, merge_queries=16, exact_queries=8,
+                       ce_steps=None, masked_steps=None, mice_steps=None, layer_drop_steps=None, late_steps=None,
+                       dev_queries=None, interaction_layers=2, check_queries=8, probe_queries=4, merge_queries=16,
+                       exact_queries=8,
                        sweep_queries=8, sweep_k=6, bench_docs=8, bench_doc_lens=(32,), bench_repeats=2),
 }
 
@@ -324,6 +332,17 @@ class Demo:
             self._rerank(scorer, domain, folder, "mice")
         return {"model": str(best.relative_to(folder)), "a": a, "b": b}
 
+    def stage_late_interaction(self, folder: Path) -> dict:
+        """The trained late-interaction baseline: the cross-encoder's encoder + a 128-d projection, MaxSim,
+        distilled from the cross-encoder with Margin-MSE like MICE (same teacher scores, cached)."""
+        from .maxsim import MaxSimScorer
+
+        best = self._train(folder, "late-interaction", self.p.late_steps, model=str(self.ce_path()))
+        scorer = MaxSimScorer.from_pretrained(best)
+        for domain in self.datasets():
+            self._rerank(scorer, domain, folder, "late-interaction")
+        return {"model": str(best.relative_to(folder))}
+
     def stage_layer_drop(self, folder: Path) -> dict:
         """MICE with fewer interaction layers: b = 1 untrained (the collapse: its score ignores the document,
         whatever the training) and a shorter-trained b - 1, beside the main model (on the in-domain test)."""
@@ -416,7 +435,7 @@ class Demo:
             runs = {"bm25": _restrict(read_run(self.path("bm25", f"{domain}.trec")), qids)}
             sources = [("biencoder", "biencoder"), ("cross-encoder", "cross_encoder")]
             sources += [(f"zero-shot-{m}", "zero_shot") for m in ZERO_SHOT]
-            sources += [("masked", "masked"), ("mice", "mice")]
+            sources += [("masked", "masked"), ("mice", "mice"), ("late-interaction", "late_interaction")]
             for name, stage in sources:
                 runs[name] = _restrict(read_run(self.path(stage, f"{name}-{domain}.trec")), qids)
             per_query: dict = {}
@@ -434,7 +453,8 @@ class Demo:
 
         a, b = self.mice_layers()
         cfg = LatencyConfig(docs=self.p.bench_docs, doc_lens=self.p.bench_doc_lens, repeats=self.p.bench_repeats,
-                            model=str(self.ce_path()), layers=(a, b), workdir=str(folder / "work"))
+                            model=str(self.ce_path()), layers=(a, b), workdir=str(folder / "work"),
+                            late_interaction=str(self.path("late_interaction", "train", "best")))
         df = add_ratios(run_latency(cfg, log=(self.console.print if self.console else (lambda s: None))))
         write_table(df, folder / "bench.csv")
         import shutil
@@ -476,10 +496,13 @@ class Demo:
             ("mice", self.stage_mice, "train MICE", mice),
             ("layer_drop", self.stage_layer_drop, "layer-drop: fewer interaction layers",
              mice + ("layer_drop_steps",)),
+            ("late_interaction", self.stage_late_interaction, "train the late-interaction baseline (MaxSim)",
+             ce + ("late_steps",)),
             ("index", self.stage_index, "MICE document index (fp16) vs on the fly", mice),
-            ("evaluate", self.stage_evaluate, "evaluate every run, in and out of domain", mice + ("masked_steps",)),
+            ("evaluate", self.stage_evaluate, "evaluate every run, in and out of domain",
+             mice + ("masked_steps", "late_steps")),
             ("bench", self.stage_bench, "latency benchmark",
-             mice + ("bench_docs", "bench_doc_lens", "bench_repeats")),
+             mice + ("late_steps", "bench_docs", "bench_doc_lens", "bench_repeats")),
         ]
         for name, fn, title, fields in stages:
             p.run(name, fn, title, key=self.key(fields))

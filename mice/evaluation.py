@@ -194,3 +194,48 @@ def summary_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     order = list(dict.fromkeys(results["run"]))
     measures = list(dict.fromkeys(results["measure"]))
     return wide.pivot(index="run", columns="measure", values="cell").loc[order, measures]
+
+
+def seed_average(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per-query values averaged over a system's seeds (per_query tables of its runs): [query_id, measure, value]."""
+    if not tables:
+        raise DataError("seed_average: no runs")
+    both = pd.concat(tables, ignore_index=True)
+    return both.groupby(["query_id", "measure"], as_index=False, sort=True)["value"].mean()
+
+
+def paper_test(tables: Mapping[str, pd.DataFrame], groups: Mapping[str, Sequence[str]], baseline: str,
+               alpha: float = 0.05) -> pd.DataFrame:
+    """The MICE paper's test: each system's per-query values are averaged over its seeds, then compared with the
+    baseline's (also seed-averaged) by Welch's unequal-variance t-test (two-sided; unpaired, as the paper
+    does). `tables`: run name → per_query table; `groups`: system → its run names (one per seed).
+
+    Returns one row per (system, measure): value (mean over queries), seeds, delta to the baseline, p_welch and
+    arrow (↑/↓ when p < alpha, by the sign of delta; empty otherwise; the baseline's own row has NaN/empty)."""
+    from scipy import stats
+
+    if baseline not in groups:
+        raise DataError(f"--paper-test {baseline!r}: no such system (systems: {', '.join(groups)})")
+    avg = {name: seed_average([tables[r] for r in runs]) for name, runs in groups.items()}
+    rows = []
+    for m in dict.fromkeys(avg[baseline]["measure"]):
+        base = avg[baseline]
+        base = base[base["measure"] == m].set_index("query_id")["value"]
+        for name, runs in groups.items():
+            vals = avg[name]
+            vals = vals[vals["measure"] == m].set_index("query_id")["value"]
+            row = {"system": name, "measure": m, "value": float(vals.mean()), "seeds": len(runs),
+                   "n_queries": int(vals.size), "delta": float(vals.mean() - base.mean()), "p_welch": np.nan,
+                   "arrow": ""}
+            if name != baseline:
+                a, b = base.to_numpy(float), vals.to_numpy(float)
+                if np.array_equal(a, b) or (a.std() == 0 and b.std() == 0 and a.mean() == b.mean()):
+                    p = 1.0
+                else:
+                    p = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
+                row["p_welch"] = p
+                if p < alpha:
+                    row["arrow"] = "↑" if row["delta"] > 0 else "↓"
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["system", "measure", "value", "seeds", "n_queries", "delta", "p_welch",
+                                       "arrow"])

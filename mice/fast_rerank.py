@@ -8,7 +8,10 @@ What makes it fast (each measured by `mice bench latency`):
   read the same states), or are read precomputed from the index (`kv=True` at build time); for short queries
   (heads·(Lq-1) <= 0.75·H) they are never formed: the key/value projections are absorbed into the query side
   (`FastMICE(absorb=...)`), which costs ~heads·Lq/H of the projection;
-- the last interaction layer only computes the `[CLS]` row (its cross-attention cannot reach the score);
+- the last interaction layer only computes the `[CLS]` row (under `cls_cross_attention="none"` its
+  cross-attention cannot reach the score; under `uniform` only the `[CLS]` row's document mean is computed);
+- under `uniform`, `[CLS]`'s cross-attention is a uniform average of the values, i.e. the value projection of
+  the document's mean state (or the mean of the cached values): one [N, H] row per layer;
 - documents are batched by length into a reused, preallocated float32 buffer (fp16/int8 storage, fp32 compute);
   batches without padding run attention without a mask;
 - everything runs under `torch.inference_mode`; `threads` sets torch's intra-op threads.
@@ -35,7 +38,8 @@ class PreparedQuery:
     hidden: torch.Tensor  # [1, Lq, H] after the first interaction layer's self-attention sublayer
     self_mask: torch.Tensor | None  # [1, 1, Lq, Lq] bool (rows > 0 do not attend [CLS]); None if Lq == 1
     cross_q: torch.Tensor | None  # [1, heads, Lq-1, dh] first cross-attention queries (None if b == 1)
-    cls_ffn: torch.Tensor  # [1, 1, H] the [CLS] row after the first interaction layer (document-independent)
+    cls_ffn: torch.Tensor  # [1, 1, H] the [CLS] row after the first interaction layer (document-independent);
+    # under cls_cross_attention="uniform", the [CLS] row before the first cross-attention instead
     constant: torch.Tensor | None = None  # the score when b == 1 (documents cannot matter)
 
 
@@ -68,7 +72,7 @@ class FastMICE:
 
     @property
     def kv_slots(self) -> int:
-        return 2 * (self.b - 1)
+        return 2 * self.model.live_cross_layers
 
     # ---------------------------------------------------------------------------------------- per query
     def prepare(self, query) -> PreparedQuery:
@@ -82,6 +86,11 @@ class FastMICE:
             lq = h.shape[1]
             smask = m.query_self_mask(qs.mask) if lq > 1 else None
             cls_row = self.layers[0].output(self.layers[0].intermediate(h[:, :1]), h[:, :1])
+            if m.cls_reads_document:  # the [CLS] row depends on the document from the first layer on
+                cls_row = h[:, :1]
+                cq = None if self.b == 1 else \
+                    m.cross[0].self.query(h[:, 1:]).view(1, lq - 1, self.heads, self.dh).transpose(1, 2)
+                return PreparedQuery(h, smask, cq, cls_row)
             if self.b == 1:
                 return PreparedQuery(h, smask, None, cls_row, constant=m.head(cls_row).reshape(()))
             cq = m.cross[0].self.query(h[:, 1:]).view(1, lq - 1, self.heads, self.dh).transpose(1, 2)
@@ -96,17 +105,30 @@ class FastMICE:
         n, _, l, _ = x.shape
         return x.transpose(1, 2).reshape(n, l, self.H)
 
-    def _run(self, prep: PreparedQuery, n: int, cross) -> torch.Tensor:
+    def _run(self, prep: PreparedQuery, n: int, cross, cls_ctx=None) -> torch.Tensor:
         """Interaction layers for N documents; `cross(j, q)` is layer j's cross-attention context [N, Lq-1, H]
-        for queries q [1 or N, heads, Lq-1, dh] (before the output dense)."""
+        for queries q [1 or N, heads, Lq-1, dh] (before the output dense); `cls_ctx(j)` is the `[CLS]` row's
+        context [N, 1, H] under `cls_cross_attention="uniform"` (unused under `none`)."""
         m = self.model
         if prep.constant is not None:
             return prep.constant.expand(n).clone()
+        uniform = m.cls_reads_document
+
+        def cls_after_cross(j, c):
+            if not uniform:
+                return c
+            return m.cross[j].output(cls_ctx(j), c.expand(n, -1, -1))
+
+        def ffn(layer, x):
+            return layer.output(layer.intermediate(x), x)
+
         tokens = prep.hidden[:, 1:]
         h = None
         for j, layer in enumerate(self.layers):
             last = j == self.b - 1
             if j == 0:
+                if last:  # b == 1 under uniform: only the [CLS] row, which reads the document's mean value
+                    return m.head(ffn(layer, cls_after_cross(0, prep.cls_ffn)))
                 q = prep.cross_q
                 x_tok = tokens  # [1, Lq-1, H], broadcast in the residual
             else:
@@ -119,8 +141,7 @@ class FastMICE:
                     ctx = F.scaled_dot_product_attention(self._split_heads(q_cls), self._split_heads(k),
                                                          self._split_heads(v), attn_mask=mask)
                     cls = layer.attention.output(self._merge_heads(ctx), h[:, :1])
-                    cls = layer.output(layer.intermediate(cls), cls)
-                    return m.head(cls)
+                    return m.head(ffn(layer, cls_after_cross(j, cls)))
                 w, bias = self.qkv[j]
                 qkv = F.linear(h, w, bias)
                 ctx = F.scaled_dot_product_attention(
@@ -130,10 +151,13 @@ class FastMICE:
                 x_tok = h[:, 1:]
                 q = self._split_heads(m.cross[j].self.query(x_tok))
             x_tok = m.cross[j].output(cross(j, q), x_tok)  # [N, Lq-1, H]
-            x_tok = layer.output(layer.intermediate(x_tok), x_tok)
-            cls = prep.cls_ffn.expand(n, -1, -1) if j == 0 else layer.output(layer.intermediate(h[:, :1]), h[:, :1])
+            x_tok = ffn(layer, x_tok)
+            if j == 0:
+                cls = ffn(layer, cls_after_cross(0, prep.cls_ffn)) if uniform else prep.cls_ffn.expand(n, -1, -1)
+            else:
+                cls = ffn(layer, cls_after_cross(j, h[:, :1]))
             h = torch.cat([cls, x_tok], dim=1)
-        return m.head(h)  # unreachable for b >= 2 (the last layer returns above); kept for clarity
+        return m.head(h)  # unreachable (the last layer returns above); kept for clarity
 
     @staticmethod
     def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -190,8 +214,14 @@ class FastMICE:
             if prep.constant is not None:
                 return prep.constant.expand(n).clone()
             hidden = doc.hidden if doc.hidden.dtype == torch.float32 else doc.hidden.float()
+            cls_ctx = None
+            if self.model.cls_reads_document:
+                mean = MICEModel.doc_mean(DocStates(hidden, doc.mask))  # [N, 1, H], computed once
+
+                def cls_ctx(j):
+                    return self.model.cross[j].self.value(mean)
             if self.use_absorbed(prep):
-                return self._run(prep, n, lambda j, q: self._absorbed_cross(j, q, hidden, doc.mask))
+                return self._run(prep, n, lambda j, q: self._absorbed_cross(j, q, hidden, doc.mask), cls_ctx)
             kv = torch.matmul(hidden, self.kv_wt)  # all live layers' K and V in one GEMM (biases below)
             key_mask = self._key_mask(doc.mask)
             H = self.H
@@ -202,14 +232,19 @@ class FastMICE:
                 ctx = self._sdpa_cross(q, kv[..., 2 * j * H:(2 * j + 1) * H], kv[..., (2 * j + 1) * H:(2 * j + 2) * H],
                                        key_mask)
                 return ctx + self.kv_b[(2 * j + 1) * H:(2 * j + 2) * H]
-            return self._run(prep, n, cross)
+            return self._run(prep, n, cross, cls_ctx)
 
     def score_kv(self, prep: PreparedQuery, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scores [N] from cached keys/values [N, Ld, 2·(b-1), H] (biases included)."""
+        """Scores [N] from cached keys/values [N, Ld, 2·live, H] (biases included; live = b - 1 under `none`,
+        b under `uniform`)."""
         with torch.inference_mode():
             key_mask = self._key_mask(mask)
+            cls_ctx = None
+            if self.model.cls_reads_document:
+                def cls_ctx(j):  # the uniform average of layer j's cached values (real tokens)
+                    return MICEModel.doc_mean(DocStates(kv[:, :, 2 * j + 1].float(), mask))
             return self._run(prep, kv.shape[0], lambda j, q: self._sdpa_cross(q, kv[:, :, 2 * j], kv[:, :, 2 * j + 1],
-                                                                             key_mask))
+                                                                             key_mask), cls_ctx)
 
 
 class FastReranker:

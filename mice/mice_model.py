@@ -9,8 +9,13 @@ query side only:
 1. query self-attention (the layer's own attention incl. its output dense + LayerNorm); query tokens do not
    attend `[CLS]`, `[CLS]` attends the query tokens and itself, padding is masked;
 2. cross-attention from the query tokens to the layer-`a` document states, through a NEW attention block per
-   layer initialised as a copy of that layer's self-attention; `[CLS]` does not read the document: its row
-   passes through this sublayer unchanged (no attention output, no dense, no LayerNorm);
+   layer initialised as a copy of that layer's self-attention. `cls_cross_attention` decides what `[CLS]`
+   gets there: `none` (the paper's text, default): its row passes through this sublayer unchanged (no
+   attention output, no dense, no LayerNorm); `uniform` (the authors' code, which fills `[CLS]`'s row of the
+   cross-attention scores with the minimum value): a uniform average of the document values, then the
+   sublayer's dense + LayerNorm like any other row. The authors' average also covers padding, which makes a
+   pair's score depend on its batch neighbours; ours averages the real document tokens only, so scores stay
+   batch-independent and the index path can reproduce them;
 3. the layer's feed-forward block (intermediate + output).
 
 The score is the source model's own head (BERT: pooler + dropout + classifier) on the query `[CLS]`, a raw
@@ -19,10 +24,12 @@ logit. Layers above a+b are dropped.
 Token types: the query gets token type 0 and the document token type 1 (when the backbone has two token types),
 which is how the source cross-encoder saw them in a pair; positions restart at 0 in each sequence.
 
-Known consequences, asserted in the tests: with b = 1 the `[CLS]` never sees the document (it reads the query
-before the query reads the document), so the score does not depend on the document; more generally the last
-interaction layer's cross-attention cannot reach the score (`[CLS]` reads the query *before* it, and the
-feed-forward is per token), so its block always gets a zero gradient and inference skips it.
+Known consequences under `none`, asserted in the tests: with b = 1 the `[CLS]` never sees the document (it
+reads the query before the query reads the document), so the score does not depend on the document; more
+generally the last interaction layer's cross-attention cannot reach the score (`[CLS]` reads the query *before*
+it, and the feed-forward is per token), so its block always gets a zero gradient and inference skips it. Under
+`uniform` neither holds: `[CLS]` reads the document's mean value in every interaction layer, so b = 1 does not
+collapse and every cross-attention block is live.
 
 The query side that does not depend on the document (embeddings, the `a` contextual layers and the first
 interaction layer's self-attention) is `encode_query`; it is computed once per query and broadcast to all its
@@ -48,6 +55,7 @@ from .hf import quiet_transformers as _quiet_transformers  # noqa: F401  (also i
 FORMAT = "mice-model/1"
 _ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
 _SUPPORTED = ("bert", "electra") + _ROBERTA_LIKE
+CLS_CROSS_MODES = ("none", "uniform")
 
 
 @dataclass
@@ -62,6 +70,7 @@ class MICEConfig:
     query_token_type: int = 0
     doc_token_type: int = 1
     mask: str | None = None
+    cls_cross_attention: str = "none"  # none (the paper's text) | uniform (the authors' code)
     format: str = FORMAT
 
     @classmethod
@@ -173,6 +182,9 @@ class MICEModel(nn.Module):
         if len(layers) > a + b:  # the layers above a+b are dropped
             backbone.base_model.encoder.layer = nn.ModuleList(list(layers)[: a + b])
             backbone.config.num_hidden_layers = a + b
+        if mice_config.cls_cross_attention not in CLS_CROSS_MODES:
+            raise ModelError(f"cls_cross_attention={mice_config.cls_cross_attention!r}: expected one of "
+                             f"{', '.join(CLS_CROSS_MODES)}")
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.mice_config = mice_config
@@ -228,9 +240,11 @@ class MICEModel(nn.Module):
     @classmethod
     def from_cross_encoder(cls, name_or_path, contextual_layers: int = 3, interaction_layers: int = 3,
                            max_query_length: int | None = None, max_doc_length: int | None = None,
-                           mask=None, device=None, seed: int = 0) -> "MICEModel":
+                           mask=None, device=None, seed: int = 0,
+                           cls_cross_attention: str = "none") -> "MICEModel":
         """MICE-ℓa+b from a `...ForSequenceClassification` folder, or a bare encoder (`BertModel`): then the
-        pooler comes from the encoder and the classifier is fresh (1 label, initialised under `seed`)."""
+        pooler comes from the encoder and the classifier is fresh (1 label, initialised under `seed`).
+        `cls_cross_attention`: none (the paper's text) or uniform (the authors' code); see the module docstring."""
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         from .backbone import resolve_model_path
@@ -252,7 +266,8 @@ class MICEModel(nn.Module):
                              f"{backbone.config.num_labels} labels")
         tokenizer = AutoTokenizer.from_pretrained(path)
         mcfg = MICEConfig(contextual_layers=int(contextual_layers), interaction_layers=int(interaction_layers),
-                          source=str(name_or_path), mask=getattr(mask, "name", mask))
+                          source=str(name_or_path), mask=getattr(mask, "name", mask),
+                          cls_cross_attention=str(cls_cross_attention))
         cls._set_lengths(mcfg, backbone.config, tokenizer, max_query_length, max_doc_length)
         if int(getattr(backbone.config, "type_vocab_size", 1) or 1) < 2:
             mcfg.doc_token_type = 0
@@ -287,7 +302,10 @@ class MICEModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path, device=None, max_length: int | None = None,
                         max_query_length: int | None = None, max_doc_length: int | None = None) -> "MICEModel":
-        """Load a folder written by `save_pretrained` (config.json with a "mice" key, safetensors weights)."""
+        """Load a folder written by `save_pretrained` (config.json with a "mice" key, safetensors weights).
+
+        `max_query_length` / `max_doc_length` (`max_length` is an alias of the latter) override the saved
+        lengths for this session, e.g. to re-rank long-query sets with the paper's 512 tokens per side."""
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -428,12 +446,33 @@ class MICEModel(nn.Module):
             batch["token_type_ids"] = torch.full_like(batch["input_ids"], self.mice_config.doc_token_type)
         return DocStates(self.contextualize(batch), batch["attention_mask"].bool())
 
+    @property
+    def cls_reads_document(self) -> bool:
+        return self.mice_config.cls_cross_attention == "uniform"
+
+    @staticmethod
+    def doc_mean(doc: DocStates) -> torch.Tensor:
+        """[N, 1, H] mean of each document's real-token states (what a uniform attention row averages)."""
+        m = doc.mask.to(doc.hidden.dtype)[..., None]
+        return (doc.hidden * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+    def cls_cross(self, j: int, cls: torch.Tensor, doc: DocStates) -> torch.Tensor:
+        """The `[CLS]` row [N, 1, H] after interaction layer j's cross-attention sublayer: unchanged under
+        `none`; under `uniform`, the mean of the document values (= the value projection of the mean state,
+        since the projection is affine) through the sublayer's dense + LayerNorm."""
+        if not self.cls_reads_document:
+            return cls
+        ctx = self.cross[j].self.value(self.doc_mean(doc))
+        if cls.shape[0] != ctx.shape[0]:
+            cls = cls.expand(ctx.shape[0], -1, -1)
+        return self.cross[j].output(ctx, cls)
+
     def cross_block(self, j: int, h: torch.Tensor, doc: DocStates) -> torch.Tensor:
         """Interaction layer j's cross-attention sublayer: query tokens (rows > 0) read the document states;
-        the `[CLS]` row passes through unchanged."""
+        the `[CLS]` row as `cls_cross_attention` says (`cls_cross`)."""
         tokens = h[:, 1:]
         ctx = attend(self.cross[j].self, tokens, doc.hidden, doc.mask[:, None, None, :], self._dropout_p())
-        return torch.cat([h[:, :1], self.cross[j].output(ctx, tokens)], dim=1)
+        return torch.cat([self.cls_cross(j, h[:, :1], doc), self.cross[j].output(ctx, tokens)], dim=1)
 
     def interact(self, query: QueryStates, doc: DocStates) -> torch.Tensor:
         """Scores [N] from document-independent query states (B = N, or B = 1 shared by all N documents)."""
@@ -447,8 +486,8 @@ class MICEModel(nn.Module):
             doc = DocStates(doc.hidden.to(h.dtype), doc.mask)
         smask = self.query_self_mask(qmask)
         a, b = self.contextual_layers, self.interaction_layers
-        # Only `[CLS]` reaches the head and `[CLS]` never reads the document, so in the last interaction layer
-        # only its row matters: the last cross-attention is dead weight. Without autograd we skip it (same
+        # Only `[CLS]` reaches the head, so in the last interaction layer only its row matters: under `none`
+        # the last cross-attention is dead weight, under `uniform` only its `[CLS]` row (`cls_cross`) counts. Without autograd we skip it (same
         # scores); with autograd it runs, so every parameter gets a (zero) gradient, as DDP expects.
         shortcut = not torch.is_grad_enabled()
         for j in range(b):
@@ -459,7 +498,7 @@ class MICEModel(nn.Module):
                     h = layer.attention.output(ctx, h[:, :1])
                 else:
                     h = h[:, :1]
-                h = self._ffn(layer, h)
+                h = self._ffn(layer, self.cls_cross(j, h, doc))
                 break
             if j > 0:
                 h = self._self_block(layer, h, smask)
@@ -605,8 +644,9 @@ class MICEModel(nn.Module):
 
     @property
     def live_cross_layers(self) -> int:
-        """Interaction layers whose cross-attention can reach the score: all but the last (b - 1)."""
-        return self.interaction_layers - 1
+        """Interaction layers whose cross-attention can reach the score: all but the last (b - 1) under
+        `none`; all b under `uniform` (the last one's `[CLS]` row reads the document's mean value)."""
+        return self.interaction_layers - (0 if self.cls_reads_document else 1)
 
     def kv_fingerprint(self) -> str:
         """Identity of cached cross-attention keys/values: the document side plus the key/value projections

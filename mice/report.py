@@ -111,6 +111,11 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
         if len(ce) and len(mice):
             kept = ", ".join(f"{d}: {100 * mice[d] / ce[d]:.1f}%" for d in ce.index if d in mice.index and ce[d] > 0)
             lines += [f"MICE keeps {kept} of the cross-encoder's nDCG@10.", ""]
+        li = results[(results.run == "late-interaction") & (results.measure == "nDCG@10")].set_index("domain")["value"]
+        if len(li) and len(mice):
+            side = ", ".join(f"{d}: {li[d]:.4f} vs MICE {mice[d]:.4f}" for d in li.index if d in mice.index)
+            lines += [f"The late-interaction baseline (ColBERT-style MaxSim, 128-d, distilled from the same "
+                      f"cross-encoder; `late_interaction/`) reaches nDCG@10 {side}.", ""]
         _figure(lines, root, "figures/latency_vs_ndcg.png", "Latency vs nDCG@10")
 
     probe = root / "probe"

@@ -1,4 +1,8 @@
-"""`mice evaluate`: measures, per-query values and paired significance against the first run."""
+"""`mice evaluate`: measures, per-query values and paired significance against the first run.
+
+A run argument is a TREC run file, or `NAME=RUN[,RUN…]`: one system trained under several seeds (each run is
+evaluated on its own; `--paper-test BASELINE` compares the systems' seed-averaged per-query values with the
+baseline system's by Welch's t-test, as the MICE paper does)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +11,8 @@ from typing import Optional
 import typer
 
 
-def evaluate_cmd(runs: list[Path] = typer.Argument(..., help="TREC run files; the first is the baseline"),
+def evaluate_cmd(runs: list[str] = typer.Argument(..., help="TREC run files (or NAME=RUN,RUN,… for one system's "
+                                                           "seeds); the first run is the baseline"),
                  dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset spec (for qrels)"),
                  split: str = typer.Option("test", help="Split whose qrels are used"),
                  qrels: Optional[Path] = typer.Option(None, "--qrels", help="Qrels file instead of a dataset"),
@@ -18,7 +23,12 @@ def evaluate_cmd(runs: list[Path] = typer.Argument(..., help="TREC run files; th
                                                         help="Aggregates and p-values (.parquet/.csv/.tsv)"),
                  alpha: float = typer.Option(0.05, help="Significance level for the markers"),
                  resamples: int = typer.Option(10_000, help="Randomisation-test resamples"),
-                 seed: int = typer.Option(0, help="Randomisation-test seed")) -> None:
+                 seed: int = typer.Option(0, help="Randomisation-test seed"),
+                 paper_test: Optional[str] = typer.Option(
+                     None, "--paper-test", help="Also the paper's test against system BASELINE: Welch's t-test on "
+                                                "per-query values averaged over seeds (p < --alpha, ↑/↓)"),
+                 paper_out: Optional[Path] = typer.Option(None, "--paper-results",
+                                                          help="The paper test's table (.parquet/.csv/.tsv)")) -> None:
     """Aggregate table (rich), per-query values, paired t-test and randomisation test (Holm) vs the first run."""
     import pandas as pd
     from rich.console import Console
@@ -40,12 +50,23 @@ def evaluate_cmd(runs: list[Path] = typer.Argument(..., help="TREC run files; th
 
             judged = load_dataset(dataset).qrels(split)
         names: dict[str, pd.DataFrame] = {}
-        for path in runs:
-            name = path.name
-            i = 2
-            while name in names:
-                name, i = f"{path.name}#{i}", i + 1
-            names[name] = read_run(path)
+        groups: dict[str, list[str]] = {}
+        for arg in runs:
+            system, sep, files = arg.partition("=")
+            paths = [Path(f) for f in files.split(",") if f.strip()] if sep else [Path(arg)]
+            if sep and (not system.strip() or not paths):
+                raise DataError(f"run argument {arg!r}: expected NAME=RUN[,RUN…]")
+            if sep and system in groups:
+                raise DataError(f"run argument {arg!r}: system {system!r} given twice")
+            members = []
+            for k, path in enumerate(paths):
+                base = f"{system}#{k}" if sep else path.name
+                name, i = base, 2
+                while name in names:
+                    name, i = f"{base}#{i}", i + 1
+                names[name] = read_run(path)
+                members.append(name)
+            groups[system if sep else members[0]] = members
         tables: dict = {}
         res = evaluate(judged, names, metrics=metrics, n_resamples=resamples, seed=seed, per_query_out=tables)
     wide = summary_table(res, alpha)
@@ -59,6 +80,28 @@ def evaluate_cmd(runs: list[Path] = typer.Argument(..., help="TREC run files; th
     console.print(table)
     if len(names) > 1:
         console.print(f"† paired t-test, ‡ randomisation test: p < {alpha} after Holm correction (per measure)")
+    if paper_test is not None:
+        from ..evaluation import paper_test as run_paper_test
+
+        pt = run_paper_test(tables, groups, paper_test, alpha)
+        t2 = Table(title=f"paper test: Welch's t-test on per-query values averaged over seeds, vs {paper_test}")
+        t2.add_column("system")
+        t2.add_column("seeds", justify="right")
+        measures = list(dict.fromkeys(pt["measure"]))
+        for m in measures:
+            t2.add_column(m, justify="right")
+        for system in groups:
+            cells = []
+            for m in measures:
+                r = pt[(pt["system"] == system) & (pt["measure"] == m)].iloc[0]
+                cells.append(f"{r['value']:.4f}{r['arrow']}")
+            t2.add_row(system, str(len(groups[system])), *cells)
+        console.print(t2)
+        console.print(f"↑/↓: Welch's t-test p < {alpha} against {paper_test} (no multiple-testing correction, "
+                      "as in the paper)")
+        if paper_out is not None:
+            write_table(pt, paper_out)
+            console.print(f"paper test: {paper_out}")
     if out is not None:
         per_q = pd.concat([t.assign(run=n) for n, t in tables.items()], ignore_index=True)
         write_table(per_q[["run", "query_id", "measure", "value"]], out)

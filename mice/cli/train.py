@@ -1,6 +1,6 @@
 """`mice train` — fine-tune a cross-encoder, a masked cross-encoder, or a MICE model (Margin-MSE distillation).
 
-Settings come from a preset (`--preset tiny|quick|paper`), then a config file (`--config run.toml|run.json`,
+Settings come from a preset (`--preset tiny|quick|paper-…`; `mice.train.presets`), then a config file (`--config run.toml|run.json`,
 flat keys named like `mice.train.TrainConfig` fields), then the flags below and `--set key=value`.
 Progress lines also go to `output/train.log` (through `logging`, logger `mice.train`). Checkpoints hold only
 tensors and plain values (loaded with `weights_only=True`), and the output folder is locked while a run writes it.
@@ -22,7 +22,9 @@ def _settings(**flags) -> dict:
 def train(
     mode: Optional[str] = typer.Option(None, "--mode", help="cross-encoder | masked | mice (default: cross-encoder)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="tiny (seconds), quick (~5 min on 2 CPU cores), "
-                                                                "paper (the MICE paper's GPU recipe)"),
+                                                                "or one paper model: paper-minilm-ce, "
+                                                                "paper-minilm-mice-l4+3, … (the paper's GPU recipe; "
+                                                                "--show-config prints it)"),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Settings file (.json or .toml)"),
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="Backbone (cross-encoder mode) or source cross-encoder folder"),
@@ -42,7 +44,15 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget"),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps"),
-    max_length: Optional[int] = typer.Option(None, "--max-length"),
+    max_length: Optional[int] = typer.Option(None, "--max-length",
+                                             help="Pair length (cross-encoder, masked); document length (mice)"),
+    max_query_length: Optional[int] = typer.Option(None, "--max-query-length", help="mice: query length"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    cls_cross_attention: Optional[str] = typer.Option(None, "--cls-cross-attention",
+                                                      help="mice: none (the paper's text) | uniform (authors' code)"),
+    dev_dataset: Optional[str] = typer.Option(None, "--dev-dataset", help="Validation dataset (default: --dataset)"),
+    dev_exclude: Optional[str] = typer.Option(None, "--dev-exclude",
+                                              help="Query ids never validated on: a file of ids or a dataset spec"),
     teacher_scale: Optional[float] = typer.Option(None, "--teacher-scale"),
     eval_every: Optional[int] = typer.Option(None, "--eval-every"),
     save_every: Optional[int] = typer.Option(None, "--save-every"),
@@ -63,10 +73,10 @@ def train(
 
     from ..errors import MiceError
     from ..train.config import TrainConfig, read_config_file
-    from ..train.presets import preset_settings
+    from ..train.presets import preset_mode, preset_settings
 
     file_settings = read_config_file(config) if config else {}
-    chosen_mode = mode or file_settings.get("mode") or "cross-encoder"
+    chosen_mode = mode or file_settings.get("mode") or (preset_mode(preset) if preset else None) or "cross-encoder"
     cfg = TrainConfig()
     if preset:
         cfg = cfg.updated(preset_settings(preset, chosen_mode), f"preset {preset}")
@@ -82,6 +92,8 @@ def train(
                       contextual_layers=contextual_layers, interaction_layers=interaction_layers, loss=loss, lr=lr,
                       head_lr=head_lr, batch_size=batch_size, negatives=negatives, max_steps=max_steps,
                       max_minutes=max_minutes, warmup_steps=warmup_steps, max_length=max_length,
+                      max_query_length=max_query_length, weight_decay=weight_decay,
+                      cls_cross_attention=cls_cross_attention, dev_dataset=dev_dataset, dev_exclude=dev_exclude,
                       teacher_scale=teacher_scale, eval_every=eval_every, save_every=save_every,
                       dev_queries=dev_queries, seed=seed, num_threads=num_threads)
     cfg = cfg.updated({**flags, **extra}, "command line")
@@ -94,16 +106,23 @@ def train(
         raise MiceError(f"--mode {cfg.mode} starts from a trained cross-encoder: pass --model FOLDER "
                         "(e.g. the best/ folder of a cross-encoder run)")
     cfg.validate()
-    if show_config:
-        typer.echo(json.dumps(cfg.to_dict(), indent=2))
-        return
-    from ..train.loop import Trainer, train_seeds
-
+    seed_list = None
     if seeds:
         try:
             seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
             raise MiceError(f"--seeds {seeds!r}: expected integers separated by commas") from None
+        if not seed_list or len(set(seed_list)) != len(seed_list):
+            raise MiceError(f"--seeds {seeds!r}: expected distinct integers separated by commas")
+    if show_config:
+        shown = cfg.to_dict()
+        if seed_list:
+            shown["seeds"] = seed_list
+        typer.echo(json.dumps(shown, indent=2))
+        return
+    from ..train.loop import Trainer, train_seeds
+
+    if seed_list:
         table = train_seeds(cfg, seed_list, quiet=quiet)
         from accelerate import PartialState
 

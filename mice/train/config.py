@@ -12,9 +12,10 @@ from pathlib import Path
 
 from ..errors import MiceError
 
-MODES = ("cross-encoder", "masked", "mice")
+MODES = ("cross-encoder", "masked", "mice", "late-interaction")
 LOSS_TERMS = ("listwise", "bce", "margin-mse")
-SOURCE_TEACHER = "source"  # teacher = the model the student starts from (self-distillation, as in the paper)
+SOURCE_TEACHER = "source"  # teacher = the model the student starts from (self-distillation: our cheap offline
+# recipe; the paper distils from Hofstätter's ensemble-teacher scores instead, see presets.PAPER_RECIPE)
 
 
 class ConfigError(MiceError, ValueError):
@@ -31,7 +32,8 @@ class TrainConfig:
     process and step; under data parallelism the effective batch is `batch_size × processes`."""
 
     mode: str = "cross-encoder"
-    model: str = "packaged:minilm"  # backbone (cross-encoder mode) or source cross-encoder (masked, mice)
+    model: str = "packaged:minilm"  # backbone (cross-encoder mode) or source cross-encoder (masked, mice,
+    # late-interaction: its encoder is kept, its head dropped)
     dataset: str = "embedded:docs"
     train_split: str = "train"
     dev_split: str | None = "dev"
@@ -39,8 +41,9 @@ class TrainConfig:
     output: str = "runs/train"
 
     # student
-    max_length: int = 128  # pair length (cross-encoder, masked); document length (mice)
-    max_query_length: int = 32  # mice
+    max_length: int = 128  # pair length (cross-encoder, masked); document length (mice, late-interaction)
+    max_query_length: int = 32  # mice, late-interaction (saved in the model; `from_pretrained(max_query_length=)`)
+    cls_cross_attention: str = "none"  # mice: none (the paper's text) | uniform (the authors' code)
     mask: str | None = None  # masked: preset spec (mask2, mask3:k=2) or mask .json
     mask_mode: str = "renorm"
     contextual_layers: int = 3  # mice: a
@@ -75,7 +78,11 @@ class TrainConfig:
     # validation, logging, checkpoints
     eval_every: int = 200
     eval_at_start: bool = True  # also evaluate the untrained model (step 0)
-    dev_queries: int | None = 200  # first N dev queries (by id); None = all
+    dev_queries: int | None = 200  # N dev queries (see dev_sample); None = all
+    dev_sample: str = "first"  # first: the first N by id; random: N drawn under dev_seed (the paper: 500)
+    dev_seed: int = 0  # the dev sample is the same for every training seed
+    dev_exclude: str | None = None  # query ids never used for validation: a dataset spec (its queries) or a
+    # file of ids, one per line (the paper: msmarco-passage/dev/small, its test set)
     dev_top_k: int = 20
     eval_batch_size: int = 64
     log_every: int = 10
@@ -135,6 +142,14 @@ class TrainConfig:
             bad("interaction_layers", "MICE needs a >= 0 contextual and b >= 1 interaction layers")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             bad("mixed_precision", f"{self.mixed_precision!r} (no, fp16, bf16)")
+        if self.dev_sample not in ("first", "random"):
+            bad("dev_sample", f"{self.dev_sample!r} (first, random)")
+        if self.cls_cross_attention not in ("none", "uniform"):
+            bad("cls_cross_attention", f"{self.cls_cross_attention!r} (none, uniform)")
+        if self.mode != "mice" and self.cls_cross_attention != "none":
+            bad("cls_cross_attention", "applies to mice mode only")
+        if not float(self.weight_decay) >= 0:
+            bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if self.mask_mode not in ("renorm", "zero"):
             bad("mask_mode", f"{self.mask_mode!r} (renorm, zero)")
         return self
@@ -183,12 +198,14 @@ def _check_mask_spec(spec: str) -> None:
 
 
 _OPTIONAL_TYPES = {"dev_split": str, "dev_dataset": str, "mask": str, "teacher": str, "teacher_max_length": int,
-                   "teacher_cache": str, "head_lr": float, "max_minutes": float, "dev_queries": int,
+                   "teacher_cache": str, "head_lr": float, "max_minutes": float, "dev_queries": int, "dev_exclude": str,
                    "num_threads": int}
 
 
 def _coerce(name: str, value, current, source: str):
     """Strings from `--set key=value` and TOML/JSON values to the field's type."""
+    if name == "cls_cross_attention" and isinstance(value, str) and value.lower() == "none":
+        return "none"  # a value of its own here, not "unset"
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
         if name in _OPTIONAL_TYPES:
             return None

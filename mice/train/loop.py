@@ -176,15 +176,16 @@ class Trainer:
     def _load_data(self):
         from ..data import load_dataset
         from .samples import GroupSampler, pool_from_dataset, pool_from_triples
-        from .teacher import TeacherScores, default_cache_path, is_score_file
+        from .teacher import TeacherScores, default_cache_path, teacher_file
 
         cfg = self.config
         ds = load_dataset(self.dataset if self.dataset is not None else cfg.dataset)
         self.ds = ds
         triples = None
         self.teacher = None
-        if cfg.needs_teacher and is_score_file(cfg.teacher):
-            self.teacher, triples = TeacherScores.from_file(cfg.teacher)
+        score_file = teacher_file(cfg.teacher) if cfg.needs_teacher else None
+        if score_file is not None:
+            self.teacher, triples = TeacherScores.from_file(score_file)
         with self.acc.main_process_first():  # the BM25 index is built (and cached) once
             pool = pool_from_triples(triples, ds) if triples is not None else pool_from_dataset(
                 ds, cfg.train_split, cfg.bm25_depth)
@@ -200,16 +201,16 @@ class Trainer:
                                          device=self.acc.device)
 
     def _dev_candidates(self, ds) -> dict:
-        from ..retrieval import bm25_run
+        from ..retrieval import BM25Index
+        from .devset import excluded_query_ids, select_dev_queries
 
         cfg = self.config
         queries = ds.queries(cfg.dev_split)
-        qids = sorted(queries)
-        if cfg.dev_queries is not None:
-            qids = qids[: cfg.dev_queries]
+        qids = select_dev_queries(queries, cfg.dev_queries, cfg.dev_sample, cfg.dev_seed,
+                                  excluded_query_ids(cfg.dev_exclude))
         keep = set(qids)
-        run = bm25_run(ds, cfg.dev_split, k=cfg.dev_top_k)
-        run = run[run["query_id"].isin(keep)]
+        # only the chosen queries are retrieved (MS MARCO dev has ~55k judged queries; validation uses 500)
+        run = BM25Index.for_dataset(ds).search({q: queries[q] for q in qids}, cfg.dev_top_k)
         corpus = ds.corpus()
         qrels = ds.qrels(cfg.dev_split)
         qrels = qrels[qrels["query_id"].isin(keep)]

@@ -18,7 +18,7 @@ from ..hf import quiet_hf as _quiet_hf
 from .config import TrainConfig
 
 from ..models import MASK_KEY  # config.json key recording a masked cross-encoder's interaction mask
-HEAD_MARKERS = ("classifier", ".pooler.")
+HEAD_MARKERS = ("classifier", ".pooler.", "late.proj.")  # fresh heads: the late-interaction projection too
 
 
 class CrossEncoderStudent(nn.Module):
@@ -81,6 +81,25 @@ class MICEStudent(nn.Module):
         return self.mice.save_pretrained(path)
 
 
+class LateInteractionStudent(nn.Module):
+    """A ColBERT-style `mice.maxsim.MaxSimScorer` (the late-interaction baseline)."""
+
+    kind = "late-interaction"
+
+    def __init__(self, model):
+        super().__init__()
+        self.late = model
+
+    def forward(self, queries: Sequence[str], docs: Sequence[str]) -> torch.Tensor:
+        return self.late(list(queries), list(docs))
+
+    def predict(self, pairs, batch_size: int = 64) -> np.ndarray:
+        return self.late.predict(pairs, batch_size=batch_size)
+
+    def save(self, path) -> Path:
+        return self.late.save_pretrained(path)
+
+
 def quiet_hf() -> None:
     """HF load reports and "Writing model shards" bars off (checkpoints are written often)."""
     _quiet_hf(load=True)
@@ -102,8 +121,17 @@ def build_student(config: TrainConfig, source: str | None = None, device=None) -
             model = MICEModel.from_cross_encoder(src, contextual_layers=config.contextual_layers,
                                                  interaction_layers=config.interaction_layers,
                                                  max_query_length=config.max_query_length,
-                                                 max_doc_length=config.max_length, seed=config.seed)
+                                                 max_doc_length=config.max_length, seed=config.seed,
+                                                 cls_cross_attention=config.cls_cross_attention)
         student: nn.Module = MICEStudent(model)
+    elif config.mode == "late-interaction":
+        from ..maxsim import MaxSimScorer
+
+        quiet_hf()
+        model = MaxSimScorer.from_pretrained(src, seed=config.seed, attn_implementation="eager",
+                                             max_query_length=config.max_query_length,
+                                             max_doc_length=config.max_length)
+        student = LateInteractionStudent(model)
     else:
         from ..hooked import HookedCrossEncoder
 

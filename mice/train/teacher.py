@@ -24,9 +24,40 @@ from .samples import Group
 
 FILE_COLUMNS = ["score_pos", "score_neg", "qid", "pos", "neg"]
 
+# Hofstätter et al. 2020's ensemble-teacher scores on MS MARCO train triples (the paper's teacher), in the
+# `score_pos score_neg qid pos neg` format. Not in ir_datasets: download it once (Zenodo record 4068216).
+HOFSTATTER = "hofstatter-ensemble"
+HOFSTATTER_FILE = "bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv"
+HOFSTATTER_URL = f"https://zenodo.org/record/4068216/files/{HOFSTATTER_FILE}"
+HOFSTATTER_ENV = "MICE_HOFSTATTER_TRIPLES"
+
+
+def hofstatter_path() -> Path:
+    """Where the ensemble-teacher file is looked for: $MICE_HOFSTATTER_TRIPLES, else the mice cache."""
+    import os
+
+    from ..data.base import cache_dir
+
+    env = os.environ.get(HOFSTATTER_ENV)
+    return Path(env).expanduser() if env else cache_dir() / "teachers" / HOFSTATTER_FILE
+
+
+def teacher_file(spec: str | None) -> Path | None:
+    """The score file a teacher spec names (a path, or `hofstatter-ensemble`), or None for a model teacher."""
+    if not spec:
+        return None
+    if str(spec) == HOFSTATTER:
+        path = hofstatter_path()
+        if not path.is_file():
+            raise DataError(f"teacher {HOFSTATTER}: {path} not found; download {HOFSTATTER_URL} there "
+                            f"(or set {HOFSTATTER_ENV}=PATH, or pass --teacher FILE)")
+        return path
+    path = Path(str(spec)).expanduser()
+    return path if path.is_file() else None
+
 
 def is_score_file(spec: str | None) -> bool:
-    return bool(spec) and Path(str(spec)).is_file()
+    return teacher_file(spec) is not None
 
 
 def read_score_file(path) -> pd.DataFrame:
