@@ -226,6 +226,9 @@ class MaxSimScorer(nn.Module):
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, show_progress_bar: bool = False,
                 convert_to_numpy: bool = True):
         """Scores for (query, document) pairs, in input order (each distinct query is encoded once per batch)."""
+        from .validate import positive
+
+        positive("batch_size", batch_size)
         pairs = [(str(q), str(d)) for q, d in pairs]
         out = torch.empty(len(pairs), dtype=torch.float32)
         was_training = self.training
@@ -245,11 +248,20 @@ class MaxSimScorer(nn.Module):
         return out.numpy() if convert_to_numpy else out
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False, batch_size: int = 32) -> list[dict]:
-        scores = self.predict([(query, d) for d in documents], batch_size=batch_size)
-        order = np.argsort(-scores, kind="stable")[:top_k]
-        return [{"corpus_id": int(i), "score": float(scores[i]), **({"text": documents[i]} if return_documents
-                                                                     else {})} for i in order]
+             return_documents: bool = False, batch_size: int = 32, show_progress_bar: bool = False) -> list[dict]:
+        """sentence-transformers `CrossEncoder.rank` format: [{corpus_id, score[, text]}], best first."""
+        from .scoring import rank_by_scores
+
+        scores = self.predict([(query, d) for d in documents], batch_size=batch_size,
+                              show_progress_bar=show_progress_bar)
+        return rank_by_scores(scores, documents, top_k, return_documents)
+
+    def identity(self) -> dict:
+        """Loaded weights (encoder and projection) and lengths, for resumable jobs."""
+        from .identity import module_fingerprint
+
+        return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
+                "max_query_length": self.li_config.max_query_length, "max_length": self.li_config.max_doc_length}
 
 
 LateInteractionModel = MaxSimScorer  # the name the training mode and the docs use

@@ -5,6 +5,7 @@
   it was trained with, recorded in its config.json);
 - a `MICEModel` for a MICE folder (config.json with a "mice" key), or a cross-encoder turned into MICE-ℓa+b
   on the spot with `arch="a+b"`; with `index=` a scorer reading documents from a document-state index;
+- a `MaxSimScorer` for a trained late-interaction folder (`mice train --mode late-interaction`);
 - a `BiEncoder` for `biencoder:<name>` (`biencoder:packaged` is the packaged MiniLM).
 
 Every option is honoured or refused: an option the chosen scorer cannot apply raises `ModelError` naming it.
@@ -84,18 +85,18 @@ def load_error(spec, err: Exception) -> ModelError:
 
 
 def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int | None = None,
-         query_max_length: int | None = None, index=None, arch: str | None = None, kind: str = "any",
+         max_query_length: int | None = None, index=None, arch: str | None = None, kind: str = "any",
          use_kv="auto", batch_size: int = 64):
     """The scorer for `spec` (see the module docstring). `kind="hooked"` insists on a HookedCrossEncoder
     (probes and ablations), `kind="mice"` on a MICE model; `max_length` is the pair length of a cross-encoder,
-    the document length of MICE (`query_max_length` its query length); `index` a document-state index folder
+    the document length of MICE (`max_query_length` its query length); `index` a document-state index folder
     (MICE only); `arch="a+b"` builds MICE-ℓa+b from a cross-encoder."""
     from .validate import check_setting
 
     if kind not in KINDS:
         raise ModelError(f"unknown model kind {kind!r} ({', '.join(KINDS)})")
     check_setting("max_length", max_length)
-    check_setting("query_max_length", query_max_length)
+    check_setting("max_query_length", max_query_length)
     s = str(spec)
 
     def refuse(option: str, why: str):
@@ -105,7 +106,7 @@ def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int 
         if kind != "any":
             refuse(f"a bi-encoder as a {kind} model", "it has no cross-attention to hook")
         for option, value in (("--mask", mask), ("--index", index), ("--arch", arch),
-                              ("--query-max-length", query_max_length)):
+                              ("--max-query-length", max_query_length)):
             if value is not None:
                 refuse(option, "a bi-encoder encodes query and document apart")
         from .biencoder import BiEncoder
@@ -116,16 +117,28 @@ def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int 
 
     path = check_folder(s)
     try:
+        from .maxsim import is_late_interaction_folder
+
+        if is_late_interaction_folder(path):
+            if kind != "any":
+                refuse(f"a late-interaction model as a {kind} model", "it encodes query and document apart")
+            for option, value in (("--mask", mask), ("--index", index), ("--arch", arch)):
+                if value is not None:
+                    refuse(option, "a late-interaction model encodes query and document apart")
+            from .maxsim import MaxSimScorer
+
+            return MaxSimScorer.from_pretrained(path, max_query_length=max_query_length, max_doc_length=max_length,
+                                                device=device)
         if is_mice_folder(path) or arch is not None:
-            return _load_mice(s, path, mask, device, max_length, query_max_length, index, arch, kind, use_kv,
+            return _load_mice(s, path, mask, device, max_length, max_query_length, index, arch, kind, use_kv,
                               batch_size)
         if kind == "mice":
             raise ModelError(f"{s} is not a MICE folder (config.json without a \"mice\" key); give --arch a+b "
                              "to build MICE-ℓa+b from this cross-encoder")
         if index is not None:
             refuse("--index", "only a MICE model reads a document-state index")
-        if query_max_length is not None:
-            refuse("--query-max-length", "a cross-encoder truncates the pair as a whole: use --max-length")
+        if max_query_length is not None:
+            refuse("--max-query-length", "a cross-encoder truncates the pair as a whole: use --max-length")
         from .hooked import HookedCrossEncoder
 
         model = HookedCrossEncoder.from_pretrained(path, max_length=max_length, device=device)
@@ -143,7 +156,7 @@ def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int 
         raise load_error(s, err) from None
 
 
-def _load_mice(s, path, mask, device, max_length, query_max_length, index, arch, kind, use_kv, batch_size):
+def _load_mice(s, path, mask, device, max_length, max_query_length, index, arch, kind, use_kv, batch_size):
     from .mice_model import MICEModel
 
     if kind == "hooked":
@@ -159,10 +172,10 @@ def _load_mice(s, path, mask, device, max_length, query_max_length, index, arch,
         except ValueError:
             raise ModelError(f"--arch {arch!r}: expected a+b, e.g. 3+3") from None
         model = MICEModel.from_cross_encoder(path, contextual_layers=a, interaction_layers=b,
-                                             max_query_length=query_max_length, max_doc_length=max_length,
+                                             max_query_length=max_query_length, max_doc_length=max_length,
                                              device=device)
     else:
-        model = MICEModel.from_pretrained(path, device=device, max_query_length=query_max_length,
+        model = MICEModel.from_pretrained(path, device=device, max_query_length=max_query_length,
                                           max_doc_length=max_length)
     if index is None:
         return model

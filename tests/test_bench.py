@@ -20,7 +20,7 @@ def test_bench_cli_tiny(tmp_path):
 
     model = tiny_cross_encoder(tmp_path / "ce", num_layers=4)
     out = tmp_path / "bench.csv"
-    res = CliRunner().invoke(app, ["bench", "latency", "--model", str(model), "--layers", "2+2", "--docs", "3",
+    res = CliRunner().invoke(app, ["bench", "latency", "--model", str(model), "--arch", "2+2", "--docs", "3",
                                    "--query-len", "8", "--doc-len", "16,24", "--repeats", "2", "--warmup", "1",
                                    "--batch-size", "2", "--threads", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output

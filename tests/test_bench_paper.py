@@ -19,7 +19,7 @@ def test_both_protocols_in_one_run(tmp_path):
     model = tiny_cross_encoder(tmp_path / "ce", num_layers=4)
     out = tmp_path / "bench.csv"
     res = CliRunner().invoke(app, ["bench", "latency", "--protocol", "ours,paper", "--model", str(model),
-                                   "--layers", "2+2", "--docs", "3", "--query-len", "8", "--doc-len", "24",
+                                   "--arch", "2+2", "--docs", "3", "--query-len", "8", "--doc-len", "24",
                                    "--repeats", "2", "--warmup", "1", "--batch-size", "2", "--threads", "1",
                                    "--paper-batch", "4", "--paper-runs", "3", "--paper-warmup", "1",
                                    "--methods", "cross-encoder,mice-index,maxsim", "--out", str(out)])

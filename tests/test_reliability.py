@@ -197,8 +197,8 @@ def test_options_a_scorer_cannot_honour_are_refused(tiny_bert, tmp_path):
         load(mice_dir, mask="mask2")
     with pytest.raises(ModelError, match="--index"):
         load(tiny_bert, index=tmp_path / "idx")
-    with pytest.raises(ModelError, match="--query-max-length"):
-        load(tiny_bert, query_max_length=8)
+    with pytest.raises(ModelError, match="--max-query-length"):
+        load(tiny_bert, max_query_length=8)
     with pytest.raises(ModelError, match="--mask"):
         load("biencoder:packaged", mask="mask2")
     # MICE honours --max-length (document length) instead of ignoring it

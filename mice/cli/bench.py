@@ -32,7 +32,7 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
                 device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
                 model: str = typer.Option("packaged:minilm", "--model", "-m", help="Backbone (cross-encoder or encoder)"),
                 random_weights: bool = typer.Option(False, "--random-weights", help="Same architecture, random weights"),
-                layers: str = typer.Option("3+3", "--layers", help="MICE a+b"),
+                arch: str = typer.Option("3+3", "--arch", help="MICE architecture a+b (ℓa+b)"),
                 mask: str = typer.Option("mask2", "--mask", help="Mask for the `masked` method"),
                 batch_size: int = typer.Option(32, "--batch-size", help="Documents per forward pass (all methods)"),
                 threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)"),
@@ -63,9 +63,9 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
     from ..files import write_table
 
     try:
-        a, b = (int(x) for x in layers.split("+"))
+        a, b = (int(x) for x in arch.split("+"))
     except ValueError:
-        raise MiceError(f"--layers {layers!r}: expected a+b, e.g. 3+3") from None
+        raise MiceError(f"--arch {arch!r}: expected a+b, e.g. 3+3") from None
     protocols = [p.strip() for p in protocol.split(",") if p.strip()]
     if not protocols or set(protocols) - {"ours", "paper"}:
         raise MiceError(f"--protocol {protocol!r}: expected ours, paper or ours,paper")

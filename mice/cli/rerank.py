@@ -21,8 +21,8 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
                batch_size: int = typer.Option(32, "--batch-size", help="Pairs per forward pass"),
                max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens per pair (MICE: per "
                                                         "document); default: the length the model was trained at"),
-               query_max_length: Optional[int] = typer.Option(None, "--query-max-length",
-                                                              help="MICE only: tokens per query"),
+               max_query_length: Optional[int] = typer.Option(None, "--max-query-length",
+                                                              help="MICE / late interaction: tokens per query"),
                device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: best available)"),
                index: Optional[Path] = typer.Option(None, "--index", help="MICE only: score documents from this "
                                                     "document-state index (`mice index build`), not their text"),
@@ -36,7 +36,7 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
 
     with plain_warnings():
         scorer = load(model, mask=mask, mode=mode, device=device, max_length=max_length,
-                      query_max_length=query_max_length, index=index, batch_size=batch_size)
+                      max_query_length=max_query_length, index=index, batch_size=batch_size)
         calls = {"batch_size": batch_size}
         if index is not None:  # whole queries per call; --batch-size = documents per forward
             calls = scorer.runner_batching(k)

@@ -165,17 +165,10 @@ class TeacherScores:
                 raise MiceError("teacher scores come from a file, which lacks some pairs the run needs")
             import torch
 
-            from ..models import load_scorer
+            from ..models import load
 
             with torch.random.fork_rng(devices=[]):  # loading must not move the training RNG
-                if str(self.spec).startswith("biencoder:"):  # honour max_length (load_scorer does not pass it)
-                    from ..biencoder import BiEncoder
-
-                    name = str(self.spec).split(":", 1)[1]
-                    self._scorer = BiEncoder("packaged:minilm" if name in ("", "packaged") else name,
-                                             device=self.device, max_length=self.max_length)
-                else:
-                    self._scorer = load_scorer(self.spec, device=self.device, max_length=self.max_length)
+                self._scorer = load(self.spec, device=self.device, max_length=self.max_length)
         return self._scorer
 
     def ensure(self, keys: Sequence[tuple[str, str]], texts: Sequence[tuple[str, str]]) -> None:
