@@ -168,13 +168,49 @@ def _percentiles(times_s: list[float]) -> tuple[float, float, float]:
     return float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90))
 
 
-def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
-    """Run the benchmark; returns a DataFrame with `COLUMNS`."""
-    import pandas as pd
+def bench_backbone(model: str, random_weights: bool, seed: int, device, threads: int | None = None,
+                   workdir=None, prefix: str = "mice-bench-"):
+    """The cross-encoder every benchmarked method is built from, saved once to `<work>/backbone` so that all
+    methods load exactly these weights: (ce on `device`, tokenizer, backbone folder). A bare encoder gets a
+    one-label head; `random_weights` draws the model from its config under `seed`."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from .backbone import resolve_model_path
+    from .errors import ModelError
+    from .mice_model import _quiet_transformers
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda but CUDA is not available")
+    path = resolve_model_path(model)
+    hf_config = AutoConfig.from_pretrained(path)
+    bare = not any(a.endswith("ForSequenceClassification") for a in (hf_config.architectures or []))
+    with _quiet_transformers(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if random_weights:
+            hf_config.num_labels = 1
+            ce = AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="sdpa")
+        else:
+            ce = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa",
+                                                                    **({"num_labels": 1} if bare else {}))
+    ce = ce.eval().to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=prefix))
+    folder = work / "backbone"
+    with _quiet_transformers():
+        ce.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return ce, tokenizer, folder
+
+
+def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
+    """Run the benchmark; returns a DataFrame with `COLUMNS`."""
+    import pandas as pd
+    import torch
+
     from .errors import ModelError
     from .fast_rerank import FastMICE, FastReranker
     from .index import IndexConfig, build_index_from_token_ids
@@ -184,30 +220,11 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
     unknown = set(config.methods) - set(METHODS)
     if unknown:
         raise ModelError(f"unknown benchmark methods {sorted(unknown)} (choose from {', '.join(METHODS)})")
-    if config.threads:
-        torch.set_num_threads(int(config.threads))
     device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda but CUDA is not available")
-    path = resolve_model_path(config.model)
-    hf_config = AutoConfig.from_pretrained(path)
-    is_encoder = not any(a.endswith("ForSequenceClassification") for a in (hf_config.architectures or []))
-    with _quiet_transformers(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        kwargs = {"num_labels": 1} if is_encoder else {}
-        if config.random_weights:
-            hf_config.num_labels = 1
-            ce = AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="sdpa")
-        else:
-            ce = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa", **kwargs)
-    ce = ce.eval().to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    ce, tokenizer, ce_folder = bench_backbone(config.model, config.random_weights, config.seed, device,
+                                              config.threads, config.workdir)
+    work = ce_folder.parent
     a, b = config.layers
-    work = Path(config.workdir) if config.workdir else Path(tempfile.mkdtemp(prefix="mice-bench-"))
-    ce_folder = work / "backbone"
-    with _quiet_transformers():
-        ce.save_pretrained(ce_folder)  # every method loads exactly these weights
-    tokenizer.save_pretrained(ce_folder)
     mice = MICEModel.from_cross_encoder(ce_folder, contextual_layers=a, interaction_layers=b,
                                         max_doc_length=max(config.doc_lens)).to(device).eval()
     fast = FastMICE(mice)

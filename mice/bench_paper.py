@@ -49,43 +49,23 @@ class PaperLatencyConfig:
 def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = print):
     """One row per method: mean/std over `runs` timed calls (ms), documents per second, speed-up vs the CE."""
     import os
-    import tempfile
-    from pathlib import Path
 
     import pandas as pd
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from .backbone import resolve_model_path
+    from .bench import bench_backbone
     from .errors import ModelError
     from .maxsim import MaxSimScorer, TokenVectors
-    from .mice_model import DocStates, MICEModel, _quiet_transformers
+    from .mice_model import DocStates, MICEModel
 
     unknown = set(config.methods) - set(PAPER_METHODS)
     if unknown:
         raise ModelError(f"unknown methods {sorted(unknown)} for --protocol paper ({', '.join(PAPER_METHODS)})")
-    if config.threads:
-        torch.set_num_threads(int(config.threads))
     device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda but CUDA is not available")
-    path = resolve_model_path(config.model)
-    hf_config = AutoConfig.from_pretrained(path)
-    bare = not any(a.endswith("ForSequenceClassification") for a in (hf_config.architectures or []))
-    with _quiet_transformers(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        if config.random_weights:
-            hf_config.num_labels = 1
-            ce = AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="sdpa")
-        else:
-            ce = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa",
-                                                                    **({"num_labels": 1} if bare else {}))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    ce = ce.eval().to(device).float()
-    work = Path(tempfile.mkdtemp(prefix="mice-bench-paper-"))
-    with _quiet_transformers():
-        ce.save_pretrained(work / "backbone")
-    tokenizer.save_pretrained(work / "backbone")
+    ce, tokenizer, folder = bench_backbone(config.model, config.random_weights, config.seed, device, config.threads,
+                                           prefix="mice-bench-paper-")
+    ce = ce.float()
+    work = folder.parent
     n, L = int(config.batch), int(config.doc_len)
     doc_text = DOC_SENTENCE * (L // 8 + 8)  # far more than `doc_len` tokens: truncation fixes the length
     queries = [QUERY] * n

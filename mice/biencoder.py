@@ -16,9 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ModelError
+from .scoring import RankMixin
 
 
-class BiEncoder:
+class BiEncoder(RankMixin):
     """`predict(pairs) -> cosine similarities`, like a cross-encoder; `encode(texts) -> unit vectors`."""
 
     def __init__(self, name_or_path: str | os.PathLike = "packaged:minilm", device: str | None = None,
@@ -95,15 +96,6 @@ class BiEncoder:
         q = self.encode([p[0] for p in pairs], batch_size)
         d = self.encode([p[1] for p in pairs], batch_size)
         return np.einsum("ij,ij->i", q, d).astype(np.float32)
-
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False, batch_size: int = 64, show_progress_bar: bool = False) -> list[dict]:
-        """Documents sorted by score: [{corpus_id, score[, text]}] (sentence-transformers' verb)."""
-        from .scoring import rank_by_scores
-
-        scores = self.predict([(query, d) for d in documents], batch_size=batch_size,
-                              show_progress_bar=show_progress_bar)
-        return rank_by_scores(scores, documents, top_k, return_documents)
 
     def identity(self) -> dict:
         from .identity import module_fingerprint

@@ -21,6 +21,7 @@ from transformer_lens.hook_points import HookPoint
 
 from .errors import MaskError, ModelError
 from .masks import InteractionMask
+from .scoring import RankMixin
 from .segments import PairBatch, encode_pairs
 
 ATTN_NAME = "mice_hooked"
@@ -114,7 +115,7 @@ def register_attention() -> None:
     AttentionMaskInterface.register(ATTN_NAME, eager_mask)
 
 
-class HookedCrossEncoder(HookedRootModule):
+class HookedCrossEncoder(RankMixin, HookedRootModule):
     """A cross-encoder with TransformerLens hooks, interaction masks and sentence-transformers verbs."""
 
     def __init__(self, model, tokenizer, max_length: int | None = None, device=None):
@@ -322,16 +323,6 @@ class HookedCrossEncoder(HookedRootModule):
         finally:
             self.model.train(was_training)
         return out
-
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
-             batch_size: int = 32, show_progress_bar: bool = False, mask=None, mode: str | None = None) -> list[dict]:
-        """Documents sorted by score, as sentence-transformers' `CrossEncoder.rank` returns them."""
-        from .scoring import rank_by_scores
-
-        scores = self.predict([(query, d) for d in documents], batch_size=batch_size, mask=mask, mode=mode,
-                              show_progress_bar=show_progress_bar)
-        return rank_by_scores(scores, documents, top_k, return_documents)
-
 
 LENGTH_KEY = "mice_max_length"  # config.json: the pair length a cross-encoder was trained (or saved) at
 _WARNED_LENGTHS: set = set()

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelError
+from .scoring import RankMixin
 
 FORMAT = "mice-late-interaction/1"
 CONFIG_FILE = "late_interaction.json"
@@ -75,7 +76,7 @@ def _load_encoder(path, attn_implementation: str):
             return AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
 
 
-class MaxSimScorer(nn.Module):
+class MaxSimScorer(RankMixin, nn.Module):
     """Encoder + projection + MaxSim. `forward(queries, docs)` is differentiable (training); `predict`, `rank`
     and `save_pretrained` follow sentence-transformers' `CrossEncoder` like MICE's."""
 
@@ -246,15 +247,6 @@ class MaxSimScorer(nn.Module):
         finally:
             self.train(was_training)
         return out.numpy() if convert_to_numpy else out
-
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False, batch_size: int = 32, show_progress_bar: bool = False) -> list[dict]:
-        """sentence-transformers `CrossEncoder.rank` format: [{corpus_id, score[, text]}], best first."""
-        from .scoring import rank_by_scores
-
-        scores = self.predict([(query, d) for d in documents], batch_size=batch_size,
-                              show_progress_bar=show_progress_bar)
-        return rank_by_scores(scores, documents, top_k, return_documents)
 
     def identity(self) -> dict:
         """Loaded weights (encoder and projection) and lengths, for resumable jobs."""

@@ -44,12 +44,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from .errors import ModelError
+from .scoring import RankMixin
 from .hf import quiet_transformers as _quiet_transformers  # noqa: F401  (also imported by mice.bench)
 
 FORMAT = "mice-model/1"
@@ -161,7 +161,7 @@ def attend(attn_self: nn.Module, hq: torch.Tensor, hkv: torch.Tensor, mask: torc
     return ctx.transpose(1, 2).reshape(b, lq, heads * dh)
 
 
-class MICEModel(nn.Module):
+class MICEModel(RankMixin, nn.Module):
     """MICE-ℓa+b (see the module docstring). Build with `from_cross_encoder`, load with `from_pretrained`.
 
     `forward(query_batch, doc_batch=None, doc_states=None) -> Tensor[B]` is differentiable; `predict`, `rank`
@@ -592,15 +592,6 @@ class MICEModel(nn.Module):
         finally:
             self.train(was_training)
         return out.numpy() if convert_to_numpy else out
-
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False, batch_size: int = 32, show_progress_bar: bool = False) -> list[dict]:
-        """sentence-transformers `CrossEncoder.rank` format: [{corpus_id, score[, text]}], best first."""
-        from .scoring import rank_by_scores
-
-        scores = self.predict([(query, d) for d in documents], batch_size=batch_size,
-                              show_progress_bar=show_progress_bar)
-        return rank_by_scores(scores, documents, top_k, return_documents)
 
     def identity(self) -> dict:
         """What makes this scorer's output what it is (for resumable jobs): loaded weights and lengths."""

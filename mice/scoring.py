@@ -26,3 +26,16 @@ def rank_by_scores(scores, documents: Sequence, top_k: int | None = None, return
     order = np.argsort(-scores, kind="stable")[:top_k]
     return [{"corpus_id": int(i), "score": float(scores[i]), **({text_key: documents[i]} if return_documents else {})}
             for i in order]
+
+
+class RankMixin:
+    """`rank` for any scorer with `predict(pairs, batch_size=, show_progress_bar=, …)`: one implementation for
+    the hooked cross-encoder, MICE, late interaction and the bi-encoder. Extra keyword arguments (`mask=`,
+    `mode=` for the hooked cross-encoder) go to `predict`, which refuses the ones it does not know."""
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
+             batch_size: int = 32, show_progress_bar: bool = False, **predict_options) -> list[dict]:
+        """Documents sorted by score, as sentence-transformers' `CrossEncoder.rank` returns them."""
+        scores = self.predict([(query, d) for d in documents], batch_size=batch_size,
+                              show_progress_bar=show_progress_bar, **predict_options)
+        return rank_by_scores(scores, documents, top_k, return_documents)

@@ -6,9 +6,7 @@ import json
 import random
 import sys
 from contextlib import redirect_stderr, redirect_stdout
-from pathlib import Path
 
-import pytest
 
 from mice.validate import RANGES
 

@@ -9,7 +9,6 @@ import pytest
 
 from mice import InteractionMask
 from mice.errors import DataError, MaskError
-from mice.masks import all_paths
 from mice.viz import KnockoutView, MaskView, PairAttentionView, PathMassView
 
 

@@ -5,7 +5,6 @@ printed, not asserted."""
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
