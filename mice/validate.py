@@ -58,6 +58,10 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "check": (0, None, True),
     "shard_size": (1, None, True),
     "chunk_pairs": (1, None, True),
+    "paper_batch": (1, None, True),
+    "paper_runs": (1, None, True),
+    "paper_warmup": (0, None, True),
+    "weight_decay": (0, None, True),
 }
 
 
