@@ -360,19 +360,10 @@ def save_attribution(res: AttributionResult, out) -> Path:
 
 
 def load_attribution(path) -> tuple[pd.DataFrame, dict]:
-    import json
+    from probes.attention import read_result
 
-    from mice.files import read_table
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: attribution table not found")
-    table = read_table(path)
-    missing = [c for c in ("layer", "head", "path", "mode", "estimate") if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: not an attribution table (missing columns {missing})")
-    meta_path = sidecar(path, ".meta.json")
-    return table, (json.loads(meta_path.read_text()) if meta_path.exists() else {})
+    return read_result(path, "attribution table", ("layer", "head", "path", "mode", "estimate"),
+                       "an attribution table")
 
 
 # ---------------------------------------------------------------------- check against exact knockouts

@@ -321,17 +321,11 @@ def save_sweep(result: SweepResult, out) -> Path:
 def load_sweep(path) -> SweepResult:
     """A saved sweep (table, per-query values if present, metadata if present)."""
     from mice.files import read_table
+    from probes.attention import read_result
 
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: sweep table not found")
-    table = read_table(path)
-    needed = ("mask", "mode") if "mask" in table.columns else ("layer", "head", "path", "mode", "status")
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: not a knockout sweep or mask ablation table (missing columns {missing})")
-    meta_path = sidecar(path, ".meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    table, meta = read_result(path, "sweep table", lambda cols: ("mask", "mode") if "mask" in cols else
+                              ("layer", "head", "path", "mode", "status"), "a knockout sweep or mask ablation table")
     pq_path = sidecar(path, f".per_query{path.suffix}")
     per_query = read_table(pq_path) if pq_path.exists() else pd.DataFrame()
     return SweepResult(table, per_query, meta)

@@ -50,6 +50,25 @@ def sidecar(out, suffix: str) -> Path:
     return out.with_name(out.stem + suffix)
 
 
+def read_result(path, what: str, columns, kind: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """A saved result table and its `.meta.json` sidecar ({} when absent). A missing file, or a table without
+    `columns` (a sequence, or a function of the table's columns giving one), is a DataError naming the file
+    (`what`: "probe table"; `kind`: "an attention-path table")."""
+    from mice.files import read_table
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: {what} not found")
+    table = read_table(path)
+    if callable(columns):
+        columns = columns(table.columns)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: not {kind or 'a ' + what} (missing columns {missing})")
+    meta_path = sidecar(path, ".meta.json")
+    return table, (json.loads(meta_path.read_text()) if meta_path.exists() else {})
+
+
 def _batches(n: int, lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     """Index batches over pairs sorted by length (less padding), fixed for a given input."""
     order = np.argsort([-x for x in lengths], kind="stable")
@@ -249,18 +268,10 @@ def save_probe(table: pd.DataFrame, out, examples: list[dict] | None = None, met
 
 def load_probe(path) -> pd.DataFrame:
     """A saved probe table, with its metadata (if present) in `attrs["meta"]`."""
-    from mice.files import read_table
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: probe table not found")
-    table = read_table(path)
-    missing = [c for c in ("layer", "head", "from", "to", "mass") if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: not an attention-path table (missing columns {missing})")
-    meta_path = sidecar(path, ".meta.json")
-    if meta_path.exists():
-        table.attrs["meta"] = json.loads(meta_path.read_text())
+    table, meta = read_result(path, "probe table", ("layer", "head", "from", "to", "mass"),
+                              "an attention-path table")
+    if meta:
+        table.attrs["meta"] = meta
     return table
 
 
