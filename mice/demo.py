@@ -25,27 +25,28 @@ CACHE_VERSION = 1  # bump when a stage's code changes what it produces
 
 @dataclass
 class DemoPreset:
-    """Sizes of one demo run. `quick`: 18.8 minutes from nothing on 2 idle CPU cores (measured, README); `tiny`:
-    about a minute; `full`: every test query, the train presets' own budgets."""
+    """Sizes of one demo run. `quick`: under 20 minutes from nothing on 2 idle CPU cores (measured, README);
+    `tiny`: about a minute; `full`: every test query, the train presets' own budgets."""
 
     name: str = "quick"
     dataset: str = "embedded:docs"
     dataset_ood: str = "embedded:docs-ood"
     first_stage_k: int = 20  # candidates re-ranked per query (BM25 top-k)
-    test_queries: int | None = 60  # first N test queries by id (None = all)
-    rerank_max_length: int = 128  # pair length when re-ranking with cross-encoders (trained at 96)
+    test_queries: int | None = 50  # first N test queries by id (None = all)
+    # pair length when re-ranking and knocking out with cross-encoders; None = the length each model was trained
+    # at (saved with it), so every model, MICE included, is compared at its own training length
+    rerank_max_length: int | None = None
     train_preset: str = "quick"
     backbone: str = "packaged:minilm"  # "tiny" = a tiny random model built in-process
     # training steps per model (None: the train preset's own). Steps, not a wall clock, so that a loaded
     # machine gives the same models, only later; on 2 idle cores they fit the 20-minute budget.
     ce_steps: int | None = 250
     masked_steps: int | None = 40  # starts from the cross-encoder: adapting to the mask is quick
-    mice_steps: int | None = 350  # 200 left MICE-ℓ1+4 at 92% of the CE's dev RR@10; 350 pass it
+    mice_steps: int | None = 300  # the train preset's own MICE budget
     layer_drop_steps: int | None = 50  # the MICE with one interaction layer fewer (a curve point, not a model)
-    # the late-interaction baseline (MaxSim). Not MICE's 350: a step costs about a cross-encoder step (~1.5x a
-    # MICE step, measured), and the quick demo had 74 s left of its 20 minutes (1126 s measured); 40 steps +
-    # two re-rankings is an estimate of ~65 s on the idle machine (not measured: see the branch report).
-    # `mice train --preset quick --mode late-interaction` gives it MICE's own budget (300 steps)
+    # the late-interaction baseline (MaxSim). Not MICE's 300: a step costs ~1.7x a MICE step (measured: 40 steps
+    # in 54 s, 350 MICE steps in 273 s), which the 20-minute budget cannot hold; fewer steps can only understate
+    # it. `mice train --preset quick --mode late-interaction` gives it MICE's own budget (300 steps)
     late_steps: int | None = 40
     dev_queries: int | None = 30  # dev queries of the training runs' evaluations (None: the train preset's)
     interaction_layers: int = 4  # MICE b (capped by the layers left above the split point)
@@ -57,16 +58,16 @@ class DemoPreset:
     # knockouts cost a forward each: on the shared 2-core machine 30 queries took 824 s against 310 s for the
     # whole head-level screen of 100; 10 keep the exact sweep at the old demo's size
     exact_queries: int = 10
-    check_queries: int = 40  # further dev queries, held out, on which derived masks are re-checked exactly
+    check_queries: int = 30  # further dev queries, held out, on which derived masks are re-checked exactly
     merge_queries: int = 30  # dev queries of the merge-layer search
     sweep_k: int = 10
     # largest relative nDCG@10 loss a derived mask may cost on the held-out dev queries: on 20 queries one
     # relevant document moving one rank shifts nDCG@10 by 1-3%, so a tighter tolerance rejects on noise
     tolerance: float = 0.02
     derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
-    derive_max_steps: int | None = 16  # exact re-checks at most (structural cells need none)
+    derive_max_steps: int | None = 12  # exact re-checks at most (structural cells need none)
     bench_docs: int = 32  # one batch; `mice bench latency` defaults to 100, the demo keeps its budget
-    bench_doc_lens: tuple[int, ...] = (128, 512)
+    bench_doc_lens: tuple[int, ...] = (128, 256)  # `mice bench latency` measures 512 too
     bench_repeats: int = 2
     seed: int = 0
 
@@ -80,7 +81,7 @@ PRESETS = {
                        bench_repeats=10),
     "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
                        dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
-                       first_stage_k=8, test_queries=20, rerank_max_length=64, train_preset="tiny", backbone="tiny",
+                       first_stage_k=8, test_queries=20, train_preset="tiny", backbone="tiny",
                        ce_steps=None, masked_steps=None, mice_steps=None, layer_drop_steps=None, late_steps=None,
                        dev_queries=None, interaction_layers=2, check_queries=8, probe_queries=4, merge_queries=16,
                        exact_queries=8,

@@ -74,6 +74,35 @@ def read_table(path: str | os.PathLike):
     return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
 
 
+def _read_journal(path: Path, fmt: str, job, mismatch: str) -> tuple[list, int]:
+    """The records of a journal file and the length of its intact prefix (a torn last line is not read)."""
+    records, good = [], 0
+    data = path.read_bytes()
+    for i, raw in enumerate(data.split(b"\n")[:-1]):  # whatever follows the last newline is torn
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError:
+            break
+        if i == 0:
+            if not isinstance(obj, dict) or obj.get("format") != fmt or obj.get("job") != job:
+                from .errors import IdentityError
+                from .identity import identity_diff
+
+                obj = obj if isinstance(obj, dict) else {}
+                diff = identity_diff(obj.get("job"), job) if obj.get("format") == fmt else "format"
+                raise IdentityError(f"{path}: {mismatch}" + (f" [differs: {diff}]" if diff else ""))
+        else:
+            records.append(obj)
+        good += len(raw) + 1
+    return records, good
+
+
+def read_journal(path, fmt: str, job, mismatch: str) -> list:
+    """The records of a journal another process may still be appending to (read only, nothing truncated)."""
+    path = Path(path)
+    return _read_journal(path, fmt, job, mismatch)[0] if path.exists() else []
+
+
 class JsonlJournal:
     """An append-only JSON-lines sidecar, so a long job killed half-way resumes where it stopped.
 
@@ -91,22 +120,7 @@ class JsonlJournal:
             path.unlink()
         good = 0
         if path.exists():
-            data = path.read_bytes()
-            for i, raw in enumerate(data.split(b"\n")[:-1]):  # whatever follows the last newline is torn
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError:
-                    break
-                if i == 0:
-                    if obj.get("format") != fmt or obj.get("job") != job:
-                        from .errors import IdentityError
-                        from .identity import identity_diff
-
-                        diff = identity_diff(obj.get("job"), job) if obj.get("format") == fmt else "format"
-                        raise IdentityError(f"{path}: {mismatch}" + (f" [differs: {diff}]" if diff else ""))
-                else:
-                    self.records.append(obj)
-                good += len(raw) + 1
+            self.records, good = _read_journal(path, fmt, job, mismatch)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(path, "r+b" if path.exists() else "wb")
         self._fh.truncate(good)

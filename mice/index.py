@@ -266,9 +266,12 @@ def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, confi
                      content: str | None = None) -> "DocIndex":
     """Build (or resume) an index of `doc_ids`; `encode(ids)` yields (doc_id, states [L, H]) for those ids.
 
+    Under N processes (`mice --nproc N index build …`, `mice.distributed`) shard s is written by rank s % N; rank 0
+    prepares the folder, checks every shard's checksums after a barrier and only then writes the manifest. A
+    shard depends only on its documents, so N processes write the index one process writes.
+
     `content`: a hash of the documents' content (`content_hash`), part of the build identity, so that a resume
     over changed texts is refused. The folder is locked while the build runs."""
-    from .identity import output_lock
 
     config = config or IndexConfig()
     out = Path(out)
@@ -276,8 +279,11 @@ def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, confi
     if len(set(doc_ids)) != len(doc_ids):
         raise IndexError_("duplicate document ids in the corpus")
     out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
-        handler = logging.FileHandler(out / BUILD_LOG, encoding="utf-8")
+    from .distributed import rank_lock, world
+
+    with rank_lock(out):
+        w = world()
+        handler = logging.FileHandler(out / (BUILD_LOG if w.main else f"{BUILD_LOG}.rank{w.rank}"), encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
         if log.level == logging.NOTSET or log.level > logging.INFO:
@@ -298,6 +304,18 @@ def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwr
                 "dtype": config.dtype, "kv": config.kv, "shard_size": config.shard_size,
                 "documents": len(doc_ids), "ids_hash": _ids_hash(doc_ids)}
     build_file, manifest_file = out / "build.json", out / "manifest.json"
+    from .distributed import world
+
+    w = world()
+    if not w.main:  # rank 0 checks, clears or repairs the folder and writes build.json; the others follow it
+        w.barrier()
+        w.barrier()
+        previous = json.loads(build_file.read_text())
+        if previous.get("identity") != identity:
+            raise IndexError_(f"{out}: rank {w.rank} builds with other settings than rank 0 "
+                              f"[differs: {identity_diff(previous.get('identity'), identity)}]")
+        return _build_shards(model, doc_ids, encode, out, config, show_progress_bar, settings, w)
+    w.barrier()  # (the first barrier lets rank 0 start before the others look at the folder)
     _remove_temporaries(out)
     if overwrite:
         _clear(out)  # always recovers: corrupted, half-written or foreign folders alike
@@ -314,37 +332,62 @@ def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwr
                               "folder or overwrite=True (--overwrite)")
     elif manifest_file.exists() or any(out.glob("shard-*")):
         raise IndexError_(f"{out}: not empty and not a resumable index build; use overwrite=True (--overwrite)")
+    finished = False
     if manifest_file.exists() and build_file.exists():
         try:
-            return DocIndex.open(out, model=model)
+            finished = DocIndex.open(out, model=model)
         except IndexError_ as err:  # same identity, damaged files: repair the shards that fail their checks
             log.warning("%s; repairing the index", err)
             manifest_file.unlink()
     else:
         write_json_atomic(build_file, settings)
+    w.barrier()  # the folder is ready: the other ranks check build.json and write their shards
+    if finished:
+        return finished
+    return _build_shards(model, doc_ids, encode, out, config, show_progress_bar, settings, w)
+
+
+def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_progress_bar: bool, settings: dict,
+                  w) -> "DocIndex":
+    """Write this rank's missing shards; rank 0 then verifies all shards and writes the manifest."""
+    if (out / "manifest.json").exists():  # rank 0 found the index finished and whole
+        return DocIndex.open(out, model=model, verify=False)
     kv_weights = kv_projection(model) if config.kv else None
     n_shards = max(1, -(-len(doc_ids) // config.shard_size))
-    records = []
-    shards = range(n_shards)
-    if show_progress_bar:
+    mine = [s for s in range(n_shards) if w.owns(s)]
+    shards = mine
+    if show_progress_bar and w.main:
         from rich.progress import track
 
-        shards = track(shards, description=f"indexing {len(doc_ids)} documents")
-    t0, built = time.perf_counter(), 0
-    for s in shards:
+        shards = track(mine, description=f"indexing {len(doc_ids)} documents"
+                       + (f" (rank 0 of {w.size})" if w.distributed else ""))
+    t0, built, recs = time.perf_counter(), 0, {}
+    for n, s in enumerate(shards):
         ids = doc_ids[s * config.shard_size: (s + 1) * config.shard_size]
         rec = _shard_complete(out, s, ids)
         if rec is None:
             rec = _write_shard(out, s, encode(ids), config, kv_weights)
             built += 1
             spent = time.perf_counter() - t0
-            left = n_shards - s - 1
+            left = len(mine) - n - 1
             log.info("%s: shard %d/%d written (%d documents, %d tokens); %.1f s so far, about %.0f s left", out,
                      s + 1, n_shards, rec["documents"], rec["tokens"], spent, spent / built * left)
         else:
             log.info("%s: shard %d/%d kept (checksums verified)", out, s + 1, n_shards)
+        recs[s] = rec
+    w.barrier()  # every rank's shards are on disk
+    if not w.main:
+        w.barrier()  # rank 0 writes the manifest
+        return DocIndex.open(out, model=model, verify=False)
+    records = []
+    for s in range(n_shards):
+        ids = doc_ids[s * config.shard_size: (s + 1) * config.shard_size]
+        rec = recs[s] if s in recs else _shard_complete(out, s, ids)  # other ranks' shards: verified here
+        if rec is None:
+            raise IndexError_(f"{out}: shard {s} is missing or fails its checksums after every rank finished")
         records.append(rec)
     manifest = dict(settings)
+    manifest_file = out / "manifest.json"
     n_tokens = sum(r["tokens"] for r in records)
     bytes_by_kind: dict[str, int] = {}
     for r in records:
@@ -357,8 +400,9 @@ def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwr
     })
     manifest["checksum"] = _manifest_checksum(manifest)
     write_json_atomic(manifest_file, manifest)
-    log.info("%s: index complete (%d documents, %d tokens, %d shards, %d built now)", out, len(doc_ids), n_tokens,
-             n_shards, built)
+    log.info("%s: index complete (%d documents, %d tokens, %d shards, %d built now by rank 0 of %d)", out,
+             len(doc_ids), n_tokens, n_shards, built, w.size)
+    w.barrier()
     return DocIndex.open(out, model=model, verify=False)
 
 

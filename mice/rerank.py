@@ -24,7 +24,6 @@ import pandas as pd
 from .data import Dataset, load_dataset
 from .data.base import warn
 from .errors import DataError
-from .files import JsonlJournal
 from .runs import make_run, read_run, sort_run, write_run
 
 PARTIAL_FORMAT = "mice-rerank-partial/1"
@@ -108,13 +107,19 @@ def job_identity(scorer, dataset: Dataset, split: str, queries: dict[str, str], 
 class _Partial:
     """The append-only sidecar of completed queries. A torn last line (killed mid-write) is discarded."""
 
+    MISMATCH = "partial results of a different re-ranking job; rerun with --overwrite to start afresh, or choose " \
+               "another --out"
+
     def __init__(self, path: Path, key: dict, restart: bool = False) -> None:
-        self.path, self.key = path, key
-        self._journal = JsonlJournal(path, PARTIAL_FORMAT, key, restart=restart,
-                                     mismatch="partial results of a different re-ranking job; rerun with "
-                                              "--overwrite to start afresh, or choose another --out")
-        self.done: dict[str, tuple[list[str], list[float]]] = {
-            obj["query_id"]: (obj["doc_ids"], obj["scores"]) for obj in self._journal.records}
+        from .distributed import ShardedJournal
+
+        self.path, self.key = path, key  # one journal per rank (`mice.distributed`), all read on resume
+        self._journal = ShardedJournal(path, PARTIAL_FORMAT, key, self.MISMATCH, restart=restart)
+        self.done: dict[str, tuple[list[str], list[float]]] = self._parse(self._journal.records)
+
+    @staticmethod
+    def _parse(records) -> dict:
+        return {obj["query_id"]: (obj["doc_ids"], obj["scores"]) for obj in records}
 
     def add(self, qid: str, doc_ids: list[str], scores: list[float]) -> None:
         self._journal.append({"query_id": qid, "doc_ids": doc_ids, "scores": scores})
@@ -122,6 +127,13 @@ class _Partial:
 
     def close(self) -> None:
         self._journal.close()
+
+    def merged(self) -> dict:
+        """Every rank's finished queries (after the barrier)."""
+        return self._parse(self._journal.all_records(PARTIAL_FORMAT, self.key, self.MISMATCH))
+
+    def unlink(self) -> None:
+        self._journal.unlink_all()
 
 
 def _progress(enabled: bool):
@@ -154,12 +166,13 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
     positive("batch_size", batch_size)
     if chunk_pairs is not None:
         positive("chunk_pairs", chunk_pairs)
+    from .distributed import rank_lock, require_output
+
+    require_output(out, "re-ranking")
     if out is None:
         return _rerank(scorer, dataset, split, run, k, batch_size, None, show_progress_bar, tag, job, chunk_pairs, score_fn,
                        query_ids, overwrite)
-    from .identity import output_lock
-
-    with output_lock(out):
+    with rank_lock(out):
         return _rerank(scorer, dataset, split, run, k, batch_size, out, show_progress_bar, tag, job, chunk_pairs, score_fn,
                        query_ids, overwrite)
 
@@ -195,8 +208,12 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
                            restart=overwrite)
     done = dict(partial.done) if partial else {}
 
-    chunks = [c for c in _chunks(cands, target=chunk_pairs or max(batch_size * 8, 64)) if any(q not in done for q in c)]
-    prog = _progress(progress)
+    from .distributed import world
+
+    w = world()  # under N processes, chunk i is rank i % N's: the same chunks (and batches) as on one process
+    chunks = [c for i, c in enumerate(_chunks(cands, target=chunk_pairs or max(batch_size * 8, 64)))
+              if w.owns(i) and any(q not in done for q in c)]
+    prog = _progress(progress and w.main)
     try:
         if prog:
             prog.start()
@@ -229,11 +246,19 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
         if partial:
             partial.close()
 
+    if w.distributed:
+        w.barrier()  # every rank's journal is complete
+        if not w.main:
+            w.barrier()  # rank 0 merges and writes the run
+            return read_run(out)
+        done = partial.merged()
     rows = [(q, d, s) for q in sorted(done) if q in cands for d, s in zip(*done[q])]
     result = sort_run(make_run(rows))[["query_id", "doc_id", "score"]]
     if out is not None:
         write_run(result, out, tag=tag)
-        partial.path.unlink(missing_ok=True)
+        partial.unlink()
+    if w.distributed:
+        w.barrier()
     return result
 
 

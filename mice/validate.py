@@ -19,6 +19,8 @@ class SettingError(MiceError, ValueError):
 # name -> (low, high, low_inclusive); None = unbounded on that side
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "batch_size": (1, None, True),
+    "nproc": (1, None, True),  # `mice --nproc N` (mice.distributed.launch)
+    "max_restarts": (0, None, True),
     "k": (1, None, True),
     "max_length": (2, None, True),
     "max_query_length": (2, None, True),

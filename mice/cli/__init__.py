@@ -79,8 +79,20 @@ for _path, _cmd in iter_commands():
 
 
 def main() -> None:
-    """Console entry point: typed errors become one clear line on stderr and exit code 2."""
+    """Console entry point: typed errors become one clear line on stderr and exit code 2.
+
+    `mice --nproc N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT] <command> …` runs the command in N
+    processes per node (`mice.distributed.launch`, torch.distributed's elastic launcher)."""
+    from ..distributed import LAUNCH_FLAGS, LaunchFailed, launch, split_launch_args
+
     try:
+        if len(sys.argv) > 1 and sys.argv[1].split("=", 1)[0] in LAUNCH_FLAGS:
+            opts, command = split_launch_args(sys.argv[1:])
+            try:
+                sys.exit(launch(opts, command))
+            except LaunchFailed as err:
+                typer.echo(f"error: {err}", err=True)
+                sys.exit(err.code)
         app(standalone_mode=False)
     except MiceError as err:
         typer.echo(f"error: {err}", err=True)

@@ -31,7 +31,10 @@ def _build(model: str, dataset: str, out: Path, dtype: str, kv: bool, shard_size
         if (out / "build.json").exists() and not (out / "manifest.json").exists():
             typer.echo(f"resuming the build in {out}", err=True)
         index = build_index(mice, corpus, out, config, overwrite=overwrite, show_progress_bar=True)
-    _print_info(index.info())
+    from ..distributed import world
+
+    if world().main:  # one report per job, not one per process
+        _print_info(index.info())
 
 
 def _print_info(info: dict) -> None:

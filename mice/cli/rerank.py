@@ -45,7 +45,10 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
             typer.echo(f"resuming from {partial}", err=True)
         result = rerank(scorer, dataset, split, run, k=k, out=out, show_progress_bar=True,
                         tag=Path(model).name or "rerank", overwrite=overwrite, **calls)
-    typer.echo(f"wrote {out}: {result['query_id'].nunique()} queries, {len(result)} lines")
+    from ..distributed import world
+
+    if world().main:
+        typer.echo(f"wrote {out}: {result['query_id'].nunique()} queries, {len(result)} lines")
 
 
 def register(app: typer.Typer) -> None:
