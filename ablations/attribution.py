@@ -15,6 +15,8 @@ Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +218,10 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
     integrated gradients over that many interpolation steps per (layer, path) (slower, more accurate where
     attention or the head saturate); 0: plain attribution patching (one forward + one backward per batch).
     """
+    from mice.distributed import require_output, world
+
+    require_output(out, "attribution")
+    w = world()
     started = time.perf_counter()
     model = hooked_model(model)
     cands = as_candidates(data, split, run, k, max_queries)
@@ -241,29 +247,60 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
     measure = measure or (DEFAULT_MEASURE if effects.judged else "abs_dscore")
     if measure not in effects.names:
         raise DataError(f"unknown effect measure {measure!r} (measures: {', '.join(effects.names)})")
-    total = len(modes) * len(batches)
-    prog = _progress(show_progress_bar, total, "attribution")
-    clean = np.empty(len(pairs))
-    estimates, tables, per_query, lives = {}, [], [], {}
+    sts, lives = {}, {}
+    for mode in modes:
+        sts[mode] = {key: ("structural", structural[mode][key]) if key in structural[mode] else v
+                     for key, v in status.items()}
+        lives[mode] = [ko for ko in kos if sts[mode][ko.key][0] == "ok"]
+    # work units: (mode, batch); under N processes unit u is rank u % N's. With `out` each finished unit is
+    # journalled (`<out>.partial`), so an interrupted run resumes and the ranks' shares meet there.
+    units = [(mode, b) for mode in modes for b in range(len(batches))]
+    partial = None
+    if out is not None:
+        from mice.identity import job_identity, mask_identity
+
+        from .sweep import _Partial
+
+        key = job_identity(**model.identity(), pairs=cands.fingerprint(), modes=modes, base=mask_identity(base_mask),
+                           knockouts=hashlib.sha256(json.dumps([ko.key for ko in kos]).encode()).hexdigest(),
+                           batch_size=batch_size, steps=steps, format=ATTRIBUTION_FORMAT)
+        partial = _Partial(Path(out).with_name(Path(out).name + ".partial"), key)
+    done = {u: rec for u, rec in (partial.units if partial else {}).items()}
+    todo = [u for u in range(len(units)) if u not in done and w.owns(u)]
+    prog = _progress(show_progress_bar and w.main, len(todo), "attribution")
+    engines = {mode: PathAttribution(model, lives[mode], mode, None if base_mask.is_full() else base_mask)
+               for mode in modes}
     try:
-        for mode in modes:
-            st = {key: ("structural", structural[mode][key]) if key in structural[mode] else v
-                  for key, v in status.items()}
-            live = [ko for ko in kos if st[ko.key][0] == "ok"]
-            pa = PathAttribution(model, live, mode, None if base_mask.is_full() else base_mask)
-            est = np.zeros((len(live), len(pairs)))
-            for idx, batch in batches:
-                c, e = pa.estimate(batch, steps)
-                clean[idx] = c.double().cpu().numpy()
-                est[:, idx] = e.double().cpu().numpy()
-                prog.advance()
-            estimates[mode] = est
-            lives[mode] = live
-            t, pq = _tables(kos, live, st, mode, clean, est, effects, n_boot, measure)
-            tables.append(t)
-            per_query.append(pq)
+        for u in todo:
+            mode, b = units[u]
+            c, e = engines[mode].estimate(batches[b][1], steps)
+            rows = [c.double().cpu().tolist(), e.double().cpu().tolist()]  # exact float64 round trip (JSON)
+            done[u] = {"unit": u, "rows": rows}
+            if partial:
+                partial.add(u, rows, [])
+            prog.advance()
     finally:
         prog.stop()
+        if partial:
+            partial.close()
+    if w.distributed:
+        w.barrier()  # every rank's units are journalled; every rank assembles the same result from them
+        done = partial.merged()
+        w.barrier()  # (rank 0 deletes the journals below only once every rank has read them)
+    clean = np.empty(len(pairs))
+    estimates, tables, per_query = {}, [], []
+    for mode in modes:
+        est = np.zeros((len(lives[mode]), len(pairs)))
+        for u, (m, b) in enumerate(units):
+            if m == mode:
+                idx = batches[b][0]
+                c, e = done[u]["rows"]
+                clean[idx] = c
+                est[:, idx] = np.asarray(e, dtype=np.float64).reshape(len(lives[mode]), len(idx))
+        estimates[mode] = est
+        t, pq = _tables(kos, lives[mode], sts[mode], mode, clean, est, effects, n_boot, measure)
+        tables.append(t)
+        per_query.append(pq)
     table = pd.concat(tables, ignore_index=True)
     meta = {**(meta or {}), "format": ATTRIBUTION_FORMAT, "model": str(getattr(model.model, "name_or_path", "")),
             "n_layers": model.n_layers, "n_heads": model.n_heads, "max_length": model.max_length,
@@ -272,9 +309,12 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
             "n_boot": n_boot, "steps": steps, "elapsed_s": round(time.perf_counter() - started, 3),
             "estimate": "first order: <dscore/dpattern, pattern_knocked - pattern> (attribution patching)",
             "convention": "a->b: tokens of group a attend to tokens of group b"}
+    meta["processes"] = w.size
     res = AttributionResult(table, pd.concat(per_query, ignore_index=True), lives, estimates, clean, meta)
-    if out is not None:
+    if out is not None and w.main:
         save_attribution(res, out)
+        partial.unlink()
+    w.barrier()
     return res
 
 

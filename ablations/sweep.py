@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 
 from mice.errors import DataError
-from mice.files import JsonlJournal
 from mice.masks import InteractionMask
 
 from probes.attention import hooked_model, sidecar
@@ -114,11 +113,14 @@ def _plain(obj):
 class _Partial:
     """Append-only sidecar of finished units; a torn last line (killed mid-write) is discarded."""
 
+    MISMATCH = "partial results of a different sweep; pass restart=True (--restart) to start afresh, or choose " \
+               "another output"
+
     def __init__(self, path: Path, key: str, restart: bool = False):
-        self.path, self.key = path, key
-        self._journal = JsonlJournal(path, PARTIAL_FORMAT, key, restart=restart,
-                                     mismatch="partial results of a different sweep; pass restart=True "
-                                              "(--restart) to start afresh, or choose another output")
+        from mice.distributed import ShardedJournal
+
+        self.path, self.key = path, key  # one journal per rank (`mice.distributed`), all read on resume
+        self._journal = ShardedJournal(path, PARTIAL_FORMAT, key, self.MISMATCH, restart=restart)
         self.units: dict[int, dict] = {int(obj["unit"]): obj for obj in self._journal.records}
 
     def add(self, unit: int, rows: list, per_query: list) -> None:
@@ -128,6 +130,13 @@ class _Partial:
 
     def close(self) -> None:
         self._journal.close()
+
+    def merged(self) -> dict[int, dict]:
+        """Every rank's finished units (after the barrier)."""
+        return {int(o["unit"]): o for o in self._journal.all_records(PARTIAL_FORMAT, self.key, self.MISMATCH)}
+
+    def unlink(self) -> None:
+        self._journal.unlink_all()
 
 
 def _units(kos: list[Knockout], unit_size: int) -> list[list[Knockout]]:
@@ -165,6 +174,10 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
     one that ranks knockouts (default `delta_margin`), and knockouts that provably cannot change the score
     (`ablations.structural`) are still measured but labelled `status == "structural"`.
     """
+    from mice.distributed import require_output, world
+
+    require_output(out, "a sweep")
+    w = world()  # under N processes, unit i is rank i % N's; rank 0 merges and tests on all queries
     started = time.perf_counter()
     model = hooked_model(model)
     cands = as_candidates(data, split, run, k, max_queries)
@@ -195,24 +208,18 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
         out = Path(out)
         from mice.identity import job_identity, mask_identity
 
-        qrels = "" if cands.qrels is None else hashlib.sha256(
-            cands.qrels.sort_values(["query_id", "doc_id"]).to_csv(index=False).encode()).hexdigest()
-        key = job_identity(**model.identity(), pairs=cands.fingerprint(), qrels=qrels, mode=mode,
+        key = job_identity(**model.identity(), pairs=cands.fingerprint(), qrels=_qrels_hash(cands), mode=mode,
                            base_mask=mask_identity(base_mask), metrics=evaluator.names, batch_size=batch_size,
                            n_resamples=n_resamples, unit_size=unit_size, n_boot=n_boot, structural=structural,
                            rank_by=rank_by)
         partial = _Partial(out.with_name(out.name + ".partial"), key, restart)
     done_units = dict(partial.units) if partial else {}
     unit_keys = [[ko.key for ko in u] for u in units]
-    results: dict[str, tuple[dict, list]] = {}
-    for i, u in enumerate(units):
-        if i in done_units and [r["key"] for r in done_units[i]["rows"]] == unit_keys[i]:
-            for r, pq in zip(done_units[i]["rows"], done_units[i]["per_query"]):
-                results[r["key"]] = (r, pq)
+    results = _done_results(done_units, unit_keys)
 
-    todo = [i for i, u in enumerate(units) if u[0].key not in results]
+    todo = [i for i, u in enumerate(units) if u[0].key not in results and w.owns(i)]
     prog = None
-    if show_progress_bar:
+    if show_progress_bar and w.main:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         prog = Progress(TextColumn("knockouts"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -250,13 +257,36 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
         if partial:
             partial.close()
 
+    if w.distributed:
+        w.barrier()  # every rank's journal is complete
+        if not w.main:
+            w.barrier()  # rank 0 merges and writes the tables
+            return load_sweep(out)
+        results = _done_results(partial.merged(), unit_keys)
     table, per_query = _assemble(kos, reasons, results, mode, evaluator, clean_pq)
     meta["elapsed_s"] = round(time.perf_counter() - started, 3)
+    meta["processes"] = w.size
     result = SweepResult(table, per_query, meta)
     if out is not None:
         save_sweep(result, out)
-        partial.path.unlink(missing_ok=True)
+        partial.unlink()
+    w.barrier()
     return result
+
+
+def _qrels_hash(cands: Candidates) -> str:
+    return "" if cands.qrels is None else hashlib.sha256(
+        cands.qrels.sort_values(["query_id", "doc_id"]).to_csv(index=False).encode()).hexdigest()
+
+
+def _done_results(done_units: dict[int, dict], unit_keys: list[list[str]]) -> dict[str, tuple[dict, list]]:
+    """Finished knockouts by key, from journal records of the units that still have the same knockouts."""
+    results: dict[str, tuple[dict, list]] = {}
+    for i, keys in enumerate(unit_keys):
+        if i in done_units and [r["key"] for r in done_units[i]["rows"]] == keys:
+            for r, pq in zip(done_units[i]["rows"], done_units[i]["per_query"]):
+                results[r["key"]] = (r, pq)
+    return results
 
 
 def _meta(model, cands: Candidates, evaluator: Evaluator, engine: SweepEngine, mode, base_mask, batch_size, clean_pq,
@@ -362,7 +392,14 @@ def _split_specs(text: str) -> list[str]:
 def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *, masks=DEFAULT_PRESETS,
                  mode: str = "renorm", max_queries: int | None = None, metrics=("nDCG@10", "RR@10"),
                  batch_size: int = 16, n_resamples: int = 2000, out=None, show_progress_bar: bool = False) -> SweepResult:
-    """Apply whole masks zero-shot (no retraining; e.g. the presets) and compare each with the clean model."""
+    """Apply whole masks zero-shot (no retraining; e.g. the presets) and compare each with the clean model.
+
+    With `out`, finished masks are journalled (`<out>.partial`), so an interrupted run resumes; under N
+    processes mask i is rank i % N's and rank 0 writes the tables."""
+    from mice.distributed import require_output, world
+
+    require_output(out, "mask ablations")
+    w = world()
     started = time.perf_counter()
     model = hooked_model(model)
     cands = as_candidates(data, split, run, k, max_queries)
@@ -372,28 +409,56 @@ def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *
     masks = preset_masks(masks, model.n_layers)
     clean = batches.clean()
     clean_pq = evaluator.per_query(clean)
-    rows, frames = [], []
-    items = masks
-    if show_progress_bar:
+    partial = None
+    if out is not None:
+        from mice.identity import job_identity, mask_identity
+
+        out = Path(out)
+        key = job_identity(**model.identity(), pairs=cands.fingerprint(), qrels=_qrels_hash(cands), mode=mode,
+                           masks=[[m.name, mask_identity(m)] for m in masks], metrics=evaluator.names,
+                           batch_size=batch_size, n_resamples=n_resamples)
+        partial = _Partial(out.with_name(out.name + ".partial"), key)
+    done = dict(partial.units) if partial else {}
+    todo = [i for i in range(len(masks)) if i not in done and w.owns(i)]
+    items = todo
+    if show_progress_bar and w.main:
         from rich.progress import track
 
-        items = track(masks, description="masks")
-    for m in items:
-        scores = batches.mask(m)
-        summary, qdf = evaluator.compare(clean, clean_pq, scores)
-        n_blocked = int((~m.tables[:, :5, :5]).sum())
-        rows.append({"mask": m.name, "mode": mode, "blocked_cells": n_blocked, **summary})
-        qdf.insert(0, "mask", m.name)
-        frames.append(qdf)
+        items = track(todo, description="masks")
+    try:
+        for i in items:
+            m = masks[i]
+            scores = batches.mask(m)
+            summary, qdf = evaluator.compare(clean, clean_pq, scores)
+            n_blocked = int((~m.tables[:, :5, :5]).sum())
+            qdf.insert(0, "mask", m.name)
+            row = _plain({"mask": m.name, "mode": mode, "blocked_cells": n_blocked, **summary})
+            pq = _plain(qdf.to_dict(orient="list"))
+            done[i] = {"unit": i, "rows": [row], "per_query": [pq]}
+            if partial:
+                partial.add(i, [row], [pq])
+    finally:
+        if partial:
+            partial.close()
+    if w.distributed:
+        w.barrier()
+        if not w.main:
+            w.barrier()
+            return load_sweep(out)
+        done = partial.merged()
+    rows = [done[i]["rows"][0] for i in range(len(masks))]
+    frames = [pd.DataFrame(done[i]["per_query"][0]) for i in range(len(masks))]
     clean_q = clean_pq.reset_index().rename(columns={"index": "query_id"})
     clean_q.insert(0, "mask", "clean")
     per_query = pd.concat([clean_q] + frames, ignore_index=True)
     meta = {"format": "mice-mask-ablation/1", "model": str(getattr(model.model, "name_or_path", "")),
             "source": cands.source, "query_ids": cands.query_ids, "mode": mode, "metrics": evaluator.names,
             "clean": evaluator.summary(clean_pq), "masks": {m.name: m.to_dict() for m in masks},
-            "elapsed_s": round(time.perf_counter() - started, 3),
+            "elapsed_s": round(time.perf_counter() - started, 3), "processes": w.size,
             "convention": "a->b: tokens of group a attend to tokens of group b"}
     result = SweepResult(pd.DataFrame(rows), per_query, meta)
     if out is not None:
         save_sweep(result, out)
+        partial.unlink()
+    w.barrier()
     return result

@@ -52,14 +52,16 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
     if partial.exists() and not restart:
         typer.echo(f"resuming from {partial}", err=True)
     hl = [int(h) for h in head_list.split(",")] if head_list else None
-    from ..identity import output_lock
+    from ..distributed import rank_lock, world
 
-    with plain_warnings(), output_lock(out):
+    with plain_warnings(), rank_lock(out):
         scorer = hooked_model(model, max_length=max_length)
         result = sweep(scorer, dataset, split, run, k, paths=paths, layers=layers, heads=hl or heads, mode=mode,
                        base=base, max_queries=max_queries, metrics=metrics, batch_size=batch_size,
                        strategy=strategy, out=out, restart=restart, show_progress_bar=True,
                        meta={"model_spec": model, "max_length": max_length})
+    if not world().main:  # one report per job
+        return
     t = result.table
     skipped = int((t["status"] == "skipped").sum())
     typer.echo(f"wrote {out}: {len(t)} knockouts ({skipped} skipped) in {result.meta['elapsed_s']:.1f}s; clean "
@@ -118,10 +120,10 @@ def attribute_cmd(model: str = _MODEL,
         raise DataError("give --pairs FILE, or --dataset with --run (and --split, --k)")
     if pairs is not None and dataset is not None:
         raise DataError("give either --pairs or --dataset/--run, not both")
-    from ..identity import output_lock
+    from ..distributed import rank_lock, world
     from ..pairs import read_pairs
 
-    with plain_warnings(), output_lock(out):
+    with plain_warnings(), rank_lock(out):
         scorer = hooked_model(model, max_length=max_length)
         cands = as_candidates(read_pairs(pairs)) if pairs is not None else as_candidates(dataset, split, run, k,
                                                                                        max_queries)
@@ -129,6 +131,8 @@ def attribute_cmd(model: str = _MODEL,
                         modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=ig_steps,
                         measure=measure, batch_size=batch_size, show_progress_bar=True, out=out,
                         meta={"model_spec": model, "max_length": max_length})
+        if not world().main:  # one report (and one exact check) per job
+            return
         t = res.table
         typer.echo(f"wrote {out}: {len(t)} rows ({int((t['status'] == 'structural').sum())} structural, "
                    f"{int((t['status'] == 'skipped').sum())} skipped) over {res.meta['n_pairs']} pairs in "
@@ -173,12 +177,14 @@ def presets_cmd(model: str = _MODEL, dataset: str = _DATASET, split: str = typer
 
     from .data import plain_warnings
 
-    from ..identity import output_lock
+    from ..distributed import rank_lock, world
 
-    with plain_warnings(), output_lock(out):
+    with plain_warnings(), rank_lock(out):
         scorer = hooked_model(model, max_length=max_length)
         result = ablate_masks(scorer, dataset, split, run, k, masks=presets, mode=mode, max_queries=max_queries,
                               metrics=metrics, batch_size=batch_size, out=out, show_progress_bar=True)
+    if not world().main:
+        return
     typer.echo(f"wrote {out}: {len(result.table)} masks; clean "
                + ", ".join(f"{m} {v:.4f}" for m, v in result.meta["clean"].items()))
     typer.echo(_top(result.table, result.meta["metrics"][0], n=len(result.table)))
