@@ -74,10 +74,13 @@ def test_rerank_two_processes_write_the_same_bytes(job):
     assert not list(job["root"].glob("rr2.trec.partial*")) and not list(job["root"].glob("rr2.trec*.lock"))
 
 
-def test_index_build_two_processes_write_the_same_index(job):
+def test_index_build_and_index_rerank_two_processes_write_the_same_outputs(job):
+    from mice.mice_model import MICEModel
+
+    mice_dir = MICEModel.from_cross_encoder(str(job["model"]), contextual_layers=1, interaction_layers=2) \
+        .save_pretrained(job["root"] / "mice")
     one, two = job["root"] / "idx1", job["root"] / "idx2"
-    common = ["index", "build", "--model", job["model"], "--arch", "1+2", "--dataset", job["data"],
-              "--shard-size", 8]
+    common = ["index", "build", "--model", mice_dir, "--dataset", job["data"], "--shard-size", 8]
     _mice(job, *common, "--out", one)
     _mice(job, *common, "--out", two, nproc=2)
     m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, two))
@@ -88,6 +91,11 @@ def test_index_build_two_processes_write_the_same_index(job):
     for name in arrays:
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
     assert (two / "build.log.rank1").exists()  # rank 1 wrote shards of its own
+    runs = [job["root"] / f"idx-rr{n}.trec" for n in (1, 2)]
+    for n, out in zip((1, 2), runs):  # MICE from the index, 1 and 2 processes
+        _mice(job, "rerank", "--model", mice_dir, "--dataset", job["data"], "--run", job["run"], "--k", K,
+              "--index", one, "--out", out, nproc=n)
+    assert runs[0].read_bytes() == runs[1].read_bytes() and len(runs[0].read_text().splitlines()) == N_QUERIES * K
 
 
 @pytest.mark.parametrize("command", ["sweep", "presets", "attribute"])

@@ -13,7 +13,9 @@ from ..errors import MiceError
 
 app = typer.Typer(
     name="mice",
-    help="Open up cross-encoder re-rankers and slim them down (probes, knockouts, masks, MICE).",
+    help="Open up cross-encoder re-rankers and slim them down (probes, knockouts, masks, MICE). "
+         "Long jobs (index build, rerank, ablate sweep|attribute|presets) run on N processes with "
+         "`mice --nproc N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT] <command> …`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
