@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from mice.runs import make_run, write_run
+from cli_checks import assert_one_error
+from word_collection import write_word_collection
 
 REPO = Path(__file__).resolve().parents[1]
 N_QUERIES, N_DOCS, K = 60, 48, 12
@@ -28,20 +28,7 @@ def job(tmp_path_factory):
     from mice.testing import tiny_cross_encoder
 
     root = tmp_path_factory.mktemp("dist")
-    folder = root / "data"
-    (folder / "qrels").mkdir(parents=True)
-    words = "array sort mean plot axis value matrix sum line figure index table frame column row".split()
-    rng = np.random.default_rng(0)
-    with open(folder / "corpus.jsonl", "w") as fh:
-        for i in range(N_DOCS):
-            fh.write(json.dumps({"_id": f"d{i}", "title": "", "text": " ".join(rng.choice(words, 30))}) + "\n")
-    with open(folder / "queries.jsonl", "w") as fh:
-        for i in range(N_QUERIES):
-            fh.write(json.dumps({"_id": f"q{i:03d}", "text": " ".join(rng.choice(words, 4))}) + "\n")
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"q{i:03d}\td{i % N_DOCS}\t1\n" for i in range(N_QUERIES)))
-    run = write_run(make_run([(f"q{i:03d}", f"d{(i + j) % N_DOCS}", float(K - j))
-                              for i in range(N_QUERIES) for j in range(K)]), root / "bm25.trec")
+    folder, run = write_word_collection(root, N_QUERIES, N_DOCS, K)
     model = tiny_cross_encoder(root / "ce", family="bert", num_layers=3)
     return {"root": root, "data": folder, "run": run, "model": model}
 
@@ -184,6 +171,4 @@ def test_a_resume_with_another_number_of_processes_reuses_the_journals(job):
 def test_launcher_usage_errors_are_one_line(argv, message, tmp_path):
     res = subprocess.run([sys.executable, "-m", "mice", *argv], env=_env(tmp_path), capture_output=True, text=True,
                          timeout=120)
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
-    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], \
-        res.stderr
+    assert_one_error(res.returncode, res.stderr, message, where=" ".join(argv))

@@ -15,7 +15,8 @@ import pytest
 
 from mice.errors import LockError, MaskError, ModelError
 from mice.masks import InteractionMask
-from mice.runs import make_run, read_run, write_run
+from mice.runs import read_run
+from word_collection import write_word_collection
 
 N_QUERIES, N_DOCS = 120, 12
 
@@ -31,22 +32,7 @@ def big(tmp_path_factory):
     from mice.testing import tiny_cross_encoder
 
     root = tmp_path_factory.mktemp("reliab")
-    folder = root / "data"
-    (folder / "qrels").mkdir(parents=True)
-    words = "array sort mean plot axis value matrix sum line figure index table frame column row".split()
-    rng = np.random.default_rng(0)
-    with open(folder / "corpus.jsonl", "w") as fh:
-        for i in range(N_DOCS * 4):
-            text = " ".join(rng.choice(words, 30))
-            fh.write(json.dumps({"_id": f"d{i}", "title": "", "text": text}) + "\n")
-    with open(folder / "queries.jsonl", "w") as fh:
-        for i in range(N_QUERIES):
-            fh.write(json.dumps({"_id": f"q{i:03d}", "text": " ".join(rng.choice(words, 4))}) + "\n")
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"q{i:03d}\td{i % (N_DOCS * 4)}\t1\n" for i in range(N_QUERIES)))
-    run = make_run([(f"q{i:03d}", f"d{(i + j) % (N_DOCS * 4)}", float(N_DOCS - j))
-                    for i in range(N_QUERIES) for j in range(N_DOCS)])
-    run_path = write_run(run, root / "bm25.trec")
+    folder, run_path = write_word_collection(root, N_QUERIES, N_DOCS * 4, N_DOCS)
     model = tiny_cross_encoder(root / "ce", family="bert", num_layers=2)
     return folder, run_path, model
 
