@@ -16,10 +16,11 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ModelError
+from .precision import ComputePrecision
 from .scoring import RankMixin
 
 
-class BiEncoder(RankMixin):
+class BiEncoder(RankMixin, ComputePrecision):
     """`predict(pairs) -> cosine similarities`, like a cross-encoder; `encode(texts) -> unit vectors`."""
 
     def __init__(self, name_or_path: str | os.PathLike = "packaged:minilm", device: str | None = None,
@@ -57,7 +58,7 @@ class BiEncoder(RankMixin):
 
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             hidden = self.model(**batch).last_hidden_state
             if self.pooling == "cls":
                 emb = hidden[:, 0]
@@ -101,7 +102,7 @@ class BiEncoder(RankMixin):
         from .identity import module_fingerprint
 
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model), "pooling": self.pooling,
-                "max_length": self.max_length}
+                "max_length": self.max_length, "compute_dtype": self.compute_dtype}
 
     def __repr__(self) -> str:
         return f"BiEncoder({self.name_or_path!r}, pooling={self.pooling}, max_length={self.max_length})"

@@ -12,9 +12,10 @@ What makes it fast (each measured by `mice bench latency`):
   cross-attention cannot reach the score; under `uniform` only the `[CLS]` row's document mean is computed);
 - under `uniform`, `[CLS]`'s cross-attention is a uniform average of the values, i.e. the value projection of
   the document's mean state (or the mean of the cached values): one [N, H] row per layer;
-- documents are batched by length into a reused, preallocated float32 buffer (fp16/int8 storage, fp32 compute);
-  batches without padding run attention without a mask;
-- everything runs under `torch.inference_mode`; `threads` sets torch's intra-op threads.
+- documents are batched by length into a reused, preallocated float32 buffer (fp16/int8 storage, computed at the
+  model's precision, fp32 by default); batches without padding run attention without a mask;
+- everything runs under `torch.inference_mode` (and the model's `autocast()` when its `compute_dtype` is bf16 or
+  fp16; the fused weights stay fp32); `threads` sets torch's intra-op threads.
 Scores equal `MICEModel.predict` on the same states (≤ 1e-5 in fp32).
 """
 from __future__ import annotations
@@ -78,7 +79,7 @@ class FastMICE:
     def prepare(self, query) -> PreparedQuery:
         """Run the document-independent query side once (text or a tokenised single-query batch)."""
         m = self.model
-        with torch.inference_mode():
+        with torch.inference_mode(), m.autocast():
             qs = m.encode_query([query] if isinstance(query, str) else query)
             if len(qs) != 1:
                 raise ModelError("FastMICE.prepare takes one query")
@@ -208,9 +209,10 @@ class FastMICE:
         return self.heads * (prep.hidden.shape[1] - 1) <= 0.75 * self.H
 
     def score_states(self, prep: PreparedQuery, doc: DocStates) -> torch.Tensor:
-        """Scores [N] from layer-`a` document states (float32 compute whatever the storage)."""
+        """Scores [N] from layer-`a` document states (float32 whatever the storage; bf16/fp16 autocast if the
+        model's `compute_dtype` says so)."""
         n = len(doc)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.model.autocast():
             if prep.constant is not None:
                 return prep.constant.expand(n).clone()
             hidden = doc.hidden if doc.hidden.dtype == torch.float32 else doc.hidden.float()
@@ -237,7 +239,7 @@ class FastMICE:
     def score_kv(self, prep: PreparedQuery, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Scores [N] from cached keys/values [N, Ld, 2·live, H] (biases included; live = b - 1 under `none`,
         b under `uniform`)."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self.model.autocast():
             key_mask = self._key_mask(mask)
             cls_ctx = None
             if self.model.cls_reads_document:
@@ -357,6 +359,16 @@ class IndexScorer:
         self._prepared: dict[str, PreparedQuery] = {}
         self.name_or_path = f"{reranker.model.name}@{reranker.index.path}"
 
+    @property
+    def compute_dtype(self) -> str:
+        return self.reranker.model.compute_dtype
+
+    def set_compute_dtype(self, dtype, flag: str = "--dtype") -> "IndexScorer":
+        """The precision of the MICE model it runs (`mice.precision`); prepared queries are dropped."""
+        self.reranker.model.set_compute_dtype(dtype, flag)
+        self._prepared.clear()
+        return self
+
     def _prepare(self, query: str) -> PreparedQuery:
         prep = self._prepared.pop(query, None)
         if prep is None:
@@ -388,5 +400,6 @@ class IndexScorer:
         return self.reranker.model.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress_bar)
 
     def identity(self) -> dict:
-        """The model's identity plus the index's manifest checksum (which covers every shard's checksum)."""
+        """The model's identity (compute precision included) plus the index's manifest checksum (which covers every
+        shard's checksum)."""
         return {**self.reranker.model.identity(), "index": self.reranker.index.manifest["checksum"]}

@@ -21,6 +21,7 @@ from transformer_lens.hook_points import HookPoint
 
 from .errors import MaskError, ModelError
 from .masks import InteractionMask
+from .precision import ComputePrecision
 from .scoring import RankMixin
 from .segments import PairBatch, encode_pairs
 
@@ -115,7 +116,7 @@ def register_attention() -> None:
     AttentionMaskInterface.register(ATTN_NAME, eager_mask)
 
 
-class HookedCrossEncoder(RankMixin, HookedRootModule):
+class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
     """A cross-encoder with TransformerLens hooks, interaction masks and sentence-transformers verbs."""
 
     def __init__(self, model, tokenizer, max_length: int | None = None, device=None):
@@ -186,12 +187,12 @@ class HookedCrossEncoder(RankMixin, HookedRootModule):
 
     def identity(self) -> dict:
         """What makes this scorer's output what it is (for resumable jobs): loaded weights, default mask and
-        mode as resolved tables, pair length."""
+        mode as resolved tables, pair length, compute precision."""
         from .identity import mask_identity, module_fingerprint
 
         mask, mode = self._default_mask
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model),
-                "mask": mask_identity(mask, mode), "max_length": self.max_length}
+                "mask": mask_identity(mask, mode), "max_length": self.max_length, "compute_dtype": self.compute_dtype}
 
     def run_with_cache(self, *model_args, **kwargs):
         """TransformerLens' `run_with_cache`, returning an `ActivationCache` (names `blocks.{l}.attn.hook_pattern`…)."""
@@ -274,13 +275,16 @@ class HookedCrossEncoder(RankMixin, HookedRootModule):
         return resid
 
     def score_head(self, resid: torch.Tensor) -> torch.Tensor:
-        """The model's own classification head on the final stream; one raw score per pair."""
+        """The model's own classification head on the final stream; one raw score per pair (in float32, also
+        under a bf16/fp16 `compute_dtype`)."""
         model = self.model
         pooler = getattr(self.base, "pooler", None)
-        if isinstance(model.classifier, nn.Linear) and pooler is not None:
-            logits = model.classifier(model.dropout(pooler(resid)))
-        else:
-            logits = model.classifier(resid)
+        with self.full_precision():
+            resid = resid.float()
+            if isinstance(model.classifier, nn.Linear) and pooler is not None:
+                logits = model.classifier(model.dropout(pooler(resid)))
+            else:
+                logits = model.classifier(resid)
         if logits.shape[-1] == 1:
             return logits[:, 0]
         if logits.shape[-1] == 2:  # binary head: log-odds of the relevant class
@@ -288,11 +292,13 @@ class HookedCrossEncoder(RankMixin, HookedRootModule):
         raise ModelError(f"classifier has {logits.shape[-1]} labels; a re-ranker needs 1 (score) or 2 (binary)")
 
     def forward(self, batch_or_pairs, mask=None, mode: str | None = None) -> torch.Tensor:
-        """Raw scores [B] (differentiable). `batch_or_pairs`: a tokenised batch or a list of (query, doc)."""
+        """Raw scores [B] (differentiable), computed at `compute_dtype`. `batch_or_pairs`: a tokenised batch or a
+        list of (query, doc)."""
         batch = self._as_batch(batch_or_pairs)
-        resid = self.embed(batch)
-        resid = self.run_layers(resid, batch, 0, None, mask=mask, mode=mode)
-        return self.score_head(resid)
+        with self.autocast():
+            resid = self.embed(batch)
+            resid = self.run_layers(resid, batch, 0, None, mask=mask, mode=mode)
+            return self.score_head(resid)
 
     # ------------------------------------------------------------------ sentence-transformers verbs
     @torch.no_grad()

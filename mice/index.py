@@ -18,7 +18,8 @@ checksum; opening an index with another model, or with a corrupted shard, raises
 
 A build is a resumable job with a content-addressed identity (`build_identity`): the document-side weights
 fingerprint (and the K/V projections' with `kv`), the maximum document length, the corpus content (ids and
-texts, or token ids), the storage dtype, `kv` and the shard size. Rerunning a build:
+texts, or token ids), the storage dtype, the precision the states are computed at (the model's `compute_dtype`),
+`kv` and the shard size. Rerunning a build:
 - under the same identity resumes: every shard it keeps is verified against its sha256 (a damaged one is
   rebuilt), stray temporary files of an interrupted run are removed, and a finished index that fails its checks
   is repaired the same way;
@@ -55,7 +56,8 @@ _HASH_CHUNK = 1 << 22
 def normalise_dtype(dtype: str) -> str:
     d = _ALIASES.get(str(dtype).lower(), str(dtype).lower())
     if d not in DTYPES:
-        raise IndexError_(f"unknown index dtype {dtype!r} (use float16, float32 or int8)")
+        raise IndexError_(f"unknown index dtype {dtype!r} (use float16, float32 or int8; the precision the states "
+                          "are computed at is --compute-dtype)")
     return d
 
 
@@ -147,11 +149,17 @@ def _model_record(model, config: IndexConfig) -> dict:
     rec = {"fingerprint": model.fingerprint(), "name": model.name, "source": model.mice_config.source,
            "contextual_layers": model.contextual_layers, "interaction_layers": model.interaction_layers,
            "hidden_size": model.hidden_size, "max_doc_length": model.mice_config.max_doc_length,
-           "model_type": model.config.model_type}
+           "model_type": model.config.model_type, "compute_dtype": _compute_dtype(model)}
     if config.kv:
         rec["kv_fingerprint"] = model.kv_fingerprint()
         rec["kv_layers"] = model.live_cross_layers
     return rec
+
+
+def _compute_dtype(model) -> str:
+    """The precision the states are encoded at (`MICEModel.compute_dtype`; the K/V of `kv=True` are projected
+    from them in fp32)."""
+    return getattr(model, "compute_dtype", "fp32")
 
 
 def kv_projection(model):
@@ -254,8 +262,8 @@ def build_identity(model, config: IndexConfig, doc_ids: Sequence[str], content: 
     return job_identity(format=FORMAT, doc_states=model.fingerprint(),
                         kv_weights=model.kv_fingerprint() if config.kv else None,
                         max_doc_length=int(model.mice_config.max_doc_length), hidden_size=int(model.hidden_size),
-                        dtype=config.dtype, kv=bool(config.kv), shard_size=int(config.shard_size),
-                        documents=_ids_hash(doc_ids), content=content)
+                        dtype=config.dtype, compute_dtype=_compute_dtype(model), kv=bool(config.kv),
+                        shard_size=int(config.shard_size), documents=_ids_hash(doc_ids), content=content)
 
 
 EncodeFn = Callable[[list[str]], Iterator[tuple[str, "object"]]]
@@ -453,7 +461,7 @@ def build_index_from_token_ids(model, docs: Mapping[str, Sequence[int]], out, co
             pad = model.tokenizer.pad_token_id or 0
             input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=model.device)
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=model.device)
-            with torch.no_grad():
+            with torch.no_grad(), model.autocast():
                 st = model.encode_doc_batch({"input_ids": input_ids, "attention_mask": mask,
                                              "token_type_ids": torch.full_like(input_ids, tt)})
             for row, d in enumerate(chunk):
@@ -587,7 +595,8 @@ class DocIndex:
     def info(self) -> dict:
         m = self.manifest
         out = {"path": str(self.path), "model": m["model"]["name"], "source": m["model"]["source"],
-               "fingerprint": m["model"]["fingerprint"], "dtype": self.dtype, "kv": self.has_kv,
+               "fingerprint": m["model"]["fingerprint"], "dtype": self.dtype,
+               "compute_dtype": m["model"].get("compute_dtype", "fp32"), "kv": self.has_kv,
                "documents": len(self), "tokens": self.n_tokens, "shards": len(m["shards"]),
                "bytes": int(sum(m["bytes"].values())),
                "bytes_per_token": round(self.bytes_per_token(), 2),

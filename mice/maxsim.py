@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelError
+from .precision import ComputePrecision
 from .scoring import RankMixin
 
 FORMAT = "mice-late-interaction/1"
@@ -76,7 +77,7 @@ def _load_encoder(path, attn_implementation: str):
             return AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
 
 
-class MaxSimScorer(RankMixin, nn.Module):
+class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
     """Encoder + projection + MaxSim. `forward(queries, docs)` is differentiable (training); `predict`, `rank`
     and `save_pretrained` follow sentence-transformers' `CrossEncoder` like MICE's."""
 
@@ -184,7 +185,7 @@ class MaxSimScorer(RankMixin, nn.Module):
                          dtype=torch.float16) -> TokenVectors:
         """What is stored: token vectors of tokenised documents, in `dtype`, on the CPU."""
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             for i in range(0, len(input_ids), batch_size):
                 out.append(self.encode(input_ids[i:i + batch_size].to(self.device),
                                        attention_mask[i:i + batch_size].to(self.device)).to(dtype).cpu())
@@ -196,7 +197,7 @@ class MaxSimScorer(RankMixin, nn.Module):
         """query [Lq, dim] (float), docs [N, Ld, dim], mask [N, Ld] -> scores [N]."""
         sim = torch.matmul(docs.to(query.dtype), query.T)  # [N, Ld, Lq]
         sim = sim.masked_fill(~mask[..., None], float("-inf"))
-        return sim.amax(dim=1).sum(dim=-1)
+        return sim.amax(dim=1).float().sum(dim=-1)  # summed in float32 whatever the compute precision
 
     @staticmethod
     def maxsim_pairs(queries: TokenVectors, docs: TokenVectors) -> torch.Tensor:
@@ -204,20 +205,21 @@ class MaxSimScorer(RankMixin, nn.Module):
         add nothing)."""
         sim = torch.einsum("nqd,nld->nql", queries.vectors, docs.vectors.to(queries.vectors.dtype))
         sim = sim.masked_fill(~docs.mask[:, None, :], float("-inf"))
-        best = sim.amax(dim=-1)
+        best = sim.amax(dim=-1).float()  # summed in float32 whatever the compute precision
         return (best * queries.mask.to(best.dtype)).sum(dim=-1)
 
     def forward(self, queries: Sequence[str], docs: Sequence[str]) -> torch.Tensor:
         """Scores [B, G] for B queries and B×G documents (G per query, in order); differentiable."""
         group = len(docs) // len(queries)
-        q = self.encode_texts(list(queries), "query")
-        d = self.encode_texts(list(docs), "doc")
-        qv = TokenVectors(q.vectors.repeat_interleave(group, 0), q.mask.repeat_interleave(group, 0))
-        return self.maxsim_pairs(qv, d).view(len(queries), group)
+        with self.autocast():
+            q = self.encode_texts(list(queries), "query")
+            d = self.encode_texts(list(docs), "doc")
+            qv = TokenVectors(q.vectors.repeat_interleave(group, 0), q.mask.repeat_interleave(group, 0))
+            return self.maxsim_pairs(qv, d).view(len(queries), group)
 
     def score(self, query_ids: torch.Tensor, docs: TokenVectors, batch_size: int = 100) -> np.ndarray:
         """Scores of all stored documents for one tokenised query [1, Lq]."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             q = self.encode(query_ids.to(self.device), torch.ones_like(query_ids, device=self.device))[0]
             out = [self.maxsim(q, docs.vectors[i:i + batch_size].to(self.device),
                                docs.mask[i:i + batch_size].to(self.device))
@@ -235,7 +237,7 @@ class MaxSimScorer(RankMixin, nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self.autocast():
                 for start in range(0, len(pairs), batch_size):
                     chunk = pairs[start:start + batch_size]
                     uniq = list(dict.fromkeys(q for q, _ in chunk))
@@ -249,11 +251,12 @@ class MaxSimScorer(RankMixin, nn.Module):
         return out.numpy() if convert_to_numpy else out
 
     def identity(self) -> dict:
-        """Loaded weights (encoder and projection) and lengths, for resumable jobs."""
+        """Loaded weights (encoder and projection), lengths and compute precision, for resumable jobs."""
         from .identity import module_fingerprint
 
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
-                "max_query_length": self.li_config.max_query_length, "max_length": self.li_config.max_doc_length}
+                "max_query_length": self.li_config.max_query_length, "max_length": self.li_config.max_doc_length,
+                "compute_dtype": self.compute_dtype}
 
 
 LateInteractionModel = MaxSimScorer  # the name the training mode and the docs use

@@ -49,6 +49,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .errors import ModelError
+from .precision import ComputePrecision
 from .scoring import RankMixin
 from .hf import quiet_transformers as _quiet_transformers  # noqa: F401  (also imported by mice.bench)
 
@@ -161,7 +162,7 @@ def attend(attn_self: nn.Module, hq: torch.Tensor, hkv: torch.Tensor, mask: torc
     return ctx.transpose(1, 2).reshape(b, lq, heads * dh)
 
 
-class MICEModel(RankMixin, nn.Module):
+class MICEModel(RankMixin, ComputePrecision, nn.Module):
     """MICE-ℓa+b (see the module docstring). Build with `from_cross_encoder`, load with `from_pretrained`.
 
     `forward(query_batch, doc_batch=None, doc_states=None) -> Tensor[B]` is differentiable; `predict`, `rank`
@@ -507,13 +508,16 @@ class MICEModel(RankMixin, nn.Module):
         return self.head(h)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        """The source model's scoring head on the query `[CLS]`: a raw logit per row, [B]."""
+        """The source model's scoring head on the query `[CLS]`: a raw logit per row, [B] (float32, also under a
+        bf16/fp16 `compute_dtype`)."""
         bb = self.backbone
         pooler = getattr(self.base, "pooler", None)
-        if pooler is not None and isinstance(getattr(bb, "classifier", None), nn.Linear):
-            logits = bb.classifier(bb.dropout(pooler(h)))
-        else:  # ELECTRA / RoBERTa heads read position 0 of the sequence themselves
-            logits = bb.classifier(h)
+        with self.full_precision():
+            h = h.float()
+            if pooler is not None and isinstance(getattr(bb, "classifier", None), nn.Linear):
+                logits = bb.classifier(bb.dropout(pooler(h)))
+            else:  # ELECTRA / RoBERTa heads read position 0 of the sequence themselves
+                logits = bb.classifier(h)
         return logits[..., 0]
 
     def forward(self, query_batch, doc_batch=None, doc_states: DocStates | None = None) -> torch.Tensor:
@@ -521,9 +525,10 @@ class MICEModel(RankMixin, nn.Module):
         the same call) or precomputed `doc_states`. One query may be paired with all documents."""
         if (doc_batch is None) == (doc_states is None):
             raise ModelError("forward needs exactly one of doc_batch or doc_states")
-        doc = doc_states if doc_states is not None else self.encode_doc_batch(doc_batch)
-        doc = doc.to(self.device)
-        return self.interact(self.encode_query(query_batch), doc)
+        with self.autocast():
+            doc = doc_states if doc_states is not None else self.encode_doc_batch(doc_batch)
+            doc = doc.to(self.device)
+            return self.interact(self.encode_query(query_batch), doc)
 
     # ------------------------------------------------------------------------------- sentence-transformers
     def encode_documents(self, texts: Sequence[str], batch_size: int = 32,
@@ -553,7 +558,8 @@ class MICEModel(RankMixin, nn.Module):
             with torch.no_grad():
                 for start in _progress(range(0, len(order), batch_size), show_progress_bar, "encoding documents"):
                     idx = order[start: start + batch_size]
-                    doc = self.encode_doc_batch([texts[i] for i in idx])
+                    with self.autocast():  # not around the yield: the consumer's own work stays in fp32
+                        doc = self.encode_doc_batch([texts[i] for i in idx])
                     for row, i in enumerate(idx):
                         n = int(doc.mask[row].sum())
                         yield i, doc.hidden[row, :n]
@@ -575,7 +581,7 @@ class MICEModel(RankMixin, nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 for start in _progress(range(0, len(order), batch_size), show_progress_bar, "scoring"):
                     idx = order[start: start + batch_size]
                     if doc_states is not None:
@@ -594,11 +600,13 @@ class MICEModel(RankMixin, nn.Module):
         return out.numpy() if convert_to_numpy else out
 
     def identity(self) -> dict:
-        """What makes this scorer's output what it is (for resumable jobs): loaded weights and lengths."""
+        """What makes this scorer's output what it is (for resumable jobs): loaded weights, lengths, compute
+        precision."""
         from .identity import module_fingerprint
 
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
-                "query_max_length": self.mice_config.max_query_length, "max_length": self.mice_config.max_doc_length}
+                "query_max_length": self.mice_config.max_query_length, "max_length": self.mice_config.max_doc_length,
+                "compute_dtype": self.compute_dtype}
 
     # ------------------------------------------------------------------------------------- fingerprints
     def _hash_tensors(self, h, named: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -9,6 +9,8 @@
 - a `BiEncoder` for `biencoder:<name>` (`biencoder:packaged` is the packaged MiniLM).
 
 Every option is honoured or refused: an option the chosen scorer cannot apply raises `ModelError` naming it.
+`dtype` ("fp32" | "bf16" | "fp16", `mice.precision`) applies to every scorer: its forward runs under autocast at
+that precision (fp32: no autocast, today's scores exactly); a precision the device cannot run is a `SettingError`.
 Folder problems (missing path, no config.json, unreadable weights) are `ModelError`s naming the file.
 """
 from __future__ import annotations
@@ -86,11 +88,20 @@ def load_error(spec, err: Exception) -> ModelError:
 
 def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int | None = None,
          max_query_length: int | None = None, index=None, arch: str | None = None, kind: str = "any",
-         use_kv="auto", batch_size: int = 64):
+         use_kv="auto", batch_size: int = 64, dtype="fp32"):
     """The scorer for `spec` (see the module docstring). `kind="hooked"` insists on a HookedCrossEncoder
     (probes and ablations), `kind="mice"` on a MICE model; `max_length` is the pair length of a cross-encoder,
     the document length of MICE (`max_query_length` its query length); `index` a document-state index folder
-    (MICE only); `arch="a+b"` builds MICE-ℓa+b from a cross-encoder."""
+    (MICE only); `arch="a+b"` builds MICE-ℓa+b from a cross-encoder; `dtype` the compute precision (fp32, bf16,
+    fp16 or a torch dtype), part of the scorer's `identity()`."""
+    from .precision import normalise_precision
+
+    dtype = normalise_precision(dtype)  # a bad name fails before any weights load
+    scorer = _load(spec, mask, mode, device, max_length, max_query_length, index, arch, kind, use_kv, batch_size)
+    return scorer.set_compute_dtype(dtype)
+
+
+def _load(spec, mask, mode, device, max_length, max_query_length, index, arch, kind, use_kv, batch_size):
     from .validate import check_setting
 
     if kind not in KINDS:
@@ -187,6 +198,6 @@ def _load_mice(s, path, mask, device, max_length, max_query_length, index, arch,
     return IndexScorer(FastReranker(model, index, use_kv=use_kv, batch_size=batch_size))
 
 
-def load_scorer(spec, mask=None, device=None, max_length: int | None = None, mode: str = "renorm"):
+def load_scorer(spec, mask=None, device=None, max_length: int | None = None, mode: str = "renorm", dtype="fp32"):
     """Backwards-compatible name of `load` (same behaviour, same errors)."""
-    return load(spec, mask=mask, device=device, max_length=max_length, mode=mode)
+    return load(spec, mask=mask, device=device, max_length=max_length, mode=mode, dtype=dtype)

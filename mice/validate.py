@@ -2,7 +2,8 @@
 
 One table, keyed by the option's Python name, gives each name one meaning and one range across every command:
 `--batch-size` is always >= 1, `--k` always >= 1, `--max-length` always >= 2 (`[CLS]` and a `[SEP]`). A numeric
-CLI option missing from the table fails `tests/test_validation.py`, so a new option gets a range when it lands.
+CLI option missing from the table fails `tests/test_fuzz_inputs.py`, so a new option gets a range when it lands.
+Choice options (`--dtype`) are checked the same way against `CHOICES`.
 """
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 }
 
 
+# name -> the values a choice option accepts (same rule: one name, one meaning, across every command)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "compute_dtype": ("fp32", "bf16", "fp16"),  # `--dtype` of score/rerank/train, `--compute-dtype` of index build
+}
+
+
 def _describe(name: str, low, high, low_inclusive, flag: str | None = None) -> str:
     opt = flag or "--" + name.replace("_", "-")
     if low is not None and high is not None:
@@ -77,7 +84,11 @@ def _describe(name: str, low, high, low_inclusive, flag: str | None = None) -> s
 
 
 def check_setting(name: str, value: Any, flag: str | None = None) -> Any:
-    """Check one named setting against `RANGES` (None passes: it means "default"); `flag` names it in errors."""
+    """Check one named setting against `RANGES` or `CHOICES` (None passes: it means "default"); `flag` names it
+    in errors."""
+    if value is not None and name in CHOICES and value not in CHOICES[name]:
+        opt = flag or "--" + name.replace("_", "-")
+        raise SettingError(f"{opt} must be one of {', '.join(CHOICES[name])} (got {value!r})")
     if value is None or isinstance(value, bool) or name not in RANGES:
         return value
     if not isinstance(value, (int, float)):

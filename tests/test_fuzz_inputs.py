@@ -8,7 +8,7 @@ import sys
 from contextlib import redirect_stderr, redirect_stdout
 
 
-from mice.validate import RANGES
+from mice.validate import CHOICES, RANGES
 
 from cli_checks import assert_one_error
 
@@ -114,8 +114,9 @@ def test_malformed_run_lines(tmp_path, tiny_bert):
         assert not out.exists()
 
 
-def _numeric_params():
-    """(command path, option flag, python name, kind) for every numeric option of the CLI."""
+def _cli_params(keep):
+    """(command path, option flag, python name, kind, command) for every option of the CLI `keep(name, kind)`
+    selects."""
     import typer
 
     from mice.cli import app
@@ -130,11 +131,24 @@ def _numeric_params():
             kind = p.bare_type() if callable(getattr(p, "bare_type", None)) else getattr(getattr(p, "type", None),
                                                                                          "name", "")
             kind = {"integer": "int"}.get(kind, kind)
-            if kind in ("int", "float") and p.opts and p.opts[0].startswith("--"):
+            if keep(p.name, kind) and p.opts and p.opts[0].startswith("--"):
                 found.append((path, p.opts[0], p.name, kind, cmd))
 
     walk(group, ())
     return found
+
+
+def _numeric_params():
+    """(command path, option flag, python name, kind, command) for every numeric option of the CLI."""
+    return _cli_params(lambda name, kind: kind in ("int", "float"))
+
+
+def _required_args(cmd, but: str, existing) -> list:
+    required = []
+    for p in cmd.params:
+        if p.required and p.name != but:
+            required += ([p.opts[0]] if p.opts and p.opts[0].startswith("-") else []) + [str(existing)]
+    return required
 
 
 def test_every_numeric_option_has_a_range():
@@ -156,10 +170,7 @@ def test_out_of_range_option_values(tmp_path):
             values += [str(low - 1 if inclusive else low), str(low - 100)]
         if high is not None:
             values.append(str(high + 1))
-        required = []
-        for p in cmd.params:
-            if p.required and p.name != name:
-                required += ([p.opts[0]] if p.opts and p.opts[0].startswith("-") else []) + [str(existing)]
+        required = _required_args(cmd, name, existing)
         for v in values:
             out_files = {f for f in tmp_path.iterdir()}
             code, err = run_main([*path, *required, flag, v])
@@ -167,3 +178,18 @@ def test_out_of_range_option_values(tmp_path):
             assert {f for f in tmp_path.iterdir()} == out_files, f"{' '.join(path)} {flag} {v} wrote a file"
             cases += 1
     assert cases >= 100
+
+
+def test_out_of_choice_option_values(tmp_path):
+    """Each choice option (`mice.validate.CHOICES`: `--dtype`, `--compute-dtype`), given a value outside its
+    choices, is refused by name before any work, under every command that has it."""
+    existing = tmp_path / "exists.txt"
+    existing.write_text("x\n")
+    params = _cli_params(lambda name, kind: name in CHOICES)
+    assert {" ".join(path) for path, *_ in params} >= {"score", "rerank", "index", "index build", "train"}
+    for path, flag, name, _, cmd in params:
+        for v in ("fp64", "FP16", "", "float16"):
+            code, err = run_main([*path, *_required_args(cmd, name, existing), flag, v])
+            check(code, err, f"{' '.join(path)} {flag} {v!r}", must_mention=flag)
+            assert "fp32, bf16, fp16" in err
+    assert not [f for f in tmp_path.iterdir() if f != existing]

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ..precision import HELP as DTYPE_HELP
+
 
 def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folder, hub name, packaged:minilm, "
                                          "or biencoder:packaged"),
@@ -28,6 +30,8 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
                                                     "document-state index (`mice index build`), not their text"),
                overwrite: bool = typer.Option(False, "--overwrite", help="Discard partial results of a different "
                                               "job at OUT and start afresh"),
+               compute_dtype: str = typer.Option("fp32", "--dtype", "--compute-dtype", help=DTYPE_HELP + "; part "
+                                                 "of the resume identity"),
                ) -> None:
     """Score the top-k candidates of RUN with MODEL; resumes from <out>.partial if the same job stopped."""
     from ..models import load
@@ -36,7 +40,7 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
 
     with plain_warnings():
         scorer = load(model, mask=mask, mode=mode, device=device, max_length=max_length,
-                      max_query_length=max_query_length, index=index, batch_size=batch_size)
+                      max_query_length=max_query_length, index=index, batch_size=batch_size, dtype=compute_dtype)
         calls = {"batch_size": batch_size}
         if index is not None:  # whole queries per call; --batch-size = documents per forward
             calls = scorer.runner_batching(k)

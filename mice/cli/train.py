@@ -59,6 +59,10 @@ def train(
     dev_queries: Optional[int] = typer.Option(None, "--dev-queries"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     num_threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (1 is faster on a busy machine)"),
+    compute_dtype: Optional[str] = typer.Option(None, "--dtype", "--compute-dtype",
+                                                help="fp32 | bf16 | fp16: mixed precision through accelerate "
+                                                     "(the setting mixed_precision: no | bf16 | fp16); fp16 needs a "
+                                                     "GPU"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Several runs, e.g. 0,1,2 (output/seed-N/ each)"),
     resume: bool = typer.Option(False, "--resume", help="Continue from output/last/ if it exists; refused (one "
                                 "line naming what differs) unless settings, data, start and teacher weights and "
@@ -72,6 +76,7 @@ def train(
     import json
 
     from ..errors import MiceError
+    from ..precision import mixed_precision
     from ..train.config import TrainConfig, read_config_file
     from ..train.presets import preset_mode, preset_settings
 
@@ -95,7 +100,8 @@ def train(
                       max_query_length=max_query_length, weight_decay=weight_decay,
                       cls_cross_attention=cls_cross_attention, dev_dataset=dev_dataset, dev_exclude=dev_exclude,
                       teacher_scale=teacher_scale, eval_every=eval_every, save_every=save_every,
-                      dev_queries=dev_queries, seed=seed, num_threads=num_threads)
+                      dev_queries=dev_queries, seed=seed, num_threads=num_threads,
+                      mixed_precision=mixed_precision(compute_dtype) if compute_dtype is not None else None)
     cfg = cfg.updated({**flags, **extra}, "command line")
     if resume:
         cfg = cfg.updated({"resume": True})

@@ -72,7 +72,7 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget (stops early, keeps the best checkpoint)
     max_grad_norm: float = 1.0
     seed: int = 0
-    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (`mice train --dtype fp32|bf16|fp16`); fp16 needs a GPU
     num_threads: int | None = None  # CPU threads for torch (None: torch's default; 1 is faster on a busy machine)
 
     # validation, logging, checkpoints
