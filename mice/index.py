@@ -56,8 +56,8 @@ _HASH_CHUNK = 1 << 22
 def normalise_dtype(dtype: str) -> str:
     d = _ALIASES.get(str(dtype).lower(), str(dtype).lower())
     if d not in DTYPES:
-        raise IndexError_(f"unknown index dtype {dtype!r} (use float16, float32 or int8; the precision the states "
-                          "are computed at is --compute-dtype)")
+        raise IndexError_(f"unknown index storage dtype {dtype!r} (--storage-dtype: float16, float32 or int8; the "
+                          "precision the states are computed at is --dtype fp32|bf16|fp16)")
     return d
 
 

@@ -149,18 +149,20 @@ def test_rerank_cli_in_bf16_and_a_resume_at_another_dtype_is_refused(models, tmp
 def test_index_build_cli_compute_dtype_is_not_the_storage_dtype(models, tmp_path, monkeypatch):
     monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
     beir = write_beir_folder(tmp_path / "beir")
-    args = ["index", "build", "-m", models["mice"], "-d", beir, "-o", tmp_path / "idx", "--dtype", "float16"]
-    code, err = run_main([*args, "--compute-dtype", "bf16"])
+    args = ["index", "build", "-m", models["mice"], "-d", beir, "-o", tmp_path / "idx", "--storage-dtype", "float16"]
+    code, err = run_main([*args, "--dtype", "bf16"])
     assert code in (None, 0), err
     info = DocIndex.open(tmp_path / "idx").info()
     assert info["compute_dtype"] == "bf16" and info["dtype"] == "float16"
     # rebuilding the folder at another compute precision is another job: refused, naming it
     code, err = run_main(args)
     assert_one_error(code, err, "compute_dtype (bf16 -> fp32)")
-    # `--dtype` stays the storage here; a compute precision given to it is pointed to --compute-dtype
+    # `--compute-dtype` is the same option; a compute precision given as the storage is pointed to --dtype
+    code, err = run_main([*args[:-2], "--compute-dtype", "bf16"])
+    assert code in (None, 0), err
     code, err = run_main(["index", "build", "-m", models["mice"], "-d", beir, "-o", tmp_path / "idx2",
-                          "--dtype", "bf16"])
-    assert_one_error(code, err, "'bf16'", "--compute-dtype")
+                          "--storage-dtype", "bf16"])
+    assert_one_error(code, err, "'bf16'", "--dtype fp32|bf16|fp16")
 
 
 @pytest.fixture()

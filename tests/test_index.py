@@ -241,7 +241,7 @@ def test_cli_build_and_info(model, tmp_path):
     beir = write_beir(ds, tmp_path / "beir")
     runner = CliRunner()
     res = runner.invoke(app, ["index", "build", "--model", str(mice_dir), "--dataset", str(beir),
-                              "--out", str(tmp_path / "idx"), "--dtype", "int8", "--kv", "--shard-size", "5"])
+                              "--out", str(tmp_path / "idx"), "--storage-dtype", "int8", "--kv", "--shard-size", "5"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["index", "info", str(tmp_path / "idx"), "--model", str(mice_dir)])
     assert res.exit_code == 0, res.output
@@ -292,7 +292,7 @@ def test_cli_rerank_with_index(model, tmp_path):
                            columns=["query_id", "doc_id", "score"]), first)
     runner = CliRunner()
     res = runner.invoke(app, ["index", "build", "-m", str(mice_dir), "-d", str(beir), "-o", str(tmp_path / "idx"),
-                              "--dtype", "float32"])
+                              "--storage-dtype", "float32"])
     assert res.exit_code == 0, res.output
     common = ["rerank", "-m", str(mice_dir), "-d", str(beir), "--run", str(first), "--k", "8", "--split", "test"]
     res = runner.invoke(app, common + ["--out", str(tmp_path / "fast.trec"), "--index", str(tmp_path / "idx")])

@@ -52,7 +52,7 @@ def _env():
 
 def _build_args(env, out, *extra, dataset=None):
     return [sys.executable, "-m", "mice", "index", "build", "--model", env["folder"], "--dataset",
-            dataset or env["beir"], "--out", str(out), "--dtype", "float32", "--shard-size", "50",
+            dataset or env["beir"], "--out", str(out), "--storage-dtype", "float32", "--shard-size", "50",
             "--batch-size", "16", *map(str, extra)]
 
 

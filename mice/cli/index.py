@@ -18,7 +18,7 @@ def load_mice(model: str, arch: Optional[str] = None, device: Optional[str] = No
     return load(model, arch=arch, device=device, kind="mice", dtype=compute_dtype)
 
 
-def _build(model: str, dataset: str, out: Path, dtype: str, kv: bool, shard_size: int, batch_size: int,
+def _build(model: str, dataset: str, out: Path, storage_dtype: str, kv: bool, shard_size: int, batch_size: int,
            overwrite: bool, arch: Optional[str], device: Optional[str], compute_dtype: str) -> None:
     from ..data import load_dataset
     from ..index import IndexConfig, build_index
@@ -27,7 +27,7 @@ def _build(model: str, dataset: str, out: Path, dtype: str, kv: bool, shard_size
     with plain_warnings():
         mice = load_mice(model, arch, device, compute_dtype)
         corpus = load_dataset(dataset).corpus()
-        config = IndexConfig(dtype=dtype, kv=kv, shard_size=shard_size, batch_size=batch_size)
+        config = IndexConfig(dtype=storage_dtype, kv=kv, shard_size=shard_size, batch_size=batch_size)
         if (out / "build.json").exists() and not (out / "manifest.json").exists():
             typer.echo(f"resuming the build in {out}", err=True)
         index = build_index(mice, corpus, out, config, overwrite=overwrite, show_progress_bar=True)
@@ -57,12 +57,11 @@ _MODEL = typer.Option(None, "--model", "-m", help="MICE folder (or a cross-encod
 _DATASET = typer.Option(None, "--dataset", "-d", help="Dataset spec whose corpus is indexed")
 _OUT = typer.Option(None, "--out", "-o", help="Index folder to write (resumed if a build was interrupted; kept "
                     "shards are verified against their sha256; progress also goes to build.log there)")
-_DTYPE = typer.Option("float16", "--dtype", help="Storage of the states: float16, float32 or int8 (per-token "
-                      "scale); the precision they are computed at is --compute-dtype")
-# `--dtype` is the storage here (it was first); the compute precision that is `--dtype` elsewhere is
-# `--compute-dtype` here (score and rerank accept that name too)
-_COMPUTE_DTYPE = typer.Option("fp32", "--compute-dtype", help="Precision the documents are encoded at: fp32 "
-                              "(default), bf16 or fp16 (torch.autocast); not the storage (--dtype)")
+_STORAGE = typer.Option("float16", "--storage-dtype", help="Storage of the states: float16, float32 or int8 "
+                        "(per-token scale); the precision they are computed at is --dtype")
+# `--dtype` is the compute precision, as in score, rerank and train (one name, one meaning)
+_COMPUTE_DTYPE = typer.Option("fp32", "--dtype", "--compute-dtype", help="Precision the documents are encoded at: "
+                              "fp32 (default), bf16 or fp16 (torch.autocast); not the storage (--storage-dtype)")
 _KV = typer.Option(False, "--kv/--no-kv", help="Also store each live interaction layer's cross-attention "
                    "keys/values (more storage, faster re-ranking)")
 _SHARD = typer.Option(4096, "--shard-size", help="Documents per shard (the unit of resumption)")
@@ -75,7 +74,7 @@ _DEVICE = typer.Option(None, "--device", help="cpu, cuda, ...")
 
 @index_app.callback()
 def index_main(ctx: typer.Context, model: Optional[str] = _MODEL, dataset: Optional[str] = _DATASET,
-               out: Optional[Path] = _OUT, dtype: str = _DTYPE, kv: bool = _KV, shard_size: int = _SHARD,
+               out: Optional[Path] = _OUT, storage_dtype: str = _STORAGE, kv: bool = _KV, shard_size: int = _SHARD,
                batch_size: int = _BATCH, overwrite: bool = _OVERWRITE, arch: Optional[str] = _ARCH,
                device: Optional[str] = _DEVICE, compute_dtype: str = _COMPUTE_DTYPE) -> None:
     """Build and inspect MICE document-state indexes."""
@@ -88,7 +87,7 @@ def index_main(ctx: typer.Context, model: Optional[str] = _MODEL, dataset: Optio
         from ..errors import MiceError
 
         raise MiceError("mice index: building needs --model, --dataset and --out (or see `mice index --help`)")
-    _build(model, dataset, out, dtype, kv, shard_size, batch_size, overwrite, arch, device, compute_dtype)
+    _build(model, dataset, out, storage_dtype, kv, shard_size, batch_size, overwrite, arch, device, compute_dtype)
 
 
 @index_app.command("build")
@@ -96,11 +95,11 @@ def build_cmd(model: str = typer.Option(..., "--model", "-m", help="MICE folder 
                                         "--arch a+b)"),
               dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec whose corpus is indexed"),
               out: Path = typer.Option(..., "--out", "-o", help="Index folder (resumed if interrupted)"),
-              dtype: str = _DTYPE, kv: bool = _KV, shard_size: int = _SHARD, batch_size: int = _BATCH,
+              storage_dtype: str = _STORAGE, kv: bool = _KV, shard_size: int = _SHARD, batch_size: int = _BATCH,
               overwrite: bool = _OVERWRITE, arch: Optional[str] = _ARCH,
               device: Optional[str] = _DEVICE, compute_dtype: str = _COMPUTE_DTYPE) -> None:
     """Encode every document of DATASET once to its layer-a states; resumable shard by shard."""
-    _build(model, dataset, out, dtype, kv, shard_size, batch_size, overwrite, arch, device, compute_dtype)
+    _build(model, dataset, out, storage_dtype, kv, shard_size, batch_size, overwrite, arch, device, compute_dtype)
 
 
 @index_app.command("info")
