@@ -14,7 +14,9 @@ Measured in one run, on one backbone (the same saved weights for every method, `
   tokenisation, batching, scoring) for the cross-encoder, MICE on the fly (`--arch a+b`) and MICE from each
   built index (`--index`), with the same queries × candidates; candidates are a seeded sample of the indexed
   documents, so their lengths follow the corpus. Median of `repeats` after `warmup`, interleaved.
-Everything is per process (`processes` = 1, `threads` torch threads).
+Everything is per process (`processes` = 1, `threads` torch threads). Each row also has the process's CPU
+seconds per run (`cpu_s`) and `cpu_share` = cpu_s / (wall s × threads): near 1 on an idle machine, lower when
+other jobs take the cores, in which case the wall-clock throughputs understate what the process does alone.
 
 `project` turns the measured bytes/token and build tokens/s into index sizes and build times for full
 collections (`CORPORA`) at hidden size 384 and N processes, assuming linear scaling; each row carries its
@@ -51,21 +53,22 @@ class Corpus:
 
 CORPORA = (
     Corpus("MS MARCO passage", 8_841_823, 70,
-           "~70 MiniLM word pieces per passage incl. [CLS]/[SEP] (assumed, not measured here: 56 words on average "
-           "per BEIR's table, × ~1.2 word pieces per word, + 2 specials)"),
+           "~70 MiniLM word pieces per passage incl. [CLS]/[SEP] (assumed, not measured here: ~56 words on average "
+           "per BEIR's Table 1, × ~1.2 word pieces per word, + 2 specials)"),
     Corpus("BEIR NQ", 2_681_468, 100,
-           "~100 MiniLM word pieces per passage incl. [CLS]/[SEP] (assumed, not measured here: 76 words (title + "
-           "text) on average per BEIR's table, × ~1.3 word pieces per word)"),
+           "~100 MiniLM word pieces per passage incl. [CLS]/[SEP] (assumed, not measured here: ~79 words on "
+           "average per BEIR's Table 1, × ~1.25 word pieces per word, + 2 specials)"),
 )
 
 COLUMNS = ["section", "method", "dtype", "kv", "documents", "tokens", "mean_doc_tokens", "pairs", "queries",
-           "candidates", "median_s", "p10_s", "p90_s", "docs_per_s", "tokens_per_s", "pairs_per_s",
+           "candidates", "median_s", "p10_s", "p90_s", "cpu_s", "cpu_share", "docs_per_s", "tokens_per_s",
+           "pairs_per_s", "tokens_per_cpu_s", "pairs_per_cpu_s",
            "bytes_per_token", "bytes_per_token_states", "bytes_per_token_kv", "stored_vectors_per_token",
            "bytes_vs_fp16", "build_speed_vs_fp16", "speedup_vs_ce", "hidden", "model", "arch", "dataset",
            "batch_size", "repeats", "processes", "threads", "device", "cpu", "torch", "load_avg", "date"]
 PROJECTION_COLUMNS = ["corpus", "passages", "tokens_per_passage", "tokens", "dtype", "stored", "hidden",
                       "bytes_per_token", "bytes", "gib", "processes", "tokens_per_s_per_process", "build_hours",
-                      "size_arithmetic", "time_arithmetic", "assumption"]
+                      "core_hours", "size_arithmetic", "time_arithmetic", "assumption"]
 
 
 @dataclass
@@ -95,6 +98,19 @@ def _summary(times: list[float]) -> tuple[float, float, float]:
 
     med, p10, p90 = _percentiles(times)  # milliseconds
     return med / 1000.0, p10 / 1000.0, p90 / 1000.0
+
+
+def _cpu(cpu_times: list[float], median_wall: float) -> dict:
+    """Median CPU seconds of the process (all threads) per timed run, and the share of its threads' wall time
+    they fill: ~1 on an idle machine, lower when other jobs take the cores (then wall throughput understates)."""
+    import torch
+
+    cpu_s = _median(cpu_times)
+    return {"cpu_s": cpu_s, "cpu_share": cpu_s / (median_wall * torch.get_num_threads())}
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
 
 
 def stored_vector_bytes(dtype: str, hidden: int) -> int:
@@ -129,6 +145,11 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
                     "batch_size": config.batch_size, "max_length": config.max_length, "threads": config.threads,
                     "repeats": config.repeats, "warmup": config.warmup,
                     "contextual_layers": config.layers[0], "interaction_layers": config.layers[1]})
+    from .distributed import world
+    from .errors import MiceError
+
+    if world().distributed:
+        raise MiceError("mice bench scale measures one process; run it without --nproc (the projection scales it)")
     dtypes = tuple(dict.fromkeys(normalise_dtype(d) for d in config.dtypes))
     if not dtypes:
         raise DataError("no index dtype to build")
@@ -177,14 +198,16 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
         build_index(mice, dict(list(sub.items())[: min(32, len(sub))]), work / "index-warmup",
                     IndexConfig(dtype=dtypes[0], kv=config.kv, batch_size=config.batch_size), overwrite=True)
         times: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
+        cpu: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
         indexes = {}
-        for r in range(config.repeats):
+        for _ in range(config.repeats):
             for dtype, kv in builds:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 indexes[(dtype, kv)] = build_index(mice, sub, work / f"index-{dtype}{'-kv' if kv else ''}",
                                                    IndexConfig(dtype=dtype, kv=kv, batch_size=config.batch_size),
                                                    overwrite=True)
                 times[(dtype, kv)].append(time.perf_counter() - t0)
+                cpu[(dtype, kv)].append(time.process_time() - c0)
         load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         for dtype, kv in builds:
             index = indexes[(dtype, kv)]
@@ -192,14 +215,16 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
             n_tok = index.n_tokens
             rows.append({"section": "build", "method": "index-build", "dtype": dtype, "kv": kv,
                          "documents": len(index), "tokens": n_tok, "mean_doc_tokens": n_tok / max(1, len(index)),
-                         "median_s": med, "p10_s": p10, "p90_s": p90, "docs_per_s": len(index) / med,
+                         "median_s": med, "p10_s": p10, "p90_s": p90, **_cpu(cpu[(dtype, kv)], med),
+                         "docs_per_s": len(index) / med,
                          "tokens_per_s": n_tok / med, "bytes_per_token": index.bytes_per_token(),
+                         "tokens_per_cpu_s": n_tok / max(_median(cpu[(dtype, kv)]), 1e-9),
                          "bytes_per_token_states": index.bytes_per_token("states"),
                          "bytes_per_token_kv": index.bytes_per_token("kv") if kv else 0.0,
                          "stored_vectors_per_token": 1 + index.kv_slots, "load_avg": load_avg, **meta})
             log(f"  build {dtype:8s}{' +K/V' if kv else '      '}  {len(index)} docs, {n_tok} tokens: median "
                 f"{med:.2f} s  {len(index) / med:8.1f} docs/s  {n_tok / med:9.0f} tokens/s  "
-                f"{index.bytes_per_token():7.1f} B/token")
+                f"{index.bytes_per_token():7.1f} B/token  CPU share {rows[-1]['cpu_share']:.2f}")
 
         # ---- re-ranking: the same queries x candidates through `mice.rerank.rerank` for every method
         scorers: dict[str, tuple[object, dict, dict]] = {}
@@ -219,14 +244,16 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
             return rerank(scorer, ds, config.split, run_df, k=n_cand, query_ids=qids, **calls)
 
         rtimes: dict[str, list[float]] = {m: [] for m in scorers}
+        rcpu: dict[str, list[float]] = {m: [] for m in scorers}
         for name, (scorer, calls, _) in scorers.items():  # as `mice rerank` runs them (each scorer's own
             for _ in range(config.warmup):  # no_grad / inference_mode)
                 run_once(scorer, calls)
         for _ in range(config.repeats):
             for name, (scorer, calls, _) in scorers.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 out = run_once(scorer, calls)
                 rtimes[name].append(time.perf_counter() - t0)
+                rcpu[name].append(time.process_time() - c0)
                 if len(out) != pairs:
                     raise DataError(f"{name}: scored {len(out)} of {pairs} pairs")
         load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -234,8 +261,11 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
             med, p10, p90 = _summary(rtimes[name])
             rows.append({"section": "rerank", "method": name, "pairs": pairs, "queries": len(qids),
                          "candidates": n_cand, "median_s": med, "p10_s": p10, "p90_s": p90,
-                         "pairs_per_s": pairs / med, "load_avg": load_avg, **extra, **meta})
-            log(f"  rerank {name:28s} {pairs} pairs: median {med:.2f} s  {pairs / med:8.1f} pairs/s")
+                         **_cpu(rcpu[name], med),
+                         "pairs_per_s": pairs / med, "pairs_per_cpu_s": pairs / max(_median(rcpu[name]), 1e-9),
+                         "load_avg": load_avg, **extra, **meta})
+            log(f"  rerank {name:28s} {pairs} pairs: median {med:.2f} s  {pairs / med:8.1f} pairs/s  "
+                f"CPU share {rows[-1]['cpu_share']:.2f}")
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -278,8 +308,10 @@ def project(builds, corpora: Sequence[Corpus] = CORPORA, processes: Sequence[int
     measured one when the measured model has `hidden` values per vector, else stored vectors per token ×
     `stored_vector_bytes(dtype, hidden)` (the storage format's exact size); build hours = tokens ÷ (measured
     tokens/s × N) ÷ 3600, assuming linear scaling over N processes each as fast as the measured one (not
-    measured). Returns a DataFrame with `PROJECTION_COLUMNS`; sizes are data files only (the shard records' ids
-    and offsets add some bytes per document)."""
+    measured). core_hours = tokens ÷ measured tokens per CPU second ÷ 3600 (with `tokens_per_cpu_s`): the CPU
+    time the build costs in all, whatever N, and the figure least changed by other jobs on the measuring machine.
+    Returns a DataFrame with `PROJECTION_COLUMNS`; sizes are data files only (the shard records' ids and offsets
+    add some bytes per document)."""
     import pandas as pd
 
     from .validate import positive
@@ -305,12 +337,15 @@ def project(builds, corpora: Sequence[Corpus] = CORPORA, processes: Sequence[int
             size_text = (f"{c.passages:,} passages × {c.tokens_per_passage:g} tokens = {tokens:,} tokens × "
                          f"{bpt:g} B/token ({how}) = {size:,.0f} B = {size / 2**30:,.1f} GiB")
             tps = float(rec["tokens_per_s"])
+            per_cpu = rec.get("tokens_per_cpu_s")
+            core_hours = tokens / float(per_cpu) / 3600 if per_cpu is not None and per_cpu == per_cpu else np.nan
             for n in processes:
                 seconds = tokens / (tps * n)
                 rows.append({"corpus": c.name, "passages": c.passages, "tokens_per_passage": c.tokens_per_passage,
                              "tokens": tokens, "dtype": dtype, "stored": stored, "hidden": hidden,
                              "bytes_per_token": bpt, "bytes": size, "gib": size / 2**30, "processes": int(n),
                              "tokens_per_s_per_process": tps, "build_hours": seconds / 3600,
+                             "core_hours": core_hours,
                              "size_arithmetic": size_text,
                              "time_arithmetic": f"{tokens:,} tokens ÷ ({tps:,.0f} tokens/s × {n}) = {seconds:,.0f} s "
                                                 f"= {seconds / 3600:,.2f} h",

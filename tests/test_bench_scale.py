@@ -55,12 +55,15 @@ def test_scale_cli_tiny(tiny, tmp_path):
     assert list(df.columns) == COLUMNS
     assert (df["processes"] == 1).all() and (df["threads"] == 1).all() and (df["device"] == "cpu").all()
     assert df["date"].notna().all() and (df["hidden"] == HIDDEN).all()
+    assert (df["cpu_s"] >= 0).all() and (df["cpu_share"] >= 0).all()
+    np.testing.assert_allclose(df["cpu_share"], df["cpu_s"] / (df["median_s"] * df["threads"]))
 
     builds = df[df["section"] == "build"].set_index(["dtype", "kv"])
     assert set(builds.index) == {("float16", False), ("float16", True), ("int8", False), ("int8", True)}
     assert (builds["documents"] == 8).all() and (builds["tokens"] > 8).all()
     np.testing.assert_allclose(builds["docs_per_s"], 8 / builds["median_s"])
     np.testing.assert_allclose(builds["tokens_per_s"], builds["tokens"] / builds["median_s"])
+    np.testing.assert_allclose(builds["tokens_per_cpu_s"], builds["tokens"] / builds["cpu_s"].clip(lower=1e-9))
     live = 2 - 1  # MICE-ℓ2+2: one live cross-attention layer, its K and V cached per token
     for kv in (False, True):
         vectors = 1 + (2 * live if kv else 0)
@@ -95,7 +98,7 @@ def test_scale_cli_tiny(tiny, tmp_path):
 def test_projection_arithmetic():
     corpus = Corpus("X", 1000, 50, "assumed")
     builds = [{"dtype": "float16", "kv": False, "bytes_per_token": 768.0, "stored_vectors_per_token": 1,
-               "hidden": 384, "tokens_per_s": 2000.0},
+               "hidden": 384, "tokens_per_s": 2000.0, "tokens_per_cpu_s": 1000.0},
               {"dtype": "int8", "kv": True, "bytes_per_token": 108.0, "stored_vectors_per_token": 3,
                "hidden": 32, "tokens_per_s": 500.0}]
     p = project(pd.DataFrame(builds), corpora=[corpus], processes=(1, 4))
@@ -105,6 +108,7 @@ def test_projection_arithmetic():
     assert (fp16["bytes"] == 50_000 * 768).all() and fp16.loc[1, "gib"] == pytest.approx(50_000 * 768 / 2**30)
     assert fp16.loc[1, "build_hours"] == pytest.approx(50_000 / 2000 / 3600)
     assert fp16.loc[4, "build_hours"] == pytest.approx(50_000 / (2000 * 4) / 3600)  # linear in N
+    np.testing.assert_allclose(fp16["core_hours"], 50_000 / 1000 / 3600)  # total CPU time: the same for every N
     assert "1,000 passages × 50 tokens = 50,000 tokens × 768 B/token (measured) = 38,400,000 B" in \
         fp16.loc[1, "size_arithmetic"]
     assert fp16.loc[4, "time_arithmetic"].startswith("50,000 tokens ÷ (2,000 tokens/s × 4) = 6 s")
@@ -113,6 +117,7 @@ def test_projection_arithmetic():
     assert (int8["bytes_per_token"] == 3 * 388).all() and (int8["stored"] == "states + K/V").all()
     assert (int8["bytes"] == 50_000 * 3 * 388).all()
     assert "3 vectors × 388 B at H=384" in int8.loc[1, "size_arithmetic"]
+    assert int8["core_hours"].isna().all()  # no CPU time measured, none projected
 
     # the shipped corpora: MS MARCO passage, 8,841,823 passages × 70 tokens, float16 states at H=384
     marco = project(pd.DataFrame(builds[:1]), processes=(1,))

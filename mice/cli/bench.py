@@ -214,12 +214,13 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
     t = Table(title=f"index build and storage: {int(builds['documents'].iloc[0])} documents, "
                     f"{int(builds['tokens'].iloc[0])} tokens (mean {builds['mean_doc_tokens'].iloc[0]:.1f}), "
                     f"median of {repeats} builds")
-    for col in ("dtype", "stored", "median s", "docs/s", "tokens/s", "B/token", "B/token states", "B/token K/V",
-                "vectors/token", "B vs fp16", "docs/s vs fp16"):
+    for col in ("dtype", "stored", "median s", "CPU share", "docs/s", "tokens/s", "tokens/CPU s", "B/token",
+                "B/token states", "B/token K/V", "vectors/token", "B vs fp16", "docs/s vs fp16"):
         t.add_column(col, justify="left" if col in ("dtype", "stored") else "right")
     for r in builds.itertuples(index=False):
-        t.add_row(r.dtype, "states + K/V" if r.kv else "states", f"{r.median_s:.2f}", f"{r.docs_per_s:.1f}",
-                  f"{r.tokens_per_s:.0f}", f"{r.bytes_per_token:.0f}", f"{r.bytes_per_token_states:.0f}",
+        t.add_row(r.dtype, "states + K/V" if r.kv else "states", f"{r.median_s:.2f}", f"{r.cpu_share:.2f}",
+                  f"{r.docs_per_s:.1f}",
+                  f"{r.tokens_per_s:.0f}", f"{r.tokens_per_cpu_s:.0f}", f"{r.bytes_per_token:.0f}", f"{r.bytes_per_token_states:.0f}",
                   f"{r.bytes_per_token_kv:.0f}", str(int(r.stored_vectors_per_token)), f"{r.bytes_vs_fp16:.3f}",
                   f"{r.build_speed_vs_fp16:.2f}x")
     console.print(head, highlight=False)
@@ -228,10 +229,11 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
     t = Table(title=f"re-ranking throughput per process: {int(rr['queries'].iloc[0])} queries × "
                     f"{int(rr['candidates'].iloc[0])} candidates = {int(rr['pairs'].iloc[0])} pairs "
                     f"(mice.rerank.rerank, median of {repeats})")
-    for col in ("method", "median s", "p10–p90 s", "pairs/s", "speed-up vs CE"):
+    for col in ("method", "median s", "p10–p90 s", "CPU share", "pairs/s", "pairs/CPU s", "speed-up vs CE"):
         t.add_column(col, justify="left" if col == "method" else "right")
     for r in rr.itertuples(index=False):
-        t.add_row(r.method, f"{r.median_s:.2f}", f"{r.p10_s:.2f}–{r.p90_s:.2f}", f"{r.pairs_per_s:.1f}",
+        t.add_row(r.method, f"{r.median_s:.2f}", f"{r.p10_s:.2f}–{r.p90_s:.2f}", f"{r.cpu_share:.2f}",
+                  f"{r.pairs_per_s:.1f}", f"{r.pairs_per_cpu_s:.1f}",
                   f"{r.speedup_vs_ce:.2f}x")
     console.print(t)
     if out is not None:
@@ -241,12 +243,13 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
         pr = bench_scale.project(builds, processes=procs)
         t = Table(title=f"projection at hidden size {PROJECT_HIDDEN}: index size (data files) and build time, "
                         f"N processes, linear scaling assumed (not measured)")
-        for col in ("corpus", "dtype", "stored", "size", "arithmetic", *[f"build h, N={n}" for n in procs]):
+        for col in ("corpus", "dtype", "stored", "size", "arithmetic", *[f"build h, N={n}" for n in procs],
+                    "CPU core h"):
             t.add_column(col, justify="left" if col in ("corpus", "dtype", "stored", "arithmetic") else "right")
         for (corpus, dtype, stored), g in pr.groupby(["corpus", "dtype", "stored"], sort=False):
             r0 = g.iloc[0]
             t.add_row(corpus, dtype, stored, f"{r0['gib']:,.1f} GiB", r0["size_arithmetic"],
-                      *[f"{h:,.2f}" for h in g["build_hours"]])
+                      *[f"{h:,.2f}" for h in g["build_hours"]], f"{r0['core_hours']:,.1f}")
         console.print(t)
         for (corpus, dtype, stored), g in pr.groupby(["corpus", "dtype", "stored"], sort=False):
             for r in g.itertuples(index=False):
@@ -259,7 +262,8 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
             console.print(f"assumption, {c.name}: {c.assumption}", highlight=False)
         console.print("assumption: build time scales linearly with N processes, each as fast as the one measured "
                       "(same encoder, same a, same threads per process); time from tokens/s, which transfers "
-                      "across mean document lengths where documents/s does not", highlight=False)
+                      "across mean document lengths where documents/s does not; CPU core h = tokens ÷ tokens per "
+                      "CPU second, the build's total CPU time whatever N", highlight=False)
         if out is not None:
             proj_out = out.with_name(f"{out.stem}-projection{out.suffix}")
             write_table(pr, proj_out)
