@@ -31,6 +31,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "dev_queries": (1, None, True),
     "examples": (0, None, True),
     "docs": (1, None, True),
+    "queries": (1, None, True),  # `mice bench scale`: queries re-ranked
+    "candidates": (1, None, True),  # `mice bench scale`: candidates per query
     "query_len": (2, None, True),
     "repeats": (1, None, True),
     "warmup": (0, None, True),

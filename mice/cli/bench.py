@@ -1,4 +1,5 @@
-"""`mice bench latency|plot`: time re-ranking with every method in one process, and draw the figure."""
+"""`mice bench latency|plot|scale`: time re-ranking with every method in one process, draw the figure, and
+measure the scale figures (index build, storage, re-ranking throughput; projection to full collections)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,8 @@ from typing import Optional
 import typer
 
 bench_app = typer.Typer(help="Benchmarks: re-ranking latency of the cross-encoder, masked, MICE (on the fly, "
-                             "from the index, cached K/V) and MaxSim.", no_args_is_help=True)
+                             "from the index, cached K/V) and MaxSim; scale figures (index build, storage, "
+                             "throughput per process, projection).", no_args_is_help=True)
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -134,6 +136,138 @@ def plot_cmd(csv: Path = typer.Argument(..., help="CSV written by `mice bench la
     from ..bench import plot_latency
 
     typer.echo(f"wrote {plot_latency(csv, out or csv.with_suffix('.png'))}")
+
+
+@bench_app.command("scale")
+def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write (with --project, the "
+                                                 "projection goes to OUT-projection.csv)"),
+              model: str = typer.Option("packaged:minilm", "--model", "-m", help="Backbone (cross-encoder or "
+                                        "encoder); MICE-ℓa+b is built from it"),
+              random_weights: bool = typer.Option(False, "--random-weights", help="Same architecture, random weights"),
+              arch: str = typer.Option("3+3", "--arch", help="MICE architecture a+b (ℓa+b)"),
+              dataset: str = typer.Option("embedded:docs", "--dataset", "-d", help="Dataset spec: documents are "
+                                          "indexed from its corpus, queries drawn from --split"),
+              split: str = typer.Option("test", "--split", help="Split the queries come from"),
+              docs: int = typer.Option(300, "--docs", help="Documents indexed (a seeded sample of the corpus)"),
+              queries: int = typer.Option(4, "--queries", help="Queries re-ranked (a seeded sample of the split)"),
+              candidates: int = typer.Option(25, "--candidates", help="Candidates per query (a seeded sample of "
+                                             "the indexed documents)"),
+              dtypes: str = typer.Option("float16,int8", "--dtypes", help="Index storage dtypes to build, "
+                                         "comma-separated (float16, float32, int8)"),
+              kv: bool = typer.Option(True, "--kv/--no-kv", help="Also build (and re-rank from) each dtype with "
+                                      "cached cross-attention keys/values"),
+              batch_size: int = typer.Option(32, "--batch-size", help="Documents (pairs) per forward pass"),
+              max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens per document (MICE) and "
+                                                       "per pair (cross-encoder); default: the model's"),
+              threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)"),
+              repeats: int = typer.Option(3, "--repeats", help="Timed builds / re-rankings per configuration"),
+              warmup: int = typer.Option(1, "--warmup", help="Untimed re-rankings first (one untimed build always)"),
+              device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+              seed: int = typer.Option(0, "--seed", help="Seed of the samples (and of a fresh head)"),
+              project: bool = typer.Option(False, "--project", help="Also project index size and build time to MS "
+                                           "MARCO passage and BEIR NQ at hidden size 384"),
+              processes: str = typer.Option("1,8,64", "--processes", help="--project: process counts, "
+                                            "comma-separated (linear scaling assumed)"),
+              ) -> None:
+    """Index-build throughput, bytes per document token and re-ranking throughput (pairs/s) of the
+    cross-encoder, MICE on the fly and MICE from the index, measured in one process, one run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .. import bench_scale
+    from ..bench_scale import CORPORA, PROJECT_HIDDEN, ScaleConfig, run_scale
+    from ..errors import MiceError
+    from ..files import write_table
+    from ..validate import check_setting
+    from .data import plain_warnings
+
+    try:
+        a, b = (int(x) for x in arch.split("+"))
+    except ValueError:
+        raise MiceError(f"--arch {arch!r}: expected a+b, e.g. 3+3") from None
+    check_setting("contextual_layers", a, "--arch (a)")
+    check_setting("interaction_layers", b, "--arch (b)")
+    procs = _ints(processes, "--processes")
+    for n in procs:
+        check_setting("nproc", n, "--processes")
+    kinds = tuple(d.strip() for d in dtypes.split(",") if d.strip())
+    if not kinds:
+        raise MiceError("--dtypes: no dtype given")
+    from ..index import normalise_dtype
+
+    for d in kinds:
+        normalise_dtype(d)
+    if out is not None and out.suffix not in (".csv", ".tsv", ".parquet"):
+        raise MiceError(f"--out {out}: expected a .csv, .tsv or .parquet file")
+    console = Console(width=160)
+    config = ScaleConfig(model=model, random_weights=random_weights, layers=(a, b), dataset=dataset, split=split,
+                         docs=docs, queries=queries, candidates=candidates, dtypes=kinds, kv=kv,
+                         batch_size=batch_size, max_length=max_length, threads=threads, repeats=repeats,
+                         warmup=warmup, device=device, seed=seed)
+    with plain_warnings():
+        df = run_scale(config, log=lambda s: console.print(s, highlight=False))
+    first = df.iloc[0]
+    head = (f"{first['model']} · MICE-ℓ{first['arch']} · H={first['hidden']} · {first['dataset']} · "
+            f"{first['processes']} process, {first['threads']} threads · {first['device']} ({first['cpu']}) · "
+            f"torch {first['torch']} · {first['date']} · load {first['load_avg']:.1f}")
+    builds = df[df["section"] == "build"]
+    t = Table(title=f"index build and storage: {int(builds['documents'].iloc[0])} documents, "
+                    f"{int(builds['tokens'].iloc[0])} tokens (mean {builds['mean_doc_tokens'].iloc[0]:.1f}), "
+                    f"median of {repeats} builds")
+    for col in ("dtype", "stored", "median s", "CPU share", "docs/s", "tokens/s", "tokens/CPU s", "B/token",
+                "B/token states", "B/token K/V", "vectors/token", "B vs fp16", "docs/s vs fp16"):
+        t.add_column(col, justify="left" if col in ("dtype", "stored") else "right")
+    for r in builds.itertuples(index=False):
+        t.add_row(r.dtype, "states + K/V" if r.kv else "states", f"{r.median_s:.2f}", f"{r.cpu_share:.2f}",
+                  f"{r.docs_per_s:.1f}",
+                  f"{r.tokens_per_s:.0f}", f"{r.tokens_per_cpu_s:.0f}", f"{r.bytes_per_token:.0f}", f"{r.bytes_per_token_states:.0f}",
+                  f"{r.bytes_per_token_kv:.0f}", str(int(r.stored_vectors_per_token)), f"{r.bytes_vs_fp16:.3f}",
+                  f"{r.build_speed_vs_fp16:.2f}x")
+    console.print(head, highlight=False)
+    console.print(t)
+    rr = df[df["section"] == "rerank"]
+    t = Table(title=f"re-ranking throughput per process: {int(rr['queries'].iloc[0])} queries × "
+                    f"{int(rr['candidates'].iloc[0])} candidates = {int(rr['pairs'].iloc[0])} pairs "
+                    f"(mice.rerank.rerank, median of {repeats})")
+    for col in ("method", "median s", "p10–p90 s", "CPU share", "pairs/s", "pairs/CPU s", "speed-up vs CE"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for r in rr.itertuples(index=False):
+        t.add_row(r.method, f"{r.median_s:.2f}", f"{r.p10_s:.2f}–{r.p90_s:.2f}", f"{r.cpu_share:.2f}",
+                  f"{r.pairs_per_s:.1f}", f"{r.pairs_per_cpu_s:.1f}",
+                  f"{r.speedup_vs_ce:.2f}x")
+    console.print(t)
+    if out is not None:
+        write_table(df, out)
+        console.print(f"wrote {out}", highlight=False)
+    if project:
+        pr = bench_scale.project(builds, processes=procs)
+        t = Table(title=f"projection at hidden size {PROJECT_HIDDEN}: index size (data files) and build time, "
+                        f"N processes, linear scaling assumed (not measured)")
+        for col in ("corpus", "dtype", "stored", "size", "arithmetic", *[f"build h, N={n}" for n in procs],
+                    "CPU core h"):
+            t.add_column(col, justify="left" if col in ("corpus", "dtype", "stored", "arithmetic") else "right")
+        for (corpus, dtype, stored), g in pr.groupby(["corpus", "dtype", "stored"], sort=False):
+            r0 = g.iloc[0]
+            t.add_row(corpus, dtype, stored, f"{r0['gib']:,.1f} GiB", r0["size_arithmetic"],
+                      *[f"{h:,.2f}" for h in g["build_hours"]], f"{r0['core_hours']:,.1f}")
+        console.print(t)
+        for (corpus, dtype, stored), g in pr.groupby(["corpus", "dtype", "stored"], sort=False):
+            for r in g.itertuples(index=False):
+                console.print(f"  {corpus}, {dtype} {stored}, N={r.processes}: {r.time_arithmetic}", highlight=False)
+        measured_h = int(builds["hidden"].iloc[0])
+        if measured_h != PROJECT_HIDDEN:
+            console.print(f"note: measured at H={measured_h}: sizes are the storage format's at H={PROJECT_HIDDEN}, "
+                          f"but the build times are this H={measured_h} model's", highlight=False)
+        for c in CORPORA:
+            console.print(f"assumption, {c.name}: {c.assumption}", highlight=False)
+        console.print("assumption: build time scales linearly with N processes, each as fast as the one measured "
+                      "(same encoder, same a, same threads per process); time from tokens/s, which transfers "
+                      "across mean document lengths where documents/s does not; CPU core h = tokens ÷ tokens per "
+                      "CPU second, the build's total CPU time whatever N", highlight=False)
+        if out is not None:
+            proj_out = out.with_name(f"{out.stem}-projection{out.suffix}")
+            write_table(pr, proj_out)
+            console.print(f"wrote {proj_out}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
