@@ -63,6 +63,20 @@ def world() -> World:
     return World(rank, size)
 
 
+def rank_device(device=None):
+    """The device a scorer of this process uses. `None` means the best available (the CLI's default): this rank's
+    GPU (`LOCAL_RANK` modulo the visible GPUs, as torchrun assigns them) when CUDA is present, else the CPU; a
+    bare `"cuda"` under N processes is this rank's GPU too, so that N ranks on one node never share GPU 0."""
+    import torch
+
+    if device is not None and str(device) != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        return device  # None stays None (CPU); "cuda" without CUDA fails where it is used, naming it
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    return f"cuda:{local % torch.cuda.device_count()}"
+
+
 def _ensure_group() -> None:
     import torch.distributed as dist
 

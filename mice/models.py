@@ -96,7 +96,10 @@ def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int 
     fp16 or a torch dtype), part of the scorer's `identity()`."""
     from .precision import normalise_precision
 
+    from .distributed import rank_device
+
     dtype = normalise_precision(dtype)  # a bad name fails before any weights load
+    device = rank_device(device)
     scorer = _load(spec, mask, mode, device, max_length, max_query_length, index, arch, kind, use_kv, batch_size)
     return scorer.set_compute_dtype(dtype)
 
