@@ -388,13 +388,12 @@ class Trainer:
         from ..identity import output_lock
 
         cfg = self.config
-        if self.accelerator is None:  # refuse a precision the device cannot run before accelerate fixes it
-            from accelerate import PartialState
-
-            from ..precision import check_mixed_precision
-
-            check_mixed_precision(cfg.mixed_precision, PartialState().device)
         self.acc = self.accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        from ..precision import check_mixed_precision
+
+        # refuse a precision the device cannot run before any work (accelerate would train fp16 on CPU in fp32
+        # without a word); checked on the Accelerator's device: a PartialState made earlier breaks DDP ranks
+        check_mixed_precision(cfg.mixed_precision, self.acc.device)
         lock = output_lock(self.output) if self.acc.is_main_process else contextlib.nullcontext()
         with lock:
             handler = None
