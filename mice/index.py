@@ -160,9 +160,9 @@ def kv_projection(model):
 
     ws, bs = [], []
     for block in list(model.cross)[: model.live_cross_layers]:
-        for lin in (block.self.key, block.self.value):
-            ws.append(lin.weight)
-            bs.append(lin.bias)
+        for _, w, b in model.adapter.kv_weights(block):
+            ws.append(w)
+            bs.append(b if b is not None else w.new_zeros(w.shape[0]))
     if not ws:
         return None, None
     return torch.cat(ws).detach().float().contiguous(), torch.cat(bs).detach().float().contiguous()

@@ -1,0 +1,336 @@
+"""One adapter per backbone family: the only code that knows where a family keeps its layers and how they run.
+
+Everything that runs a model goes through an adapter: the hooked cross-encoder (`mice.hooked`), the sweep
+engine (`ablations.engine`), attribution (through the hooked model), MICE (`mice.mice_model`), its fast path
+and index (`mice.fast_rerank`, `mice.index`). So a new family is one adapter, not a copy of four code paths.
+
+An adapter exposes a layer two ways:
+- whole, as the HF module (`run_layer`), so the registered attention function and its hook points run;
+- in pieces (`project_q`, `project_kv`, `attn_out`, `ffn`), for code that reuses work across rows or inputs
+  (knockouts of one layer sharing its projections, MICE's query rows reading document states).
+Both use `attention_core`, the one place where scores, masks (both knockout modes), softmax and values meet.
+
+`block` arguments name the attention block whose weights project (default: layer `l`'s own); MICE passes its
+cross-attention copies. Masks are additive (0 / large negative) or boolean (True = may attend), broadcastable
+to [B, heads, Tq, Tk]; `allow` (bool [B, Tq, Tk]) is an interaction mask applied in `mode`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .errors import ModelError
+
+MODES = ("renorm", "zero")
+ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
+
+
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
+                   allow: torch.Tensor | None = None, mode: str = "renorm", scaling: float | None = None,
+                   dropout_p: float = 0.0, block=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention of q [B, heads, Tq, dh] over k, v [B, heads, Tk, dh]: (z [B, Tq, heads, dh], pattern or None).
+
+    `renorm` blocks `~allow` before the softmax, `zero` zeroes it after (no renormalisation). `block` is a
+    `mice.hooked.HookedBlock` whose hook points the scores, pattern and z pass through. When nothing is hooked
+    and the mask renormalises, one fused `scaled_dot_product_attention` call gives the same result (no pattern).
+    """
+    if scaling is None:
+        scaling = q.size(-1) ** -0.5
+    if k.shape[0] != q.shape[0]:  # one query set for many key/value sets, or the reverse
+        n = max(q.shape[0], k.shape[0])
+        q, k, v = q.expand(n, -1, -1, -1), k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)
+    if mode == "renorm" and (block is None or not block.attn_hooked()):
+        if allow is not None:
+            if bias is None:
+                bias = torch.zeros(allow.shape[0], 1, *allow.shape[1:], dtype=q.dtype, device=q.device)
+            elif bias.dtype == torch.bool:
+                bias = _additive(bias, q.dtype)
+            bias = bias.masked_fill(~allow.unsqueeze(1), float("-inf"))
+        elif bias is not None and bias.dtype == torch.bool and bias.shape[0] != q.shape[0]:
+            bias = bias.expand(q.shape[0], *bias.shape[1:])
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scaling, dropout_p=dropout_p)
+        return z.transpose(1, 2).contiguous(), None
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    if bias is not None:
+        scores = scores.masked_fill(~bias, torch.finfo(scores.dtype).min) if bias.dtype == torch.bool \
+            else scores + bias
+    if allow is not None and mode == "renorm":
+        scores = scores.masked_fill(~allow.unsqueeze(1), float("-inf"))
+    if block is not None:
+        scores = block.attn.hook_attn_scores(scores)
+    pattern = torch.softmax(scores, dim=-1)
+    if allow is not None and mode == "zero":
+        pattern = pattern * allow.unsqueeze(1).to(pattern.dtype)
+    if block is not None:
+        pattern = block.attn.hook_pattern(pattern)
+    weights = F.dropout(pattern, p=dropout_p, training=dropout_p > 0)
+    z = torch.matmul(weights, v).transpose(1, 2).contiguous()
+    if block is not None:
+        z = block.attn.hook_z(z)
+    return z, pattern
+
+
+def _additive(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean keep-mask → additive mask (0 kept, dtype's minimum blocked), as HF's eager masks are."""
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, t, _ = x.shape
+    return x.view(b, t, heads, -1).transpose(1, 2)
+
+
+def merge_heads(z: torch.Tensor) -> torch.Tensor:
+    """[B, T, heads, dh] (what `attention_core` returns) → [B, T, heads·dh]."""
+    return z.reshape(*z.shape[:2], -1)
+
+
+class Adapter:
+    """The interface (see the module docstring). Subclasses implement one family each."""
+
+    family = "?"
+    model_types: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+        self.base = getattr(model, model.base_model_prefix)
+
+    # --- shape
+    @property
+    def layers(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def truncate(self, n: int) -> None:
+        """Keep layers [0, n) (MICE drops the layers above a+b)."""
+        raise NotImplementedError
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    @property
+    def hidden(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_heads
+
+    @property
+    def scaling(self) -> float:
+        return self.head_dim ** -0.5
+
+    @property
+    def token_types(self) -> int:
+        """How many token types the embeddings know (1: none to set)."""
+        return 1
+
+    @property
+    def pools_cls(self) -> bool:
+        """Whether the head reads the `[CLS]` row only (then the last layer's other rows cannot reach it)."""
+        return True
+
+    def position_limit(self) -> int:
+        """Most tokens one sequence can hold."""
+        return int(getattr(self.config, "max_position_embeddings", 512))
+
+    def dropout_p(self, training: bool) -> float:
+        return 0.0
+
+    # --- whole model pieces
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embedding_modules(self) -> list[tuple[str, nn.Module]]:
+        """(prefix, module) of everything before layer 0 (document-side fingerprints hash them)."""
+        raise NotImplementedError
+
+    def layer_context(self, attention_mask: torch.Tensor, dtype: torch.dtype):
+        """Per-batch inputs every layer needs besides the stream (padding mask, positions...)."""
+        raise NotImplementedError
+
+    def layer_bias(self, ctx, l: int) -> torch.Tensor | None:
+        """Additive mask of layer `l` (padding, and the window on local layers)."""
+        raise NotImplementedError
+
+    def run_layer(self, l: int, h: torch.Tensor, ctx, **hook_kwargs) -> torch.Tensor:
+        """Layer `l` through its HF module, so the registered attention function (and its hooks) run."""
+        raise NotImplementedError
+
+    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def logits(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's own pooling and classification head on the final stream: [B, labels]."""
+        raise NotImplementedError
+
+    # --- a layer in pieces
+    def attention_block(self, l: int) -> nn.Module:
+        """The module holding layer `l`'s attention weights (MICE copies it for cross-attention)."""
+        raise NotImplementedError
+
+    def project_q(self, l: int, x: torch.Tensor, block=None, ctx=None) -> torch.Tensor:
+        """Queries [B, heads, T, dh] of the rows x (the first T positions of `ctx`'s sequences)."""
+        raise NotImplementedError
+
+    def project_kv(self, l: int, x: torch.Tensor, block=None, ctx=None):
+        """Keys and values [B, heads, T, dh] of the stream x."""
+        raise NotImplementedError
+
+    def project_v(self, l: int, x: torch.Tensor, block=None) -> torch.Tensor:
+        """Values with heads merged, [.., H] (an affine map: the mean of values is the value of the mean)."""
+        raise NotImplementedError
+
+    def kv_weights(self, block) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """[("key", W, b), ("value", W, b)] of `block` as linear maps of the stream it reads."""
+        raise NotImplementedError
+
+    def attn_out(self, l: int, z: torch.Tensor, resid: torch.Tensor, block=None) -> torch.Tensor:
+        """The attention sublayer's output for context z [.., H] (heads merged) on the stream `resid`."""
+        raise NotImplementedError
+
+    def ffn(self, l: int, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attention_sublayer(self, l: int, x: torch.Tensor, bias=None, allow=None, mode: str = "renorm",
+                           rows: int | None = None, dropout_p: float = 0.0, block=None, kv=None,
+                           ctx=None, kv_ctx=None) -> torch.Tensor:
+        """Layer `l`'s attention sublayer for the first `rows` rows of x (all by default), keys and values
+        from every row of x (or from `kv`, another stream with its own `kv_ctx`: cross-attention)."""
+        xq = x if rows is None else x[:, :rows]
+        src = x if kv is None else kv
+        if rows is not None:
+            if bias is not None and bias.shape[-2] != 1:
+                bias = bias[..., :rows, :]
+            allow = None if allow is None else allow[:, :rows]
+        q = self.project_q(l, xq, block, ctx)
+        k, v = self.project_kv(l, src, block, ctx if kv is None else kv_ctx)
+        z, _ = attention_core(q, k, v, bias, allow, mode, self.scaling, dropout_p)
+        return self.attn_out(l, merge_heads(z), xq, block)
+
+
+class BertAdapter(Adapter):
+    """BERT/MiniLM, ELECTRA, RoBERTa: post-LN layers (`encoder.layer`), token types (none for RoBERTa), head
+    = pooler + classifier where the head has a pooler, else the family's own head on position 0."""
+
+    family = "bert"
+    model_types = ("bert", "electra") + ROBERTA_LIKE
+
+    def __init__(self, model):
+        super().__init__(model)
+        if not hasattr(self.base, "encoder") or not hasattr(self.base.encoder, "layer"):
+            raise ModelError(f"{type(model).__name__}: expected a BERT-family encoder (…encoder.layer)")
+
+    @property
+    def layers(self):
+        return self.base.encoder.layer
+
+    def truncate(self, n: int) -> None:
+        self.base.encoder.layer = nn.ModuleList(list(self.layers)[:n])
+        self.config.num_hidden_layers = n
+
+    @property
+    def token_types(self) -> int:
+        return int(getattr(self.config, "type_vocab_size", 1) or 1)
+
+    def position_limit(self) -> int:
+        limit = int(getattr(self.config, "max_position_embeddings", 512))
+        if getattr(self.config, "model_type", "") in ROBERTA_LIKE:  # positions start after the padding index
+            limit -= int(self.config.pad_token_id or 1) + 1
+        return limit
+
+    def dropout_p(self, training: bool) -> float:
+        return float(self.config.attention_probs_dropout_prob) if training else 0.0
+
+    def embed(self, input_ids, token_type_ids=None):
+        h = self.base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        project = getattr(self.base, "embeddings_project", None)  # ELECTRA's small embeddings
+        return project(h) if project is not None else h
+
+    def embedding_modules(self):
+        out = [("embeddings", self.base.embeddings)]
+        if getattr(self.base, "embeddings_project", None) is not None:
+            out.append(("embeddings_project", self.base.embeddings_project))
+        return out
+
+    def layer_context(self, attention_mask, dtype):
+        """The additive [B, 1, 1, T] key-padding mask, as HF's eager path builds it."""
+        return _additive(attention_mask[:, None, None, :].to(torch.bool), dtype)
+
+    def layer_bias(self, ctx, l):
+        return ctx
+
+    def run_layer(self, l, h, ctx, **hook_kwargs):
+        out = self.layers[l](h, ctx, **hook_kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def logits(self, h, attention_mask=None):
+        model = self.model
+        pooler = getattr(self.base, "pooler", None)
+        if pooler is not None and isinstance(getattr(model, "classifier", None), nn.Linear):
+            return model.classifier(model.dropout(pooler(h)))
+        return model.classifier(h)  # ELECTRA / RoBERTa heads read position 0 themselves
+
+    def attention_block(self, l):
+        return self.layers[l].attention
+
+    def _block(self, l, block):
+        return self.layers[l].attention if block is None else block
+
+    def project_q(self, l, x, block=None, ctx=None):
+        return split_heads(self._block(l, block).self.query(x), self.n_heads)
+
+    def project_kv(self, l, x, block=None, ctx=None):
+        s = self._block(l, block).self
+        return split_heads(s.key(x), self.n_heads), split_heads(s.value(x), self.n_heads)
+
+    def project_v(self, l, x, block=None):
+        return self._block(l, block).self.value(x)
+
+    def kv_weights(self, block):
+        s = block.self
+        return [("key", s.key.weight, s.key.bias), ("value", s.value.weight, s.value.bias)]
+
+    def attn_out(self, l, z, resid, block=None):
+        return self._block(l, block).output(z, resid)
+
+    def ffn(self, l, h):
+        layer = self.layers[l]
+        return layer.output(layer.intermediate(h), h)
+
+
+ADAPTERS: list[type[Adapter]] = [BertAdapter]
+
+
+def supported_types() -> tuple[str, ...]:
+    return tuple(t for cls in ADAPTERS for t in cls.model_types)
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter of an HF `…ForSequenceClassification` model's family."""
+    model_type = getattr(model.config, "model_type", "")
+    for cls in ADAPTERS:
+        if model_type in cls.model_types:
+            return cls(model)
+    raise ModelError(f"{type(model).__name__} ({model_type!r}): no backbone adapter; supported model types: "
+                     f"{', '.join(supported_types())}")
+
+
+def position_limit(config) -> int:
+    """Most tokens per sequence for an HF config, without building the model."""
+    model_type = getattr(config, "model_type", "")
+    for cls in ADAPTERS:
+        if model_type in cls.model_types:
+            return cls.position_limit(_ConfigOnly(config))
+    return int(getattr(config, "max_position_embeddings", 512))
+
+
+class _ConfigOnly:
+    def __init__(self, config):
+        self.config = config
