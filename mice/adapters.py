@@ -91,6 +91,7 @@ class Adapter:
 
     family = "?"
     model_types: tuple[str, ...] = ()
+    mice = True  # whether MICE (`mice.mice_model`) can be built on this family yet
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -305,7 +306,119 @@ class BertAdapter(Adapter):
         return layer.output(layer.intermediate(h), h)
 
 
-ADAPTERS: list[type[Adapter]] = [BertAdapter]
+class ModernBertContext:
+    """Per-batch layer inputs of a ModernBERT: additive masks per layer type (padding on global layers,
+    padding and the sliding window on local ones) and rotary (cos, sin) per layer type."""
+
+    def __init__(self, masks: dict, rope: dict):
+        self.masks, self.rope = masks, rope
+
+
+class ModernBertAdapter(Adapter):
+    """ModernBERT/Ettin (`ModernBertForSequenceClassification`): pre-LN layers (layer 0 without attention
+    norm), fused `Wqkv`, rotary embeddings with separate global and local frequencies, global and sliding-window
+    layers (`layer_types`), GeGLU MLP, `final_norm`, no token types; head = `classifier_pooling` (cls|mean) →
+    dense → act → norm → classifier.
+
+    The window is enforced only through the mask, so it is folded into the layer's additive mask here and
+    every interaction mask is applied on top of it (never instead of it)."""
+
+    family = "modernbert"
+    model_types = ("modernbert",)
+    mice = False  # the cross-attention layer (rotary, Wqkv split) is not written yet: refused, not guessed
+
+    @property
+    def layers(self):
+        return self.base.layers
+
+    def truncate(self, n: int) -> None:
+        self.base.layers = nn.ModuleList(list(self.layers)[:n])
+        self.config.num_hidden_layers = n
+        self.config.layer_types = list(self.config.layer_types)[:n]
+
+    @property
+    def pools_cls(self) -> bool:
+        return self.config.classifier_pooling == "cls"
+
+    def dropout_p(self, training: bool) -> float:
+        return float(self.config.attention_dropout) if training else 0.0
+
+    def embed(self, input_ids, token_type_ids=None):
+        return self.base.embeddings(input_ids=input_ids)
+
+    def embedding_modules(self):
+        return [("embeddings", self.base.embeddings)]
+
+    def _rope(self, t: int, dtype, device) -> dict:
+        x = torch.empty(0, dtype=dtype, device=device)
+        pos = torch.arange(t, device=device).unsqueeze(0)
+        return {kind: self.base.rotary_emb(x, pos, kind) for kind in set(self.config.layer_types)}
+
+    def layer_context(self, attention_mask, dtype):
+        keep = attention_mask[:, None, None, :].to(torch.bool)  # [B, 1, 1, T]
+        t = keep.shape[-1]
+        pos = torch.arange(t, device=keep.device)
+        window = (pos[:, None] - pos[None, :]).abs() <= self.config.sliding_window  # as HF's bidirectional window
+        masks = {"full_attention": _additive(keep, dtype), "sliding_attention": _additive(keep & window, dtype)}
+        return ModernBertContext(masks, self._rope(t, dtype, keep.device))
+
+    def layer_bias(self, ctx, l):
+        return ctx.masks[self.config.layer_types[l]]
+
+    def run_layer(self, l, h, ctx, **hook_kwargs):
+        kind = self.config.layer_types[l]
+        return self.layers[l](h, attention_mask=ctx.masks[kind], position_embeddings=ctx.rope[kind], **hook_kwargs)
+
+    def final_norm(self, h):
+        return self.base.final_norm(h)
+
+    def logits(self, h, attention_mask=None):
+        model = self.model
+        if self.pools_cls:
+            pooled = h[:, 0]
+        else:  # mean over real tokens, as HF does (all rows when no mask is given)
+            m = torch.ones(h.shape[:2], dtype=h.dtype, device=h.device) if attention_mask is None \
+                else attention_mask.to(h.dtype)
+            pooled = (h * m.unsqueeze(-1)).sum(dim=1) / m.sum(dim=1, keepdim=True)
+        return model.classifier(model.drop(model.head(pooled)))
+
+    def attention_block(self, l):
+        return self.layers[l]
+
+    def _qkv(self, l, x, block, ctx):
+        blk = self.layers[l] if block is None else block
+        b, t, _ = x.shape
+        return blk.attn.Wqkv(blk.attn_norm(x)).view(b, t, 3, self.n_heads, self.head_dim), blk
+
+    def _rotate(self, l, x, ctx):
+        """HF's `apply_rotary_pos_emb` for one tensor [B, heads, T, dh] at positions [0, T)."""
+        t = x.shape[2]
+        kind = self.config.layer_types[l]
+        cos, sin = (ctx.rope if ctx is not None else self._rope(t, x.dtype, x.device))[kind]
+        cos, sin = cos[:, :t].unsqueeze(1), sin[:, :t].unsqueeze(1)
+        xf = x.float()
+        half = xf.shape[-1] // 2
+        rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+        return (xf * cos + rotated * sin).to(x.dtype)
+
+    def project_q(self, l, x, block=None, ctx=None):
+        qkv, _ = self._qkv(l, x, block, ctx)
+        return self._rotate(l, qkv[:, :, 0].transpose(1, 2), ctx)
+
+    def project_kv(self, l, x, block=None, ctx=None):
+        qkv, _ = self._qkv(l, x, block, ctx)
+        return self._rotate(l, qkv[:, :, 1].transpose(1, 2), ctx), qkv[:, :, 2].transpose(1, 2)
+
+    def attn_out(self, l, z, resid, block=None):
+        blk = self.layers[l] if block is None else block
+        return resid + blk.attn.out_drop(blk.attn.Wo(z))
+
+    def ffn(self, l, h):
+        layer = self.layers[l]
+        return h + layer.mlp(layer.mlp_norm(h))
+
+
+ADAPTERS: list[type[Adapter]] = [BertAdapter, ModernBertAdapter]
 
 
 def supported_types() -> tuple[str, ...]:

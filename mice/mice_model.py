@@ -155,6 +155,9 @@ class MICEModel(RankMixin, nn.Module):
             raise ModelError(f"MICE needs an encoder with a backbone adapter ({', '.join(supported_types())}); "
                              f"got {model_type!r}")
         adapter = adapter_for(backbone)
+        if not adapter.mice:
+            raise ModelError(f"MICE from {adapter.family} backbones is not supported yet (the hooked cross-encoder, "
+                             "sweeps and attribution are)")
         a, b = mice_config.contextual_layers, mice_config.interaction_layers
         n_layers = adapter.n_layers
         if a < 0 or b < 1 or a + b > n_layers:
