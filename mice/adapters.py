@@ -91,7 +91,7 @@ class Adapter:
 
     family = "?"
     model_types: tuple[str, ...] = ()
-    mice = True  # whether MICE (`mice.mice_model`) can be built on this family yet
+    kv_norm = False  # whether cross-attention keys/values read a per-layer normalised stream (`kv_input`)
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -137,9 +137,13 @@ class Adapter:
         """Whether the head reads the `[CLS]` row only (then the last layer's other rows cannot reach it)."""
         return True
 
+    @classmethod
+    def config_position_limit(cls, config) -> int:
+        """Most tokens one sequence can hold, from the HF config alone."""
+        return int(getattr(config, "max_position_embeddings", 512))
+
     def position_limit(self) -> int:
-        """Most tokens one sequence can hold."""
-        return int(getattr(self.config, "max_position_embeddings", 512))
+        return self.config_position_limit(self.config)
 
     def dropout_p(self, training: bool) -> float:
         return 0.0
@@ -172,9 +176,17 @@ class Adapter:
         raise NotImplementedError
 
     # --- a layer in pieces
-    def attention_block(self, l: int) -> nn.Module:
-        """The module holding layer `l`'s attention weights (MICE copies it for cross-attention)."""
+    def new_cross_block(self, l: int) -> nn.Module:
+        """A new cross-attention block for MICE, initialised from layer `l`'s self-attention weights."""
         raise NotImplementedError
+
+    def local_window(self, l: int, t: int, device) -> torch.Tensor | None:
+        """Bool [t, t] window of layer `l` when it is a local (sliding-window) layer, else None."""
+        return None
+
+    def kv_input(self, l: int, x: torch.Tensor) -> torch.Tensor:
+        """The stream layer `l`'s cross-attention keys/values are affine in (`kv_weights`, `project_v`)."""
+        return x
 
     def project_q(self, l: int, x: torch.Tensor, block=None, ctx=None) -> torch.Tensor:
         """Queries [B, heads, T, dh] of the rows x (the first T positions of `ctx`'s sequences)."""
@@ -185,11 +197,12 @@ class Adapter:
         raise NotImplementedError
 
     def project_v(self, l: int, x: torch.Tensor, block=None) -> torch.Tensor:
-        """Values with heads merged, [.., H] (an affine map: the mean of values is the value of the mean)."""
+        """Values with heads merged, [.., H], of `kv_input(l, ·)` (affine: the mean of values is the value of
+        the mean)."""
         raise NotImplementedError
 
-    def kv_weights(self, block) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-        """[("key", W, b), ("value", W, b)] of `block` as linear maps of the stream it reads."""
+    def kv_weights(self, block) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+        """[("key", W, b), ("value", W, b)] of a cross block as affine maps of `kv_input(l, ·)`."""
         raise NotImplementedError
 
     def attn_out(self, l: int, z: torch.Tensor, resid: torch.Tensor, block=None) -> torch.Tensor:
@@ -240,10 +253,11 @@ class BertAdapter(Adapter):
     def token_types(self) -> int:
         return int(getattr(self.config, "type_vocab_size", 1) or 1)
 
-    def position_limit(self) -> int:
-        limit = int(getattr(self.config, "max_position_embeddings", 512))
-        if getattr(self.config, "model_type", "") in ROBERTA_LIKE:  # positions start after the padding index
-            limit -= int(self.config.pad_token_id or 1) + 1
+    @classmethod
+    def config_position_limit(cls, config) -> int:
+        limit = int(getattr(config, "max_position_embeddings", 512))
+        if getattr(config, "model_type", "") in ROBERTA_LIKE:  # positions start after the padding index
+            limit -= int(config.pad_token_id or 1) + 1
         return limit
 
     def dropout_p(self, training: bool) -> float:
@@ -278,8 +292,10 @@ class BertAdapter(Adapter):
             return model.classifier(model.dropout(pooler(h)))
         return model.classifier(h)  # ELECTRA / RoBERTa heads read position 0 themselves
 
-    def attention_block(self, l):
-        return self.layers[l].attention
+    def new_cross_block(self, l):
+        import copy
+
+        return copy.deepcopy(self.layers[l].attention)
 
     def _block(self, l, block):
         return self.layers[l].attention if block is None else block
@@ -325,7 +341,7 @@ class ModernBertAdapter(Adapter):
 
     family = "modernbert"
     model_types = ("modernbert",)
-    mice = False  # the cross-attention layer (rotary, Wqkv split) is not written yet: refused, not guessed
+    kv_norm = True  # cross-attention reads the layer's attention norm of the document states
 
     @property
     def layers(self):
@@ -382,13 +398,22 @@ class ModernBertAdapter(Adapter):
             pooled = (h * m.unsqueeze(-1)).sum(dim=1) / m.sum(dim=1, keepdim=True)
         return model.classifier(model.drop(model.head(pooled)))
 
-    def attention_block(self, l):
-        return self.layers[l]
+    def new_cross_block(self, l):
+        return ModernBertCross(self.layers[l].attn)
+
+    def local_window(self, l, t, device):
+        if self.config.layer_types[l] != "sliding_attention":
+            return None
+        pos = torch.arange(t, device=device)
+        return (pos[:, None] - pos[None, :]).abs() <= self.config.sliding_window
+
+    def kv_input(self, l, x):
+        return self.layers[l].attn_norm(x)
 
     def _qkv(self, l, x, block, ctx):
-        blk = self.layers[l] if block is None else block
+        layer = self.layers[l]
         b, t, _ = x.shape
-        return blk.attn.Wqkv(blk.attn_norm(x)).view(b, t, 3, self.n_heads, self.head_dim), blk
+        return layer.attn.Wqkv(layer.attn_norm(x)).view(b, t, 3, self.n_heads, self.head_dim), layer
 
     def _rotate(self, l, x, ctx):
         """HF's `apply_rotary_pos_emb` for one tensor [B, heads, T, dh] at positions [0, T)."""
@@ -402,20 +427,54 @@ class ModernBertAdapter(Adapter):
         return (xf * cos + rotated * sin).to(x.dtype)
 
     def project_q(self, l, x, block=None, ctx=None):
+        if block is not None:  # cross-attention: no rotary (query and document positions are unrelated)
+            return split_heads(block.q_proj(self.kv_input(l, x)), self.n_heads)
         qkv, _ = self._qkv(l, x, block, ctx)
         return self._rotate(l, qkv[:, :, 0].transpose(1, 2), ctx)
 
     def project_kv(self, l, x, block=None, ctx=None):
+        if block is not None:
+            xn = self.kv_input(l, x)
+            return split_heads(block.k_proj(xn), self.n_heads), split_heads(block.v_proj(xn), self.n_heads)
         qkv, _ = self._qkv(l, x, block, ctx)
         return self._rotate(l, qkv[:, :, 1].transpose(1, 2), ctx), qkv[:, :, 2].transpose(1, 2)
 
+    def project_v(self, l, x, block=None):
+        return block.v_proj(x)
+
+    def kv_weights(self, block):
+        return [("key", block.k_proj.weight, block.k_proj.bias), ("value", block.v_proj.weight, block.v_proj.bias)]
+
     def attn_out(self, l, z, resid, block=None):
-        blk = self.layers[l] if block is None else block
-        return resid + blk.attn.out_drop(blk.attn.Wo(z))
+        attn = self.layers[l].attn if block is None else block
+        return resid + attn.out_drop(attn.Wo(z))
 
     def ffn(self, l, h):
         layer = self.layers[l]
         return h + layer.mlp(layer.mlp_norm(h))
+
+
+class ModernBertCross(nn.Module):
+    """MICE's cross-attention block for a ModernBERT layer, as in the authors' `ModernBertCrossAttention`:
+    separate q/k/v projections split from the layer's fused `Wqkv`, and a copy of its `Wo`. Global (no window)
+    and without rotary; queries and document states both go through the layer's own attention norm first."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        hidden = attn.Wo.in_features
+        w = attn.Wqkv.weight.detach()
+        b = attn.Wqkv.bias.detach() if attn.Wqkv.bias is not None else None
+        for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            lin = nn.Linear(w.shape[1], hidden, bias=b is not None)
+            with torch.no_grad():
+                lin.weight.copy_(w[i * hidden:(i + 1) * hidden])
+                if b is not None:
+                    lin.bias.copy_(b[i * hidden:(i + 1) * hidden])
+            setattr(self, name, lin.to(w.device, w.dtype))
+        import copy
+
+        self.Wo = copy.deepcopy(attn.Wo)
+        self.out_drop = copy.deepcopy(attn.out_drop)
 
 
 ADAPTERS: list[type[Adapter]] = [BertAdapter, ModernBertAdapter]
@@ -440,10 +499,5 @@ def position_limit(config) -> int:
     model_type = getattr(config, "model_type", "")
     for cls in ADAPTERS:
         if model_type in cls.model_types:
-            return cls.position_limit(_ConfigOnly(config))
-    return int(getattr(config, "max_position_embeddings", 512))
-
-
-class _ConfigOnly:
-    def __init__(self, config):
-        self.config = config
+            return cls.config_position_limit(config)
+    return Adapter.config_position_limit(config)

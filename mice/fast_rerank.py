@@ -54,11 +54,14 @@ class FastMICE:
         self.H, self.heads = model.hidden_size, model.num_heads
         self.dh = self.H // self.heads
         self.absorb = absorb
+        self.per_layer_kv = model.adapter.kv_norm  # keys/values of each layer read its own normalised states
+        if self.per_layer_kv:
+            self.absorb = False
         with torch.inference_mode():
-            self.kv_w, self.kv_b = kv_projection(model)
+            self.kv_w, self.kv_b = (None, None) if self.per_layer_kv else kv_projection(model)
             self.kv_wt = self.kv_w.T.contiguous() if self.kv_w is not None else None
             self.absorb_w = []  # per live cross layer: W_k as [heads, dh, H], W_vᵀ as [heads, H, dh], b_v
-            for block in list(model.cross)[: model.live_cross_layers]:
+            for block in list(model.cross)[: 0 if self.per_layer_kv else model.live_cross_layers]:
                 (_, wk, _), (_, wv, bv) = model.adapter.kv_weights(block)
                 wk = wk.detach().float().view(self.heads, self.dh, self.H).contiguous()
                 wv = wv.detach().float().view(self.heads, self.dh, self.H)
@@ -160,12 +163,16 @@ class FastMICE:
             if prep.constant is not None:
                 return prep.constant.expand(n).clone()
             hidden = doc.hidden if doc.hidden.dtype == torch.float32 else doc.hidden.float()
-            cls_ctx = None
-            if self.model.cls_reads_document:
-                mean = MICEModel.doc_mean(DocStates(hidden, doc.mask))  # [N, 1, H], computed once
+            m = self.model
+            cls_ctx = m.doc_mean_reader(DocStates(hidden, doc.mask)) if m.cls_reads_document else None
+            if self.per_layer_kv:
+                key_mask = self._key_mask(doc.mask)
 
-                def cls_ctx(j):
-                    return self.model.adapter.project_v(self.a + j, mean, self.model.cross[j])
+                def cross(j, q):
+                    k, v = m.adapter.project_kv(self.a + j, hidden, m.cross[j])
+                    ctx = F.scaled_dot_product_attention(q.expand(n, -1, -1, -1), k, v, attn_mask=key_mask)
+                    return self._merge_heads(ctx)
+                return self._run(prep, n, cross, cls_ctx)
             if self.use_absorbed(prep):
                 return self._run(prep, n, lambda j, q: self._absorbed_cross(j, q, hidden, doc.mask), cls_ctx)
             kv = torch.matmul(hidden, self.kv_wt)  # all live layers' K and V in one GEMM (biases below)

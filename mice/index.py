@@ -158,6 +158,9 @@ def kv_projection(model):
     """(weight [2·(b-1)·H, H], bias) projecting layer-`a` states to the live cross-attention K/V, fused."""
     import torch
 
+    if model.adapter.kv_norm:
+        raise IndexError_(f"cached keys/values are not supported for {model.adapter.family} MICE models yet (their "
+                          "keys read a per-layer normalisation of the states); build the index without kv")
     ws, bs = [], []
     for block in list(model.cross)[: model.live_cross_layers]:
         for _, w, b in model.adapter.kv_weights(block):

@@ -1,7 +1,9 @@
-"""MICE-ℓa+b: a Minimal Interaction Cross-Encoder built from a BERT-family cross-encoder.
+"""MICE-ℓa+b: a Minimal Interaction Cross-Encoder built from a cross-encoder with a backbone adapter
+(`mice.adapters`: BERT/MiniLM, ELECTRA, RoBERTa, ModernBERT with a `[CLS]`-pooling head).
 
 Query and document are tokenised separately (`[CLS] q [SEP]`, `[CLS] d [SEP]`) and each runs through the
-backbone's embeddings and first `a` layers alone (shared weights, plain padding masks). The document's
+backbone's embeddings and first `a` layers alone (shared weights, plain padding masks; ModernBERT's local
+layers keep their window, rotary positions restart at 0 in each sequence). The document's
 layer-`a` hidden states ("doc states") are all the upper part needs, so they can be computed offline and
 stored (see `mice.index`). Then `b` *interaction layers*, initialised from backbone layers a…a+b-1, run on the
 query side only:
@@ -18,8 +20,14 @@ query side only:
    batch-independent and the index path can reproduce them;
 3. the layer's feed-forward block (intermediate + output).
 
-The score is the source model's own head (BERT: pooler + dropout + classifier) on the query `[CLS]`, a raw
-logit. Layers above a+b are dropped.
+The score is the source model's own head (BERT: pooler + dropout + classifier; ModernBERT: final norm, head,
+classifier) on the query `[CLS]`, a raw logit. Layers above a+b are dropped.
+
+ModernBERT follows the authors' `ModernBertCrossAttentionLayer` (xpmir/mice): the cross-attention block has
+q/k/v split from the layer's `Wqkv` and a copy of its `Wo`; it is global (no window) and uses no rotary; query
+rows and document states both pass through the layer's own attention norm before it (pre-LN), and its output
+is added to the residual. Where they differ: our query self-attention keeps the local window and the padding
+mask, and the doc states' index cannot cache keys/values yet (they read a per-layer norm of the states).
 
 Token types: the query gets token type 0 and the document token type 1 (when the backbone has two token types),
 which is how the source cross-encoder saw them in a pair; positions restart at 0 in each sequence.
@@ -37,7 +45,6 @@ candidate documents (`interact` accepts one query for N documents).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -155,9 +162,9 @@ class MICEModel(RankMixin, nn.Module):
             raise ModelError(f"MICE needs an encoder with a backbone adapter ({', '.join(supported_types())}); "
                              f"got {model_type!r}")
         adapter = adapter_for(backbone)
-        if not adapter.mice:
-            raise ModelError(f"MICE from {adapter.family} backbones is not supported yet (the hooked cross-encoder, "
-                             "sweeps and attribution are)")
+        if not adapter.pools_cls:
+            raise ModelError(f"MICE scores from the query's [CLS] row; this {adapter.family} head pools by "
+                             f"{getattr(backbone.config, 'classifier_pooling', '?')!r} (not supported yet)")
         a, b = mice_config.contextual_layers, mice_config.interaction_layers
         n_layers = adapter.n_layers
         if a < 0 or b < 1 or a + b > n_layers:
@@ -173,7 +180,7 @@ class MICEModel(RankMixin, nn.Module):
         self.tokenizer = tokenizer
         self.mice_config = mice_config
         if cross is None:  # a new cross-attention block per interaction layer, copied from its self-attention
-            cross = nn.ModuleList(copy.deepcopy(adapter.attention_block(a + j)) for j in range(b))
+            cross = nn.ModuleList(adapter.new_cross_block(a + j) for j in range(b))
         self.cross = cross
 
     # ----------------------------------------------------------------------------------------- properties
@@ -375,8 +382,11 @@ class MICEModel(RankMixin, nn.Module):
         return self.adapter.embed(batch["input_ids"], batch.get("token_type_ids"))
 
     def self_block(self, l: int, h: torch.Tensor, mask: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
-        """Backbone layer l's self-attention sublayer (bool `mask`, True = may attend), for the first `rows`
-        rows only when given."""
+        """Backbone layer l's self-attention sublayer (bool `mask`, True = may attend; a local layer's window is
+        added), for the first `rows` rows only when given."""
+        window = self.adapter.local_window(l, h.shape[1], h.device)
+        if window is not None and mask is not None:
+            mask = mask & window
         return self.adapter.attention_sublayer(l, h, mask, rows=rows, dropout_p=self._dropout_p())
 
     def contextualize(self, batch: dict) -> torch.Tensor:
@@ -445,8 +455,12 @@ class MICEModel(RankMixin, nn.Module):
     def doc_mean_reader(self, doc: DocStates):
         """`cls_ctx(j)`: the `[CLS]` row's cross-attention context [N, 1, H] under `uniform`: the mean of the
         document values = the value projection of the mean state (the projection is affine)."""
+        ad, a = self.adapter, self.contextual_layers
+        if ad.kv_norm:  # values are affine in each layer's own normalisation of the states
+            return lambda j: ad.project_v(a + j, self.doc_mean(DocStates(ad.kv_input(a + j, doc.hidden), doc.mask)),
+                                          self.cross[j])
         mean = self.doc_mean(doc)
-        return lambda j: self.adapter.project_v(self.contextual_layers + j, mean, self.cross[j])
+        return lambda j: ad.project_v(a + j, mean, self.cross[j])
 
     def _cls_cross(self, j: int, cls: torch.Tensor, cls_ctx) -> torch.Tensor:
         if not self.cls_reads_document:

@@ -193,9 +193,115 @@ def test_cli_score_and_sweep(tiny_mb, tmp_path):
     assert meta["model_spec"] == str(folder)
 
 
-def test_mice_refuses_modernbert_clearly(tiny_mb):
+
+# ---------------------------------------------------------------------- MICE from ModernBERT
+def _corpus(n=24, seed=0):
+    import random
+
+    from mice.testing import _WORDS
+
+    rng = random.Random(seed)
+    return {f"doc{i}": " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 40))) for i in range(n)}
+
+
+CORPUS = _corpus()
+QUERIES = ["sort an array", "mean of values along the axis", "plot a line"]
+
+
+@pytest.mark.parametrize("cls_cross", ["none", "uniform"])
+def test_mice_from_index_equals_on_the_fly(tiny_mb, tmp_path, cls_cross):
+    from mice import MICEModel
+    from mice.errors import IndexError_
+    from mice.fast_rerank import FastMICE, FastReranker
+    from mice.index import IndexConfig, build_index
+
+    # contextual layers 0 (global) and 1 (local: documents exceed its window), interaction layers 2 (local), 3
+    m = MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=2, interaction_layers=2,
+                                     cls_cross_attention=cls_cross)
+    ids = list(CORPUS)
+    idx = build_index(m, CORPUS, tmp_path / "idx", IndexConfig(dtype="float32", kv=False, shard_size=8, batch_size=5))
+    rr = FastReranker(m, idx.path, use_kv="auto", batch_size=7)
+    states = m.encode_documents([CORPUS[d] for d in ids])
+    assert int(states.lengths.max()) > 2 * m.config.sliding_window + 1
+    fast = FastMICE(m)
+    worst = 0.0
+    for q in QUERIES:
+        ref = torch.as_tensor(m.predict([(q, CORPUS[d]) for d in ids]))
+        worst = max(worst, (torch.as_tensor(rr.score(q, ids)) - ref).abs().max().item(),
+                    (fast.score_states(fast.prepare(q), states) - ref).abs().max().item())
+        assert ref.std() > 1e-3  # documents matter
+    assert worst <= 1e-5
+    with pytest.raises(IndexError_, match="not supported for modernbert"):
+        build_index(m, CORPUS, tmp_path / "kv", IndexConfig(dtype="float32", kv=True))
+
+
+def test_mice_contextual_layers_equal_plain_hf(tiny_mb):
+    """A document's layer-a states are the plain HF model's hidden states after layer a-1 on the document alone
+    (window, rotary and padding as HF builds them)."""
+    from mice import MICEModel
+
+    m = MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=2, interaction_layers=2)
+    docs = [CORPUS[d] for d in list(CORPUS)[:6]]
+    batch = m.tokenize_documents(docs)
+    hf = _plain(tiny_mb["cls"])
+    with torch.no_grad():
+        ours = m.encode_doc_batch(batch)
+        ref = hf.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       output_hidden_states=True).hidden_states[2]
+    keep = ours.mask
+    assert (ours.hidden[keep] - ref[keep]).abs().max() <= 1e-5
+
+
+def test_mice_modernbert_cross_attention_follows_the_authors(tiny_mb, tmp_path):
+    """q/k/v split from Wqkv, Wo copied; saved and loaded, the same scores; b = 1 collapses under `none`."""
+    import numpy as np
+
     from mice import MICEModel
     from mice.errors import ModelError
 
-    with pytest.raises(ModelError, match="MICE from modernbert backbones is not supported yet"):
-        MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=2, interaction_layers=2)
+    m = MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=2, interaction_layers=2)
+    H = m.hidden_size
+    for j in range(2):
+        attn = m.layers[2 + j].attn
+        for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            assert torch.equal(getattr(m.cross[j], name).weight, attn.Wqkv.weight[i * H:(i + 1) * H])
+        assert torch.equal(m.cross[j].Wo.weight, attn.Wo.weight)
+        assert m.cross[j].Wo.weight.data_ptr() != attn.Wo.weight.data_ptr()
+    pairs = [(QUERIES[0], CORPUS[d]) for d in list(CORPUS)[:8]]
+    m.save_pretrained(tmp_path / "mice")
+    again = MICEModel.from_pretrained(tmp_path / "mice")
+    np.testing.assert_allclose(again.predict(pairs), m.predict(pairs), atol=1e-6, rtol=0)
+    one = MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=3, interaction_layers=1)
+    assert np.ptp(one.predict(pairs)) < 1e-5  # [CLS] reads the query before the query reads the document
+    assert np.ptp(m.predict(pairs)) > 1e-4
+    uni = MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=3, interaction_layers=1,
+                                       cls_cross_attention="uniform")
+    assert np.ptp(uni.predict(pairs)) > 1e-4  # the authors' variant: [CLS] reads the document's mean value
+    with pytest.raises(ModelError, match="pools by 'mean'"):
+        MICEModel.from_cross_encoder(tiny_mb["mean"], contextual_layers=2, interaction_layers=2)
+
+
+@pytest.mark.parametrize("mode", ["cross-encoder", "masked", "mice"])
+def test_training_smoke_each_mode(tmp_path, monkeypatch, mode):
+    """`mice train` in each mode on a tiny 3-layer ModernBERT (global, local, local); the saved model scores."""
+    import numpy as np
+    from test_train import run_cli, write_beir  # the tiny BEIR folder of the training tests
+
+    from mice.models import load_scorer
+    from mice.testing import tiny_cross_encoder
+
+    monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
+    data = write_beir(tmp_path / "data")
+    student = tiny_cross_encoder(tmp_path / "student", family="modernbert", num_layers=3, hidden=64, heads=4,
+                                 intermediate=96)
+    out = tmp_path / "out"
+    result = run_cli("--preset", "tiny", "--mode", mode, "--model", student, "--dataset", data, "-o", out,
+                     "--max-steps", 3, "--quiet")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads((out / "summary.json").read_text())["status"] == "ok"
+    scorer = load_scorer(out / "best")
+    scores = scorer.predict([("sort an array", "return a sorted copy of an array"), ("plot", "a line plot")])
+    assert np.isfinite(scores).all() and scores.shape == (2,) and abs(scores[0] - scores[1]) > 1e-6
+    assert type(scorer).__name__ == ("MICEModel" if mode == "mice" else "HookedCrossEncoder")
+    if mode == "masked":
+        assert scorer._default_mask[0] is not None  # the saved mask is in force
