@@ -305,3 +305,52 @@ def test_training_smoke_each_mode(tmp_path, monkeypatch, mode):
     assert type(scorer).__name__ == ("MICEModel" if mode == "mice" else "HookedCrossEncoder")
     if mode == "masked":
         assert scorer._default_mask[0] is not None  # the saved mask is in force
+
+
+def test_cli_commands_on_modernbert_folders(tiny_mb, tmp_path):
+    """rerank, probe attention, ablate attribute|presets on the cross-encoder; index build, rerank --index and
+    bench latency on MICE built from it: each does its job (exit 0, its output written)."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from ablations.planted import planted_dataset
+    from mice import MICEModel
+    from mice.cli import app
+    from mice.data import write_beir
+    from mice.runs import read_run, write_run
+
+    folder = tiny_mb["cls"]
+    ds, run = planted_dataset()
+    write_beir(ds, tmp_path / "beir")
+    write_run(run, tmp_path / "run.trec")
+    data = ["--dataset", str(tmp_path / "beir"), "--split", "test", "--run", str(tmp_path / "run.trec"), "--k", "8"]
+    mice_dir = tmp_path / "mice"
+    MICEModel.from_cross_encoder(folder, contextual_layers=2, interaction_layers=2).save_pretrained(mice_dir)
+    r = CliRunner()
+    out = {name: tmp_path / name for name in ("r.trec", "p.parquet", "a.parquet", "pr.csv", "idx", "ri.trec", "b.csv")}
+    commands = [
+        ["rerank", "--model", str(folder), *data, "--out", str(out["r.trec"])],
+        ["probe", "attention", "--model", str(folder), *data, "--max-queries", "4", "--out", str(out["p.parquet"])],
+        ["ablate", "attribute", "--model", str(folder), *data, "--modes", "renorm", "--max-queries", "4",
+         "--out", str(out["a.parquet"])],
+        ["ablate", "presets", "--model", str(folder), *data, "--presets", "mask0,mask2", "--max-queries", "4",
+         "--out", str(out["pr.csv"])],
+        ["index", "build", "--model", str(mice_dir), "--dataset", str(tmp_path / "beir"), "--out", str(out["idx"]),
+         "--shard-size", "8", "--dtype", "float32"],
+        ["rerank", "--model", str(mice_dir), "--index", str(out["idx"]), *data, "--out", str(out["ri.trec"])],
+        ["bench", "latency", "--model", str(folder), "--arch", "2+2", "--docs", "3", "--query-len", "8",
+         "--doc-len", "24", "--repeats", "1", "--warmup", "0", "--batch-size", "2", "--threads", "1",
+         "--out", str(out["b.csv"])],
+    ]
+    for command in commands:
+        res = r.invoke(app, command)
+        assert res.exit_code == 0, (command[:2], res.output, repr(res.exception))
+    assert all(p.exists() for p in out.values())
+    res = r.invoke(app, ["rerank", "--model", str(mice_dir), *data, "--out", str(tmp_path / "fly.trec")])
+    assert res.exit_code == 0, res.output
+    fly = read_run(tmp_path / "fly.trec").set_index(["query_id", "doc_id"])["score"]
+    indexed = read_run(out["ri.trec"]).set_index(["query_id", "doc_id"])["score"]
+    assert len(fly) == len(indexed) == 16 * 8
+    assert (fly - indexed.loc[fly.index]).abs().max() <= 1e-5  # MICE from the index = MICE on the fly
+    bench = pd.read_csv(out["b.csv"])
+    assert {"cross-encoder", "mice", "mice-index"} <= set(bench["method"]) and "mice-kv" not in set(bench["method"])
