@@ -188,6 +188,10 @@ class Adapter:
         """The stream layer `l`'s cross-attention keys/values are affine in (`kv_weights`, `project_v`)."""
         return x
 
+    def kv_input_modules(self, l: int) -> list[tuple[str, nn.Module]]:
+        """(prefix, module) of what `kv_input(l, ·)` applies (cached keys/values depend on them)."""
+        return []
+
     def project_q(self, l: int, x: torch.Tensor, block=None, ctx=None) -> torch.Tensor:
         """Queries [B, heads, T, dh] of the rows x (the first T positions of `ctx`'s sequences)."""
         raise NotImplementedError
@@ -409,6 +413,9 @@ class ModernBertAdapter(Adapter):
 
     def kv_input(self, l, x):
         return self.layers[l].attn_norm(x)
+
+    def kv_input_modules(self, l):
+        return [(f"layer.{l}.attn_norm", self.layers[l].attn_norm)]
 
     def _qkv(self, l, x, block, ctx):
         layer = self.layers[l]

@@ -290,7 +290,7 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
 
         doc_tokens = {f"d{i}": inp.docs[i].tolist() for i in range(config.docs)}
         for method, kv in (("mice-index", False), ("mice-kv", True)):
-            if method not in config.methods or (kv and mice.adapter.kv_norm):  # no cached keys/values (ModernBERT)
+            if method not in config.methods:
                 continue
             idx_dir = work / f"index-{doc_len}-{'kv' if kv else 'states'}"
             index = build_index_from_token_ids(mice, doc_tokens, idx_dir, IndexConfig(dtype=config.index_dtype, kv=kv),

@@ -7,7 +7,8 @@ What makes it fast (each measured by `mice bench latency`):
 - the keys/values of all live cross-attention layers are one fused projection of the layer-`a` states (they all
   read the same states), or are read precomputed from the index (`kv=True` at build time); for short queries
   (heads·(Lq-1) <= 0.75·H) they are never formed: the key/value projections are absorbed into the query side
-  (`FastMICE(absorb=...)`), which costs ~heads·Lq/H of the projection;
+  (`FastMICE(absorb=...)`), which costs ~heads·Lq/H of the projection. Families whose keys/values read a
+  per-layer normalisation of the states (ModernBERT) project per layer and never absorb;
 - the last interaction layer only computes the `[CLS]` row (under `cls_cross_attention="none"` its
   cross-attention cannot reach the score; under `uniform` only the `[CLS]` row's document mean is computed);
 - under `uniform`, `[CLS]`'s cross-attention is a uniform average of the values, i.e. the value projection of

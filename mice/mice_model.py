@@ -26,8 +26,8 @@ classifier) on the query `[CLS]`, a raw logit. Layers above a+b are dropped.
 ModernBERT follows the authors' `ModernBertCrossAttentionLayer` (xpmir/mice): the cross-attention block has
 q/k/v split from the layer's `Wqkv` and a copy of its `Wo`; it is global (no window) and uses no rotary; query
 rows and document states both pass through the layer's own attention norm before it (pre-LN), and its output
-is added to the residual. Where they differ: our query self-attention keeps the local window and the padding
-mask, and the doc states' index cannot cache keys/values yet (they read a per-layer norm of the states).
+is added to the residual. Where we differ: our query self-attention keeps the local window and the padding
+mask. Cached keys/values (index `kv`) are computed per layer from that layer's norm of the states.
 
 Token types: the query gets token type 0 and the document token type 1 (when the backbone has two token types),
 which is how the source cross-encoder saw them in a pair; positions restart at 0 in each sequence.
@@ -666,6 +666,8 @@ class MICEModel(RankMixin, nn.Module):
         h = hashlib.sha256(self.fingerprint().encode())
         named = []
         for j, block in enumerate(list(self.cross)[: self.live_cross_layers]):
+            for prefix, module in self.adapter.kv_input_modules(self.contextual_layers + j):
+                named += list(module.named_parameters(prefix=prefix))
             for what, w, bias in self.adapter.kv_weights(block):
                 named += [(f"cross.{j}.{what}.weight", w)] + ([(f"cross.{j}.{what}.bias", bias)] if bias is not None else [])
         self._hash_tensors(h, named)

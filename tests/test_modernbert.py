@@ -219,20 +219,24 @@ def test_mice_from_index_equals_on_the_fly(tiny_mb, tmp_path, cls_cross):
     m = MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=2, interaction_layers=2,
                                      cls_cross_attention=cls_cross)
     ids = list(CORPUS)
-    idx = build_index(m, CORPUS, tmp_path / "idx", IndexConfig(dtype="float32", kv=False, shard_size=8, batch_size=5))
-    rr = FastReranker(m, idx.path, use_kv="auto", batch_size=7)
+    idx = build_index(m, CORPUS, tmp_path / "idx", IndexConfig(dtype="float32", kv=True, shard_size=8, batch_size=5))
+    readers = [FastReranker(m, idx.path, use_kv=use_kv, batch_size=7) for use_kv in (False, True)]
     states = m.encode_documents([CORPUS[d] for d in ids])
     assert int(states.lengths.max()) > 2 * m.config.sliding_window + 1
     fast = FastMICE(m)
     worst = 0.0
     for q in QUERIES:
         ref = torch.as_tensor(m.predict([(q, CORPUS[d]) for d in ids]))
-        worst = max(worst, (torch.as_tensor(rr.score(q, ids)) - ref).abs().max().item(),
-                    (fast.score_states(fast.prepare(q), states) - ref).abs().max().item())
+        worst = max(worst, (fast.score_states(fast.prepare(q), states) - ref).abs().max().item(),
+                    *[(torch.as_tensor(rr.score(q, ids)) - ref).abs().max().item() for rr in readers])
         assert ref.std() > 1e-3  # documents matter
     assert worst <= 1e-5
-    with pytest.raises(IndexError_, match="not supported for modernbert"):
-        build_index(m, CORPUS, tmp_path / "kv", IndexConfig(dtype="float32", kv=True))
+    assert idx.has_kv and readers[1].use_kv
+    # cached keys/values depend on the interaction layers' attention norms: another norm, another index
+    with torch.no_grad():
+        m.layers[2].attn_norm.weight.add_(0.01)
+    with pytest.raises(IndexError_):
+        FastReranker(m, idx.path, use_kv=True)
 
 
 def test_mice_contextual_layers_equal_plain_hf(tiny_mb):
@@ -353,4 +357,4 @@ def test_cli_commands_on_modernbert_folders(tiny_mb, tmp_path):
     assert len(fly) == len(indexed) == 16 * 8
     assert (fly - indexed.loc[fly.index]).abs().max() <= 1e-5  # MICE from the index = MICE on the fly
     bench = pd.read_csv(out["b.csv"])
-    assert {"cross-encoder", "mice", "mice-index"} <= set(bench["method"]) and "mice-kv" not in set(bench["method"])
+    assert {"cross-encoder", "mice", "mice-index", "mice-kv"} <= set(bench["method"])
