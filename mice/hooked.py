@@ -234,6 +234,8 @@ class HookedCrossEncoder(RankMixin, HookedRootModule):
     def score_head(self, resid: torch.Tensor, batch=None) -> torch.Tensor:
         """The model's own head (final norm, pooling, classifier) on the final stream; one raw score per pair.
         `batch` gives the padding to mean-pooling heads."""
+        if batch is None and not self.adapter.pools_cls:
+            raise ModelError("this head mean-pools over real tokens: score_head needs the batch (its padding)")
         amask = None if batch is None else batch["attention_mask"]
         logits = self.adapter.logits(self.adapter.final_norm(resid), amask)
         if logits.shape[-1] == 1:
