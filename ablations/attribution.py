@@ -168,7 +168,7 @@ class PathAttribution:
                 for l in range(L):
                     x = model.run_layers(x, batch, l, l + 1, mask=self.base, mode=self.mode)
                     resid.append(x)
-            clean = model.score_head(x)
+            clean = model.score_head(x, batch)
         B, T = batch["input_ids"].shape
         out = torch.zeros(len(self.kos), B, dtype=clean.dtype, device=clean.device)
         cells: dict[tuple[int, str], list[int]] = {}
@@ -195,7 +195,7 @@ class PathAttribution:
                 with torch.enable_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", setp)]):
                     h = model.run_layers(resid[layer].repeat(r, 1, 1), rep, layer, None, mask=self.base,
                                          mode=self.mode)
-                    g, = torch.autograd.grad(model.score_head(h).sum(), leaf)
+                    g, = torch.autograd.grad(model.score_head(h, rep).sum(), leaf)
                 total += (g.view(r, B, *P.shape[1:]) * dP.unsqueeze(0)).sum((0, 3, 4))
             total /= R
             for i in members:

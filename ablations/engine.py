@@ -2,13 +2,14 @@
 
 A knockout first active at layer l cannot change layers < l, so the clean residual stream entering every layer
 is computed once per batch (`prepare`) and each knockout restarts from it. On top of that, the `fast`
-strategy (BERT-family layers: BERT/MiniLM, ELECTRA, RoBERTa) uses three exact shortcuts:
+strategy (any family with a backbone adapter, `mice.adapters`: it runs the layer in pieces) uses three exact
+shortcuts:
 
 - at layer l the queries, keys, values and raw attention scores come from the clean stream and are shared by
   every knockout of that layer; only the softmax differs, one replica per knockout;
 - a knockout `a->b` changes only the rows of group `a` at layer l, so the output projection and feed-forward
   block of layer l run on those rows only (the others keep their clean output);
-- the score head reads the `[CLS]` state only, so the last layer computes the `[CLS]` row only (and a
+- when the score head reads the `[CLS]` state only, the last layer computes the `[CLS]` row only (and a
   last-layer knockout of a path not starting at `cls` leaves the score exactly unchanged).
 
 Several knockouts run together by replicating the batch along the batch dimension, each replica with its own
@@ -33,18 +34,8 @@ STRATEGIES = ("auto", "fast", "replicate", "naive")
 
 
 def supports_fast(model: HookedCrossEncoder) -> bool:
-    """BERT-style post-LN layers with separate q/k/v projections, and a head that reads `[CLS]` only."""
-    head_ok = type(model.model).__name__ in ("BertForSequenceClassification", "ElectraForSequenceClassification",
-                                              "RobertaForSequenceClassification", "XLMRobertaForSequenceClassification")
-    try:
-        layer = model.layers[0]
-        sa = layer.attention.self
-        ok = all(hasattr(sa, a) for a in ("query", "key", "value", "attention_head_size"))
-        ok = ok and callable(layer.attention.output) and callable(layer.intermediate) and callable(layer.output)
-        ok = ok and not getattr(layer, "add_cross_attention", False) and not getattr(sa, "is_decoder", False)
-    except AttributeError:
-        return False
-    return bool(ok and head_ok)
+    """The fast strategy runs layers in pieces through the model's backbone adapter."""
+    return getattr(model, "adapter", None) is not None
 
 
 @dataclass
@@ -78,7 +69,7 @@ class SweepEngine:
         if strategy == "auto":
             strategy = "fast" if supports_fast(model) else "replicate"
         if strategy == "fast" and not supports_fast(model):
-            raise MaskError(f"the fast sweep needs BERT-family layers; {type(model.model).__name__} is not one "
+            raise MaskError(f"the fast sweep needs a backbone adapter; {type(model.model).__name__} has none "
                             "(use strategy='replicate')")
         self.strategy = strategy
         self.token_budget = token_budget
@@ -99,7 +90,7 @@ class SweepEngine:
         for l in range(self.L):
             x = model.run_layers(x, batch, l, l + 1, mask=self.base, mode=self.mode)
             resid.append(x)
-        clean = model.score_head(x)
+        clean = model.score_head(x, batch)
         seg = batch["segment_ids"]
         base_allow = [None if self.base is None else self.base.compile(seg, l) for l in range(self.L)]
         return BatchState(batch, resid, clean, base_allow)
@@ -159,7 +150,9 @@ class SweepEngine:
         if base_allow is not None:
             blk = blk & base_allow  # entries the base already removes are not knocked out again
         changed = blk.any(-1)  # [R, B, T]: rows whose attention changes
-        if layer == L - 1:
+        ad = model.adapter
+        last_cls = layer == L - 1 and ad.pools_cls
+        if last_cls:
             changed[..., 1:] = False  # only the [CLS] row reaches the score
         active = changed.any(-1)  # [R, B]
         scores = state.clean.unsqueeze(0).repeat(R, 1)
@@ -167,15 +160,10 @@ class SweepEngine:
             return scores
 
         # layer `layer`: shared projections and scores; a softmax per knockout on the changed rows only
-        mod = model.layers[layer]
-        sa = mod.attention.self
-        dh = sa.attention_head_size
-        scaling = getattr(sa, "scaling", dh ** -0.5)
-        pad = model.padding_mask(batch, x.dtype)
-        q = sa.query(x).view(B, T, self.H, dh).transpose(1, 2)
-        k = sa.key(x).view(B, T, self.H, dh).transpose(1, 2)
-        v = sa.value(x).view(B, T, self.H, dh).transpose(1, 2)
-        s0 = torch.matmul(q, k.transpose(2, 3)) * scaling + pad  # [B, H, T, T]
+        lctx = model.layer_context(batch, x.dtype)
+        q = ad.project_q(layer, x, ctx=lctx)
+        k, v = ad.project_kv(layer, x, ctx=lctx)
+        s0 = torch.matmul(q, k.transpose(2, 3)) * ad.scaling + ad.layer_bias(lctx, layer)  # [B, H, T, T]
         if base_allow is not None and mode == "renorm":
             s0 = s0.masked_fill(~base_allow.unsqueeze(1), float("-inf"))
         if mode == "zero":
@@ -193,8 +181,7 @@ class SweepEngine:
             else:
                 p = p0[b][:, tt] * (~blocked).to(p0.dtype)
             ctx[sel] = torch.matmul(p, v[b]).transpose(0, 1).reshape(-1, D)
-        a = mod.attention.output(ctx, x[bi, ti])
-        rows = mod.output(mod.intermediate(a), a)  # [M, D]
+        rows = ad.ffn(layer, ad.attn_out(layer, ctx, x[bi, ti]))  # [M, D]
 
         # the knocked-out sequences (replica, example) from layer + 1 on, a token budget at a time
         rs, bs = active.nonzero(as_tuple=True)
@@ -202,9 +189,9 @@ class SweepEngine:
         where[rs, bs] = torch.arange(rs.numel(), device=x.device)
         seq = where[ri, bi]
         if layer == L - 1:
-            final = state.resid[L][bs, :1].clone()
-            final[seq, 0] = rows
-            scores[rs, bs] = model.score_head(final)
+            final = state.resid[L][bs, :1 if last_cls else T].clone()
+            final[seq, ti] = rows
+            scores[rs, bs] = model.score_head(final, {"attention_mask": amask[bs]})
             return scores
         step = max(1, self.token_budget // T)
         out = torch.empty(rs.numel(), dtype=scores.dtype, device=scores.device)
@@ -214,36 +201,23 @@ class SweepEngine:
             mine = (seq >= s) & (seq < s + step)
             h[seq[mine] - s, ti[mine]] = rows[mine]
             sub = {"attention_mask": amask[bs[part]], "segment_ids": seg[bs[part]]}
+            if not ad.pools_cls:
+                out[part] = model.score_head(model.run_layers(h, sub, layer + 1, L, mask=self.base, mode=mode), sub)
+                continue
             if layer + 1 < L - 1:
                 h = model.run_layers(h, sub, layer + 1, L - 1, mask=self.base, mode=mode)
-            out[part] = model.score_head(self._last_cls(h, sub))
+            out[part] = model.score_head(self._last_cls(h, sub), sub)
         scores[rs, bs] = out
         return scores
 
     def _last_cls(self, x: torch.Tensor, batch) -> torch.Tensor:
         """The last layer for the `[CLS]` row only: [N, 1, D] (keys and values still come from every token)."""
-        model, L = self.model, self.L
-        mod = model.layers[L - 1]
-        sa = mod.attention.self
-        N, T, D = x.shape
-        dh = sa.attention_head_size
-        scaling = getattr(sa, "scaling", dh ** -0.5)
-        x0 = x[:, :1]
-        q = sa.query(x0).view(N, 1, self.H, dh).transpose(1, 2)
-        k = sa.key(x).view(N, T, self.H, dh).transpose(1, 2)
-        v = sa.value(x).view(N, T, self.H, dh).transpose(1, 2)
-        s = torch.matmul(q, k.transpose(2, 3)) * scaling + model.padding_mask(batch, x.dtype)
-        allow0 = None
-        if self.base is not None:
-            allow0 = self.base.compile(batch["segment_ids"], L - 1)[:, :1].unsqueeze(1)  # [N, 1, 1, T]
-        if allow0 is not None and self.mode == "renorm":
-            s = s.masked_fill(~allow0, float("-inf"))
-        p = torch.softmax(s, dim=-1)
-        if allow0 is not None and self.mode == "zero":
-            p = p * allow0.to(p.dtype)
-        ctx = torch.matmul(p, v).transpose(1, 2).reshape(N, 1, D)
-        a = mod.attention.output(ctx, x0)
-        return mod.output(mod.intermediate(a), a)
+        model, l = self.model, self.L - 1
+        ad = model.adapter
+        lctx = model.layer_context(batch, x.dtype)
+        allow = None if self.base is None else self.base.compile(batch["segment_ids"], l)
+        a = ad.attention_sublayer(l, x, ad.layer_bias(lctx, l), allow, self.mode, rows=1, ctx=lctx)
+        return ad.ffn(l, a)
 
     def _replicate(self, state: BatchState, layer: int, kos: list[Knockout]) -> torch.Tensor:
         model = self.model
@@ -259,7 +233,7 @@ class SweepEngine:
         hook = knockout_hook(allow.reshape(R * B, self.H, T, T), self.mode)
         with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.{name}", hook)]):
             h = model.run_layers(x.repeat(R, 1, 1), rep, layer, None, mask=self.base, mode=self.mode)
-        return model.score_head(h).view(R, B)
+        return model.score_head(h, rep).view(R, B)
 
     def _naive(self, batch, ko: Knockout) -> torch.Tensor:
         """Reference: one full forward pass with the knockout, as a user would write it."""
@@ -282,4 +256,4 @@ class SweepEngine:
         if self.strategy == "naive":
             start = 0
         h = self.model.run_layers(state.resid[start], state.batch, start, None, mask=mask, mode=self.mode)
-        return self.model.score_head(h)
+        return self.model.score_head(h, state.batch)

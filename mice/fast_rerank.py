@@ -7,7 +7,8 @@ What makes it fast (each measured by `mice bench latency`):
 - the keys/values of all live cross-attention layers are one fused projection of the layer-`a` states (they all
   read the same states), or are read precomputed from the index (`kv=True` at build time); for short queries
   (heads·(Lq-1) <= 0.75·H) they are never formed: the key/value projections are absorbed into the query side
-  (`FastMICE(absorb=...)`), which costs ~heads·Lq/H of the projection;
+  (`FastMICE(absorb=...)`), which costs ~heads·Lq/H of the projection. Families whose keys/values read a
+  per-layer normalisation of the states (ModernBERT) project per layer and never absorb;
 - the last interaction layer only computes the `[CLS]` row (under `cls_cross_attention="none"` its
   cross-attention cannot reach the score; under `uniform` only the `[CLS]` row's document mean is computed);
 - under `uniform`, `[CLS]`'s cross-attention is a uniform average of the values, i.e. the value projection of
@@ -54,22 +55,20 @@ class FastMICE:
         self.a, self.b = model.contextual_layers, model.interaction_layers
         self.H, self.heads = model.hidden_size, model.num_heads
         self.dh = self.H // self.heads
-        self.layers = [model.layers[self.a + j] for j in range(self.b)]
         self.absorb = absorb
+        self.per_layer_kv = model.adapter.kv_norm  # keys/values of each layer read its own normalised states
+        if self.per_layer_kv:
+            self.absorb = False
         with torch.inference_mode():
-            self.kv_w, self.kv_b = kv_projection(model)
+            self.kv_w, self.kv_b = (None, None) if self.per_layer_kv else kv_projection(model)
             self.kv_wt = self.kv_w.T.contiguous() if self.kv_w is not None else None
             self.absorb_w = []  # per live cross layer: W_k as [heads, dh, H], W_vᵀ as [heads, H, dh], b_v
-            for block in list(model.cross)[: model.live_cross_layers]:
-                wk = block.self.key.weight.detach().float().view(self.heads, self.dh, self.H).contiguous()
-                wv = block.self.value.weight.detach().float().view(self.heads, self.dh, self.H)
-                bv = block.self.value.bias.detach().float().view(self.heads, 1, self.dh)
+            for block in list(model.cross)[: 0 if self.per_layer_kv else model.live_cross_layers]:
+                (_, wk, _), (_, wv, bv) = model.adapter.kv_weights(block)
+                wk = wk.detach().float().view(self.heads, self.dh, self.H).contiguous()
+                wv = wv.detach().float().view(self.heads, self.dh, self.H)
+                bv = (bv.detach().float() if bv is not None else wv.new_zeros(self.H)).view(self.heads, 1, self.dh)
                 self.absorb_w.append((wk, wv.transpose(1, 2).contiguous(), bv))
-            self.qkv = []  # fused self-attention projections of interaction layers 1..b-1
-            for layer in self.layers:
-                s = layer.attention.self
-                self.qkv.append((torch.cat([s.query.weight, s.key.weight, s.value.weight]).detach().contiguous(),
-                                 torch.cat([s.query.bias, s.key.bias, s.value.bias]).detach().contiguous()))
 
     @property
     def kv_slots(self) -> int:
@@ -84,18 +83,15 @@ class FastMICE:
             if len(qs) != 1:
                 raise ModelError("FastMICE.prepare takes one query")
             h = qs.hidden
-            lq = h.shape[1]
-            smask = m.query_self_mask(qs.mask) if lq > 1 else None
-            cls_row = self.layers[0].output(self.layers[0].intermediate(h[:, :1]), h[:, :1])
+            smask = m.query_self_mask(qs.mask) if h.shape[1] > 1 else None
+            ad, a = m.adapter, self.a
             if m.cls_reads_document:  # the [CLS] row depends on the document from the first layer on
-                cls_row = h[:, :1]
-                cq = None if self.b == 1 else \
-                    m.cross[0].self.query(h[:, 1:]).view(1, lq - 1, self.heads, self.dh).transpose(1, 2)
-                return PreparedQuery(h, smask, cq, cls_row)
+                cq = None if self.b == 1 else ad.project_q(a, h[:, 1:], m.cross[0])
+                return PreparedQuery(h, smask, cq, h[:, :1])
+            cls_row = ad.ffn(a, h[:, :1])
             if self.b == 1:
                 return PreparedQuery(h, smask, None, cls_row, constant=m.head(cls_row).reshape(()))
-            cq = m.cross[0].self.query(h[:, 1:]).view(1, lq - 1, self.heads, self.dh).transpose(1, 2)
-            return PreparedQuery(h, smask, cq, cls_row)
+            return PreparedQuery(h, smask, ad.project_q(a, h[:, 1:], m.cross[0]), cls_row)
 
     # --------------------------------------------------------------------------------------- per batch
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,58 +103,12 @@ class FastMICE:
         return x.transpose(1, 2).reshape(n, l, self.H)
 
     def _run(self, prep: PreparedQuery, n: int, cross, cls_ctx=None) -> torch.Tensor:
-        """Interaction layers for N documents; `cross(j, q)` is layer j's cross-attention context [N, Lq-1, H]
-        for queries q [1 or N, heads, Lq-1, dh] (before the output dense); `cls_ctx(j)` is the `[CLS]` row's
-        context [N, 1, H] under `cls_cross_attention="uniform"` (unused under `none`)."""
-        m = self.model
+        """Scores [N] through `MICEModel.run_interaction`, with this query's prepared work and `cross(j, q)`,
+        `cls_ctx(j)` reading the documents (projected, absorbed or cached keys/values)."""
         if prep.constant is not None:
             return prep.constant.expand(n).clone()
-        uniform = m.cls_reads_document
-
-        def cls_after_cross(j, c):
-            if not uniform:
-                return c
-            return m.cross[j].output(cls_ctx(j), c.expand(n, -1, -1))
-
-        def ffn(layer, x):
-            return layer.output(layer.intermediate(x), x)
-
-        tokens = prep.hidden[:, 1:]
-        h = None
-        for j, layer in enumerate(self.layers):
-            last = j == self.b - 1
-            if j == 0:
-                if last:  # b == 1 under uniform: only the [CLS] row, which reads the document's mean value
-                    return m.head(ffn(layer, cls_after_cross(0, prep.cls_ffn)))
-                q = prep.cross_q
-                x_tok = tokens  # [1, Lq-1, H], broadcast in the residual
-            else:
-                if last:  # only the [CLS] row reaches the head
-                    w, bias = self.qkv[j]
-                    q_cls = F.linear(h[:, :1], w[: self.H], bias[: self.H])
-                    kv = F.linear(h, w[self.H:], bias[self.H:])
-                    k, v = kv[..., : self.H], kv[..., self.H:]
-                    mask = prep.self_mask[:, :, :1] if prep.self_mask is not None else None
-                    ctx = F.scaled_dot_product_attention(self._split_heads(q_cls), self._split_heads(k),
-                                                         self._split_heads(v), attn_mask=mask)
-                    cls = layer.attention.output(self._merge_heads(ctx), h[:, :1])
-                    return m.head(ffn(layer, cls_after_cross(j, cls)))
-                w, bias = self.qkv[j]
-                qkv = F.linear(h, w, bias)
-                ctx = F.scaled_dot_product_attention(
-                    self._split_heads(qkv[..., : self.H]), self._split_heads(qkv[..., self.H: 2 * self.H]),
-                    self._split_heads(qkv[..., 2 * self.H:]), attn_mask=prep.self_mask)
-                h = layer.attention.output(self._merge_heads(ctx), h)
-                x_tok = h[:, 1:]
-                q = self._split_heads(m.cross[j].self.query(x_tok))
-            x_tok = m.cross[j].output(cross(j, q), x_tok)  # [N, Lq-1, H]
-            x_tok = ffn(layer, x_tok)
-            if j == 0:
-                cls = ffn(layer, cls_after_cross(0, prep.cls_ffn)) if uniform else prep.cls_ffn.expand(n, -1, -1)
-            else:
-                cls = ffn(layer, cls_after_cross(j, h[:, :1]))
-            h = torch.cat([cls, x_tok], dim=1)
-        return m.head(h)  # unreachable (the last layer returns above); kept for clarity
+        return self.model.run_interaction(prep.hidden, prep.self_mask, n, cross, cls_ctx, q0=prep.cross_q,
+                                          cls0=prep.cls_ffn, shortcut=True)
 
     @staticmethod
     def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -216,12 +166,16 @@ class FastMICE:
             if prep.constant is not None:
                 return prep.constant.expand(n).clone()
             hidden = doc.hidden if doc.hidden.dtype == torch.float32 else doc.hidden.float()
-            cls_ctx = None
-            if self.model.cls_reads_document:
-                mean = MICEModel.doc_mean(DocStates(hidden, doc.mask))  # [N, 1, H], computed once
+            m = self.model
+            cls_ctx = m.doc_mean_reader(DocStates(hidden, doc.mask)) if m.cls_reads_document else None
+            if self.per_layer_kv:
+                key_mask = self._key_mask(doc.mask)
 
-                def cls_ctx(j):
-                    return self.model.cross[j].self.value(mean)
+                def cross(j, q):
+                    k, v = m.adapter.project_kv(self.a + j, hidden, m.cross[j])
+                    ctx = F.scaled_dot_product_attention(q.expand(n, -1, -1, -1), k, v, attn_mask=key_mask)
+                    return self._merge_heads(ctx)
+                return self._run(prep, n, cross, cls_ctx)
             if self.use_absorbed(prep):
                 return self._run(prep, n, lambda j, q: self._absorbed_cross(j, q, hidden, doc.mask), cls_ctx)
             kv = torch.matmul(hidden, self.kv_wt)  # all live layers' K and V in one GEMM (biases below)

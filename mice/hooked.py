@@ -19,6 +19,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from .adapters import MODES, adapter_for, attention_core
 from .errors import MaskError, ModelError
 from .masks import InteractionMask
 from .precision import ComputePrecision
@@ -26,7 +27,6 @@ from .scoring import RankMixin
 from .segments import PairBatch, encode_pairs
 
 ATTN_NAME = "mice_hooked"
-MODES = ("renorm", "zero")
 
 
 class HookedAttention(nn.Module):
@@ -62,47 +62,11 @@ def hooked_attention_forward(module, query, key, value, attention_mask, scaling=
 
     `mice_block`, `mice_allow` (bool [B, T, T], the compiled interaction mask of this layer) and `mice_mode` are
     passed down by `HookedCrossEncoder.run_layers` through the HF layer's keyword arguments; an HF model called
-    directly gets none of them and behaves as plain eager attention.
-
-    When nothing is hooked on the layer's attention and the mask (if any) renormalises, the same result comes
-    from one fused `scaled_dot_product_attention` call with the mask folded into the additive mask: masked
-    scoring and masked training then cost what the plain cross-encoder does. No pattern is returned then.
+    directly gets none of them and behaves as plain eager attention. The arithmetic is `attention_core`'s
+    (fused when nothing is hooked and the mask renormalises: masked scoring costs what plain scoring does).
     """
-    block, allow, mode = mice_block, mice_allow, mice_mode
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
-    if mode == "renorm" and (block is None or not block.attn_hooked()):
-        bias = attention_mask
-        if bias is not None and bias.dtype == torch.bool:
-            bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device).masked_fill(
-                ~bias, torch.finfo(query.dtype).min)
-        if allow is not None:
-            if bias is None:
-                bias = torch.zeros(allow.shape[0], 1, *allow.shape[1:], dtype=query.dtype, device=query.device)
-            bias = bias.masked_fill(~allow.unsqueeze(1), float("-inf"))
-        z = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling,
-                                                       dropout_p=dropout if module.training else 0.0)
-        return z.transpose(1, 2).contiguous(), None
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask
-    if allow is not None and mode == "renorm":
-        scores = scores.masked_fill(~allow.unsqueeze(1), float("-inf"))
-    if block is not None:
-        scores = block.attn.hook_attn_scores(scores)
-    pattern = torch.softmax(scores, dim=-1)
-    if allow is not None and mode == "zero":
-        pattern = pattern * allow.unsqueeze(1).to(pattern.dtype)
-    if block is not None:
-        pattern = block.attn.hook_pattern(pattern)
-    weights = nn.functional.dropout(pattern, p=dropout, training=module.training)
-    z = torch.matmul(weights, value).transpose(1, 2).contiguous()  # [B, T, H, d]
-    if block is not None:
-        z = block.attn.hook_z(z)
-    return z, pattern
+    return attention_core(query, key, value, attention_mask, mice_allow, mice_mode, scaling,
+                          dropout if module.training else 0.0, mice_block)
 
 
 def register_attention() -> None:
@@ -123,15 +87,12 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
-        self.base = getattr(model, model.base_model_prefix)
-        if not hasattr(self.base, "encoder") or not hasattr(self.base.encoder, "layer"):
-            raise ModelError(f"{type(model).__name__}: expected a BERT-family encoder (…encoder.layer); "
-                             "supported: BERT/MiniLM, ELECTRA, RoBERTa")
-        self.layers = self.base.encoder.layer
-        self.n_layers = len(self.layers)
-        self.n_heads = model.config.num_attention_heads
-        limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512,
-                    model.config.max_position_embeddings - (2 if model.config.model_type in ("roberta", "xlm-roberta") else 0))
+        self.adapter = adapter_for(model)
+        self.base = self.adapter.base
+        self.layers = self.adapter.layers
+        self.n_layers = self.adapter.n_layers
+        self.n_heads = self.adapter.n_heads
+        limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512, self.adapter.position_limit())
         self.max_length = _pair_length(model.config, limit, max_length)
         self.blocks = nn.ModuleList(HookedBlock(l) for l in range(self.n_layers))
         register_attention()
@@ -245,21 +206,18 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
 
     def embed(self, batch) -> torch.Tensor:
         """Residual stream entering layer 0."""
-        h = self.base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
-        project = getattr(self.base, "embeddings_project", None)
-        return project(h) if project is not None else h
+        return self.adapter.embed(batch["input_ids"], batch.get("token_type_ids"))
 
-    def padding_mask(self, batch, dtype: torch.dtype) -> torch.Tensor:
-        """Additive [B, 1, 1, T] key-padding mask, as HF's eager path builds it."""
-        keep = batch["attention_mask"][:, None, None, :].to(torch.bool)
-        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    def layer_context(self, batch, dtype: torch.dtype):
+        """What every layer of this batch needs besides the stream (the adapter's padding/window masks...)."""
+        return self.adapter.layer_context(batch["attention_mask"], dtype)
 
     def run_layers(self, resid: torch.Tensor, batch, start: int = 0, end: int | None = None, mask=None,
                    mode: str | None = None) -> torch.Tensor:
         """Layers [start, end) on a residual stream: lets sweeps resume from a cached clean stream."""
         m, md = self._mask_and_mode(mask, mode)
         end = self.n_layers if end is None else end
-        pad = self.padding_mask(batch, resid.dtype)
+        ctx = self.layer_context(batch, resid.dtype)
         compiled: dict[bytes, torch.Tensor] = {}  # layers with the same table share one compiled allow matrix
         for l in range(start, end):
             allow = None
@@ -270,21 +228,18 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
                 allow = compiled[key]
             block = self.blocks[l]
             resid = block.hook_resid_pre(resid)
-            out = self.layers[l](resid, pad, mice_block=block, mice_allow=allow, mice_mode=md)
-            resid = block.hook_resid_post(out[0] if isinstance(out, tuple) else out)
+            resid = block.hook_resid_post(self.adapter.run_layer(l, resid, ctx, mice_block=block, mice_allow=allow,
+                                                                 mice_mode=md))
         return resid
 
-    def score_head(self, resid: torch.Tensor) -> torch.Tensor:
-        """The model's own classification head on the final stream; one raw score per pair (in float32, also
-        under a bf16/fp16 `compute_dtype`)."""
-        model = self.model
-        pooler = getattr(self.base, "pooler", None)
+    def score_head(self, resid: torch.Tensor, batch=None) -> torch.Tensor:
+        """The model's own head (final norm, pooling, classifier) on the final stream; one raw score per pair, in
+        float32 also under a bf16/fp16 `compute_dtype`. `batch` gives the padding to mean-pooling heads."""
+        if batch is None and not self.adapter.pools_cls:
+            raise ModelError("this head mean-pools over real tokens: score_head needs the batch (its padding)")
+        amask = None if batch is None else batch["attention_mask"]
         with self.full_precision():
-            resid = resid.float()
-            if isinstance(model.classifier, nn.Linear) and pooler is not None:
-                logits = model.classifier(model.dropout(pooler(resid)))
-            else:
-                logits = model.classifier(resid)
+            logits = self.adapter.logits(self.adapter.final_norm(resid.float()), amask)
         if logits.shape[-1] == 1:
             return logits[:, 0]
         if logits.shape[-1] == 2:  # binary head: log-odds of the relevant class
@@ -298,7 +253,7 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
         with self.autocast():
             resid = self.embed(batch)
             resid = self.run_layers(resid, batch, 0, None, mask=mask, mode=mode)
-            return self.score_head(resid)
+            return self.score_head(resid, batch)
 
     # ------------------------------------------------------------------ sentence-transformers verbs
     @torch.no_grad()

@@ -163,24 +163,54 @@ def _compute_dtype(model) -> str:
 
 
 def kv_projection(model):
-    """(weight [2·(b-1)·H, H], bias) projecting layer-`a` states to the live cross-attention K/V, fused."""
+    """(weight [2·(b-1)·H, H], bias) projecting layer-`a` states to the live cross-attention K/V, fused. Only
+    for families whose keys/values are affine in the states themselves (not `adapter.kv_norm`)."""
     import torch
 
+    if model.adapter.kv_norm:
+        raise IndexError_(f"{model.adapter.family}: cross-attention keys read a per-layer normalisation of the "
+                          "states; use kv_projector")
     ws, bs = [], []
     for block in list(model.cross)[: model.live_cross_layers]:
-        for lin in (block.self.key, block.self.value):
-            ws.append(lin.weight)
-            bs.append(lin.bias)
+        for _, w, b in model.adapter.kv_weights(block):
+            ws.append(w)
+            bs.append(b if b is not None else w.new_zeros(w.shape[0]))
     if not ws:
         return None, None
     return torch.cat(ws).detach().float().contiguous(), torch.cat(bs).detach().float().contiguous()
 
 
-def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], config: IndexConfig,
-                 kv_weights) -> dict:
-    """Write one shard from (doc_id, states [L, H] tensor) items; returns its JSON record."""
+def kv_projector(model) -> Callable:
+    """states [L, H] → [L, 2·live, H]: each live cross-attention layer's keys and values (biases included), what
+    an index with `kv` stores. One fused GEMM when keys/values are affine in the states, else per layer on
+    the layer's own normalisation of them (ModernBERT)."""
     import torch
+    import torch.nn.functional as F
 
+    if not model.adapter.kv_norm:
+        w, b = kv_projection(model)
+
+        def fused(st):
+            if w is None:
+                return st.new_zeros(st.shape[0], 0, st.shape[1])
+            return F.linear(st.to(w.device), w, b).view(st.shape[0], -1, st.shape[1])
+        return fused
+    ad, a = model.adapter, model.contextual_layers
+    blocks = list(model.cross)[: model.live_cross_layers]
+
+    @torch.no_grad()
+    def per_layer(st):
+        st = st.to(model.device)
+        parts = [F.linear(ad.kv_input(a + j, st), w, b) for j, block in enumerate(blocks)
+                 for _, w, b in ad.kv_weights(block)]
+        return torch.stack(parts, dim=1) if parts else st.new_zeros(st.shape[0], 0, st.shape[1])
+    return per_layer
+
+
+def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], config: IndexConfig,
+                 kv_project) -> dict:
+    """Write one shard from (doc_id, states [L, H] tensor) items; returns its JSON record. `kv_project`:
+    `kv_projector(model)` when the index caches keys/values."""
     name = _shard_name(s)
     files = {"states": _HashedFile(out / f"{name}.states.bin")}
     if config.dtype == "int8":
@@ -199,12 +229,7 @@ def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], confi
             if scale is not None:
                 files["states.scale"].write(scale)
             if config.kv:
-                w, b = kv_weights
-                if w is not None:
-                    kv = torch.nn.functional.linear(st.to(w.device), w, b)
-                    kv = kv.view(st.shape[0], -1, st.shape[1]).cpu().numpy()
-                else:
-                    kv = np.zeros((st.shape[0], 0, st.shape[1]), np.float32)
+                kv = kv_project(st).float().cpu().numpy()
                 q, scale = quantize(kv, config.dtype)
                 files["kv"].write(q)
                 if scale is not None:
@@ -360,7 +385,7 @@ def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_p
     """Write this rank's missing shards; rank 0 then verifies all shards and writes the manifest."""
     if (out / "manifest.json").exists():  # rank 0 found the index finished and whole
         return DocIndex.open(out, model=model, verify=False)
-    kv_weights = kv_projection(model) if config.kv else None
+    kv_project = kv_projector(model) if config.kv else None
     n_shards = max(1, -(-len(doc_ids) // config.shard_size))
     mine = [s for s in range(n_shards) if w.owns(s)]
     shards = mine
@@ -374,7 +399,7 @@ def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_p
         ids = doc_ids[s * config.shard_size: (s + 1) * config.shard_size]
         rec = _shard_complete(out, s, ids)
         if rec is None:
-            rec = _write_shard(out, s, encode(ids), config, kv_weights)
+            rec = _write_shard(out, s, encode(ids), config, kv_project)
             built += 1
             spent = time.perf_counter() - t0
             left = len(mine) - n - 1

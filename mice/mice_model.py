@@ -1,7 +1,9 @@
-"""MICE-ℓa+b: a Minimal Interaction Cross-Encoder built from a BERT-family cross-encoder.
+"""MICE-ℓa+b: a Minimal Interaction Cross-Encoder built from a cross-encoder with a backbone adapter
+(`mice.adapters`: BERT/MiniLM, ELECTRA, RoBERTa, ModernBERT with a `[CLS]`-pooling head).
 
 Query and document are tokenised separately (`[CLS] q [SEP]`, `[CLS] d [SEP]`) and each runs through the
-backbone's embeddings and first `a` layers alone (shared weights, plain padding masks). The document's
+backbone's embeddings and first `a` layers alone (shared weights, plain padding masks; ModernBERT's local
+layers keep their window, rotary positions restart at 0 in each sequence). The document's
 layer-`a` hidden states ("doc states") are all the upper part needs, so they can be computed offline and
 stored (see `mice.index`). Then `b` *interaction layers*, initialised from backbone layers a…a+b-1, run on the
 query side only:
@@ -18,8 +20,14 @@ query side only:
    batch-independent and the index path can reproduce them;
 3. the layer's feed-forward block (intermediate + output).
 
-The score is the source model's own head (BERT: pooler + dropout + classifier) on the query `[CLS]`, a raw
-logit. Layers above a+b are dropped.
+The score is the source model's own head (BERT: pooler + dropout + classifier; ModernBERT: final norm, head,
+classifier) on the query `[CLS]`, a raw logit. Layers above a+b are dropped.
+
+ModernBERT follows the authors' `ModernBertCrossAttentionLayer` (xpmir/mice): the cross-attention block has
+q/k/v split from the layer's `Wqkv` and a copy of its `Wo`; it is global (no window) and uses no rotary; query
+rows and document states both pass through the layer's own attention norm before it (pre-LN), and its output
+is added to the residual. Where we differ: our query self-attention keeps the local window and the padding
+mask. Cached keys/values (index `kv`) are computed per layer from that layer's norm of the states.
 
 Token types: the query gets token type 0 and the document token type 1 (when the backbone has two token types),
 which is how the source cross-encoder saw them in a pair; positions restart at 0 in each sequence.
@@ -37,7 +45,6 @@ candidate documents (`interact` accepts one query for N documents).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -46,16 +53,14 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
+from .adapters import adapter_for, attention_core, merge_heads, position_limit, supported_types
 from .errors import ModelError
 from .precision import ComputePrecision
 from .scoring import RankMixin
 from .hf import quiet_transformers as _quiet_transformers  # noqa: F401  (also imported by mice.bench)
 
 FORMAT = "mice-model/1"
-_ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
-_SUPPORTED = ("bert", "electra") + _ROBERTA_LIKE
 CLS_CROSS_MODES = ("none", "uniform")
 
 
@@ -143,25 +148,6 @@ class QueryStates:
         return int(self.hidden.shape[0])
 
 
-def attend(attn_self: nn.Module, hq: torch.Tensor, hkv: torch.Tensor, mask: torch.Tensor | None,
-           dropout_p: float = 0.0) -> torch.Tensor:
-    """Multi-head attention of `hq` over `hkv` with a BERT self-attention module's projections.
-
-    `mask` is boolean, broadcastable to [B, heads, Lq, Lk], True = may attend. Returns the context [B, Lq, H]
-    (before the output dense), like `BertSelfAttention`.
-    """
-    b, lq, _ = hq.shape
-    lk = hkv.shape[1]
-    heads, dh = attn_self.num_attention_heads, attn_self.attention_head_size
-    q = attn_self.query(hq).view(b, lq, heads, dh).transpose(1, 2)
-    k = attn_self.key(hkv).view(hkv.shape[0], lk, heads, dh).transpose(1, 2)
-    v = attn_self.value(hkv).view(hkv.shape[0], lk, heads, dh).transpose(1, 2)
-    if k.shape[0] != b:  # one key/value set broadcast over a batch of queries, or the reverse
-        k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=attn_self.scaling)
-    return ctx.transpose(1, 2).reshape(b, lq, heads * dh)
-
-
 class MICEModel(RankMixin, ComputePrecision, nn.Module):
     """MICE-ℓa+b (see the module docstring). Build with `from_cross_encoder`, load with `from_pretrained`.
 
@@ -173,25 +159,29 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
                  cross: nn.ModuleList | None = None):
         super().__init__()
         model_type = getattr(backbone.config, "model_type", "")
-        if model_type not in _SUPPORTED:
-            raise ModelError(f"MICE needs a BERT-family encoder ({', '.join(_SUPPORTED)}); got {model_type!r}")
+        if model_type not in supported_types():
+            raise ModelError(f"MICE needs an encoder with a backbone adapter ({', '.join(supported_types())}); "
+                             f"got {model_type!r}")
+        adapter = adapter_for(backbone)
+        if not adapter.pools_cls:
+            raise ModelError(f"MICE scores from the query's [CLS] row; this {adapter.family} head pools by "
+                             f"{getattr(backbone.config, 'classifier_pooling', '?')!r} (not supported yet)")
         a, b = mice_config.contextual_layers, mice_config.interaction_layers
-        layers = backbone.base_model.encoder.layer
-        if a < 0 or b < 1 or a + b > len(layers):
-            raise ModelError(f"MICE-ℓ{a}+{b} does not fit a backbone with {len(layers)} layers "
-                             f"(need a >= 0, b >= 1, a + b <= {len(layers)})")
-        if len(layers) > a + b:  # the layers above a+b are dropped
-            backbone.base_model.encoder.layer = nn.ModuleList(list(layers)[: a + b])
-            backbone.config.num_hidden_layers = a + b
+        n_layers = adapter.n_layers
+        if a < 0 or b < 1 or a + b > n_layers:
+            raise ModelError(f"MICE-ℓ{a}+{b} does not fit a backbone with {n_layers} layers "
+                             f"(need a >= 0, b >= 1, a + b <= {n_layers})")
+        if n_layers > a + b:  # the layers above a+b are dropped
+            adapter.truncate(a + b)
         if mice_config.cls_cross_attention not in CLS_CROSS_MODES:
             raise ModelError(f"cls_cross_attention={mice_config.cls_cross_attention!r}: expected one of "
                              f"{', '.join(CLS_CROSS_MODES)}")
         self.backbone = backbone
+        self.adapter = adapter
         self.tokenizer = tokenizer
         self.mice_config = mice_config
         if cross is None:  # a new cross-attention block per interaction layer, copied from its self-attention
-            cross = nn.ModuleList(copy.deepcopy(backbone.base_model.encoder.layer[a + j].attention)
-                                  for j in range(b))
+            cross = nn.ModuleList(adapter.new_cross_block(a + j) for j in range(b))
         self.cross = cross
 
     # ----------------------------------------------------------------------------------------- properties
@@ -202,11 +192,11 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
 
     @property
     def base(self) -> nn.Module:
-        return self.backbone.base_model
+        return self.adapter.base
 
     @property
     def layers(self) -> nn.ModuleList:
-        return self.backbone.base_model.encoder.layer
+        return self.adapter.layers
 
     @property
     def contextual_layers(self) -> int:
@@ -270,7 +260,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
                           source=str(name_or_path), mask=getattr(mask, "name", mask),
                           cls_cross_attention=str(cls_cross_attention))
         cls._set_lengths(mcfg, backbone.config, tokenizer, max_query_length, max_doc_length)
-        if int(getattr(backbone.config, "type_vocab_size", 1) or 1) < 2:
+        if adapter_for(backbone).token_types < 2:
             mcfg.doc_token_type = 0
         model = cls(backbone, tokenizer, mcfg)
         model.eval()
@@ -278,10 +268,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
 
     @staticmethod
     def _position_limit(hf_config) -> int:
-        limit = int(getattr(hf_config, "max_position_embeddings", 512))
-        if getattr(hf_config, "model_type", "") in _ROBERTA_LIKE:
-            limit -= int(hf_config.pad_token_id or 1) + 1
-        return limit
+        return position_limit(hf_config)
 
     @classmethod
     def _set_lengths(cls, mcfg: MICEConfig, hf_config, tokenizer, max_query_length, max_doc_length) -> None:
@@ -390,27 +377,25 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
 
     # ------------------------------------------------------------------------------------------ the model
     def _dropout_p(self) -> float:
-        return float(self.config.attention_probs_dropout_prob) if self.training else 0.0
+        return self.adapter.dropout_p(self.training)
 
     def _embed(self, batch: dict) -> torch.Tensor:
-        h = self.base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
-        project = getattr(self.base, "embeddings_project", None)  # ELECTRA's small embeddings
-        return project(h) if project is not None else h
+        return self.adapter.embed(batch["input_ids"], batch.get("token_type_ids"))
 
-    def _self_block(self, layer: nn.Module, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ctx = attend(layer.attention.self, h, h, mask, self._dropout_p())
-        return layer.attention.output(ctx, h)
-
-    @staticmethod
-    def _ffn(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        return layer.output(layer.intermediate(h), h)
+    def self_block(self, l: int, h: torch.Tensor, mask: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
+        """Backbone layer l's self-attention sublayer (bool `mask`, True = may attend; a local layer's window is
+        added), for the first `rows` rows only when given."""
+        window = self.adapter.local_window(l, h.shape[1], h.device)
+        if window is not None and mask is not None:
+            mask = mask & window
+        return self.adapter.attention_sublayer(l, h, mask, rows=rows, dropout_p=self._dropout_p())
 
     def contextualize(self, batch: dict) -> torch.Tensor:
         """Embeddings and the first `a` layers of one side alone (plain padding mask): [B, L, H]."""
         h = self._embed(batch)
         mask = batch["attention_mask"].bool()[:, None, None, :]
-        for layer in self.layers[: self.contextual_layers]:
-            h = self._ffn(layer, self._self_block(layer, h, mask))
+        for l in range(self.contextual_layers):
+            h = self.adapter.ffn(l, self.self_block(l, h, mask))
         return h
 
     @staticmethod
@@ -436,8 +421,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             batch["token_type_ids"] = torch.full_like(batch["input_ids"], self.mice_config.query_token_type)
         qmask = batch["attention_mask"].bool()
         h = self.contextualize(batch)
-        layer = self.layers[self.contextual_layers]
-        h = self._self_block(layer, h, self.query_self_mask(qmask))
+        h = self.self_block(self.contextual_layers, h, self.query_self_mask(qmask))
         return QueryStates(h, qmask)
 
     def encode_doc_batch(self, doc_batch) -> DocStates:
@@ -457,23 +441,85 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         m = doc.mask.to(doc.hidden.dtype)[..., None]
         return (doc.hidden * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
 
-    def cls_cross(self, j: int, cls: torch.Tensor, doc: DocStates) -> torch.Tensor:
-        """The `[CLS]` row [N, 1, H] after interaction layer j's cross-attention sublayer: unchanged under
-        `none`; under `uniform`, the mean of the document values (= the value projection of the mean state,
-        since the projection is affine) through the sublayer's dense + LayerNorm."""
+    def doc_reader(self, doc: DocStates):
+        """`cross(j, q)`: interaction layer j's cross-attention context [N, Lq-1, H] (heads merged, before the
+        output sublayer) for queries q [1|N, heads, Lq-1, dh] over the states of `doc`."""
+        ad, a = self.adapter, self.contextual_layers
+        bias = doc.mask[:, None, None, :]
+
+        def cross(j, q):
+            k, v = ad.project_kv(a + j, doc.hidden, self.cross[j])
+            z, _ = attention_core(q, k, v, bias, scaling=ad.scaling, dropout_p=self._dropout_p())
+            return merge_heads(z)
+        return cross
+
+    def doc_mean_reader(self, doc: DocStates):
+        """`cls_ctx(j)`: the `[CLS]` row's cross-attention context [N, 1, H] under `uniform`: the mean of the
+        document values = the value projection of the mean state (the projection is affine)."""
+        ad, a = self.adapter, self.contextual_layers
+        if ad.kv_norm:  # values are affine in each layer's own normalisation of the states
+            return lambda j: ad.project_v(a + j, self.doc_mean(DocStates(ad.kv_input(a + j, doc.hidden), doc.mask)),
+                                          self.cross[j])
+        mean = self.doc_mean(doc)
+        return lambda j: ad.project_v(a + j, mean, self.cross[j])
+
+    def _cls_cross(self, j: int, cls: torch.Tensor, cls_ctx) -> torch.Tensor:
         if not self.cls_reads_document:
             return cls
-        ctx = self.cross[j].self.value(self.doc_mean(doc))
+        ctx = cls_ctx(j)
         if cls.shape[0] != ctx.shape[0]:
             cls = cls.expand(ctx.shape[0], -1, -1)
-        return self.cross[j].output(ctx, cls)
+        return self.adapter.attn_out(self.contextual_layers + j, ctx, cls, self.cross[j])
+
+    def cls_cross(self, j: int, cls: torch.Tensor, doc: DocStates) -> torch.Tensor:
+        """The `[CLS]` row [N, 1, H] after interaction layer j's cross-attention sublayer: unchanged under
+        `none`; under `uniform`, the mean of the document values through the sublayer's output."""
+        return self._cls_cross(j, cls, self.doc_mean_reader(doc) if self.cls_reads_document else None)
 
     def cross_block(self, j: int, h: torch.Tensor, doc: DocStates) -> torch.Tensor:
         """Interaction layer j's cross-attention sublayer: query tokens (rows > 0) read the document states;
         the `[CLS]` row as `cls_cross_attention` says (`cls_cross`)."""
-        tokens = h[:, 1:]
-        ctx = attend(self.cross[j].self, tokens, doc.hidden, doc.mask[:, None, None, :], self._dropout_p())
-        return torch.cat([self.cls_cross(j, h[:, :1], doc), self.cross[j].output(ctx, tokens)], dim=1)
+        l, tokens = self.contextual_layers + j, h[:, 1:]
+        q = self.adapter.project_q(l, tokens, self.cross[j])
+        out = self.adapter.attn_out(l, self.doc_reader(doc)(j, q), tokens, self.cross[j])
+        return torch.cat([self.cls_cross(j, h[:, :1], doc), out], dim=1)
+
+    def run_interaction(self, h: torch.Tensor, smask: torch.Tensor | None, n: int, cross, cls_ctx=None,
+                        q0: torch.Tensor | None = None, cls0: torch.Tensor | None = None,
+                        shortcut: bool | None = None) -> torch.Tensor:
+        """The b interaction layers, scores [N]: the one implementation of MICE's interaction (`interact` and
+        the fast path, `mice.fast_rerank`, differ only in how they read the document).
+
+        h [1|N, Lq, H]: the query after the first interaction layer's self-attention sublayer (one query may be
+        shared by all N documents); smask: its self-attention mask (bool, broadcastable to [.., 1, Lq, Lq]);
+        `cross(j, q)`: layer j's cross-attention context (`doc_reader`); `cls_ctx(j)`: the `[CLS]` row's
+        under `uniform` (`doc_mean_reader`). q0 / cls0: the first layer's cross-attention queries and (under
+        `none`) its `[CLS]` output, when already computed once per query.
+
+        Only `[CLS]` reaches the head, so in the last interaction layer only its row matters: under `none` the
+        last cross-attention is dead weight, under `uniform` only its `[CLS]` row counts. With `shortcut`
+        (default: without autograd) the last layer computes that row only (same scores); without it every
+        parameter gets a (zero) gradient, as DDP expects.
+        """
+        ad, a, b = self.adapter, self.contextual_layers, self.interaction_layers
+        if shortcut is None:
+            shortcut = not torch.is_grad_enabled()
+        for j in range(b):
+            l, cut = a + j, shortcut and j == b - 1
+            if j > 0:
+                h = self.self_block(l, h, smask, rows=1 if cut else None)
+            if cut:
+                out = self.head(ad.ffn(l, self._cls_cross(j, h[:, :1], cls_ctx)))
+                return out.expand(n).clone() if out.shape[0] != n else out
+            tokens = h[:, 1:]
+            q = q0 if j == 0 and q0 is not None else ad.project_q(l, tokens, self.cross[j])
+            tokens = ad.attn_out(l, cross(j, q), tokens, self.cross[j])  # [N, Lq-1, H]
+            if j == 0 and cls0 is not None and not self.cls_reads_document:
+                h = torch.cat([cls0.expand(len(tokens), -1, -1), ad.ffn(l, tokens)], dim=1)
+            else:
+                cls = self._cls_cross(j, h[:, :1], cls_ctx)
+                h = ad.ffn(l, torch.cat([cls.expand(len(tokens), -1, -1), tokens], dim=1))
+        return self.head(h)
 
     def interact(self, query: QueryStates, doc: DocStates) -> torch.Tensor:
         """Scores [N] from document-independent query states (B = N, or B = 1 shared by all N documents)."""
@@ -485,40 +531,14 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             h, qmask = h.expand(n, -1, -1), qmask.expand(n, -1)
         if doc.hidden.dtype != h.dtype:
             doc = DocStates(doc.hidden.to(h.dtype), doc.mask)
-        smask = self.query_self_mask(qmask)
-        a, b = self.contextual_layers, self.interaction_layers
-        # Only `[CLS]` reaches the head, so in the last interaction layer only its row matters: under `none`
-        # the last cross-attention is dead weight, under `uniform` only its `[CLS]` row (`cls_cross`) counts. Without autograd we skip it (same
-        # scores); with autograd it runs, so every parameter gets a (zero) gradient, as DDP expects.
-        shortcut = not torch.is_grad_enabled()
-        for j in range(b):
-            layer = self.layers[a + j]
-            if j == b - 1 and shortcut:
-                if j > 0:
-                    ctx = attend(layer.attention.self, h[:, :1], h, smask[:, :, :1], self._dropout_p())
-                    h = layer.attention.output(ctx, h[:, :1])
-                else:
-                    h = h[:, :1]
-                h = self._ffn(layer, self.cls_cross(j, h, doc))
-                break
-            if j > 0:
-                h = self._self_block(layer, h, smask)
-            h = self.cross_block(j, h, doc)
-            h = self._ffn(layer, h)
-        return self.head(h)
+        return self.run_interaction(h, self.query_self_mask(qmask), n, self.doc_reader(doc),
+                                    self.doc_mean_reader(doc) if self.cls_reads_document else None)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        """The source model's scoring head on the query `[CLS]`: a raw logit per row, [B] (float32, also under a
-        bf16/fp16 `compute_dtype`)."""
-        bb = self.backbone
-        pooler = getattr(self.base, "pooler", None)
+        """The source model's scoring head (final norm, pooling, classifier) on the query `[CLS]`: a raw logit
+        per row, [B] (float32, also under a bf16/fp16 `compute_dtype`)."""
         with self.full_precision():
-            h = h.float()
-            if pooler is not None and isinstance(getattr(bb, "classifier", None), nn.Linear):
-                logits = bb.classifier(bb.dropout(pooler(h)))
-            else:  # ELECTRA / RoBERTa heads read position 0 of the sequence themselves
-                logits = bb.classifier(h)
-        return logits[..., 0]
+            return self.adapter.logits(self.adapter.final_norm(h.float()))[..., 0]
 
     def forward(self, query_batch, doc_batch=None, doc_states: DocStates | None = None) -> torch.Tensor:
         """Scores [B] (raw logits, differentiable). Documents either tokenised/texts in `doc_batch` (encoded in
@@ -633,9 +653,8 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         h.update(f"mice-doc-states/1 a={self.contextual_layers} type={self.mice_config.doc_token_type} "
                  f"model_type={self.config.model_type}".encode())
         h.update(self.tokenizer_fingerprint().encode())
-        named = list(self.base.embeddings.named_parameters(prefix="embeddings"))
-        if getattr(self.base, "embeddings_project", None) is not None:
-            named += list(self.base.embeddings_project.named_parameters(prefix="embeddings_project"))
+        named = [p for prefix, module in self.adapter.embedding_modules()
+                 for p in module.named_parameters(prefix=prefix)]
         for l in range(self.contextual_layers):
             named += list(self.layers[l].named_parameters(prefix=f"layer.{l}"))
         self._hash_tensors(h, named)
@@ -653,9 +672,10 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         h = hashlib.sha256(self.fingerprint().encode())
         named = []
         for j, block in enumerate(list(self.cross)[: self.live_cross_layers]):
-            named += [(f"cross.{j}.key.weight", block.self.key.weight), (f"cross.{j}.key.bias", block.self.key.bias),
-                      (f"cross.{j}.value.weight", block.self.value.weight),
-                      (f"cross.{j}.value.bias", block.self.value.bias)]
+            for prefix, module in self.adapter.kv_input_modules(self.contextual_layers + j):
+                named += list(module.named_parameters(prefix=prefix))
+            for what, w, bias in self.adapter.kv_weights(block):
+                named += [(f"cross.{j}.{what}.weight", w)] + ([(f"cross.{j}.{what}.bias", bias)] if bias is not None else [])
         self._hash_tensors(h, named)
         return h.hexdigest()[:32]
 

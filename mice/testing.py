@@ -46,11 +46,15 @@ def _roberta_tokenizer(folder: Path):
 
 
 def tiny_cross_encoder(folder, family: str = "bert", num_layers: int = 2, hidden: int = 32, heads: int = 4,
-                       intermediate: int = 64, seed: int = 0, num_labels: int = 1, init_range: float = 0.2) -> Path:
-    """Build and save a tiny random `...ForSequenceClassification` model of `family` (bert|electra|roberta).
+                       intermediate: int = 64, seed: int = 0, num_labels: int = 1, init_range: float = 0.2,
+                       pooling: str = "cls", local_attention: int = 16, global_every: int = 3) -> Path:
+    """Build and save a tiny random `...ForSequenceClassification` model of `family`
+    (bert|electra|roberta|modernbert).
 
     `init_range` is larger than HF's default so that random models give clearly distinct scores and a wrong
-    knockout shows up far above test tolerances.
+    knockout shows up far above test tolerances. ModernBERT only: `pooling` (cls|mean), `local_attention` (the
+    whole sliding window, small so that test pairs exceed it) and a global layer every `global_every` layers;
+    it uses the packaged BERT vocabulary (`[CLS] q [SEP] d [SEP]`, no token types).
     """
     import torch
     from transformers import (BertConfig, BertForSequenceClassification, ElectraConfig,
@@ -73,8 +77,18 @@ def tiny_cross_encoder(folder, family: str = "bert", num_layers: int = 2, hidden
         model = RobertaForSequenceClassification(RobertaConfig(
             vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=0, eos_token_id=2,
             type_vocab_size=1, **{**common, "max_position_embeddings": 130}))
+    elif family == "modernbert":
+        from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+        _bert_tokenizer_files(folder)
+        model = ModernBertForSequenceClassification(ModernBertConfig(
+            vocab_size=30522, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
+            intermediate_size=intermediate, max_position_embeddings=128, num_labels=num_labels,
+            initializer_range=init_range, global_attn_every_n_layers=global_every, local_attention=local_attention,
+            classifier_pooling=pooling, pad_token_id=0, cls_token_id=101, sep_token_id=102, bos_token_id=101,
+            eos_token_id=102, norm_bias=True))
     else:
-        raise ValueError(f"unknown family {family!r} (bert, electra, roberta)")
+        raise ValueError(f"unknown family {family!r} (bert, electra, roberta, modernbert)")
     model.eval()
     model.save_pretrained(folder)
     return folder

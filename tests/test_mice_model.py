@@ -116,15 +116,14 @@ def test_query_tokens_do_not_attend_cls(mice22):
     m = mice22.query_self_mask(torch.tensor([[1, 1, 1, 0]]))
     assert m[0, 0, 0].tolist() == [True, True, True, False]  # [CLS] attends itself and the query
     assert m[0, 0, 2].tolist() == [False, True, True, False]  # query tokens: not [CLS], not padding
-    layer = mice22.layers[2]
     batch = mice22.tokenize_queries(QUERIES[:1])
     with torch.no_grad():
         h = mice22.contextualize(batch)
         smask = mice22.query_self_mask(batch["attention_mask"])
-        base = mice22._self_block(layer, h, smask)
+        base = mice22.self_block(2, h, smask)
         h2 = h.clone()
         h2[:, 0] += 3.0
-        moved = mice22._self_block(layer, h2, smask)
+        moved = mice22.self_block(2, h2, smask)
     assert torch.allclose(base[:, 1:], moved[:, 1:], atol=1e-6)
     assert not torch.allclose(base[:, 0], moved[:, 0])
 

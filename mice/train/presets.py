@@ -61,9 +61,8 @@ def _mice(model, a, b, **kw):
     return {"mode": "mice", "model": model, "contextual_layers": a, "interaction_layers": b, **kw}
 
 
-# name → (the paper's label, settings on top of PAPER_RECIPE). Ettin MICE needs a ModernBERT MICE, which this
-# toolkit does not have yet (MICEModel covers BERT/ELECTRA/RoBERTa): those presets resolve, and training them
-# stops with a clear ModelError when the model is built.
+# name → (the paper's label, settings on top of PAPER_RECIPE). Ettin MICE runs on the ModernBERT adapter when the
+# head pools `[CLS]`; a mean-pooling config stops with a clear ModelError when the model is built.
 PAPER_MODELS: dict[str, tuple[str, dict]] = {
     "paper-minilm-ce": ("Baseline ft (MiniLM-L12)", _ce(MINILM)),
     "paper-minilm-mask0": ("Mask0", _masked(MINILM, "mask0")),

@@ -18,7 +18,7 @@ from ..hf import quiet_hf as _quiet_hf
 from .config import TrainConfig
 
 from ..models import MASK_KEY  # config.json key recording a masked cross-encoder's interaction mask
-HEAD_MARKERS = ("classifier", ".pooler.", "late.proj.")  # fresh heads: the late-interaction projection too
+HEAD_MARKERS = ("classifier", ".pooler.", ".head.", "late.proj.")  # fresh heads (ModernBERT: head.dense/norm), the late-interaction projection too
 
 
 class CrossEncoderStudent(nn.Module):
