@@ -6,6 +6,7 @@ from transformers import AutoModelForSequenceClassification
 
 from mice import HookedCrossEncoder, InteractionMask
 from mice.hooked import knockout_hooks
+from parity_checks import assert_hook_equals_mask
 from mice.segments import SEG
 
 PAIRS = [
@@ -47,15 +48,7 @@ def test_hooked_equals_plain_hf_on_padded_batch(tiny_models, family):
 @pytest.mark.parametrize("mode", ["renorm", "zero"])
 @pytest.mark.parametrize("preset", ["mask2", "mask3:k=2", "prettr:k=1", "sparse_ce"])
 def test_knockout_by_hook_equals_knockout_by_mask(tiny_models, family, mode, preset):
-    model = HookedCrossEncoder.from_pretrained(tiny_models[family])
-    batch = model.tokenize(PAIRS)
-    mask = InteractionMask.parse(preset, model.n_layers)
-    with torch.no_grad():
-        clean = model(batch)
-        by_mask = model(batch, mask=mask, mode=mode)
-        by_hook = model.run_with_hooks(batch, fwd_hooks=knockout_hooks(model, batch, mask, mode))
-    assert torch.allclose(by_mask, by_hook, atol=1e-5), (by_mask - by_hook).abs().max()
-    assert (by_mask - clean).abs().max() > 1e-3  # the knockout really changes the scores
+    assert_hook_equals_mask(tiny_models[family], PAIRS, preset, mode)
 
 
 def test_hand_written_hook_knockout_equals_mask(tiny_bert):
