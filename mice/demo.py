@@ -20,6 +20,7 @@ from .files import write_table
 from .pipeline import Pipeline
 
 ZERO_SHOT = ("mask0", "mask1", "mask2", "mask3")
+TINY_BACKBONES = {"tiny": "bert", "tiny-modernbert": "modernbert"}  # random models built in-process
 CACHE_VERSION = 1  # bump when a stage's code changes what it produces
 
 
@@ -37,7 +38,7 @@ class DemoPreset:
     # at (saved with it), so every model, MICE included, is compared at its own training length
     rerank_max_length: int | None = None
     train_preset: str = "quick"
-    backbone: str = "packaged:minilm"  # "tiny" = a tiny random model built in-process
+    backbone: str = "packaged:minilm"  # "tiny" / "tiny-modernbert" = a tiny random model built in-process
     # training steps per model (None: the train preset's own). Steps, not a wall clock, so that a loaded
     # machine gives the same models, only later; on 2 idle cores they fit the 20-minute budget.
     ce_steps: int | None = 250
@@ -184,11 +185,13 @@ class Demo:
         return {}
 
     def _backbone(self, folder: Path) -> str:
-        if self.p.backbone != "tiny":
+        if self.p.backbone not in TINY_BACKBONES:
             return self.p.backbone
         from .testing import tiny_cross_encoder
 
-        return str(tiny_cross_encoder(folder / "tiny-backbone", num_layers=4, hidden=64, heads=4, intermediate=128))
+        # tiny-modernbert: layers global, local, local, global, a 16-token window that the demo's pairs exceed
+        return str(tiny_cross_encoder(folder / "tiny-backbone", family=TINY_BACKBONES[self.p.backbone], num_layers=4,
+                                      hidden=64, heads=4, intermediate=128, local_attention=16, global_every=3))
 
     def _train(self, folder: Path, mode: str, steps: int | None, **overrides) -> Path:
         from .train import Trainer

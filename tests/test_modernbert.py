@@ -350,3 +350,28 @@ def test_cli_commands_on_modernbert_folders(tiny_mb, tmp_path):
     assert (fly - indexed.loc[fly.index]).abs().max() <= 1e-5  # MICE from the index = MICE on the fly
     bench = pd.read_csv(out["b.csv"])
     assert {"cross-encoder", "mice", "mice-index", "mice-kv"} <= set(bench["method"])
+
+
+@pytest.mark.integration
+def test_demo_runs_end_to_end_on_a_tiny_modernbert(tmp_path):
+    """`mice demo --preset tiny --backbone tiny-modernbert`: every stage (training in the three modes, probes,
+    attribution, sweeps, derivation, MICE and its index, late interaction, latency) on a ModernBERT backbone."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MICE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = tmp_path / "demo"
+    res = subprocess.run([sys.executable, "-m", "mice", "demo", "--preset", "tiny", "--backbone", "tiny-modernbert",
+                          "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for stage in ("cross_encoder", "masked", "mice"):
+        config = json.loads((out / stage / "train" / "best" / "config.json").read_text())
+        assert config["model_type"] == "modernbert", stage
+    report = (out / "report.md").read_text()
+    assert "## MICE" in report and "## Knockouts" in report
+    index = json.loads((out / "index" / "index_check.json").read_text())
+    assert index["max_abs_score_diff"] < 1e-2 and index["kendall_tau_min"] > 0.99  # fp16 index vs on the fly

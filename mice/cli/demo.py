@@ -8,7 +8,10 @@ import typer
 
 def demo(preset: str = typer.Option("quick", "--preset", help="quick (~20 min on 2 CPU cores), full, or tiny"),
          out: str = typer.Option("runs/demo", "--out", help="Output folder (stages already there are reused)"),
-         threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads")) -> None:
+         threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
+         backbone: Optional[str] = typer.Option(None, "--backbone", help="The encoder the cross-encoder is trained "
+                                                "from (default: the preset's): packaged:minilm, a model folder, "
+                                                "tiny (random BERT) or tiny-modernbert (random ModernBERT)")) -> None:
     """The whole method on the offline default, ending in OUT/report.md and OUT/report.html."""
     import time
 
@@ -22,7 +25,7 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (~20 min on
         torch.set_num_threads(threads)
     console = Console()
     start = time.perf_counter()
-    report = run_demo(out, preset, console=console)
+    report = run_demo(out, preset, console=console, backbone=backbone)
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}  [dim]({time.perf_counter() - start:.1f}s)[/]")
 
 
