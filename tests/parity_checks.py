@@ -5,6 +5,15 @@ import torch
 from mice import HookedCrossEncoder, InteractionMask
 from mice.hooked import knockout_hooks
 
+# mixed lengths, so every batch is padded
+PAIRS = [
+    ("sort an array", "return a sorted copy of an array along the given axis"),
+    ("mean", "compute the arithmetic mean along the specified axis of the input array values"),
+    ("plot a line on the current figure", "plot y versus x"),
+    ("graph nodes", "return a list of the nodes in the graph, as a dict of node attributes keyed by node"),
+    ("sparse matrix format", "a compressed sparse row matrix"),
+]
+
 
 def assert_hook_equals_mask(folder, pairs, preset: str, mode: str, atol: float = 1e-5) -> None:
     """A knockout applied by hooks on `hook_pattern` scores as the same knockout applied as an interaction mask

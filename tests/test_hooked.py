@@ -6,16 +6,9 @@ from transformers import AutoModelForSequenceClassification
 
 from mice import HookedCrossEncoder, InteractionMask
 from mice.hooked import knockout_hooks
-from parity_checks import assert_hook_equals_mask
+from parity_checks import PAIRS, assert_hook_equals_mask
 from mice.segments import SEG
 
-PAIRS = [
-    ("sort an array", "return a sorted copy of an array along the given axis"),
-    ("mean", "compute the arithmetic mean along the specified axis of the input array values"),
-    ("plot a line on the current figure", "plot y versus x"),
-    ("graph nodes", "return a list of the nodes in the graph, as a dict of node attributes keyed by node"),
-    ("sparse matrix format", "a compressed sparse row matrix"),
-]
 FAMILIES = ["bert", "electra", "roberta"]
 
 

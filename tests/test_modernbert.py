@@ -11,20 +11,13 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from mice import HookedCrossEncoder, InteractionMask
-from parity_checks import assert_hook_equals_mask
+from parity_checks import PAIRS, assert_hook_equals_mask
 
 from ablations.engine import SweepEngine
 from ablations.knockouts import Knockout, check_knockout, knockout_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PAIRS = [
-    ("sort an array", "return a sorted copy of an array along the given axis"),
-    ("mean", "compute the arithmetic mean along the specified axis of the input array values"),
-    ("plot a line on the current figure", "plot y versus x"),
-    ("graph nodes", "return a list of the nodes in the graph, as a dict of node attributes keyed by node"),
-    ("sparse matrix format", "a compressed sparse row matrix"),
-]
 POOLINGS = ["cls", "mean"]
 PRESETS = ["mask0", "mask1", "mask2", "mask3:k=2", "prettr:k=1", "sparse_ce"]
 
