@@ -348,11 +348,13 @@ def _tables(kos, live, status, mode, clean, est, effects: RankEffects, n_boot, m
 
 
 class _NoProgress:
+    """No bar and no log lines: what `_progress` returns when progress is off (and on ranks other than 0)."""
+
     def advance(self, n: int = 1) -> None:
-        pass
+        return None
 
     def stop(self) -> None:
-        pass
+        return None
 
 
 class _Progress(_NoProgress):

@@ -16,6 +16,8 @@ to [B, heads, Tq, Tk]; `allow` (bool [B, Tq, Tk]) is an interaction mask applied
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -86,7 +88,7 @@ def merge_heads(z: torch.Tensor) -> torch.Tensor:
     return z.reshape(*z.shape[:2], -1)
 
 
-class Adapter:
+class Adapter(ABC):
     """The interface (see the module docstring). Subclasses implement one family each."""
 
     family = "?"
@@ -100,12 +102,13 @@ class Adapter:
 
     # --- shape
     @property
+    @abstractmethod
     def layers(self) -> nn.ModuleList:
-        raise NotImplementedError
+        """The encoder's layer modules, in order."""
 
+    @abstractmethod
     def truncate(self, n: int) -> None:
         """Keep layers [0, n) (MICE drops the layers above a+b)."""
-        raise NotImplementedError
 
     @property
     def n_layers(self) -> int:
@@ -149,36 +152,37 @@ class Adapter:
         return 0.0
 
     # --- whole model pieces
+    @abstractmethod
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """The residual stream entering layer 0, [B, T, H]."""
 
+    @abstractmethod
     def embedding_modules(self) -> list[tuple[str, nn.Module]]:
         """(prefix, module) of everything before layer 0 (document-side fingerprints hash them)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def layer_context(self, attention_mask: torch.Tensor, dtype: torch.dtype):
         """Per-batch inputs every layer needs besides the stream (padding mask, positions...)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def layer_bias(self, ctx, l: int) -> torch.Tensor | None:
         """Additive mask of layer `l` (padding, and the window on local layers)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run_layer(self, l: int, h: torch.Tensor, ctx, **hook_kwargs) -> torch.Tensor:
         """Layer `l` through its HF module, so the registered attention function (and its hooks) run."""
-        raise NotImplementedError
 
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
         return h
 
+    @abstractmethod
     def logits(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The model's own pooling and classification head on the final stream: [B, labels]."""
-        raise NotImplementedError
 
     # --- a layer in pieces
+    @abstractmethod
     def new_cross_block(self, l: int) -> nn.Module:
         """A new cross-attention block for MICE, initialised from layer `l`'s self-attention weights."""
-        raise NotImplementedError
 
     def local_window(self, l: int, t: int, device) -> torch.Tensor | None:
         """Bool [t, t] window of layer `l` when it is a local (sliding-window) layer, else None."""
@@ -192,29 +196,30 @@ class Adapter:
         """(prefix, module) of what `kv_input(l, ·)` applies (cached keys/values depend on them)."""
         return []
 
+    @abstractmethod
     def project_q(self, l: int, x: torch.Tensor, block=None, ctx=None) -> torch.Tensor:
         """Queries [B, heads, T, dh] of the rows x (the first T positions of `ctx`'s sequences)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def project_kv(self, l: int, x: torch.Tensor, block=None, ctx=None):
         """Keys and values [B, heads, T, dh] of the stream x."""
-        raise NotImplementedError
 
+    @abstractmethod
     def project_v(self, l: int, x: torch.Tensor, block=None) -> torch.Tensor:
         """Values with heads merged, [.., H], of `kv_input(l, ·)` (affine: the mean of values is the value of
         the mean)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def kv_weights(self, block) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
         """[("key", W, b), ("value", W, b)] of a cross block as affine maps of `kv_input(l, ·)`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def attn_out(self, l: int, z: torch.Tensor, resid: torch.Tensor, block=None) -> torch.Tensor:
         """The attention sublayer's output for context z [.., H] (heads merged) on the stream `resid`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def ffn(self, l: int, h: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Layer l's feed-forward block with its residual and norm, as the family places them."""
 
     def attention_sublayer(self, l: int, x: torch.Tensor, bias=None, allow=None, mode: str = "renorm",
                            rows: int | None = None, dropout_p: float = 0.0, block=None, kv=None,
