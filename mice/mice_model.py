@@ -208,11 +208,11 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.config.hidden_size)
+        return self.adapter.hidden
 
     @property
     def num_heads(self) -> int:
-        return int(self.config.num_attention_heads)
+        return self.adapter.n_heads
 
     @property
     def device(self) -> torch.device:
