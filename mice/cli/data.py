@@ -34,7 +34,8 @@ def _short(text: str, n: int = 110) -> str:
 
 
 @data_app.command("info")
-def info(spec: str = typer.Argument(..., help="Dataset spec: folder, files:..., irds:<id>, embedded:docs[-ood]"),
+def info(spec: str = typer.Argument(..., help="Dataset spec: folder, files:..., irds:<id>, embedded:docs[-ood], "
+                                               "embedded:meta"),
          examples: int = typer.Option(3, help="Examples to show per split"),
          split: list[str] = typer.Option(None, help="Only these splits (repeatable)")) -> None:
     """Size per split, corpus size, and a few (query, relevant document) examples."""
@@ -60,7 +61,14 @@ def info(spec: str = typer.Argument(..., help="Dataset spec: folder, files:..., 
         console.print(table)
         ds.validate()
         stats = getattr(ds, "build_stats", None)
-        if stats:
+        if stats and "distributions" in stats:  # embedded:meta
+            console.print(f"installed distributions: {stats['distributions']} (other copies on the path: "
+                          f"{stats['other_copies']}); dropped: no summary {stats['no_summary']}, short summary "
+                          f"{stats['short_summary']}, no description {stats['no_description']}, short description "
+                          f"{stats['short_description']}, duplicate summary {stats['duplicate_queries']}, "
+                          f"duplicate description {stats['duplicate_docs']}")
+            console.print("from: " + ", ".join(stats["sites"]))
+        elif stats:
             pk = Table(title="embedded build")
             for col in ("package", "version", "modules", "failed", "harvested", "kept"):
                 pk.add_column(col)

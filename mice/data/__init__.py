@@ -1,13 +1,15 @@
 """Datasets: one interface (`Dataset`) over BEIR folders, MS MARCO-style TSV, explicit files, ir_datasets and
-the embedded docstring collection. `load_dataset(spec)` accepts every form; any API that takes a dataset
-accepts a spec string too.
+the embedded collections (docstrings; installed distributions' metadata). `load_dataset(spec)` accepts every
+form; any API that takes a dataset accepts a spec string too.
 
 Spec strings:
 - a folder: BEIR (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`) or MS MARCO-style
   (`collection.tsv`, `queries.<split>.tsv`, `qrels.<split>.tsv`);
 - `files:corpus=PATH,queries=PATH,qrels=PATH[,split=test]` (jsonl or `id<TAB>text`; TREC or BEIR qrels);
 - `irds:<ir_datasets id>[?split=NAME]` (optional extra `ir_datasets`);
-- `embedded:docs`, `embedded:docs-ood`, with options such as `embedded:docs?packages=json,logging`.
+- `embedded:docs`, `embedded:docs-ood`, with options such as `embedded:docs?packages=json,logging`;
+- `embedded:meta[?max_docs=N&max_words=N&min_words=N&fractions=0,0.2,0.8]`: summary -> long description of every
+  installed distribution (out of domain by kind of text; see `meta.py`).
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from pathlib import Path
 from ..errors import DataError
 from .base import Dataset, DataWarning, InMemoryDataset, cache_dir
 from .embedded import EmbeddedConfig, EmbeddedDataset
+from .meta import MetaConfig, MetaDataset
 from .local import FilesDataset, beir_folder, msmarco_folder
 
 __all__ = ["Dataset", "DataWarning", "InMemoryDataset", "FilesDataset", "EmbeddedDataset", "EmbeddedConfig",
-           "load_dataset", "cache_dir", "beir_folder", "msmarco_folder", "write_beir"]
+           "MetaDataset", "MetaConfig", "load_dataset", "cache_dir", "beir_folder", "msmarco_folder", "write_beir"]
 
 _LOADED: dict[str, Dataset] = {}
 
@@ -37,6 +40,12 @@ def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
     if s.startswith("embedded"):
         from .embedded import parse_spec
 
+        if s.split(":", 1)[-1].partition("?")[0] == "meta":
+            from .meta import parse_spec as parse_meta
+
+            if s not in _LOADED:  # per process, like embedded:docs (a new MetaDataset re-reads what is installed)
+                _LOADED[s] = MetaDataset(parse_meta(s), spec=s)
+            return _LOADED[s]
         key = f"{s}@{cache_dir()}"
         if key not in _LOADED:
             _LOADED[key] = EmbeddedDataset(parse_spec(s), spec=s)
