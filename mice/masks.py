@@ -234,6 +234,10 @@ class InteractionMask:
         if not isinstance(obj, dict):
             raise MaskError(f"{source}: a mask must be a JSON object")
         fmt = obj.get("format")
+        if fmt == "mice-config/1":  # a derived configuration (mice.derived) carries its mask
+            if not isinstance(obj.get("mask"), dict):
+                raise MaskError(f"{source}: this configuration holds no mask (decision: {obj.get('decision')})")
+            return cls.from_dict(obj["mask"], source)
         if fmt not in FORMATS:
             raise MaskError(f"{source}: format {fmt!r} is not supported (expected {FORMAT!r})")
         for key in ("num_layers", "rules"):

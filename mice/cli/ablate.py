@@ -3,7 +3,7 @@ searches. Path convention: a->b = tokens of a attend to tokens of b."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -306,6 +306,78 @@ def layer_drop_cmd(results: Path = typer.Option(..., "--results", help="Table: i
 
         plot_layer_drop(table, out, metric=metric)
     typer.echo(choice.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+
+
+def _ints(text: Optional[str], flag: str) -> Optional[tuple]:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        from ..errors import MiceError
+
+        raise MiceError(f"{flag} {text!r}: expected integers separated by commas") from None
+
+
+@ablate_app.command("search")
+def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
+               out: Path = typer.Option(..., "--out", "-o", help="Folder: candidates/, search.parquet, derived.json"),
+               split: str = typer.Option("dev", "--split", help="Split the candidates are scored on"),
+               run: str = typer.Option("bm25", "--run", "-r", help="First-stage run of that split, or 'bm25'"),
+               k: int = typer.Option(10, "--k", help="Candidates per dev query"),
+               queries: int = typer.Option(50, "--queries", help="The first N dev queries by id"),
+               preset: str = typer.Option("quick", "--preset", help="Training preset of every candidate "
+                                          "(masked / mice recipe: Margin-MSE from the cross-encoder)"),
+               steps: int = typer.Option(10, "--steps", help="First rung's steps; rung r trains steps x eta^r"),
+               eta: int = typer.Option(2, "--eta", help="Keep the best 1/eta of each rung"),
+               finalists: int = typer.Option(2, "--finalists", help="Halve until this many remain"),
+               seeds: str = typer.Option("0,1", "--seeds", help="Seeds of the finalists (the first: every rung)"),
+               tolerance: float = typer.Option(0.02, "--tolerance", help="Largest relative dev loss against "
+                                               "the best finalist or the cross-encoder"),
+               metric: str = typer.Option("ndcg@10", "--metric", help="ndcg@10 or rr@10"),
+               stages: str = typer.Option("mask,layers", "--stages", help="mask (mask0..mask3(k)), layers "
+                                          "(MICE-ℓa+b for each b), or both"),
+               merge_layers: Optional[str] = typer.Option(None, "--merge-layers", help="k of mask3(k) (default "
+                                                          "1..L-1), e.g. 1,2,3"),
+               extra_masks: Optional[List[Path]] = typer.Option(None, "--extra-mask", help="Another candidate mask "
+                                                                "(.json; e.g. `ablate derive`'s); repeatable"),
+               contextual_layers: Optional[int] = typer.Option(None, "--contextual-layers", "-a",
+                                                               help="a, when only the layer stage runs"),
+               max_interaction_layers: Optional[int] = typer.Option(None, "--max-interaction-layers"),
+               set_: Optional[List[str]] = typer.Option(None, "--set", help="Training setting of every "
+                                                        "candidate: key=value (repeatable)"),
+               batch_size: int = typer.Option(32, "--batch-size", help="Scoring batch size")) -> None:
+    """Trained search for the MICE configuration: short distillation fine-tunes under each candidate, successive
+    halving in steps, >= 2 seeds for the finalists; writes derived.json (mice-config/1) for `mice train --config`.
+    Cached per candidate by content: rerun, resume or widen it in the same --out."""
+    from ablations.search import SearchConfig, search
+
+    from ..errors import MiceError
+    from .data import plain_warnings
+
+    train = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MiceError(f"--set {item!r}: expected key=value")
+        train[key.strip()] = value.strip()
+    cfg = SearchConfig(model=model, dataset=dataset, split=split, run=run, k=k, queries=queries, train_preset=preset,
+                       train=train, steps=steps, eta=eta, finalists=finalists, seeds=_ints(seeds, "--seeds"),
+                       tolerance=tolerance, metric=metric.lower(),
+                       stages=tuple(x.strip() for x in stages.split(",") if x.strip()),
+                       merge_layers=_ints(merge_layers, "--merge-layers"),
+                       extra_masks=tuple(str(p) for p in extra_masks or ()), contextual_layers=contextual_layers,
+                       max_interaction_layers=max_interaction_layers, batch_size=batch_size)
+    with plain_warnings():
+        res = search(cfg, out, log=typer.echo)
+    m = cfg.metric
+    cols = ["stage", "candidate", "rung", "steps", "seeds", m, f"{m}_ci_low", f"{m}_ci_high", f"delta_{m}",
+            f"p_delta_{m}", "kendall_tau", "collapsed", "within_tolerance", "chosen"]
+    t = res.table
+    typer.echo(t[t["trained"]][cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    typer.echo(f"decision: {res.config.decision}; {res.meta['why']}")
+    typer.echo(f"{res.meta['steps_total']} training steps in all ({res.meta['steps_trained_this_run']} this run, "
+               f"{res.meta['elapsed_s']:.0f} s); wrote {out / 'derived.json'}, {out / 'search.parquet'}")
 
 
 def register(app: typer.Typer) -> None:

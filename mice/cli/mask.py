@@ -1,4 +1,4 @@
-"""`mice mask show PRESET|FILE` — print a mask's per-layer allow-table."""
+"""`mice mask show PRESET|FILE` — print a mask's per-layer allow-table (or a derived configuration and its mask)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,7 +10,8 @@ mask_app = typer.Typer(help="Interaction masks: show presets and mask files (a->
 
 
 @mask_app.command("show")
-def show(spec: str = typer.Argument(..., help="Preset (none, mask0..mask3, prettr, sparse_ce) or a mask .json"),
+def show(spec: str = typer.Argument(..., help="Preset (none, mask0..mask3, prettr, sparse_ce), a mask .json "
+                                                         "or a derived configuration (mice-config/1)"),
          num_layers: Optional[int] = typer.Option(None, "--num-layers", help="Number of layers (presets; default 6)"),
          k: Optional[int] = typer.Option(None, "--k", help="k for mask3(k) / prettr(k)"),
          tidy: bool = typer.Option(False, "--tidy", help="Print the tidy (layer, from, to, allowed) table")) -> None:
@@ -19,6 +20,13 @@ def show(spec: str = typer.Argument(..., help="Preset (none, mask0..mask3, prett
 
     from ..masks import InteractionMask
 
+    from ..derived import MiceConfig, is_config_file
+
+    if is_config_file(spec):  # a derived configuration: a, b, decision and budget, then its mask
+        cfg = MiceConfig.load(spec)
+        mask = cfg.interaction_mask()
+        typer.echo(cfg.render() if not tidy or mask is None else mask.to_frame().to_string(index=False))
+        return
     if spec.endswith(".json") or Path(spec).is_file():
         mask = InteractionMask.load(spec)
         if num_layers is not None and num_layers != mask.num_layers:

@@ -25,7 +25,9 @@ def train(
                                                                 "or one paper model: paper-minilm-ce, "
                                                                 "paper-minilm-mice-l4+3, … (the paper's GPU recipe; "
                                                                 "--show-config prints it)"),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Settings file (.json or .toml)"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Settings file (.json or .toml), or a derived "
+                                         "configuration (mice-config/1, from `mice ablate search`): a and b for "
+                                         "--mode mice, the mask for --mode masked"),
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="Backbone (cross-encoder mode) or source cross-encoder folder"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset spec (default embedded:docs)"),
@@ -80,7 +82,14 @@ def train(
     from ..train.config import TrainConfig, read_config_file
     from ..train.presets import preset_mode, preset_settings
 
-    file_settings = read_config_file(config) if config else {}
+    from ..derived import MiceConfig, is_config_file
+
+    if config and is_config_file(config):  # a derived configuration (`mice ablate search`): a, b or the mask
+        derived = MiceConfig.load(config)
+        file_settings = derived.train_settings(mode or ("masked" if derived.decision == "masked" else "mice"),
+                                               config)
+    else:
+        file_settings = read_config_file(config) if config else {}
     chosen_mode = mode or file_settings.get("mode") or (preset_mode(preset) if preset else None) or "cross-encoder"
     cfg = TrainConfig()
     if preset:

@@ -68,6 +68,9 @@ class TrainConfig:
     head_lr: float | None = None  # pooler + classifier (a fresh head learns faster); default: lr
     weight_decay: float = 0.01
     warmup_steps: int = 0
+    # linear: decay to 0 at max_steps; constant: flat after warmup, so a run resumed to more steps is the run
+    # trained that long from the start (the trained search continues its candidates rung by rung)
+    lr_schedule: str = "linear"
     max_steps: int = 1000
     max_minutes: float | None = None  # wall-clock budget (stops early, keeps the best checkpoint)
     max_grad_norm: float = 1.0
@@ -150,6 +153,8 @@ class TrainConfig:
             bad("cls_cross_attention", "applies to mice mode only")
         if not float(self.weight_decay) >= 0:
             bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.lr_schedule not in ("linear", "constant"):
+            bad("lr_schedule", f"{self.lr_schedule!r} (linear, constant)")
         if self.mask_mode not in ("renorm", "zero"):
             bad("mask_mode", f"{self.mask_mode!r} (renorm, zero)")
         return self

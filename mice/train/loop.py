@@ -96,12 +96,13 @@ def _recover_dir(final: Path) -> None:
         old.rename(final)
 
 
-def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
-    """LR factor: linear warmup over `warmup` steps, then linear decay to 0 at step `total`."""
+def linear_schedule(warmup: int, total: int, decay: bool = True) -> Callable[[int], float]:
+    """LR factor: linear warmup over `warmup` steps, then linear decay to 0 at step `total` (or, without
+    `decay`, constant: the factor never depends on `total`)."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+        return max(0.0, (total - step) / max(1, total - warmup)) if decay else 1.0
 
     return factor
 
@@ -305,6 +306,8 @@ class Trainer:
 
         cfg = self.config
         settings = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE and k not in _BY_CONTENT}
+        if settings.get("lr_schedule") == "linear":  # the default: identities written before it existed hold
+            del settings["lr_schedule"]
         parts = {"config." + k: v for k, v in settings.items()}
         parts["start_model"] = weights_fingerprint(cfg.model)
         parts["data"] = dataset_identity(self.ds, [cfg.train_split] + ([cfg.dev_split] if cfg.dev_split and
@@ -440,7 +443,8 @@ class Trainer:
         student = build_student(cfg, source=str(resume_from) if resume_from else None)
         student.train()
         optimizer = torch.optim.AdamW(param_groups(student, cfg.lr, cfg.head_lr, cfg.weight_decay), lr=cfg.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(cfg.warmup_steps, cfg.max_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(cfg.warmup_steps, cfg.max_steps,
+                                                                         decay=cfg.lr_schedule == "linear"))
         self.optimizer, self.scheduler = optimizer, scheduler
         self.best_metric, self.best_step, self.best_dev = None, None, {}
         # the scheduler is stepped by hand, once per optimizer step (accelerate would step it once per process)

@@ -1,0 +1,503 @@
+"""Trained search for the MICE configuration: decide like the paper, on a budget of steps.
+
+Zero-shot knockouts understate what training absorbs (DESIGN.md), so each candidate configuration is a short
+fine-tune from the cross-encoder, distilled from it (Margin-MSE, the train preset's recipe), then scored on dev
+queries against the cross-encoder with per-query measures, bootstrap CIs and paired tests.
+
+- **Stages.** `mask`: the paper's steps mask0 → mask1 → mask2 → mask3(k) for k in [1, L) (mask3(0) is mask2),
+  plus any mask files proposed by the attribution screen. The chosen mask fixes the split a (its merge layer,
+  when it blocks `d->q` everywhere, i.e. the document is query-independent). `layers`: MICE-ℓa+b for each b.
+- **Budget: successive halving, in steps.** Every candidate gets `steps` steps; the better 1/`eta` continues to
+  twice as many, and so on until `finalists` remain. Those train the same number of steps under every seed of
+  `seeds`. Curves are drawn from one rung only (`curve`), so every point of a curve had the same steps.
+- **Choice.** Among finalists (seed-averaged), the most efficient (mask stage: largest a, then the most
+  restrictive step; layer stage: smallest b) whose dev effectiveness is within `tolerance` (relative) of the
+  best of the finalists and the cross-encoder itself. Nothing within tolerance: the search says so and the
+  derived configuration keeps the cross-encoder. Never a fallback.
+- **Cache.** Each candidate x seed trains in a folder named by a content-keyed identity (cross-encoder weights,
+  training data, settings, the resolved mask or a/b), with a constant LR after warmup: a rung continues the
+  previous one, and a model resumed to 2s steps is the model trained 2s steps. A rerun, an interrupted run or a
+  widened search (more k, more b, more seeds) reuses every finished candidate; evaluations are keyed by the
+  dev candidates' fingerprint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mice.errors import MiceError
+
+STAGES = ("mask", "layers")
+MEASURES = ("ndcg@10", "rr@10", "delta_ndcg@10", "delta_rr@10", "delta_margin", "kendall_tau")
+STEP_NAMES = ("mask0", "mask1", "mask2")  # the paper's steps before the merge layer
+
+
+@dataclass
+class SearchConfig:
+    """One trained search. Budgets are steps; `queries` x `k` dev pairs score each candidate."""
+
+    model: str  # the cross-encoder: start point and teacher of every candidate
+    dataset: str = "embedded:docs"
+    split: str = "dev"
+    run: str = "bm25"  # first-stage run of the dev queries (a file or "bm25")
+    k: int = 10
+    queries: int = 50  # the first N dev queries by id
+    train_preset: str = "quick"
+    train: dict = field(default_factory=dict)  # TrainConfig settings on top of the preset, for every candidate
+    steps: int = 10  # s: the first rung's steps; rung r trains s * eta**r
+    eta: int = 2
+    finalists: int = 2
+    seeds: tuple[int, ...] = (0, 1)
+    tolerance: float = 0.02
+    metric: str = "ndcg@10"
+    stages: tuple[str, ...] = STAGES
+    merge_layers: tuple[int, ...] | None = None  # k of mask3(k) (default: 1..L-1)
+    extra_masks: tuple[str, ...] = ()  # mask files (e.g. the attribution screen's derived mask)
+    contextual_layers: int | None = None  # a for the layer stage when the mask stage is not run
+    max_interaction_layers: int | None = None
+    batch_size: int = 32
+
+    def validate(self) -> "SearchConfig":
+        def bad(name, why):
+            raise MiceError(f"search config: {name}: {why}")
+
+        if not set(self.stages) <= set(STAGES) or not self.stages:
+            bad("stages", f"{list(self.stages)} (stages: {', '.join(STAGES)})")
+        if "mask" not in self.stages and self.contextual_layers is None:
+            bad("contextual_layers", "the layer stage without the mask stage needs a (contextual_layers)")
+        for name in ("k", "queries", "steps", "finalists", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.eta < 2:
+            bad("eta", f"must be >= 2, got {self.eta}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            bad("seeds", f"expected distinct seeds, got {list(self.seeds)}")
+        if self.finalists > 1 and len(self.seeds) < 2:
+            bad("seeds", "finalists get >= 2 seeds")
+        if not 0 <= self.tolerance < 1:
+            bad("tolerance", f"must be in [0, 1), got {self.tolerance}")
+        if self.metric not in ("ndcg@10", "rr@10"):
+            bad("metric", f"{self.metric!r} (ndcg@10, rr@10)")
+        return self
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration: a mask for a masked cross-encoder, or MICE-ℓa+b. `efficiency` orders candidates of a
+    stage (higher = cheaper at query time); `a` is the split the candidate allows (None: d->q is kept)."""
+
+    stage: str
+    name: str
+    mode: str  # masked | mice
+    mask: str | None
+    a: int | None
+    b: int | None
+    efficiency: tuple
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.name).strip("-")
+
+
+def mask_split(mask) -> int | None:
+    """The MICE split a mask allows: the first layer where `q->d` is allowed, if `d->q` is blocked in every
+    layer (document states query-independent); None when the document reads the query somewhere."""
+    if any(mask.allowed(layer, "d->q") for layer in range(mask.num_layers)):
+        return None
+    return next((layer for layer in range(mask.num_layers) if mask.allowed(layer, "q->d")), mask.num_layers)
+
+
+def mask_candidates(num_layers: int, merge_layers: Sequence[int] | None = None,
+                    extra_masks: Sequence[str] = ()) -> list[Candidate]:
+    from mice.masks import InteractionMask
+
+    out = [Candidate("mask", n, "masked", n, None if i < 2 else 0, None, (0, i)) for i, n in enumerate(STEP_NAMES)]
+    ks = range(1, num_layers) if merge_layers is None else merge_layers
+    for k in sorted(set(int(x) for x in ks)):
+        if not 1 <= k < num_layers:
+            raise MiceError(f"merge layer k={k} is outside [1, {num_layers})")
+        out.append(Candidate("mask", f"mask3(k={k})", "masked", f"mask3:k={k}", k, None, (k, 3)))
+    for path in extra_masks:
+        m = InteractionMask.load(path)
+        if m.num_layers != num_layers:
+            raise MiceError(f"{path}: mask is for {m.num_layers} layers, the model has {num_layers}")
+        a = mask_split(m)
+        out.append(Candidate("mask", f"{m.name} ({Path(path).name})", "masked", str(Path(path).resolve()), a, None,
+                             (a if a is not None else 0, 2 if a is not None else -1)))
+    return out
+
+
+def layer_candidates(a: int, num_layers: int, max_b: int | None = None) -> list[Candidate]:
+    top = num_layers - a if max_b is None else min(max_b, num_layers - a)
+    if top < 1:
+        raise MiceError(f"no interaction layers left above a={a} in a {num_layers}-layer model")
+    return [Candidate("layers", f"MICE-l{a}+{b}", "mice", None, a, b, (-b,)) for b in range(1, top + 1)]
+
+
+@dataclass
+class SearchResult:
+    table: pd.DataFrame  # one row per (candidate, rung) and zero-shot point
+    per_query: pd.DataFrame
+    config: "object"  # mice.derived.MiceConfig
+    meta: dict
+
+
+def curve(table: pd.DataFrame, stage: str, trained: bool = True) -> pd.DataFrame:
+    """The points of one curve: every candidate of `stage` at the first rung (trained) or untrained. Raises if
+    they did not all have the same number of steps (the equal-steps rule)."""
+    t = table[(table["stage"] == stage) & (table["trained"] == trained)]
+    if trained:
+        t = t[(t["rung"] == 0) & (t["seeds"] == t["seeds"].iloc[0])] if len(t) else t
+    if t["steps"].nunique() > 1:
+        raise MiceError(f"{stage} curve mixes step counts {sorted(t['steps'].unique())}: not comparable")
+    return t.reset_index(drop=True)
+
+
+class Search:
+    """Run (or resume) a trained search into `out`; `run()` returns a SearchResult and writes search.parquet,
+    search.per_query.parquet, search.json and derived.json (mice-config/1)."""
+
+    def __init__(self, config: SearchConfig, out, log: Callable[[str], None] | None = None):
+        self.cfg = config.validate()
+        self.out = Path(out)
+        self.log = log or (lambda s: None)
+        self.trained_steps = 0  # steps trained in this session (a resumed run counts only new ones)
+
+    # ------------------------------------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        from transformers import AutoConfig
+
+        from mice.backbone import resolve_model_path
+        from mice.data import load_dataset
+        from mice.hf import quiet_hf
+        from mice.identity import dataset_identity, weights_fingerprint
+        from probes.candidates import from_run
+
+        from .metrics import RankEffects
+
+        quiet_hf()
+        cfg = self.cfg
+        self.num_layers = int(AutoConfig.from_pretrained(resolve_model_path(cfg.model)).num_hidden_layers)
+        self.ds = load_dataset(cfg.dataset)
+        self.cands = from_run(self.ds, cfg.split, cfg.run, k=cfg.k, max_queries=cfg.queries)
+        self.cands_fp = self.cands.fingerprint()
+        self.effects = RankEffects(self.cands.frame, self.cands.qrels)
+        base = self._train_config("masked", "mask2", None, None, seed=0, steps=1, output="-")
+        self.max_length = base.max_length
+        self.base_identity = {"model": weights_fingerprint(cfg.model),
+                              "data": dataset_identity(self.ds, [base.train_split])}
+
+    def _train_config(self, mode, mask, a, b, seed: int, steps: int, output: str):
+        from mice.train.presets import preset
+
+        cfg = self.cfg
+        settings = {"model": cfg.model, "dataset": cfg.dataset, "output": output, "seed": seed,
+                    "dev_split": None, "lr_schedule": "constant", "max_minutes": None, "max_steps": steps,
+                    "save_every": steps, "eval_every": steps, "resume": True, "overwrite": False,
+                    **({"mask": mask} if mode == "masked" else {"contextual_layers": a, "interaction_layers": b})}
+        tc = preset(cfg.train_preset, mode, **{k: v for k, v in cfg.train.items() if k not in settings})
+        # warmup is part of every rung's schedule: at most half the first rung
+        return tc.updated({**settings, "warmup_steps": min(tc.warmup_steps, cfg.steps // 2)})
+
+    def _key(self, cand: Candidate) -> str:
+        from mice.identity import identity_hash, mask_identity
+        from mice.masks import InteractionMask
+        from mice.train.loop import _BY_CONTENT, _RESUME_FREE
+
+        tc = self._train_config(cand.mode, cand.mask, cand.a, cand.b, seed=0, steps=1, output="-")
+        settings = {k: v for k, v in tc.to_dict().items()
+                    if k not in _RESUME_FREE and k not in _BY_CONTENT and k != "seed"}
+        what = {"mode": cand.mode}
+        if cand.mode == "masked":
+            what["mask"] = mask_identity(InteractionMask.parse(cand.mask, self.num_layers), tc.mask_mode)
+        else:
+            what.update(a=cand.a, b=cand.b)
+        return identity_hash({**self.base_identity, "settings": settings, "candidate": what})[:12]
+
+    def folder(self, cand: Candidate) -> Path:
+        return self.out / "candidates" / f"{cand.slug}-{self._key(cand)}"
+
+    # ------------------------------------------------------------------------------------- evaluation
+    def _measure(self, scores: np.ndarray) -> dict[str, list[float]]:
+        scores = np.asarray(scores, dtype=np.float64)
+        pq = self.effects.per_query(self.reference, scores[None])
+        out = {m: pq[m][0].tolist() for m in ("delta_ndcg@10", "delta_rr@10", "delta_margin", "kendall_tau")}
+        # a query whose candidates all score alike is not re-ranked: its nDCG is the first stage's (ties keep
+        # candidate order), e.g. MICE with b = 1, whose [CLS] never reads the document
+        out["constant"] = [float(np.ptp(scores[g]) <= 1e-6 * (1 + np.abs(scores[g]).max())) if len(g) > 1 else 0.0
+                           for g in self.effects.groups]
+        out["ndcg@10"] = (np.asarray(self.ref_pq["ndcg@10"]) + pq["delta_ndcg@10"][0]).tolist()
+        out["rr@10"] = (np.asarray(self.ref_pq["rr@10"]) + pq["delta_rr@10"][0]).tolist()
+        return out
+
+    def _score(self, scorer) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return np.asarray(scorer.predict(self.cands.pairs, batch_size=self.cfg.batch_size), dtype=np.float64)
+
+    def _cached(self, path: Path, compute: Callable[[], dict]) -> dict:
+        from mice.files import write_json_atomic
+
+        if path.exists():
+            rec = json.loads(path.read_text())
+            if rec.get("candidates") == self.cands_fp:
+                return rec
+        rec = {"candidates": self.cands_fp, **compute()}
+        write_json_atomic(path, rec)
+        return rec
+
+    def _reference(self) -> None:
+        """The cross-encoder's own scores on the dev candidates (the point every candidate is measured from)."""
+        from mice.models import load_scorer
+
+        def compute():
+            t0 = time.perf_counter()
+            scores = self._score(load_scorer(self.cfg.model, max_length=self.max_length))
+            return {"scores": scores.tolist(), "seconds": round(time.perf_counter() - t0, 2)}
+
+        rec = self._cached(self.out / "reference.json", compute)
+        self.reference = np.asarray(rec["scores"])
+        rel, idcg = self.effects.rel, self.effects.idcg
+        rr, nd = [], []
+        for i, g in enumerate(self.effects.groups):
+            r, n = self.effects._rank_metrics(self.reference[g][None], rel[g], idcg[i])
+            rr.append(float(r[0]))
+            nd.append(float(n[0]))
+        self.ref_pq = {"ndcg@10": nd, "rr@10": rr}
+
+    def zero_shot(self, cand: Candidate) -> dict:
+        """The candidate without training: the cross-encoder under the mask, or MICE built from it."""
+        def compute():
+            t0 = time.perf_counter()
+            if cand.mode == "masked":
+                from mice.models import load_scorer
+
+                scorer = load_scorer(self.cfg.model, mask=cand.mask, max_length=self.max_length)
+            else:
+                from mice.mice_model import MICEModel
+
+                tc = self._train_config("mice", None, cand.a, cand.b, 0, 1, "-")
+                scorer = MICEModel.from_cross_encoder(self.cfg.model, contextual_layers=cand.a,
+                                                      interaction_layers=cand.b, max_doc_length=tc.max_length,
+                                                      max_query_length=tc.max_query_length,
+                                                      cls_cross_attention=tc.cls_cross_attention)
+            m = self._measure(self._score(scorer))
+            return {"candidate": cand.name, "steps": 0, "measures": m, "score_s": round(time.perf_counter() - t0, 2)}
+
+        return self._cached(self.folder(cand) / "zero-shot.json", compute)
+
+    def trained(self, cand: Candidate, seed: int, steps: int) -> dict:
+        """Train `cand` under `seed` to `steps` (continuing its last rung) and score it; cached."""
+        def compute():
+            from mice.models import load_scorer
+            from mice.train import Trainer
+            from mice.train.loop import STATE_FILE, _checkpoint_step
+
+            folder = self.folder(cand) / f"seed-{seed}"
+            tc = self._train_config(cand.mode, cand.mask, cand.a, cand.b, seed, steps, str(folder / "train"))
+            last = folder / "train" / "last"
+            done = _checkpoint_step(last) if (last / STATE_FILE).exists() else 0
+            if not isinstance(done, int) or done > steps:  # a later rung of another search: retrain to `steps`
+                tc = tc.updated({"resume": False, "overwrite": True})
+                done = 0
+            self.log(f"  train {cand.name} seed {seed}: steps {done} -> {steps}")
+            t0 = time.perf_counter()
+            res = Trainer(tc, dataset=self.ds, quiet=True).train()
+            train_s = time.perf_counter() - t0
+            self.trained_steps += steps - done
+            if res.steps != steps:
+                raise MiceError(f"{cand.name} seed {seed}: stopped at step {res.steps} of {steps} ({res.stopped_by})")
+            t0 = time.perf_counter()
+            m = self._measure(self._score(load_scorer(last)))
+            return {"candidate": cand.name, "seed": seed, "steps": steps, "measures": m,
+                    "train_s": round(train_s, 2), "score_s": round(time.perf_counter() - t0, 2)}
+
+        return self._cached(self.folder(cand) / f"seed-{seed}" / f"eval-{steps}.json", compute)
+
+    # ---------------------------------------------------------------------------------------- halving
+    def _row(self, cand: Candidate, recs: list[dict], rung: int | None, trained: bool) -> tuple[dict, dict]:
+        """A summary row (seed-averaged per query, bootstrap CI over queries, paired t-test against the
+        cross-encoder) and the per-query arrays."""
+        pq = {m: np.mean([r["measures"][m] for r in recs], axis=0)[None] for m in MEASURES}
+        s = self.effects.summarize(pq, n_boot=1000, seed=0).iloc[0].to_dict()
+        row = {"stage": cand.stage, "candidate": cand.name, "mode": cand.mode, "mask": cand.mask, "a": cand.a,
+               "b": cand.b, "efficiency": json.dumps(list(cand.efficiency)), "trained": trained,
+               "rung": -1 if rung is None else rung, "steps": int(recs[0]["steps"]),
+               "seeds": ",".join(str(r["seed"]) for r in recs) if trained else "", "n_seeds": len(recs) if trained else 0,
+               "queries": len(self.effects.qids),
+               "collapsed": bool(np.mean([np.mean(r["measures"]["constant"]) for r in recs]) > 0.5)}
+        for m in MEASURES:
+            for suffix in ("", "_ci_low", "_ci_high"):
+                row[m + suffix] = float(s[m + suffix])
+            if f"p_{m}" in s:
+                row[f"p_{m}"] = float(s[f"p_{m}"])
+        return row, {m: v[0] for m, v in pq.items()}
+
+    def _stage(self, cands: list[Candidate], rows: list, per_query: list) -> list[tuple[Candidate, dict]]:
+        """Zero-shot points, then successive halving; returns the finalists with their seed-averaged rows."""
+        cfg = self.cfg
+        for cand in cands:
+            row, pq = self._row(cand, [self.zero_shot(cand)], None, trained=False)
+            rows.append(row)
+            per_query.append((row, pq))
+        alive, rung = list(cands), 0
+        while True:
+            steps = cfg.steps * cfg.eta ** rung
+            final = len(alive) <= cfg.finalists
+            scored = []
+            for cand in alive:
+                recs = [self.trained(cand, seed, steps) for seed in (cfg.seeds if final else cfg.seeds[:1])]
+                row, pq = self._row(cand, recs, rung, trained=True)
+                row["finalist"] = final
+                rows.append(row)
+                per_query.append((row, pq))
+                scored.append((cand, row))
+            if final:
+                return scored
+            keep = max(cfg.finalists, math.ceil(len(alive) / cfg.eta))
+            ranked = sorted(scored, key=lambda cr: (cr[1]["collapsed"], -cr[1][cfg.metric],
+                                                    [-e for e in cr[0].efficiency]))
+            promoted = {c.name for c, _ in ranked[:keep]}
+            for c, r in scored:
+                r["promoted"] = c.name in promoted
+            self.log(f"  rung {rung} ({steps} steps): promoted " + ", ".join(c.name for c, _ in ranked[:keep]))
+            alive = [c for c, _ in ranked[:keep]]
+            rung += 1
+
+    def _choose(self, finalists: list[tuple[Candidate, dict]]) -> tuple[Candidate | None, dict]:
+        from .metrics import relative_loss
+
+        m = self.cfg.metric
+        ref = float(np.mean(self.ref_pq[m]))
+        best = max([ref] + [r[m] for _, r in finalists if not r["collapsed"]])
+        ok = []
+        for cand, row in finalists:
+            row["rel_loss"] = relative_loss(best, row[m])
+            # a collapsed candidate does not re-rank (it keeps the first stage's order): never chosen
+            row["within_tolerance"] = row["rel_loss"] <= self.cfg.tolerance + 1e-12 and not row["collapsed"]
+            if row["within_tolerance"]:
+                ok.append((cand, row))
+        chosen = max(ok, key=lambda cr: cr[0].efficiency) if ok else None
+        for cand, row in finalists:
+            row["chosen"] = chosen is not None and cand.name == chosen[0].name
+        return (chosen[0] if chosen else None), {"best": best, "reference": ref}
+
+    # ------------------------------------------------------------------------------------------- run
+    def run(self) -> SearchResult:
+        from mice.derived import MiceConfig
+        from mice.files import write_json_atomic, write_table
+        from mice.identity import output_lock
+        from mice.masks import InteractionMask
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with output_lock(self.out):
+            self._setup()
+            self._reference()
+            rows: list[dict] = []
+            per_query: list = []
+            decisions: dict = {}
+            a = cfg.contextual_layers
+            mask_choice = None
+            if "mask" in cfg.stages:
+                self.log(f"mask stage ({self.num_layers} layers)")
+                fin = self._stage(mask_candidates(self.num_layers, cfg.merge_layers, cfg.extra_masks), rows, per_query)
+                mask_choice, decisions["mask"] = self._choose(fin)
+                a = None if mask_choice is None else mask_choice.a
+            layer_choice = None
+            if "layers" in cfg.stages and a is not None and ("mask" not in cfg.stages or mask_choice is not None):
+                self.log(f"layer stage (a = {a})")
+                fin = self._stage(layer_candidates(a, self.num_layers, cfg.max_interaction_layers), rows, per_query)
+                layer_choice, decisions["layers"] = self._choose(fin)
+            table = pd.DataFrame(rows)
+            for col, default in (("finalist", False), ("promoted", False), ("chosen", False),
+                                 ("within_tolerance", False), ("rel_loss", float("nan"))):
+                table[col] = (table[col].astype(object).fillna(default) if col in table else default)
+                table[col] = table[col].astype(type(default))
+            for stage in table["stage"].unique():
+                curve(table, stage)  # the equal-steps rule, asserted before anything is written
+            long = []
+            for row, pq in per_query:
+                frame = pd.DataFrame({"query_id": self.effects.qids, **pq})
+                for key in ("stage", "candidate", "rung", "steps", "seeds", "trained"):
+                    frame.insert(0, key, row[key])
+                long.append(frame)
+            pq_table = pd.concat(long, ignore_index=True)
+            write_table(table, self.out / "search.parquet")
+            write_table(pq_table, self.out / "search.per_query.parquet")
+            mask = None
+            if mask_choice is not None:
+                mask = InteractionMask.parse(mask_choice.mask, self.num_layers)
+            elif "mask" not in cfg.stages and a is not None:
+                mask = InteractionMask.parse(f"mask3:k={a}" if a else "mask2", self.num_layers)
+            decision = ("mice" if layer_choice is not None else "masked" if mask is not None and
+                        "mask" in cfg.stages else "cross-encoder")
+            if decision == "cross-encoder":
+                mask = None
+            why = self._why(table, mask_choice, layer_choice, decisions)
+            meta = {"config": asdict(cfg), "num_layers": self.num_layers, "queries": len(self.effects.qids),
+                    "candidates_fingerprint": self.cands_fp, "reference": {m: float(np.mean(v)) for m, v in
+                                                                           self.ref_pq.items()},
+                    "decisions": decisions, "steps_trained_this_run": self.trained_steps,
+                    "steps_total": int(table.loc[table["trained"], "steps"].groupby(
+                        [table["stage"], table["candidate"]]).max().sum() + self._extra_seed_steps(table)),
+                    "elapsed_s": round(time.perf_counter() - t0, 2), "why": why}
+            chosen_rows = table[table["chosen"]]
+            derived = MiceConfig(
+                decision=decision, num_layers=self.num_layers,
+                contextual_layers=a if decision == "mice" else None,
+                interaction_layers=layer_choice.b if layer_choice is not None else None,
+                mask=None if mask is None else InteractionMask(mask.num_layers, mask.rules, name=mask.name,
+                                                               provenance={"method": "trained search"}).to_dict(),
+                source_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
+                tolerance=cfg.tolerance, metric=cfg.metric,
+                budget={"first_rung_steps": cfg.steps, "eta": cfg.eta, "finalists": cfg.finalists,
+                        "seeds": list(cfg.seeds), "dev_queries": len(self.effects.qids), "k": cfg.k,
+                        "steps_total": meta["steps_total"], "train_preset": cfg.train_preset},
+                provenance={"why": why, "reference": meta["reference"], "decisions": decisions,
+                            "chosen": json.loads(chosen_rows.to_json(orient="records")),
+                            "table": "search.parquet", "dataset": cfg.dataset, "split": cfg.split,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            write_json_atomic(self.out / "search.json", meta)
+            derived.save(self.out / "derived.json")
+        return SearchResult(table, pq_table, derived, meta)
+
+    def _extra_seed_steps(self, table: pd.DataFrame) -> int:
+        """Steps of the finalists' further seeds (each trains from scratch to the final rung)."""
+        fin = table[table["finalist"].astype(bool) & table["trained"]]
+        return int((fin["steps"] * (fin["n_seeds"] - 1)).sum())
+
+    def _why(self, table, mask_choice, layer_choice, decisions) -> str:
+        m, tol = self.cfg.metric, self.cfg.tolerance
+
+        def say(stage, choice):
+            d = decisions.get(stage)
+            if d is None:
+                return ""
+            if choice is None:
+                return (f"{stage}: no finalist within {tol:.0%} of the best dev {m} ({d['best']:.4f}; the "
+                        f"cross-encoder: {d['reference']:.4f})")
+            r = table[(table["stage"] == stage) & table["chosen"]].iloc[0]
+            return (f"{stage}: {choice.name}, the most efficient finalist within {tol:.0%} of the best ({m} "
+                    f"{r[m]:.4f} [{r[m + '_ci_low']:.4f}, {r[m + '_ci_high']:.4f}] vs {d['best']:.4f}; against "
+                    f"the cross-encoder {r['delta_' + m]:+.4f}, p {r['p_delta_' + m]:.3g}; {int(r['steps'])} "
+                    f"steps x {int(r['n_seeds'])} seeds)")
+
+        parts = [say("mask", mask_choice), say("layers", layer_choice)]
+        if mask_choice is not None and mask_choice.a is None:
+            parts.append(f"{mask_choice.name} keeps d->q: documents are not query-independent, so no MICE split")
+        return "; ".join(p for p in parts if p)
+
+
+def search(config: SearchConfig, out, log: Callable[[str], None] | None = None) -> SearchResult:
+    """Run (or resume) a trained search; see the module docstring."""
+    return Search(config, out, log=log).run()

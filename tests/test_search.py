@@ -1,0 +1,206 @@
+"""`mice ablate search`: the trained successive-halving search on tiny random models and a tiny BEIR folder —
+deterministic, resumable after a real SIGKILL, reusing its cached candidates when widened, writing a
+mice-config/1 file that `mice train --config` consumes in both modes, and drawing curves at equal steps."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from ablations.search import SearchConfig, curve, search
+from mice.cli import app
+from mice.derived import MiceConfig
+from mice.errors import MiceError
+from mice.testing import tiny_cross_encoder
+
+from test_train import write_beir
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MICE_CACHE", str(root / "cache"))
+    data = write_beir(root / "data")
+    ce = tiny_cross_encoder(root / "ce", num_layers=4, seed=0)
+    yield {"root": root, "data": str(data), "ce": str(ce)}
+    mp.undo()
+
+
+def config(env, **kw) -> SearchConfig:
+    base = dict(model=env["ce"], dataset=env["data"], queries=10, k=8, train_preset="tiny", steps=2,
+                train={"batch_size": 2}, seeds=(0, 1), tolerance=0.2)
+    return SearchConfig(**{**base, **kw})
+
+
+def cli_args(env, out) -> list[str]:
+    return ["ablate", "search", "-m", env["ce"], "-d", env["data"], "-o", str(out), "--queries", "10", "--k", "8",
+            "--preset", "tiny", "--steps", "2", "--set", "batch_size=2", "--tolerance", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def first(env):
+    return search(config(env), env["root"] / "first")
+
+
+def test_search_is_deterministic_and_halves_by_steps(env, first):
+    again = search(config(env), env["root"] / "again")
+    pd.testing.assert_frame_equal(first.table, again.table, check_exact=True)
+    pd.testing.assert_frame_equal(first.per_query, again.per_query, check_exact=True)
+    a, b = first.config.to_dict(), again.config.to_dict()
+    for d in (a, b):
+        d["provenance"].pop("created")
+    assert a == b
+    t = first.table
+    trained = t[t["trained"]]
+    # successive halving: six mask candidates at 2 steps, the better half at 4, two finalists at 8 under 2 seeds
+    rungs = trained[trained["stage"] == "mask"].groupby("rung").agg(n=("candidate", "size"), steps=("steps", "max"))
+    assert rungs["n"].tolist() == [6, 3, 2] and rungs["steps"].tolist() == [2, 4, 8]
+    finalists = trained[trained["finalist"]]
+    assert (finalists["n_seeds"] >= 2).all() and set(finalists["seeds"]) == {"0,1"}
+    # the CE's own dev value is the bar too; the chosen one is the most efficient finalist within tolerance
+    ok = finalists[(finalists["stage"] == "mask") & finalists["within_tolerance"]]
+    chosen = finalists[finalists["chosen"] & (finalists["stage"] == "mask")]
+    if len(ok):
+        assert len(chosen) == 1
+        eff = ok["efficiency"].map(json.loads)
+        assert json.loads(chosen["efficiency"].iloc[0]) == max(eff)
+    else:
+        assert chosen.empty and first.config.decision == "cross-encoder"
+    # mask3(k=3) on a 4-layer model: q reads d only in the last layer, [CLS] never sees it: flagged, not chosen
+    k3 = t[(t["candidate"] == "mask3(k=3)")]
+    assert k3["collapsed"].all() and not k3["chosen"].any()
+
+
+def test_every_curve_point_records_its_steps(first):
+    t = first.table
+    assert t["steps"].notna().all() and (t.loc[~t["trained"], "steps"] == 0).all()
+    mask_curve = curve(t, "mask")
+    assert len(mask_curve) == 6 and mask_curve["steps"].nunique() == 1
+    assert len(curve(t, "mask", trained=False)) == 6
+    bad = t.copy()
+    bad.loc[bad[(bad["trained"]) & (bad["rung"] == 0)].index[0], "steps"] = 3
+    with pytest.raises(MiceError, match="mixes step counts"):
+        curve(bad, "mask")
+
+
+def test_constant_schedule_continues_exactly(env):
+    """The rung scheme's premise: a run resumed to 2s steps under the constant schedule is the 2s-step run."""
+    from mice.train import Trainer, preset
+
+    def cfg(out, steps, resume=False):
+        return preset("tiny", "masked", model=env["ce"], dataset=env["data"], output=str(out), mask="mask2",
+                      lr_schedule="constant", max_steps=steps, save_every=steps, eval_every=steps,
+                      dev_split=None, batch_size=2, resume=resume)
+
+    root = env["root"] / "schedule"
+    Trainer(cfg(root / "straight", 4), quiet=True).train()
+    Trainer(cfg(root / "rungs", 2), quiet=True).train()
+    Trainer(cfg(root / "rungs", 4, resume=True), quiet=True).train()
+    a = load_file(str(root / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(root / "rungs" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_sigkill_then_resume_gives_the_same_result(env, first):
+    out = env["root"] / "killed"
+    cmd = [sys.executable, "-m", "mice", *cli_args(env, out)]
+    envvars = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=envvars, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(out.glob("candidates/*/seed-*/eval-*.json"))) >= 4:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "derived.json").exists()
+    done = len(list(out.glob("candidates/*/seed-*/eval-*.json")))
+    res = runner.invoke(app, cli_args(env, out))
+    assert res.exit_code == 0, res.output
+    table = pd.read_parquet(out / "search.parquet")
+    pd.testing.assert_frame_equal(table, first.table, check_exact=True)
+    meta = json.loads((out / "search.json").read_text())
+    assert 0 < meta["steps_trained_this_run"] < meta["steps_total"] and done >= 4
+
+
+def test_widened_search_reuses_cached_candidates(env):
+    out = env["root"] / "widen"
+    narrow = search(config(env, merge_layers=(1,)), out)
+    evals = {p: p.read_bytes() for p in out.glob("candidates/*/seed-*/eval-*.json")}
+    mtimes = {p: p.stat().st_mtime_ns for p in evals}
+    wide = search(config(env, merge_layers=(1, 2, 3)), out)
+    for p, content in evals.items():  # nothing finished is redone
+        assert p.read_bytes() == content and p.stat().st_mtime_ns == mtimes[p]
+    assert wide.meta["steps_trained_this_run"] < wide.meta["steps_total"]
+    rung0 = lambda r: r.table[r.table["trained"] & (r.table["rung"] == 0)].set_index("candidate")  # noqa: E731
+    shared = rung0(narrow).index
+    pd.testing.assert_frame_equal(rung0(narrow).loc[shared, ["ndcg@10", "kendall_tau"]],
+                                  rung0(wide).loc[shared, ["ndcg@10", "kendall_tau"]], check_exact=True)
+    # a rerun finds everything cached: nothing is trained
+    assert search(config(env, merge_layers=(1, 2, 3)), out).meta["steps_trained_this_run"] == 0
+
+
+def test_derived_config_round_trips_through_train_in_both_modes(env):
+    from mice.mice_model import MICEModel
+    from mice.models import saved_mask
+
+    out = env["root"] / "layers"
+    res = search(config(env, stages=("layers",), contextual_layers=1, tolerance=0.9), out)
+    derived = out / "derived.json"
+    cfg = MiceConfig.load(derived)
+    assert cfg.decision == "mice" and cfg.contextual_layers == 1 and cfg.interaction_layers >= 2
+    assert res.table.loc[res.table["chosen"], "b"].iloc[0] == cfg.interaction_layers
+    base = ["train", "--preset", "tiny", "--config", str(derived), "-d", env["data"], "--max-steps", "2", "--quiet"]
+    r = runner.invoke(app, base + ["--mode", "mice", "-o", str(env["root"] / "t-mice")])
+    assert r.exit_code == 0, r.output
+    model = MICEModel.from_pretrained(env["root"] / "t-mice" / "best")
+    assert (model.contextual_layers, model.interaction_layers) == (1, cfg.interaction_layers)
+    r = runner.invoke(app, base + ["--mode", "masked", "-o", str(env["root"] / "t-masked")])
+    assert r.exit_code == 0, r.output
+    assert saved_mask(env["root"] / "t-masked" / "best") == cfg.interaction_mask()
+    shown = runner.invoke(app, ["mask", "show", str(derived)])
+    assert shown.exit_code == 0 and f"MICE-ℓ1+{cfg.interaction_layers}" in shown.output and "q->d" not in shown.output
+    assert "cls" in shown.output  # the mask's allow-table follows the configuration
+
+
+def test_a_decision_without_mice_refuses_mice_training(env, first, tmp_path):
+    cfg = MiceConfig(decision="cross-encoder", num_layers=4, tolerance=0.01)
+    path = cfg.save(tmp_path / "none.json")
+    r = runner.invoke(app, ["train", "--preset", "tiny", "--config", str(path), "-m", env["ce"], "--mode", "mice"])
+    assert r.exit_code != 0 and "no configuration within tolerance" in str(r.exception or r.output)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "mice-config/1", "decision": "mice", "num_layers": 4}))
+    r = runner.invoke(app, ["mask", "show", str(bad)])
+    assert r.exit_code != 0 and "bad.json" in str(r.exception or r.output)
+
+
+def test_search_refuses_bad_settings(env):
+    r = runner.invoke(app, cli_args(env, env["root"] / "bad") + ["--stages", "mask,heads"])
+    assert r.exit_code != 0 and "stages" in str(r.exception or r.output)
+    with pytest.raises(MiceError, match="finalists get >= 2 seeds"):
+        config(env, seeds=(0,)).validate()
+
+
+def test_search_runs_on_modernbert(env):
+    ce = tiny_cross_encoder(env["root"] / "modernbert", family="modernbert", num_layers=4, hidden=64, heads=4,
+                            intermediate=128, local_attention=16, global_every=3)
+    res = search(config(env, model=str(ce), stages=("layers",), contextual_layers=1, tolerance=0.9),
+                 env["root"] / "search-modernbert")
+    t = res.table
+    assert set(t.loc[t["trained"], "b"]) == {1, 2, 3} and res.config.decision == "mice"
+    assert t.loc[(t["b"] == 1) & t["trained"], "collapsed"].all()  # b = 1: [CLS] never reads the document
