@@ -8,7 +8,7 @@ queries against the cross-encoder with per-query measures, bootstrap CIs and pai
   plus any mask files proposed by the attribution screen. The chosen mask fixes the split a (its merge layer,
   when it blocks `d->q` everywhere, i.e. the document is query-independent). `layers`: MICE-ℓa+b for each b.
 - **Budget: successive halving, in steps.** Every candidate gets `steps` steps; the better 1/`eta` continues to
-  twice as many, and so on until `finalists` remain. Those train the same number of steps under every seed of
+  twice as many, and so on until `finalists` remain (or `max_rungs` rungs were run). Those train the same number of steps under every seed of
   `seeds`. Curves are drawn from one rung only (`curve`), so every point of a curve had the same steps.
 - **Choice.** Among finalists (seed-averaged), the most efficient (mask stage: largest a, then the most
   restrictive step; layer stage: smallest b) whose dev effectiveness is within `tolerance` (relative) of the
@@ -54,6 +54,7 @@ class SearchConfig:
     steps: int = 10  # s: the first rung's steps; rung r trains s * eta**r
     eta: int = 2
     finalists: int = 2
+    max_rungs: int | None = None  # stop halving after this many rungs: whoever is left is a finalist
     seeds: tuple[int, ...] = (0, 1)
     tolerance: float = 0.02
     metric: str = "ndcg@10"
@@ -75,6 +76,8 @@ class SearchConfig:
         for name in ("k", "queries", "steps", "finalists", "batch_size"):
             if int(getattr(self, name)) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.max_rungs is not None and self.max_rungs < 1:
+            bad("max_rungs", f"must be >= 1, got {self.max_rungs}")
         if self.eta < 2:
             bad("eta", f"must be >= 2, got {self.eta}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -351,7 +354,7 @@ class Search:
         alive, rung = list(cands), 0
         while True:
             steps = cfg.steps * cfg.eta ** rung
-            final = len(alive) <= cfg.finalists
+            final = len(alive) <= cfg.finalists or (cfg.max_rungs is not None and rung == cfg.max_rungs - 1)
             scored = []
             for cand in alive:
                 recs = [self.trained(cand, seed, steps) for seed in (cfg.seeds if final else cfg.seeds[:1])]
@@ -400,7 +403,7 @@ class Search:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        with output_lock(self.out):
+        with output_lock(self.out / "search.json"):  # the folder itself may be held by a demo stage
             self._setup()
             self._reference()
             rows: list[dict] = []
@@ -461,6 +464,7 @@ class Search:
                 source_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
                 tolerance=cfg.tolerance, metric=cfg.metric,
                 budget={"first_rung_steps": cfg.steps, "eta": cfg.eta, "finalists": cfg.finalists,
+                        "max_rungs": cfg.max_rungs,
                         "seeds": list(cfg.seeds), "dev_queries": len(self.effects.qids), "k": cfg.k,
                         "steps_total": meta["steps_total"], "train_preset": cfg.train_preset},
                 provenance={"why": why, "reference": meta["reference"], "decisions": decisions,

@@ -1,5 +1,6 @@
 """Mask-derivation figures, drawn from saved tables: greedy steps (`<mask>.steps.csv`), merge-layer search
-(`mice ablate merge-layer` table) and layer-drop results of trained MICE variants.
+(`mice ablate merge-layer` table), layer-drop results of trained MICE variants, and the trained search's curves
+(`mice ablate search`: search.parquet).
 
 `python -m figures.derivation steps|merge|layer-drop TABLE OUT_STEM [METRIC]`.
 """
@@ -101,6 +102,47 @@ def plot_layer_drop(table, out_stem, metric: str | None = None, formats=("png", 
     ax.set_xticks(sorted(t["interaction_layers"].unique()))
     ax.legend(fontsize=7)
     ax.set_title("Layer-drop search over trained MICE variants", fontsize=9)
+    return save_figure(fig, out_stem, formats)
+
+
+def plot_search(table, stage: str, out_stem, metric: str = "ndcg@10", reference: float | None = None,
+                formats=("png", "pdf")):
+    """One stage of the trained search: every candidate after the first rung's steps (equal for all, with 95%
+    CIs over queries) beside the same candidate untrained (zero-shot), the finalists' seed-averaged values at
+    their final steps, and the cross-encoder; the chosen candidate is circled."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ablations.search import curve
+
+    setup_style()
+    t = _read(table)
+    trained, zero = curve(t, stage), curve(t, stage, trained=False)
+    names = list(trained["candidate"])
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(names) + 2), 3.4))
+    lo, hi = trained[metric] - trained[f"{metric}_ci_low"], trained[f"{metric}_ci_high"] - trained[metric]
+    steps = int(trained["steps"].iloc[0])
+    ax.errorbar(x, trained[metric], yerr=[lo, hi], marker="o", color="#4c72b0", capsize=2, lw=1.2,
+                label=f"trained {steps} steps (95% CI)")
+    z = zero.set_index("candidate").reindex(names)
+    ax.plot(x, z[metric], marker="s", ls="--", color="#8c8c8c", lw=1, label="zero-shot (0 steps)")
+    fin = t[(t["stage"] == stage) & t["trained"] & t["finalist"].astype(bool)]
+    if len(fin):
+        pos = [names.index(c) for c in fin["candidate"]]
+        ax.scatter(pos, fin[metric], marker="D", color="#55a868", zorder=3,
+                   label=f"finalists: {int(fin['steps'].iloc[0])} steps x {int(fin['n_seeds'].iloc[0])} seeds")
+        chosen = fin[fin["chosen"].astype(bool)]
+        if len(chosen):
+            ax.scatter([names.index(chosen["candidate"].iloc[0])], chosen[metric], s=170, facecolors="none",
+                       edgecolors="#c44e52", lw=1.5, zorder=4, label="chosen")
+    if reference is not None:
+        ax.axhline(reference, color="black", lw=0.8, ls=":", label="cross-encoder")
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(f"dev {metric}")
+    ax.legend(fontsize=6, loc="best")
+    title = {"mask": "Mask steps and merge layer, trained", "layers": "Interaction layers b, trained"}.get(stage, stage)
+    ax.set_title(f"{title} ({PATH_CONVENTION})", fontsize=8)
     return save_figure(fig, out_stem, formats)
 
 

@@ -53,7 +53,7 @@ def make_all(run_dir, out_dir) -> list[Path]:
             add(plot_mask_ablation(presets, out_dir / "zero_shot_masks"))
     derive = run_dir / "derive"
     if (derive / "mask.json").exists():
-        from .derivation import plot_derivation, plot_merge_layer
+        from .derivation import plot_derivation
         from .masks import plot_mask
 
         add(plot_mask(InteractionMask.load(derive / "mask.json"), out_dir / "derived_mask"))
@@ -61,13 +61,22 @@ def make_all(run_dir, out_dir) -> list[Path]:
         if steps.exists():
             tol = InteractionMask.load(derive / "mask.json").provenance.get("tolerance")
             add(plot_derivation(steps, out_dir / "derivation_steps", tolerance=tol))
-        if (derive / "merge_layer.csv").exists():
-            add(plot_merge_layer(derive / "merge_layer.csv", out_dir / "merge_layer"))
-    layer_drop = run_dir / "layer_drop" / "layer_drop.csv"
-    if layer_drop.exists():
-        from .derivation import plot_layer_drop
+    search = run_dir / "search" / "search.parquet"
+    if search.exists():
+        from .derivation import plot_search
 
-        add(plot_layer_drop(layer_drop, out_dir / "layer_drop", metric="nDCG@10"))
+        table = read_table(search)
+        meta = json.loads((run_dir / "search" / "search.json").read_text())
+        metric = meta["config"]["metric"]
+        for stage in table["stage"].unique():
+            add(plot_search(table, stage, out_dir / f"search_{stage}", metric=metric,
+                            reference=meta["reference"][metric]))
+        derived = run_dir / "search" / "derived.json"
+        mask = InteractionMask.load(derived) if json.loads(derived.read_text()).get("mask") else None
+        if mask is not None:
+            from .masks import plot_mask
+
+            add(plot_mask(mask, out_dir / "search_mask"))
     bench = run_dir / "bench" / "bench.csv"
     if bench.exists():
         from mice.bench import plot_latency

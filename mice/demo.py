@@ -1,8 +1,11 @@
 """`mice demo`: the whole method on the offline default, one cached stage at a time.
 
-data → BM25 → bi-encoder → demo cross-encoder → probes → knockout sweep → derived mask + merge layer →
-masked cross-encoder and MICE (split point from the merge-layer search) → the late-interaction baseline (ColBERT-
-style, distilled from the same cross-encoder) → evaluation in- and out-of-domain →
+data → BM25 → bi-encoder → demo cross-encoder → probes → attribution screen + exact knockout sweep → mask
+derived from the screen → **trained search** (mask steps, merge layer a, interaction layers b: short distillation
+fine-tunes under each candidate, successive halving, two seeds for the finalists; `ablations.search`) → the
+derived configuration (`search/derived.json`, mice-config/1) → masked cross-encoder and MICE trained from it
+(nothing within tolerance: the demo says so and keeps the cross-encoder) → the late-interaction baseline
+(ColBERT-style, distilled from the same cross-encoder) → evaluation in domain and on three out-of-domain sets →
 MICE index → latency benchmark → figures → report.md. Every arrow is a file under `--out`; a finished stage is
 never redone (its folder holds `stage.json`), and an interrupted one leaves nothing behind.
 """
@@ -19,9 +22,8 @@ import pandas as pd
 from .files import write_table
 from .pipeline import Pipeline
 
-ZERO_SHOT = ("mask0", "mask1", "mask2", "mask3")
 TINY_BACKBONES = {"tiny": "bert", "tiny-modernbert": "modernbert"}  # random models built in-process
-CACHE_VERSION = 1  # bump when a stage's code changes what it produces
+CACHE_VERSION = 2  # bump when a stage's code changes what it produces
 
 
 @dataclass
@@ -32,8 +34,11 @@ class DemoPreset:
     name: str = "quick"
     dataset: str = "embedded:docs"
     dataset_ood: str = "embedded:docs-ood"
+    dataset_meta: str | None = "embedded:meta"  # a third out-of-domain set: distribution summary -> description
     first_stage_k: int = 20  # candidates re-ranked per query (BM25 top-k)
-    test_queries: int | None = 40  # first N test queries by id (None = all; the full preset)
+    # first N test queries by id for the baselines' comparison table (None = all). The cross-encoder and MICE
+    # always re-rank every test query: the MICE-vs-cross-encoder result is measured on all of them
+    test_queries: int | None = 40
     # pair length when re-ranking and knocking out with cross-encoders; None = the length each model was trained
     # at (saved with it), so every model, MICE included, is compared at its own training length
     rerank_max_length: int | None = None
@@ -44,13 +49,12 @@ class DemoPreset:
     ce_steps: int | None = 250
     masked_steps: int | None = 40  # starts from the cross-encoder: adapting to the mask is quick
     mice_steps: int | None = 300  # the train preset's own MICE budget
-    layer_drop_steps: int | None = 50  # the MICE with one interaction layer fewer (a curve point, not a model)
     # the late-interaction baseline (MaxSim). Not MICE's 300: a step costs ~1.7x a MICE step (measured: 40 steps
     # in 54 s, 350 MICE steps in 273 s), which the 20-minute budget cannot hold; fewer steps can only understate
     # it. `mice train --preset quick --mode late-interaction` gives it MICE's own budget (300 steps)
     late_steps: int | None = 40
     dev_queries: int | None = 30  # dev queries of the training runs' evaluations (None: the train preset's)
-    interaction_layers: int = 4  # MICE b (capped by the layers left above the split point)
+    max_interaction_layers: int | None = 4  # the largest b the trained search tries
     probe_queries: int = 20
     # dev queries screened by attribution patching (every layer x head x path) and swept exactly (layer x path):
     # 100 queries give per-knockout CIs narrow enough to rank the knockouts on the sensitive measure
@@ -60,11 +64,18 @@ class DemoPreset:
     # whole head-level screen of 100; 10 keep the exact sweep at the old demo's size
     exact_queries: int = 10
     check_queries: int = 30  # further dev queries, held out, on which derived masks are re-checked exactly
-    merge_queries: int = 30  # dev queries of the merge-layer search
     sweep_k: int = 10
-    # largest relative nDCG@10 loss a derived mask may cost on the held-out dev queries: on 20 queries one
+    # largest relative nDCG@10 loss a derived mask or configuration may cost on dev queries: on 20 queries one
     # relevant document moving one rank shifts nDCG@10 by 1-3%, so a tighter tolerance rejects on noise
     tolerance: float = 0.02
+    # the trained search: first-rung steps (each rung doubles them), dev queries scored, finalists' seeds
+    search_steps: int = 10
+    search_queries: int = 30
+    search_seeds: tuple[int, ...] = (0, 1)
+    search_finalists: int = 2
+    # rungs of successive halving at most: the quick budget stops after two (10 and 20 steps), so the better half
+    # of the mask candidates are all finalists under two seeds
+    search_rungs: int | None = 2
     derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
     derive_max_steps: int | None = 12  # exact re-checks at most (structural cells need none)
     bench_docs: int = 32  # one batch; `mice bench latency` defaults to 100, the demo keeps its budget
@@ -76,17 +87,20 @@ class DemoPreset:
 PRESETS = {
     "quick": DemoPreset(),
     "full": DemoPreset(name="full", test_queries=None, first_stage_k=100, ce_steps=None, masked_steps=None,
-                       mice_steps=None, layer_drop_steps=None, late_steps=None, dev_queries=None,
+                       mice_steps=None, late_steps=None, dev_queries=None,
                        train_preset="quick", sweep_queries=200, exact_queries=100, check_queries=100,
-                       merge_queries=100, derive_max_steps=48, bench_docs=100, bench_doc_lens=(128, 512),
-                       bench_repeats=10),
+                       derive_max_steps=48, search_steps=25, search_queries=100, search_seeds=(0, 1, 2),
+                       search_rungs=None,
+                       bench_docs=100, bench_doc_lens=(128, 512), bench_repeats=10),
     "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
                        dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
-                       first_stage_k=8, test_queries=20, train_preset="tiny", backbone="tiny",
-                       ce_steps=None, masked_steps=None, mice_steps=None, layer_drop_steps=None, late_steps=None,
-                       dev_queries=None, interaction_layers=2, check_queries=8, probe_queries=4, merge_queries=16,
-                       exact_queries=8,
-                       sweep_queries=8, sweep_k=6, bench_docs=8, bench_doc_lens=(32,), bench_repeats=2),
+                       dataset_meta="embedded:meta?max_docs=60", first_stage_k=8, test_queries=20,
+                       train_preset="tiny", backbone="tiny", ce_steps=None, masked_steps=None, mice_steps=None,
+                       late_steps=None, dev_queries=None, max_interaction_layers=2, check_queries=8, probe_queries=4,
+                       exact_queries=8, sweep_queries=8, sweep_k=6, search_steps=2, search_queries=8, search_finalists=8,
+                       # a plumbing check on a random model, not evidence: the tolerance is wide so that the
+                       # search decides for MICE and every later stage runs
+                       tolerance=0.9, bench_docs=8, bench_doc_lens=(32,), bench_repeats=2),
 }
 
 
@@ -127,7 +141,10 @@ class Demo:
         return self.out / stage / Path(*parts)
 
     def datasets(self) -> dict[str, str]:
-        return {"in": self.p.dataset, "ood": self.p.dataset_ood}
+        out = {"in": self.p.dataset, "ood": self.p.dataset_ood}
+        if self.p.dataset_meta:
+            out["meta"] = self.p.dataset_meta
+        return out
 
     # ---- stages
     def stage_data(self, folder: Path) -> dict:
@@ -164,7 +181,8 @@ class Demo:
                 write_run(dev, folder / "in-dev.trec", tag="bm25")
         return {}
 
-    def _rerank(self, scorer, domain: str, folder: Path, name: str) -> Path:
+    def _rerank(self, scorer, domain: str, folder: Path, name: str, every_query: bool = False) -> Path:
+        """Re-rank BM25's top-k of the `test_queries` subset, or of every test query (`every_query`)."""
         from .rerank import rerank
 
         from .data import load_dataset
@@ -173,7 +191,7 @@ class Demo:
         ds = load_dataset(self.datasets()[domain])
         rerank(scorer, ds, "test", self.path("bm25", f"{domain}.trec"), k=self.p.first_stage_k,
                batch_size=32, out=out, show_progress_bar=self.console is not None, tag=name,
-               query_ids=_subset_queries(ds, "test", self.p.test_queries))
+               query_ids=_subset_queries(ds, "test", None if every_query else self.p.test_queries))
         return out
 
     def stage_biencoder(self, folder: Path) -> dict:
@@ -218,22 +236,11 @@ class Demo:
         best = self._train(folder, "cross-encoder", self.p.ce_steps, model=self._backbone(folder))
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
-            self._rerank(scorer, domain, folder, "cross-encoder")
+            self._rerank(scorer, domain, folder, "cross-encoder", every_query=True)
         return {"model": str(best.relative_to(folder))}
 
     def ce_path(self) -> Path:
         return self.path("cross_encoder", "train", "best")
-
-    def stage_zero_shot(self, folder: Path) -> dict:
-        """The paper's masks applied to the trained cross-encoder without retraining."""
-        from .models import load_scorer
-
-        model = load_scorer(self.ce_path(), max_length=self.p.rerank_max_length)
-        for name in ZERO_SHOT:
-            with model.using_mask(name):
-                for domain in self.datasets():
-                    self._rerank(model, domain, folder, f"zero-shot-{name}")
-        return {}
 
     def dev_run(self) -> str:
         return str(self.path("bm25", "in-dev.trec"))
@@ -287,53 +294,71 @@ class Demo:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in rho.items()}
 
     def stage_derive(self, folder: Path) -> dict:
-        """Greedy mask ordered by attribution (structural cells free, re-checked on held-out dev queries) and
-        the merge-layer search."""
-        from ablations import derive_mask, merge_layer_search
-
-        from .files import write_json_atomic
+        """Greedy mask ordered by attribution (structural cells free, re-checked on held-out dev queries): the
+        screen's proposal, one more candidate of the trained search."""
+        from ablations import derive_mask
 
         derivation = derive_mask(self.path("attribute", "attribution.parquet"), tolerance=self.p.tolerance,
                                  check_queries=self.p.check_queries, patience=self.p.derive_patience,
                                  max_steps=self.p.derive_max_steps, name="derived",
                                  show_progress_bar=self.console is not None)
         derivation.save(folder / "mask.json")
-        ce = str(self.ce_path())
-        merge = merge_layer_search(ce, self.p.dataset, "dev", self.dev_run(), k=self.p.sweep_k, base="mask2",
-                                   tolerance=self.p.tolerance, max_queries=self.p.merge_queries)
-        write_table(merge.table, folder / "merge_layer.csv")
-        merge.mask.save(folder / "merge_mask.json")
-        write_json_atomic(folder / "merge_layer.json", {"k": merge.chosen_k, "num_layers": merge.mask.num_layers,
-                                                        "tolerance": self.p.tolerance, **merge.meta})
-        return {"removed_paths": int(derivation.mask.to_frame()["allowed"].eq(False).sum()), "merge_k": merge.chosen_k,
+        return {"removed_paths": int(derivation.mask.to_frame()["allowed"].eq(False).sum()),
                 "re_checks": derivation.meta["re_checks"], "structural": len(derivation.meta["structural"])}
 
+    def stage_search(self, folder: Path) -> dict:
+        """The trained search (`mice ablate search`): the paper's mask steps, every merge layer k and the
+        screen's mask, then every b of MICE-ℓa+b, each a short distillation fine-tune from the cross-encoder."""
+        from ablations.search import SearchConfig, search
+
+        train = {"dev_queries": self.p.dev_queries} if self.p.dev_queries else {}
+        cfg = SearchConfig(model=str(self.ce_path()), dataset=self.p.dataset, split="dev", run=self.dev_run(),
+                           k=self.p.sweep_k, queries=self.p.search_queries, train_preset=self.p.train_preset,
+                           train=train, steps=self.p.search_steps, finalists=self.p.search_finalists,
+                           max_rungs=self.p.search_rungs,
+                           seeds=tuple(self.p.search_seeds), tolerance=self.p.tolerance,
+                           max_interaction_layers=self.p.max_interaction_layers,
+                           extra_masks=(str(self.path("derive", "mask.json")),))
+        res = search(cfg, folder, log=self.console.print if self.console else None)
+        return {"decision": res.config.decision, "a": res.config.contextual_layers,
+                "b": res.config.interaction_layers, "steps_total": res.meta["steps_total"]}
+
+    def derived(self):
+        from .derived import MiceConfig
+
+        return MiceConfig.load(self.path("search", "derived.json"))
+
     def stage_masked(self, folder: Path) -> dict:
+        """The masked cross-encoder under the derived configuration's mask (none: nothing to train)."""
         from .models import load_scorer
 
-        mask = self.path("derive", "mask.json")
-        best = self._train(folder, "masked", self.p.masked_steps, model=str(self.ce_path()), mask=str(mask))
+        derived = self.derived()
+        if derived.decision == "cross-encoder":
+            return {"skipped": "the search found no configuration within tolerance"}
+        best = self._train(folder, "masked", self.p.masked_steps, model=str(self.ce_path()),
+                           mask=str(self.path("search", "derived.json")))
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "masked")
         return {"model": str(best.relative_to(folder))}
 
-    def mice_layers(self) -> tuple[int, int]:
-        merge = json.loads(self.path("derive", "merge_layer.json").read_text())
-        n_layers = int(merge["num_layers"])
-        a = max(1, min(int(merge["k"]), n_layers - 2))  # at least one contextual and two interaction layers
-        b = max(2, min(self.p.interaction_layers, n_layers - a))
-        return a, b
+    def mice_layers(self) -> tuple[int, int] | None:
+        """(a, b) of the derived configuration, or None when the evidence does not support MICE."""
+        derived = self.derived()
+        return (derived.contextual_layers, derived.interaction_layers) if derived.decision == "mice" else None
 
     def stage_mice(self, folder: Path) -> dict:
         from .models import load_scorer
 
-        a, b = self.mice_layers()
+        layers = self.mice_layers()
+        if layers is None:
+            return {"skipped": f"decision {self.derived().decision}: no MICE configuration within tolerance"}
+        a, b = layers
         best = self._train(folder, "mice", self.p.mice_steps, model=str(self.ce_path()), contextual_layers=a,
                            interaction_layers=b)
         scorer = load_scorer(best)
         for domain in self.datasets():
-            self._rerank(scorer, domain, folder, "mice")
+            self._rerank(scorer, domain, folder, "mice", every_query=True)
         return {"model": str(best.relative_to(folder)), "a": a, "b": b}
 
     def stage_late_interaction(self, folder: Path) -> dict:
@@ -346,40 +371,6 @@ class Demo:
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "late-interaction")
         return {"model": str(best.relative_to(folder))}
-
-    def stage_layer_drop(self, folder: Path) -> dict:
-        """MICE with fewer interaction layers: b = 1 untrained (the collapse: its score ignores the document,
-        whatever the training) and a shorter-trained b - 1, beside the main model (on the in-domain test)."""
-        from .data import load_dataset
-        from .evaluation import evaluate
-        from .mice_model import MICEModel
-        from .models import load_scorer
-        from .runs import read_run
-
-        a, b = self.mice_layers()
-        ds = load_dataset(self.p.dataset)
-        qids = _subset_queries(ds, "test", self.p.test_queries)
-        qrels = ds.qrels("test")
-        qrels = qrels[qrels.query_id.isin(set(qids))]
-        runs = {b: read_run(self.path("mice", "mice-in.trec"))}
-        steps = {b: json.loads(self.path("mice", "train_result.json").read_text())["steps"], 1: 0}
-        collapsed = MICEModel.from_cross_encoder(str(self.ce_path()), contextual_layers=a, interaction_layers=1)
-        runs[1] = read_run(self._rerank(collapsed, "in", folder, "mice-b1"))
-        if b - 1 > 1:
-            best = self._train(folder, "mice", self.p.layer_drop_steps, model=str(self.ce_path()), contextual_layers=a,
-                               interaction_layers=b - 1)
-            runs[b - 1] = read_run(self._rerank(load_scorer(best), "in", folder, f"mice-b{b - 1}"))
-            steps[b - 1] = json.loads((folder / "train_result.json").read_text())["steps"]
-        ev = evaluate(qrels, {str(k): v for k, v in sorted(runs.items())}, metrics=["nDCG@10", "RR@10"])
-        ce = evaluate(qrels, {"ce": read_run(self.path("cross_encoder", "cross-encoder-in.trec"))},
-                      metrics=["nDCG@10", "RR@10"]).set_index("measure")["value"]
-        table = pd.DataFrame({"contextual_layers": a, "interaction_layers": ev["run"].astype(int),
-                              "metric": ev["measure"], "value": ev["value"],
-                              "reference": [float(ce[m]) for m in ev["measure"]],
-                              "trained": [int(r) != 1 for r in ev["run"]],
-                              "train_steps": [steps[int(r)] for r in ev["run"]]})
-        write_table(table, folder / "layer_drop.csv")
-        return {}
 
     def stage_index(self, folder: Path) -> dict:
         """MICE document states on disk (fp16), re-ranking from them, checked against the on-the-fly model."""
@@ -394,6 +385,8 @@ class Demo:
         from .rerank import rerank
         from .runs import read_run
 
+        if self.mice_layers() is None:
+            return {"skipped": "no MICE model"}
         model = load_scorer(self.path("mice", "train", "best"))
         ds = load_dataset(self.p.dataset)
         run = _restrict(read_run(self.path("bm25", "in.trec")), _subset_queries(ds, "test", self.p.test_queries))
@@ -407,7 +400,7 @@ class Demo:
         from_index = rerank(scorer, ds, "test", run, k=self.p.first_stage_k, out=folder / "mice-index-in.trec",
                             tag="mice-index")
         rerank_s = time.perf_counter() - t0
-        on_the_fly = read_run(self.path("mice", "mice-in.trec"))
+        on_the_fly = _restrict(read_run(self.path("mice", "mice-in.trec")), set(run["query_id"]))
         merged = on_the_fly.merge(from_index, on=["query_id", "doc_id"], suffixes=("_fly", "_index"))
         taus = [stats.kendalltau(g.score_fly, g.score_index).statistic for _, g in merged.groupby("query_id")
                 if len(g) > 1]
@@ -426,36 +419,48 @@ class Demo:
         return check
 
     def stage_evaluate(self, folder: Path) -> dict:
+        """Every run on the `test_queries` subset (query set `subset`); BM25, the cross-encoder and MICE also on
+        every test query (`all`), where MICE is measured against the cross-encoder."""
         from .data import load_dataset
         from .evaluation import evaluate
         from .runs import read_run
 
         tables = []
+        sources = [("biencoder", "biencoder"), ("cross-encoder", "cross_encoder"), ("masked", "masked"),
+                   ("mice", "mice"), ("late-interaction", "late_interaction")]
+        every = ("cross-encoder", "mice")
         for domain, spec in self.datasets().items():
             ds = load_dataset(spec)
-            qids = _subset_queries(ds, "test", self.p.test_queries)
-            qrels = ds.qrels("test")
-            qrels = qrels[qrels.query_id.isin(set(qids))]
-            runs = {"bm25": _restrict(read_run(self.path("bm25", f"{domain}.trec")), qids)}
-            sources = [("biencoder", "biencoder"), ("cross-encoder", "cross_encoder")]
-            sources += [(f"zero-shot-{m}", "zero_shot") for m in ZERO_SHOT]
-            sources += [("masked", "masked"), ("mice", "mice"), ("late-interaction", "late_interaction")]
-            for name, stage in sources:
-                runs[name] = _restrict(read_run(self.path(stage, f"{name}-{domain}.trec")), qids)
-            per_query: dict = {}
-            res = evaluate(qrels, runs, metrics=["nDCG@10", "RR@10"], per_query_out=per_query)
-            res.insert(0, "domain", domain)
-            tables.append(res)
-            pq = pd.concat([t.assign(run=name) for name, t in per_query.items()], ignore_index=True)
-            write_table(pq, folder / f"per_query-{domain}.parquet")
+            sets = {"subset": _subset_queries(ds, "test", self.p.test_queries)}
+            if self.p.test_queries is not None:
+                sets["all"] = _subset_queries(ds, "test", None)
+            for name, qids in sets.items():
+                qrels = ds.qrels("test")
+                qrels = qrels[qrels.query_id.isin(set(qids))]
+                runs = {"bm25": _restrict(read_run(self.path("bm25", f"{domain}.trec")), qids)}
+                for run, stage in sources:
+                    path = self.path(stage, f"{run}-{domain}.trec")
+                    if path.exists() and (name == "subset" or run in every):
+                        runs[run] = _restrict(read_run(path), qids)
+                per_query: dict = {}
+                res = evaluate(qrels, runs, metrics=["nDCG@10", "RR@10"], per_query_out=per_query)
+                res.insert(0, "queries", "all" if name == "all" or self.p.test_queries is None else "subset")
+                res.insert(0, "domain", domain)
+                tables.append(res)
+                pq = pd.concat([t.assign(run=run) for run, t in per_query.items()], ignore_index=True)
+                write_table(pq, folder / f"per_query-{domain}-{res['queries'].iloc[0]}.parquet")
         table = pd.concat(tables, ignore_index=True)
         write_table(table, folder / "results.csv")
+        write_table(mice_vs_cross_encoder(folder), folder / "mice_vs_ce.csv")
         return {}
 
     def stage_bench(self, folder: Path) -> dict:
         from .bench import LatencyConfig, add_ratios, run_latency
 
-        a, b = self.mice_layers()
+        layers = self.mice_layers()
+        if layers is None:
+            return {"skipped": "no MICE model"}
+        a, b = layers
         cfg = LatencyConfig(docs=self.p.bench_docs, doc_lens=self.p.bench_doc_lens, repeats=self.p.bench_repeats,
                             model=str(self.ce_path()), layers=(a, b), workdir=str(folder / "work"),
                             late_interaction=str(self.path("late_interaction", "train", "best")))
@@ -480,30 +485,31 @@ class Demo:
         p = self.pipe
         write_json_atomic(self.out / "preset.json", asdict(self.p))
         write_json_atomic(self.out / "environment.json", environment())
-        data = ("dataset", "dataset_ood")
+        data = ("dataset", "dataset_ood", "dataset_meta")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
         ce = runs + ("train_preset", "backbone", "ce_steps", "dev_queries", "seed")
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
-        derived = sweep + ("check_queries", "merge_queries", "tolerance", "derive_patience", "derive_max_steps")
-        mice = derived + ("mice_steps", "interaction_layers")
+        derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
+        searched = derived + ("search_steps", "search_queries", "search_seeds", "search_finalists", "search_rungs",
+                              "max_interaction_layers")
+        mice = searched + ("mice_steps",)
         stages = [
             ("data", self.stage_data, "build the embedded collections", data),
             ("bm25", self.stage_bm25, "BM25 first stage", data + ("first_stage_k",)),
             ("biencoder", self.stage_biencoder, "untuned bi-encoder re-ranking", runs),
             ("cross_encoder", self.stage_cross_encoder, "train the demo cross-encoder", ce),
-            ("zero_shot", self.stage_zero_shot, "paper masks zero-shot on the cross-encoder", ce),
             ("probe", self.stage_probe, "probe attention paths", ce + ("probe_queries", "sweep_k")),
             ("attribute", self.stage_attribute, "attribution patching (layer x head x path)", sweep),
             ("sweep", self.stage_sweep, "exact knockout sweep (layer x path) + attribution check", sweep),
-            ("derive", self.stage_derive, "derive the mask + merge-layer search", derived),
-            ("masked", self.stage_masked, "train the masked cross-encoder", derived + ("masked_steps",)),
-            ("mice", self.stage_mice, "train MICE", mice),
-            ("layer_drop", self.stage_layer_drop, "layer-drop: fewer interaction layers",
-             mice + ("layer_drop_steps",)),
+            ("derive", self.stage_derive, "derive a mask from the attribution screen", derived),
+            ("search", self.stage_search, "trained search: mask steps, merge layer, interaction layers", searched),
+            ("masked", self.stage_masked, "train the masked cross-encoder (derived mask)",
+             searched + ("masked_steps",)),
+            ("mice", self.stage_mice, "train MICE (derived a, b)", mice),
             ("late_interaction", self.stage_late_interaction, "train the late-interaction baseline (MaxSim)",
              ce + ("late_steps",)),
             ("index", self.stage_index, "MICE document index (fp16) vs on the fly", mice),
-            ("evaluate", self.stage_evaluate, "evaluate every run, in and out of domain",
+            ("evaluate", self.stage_evaluate, "evaluate every run, in domain and out of domain",
              mice + ("masked_steps", "late_steps")),
             ("bench", self.stage_bench, "latency benchmark",
              mice + ("late_steps", "bench_docs", "bench_doc_lens", "bench_repeats")),
@@ -518,6 +524,35 @@ class Demo:
         timings = p.timings()
         write_table(timings, self.out / "timings.csv")
         return write_report(self.out, timings=timings)
+
+
+def mice_vs_cross_encoder(folder) -> pd.DataFrame:
+    """MICE's nDCG@10 as a share of the cross-encoder's on each domain's largest query set, with a paired
+    bootstrap CI of the share over queries and a paired t-test of the difference."""
+    import numpy as np
+    from scipy import stats
+
+    from .files import read_table
+
+    folder = Path(folder)
+    rows = []
+    for path in sorted(folder.glob("per_query-*.parquet")):
+        domain, queries = path.stem.split("-")[1:3]
+        pq = read_table(path)
+        pq = pq[pq["measure"] == "nDCG@10"].pivot(index="query_id", columns="run", values="value")
+        if not {"mice", "cross-encoder"} <= set(pq.columns):
+            continue
+        m, c = pq["mice"].to_numpy(float), pq["cross-encoder"].to_numpy(float)
+        rng = np.random.default_rng(0)
+        idx = rng.integers(0, len(m), size=(2000, len(m)))
+        share = m[idx].mean(1) / np.maximum(c[idx].mean(1), 1e-12)
+        rows.append({"domain": domain, "queries": queries, "n_queries": len(m), "mice": m.mean(),
+                     "cross_encoder": c.mean(), "share": m.mean() / c.mean() if c.mean() > 0 else float("nan"),
+                     "share_ci_low": float(np.quantile(share, 0.025)), "share_ci_high": float(np.quantile(share, 0.975)),
+                     "p_ttest": float(stats.ttest_rel(m, c).pvalue) if len(m) > 1 and np.any(m != c) else 1.0,
+                     "bm25": float(pq["bm25"].mean()) if "bm25" in pq else float("nan")})
+    return pd.DataFrame(rows, columns=["domain", "queries", "n_queries", "mice", "cross_encoder", "share",
+                                       "share_ci_low", "share_ci_high", "p_ttest", "bm25"])
 
 
 def run_demo(out="runs/demo", preset: str = "quick", console=None, **overrides) -> Path:

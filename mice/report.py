@@ -27,9 +27,12 @@ def _md(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     return "\n".join(lines)
 
 
-def results_table(results: pd.DataFrame, domain: str, alpha: float = 0.05) -> pd.DataFrame:
+def results_table(results: pd.DataFrame, domain: str, alpha: float = 0.05, queries: str | None = None
+                  ) -> pd.DataFrame:
     """Runs x measures with significance markers against BM25 (Holm-corrected: † t-test, ‡ randomisation)."""
     r = results[results["domain"] == domain]
+    if queries is not None and "queries" in r:
+        r = r[r["queries"] == queries]
 
     def cell(row) -> str:
         mark = ""
@@ -89,8 +92,9 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
     env = env or (json.loads((root / "environment.json").read_text()) if (root / "environment.json").exists() else {})
     lines += [f"Preset `{preset.get('name', '?')}`, run on {env.get('date', '?')} ({env.get('cpus', '?')} CPUs, "
               f"{env.get('machine', '')}, torch {env.get('torch', '?')}). Re-ranking BM25's top "
-              f"{preset.get('first_stage_k', '?')} for {preset.get('test_queries') or 'all'} test queries per domain.",
-              "", CONVENTION, ""]
+              f"{preset.get('first_stage_k', '?')}: the cross-encoder and MICE for every test query, every model for "
+              f"{'the first ' + str(preset['test_queries']) if preset.get('test_queries') else 'all'} test queries "
+              "per domain.", "", CONVENTION, ""]
 
     sizes = root / "data" / "sizes.csv"
     if sizes.exists():
@@ -102,20 +106,39 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
         results = read_table(res_path)
         lines += ["## Effectiveness", "",
                   "Significance against BM25, Holm-corrected over the runs: † paired t-test, ‡ randomisation test "
-                  "(p < 0.05). `zero-shot-maskN` = the trained cross-encoder under mask N without retraining.", ""]
-        for domain, title in (("in", "In-domain (`embedded:docs`)"), ("ood", "Out-of-domain (`embedded:docs-ood`)")):
-            if (results["domain"] == domain).any():
-                lines += [f"### {title}", "", _md(results_table(results, domain)), ""]
-        ce = results[(results.run == "cross-encoder") & (results.measure == "nDCG@10")].set_index("domain")["value"]
-        mice = results[(results.run == "mice") & (results.measure == "nDCG@10")].set_index("domain")["value"]
-        if len(ce) and len(mice):
-            kept = ", ".join(f"{d}: {100 * mice[d] / ce[d]:.1f}%" for d in ce.index if d in mice.index and ce[d] > 0)
-            lines += [f"MICE keeps {kept} of the cross-encoder's nDCG@10.", ""]
-        li = results[(results.run == "late-interaction") & (results.measure == "nDCG@10")].set_index("domain")["value"]
-        if len(li) and len(mice):
-            side = ", ".join(f"{d}: {li[d]:.4f} vs MICE {mice[d]:.4f}" for d in li.index if d in mice.index)
+                  "(p < 0.05).", ""]
+        titles = {"in": f"In-domain (`{preset.get('dataset', 'embedded:docs')}`)",
+                  "ood": f"Out-of-domain: other packages' docstrings (`{preset.get('dataset_ood', '')}`)",
+                  "meta": f"Out-of-domain: distribution metadata, summary → description "
+                          f"(`{preset.get('dataset_meta', '')}`)"}
+        sets = list(dict.fromkeys(results["queries"])) if "queries" in results else [None]
+        for domain, title in titles.items():
+            for qset in sets:
+                r = results[results["domain"] == domain]
+                if qset is not None:
+                    r = r[r["queries"] == qset]
+                if r.empty:
+                    continue
+                n = int(r["n_queries"].iloc[0]) if "n_queries" in r else "?"
+                lines += [f"### {title}, {'all' if qset == 'all' else 'the first' if preset.get('test_queries') else 'all'} "
+                          f"{n} test queries", "", _md(results_table(results, domain, queries=qset)), ""]
+        share = root / "evaluate" / "mice_vs_ce.csv"
+        if share.exists() and len(read_table(share)):
+            sh = read_table(share)
+            sh = sh.sort_values("n_queries").groupby("domain", sort=False).tail(1)
+            lines += ["**MICE against the cross-encoder** (nDCG@10 share on every test query of each domain; 95% "
+                      "paired bootstrap CI over queries; paired t-test of the difference):", "",
+                      _md(sh[["domain", "n_queries", "bm25", "cross_encoder", "mice", "share", "share_ci_low",
+                              "share_ci_high", "p_ttest"]]), ""]
+        li = results[(results.run == "late-interaction") & (results.measure == "nDCG@10")]
+        mi = results[(results.run == "mice") & (results.measure == "nDCG@10")]
+        if "queries" in results:
+            li, mi = li[li["queries"] == sets[0]], mi[mi["queries"] == sets[0]]
+        li, mi = li.set_index("domain")["value"], mi.set_index("domain")["value"]
+        if len(li) and len(mi):
+            side = ", ".join(f"{d}: {li[d]:.4f} vs MICE {mi[d]:.4f}" for d in li.index if d in mi.index)
             lines += [f"The late-interaction baseline (ColBERT-style MaxSim, 128-d, distilled from the same "
-                      f"cross-encoder; `late_interaction/`) reaches nDCG@10 {side}.", ""]
+                      f"cross-encoder; `late_interaction/`) reaches nDCG@10 {side} (same queries).", ""]
         _figure(lines, root, "figures/latency_vs_ndcg.png", "Latency vs nDCG@10")
 
     probe = root / "probe"
@@ -200,26 +223,22 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
                       "structural cells removed without one:", "", _md(st[cols]), ""]
         _figure(lines, root, "figures/derivation_steps.png", "Derivation steps (structural cells: no re-check)")
         _figure(lines, root, "figures/derived_mask.png", "The derived mask")
-        merge = derive / "merge_layer.csv"
-        if merge.exists():
-            info = json.loads((derive / "merge_layer.json").read_text())
-            lines += [f"Merge-layer search (`mask3(k)`: `q->d` blocked in layers [0, k)), chosen k = {info['k']}:", "",
-                      _md(read_table(merge)), ""]
-        _figure(lines, root, "figures/merge_layer.png", "Merge-layer curve")
+        lines += ["The screen's mask is one more candidate of the trained search below; the search decides.", ""]
+
+    search = root / "search" / "search.parquet"
+    if search.exists():
+        lines += _search_section(root, _figure)
 
     mice_info = root / "mice" / "stage.json"
     if mice_info.exists():
         out = json.loads(mice_info.read_text())["outputs"]
-        split = ""
-        merge_info = root / "derive" / "merge_layer.json"
-        if merge_info.exists():
-            k = json.loads(merge_info.read_text())["k"]
-            split = (f" The split point comes from the merge-layer search: k = {k}" +
-                     (f", raised to a = {out.get('a')} (MICE needs at least one contextual layer and two "
-                      "interaction layers)." if k != out.get("a") else "."))
-        lines += ["## MICE", "", f"MICE-ℓ{out.get('a')}+{out.get('b')}: {out.get('a')} contextual layer(s) (documents "
-                  f"alone, precomputable), {out.get('b')} query-side interaction layers, distilled from the demo "
-                  f"cross-encoder.{split}", ""]
+        if "skipped" in out:
+            lines += ["## MICE", "", f"No MICE model: {out['skipped']}. The demo keeps the cross-encoder.", ""]
+        else:
+            lines += ["## MICE", "", f"MICE-ℓ{out.get('a')}+{out.get('b')}: {out.get('a')} contextual layer(s) "
+                      f"(documents alone, precomputable), {out.get('b')} query-side interaction layers, distilled "
+                      "from the demo cross-encoder; a and b come from the trained search (`search/derived.json`).",
+                      ""]
     index_check = root / "index" / "index_check.json"
     if index_check.exists():
         c = json.loads(index_check.read_text())
@@ -227,19 +246,6 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
                   f"{c['kendall_tau_mean']:.4f} (min {c['kendall_tau_min']:.4f}) against the on-the-fly model, "
                   f"max |Δscore| {c['max_abs_score_diff']:.2e}, nDCG@10 {c['ndcg10_from_index']:.4f} vs "
                   f"{c['ndcg10_on_the_fly']:.4f}.", ""]
-    layer_drop = root / "layer_drop" / "layer_drop.csv"
-    if layer_drop.exists():
-        t = read_table(layer_drop)
-        keys = [c for c in ("contextual_layers", "interaction_layers", "trained", "train_steps") if c in t.columns]
-        wide = t.pivot_table(index=keys, columns="metric", values="value").reset_index()
-        lines += ["### Layer drop", "", "MICE with fewer interaction layers (in-domain test; the main model is the "
-                  "largest b). b = 1 is untrained on purpose: with one interaction layer only `[CLS]` reads the "
-                  "output and `[CLS]` gets no document information, so every candidate of a query gets the same "
-                  "score (the collapse); its metric then reflects only the evaluator's tie-break order, which is "
-                  "why its nDCG@10 and RR@10 can disagree. Models trained for fewer steps are not comparable "
-                  "point for point: `train_steps` says what each had.", "", _md(wide), ""]
-        _figure(lines, root, "figures/layer_drop.png", "Layer-drop curve")
-
     bench = root / "bench" / "bench.csv"
     if bench.exists():
         df = read_table(bench)
@@ -254,3 +260,41 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
         lines += ["## Timings per stage", "", _md(timings, ".1f"),
                   "", f"Total: {timings['seconds'].sum():.1f} s.", ""]
     return "\n".join(lines) + "\n"
+
+
+def _search_section(root: Path, figure) -> list[str]:
+    """The trained search: budget, curves at equal steps beside zero-shot, finalists with CIs, the decision."""
+    from .derived import MiceConfig
+
+    t = read_table(root / "search" / "search.parquet")
+    meta = json.loads((root / "search" / "search.json").read_text())
+    derived = MiceConfig.load(root / "search" / "derived.json")
+    m, c = meta["config"]["metric"], meta["config"]
+    lines = ["## Trained search", "",
+             f"Each candidate is a short fine-tune from the cross-encoder, distilled from it (Margin-MSE), scored on "
+             f"{meta['queries']} dev queries (BM25 top {c['k']}) against the cross-encoder (dev {m} "
+             f"{meta['reference'][m]:.4f}). Successive halving: every candidate gets {c['steps']} steps, the better "
+             f"half continues with twice as many, until {c['finalists']} finalists train under seeds "
+             f"{', '.join(map(str, c['seeds']))}. Budget: {meta['steps_total']} training steps in all. Candidates "
+             "that score every document of a query alike (they do not re-rank; e.g. b = 1, whose `[CLS]` never "
+             "reads the document) are flagged `collapsed` and never chosen.", ""]
+    for stage in t["stage"].unique():
+        figure(lines, root, f"figures/search_{stage}.png", f"Trained search, {stage} stage: every candidate at "
+               "equal steps (95% CI) beside zero-shot")
+    cols = ["stage", "candidate", "rung", "steps", "seeds", m, f"{m}_ci_low", f"{m}_ci_high", f"delta_{m}",
+            f"p_delta_{m}", "kendall_tau", "collapsed", "rel_loss", "within_tolerance", "chosen"]
+    fin = t[t["trained"] & t["finalist"].astype(bool)]
+    lines += [f"Finalists (seed-averaged; `delta_{m}` and its p-value are paired against the cross-encoder; "
+              f"`rel_loss` against the best of the finalists and the cross-encoder; tolerance {c['tolerance']}):", "",
+              _md(fin[[x for x in cols if x in fin.columns]]), ""]
+    zero = t[~t["trained"]][["stage", "candidate", m, f"delta_{m}", "kendall_tau"]]
+    first = t[t["trained"] & (t["rung"] == 0)][["stage", "candidate", "steps", m, f"{m}_ci_low", f"{m}_ci_high"]]
+    both = zero.merge(first, on=["stage", "candidate"], suffixes=(" zero-shot", " trained"))
+    lines += ["Zero-shot (the cross-encoder under the mask, or MICE built from it, untrained) beside the same "
+              "candidate after the first rung's steps:", "", _md(both), ""]
+    verdict = {"mice": f"**MICE-ℓ{derived.contextual_layers}+{derived.interaction_layers}**",
+               "masked": "a masked cross-encoder only (no MICE split)",
+               "cross-encoder": "**nothing: the demo keeps the cross-encoder**"}[derived.decision]
+    lines += [f"Derived configuration (`search/derived.json`, mice-config/1): {verdict}. Why: {meta['why']}.", "",
+              "```", derived.render(), "```", ""]
+    return lines

@@ -15,11 +15,27 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_demo_end_to_end_and_cached():
     run = demo_artifacts(ROOT)  # builds runs/tiny once (the notebooks reuse it) unless runs/demo exists
     report = (run / "report.md").read_text()
-    for section in ("## Effectiveness", "### Out-of-domain", "## Knockouts", "## Derived interaction mask",
-                    "Merge-layer search", "## MICE", "## Efficiency", "## Timings per stage",
-                    "Attribution vs exact knockouts", "Screen (attribution patching)", "structural cells removed"):
+    for section in ("## Effectiveness", "### Out-of-domain: other packages", "### Out-of-domain: distribution "
+                    "metadata", "## Knockouts", "## Derived interaction mask", "## Trained search",
+                    "Derived configuration (`search/derived.json`", "## MICE", "## Efficiency",
+                    "## Timings per stage", "Attribution vs exact knockouts", "Screen (attribution patching)",
+                    "structural cells removed", "MICE against the cross-encoder", "Zero-shot (the cross-encoder"):
         assert section in report, section
-    for fig in ("attention_paths", "knockout_heatmap", "derived_mask", "merge_layer", "layer_drop",
+    # the demo trains exactly what the search derived
+    from mice.derived import MiceConfig
+
+    derived = MiceConfig.load(run / "search" / "derived.json")
+    assert derived.decision == "mice"  # the tiny preset's wide tolerance: a plumbing check, every stage runs
+    mice_stage = json.loads((run / "mice" / "stage.json").read_text())["outputs"]
+    assert (mice_stage["a"], mice_stage["b"]) == (derived.contextual_layers, derived.interaction_layers)
+    # the cross-encoder and MICE re-ranked every test query, the other models the first `test_queries`
+    import pandas as pd
+
+    results = pd.read_csv(run / "evaluate" / "results.csv")
+    every = results[results["queries"] == "all"]
+    assert set(every["run"]) == {"bm25", "cross-encoder", "mice"} and set(every["domain"]) == {"in", "ood", "meta"}
+    assert (every["n_queries"] > results[results["queries"] == "subset"]["n_queries"].max()).any()
+    for fig in ("attention_paths", "knockout_heatmap", "derived_mask", "search_mask", "search_layers",
                 "latency_vs_ndcg", "attribution_heatmap", "attribution_heads", "attribution_vs_exact",
                 "derivation_steps"):
         assert (run / "figures" / f"{fig}.png").exists() and (run / "figures" / f"{fig}.pdf").exists(), fig

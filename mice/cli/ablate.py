@@ -331,6 +331,8 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
                steps: int = typer.Option(10, "--steps", help="First rung's steps; rung r trains steps x eta^r"),
                eta: int = typer.Option(2, "--eta", help="Keep the best 1/eta of each rung"),
                finalists: int = typer.Option(2, "--finalists", help="Halve until this many remain"),
+               max_rungs: Optional[int] = typer.Option(None, "--max-rungs", help="Stop halving after this many "
+                                                       "rungs (whoever is left is a finalist)"),
                seeds: str = typer.Option("0,1", "--seeds", help="Seeds of the finalists (the first: every rung)"),
                tolerance: float = typer.Option(0.02, "--tolerance", help="Largest relative dev loss against "
                                                "the best finalist or the cross-encoder"),
@@ -362,7 +364,7 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
             raise MiceError(f"--set {item!r}: expected key=value")
         train[key.strip()] = value.strip()
     cfg = SearchConfig(model=model, dataset=dataset, split=split, run=run, k=k, queries=queries, train_preset=preset,
-                       train=train, steps=steps, eta=eta, finalists=finalists, seeds=_ints(seeds, "--seeds"),
+                       train=train, steps=steps, eta=eta, finalists=finalists, max_rungs=max_rungs, seeds=_ints(seeds, "--seeds"),
                        tolerance=tolerance, metric=metric.lower(),
                        stages=tuple(x.strip() for x in stages.split(",") if x.strip()),
                        merge_layers=_ints(merge_layers, "--merge-layers"),

@@ -154,4 +154,15 @@ def demo_views(root) -> dict[str, list[tuple[str, View]]]:
         views["Derived interaction mask"] = [("Explore: the derived mask (click cells to edit, download JSON; "
                                               "hatched cells are structural: they cannot change the score)",
                                               MaskView(loaded, structural=structural_table(loaded)))]
+    derived = root / "search" / "derived.json"
+    if derived.exists():
+        from ..derived import MiceConfig
+
+        cfg = MiceConfig.load(derived)
+        if cfg.mask is not None:
+            from ablations.structural import structural_table
+
+            m = cfg.interaction_mask()
+            views["Trained search"] = [(f"Explore: the mask of the derived configuration ({cfg.decision}; click "
+                                        "cells to edit, download JSON)", MaskView(m, structural=structural_table(m)))]
     return views
