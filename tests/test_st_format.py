@@ -160,3 +160,22 @@ def test_settings_mice_cannot_reproduce_are_refused(tmp_path):
     with pytest.raises(ModelError) as err:
         load(folder)
     assert "config_sentence_transformers.json" in _one_line(err) and "prompt" in _one_line(err)
+
+
+def test_hub_name_resolves_to_the_cached_snapshot_with_its_modules(tmp_path, monkeypatch):
+    """A hub name of a modular repo loads from the HF cache's snapshot (root + module folders), offline here:
+    the cache is laid out as huggingface_hub writes it."""
+    import huggingface_hub.constants
+
+    from mice.st_format import local_folder
+
+    folder = _modular(tmp_path, "modernbert", "cls", norm_bias=False)
+    repo = tmp_path / "hub" / "models--cross-encoder--tiny-modular"
+    shutil.copytree(folder, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert local_folder("cross-encoder/tiny-modular") == str(repo / "snapshots" / "0123abcd")
+    ours = np.asarray(load("cross-encoder/tiny-modular").predict(PAIRS))
+    theirs = CrossEncoder(str(folder), device="cpu").predict(PAIRS, activation_fn=torch.nn.Identity())
+    assert np.abs(ours - theirs).max() <= ATOL
