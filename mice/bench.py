@@ -179,23 +179,22 @@ def bench_backbone(model: str, random_weights: bool, seed: int, device, threads:
     from .backbone import resolve_model_path
     from .errors import ModelError
     from .mice_model import _quiet_transformers
+    from .st_format import load_classifier, local_folder
 
     if threads:
         torch.set_num_threads(int(threads))
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda but CUDA is not available")
-    path = resolve_model_path(model)
-    hf_config = AutoConfig.from_pretrained(path)
-    bare = not any(a.endswith("ForSequenceClassification") for a in (hf_config.architectures or []))
+    path = local_folder(resolve_model_path(model))
     with _quiet_transformers(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if random_weights:
+            hf_config = AutoConfig.from_pretrained(path)
             hf_config.num_labels = 1
             ce = AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="sdpa")
-        else:
-            ce = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa",
-                                                                    **({"num_labels": 1} if bare else {}))
+        else:  # a sentence-transformers modular folder keeps its own head (mice.st_format)
+            ce = load_classifier(path, 1, attn_implementation="sdpa")
     ce = ce.eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=prefix))

@@ -109,18 +109,16 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
     @classmethod
     def from_pretrained(cls, name_or_path, max_length: int | None = None, device=None, num_labels: int = 1,
                         **model_kwargs) -> "HookedCrossEncoder":
-        """Load any HF `…ForSequenceClassification` cross-encoder (or a bare encoder, with a fresh head)."""
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        """Load any HF `…ForSequenceClassification` cross-encoder, a sentence-transformers modular one (its
+        head modules in the family's head, `mice.st_format`), or a bare encoder with a fresh head."""
+        from transformers import AutoTokenizer
 
         from .backbone import resolve_model_path
+        from .st_format import load_classifier, local_folder
 
-        path = resolve_model_path(name_or_path)
+        path = local_folder(resolve_model_path(name_or_path))
         try:
-            config = AutoConfig.from_pretrained(path)
-            archs = config.architectures or []
-            if not any(a.endswith("ForSequenceClassification") for a in archs):
-                config.num_labels = num_labels  # bare encoder: the classifier head starts fresh
-            model = AutoModelForSequenceClassification.from_pretrained(path, config=config, **model_kwargs)
+            model = load_classifier(path, num_labels, **model_kwargs)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except OSError as err:
             raise ModelError(f"cannot load cross-encoder {name_or_path!r}: {err}") from None

@@ -233,25 +233,23 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
                            max_query_length: int | None = None, max_doc_length: int | None = None,
                            mask=None, device=None, seed: int = 0,
                            cls_cross_attention: str = "none") -> "MICEModel":
-        """MICE-ℓa+b from a `...ForSequenceClassification` folder, or a bare encoder (`BertModel`): then the
-        pooler comes from the encoder and the classifier is fresh (1 label, initialised under `seed`).
+        """MICE-ℓa+b from a `...ForSequenceClassification` folder, a sentence-transformers modular folder
+        (`mice.st_format`), or a bare encoder (`BertModel`): then the pooler comes from the encoder and the
+        classifier is fresh (1 label, initialised under `seed`).
         `cls_cross_attention`: none (the paper's text) or uniform (the authors' code); see the module docstring."""
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         from .backbone import resolve_model_path
+        from .st_format import load_classifier, local_folder
 
-        path = resolve_model_path(name_or_path)
+        path = local_folder(resolve_model_path(name_or_path))
         try:
-            hf_config = AutoConfig.from_pretrained(path)
+            AutoConfig.from_pretrained(path)
         except Exception as err:  # noqa: BLE001 - surface as a typed error
             raise ModelError(f"cannot load a model config from {name_or_path!r}: {err}") from err
-        archs = hf_config.architectures or []
-        bare = not any(a.endswith("ForSequenceClassification") for a in archs)
-        kwargs = {"num_labels": 1} if bare else {}
         with _quiet_transformers(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            backbone = AutoModelForSequenceClassification.from_pretrained(
-                path, attn_implementation="eager", **kwargs)
+            backbone = load_classifier(path, 1, attn_implementation="eager")
         if int(backbone.config.num_labels) != 1:
             raise ModelError(f"{name_or_path}: MICE scores with a 1-logit head; this model has "
                              f"{backbone.config.num_labels} labels")
