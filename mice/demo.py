@@ -68,9 +68,11 @@ class DemoPreset:
     # largest relative nDCG@10 loss a derived mask or configuration may cost on dev queries: on 20 queries one
     # relevant document moving one rank shifts nDCG@10 by 1-3%, so a tighter tolerance rejects on noise
     tolerance: float = 0.02
-    # the trained search: first-rung steps (each rung doubles them), dev queries scored, finalists' seeds
+    # the trained search: first-rung steps (each rung doubles them), dev queries scored, finalists' seeds, and its
+    # tolerance: the share of the cross-encoder's effectiveness the configuration must keep (the goal: 95%)
     search_steps: int = 10
-    search_queries: int = 30
+    search_queries: int = 40
+    search_tolerance: float = 0.05
     search_seeds: tuple[int, ...] = (0, 1)
     search_finalists: int = 2
     # rungs of successive halving at most: the quick budget stops after two (10 and 20 steps), so the better half
@@ -100,7 +102,7 @@ PRESETS = {
                        exact_queries=8, sweep_queries=8, sweep_k=6, search_steps=2, search_queries=8, search_finalists=8,
                        # a plumbing check on a random model, not evidence: the tolerance is wide so that the
                        # search decides for MICE and every later stage runs
-                       tolerance=0.9, bench_docs=8, bench_doc_lens=(32,), bench_repeats=2),
+                       search_tolerance=0.9, bench_docs=8, bench_doc_lens=(32,), bench_repeats=2),
 }
 
 
@@ -316,7 +318,7 @@ class Demo:
                            k=self.p.sweep_k, queries=self.p.search_queries, train_preset=self.p.train_preset,
                            train=train, steps=self.p.search_steps, finalists=self.p.search_finalists,
                            max_rungs=self.p.search_rungs,
-                           seeds=tuple(self.p.search_seeds), tolerance=self.p.tolerance,
+                           seeds=tuple(self.p.search_seeds), tolerance=self.p.search_tolerance,
                            max_interaction_layers=self.p.max_interaction_layers,
                            extra_masks=(str(self.path("derive", "mask.json")),))
         res = search(cfg, folder, log=self.console.print if self.console else None)
@@ -431,20 +433,20 @@ class Demo:
         every = ("cross-encoder", "mice")
         for domain, spec in self.datasets().items():
             ds = load_dataset(spec)
-            sets = {"subset": _subset_queries(ds, "test", self.p.test_queries)}
-            if self.p.test_queries is not None:
-                sets["all"] = _subset_queries(ds, "test", None)
+            every_qid = _subset_queries(ds, "test", None)
+            subset = _subset_queries(ds, "test", self.p.test_queries)
+            sets = {"all": every_qid} if len(subset) == len(every_qid) else {"subset": subset, "all": every_qid}
             for name, qids in sets.items():
                 qrels = ds.qrels("test")
                 qrels = qrels[qrels.query_id.isin(set(qids))]
                 runs = {"bm25": _restrict(read_run(self.path("bm25", f"{domain}.trec")), qids)}
                 for run, stage in sources:
                     path = self.path(stage, f"{run}-{domain}.trec")
-                    if path.exists() and (name == "subset" or run in every):
+                    if path.exists() and (len(sets) == 1 or name == "subset" or run in every):
                         runs[run] = _restrict(read_run(path), qids)
                 per_query: dict = {}
                 res = evaluate(qrels, runs, metrics=["nDCG@10", "RR@10"], per_query_out=per_query)
-                res.insert(0, "queries", "all" if name == "all" or self.p.test_queries is None else "subset")
+                res.insert(0, "queries", name)
                 res.insert(0, "domain", domain)
                 tables.append(res)
                 pq = pd.concat([t.assign(run=run) for run, t in per_query.items()], ignore_index=True)
@@ -491,6 +493,7 @@ class Demo:
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
         searched = derived + ("search_steps", "search_queries", "search_seeds", "search_finalists", "search_rungs",
+                              "search_tolerance",
                               "max_interaction_layers")
         mice = searched + ("mice_steps",)
         stages = [
