@@ -22,7 +22,7 @@ from mice.derived import MiceConfig
 from mice.errors import MiceError
 from mice.testing import tiny_cross_encoder
 
-from test_train import write_beir
+from test_train import train_env
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,13 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("search")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MICE_CACHE", str(root / "cache"))
-    data = write_beir(root / "data")
-    ce = tiny_cross_encoder(root / "ce", num_layers=4, seed=0)
-    yield {"root": root, "data": str(data), "ce": str(ce)}
-    mp.undo()
+    yield from train_env(tmp_path_factory, "search", ce=dict(num_layers=4, seed=0))
 
 
 def config(env, **kw) -> SearchConfig:

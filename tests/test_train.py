@@ -43,16 +43,23 @@ def write_beir(folder, n_train=40, n_dev=10, seed=0):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def train_env(tmp_path_factory, name: str, **models):
+    """A module's training set-up (use with `yield from`): a tiny BEIR folder, tiny random cross-encoders
+    (`models`: folder name -> tiny_cross_encoder settings), and MICE_CACHE inside the test folder so BM25
+    indexes and teacher caches stay there."""
+    root = tmp_path_factory.mktemp(name)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MICE_CACHE", str(root / "cache"))
+    data = write_beir(root / "data")
+    built = {key: str(tiny_cross_encoder(root / key, **kw)) for key, kw in models.items()}
+    yield {"root": root, "data": str(data), **built}
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MICE_CACHE", str(root / "cache"))  # BM25 indexes and teacher caches stay in the test folder
-    data = write_beir(root / "data")
-    student = tiny_cross_encoder(root / "student", num_layers=3, seed=0)
-    teacher = tiny_cross_encoder(root / "teacher", num_layers=3, seed=1)
-    yield {"root": root, "data": str(data), "student": str(student), "teacher": str(teacher)}
-    mp.undo()
+    yield from train_env(tmp_path_factory, "train", student=dict(num_layers=3, seed=0),
+                         teacher=dict(num_layers=3, seed=1))
 
 
 def weights(folder):

@@ -19,7 +19,7 @@ from mice.errors import IdentityError, LockError
 from mice.testing import tiny_cross_encoder
 from mice.train import Trainer, preset
 from mice.train.loop import STATE_FILE, TrainStateError
-from test_train import write_beir
+from test_train import train_env, write_beir
 
 from cli_checks import assert_one_error
 
@@ -29,13 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trust")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MICE_CACHE", str(root / "cache"))
-    data = write_beir(root / "data")
-    student = tiny_cross_encoder(root / "student", num_layers=2, seed=0)
-    yield {"root": root, "data": str(data), "student": str(student)}
-    mp.undo()
+    yield from train_env(tmp_path_factory, "trust", student=dict(num_layers=2, seed=0))
 
 
 def _env():

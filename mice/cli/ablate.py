@@ -354,15 +354,10 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
     Cached per candidate by content: rerun, resume or widen it in the same --out."""
     from ablations.search import SearchConfig, search
 
-    from ..errors import MiceError
     from .data import plain_warnings
+    from .train import key_values
 
-    train = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise MiceError(f"--set {item!r}: expected key=value")
-        train[key.strip()] = value.strip()
+    train = key_values(set_)
     cfg = SearchConfig(model=model, dataset=dataset, split=split, run=run, k=k, queries=queries, train_preset=preset,
                        train=train, steps=steps, eta=eta, finalists=finalists, max_rungs=max_rungs, seeds=_ints(seeds, "--seeds"),
                        tolerance=tolerance, metric=metric.lower(),

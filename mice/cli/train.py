@@ -19,6 +19,19 @@ def _settings(**flags) -> dict:
     return {k: v for k, v in flags.items() if v is not None}
 
 
+def key_values(items, flag: str = "--set") -> dict:
+    """`--set key=value` items (repeatable) as a dict; a malformed item is a one-line error naming it."""
+    from ..errors import MiceError
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MiceError(f"{flag} {item!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def train(
     mode: Optional[str] = typer.Option(None, "--mode", help="cross-encoder | masked | mice (default: cross-encoder)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="tiny (seconds), quick (~5 min on 2 CPU cores), "
@@ -96,12 +109,7 @@ def train(
         cfg = cfg.updated(preset_settings(preset, chosen_mode), f"preset {preset}")
     if file_settings:
         cfg = cfg.updated(file_settings, str(config))
-    extra = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise MiceError(f"--set {item!r}: expected key=value")
-        extra[key.strip()] = value.strip()
+    extra = key_values(set_)
     flags = _settings(mode=mode, model=model, dataset=dataset, output=output, teacher=teacher, mask=mask,
                       contextual_layers=contextual_layers, interaction_layers=interaction_layers, loss=loss, lr=lr,
                       head_lr=head_lr, batch_size=batch_size, negatives=negatives, max_steps=max_steps,

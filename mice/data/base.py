@@ -1,6 +1,7 @@
 """The one interface every data source presents: a corpus, queries per split, graded judgements per split."""
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -156,6 +157,40 @@ class InMemoryDataset(Dataset):
 
     def fingerprint(self) -> str:
         return "mem-" + super().fingerprint()
+
+
+
+class TableDataset(Dataset, abc.ABC):
+    """A collection held as one table (`id`, `query`, `doc`, `split`), built on first use by `_build()`: each
+    query's one relevant document is the row's own `doc`, under the same id (the embedded collections)."""
+
+    _table: "pd.DataFrame | None" = None
+    build_stats: dict = {}
+
+    @abc.abstractmethod
+    def _build(self) -> tuple[pd.DataFrame, dict]:
+        """The table and its build statistics (each collection builds its own)."""
+
+    @property
+    def table(self) -> pd.DataFrame:
+        if self._table is None:
+            self._table, self.build_stats = self._build()
+        return self._table
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "dev", "test")
+
+    def _load_corpus(self) -> dict[str, str]:
+        return dict(zip(self.table["id"], self.table["doc"]))
+
+    def _load_queries(self, split: str) -> dict[str, str]:
+        t = self.table[self.table["split"] == split]
+        return dict(zip(t["id"], t["query"]))
+
+    def _load_qrels(self, split: str) -> pd.DataFrame:
+        ids = self.table.loc[self.table["split"] == split, "id"]
+        return make_qrels({"query_id": ids, "doc_id": ids, "relevance": 1})
 
 
 def file_fingerprint(paths) -> str:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..files import write_json_atomic, write_table
-from .base import Dataset, cache_dir, warn
+from .base import TableDataset, cache_dir, warn
 
 BUILDER_VERSION = 1
 IN_DOMAIN = ("numpy", "pandas", "scipy", "matplotlib", "torch")
@@ -218,7 +218,7 @@ def build(cfg: EmbeddedConfig, use_cache: bool = True) -> tuple[pd.DataFrame, di
     return df, stats
 
 
-class EmbeddedDataset(Dataset):
+class EmbeddedDataset(TableDataset):
     """Docstring pairs as a dataset: one relevant document (its own description) per query."""
 
     def __init__(self, cfg: EmbeddedConfig | None = None, spec: str | None = None, use_cache: bool = True) -> None:
@@ -226,31 +226,11 @@ class EmbeddedDataset(Dataset):
         self.config = cfg or EmbeddedConfig()
         self.name = spec or f"embedded:{self.config.name}"
         self._use_cache = use_cache
-        self._table: pd.DataFrame | None = None
-        self.build_stats: dict = {}
+        self._table = None
+        self.build_stats = {}
 
-    @property
-    def table(self) -> pd.DataFrame:
-        if self._table is None:
-            self._table, self.build_stats = build(self.config, self._use_cache)
-        return self._table
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return SPLITS
-
-    def _load_corpus(self) -> dict[str, str]:
-        return dict(zip(self.table["id"], self.table["doc"]))
-
-    def _load_queries(self, split: str) -> dict[str, str]:
-        t = self.table[self.table["split"] == split]
-        return dict(zip(t["id"], t["query"]))
-
-    def _load_qrels(self, split: str) -> pd.DataFrame:
-        from ..runs import make_qrels
-
-        ids = self.table.loc[self.table["split"] == split, "id"]
-        return make_qrels({"query_id": ids, "doc_id": ids, "relevance": 1})
+    def _build(self) -> tuple[pd.DataFrame, dict]:
+        return build(self.config, self._use_cache)
 
     def fingerprint(self) -> str:
         self.table

@@ -53,7 +53,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ._docstrings import clean_inline
-from .base import Dataset, warn
+from .base import TableDataset, warn
 from .embedded import _stable_unit  # the same hash as embedded:docs, so the same id always lands in the same split
 
 BUILDER_VERSION = 1
@@ -417,38 +417,18 @@ def build(cfg: MetaConfig, path: list[str] | None = None) -> tuple[pd.DataFrame,
     return df, stats
 
 
-class MetaDataset(Dataset):
+class MetaDataset(TableDataset):
     """Installed distributions' metadata as a dataset: one relevant document (its own description) per query."""
 
     def __init__(self, cfg: MetaConfig | None = None, spec: str | None = None) -> None:
         super().__init__()
         self.config = cfg or MetaConfig()
         self.name = spec or f"embedded:{self.config.name}"
-        self._table: pd.DataFrame | None = None
-        self.build_stats: dict = {}
+        self._table = None
+        self.build_stats = {}
 
-    @property
-    def table(self) -> pd.DataFrame:
-        if self._table is None:
-            self._table, self.build_stats = build(self.config)
-        return self._table
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return SPLITS
-
-    def _load_corpus(self) -> dict[str, str]:
-        return dict(zip(self.table["id"], self.table["doc"]))
-
-    def _load_queries(self, split: str) -> dict[str, str]:
-        t = self.table[self.table["split"] == split]
-        return dict(zip(t["id"], t["query"]))
-
-    def _load_qrels(self, split: str) -> pd.DataFrame:
-        from ..runs import make_qrels
-
-        ids = self.table.loc[self.table["split"] == split, "id"]
-        return make_qrels({"query_id": ids, "doc_id": ids, "relevance": 1})
+    def _build(self) -> tuple[pd.DataFrame, dict]:
+        return build(self.config)
 
     def fingerprint(self) -> str:
         self.table
