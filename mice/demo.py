@@ -28,7 +28,7 @@ CACHE_VERSION = 2  # bump when a stage's code changes what it produces
 
 @dataclass
 class DemoPreset:
-    """Sizes of one demo run. `quick`: under 20 minutes from nothing on 2 idle CPU cores (measured, README);
+    """Sizes of one demo run. `quick`: 22 minutes from nothing on 2 CPU cores without MICE, ~28 with (README);
     `tiny`: about a minute; `full`: every test query, the train presets' own budgets."""
 
     name: str = "quick"
@@ -45,7 +45,7 @@ class DemoPreset:
     train_preset: str = "quick"
     backbone: str = "packaged:minilm"  # "tiny" / "tiny-modernbert" = a tiny random model built in-process
     # training steps per model (None: the train preset's own). Steps, not a wall clock, so that a loaded
-    # machine gives the same models, only later; on 2 idle cores they fit the 20-minute budget.
+    # machine gives the same models, only later.
     ce_steps: int | None = 250
     masked_steps: int | None = 40  # starts from the cross-encoder: adapting to the mask is quick
     mice_steps: int | None = 300  # the train preset's own MICE budget
@@ -96,7 +96,7 @@ PRESETS = {
                        bench_docs=100, bench_doc_lens=(128, 512), bench_repeats=10),
     "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
                        dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
-                       dataset_meta="embedded:meta?max_docs=60", first_stage_k=8, test_queries=20,
+                       dataset_meta="embedded:meta", first_stage_k=8, test_queries=20,
                        train_preset="tiny", backbone="tiny", ce_steps=None, masked_steps=None, mice_steps=None,
                        late_steps=None, dev_queries=None, max_interaction_layers=2, check_queries=8, probe_queries=4,
                        exact_queries=8, sweep_queries=8, sweep_k=6, search_steps=2, search_queries=8, search_finalists=8,
@@ -354,7 +354,10 @@ class Demo:
 
         layers = self.mice_layers()
         if layers is None:
-            return {"skipped": f"decision {self.derived().decision}: no MICE configuration within tolerance"}
+            why = {"masked": "the search's decision is a masked cross-encoder: no document-independent mask was "
+                             "within tolerance, so there is no MICE split",
+                   "cross-encoder": "nothing was within tolerance: the demo keeps the cross-encoder"}
+            return {"skipped": why[self.derived().decision]}
         a, b = layers
         best = self._train(folder, "mice", self.p.mice_steps, model=str(self.ce_path()), contextual_layers=a,
                            interaction_layers=b)

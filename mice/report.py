@@ -233,7 +233,7 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
     if mice_info.exists():
         out = json.loads(mice_info.read_text())["outputs"]
         if "skipped" in out:
-            lines += ["## MICE", "", f"No MICE model: {out['skipped']}. The demo keeps the cross-encoder.", ""]
+            lines += ["## MICE", "", f"No MICE model: {out['skipped']} (see the trained search above).", ""]
         else:
             lines += ["## MICE", "", f"MICE-ℓ{out.get('a')}+{out.get('b')}: {out.get('a')} contextual layer(s) "
                       f"(documents alone, precomputable), {out.get('b')} query-side interaction layers, distilled "
@@ -287,7 +287,8 @@ def _search_section(root: Path, figure) -> list[str]:
     lines += [f"Finalists (seed-averaged; `delta_{m}` and its p-value are paired against the cross-encoder; "
               f"`rel_loss` against the best of the finalists and the cross-encoder; tolerance {c['tolerance']}):", "",
               _md(fin[[x for x in cols if x in fin.columns]]), ""]
-    zero = t[~t["trained"]][["stage", "candidate", m, f"delta_{m}", "kendall_tau"]]
+    zero = t[~t["trained"]][["stage", "candidate", m, f"delta_{m}", "kendall_tau"]].rename(
+        columns={f"delta_{m}": f"delta_{m} zero-shot", "kendall_tau": "kendall_tau zero-shot"})
     first = t[t["trained"] & (t["rung"] == 0)][["stage", "candidate", "steps", m, f"{m}_ci_low", f"{m}_ci_high"]]
     both = zero.merge(first, on=["stage", "candidate"], suffixes=(" zero-shot", " trained"))
     lines += ["Zero-shot (the cross-encoder under the mask, or MICE built from it, untrained) beside the same "
