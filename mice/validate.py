@@ -67,6 +67,11 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "paper_runs": (1, None, True),
     "paper_warmup": (0, None, True),
     "weight_decay": (0, None, True),
+    "steps": (1, None, True),  # `mice ablate search`: the first rung's training steps
+    "eta": (2, None, True),
+    "finalists": (1, None, True),
+    "max_rungs": (1, None, True),
+    "max_interaction_layers": (1, None, True),
 }
 
 
