@@ -135,6 +135,20 @@ def _stable_unit(text: str, salt: str) -> float:
     return int(hashlib.sha1(f"{salt}:{text}".encode()).hexdigest()[:12], 16) / 16 ** 12
 
 
+def first_pair(query: str, doc: str, seen_q: set, seen_d: set, stats: dict) -> bool:
+    """True, and remembered, for a (normalised) query and document text neither seen before; a repeat is counted
+    in `stats` (`duplicate_queries` first, then `duplicate_docs`) and dropped."""
+    if query in seen_q:
+        stats["duplicate_queries"] += 1
+        return False
+    if doc in seen_d:
+        stats["duplicate_docs"] += 1
+        return False
+    seen_q.add(query)
+    seen_d.add(doc)
+    return True
+
+
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -160,14 +174,8 @@ def assemble(results: list[dict], cfg: EmbeddedConfig) -> tuple[pd.DataFrame, di
         q, d = _norm(r["query"]), _norm(r["doc"])
         if r["id"] in ids:
             continue
-        if q in seen_q:
-            stats["duplicate_queries"] += 1
+        if not first_pair(q, d, seen_q, seen_d, stats):
             continue
-        if d in seen_d:
-            stats["duplicate_docs"] += 1
-            continue
-        seen_q.add(q)
-        seen_d.add(d)
         ids.add(r["id"])
         kept.append(r)
     df = pd.DataFrame(kept, columns=["id", "package", "kind", "query", "doc"])

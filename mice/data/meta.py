@@ -54,7 +54,7 @@ import pandas as pd
 from ..errors import DataError
 from ._docstrings import clean_inline
 from .base import TableDataset, warn
-from .embedded import _stable_unit  # the same hash as embedded:docs, so the same id always lands in the same split
+from .embedded import _stable_unit, first_pair  # the same hash as embedded:docs, so the same id always lands in the same split
 
 BUILDER_VERSION = 1
 SPLITS = ("train", "dev", "test")
@@ -380,15 +380,8 @@ def assemble(records: list[dict], cfg: MetaConfig) -> tuple[pd.DataFrame, dict]:
         if len(doc.split()) < cfg.min_words:
             stats["short_description"] += 1
             continue
-        q, d = " ".join(_words(query)), " ".join(_words(doc))
-        if q in seen_q:
-            stats["duplicate_queries"] += 1
+        if not first_pair(" ".join(_words(query)), " ".join(_words(doc)), seen_q, seen_d, stats):
             continue
-        if d in seen_d:
-            stats["duplicate_docs"] += 1
-            continue
-        seen_q.add(q)
-        seen_d.add(d)
         kept.append({"id": rid, "name": r["name"], "version": r["version"], "query": query, "doc": doc})
     df = pd.DataFrame(kept, columns=["id", "name", "version", "query", "doc"])
     if cfg.max_docs and len(df) > cfg.max_docs:
