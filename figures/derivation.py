@@ -127,6 +127,10 @@ def plot_search(table, stage: str, out_stem, metric: str = "ndcg@10", reference:
                 label=f"trained {steps} steps (95% CI)")
     z = zero.set_index("candidate").reindex(names)
     ax.plot(x, z[metric], marker="s", ls="--", color="#8c8c8c", lw=1, label="zero-shot (0 steps)")
+    flat = trained[trained["collapsed"].astype(bool)] if "collapsed" in trained else trained.iloc[:0]
+    if len(flat):  # every document of a query scored alike: the first stage's order, never chosen
+        ax.scatter([names.index(c) for c in flat["candidate"]], flat[metric], marker="x", s=60, color="#c44e52",
+                   zorder=4, label="collapsed (does not re-rank)")
     fin = t[(t["stage"] == stage) & t["trained"] & t["finalist"].astype(bool)]
     if len(fin):
         pos = [names.index(c) for c in fin["candidate"]]

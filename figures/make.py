@@ -69,14 +69,14 @@ def make_all(run_dir, out_dir) -> list[Path]:
         meta = json.loads((run_dir / "search" / "search.json").read_text())
         metric = meta["config"]["metric"]
         for stage in table["stage"].unique():
-            add(plot_search(table, stage, out_dir / f"search_{stage}", metric=metric,
+            add(plot_search(table, stage, out_dir / f"search_curve_{stage}", metric=metric,
                             reference=meta["reference"][metric]))
         derived = run_dir / "search" / "derived.json"
         mask = InteractionMask.load(derived) if json.loads(derived.read_text()).get("mask") else None
         if mask is not None:
             from .masks import plot_mask
 
-            add(plot_mask(mask, out_dir / "search_mask"))
+            add(plot_mask(mask, out_dir / "search_derived_mask"))
     bench = run_dir / "bench" / "bench.csv"
     if bench.exists():
         from mice.bench import plot_latency

@@ -279,7 +279,7 @@ def _search_section(root: Path, figure) -> list[str]:
              "that score every document of a query alike (they do not re-rank; e.g. b = 1, whose `[CLS]` never "
              "reads the document) are flagged `collapsed` and never chosen.", ""]
     for stage in t["stage"].unique():
-        figure(lines, root, f"figures/search_{stage}.png", f"Trained search, {stage} stage: every candidate at "
+        figure(lines, root, f"figures/search_curve_{stage}.png", f"Trained search, {stage} stage: every candidate at "
                "equal steps (95% CI) beside zero-shot")
     cols = ["stage", "candidate", "rung", "steps", "seeds", m, f"{m}_ci_low", f"{m}_ci_high", f"delta_{m}",
             f"p_delta_{m}", "kendall_tau", "collapsed", "rel_loss", "within_tolerance", "chosen"]
@@ -298,4 +298,5 @@ def _search_section(root: Path, figure) -> list[str]:
                "cross-encoder": "**nothing: the demo keeps the cross-encoder**"}[derived.decision]
     lines += [f"Derived configuration (`search/derived.json`, mice-config/1): {verdict}. Why: {meta['why']}.", "",
               "```", derived.render(), "```", ""]
+    figure(lines, root, "figures/search_derived_mask.png", "The derived configuration's mask")
     return lines

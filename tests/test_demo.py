@@ -41,7 +41,8 @@ def test_tiny_demo_end_to_end_and_cached():
             assert set(rows["run"]) == {"bm25", "cross-encoder", "mice"}
             assert rows["n_queries"].min() > subset["n_queries"].max()
     assert (results["queries"] == "subset").any()
-    for fig in ("attention_paths", "knockout_heatmap", "derived_mask", "search_mask", "search_layers",
+    for fig in ("attention_paths", "knockout_heatmap", "derived_mask", "search_curve_mask", "search_curve_layers",
+                "search_derived_mask",
                 "latency_vs_ndcg", "attribution_heatmap", "attribution_heads", "attribution_vs_exact",
                 "derivation_steps"):
         assert (run / "figures" / f"{fig}.png").exists() and (run / "figures" / f"{fig}.pdf").exists(), fig
