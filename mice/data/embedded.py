@@ -61,6 +61,14 @@ class EmbeddedConfig:
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def parse_fractions(value: str) -> tuple[float, float, float]:
+    """`0.8,0.1,0.1` -> the train/dev/test shares; ValueError unless three non-negative shares summing to 1."""
+    fr = tuple(float(x) for x in value.split(","))
+    if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) < 0:
+        raise ValueError("three non-negative shares summing to 1")
+    return fr
+
+
 def parse_spec(spec: str) -> EmbeddedConfig:
     """`embedded:docs[?packages=a,b&max_per_package=N&max_depth=N&fractions=0.8,0.1,0.1]`."""
     body = spec.split(":", 1)[1] if ":" in spec else "docs"
@@ -80,10 +88,7 @@ def parse_spec(spec: str) -> EmbeddedConfig:
             elif key in ("max_per_package", "max_depth", "workers"):
                 changes[key] = int(value)
             elif key == "fractions":
-                fr = tuple(float(x) for x in value.split(","))
-                if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) < 0:
-                    raise ValueError("three non-negative shares summing to 1")
-                changes[key] = fr
+                changes[key] = parse_fractions(value)
             else:
                 raise DataError(f"{spec}: unknown option {key!r} (packages, max_per_package, max_depth, fractions)")
         except ValueError as err:

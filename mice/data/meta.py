@@ -54,7 +54,7 @@ import pandas as pd
 from ..errors import DataError
 from ._docstrings import clean_inline
 from .base import TableDataset, warn
-from .embedded import _stable_unit, first_pair  # the same hash as embedded:docs, so the same id always lands in the same split
+from .embedded import _stable_unit, first_pair, parse_fractions  # the same hash as embedded:docs, so the same id always lands in the same split
 
 BUILDER_VERSION = 1
 SPLITS = ("train", "dev", "test")
@@ -96,10 +96,7 @@ def parse_spec(spec: str) -> MetaConfig:
             raise DataError(f"{spec}: unknown option {key!r} ({', '.join(OPTIONS)})")
         try:
             if key == "fractions":
-                fr = tuple(float(x) for x in value.split(","))
-                if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) < 0:
-                    raise ValueError("three non-negative shares summing to 1")
-                changes[key] = fr
+                changes[key] = parse_fractions(value)
             else:
                 n = int(value)
                 if n < 0 or (key == "max_words" and n == 0):
