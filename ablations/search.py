@@ -12,8 +12,11 @@ queries against the cross-encoder with per-query measures, bootstrap CIs and pai
   `seeds`. Curves are drawn from one rung only (`curve`), so every point of a curve had the same steps.
 - **Choice.** Among finalists (seed-averaged), the most efficient (mask stage: largest a, then the most
   restrictive step; layer stage: smallest b) whose dev effectiveness is within `tolerance` (relative) of the
-  best of the finalists and the cross-encoder itself. Nothing within tolerance: the search says so and the
-  derived configuration keeps the cross-encoder. Never a fallback.
+  best trained finalist (the layer stage: of both stages). Trained rows are compared with trained rows because
+  the short fine-tune itself costs effectiveness (a fine-tuned mask0 loses to its untouched teacher); the
+  cross-encoder is the reference only for a layer stage run alone, and every finalist is tested against it
+  (paired t-test, CI). Nothing within tolerance: the search says so and the derived configuration keeps the
+  cross-encoder. Never a fallback.
 - **Cache.** Each candidate x seed trains in a folder named by a content-keyed identity (cross-encoder weights,
   training data, settings, the resolved mask or a/b), with a constant LR after warmup: a rung continues the
   previous one, and a model resumed to 2s steps is the model trained 2s steps. A rerun, an interrupted run or a
@@ -375,12 +378,22 @@ class Search:
             alive = [c for c, _ in ranked[:keep]]
             rung += 1
 
-    def _choose(self, finalists: list[tuple[Candidate, dict]]) -> tuple[Candidate | None, dict]:
+    def _choose(self, finalists: list[tuple[Candidate, dict]], controls: Sequence[dict] = (),
+                with_reference: bool = False) -> tuple[Candidate | None, dict]:
+        """The most efficient non-collapsed finalist within `tolerance` of the best trained configuration.
+
+        The best is taken over trained rows only (this stage's finalists and `controls`, the earlier stages'
+        finalists), all fine-tuned on the same budget: the fine-tune itself moves a model away from its teacher
+        (mask0, the cross-encoder's own attention, loses to the untouched cross-encoder after a short fine-tune),
+        so the untouched cross-encoder joins the best only `with_reference` (a layer stage run without the mask
+        stage, which has no trained control). Every finalist is still tested against the cross-encoder (delta,
+        CI, p)."""
         from .metrics import relative_loss
 
         m = self.cfg.metric
         ref = float(np.mean(self.ref_pq[m]))
-        best = max([ref] + [r[m] for _, r in finalists if not r["collapsed"]])
+        trained = [r[m] for _, r in finalists if not r["collapsed"]] + [r[m] for r in controls if not r["collapsed"]]
+        best = max(trained + ([ref] if with_reference else []), default=ref)
         ok = []
         for cand, row in finalists:
             row["rel_loss"] = relative_loss(best, row[m])
@@ -391,7 +404,8 @@ class Search:
         chosen = max(ok, key=lambda cr: cr[0].efficiency) if ok else None
         for cand, row in finalists:
             row["chosen"] = chosen is not None and cand.name == chosen[0].name
-        return (chosen[0] if chosen else None), {"best": best, "reference": ref}
+        return (chosen[0] if chosen else None), {"best": best, "reference": ref, "best_is_reference":
+                                                 bool(with_reference and best == ref)}
 
     # ------------------------------------------------------------------------------------------- run
     def run(self) -> SearchResult:
@@ -411,16 +425,19 @@ class Search:
             decisions: dict = {}
             a = cfg.contextual_layers
             mask_choice = None
+            mask_finalists: list[dict] = []
             if "mask" in cfg.stages:
                 self.log(f"mask stage ({self.num_layers} layers)")
                 fin = self._stage(mask_candidates(self.num_layers, cfg.merge_layers, cfg.extra_masks), rows, per_query)
                 mask_choice, decisions["mask"] = self._choose(fin)
+                mask_finalists = [r for _, r in fin]
                 a = None if mask_choice is None else mask_choice.a
             layer_choice = None
             if "layers" in cfg.stages and a is not None and ("mask" not in cfg.stages or mask_choice is not None):
                 self.log(f"layer stage (a = {a})")
                 fin = self._stage(layer_candidates(a, self.num_layers, cfg.max_interaction_layers), rows, per_query)
-                layer_choice, decisions["layers"] = self._choose(fin)
+                layer_choice, decisions["layers"] = self._choose(fin, controls=mask_finalists,
+                                                               with_reference="mask" not in cfg.stages)
             table = pd.DataFrame(rows)
             for col, default in (("finalist", False), ("promoted", False), ("chosen", False),
                                  ("within_tolerance", False), ("rel_loss", float("nan"))):

@@ -75,8 +75,9 @@ class DemoPreset:
     search_tolerance: float = 0.05
     search_seeds: tuple[int, ...] = (0, 1)
     search_finalists: int = 2
-    # rungs of successive halving at most: the quick budget stops after two (10 and 20 steps), so the better half
-    # of the mask candidates are all finalists under two seeds
+    # the best 1/eta of a rung continues. With 9 mask candidates, eta 3 and two rungs (10 and 20 steps) the best 3
+    # are finalists under two seeds: 90 + 120 steps, against 90 + 150 for eta 2 (the 20-minute budget)
+    search_eta: int = 3
     search_rungs: int | None = 2
     derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
     derive_max_steps: int | None = 12  # exact re-checks at most (structural cells need none)
@@ -92,7 +93,7 @@ PRESETS = {
                        mice_steps=None, late_steps=None, dev_queries=None,
                        train_preset="quick", sweep_queries=200, exact_queries=100, check_queries=100,
                        derive_max_steps=48, search_steps=25, search_queries=100, search_seeds=(0, 1, 2),
-                       search_rungs=None,
+                       search_eta=2, search_rungs=None,
                        bench_docs=100, bench_doc_lens=(128, 512), bench_repeats=10),
     "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
                        dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
@@ -316,7 +317,8 @@ class Demo:
         train = {"dev_queries": self.p.dev_queries} if self.p.dev_queries else {}
         cfg = SearchConfig(model=str(self.ce_path()), dataset=self.p.dataset, split="dev", run=self.dev_run(),
                            k=self.p.sweep_k, queries=self.p.search_queries, train_preset=self.p.train_preset,
-                           train=train, steps=self.p.search_steps, finalists=self.p.search_finalists,
+                           train=train, steps=self.p.search_steps, eta=self.p.search_eta,
+                           finalists=self.p.search_finalists,
                            max_rungs=self.p.search_rungs,
                            seeds=tuple(self.p.search_seeds), tolerance=self.p.search_tolerance,
                            max_interaction_layers=self.p.max_interaction_layers,
@@ -495,7 +497,8 @@ class Demo:
         ce = runs + ("train_preset", "backbone", "ce_steps", "dev_queries", "seed")
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
-        searched = derived + ("search_steps", "search_queries", "search_seeds", "search_finalists", "search_rungs",
+        searched = derived + ("search_steps", "search_eta", "search_queries", "search_seeds", "search_finalists",
+                              "search_rungs",
                               "search_tolerance",
                               "max_interaction_layers")
         mice = searched + ("mice_steps",)

@@ -273,8 +273,9 @@ def _search_section(root: Path, figure) -> list[str]:
     lines = ["## Trained search", "",
              f"Each candidate is a short fine-tune from the cross-encoder, distilled from it (Margin-MSE), scored on "
              f"{meta['queries']} dev queries (BM25 top {c['k']}) against the cross-encoder (dev {m} "
-             f"{meta['reference'][m]:.4f}). Successive halving: every candidate gets {c['steps']} steps, the better "
-             f"half continues with twice as many, until {c['finalists']} finalists train under seeds "
+             f"{meta['reference'][m]:.4f}). Successive halving: every candidate gets {c['steps']} steps, the best "
+             f"1/{c.get('eta', 2)} continues with {c.get('eta', 2)}x as many, until {c['finalists']} finalists (or "
+             f"{c.get('max_rungs') or 'unlimited'} rungs) train under seeds "
              f"{', '.join(map(str, c['seeds']))}. Budget: {meta['steps_total']} training steps in all. Candidates "
              "that score every document of a query alike (they do not re-rank; e.g. b = 1, whose `[CLS]` never "
              "reads the document) are flagged `collapsed` and never chosen.", ""]
@@ -285,7 +286,8 @@ def _search_section(root: Path, figure) -> list[str]:
             f"p_delta_{m}", "kendall_tau", "collapsed", "rel_loss", "within_tolerance", "chosen"]
     fin = t[t["trained"] & t["finalist"].astype(bool)]
     lines += [f"Finalists (seed-averaged; `delta_{m}` and its p-value are paired against the cross-encoder; "
-              f"`rel_loss` against the best of the finalists and the cross-encoder; tolerance {c['tolerance']}):", "",
+              f"`rel_loss` against the best trained finalist, every finalist having had the same fine-tune"
+              f"{'' if 'mask' in c['stages'] else ', or the cross-encoder'}; tolerance {c['tolerance']}):", "",
               _md(fin[[x for x in cols if x in fin.columns]]), ""]
     zero = t[~t["trained"]][["stage", "candidate", m, f"delta_{m}", "kendall_tau"]].rename(
         columns={f"delta_{m}": f"delta_{m} zero-shot", "kendall_tau": "kendall_tau zero-shot"})
