@@ -47,6 +47,10 @@ class DemoPreset:
     # training steps per model (None: the train preset's own). Steps, not a wall clock, so that a loaded
     # machine gives the same models, only later.
     ce_steps: int | None = 250
+    # the full preset: the cross-encoder trains until its dev RR@10 beats its teacher's (the bi-encoder), checked
+    # every `ce_eval_every` steps, with ce_steps as the cap (None: evaluate once, at the end)
+    ce_until_beats_teacher: bool = False
+    ce_eval_every: int | None = None
     masked_steps: int | None = 40  # starts from the cross-encoder: adapting to the mask is quick
     mice_steps: int | None = 300  # the train preset's own MICE budget
     # the late-interaction baseline (MaxSim). Not MICE's 300: a step costs ~1.7x a MICE step (measured: 40 steps
@@ -87,9 +91,12 @@ class DemoPreset:
     seed: int = 0
 
 
+KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every"}  # see `Demo.key`
+
 PRESETS = {
     "quick": DemoPreset(),
-    "full": DemoPreset(name="full", test_queries=None, first_stage_k=100, ce_steps=None, masked_steps=None,
+    "full": DemoPreset(name="full", test_queries=None, first_stage_k=100, ce_steps=4000, ce_until_beats_teacher=True,
+                       ce_eval_every=100, masked_steps=None,
                        mice_steps=None, late_steps=None, dev_queries=None,
                        train_preset="quick", sweep_queries=200, exact_queries=100, check_queries=100,
                        derive_max_steps=48, search_steps=25, search_queries=100, search_seeds=(0, 1, 2),
@@ -136,8 +143,11 @@ class Demo:
 
     def key(self, fields) -> dict:
         """What a stage depends on: the preset fields it (or a stage before it) reads, and the code version."""
-        values = asdict(self.p)
-        return {"version": CACHE_VERSION, **{f: values[f] for f in fields}}
+        values, defaults = asdict(self.p), asdict(DemoPreset())
+        # fields added within a cache version enter the key only when set away from their default, so that
+        # finished stages of earlier runs stay valid (the identity of what they computed did not change)
+        return {"version": CACHE_VERSION, **{f: values[f] for f in fields
+                                             if f not in KEYED_WHEN_SET or values[f] != defaults[f]}}
 
     # ---- paths of artefacts produced by earlier stages
     def path(self, stage: str, *parts: str) -> Path:
@@ -224,8 +234,8 @@ class Demo:
             overrides["dev_queries"] = self.p.dev_queries
         cfg = preset(self.p.train_preset, mode, dataset=self.p.dataset, output=str(folder / "train"),
                      seed=self.p.seed, overwrite=True, **overrides)
-        if steps:  # the schedule decays to 0 at `steps`: evaluate once, at the end; checkpoint half-way too
-            cfg = cfg.updated({"max_steps": steps, "max_minutes": None, "eval_every": steps,
+        if steps:  # the schedule decays to 0 at `steps`: evaluate once, at the end (unless told); checkpoint half-way
+            cfg = cfg.updated({"max_steps": steps, "max_minutes": None, "eval_every": overrides.get("eval_every", steps),
                                "save_every": max(1, steps // 2), "warmup_steps": min(cfg.warmup_steps, steps // 10)})
         result = Trainer(cfg, quiet=self.console is None).train()
         (folder / "train_result.json").write_text(json.dumps(
@@ -236,7 +246,10 @@ class Demo:
     def stage_cross_encoder(self, folder: Path) -> dict:
         from .models import load_scorer
 
-        best = self._train(folder, "cross-encoder", self.p.ce_steps, model=self._backbone(folder))
+        until = {"until_beats_teacher": True} if self.p.ce_until_beats_teacher else {}
+        if self.p.ce_eval_every:
+            until["eval_every"] = self.p.ce_eval_every
+        best = self._train(folder, "cross-encoder", self.p.ce_steps, model=self._backbone(folder), **until)
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "cross-encoder", every_query=True)
@@ -494,7 +507,8 @@ class Demo:
         write_json_atomic(self.out / "environment.json", environment())
         data = ("dataset", "dataset_ood", "dataset_meta")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
-        ce = runs + ("train_preset", "backbone", "ce_steps", "dev_queries", "seed")
+        ce = runs + ("train_preset", "backbone", "ce_steps", "ce_until_beats_teacher", "ce_eval_every", "dev_queries",
+                     "seed")
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
         searched = derived + ("search_steps", "search_eta", "search_queries", "search_seeds", "search_finalists",

@@ -73,6 +73,10 @@ class TrainConfig:
     lr_schedule: str = "linear"
     max_steps: int = 1000
     max_minutes: float | None = None  # wall-clock budget (stops early, keeps the best checkpoint)
+    # stop at the first evaluation whose dev RR@10 beats the teacher's own on the same dev candidates (the
+    # teacher model scored once); max_steps stays the cap. A distilled student that cannot pass its teacher
+    # says so (stopped by max_steps) instead of training on
+    until_beats_teacher: bool = False
     max_grad_norm: float = 1.0
     seed: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16 (`mice train --dtype fp32|bf16|fp16`); fp16 needs a GPU
@@ -139,6 +143,8 @@ class TrainConfig:
             bad("head_lr", f"must be positive, got {self.head_lr}")
         if self.warmup_steps < 0:
             bad("warmup_steps", "must be >= 0")
+        if self.until_beats_teacher and not (self.needs_teacher and self.dev_split):
+            bad("until_beats_teacher", "needs a teacher model (a margin-mse loss) and a dev split")
         if self.max_minutes is not None and not float(self.max_minutes) > 0:
             bad("max_minutes", f"must be positive, got {self.max_minutes}")
         if self.mode == "mice" and (self.contextual_layers < 0 or self.interaction_layers < 1):

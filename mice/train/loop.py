@@ -49,8 +49,8 @@ LOG_FILE = "train.log"
 LOG_COLUMNS = ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "dev_ndcg10"]
 DEV_METRICS = ("RR@10", "nDCG@10")
 # settings that may change when resuming (they do not change what a step computes)
-_RESUME_FREE = {"output", "resume", "overwrite", "max_minutes", "num_threads", "eval_every", "save_every",
-                "log_every", "eval_batch_size", "teacher_batch_size", "teacher_cache", "max_steps"}
+_RESUME_FREE = {"output", "resume", "overwrite", "max_minutes", "until_beats_teacher", "num_threads", "eval_every",
+                "save_every", "log_every", "eval_batch_size", "teacher_batch_size", "teacher_cache", "max_steps"}
 # settings whose *content* enters the identity instead of their spec string (see `Trainer.identity`)
 _BY_CONTENT = {"model", "dataset", "dev_dataset", "teacher", "mask"}
 
@@ -219,6 +219,22 @@ class Trainer:
         return {"pairs": pairs, "qrels": qrels, "bm25": run}
 
     # ----------------------------------------------------------------------------------------- evaluation
+    def teacher_dev(self) -> dict[str, float]:
+        """The teacher model's dev RR@10 / nDCG@10 on the student's dev candidates (every process scores them
+        all: the dev set is small, and no score enters the training cache)."""
+        import torch
+
+        from ..evaluation import per_query
+
+        pairs = self.dev["pairs"]
+        with torch.no_grad():
+            scores = self.teacher.scorer.predict([(q, d) for _, _, q, d in pairs],
+                                                 batch_size=self.config.eval_batch_size)
+        run = pd.DataFrame({"query_id": [p[0] for p in pairs], "doc_id": [p[1] for p in pairs],
+                            "score": np.asarray(scores, dtype=np.float64)})
+        values = per_query(self.dev["qrels"], run, DEV_METRICS)
+        return {m: float(values.loc[values["measure"] == m, "value"].mean()) for m in DEV_METRICS}
+
     def evaluate(self) -> dict[str, float]:
         """Dev RR@10 / nDCG@10 of the current model re-ranking BM25's top-k (sharded over processes)."""
         import torch
@@ -460,6 +476,13 @@ class Trainer:
                     f"({len(self.pool)} queries), {world} process(es), {pairs_per_step} pairs/step, "
                     f"loss {cfg.loss}" + (f", teacher {self.teacher.spec or cfg.teacher}" if self.teacher else ""))
 
+        self.teacher_dev_metrics = None
+        if cfg.until_beats_teacher:
+            if self.teacher is None or self.teacher.spec is None or self.dev is None:
+                raise ConfigError("until_beats_teacher needs a teacher model (not a score file) and dev queries")
+            self.teacher_dev_metrics = self.teacher_dev()
+            self._print(f"teacher on dev: RR@10 {self.teacher_dev_metrics['RR@10']:.4f}  nDCG@10 "
+                        f"{self.teacher_dev_metrics['nDCG@10']:.4f} (training stops once the student beats it)")
         if self.dev is not None and resume_from is None and cfg.eval_at_start:
             self._evaluate_and_keep(loss=None)
 
@@ -517,13 +540,15 @@ class Trainer:
                 last_step = self.step == cfg.max_steps or stopped_by == "max_minutes"
                 pause = time.perf_counter()
                 if self.dev is not None and (self.step % cfg.eval_every == 0 or last_step):
-                    self._evaluate_and_keep(loss=global_loss)
+                    rr = self._evaluate_and_keep(loss=global_loss)
+                    if self.teacher_dev_metrics is not None and rr > self.teacher_dev_metrics["RR@10"]:
+                        stopped_by, last_step = "beat_teacher", True
                 if self.step % cfg.save_every == 0 or last_step:
                     self.save_checkpoint()
                 window_t += time.perf_counter() - pause  # pairs/s counts training time only
                 for fn in self.callbacks:
                     fn(self, self.step)
-                if stopped_by == "max_minutes":
+                if stopped_by in ("max_minutes", "beat_teacher"):
                     break
 
         if self.step == start_step and not (self.output / "last").exists():
@@ -546,6 +571,7 @@ class Trainer:
             "wall_time_s": round(wall, 2), "this_session_s": round(time.perf_counter() - self._t0, 2),
             "pairs_per_s": round(float(np.mean(rates)), 2) if rates else None,
             "best_step": self.best_step, "best_dev": self.best_dev, "dev_metric": "RR@10",
+            **({"teacher_dev": self.teacher_dev_metrics} if self.teacher_dev_metrics is not None else {}),
             "processes": world, "global_batch": cfg.batch_size * world,
             "teacher": None if self.teacher is None else {
                 "spec": self.teacher.spec or cfg.teacher, "cache": str(self.teacher.cache_path or ""),
@@ -570,7 +596,7 @@ class Trainer:
         reserve = step_s + eval_s + self._last_save_s
         return self.elapsed() + reserve >= self.config.max_minutes * 60
 
-    def _evaluate_and_keep(self, loss) -> None:
+    def _evaluate_and_keep(self, loss) -> float:
         t0 = time.perf_counter()
         metrics = self.evaluate()
         rr = metrics["RR@10"]
@@ -587,6 +613,7 @@ class Trainer:
         if self.acc.is_main_process:
             self._write_log()
         self._last_eval_s = time.perf_counter() - t0
+        return rr
 
     def _diverged(self, loss: float, norm: float) -> None:
         from ..files import write_json_atomic
