@@ -8,7 +8,8 @@ queries against the cross-encoder with per-query measures, bootstrap CIs and pai
   plus any mask files proposed by the attribution screen. The chosen mask fixes the split a (its merge layer,
   when it blocks `d->q` everywhere, i.e. the document is query-independent). `layers`: MICE-ℓa+b for each b.
 - **Budget: successive halving, in steps.** Every candidate gets `steps` steps; the better 1/`eta` continues to
-  twice as many, and so on until `finalists` remain (or `max_rungs` rungs were run). Those train the same number of steps under every seed of
+  `eta` times as many, and so on until `finalists` remain; with a `max_rungs` cap, the best `finalists` go on to
+  the last rung. Those train the same number of steps under every seed of
   `seeds`. Curves are drawn from one rung only (`curve`), so every point of a curve had the same steps.
 - **Choice.** Among finalists (seed-averaged), the most efficient (mask stage: largest a, then the most
   restrictive step; layer stage: smallest b) whose dev effectiveness is within `tolerance` (relative) of the
@@ -369,6 +370,8 @@ class Search:
             if final:
                 return scored
             keep = max(cfg.finalists, math.ceil(len(alive) / cfg.eta))
+            if cfg.max_rungs is not None and rung + 1 == cfg.max_rungs - 1:
+                keep = cfg.finalists  # the next rung is the last the budget allows: only the finalists go on
             ranked = sorted(scored, key=lambda cr: (cr[1]["collapsed"], -cr[1][cfg.metric],
                                                     [-e for e in cr[0].efficiency]))
             promoted = {c.name for c, _ in ranked[:keep]}

@@ -24,10 +24,14 @@ def test_bm25_ranks_the_matching_document_first_and_caches_its_index(beir, tmp_p
     assert top == {"q1": "d1", "q2": "d2", "q3": "d3"}
     assert run.groupby("query_id").size().max() <= 3 and (run["score"] > 0).all()
     assert list(run.columns) == ["query_id", "doc_id", "score"]
-    folders = list((tmp_path / "cache" / "bm25").iterdir())
+    folders = [f for f in (tmp_path / "cache" / "bm25").iterdir() if f.name != "runs"]
     assert len(folders) == 1 and (folders[0] / "doc_ids.json").exists()
+    assert len(list((tmp_path / "cache" / "bm25" / "runs").glob("*-test-*.parquet"))) == 1  # the run itself
     again = bm25_run(load_dataset(beir), "test", k=3)  # loaded from the cache
     assert again.equals(run)
+    one = bm25_run(beir, "test", k=1)  # its own key, not the k=3 run
+    assert one.groupby("query_id").size().max() == 1 and bm25_run(beir, "test", k=1).equals(one)
+    assert len(list((tmp_path / "cache" / "bm25" / "runs").glob("*.parquet"))) == 2
     fresh = BM25Index.build(load_dataset(beir).corpus()).search(load_dataset(beir).queries("test"), k=3)
     assert fresh.equals(run)
 

@@ -65,7 +65,7 @@ def test_search_is_deterministic_and_halves_by_steps(env, first):
     assert rungs["n"].tolist() == [6, 3, 2] and rungs["steps"].tolist() == [2, 4, 8]
     finalists = trained[trained["finalist"]]
     assert (finalists["n_seeds"] >= 2).all() and set(finalists["seeds"]) == {"0,1"}
-    # the CE's own dev value is the bar too; the chosen one is the most efficient finalist within tolerance
+    # the best trained finalist is the bar; the chosen one is the most efficient finalist within tolerance
     ok = finalists[(finalists["stage"] == "mask") & finalists["within_tolerance"]]
     chosen = finalists[finalists["chosen"] & (finalists["stage"] == "mask")]
     if len(ok):
@@ -77,6 +77,16 @@ def test_search_is_deterministic_and_halves_by_steps(env, first):
     # mask3(k=3) on a 4-layer model: q reads d only in the last layer, [CLS] never sees it: flagged, not chosen
     k3 = t[(t["candidate"] == "mask3(k=3)")]
     assert k3["collapsed"].all() and not k3["chosen"].any()
+
+
+def test_a_rung_cap_sends_only_the_finalists_to_the_last_rung(env):
+    """The demo's quick budget: every candidate at s steps, then the best `finalists` at eta * s under 2 seeds."""
+    res = search(config(env, eta=3, max_rungs=2, finalists=2, stages=("mask",)), env["root"] / "capped")
+    t = res.table[res.table["trained"]]
+    rungs = t.groupby("rung").agg(n=("candidate", "size"), steps=("steps", "max"), seeds=("n_seeds", "min"))
+    assert rungs["n"].tolist() == [6, 2] and rungs["steps"].tolist() == [2, 6] and rungs["seeds"].tolist() == [1, 2]
+    promoted = set(t[(t["rung"] == 0) & t["promoted"]]["candidate"])
+    assert promoted == set(t[t["rung"] == 1]["candidate"])
 
 
 def test_every_curve_point_records_its_steps(first):
