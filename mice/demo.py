@@ -28,7 +28,7 @@ CACHE_VERSION = 2  # bump when a stage's code changes what it produces
 
 @dataclass
 class DemoPreset:
-    """Sizes of one demo run. `quick`: 22 minutes from nothing on 2 CPU cores without MICE, ~28 with (README);
+    """Sizes of one demo run. `quick`: under 20 minutes from nothing on 2 CPU cores without MICE (README);
     `tiny`: about a minute; `full`: every test query, the train presets' own budgets."""
 
     name: str = "quick"
@@ -37,8 +37,9 @@ class DemoPreset:
     dataset_meta: str | None = "embedded:meta"  # a third out-of-domain set: distribution summary -> description
     first_stage_k: int = 20  # candidates re-ranked per query (BM25 top-k)
     # first N test queries by id for the baselines' comparison table (None = all). The cross-encoder and MICE
-    # always re-rank every test query: the MICE-vs-cross-encoder result is measured on all of them
+    # re-rank every test query of `every_query_domains`: the MICE-vs-cross-encoder result is measured on all of them
     test_queries: int | None = 40
+    every_query_domains: tuple[str, ...] = ("in", "ood")  # in, ood, meta
     # pair length when re-ranking and knocking out with cross-encoders; None = the length each model was trained
     # at (saved with it), so every model, MICE included, is compared at its own training length
     rerank_max_length: int | None = None
@@ -57,7 +58,7 @@ class DemoPreset:
     # the late-interaction baseline (MaxSim). Not MICE's 300: a step costs ~1.7x a MICE step (measured: 40 steps
     # in 54 s, 350 MICE steps in 273 s), which the 20-minute budget cannot hold; fewer steps can only understate
     # it. `mice train --preset quick --mode late-interaction` gives it MICE's own budget (300 steps)
-    late_steps: int | None = 40
+    late_steps: int | None = 30
     dev_queries: int | None = 30  # dev queries of the training runs' evaluations (None: the train preset's)
     max_interaction_layers: int | None = 4  # the largest b the trained search tries
     probe_queries: int = 20
@@ -68,7 +69,7 @@ class DemoPreset:
     # knockouts cost a forward each: on the shared 2-core machine 30 queries took 824 s against 310 s for the
     # whole head-level screen of 100; 10 keep the exact sweep at the old demo's size
     exact_queries: int = 10
-    check_queries: int = 30  # further dev queries, held out, on which derived masks are re-checked exactly
+    check_queries: int = 20  # further dev queries, held out, on which derived masks are re-checked exactly
     sweep_k: int = 10
     # largest relative nDCG@10 loss a derived mask or configuration may cost on dev queries: on 20 queries one
     # relevant document moving one rank shifts nDCG@10 by 1-3%, so a tighter tolerance rejects on noise
@@ -96,7 +97,7 @@ KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every"}  # see `Demo.key`
 
 PRESETS = {
     "quick": DemoPreset(),
-    "full": DemoPreset(name="full", test_queries=None, first_stage_k=100, ce_steps=4000, ce_until_beats_teacher=True,
+    "full": DemoPreset(name="full", test_queries=None, every_query_domains=("in", "ood", "meta"), first_stage_k=100, ce_steps=4000, ce_until_beats_teacher=True,
                        ce_eval_every=100, masked_steps=None,
                        mice_steps=None, late_steps=None, dev_queries=None,
                        train_preset="quick", sweep_queries=200, exact_queries=100, check_queries=100,
@@ -255,7 +256,7 @@ class Demo:
         best = self._train(folder, "cross-encoder", self.p.ce_steps, model=self._backbone(folder), **until)
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
-            self._rerank(scorer, domain, folder, "cross-encoder", every_query=True)
+            self._rerank(scorer, domain, folder, "cross-encoder", every_query=domain in self.p.every_query_domains)
         return {"model": str(best.relative_to(folder))}
 
     def ce_path(self) -> Path:
@@ -381,7 +382,7 @@ class Demo:
                            interaction_layers=b)
         scorer = load_scorer(best)
         for domain in self.datasets():
-            self._rerank(scorer, domain, folder, "mice", every_query=True)
+            self._rerank(scorer, domain, folder, "mice", every_query=domain in self.p.every_query_domains)
         return {"model": str(best.relative_to(folder)), "a": a, "b": b}
 
     def stage_late_interaction(self, folder: Path) -> dict:
@@ -456,7 +457,8 @@ class Demo:
             ds = load_dataset(spec)
             every_qid = _subset_queries(ds, "test", None)
             subset = _subset_queries(ds, "test", self.p.test_queries)
-            sets = {"all": every_qid} if len(subset) == len(every_qid) else {"subset": subset, "all": every_qid}
+            sets = {"all": every_qid} if len(subset) == len(every_qid) else {"subset": subset, "all": every_qid} \
+                if domain in self.p.every_query_domains else {"subset": subset}
             for name, qids in sets.items():
                 qrels = ds.qrels("test")
                 qrels = qrels[qrels.query_id.isin(set(qids))]
@@ -510,7 +512,7 @@ class Demo:
         write_json_atomic(self.out / "environment.json", environment())
         data = ("dataset", "dataset_ood", "dataset_meta")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
-        ce = runs + ("train_preset", "backbone", "ce_steps", "ce_until_beats_teacher", "ce_eval_every", "dev_queries",
+        ce = runs + ("every_query_domains", "train_preset", "backbone", "ce_steps", "ce_until_beats_teacher", "ce_eval_every", "dev_queries",
                      "seed")
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")

@@ -92,7 +92,8 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
     env = env or (json.loads((root / "environment.json").read_text()) if (root / "environment.json").exists() else {})
     lines += [f"Preset `{preset.get('name', '?')}`, run on {env.get('date', '?')} ({env.get('cpus', '?')} CPUs, "
               f"{env.get('machine', '')}, torch {env.get('torch', '?')}). Re-ranking BM25's top "
-              f"{preset.get('first_stage_k', '?')}: the cross-encoder and MICE for every test query, every model for "
+              f"{preset.get('first_stage_k', '?')}: the cross-encoder and MICE for every test query of "
+              f"{', '.join(preset.get('every_query_domains') or ('in', 'ood', 'meta'))}, every model for "
               f"{'the first ' + str(preset['test_queries']) if preset.get('test_queries') else 'all'} test queries "
               "per domain.", "", CONVENTION, ""]
 
