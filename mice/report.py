@@ -263,6 +263,26 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
     return "\n".join(lines) + "\n"
 
 
+def _no_mice(t, m: str) -> str:
+    """Why no MICE configuration at this budget, with CIs: the best document-independent mask (a split exists)
+    at the last rung it reached, against the best candidate of that rung."""
+    trained = t[t["trained"] & ~t["collapsed"].astype(bool)]
+    layers = trained[trained["stage"] == "layers"]
+    mask = trained[trained["stage"] == "mask"]
+    split = layers if len(layers) else mask[mask["a"].notna()]
+    if split.empty:
+        return "**No MICE configuration at this budget:** no document-independent mask was trained."
+    r = split.sort_values(["rung", m], ascending=False).iloc[0]
+    best = max(split[split["rung"] == r["rung"]][m].max(), mask[mask["rung"] == r["rung"]][m].max())
+    what = "MICE candidate" if len(layers) else "document-independent mask"
+    return (f"**No MICE configuration at this budget.** The best {what}, {r['candidate']} "
+            f"(a = {int(r['a'])}), reached {m} {r[m]:.4f} [{r[m + '_ci_low']:.4f}, {r[m + '_ci_high']:.4f}] after "
+            f"{int(r['steps'])} steps, {1 - r[m] / best:.1%} below the best candidate of that rung ({best:.4f}); "
+            f"against the cross-encoder {r['delta_' + m]:+.4f} (p {r['p_delta_' + m]:.3g}). More steps per "
+            "candidate, dev queries and seeds (the `full` preset) are what would tell whether it "
+            + ("comes within tolerance." if len(layers) else "loses less than the masks that keep `d->q`."))
+
+
 def _search_section(root: Path, figure) -> list[str]:
     """The trained search: budget, curves at equal steps beside zero-shot, finalists with CIs, the decision."""
     from .derived import MiceConfig
@@ -299,7 +319,9 @@ def _search_section(root: Path, figure) -> list[str]:
     verdict = {"mice": f"**MICE-ℓ{derived.contextual_layers}+{derived.interaction_layers}**",
                "masked": "a masked cross-encoder only (no MICE split)",
                "cross-encoder": "**nothing: the demo keeps the cross-encoder**"}[derived.decision]
-    lines += [f"Derived configuration (`search/derived.json`, mice-config/1): {verdict}. Why: {meta['why']}.", "",
-              "```", derived.render(), "```", ""]
+    lines += [f"Derived configuration (`search/derived.json`, mice-config/1): {verdict}. Why: {meta['why']}.", ""]
+    if derived.decision != "mice":
+        lines += [_no_mice(t, m), ""]
+    lines += ["```", derived.render(), "```", ""]
     figure(lines, root, "figures/search_derived_mask.png", "The derived configuration's mask")
     return lines

@@ -237,3 +237,16 @@ def test_tolerance_is_against_the_best_trained_finalist():
               for b, v in ((2, 0.30), (3, 0.31))]
     chosen, d = s._choose(layers, controls=[{"ndcg@10": 0.46, "collapsed": False}])
     assert chosen is None and d["best"] == 0.46
+
+
+def test_the_report_says_why_there_is_no_mice(first):
+    """Without a MICE decision the report names the best document-independent candidate with its CI."""
+    from mice.report import _no_mice
+
+    t = first.table
+    text = _no_mice(t, "ndcg@10")
+    ok = t[t["trained"] & ~t["collapsed"] & t["a"].notna()]
+    stage = ok[ok["stage"] == "layers"] if (ok["stage"] == "layers").any() else ok[ok["stage"] == "mask"]
+    r = stage.sort_values(["rung", "ndcg@10"], ascending=False).iloc[0]
+    assert text.startswith("**No MICE configuration at this budget.**") and r["candidate"] in text
+    assert f"[{r['ndcg@10_ci_low']:.4f}, {r['ndcg@10_ci_high']:.4f}]" in text and f"after {int(r['steps'])} steps" in text
