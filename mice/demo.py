@@ -459,8 +459,12 @@ class Demo:
             ds = load_dataset(spec)
             every_qid = _subset_queries(ds, "test", None)
             subset = _subset_queries(ds, "test", self.p.test_queries)
-            sets = {"all": every_qid} if len(subset) == len(every_qid) else {"subset": subset, "all": every_qid} \
-                if domain in self.p.every_query_domains else {"subset": subset}
+            if len(subset) == len(every_qid):
+                sets = {"all": every_qid}
+            elif domain in self.p.every_query_domains:
+                sets = {"subset": subset, "all": every_qid}
+            else:  # the cross-encoder and MICE re-ranked the subset only
+                sets = {"subset": subset}
             for name, qids in sets.items():
                 qrels = ds.qrels("test")
                 qrels = qrels[qrels.query_id.isin(set(qids))]

@@ -18,6 +18,7 @@ import pandas as pd
 
 from .data import Dataset, cache_dir, load_dataset
 from .data.base import warn
+from .files import read_table, write_table
 from .runs import make_run, sort_run
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
@@ -123,21 +124,20 @@ def bm25_run(dataset: "str | Dataset", split: str = "test", k: int = 100, config
     """BM25 top-`k` run for the queries of `split` (DataFrame [query_id, doc_id, score], ranked)."""
     ds = load_dataset(dataset)
     queries = ds.queries(split)
-    if not use_cache:
-        return BM25Index.for_dataset(ds, config, use_cache).search(queries, k)
     # the run itself is cached next to the index: every training run and search candidate on a dataset
     # retrieves its training negatives again, ~2 s for a few thousand queries each time
-    import hashlib
+    path = None
+    if use_cache:
+        from .identity import identity_hash
 
-    from .files import read_table, write_table
-
-    safe = re.sub(r"[^\w.-]+", "_", ds.name)[:60]
-    digest = hashlib.sha256(json.dumps([ds.fingerprint(), config.tag(), split, int(k), sorted(queries.items())],
-                                       ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
-    path = cache_dir() / "bm25" / "runs" / f"{safe}-{split}-{digest}.parquet"
-    if path.exists():
-        return read_table(path)
+        safe = re.sub(r"[^\w.-]+", "_", ds.name)[:60]
+        key = identity_hash({"data": ds.fingerprint(), "bm25": config.tag(), "split": split, "k": int(k),
+                             "queries": sorted(queries.items())})[:24]
+        path = cache_dir() / "bm25" / "runs" / f"{safe}-{split}-{key}.parquet"
+        if path.exists():
+            return read_table(path)
     run = BM25Index.for_dataset(ds, config, use_cache).search(queries, k)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_table(run, path)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_table(run, path)
     return run

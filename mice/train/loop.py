@@ -219,28 +219,29 @@ class Trainer:
         return {"pairs": pairs, "qrels": qrels, "bm25": run}
 
     # ----------------------------------------------------------------------------------------- evaluation
+    def _dev_metrics(self, rows) -> dict[str, float]:
+        """Mean dev RR@10 / nDCG@10 of scored (query_id, doc_id, score) rows."""
+        from ..evaluation import per_query
+
+        run = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
+        values = per_query(self.dev["qrels"], run, DEV_METRICS)
+        return {m: float(values.loc[values["measure"] == m, "value"].mean()) for m in DEV_METRICS}
+
     def teacher_dev(self) -> dict[str, float]:
         """The teacher model's dev RR@10 / nDCG@10 on the student's dev candidates (every process scores them
         all: the dev set is small, and no score enters the training cache)."""
         import torch
 
-        from ..evaluation import per_query
-
         pairs = self.dev["pairs"]
         with torch.no_grad():
             scores = self.teacher.scorer.predict([(q, d) for _, _, q, d in pairs],
                                                  batch_size=self.config.eval_batch_size)
-        run = pd.DataFrame({"query_id": [p[0] for p in pairs], "doc_id": [p[1] for p in pairs],
-                            "score": np.asarray(scores, dtype=np.float64)})
-        values = per_query(self.dev["qrels"], run, DEV_METRICS)
-        return {m: float(values.loc[values["measure"] == m, "value"].mean()) for m in DEV_METRICS}
+        return self._dev_metrics([(qid, did, float(s)) for (qid, did, _, _), s in zip(pairs, scores)])
 
     def evaluate(self) -> dict[str, float]:
         """Dev RR@10 / nDCG@10 of the current model re-ranking BM25's top-k (sharded over processes)."""
         import torch
         from accelerate.utils import gather_object
-
-        from ..evaluation import per_query
 
         acc = self.acc
         pairs = self.dev["pairs"]
@@ -249,10 +250,7 @@ class Trainer:
         with torch.no_grad():
             scores = model.predict([(q, d) for _, _, q, d in mine], batch_size=self.config.eval_batch_size) \
                 if mine else np.zeros(0)
-        rows = gather_object([(qid, did, float(s)) for (qid, did, _, _), s in zip(mine, scores)])
-        run = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
-        values = per_query(self.dev["qrels"], run, DEV_METRICS)
-        return {m: float(values.loc[values["measure"] == m, "value"].mean()) for m in DEV_METRICS}
+        return self._dev_metrics(gather_object([(qid, did, float(s)) for (qid, did, _, _), s in zip(mine, scores)]))
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def _save_model(self, folder: Path) -> None:
