@@ -236,8 +236,11 @@ class Demo:
             return folder / "train" / "best"  # finished before the stage was interrupted
         if self.p.dev_queries:
             overrides["dev_queries"] = self.p.dev_queries
+        # an interrupted stage's training resumes from its last checkpoint (the partial stage folder is kept only
+        # under the same stage key, and the trainer refuses a checkpoint of other settings)
+        resume = (folder / "train" / "last").exists()
         cfg = preset(self.p.train_preset, mode, dataset=self.p.dataset, output=str(folder / "train"),
-                     seed=self.p.seed, overwrite=True, **overrides)
+                     seed=self.p.seed, overwrite=not resume, resume=resume, **overrides)
         if steps:  # the schedule decays to 0 at `steps`: evaluate once, at the end (unless told); checkpoint half-way
             # no evaluation at step 0 either: it measures the start model (the search and evaluation stages do)
             cfg = cfg.updated({"max_steps": steps, "max_minutes": None, "eval_every": overrides.get("eval_every", steps),

@@ -66,3 +66,26 @@ def test_figures_regenerate_from_saved_results_only(tmp_path):
     res = CliRunner().invoke(app, ["figures", "--from", str(run), "--out", str(tmp_path / "figs")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "figs" / "knockout_heatmap.pdf").exists() and (tmp_path / "figs" / "latency.png").exists()
+
+
+@pytest.mark.integration
+def test_an_interrupted_training_stage_resumes_from_its_checkpoint(tmp_path):
+    """A demo stage stopped after its training checkpoint (e.g. the full preset's hours-long cross-encoder)
+    continues from `train/last` instead of training again from the start."""
+    from safetensors.torch import load_file
+
+    from mice.demo import Demo, get_preset
+
+    demo = Demo(tmp_path / "run", get_preset("tiny"))
+    folder = tmp_path / "run" / ".cross_encoder.partial"
+    folder.mkdir(parents=True)
+    backbone = demo._backbone(folder)
+    best = demo._train(folder, "cross-encoder", 4, model=backbone)
+    first = load_file(best / "model.safetensors")
+    (folder / "train_result.json").unlink()  # as if the stage had been killed before it finished
+    log = folder / "train" / "train.log"
+    before = log.read_text()
+    again = demo._train(folder, "cross-encoder", 4, model=backbone)
+    assert "resuming from" in log.read_text()[len(before):]
+    second = load_file(again / "model.safetensors")
+    assert first.keys() == second.keys() and all((first[k] == second[k]).all() for k in first)

@@ -330,27 +330,38 @@ def test_quick_preset_runs_on_the_embedded_data_with_the_packaged_minilm(tmp_pat
     assert np.isfinite(scores).all()
 
 
-def test_until_beats_teacher_stops_at_the_first_evaluation_above_the_teacher(env):
+def test_until_beats_teacher_stops_at_the_first_significant_win_over_the_teacher(env):
     """The teacher is scored once on the student's dev candidates; with the student's own start model as the
-    teacher, that score is the step-0 evaluation exactly (two code paths, one number), and a tie is not a win."""
+    teacher, that score is the step-0 evaluation exactly (two code paths, one number), a tie is not a win, and
+    training stops at the first evaluation above the teacher whose one-sided paired p is below `beat_teacher_p`."""
     import pandas as pd
+    from scipy import stats
 
     from mice.train import Trainer
     from mice.train.config import ConfigError
 
-    cfg = _cfg(env, env["root"] / "beat", seed=0, max_steps=8, eval_every=2, eval_at_start=True,
-               loss="listwise+margin-mse", teacher=env["student"], until_beats_teacher=True)
-    res = Trainer(cfg, quiet=True).train()
-    teacher = res.summary["teacher_dev"]
-    log = pd.read_csv(res.output / "train_log.csv")
-    evals = log.dropna(subset=["dev_rr10"])
-    assert evals.iloc[0]["step"] == 0 and evals.iloc[0]["dev_rr10"] == teacher["RR@10"]
-    assert evals.iloc[0]["dev_ndcg10"] == teacher["nDCG@10"]
-    later = evals[evals["step"] > 0]
-    above = later[later["dev_rr10"] > teacher["RR@10"]]
-    if len(above):
-        assert res.stopped_by == "beat_teacher" and res.steps == above.iloc[0]["step"] == later.iloc[-1]["step"]
-    else:
-        assert res.stopped_by == "max_steps" and res.steps == 8
+    for alpha in (1.0, 0.05):
+        cfg = _cfg(env, env["root"] / f"beat-{alpha}", seed=0, max_steps=8, eval_every=2, eval_at_start=True,
+                   loss="listwise+margin-mse", teacher=env["student"], until_beats_teacher=True, beat_teacher_p=alpha)
+        trainer = Trainer(cfg, quiet=True)
+        res = trainer.train()
+        teacher = res.summary["teacher_dev"]
+        log = pd.read_csv(res.output / "train_log.csv")
+        evals = log.dropna(subset=["dev_rr10"])
+        assert evals.iloc[0]["step"] == 0 and evals.iloc[0]["dev_rr10"] == teacher["RR@10"]
+        assert evals.iloc[0]["dev_ndcg10"] == teacher["nDCG@10"] and evals.iloc[0]["p_vs_teacher"] == 1.0
+        # the logged p is the paired test of the last evaluation's per-query RR@10 against the teacher's
+        student, t_rr = trainer.last_dev_rr.align(trainer.teacher_dev_rr, join="inner")
+        if not np.allclose(student.values, t_rr.values):
+            expect = stats.ttest_rel(student.values, t_rr.values, alternative="greater").pvalue
+            assert evals.iloc[-1]["p_vs_teacher"] == pytest.approx(expect)
+        later = evals[evals["step"] > 0]
+        wins = later[(later["dev_rr10"] > teacher["RR@10"]) & (later["p_vs_teacher"] < alpha)]
+        if len(wins):
+            assert res.stopped_by == "beat_teacher" and res.steps == wins.iloc[0]["step"] == later.iloc[-1]["step"]
+        else:
+            assert res.stopped_by == "max_steps" and res.steps == 8
     with pytest.raises(ConfigError, match="until_beats_teacher"):
         _cfg(env, env["root"] / "beat-bad", loss="listwise", until_beats_teacher=True).validate()
+    with pytest.raises(ConfigError, match="beat_teacher_p"):
+        _cfg(env, env["root"] / "beat-bad", beat_teacher_p=0).validate()

@@ -77,6 +77,9 @@ class TrainConfig:
     # teacher model scored once); max_steps stays the cap. A distilled student that cannot pass its teacher
     # says so (stopped by max_steps) instead of training on
     until_beats_teacher: bool = False
+    # ... and only a significant win counts: a one-sided paired t-test over the dev queries' RR@10 below this p
+    # (a first-above-the-teacher rule stopped on noise: +0.001 on 200 dev queries, 2026-11-30)
+    beat_teacher_p: float = 0.05
     max_grad_norm: float = 1.0
     seed: int = 0
     mixed_precision: str = "no"  # no | bf16 | fp16 (`mice train --dtype fp32|bf16|fp16`); fp16 needs a GPU
@@ -145,6 +148,8 @@ class TrainConfig:
             bad("warmup_steps", "must be >= 0")
         if self.until_beats_teacher and not (self.needs_teacher and self.dev_split):
             bad("until_beats_teacher", "needs a teacher model (a margin-mse loss) and a dev split")
+        if not 0 < self.beat_teacher_p <= 1:
+            bad("beat_teacher_p", f"must be in (0, 1], got {self.beat_teacher_p}")
         if self.max_minutes is not None and not float(self.max_minutes) > 0:
             bad("max_minutes", f"must be positive, got {self.max_minutes}")
         if self.mode == "mice" and (self.contextual_layers < 0 or self.interaction_layers < 1):

@@ -46,10 +46,11 @@ log = logging.getLogger("mice.train")
 STATE_FILE = "trainer_state.pt"
 STATE_FORMAT = "mice-train-state/2"  # /1 was pickled (numpy RNG arrays): refused, it cannot be loaded safely
 LOG_FILE = "train.log"
-LOG_COLUMNS = ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "dev_ndcg10"]
+LOG_COLUMNS = ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "dev_ndcg10", "p_vs_teacher"]
 DEV_METRICS = ("RR@10", "nDCG@10")
 # settings that may change when resuming (they do not change what a step computes)
-_RESUME_FREE = {"output", "resume", "overwrite", "max_minutes", "until_beats_teacher", "num_threads", "eval_every",
+_RESUME_FREE = {"output", "resume", "overwrite", "max_minutes", "until_beats_teacher", "beat_teacher_p", "num_threads",
+                "eval_every",
                 "save_every", "log_every", "eval_batch_size", "teacher_batch_size", "teacher_cache", "max_steps"}
 # settings whose *content* enters the identity instead of their spec string (see `Trainer.identity`)
 _BY_CONTENT = {"model", "dataset", "dev_dataset", "teacher", "mask"}
@@ -220,12 +221,25 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- evaluation
     def _dev_metrics(self, rows) -> dict[str, float]:
-        """Mean dev RR@10 / nDCG@10 of scored (query_id, doc_id, score) rows."""
+        """Mean dev RR@10 / nDCG@10 of scored (query_id, doc_id, score) rows; the per-query RR@10 of the last call
+        is kept in `last_dev_rr` (the teacher comparison pairs it query by query)."""
         from ..evaluation import per_query
 
         run = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
         values = per_query(self.dev["qrels"], run, DEV_METRICS)
+        self.last_dev_rr = values[values["measure"] == "RR@10"].set_index("query_id")["value"]
         return {m: float(values.loc[values["measure"] == m, "value"].mean()) for m in DEV_METRICS}
+
+    def p_vs_teacher(self) -> float:
+        """One-sided paired t-test on the dev queries: p of 'the student's RR@10 is not above the teacher's'
+        (1.0 when the two agree on every query)."""
+        from scipy import stats
+
+        student, teacher = self.last_dev_rr.align(self.teacher_dev_rr, join="inner")
+        if len(student) < 2 or np.allclose(student.values, teacher.values):
+            return 1.0
+        p = stats.ttest_rel(student.values, teacher.values, alternative="greater").pvalue
+        return float(p) if np.isfinite(p) else 1.0
 
     def teacher_dev(self) -> dict[str, float]:
         """The teacher model's dev RR@10 / nDCG@10 on the student's dev candidates (every process scores them
@@ -479,8 +493,10 @@ class Trainer:
             if self.teacher is None or self.teacher.spec is None or self.dev is None:
                 raise ConfigError("until_beats_teacher needs a teacher model (not a score file) and dev queries")
             self.teacher_dev_metrics = self.teacher_dev()
+            self.teacher_dev_rr = self.last_dev_rr
             self._print(f"teacher on dev: RR@10 {self.teacher_dev_metrics['RR@10']:.4f}  nDCG@10 "
-                        f"{self.teacher_dev_metrics['nDCG@10']:.4f} (training stops once the student beats it)")
+                        f"{self.teacher_dev_metrics['nDCG@10']:.4f} (training stops once the student beats it, "
+                        f"one-sided paired t-test p < {cfg.beat_teacher_p:g})")
         if self.dev is not None and resume_from is None and cfg.eval_at_start:
             self._evaluate_and_keep(loss=None)
 
@@ -539,7 +555,8 @@ class Trainer:
                 pause = time.perf_counter()
                 if self.dev is not None and (self.step % cfg.eval_every == 0 or last_step):
                     rr = self._evaluate_and_keep(loss=global_loss)
-                    if self.teacher_dev_metrics is not None and rr > self.teacher_dev_metrics["RR@10"]:
+                    if (self.teacher_dev_metrics is not None and rr > self.teacher_dev_metrics["RR@10"]
+                            and self._p_vs_teacher < cfg.beat_teacher_p):
                         stopped_by, last_step = "beat_teacher", True
                 if self.step % cfg.save_every == 0 or last_step:
                     self.save_checkpoint()
@@ -599,12 +616,17 @@ class Trainer:
         metrics = self.evaluate()
         rr = metrics["RR@10"]
         better = self.best_metric is None or rr > self.best_metric
+        vs = {}
+        if getattr(self, "teacher_dev_metrics", None) is not None:
+            vs = {"p_vs_teacher": self.p_vs_teacher()}
+        self._p_vs_teacher = vs.get("p_vs_teacher", 1.0)
         self._log(step=self.step, dev_rr10=rr, dev_ndcg10=metrics["nDCG@10"], elapsed_s=self.elapsed(),
-                  **({"loss": loss} if loss is not None else {}))
+                  **({"loss": loss} if loss is not None else {}), **vs)
         self._print(f"step {self.step:>6}/{self.config.max_steps}  "
                     + (f"loss {loss:.4f}  " if loss is not None else "")
                     + f"dev RR@10 {rr:.4f}  nDCG@10 {metrics['nDCG@10']:.4f}  "
-                    f"[{self.elapsed():.0f} s]" + ("  [green]best[/]" if better else ""))
+                    + (f"(vs teacher p {vs['p_vs_teacher']:.3g})  " if vs else "")
+                    + f"[{self.elapsed():.0f} s]" + ("  [green]best[/]" if better else ""))
         if better:
             self.best_metric, self.best_step, self.best_dev = rr, self.step, metrics
             self._write_best(metrics)
