@@ -94,6 +94,9 @@ class DemoPreset:
 
 
 KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every"}  # see `Demo.key`
+# the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
+# over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
+BEAT_TEACHER_RULE = 2
 
 PRESETS = {
     "quick": DemoPreset(),
@@ -150,8 +153,11 @@ class Demo:
         values, defaults = asdict(self.p), asdict(DemoPreset())
         # fields added within a cache version enter the key only when set away from their default, so that
         # finished stages of earlier runs stay valid (the identity of what they computed did not change)
-        return {"version": CACHE_VERSION, **{f: values[f] for f in fields
-                                             if f not in KEYED_WHEN_SET or values[f] != defaults[f]}}
+        key = {"version": CACHE_VERSION, **{f: values[f] for f in fields
+                                            if f not in KEYED_WHEN_SET or values[f] != defaults[f]}}
+        if key.get("ce_until_beats_teacher"):
+            key["beat_teacher_rule"] = BEAT_TEACHER_RULE  # when the cross-encoder stops depends on the rule
+        return key
 
     # ---- paths of artefacts produced by earlier stages
     def path(self, stage: str, *parts: str) -> Path:

@@ -89,3 +89,15 @@ def test_an_interrupted_training_stage_resumes_from_its_checkpoint(tmp_path):
     assert "resuming from" in log.read_text()[len(before):]
     second = load_file(again / "model.safetensors")
     assert first.keys() == second.keys() and all((first[k] == second[k]).all() for k in first)
+
+
+def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_path):
+    """A cross-encoder trained until it beat its teacher under another stop rule is not reused; presets that do
+    not use the rule keep their cached stages."""
+    from mice.demo import BEAT_TEACHER_RULE, Demo, get_preset
+
+    fields = ("ce_steps", "ce_until_beats_teacher", "ce_eval_every")
+    full = Demo(tmp_path / "full", get_preset("full")).key(fields)
+    quick = Demo(tmp_path / "quick", get_preset("quick")).key(fields)
+    assert full["beat_teacher_rule"] == BEAT_TEACHER_RULE and full["ce_until_beats_teacher"] is True
+    assert "beat_teacher_rule" not in quick and "ce_until_beats_teacher" not in quick

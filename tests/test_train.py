@@ -333,7 +333,8 @@ def test_quick_preset_runs_on_the_embedded_data_with_the_packaged_minilm(tmp_pat
 def test_until_beats_teacher_stops_at_the_first_significant_win_over_the_teacher(env):
     """The teacher is scored once on the student's dev candidates; with the student's own start model as the
     teacher, that score is the step-0 evaluation exactly (two code paths, one number), a tie is not a win, and
-    training stops at the first evaluation above the teacher whose one-sided paired p is below `beat_teacher_p`."""
+    training stops at the first evaluation above the teacher whose one-sided paired p is below `beat_teacher_p`
+    over the planned looks (8 steps / eval_every 2 = 4, Bonferroni)."""
     import pandas as pd
     from scipy import stats
 
@@ -356,7 +357,8 @@ def test_until_beats_teacher_stops_at_the_first_significant_win_over_the_teacher
             expect = stats.ttest_rel(student.values, t_rr.values, alternative="greater").pvalue
             assert evals.iloc[-1]["p_vs_teacher"] == pytest.approx(expect)
         later = evals[evals["step"] > 0]
-        wins = later[(later["dev_rr10"] > teacher["RR@10"]) & (later["p_vs_teacher"] < alpha)]
+        assert cfg.beat_teacher_threshold == alpha / 4
+        wins = later[(later["dev_rr10"] > teacher["RR@10"]) & (later["p_vs_teacher"] < alpha / 4)]
         if len(wins):
             assert res.stopped_by == "beat_teacher" and res.steps == wins.iloc[0]["step"] == later.iloc[-1]["step"]
         else:

@@ -78,7 +78,8 @@ class TrainConfig:
     # says so (stopped by max_steps) instead of training on
     until_beats_teacher: bool = False
     # ... and only a significant win counts: a one-sided paired t-test over the dev queries' RR@10 below this p
-    # (a first-above-the-teacher rule stopped on noise: +0.001 on 200 dev queries, 2026-11-30)
+    # (a first-above-the-teacher rule stopped on noise: +0.001 on 200 dev queries, 2026-11-30). It is the level over
+    # the whole run: the rule looks at every planned evaluation, so each look tests at p / looks (Bonferroni)
     beat_teacher_p: float = 0.05
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -104,6 +105,11 @@ class TrainConfig:
     @property
     def loss_terms(self) -> list[str]:
         return [t.strip() for t in self.loss.split("+") if t.strip()]
+
+    @property
+    def beat_teacher_threshold(self) -> float:
+        """The p one evaluation must reach to stop `until_beats_teacher`: `beat_teacher_p` over the planned looks."""
+        return self.beat_teacher_p / max(1, math.ceil(self.max_steps / self.eval_every))
 
     @property
     def needs_teacher(self) -> bool:

@@ -496,7 +496,8 @@ class Trainer:
             self.teacher_dev_rr = self.last_dev_rr
             self._print(f"teacher on dev: RR@10 {self.teacher_dev_metrics['RR@10']:.4f}  nDCG@10 "
                         f"{self.teacher_dev_metrics['nDCG@10']:.4f} (training stops once the student beats it, "
-                        f"one-sided paired t-test p < {cfg.beat_teacher_p:g})")
+                        f"one-sided paired t-test p < {cfg.beat_teacher_threshold:.3g}: {cfg.beat_teacher_p:g} over "
+                        f"{math.ceil(cfg.max_steps / cfg.eval_every)} looks)")
         if self.dev is not None and resume_from is None and cfg.eval_at_start:
             self._evaluate_and_keep(loss=None)
 
@@ -556,7 +557,7 @@ class Trainer:
                 if self.dev is not None and (self.step % cfg.eval_every == 0 or last_step):
                     rr = self._evaluate_and_keep(loss=global_loss)
                     if (self.teacher_dev_metrics is not None and rr > self.teacher_dev_metrics["RR@10"]
-                            and self._p_vs_teacher < cfg.beat_teacher_p):
+                            and self._p_vs_teacher < cfg.beat_teacher_threshold):
                         stopped_by, last_step = "beat_teacher", True
                 if self.step % cfg.save_every == 0 or last_step:
                     self.save_checkpoint()
