@@ -108,7 +108,9 @@ def test_each_mode_trains_from_the_cli(env, mode):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["steps"] == 4 and summary["mode"] == mode
     log = pd.read_csv(out / "train_log.csv")
-    assert list(log.columns) == ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "dev_ndcg10"]
+    assert list(log.columns) == ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "dev_ndcg10",
+                                 "p_vs_teacher"]
+    assert log["p_vs_teacher"].isna().all()  # only runs that stop on beating their teacher test against it
     assert log["step"].max() == 4 and log["loss"].dropna().map(math.isfinite).all()
     assert log["dev_rr10"].notna().sum() >= 2  # step 0 and step 4
     assert (out / "last" / "trainer_state.pt").exists()
