@@ -52,6 +52,9 @@ class DemoPreset:
     # every `ce_eval_every` steps, with ce_steps as the cap (None: evaluate once, at the end)
     ce_until_beats_teacher: bool = False
     ce_eval_every: int | None = None
+    # hard negatives for the cross-encoder from this bi-encoder's top documents as well as BM25's (its teacher's
+    # confusions: see mice.train.mining); None = BM25's only
+    ce_negative_miner: str | None = None
     # starts from the cross-encoder: adapting to the mask is quick (the search's finalists had 30 steps)
     masked_steps: int | None = 20
     mice_steps: int | None = 300  # the train preset's own MICE budget
@@ -93,7 +96,7 @@ class DemoPreset:
     seed: int = 0
 
 
-KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every"}  # see `Demo.key`
+KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner"}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
@@ -103,7 +106,8 @@ PRESETS = {
     # full: the cross-encoder's stop rule (beat the bi-encoder on dev) is read on 200 dev queries: on the quick
     # preset's 50 it stopped at step 500 on noise (dev RR@10 0.477 vs 0.466; on the 503 test queries 0.499 vs 0.513)
     "full": DemoPreset(name="full", test_queries=None, every_query_domains=("in", "ood", "meta"), first_stage_k=100,
-                       ce_steps=4000, ce_until_beats_teacher=True, ce_eval_every=200, masked_steps=None,
+                       ce_steps=4000, ce_until_beats_teacher=True, ce_eval_every=200,
+                       ce_negative_miner="biencoder:packaged", masked_steps=None,
                        mice_steps=None, late_steps=None, dev_queries=200,
                        train_preset="quick", sweep_queries=200, exact_queries=100, check_queries=100,
                        derive_max_steps=48, search_steps=25, search_queries=100, search_seeds=(0, 1, 2),
@@ -264,6 +268,8 @@ class Demo:
         until = {"until_beats_teacher": True} if self.p.ce_until_beats_teacher else {}
         if self.p.ce_eval_every:
             until["eval_every"] = self.p.ce_eval_every
+        if self.p.ce_negative_miner:
+            until["negative_miner"] = self.p.ce_negative_miner
         best = self._train(folder, "cross-encoder", self.p.ce_steps, model=self._backbone(folder), **until)
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
@@ -527,7 +533,8 @@ class Demo:
         write_json_atomic(self.out / "environment.json", environment())
         data = ("dataset", "dataset_ood", "dataset_meta")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
-        ce = runs + ("every_query_domains", "train_preset", "backbone", "ce_steps", "ce_until_beats_teacher", "ce_eval_every", "dev_queries",
+        ce = runs + ("every_query_domains", "train_preset", "backbone", "ce_steps", "ce_until_beats_teacher", "ce_eval_every",
+                     "ce_negative_miner", "dev_queries",
                      "seed")
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")

@@ -101,3 +101,7 @@ def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_pa
     quick = Demo(tmp_path / "quick", get_preset("quick")).key(fields)
     assert full["beat_teacher_rule"] == BEAT_TEACHER_RULE and full["ce_until_beats_teacher"] is True
     assert "beat_teacher_rule" not in quick and "ce_until_beats_teacher" not in quick
+    # the full preset's mined negatives key its cross-encoder; the quick preset, which mines none, keeps its key
+    mined = ("ce_negative_miner",)
+    assert Demo(tmp_path / "full", get_preset("full")).key(mined)["ce_negative_miner"] == "biencoder:packaged"
+    assert "ce_negative_miner" not in Demo(tmp_path / "quick", get_preset("quick")).key(mined)

@@ -369,3 +369,64 @@ def test_until_beats_teacher_stops_at_the_first_significant_win_over_the_teacher
         _cfg(env, env["root"] / "beat-bad", loss="listwise", until_beats_teacher=True).validate()
     with pytest.raises(ConfigError, match="beat_teacher_p"):
         _cfg(env, env["root"] / "beat-bad", beat_teacher_p=0).validate()
+
+
+# ------------------------------------------------------------------------------------- mined negatives
+def test_mined_negatives_are_the_biencoders_top_documents_and_join_bm25s(env):
+    """The miner's run is the bi-encoder's exact top-k (checked against scoring every pair with `predict`), is
+    cached, and adds its documents to BM25's candidates without duplicates or judged-relevant ones."""
+    from mice.biencoder import BiEncoder
+    from mice.data import load_dataset
+    from mice.data.base import cache_dir
+    from mice.train.mining import mined_run
+    from mice.train.samples import pool_from_dataset
+
+    ds = load_dataset(env["data"])
+    spec = "biencoder:" + env["teacher"]
+    run = mined_run(ds, "train", spec, depth=5, max_length=64)
+    corpus, queries = ds.corpus(), ds.queries("train")
+    bi = BiEncoder(env["teacher"], max_length=64)
+    for qid in sorted(queries)[:10]:
+        full = dict(zip(corpus, bi.predict([(queries[qid], text) for text in corpus.values()])))
+        mine = run[run["query_id"] == qid].sort_values("rank")
+        assert len(mine) == 5 and list(mine["rank"]) == [1, 2, 3, 4, 5]
+        np.testing.assert_allclose(mine["score"], [full[d] for d in mine["doc_id"]], atol=1e-5)
+        rest = [s for d, s in full.items() if d not in set(mine["doc_id"])]
+        assert min(mine["score"]) >= max(rest) - 1e-5  # nothing left out scores higher
+    files = list((cache_dir() / "mined").glob("*.parquet"))
+    assert len(files) >= 1
+    pd.testing.assert_frame_equal(mined_run(ds, "train", spec, depth=5, max_length=64), run)
+
+    bm25 = pool_from_dataset(ds, "train", 5)
+    both = pool_from_dataset(ds, "train", 5, spec, 64)
+    assert both.query_ids == bm25.query_ids
+    grew = 0
+    for qid in both.query_ids:
+        positives = set(both.positives[qid])
+        mined = [d for d in run[run["query_id"] == qid].sort_values("rank")["doc_id"] if d not in positives]
+        extra = [d for d in mined if d not in bm25.candidates[qid]]
+        assert both.candidates[qid] == bm25.candidates[qid] + extra
+        assert not positives & set(both.candidates[qid])
+        grew += bool(extra)
+    assert grew > 0  # the miner found documents BM25 did not
+
+
+def test_negative_miner_trains_enters_the_identity_and_rejects_other_models(env):
+    from mice.train import Trainer
+    from mice.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="negative_miner"):
+        _cfg(env, env["root"] / "nm-bad", negative_miner=env["teacher"]).validate()
+    bad = run_cli("--negative-miner", env["teacher"], "--show-config")
+    assert bad.exit_code != 0 and "negative_miner" in str(bad.exception) and "not a bi-encoder" in str(bad.exception)
+    out = env["root"] / "nm"
+    spec = "biencoder:" + env["teacher"]
+    trainer = Trainer(_cfg(env, out, negative_miner=spec, max_steps=2), quiet=True)
+    trainer.train()
+    plain = Trainer(_cfg(env, env["root"] / "nm-plain", max_steps=2), quiet=True)
+    plain.train()
+    assert all(set(plain.pool.candidates[q]) <= set(trainer.pool.candidates[q]) for q in plain.pool.query_ids)
+    assert trainer.pool.candidates != plain.pool.candidates
+    # resuming the run without the miner is another run: refused, naming the setting
+    with pytest.raises(Exception, match="negative_miner"):
+        Trainer(_cfg(env, out, resume=True, max_steps=4), quiet=True).train()

@@ -56,6 +56,9 @@ def train(
     head_lr: Optional[float] = typer.Option(None, "--head-lr", help="LR of pooler + classifier"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Queries per step and process"),
     negatives: Optional[int] = typer.Option(None, "--negatives", help="Hard negatives per query"),
+    negative_miner: Optional[str] = typer.Option(None, "--negative-miner",
+                                                 help="Also mine hard negatives from this bi-encoder's top documents "
+                                                      "(e.g. biencoder:packaged), besides BM25's"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget"),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps"),
@@ -112,7 +115,8 @@ def train(
     extra = key_values(set_)
     flags = _settings(mode=mode, model=model, dataset=dataset, output=output, teacher=teacher, mask=mask,
                       contextual_layers=contextual_layers, interaction_layers=interaction_layers, loss=loss, lr=lr,
-                      head_lr=head_lr, batch_size=batch_size, negatives=negatives, max_steps=max_steps,
+                      head_lr=head_lr, batch_size=batch_size, negatives=negatives, negative_miner=negative_miner,
+                      max_steps=max_steps,
                       max_minutes=max_minutes, warmup_steps=warmup_steps, max_length=max_length,
                       max_query_length=max_query_length, weight_decay=weight_decay,
                       cls_cross_attention=cls_cross_attention, dev_dataset=dev_dataset, dev_exclude=dev_exclude,

@@ -52,6 +52,9 @@ class TrainConfig:
     # training groups
     negatives: int = 3
     bm25_depth: int = 20  # hard negatives come from BM25's top-`bm25_depth`, judged-relevant removed
+    # ... and, when set, also from this bi-encoder's top-`bm25_depth` (mice.train.mining): the documents the
+    # teacher confuses with the positive, so the student learns to correct it
+    negative_miner: str | None = None
 
     # loss: '+'-joined terms among listwise, bce, margin-mse
     loss: str = "listwise"
@@ -107,9 +110,14 @@ class TrainConfig:
         return [t.strip() for t in self.loss.split("+") if t.strip()]
 
     @property
+    def beat_teacher_looks(self) -> int:
+        """The evaluations planned over the run (the Bonferroni count of `until_beats_teacher`)."""
+        return max(1, math.ceil(self.max_steps / self.eval_every))
+
+    @property
     def beat_teacher_threshold(self) -> float:
         """The p one evaluation must reach to stop `until_beats_teacher`: `beat_teacher_p` over the planned looks."""
-        return self.beat_teacher_p / max(1, math.ceil(self.max_steps / self.eval_every))
+        return self.beat_teacher_p / self.beat_teacher_looks
 
     @property
     def needs_teacher(self) -> bool:
@@ -144,6 +152,9 @@ class TrainConfig:
             bad("loss", "listwise and bce are alternatives; pick one")
         if self.bm25_depth <= 1:
             bad("bm25_depth", "needs room for negatives")
+        if self.negative_miner is not None and not str(self.negative_miner).startswith("biencoder:"):
+            bad("negative_miner", f"{self.negative_miner!r} is not a bi-encoder spec (biencoder:packaged or "
+                                  "biencoder:<folder>)")
         for name in ("lr", "max_grad_norm"):
             v = float(getattr(self, name))
             if not (v > 0 and math.isfinite(v)):
@@ -220,7 +231,7 @@ def _check_mask_spec(spec: str) -> None:
 
 
 _OPTIONAL_TYPES = {"dev_split": str, "dev_dataset": str, "mask": str, "teacher": str, "teacher_max_length": int,
-                   "teacher_cache": str, "head_lr": float, "max_minutes": float, "dev_queries": int, "dev_exclude": str,
+                   "teacher_cache": str, "negative_miner": str, "head_lr": float, "max_minutes": float, "dev_queries": int, "dev_exclude": str,
                    "num_threads": int}
 
 

@@ -190,7 +190,7 @@ class Trainer:
             self.teacher, triples = TeacherScores.from_file(score_file)
         with self.acc.main_process_first():  # the BM25 index is built (and cached) once
             pool = pool_from_triples(triples, ds) if triples is not None else pool_from_dataset(
-                ds, cfg.train_split, cfg.bm25_depth)
+                ds, cfg.train_split, cfg.bm25_depth, cfg.negative_miner, cfg.teacher_max_length or cfg.max_length)
             dev_ds = load_dataset(cfg.dev_dataset) if cfg.dev_dataset else ds
             self.dev = self._dev_candidates(dev_ds) if cfg.dev_split else None
         self.pool = pool
@@ -336,6 +336,8 @@ class Trainer:
         settings = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE and k not in _BY_CONTENT}
         if settings.get("lr_schedule") == "linear":  # the default: identities written before it existed hold
             del settings["lr_schedule"]
+        if settings.get("negative_miner") is None:  # likewise
+            del settings["negative_miner"]
         parts = {"config." + k: v for k, v in settings.items()}
         parts["start_model"] = weights_fingerprint(cfg.model)
         parts["data"] = dataset_identity(self.ds, [cfg.train_split] + ([cfg.dev_split] if cfg.dev_split and
@@ -497,7 +499,7 @@ class Trainer:
             self._print(f"teacher on dev: RR@10 {self.teacher_dev_metrics['RR@10']:.4f}  nDCG@10 "
                         f"{self.teacher_dev_metrics['nDCG@10']:.4f} (training stops once the student beats it, "
                         f"one-sided paired t-test p < {cfg.beat_teacher_threshold:.3g}: {cfg.beat_teacher_p:g} over "
-                        f"{math.ceil(cfg.max_steps / cfg.eval_every)} looks)")
+                        f"{cfg.beat_teacher_looks} looks)")
         if self.dev is not None and resume_from is None and cfg.eval_at_start:
             self._evaluate_and_keep(loss=None)
 
@@ -555,9 +557,8 @@ class Trainer:
                 last_step = self.step == cfg.max_steps or stopped_by == "max_minutes"
                 pause = time.perf_counter()
                 if self.dev is not None and (self.step % cfg.eval_every == 0 or last_step):
-                    rr = self._evaluate_and_keep(loss=global_loss)
-                    if (self.teacher_dev_metrics is not None and rr > self.teacher_dev_metrics["RR@10"]
-                            and self._p_vs_teacher < cfg.beat_teacher_threshold):
+                    rr, p = self._evaluate_and_keep(loss=global_loss)
+                    if p is not None and rr > self.teacher_dev_metrics["RR@10"] and p < cfg.beat_teacher_threshold:
                         stopped_by, last_step = "beat_teacher", True
                 if self.step % cfg.save_every == 0 or last_step:
                     self.save_checkpoint()
@@ -612,15 +613,13 @@ class Trainer:
         reserve = step_s + eval_s + self._last_save_s
         return self.elapsed() + reserve >= self.config.max_minutes * 60
 
-    def _evaluate_and_keep(self, loss) -> float:
+    def _evaluate_and_keep(self, loss) -> tuple[float, float | None]:
+        """Evaluate on dev, log, keep the best checkpoint; returns (RR@10, p vs the teacher or None without one)."""
         t0 = time.perf_counter()
         metrics = self.evaluate()
         rr = metrics["RR@10"]
         better = self.best_metric is None or rr > self.best_metric
-        vs = {}
-        if getattr(self, "teacher_dev_metrics", None) is not None:
-            vs = {"p_vs_teacher": self.p_vs_teacher()}
-        self._p_vs_teacher = vs.get("p_vs_teacher", 1.0)
+        vs = {"p_vs_teacher": self.p_vs_teacher()} if self.teacher_dev_metrics is not None else {}
         self._log(step=self.step, dev_rr10=rr, dev_ndcg10=metrics["nDCG@10"], elapsed_s=self.elapsed(),
                   **({"loss": loss} if loss is not None else {}), **vs)
         self._print(f"step {self.step:>6}/{self.config.max_steps}  "
@@ -634,7 +633,7 @@ class Trainer:
         if self.acc.is_main_process:
             self._write_log()
         self._last_eval_s = time.perf_counter() - t0
-        return rr
+        return rr, vs.get("p_vs_teacher")
 
     def _diverged(self, loss: float, norm: float) -> None:
         from ..files import write_json_atomic

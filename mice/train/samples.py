@@ -45,8 +45,10 @@ class TrainingPool:
         return len(self.query_ids)
 
 
-def pool_from_dataset(dataset, split: str, depth: int) -> TrainingPool:
-    """Relevant documents from the qrels of `split`, negatives from BM25's top-`depth` minus the judged relevant."""
+def pool_from_dataset(dataset, split: str, depth: int, miner: str | None = None,
+                      miner_max_length: int = 256) -> TrainingPool:
+    """Relevant documents from the qrels of `split`, negatives from BM25's top-`depth` minus the judged relevant;
+    with a `miner` (bi-encoder spec), its top-`depth` are candidates too (BM25's first, then the miner's new ones)."""
     from ..data.base import warn
     from ..retrieval import bm25_run
 
@@ -64,10 +66,17 @@ def pool_from_dataset(dataset, split: str, depth: int) -> TrainingPool:
     if missing:
         warn(f"{dataset.name}/{split}: {missing} relevant documents are not in the corpus (not used for training)")
     run = bm25_run(dataset, split, k=depth)
+    if miner is not None:
+        from .mining import mined_run
+
+        run = pd.concat([run[["query_id", "doc_id"]],
+                         mined_run(dataset, split, miner, depth, miner_max_length)[["query_id", "doc_id"]]])
     judged = set(zip(rel["query_id"], rel["doc_id"]))
     candidates: dict[str, list[str]] = {}
+    seen: set[tuple[str, str]] = set()
     for qid, did in zip(run["query_id"], run["doc_id"]):
-        if (qid, did) not in judged:
+        if (qid, did) not in judged and (qid, did) not in seen:
+            seen.add((qid, did))
             candidates.setdefault(qid, []).append(did)
     pool = TrainingPool(queries, positives, candidates, corpus)
     dropped = len(positives) - len(pool)
