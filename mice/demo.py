@@ -63,6 +63,9 @@ class DemoPreset:
     # it. `mice train --preset quick --mode late-interaction` gives it MICE's own budget (300 steps)
     late_steps: int | None = 30
     dev_queries: int | None = 30  # dev queries of the training runs' evaluations (None: the train preset's)
+    # which: "first" N by id, or "random" N (TrainConfig.dev_sample). Ids sort by package, so the first 200 of
+    # embedded:docs/dev are matplotlib, numpy and pandas only, while torch and scipy hold half the test queries
+    dev_sample: str = "first"
     max_interaction_layers: int | None = 4  # the largest b the trained search tries
     probe_queries: int = 20
     # dev queries screened by attribution patching (every layer x head x path) and swept exactly (layer x path):
@@ -96,7 +99,7 @@ class DemoPreset:
     seed: int = 0
 
 
-KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner"}  # see `Demo.key`
+KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "dev_sample"}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
@@ -106,8 +109,8 @@ PRESETS = {
     # full: the cross-encoder's stop rule (beat the bi-encoder on dev) is read on 200 dev queries: on the quick
     # preset's 50 it stopped at step 500 on noise (dev RR@10 0.477 vs 0.466; on the 503 test queries 0.499 vs 0.513)
     "full": DemoPreset(name="full", test_queries=None, every_query_domains=("in", "ood", "meta"), first_stage_k=100,
-                       ce_steps=4000, ce_until_beats_teacher=True, ce_eval_every=200,
-                       ce_negative_miner="biencoder:packaged", masked_steps=None,
+                       ce_steps=4000, ce_until_beats_teacher=True, ce_eval_every=200, dev_sample="random",
+                       masked_steps=None,
                        mice_steps=None, late_steps=None, dev_queries=200,
                        train_preset="quick", sweep_queries=200, exact_queries=100, check_queries=100,
                        derive_max_steps=48, search_steps=25, search_queries=100, search_seeds=(0, 1, 2),
@@ -246,6 +249,7 @@ class Demo:
             return folder / "train" / "best"  # finished before the stage was interrupted
         if self.p.dev_queries:
             overrides["dev_queries"] = self.p.dev_queries
+        overrides["dev_sample"] = self.p.dev_sample
         # an interrupted stage's training resumes from its last checkpoint (the partial stage folder is kept only
         # under the same stage key, and the trainer refuses a checkpoint of other settings)
         resume = (folder / "train" / "last").exists()
@@ -534,7 +538,7 @@ class Demo:
         data = ("dataset", "dataset_ood", "dataset_meta")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
         ce = runs + ("every_query_domains", "train_preset", "backbone", "ce_steps", "ce_until_beats_teacher", "ce_eval_every",
-                     "ce_negative_miner", "dev_queries",
+                     "ce_negative_miner", "dev_queries", "dev_sample",
                      "seed")
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")

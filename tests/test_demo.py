@@ -94,14 +94,17 @@ def test_an_interrupted_training_stage_resumes_from_its_checkpoint(tmp_path):
 def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_path):
     """A cross-encoder trained until it beat its teacher under another stop rule is not reused; presets that do
     not use the rule keep their cached stages."""
-    from mice.demo import BEAT_TEACHER_RULE, Demo, get_preset
+    from mice.demo import BEAT_TEACHER_RULE, CACHE_VERSION, Demo, get_preset
 
     fields = ("ce_steps", "ce_until_beats_teacher", "ce_eval_every")
     full = Demo(tmp_path / "full", get_preset("full")).key(fields)
     quick = Demo(tmp_path / "quick", get_preset("quick")).key(fields)
     assert full["beat_teacher_rule"] == BEAT_TEACHER_RULE and full["ce_until_beats_teacher"] is True
     assert "beat_teacher_rule" not in quick and "ce_until_beats_teacher" not in quick
-    # the full preset's mined negatives key its cross-encoder; the quick preset, which mines none, keeps its key
-    mined = ("ce_negative_miner",)
-    assert Demo(tmp_path / "full", get_preset("full")).key(mined)["ce_negative_miner"] == "biencoder:packaged"
-    assert "ce_negative_miner" not in Demo(tmp_path / "quick", get_preset("quick")).key(mined)
+    # the full preset's random dev sample keys its cross-encoder; the quick preset, which keeps the first queries by
+    # id, keeps its key; mined negatives key it only where a preset mines them
+    more = ("dev_sample", "ce_negative_miner")
+    assert Demo(tmp_path / "full", get_preset("full")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random"}
+    assert Demo(tmp_path / "quick", get_preset("quick")).key(more) == {"version": CACHE_VERSION}
+    mined = Demo(tmp_path / "m", get_preset("quick", ce_negative_miner="biencoder:packaged")).key(more)
+    assert mined["ce_negative_miner"] == "biencoder:packaged"
