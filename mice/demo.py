@@ -52,8 +52,8 @@ class DemoPreset:
     # every `ce_eval_every` steps, with ce_steps as the cap (None: evaluate once, at the end)
     ce_until_beats_teacher: bool = False
     ce_eval_every: int | None = None
-    # hard negatives for the cross-encoder from this bi-encoder's top documents as well as BM25's (its teacher's
-    # confusions: see mice.train.mining); None = BM25's only
+    # hard negatives for the cross-encoder from this bi-encoder's top documents as well as BM25's (see
+    # mice.train.mining); None = BM25's only. No preset mines: with the bi-encoder as teacher it did not help
     ce_negative_miner: str | None = None
     # starts from the cross-encoder: adapting to the mask is quick (the search's finalists had 30 steps)
     masked_steps: int | None = 20

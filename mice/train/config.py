@@ -52,8 +52,8 @@ class TrainConfig:
     # training groups
     negatives: int = 3
     bm25_depth: int = 20  # hard negatives come from BM25's top-`bm25_depth`, judged-relevant removed
-    # ... and, when set, also from this bi-encoder's top-`bm25_depth` (mice.train.mining): the documents the
-    # teacher confuses with the positive, so the student learns to correct it
+    # ... and, when set, also from this bi-encoder's top-`bm25_depth` (mice.train.mining): the documents it
+    # confuses with the positive
     negative_miner: str | None = None
 
     # loss: '+'-joined terms among listwise, bce, margin-mse
@@ -231,8 +231,8 @@ def _check_mask_spec(spec: str) -> None:
 
 
 _OPTIONAL_TYPES = {"dev_split": str, "dev_dataset": str, "mask": str, "teacher": str, "teacher_max_length": int,
-                   "teacher_cache": str, "negative_miner": str, "head_lr": float, "max_minutes": float, "dev_queries": int, "dev_exclude": str,
-                   "num_threads": int}
+                   "teacher_cache": str, "negative_miner": str, "head_lr": float, "max_minutes": float,
+                   "dev_queries": int, "dev_exclude": str, "num_threads": int}
 
 
 def _coerce(name: str, value, current, source: str):
