@@ -9,9 +9,6 @@ the miner's weights, the corpus, the split, the depth and the length, and writte
 """
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 import pandas as pd
 
@@ -20,12 +17,13 @@ def mined_run(dataset, split: str, spec: str, depth: int, max_length: int, batch
     """(query_id, doc_id, score, rank) of the bi-encoder's top-`depth` documents per query of `split`."""
     from ..data.base import cache_dir
     from ..files import read_table, write_table
+    from ..identity import identity_hash
     from ..models import load
 
     miner = load(spec, max_length=max_length)
-    key = json.dumps({"miner": miner.identity(), "dataset": dataset.fingerprint(), "split": split,
-                      "depth": int(depth)}, sort_keys=True)
-    path = cache_dir() / "mined" / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.parquet"
+    key = identity_hash({"miner": miner.identity(), "dataset": dataset.fingerprint(), "split": split,
+                         "depth": int(depth)})
+    path = cache_dir() / "mined" / f"{key[:20]}.parquet"
     if path.exists():
         return read_table(path)
     corpus = dataset.corpus()
