@@ -103,8 +103,9 @@ def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_pa
     assert "beat_teacher_rule" not in quick and "ce_until_beats_teacher" not in quick
     # the full preset's random dev sample keys its cross-encoder; the quick preset, which keeps the first queries by
     # id, keeps its key; mined negatives key it only where a preset mines them
-    more = ("dev_sample", "ce_negative_miner")
-    assert Demo(tmp_path / "full", get_preset("full")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random"}
+    more = ("dev_sample", "ce_negative_miner", "ce_distill_weight")
+    assert Demo(tmp_path / "full", get_preset("full")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random",
+                                                                      "ce_distill_weight": 0.3}
     assert Demo(tmp_path / "quick", get_preset("quick")).key(more) == {"version": CACHE_VERSION}
     mined = Demo(tmp_path / "m", get_preset("quick", ce_negative_miner="biencoder:packaged")).key(more)
     assert mined["ce_negative_miner"] == "biencoder:packaged"
