@@ -79,9 +79,10 @@ def held_out(meta: dict, data, split: str, run, k: int, check_split: str | None 
     """Queries for re-checking: those of `check_split` (default: the sweep's split) the sweep did not use."""
     split2 = check_split or split
     exclude = meta.get("query_ids", []) if split2 == split else []
+    source = meta.get("source", {})  # a random sample's held-out queries come from the same random order
     try:
         return from_run(data, split2, check_run if check_run is not None else run, k=k, max_queries=check_queries,
-                        exclude=exclude)
+                        exclude=exclude, sample=source.get("sample", "first"), seed=source.get("seed", 0))
     except DataError as err:
         raise DataError(f"no held-out queries to re-check masks on ({err}); the sweep used every query of "
                         f"{split!r}: sweep fewer (--max-queries) or pass another split (--check-split)") from None

@@ -52,7 +52,8 @@ class SearchConfig:
     split: str = "dev"
     run: str = "bm25"  # first-stage run of the dev queries (a file or "bm25")
     k: int = 10
-    queries: int = 50  # the first N dev queries by id
+    queries: int = 50  # N dev queries: the first N by id, or N at random (`sample`)
+    sample: str = "first"  # first | random (probes.candidates.from_run; drawn under seed 0)
     train_preset: str = "quick"
     train: dict = field(default_factory=dict)  # TrainConfig settings on top of the preset, for every candidate
     steps: int = 10  # s: the first rung's steps; rung r trains s * eta**r
@@ -80,6 +81,8 @@ class SearchConfig:
         for name in ("k", "queries", "steps", "finalists", "batch_size"):
             if int(getattr(self, name)) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.sample not in ("first", "random"):
+            bad("sample", f"expected first or random, got {self.sample!r}")
         if self.max_rungs is not None and self.max_rungs < 1:
             bad("max_rungs", f"must be >= 1, got {self.max_rungs}")
         if self.eta < 2:
@@ -193,7 +196,7 @@ class Search:
         cfg = self.cfg
         self.num_layers = int(AutoConfig.from_pretrained(resolve_model_path(cfg.model)).num_hidden_layers)
         self.ds = load_dataset(cfg.dataset)
-        self.cands = from_run(self.ds, cfg.split, cfg.run, k=cfg.k, max_queries=cfg.queries)
+        self.cands = from_run(self.ds, cfg.split, cfg.run, k=cfg.k, max_queries=cfg.queries, sample=cfg.sample)
         self.cands_fp = self.cands.fingerprint()
         self.effects = RankEffects(self.cands.frame, self.cands.qrels)
         base = self._train_config("masked", "mask2", None, None, seed=0, steps=1, output="-")

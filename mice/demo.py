@@ -294,11 +294,20 @@ class Demo:
     def dev_run(self) -> str:
         return str(self.path("bm25", "in-dev.trec"))
 
+    def dev_candidates(self, n: int):
+        """N dev queries' BM25 candidates, drawn as `dev_sample` says (first N by id, or N at random). A random
+        draw is one seeded order, so the exact sweep's queries are the first of the screen's, and the derivation's
+        held-out queries are the rest of that order."""
+        from probes.candidates import from_run
+
+        return from_run(self.p.dataset, "dev", self.dev_run(), k=self.p.sweep_k, max_queries=n,
+                        sample=self.p.dev_sample)
+
     def stage_probe(self, folder: Path) -> dict:
         from probes import probe_attention
 
-        probe_attention(str(self.ce_path()), self.p.dataset, folder / "probe.parquet", split="dev", run=self.dev_run(),
-                        k=self.p.sweep_k, max_queries=self.p.probe_queries, examples=2)
+        probe_attention(str(self.ce_path()), self.dev_candidates(self.p.probe_queries), folder / "probe.parquet",
+                        examples=2)
         return {}
 
     def _knockout_model(self):
@@ -311,8 +320,7 @@ class Demo:
         """Attribution patching: every layer x head x path knockout estimated on the first dev queries."""
         from ablations.attribution import attribute
 
-        res = attribute(self._knockout_model(), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
-                        max_queries=self.p.sweep_queries, heads=True, modes=("renorm",),
+        res = attribute(self._knockout_model(), self.dev_candidates(self.p.sweep_queries), heads=True, modes=("renorm",),
                         out=folder / "attribution.parquet", show_progress_bar=self.console is not None)
         return {"cells": int(len(res.table)), "structural": int((res.table["status"] == "structural").sum()),
                 "seconds": res.meta["elapsed_s"]}
@@ -326,12 +334,10 @@ class Demo:
 
         from .files import read_table, write_json_atomic
 
-        n = min(self.p.exact_queries, self.p.sweep_queries)
-        res = sweep(self._knockout_model(), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
-                    max_queries=n, mode="renorm", out=folder / "sweep.parquet",
+        cands = self.dev_candidates(min(self.p.exact_queries, self.p.sweep_queries))
+        res = sweep(self._knockout_model(), cands, mode="renorm", out=folder / "sweep.parquet",
                     show_progress_bar=self.console is not None, n_resamples=1000)
-        ablate_masks(self._knockout_model(), self.p.dataset, split="dev", run=self.dev_run(), k=self.p.sweep_k,
-                     max_queries=n, out=folder / "presets.csv")
+        ablate_masks(self._knockout_model(), cands, out=folder / "presets.csv")
         check = compare_tables(read_table(self.path("attribute", "attribution.parquet")), res.table,
                                per_query=read_table(self.path("attribute", "attribution.per_query.parquet")),
                                query_ids=res.meta["query_ids"])
@@ -362,7 +368,8 @@ class Demo:
 
         train = {"dev_queries": self.p.dev_queries} if self.p.dev_queries else {}
         cfg = SearchConfig(model=str(self.ce_path()), dataset=self.p.dataset, split="dev", run=self.dev_run(),
-                           k=self.p.sweep_k, queries=self.p.search_queries, train_preset=self.p.train_preset,
+                           k=self.p.sweep_k, queries=self.p.search_queries, sample=self.p.dev_sample,
+                           train_preset=self.p.train_preset,
                            train=train, steps=self.p.search_steps, eta=self.p.search_eta,
                            finalists=self.p.search_finalists,
                            max_rungs=self.p.search_rungs,

@@ -80,20 +80,24 @@ def resolve_run(dataset, split: str, run, k: int) -> pd.DataFrame:
 
 
 def from_run(dataset, split: str, run, k: int = 20, max_queries: int | None = None,
-             query_ids: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> Candidates:
+             query_ids: Sequence[str] | None = None, exclude: Sequence[str] = (), sample: str = "first",
+             seed: int = 0) -> Candidates:
     """Top-`k` candidates of `run` for the judged queries of `split` (queries sorted by id).
 
-    `max_queries` keeps the first N query ids; `query_ids` selects explicit ones; `exclude` removes some
-    (used to hold out the queries a sweep saw when a derivation re-checks its mask).
+    `max_queries` keeps N queries: the first N by id (`sample="first"`), or the first N of a random order drawn
+    under `seed` (`sample="random"`; see `mice.train.devset.query_order`). Ids often sort by topic (the embedded
+    docs by package), so the first N by id can be one topic. `query_ids` selects explicit ones; `exclude` removes
+    some (used to hold out the queries a sweep saw when a derivation re-checks its mask).
     """
     from mice.data import load_dataset
     from mice.rerank import candidates as top_k
+    from mice.train.devset import query_order
 
     ds = load_dataset(dataset)
     queries = ds.queries(split)
     run_df = resolve_run(ds, split, run, k)
     cands = top_k(run_df, queries, k)
-    qids = sorted(cands)
+    qids = query_order(cands, sample, seed)
     if query_ids is not None:
         wanted = [str(q) for q in query_ids]
         missing = [q for q in wanted if q not in cands]
@@ -105,6 +109,8 @@ def from_run(dataset, split: str, run, k: int = 20, max_queries: int | None = No
     qids = [q for q in qids if q not in skip]
     if max_queries is not None:
         qids = qids[:max_queries]
+    if query_ids is None:
+        qids = sorted(qids)
     if not qids:
         raise DataError(f"{ds.name}/{split}: no queries with candidates to look at")
     corpus = ds.corpus()
@@ -121,6 +127,8 @@ def from_run(dataset, split: str, run, k: int = 20, max_queries: int | None = No
     source = {"kind": "run", "dataset": name, "split": split,
               "run": _spec(run) if isinstance(run, (str, os.PathLike)) else "<DataFrame>", "k": k,
               "max_queries": max_queries}
+    if sample != "first":  # recorded only when set, so that held-out queries are drawn the same way
+        source.update(sample=sample, seed=int(seed))
     return Candidates(frame, qrels, source)
 
 
@@ -132,8 +140,8 @@ def _spec(value) -> str:
     return str(p.resolve()) if p.exists() else str(value)
 
 
-def as_candidates(data, split: str | None = None, run=None, k: int = 20, max_queries: int | None = None
-                  ) -> Candidates:
+def as_candidates(data, split: str | None = None, run=None, k: int = 20, max_queries: int | None = None,
+                  sample: str = "first") -> Candidates:
     """Accept Candidates, a list of (query, doc) pairs, or a dataset (+ split and run)."""
     if isinstance(data, Candidates):
         return data
@@ -142,4 +150,4 @@ def as_candidates(data, split: str | None = None, run=None, k: int = 20, max_que
         return c if max_queries is None else c.subset(c.query_ids[:max_queries])
     if split is None or run is None:
         raise DataError("a dataset needs a split and a run (a run file, a DataFrame or 'bm25')")
-    return from_run(data, split, run, k=k, max_queries=max_queries)
+    return from_run(data, split, run, k=k, max_queries=max_queries, sample=sample)

@@ -95,3 +95,28 @@ def test_attention_figures_render_from_saved_files(planted, tmp_path):
     assert [p.name for p in made] == ["layers.png", "heads.png", "example.png"]
     for p in made:
         assert p.stat().st_size > 1000
+
+
+def test_a_random_query_sample_is_seeded_nested_and_its_held_out_queries_continue_the_order(planted):
+    """Ids often sort by topic, so `sample="random"` takes the first N of one seeded order: the same draw every
+    time, smaller samples inside larger ones, and a derivation's held-out queries are the next of that order."""
+    from ablations.derive import held_out
+    from mice.errors import DataError
+    from probes.candidates import from_run
+
+    _, ds, run = planted
+    every = from_run(ds, "test", run, k=4).query_ids
+    assert len(every) >= 10
+    first = from_run(ds, "test", run, k=4, max_queries=5)
+    assert first.query_ids == every[:5] and "sample" not in first.source
+    r5 = from_run(ds, "test", run, k=4, max_queries=5, sample="random")
+    r8 = from_run(ds, "test", run, k=4, max_queries=8, sample="random")
+    assert r5.query_ids == from_run(ds, "test", run, k=4, max_queries=5, sample="random").query_ids
+    assert r5.query_ids == sorted(r5.query_ids) and r5.query_ids != first.query_ids
+    assert set(r5.query_ids) < set(r8.query_ids)
+    assert from_run(ds, "test", run, k=4, max_queries=5, sample="random", seed=1).query_ids != r5.query_ids
+    assert r5.source["sample"] == "random" and r5.source["seed"] == 0
+    rest = held_out({"query_ids": r5.query_ids, "source": r5.source}, ds, "test", run, 4, check_queries=3)
+    assert set(rest.query_ids) == set(r8.query_ids) - set(r5.query_ids)
+    with pytest.raises(DataError, match="sample='some'"):
+        from_run(ds, "test", run, k=4, max_queries=5, sample="some")

@@ -200,6 +200,8 @@ def test_search_refuses_bad_settings(env):
     assert r.exit_code != 0 and "stages" in str(r.exception or r.output)
     with pytest.raises(MiceError, match="finalists get >= 2 seeds"):
         config(env, seeds=(0,)).validate()
+    with pytest.raises(MiceError, match="sample: expected first or random"):
+        config(env, sample="all").validate()
 
 
 def test_search_runs_on_modernbert(env):

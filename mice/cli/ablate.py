@@ -36,7 +36,8 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
               head_list: Optional[str] = typer.Option(None, "--head-list", help="Only these heads (e.g. 0,3)"),
               mode: str = typer.Option("renorm", "--mode", help="renorm (-inf before softmax) or zero (after)"),
               base: Optional[str] = typer.Option(None, "--base", help="Knock out on top of this mask (e.g. mask2)"),
-              max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Sweep the first N queries"),
+              max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Sweep N queries (see --sample)"),
+              sample: str = typer.Option("first", "--sample", help="Which N queries: first (by id) or random"),
               metrics: str = typer.Option("nDCG@10,RR@10", "--metrics"),
               batch_size: int = typer.Option(16, "--batch-size"),
               strategy: str = typer.Option("auto", "--strategy", help="auto, fast, replicate or naive"),
@@ -45,6 +46,7 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
     """Knock out each path in each layer (and head); one row per knockout. Resumes an interrupted sweep."""
     from ablations.sweep import sweep
     from probes.attention import hooked_model
+    from probes.candidates import from_run
 
     from .data import plain_warnings
 
@@ -56,7 +58,9 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
 
     with plain_warnings(), rank_lock(out):
         scorer = hooked_model(model, max_length=max_length)
-        result = sweep(scorer, dataset, split, run, k, paths=paths, layers=layers, heads=hl or heads, mode=mode,
+        data = dataset if sample == "first" else from_run(dataset, split, run, k, max_queries=max_queries,
+                                                          sample=sample)
+        result = sweep(scorer, data, split, run, k, paths=paths, layers=layers, heads=hl or heads, mode=mode,
                        base=base, max_queries=max_queries, metrics=metrics, batch_size=batch_size,
                        strategy=strategy, out=out, restart=restart, show_progress_bar=True,
                        meta={"model_spec": model, "max_length": max_length})
@@ -93,6 +97,7 @@ def attribute_cmd(model: str = _MODEL,
                   run: Optional[str] = typer.Option(None, "--run", "-r", help="First-stage run file or 'bm25'"),
                   k: int = typer.Option(20, "--k", min=1, help="Top-k candidates per query"),
                   max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1),
+                  sample: str = typer.Option("first", "--sample", help="Which N queries: first (by id) or random"),
                   paths: Optional[str] = typer.Option(None, "--paths", help="e.g. q->d,d->q (default: all 25)"),
                   layers: Optional[str] = typer.Option(None, "--layers", help="Layers: 0:6 (half-open range), 1,3 or all (default)"),
                   heads: bool = typer.Option(True, "--heads/--no-heads", help="Also every head separately"),
@@ -126,7 +131,7 @@ def attribute_cmd(model: str = _MODEL,
     with plain_warnings(), rank_lock(out):
         scorer = hooked_model(model, max_length=max_length)
         cands = as_candidates(read_pairs(pairs)) if pairs is not None else as_candidates(dataset, split, run, k,
-                                                                                       max_queries)
+                                                                                       max_queries, sample)
         res = attribute(scorer, cands, heads=heads, paths=paths, layers=layers,
                         modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=ig_steps,
                         measure=measure, batch_size=batch_size, show_progress_bar=True, out=out,
@@ -325,7 +330,9 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
                split: str = typer.Option("dev", "--split", help="Split the candidates are scored on"),
                run: str = typer.Option("bm25", "--run", "-r", help="First-stage run of that split, or 'bm25'"),
                k: int = typer.Option(10, "--k", help="Candidates per dev query"),
-               queries: int = typer.Option(50, "--queries", help="The first N dev queries by id"),
+               queries: int = typer.Option(50, "--queries", help="N dev queries (see --sample)"),
+               sample: str = typer.Option("first", "--sample", help="first: the first N by id; random: N at random "
+                                          "(ids often sort by topic)"),
                preset: str = typer.Option("quick", "--preset", help="Training preset of every candidate "
                                           "(masked / mice recipe: Margin-MSE from the cross-encoder)"),
                steps: int = typer.Option(10, "--steps", help="First rung's steps; rung r trains steps x eta^r"),
@@ -358,7 +365,8 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
     from .train import key_values
 
     train = key_values(set_)
-    cfg = SearchConfig(model=model, dataset=dataset, split=split, run=run, k=k, queries=queries, train_preset=preset,
+    cfg = SearchConfig(model=model, dataset=dataset, split=split, run=run, k=k, queries=queries, sample=sample,
+                       train_preset=preset,
                        train=train, steps=steps, eta=eta, finalists=finalists, max_rungs=max_rungs, seeds=_ints(seeds, "--seeds"),
                        tolerance=tolerance, metric=metric.lower(),
                        stages=tuple(x.strip() for x in stages.split(",") if x.strip()),

@@ -38,6 +38,18 @@ def excluded_query_ids(spec: str | None) -> set[str]:
     return ids
 
 
+def query_order(query_ids: Iterable[str], sample: str = "first", seed: int = 0) -> list[str]:
+    """The order in which the first N queries are taken: by id ("first"), or a seeded random permutation
+    ("random"). Any N-prefix of a random order is a random sample, and smaller samples nest in larger ones: the
+    demo's exact sweep re-measures the first queries of its attribution screen, and held-out queries are the rest."""
+    ids = sorted(set(map(str, query_ids)))
+    if sample == "first":
+        return ids
+    if sample == "random":
+        return [ids[int(i)] for i in np.random.default_rng([int(seed), 43]).permutation(len(ids))]
+    raise DataError(f"sample={sample!r}: expected first or random")
+
+
 def select_dev_queries(query_ids: Iterable[str], n: int | None, sample: str = "first", seed: int = 0,
                        exclude: set[str] | None = None) -> list[str]:
     """The dev query ids to validate on, sorted. Errors when the exclusion leaves nothing."""
