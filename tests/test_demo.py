@@ -101,11 +101,30 @@ def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_pa
     quick = Demo(tmp_path / "quick", get_preset("quick")).key(fields)
     assert full["beat_teacher_rule"] == BEAT_TEACHER_RULE and full["ce_until_beats_teacher"] is True
     assert "beat_teacher_rule" not in quick and "ce_until_beats_teacher" not in quick
-    # the full preset's random dev sample keys its cross-encoder; the quick preset, which keeps the first queries by
-    # id, keeps its key; mined negatives key it only where a preset mines them
+    # a random dev sample keys the stages (the tiny preset, which keeps the first queries by id, keeps its key);
+    # mined negatives and the Margin-MSE weight key them only where a preset sets them
     more = ("dev_sample", "ce_negative_miner", "ce_distill_weight")
     assert Demo(tmp_path / "full", get_preset("full")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random",
                                                                       "ce_distill_weight": 0.3}
-    assert Demo(tmp_path / "quick", get_preset("quick")).key(more) == {"version": CACHE_VERSION}
+    assert Demo(tmp_path / "quick", get_preset("quick")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random"}
+    assert Demo(tmp_path / "tiny", get_preset("tiny")).key(more) == {"version": CACHE_VERSION}
     mined = Demo(tmp_path / "m", get_preset("quick", ce_negative_miner="biencoder:packaged")).key(more)
     assert mined["ce_negative_miner"] == "biencoder:packaged"
+
+
+def test_the_knockout_stages_draw_their_dev_queries_as_dev_sample_says(tmp_path):
+    """The probe, attribution, sweep and search stages take their dev queries from `Demo.dev_candidates`: the first
+    N by id under `first`, the first N of one seeded order under `random` (ids sort by package)."""
+    from mice.demo import Demo, get_preset
+    from probes.candidates import from_run
+
+    first = Demo(tmp_path / "run", get_preset("tiny"))
+    (tmp_path / "run" / "bm25").mkdir(parents=True)
+    first.stage_bm25(tmp_path / "run" / "bm25")
+    rand = Demo(tmp_path / "run", get_preset("tiny", dev_sample="random"))
+    every = from_run(first.p.dataset, "dev", first.dev_run(), k=first.p.sweep_k).query_ids
+    assert len(every) > 8
+    assert first.dev_candidates(4).query_ids == every[:4]
+    drawn = rand.dev_candidates(4)
+    assert drawn.query_ids != every[:4] and drawn.source["sample"] == "random"
+    assert set(drawn.query_ids) < set(rand.dev_candidates(8).query_ids)  # the exact sweep's are the screen's first
