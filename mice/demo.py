@@ -318,7 +318,7 @@ class Demo:
         return hooked_model(str(self.ce_path()), max_length=self.p.rerank_max_length)
 
     def stage_attribute(self, folder: Path) -> dict:
-        """Attribution patching: every layer x head x path knockout estimated on the first dev queries."""
+        """Attribution patching: every layer x head x path knockout estimated on the dev sample (`dev_sample`)."""
         from ablations.attribution import attribute
 
         res = attribute(self._knockout_model(), self.dev_candidates(self.p.sweep_queries), heads=True, modes=("renorm",),

@@ -293,7 +293,8 @@ def _search_section(root: Path, figure) -> list[str]:
     m, c = meta["config"]["metric"], meta["config"]
     lines = ["## Trained search", "",
              f"Each candidate is a short fine-tune from the cross-encoder, distilled from it (Margin-MSE), scored on "
-             f"{meta['queries']} dev queries (BM25 top {c['k']}) against the cross-encoder (dev {m} "
+             f"{meta['queries']} dev queries ({'drawn at random' if c.get('sample') == 'random' else 'the first by id'}, "
+             f"BM25 top {c['k']}) against the cross-encoder (dev {m} "
              f"{meta['reference'][m]:.4f}). Successive halving: every candidate gets {c['steps']} steps, the best "
              f"1/{c.get('eta', 2)} continues with {c.get('eta', 2)}x as many, until {c['finalists']} finalists (or "
              f"{c.get('max_rungs') or 'unlimited'} rungs) train under seeds "
