@@ -101,13 +101,14 @@ def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_pa
     quick = Demo(tmp_path / "quick", get_preset("quick")).key(fields)
     assert full["beat_teacher_rule"] == BEAT_TEACHER_RULE and full["ce_until_beats_teacher"] is True
     assert "beat_teacher_rule" not in quick and "ce_until_beats_teacher" not in quick
-    # a random dev sample keys the stages (the tiny preset, which keeps the first queries by id, keeps its key);
-    # mined negatives and the Margin-MSE weight key them only where a preset sets them
+    # a random dev sample keys the stages; presets that keep the first queries by id keep their key; mined
+    # negatives and the Margin-MSE weight key them only where a preset sets them
     more = ("dev_sample", "ce_negative_miner", "ce_distill_weight")
     assert Demo(tmp_path / "full", get_preset("full")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random",
                                                                       "ce_distill_weight": 0.3}
-    assert Demo(tmp_path / "quick", get_preset("quick")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random"}
-    assert Demo(tmp_path / "tiny", get_preset("tiny")).key(more) == {"version": CACHE_VERSION}
+    assert Demo(tmp_path / "quick", get_preset("quick")).key(more) == {"version": CACHE_VERSION}
+    drawn = Demo(tmp_path / "q", get_preset("quick", dev_sample="random")).key(more)
+    assert drawn == {"version": CACHE_VERSION, "dev_sample": "random"}
     mined = Demo(tmp_path / "m", get_preset("quick", ce_negative_miner="biencoder:packaged")).key(more)
     assert mined["ce_negative_miner"] == "biencoder:packaged"
 
@@ -128,3 +129,13 @@ def test_the_knockout_stages_draw_their_dev_queries_as_dev_sample_says(tmp_path)
     drawn = rand.dev_candidates(4)
     assert drawn.query_ids != every[:4] and drawn.source["sample"] == "random"
     assert set(drawn.query_ids) < set(rand.dev_candidates(8).query_ids)  # the exact sweep's are the screen's first
+
+
+def test_demo_cli_refuses_an_unknown_dev_sample(tmp_path):
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+
+    r = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(tmp_path / "o"), "--dev-sample", "all"])
+    assert r.exit_code != 0 and "--dev-sample 'all': expected first or random" in str(r.exception or r.output)
+    assert not (tmp_path / "o").exists()  # refused before any stage ran

@@ -11,7 +11,10 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (19 min fro
          threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
          backbone: Optional[str] = typer.Option(None, "--backbone", help="The encoder the cross-encoder is trained "
                                                 "from (default: the preset's): packaged:minilm, a model folder, "
-                                                "tiny (random BERT) or tiny-modernbert (random ModernBERT)")) -> None:
+                                                "tiny (random BERT) or tiny-modernbert (random ModernBERT)"),
+         dev_sample: Optional[str] = typer.Option(None, "--dev-sample", help="Which dev queries the training, "
+                                                  "knockout and search stages use: first (N by id) or random "
+                                                  "(default: the preset's)")) -> None:
     """The whole method on the offline default, ending in OUT/report.md and OUT/report.html."""
     import time
 
@@ -25,7 +28,11 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (19 min fro
         torch.set_num_threads(threads)
     console = Console()
     start = time.perf_counter()
-    report = run_demo(out, preset, console=console, backbone=backbone)
+    if dev_sample not in (None, "first", "random"):
+        from ..errors import MiceError
+
+        raise MiceError(f"--dev-sample {dev_sample!r}: expected first or random")
+    report = run_demo(out, preset, console=console, backbone=backbone, dev_sample=dev_sample)
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}  [dim]({time.perf_counter() - start:.1f}s)[/]")
 
 
