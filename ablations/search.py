@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from mice.errors import MiceError
+from mice.train.devset import SAMPLES
 
 STAGES = ("mask", "layers")
 MEASURES = ("ndcg@10", "rr@10", "delta_ndcg@10", "delta_rr@10", "delta_margin", "kendall_tau")
@@ -81,7 +82,7 @@ class SearchConfig:
         for name in ("k", "queries", "steps", "finalists", "batch_size"):
             if int(getattr(self, name)) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
-        if self.sample not in ("first", "random"):
+        if self.sample not in SAMPLES:
             bad("sample", f"expected first or random, got {self.sample!r}")
         if self.max_rungs is not None and self.max_rungs < 1:
             bad("max_rungs", f"must be >= 1, got {self.max_rungs}")

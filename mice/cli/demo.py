@@ -28,7 +28,9 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (19 min fro
         torch.set_num_threads(threads)
     console = Console()
     start = time.perf_counter()
-    if dev_sample not in (None, "first", "random"):
+    from ..train.devset import SAMPLES
+
+    if dev_sample is not None and dev_sample not in SAMPLES:
         from ..errors import MiceError
 
         raise MiceError(f"--dev-sample {dev_sample!r}: expected first or random")

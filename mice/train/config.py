@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import MiceError
+from .devset import SAMPLES
 
 MODES = ("cross-encoder", "masked", "mice", "late-interaction")
 LOSS_TERMS = ("listwise", "bce", "margin-mse")
@@ -173,7 +174,7 @@ class TrainConfig:
             bad("interaction_layers", "MICE needs a >= 0 contextual and b >= 1 interaction layers")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             bad("mixed_precision", f"{self.mixed_precision!r} (no, fp16, bf16)")
-        if self.dev_sample not in ("first", "random"):
+        if self.dev_sample not in SAMPLES:
             bad("dev_sample", f"{self.dev_sample!r} (first, random)")
         if self.cls_cross_attention not in ("none", "uniform"):
             bad("cls_cross_attention", f"{self.cls_cross_attention!r} (none, uniform)")

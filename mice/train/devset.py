@@ -12,6 +12,8 @@ import numpy as np
 
 from ..errors import DataError
 
+SAMPLES = ("first", "random")  # how N queries are drawn: the first N by id, or N at random
+
 
 def excluded_query_ids(spec: str | None) -> set[str]:
     """Query ids named by `spec`: a file of ids (one per line; the first whitespace-separated field counts,
