@@ -35,6 +35,9 @@ class DemoPreset:
     dataset: str = "embedded:docs"
     dataset_ood: str = "embedded:docs-ood"
     dataset_meta: str | None = "embedded:meta"  # a third out-of-domain set: distribution summary -> description
+    # an external out-of-domain collection no one here wrote (any dataset spec with a test split: a BEIR folder such
+    # as SciFact's, irds:beir/scifact/test). Offline machines have none, so no preset sets it: `mice demo --external`
+    dataset_external: str | None = None
     first_stage_k: int = 20  # candidates re-ranked per query (BM25 top-k)
     # first N test queries by id for the baselines' comparison table (None = all). The cross-encoder and MICE
     # re-rank every test query of `every_query_domains`: the MICE-vs-cross-encoder result is measured on all of them
@@ -104,7 +107,7 @@ class DemoPreset:
 
 
 KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight",
-                  "dev_sample"}  # see `Demo.key`
+                  "dev_sample", "dataset_external"}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
@@ -162,6 +165,8 @@ class Demo:
         self.out = Path(out)
         self.p = preset
         self.console = console
+        if preset.dataset_external:
+            self.check_external()  # before the output folder is made
         self.pipe = Pipeline(self.out, console=console, fingerprint={"preset": asdict(preset)})
 
     def key(self, fields) -> dict:
@@ -173,6 +178,10 @@ class Demo:
                                             if f not in KEYED_WHEN_SET or values[f] != defaults[f]}}
         if key.get("ce_until_beats_teacher"):
             key["beat_teacher_rule"] = BEAT_TEACHER_RULE  # when the cross-encoder stops depends on the rule
+        if key.get("dataset_external"):  # a folder's spec stays the same when its files change: key its content
+            from .data import load_dataset
+
+            key["dataset_external_fingerprint"] = load_dataset(key["dataset_external"]).fingerprint()
         return key
 
     # ---- paths of artefacts produced by earlier stages
@@ -183,7 +192,24 @@ class Demo:
         out = {"in": self.p.dataset, "ood": self.p.dataset_ood}
         if self.p.dataset_meta:
             out["meta"] = self.p.dataset_meta
+        if self.p.dataset_external:
+            out["ext"] = self.p.dataset_external
         return out
+
+    def check_external(self) -> None:
+        """Fail before any stage runs when the external collection cannot be evaluated (it needs a test split)."""
+        from .data import load_dataset
+        from .errors import MiceError
+
+        spec = self.p.dataset_external
+        splits = load_dataset(spec).splits
+        if "test" not in splits:
+            raise MiceError(f"external collection {spec}: no test split (it has {', '.join(splits) or 'none'})")
+
+    def every_query(self, domain: str) -> bool:
+        """Whether the cross-encoder and MICE re-rank every test query of `domain`: the preset's domains, and
+        always the external collection (the set on which issue 12 compares every model with BM25)."""
+        return domain in self.p.every_query_domains or domain == "ext"
 
     # ---- stages
     def stage_data(self, folder: Path) -> dict:
@@ -288,7 +314,7 @@ class Demo:
         best = self._train(folder, "cross-encoder", self.p.ce_steps, model=self._backbone(folder), **until)
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
-            self._rerank(scorer, domain, folder, "cross-encoder", every_query=domain in self.p.every_query_domains)
+            self._rerank(scorer, domain, folder, "cross-encoder", every_query=self.every_query(domain))
         return {"model": str(best.relative_to(folder))}
 
     def ce_path(self) -> Path:
@@ -421,7 +447,7 @@ class Demo:
                            interaction_layers=b)
         scorer = load_scorer(best)
         for domain in self.datasets():
-            self._rerank(scorer, domain, folder, "mice", every_query=domain in self.p.every_query_domains)
+            self._rerank(scorer, domain, folder, "mice", every_query=self.every_query(domain))
         return {"model": str(best.relative_to(folder)), "a": a, "b": b}
 
     def stage_late_interaction(self, folder: Path) -> dict:
@@ -498,7 +524,7 @@ class Demo:
             subset = _subset_queries(ds, "test", self.p.test_queries)
             if len(subset) == len(every_qid):
                 sets = {"all": every_qid}
-            elif domain in self.p.every_query_domains:
+            elif self.every_query(domain):
                 sets = {"subset": subset, "all": every_qid}
             else:  # the cross-encoder and MICE re-ranked the subset only
                 sets = {"subset": subset}
@@ -553,7 +579,7 @@ class Demo:
         p = self.pipe
         write_json_atomic(self.out / "preset.json", asdict(self.p))
         write_json_atomic(self.out / "environment.json", environment())
-        data = ("dataset", "dataset_ood", "dataset_meta")
+        data = ("dataset", "dataset_ood", "dataset_meta", "dataset_external")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
         ce = runs + ("every_query_domains", "train_preset", "backbone", "ce_steps", "ce_until_beats_teacher", "ce_eval_every",
                      "ce_negative_miner", "ce_distill_weight", "dev_queries", "dev_sample",

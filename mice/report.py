@@ -93,7 +93,7 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
     lines += [f"Preset `{preset.get('name', '?')}`, run on {env.get('date', '?')} ({env.get('cpus', '?')} CPUs, "
               f"{env.get('machine', '')}, torch {env.get('torch', '?')}). Re-ranking BM25's top "
               f"{preset.get('first_stage_k', '?')}: the cross-encoder and MICE for every test query of "
-              f"{', '.join(preset.get('every_query_domains') or ('in', 'ood', 'meta'))}, every model for "
+              f"{', '.join(list(preset.get('every_query_domains') or ('in', 'ood', 'meta')) + (['ext'] if preset.get('dataset_external') else []))}, every model for "
               f"{'the first ' + str(preset['test_queries']) if preset.get('test_queries') else 'all'} test queries "
               "per domain.", "", CONVENTION, ""]
 
@@ -111,7 +111,8 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
         titles = {"in": f"In-domain (`{preset.get('dataset', 'embedded:docs')}`)",
                   "ood": f"Out-of-domain: other packages' docstrings (`{preset.get('dataset_ood', '')}`)",
                   "meta": f"Out-of-domain: distribution metadata, summary → description "
-                          f"(`{preset.get('dataset_meta', '')}`)"}
+                          f"(`{preset.get('dataset_meta', '')}`)",
+                  "ext": f"Out-of-domain: an external collection (`{preset.get('dataset_external', '')}`)"}
         sets = list(dict.fromkeys(results["queries"])) if "queries" in results else [None]
         for domain, title in titles.items():
             for qset in sets:
@@ -123,6 +124,9 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
                 n = int(r["n_queries"].iloc[0]) if "n_queries" in r else "?"
                 lines += [f"### {title}, {'all' if qset == 'all' else 'the first' if preset.get('test_queries') else 'all'} "
                           f"{n} test queries", "", _md(results_table(results, domain, queries=qset)), ""]
+        if not preset.get("dataset_external"):
+            lines += ["No external out-of-domain collection was given (`mice demo --external FOLDER`: a BEIR folder "
+                      "such as SciFact's, or any dataset spec with a test split); the offline default has none.", ""]
         share = root / "evaluate" / "mice_vs_ce.csv"
         if share.exists() and len(read_table(share)):
             sh = read_table(share)

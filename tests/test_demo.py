@@ -19,7 +19,8 @@ def test_tiny_demo_end_to_end_and_cached():
                     "metadata", "## Knockouts", "## Derived interaction mask", "## Trained search",
                     "Derived configuration (`search/derived.json`", "## MICE", "## Efficiency",
                     "## Timings per stage", "Attribution vs exact knockouts", "Screen (attribution patching)",
-                    "structural cells removed", "MICE against the cross-encoder", "Zero-shot (the cross-encoder"):
+                    "structural cells removed", "MICE against the cross-encoder", "Zero-shot (the cross-encoder",
+                    "No external out-of-domain collection was given"):
         assert section in report, section
     # the demo trains exactly what the search derived
     from mice.derived import MiceConfig
@@ -139,3 +140,40 @@ def test_demo_cli_refuses_an_unknown_dev_sample(tmp_path):
     r = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(tmp_path / "o"), "--dev-sample", "all"])
     assert r.exit_code != 0 and "--dev-sample 'all': expected first or random" in str(r.exception or r.output)
     assert not (tmp_path / "o").exists()  # refused before any stage ran
+
+
+@pytest.mark.integration
+def test_an_external_collection_is_evaluated_beside_the_built_in_ones(tmp_path):
+    """`mice demo --external FOLDER`: a BEIR folder no stage knows about is re-ranked by every model, by the
+    cross-encoder and MICE on every test query, and gets its own section in the report."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+    from mice.data import load_dataset, write_beir
+
+    ext = write_beir("embedded:docs?packages=unittest,sqlite3&max_per_package=120", tmp_path / "ext")
+    n_test = len(load_dataset(str(ext)).queries("test"))
+    r = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(tmp_path / "run"), "--external", str(ext)])
+    assert r.exit_code == 0, r.output
+    results = pd.read_csv(tmp_path / "run" / "evaluate" / "results.csv")
+    every = results[(results["domain"] == "ext") & (results["queries"] == "all")]
+    assert {"bm25", "cross-encoder", "mice"} <= set(every["run"]) and every["n_queries"].min() == n_test
+    assert {"biencoder", "masked", "late-interaction"} <= set(results[results["domain"] == "ext"]["run"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"### Out-of-domain: an external collection (`{ext}`), all {n_test} test queries" in report
+    assert "No external out-of-domain collection was given" not in report
+
+
+def test_an_external_collection_without_a_test_split_is_refused_before_any_stage(tmp_path):
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+    from mice.data import write_beir
+
+    ext = write_beir("embedded:docs?packages=unittest&max_per_package=40", tmp_path / "ext")
+    (ext / "qrels" / "test.tsv").unlink()
+    r = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(tmp_path / "o"), "--external", str(ext)])
+    assert r.exit_code != 0 and f"external collection {ext}: no test split (it has dev, train)" in str(
+        r.exception or r.output)
+    assert not (tmp_path / "o").exists()

@@ -14,7 +14,11 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (19 min fro
                                                 "tiny (random BERT) or tiny-modernbert (random ModernBERT)"),
          dev_sample: Optional[str] = typer.Option(None, "--dev-sample", help="Which dev queries the training, "
                                                   "knockout and search stages use: first (N by id) or random "
-                                                  "(default: the preset's)")) -> None:
+                                                  "(default: the preset's)"),
+         external: Optional[str] = typer.Option(None, "--external", help="An external out-of-domain collection "
+                                                "with a test split (a BEIR folder, or any dataset spec), evaluated "
+                                                "beside the built-in ones; the cross-encoder and MICE re-rank "
+                                                "every test query")) -> None:
     """The whole method on the offline default, ending in OUT/report.md and OUT/report.html."""
     import time
 
@@ -34,7 +38,8 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (19 min fro
         from ..errors import MiceError
 
         raise MiceError(f"--dev-sample {dev_sample!r}: expected first or random")
-    report = run_demo(out, preset, console=console, backbone=backbone, dev_sample=dev_sample)
+    report = run_demo(out, preset, console=console, backbone=backbone, dev_sample=dev_sample,
+                      dataset_external=external)
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}  [dim]({time.perf_counter() - start:.1f}s)[/]")
 
 
