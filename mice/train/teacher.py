@@ -10,8 +10,6 @@ and the dataset's fingerprint.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -119,9 +117,10 @@ def teacher_identity(spec: str) -> dict:
 def default_cache_path(spec: str, max_length: int | None, dataset) -> Path:
     from ..data.base import cache_dir
 
-    key = json.dumps({"teacher": teacher_identity(spec), "max_length": max_length,
-                      "dataset": dataset.fingerprint()}, sort_keys=True)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:20]
+    from ..identity import identity_hash
+
+    digest = identity_hash({"teacher": teacher_identity(spec), "max_length": max_length,
+                            "dataset": dataset.fingerprint()})[:20]
     return cache_dir() / "teacher" / f"{digest}.parquet"
 
 
