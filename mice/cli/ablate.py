@@ -46,7 +46,7 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
     """Knock out each path in each layer (and head); one row per knockout. Resumes an interrupted sweep."""
     from ablations.sweep import sweep
     from probes.attention import hooked_model
-    from probes.candidates import from_run
+    from probes.candidates import as_candidates
 
     from .data import plain_warnings
 
@@ -58,8 +58,7 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
 
     with plain_warnings(), rank_lock(out):
         scorer = hooked_model(model, max_length=max_length)
-        data = dataset if sample == "first" else from_run(dataset, split, run, k, max_queries=max_queries,
-                                                          sample=sample)
+        data = as_candidates(dataset, split, run, k, max_queries, sample)
         result = sweep(scorer, data, split, run, k, paths=paths, layers=layers, heads=hl or heads, mode=mode,
                        base=base, max_queries=max_queries, metrics=metrics, batch_size=batch_size,
                        strategy=strategy, out=out, restart=restart, show_progress_bar=True,
