@@ -176,6 +176,8 @@ class Demo:
         # finished stages of earlier runs stay valid (the identity of what they computed did not change)
         key = {"version": CACHE_VERSION, **{f: values[f] for f in fields
                                             if f not in KEYED_WHEN_SET or values[f] != defaults[f]}}
+        if any(f in key and key[f] is None for f in ("ce_steps", "masked_steps", "mice_steps", "late_steps")):
+            key["train_budget"] = "steps"  # the train preset's own steps, since 2026-11-30 without its wall clock
         if key.get("ce_until_beats_teacher"):
             key["beat_teacher_rule"] = BEAT_TEACHER_RULE  # when the cross-encoder stops depends on the rule
         if key.get("dataset_external"):  # a folder's spec stays the same when its files change: key its content
@@ -276,12 +278,10 @@ class Demo:
         return str(tiny_cross_encoder(folder / "tiny-backbone", family=TINY_BACKBONES[self.p.backbone], num_layers=4,
                                       hidden=64, heads=4, intermediate=128, local_attention=16, global_every=3))
 
-    def _train(self, folder: Path, mode: str, steps: int | None, **overrides) -> Path:
-        from .train import Trainer
+    def train_config(self, folder: Path, mode: str, steps: int | None, **overrides):
+        """The TrainConfig of one training stage: the train preset's recipe, the demo's steps and dev queries."""
         from .train.presets import preset
 
-        if (folder / "train_result.json").exists() and (folder / "train" / "best").exists():
-            return folder / "train" / "best"  # finished before the stage was interrupted
         if self.p.dev_queries:
             overrides["dev_queries"] = self.p.dev_queries
         overrides["dev_sample"] = self.p.dev_sample
@@ -292,9 +292,19 @@ class Demo:
                      seed=self.p.seed, overwrite=not resume, resume=resume, **overrides)
         if steps:  # the schedule decays to 0 at `steps`: evaluate once, at the end (unless told); checkpoint half-way
             # no evaluation at step 0 either: it measures the start model (the search and evaluation stages do)
-            cfg = cfg.updated({"max_steps": steps, "max_minutes": None, "eval_every": overrides.get("eval_every", steps),
+            cfg = cfg.updated({"max_steps": steps, "eval_every": overrides.get("eval_every", steps),
                                "eval_at_start": False,
                                "save_every": max(1, steps // 2), "warmup_steps": min(cfg.warmup_steps, steps // 10)})
+        # budgets are steps, never the train preset's wall clock: a loaded machine gives the same models, later
+        # (the full preset's 300-step masked model once stopped at step 187 after the quick preset's 5.5 minutes)
+        return cfg.updated({"max_minutes": None})
+
+    def _train(self, folder: Path, mode: str, steps: int | None, **overrides) -> Path:
+        from .train import Trainer
+
+        if (folder / "train_result.json").exists() and (folder / "train" / "best").exists():
+            return folder / "train" / "best"  # finished before the stage was interrupted
+        cfg = self.train_config(folder, mode, steps, **overrides)
         result = Trainer(cfg, quiet=self.console is None).train()
         (folder / "train_result.json").write_text(json.dumps(
             {k: v for k, v in asdict(result).items() if isinstance(v, (int, float, str, dict, type(None)))},

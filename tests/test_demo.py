@@ -177,3 +177,20 @@ def test_an_external_collection_without_a_test_split_is_refused_before_any_stage
     assert r.exit_code != 0 and f"external collection {ext}: no test split (it has dev, train)" in str(
         r.exception or r.output)
     assert not (tmp_path / "o").exists()
+
+
+def test_training_stages_are_bounded_by_steps_never_by_the_train_presets_clock(tmp_path):
+    """The full preset leaves the masked, MICE and late-interaction steps to the train preset (300), whose quick
+    recipe also stops after 5.5 minutes: the demo drops that clock, and only the stages it changes are re-keyed."""
+    from mice.demo import CACHE_VERSION, Demo, get_preset
+    from mice.train.presets import preset
+
+    full = Demo(tmp_path / "full", get_preset("full"))
+    assert preset("quick", "masked").max_minutes is not None  # the clock the demo must not inherit
+    for mode, steps in (("masked", None), ("mice", None), ("late-interaction", None), ("cross-encoder", 4000)):
+        cfg = full.train_config(tmp_path / mode, mode, steps, model="packaged:minilm")
+        assert cfg.max_minutes is None and cfg.max_steps == (steps or preset("quick", mode).max_steps), mode
+    assert full.key(("masked_steps",))["train_budget"] == "steps"
+    assert "train_budget" not in full.key(("ce_steps", "dev_queries"))  # its 6,103-s cross-encoder stays valid
+    assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_steps", "masked_steps", "mice_steps")) == {
+        "version": CACHE_VERSION, "ce_steps": 250, "masked_steps": 20, "mice_steps": 300}
