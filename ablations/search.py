@@ -62,6 +62,9 @@ class SearchConfig:
     finalists: int = 2
     max_rungs: int | None = None  # stop halving after this many rungs: whoever is left is a finalist
     seeds: tuple[int, ...] = (0, 1)
+    # promote on every seed from this rung on (None: the finalists only). One seed's score moves by as much as the
+    # tolerance (the full demo's search cut MICE's a = 1 at 100 steps on one seed), so a cut can be noise
+    seeded_from: int | None = None
     tolerance: float = 0.02
     metric: str = "ndcg@10"
     stages: tuple[str, ...] = STAGES
@@ -84,6 +87,8 @@ class SearchConfig:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         if self.sample not in SAMPLES:
             bad("sample", f"expected first or random, got {self.sample!r}")
+        if self.seeded_from is not None and self.seeded_from < 0:
+            bad("seeded_from", f"must be >= 0, got {self.seeded_from}")
         if self.max_rungs is not None and self.max_rungs < 1:
             bad("max_rungs", f"must be >= 1, got {self.max_rungs}")
         if self.eta < 2:
@@ -364,8 +369,9 @@ class Search:
             steps = cfg.steps * cfg.eta ** rung
             final = len(alive) <= cfg.finalists or (cfg.max_rungs is not None and rung == cfg.max_rungs - 1)
             scored = []
+            seeded = final or (cfg.seeded_from is not None and rung >= cfg.seeded_from)
             for cand in alive:
-                recs = [self.trained(cand, seed, steps) for seed in (cfg.seeds if final else cfg.seeds[:1])]
+                recs = [self.trained(cand, seed, steps) for seed in (cfg.seeds if seeded else cfg.seeds[:1])]
                 row, pq = self._row(cand, recs, rung, trained=True)
                 row["finalist"] = final
                 rows.append(row)
@@ -475,8 +481,7 @@ class Search:
                     "candidates_fingerprint": self.cands_fp, "reference": {m: float(np.mean(v)) for m, v in
                                                                            self.ref_pq.items()},
                     "decisions": decisions, "steps_trained_this_run": self.trained_steps,
-                    "steps_total": int(table.loc[table["trained"], "steps"].groupby(
-                        [table["stage"], table["candidate"]]).max().sum() + self._extra_seed_steps(table)),
+                    "steps_total": self._steps_total(table),
                     "elapsed_s": round(time.perf_counter() - t0, 2), "why": why}
             chosen_rows = table[table["chosen"]]
             derived = MiceConfig(
@@ -488,7 +493,8 @@ class Search:
                 source_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
                 tolerance=cfg.tolerance, metric=cfg.metric,
                 budget={"first_rung_steps": cfg.steps, "eta": cfg.eta, "finalists": cfg.finalists,
-                        "max_rungs": cfg.max_rungs,
+                        "max_rungs": cfg.max_rungs, **({"seeded_from": cfg.seeded_from}
+                                                       if cfg.seeded_from is not None else {}),
                         "seeds": list(cfg.seeds), "dev_queries": len(self.effects.qids), "k": cfg.k,
                         "steps_total": meta["steps_total"], "train_preset": cfg.train_preset},
                 provenance={"why": why, "reference": meta["reference"], "decisions": decisions,
@@ -499,10 +505,13 @@ class Search:
             derived.save(self.out / "derived.json")
         return SearchResult(table, pq_table, derived, meta)
 
-    def _extra_seed_steps(self, table: pd.DataFrame) -> int:
-        """Steps of the finalists' further seeds (each trains from scratch to the final rung)."""
-        fin = table[table["finalist"].astype(bool) & table["trained"]]
-        return int((fin["steps"] * (fin["n_seeds"] - 1)).sum())
+    @staticmethod
+    def _steps_total(table: pd.DataFrame) -> int:
+        """Training steps the search's table stands for: a seed, once used, continues to its candidate's last
+        rung, so each candidate costs its last rung's steps times that rung's seeds."""
+        t = table[table["trained"]]
+        last = t.loc[t.groupby(["stage", "candidate"])["rung"].idxmax()]
+        return int((last["steps"] * last["n_seeds"]).sum())
 
     def _why(self, table, mask_choice, layer_choice, decisions) -> str:
         m, tol = self.cfg.metric, self.cfg.tolerance

@@ -98,6 +98,8 @@ class DemoPreset:
     # under two seeds (the rung cap makes them the finalists): 90 + 100 steps
     search_eta: int = 3
     search_rungs: int | None = 2
+    # promote on every seed from this rung on (None: finalists only; SearchConfig.seeded_from)
+    search_seeded_from: int | None = None
     derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
     derive_max_steps: int | None = 12  # exact re-checks at most (structural cells need none)
     bench_docs: int = 32  # one batch; `mice bench latency` defaults to 100, the demo keeps its budget
@@ -107,7 +109,7 @@ class DemoPreset:
 
 
 KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight",
-                  "dev_sample", "dataset_external"}  # see `Demo.key`
+                  "dev_sample", "dataset_external", "search_seeded_from"}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
@@ -127,6 +129,9 @@ PRESETS = {
                        train_preset="quick", sweep_queries=200, exact_queries=100, check_queries=100,
                        derive_max_steps=48, search_steps=25, search_queries=100, search_seeds=(0, 1, 2),
                        search_eta=2, search_rungs=None,
+                       # its one-seed 100-step rung cut mask3(k=1) on a gap that seed noise spans (README): every
+                       # seed from the second rung on
+                       search_seeded_from=1,
                        bench_docs=100, bench_doc_lens=(128, 512), bench_repeats=10),
     "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
                        dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
@@ -411,7 +416,7 @@ class Demo:
                            train_preset=self.p.train_preset,
                            train=train, steps=self.p.search_steps, eta=self.p.search_eta,
                            finalists=self.p.search_finalists,
-                           max_rungs=self.p.search_rungs,
+                           max_rungs=self.p.search_rungs, seeded_from=self.p.search_seeded_from,
                            seeds=tuple(self.p.search_seeds), tolerance=self.p.search_tolerance,
                            max_interaction_layers=self.p.max_interaction_layers,
                            extra_masks=(str(self.path("derive", "mask.json")),))
@@ -597,7 +602,7 @@ class Demo:
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
         searched = derived + ("search_steps", "search_eta", "search_queries", "search_seeds", "search_finalists",
-                              "search_rungs",
+                              "search_rungs", "search_seeded_from",
                               "search_tolerance",
                               "max_interaction_layers")
         mice = searched + ("mice_steps",)

@@ -192,5 +192,7 @@ def test_training_stages_are_bounded_by_steps_never_by_the_train_presets_clock(t
         assert cfg.max_minutes is None and cfg.max_steps == (steps or preset("quick", mode).max_steps), mode
     assert full.key(("masked_steps",))["train_budget"] == "steps"
     assert "train_budget" not in full.key(("ce_steps", "dev_queries"))  # its 6,103-s cross-encoder stays valid
-    assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_steps", "masked_steps", "mice_steps")) == {
+    assert full.key(("search_seeded_from",))["search_seeded_from"] == 1
+    assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_steps", "masked_steps", "mice_steps",
+                                                          "search_seeded_from")) == {
         "version": CACHE_VERSION, "ce_steps": 250, "masked_steps": 20, "mice_steps": 300}

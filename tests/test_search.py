@@ -89,6 +89,23 @@ def test_a_rung_cap_sends_only_the_finalists_to_the_last_rung(env):
     assert promoted == set(t[t["rung"] == 1]["candidate"])
 
 
+def test_promotion_on_every_seed_from_a_rung(env, first):
+    """`seeded_from=1`: rung 0 on the first seed, every later rung on all seeds; the seeds continue rung to rung,
+    so the budget is each candidate's last steps times its seeds, and the same seed-0 runs are reused."""
+    res = search(config(env, stages=("mask",), seeded_from=1), env["root"] / "seeded")
+    t = res.table[res.table["trained"]]
+    rungs = t.groupby("rung").agg(n=("candidate", "size"), steps=("steps", "max"), seeds=("n_seeds", "min"))
+    assert rungs["n"].tolist() == [6, 3, 2] and rungs["seeds"].tolist() == [1, 2, 2]
+    last = t.loc[t.groupby("candidate")["rung"].idxmax()]
+    assert res.meta["steps_total"] == int((last["steps"] * last["n_seeds"]).sum()) == 3 * 2 + 1 * 4 * 2 + 2 * 8 * 2
+    assert res.config.budget["seeded_from"] == 1 and "seeded_from" not in first.config.budget
+    one = first.table[first.table["trained"] & (first.table["stage"] == "mask") & (first.table["rung"] == 0)]
+    pd.testing.assert_frame_equal(t[t["rung"] == 0].reset_index(drop=True)[["candidate", "ndcg@10"]],
+                                  one.reset_index(drop=True)[["candidate", "ndcg@10"]], check_exact=True)
+    with pytest.raises(MiceError, match="seeded_from"):
+        search(config(env, seeded_from=-1), env["root"] / "bad")
+
+
 def test_every_curve_point_records_its_steps(first):
     t = first.table
     assert t["steps"].notna().all() and (t.loc[~t["trained"], "steps"] == 0).all()

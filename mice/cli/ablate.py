@@ -340,6 +340,8 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
                max_rungs: Optional[int] = typer.Option(None, "--max-rungs", help="Stop halving after this many "
                                                        "rungs (whoever is left is a finalist)"),
                seeds: str = typer.Option("0,1", "--seeds", help="Seeds of the finalists (the first: every rung)"),
+               seeded_from: Optional[int] = typer.Option(None, "--seeded-from", help="Promote on every seed "
+                                                         "from this rung on (default: the finalists only)"),
                tolerance: float = typer.Option(0.02, "--tolerance", help="Largest relative dev loss against "
                                                "the best finalist or the cross-encoder"),
                metric: str = typer.Option("ndcg@10", "--metric", help="ndcg@10 or rr@10"),
@@ -367,6 +369,7 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
     cfg = SearchConfig(model=model, dataset=dataset, split=split, run=run, k=k, queries=queries, sample=sample,
                        train_preset=preset,
                        train=train, steps=steps, eta=eta, finalists=finalists, max_rungs=max_rungs, seeds=_ints(seeds, "--seeds"),
+                       seeded_from=seeded_from,
                        tolerance=tolerance, metric=metric.lower(),
                        stages=tuple(x.strip() for x in stages.split(",") if x.strip()),
                        merge_layers=_ints(merge_layers, "--merge-layers"),
