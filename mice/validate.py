@@ -71,6 +71,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "eta": (2, None, True),
     "finalists": (1, None, True),
     "max_rungs": (1, None, True),
+    "seeded_from": (0, None, True),  # `mice ablate search --seeded-from`: the first rung promoted on every seed
     "max_interaction_layers": (1, None, True),
 }
 
