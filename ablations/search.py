@@ -6,7 +6,9 @@ queries against the cross-encoder with per-query measures, bootstrap CIs and pai
 
 - **Stages.** `mask`: the paper's steps mask0 → mask1 → mask2 → mask3(k) for k in [1, L) (mask3(0) is mask2),
   plus any mask files proposed by the attribution screen. The chosen mask fixes the split a (its merge layer,
-  when it blocks `d->q` everywhere, i.e. the document is query-independent). `layers`: MICE-ℓa+b for each b.
+  when it blocks `d->q` everywhere, i.e. the document is query-independent). `layers`: MICE-ℓa+b for each b,
+  under each `[CLS]` cross-attention of `cls_cross` (none: the paper's text, where the last interaction layer's
+  cross-attention cannot reach the score; uniform: the authors' code, `[CLS]` reads the document's mean).
 - **Budget: successive halving, in steps.** Every candidate gets `steps` steps; the better 1/`eta` continues to
   `eta` times as many, and so on until `finalists` remain; with a `max_rungs` cap, the best `finalists` go on to
   the last rung. Those train the same number of steps under every seed of
@@ -72,6 +74,9 @@ class SearchConfig:
     extra_masks: tuple[str, ...] = ()  # mask files (e.g. the attribution screen's derived mask)
     contextual_layers: int | None = None  # a for the layer stage when the mask stage is not run
     max_interaction_layers: int | None = None
+    # the layer stage's `[CLS]` cross-attention modes (`MICEModel`): each b is a candidate under each. Same cost per
+    # b, so among equally efficient candidates within tolerance the more effective one is chosen
+    cls_cross: tuple[str, ...] = ("none",)
     batch_size: int = 32
 
     def validate(self) -> "SearchConfig":
@@ -101,6 +106,11 @@ class SearchConfig:
             bad("tolerance", f"must be in [0, 1), got {self.tolerance}")
         if self.metric not in ("ndcg@10", "rr@10"):
             bad("metric", f"{self.metric!r} (ndcg@10, rr@10)")
+        from mice.mice_model import CLS_CROSS_MODES
+
+        if not self.cls_cross or len(set(self.cls_cross)) != len(self.cls_cross) or \
+                not set(self.cls_cross) <= set(CLS_CROSS_MODES):
+            bad("cls_cross", f"expected distinct modes among {', '.join(CLS_CROSS_MODES)}, got {list(self.cls_cross)}")
         return self
 
 
@@ -116,6 +126,7 @@ class Candidate:
     a: int | None
     b: int | None
     efficiency: tuple
+    cls_cross: str = "none"  # MICE's `[CLS]` cross-attention (layer stage)
 
     @property
     def slug(self) -> str:
@@ -150,11 +161,15 @@ def mask_candidates(num_layers: int, merge_layers: Sequence[int] | None = None,
     return out
 
 
-def layer_candidates(a: int, num_layers: int, max_b: int | None = None) -> list[Candidate]:
+def layer_candidates(a: int, num_layers: int, max_b: int | None = None,
+                     cls_cross: Sequence[str] = ("none",)) -> list[Candidate]:
+    """MICE-ℓa+b for each b under each `[CLS]` cross-attention mode (named `MICE-l1+3` under none, the default,
+    and `MICE-l1+3 (uniform)`)."""
     top = num_layers - a if max_b is None else min(max_b, num_layers - a)
     if top < 1:
         raise MiceError(f"no interaction layers left above a={a} in a {num_layers}-layer model")
-    return [Candidate("layers", f"MICE-l{a}+{b}", "mice", None, a, b, (-b,)) for b in range(1, top + 1)]
+    return [Candidate("layers", f"MICE-l{a}+{b}" + ("" if mode == "none" else f" ({mode})"), "mice", None, a, b,
+                      (-b,), cls_cross=mode) for b in range(1, top + 1) for mode in cls_cross]
 
 
 @dataclass
@@ -210,14 +225,15 @@ class Search:
         self.base_identity = {"model": weights_fingerprint(cfg.model),
                               "data": dataset_identity(self.ds, [base.train_split])}
 
-    def _train_config(self, mode, mask, a, b, seed: int, steps: int, output: str):
+    def _train_config(self, mode, mask, a, b, seed: int, steps: int, output: str, cls_cross: str = "none"):
         from mice.train.presets import preset
 
         cfg = self.cfg
         settings = {"model": cfg.model, "dataset": cfg.dataset, "output": output, "seed": seed,
                     "dev_split": None, "lr_schedule": "constant", "max_minutes": None, "max_steps": steps,
                     "save_every": steps, "eval_every": steps, "resume": True, "overwrite": False,
-                    **({"mask": mask} if mode == "masked" else {"contextual_layers": a, "interaction_layers": b})}
+                    **({"mask": mask} if mode == "masked" else {"contextual_layers": a, "interaction_layers": b,
+                                                                "cls_cross_attention": cls_cross})}
         tc = preset(cfg.train_preset, mode, **{k: v for k, v in cfg.train.items() if k not in settings})
         # warmup is part of every rung's schedule: at most half the first rung
         return tc.updated({**settings, "warmup_steps": min(tc.warmup_steps, cfg.steps // 2)})
@@ -227,7 +243,8 @@ class Search:
         from mice.masks import InteractionMask
         from mice.train.loop import _BY_CONTENT, _RESUME_FREE
 
-        tc = self._train_config(cand.mode, cand.mask, cand.a, cand.b, seed=0, steps=1, output="-")
+        tc = self._train_config(cand.mode, cand.mask, cand.a, cand.b, seed=0, steps=1, output="-",
+                                cls_cross=cand.cls_cross)
         settings = {k: v for k, v in tc.to_dict().items()
                     if k not in _RESUME_FREE and k not in _BY_CONTENT and k != "seed"}
         what = {"mode": cand.mode}
@@ -300,7 +317,7 @@ class Search:
             else:
                 from mice.mice_model import MICEModel
 
-                tc = self._train_config("mice", None, cand.a, cand.b, 0, 1, "-")
+                tc = self._train_config("mice", None, cand.a, cand.b, 0, 1, "-", cls_cross=cand.cls_cross)
                 scorer = MICEModel.from_cross_encoder(self.cfg.model, contextual_layers=cand.a,
                                                       interaction_layers=cand.b, max_doc_length=tc.max_length,
                                                       max_query_length=tc.max_query_length,
@@ -318,7 +335,8 @@ class Search:
             from mice.train.loop import STATE_FILE, _checkpoint_step
 
             folder = self.folder(cand) / f"seed-{seed}"
-            tc = self._train_config(cand.mode, cand.mask, cand.a, cand.b, seed, steps, str(folder / "train"))
+            tc = self._train_config(cand.mode, cand.mask, cand.a, cand.b, seed, steps, str(folder / "train"),
+                                    cls_cross=cand.cls_cross)
             last = folder / "train" / "last"
             done = _checkpoint_step(last) if (last / STATE_FILE).exists() else 0
             if not isinstance(done, int) or done > steps:  # a later rung of another search: retrain to `steps`
@@ -345,7 +363,8 @@ class Search:
         pq = {m: np.mean([r["measures"][m] for r in recs], axis=0)[None] for m in MEASURES}
         s = self.effects.summarize(pq, n_boot=1000, seed=0).iloc[0].to_dict()
         row = {"stage": cand.stage, "candidate": cand.name, "mode": cand.mode, "mask": cand.mask, "a": cand.a,
-               "b": cand.b, "efficiency": json.dumps(list(cand.efficiency)), "trained": trained,
+               "b": cand.b, "cls_cross": cand.cls_cross if cand.mode == "mice" else None,
+               "efficiency": json.dumps(list(cand.efficiency)), "trained": trained,
                "rung": -1 if rung is None else rung, "steps": int(recs[0]["steps"]),
                "seeds": ",".join(str(r["seed"]) for r in recs) if trained else "", "n_seeds": len(recs) if trained else 0,
                "queries": len(self.effects.qids),
@@ -414,7 +433,8 @@ class Search:
             row["within_tolerance"] = row["rel_loss"] <= self.cfg.tolerance + 1e-12 and not row["collapsed"]
             if row["within_tolerance"]:
                 ok.append((cand, row))
-        chosen = max(ok, key=lambda cr: cr[0].efficiency) if ok else None
+        # equally efficient (one b under two [CLS] modes): the more effective
+        chosen = max(ok, key=lambda cr: (cr[0].efficiency, cr[1][m])) if ok else None
         for cand, row in finalists:
             row["chosen"] = chosen is not None and cand.name == chosen[0].name
         return (chosen[0] if chosen else None), {"best": best, "reference": ref, "best_is_reference":
@@ -448,7 +468,8 @@ class Search:
             layer_choice = None
             if "layers" in cfg.stages and a is not None and ("mask" not in cfg.stages or mask_choice is not None):
                 self.log(f"layer stage (a = {a})")
-                fin = self._stage(layer_candidates(a, self.num_layers, cfg.max_interaction_layers), rows, per_query)
+                fin = self._stage(layer_candidates(a, self.num_layers, cfg.max_interaction_layers, cfg.cls_cross),
+                                  rows, per_query)
                 layer_choice, decisions["layers"] = self._choose(fin, controls=mask_finalists,
                                                                with_reference="mask" not in cfg.stages)
             table = pd.DataFrame(rows)
@@ -488,6 +509,7 @@ class Search:
                 decision=decision, num_layers=self.num_layers,
                 contextual_layers=a if decision == "mice" else None,
                 interaction_layers=layer_choice.b if layer_choice is not None else None,
+                cls_cross_attention=layer_choice.cls_cross if layer_choice is not None else None,
                 mask=None if mask is None else InteractionMask(mask.num_layers, mask.rules, name=mask.name,
                                                                provenance={"method": "trained search"}).to_dict(),
                 source_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,

@@ -71,8 +71,9 @@ class DemoPreset:
     late_steps: int | None = 30
     dev_queries: int | None = 30  # dev queries of the training runs' evaluations (None: the train preset's)
     # which: "first" N by id, or "random" N (TrainConfig.dev_sample). Ids sort by package, so the first 200 of
-    # embedded:docs/dev are matplotlib, numpy and pandas only, while torch and scipy hold half the test queries
-    dev_sample: str = "first"
+    # embedded:docs/dev are matplotlib, numpy and pandas only, while torch and scipy hold half the test queries.
+    # Random since 2026-11-30 (the quick preset measured 14:58 from nothing with it, README)
+    dev_sample: str = "random"
     max_interaction_layers: int | None = 4  # the largest b the trained search tries
     probe_queries: int = 20
     # dev queries screened by attribution patching (every layer x head x path) and swept exactly (layer x path):
@@ -100,6 +101,8 @@ class DemoPreset:
     search_rungs: int | None = 2
     # promote on every seed from this rung on (None: finalists only; SearchConfig.seeded_from)
     search_seeded_from: int | None = None
+    # MICE's [CLS] cross-attention modes the search's layer stage tries for each b (SearchConfig.cls_cross)
+    search_cls_cross: tuple[str, ...] = ("none",)
     derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
     derive_max_steps: int | None = 12  # exact re-checks at most (structural cells need none)
     bench_docs: int = 32  # one batch; `mice bench latency` defaults to 100, the demo keeps its budget
@@ -108,16 +111,18 @@ class DemoPreset:
     seed: int = 0
 
 
+# what a KEYED_WHEN_SET field is compared with when it is not its field's current default: the value stages were
+# computed under before the field existed or changed (the demo took the first dev queries by id until 2026-11-30)
+KEYED_AGAINST = {"dev_sample": "first"}
 KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight",
-                  "dev_sample", "dataset_external", "search_seeded_from"}  # see `Demo.key`
+                  "dev_sample", "dataset_external", "search_seeded_from", "search_cls_cross"}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
 
 PRESETS = {
-    # dev queries still the first N by id, as in the run the README reports: there the search's 40 were all
-    # matplotlib and the sweep's 100 had no torch or scipy. `mice demo --dev-sample random` draws them at random;
-    # the preset switches once that run is measured (its MICE decision and its 20-minute budget)
+    # dev queries at random since 2026-11-30 (the first 40 by id were all matplotlib); `--dev-sample first` is the
+    # earlier runs' draw, whose cached stages keep their keys
     "quick": DemoPreset(),
     # full: the cross-encoder's stop rule (beat the bi-encoder on dev) is read on 200 dev queries: on the quick
     # preset's 50 it stopped at step 500 on noise (dev RR@10 0.477 vs 0.466; on the 503 test queries 0.499 vs 0.513)
@@ -176,7 +181,7 @@ class Demo:
 
     def key(self, fields) -> dict:
         """What a stage depends on: the preset fields it (or a stage before it) reads, and the code version."""
-        values, defaults = asdict(self.p), asdict(DemoPreset())
+        values, defaults = asdict(self.p), {**asdict(DemoPreset()), **KEYED_AGAINST}
         # fields added within a cache version enter the key only when set away from their default, so that
         # finished stages of earlier runs stay valid (the identity of what they computed did not change)
         key = {"version": CACHE_VERSION, **{f: values[f] for f in fields
@@ -419,6 +424,7 @@ class Demo:
                            max_rungs=self.p.search_rungs, seeded_from=self.p.search_seeded_from,
                            seeds=tuple(self.p.search_seeds), tolerance=self.p.search_tolerance,
                            max_interaction_layers=self.p.max_interaction_layers,
+                           cls_cross=tuple(self.p.search_cls_cross),
                            extra_masks=(str(self.path("derive", "mask.json")),))
         res = search(cfg, folder, log=self.console.print if self.console else None)
         return {"decision": res.config.decision, "a": res.config.contextual_layers,
@@ -458,8 +464,11 @@ class Demo:
                    "cross-encoder": "nothing was within tolerance: the demo keeps the cross-encoder"}
             return {"skipped": why[self.derived().decision]}
         a, b = layers
-        best = self._train(folder, "mice", self.p.mice_steps, model=str(self.ce_path()), contextual_layers=a,
-                           interaction_layers=b)
+        # a, b and the [CLS] cross-attention as `mice train --config derived.json` reads them
+        settings = self.derived().train_settings("mice", self.path("search", "derived.json"))
+        settings.update(model=str(self.ce_path()))
+        settings.pop("mode")
+        best = self._train(folder, "mice", self.p.mice_steps, **settings)
         scorer = load_scorer(best)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "mice", every_query=self.every_query(domain))
@@ -602,7 +611,7 @@ class Demo:
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
         searched = derived + ("search_steps", "search_eta", "search_queries", "search_seeds", "search_finalists",
-                              "search_rungs", "search_seeded_from",
+                              "search_rungs", "search_seeded_from", "search_cls_cross",
                               "search_tolerance",
                               "max_interaction_layers")
         mice = searched + ("mice_steps",)

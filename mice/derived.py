@@ -31,6 +31,8 @@ class MiceConfig:
     num_layers: int
     contextual_layers: int | None = None  # a
     interaction_layers: int | None = None  # b
+    # MICE's `[CLS]` cross-attention (none | uniform, `MICEModel`); None in files written before it was searched
+    cls_cross_attention: str | None = None
     mask: dict | None = None  # a mice-mask/2 object
     source_model: str | None = None  # the cross-encoder the search fine-tuned from (and distilled)
     tolerance: float | None = None
@@ -46,6 +48,12 @@ class MiceConfig:
             raise ConfigFileError("decision 'mice' needs contextual_layers (a) and interaction_layers (b)")
         if self.decision in ("mice", "masked") and self.mask is None:
             raise ConfigFileError(f"decision {self.decision!r} needs a mask")
+        if self.cls_cross_attention is not None:
+            from .mice_model import CLS_CROSS_MODES
+
+            if self.cls_cross_attention not in CLS_CROSS_MODES:
+                raise ConfigFileError(f"cls_cross_attention {self.cls_cross_attention!r} is not one of "
+                                      f"{', '.join(CLS_CROSS_MODES)}")
 
     # ------------------------------------------------------------------------------------------ file
     def to_dict(self) -> dict:
@@ -104,6 +112,8 @@ class MiceConfig:
             settings["model"] = self.source_model
         if mode == "mice":
             settings.update(contextual_layers=self.contextual_layers, interaction_layers=self.interaction_layers)
+            if self.cls_cross_attention:
+                settings["cls_cross_attention"] = self.cls_cross_attention
         else:
             settings["mask"] = str(path)
         return settings
@@ -112,7 +122,8 @@ class MiceConfig:
         lines = [f"{self.name}: {FORMAT}, decision {self.decision}"]
         if self.decision == "mice":
             lines.append(f"MICE-ℓ{self.contextual_layers}+{self.interaction_layers}: a = {self.contextual_layers} "
-                         f"contextual layers, b = {self.interaction_layers} interaction layers")
+                         f"contextual layers, b = {self.interaction_layers} interaction layers"
+                         + (f", [CLS] cross-attention {self.cls_cross_attention}" if self.cls_cross_attention else ""))
         lines.append(f"tolerance {self.tolerance} on dev {self.metric}; source {self.source_model}")
         if self.budget:
             lines.append("budget: " + ", ".join(f"{k} {v}" for k, v in self.budget.items()))

@@ -321,7 +321,8 @@ def _search_section(root: Path, figure) -> list[str]:
     both = zero.merge(first, on=["stage", "candidate"], suffixes=(" zero-shot", " trained"))
     lines += ["Zero-shot (the cross-encoder under the mask, or MICE built from it, untrained) beside the same "
               "candidate after the first rung's steps:", "", _md(both), ""]
-    verdict = {"mice": f"**MICE-ℓ{derived.contextual_layers}+{derived.interaction_layers}**",
+    mode = f" (`[CLS]` cross-attention {derived.cls_cross_attention})" if derived.cls_cross_attention else ""
+    verdict = {"mice": f"**MICE-ℓ{derived.contextual_layers}+{derived.interaction_layers}**{mode}",
                "masked": "a masked cross-encoder only (no MICE split)",
                "cross-encoder": "**nothing: the demo keeps the cross-encoder**"}[derived.decision]
     lines += [f"Derived configuration (`search/derived.json`, mice-config/1): {verdict}. Why: {meta['why']}.", ""]

@@ -102,14 +102,15 @@ def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_pa
     quick = Demo(tmp_path / "quick", get_preset("quick")).key(fields)
     assert full["beat_teacher_rule"] == BEAT_TEACHER_RULE and full["ce_until_beats_teacher"] is True
     assert "beat_teacher_rule" not in quick and "ce_until_beats_teacher" not in quick
-    # a random dev sample keys the stages; presets that keep the first queries by id keep their key; mined
-    # negatives and the Margin-MSE weight key them only where a preset sets them
+    # a random dev sample (every preset's since 2026-11-30) keys the stages; the first queries by id, the draw
+    # before then, keep their earlier key; mined negatives and the Margin-MSE weight key them only where set
     more = ("dev_sample", "ce_negative_miner", "ce_distill_weight")
     assert Demo(tmp_path / "full", get_preset("full")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random",
                                                                       "ce_distill_weight": 0.3}
-    assert Demo(tmp_path / "quick", get_preset("quick")).key(more) == {"version": CACHE_VERSION}
-    drawn = Demo(tmp_path / "q", get_preset("quick", dev_sample="random")).key(more)
-    assert drawn == {"version": CACHE_VERSION, "dev_sample": "random"}
+    assert get_preset("quick").dev_sample == "random"
+    assert Demo(tmp_path / "quick", get_preset("quick")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random"}
+    legacy = Demo(tmp_path / "q", get_preset("quick", dev_sample="first")).key(more)
+    assert legacy == {"version": CACHE_VERSION}
     mined = Demo(tmp_path / "m", get_preset("quick", ce_negative_miner="biencoder:packaged")).key(more)
     assert mined["ce_negative_miner"] == "biencoder:packaged"
 
@@ -120,7 +121,7 @@ def test_the_knockout_stages_draw_their_dev_queries_as_dev_sample_says(tmp_path)
     from mice.demo import Demo, get_preset
     from probes.candidates import from_run
 
-    first = Demo(tmp_path / "run", get_preset("tiny"))
+    first = Demo(tmp_path / "run", get_preset("tiny", dev_sample="first"))
     (tmp_path / "run" / "bm25").mkdir(parents=True)
     first.stage_bm25(tmp_path / "run" / "bm25")
     rand = Demo(tmp_path / "run", get_preset("tiny", dev_sample="random"))

@@ -201,6 +201,41 @@ def test_derived_config_round_trips_through_train_in_both_modes(env):
     assert "cls" in shown.output  # the mask's allow-table follows the configuration
 
 
+def test_the_layer_stage_tries_both_cls_cross_attentions_and_the_file_carries_the_choice(env):
+    """`cls_cross=("none", "uniform")`: every b under both modes (b = 1 collapses under none only, since its
+    `[CLS]` never reads the document); the none candidates keep the keys of a none-only search, so widening to
+    uniform reuses them; the chosen mode reaches `mice train --config` and the saved model."""
+    from mice.mice_model import MICEModel
+
+    out = env["root"] / "cls-cross"
+    narrow = search(config(env, stages=("layers",), contextual_layers=1, tolerance=0.9), out)
+    evals = {p: p.read_bytes() for p in out.glob("candidates/*/seed-*/eval-*.json")}
+    res = search(config(env, stages=("layers",), contextual_layers=1, tolerance=0.9, cls_cross=("none", "uniform")),
+                 out)
+    for p, content in evals.items():
+        assert p.read_bytes() == content  # the none candidates were reused, not retrained
+    t = res.table[res.table["trained"] & (res.table["rung"] == 0)]
+    assert sorted(zip(t["b"], t["cls_cross"])) == [(b, m) for b in (1, 2, 3) for m in ("none", "uniform")]
+    assert set(t.loc[t["cls_cross"] == "none", "candidate"]) == set(narrow.table.loc[narrow.table["trained"]
+                                                                                    & (narrow.table["rung"] == 0),
+                                                                                    "candidate"])
+    b1 = t[t["b"] == 1].set_index("cls_cross")["collapsed"]
+    assert b1["none"] and not b1["uniform"]
+    chosen = res.table[res.table["chosen"]].iloc[0]
+    cfg = MiceConfig.load(out / "derived.json")
+    assert (cfg.interaction_layers, cfg.cls_cross_attention) == (chosen["b"], chosen["cls_cross"])
+    r = runner.invoke(app, ["train", "--preset", "tiny", "--config", str(out / "derived.json"), "-d", env["data"],
+                            "--max-steps", "2", "--quiet", "--mode", "mice", "-o", str(env["root"] / "t-cls")])
+    assert r.exit_code == 0, r.output
+    assert MICEModel.from_pretrained(env["root"] / "t-cls" / "best").mice_config.cls_cross_attention == \
+        chosen["cls_cross"]
+    with pytest.raises(MiceError, match="cls_cross"):
+        config(env, cls_cross=("none", "mean")).validate()
+    with pytest.raises(MiceError, match="cls_cross_attention 'mean'"):
+        MiceConfig(decision="mice", num_layers=4, contextual_layers=1, interaction_layers=2, mask={},
+                   cls_cross_attention="mean")
+
+
 def test_a_decision_without_mice_refuses_mice_training(env, first, tmp_path):
     cfg = MiceConfig(decision="cross-encoder", num_layers=4, tolerance=0.01)
     path = cfg.save(tmp_path / "none.json")
@@ -256,6 +291,12 @@ def test_tolerance_is_against_the_best_trained_finalist():
               for b, v in ((2, 0.30), (3, 0.31))]
     chosen, d = s._choose(layers, controls=[{"ndcg@10": 0.46, "collapsed": False}])
     assert chosen is None and d["best"] == 0.46
+    # one b under two [CLS] modes costs the same: the more effective of them is chosen, whichever comes first
+    both = [(Candidate("layers", n, "mice", None, 1, 3, (-3,), cls_cross=m), {"ndcg@10": v, "collapsed": False})
+            for n, m, v in (("MICE-l1+3", "none", 0.44), ("MICE-l1+3 (uniform)", "uniform", 0.45))]
+    for rows in (both, both[::-1]):
+        chosen, _ = s._choose(rows, controls=[{"ndcg@10": 0.46, "collapsed": False}])
+        assert chosen.cls_cross == "uniform"
 
 
 def test_the_report_says_why_there_is_no_mice(first):

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 
-def demo(preset: str = typer.Option("quick", "--preset", help="quick (19 min from nothing on 2 CPU cores, measured 2026-11-30), full (hours), or tiny"),
+def demo(preset: str = typer.Option("quick", "--preset", help="quick (15 min from nothing on 2 CPU cores, measured 2026-11-30), full (hours), or tiny"),
          out: str = typer.Option("runs/demo", "--out", help="Output folder (stages already there are reused)"),
          threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
          backbone: Optional[str] = typer.Option(None, "--backbone", help="The encoder the cross-encoder is trained "
