@@ -13,6 +13,10 @@ queries against the cross-encoder with per-query measures, bootstrap CIs and pai
   `eta` times as many, and so on until `finalists` remain; with a `max_rungs` cap, the best `finalists` go on to
   the last rung. Those train the same number of steps under every seed of
   `seeds`. Curves are drawn from one rung only (`curve`), so every point of a curve had the same steps.
+- **Promotion** (`promote`). `efficient` (default): the rung's best, then every candidate within `tolerance` of
+  it from the most efficient down, then the rest by effectiveness, so that the candidate the final rule would
+  choose reaches the finalists (ranking by effectiveness alone sends the most effective, i.e. least restrictive,
+  masks on and cuts the efficient ones that are within tolerance); `best`: by effectiveness only.
 - **Choice.** Among finalists (seed-averaged), the most efficient (mask stage: largest a, then the most
   restrictive step; layer stage: smallest b) whose dev effectiveness is within `tolerance` (relative) of the
   best trained finalist (the layer stage: of both stages). Trained rows are compared with trained rows because
@@ -44,6 +48,7 @@ from mice.train.devset import SAMPLES
 STAGES = ("mask", "layers")
 MEASURES = ("ndcg@10", "rr@10", "delta_ndcg@10", "delta_rr@10", "delta_margin", "kendall_tau")
 STEP_NAMES = ("mask0", "mask1", "mask2")  # the paper's steps before the merge layer
+PROMOTE = ("efficient", "best")
 
 
 @dataclass
@@ -69,6 +74,7 @@ class SearchConfig:
     seeded_from: int | None = None
     tolerance: float = 0.02
     metric: str = "ndcg@10"
+    promote: str = "efficient"  # efficient | best (see the module docstring)
     stages: tuple[str, ...] = STAGES
     merge_layers: tuple[int, ...] | None = None  # k of mask3(k) (default: 1..L-1)
     extra_masks: tuple[str, ...] = ()  # mask files (e.g. the attribution screen's derived mask)
@@ -106,6 +112,8 @@ class SearchConfig:
             bad("tolerance", f"must be in [0, 1), got {self.tolerance}")
         if self.metric not in ("ndcg@10", "rr@10"):
             bad("metric", f"{self.metric!r} (ndcg@10, rr@10)")
+        if self.promote not in PROMOTE:
+            bad("promote", f"{self.promote!r} ({', '.join(PROMOTE)})")
         from mice.mice_model import CLS_CROSS_MODES
 
         if not self.cls_cross or len(set(self.cls_cross)) != len(self.cls_cross) or \
@@ -401,14 +409,30 @@ class Search:
             keep = max(cfg.finalists, math.ceil(len(alive) / cfg.eta))
             if cfg.max_rungs is not None and rung + 1 == cfg.max_rungs - 1:
                 keep = cfg.finalists  # the next rung is the last the budget allows: only the finalists go on
-            ranked = sorted(scored, key=lambda cr: (cr[1]["collapsed"], -cr[1][cfg.metric],
-                                                    [-e for e in cr[0].efficiency]))
+            ranked = self._promotion_order(scored)
             promoted = {c.name for c, _ in ranked[:keep]}
             for c, r in scored:
                 r["promoted"] = c.name in promoted
             self.log(f"  rung {rung} ({steps} steps): promoted " + ", ".join(c.name for c, _ in ranked[:keep]))
             alive = [c for c, _ in ranked[:keep]]
             rung += 1
+
+    def _promotion_order(self, scored: list[tuple[Candidate, dict]]) -> list[tuple[Candidate, dict]]:
+        """Who goes on first (`promote`): by effectiveness (`best`); or (`efficient`) the rung's best, then the
+        candidates within tolerance of it from the most efficient down, then the rest by effectiveness. Collapsed
+        candidates go last either way."""
+        from .metrics import relative_loss
+
+        m = self.cfg.metric
+        ranked = sorted(scored, key=lambda cr: (cr[1]["collapsed"], -cr[1][m], [-e for e in cr[0].efficiency]))
+        if self.cfg.promote == "best" or not ranked or ranked[0][1]["collapsed"]:
+            return ranked
+        best = ranked[0][1][m]
+        within = [cr for cr in ranked[1:] if not cr[1]["collapsed"]
+                  and relative_loss(best, cr[1][m]) <= self.cfg.tolerance + 1e-12]
+        within.sort(key=lambda cr: (cr[0].efficiency, cr[1][m]), reverse=True)
+        names = {ranked[0][0].name} | {c.name for c, _ in within}
+        return [ranked[0], *within, *[cr for cr in ranked if cr[0].name not in names]]
 
     def _choose(self, finalists: list[tuple[Candidate, dict]], controls: Sequence[dict] = (),
                 with_reference: bool = False) -> tuple[Candidate | None, dict]:
@@ -514,7 +538,7 @@ class Search:
                                                                provenance={"method": "trained search"}).to_dict(),
                 source_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
                 tolerance=cfg.tolerance, metric=cfg.metric,
-                budget={"first_rung_steps": cfg.steps, "eta": cfg.eta, "finalists": cfg.finalists,
+                budget={"first_rung_steps": cfg.steps, "eta": cfg.eta, "finalists": cfg.finalists, "promote": cfg.promote,
                         "max_rungs": cfg.max_rungs, **({"seeded_from": cfg.seeded_from}
                                                        if cfg.seeded_from is not None else {}),
                         "seeds": list(cfg.seeds), "dev_queries": len(self.effects.qids), "k": cfg.k,

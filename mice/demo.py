@@ -101,6 +101,9 @@ class DemoPreset:
     search_rungs: int | None = 2
     # promote on every seed from this rung on (None: finalists only; SearchConfig.seeded_from)
     search_seeded_from: int | None = None
+    # who goes on to the search's next rung (SearchConfig.promote): since 2026-11-30 "efficient", the best and then
+    # those within tolerance of it, most efficient first; "best" (by effectiveness alone) was the earlier rule
+    search_promote: str = "efficient"
     # MICE's [CLS] cross-attention modes the search's layer stage tries for each b (SearchConfig.cls_cross)
     search_cls_cross: tuple[str, ...] = ("none",)
     derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
@@ -113,9 +116,10 @@ class DemoPreset:
 
 # what a KEYED_WHEN_SET field is compared with when it is not its field's current default: the value stages were
 # computed under before the field existed or changed (the demo took the first dev queries by id until 2026-11-30)
-KEYED_AGAINST = {"dev_sample": "first"}
+KEYED_AGAINST = {"dev_sample": "first", "search_promote": "best"}
 KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight",
-                  "dev_sample", "dataset_external", "search_seeded_from", "search_cls_cross"}  # see `Demo.key`
+                  "dev_sample", "dataset_external", "search_seeded_from", "search_cls_cross",
+                  "search_promote"}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
@@ -175,8 +179,7 @@ class Demo:
         self.out = Path(out)
         self.p = preset
         self.console = console
-        if preset.dataset_external:
-            self.check_external()  # before the output folder is made
+        self.external_fingerprint = self.check_external() if preset.dataset_external else None  # before any folder
         self.pipe = Pipeline(self.out, console=console, fingerprint={"preset": asdict(preset)})
 
     def key(self, fields) -> dict:
@@ -191,9 +194,7 @@ class Demo:
         if key.get("ce_until_beats_teacher"):
             key["beat_teacher_rule"] = BEAT_TEACHER_RULE  # when the cross-encoder stops depends on the rule
         if key.get("dataset_external"):  # a folder's spec stays the same when its files change: key its content
-            from .data import load_dataset
-
-            key["dataset_external_fingerprint"] = load_dataset(key["dataset_external"]).fingerprint()
+            key["dataset_external_fingerprint"] = self.external_fingerprint
         return key
 
     # ---- paths of artefacts produced by earlier stages
@@ -208,15 +209,17 @@ class Demo:
             out["ext"] = self.p.dataset_external
         return out
 
-    def check_external(self) -> None:
-        """Fail before any stage runs when the external collection cannot be evaluated (it needs a test split)."""
+    def check_external(self) -> str:
+        """Fail before any stage runs when the external collection cannot be evaluated (it needs a test split);
+        else its content fingerprint, which keys the stages (loaded once per run)."""
         from .data import load_dataset
         from .errors import MiceError
 
         spec = self.p.dataset_external
-        splits = load_dataset(spec).splits
-        if "test" not in splits:
-            raise MiceError(f"external collection {spec}: no test split (it has {', '.join(splits) or 'none'})")
+        ds = load_dataset(spec)
+        if "test" not in ds.splits:
+            raise MiceError(f"external collection {spec}: no test split (it has {', '.join(ds.splits) or 'none'})")
+        return ds.fingerprint()
 
     def every_query(self, domain: str) -> bool:
         """Whether the cross-encoder and MICE re-rank every test query of `domain`: the preset's domains, and
@@ -424,7 +427,7 @@ class Demo:
                            max_rungs=self.p.search_rungs, seeded_from=self.p.search_seeded_from,
                            seeds=tuple(self.p.search_seeds), tolerance=self.p.search_tolerance,
                            max_interaction_layers=self.p.max_interaction_layers,
-                           cls_cross=tuple(self.p.search_cls_cross),
+                           cls_cross=tuple(self.p.search_cls_cross), promote=self.p.search_promote,
                            extra_masks=(str(self.path("derive", "mask.json")),))
         res = search(cfg, folder, log=self.console.print if self.console else None)
         return {"decision": res.config.decision, "a": res.config.contextual_layers,
@@ -611,7 +614,7 @@ class Demo:
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
         searched = derived + ("search_steps", "search_eta", "search_queries", "search_seeds", "search_finalists",
-                              "search_rungs", "search_seeded_from", "search_cls_cross",
+                              "search_rungs", "search_seeded_from", "search_cls_cross", "search_promote",
                               "search_tolerance",
                               "max_interaction_layers")
         mice = searched + ("mice_steps",)

@@ -299,6 +299,31 @@ def test_tolerance_is_against_the_best_trained_finalist():
         assert chosen.cls_cross == "uniform"
 
 
+def test_promotion_carries_the_efficient_candidates_within_tolerance():
+    """`promote="efficient"`: the rung's best goes on (it sets the bar), then whoever is within tolerance of it,
+    most efficient first, so that what the final rule would choose is not cut for being less effective than
+    masks that keep `d->q`; `best` ranks by effectiveness alone. Collapsed candidates go last."""
+    from ablations.search import Candidate, Search, SearchConfig
+
+    def rung(*rows):
+        return [(Candidate("mask", n, "masked", n, a, None, eff), {"ndcg@10": v, "collapsed": c})
+                for n, a, eff, v, c in rows]
+
+    rows = rung(("mask0", None, (0, 0), 0.4174, False), ("mask1", None, (0, 1), 0.4266, False),
+                ("mask2", 0, (0, 2), 0.4222, False), ("mask3(k=1)", 1, (1, 3), 0.4168, False),
+                ("mask3(k=2)", 2, (2, 3), 0.4101, False), ("mask3(k=3)", 3, (3, 3), 0.30, False),
+                ("mask3(k=5)", 5, (5, 3), 0.4300, True))
+    s = Search.__new__(Search)
+    s.cfg = SearchConfig(model="-", tolerance=0.05)
+    order = [c.name for c, _ in s._promotion_order(rows)]
+    # 0.4101 is 3.9% below 0.4266; mask3(k=3) is 30% below; the collapsed one is last despite its score
+    assert order == ["mask1", "mask3(k=2)", "mask3(k=1)", "mask2", "mask0", "mask3(k=3)", "mask3(k=5)"]
+    s.cfg = SearchConfig(model="-", tolerance=0.05, promote="best")
+    assert [c.name for c, _ in s._promotion_order(rows)][:3] == ["mask1", "mask2", "mask0"]
+    with pytest.raises(MiceError, match="promote"):
+        SearchConfig(model="-", promote="all").validate()
+
+
 def test_the_report_says_why_there_is_no_mice(first):
     """Without a MICE decision the report names the best document-independent candidate with its CI."""
     from mice.report import _no_mice

@@ -345,6 +345,9 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
                tolerance: float = typer.Option(0.02, "--tolerance", help="Largest relative dev loss against "
                                                "the best finalist or the cross-encoder"),
                metric: str = typer.Option("ndcg@10", "--metric", help="ndcg@10 or rr@10"),
+               promote: str = typer.Option("efficient", "--promote", help="Who goes on to the next rung: "
+                                           "efficient (the best, then those within tolerance of it, most "
+                                           "efficient first) or best (by effectiveness only)"),
                stages: str = typer.Option("mask,layers", "--stages", help="mask (mask0..mask3(k)), layers "
                                           "(MICE-ℓa+b for each b), or both"),
                merge_layers: Optional[str] = typer.Option(None, "--merge-layers", help="k of mask3(k) (default "
@@ -372,7 +375,7 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
                        train_preset=preset,
                        train=train, steps=steps, eta=eta, finalists=finalists, max_rungs=max_rungs, seeds=_ints(seeds, "--seeds"),
                        seeded_from=seeded_from,
-                       tolerance=tolerance, metric=metric.lower(),
+                       tolerance=tolerance, metric=metric.lower(), promote=promote,
                        stages=tuple(x.strip() for x in stages.split(",") if x.strip()),
                        merge_layers=_ints(merge_layers, "--merge-layers"),
                        extra_masks=tuple(str(p) for p in extra_masks or ()), contextual_layers=contextual_layers,
