@@ -111,6 +111,11 @@ def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_pa
     assert Demo(tmp_path / "quick", get_preset("quick")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random"}
     legacy = Demo(tmp_path / "q", get_preset("quick", dev_sample="first")).key(more)
     assert legacy == {"version": CACHE_VERSION}
+    # the search's promotion rule re-keys the search stage (and those after it) only: "best" was the earlier rule
+    assert Demo(tmp_path / "quick", get_preset("quick")).key(("search_promote", "search_cls_cross")) == {
+        "version": CACHE_VERSION, "search_promote": "efficient"}
+    assert Demo(tmp_path / "q", get_preset("quick", search_promote="best")).key(("search_promote",)) == {
+        "version": CACHE_VERSION}
     mined = Demo(tmp_path / "m", get_preset("quick", ce_negative_miner="biencoder:packaged")).key(more)
     assert mined["ce_negative_miner"] == "biencoder:packaged"
 
