@@ -460,22 +460,21 @@ class Demo:
     def stage_mice(self, folder: Path) -> dict:
         from .models import load_scorer
 
-        layers = self.mice_layers()
-        if layers is None:
+        derived = self.derived()
+        if derived.decision != "mice":
             why = {"masked": "the search's decision is a masked cross-encoder: no document-independent mask was "
                              "within tolerance, so there is no MICE split",
                    "cross-encoder": "nothing was within tolerance: the demo keeps the cross-encoder"}
-            return {"skipped": why[self.derived().decision]}
-        a, b = layers
+            return {"skipped": why[derived.decision]}
         # a, b and the [CLS] cross-attention as `mice train --config derived.json` reads them
-        settings = self.derived().train_settings("mice", self.path("search", "derived.json"))
+        settings = derived.train_settings("mice", self.path("search", "derived.json"))
         settings.update(model=str(self.ce_path()))
         settings.pop("mode")
         best = self._train(folder, "mice", self.p.mice_steps, **settings)
         scorer = load_scorer(best)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "mice", every_query=self.every_query(domain))
-        return {"model": str(best.relative_to(folder)), "a": a, "b": b}
+        return {"model": str(best.relative_to(folder)), "a": derived.contextual_layers, "b": derived.interaction_layers}
 
     def stage_late_interaction(self, folder: Path) -> dict:
         """The trained late-interaction baseline: the cross-encoder's encoder + a 128-d projection, MaxSim,
