@@ -462,8 +462,10 @@ class Demo:
 
         derived = self.derived()
         if derived.decision != "mice":
-            why = {"masked": "the search's decision is a masked cross-encoder: no document-independent mask was "
-                             "within tolerance, so there is no MICE split",
+            # a masked decision can come with a split (a) but no number of interaction layers b within
+            # tolerance (the full preset on 2026-12-01): report.md says which
+            why = {"masked": "the search's decision is a masked cross-encoder: no MICE configuration was within "
+                             "tolerance (report.md: why)",
                    "cross-encoder": "nothing was within tolerance: the demo keeps the cross-encoder"}
             return {"skipped": why[derived.decision]}
         # a, b and the [CLS] cross-attention as `mice train --config derived.json` reads them
