@@ -13,6 +13,10 @@ queries against the cross-encoder with per-query measures, bootstrap CIs and pai
   `eta` times as many, and so on until `finalists` remain; with a `max_rungs` cap, the best `finalists` go on to
   the last rung. Those train the same number of steps under every seed of
   `seeds`. Curves are drawn from one rung only (`curve`), so every point of a curve had the same steps.
+- **Equal finals** (`equal_finals`, default). The layer stage's choice is measured against the mask stage's
+  finalists too, so both stages' finals train the same steps (`finals`): the longest final rung either stage's
+  halving can reach, found from the candidate counts before either runs. Without it, four layer candidates reach
+  their finalists after one rung (50 steps in the full demo) and are judged against masks trained 200.
 - **Promotion** (`promote`). `efficient` (default): the rung's best, then every candidate within `tolerance` of
   it from the most efficient down, then the rest by effectiveness, so that the candidate the final rule would
   choose reaches the finalists (ranking by effectiveness alone sends the most effective, i.e. least restrictive,
@@ -83,6 +87,8 @@ class SearchConfig:
     # the layer stage's `[CLS]` cross-attention modes (`MICEModel`): each b is a candidate under each. Same cost per
     # b, so among equally efficient candidates within tolerance the more effective one is chosen
     cls_cross: tuple[str, ...] = ("none",)
+    # both stages' finalists train the same steps: the longest final rung either stage can reach (`final_steps`)
+    equal_finals: bool = True
     batch_size: int = 32
 
     def validate(self) -> "SearchConfig":
@@ -186,6 +192,27 @@ class SearchResult:
     per_query: pd.DataFrame
     config: "object"  # mice.derived.MiceConfig
     meta: dict
+
+
+def final_rung(n: int, finalists: int, eta: int, max_rungs: int | None) -> int:
+    """The rung at which successive halving over `n` candidates reaches its finalists (`Search._stage`'s rule)."""
+    alive, rung = n, 0
+    while not (alive <= finalists or (max_rungs is not None and rung == max_rungs - 1)):
+        keep = max(finalists, math.ceil(alive / eta))
+        if max_rungs is not None and rung + 1 == max_rungs - 1:
+            keep = finalists
+        alive, rung = keep, rung + 1
+    return rung
+
+
+def finals(table: pd.DataFrame) -> pd.DataFrame:
+    """Every stage's trained finalists. Raises if they did not all train the same steps (the equal-finals rule:
+    the layer stage's choice is measured against the mask stage's finalists)."""
+    t = table[table["trained"] & table["finalist"].astype(bool)]
+    if t["steps"].nunique() > 1:
+        found = ", ".join(f"{s} {sorted(g['steps'].unique())}" for s, g in t.groupby("stage"))
+        raise MiceError(f"finalists trained unequal steps ({found}): not comparable")
+    return t.reset_index(drop=True)
 
 
 def curve(table: pd.DataFrame, stage: str, trained: bool = True) -> pd.DataFrame:
@@ -384,8 +411,24 @@ class Search:
                 row[f"p_{m}"] = float(s[f"p_{m}"])
         return row, {m: v[0] for m, v in pq.items()}
 
-    def _stage(self, cands: list[Candidate], rows: list, per_query: list) -> list[tuple[Candidate, dict]]:
-        """Zero-shot points, then successive halving; returns the finalists with their seed-averaged rows."""
+    def final_steps(self, mask_cands: Sequence[Candidate]) -> int | None:
+        """The steps every finalist trains under `equal_finals`: the longest final rung of the mask stage (over
+        `mask_cands`) and of the layer stage under any split a the mask stage can choose. None: each stage's own."""
+        cfg = self.cfg
+        if not cfg.equal_finals:
+            return None
+        counts = [len(mask_cands)] if "mask" in cfg.stages else []
+        if "layers" in cfg.stages:
+            splits = {c.a for c in mask_cands if c.a is not None} if "mask" in cfg.stages else {cfg.contextual_layers}
+            counts += [len(layer_candidates(a, self.num_layers, cfg.max_interaction_layers, cfg.cls_cross))
+                       for a in splits if a < self.num_layers]
+        rung = max(final_rung(n, cfg.finalists, cfg.eta, cfg.max_rungs) for n in counts)
+        return cfg.steps * cfg.eta ** rung
+
+    def _stage(self, cands: list[Candidate], rows: list, per_query: list,
+               final_steps: int | None = None) -> list[tuple[Candidate, dict]]:
+        """Zero-shot points, then successive halving; returns the finalists with their seed-averaged rows. The
+        final rung trains `final_steps` when that is more than its own (`equal_finals`)."""
         cfg = self.cfg
         for cand in cands:
             row, pq = self._row(cand, [self.zero_shot(cand)], None, trained=False)
@@ -395,6 +438,8 @@ class Search:
         while True:
             steps = cfg.steps * cfg.eta ** rung
             final = len(alive) <= cfg.finalists or (cfg.max_rungs is not None and rung == cfg.max_rungs - 1)
+            if final and final_steps:
+                steps = max(steps, final_steps)
             scored = []
             seeded = final or (cfg.seeded_from is not None and rung >= cfg.seeded_from)
             for cand in alive:
@@ -483,9 +528,14 @@ class Search:
             a = cfg.contextual_layers
             mask_choice = None
             mask_finalists: list[dict] = []
+            mask_cands = (mask_candidates(self.num_layers, cfg.merge_layers, cfg.extra_masks)
+                          if "mask" in cfg.stages else [])
+            final_steps = self.final_steps(mask_cands)
+            if final_steps:
+                self.log(f"finalists of every stage train {final_steps} steps (equal finals)")
             if "mask" in cfg.stages:
                 self.log(f"mask stage ({self.num_layers} layers)")
-                fin = self._stage(mask_candidates(self.num_layers, cfg.merge_layers, cfg.extra_masks), rows, per_query)
+                fin = self._stage(mask_cands, rows, per_query, final_steps)
                 mask_choice, decisions["mask"] = self._choose(fin)
                 mask_finalists = [r for _, r in fin]
                 a = None if mask_choice is None else mask_choice.a
@@ -493,7 +543,7 @@ class Search:
             if "layers" in cfg.stages and a is not None and ("mask" not in cfg.stages or mask_choice is not None):
                 self.log(f"layer stage (a = {a})")
                 fin = self._stage(layer_candidates(a, self.num_layers, cfg.max_interaction_layers, cfg.cls_cross),
-                                  rows, per_query)
+                                  rows, per_query, final_steps)
                 layer_choice, decisions["layers"] = self._choose(fin, controls=mask_finalists,
                                                                with_reference="mask" not in cfg.stages)
             table = pd.DataFrame(rows)
@@ -503,6 +553,8 @@ class Search:
                 table[col] = table[col].astype(type(default))
             for stage in table["stage"].unique():
                 curve(table, stage)  # the equal-steps rule, asserted before anything is written
+            if cfg.equal_finals:
+                finals(table)
             long = []
             for row, pq in per_query:
                 frame = pd.DataFrame({"query_id": self.effects.qids, **pq})
@@ -539,7 +591,7 @@ class Search:
                 source_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
                 tolerance=cfg.tolerance, metric=cfg.metric,
                 budget={"first_rung_steps": cfg.steps, "eta": cfg.eta, "finalists": cfg.finalists, "promote": cfg.promote,
-                        "max_rungs": cfg.max_rungs, **({"seeded_from": cfg.seeded_from}
+                        "max_rungs": cfg.max_rungs, "final_steps": final_steps, **({"seeded_from": cfg.seeded_from}
                                                        if cfg.seeded_from is not None else {}),
                         "seeds": list(cfg.seeds), "dev_queries": len(self.effects.qids), "k": cfg.k,
                         "steps_total": meta["steps_total"], "train_preset": cfg.train_preset},

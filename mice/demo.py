@@ -106,6 +106,9 @@ class DemoPreset:
     search_promote: str = "efficient"
     # MICE's [CLS] cross-attention modes the search's layer stage tries for each b (SearchConfig.cls_cross)
     search_cls_cross: tuple[str, ...] = ("none",)
+    # both stages' finalists train the same steps (SearchConfig.equal_finals; since 2026-12-01: before, the full
+    # preset's layer finals stopped at 50 steps and were judged against masks trained 200)
+    search_equal_finals: bool = True
     derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
     derive_max_steps: int | None = 12  # exact re-checks at most (structural cells need none)
     bench_docs: int = 32  # one batch; `mice bench latency` defaults to 100, the demo keeps its budget
@@ -116,10 +119,10 @@ class DemoPreset:
 
 # what a KEYED_WHEN_SET field is compared with when it is not its field's current default: the value stages were
 # computed under before the field existed or changed (the demo took the first dev queries by id until 2026-11-30)
-KEYED_AGAINST = {"dev_sample": "first", "search_promote": "best"}
+KEYED_AGAINST = {"dev_sample": "first", "search_promote": "best", "search_equal_finals": False}
 KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight",
                   "dev_sample", "dataset_external", "search_seeded_from", "search_cls_cross",
-                  "search_promote"}  # see `Demo.key`
+                  "search_promote", "search_equal_finals"}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
@@ -428,10 +431,24 @@ class Demo:
                            seeds=tuple(self.p.search_seeds), tolerance=self.p.search_tolerance,
                            max_interaction_layers=self.p.max_interaction_layers,
                            cls_cross=tuple(self.p.search_cls_cross), promote=self.p.search_promote,
+                           equal_finals=self.p.search_equal_finals,
                            extra_masks=(str(self.path("derive", "mask.json")),))
+        self._adopt_candidates(folder)
         res = search(cfg, folder, log=self.console.print if self.console else None)
         return {"decision": res.config.decision, "a": res.config.contextual_layers,
                 "b": res.config.interaction_layers, "steps_total": res.meta["steps_total"]}
+
+    def _adopt_candidates(self, folder: Path) -> None:
+        """Move the trained candidates of an earlier search (a finished stage under another key, about to be
+        replaced) into this one. Each candidate folder is named by a content-keyed identity (cross-encoder
+        weights, data, settings, candidate), so a changed search setting reuses every candidate it shares."""
+        old = self.path("search", "candidates")
+        if not old.is_dir():
+            return
+        (folder / "candidates").mkdir(parents=True, exist_ok=True)
+        for cand in sorted(old.iterdir()):
+            if not (folder / "candidates" / cand.name).exists():
+                cand.rename(folder / "candidates" / cand.name)
 
     def derived(self):
         from .derived import MiceConfig
@@ -616,6 +633,7 @@ class Demo:
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
         searched = derived + ("search_steps", "search_eta", "search_queries", "search_seeds", "search_finalists",
                               "search_rungs", "search_seeded_from", "search_cls_cross", "search_promote",
+                              "search_equal_finals",
                               "search_tolerance",
                               "max_interaction_layers")
         mice = searched + ("mice_steps",)

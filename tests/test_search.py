@@ -335,3 +335,28 @@ def test_the_report_says_why_there_is_no_mice(first):
     r = stage.sort_values(["rung", "ndcg@10"], ascending=False).iloc[0]
     assert text.startswith("**No MICE configuration at this budget.**") and r["candidate"] in text
     assert f"[{r['ndcg@10_ci_low']:.4f}, {r['ndcg@10_ci_high']:.4f}]" in text and f"after {int(r['steps'])} steps" in text
+
+
+def test_both_stages_finalists_train_equal_steps(env):
+    """The layer stage's choice is measured against the mask stage's finalists, so under `equal_finals` its
+    finals train the mask stage's final steps even when its own halving ends earlier; the rule is asserted."""
+    from ablations.search import final_rung, finals
+
+    # _stage's halving: 6 candidates -> 3 -> 2 (rung 2); a rung cap ends it early; <= finalists: rung 0
+    assert [final_rung(n, 2, 2, None) for n in (1, 2, 3, 4, 6, 9)] == [0, 0, 1, 1, 2, 3]
+    assert final_rung(9, 2, 3, 2) == 1 and final_rung(9, 2, 2, 1) == 0
+    out = env["root"] / "equal"
+    # a wide tolerance chooses a deep split (mask3(k=2): two b's, finalists from rung 0 on)
+    res = search(config(env, tolerance=0.9), out)
+    t = res.table[res.table["trained"]]
+    assert res.config.budget["final_steps"] == 8
+    fin = finals(res.table)
+    assert set(fin["stage"]) == {"mask", "layers"} and set(fin["steps"]) == {8}
+    layers = t[t["stage"] == "layers"]
+    assert layers["rung"].max() == 0 and len(curve(res.table, "layers")) == len(layers)
+    # the earlier rule: the layer finals stop at their own last rung (2 steps), unequal to the masks' 8
+    old = search(config(env, tolerance=0.9, equal_finals=False), out)
+    assert old.config.budget["final_steps"] is None
+    assert set(old.table[old.table["trained"] & (old.table["stage"] == "layers")]["steps"]) == {2}
+    with pytest.raises(MiceError, match="finalists trained unequal steps"):
+        finals(old.table)
