@@ -302,7 +302,10 @@ def _search_section(root: Path, figure) -> list[str]:
              f"{meta['reference'][m]:.4f}). Successive halving: every candidate gets {c['steps']} steps, the best "
              f"1/{c.get('eta', 2)} continues with {c.get('eta', 2)}x as many, until {c['finalists']} finalists (or "
              f"{c.get('max_rungs') or 'unlimited'} rungs) train under seeds "
-             f"{', '.join(map(str, c['seeds']))}. Budget: {meta['steps_total']} training steps in all. Candidates "
+             f"{', '.join(map(str, c['seeds']))}"
+             + (f"; the finalists of both stages train {derived.budget['final_steps']} steps, since the layer stage "
+                "is judged against the mask stage's finalists" if derived.budget.get("final_steps") else "")
+             + f". Budget: {meta['steps_total']} training steps in all. Candidates "
              "that score every document of a query alike (they do not re-rank; e.g. b = 1, whose `[CLS]` never "
              "reads the document) are flagged `collapsed` and never chosen.", ""]
     for stage in t["stage"].unique():

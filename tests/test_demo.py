@@ -186,8 +186,8 @@ def test_an_external_collection_without_a_test_split_is_refused_before_any_stage
 
 
 def test_training_stages_are_bounded_by_steps_never_by_the_train_presets_clock(tmp_path):
-    """The full preset leaves the masked, MICE and late-interaction steps to the train preset (300), whose quick
-    recipe also stops after 5.5 minutes: the demo drops that clock, and only the stages it changes are re-keyed."""
+    """The full preset leaves the masked and late-interaction steps to the train preset (300; MICE gets 1,200),
+    whose quick recipe also stops after 5.5 minutes: the demo drops that clock, and only the stages it changes are re-keyed."""
     from mice.demo import CACHE_VERSION, Demo, get_preset
     from mice.train.presets import preset
 
@@ -197,6 +197,7 @@ def test_training_stages_are_bounded_by_steps_never_by_the_train_presets_clock(t
         cfg = full.train_config(tmp_path / mode, mode, steps, model="packaged:minilm")
         assert cfg.max_minutes is None and cfg.max_steps == (steps or preset("quick", mode).max_steps), mode
     assert full.key(("masked_steps",))["train_budget"] == "steps"
+    assert full.key(("mice_steps",)) == {"version": CACHE_VERSION, "mice_steps": 1200}
     assert "train_budget" not in full.key(("ce_steps", "dev_queries"))  # its 6,103-s cross-encoder stays valid
     assert full.key(("search_seeded_from",))["search_seeded_from"] == 1
     assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_steps", "masked_steps", "mice_steps",

@@ -360,3 +360,20 @@ def test_both_stages_finalists_train_equal_steps(env):
     assert set(old.table[old.table["trained"] & (old.table["stage"] == "layers")]["steps"]) == {2}
     with pytest.raises(MiceError, match="finalists trained unequal steps"):
         finals(old.table)
+
+
+def test_the_demo_search_stage_adopts_an_earlier_searchs_candidates(env):
+    """A demo search stage re-run under another key starts in a fresh work folder; it moves the earlier search's
+    content-keyed candidates in, so nothing is retrained and the result is the same."""
+    from mice.demo import Demo, get_preset
+
+    root = env["root"] / "adopt"
+    cfg = config(env, stages=("mask",), max_rungs=1)
+    before = search(cfg, root / "search")
+    assert before.meta["steps_trained_this_run"] > 0
+    work = root / ".search.partial"
+    Demo(root, get_preset("tiny"))._adopt_candidates(work)
+    assert not any((root / "search" / "candidates").iterdir())
+    after = search(cfg, work)
+    assert after.meta["steps_trained_this_run"] == 0
+    pd.testing.assert_frame_equal(before.table, after.table, check_exact=True)

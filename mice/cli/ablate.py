@@ -359,6 +359,9 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
                max_interaction_layers: Optional[int] = typer.Option(None, "--max-interaction-layers"),
                cls_cross: str = typer.Option("none", "--cls-cross", help="MICE's [CLS] cross-attention modes the "
                                              "layer stage tries for each b: none, uniform or none,uniform"),
+               equal_finals: bool = typer.Option(True, "--equal-finals/--own-finals", help="Both stages' "
+                                                 "finalists train the same steps (the longest final rung either "
+                                                 "stage reaches), or each stage's own last rung"),
                set_: Optional[List[str]] = typer.Option(None, "--set", help="Training setting of every "
                                                         "candidate: key=value (repeatable)"),
                batch_size: int = typer.Option(32, "--batch-size", help="Scoring batch size")) -> None:
@@ -380,7 +383,8 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
                        merge_layers=_ints(merge_layers, "--merge-layers"),
                        extra_masks=tuple(str(p) for p in extra_masks or ()), contextual_layers=contextual_layers,
                        max_interaction_layers=max_interaction_layers,
-                       cls_cross=tuple(x.strip() for x in cls_cross.split(",") if x.strip()), batch_size=batch_size)
+                       cls_cross=tuple(x.strip() for x in cls_cross.split(",") if x.strip()),
+                       equal_finals=equal_finals, batch_size=batch_size)
     with plain_warnings():
         res = search(cfg, out, log=typer.echo)
     m = cfg.metric

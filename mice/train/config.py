@@ -176,8 +176,10 @@ class TrainConfig:
             bad("mixed_precision", f"{self.mixed_precision!r} (no, fp16, bf16)")
         if self.dev_sample not in SAMPLES:
             bad("dev_sample", f"{self.dev_sample!r} (first, random)")
-        if self.cls_cross_attention not in ("none", "uniform"):
-            bad("cls_cross_attention", f"{self.cls_cross_attention!r} (none, uniform)")
+        from mice.mice_model import CLS_CROSS_MODES
+
+        if self.cls_cross_attention not in CLS_CROSS_MODES:
+            bad("cls_cross_attention", f"{self.cls_cross_attention!r} ({', '.join(CLS_CROSS_MODES)})")
         if self.mode != "mice" and self.cls_cross_attention != "none":
             bad("cls_cross_attention", "applies to mice mode only")
         if not float(self.weight_decay) >= 0:
