@@ -194,14 +194,20 @@ class SearchResult:
     meta: dict
 
 
+def promoted_count(alive: int, rung: int, finalists: int, eta: int, max_rungs: int | None) -> int | None:
+    """Successive halving's rule: how many of `alive` candidates at `rung` go on (None: they are the finalists)."""
+    if alive <= finalists or (max_rungs is not None and rung == max_rungs - 1):
+        return None
+    if max_rungs is not None and rung + 1 == max_rungs - 1:
+        return finalists  # the next rung is the last the budget allows: only the finalists go on
+    return max(finalists, math.ceil(alive / eta))
+
+
 def final_rung(n: int, finalists: int, eta: int, max_rungs: int | None) -> int:
-    """The rung at which successive halving over `n` candidates reaches its finalists (`Search._stage`'s rule)."""
-    alive, rung = n, 0
-    while not (alive <= finalists or (max_rungs is not None and rung == max_rungs - 1)):
-        keep = max(finalists, math.ceil(alive / eta))
-        if max_rungs is not None and rung + 1 == max_rungs - 1:
-            keep = finalists
-        alive, rung = keep, rung + 1
+    """The rung at which successive halving over `n` candidates reaches its finalists."""
+    rung = 0
+    while (n := promoted_count(n, rung, finalists, eta, max_rungs)) is not None:
+        rung += 1
     return rung
 
 
@@ -437,7 +443,8 @@ class Search:
         alive, rung = list(cands), 0
         while True:
             steps = cfg.steps * cfg.eta ** rung
-            final = len(alive) <= cfg.finalists or (cfg.max_rungs is not None and rung == cfg.max_rungs - 1)
+            keep = promoted_count(len(alive), rung, cfg.finalists, cfg.eta, cfg.max_rungs)
+            final = keep is None
             if final and final_steps:
                 steps = max(steps, final_steps)
             scored = []
@@ -451,9 +458,6 @@ class Search:
                 scored.append((cand, row))
             if final:
                 return scored
-            keep = max(cfg.finalists, math.ceil(len(alive) / cfg.eta))
-            if cfg.max_rungs is not None and rung + 1 == cfg.max_rungs - 1:
-                keep = cfg.finalists  # the next rung is the last the budget allows: only the finalists go on
             ranked = self._promotion_order(scored)
             promoted = {c.name for c, _ in ranked[:keep]}
             for c, r in scored:

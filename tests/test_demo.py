@@ -187,7 +187,8 @@ def test_an_external_collection_without_a_test_split_is_refused_before_any_stage
 
 def test_training_stages_are_bounded_by_steps_never_by_the_train_presets_clock(tmp_path):
     """The full preset leaves the masked and late-interaction steps to the train preset (300; MICE gets 1,200),
-    whose quick recipe also stops after 5.5 minutes: the demo drops that clock, and only the stages it changes are re-keyed."""
+    whose quick recipe also stops after 5.5 minutes: the demo drops that clock, and only the stages it changes are
+    re-keyed."""
     from mice.demo import CACHE_VERSION, Demo, get_preset
     from mice.train.presets import preset
 
