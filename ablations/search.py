@@ -428,7 +428,8 @@ class Search:
             splits = {c.a for c in mask_cands if c.a is not None} if "mask" in cfg.stages else {cfg.contextual_layers}
             counts += [len(layer_candidates(a, self.num_layers, cfg.max_interaction_layers, cfg.cls_cross))
                        for a in splits if a < self.num_layers]
-        rung = max(final_rung(n, cfg.finalists, cfg.eta, cfg.max_rungs) for n in counts)
+        # no split leaves a layer above it (a >= L): no counts, and the layer stage raises its own clear error
+        rung = max((final_rung(n, cfg.finalists, cfg.eta, cfg.max_rungs) for n in counts), default=0)
         return cfg.steps * cfg.eta ** rung
 
     def _stage(self, cands: list[Candidate], rows: list, per_query: list,
