@@ -62,6 +62,10 @@ class DemoPreset:
     # preset's, 1.0). The full preset's 0.3 was picked on all 448 dev queries among eight recipes trained on a GPU
     # (README, "Choosing the full cross-encoder's recipe"): 3.0, 1.0 and 0.3 rank in that order on dev and on test
     ce_distill_weight: float | None = None
+    # more kinds of text for the cross-encoder: it trains on `mix:dataset+...` of these datasets' train splits and
+    # validates on `dataset`'s dev alone. The full preset adds the installed Debian packages' synopsis ->
+    # description (`embedded:debian`): on docstrings alone it did not beat BM25 on `embedded:meta` (README)
+    ce_train_extra: tuple[str, ...] = ()
     # starts from the cross-encoder: adapting to the mask is quick (the search's finalists had 30 steps)
     masked_steps: int | None = 20
     mice_steps: int | None = 300  # the train preset's own MICE budget
@@ -120,7 +124,7 @@ class DemoPreset:
 # what a KEYED_WHEN_SET field is compared with when it is not its field's current default: the value stages were
 # computed under before the field existed or changed (the demo took the first dev queries by id until 2026-11-30)
 KEYED_AGAINST = {"dev_sample": "first", "search_promote": "best", "search_equal_finals": False}
-KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight",
+KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight", "ce_train_extra",
                   "dev_sample", "dataset_external", "search_seeded_from", "search_cls_cross",
                   "search_promote", "search_equal_finals"}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
@@ -135,7 +139,7 @@ PRESETS = {
     # preset's 50 it stopped at step 500 on noise (dev RR@10 0.477 vs 0.466; on the 503 test queries 0.499 vs 0.513)
     "full": DemoPreset(name="full", test_queries=None, every_query_domains=("in", "ood", "meta"), first_stage_k=100,
                        ce_steps=4000, ce_until_beats_teacher=True, ce_eval_every=200, dev_sample="random",
-                       ce_distill_weight=0.3,
+                       ce_distill_weight=0.3, ce_train_extra=("embedded:debian",),
                        masked_steps=None,
                        # MICE: 1,200 steps, not the train preset's 300 (on the quick cross-encoder MICE-ℓ1+3 kept
                        # 93.3% / 90.9% of it after 300 steps, 102.7% / 103.9% after 1,200: README)
@@ -198,6 +202,10 @@ class Demo:
             key["train_budget"] = "steps"  # the train preset's own steps, since 2026-11-30 without its wall clock
         if key.get("ce_until_beats_teacher"):
             key["beat_teacher_rule"] = BEAT_TEACHER_RULE  # when the cross-encoder stops depends on the rule
+        if key.get("ce_train_extra"):  # installed packages change these collections under the same spec
+            from .data import load_dataset
+
+            key["ce_train_extra_fingerprint"] = [load_dataset(x).fingerprint() for x in key["ce_train_extra"]]
         if key.get("dataset_external"):  # a folder's spec stays the same when its files change: key its content
             key["dataset_external_fingerprint"] = self.external_fingerprint
         return key
@@ -306,7 +314,8 @@ class Demo:
         # an interrupted stage's training resumes from its last checkpoint (the partial stage folder is kept only
         # under the same stage key, and the trainer refuses a checkpoint of other settings)
         resume = (folder / "train" / "last").exists()
-        cfg = preset(self.p.train_preset, mode, dataset=self.p.dataset, output=str(folder / "train"),
+        overrides.setdefault("dataset", self.p.dataset)
+        cfg = preset(self.p.train_preset, mode, output=str(folder / "train"),
                      seed=self.p.seed, overwrite=not resume, resume=resume, **overrides)
         if steps:  # the schedule decays to 0 at `steps`: evaluate once, at the end (unless told); checkpoint half-way
             # no evaluation at step 0 either: it measures the start model (the search and evaluation stages do)
@@ -339,6 +348,9 @@ class Demo:
             until["negative_miner"] = self.p.ce_negative_miner
         if self.p.ce_distill_weight is not None:
             until["distill_weight"] = self.p.ce_distill_weight
+        if self.p.ce_train_extra:
+            until.update(dataset="mix:" + "+".join((self.p.dataset, *self.p.ce_train_extra)),
+                         dev_dataset=self.p.dataset)
         best = self._train(folder, "cross-encoder", self.p.ce_steps, model=self._backbone(folder), **until)
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
@@ -629,7 +641,7 @@ class Demo:
         data = ("dataset", "dataset_ood", "dataset_meta", "dataset_external")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
         ce = runs + ("every_query_domains", "train_preset", "backbone", "ce_steps", "ce_until_beats_teacher", "ce_eval_every",
-                     "ce_negative_miner", "ce_distill_weight", "dev_queries", "dev_sample",
+                     "ce_negative_miner", "ce_distill_weight", "ce_train_extra", "dev_queries", "dev_sample",
                      "seed")
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")

@@ -10,6 +10,9 @@ Spec strings:
 - `embedded:docs`, `embedded:docs-ood`, with options such as `embedded:docs?packages=json,logging`;
 - `embedded:meta[?max_docs=N&max_words=N&min_words=N&fractions=0,0.2,0.8]`: summary -> long description of every
   installed distribution (out of domain by kind of text; see `meta.py`).
+- `embedded:debian[?status=PATH&...]`: synopsis -> description of every installed Debian package, a training
+  source of another kind of text (see `debian.py`).
+- `mix:A+B[+...]`: several datasets as one (ids of all but the first prefixed `i:`), to train on a mix.
 """
 from __future__ import annotations
 
@@ -37,9 +40,21 @@ def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
     if isinstance(spec, Dataset):
         return spec
     s = str(spec).strip()
+    if s.startswith("mix:"):
+        from .mix import MixedDataset, split_spec
+
+        if s not in _LOADED:
+            _LOADED[s] = MixedDataset([load_dataset(p) for p in split_spec(s)], spec=s)
+        return _LOADED[s]
     if s.startswith("embedded"):
         from .embedded import parse_spec
 
+        if s.split(":", 1)[-1].partition("?")[0] == "debian":
+            from .debian import DebianDataset, parse_spec as parse_debian
+
+            if s not in _LOADED:
+                _LOADED[s] = DebianDataset(parse_debian(s), spec=s)
+            return _LOADED[s]
         if s.split(":", 1)[-1].partition("?")[0] == "meta":
             from .meta import parse_spec as parse_meta
 
@@ -72,7 +87,7 @@ def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
     if path.exists():
         raise DataError(f"{path}: a dataset is a folder (BEIR or MS MARCO layout) or a spec; for single files "
                         "use files:corpus=...,queries=...,qrels=...")
-    raise DataError(f"unknown dataset {s!r}: not a folder, and not embedded:..., irds:... or files:...")
+    raise DataError(f"unknown dataset {s!r}: not a folder, and not embedded:..., irds:..., files:... or mix:...")
 
 
 def write_beir(dataset: "str | Dataset", folder: str | os.PathLike) -> Path:

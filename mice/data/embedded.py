@@ -79,7 +79,7 @@ def parse_spec(spec: str) -> EmbeddedConfig:
     elif name == "docs-ood":
         cfg = EmbeddedConfig(name="docs-ood", packages=OUT_OF_DOMAIN)
     else:
-        raise DataError(f"{spec}: unknown embedded collection {name!r} (docs, docs-ood, meta)")
+        raise DataError(f"{spec}: unknown embedded collection {name!r} (docs, docs-ood, meta, debian)")
     changes = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         try:

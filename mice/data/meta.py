@@ -86,16 +86,26 @@ class MetaConfig:
 
 def parse_spec(spec: str) -> MetaConfig:
     """`embedded:meta[?max_docs=N&max_words=N&min_words=N&fractions=TRAIN,DEV,TEST]`."""
-    body = spec.split(":", 1)[1] if ":" in spec else "meta"
+    return parse_options(spec, MetaConfig(), OPTIONS)
+
+
+def parse_options(spec: str, default, options: tuple[str, ...], text_options: tuple[str, ...] = ()):
+    """`embedded:NAME?key=value&...` over a summary -> description collection's config (`default`): integer
+    options, `fractions`, and free-text `text_options` (a path)."""
+    body = spec.split(":", 1)[1] if ":" in spec else default.name
     name, _, query = body.partition("?")
-    if name != "meta":
-        raise DataError(f"{spec}: not the metadata collection (embedded:meta)")
+    if name != default.name:
+        raise DataError(f"{spec}: not the {default.name} collection (embedded:{default.name})")
     changes: dict = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in OPTIONS:
-            raise DataError(f"{spec}: unknown option {key!r} ({', '.join(OPTIONS)})")
+        if key not in options:
+            raise DataError(f"{spec}: unknown option {key!r} ({', '.join(options)})")
         try:
-            if key == "fractions":
+            if key in text_options:
+                if not value:
+                    raise ValueError("empty")
+                changes[key] = value
+            elif key == "fractions":
                 changes[key] = parse_fractions(value)
             else:
                 n = int(value)
@@ -104,7 +114,7 @@ def parse_spec(spec: str) -> MetaConfig:
                 changes[key] = n
         except ValueError as err:
             raise DataError(f"{spec}: bad value for {key!r}: {value!r} ({err})") from None
-    cfg = replace(MetaConfig(), **changes)
+    cfg = replace(default, **changes)
     if cfg.min_words > cfg.max_words:
         raise DataError(f"{spec}: min_words ({cfg.min_words}) is larger than max_words ({cfg.max_words})")
     return cfg
@@ -347,10 +357,11 @@ def clean_summary(text: str) -> str:
 
 # -- assembling the collection -------------------------------------------------------------------------------
 
-def assemble(records: list[dict], cfg: MetaConfig) -> tuple[pd.DataFrame, dict]:
-    """Clean, filter, deduplicate, cap and split raw records (pure and deterministic: any order in, same out)."""
-    stats = {"distributions": 0, "other_copies": 0, "no_summary": 0, "short_summary": 0, "no_description": 0,
-             "short_description": 0, "duplicate_queries": 0, "duplicate_docs": 0}
+def assemble(records: list[dict], cfg, exclude: frozenset = frozenset()) -> tuple[pd.DataFrame, dict]:
+    """Clean, filter, deduplicate, cap and split raw records (pure and deterministic: any order in, same out).
+    Records whose id is in `exclude` are left out (counted in `excluded`)."""
+    stats = {"distributions": 0, "other_copies": 0, "excluded": 0, "no_summary": 0, "short_summary": 0,
+             "no_description": 0, "short_description": 0, "duplicate_queries": 0, "duplicate_docs": 0}
     best: dict[str, dict] = {}
     for r in sorted(records, key=lambda r: (r["id"], r.get("rank", 0), r["version"], r["summary"], r["description"])):
         if r["id"] in best:
@@ -362,6 +373,9 @@ def assemble(records: list[dict], cfg: MetaConfig) -> tuple[pd.DataFrame, dict]:
     for rid in sorted(best):
         r = best[rid]
         if rid == SELF:
+            continue
+        if rid in exclude:
+            stats["excluded"] += 1
             continue
         query = clean_summary(r["summary"])
         if not query:
