@@ -661,9 +661,10 @@ class Demo:
             ("sweep", self.stage_sweep, "exact knockout sweep (layer x path) + attribution check", sweep),
             ("derive", self.stage_derive, "derive a mask from the attribution screen", derived),
             ("search", self.stage_search, "trained search: mask steps, merge layer, interaction layers", searched),
+            # MICE first: the model the demo exists for
+            ("mice", self.stage_mice, "train MICE (derived a, b)", mice),
             ("masked", self.stage_masked, "train the masked cross-encoder (derived mask)",
              searched + ("masked_steps",)),
-            ("mice", self.stage_mice, "train MICE (derived a, b)", mice),
             ("late_interaction", self.stage_late_interaction, "train the late-interaction baseline (MaxSim)",
              ce + ("late_steps",)),
             ("index", self.stage_index, "MICE document index (fp16) vs on the fly", mice),

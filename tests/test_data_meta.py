@@ -199,7 +199,7 @@ def test_bad_options_name_the_spec():
         parse_spec("embedded:meta?max_words=0")
     with pytest.raises(DataError, match="min_words .* larger than max_words"):
         parse_spec("embedded:meta?min_words=50&max_words=20")
-    with pytest.raises(DataError, match=r"unknown embedded collection 'metadata' \(docs, docs-ood, meta\)"):
+    with pytest.raises(DataError, match=r"unknown embedded collection 'metadata' \(docs, docs-ood, meta, debian\)"):
         load_dataset("embedded:metadata")
     assert parse_spec("embedded:meta?max_docs=5&min_words=3").max_docs == 5
 

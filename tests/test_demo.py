@@ -120,6 +120,33 @@ def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_pa
     assert mined["ce_negative_miner"] == "biencoder:packaged"
 
 
+def test_extra_training_sources_key_the_stages_by_content_and_reach_the_trainer(tmp_path):
+    """`ce_train_extra` (the full preset's Debian packages) keys the cross-encoder stage by the extra collections'
+    content, since the installed packages can change under the same spec; presets without it keep their keys.
+    The trainer gets the mix to train on and the in-domain dataset to validate on."""
+    from mice.data import load_dataset
+    from mice.demo import CACHE_VERSION, Demo, get_preset
+
+    full = Demo(tmp_path / "full", get_preset("full"))
+    assert full.key(("ce_train_extra",)) == {
+        "version": CACHE_VERSION, "ce_train_extra": ("embedded:debian",),
+        "ce_train_extra_fingerprint": [load_dataset("embedded:debian").fingerprint()]}
+    assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_train_extra",)) == {"version": CACHE_VERSION}
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def train(folder, mode, steps, **overrides):
+        captured.update(full.train_config(folder, mode, steps, **overrides).to_dict())
+        raise Stop
+
+    full._train = train
+    with pytest.raises(Stop):
+        full.stage_cross_encoder(tmp_path / "ce")
+    assert captured["dataset"] == "mix:embedded:docs+embedded:debian" and captured["dev_dataset"] == "embedded:docs"
+
+
 def test_the_knockout_stages_draw_their_dev_queries_as_dev_sample_says(tmp_path):
     """The probe, attribution, sweep and search stages take their dev queries from `Demo.dev_candidates`: the first
     N by id under `first`, the first N of one seeded order under `random` (ids sort by package)."""
