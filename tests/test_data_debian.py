@@ -147,3 +147,14 @@ def test_training_on_a_mix_draws_from_every_part_and_validates_on_the_first(stat
     assert {q for q, *_ in trainer.dev["pairs"]} <= set(load_dataset(beir).queries("dev"))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["dataset"] == spec
+
+
+def test_cli_data_info_shows_the_debian_build(status):
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+
+    result = CliRunner().invoke(app, ["data", "info", f"embedded:debian?status={status}", "--examples", "1"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "installed Debian packages: 6" in out and "1 installed Python distributions' Debian packages" in out

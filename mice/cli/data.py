@@ -61,13 +61,19 @@ def info(spec: str = typer.Argument(..., help="Dataset spec: folder, files:..., 
         console.print(table)
         ds.validate()
         stats = getattr(ds, "build_stats", None)
-        if stats and "distributions" in stats:  # embedded:meta
-            console.print(f"installed distributions: {stats['distributions']} (other copies on the path: "
+        if stats and "distributions" in stats:  # embedded:meta, embedded:debian
+            kind = "Debian packages" if "python_packages_left_out" in stats else "distributions"
+            console.print(f"installed {kind}: {stats['distributions']} (other copies on the path: "
                           f"{stats['other_copies']}); dropped: no summary {stats['no_summary']}, short summary "
                           f"{stats['short_summary']}, no description {stats['no_description']}, short description "
                           f"{stats['short_description']}, duplicate summary {stats['duplicate_queries']}, "
                           f"duplicate description {stats['duplicate_docs']}")
-            console.print("from: " + ", ".join(stats["sites"]))
+            if "python_packages_left_out" in stats:
+                console.print(f"left out as text embedded:meta is tested on: {stats['python_packages_left_out']} "
+                              f"installed Python distributions' Debian packages, {stats['same_text_as_meta']} "
+                              "with a summary or description of embedded:meta's")
+            if stats.get("sites"):
+                console.print("from: " + ", ".join(stats["sites"]))
         elif stats:
             pk = Table(title="embedded build")
             for col in ("package", "version", "modules", "failed", "harvested", "kept"):
