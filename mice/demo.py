@@ -202,10 +202,12 @@ class Demo:
             key["train_budget"] = "steps"  # the train preset's own steps, since 2026-11-30 without its wall clock
         if key.get("ce_until_beats_teacher"):
             key["beat_teacher_rule"] = BEAT_TEACHER_RULE  # when the cross-encoder stops depends on the rule
-        if key.get("ce_train_extra"):  # installed packages change these collections under the same spec
-            from .data import load_dataset
+        if key.get("ce_train_extra"):  # installed packages change these collections under the same spec: key
+            from .data import load_dataset  # their training text (not the builder's source, as fingerprint() does)
+            from .identity import dataset_identity
 
-            key["ce_train_extra_fingerprint"] = [load_dataset(x).fingerprint() for x in key["ce_train_extra"]]
+            key["ce_train_extra_content"] = [dataset_identity(load_dataset(x), ("train",))
+                                             for x in key["ce_train_extra"]]
         if key.get("dataset_external"):  # a folder's spec stays the same when its files change: key its content
             key["dataset_external_fingerprint"] = self.external_fingerprint
         return key

@@ -126,11 +126,12 @@ def test_extra_training_sources_key_the_stages_by_content_and_reach_the_trainer(
     The trainer gets the mix to train on and the in-domain dataset to validate on."""
     from mice.data import load_dataset
     from mice.demo import CACHE_VERSION, Demo, get_preset
+    from mice.identity import dataset_identity
 
     full = Demo(tmp_path / "full", get_preset("full"))
     assert full.key(("ce_train_extra",)) == {
         "version": CACHE_VERSION, "ce_train_extra": ("embedded:debian",),
-        "ce_train_extra_fingerprint": [load_dataset("embedded:debian").fingerprint()]}
+        "ce_train_extra_content": [dataset_identity(load_dataset("embedded:debian"), ("train",))]}
     assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_train_extra",)) == {"version": CACHE_VERSION}
     captured = {}
 

@@ -32,9 +32,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
-from .base import TableDataset, warn
+from .base import warn
 from .meta import _SOURCES as META_SOURCES
-from .meta import _words, assemble, normalise_name, parse_options
+from .meta import SummaryDataset, _words, assemble, normalise_name, parse_options
 
 BUILDER_VERSION = 1
 STATUS = "/var/lib/dpkg/status"
@@ -159,19 +159,11 @@ def build(cfg: DebianConfig) -> tuple[pd.DataFrame, dict]:
     return df, stats
 
 
-class DebianDataset(TableDataset):
+class DebianDataset(SummaryDataset):
     """Installed Debian packages as a dataset: one relevant document (its own description) per synopsis."""
 
-    def __init__(self, cfg: DebianConfig | None = None, spec: str | None = None) -> None:
-        super().__init__()
-        self.config = cfg or DebianConfig()
-        self.name = spec or f"embedded:{self.config.name}"
-        self._table = None
-        self.build_stats = {}
+    config_class = DebianConfig
 
-    def _build(self) -> tuple[pd.DataFrame, dict]:
-        return build(self.config)
-
-    def fingerprint(self) -> str:
-        self.table
-        return f"debian-{self.build_stats['key'][:16]}-{self.build_stats['content'][:16]}-{len(self.table)}"
+    @staticmethod
+    def builder(cfg) -> tuple[pd.DataFrame, dict]:
+        return build(cfg)

@@ -421,19 +421,31 @@ def build(cfg: MetaConfig, path: list[str] | None = None) -> tuple[pd.DataFrame,
     return df, stats
 
 
-class MetaDataset(TableDataset):
-    """Installed distributions' metadata as a dataset: one relevant document (its own description) per query."""
+class SummaryDataset(TableDataset):
+    """A summary -> description collection built from installed software's records (its own description is a
+    query's one relevant document); subclasses name their config class and builder."""
 
-    def __init__(self, cfg: MetaConfig | None = None, spec: str | None = None) -> None:
+    config_class: type = MetaConfig
+
+    def __init__(self, cfg=None, spec: str | None = None) -> None:
         super().__init__()
-        self.config = cfg or MetaConfig()
+        self.config = cfg or self.config_class()
         self.name = spec or f"embedded:{self.config.name}"
         self._table = None
         self.build_stats = {}
 
+    @staticmethod
+    def builder(cfg) -> tuple[pd.DataFrame, dict]:
+        return build(cfg)
+
     def _build(self) -> tuple[pd.DataFrame, dict]:
-        return build(self.config)
+        return self.builder(self.config)
 
     def fingerprint(self) -> str:
         self.table
-        return f"meta-{self.build_stats['key'][:16]}-{self.build_stats['content'][:16]}-{len(self.table)}"
+        return (f"{self.config.name}-{self.build_stats['key'][:16]}-{self.build_stats['content'][:16]}-"
+                f"{len(self.table)}")
+
+
+class MetaDataset(SummaryDataset):
+    """Installed distributions' metadata as a dataset: one relevant document (its own description) per query."""
