@@ -10,7 +10,7 @@ format first: one leading space dropped, ` .` lines become paragraph breaks, lis
 Leakage guard: the packages that are Python distributions installed here (`python3-requests` while `requests`
 is installed, `python3-yaml` while `PyYAML` is: the Debian package's synopsis and description come from the
 same upstream text as the PyPI metadata `embedded:meta` tests on) are left out, matched by name (the Debian name
-less a `python3-`/`python-`/`pypy3-` prefix, and the `Python-Name`-style source names Debian uses); so are
+less a `python3-`/`python-`/`pypy3-` prefix, or its source package's name, `python-numpy`); so are
 packages whose cleaned synopsis or description equals one of `embedded:meta`'s. What remains shares no
 text with the test collection it is meant to help.
 
@@ -79,15 +79,15 @@ def read_status(path: str | Path) -> list[dict]:
     records = []
     for lineno, block in _paragraphs(text):
         fields, current = {}, None
-        for line in block:
+        for at, line in enumerate(block, lineno):
             if line[:1] in (" ", "\t"):
                 if current is None:
-                    raise DataError(f"{path}:{lineno}: continuation line before any field")
+                    raise DataError(f"{path}:{at}: continuation line before any field")
                 fields[current].append(line)
                 continue
             key, sep, value = line.partition(":")
             if not sep:
-                raise DataError(f"{path}:{lineno}: not a 'Field: value' line: {line[:60]!r}")
+                raise DataError(f"{path}:{at}: not a 'Field: value' line: {line[:60]!r}")
             current = key.strip().lower()
             fields[current] = [value.strip()]
         name = (fields.get("package") or [""])[0]
@@ -118,13 +118,14 @@ def _paragraphs(text: str):
 
 
 def python_names(records: list[dict], installed: set[str]) -> frozenset:
-    """Ids of Debian packages that are an installed Python distribution under another name."""
+    """Ids of Debian packages that are an installed Python distribution, by their own name or their source
+    package's, with or without a `python3-`-style prefix (`python3-yaml` from source `pyyaml` while `PyYAML` is
+    installed; `tzdata` while `tzdata` is): conservative, since the guard is against shared upstream text."""
     out = set()
     for r in records:
-        for name in (r["id"], normalise_name(r.get("source", ""))):
-            bare = _PY_PREFIX.sub("", name)
-            if bare != name and bare in installed:
-                out.add(r["id"])
+        names = {r["id"], normalise_name(r.get("source") or r["id"])}
+        if any(_PY_PREFIX.sub("", n) in installed for n in names) or names & installed:
+            out.add(r["id"])
     return frozenset(out)
 
 
