@@ -103,7 +103,7 @@ def test_this_machines_packages_share_no_text_with_embedded_meta():
     assert len(t) >= 50 and ds.build_stats["splits"]["train"] > ds.build_stats["splits"]["dev"] > 0
     assert not set(t["query"].str.lower()) & set(meta["query"].str.lower())
     assert not set(t["doc"]) & set(meta["doc"])
-    assert ds.build_stats["same_text_as_meta"] == 0 or len(t) < ds.build_stats["pairs"] + 1
+    assert len(t) == ds.build_stats["pairs"]
 
 
 def test_mix_prefixes_ids_and_joins_splits(status, tmp_path):
