@@ -53,6 +53,11 @@ class MixedDataset(Dataset):
                 out.update({self.prefix(i) + k: v for k, v in part.queries(split).items()})
         return out
 
+    def query_parts(self, split: str) -> dict[str, int]:
+        """Which part each query of `split` comes from (its index in the mix)."""
+        return {self.prefix(i) + k: i for i, part in enumerate(self.parts) if split in part.splits
+                for k in part.queries(split)}
+
     def _load_qrels(self, split: str) -> pd.DataFrame:
         frames = []
         for i, part in enumerate(self.parts):

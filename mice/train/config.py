@@ -56,6 +56,10 @@ class TrainConfig:
     # ... and, when set, also from this bi-encoder's top-`bm25_depth` (mice.train.mining): the documents it
     # confuses with the positive
     negative_miner: str | None = None
+    # a mix (`mix:A+B`): each part is drawn in proportion to its training queries ** mix_alpha. 1 = by size (every
+    # query equally often), 0 = every part equally often, 0.5 = between (the temperature sampling of multilingual
+    # pre-training): a small second kind of text is seen more often than its size alone would give
+    mix_alpha: float = 1.0
 
     # loss: '+'-joined terms among listwise, bce, margin-mse
     loss: str = "listwise"
@@ -156,6 +160,8 @@ class TrainConfig:
         if self.negative_miner is not None and not str(self.negative_miner).startswith("biencoder:"):
             bad("negative_miner", f"{self.negative_miner!r} is not a bi-encoder spec (biencoder:packaged or "
                                   "biencoder:<folder>)")
+        if not (0 <= float(self.mix_alpha) <= 1):
+            bad("mix_alpha", f"must be in [0, 1], got {self.mix_alpha}")
         for name in ("lr", "max_grad_norm"):
             v = float(getattr(self, name))
             if not (v > 0 and math.isfinite(v)):

@@ -194,7 +194,7 @@ class Trainer:
             dev_ds = load_dataset(cfg.dev_dataset) if cfg.dev_dataset else ds
             self.dev = self._dev_candidates(dev_ds) if cfg.dev_split else None
         self.pool = pool
-        self.sampler = GroupSampler(pool, cfg.negatives, cfg.seed)
+        self.sampler = GroupSampler(pool, cfg.negatives, cfg.seed, cfg.mix_alpha)
         if cfg.needs_teacher and self.teacher is None:
             spec = cfg.model if cfg.teacher == SOURCE_TEACHER else cfg.teacher
             tmax = cfg.teacher_max_length or cfg.max_length
@@ -338,6 +338,8 @@ class Trainer:
             del settings["lr_schedule"]
         if settings.get("negative_miner") is None:  # likewise
             del settings["negative_miner"]
+        if settings.get("mix_alpha") == 1.0:  # likewise
+            del settings["mix_alpha"]
         parts = {"config." + k: v for k, v in settings.items()}
         parts["start_model"] = weights_fingerprint(cfg.model)
         parts["data"] = dataset_identity(self.ds, [cfg.train_split] + ([cfg.dev_split] if cfg.dev_split and

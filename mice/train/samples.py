@@ -35,6 +35,7 @@ class TrainingPool:
     positives: dict[str, list[str]]
     candidates: dict[str, list[str]]
     corpus: Mapping[str, str]
+    parts: Mapping[str, int] | None = None  # a mix's part index per query (None: one collection)
 
     def __post_init__(self):
         self.query_ids = sorted(q for q in self.positives if self.positives[q] and self.candidates.get(q))
@@ -78,7 +79,8 @@ def pool_from_dataset(dataset, split: str, depth: int, miner: str | None = None,
         if (qid, did) not in judged and (qid, did) not in seen:
             seen.add((qid, did))
             candidates.setdefault(qid, []).append(did)
-    pool = TrainingPool(queries, positives, candidates, corpus)
+    parts = dataset.query_parts(split) if hasattr(dataset, "query_parts") else None
+    pool = TrainingPool(queries, positives, candidates, corpus, parts)
     dropped = len(positives) - len(pool)
     if dropped:
         warn(f"{dataset.name}/{split}: {dropped} of {len(positives)} training queries have no BM25 negative "
@@ -114,23 +116,65 @@ def pool_from_triples(triples: pd.DataFrame, dataset) -> TrainingPool:
 
 class GroupSampler:
     """Deterministic groups per step: epoch-wise shuffled queries, a random positive, `negatives` random
-    candidates (without replacement when there are enough, else with)."""
+    candidates (without replacement when there are enough, else with).
 
-    def __init__(self, pool: TrainingPool, negatives: int, seed: int = 0):
+    With a mix and `mix_alpha` < 1, part s is drawn with weight n_s ** mix_alpha (n_s: its training queries) and
+    still statelessly: the weights become counts in a cycle of `CYCLE` groups, spread evenly over it, and each
+    part walks through its own epoch-wise shuffles. `mix_alpha` = 1 draws every query equally often over the union,
+    exactly as for one collection."""
+
+    CYCLE = 100
+
+    def __init__(self, pool: TrainingPool, negatives: int, seed: int = 0, mix_alpha: float = 1.0):
         self.pool, self.negatives, self.seed = pool, int(negatives), int(seed)
-        self._perm: dict[int, np.ndarray] = {}
+        self._perm: dict[tuple[int, int], np.ndarray] = {}
+        self._by_part: list[list[str]] | None = None
+        if pool.parts is not None and float(mix_alpha) != 1.0:
+            by_part: dict[int, list[str]] = {}
+            for qid in pool.query_ids:
+                by_part.setdefault(int(pool.parts[qid]), []).append(qid)
+            if len(by_part) > 1:
+                self._by_part = [by_part[k] for k in sorted(by_part)]
+                self._cycle, self._rank, self._counts = self.cycle(
+                    [len(q) for q in self._by_part], float(mix_alpha), self.CYCLE)
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perm:
-            if len(self._perm) > 4:
+    @staticmethod
+    def cycle(sizes: list[int], alpha: float, length: int) -> tuple[list[int], list[int], list[int]]:
+        """(part of each cycle position, its rank among that part's positions, positions per part): part s gets
+        a share ∝ sizes[s] ** alpha of `length` (largest remainder, at least 1 each), spread evenly."""
+        weights = np.array(sizes, dtype=float) ** alpha
+        exact = weights / weights.sum() * (length - len(sizes))
+        counts = np.floor(exact).astype(int) + 1
+        for s in np.argsort(-(exact - np.floor(exact)), kind="stable")[:length - int(counts.sum())]:
+            counts[s] += 1
+        slots = sorted(((k + 0.5) / c, s, k) for s, c in enumerate(counts) for k in range(c))
+        return [s for _, s, _ in slots], [k for _, _, k in slots], [int(c) for c in counts]
+
+    def _permutation(self, part: int, epoch: int, n: int) -> np.ndarray:
+        if (part, epoch) not in self._perm:
+            if len(self._perm) > 8:
                 self._perm.clear()
-            self._perm[epoch] = np.random.default_rng([self.seed, epoch, 17]).permutation(len(self.pool))
-        return self._perm[epoch]
+            # one collection keeps the seed sequence it always had, so its groups did not change
+            key = [self.seed, epoch, 17] if self._by_part is None else [self.seed, part, epoch, 17]
+            self._perm[(part, epoch)] = np.random.default_rng(key).permutation(n)
+        return self._perm[(part, epoch)]
+
+    def query_id(self, index: int) -> str:
+        """The query of the `index`-th group."""
+        if self._by_part is None:
+            ids = self.pool.query_ids
+            local, part = index, 0
+        else:
+            turn, pos = divmod(index, len(self._cycle))
+            part = self._cycle[pos]
+            ids = self._by_part[part]
+            local = turn * self._counts[part] + self._rank[pos]
+        n = len(ids)
+        return ids[int(self._permutation(part, local // n, n)[local % n])]
 
     def group(self, index: int) -> Group:
         """The `index`-th group of the infinite stream (same index, same group)."""
-        n = len(self.pool)
-        qid = self.pool.query_ids[int(self._permutation(index // n)[index % n])]
+        qid = self.query_id(index)
         rng = np.random.default_rng([self.seed, index, 29])
         pos_list = self.pool.positives[qid]
         pos = pos_list[int(rng.integers(len(pos_list)))]
