@@ -149,6 +149,50 @@ def test_training_on_a_mix_draws_from_every_part_and_validates_on_the_first(stat
     assert {q for q, *_ in trainer.dev["pairs"]} <= set(load_dataset(beir).queries("dev"))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["dataset"] == spec
+    assert "config.mix_alpha" not in trainer.identity()  # the default keeps the identities written before it
+    # drawing the parts otherwise is another job: resuming this checkpoint under it is refused, naming the field
+    from mice.errors import IdentityError
+
+    with pytest.raises(IdentityError, match="mix_alpha"):
+        Trainer(cfg.updated({"mix_alpha": 0.0, "resume": True, "max_steps": 8}), quiet=True).train()
+
+
+def test_mix_alpha_draws_parts_by_weight_statelessly_and_alpha_1_changes_nothing(status, tmp_path, monkeypatch):
+    """Temperature sampling over a mix's parts: shares ∝ n_s ** alpha per cycle, each part walking through all
+    its queries once per epoch; alpha = 1 draws exactly the groups it drew before the option existed."""
+    from collections import Counter
+
+    from mice.train.config import ConfigError, TrainConfig
+    from mice.train.samples import GroupSampler, TrainingPool, pool_from_dataset
+    from tests.test_train import write_beir
+
+    assert GroupSampler.cycle([3809, 673], 1.0, 100)[2] == [85, 15]
+    assert GroupSampler.cycle([3809, 673], 0.5, 100)[2] == [70, 30]
+    assert GroupSampler.cycle([3809, 673], 0.0, 100)[2] == [50, 50]
+    assert GroupSampler.cycle([10_000, 1, 1], 1.0, 100)[2] == [98, 1, 1]  # every part at least once a cycle
+    order, rank, counts = GroupSampler.cycle([9, 3], 0.0, 10)
+    assert order == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1] and rank == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # spread, not blocks
+
+    monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
+    beir = str(write_beir(tmp_path / "beir", n_train=12, n_dev=3))
+    pool = pool_from_dataset(load_dataset(f"mix:{beir}+embedded:debian?status={status}&fractions=1,0,0"), "train", 20)
+    assert set(pool.parts.values()) == {0, 1} and all((q.startswith("1:")) == (p == 1) for q, p in pool.parts.items())
+    n = Counter(pool.parts[q] for q in pool.query_ids)
+    one = TrainingPool(pool.queries, pool.positives, pool.candidates, pool.corpus)  # the same pool, not a mix
+    for g, h in zip(GroupSampler(pool, 3, 7, 1.0).batch(0, 40), GroupSampler(one, 3, 7).batch(0, 40)):
+        assert (g.query_id, g.doc_ids) == (h.query_id, h.doc_ids)
+    equal = GroupSampler(pool, 3, 7, 0.0)
+    ids = [equal.query_id(i) for i in range(20 * equal.CYCLE)]
+    assert Counter(pool.parts[q] for q in ids) == {0: 1000, 1: 1000}
+    for part in (0, 1):  # each epoch of a part holds each of its queries once
+        drawn = [q for q in ids if pool.parts[q] == part]
+        for e in range(3):
+            assert sorted(drawn[e * n[part]:(e + 1) * n[part]]) == sorted(q for q in pool.query_ids
+                                                                          if pool.parts[q] == part)
+    again = GroupSampler(pool, 3, 7, 0.0)
+    assert [again.group(i).doc_ids for i in (1999, 5, 700)] == [equal.group(i).doc_ids for i in (1999, 5, 700)]
+    with pytest.raises(ConfigError, match="mix_alpha"):
+        TrainConfig(mix_alpha=1.5).validate()
 
 
 def test_cli_data_info_shows_the_debian_build(status):

@@ -129,10 +129,11 @@ def test_extra_training_sources_key_the_stages_by_content_and_reach_the_trainer(
     from mice.identity import dataset_identity
 
     full = Demo(tmp_path / "full", get_preset("full"))
-    assert full.key(("ce_train_extra",)) == {
-        "version": CACHE_VERSION, "ce_train_extra": ("embedded:debian",),
+    assert full.key(("ce_train_extra", "ce_mix_alpha")) == {
+        "version": CACHE_VERSION, "ce_train_extra": ("embedded:debian",), "ce_mix_alpha": 0.5,
         "ce_train_extra_content": [dataset_identity(load_dataset("embedded:debian"), ("train",))]}
-    assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_train_extra",)) == {"version": CACHE_VERSION}
+    assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_train_extra", "ce_mix_alpha")) == {
+        "version": CACHE_VERSION}
     captured = {}
 
     class Stop(Exception):
@@ -146,6 +147,7 @@ def test_extra_training_sources_key_the_stages_by_content_and_reach_the_trainer(
     with pytest.raises(Stop):
         full.stage_cross_encoder(tmp_path / "ce")
     assert captured["dataset"] == "mix:embedded:docs+embedded:debian" and captured["dev_dataset"] == "embedded:docs"
+    assert captured["mix_alpha"] == 0.5
 
 
 def test_the_knockout_stages_draw_their_dev_queries_as_dev_sample_says(tmp_path):

@@ -143,10 +143,12 @@ class GroupSampler:
         """(part of each cycle position, its rank among that part's positions, positions per part): part s gets
         a share ∝ sizes[s] ** alpha of `length` (largest remainder, at least 1 each), spread evenly."""
         weights = np.array(sizes, dtype=float) ** alpha
-        exact = weights / weights.sum() * (length - len(sizes))
-        counts = np.floor(exact).astype(int) + 1
+        exact = weights / weights.sum() * length
+        counts = np.floor(exact).astype(int)
         for s in np.argsort(-(exact - np.floor(exact)), kind="stable")[:length - int(counts.sum())]:
             counts[s] += 1
+        for s in np.flatnonzero(counts == 0):  # a tiny part still comes once a cycle, at the largest's expense
+            counts[s], counts[np.argmax(counts)] = 1, counts.max() - 1
         slots = sorted(((k + 0.5) / c, s, k) for s, c in enumerate(counts) for k in range(c))
         return [s for _, s, _ in slots], [k for _, _, k in slots], [int(c) for c in counts]
 
