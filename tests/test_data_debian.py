@@ -191,6 +191,7 @@ def test_mix_alpha_draws_parts_by_weight_statelessly_and_alpha_1_changes_nothing
                                                                           if pool.parts[q] == part)
     again = GroupSampler(pool, 3, 7, 0.0)
     assert [again.group(i).doc_ids for i in (1999, 5, 700)] == [equal.group(i).doc_ids for i in (1999, 5, 700)]
+    assert equal.mixed and not GroupSampler(pool, 3, 7, 1.0).mixed and not GroupSampler(one, 3, 7, 0.0).mixed
     with pytest.raises(ConfigError, match="mix_alpha"):
         TrainConfig(mix_alpha=1.5).validate()
 

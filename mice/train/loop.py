@@ -195,6 +195,11 @@ class Trainer:
             self.dev = self._dev_candidates(dev_ds) if cfg.dev_split else None
         self.pool = pool
         self.sampler = GroupSampler(pool, cfg.negatives, cfg.seed, cfg.mix_alpha)
+        if cfg.mix_alpha != 1.0 and not self.sampler.mixed:
+            from ..data.base import warn
+
+            warn(f"mix_alpha {cfg.mix_alpha}: {ds.name} is not a mix of two or more parts with training queries; "
+                 "every query is drawn equally often")
         if cfg.needs_teacher and self.teacher is None:
             spec = cfg.model if cfg.teacher == SOURCE_TEACHER else cfg.teacher
             tmax = cfg.teacher_max_length or cfg.max_length

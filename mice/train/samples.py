@@ -138,6 +138,11 @@ class GroupSampler:
                 self._cycle, self._rank, self._counts = self.cycle(
                     [len(q) for q in self._by_part], float(mix_alpha), self.CYCLE)
 
+    @property
+    def mixed(self) -> bool:
+        """Whether parts are drawn by their own weights (a mix of two or more parts, `mix_alpha` < 1)."""
+        return self._by_part is not None
+
     @staticmethod
     def cycle(sizes: list[int], alpha: float, length: int) -> tuple[list[int], list[int], list[int]]:
         """(part of each cycle position, its rank among that part's positions, positions per part): part s gets
