@@ -66,8 +66,9 @@ class DemoPreset:
     # validates on `dataset`'s dev alone. The full preset adds the installed Debian packages' synopsis ->
     # description (`embedded:debian`): on docstrings alone it did not beat BM25 on `embedded:meta` (README)
     ce_train_extra: tuple[str, ...] = ()
-    # how often each part of that mix is drawn (TrainConfig.mix_alpha; None: by size). The full preset's 0.5 draws the
-    # Debian packages (673 train queries here, beside 3,809 docstrings) for 30% of its groups instead of 15%
+    # how often each part of that mix is drawn (TrainConfig.mix_alpha; None: by size, every query equally often). No
+    # preset sets it: 0.5 (the Debian packages in 30% of the groups instead of 15%) made the full cross-encoder worse
+    # on all three test sets and lost its in-domain win over the bi-encoder (README, 2026-12-01)
     ce_mix_alpha: float | None = None
     # starts from the cross-encoder: adapting to the mask is quick (the search's finalists had 30 steps)
     masked_steps: int | None = 20
@@ -143,7 +144,7 @@ PRESETS = {
     # preset's 50 it stopped at step 500 on noise (dev RR@10 0.477 vs 0.466; on the 503 test queries 0.499 vs 0.513)
     "full": DemoPreset(name="full", test_queries=None, every_query_domains=("in", "ood", "meta"), first_stage_k=100,
                        ce_steps=4000, ce_until_beats_teacher=True, ce_eval_every=200, dev_sample="random",
-                       ce_distill_weight=0.3, ce_train_extra=("embedded:debian",), ce_mix_alpha=0.5,
+                       ce_distill_weight=0.3, ce_train_extra=("embedded:debian",),
                        masked_steps=None,
                        # MICE: 1,200 steps, not the train preset's 300 (on the quick cross-encoder MICE-ℓ1+3 kept
                        # 93.3% / 90.9% of it after 300 steps, 102.7% / 103.9% after 1,200: README)

@@ -130,8 +130,10 @@ def test_extra_training_sources_key_the_stages_by_content_and_reach_the_trainer(
 
     full = Demo(tmp_path / "full", get_preset("full"))
     assert full.key(("ce_train_extra", "ce_mix_alpha")) == {
-        "version": CACHE_VERSION, "ce_train_extra": ("embedded:debian",), "ce_mix_alpha": 0.5,
+        "version": CACHE_VERSION, "ce_train_extra": ("embedded:debian",),
         "ce_train_extra_content": [dataset_identity(load_dataset("embedded:debian"), ("train",))]}
+    weighed = Demo(tmp_path / "w", get_preset("full", ce_mix_alpha=0.5))
+    assert weighed.key(("ce_train_extra", "ce_mix_alpha"))["ce_mix_alpha"] == 0.5
     assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_train_extra", "ce_mix_alpha")) == {
         "version": CACHE_VERSION}
     captured = {}
@@ -143,11 +145,12 @@ def test_extra_training_sources_key_the_stages_by_content_and_reach_the_trainer(
         captured.update(full.train_config(folder, mode, steps, **overrides).to_dict())
         raise Stop
 
-    full._train = train
-    with pytest.raises(Stop):
-        full.stage_cross_encoder(tmp_path / "ce")
-    assert captured["dataset"] == "mix:embedded:docs+embedded:debian" and captured["dev_dataset"] == "embedded:docs"
-    assert captured["mix_alpha"] == 0.5
+    for demo, alpha in ((full, 1.0), (weighed, 0.5)):
+        demo._train = train
+        with pytest.raises(Stop):
+            demo.stage_cross_encoder(tmp_path / "ce")
+        assert captured["dataset"] == "mix:embedded:docs+embedded:debian"
+        assert captured["dev_dataset"] == "embedded:docs" and captured["mix_alpha"] == alpha
 
 
 def test_the_knockout_stages_draw_their_dev_queries_as_dev_sample_says(tmp_path):
