@@ -70,6 +70,14 @@ class DemoPreset:
     # preset sets it: 0.5 (the Debian packages in 30% of the groups instead of 15%) made the full cross-encoder worse
     # on all three test sets and lost its in-domain win over the bi-encoder (README, 2026-12-01)
     ce_mix_alpha: float | None = None
+    # a last phase on longer pairs (BERT's own recipe: most steps on short sequences, the last ones on long): once its
+    # stop rule has fired, the cross-encoder trains `ce_long_steps` more steps from its best checkpoint at
+    # `long_length` tokens (same data, loss and teacher; the best of that phase on dev is kept), and the masked
+    # model, MICE (document tokens) and the late-interaction baseline train at that length too. The search keeps
+    # the train preset's length. None: one length. The full preset's 96-token cross-encoder lost
+    # `embedded:meta` queries whose description starts with a list of translations or badges (README, 2026-12-01)
+    long_length: int | None = None
+    ce_long_steps: int | None = None
     # starts from the cross-encoder: adapting to the mask is quick (the search's finalists had 30 steps)
     masked_steps: int | None = 20
     mice_steps: int | None = 300  # the train preset's own MICE budget
@@ -129,7 +137,7 @@ class DemoPreset:
 # computed under before the field existed or changed (the demo took the first dev queries by id until 2026-11-30)
 KEYED_AGAINST = {"dev_sample": "first", "search_promote": "best", "search_equal_finals": False}
 KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight", "ce_train_extra",
-                  "ce_mix_alpha",
+                  "ce_mix_alpha", "long_length", "ce_long_steps",
                   "dev_sample", "dataset_external", "search_seeded_from", "search_cls_cross",
                   "search_promote", "search_equal_finals"}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
@@ -193,6 +201,12 @@ class Demo:
         self.out = Path(out)
         self.p = preset
         self.console = console
+        if (preset.long_length is None) != (preset.ce_long_steps is None):
+            from .errors import MiceError
+
+            raise MiceError(f"demo preset {preset.name!r}: long_length and ce_long_steps go together (the cross-"
+                            f"encoder's last phase: steps at a longer pair length); got {preset.long_length} and "
+                            f"{preset.ce_long_steps}")
         self.external_fingerprint = self.check_external() if preset.dataset_external else None  # before any folder
         self.pipe = Pipeline(self.out, console=console, fingerprint={"preset": asdict(preset)})
 
@@ -311,18 +325,21 @@ class Demo:
         return str(tiny_cross_encoder(folder / "tiny-backbone", family=TINY_BACKBONES[self.p.backbone], num_layers=4,
                                       hidden=64, heads=4, intermediate=128, local_attention=16, global_every=3))
 
-    def train_config(self, folder: Path, mode: str, steps: int | None, **overrides):
-        """The TrainConfig of one training stage: the train preset's recipe, the demo's steps and dev queries."""
+    def train_config(self, folder: Path, mode: str, steps: int | None, sub: str = "train", **overrides):
+        """The TrainConfig of one training stage (its run in `folder/sub`): the train preset's recipe, the demo's
+        steps and dev queries; the models trained from the cross-encoder read `long_length` tokens when it is set."""
         from .train.presets import preset
 
         if self.p.dev_queries:
             overrides["dev_queries"] = self.p.dev_queries
         overrides["dev_sample"] = self.p.dev_sample
+        if self.p.long_length and mode != "cross-encoder":
+            overrides.setdefault("max_length", self.p.long_length)
         # an interrupted stage's training resumes from its last checkpoint (the partial stage folder is kept only
         # under the same stage key, and the trainer refuses a checkpoint of other settings)
-        resume = (folder / "train" / "last").exists()
+        resume = (folder / sub / "last").exists()
         overrides.setdefault("dataset", self.p.dataset)
-        cfg = preset(self.p.train_preset, mode, output=str(folder / "train"),
+        cfg = preset(self.p.train_preset, mode, output=str(folder / sub),
                      seed=self.p.seed, overwrite=not resume, resume=resume, **overrides)
         if steps:  # the schedule decays to 0 at `steps`: evaluate once, at the end (unless told); checkpoint half-way
             # no evaluation at step 0 either: it measures the start model (the search and evaluation stages do)
@@ -333,17 +350,18 @@ class Demo:
         # (the full preset's 300-step masked model once stopped at step 187 after the quick preset's 5.5 minutes)
         return cfg.updated({"max_minutes": None})
 
-    def _train(self, folder: Path, mode: str, steps: int | None, **overrides) -> Path:
+    def _train(self, folder: Path, mode: str, steps: int | None, sub: str = "train", **overrides) -> Path:
         from .train import Trainer
 
-        if (folder / "train_result.json").exists() and (folder / "train" / "best").exists():
-            return folder / "train" / "best"  # finished before the stage was interrupted
-        cfg = self.train_config(folder, mode, steps, **overrides)
+        result_file = folder / ("train_result.json" if sub == "train" else f"{sub}_result.json")
+        if result_file.exists() and (folder / sub / "best").exists():
+            return folder / sub / "best"  # finished before the stage was interrupted
+        cfg = self.train_config(folder, mode, steps, sub=sub, **overrides)
         result = Trainer(cfg, quiet=self.console is None).train()
-        (folder / "train_result.json").write_text(json.dumps(
+        result_file.write_text(json.dumps(
             {k: v for k, v in asdict(result).items() if isinstance(v, (int, float, str, dict, type(None)))},
             indent=2, default=str))
-        return folder / "train" / "best"
+        return folder / sub / "best"
 
     def stage_cross_encoder(self, folder: Path) -> dict:
         from .models import load_scorer
@@ -361,13 +379,17 @@ class Demo:
             if self.p.ce_mix_alpha is not None:
                 until["mix_alpha"] = self.p.ce_mix_alpha
         best = self._train(folder, "cross-encoder", self.p.ce_steps, model=self._backbone(folder), **until)
+        if self.p.long_length:  # the last phase, on longer pairs: no stop rule, its budget is steps
+            until.pop("until_beats_teacher", None)
+            best = self._train(folder, "cross-encoder", self.p.ce_long_steps, sub="long", model=str(best),
+                               max_length=self.p.long_length, **until)
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "cross-encoder", every_query=self.every_query(domain))
         return {"model": str(best.relative_to(folder))}
 
     def ce_path(self) -> Path:
-        return self.path("cross_encoder", "train", "best")
+        return self.path("cross_encoder", "long" if self.p.long_length else "train", "best")
 
     def dev_run(self) -> str:
         return str(self.path("bm25", "in-dev.trec"))
@@ -650,8 +672,8 @@ class Demo:
         data = ("dataset", "dataset_ood", "dataset_meta", "dataset_external")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
         ce = runs + ("every_query_domains", "train_preset", "backbone", "ce_steps", "ce_until_beats_teacher", "ce_eval_every",
-                     "ce_negative_miner", "ce_distill_weight", "ce_train_extra", "ce_mix_alpha", "dev_queries", "dev_sample",
-                     "seed")
+                     "ce_negative_miner", "ce_distill_weight", "ce_train_extra", "ce_mix_alpha", "long_length",
+                     "ce_long_steps", "dev_queries", "dev_sample", "seed")
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
         searched = derived + ("search_steps", "search_eta", "search_queries", "search_seeds", "search_finalists",

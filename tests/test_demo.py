@@ -153,6 +153,46 @@ def test_extra_training_sources_key_the_stages_by_content_and_reach_the_trainer(
         assert captured["dev_dataset"] == "embedded:docs" and captured["mix_alpha"] == alpha
 
 
+@pytest.mark.integration
+def test_the_cross_encoders_long_phase_trains_on_from_its_best_checkpoint_at_the_longer_length(tmp_path):
+    """`long_length` + `ce_long_steps`: after its first phase the cross-encoder trains on from that phase's best
+    checkpoint at the longer pair length, with the same data, loss and teacher and no stop rule; the stage re-ranks
+    with it, and the models trained from it (masked, MICE, late interaction) read that length too."""
+    from mice.demo import CACHE_VERSION, Demo, get_preset
+    from mice.errors import MiceError
+    from mice.models import load_scorer
+    from mice.train.config import TrainConfig
+
+    # the quick recipe (distilled from the bi-encoder) on the tiny model, so that the first phase has a stop rule
+    demo = Demo(tmp_path / "run", get_preset("tiny", train_preset="quick", ce_steps=4, ce_eval_every=2, dev_queries=4,
+                                             ce_until_beats_teacher=True, long_length=128, ce_long_steps=4))
+    (tmp_path / "run" / "bm25").mkdir(parents=True)
+    demo.stage_bm25(tmp_path / "run" / "bm25")
+    folder = tmp_path / "run" / "cross_encoder"
+    folder.mkdir()
+    out = demo.stage_cross_encoder(folder)
+    assert out["model"] == "long/best" and demo.ce_path() == folder / "long" / "best"
+    first = TrainConfig.from_dict(json.loads((folder / "train" / "train_config.json").read_text()))
+    last = TrainConfig.from_dict(json.loads((folder / "long" / "train_config.json").read_text()))
+    assert first.until_beats_teacher and not last.until_beats_teacher  # the last phase is a budget of steps
+    assert last.model == str(folder / "train" / "best") and last.max_steps == 4
+    assert (first.max_length, last.max_length) == (96, 128)
+    same = ("dataset", "dev_dataset", "loss", "teacher", "distill_weight", "lr", "batch_size", "negatives")
+    assert {f: getattr(last, f) for f in same} == {f: getattr(first, f) for f in same}
+    assert json.loads((folder / "long_result.json").read_text())["steps"] == 4
+    assert load_scorer(demo.ce_path()).max_length == 128  # the stage's runs are at the longer length
+    for domain in demo.datasets():
+        assert (folder / f"cross-encoder-{domain}.trec").exists()
+    for mode in ("masked", "mice", "late-interaction"):
+        assert demo.train_config(tmp_path / mode, mode, 4, model=str(demo.ce_path())).max_length == 128
+    assert demo.key(("long_length", "ce_long_steps")) == {"version": CACHE_VERSION, "long_length": 128,
+                                                          "ce_long_steps": 4}
+    assert Demo(tmp_path / "q", get_preset("tiny")).key(("long_length", "ce_long_steps")) == {
+        "version": CACHE_VERSION}  # presets without the phase keep their stages' keys
+    with pytest.raises(MiceError, match="long_length and ce_long_steps go together"):
+        Demo(tmp_path / "bad", get_preset("tiny", long_length=80))
+
+
 def test_the_knockout_stages_draw_their_dev_queries_as_dev_sample_says(tmp_path):
     """The probe, attribution, sweep and search stages take their dev queries from `Demo.dev_candidates`: the first
     N by id under `first`, the first N of one seeded order under `random` (ids sort by package)."""
