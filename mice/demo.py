@@ -356,7 +356,7 @@ class Demo:
     def _train(self, folder: Path, mode: str, steps: int | None, sub: str = "train", **overrides) -> Path:
         from .train import Trainer
 
-        result_file = folder / ("train_result.json" if sub == "train" else f"{sub}_result.json")
+        result_file = folder / f"{sub}_result.json"  # train_result.json, long_result.json
         if result_file.exists() and (folder / sub / "best").exists():
             return folder / sub / "best"  # finished before the stage was interrupted
         cfg = self.train_config(folder, mode, steps, sub=sub, **overrides)
