@@ -120,6 +120,9 @@ class DemoPreset:
     # who goes on to the search's next rung (SearchConfig.promote): since 2026-11-30 "efficient", the best and then
     # those within tolerance of it, most efficient first; "best" (by effectiveness alone) was the earlier rule
     search_promote: str = "efficient"
+    # who is cut at a rung (SearchConfig.cut): halving's losers, or only those a paired test tells apart from the
+    # rung's best ("significant", since 2026-12-02 in the full preset)
+    search_cut: str = "halving"
     # MICE's [CLS] cross-attention modes the search's layer stage tries for each b (SearchConfig.cls_cross)
     search_cls_cross: tuple[str, ...] = ("none",)
     # both stages' finalists train the same steps (SearchConfig.equal_finals; since 2026-12-01: before, the full
@@ -139,7 +142,7 @@ KEYED_AGAINST = {"dev_sample": "first", "search_promote": "best", "search_equal_
 KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight", "ce_train_extra",
                   "ce_mix_alpha", "long_length", "ce_long_steps",
                   "dev_sample", "dataset_external", "search_seeded_from", "search_cls_cross",
-                  "search_promote", "search_equal_finals"}  # see `Demo.key`
+                  "search_promote", "search_equal_finals", "search_cut"}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
@@ -166,6 +169,9 @@ PRESETS = {
                        # its one-seed 100-step rung cut mask3(k=1) on a gap that seed noise spans (README): every
                        # seed from the second rung on
                        search_seeded_from=1,
+                       # its one-seed 25-step rung cut MICE-ℓ1+3 (0.2400) for ℓ1+2 (0.2670) and ℓ1+4 (0.2659) on a
+                       # 100-query gap within noise (README): cut only what the rung tells apart from its best
+                       search_cut="significant",
                        bench_docs=100, bench_doc_lens=(128, 512), bench_repeats=10),
     "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
                        dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
@@ -479,6 +485,7 @@ class Demo:
                            seeds=tuple(self.p.search_seeds), tolerance=self.p.search_tolerance,
                            max_interaction_layers=self.p.max_interaction_layers,
                            cls_cross=tuple(self.p.search_cls_cross), promote=self.p.search_promote,
+                           cut=self.p.search_cut,
                            equal_finals=self.p.search_equal_finals,
                            extra_masks=(str(self.path("derive", "mask.json")),))
         self._adopt_candidates(folder)
@@ -681,7 +688,7 @@ class Demo:
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
         searched = derived + ("search_steps", "search_eta", "search_queries", "search_seeds", "search_finalists",
                               "search_rungs", "search_seeded_from", "search_cls_cross", "search_promote",
-                              "search_equal_finals",
+                              "search_equal_finals", "search_cut",
                               "search_tolerance",
                               "max_interaction_layers")
         mice = searched + ("mice_steps",)

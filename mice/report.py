@@ -303,6 +303,8 @@ def _search_section(root: Path, figure) -> list[str]:
              f"1/{c.get('eta', 2)} continues with {c.get('eta', 2)}x as many, until {c['finalists']} finalists (or "
              f"{c.get('max_rungs') or 'unlimited'} rungs) train under seeds "
              f"{', '.join(map(str, c['seeds']))}"
+             + (f"; a candidate is cut only when a paired test over the dev queries tells it apart from its rung's "
+                f"best (p < {c.get('cut_alpha', 0.05)}), the others go on too" if c.get("cut") == "significant" else "")
              + (f"; the finalists of both stages train {derived.budget['final_steps']} steps, since the layer stage "
                 "is judged against the mask stage's finalists" if derived.budget.get("final_steps") else "")
              + f". Budget: {meta['steps_total']} training steps in all. Candidates "
@@ -320,10 +322,16 @@ def _search_section(root: Path, figure) -> list[str]:
               _md(fin[[x for x in cols if x in fin.columns]]), ""]
     zero = t[~t["trained"]][["stage", "candidate", m, f"delta_{m}", "kendall_tau"]].rename(
         columns={f"delta_{m}": f"delta_{m} zero-shot", "kendall_tau": "kendall_tau zero-shot"})
-    first = t[t["trained"] & (t["rung"] == 0)][["stage", "candidate", "steps", m, f"{m}_ci_low", f"{m}_ci_high"]]
+    first = t[t["trained"] & (t["rung"] == 0)].copy()
+    if "p_vs_best" in first.columns:  # searches since 2026-12-02: who this rung cut, and the test behind it
+        first["cut"] = ~(first["promoted"].astype(bool) | first["finalist"].astype(bool))
+    first = first[[x for x in ("stage", "candidate", "steps", m, f"{m}_ci_low", f"{m}_ci_high", "p_vs_best", "cut")
+                   if x in first.columns]]
     both = zero.merge(first, on=["stage", "candidate"], suffixes=(" zero-shot", " trained"))
     lines += ["Zero-shot (the cross-encoder under the mask, or MICE built from it, untrained) beside the same "
-              "candidate after the first rung's steps:", "", _md(both), ""]
+              "candidate after the first rung's steps"
+              + (" (`p_vs_best`: paired t-test against that rung's best, over the dev queries)"
+                 if "p_vs_best" in first.columns else "") + ":", "", _md(both), ""]
     mode = f" (`[CLS]` cross-attention {derived.cls_cross_attention})" if derived.cls_cross_attention else ""
     verdict = {"mice": f"**MICE-ℓ{derived.contextual_layers}+{derived.interaction_layers}**{mode}",
                "masked": "a masked cross-encoder only (no MICE split)",

@@ -116,6 +116,10 @@ def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_pa
         "version": CACHE_VERSION, "search_promote": "efficient"}
     assert Demo(tmp_path / "q", get_preset("quick", search_promote="best")).key(("search_promote",)) == {
         "version": CACHE_VERSION}
+    # the cut rule keys the full preset's search (cut only what a rung tells apart); the quick one keeps its key
+    assert Demo(tmp_path / "quick", get_preset("quick")).key(("search_cut",)) == {"version": CACHE_VERSION}
+    assert Demo(tmp_path / "full", get_preset("full")).key(("search_cut",)) == {"version": CACHE_VERSION,
+                                                                                "search_cut": "significant"}
     mined = Demo(tmp_path / "m", get_preset("quick", ce_negative_miner="biencoder:packaged")).key(more)
     assert mined["ce_negative_miner"] == "biencoder:packaged"
 

@@ -250,6 +250,8 @@ def test_a_decision_without_mice_refuses_mice_training(env, first, tmp_path):
 def test_search_refuses_bad_settings(env):
     r = runner.invoke(app, cli_args(env, env["root"] / "bad") + ["--stages", "mask,heads"])
     assert r.exit_code != 0 and "stages" in str(r.exception or r.output)
+    r = runner.invoke(app, cli_args(env, env["root"] / "bad") + ["--cut", "all"])
+    assert r.exit_code != 0 and "cut: 'all' (halving, significant)" in str(r.exception or r.output)
     with pytest.raises(MiceError, match="finalists get >= 2 seeds"):
         config(env, seeds=(0,)).validate()
     with pytest.raises(MiceError, match="sample: expected first or random"):
@@ -325,6 +327,66 @@ def test_promotion_carries_the_efficient_candidates_within_tolerance():
     assert [c.name for c, _ in s._promotion_order(rows)][:3] == ["mask1", "mask2", "mask0"]
     with pytest.raises(MiceError, match="promote"):
         SearchConfig(model="-", promote="all").validate()
+
+
+def test_a_rung_cuts_only_what_it_tells_apart():
+    """`cut="significant"`: halving's count goes on, and so does every other non-collapsed candidate whose paired
+    test against the rung's best (per query) does not tell them apart; `halving` cuts whoever is not promoted.
+    Every row records its p-value against the best either way."""
+    import numpy as np
+
+    from ablations.search import Candidate, Search, SearchConfig
+
+    rng = np.random.default_rng(0)
+    best = rng.uniform(0.2, 0.8, 60)
+    swing = np.tile([0.05, -0.05], 30)
+    pqs = {"mask1": best, "mask2": best - 0.002 - swing,  # 0.2 points lower on average, swinging 5 per query
+           "mask0": best - rng.normal(0.15, 0.05, 60),  # clearly lower
+           "mask3(k=1)": best - rng.normal(0.0, 0.05, 60)}  # within noise but collapsed: never goes on beyond keep
+
+    def rung():
+        return [(Candidate("mask", n, "masked", n, None, None, (0, i)),
+                 {"ndcg@10": float(np.mean(v)), "collapsed": n == "mask3(k=1)"}) for i, (n, v) in enumerate(pqs.items())]
+
+    s = Search.__new__(Search)
+    s.cfg = SearchConfig(model="-", tolerance=0.01, promote="best")
+    scored = rung()
+    assert [c.name for c in s._promote(scored, pqs, keep=1)] == ["mask1"]
+    p = {c.name: r["p_vs_best"] for c, r in scored}
+    assert np.isnan(p["mask1"]) and p["mask0"] < 1e-10 and p["mask2"] > 0.05
+    s.cfg = SearchConfig(model="-", tolerance=0.01, promote="best", cut="significant")
+    scored = rung()
+    assert [c.name for c in s._promote(scored, pqs, keep=1)] == ["mask1", "mask2"]
+    rows = {c.name: r for c, r in scored}
+    assert rows["mask2"]["tie"] and rows["mask2"]["promoted"] and not rows["mask0"]["promoted"]
+    assert not rows["mask3(k=1)"]["promoted"] and "tie" not in rows["mask1"]
+    s.cfg = SearchConfig(model="-", tolerance=0.01, promote="best", cut="significant", cut_alpha=0.5)
+    assert [c.name for c in s._promote(rung(), {**pqs, "mask2": best - 0.01 - rng.normal(0, 0.01, 60)}, 1)] == \
+        ["mask1"]  # a steady one-point loss over 60 queries is told apart
+    for bad in (dict(cut="all"), dict(cut="significant", cut_alpha=0.0)):
+        with pytest.raises(MiceError, match="cut"):
+            SearchConfig(model="-", **bad).validate()
+
+
+def test_a_significant_cut_keeps_halvings_rungs_and_equal_finals(env, first):
+    """On a tiny model: the rungs' steps are halving's (the budget stays bounded); a rung promotes at least
+    halving's count; every cut candidate is collapsed or told apart from its rung's best; with a level no test
+    reaches, every non-collapsed candidate reaches the finals, all at the same steps; rung 0 is the same training
+    as under halving."""
+    res = search(config(env, stages=("mask",), cut="significant", cut_alpha=1e-12), env["root"] / "ties")
+    t = res.table[res.table["trained"]]
+    assert t.groupby("rung")["steps"].max().tolist() == [2, 4, 8]
+    rung0 = t[t["rung"] == 0]
+    assert (rung0["promoted"] | rung0["collapsed"]).all() and rung0["tie"].sum() == rung0["promoted"].sum() - 3
+    fin = t[t["finalist"]]
+    assert set(fin["candidate"]) == set(rung0.loc[~rung0["collapsed"], "candidate"]) and fin["steps"].nunique() == 1
+    assert (fin["n_seeds"] == 2).all() and res.config.budget["cut"] == "significant"
+    under_halving = first.table[first.table["trained"] & (first.table["stage"] == "mask") & (first.table["rung"] == 0)]
+    pd.testing.assert_frame_equal(rung0.reset_index(drop=True)[["candidate", "ndcg@10", "p_vs_best"]],
+                                  under_halving.reset_index(drop=True)[["candidate", "ndcg@10", "p_vs_best"]],
+                                  check_exact=True)
+    cut = under_halving[~under_halving["promoted"]]
+    assert len(cut) == 3 and "cut" not in first.config.budget
 
 
 def test_the_report_says_why_there_is_no_mice(first):

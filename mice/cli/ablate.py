@@ -348,6 +348,10 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
                promote: str = typer.Option("efficient", "--promote", help="Who goes on to the next rung: "
                                            "efficient (the best, then those within tolerance of it, most "
                                            "efficient first) or best (by effectiveness only)"),
+               cut: str = typer.Option("halving", "--cut", help="Who is cut at a rung: halving (whoever is not "
+                                       "promoted) or significant (only those a paired test tells apart from the "
+                                       "rung's best; the others go on too)"),
+               cut_alpha: float = typer.Option(0.05, "--cut-alpha", help="Level of --cut significant's test"),
                stages: str = typer.Option("mask,layers", "--stages", help="mask (mask0..mask3(k)), layers "
                                           "(MICE-ℓa+b for each b), or both"),
                merge_layers: Optional[str] = typer.Option(None, "--merge-layers", help="k of mask3(k) (default "
@@ -378,7 +382,7 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
                        train_preset=preset,
                        train=train, steps=steps, eta=eta, finalists=finalists, max_rungs=max_rungs, seeds=_ints(seeds, "--seeds"),
                        seeded_from=seeded_from,
-                       tolerance=tolerance, metric=metric.lower(), promote=promote,
+                       tolerance=tolerance, metric=metric.lower(), promote=promote, cut=cut, cut_alpha=cut_alpha,
                        stages=tuple(x.strip() for x in stages.split(",") if x.strip()),
                        merge_layers=_ints(merge_layers, "--merge-layers"),
                        extra_masks=tuple(str(p) for p in extra_masks or ()), contextual_layers=contextual_layers,
