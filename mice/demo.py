@@ -121,7 +121,7 @@ class DemoPreset:
     # those within tolerance of it, most efficient first; "best" (by effectiveness alone) was the earlier rule
     search_promote: str = "efficient"
     # who is cut at a rung (SearchConfig.cut): halving's losers, or only those a paired test tells apart from the
-    # rung's best ("significant", since 2026-12-02 in the full preset)
+    # rung's best ("significant", since 2026-12-01 in the full preset)
     search_cut: str = "halving"
     # MICE's [CLS] cross-attention modes the search's layer stage tries for each b (SearchConfig.cls_cross)
     search_cls_cross: tuple[str, ...] = ("none",)
