@@ -132,8 +132,8 @@ class SearchConfig:
             bad("promote", f"{self.promote!r} ({', '.join(PROMOTE)})")
         if self.cut not in CUTS:
             bad("cut", f"{self.cut!r} ({', '.join(CUTS)})")
-        if not 0 < self.cut_alpha < 1:
-            bad("cut_alpha", f"must be in (0, 1), got {self.cut_alpha}")
+        if not 0 < self.cut_alpha <= 1:
+            bad("cut_alpha", f"must be in (0, 1], got {self.cut_alpha}")
         from mice.mice_model import CLS_CROSS_MODES
 
         if not self.cls_cross or len(set(self.cls_cross)) != len(self.cls_cross) or \
