@@ -489,9 +489,10 @@ class Search:
         best = ranked[0][0].name
         for cand, row in scored:
             diff = np.asarray(pqs[cand.name]) - np.asarray(pqs[best])
-            p = float("nan") if cand.name == best or not diff.any() or len(diff) < 2 else \
-                float(stats.ttest_1samp(diff, 0.0).pvalue)
-            row["p_vs_best"] = 1.0 if cand.name != best and not diff.any() else p
+            if cand.name == best or len(diff) < 2:
+                row["p_vs_best"] = float("nan")
+            else:  # identical per-query scores: nothing tells them apart
+                row["p_vs_best"] = float(stats.ttest_1samp(diff, 0.0).pvalue) if diff.any() else 1.0
         out = [c for c, _ in ranked[:keep]]
         if self.cfg.cut == "significant":
             for cand, row in ranked[keep:]:

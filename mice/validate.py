@@ -72,8 +72,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "eta": (2, None, True),
     "finalists": (1, None, True),
     "max_rungs": (1, None, True),
-    "seeded_from": (0, None, True),
-    "cut_alpha": (0, 1, False),  # `mice ablate search --cut-alpha`: the level of `--cut significant`'s test  # `mice ablate search --seeded-from`: the first rung promoted on every seed
+    "seeded_from": (0, None, True),  # `mice ablate search --seeded-from`: the first rung promoted on every seed
+    "cut_alpha": (0, 1, False),  # `mice ablate search --cut-alpha`: the level of `--cut significant`'s test
     "max_interaction_layers": (1, None, True),
 }
 
