@@ -4,7 +4,8 @@ Work is cut into fixed chunks of consecutive queries (fixed by the whole job, so
 job scores exactly the same batches as an uninterrupted one); within a chunk, pairs are sorted by length and
 batched, which keeps padding low. With `out=`, every finished query is appended to a sidecar
 `<out>.partial` (one JSON line per query, flushed) and the run file appears, atomically, only when all queries
-are done; rerunning the same job picks up from the sidecar.
+are done; rerunning the same job picks up from the sidecar. A finished job leaves a receipt `<out>.done.json`
+(the job's identity and the run file's hash): rerunning a finished job reads its run instead of scoring again.
 
 The scorer is called through `score_batch`, the single place to extend for scorers that need more than
 texts (e.g. a MICE index keyed by doc id: give the scorer a `predict_candidates(batch, batch_size)` method).
@@ -27,6 +28,7 @@ from .errors import DataError
 from .runs import make_run, read_run, sort_run, write_run
 
 PARTIAL_FORMAT = "mice-rerank-partial/1"
+DONE_FORMAT = "mice-rerank-done/1"
 
 
 @dataclass
@@ -102,6 +104,35 @@ def job_identity(scorer, dataset: Dataset, split: str, queries: dict[str, str], 
     extra = job if isinstance(job, dict) else ({"job": job} if job else {})
     return _identity(**scorer_id, **extra, corpus=dataset_identity(dataset), split=split, candidates=h.hexdigest(),
                      k=k, batch_size=batch_size, chunk_pairs=chunk_pairs)
+
+
+def _receipt(out: Path) -> Path:
+    return out.with_name(out.name + ".done.json")
+
+
+def _finished(out: Path, key: dict, tag: str) -> "pd.DataFrame | None":
+    """The run of this very job if it already finished at `out` (receipt and file hash agree), else None."""
+    from .identity import file_hash, identity_hash
+
+    receipt = _receipt(out)
+    if not (out.is_file() and receipt.is_file()):
+        return None
+    try:
+        obj = json.loads(receipt.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(obj, dict) or obj.get("format") != DONE_FORMAT or obj.get("job") != identity_hash(key) \
+            or obj.get("tag") != tag or obj.get("sha256") != file_hash(out):
+        return None
+    return sort_run(read_run(out))[["query_id", "doc_id", "score"]]
+
+
+def _write_receipt(out: Path, key: dict, tag: str) -> None:
+    from .files import write_json_atomic
+    from .identity import file_hash, identity_hash
+
+    write_json_atomic(_receipt(out), {"format": DONE_FORMAT, "job": identity_hash(key), "tag": tag,
+                                         "sha256": file_hash(out)})
 
 
 class _Partial:
@@ -203,9 +234,13 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        partial = _Partial(out.with_name(out.name + ".partial"),
-                           job_identity(scorer, ds, split, queries, cands, k, batch_size, chunk_pairs, job),
-                           restart=overwrite)
+        key = job_identity(scorer, ds, split, queries, cands, k, batch_size, chunk_pairs, job)
+        if not overwrite:
+            finished = _finished(out, key, tag)
+            if finished is not None:  # this exact job already finished here: nothing to score
+                return finished
+        _receipt(out).unlink(missing_ok=True)
+        partial = _Partial(out.with_name(out.name + ".partial"), key, restart=overwrite)
     done = dict(partial.done) if partial else {}
 
     from .distributed import world
@@ -256,6 +291,7 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
     result = sort_run(make_run(rows))[["query_id", "doc_id", "score"]]
     if out is not None:
         write_run(result, out, tag=tag)
+        _write_receipt(out, key, tag)
         partial.unlink()
     if w.distributed:
         w.barrier()

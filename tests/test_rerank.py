@@ -88,6 +88,33 @@ def test_killed_rerank_resumes_to_the_same_bytes(setup, tmp_path):
     assert not partial.exists()
 
 
+def test_a_finished_job_is_read_back_not_rescored(setup, tmp_path):
+    folder, first_path, scorer = setup
+    calls = []
+
+    class Counting:
+        def predict(self, pairs, batch_size=32):
+            calls.append(len(pairs))
+            return scorer.predict(pairs, batch_size=batch_size)
+
+    out = tmp_path / "r.trec"
+    first = rerank(Counting(), folder, "test", first_path, k=6, out=out, job="tiny")
+    scored = len(calls)
+    assert scored > 0 and out.with_name("r.trec.done.json").exists()
+    again = rerank(Counting(), folder, "test", first_path, k=6, out=out, job="tiny")
+    assert len(calls) == scored  # the receipt matched: nothing scored again
+    assert again.equals(first)
+    rerank(Counting(), folder, "test", first_path, k=5, out=out, job="tiny")  # another job (k): scored
+    assert len(calls) > scored
+    scored = len(calls)
+    out.write_text(out.read_text().replace("mice-rerank", "edited", 1))  # the run file changed after the receipt
+    rerank(Counting(), folder, "test", first_path, k=5, out=out, job="tiny")
+    assert len(calls) > scored
+    scored = len(calls)
+    rerank(Counting(), folder, "test", first_path, k=5, out=out, job="tiny", overwrite=True)
+    assert len(calls) > scored
+
+
 def test_partial_of_another_job_is_refused(setup, tmp_path):
     folder, first_path, scorer = setup
     out = tmp_path / "x.trec"
