@@ -4,12 +4,17 @@ a real name. An interrupted stage keeps its work folder, so stages with their ow
 sweeps, training checkpoints) continue where they stopped — but only under the key it was started with: the
 work folder records its key (`partial.json`), and one made under another key is discarded, never resumed (a
 model half-trained with old settings must not be finished and recorded under new ones). A stage holds an
-exclusive lock (`mice.identity.output_lock`) on its folder while it runs."""
+exclusive lock (`mice.identity.output_lock`) on its folder while it runs.
+
+A stage's recorded `seconds` cover every attempt: while it runs, a heartbeat thread writes the time spent so far
+into `partial.json` (every `heartbeat_s`), so a stage resumed after a crash or a SIGKILL counts the earlier
+attempts' time too (at most one heartbeat of it is lost), and `attempts` says how many runs it took."""
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +33,55 @@ class StageResult:
     seconds: float
     cached: bool
     outputs: dict = field(default_factory=dict)
+    attempts: int = 1
+
+
+class _Clock:
+    """Time spent on one stage over all its attempts, written to the work folder's `partial.json` by a daemon
+    thread every `interval` seconds and once more when the attempt stops."""
+
+    def __init__(self, marker: Path, key, interval: float) -> None:
+        try:
+            before = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            before = {}
+        self.prior = float(before.get("elapsed_s", 0.0))
+        self.attempts = int(before.get("attempts", 0)) + 1
+        self.marker, self.key, self.interval = marker, key, interval
+        self.start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="mice-stage-clock")
+        self._thread.start()
+
+    @property
+    def this_attempt(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def total(self) -> float:
+        return self.prior + self.this_attempt
+
+    def write(self) -> None:
+        write_json_atomic(self.marker, {"key": self.key, "elapsed_s": self.total, "attempts": self.attempts})
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.write()
+            except OSError:  # the folder is being renamed or removed as the stage ends
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class Pipeline:
     """Runs named stages under `root`; stage `name` owns `root/name/` and returns a dict of facts to record."""
 
-    def __init__(self, root, console=None, fingerprint: dict | None = None):
+    def __init__(self, root, console=None, fingerprint: dict | None = None, heartbeat_s: float = 30.0):
         self.root = Path(root)
+        self.heartbeat_s = heartbeat_s
         self.root.mkdir(parents=True, exist_ok=True)
         self.console = console
         self.fingerprint = fingerprint or {}
@@ -66,7 +113,8 @@ class Pipeline:
         label = title or name
         if info is not None:
             self._say(f"[green]✓[/] {label} [dim](cached, {info['seconds']:.1f}s when run)[/]")
-            self.results.append(StageResult(name, info["seconds"], True, info.get("outputs", {})))
+            self.results.append(StageResult(name, info["seconds"], True, info.get("outputs", {}),
+                                            info.get("attempts", 1)))
             return info.get("outputs", {})
         from .identity import output_lock
 
@@ -75,21 +123,29 @@ class Pipeline:
         with output_lock(work):
             resumed = self._adopt_partial(work, key, label)
             self._say(f"[bold cyan]▶[/] {label} …" + (" [dim](resuming)[/]" if resumed else ""))
-            start = time.perf_counter()
+            clock = _Clock(work / PARTIAL, key, self.heartbeat_s)
             try:
                 outputs = fn(work) or {}
             except BaseException:
+                clock.stop()
+                try:
+                    clock.write()
+                except OSError:
+                    pass
                 self._say(f"[red]✗[/] {label} stopped; its partial work is kept in {work} for the next run")
                 raise
-            seconds = time.perf_counter() - start
-            write_json_atomic(work / DONE, {"stage": name, "seconds": seconds, "outputs": outputs,
+            clock.stop()
+            seconds = clock.total
+            write_json_atomic(work / DONE, {"stage": name, "seconds": seconds, "attempts": clock.attempts,
+                                            "seconds_last_attempt": clock.this_attempt, "outputs": outputs,
                                             "fingerprint": key})
             (work / PARTIAL).unlink(missing_ok=True)
             if folder.exists():
                 shutil.rmtree(folder)
             work.rename(folder)
-        self._say(f"[green]✓[/] {label} [dim]({seconds:.1f}s)[/]")
-        self.results.append(StageResult(name, seconds, False, outputs))
+        tries = f", {clock.attempts} attempts" if clock.attempts > 1 else ""
+        self._say(f"[green]✓[/] {label} [dim]({seconds:.1f}s{tries})[/]")
+        self.results.append(StageResult(name, seconds, False, outputs, clock.attempts))
         return outputs
 
     def _adopt_partial(self, work: Path, key, label: str) -> bool:
@@ -116,8 +172,8 @@ class Pipeline:
     def timings(self):
         import pandas as pd
 
-        return pd.DataFrame([{"stage": r.name, "seconds": round(r.seconds, 2), "cached": r.cached}
-                             for r in self.results])
+        return pd.DataFrame([{"stage": r.name, "seconds": round(r.seconds, 2), "cached": r.cached,
+                              "attempts": r.attempts} for r in self.results])
 
     def _say(self, text: str) -> None:
         if self.console is not None:

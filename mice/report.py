@@ -47,6 +47,17 @@ def results_table(results: pd.DataFrame, domain: str, alpha: float = 0.05, queri
     return wide.loc[order].reset_index()
 
 
+def _attempts_note(timings: pd.DataFrame) -> str:
+    """Say which stages took more than one run (their seconds add up every attempt's)."""
+    if "attempts" not in timings:
+        return ""
+    several = timings[timings["attempts"].fillna(1) > 1]
+    if not len(several):
+        return ""
+    names = ", ".join(f"{r.stage} ({int(r.attempts)})" for r in several.itertuples())
+    return f" Stages resumed after an interruption count the time of every attempt: {names}."
+
+
 def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = None) -> Path:
     """`root/report.md` and `root/report.html`; returns the path of report.md."""
     root = Path(root)
@@ -263,7 +274,7 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
 
     if timings is not None and len(timings):
         lines += ["## Timings per stage", "", _md(timings, ".1f"),
-                  "", f"Total: {timings['seconds'].sum():.1f} s.", ""]
+                  "", f"Total: {timings['seconds'].sum():.1f} s." + _attempts_note(timings), ""]
     return "\n".join(lines) + "\n"
 
 

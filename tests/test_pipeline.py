@@ -49,3 +49,74 @@ def test_keys_with_tuples_still_match_after_a_round_trip_through_json(tmp_path):
     for _ in range(2):
         Pipeline(tmp_path).run("d", lambda f: calls.append(1), key={"doc_lens": (128, 512)})
     assert len(calls) == 1
+
+
+def test_a_resumed_stage_counts_every_attempts_time(tmp_path):
+    import json
+    import time
+
+    def stage(folder):
+        time.sleep(0.3)
+        if not (folder / "half.txt").exists():
+            (folder / "half.txt").write_text("half")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(tmp_path).run("e", stage)
+    first = json.loads((tmp_path / ".e.partial" / PARTIAL).read_text())
+    assert first["attempts"] == 1 and first["elapsed_s"] >= 0.3
+    p = Pipeline(tmp_path)
+    p.run("e", stage)
+    info = json.loads((tmp_path / "e" / "stage.json").read_text())
+    assert info["attempts"] == 2 and 0.3 <= info["seconds_last_attempt"] < info["seconds"]
+    assert info["seconds"] >= first["elapsed_s"] + 0.3
+    assert p.timings().loc[0, "attempts"] == 2
+
+
+SLOW_STAGE = r"""
+import sys, time
+from pathlib import Path
+from mice.pipeline import Pipeline
+
+def stage(folder):
+    if not (folder / "started").exists():
+        (folder / "started").write_text("1")
+        time.sleep(120)  # killed here
+
+Pipeline(sys.argv[1], heartbeat_s=0.05).run("k", stage)
+"""
+
+
+def test_a_sigkilled_attempts_time_is_kept_by_the_heartbeat(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_STAGE)
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], env=env,
+                            stderr=subprocess.PIPE)
+    marker = tmp_path / "run" / ".k.partial" / PARTIAL
+    deadline = time.time() + 120
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        try:
+            if json.loads(marker.read_text()).get("elapsed_s", 0) >= 0.5:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = json.loads(marker.read_text())["elapsed_s"]
+    assert killed >= 0.5
+    assert subprocess.run([sys.executable, str(script), str(tmp_path / "run")], env=env).returncode == 0
+    info = json.loads((tmp_path / "run" / "k" / "stage.json").read_text())
+    assert info["attempts"] == 2 and info["seconds"] >= killed
