@@ -33,7 +33,7 @@ class StageResult:
     seconds: float
     cached: bool
     outputs: dict = field(default_factory=dict)
-    attempts: int = 1
+    attempts: int | None = 1  # None: recorded before stages counted their attempts
 
 
 class _Clock:
@@ -114,7 +114,7 @@ class Pipeline:
         if info is not None:
             self._say(f"[green]✓[/] {label} [dim](cached, {info['seconds']:.1f}s when run)[/]")
             self.results.append(StageResult(name, info["seconds"], True, info.get("outputs", {}),
-                                            info.get("attempts", 1)))
+                                            info.get("attempts")))
             return info.get("outputs", {})
         from .identity import output_lock
 
@@ -173,7 +173,7 @@ class Pipeline:
         import pandas as pd
 
         return pd.DataFrame([{"stage": r.name, "seconds": round(r.seconds, 2), "cached": r.cached,
-                              "attempts": r.attempts} for r in self.results])
+                              "attempts": r.attempts} for r in self.results]).astype({"attempts": "Int64"})
 
     def _say(self, text: str) -> None:
         if self.console is not None:

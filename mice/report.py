@@ -18,6 +18,8 @@ def _md(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     cols = list(df.columns)
 
     def fmt(v):
+        if v is pd.NA:
+            return ""
         if isinstance(v, float):
             return format(v, floatfmt)
         return str(v)
@@ -51,11 +53,16 @@ def _attempts_note(timings: pd.DataFrame) -> str:
     """Say which stages took more than one run (their seconds add up every attempt's)."""
     if "attempts" not in timings:
         return ""
-    several = timings[timings["attempts"].fillna(1) > 1]
-    if not len(several):
-        return ""
-    names = ", ".join(f"{r.stage} ({int(r.attempts)})" for r in several.itertuples())
-    return f" Stages resumed after an interruption count the time of every attempt: {names}."
+    attempts = pd.to_numeric(timings["attempts"], errors="coerce")
+    note = ""
+    several = timings[attempts.fillna(1) > 1]
+    if len(several):
+        names = ", ".join(f"{r.stage} ({int(r.attempts)})" for r in several.itertuples())
+        note += f" Stages resumed after an interruption count the time of every attempt: {names}."
+    if attempts.isna().any():
+        note += (" A blank `attempts` is a stage recorded before stages counted their attempts: its seconds are "
+                 "those of its last attempt only.")
+    return note
 
 
 def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = None) -> Path:
@@ -273,6 +280,8 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
         _figure(lines, root, "figures/latency.png", "Latency per method")
 
     if timings is not None and len(timings):
+        if "attempts" in timings:  # read back from CSV, a blank is NaN: keep it blank, the others integers
+            timings = timings.astype({"attempts": "Int64"})
         lines += ["## Timings per stage", "", _md(timings, ".1f"),
                   "", f"Total: {timings['seconds'].sum():.1f} s." + _attempts_note(timings), ""]
     return "\n".join(lines) + "\n"

@@ -120,3 +120,17 @@ def test_a_sigkilled_attempts_time_is_kept_by_the_heartbeat(tmp_path):
     assert subprocess.run([sys.executable, str(script), str(tmp_path / "run")], env=env).returncode == 0
     info = json.loads((tmp_path / "run" / "k" / "stage.json").read_text())
     assert info["attempts"] == 2 and info["seconds"] >= killed
+
+
+def test_the_report_says_which_stages_took_several_attempts_and_which_did_not_count(tmp_path):
+    import pandas as pd
+
+    from mice.files import read_table, write_table
+    from mice.report import report_markdown
+
+    timings = pd.DataFrame({"stage": ["a", "b", "c"], "seconds": [1.0, 5.0, 2.0], "cached": [True, False, True],
+                            "attempts": pd.array([1, 3, None], dtype="Int64")})
+    write_table(timings, tmp_path / "timings.csv")
+    md = report_markdown(tmp_path, env={}, timings=read_table(tmp_path / "timings.csv"))
+    assert "| b | 5.0 | False | 3 |" in md and "| c | 2.0 | True |  |" in md
+    assert "count the time of every attempt: b (3)." in md and "A blank `attempts`" in md
