@@ -11,6 +11,7 @@ into `partial.json` (every `heartbeat_s`), so a stage resumed after a crash or a
 attempts' time too (at most one heartbeat of it is lost), and `attempts` says how many runs it took."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -66,14 +67,18 @@ class _Clock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.write()
-            except OSError:  # the folder is being renamed or removed as the stage ends
-                return
+            self._write_if_possible()
 
-    def stop(self) -> None:
+    def _write_if_possible(self) -> None:
+        with contextlib.suppress(OSError):  # the work folder may be gone (removed by the stage, or renamed)
+            self.write()
+
+    def stop(self, record: bool = False) -> None:
+        """Stop the heartbeat; `record`: write the time once more (the attempt stopped before finishing)."""
         self._stop.set()
         self._thread.join()
+        if record:
+            self._write_if_possible()
 
 
 class Pipeline:
@@ -127,11 +132,7 @@ class Pipeline:
             try:
                 outputs = fn(work) or {}
             except BaseException:
-                clock.stop()
-                try:
-                    clock.write()
-                except OSError:
-                    pass
+                clock.stop(record=True)
                 self._say(f"[red]✗[/] {label} stopped; its partial work is kept in {work} for the next run")
                 raise
             clock.stop()
@@ -172,8 +173,8 @@ class Pipeline:
     def timings(self):
         import pandas as pd
 
-        return pd.DataFrame([{"stage": r.name, "seconds": round(r.seconds, 2), "cached": r.cached,
-                              "attempts": r.attempts} for r in self.results]).astype({"attempts": "Int64"})
+        return pd.DataFrame([(r.name, round(r.seconds, 2), r.cached, r.attempts) for r in self.results],
+                            columns=["stage", "seconds", "cached", "attempts"]).astype({"attempts": "Int64"})
 
     def _say(self, text: str) -> None:
         if self.console is not None:

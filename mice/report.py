@@ -50,10 +50,10 @@ def results_table(results: pd.DataFrame, domain: str, alpha: float = 0.05, queri
 
 
 def _attempts_note(timings: pd.DataFrame) -> str:
-    """Say which stages took more than one run (their seconds add up every attempt's)."""
+    """Say which stages took more than one run (their seconds add up every attempt's). `attempts`: Int64."""
     if "attempts" not in timings:
         return ""
-    attempts = pd.to_numeric(timings["attempts"], errors="coerce")
+    attempts = timings["attempts"]
     note = ""
     several = timings[attempts.fillna(1) > 1]
     if len(several):

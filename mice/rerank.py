@@ -106,6 +106,11 @@ def job_identity(scorer, dataset: Dataset, split: str, queries: dict[str, str], 
                      k=k, batch_size=batch_size, chunk_pairs=chunk_pairs)
 
 
+def _ranked(run: pd.DataFrame) -> pd.DataFrame:
+    """The shape `rerank` returns, whether it scored the run or read a finished one back."""
+    return sort_run(run)[["query_id", "doc_id", "score"]]
+
+
 def _receipt(out: Path) -> Path:
     return out.with_name(out.name + ".done.json")
 
@@ -124,7 +129,7 @@ def _finished(out: Path, key: dict, tag: str) -> "pd.DataFrame | None":
     if not isinstance(obj, dict) or obj.get("format") != DONE_FORMAT or obj.get("job") != identity_hash(key) \
             or obj.get("tag") != tag or obj.get("sha256") != file_hash(out):
         return None
-    return sort_run(read_run(out))[["query_id", "doc_id", "score"]]
+    return _ranked(read_run(out))
 
 
 def _write_receipt(out: Path, key: dict, tag: str) -> None:
@@ -288,7 +293,7 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
             return read_run(out)
         done = partial.merged()
     rows = [(q, d, s) for q in sorted(done) if q in cands for d, s in zip(*done[q])]
-    result = sort_run(make_run(rows))[["query_id", "doc_id", "score"]]
+    result = _ranked(make_run(rows))
     if out is not None:
         write_run(result, out, tag=tag)
         _write_receipt(out, key, tag)
