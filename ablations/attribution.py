@@ -32,9 +32,9 @@ from mice.segments import SEG
 from probes.attention import hooked_model, sidecar
 from probes.candidates import Candidates, as_candidates
 
-from .knockouts import ALL_HEADS, Knockout, check_knockout, knockout_set
-from .metrics import DEFAULT_MEASURE, RankEffects
-from .structural import occupancy, structural_cells
+from ablations.knockouts import ALL_HEADS, Knockout, check_knockout, knockout_set
+from ablations.metrics import DEFAULT_MEASURE, RankEffects
+from ablations.structural import occupancy, structural_cells
 
 ATTRIBUTION_FORMAT = "mice-attribution/1"
 MODES = ("renorm", "zero")
@@ -259,7 +259,7 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
     if out is not None:
         from mice.identity import job_identity, mask_identity
 
-        from .sweep import _Partial
+        from ablations.sweep import _Partial
 
         key = job_identity(**model.identity(), pairs=cands.fingerprint(), modes=modes, base=mask_identity(base_mask),
                            knockouts=hashlib.sha256(json.dumps([ko.key for ko in kos]).encode()).hexdigest(),
@@ -413,8 +413,8 @@ def check_exact(model, data, attribution: AttributionResult, mode: str = "renorm
                 batch_size: int = 16, layer_level: bool = True) -> pd.DataFrame:
     """Exact knockouts (the fast sweep engine) for the estimated layer-level cells of `mode` (or the `top`
     cells by rank when `layer_level` is False); returns estimate and exact effect side by side, per cell."""
-    from .engine import SweepEngine
-    from .sweep import ScoredBatches
+    from ablations.engine import SweepEngine
+    from ablations.sweep import ScoredBatches
 
     model = hooked_model(model)
     cands = as_candidates(data) if not isinstance(data, Candidates) else data

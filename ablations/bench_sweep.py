@@ -64,10 +64,10 @@ def run_benchmark(n_queries: int = 8, k: int = 4, max_length: int = 128, heads: 
     from mice import HookedCrossEncoder
     from probes.candidates import from_run
 
-    from .engine import SweepEngine
-    from .knockouts import knockout_set
-    from .metrics import Evaluator
-    from .sweep import ScoredBatches
+    from ablations.engine import SweepEngine
+    from ablations.knockouts import knockout_set
+    from ablations.metrics import Evaluator
+    from ablations.sweep import ScoredBatches
 
     if threads:
         torch.set_num_threads(threads)
@@ -126,12 +126,12 @@ def run_attribution_benchmark(n_queries: int = 8, k: int = 4, max_length: int = 
     from mice import HookedCrossEncoder
     from probes.candidates import as_candidates, from_run
 
-    from .attribution import PathAttribution
-    from .engine import SweepEngine
-    from .knockouts import ALL_HEADS, check_knockout, knockout_set
+    from ablations.attribution import PathAttribution
+    from ablations.engine import SweepEngine
+    from ablations.knockouts import ALL_HEADS, check_knockout, knockout_set
     from mice.masks import InteractionMask
-    from .structural import occupancy, structural_cells
-    from .sweep import ScoredBatches
+    from ablations.structural import occupancy, structural_cells
+    from ablations.sweep import ScoredBatches
 
     if threads:
         torch.set_num_threads(threads)

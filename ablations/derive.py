@@ -30,10 +30,10 @@ from mice.masks import InteractionMask
 from probes.attention import hooked_model, sidecar
 from probes.candidates import Candidates, from_run
 
-from .engine import SweepEngine
-from .knockouts import ALL_HEADS
-from .metrics import Evaluator, relative_loss
-from .sweep import ScoredBatches, SweepResult, load_sweep
+from ablations.engine import SweepEngine
+from ablations.knockouts import ALL_HEADS
+from ablations.metrics import Evaluator, relative_loss
+from ablations.sweep import ScoredBatches, SweepResult, load_sweep
 
 STEP_COLUMNS = ["step", "layer", "path", "sweep_delta", "sweep_mean_abs_dscore", "decision", "value", "rel_loss",
                 "n_removed", "current"]
@@ -98,7 +98,7 @@ def _evidence_of(evidence) -> tuple[pd.DataFrame, dict, str]:
     from mice.files import read_table
 
     if path.exists() and "estimate" in read_table(path).columns:
-        from .attribution import load_attribution
+        from ablations.attribution import load_attribution
 
         table, meta = load_attribution(path)
         return table, meta, str(path)
@@ -128,9 +128,9 @@ def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None
     change of the metric and of the relevant-vs-non-relevant score margin with bootstrap CIs over the held-out
     queries. Model, data, split, run and k default to the evidence's metadata.
     """
-    from .attribution import _progress
-    from .metrics import RankEffects
-    from .structural import structural_reason
+    from ablations.attribution import _progress
+    from ablations.metrics import RankEffects
+    from ablations.structural import structural_reason
 
     table, meta, sweep_name = _evidence_of(sweep)
     model_spec, data, split, run, k = _resolve_sources(meta, model, data, split, run, k)

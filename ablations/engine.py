@@ -2,7 +2,7 @@
 
 A knockout first active at layer l cannot change layers < l, so the clean residual stream entering every layer
 is computed once per batch (`prepare`) and each knockout restarts from it. On top of that, the `fast`
-strategy (any family with a backbone adapter, `mice.adapters`: it runs the layer in pieces) uses three exact
+strategy (any family with a backbone adapter, `mice.models.adapters`: it runs the layer in pieces) uses three exact
 shortcuts:
 
 - at layer l the queries, keys, values and raw attention scores come from the clean stream and are shared by
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import torch
 
 from mice.errors import MaskError
-from mice.hooked import HookedCrossEncoder, knockout_hook, knockout_hooks
+from mice.models.hooked import HookedCrossEncoder, knockout_hook, knockout_hooks
 from mice.masks import InteractionMask
 from mice.segments import SEG
 
-from .knockouts import ALL_HEADS, Knockout
+from ablations.knockouts import ALL_HEADS, Knockout
 
 STRATEGIES = ("auto", "fast", "replicate", "naive")
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from mice.errors import DataError
 
-from .metrics import relative_loss
+from ablations.metrics import relative_loss
 
 REQUIRED = ("interaction_layers", "contextual_layers", "metric", "value")
 

@@ -1,6 +1,6 @@
 """Effect of a knockout on the ranking: metric deltas with paired tests, score changes, rank correlation.
 
-Ranking metrics come from ir-measures and the tests from `mice.evaluation` (the same statistics as
+Ranking metrics come from ir-measures and the tests from `mice.rank.evaluation` (the same statistics as
 `mice evaluate`), computed per query over the re-ranked candidates of the queries looked at.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from mice.evaluation import paired_test, parse_metrics, per_query
+from mice.rank.evaluation import paired_test, parse_metrics, per_query
 
 from probes.candidates import Candidates
 

@@ -37,7 +37,7 @@ def planted_model(folder, alpha: float = 5.0, beta: float = 5.0) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from mice.testing import _bert_tokenizer_files
+    from mice.models.testing import _bert_tokenizer_files
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -134,7 +134,7 @@ class SearchConfig:
             bad("cut", f"{self.cut!r} ({', '.join(CUTS)})")
         if not 0 < self.cut_alpha <= 1:
             bad("cut_alpha", f"must be in (0, 1], got {self.cut_alpha}")
-        from mice.mice_model import CLS_CROSS_MODES
+        from mice.models.mice_model import CLS_CROSS_MODES
 
         if not self.cls_cross or len(set(self.cls_cross)) != len(self.cls_cross) or \
                 not set(self.cls_cross) <= set(CLS_CROSS_MODES):
@@ -260,13 +260,13 @@ class Search:
     def _setup(self) -> None:
         from transformers import AutoConfig
 
-        from mice.backbone import resolve_model_path
+        from mice.models.backbone import resolve_model_path
         from mice.data import load_dataset
-        from mice.hf import quiet_hf
+        from mice.models.hf import quiet_hf
         from mice.identity import dataset_identity, weights_fingerprint
         from probes.candidates import from_run
 
-        from .metrics import RankEffects
+        from ablations.metrics import RankEffects
 
         quiet_hf()
         cfg = self.cfg
@@ -344,7 +344,7 @@ class Search:
 
     def _reference(self) -> None:
         """The cross-encoder's own scores on the dev candidates (the point every candidate is measured from)."""
-        from mice.models import load_scorer
+        from mice.models.loader import load_scorer
 
         def compute():
             t0 = time.perf_counter()
@@ -366,11 +366,11 @@ class Search:
         def compute():
             t0 = time.perf_counter()
             if cand.mode == "masked":
-                from mice.models import load_scorer
+                from mice.models.loader import load_scorer
 
                 scorer = load_scorer(self.cfg.model, mask=cand.mask, max_length=self.max_length)
             else:
-                from mice.mice_model import MICEModel
+                from mice.models.mice_model import MICEModel
 
                 tc = self._train_config("mice", None, cand.a, cand.b, 0, 1, "-", cls_cross=cand.cls_cross)
                 scorer = MICEModel.from_cross_encoder(self.cfg.model, contextual_layers=cand.a,
@@ -385,7 +385,7 @@ class Search:
     def trained(self, cand: Candidate, seed: int, steps: int) -> dict:
         """Train `cand` under `seed` to `steps` (continuing its last rung) and score it; cached."""
         def compute():
-            from mice.models import load_scorer
+            from mice.models.loader import load_scorer
             from mice.train import Trainer
             from mice.train.loop import STATE_FILE, _checkpoint_step
 
@@ -509,7 +509,7 @@ class Search:
         """Who goes on first (`promote`): by effectiveness (`best`); or (`efficient`) the rung's best, then the
         candidates within tolerance of it from the most efficient down, then the rest by effectiveness. Collapsed
         candidates go last either way."""
-        from .metrics import relative_loss
+        from ablations.metrics import relative_loss
 
         m = self.cfg.metric
         ranked = sorted(scored, key=lambda cr: (cr[1]["collapsed"], -cr[1][m], [-e for e in cr[0].efficiency]))
@@ -532,7 +532,7 @@ class Search:
         so the untouched cross-encoder joins the best only `with_reference` (a layer stage run without the mask
         stage, which has no trained control). Every finalist is still tested against the cross-encoder (delta,
         CI, p)."""
-        from .metrics import relative_loss
+        from ablations.metrics import relative_loss
 
         m = self.cfg.metric
         ref = float(np.mean(self.ref_pq[m]))

@@ -24,7 +24,7 @@ import numpy as np
 from mice.masks import InteractionMask, parse_path
 from mice.segments import REAL_SEGMENTS, SEG
 
-from .knockouts import Knockout
+from ablations.knockouts import Knockout
 
 N_REAL = len(REAL_SEGMENTS)
 

@@ -31,9 +31,9 @@ from mice.masks import InteractionMask
 from probes.attention import hooked_model, sidecar
 from probes.candidates import Candidates, as_candidates
 
-from .engine import SweepEngine
-from .knockouts import ALL_HEADS, Knockout, check_knockout, knockout_set
-from .metrics import Evaluator, RankEffects
+from ablations.engine import SweepEngine
+from ablations.knockouts import ALL_HEADS, Knockout, check_knockout, knockout_set
+from ablations.metrics import Evaluator, RankEffects
 
 SWEEP_FORMAT = "mice-sweep/1"
 PARTIAL_FORMAT = "mice-sweep-partial/1"
@@ -195,7 +195,7 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
     batches = ScoredBatches(engine, cands.pairs, batch_size, cache_bytes)
     clean = batches.clean()
     clean_pq = evaluator.per_query(clean)
-    from .structural import occupancy, structural_cells
+    from ablations.structural import occupancy, structural_cells
 
     struct = structural_cells(runnable, base_mask, occupancy([b["segment_ids"] for _, b in batches.batches]),
                               mode) if structural else {}

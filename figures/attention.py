@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import PATH_CONVENTION, save_figure, setup_style
+from figures import PATH_CONVENTION, save_figure, setup_style
 
 SEGS = ("cls", "q", "sep1", "d", "sep2")
 SEG_COLORS = {"cls": "#4d4d4d", "q": "#1f77b4", "sep1": "#8c8c00", "d": "#d95f02", "sep2": "#17a2b8", "pad": "#bbbbbb"}

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from . import PATH_CONVENTION, save_figure, setup_style
+from figures import PATH_CONVENTION, save_figure, setup_style
 
 
 def plot_attribution_check(check, out_stem, measure: str = "", formats=("png", "pdf")):
@@ -18,7 +18,7 @@ def plot_attribution_check(check, out_stem, measure: str = "", formats=("png", "
     import matplotlib.pyplot as plt
     from scipy import stats
 
-    from .derivation import _read
+    from figures.derivation import _read
 
     setup_style()
     t = _read(check)

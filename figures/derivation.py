@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 
-from . import PATH_CONVENTION, save_figure, setup_style
+from figures import PATH_CONVENTION, save_figure, setup_style
 
 DECISION_STYLE = {"removed": ("o", "#55a868"), "kept": ("X", "#c44e52"), "invalid": ("s", "#8c8c8c"),
                   "start": ("D", "#4c72b0"), "structural": ("|", "#8172b2")}

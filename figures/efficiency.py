@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import save_figure, setup_style
+from figures import save_figure, setup_style
 
 # evaluation run name -> benchmark method timing it
 RUN_TO_METHOD = {"cross-encoder": "cross-encoder", "masked": "masked", "mice": "mice-index",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import PATH_CONVENTION, save_figure, setup_style
+from figures import PATH_CONVENTION, save_figure, setup_style
 
 
 def _table(t):

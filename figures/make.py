@@ -21,7 +21,7 @@ def make_all(run_dir, out_dir) -> list[Path]:
     if probe.exists():
         from probes import load_examples
 
-        from .attention import plot_example, plot_head_grid, plot_layer_heatmaps
+        from figures.attention import plot_example, plot_head_grid, plot_layer_heatmaps
 
         add(plot_layer_heatmaps(probe, out_dir / "attention_paths"))
         add(plot_head_grid(probe, out_dir / "attention_heads"))
@@ -30,7 +30,7 @@ def make_all(run_dir, out_dir) -> list[Path]:
             add(plot_example(load_examples(examples[0]), out_dir / "attention_example"))
     attribution = run_dir / "attribute" / "attribution.parquet"
     if attribution.exists():
-        from .knockouts import plot_head_sweep, plot_sweep
+        from figures.knockouts import plot_head_sweep, plot_sweep
 
         table = read_table(attribution)
         add(plot_sweep(table, out_dir / "attribution_heatmap"))
@@ -38,14 +38,14 @@ def make_all(run_dir, out_dir) -> list[Path]:
             add(plot_head_sweep(table, out_dir / "attribution_heads"))
     check = run_dir / "sweep" / "attribution_check.csv"
     if check.exists():
-        from .attribution import plot_attribution_check
+        from figures.attribution import plot_attribution_check
 
         add(plot_attribution_check(check, out_dir / "attribution_vs_exact"))
         if "exact_delta_margin" in read_table(check).columns:
             add(plot_attribution_check(check, out_dir / "attribution_vs_exact_margin", measure="delta_margin"))
     sweep = run_dir / "sweep" / "sweep.parquet"
     if sweep.exists():
-        from .knockouts import plot_mask_ablation, plot_sweep
+        from figures.knockouts import plot_mask_ablation, plot_sweep
 
         add(plot_sweep(sweep, out_dir / "knockout_heatmap"))
         presets = run_dir / "sweep" / "presets.csv"
@@ -53,8 +53,8 @@ def make_all(run_dir, out_dir) -> list[Path]:
             add(plot_mask_ablation(presets, out_dir / "zero_shot_masks"))
     derive = run_dir / "derive"
     if (derive / "mask.json").exists():
-        from .derivation import plot_derivation
-        from .masks import plot_mask
+        from figures.derivation import plot_derivation
+        from figures.masks import plot_mask
 
         add(plot_mask(InteractionMask.load(derive / "mask.json"), out_dir / "derived_mask"))
         steps = derive / "mask.steps.csv"
@@ -63,7 +63,7 @@ def make_all(run_dir, out_dir) -> list[Path]:
             add(plot_derivation(steps, out_dir / "derivation_steps", tolerance=tol))
     search = run_dir / "search" / "search.parquet"
     if search.exists():
-        from .derivation import plot_search
+        from figures.derivation import plot_search
 
         table = read_table(search)
         meta = json.loads((run_dir / "search" / "search.json").read_text())
@@ -74,18 +74,18 @@ def make_all(run_dir, out_dir) -> list[Path]:
         derived = run_dir / "search" / "derived.json"
         mask = InteractionMask.load(derived) if json.loads(derived.read_text()).get("mask") else None
         if mask is not None:
-            from .masks import plot_mask
+            from figures.masks import plot_mask
 
             add(plot_mask(mask, out_dir / "search_derived_mask"))
     bench = run_dir / "bench" / "bench.csv"
     if bench.exists():
-        from mice.bench import plot_latency
+        from mice.bench.latency import plot_latency
 
         plot_latency(bench, out_dir / "latency.png")
         made.append(out_dir / "latency.png")
         results = run_dir / "evaluate" / "results.csv"
         if results.exists():
-            from .efficiency import plot_latency_vs_effectiveness
+            from figures.efficiency import plot_latency_vs_effectiveness
 
             add(plot_latency_vs_effectiveness(read_table(bench), read_table(results), out_dir / "latency_vs_ndcg"))
     (out_dir / "index.json").write_text(json.dumps(sorted(p.name for p in made), indent=2))

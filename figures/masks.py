@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import PATH_CONVENTION, save_figure, setup_style
+from figures import PATH_CONVENTION, save_figure, setup_style
 
 
 def plot_mask(mask, out_stem):

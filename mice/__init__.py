@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "InteractionMask": ("mice.masks", "InteractionMask"),
-    "HookedCrossEncoder": ("mice.hooked", "HookedCrossEncoder"),
-    "MICEModel": ("mice.mice_model", "MICEModel"),
-    "load": ("mice.models", "load"),
-    "load_scorer": ("mice.models", "load_scorer"),
+    "HookedCrossEncoder": ("mice.models.hooked", "HookedCrossEncoder"),
+    "MICEModel": ("mice.models.mice_model", "MICEModel"),
+    "load": ("mice.models.loader", "load"),
+    "load_scorer": ("mice.models.loader", "load_scorer"),
     "ActivationCache": ("transformer_lens", "ActivationCache"),
     "load_dataset": ("mice.data", "load_dataset"),
 }

@@ -1,3 +1,3 @@
-from .cli import main
+from mice.cli import main
 
 main()

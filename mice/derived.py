@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import MiceError
+from mice.errors import MiceError
 
 FORMAT = "mice-config/1"
 DECISIONS = ("mice", "masked", "cross-encoder")
@@ -49,7 +49,7 @@ class MiceConfig:
         if self.decision in ("mice", "masked") and self.mask is None:
             raise ConfigFileError(f"decision {self.decision!r} needs a mask")
         if self.cls_cross_attention is not None:
-            from .mice_model import CLS_CROSS_MODES
+            from mice.models.mice_model import CLS_CROSS_MODES
 
             if self.cls_cross_attention not in CLS_CROSS_MODES:
                 raise ConfigFileError(f"cls_cross_attention {self.cls_cross_attention!r} is not one of "
@@ -60,7 +60,7 @@ class MiceConfig:
         return {"format": FORMAT, **asdict(self)}
 
     def save(self, path) -> Path:
-        from .files import write_json_atomic
+        from mice.files import write_json_atomic
 
         return write_json_atomic(path, self.to_dict())
 
@@ -93,7 +93,7 @@ class MiceConfig:
 
     # ---------------------------------------------------------------------------------------- use
     def interaction_mask(self):
-        from .masks import InteractionMask
+        from mice.masks import InteractionMask
 
         return None if self.mask is None else InteractionMask.from_dict(self.mask, f"{self.name} (mask)")
 

@@ -51,7 +51,7 @@ class World:
 
 def world() -> World:
     """The world this process runs in, from the launcher's environment (RANK, WORLD_SIZE)."""
-    from .errors import MiceError
+    from mice.errors import MiceError
 
     try:
         rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -86,7 +86,7 @@ def _ensure_group() -> None:
 
 def require_output(out, what: str) -> None:
     """Ranks meet on the filesystem: a distributed job needs an output path."""
-    from .errors import MiceError
+    from mice.errors import MiceError
 
     w = world()
     if w.distributed and out is None:
@@ -97,7 +97,7 @@ def require_output(out, what: str) -> None:
 def rank_lock(out) -> Iterator[None]:
     """Rank 0 holds `<out>.lock` (refusing another job on the same output); rank r > 0 holds its own
     `<out>.rank<r>.lock`, so the ranks of one job never refuse each other."""
-    from .identity import output_lock
+    from mice.identity import output_lock
 
     w = world()
     target = out if w.main else Path(f"{out}.rank{w.rank}")
@@ -126,7 +126,7 @@ class ShardedJournal:
     A foreign journal is read, never written or truncated: its torn last line is simply not read."""
 
     def __init__(self, base: Path, fmt: str, job, mismatch: str, restart: bool = False) -> None:
-        from .files import JsonlJournal, read_journal
+        from mice.files import JsonlJournal, read_journal
 
         self.base = Path(base)
         w = world()
@@ -150,7 +150,7 @@ class ShardedJournal:
 
     def all_records(self, fmt: str, job, mismatch: str) -> list:
         """Every rank's records, read after the barrier (rank 0 merges from these)."""
-        from .files import read_journal
+        from mice.files import read_journal
 
         return [r for p in journal_paths(self.base) for r in read_journal(p, fmt, job, mismatch)]
 
@@ -169,7 +169,7 @@ def split_launch_args(argv: list[str]) -> tuple[dict, list[str]]:
     """Leading launcher options of `mice --nproc N [--nnodes M …] <command> …`, and the command's own
     arguments, untouched (torchrun's own parser would read `--run` as its `--run-path`, `--model` as
     `--module`)."""
-    from .errors import MiceError
+    from mice.errors import MiceError
 
     opts: dict = {}
     i = 0
@@ -190,8 +190,8 @@ def launch(opts: dict, command: list[str]) -> int:
     launcher (torchrun's engine and defaults: one node is standalone; several meet at `rdzv_endpoint`)."""
     from torch.distributed import run as torchrun
 
-    from .errors import MiceError
-    from .validate import check_settings
+    from mice.errors import MiceError
+    from mice.validate import check_settings
 
     try:
         nproc = int(opts.get("nproc", 1))

@@ -1,5 +1,7 @@
 """Typed errors: the CLI turns any of these into a one-line message instead of a traceback."""
 
+import warnings
+
 
 class MiceError(Exception):
     """Base class for every error the toolkit raises on bad input."""
@@ -27,3 +29,12 @@ class LockError(MiceError, RuntimeError):
 
 class IdentityError(DataError):
     """A job would resume from work done under different inputs; the message says what differs."""
+
+
+class DataWarning(UserWarning):
+    """Input was usable but something was skipped or looked wrong; the message says what and how many."""
+
+
+def warn_data(message: str, stacklevel: int = 3) -> None:
+    """Warn about usable input that looked wrong (a `DataWarning`)."""
+    warnings.warn(message, DataWarning, stacklevel=stacklevel)

@@ -59,7 +59,7 @@ def write_table(df, path: str | os.PathLike) -> Path:
         elif path.suffix in (".csv", ".tsv"):
             df.to_csv(tmp, index=False, sep="\t" if path.suffix == ".tsv" else ",")
         else:
-            from .errors import MiceError
+            from mice.errors import MiceError
 
             raise MiceError(f"{path}: unknown table extension {path.suffix!r} (use .parquet, .csv or .tsv)")
     return path
@@ -85,8 +85,8 @@ def _read_journal(path: Path, fmt: str, job, mismatch: str) -> tuple[list, int]:
             break
         if i == 0:
             if not isinstance(obj, dict) or obj.get("format") != fmt or obj.get("job") != job:
-                from .errors import IdentityError
-                from .identity import identity_diff
+                from mice.errors import IdentityError
+                from mice.identity import identity_diff
 
                 obj = obj if isinstance(obj, dict) else {}
                 diff = identity_diff(obj.get("job"), job) if obj.get("format") == fmt else "format"

@@ -55,7 +55,7 @@ def weights_fingerprint(name_or_path: str | os.PathLike) -> str:
     Changing any weight file in place, or its config/tokenizer, changes the fingerprint. A name that is not a
     local folder (a hub id) fingerprints as the name itself: it cannot change under us without a new revision.
     """
-    from .backbone import resolve_model_path
+    from mice.models.backbone import resolve_model_path
 
     folder = Path(resolve_model_path(name_or_path))
     if not folder.is_dir():
@@ -138,7 +138,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
     The lock file records pid and host. A lock left by a dead process on this host is taken over; a live one
     raises `LockError` naming the holder. The lock is removed on exit, also on exceptions.
     """
-    from .errors import LockError
+    from mice.errors import LockError
 
     lock = Path(str(path) + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import MaskError
-from .segments import REAL_SEGMENTS, SEG, SEGMENTS
+from mice.errors import MaskError
+from mice.segments import REAL_SEGMENTS, SEG, SEGMENTS
 
 FORMAT = "mice-mask/2"
 FORMATS = ("mice-mask/1", "mice-mask/2")  # /1 read a two-element `layers` list as [start, end); /2 never does
@@ -299,7 +299,7 @@ class InteractionMask:
                 "rules": [dict(r) for r in self.rules], "provenance": self.provenance}
 
     def save(self, path) -> Path:
-        from .files import write_json_atomic
+        from mice.files import write_json_atomic
 
         return write_json_atomic(path, self.to_dict())
 

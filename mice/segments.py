@@ -29,7 +29,7 @@ def _cls_sep_ids(tokenizer) -> tuple[int, int]:
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     if cls_id is None or sep_id is None:
-        from .errors import ModelError
+        from mice.errors import ModelError
 
         raise ModelError(f"tokenizer {type(tokenizer).__name__} has no CLS/SEP (or BOS/EOS) token")
     return int(cls_id), int(sep_id)
@@ -51,7 +51,7 @@ def segment_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer
             continue
         seps = [i for i in pos if row[i] == sep_id and i != pos[0]]
         if len(seps) < 2 or row[pos[0]] != cls_id:
-            from .errors import DataError
+            from mice.errors import DataError
 
             raise DataError(f"row {b}: not a pair encoding ([CLS] q [SEP] d [SEP] expected)")
         first = seps[0]
@@ -75,7 +75,7 @@ def encode_pairs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_len
     """
     queries, docs = list(queries), list(docs)
     if len(queries) != len(docs):
-        from .errors import DataError
+        from mice.errors import DataError
 
         raise DataError(f"{len(queries)} queries but {len(docs)} documents")
     full = tokenizer(queries, docs, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from .errors import MiceError
+from mice.errors import MiceError
 
 
 class SettingError(MiceError, ValueError):

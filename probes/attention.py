@@ -22,7 +22,7 @@ import pandas as pd
 from mice.errors import DataError, ModelError
 from mice.segments import REAL_SEGMENTS, SEG, SEGMENTS
 
-from .candidates import Candidates, as_candidates
+from probes.candidates import Candidates, as_candidates
 
 N_SEG = len(SEGMENTS)
 PROBE_FORMAT = "mice-probe-attention/1"
@@ -32,12 +32,12 @@ COLUMNS = ["layer", "head", "from", "to", "path", "mass", "std", "n_pairs", "tok
 
 def hooked_model(model, max_length: int | None = None):
     """A HookedCrossEncoder from a model object or a spec (folder, hub name, `packaged:minilm`)."""
-    from mice.hooked import HookedCrossEncoder
+    from mice.models.hooked import HookedCrossEncoder
 
     if isinstance(model, HookedCrossEncoder):
         return model
     if isinstance(model, (str, os.PathLike)):
-        from mice.models import load
+        from mice.models.loader import load
 
         return load(str(model), max_length=max_length, kind="hooked")
     raise ModelError(f"probes and ablations need a cross-encoder with hooks (HookedCrossEncoder), got "

@@ -67,13 +67,13 @@ def from_pairs(pairs: Sequence[Sequence[str]]) -> Candidates:
 
 
 def resolve_run(dataset, split: str, run, k: int) -> pd.DataFrame:
-    """A run DataFrame from a DataFrame, a run file, or `"bm25"` (computed with mice.retrieval)."""
-    from mice.runs import make_run, read_run
+    """A run DataFrame from a DataFrame, a run file, or `"bm25"` (computed with mice.rank.first_stage)."""
+    from mice.rank.runs import make_run, read_run
 
     if isinstance(run, pd.DataFrame):
         return make_run(run)
     if str(run).lower() == "bm25":
-        from mice.retrieval import bm25_run
+        from mice.rank.first_stage import bm25_run
 
         return bm25_run(dataset, split, k=k)
     return read_run(run)
@@ -90,7 +90,7 @@ def from_run(dataset, split: str, run, k: int = 20, max_queries: int | None = No
     some (used to hold out the queries a sweep saw when a derivation re-checks its mask).
     """
     from mice.data import load_dataset
-    from mice.rerank import candidates as top_k
+    from mice.rank.rerank import candidates as top_k
     from mice.train.devset import query_order
 
     ds = load_dataset(dataset)

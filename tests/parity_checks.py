@@ -3,7 +3,7 @@ same check with the same tolerance."""
 import torch
 
 from mice import HookedCrossEncoder, InteractionMask
-from mice.hooked import knockout_hooks
+from mice.models.hooked import knockout_hooks
 
 # mixed lengths, so every batch is padded
 PAIRS = [

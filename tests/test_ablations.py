@@ -12,7 +12,7 @@ from ablations import (Knockout, SweepEngine, ablate_masks, check_knockout, choo
 from ablations.planted import MECHANISM
 from mice import HookedCrossEncoder, InteractionMask
 from mice.errors import DataError, MaskError
-from mice.testing import PAIRS
+from mice.models.testing import PAIRS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -298,7 +298,7 @@ def test_cli_sweep_derive_and_merge_layer(planted, tmp_path):
 
     from mice.cli import app
     from mice.data import write_beir
-    from mice.runs import write_run
+    from mice.rank.runs import write_run
 
     folder, ds, run = planted
     write_beir(ds, tmp_path / "beir")

@@ -13,7 +13,7 @@ from ablations.planted import MECHANISM
 from ablations.structural import reach, structural_cells
 from mice import HookedCrossEncoder, InteractionMask
 from mice.masks import parse_path
-from mice.testing import PAIRS
+from mice.models.testing import PAIRS
 from probes.candidates import from_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,7 +205,7 @@ def test_cli_attribute_from_pairs_and_derive_from_it(tiny_bert, planted, tmp_pat
 
     from mice.cli import app
     from mice.data import write_beir
-    from mice.runs import write_run
+    from mice.rank.runs import write_run
 
     r = CliRunner()
     pairs = tmp_path / "pairs.tsv"

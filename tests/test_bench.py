@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mice.bench import COLUMNS, METHODS, LatencyConfig, add_ratios, run_latency, targets
-from mice.testing import tiny_cross_encoder
+from mice.bench.latency import COLUMNS, METHODS, LatencyConfig, add_ratios, run_latency, targets
+from mice.models.testing import tiny_cross_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mice.bench_paper import PAPER_COLUMNS, PAPER_METHODS, PaperLatencyConfig, run_paper_latency
+from mice.bench.paper import PAPER_COLUMNS, PAPER_METHODS, PaperLatencyConfig, run_paper_latency
 from mice.cli import app
 from mice.errors import ModelError
-from mice.testing import tiny_cross_encoder
+from mice.models.testing import tiny_cross_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

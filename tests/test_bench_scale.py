@@ -9,19 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mice.bench_scale import (COLUMNS, CORPORA, PROJECTION_COLUMNS, Corpus, project, stored_vector_bytes)
+from mice.bench.scale import (COLUMNS, CORPORA, PROJECTION_COLUMNS, Corpus, project, stored_vector_bytes)
 
 from cli_checks import assert_one_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-HIDDEN = 32  # mice.testing.tiny_cross_encoder's default
+HIDDEN = 32  # mice.models.testing.tiny_cross_encoder's default
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 4-layer tiny cross-encoder and a BEIR folder of 12 documents and 3 test queries."""
-    from mice.testing import tiny_cross_encoder
+    from mice.models.testing import tiny_cross_encoder
 
     root = tmp_path_factory.mktemp("scale")
     folder = root / "data"

@@ -126,7 +126,7 @@ def test_mix_prefixes_ids_and_joins_splits(status, tmp_path):
 
 
 def test_training_on_a_mix_draws_from_every_part_and_validates_on_the_first(status, tmp_path, monkeypatch):
-    from mice.testing import tiny_cross_encoder
+    from mice.models.testing import tiny_cross_encoder
     from mice.train import Trainer, preset
     from tests.test_train import write_beir
 

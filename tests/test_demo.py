@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mice.demo import demo_artifacts, run_demo
+from mice.app.demo import demo_artifacts, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_an_interrupted_training_stage_resumes_from_its_checkpoint(tmp_path):
     continues from `train/last` instead of training again from the start."""
     from safetensors.torch import load_file
 
-    from mice.demo import Demo, get_preset
+    from mice.app.demo import Demo, get_preset
 
     demo = Demo(tmp_path / "run", get_preset("tiny"))
     folder = tmp_path / "run" / ".cross_encoder.partial"
@@ -95,7 +95,7 @@ def test_an_interrupted_training_stage_resumes_from_its_checkpoint(tmp_path):
 def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_path):
     """A cross-encoder trained until it beat its teacher under another stop rule is not reused; presets that do
     not use the rule keep their cached stages."""
-    from mice.demo import BEAT_TEACHER_RULE, CACHE_VERSION, Demo, get_preset
+    from mice.app.demo import BEAT_TEACHER_RULE, CACHE_VERSION, Demo, get_preset
 
     fields = ("ce_steps", "ce_until_beats_teacher", "ce_eval_every")
     full = Demo(tmp_path / "full", get_preset("full")).key(fields)
@@ -129,7 +129,7 @@ def test_extra_training_sources_key_the_stages_by_content_and_reach_the_trainer(
     content, since the installed packages can change under the same spec; presets without it keep their keys.
     The trainer gets the mix to train on and the in-domain dataset to validate on."""
     from mice.data import load_dataset
-    from mice.demo import CACHE_VERSION, Demo, get_preset
+    from mice.app.demo import CACHE_VERSION, Demo, get_preset
     from mice.identity import dataset_identity
 
     full = Demo(tmp_path / "full", get_preset("full"))
@@ -162,9 +162,9 @@ def test_the_cross_encoders_long_phase_trains_on_from_its_best_checkpoint_at_the
     """`long_length` + `ce_long_steps`: after its first phase the cross-encoder trains on from that phase's best
     checkpoint at the longer pair length, with the same data, loss and teacher and no stop rule; the stage re-ranks
     with it, and the models trained from it (masked, MICE, late interaction) read that length too."""
-    from mice.demo import CACHE_VERSION, Demo, get_preset
+    from mice.app.demo import CACHE_VERSION, Demo, get_preset
     from mice.errors import MiceError
-    from mice.models import load_scorer
+    from mice.models.loader import load_scorer
     from mice.train.config import TrainConfig
 
     # the quick recipe (distilled from the bi-encoder) on the tiny model, so that the first phase has a stop rule
@@ -200,7 +200,7 @@ def test_the_cross_encoders_long_phase_trains_on_from_its_best_checkpoint_at_the
 def test_the_knockout_stages_draw_their_dev_queries_as_dev_sample_says(tmp_path):
     """The probe, attribution, sweep and search stages take their dev queries from `Demo.dev_candidates`: the first
     N by id under `first`, the first N of one seeded order under `random` (ids sort by package)."""
-    from mice.demo import Demo, get_preset
+    from mice.app.demo import Demo, get_preset
     from probes.candidates import from_run
 
     first = Demo(tmp_path / "run", get_preset("tiny", dev_sample="first"))
@@ -266,7 +266,7 @@ def test_training_stages_are_bounded_by_steps_never_by_the_train_presets_clock(t
     """The full preset leaves the masked and late-interaction steps to the train preset (300; MICE gets 1,200),
     whose quick recipe also stops after 5.5 minutes: the demo drops that clock, and only the stages it changes are
     re-keyed."""
-    from mice.demo import CACHE_VERSION, Demo, get_preset
+    from mice.app.demo import CACHE_VERSION, Demo, get_preset
     from mice.train.presets import preset
 
     full = Demo(tmp_path / "full", get_preset("full"))

@@ -25,7 +25,7 @@ N_QUERIES, N_DOCS, K = 60, 48, 12
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     """A small BEIR folder, a first-stage run and a tiny 3-layer cross-encoder."""
-    from mice.testing import tiny_cross_encoder
+    from mice.models.testing import tiny_cross_encoder
 
     root = tmp_path_factory.mktemp("dist")
     folder, run = write_word_collection(root, N_QUERIES, N_DOCS, K)
@@ -62,7 +62,7 @@ def test_rerank_two_processes_write_the_same_bytes(job):
 
 
 def test_index_build_and_index_rerank_two_processes_write_the_same_outputs(job):
-    from mice.mice_model import MICEModel
+    from mice.models.mice_model import MICEModel
 
     mice_dir = MICEModel.from_cross_encoder(str(job["model"]), contextual_layers=1, interaction_layers=2) \
         .save_pretrained(job["root"] / "mice")
@@ -133,7 +133,7 @@ def test_a_resume_with_another_number_of_processes_reuses_the_journals(job):
     """A journal written under another N is read, not redone: a finished query of a one-process journal, planted
     as rank 1's journal with its scores marked (+1000), comes out of a two-process resume as journalled, and
     every other query as one process scores it."""
-    from mice.runs import read_run
+    from mice.rank.runs import read_run
 
     ref, out = job["root"] / "n-ref.trec", job["root"] / "n.trec"
     args = _data_args(job, "--out", out, "--batch-size", 1)

@@ -1,4 +1,4 @@
-"""Compute precision (`--dtype fp32|bf16|fp16`, `mice.precision`): fp32 is today's scorer bit for bit; bf16 and
+"""Compute precision (`--dtype fp32|bf16|fp16`, `mice.models.precision`): fp32 is today's scorer bit for bit; bf16 and
 fp16 stay within stated tolerances of it for the cross-encoder, MICE on the fly and MICE from an index; the
 precision is part of the resume identity; the CLI commands (rerank, index build, train) honour it."""
 from __future__ import annotations
@@ -13,12 +13,12 @@ from scipy.stats import kendalltau
 
 from mice import load
 from mice.data import load_dataset
-from mice.hooked import HookedCrossEncoder
-from mice.index import DocIndex, IndexConfig, build_index
-from mice.mice_model import MICEModel
-from mice.rerank import CandidateBatch, rerank
-from mice.runs import make_run, read_run, write_run
-from mice.testing import _WORDS, tiny_cross_encoder
+from mice.models.hooked import HookedCrossEncoder
+from mice.index.store import DocIndex, IndexConfig, build_index
+from mice.models.mice_model import MICEModel
+from mice.rank.rerank import CandidateBatch, rerank
+from mice.rank.runs import make_run, read_run, write_run
+from mice.models.testing import _WORDS, tiny_cross_encoder
 
 from cli_checks import assert_one_error
 from test_data import CORPUS, QRELS, write_beir_folder
@@ -80,9 +80,9 @@ def test_fp32_is_todays_scorer_bit_for_bit(models, fp32_scores):
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("which", ["ce", "mice"])
 def test_low_precision_scores_within_tolerance(models, fp32_scores, which, dtype, caplog, monkeypatch):
-    import mice.precision
+    import mice.models.precision
 
-    monkeypatch.setattr(mice.precision, "_WARNED", set())
+    monkeypatch.setattr(mice.models.precision, "_WARNED", set())
     scorer = load(models[which], dtype=dtype)
     # fp16 runs on CPU (torch 2.13 autocasts it) but slowly: said once; bf16 says nothing
     assert ("bf16 is the fast choice on CPU" in caplog.text) == (dtype == "fp16")

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from mice.cli import app
 from mice.errors import DataError
-from mice.evaluation import evaluate, holm, paired_test, per_query, summary_table
-from mice.runs import make_qrels, make_run, write_qrels, write_run
+from mice.rank.evaluation import evaluate, holm, paired_test, per_query, summary_table
+from mice.rank.runs import make_qrels, make_run, write_qrels, write_run
 
 QRELS = make_qrels([("q1", "d1", 2), ("q1", "d2", 1), ("q1", "d9", 0), ("q2", "d5", 1), ("q3", "d7", 1)])
 RUN = make_run([("q1", "d3", 3.0), ("q1", "d1", 2.0), ("q1", "d2", 1.0),

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from mice import HookedCrossEncoder, InteractionMask
-from mice.hooked import knockout_hooks
+from mice.models.hooked import knockout_hooks
 from parity_checks import PAIRS, assert_hook_equals_mask
 from mice.segments import SEG
 
@@ -156,7 +156,7 @@ def test_mask_layer_mismatch_is_refused(tiny_bert):
 
 @pytest.mark.integration
 def test_packaged_minilm_loads_offline_as_cross_encoder():
-    from mice.backbone import packaged_model_path
+    from mice.models.backbone import packaged_model_path
 
     model = HookedCrossEncoder.from_pretrained("packaged:minilm")
     assert model.n_layers == 6 and model.n_heads == 12
@@ -173,7 +173,7 @@ def test_packaged_minilm_loads_offline_as_cross_encoder():
 
 
 def test_load_scorer_reapplies_the_mask_a_model_was_trained_under(tiny_bert, tmp_path):
-    from mice.models import MASK_KEY, load_scorer
+    from mice.models.loader import MASK_KEY, load_scorer
 
     model = HookedCrossEncoder.from_pretrained(tiny_bert)
     mask = InteractionMask.from_preset("mask3", model.n_layers, k=1)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mice.errors import IndexError_
-from mice.fast_rerank import FastMICE, FastReranker
-from mice.index import DocIndex, IndexConfig, build_index, build_index_with, content_hash
-from mice.mice_model import MICEModel
-from mice.testing import _WORDS, tiny_cross_encoder
+from mice.index.fast_rerank import FastMICE, FastReranker
+from mice.index.store import DocIndex, IndexConfig, build_index, build_index_with, content_hash
+from mice.models.mice_model import MICEModel
+from mice.models.testing import _WORDS, tiny_cross_encoder
 
 
 def _corpus(n=40, seed=0):
@@ -255,10 +255,10 @@ def test_cli_build_and_info(model, tmp_path):
 
 
 def test_runner_with_index_scorer(model, indexes, tmp_path):
-    """`mice.rerank.rerank` with the index adapter equals the same runner with the model on texts."""
+    """`mice.rank.rerank.rerank` with the index adapter equals the same runner with the model on texts."""
     from mice.data import InMemoryDataset
-    from mice.fast_rerank import IndexScorer
-    from mice.rerank import rerank
+    from mice.index.fast_rerank import IndexScorer
+    from mice.rank.rerank import rerank
 
     ids = list(CORPUS)
     qrels = [(q, ids[i], 1) for i, q in enumerate(QUERIES)]
@@ -281,7 +281,7 @@ def test_cli_rerank_with_index(model, tmp_path):
 
     from mice.cli import app
     from mice.data import InMemoryDataset, write_beir
-    from mice.runs import read_run, write_run
+    from mice.rank.runs import read_run, write_run
 
     mice_dir = model.save_pretrained(tmp_path / "mice")
     ids = list(CORPUS)

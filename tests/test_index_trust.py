@@ -18,9 +18,9 @@ import torch
 
 from mice.data import InMemoryDataset, write_beir
 from mice.errors import IndexError_, LockError
-from mice.index import DocIndex, IndexConfig, build_index
-from mice.mice_model import MICEModel
-from mice.testing import _WORDS, tiny_cross_encoder
+from mice.index.store import DocIndex, IndexConfig, build_index
+from mice.models.mice_model import MICEModel
+from mice.models.testing import _WORDS, tiny_cross_encoder
 
 from cli_checks import assert_one_error
 

@@ -1,4 +1,4 @@
-"""The trained late-interaction baseline (`mice.maxsim`): MaxSim semantics, the three scoring paths agree,
+"""The trained late-interaction baseline (`mice.models.late_interaction`): MaxSim semantics, the three scoring paths agree,
 save/load, and `mice train --mode late-interaction` distils it from a cross-encoder."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from mice.cli import app
 from mice.errors import ModelError
-from mice.maxsim import MaxSimScorer, TokenVectors, is_late_interaction_folder
-from mice.testing import PAIRS, tiny_cross_encoder
+from mice.models.late_interaction import MaxSimScorer, TokenVectors, is_late_interaction_folder
+from mice.models.testing import PAIRS, tiny_cross_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUERIES = [q for q, _ in PAIRS]

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mice.errors import ModelError
-from mice.fast_rerank import FastMICE, FastReranker
-from mice.index import IndexConfig, build_index
-from mice.mice_model import MICEModel
-from mice.testing import PAIRS, _WORDS, tiny_cross_encoder
+from mice.index.fast_rerank import FastMICE, FastReranker
+from mice.index.store import IndexConfig, build_index
+from mice.models.mice_model import MICEModel
+from mice.models.testing import PAIRS, _WORDS, tiny_cross_encoder
 
 QUERIES = [q for q, _ in PAIRS]
 DOCS = [d for _, d in PAIRS]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mice.errors import ModelError
-from mice.mice_model import DocStates, MICEModel
-from mice.testing import PAIRS, tiny_cross_encoder
+from mice.models.mice_model import DocStates, MICEModel
+from mice.models.testing import PAIRS, tiny_cross_encoder
 
 QUERIES = [q for q, _ in PAIRS]
 DOCS = [d for _, d in PAIRS]
@@ -216,7 +216,7 @@ def test_doc_states_helpers():
 def test_packaged_minilm_mice33():
     from transformers import AutoModel
 
-    from mice.backbone import packaged_model_path
+    from mice.models.backbone import packaged_model_path
 
     m = MICEModel.from_cross_encoder("packaged:minilm", contextual_layers=3, interaction_layers=3)
     assert m.name == "MICE-ℓ3+3" and len(m.layers) == 6 and m.hidden_size == 384

@@ -24,7 +24,7 @@ PRESETS = ["mask0", "mask1", "mask2", "mask3:k=2", "prettr:k=1", "sparse_ce"]
 
 @pytest.fixture(scope="module")
 def tiny_mb(tmp_path_factory):
-    from mice.testing import tiny_cross_encoder
+    from mice.models.testing import tiny_cross_encoder
 
     root = tmp_path_factory.mktemp("modernbert")
     return {p: tiny_cross_encoder(root / p, family="modernbert", num_layers=4, hidden=64, heads=4, intermediate=96,
@@ -150,7 +150,7 @@ def test_cli_score_and_sweep(tiny_mb, tmp_path):
     from ablations.planted import planted_dataset
     from mice.cli import app
     from mice.data import write_beir
-    from mice.runs import write_run
+    from mice.rank.runs import write_run
 
     folder = tiny_mb["cls"]
     r = CliRunner()
@@ -183,7 +183,7 @@ def test_cli_score_and_sweep(tiny_mb, tmp_path):
 def _corpus(n=24, seed=0):
     import random
 
-    from mice.testing import _WORDS
+    from mice.models.testing import _WORDS
 
     rng = random.Random(seed)
     return {f"doc{i}": " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 40))) for i in range(n)}
@@ -197,8 +197,8 @@ QUERIES = ["sort an array", "mean of values along the axis", "plot a line"]
 def test_mice_from_index_equals_on_the_fly(tiny_mb, tmp_path, cls_cross):
     from mice import MICEModel
     from mice.errors import IndexError_
-    from mice.fast_rerank import FastMICE, FastReranker
-    from mice.index import IndexConfig, build_index
+    from mice.index.fast_rerank import FastMICE, FastReranker
+    from mice.index.store import IndexConfig, build_index
 
     # contextual layers 0 (global) and 1 (local: documents exceed its window), interaction layers 2 (local), 3
     m = MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=2, interaction_layers=2,
@@ -276,8 +276,8 @@ def test_training_smoke_each_mode(tmp_path, monkeypatch, mode):
     import numpy as np
     from test_train import run_cli, write_beir  # the tiny BEIR folder of the training tests
 
-    from mice.models import load_scorer
-    from mice.testing import tiny_cross_encoder
+    from mice.models.loader import load_scorer
+    from mice.models.testing import tiny_cross_encoder
 
     monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
     data = write_beir(tmp_path / "data")
@@ -306,7 +306,7 @@ def test_cli_commands_on_modernbert_folders(tiny_mb, tmp_path):
     from mice import MICEModel
     from mice.cli import app
     from mice.data import write_beir
-    from mice.runs import read_run, write_run
+    from mice.rank.runs import read_run, write_run
 
     folder = tiny_mb["cls"]
     ds, run = planted_dataset()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mice.cli import app
 from mice.errors import DataError, MiceError
-from mice.testing import _WORDS, tiny_cross_encoder
+from mice.models.testing import _WORDS, tiny_cross_encoder
 from mice.train.config import TrainConfig
 from mice.train.devset import excluded_query_ids, select_dev_queries
 from mice.train.presets import PAPER_MODELS, PAPER_RECIPE, preset, preset_settings

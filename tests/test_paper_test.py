@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from mice.cli import app
 from mice.errors import DataError
-from mice.evaluation import paper_test, per_query, seed_average
-from mice.runs import make_qrels, make_run, write_qrels, write_run
+from mice.rank.evaluation import paper_test, per_query, seed_average
+from mice.rank.runs import make_qrels, make_run, write_qrels, write_run
 
 N_Q = 40
 QRELS = make_qrels([(f"q{i}", f"q{i}-rel", 1) for i in range(N_Q)])

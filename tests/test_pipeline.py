@@ -1,6 +1,6 @@
 import pytest
 
-from mice.pipeline import PARTIAL, Pipeline
+from mice.app.pipeline import PARTIAL, Pipeline
 
 
 def test_stage_runs_once_and_is_reused(tmp_path):
@@ -76,7 +76,7 @@ def test_a_resumed_stage_counts_every_attempts_time(tmp_path):
 SLOW_STAGE = r"""
 import sys, time
 from pathlib import Path
-from mice.pipeline import Pipeline
+from mice.app.pipeline import Pipeline
 
 def stage(folder):
     if not (folder / "started").exists():
@@ -125,7 +125,7 @@ def test_the_report_says_which_stages_took_several_attempts_and_which_did_not_co
     import pandas as pd
 
     from mice.files import read_table, write_table
-    from mice.report import report_markdown
+    from mice.app.report import report_markdown
 
     timings = pd.DataFrame({"stage": ["a", "b", "c"], "seconds": [1.0, 5.0, 2.0], "cached": [True, False, True],
                             "attempts": pd.array([1, 3, None], dtype="Int64")})

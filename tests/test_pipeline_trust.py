@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mice.pipeline import PARTIAL, Pipeline
-from mice.testing import tiny_cross_encoder
+from mice.app.pipeline import PARTIAL, Pipeline
+from mice.models.testing import tiny_cross_encoder
 from test_train import write_beir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = r"""
 import json, sys, time
 from pathlib import Path
-from mice.demo import Demo, DemoPreset
+from mice.app.demo import Demo, DemoPreset
 
 out, data, backbone, steps, pause = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 demo = Demo(out, DemoPreset(name="t", dataset=data, train_preset="tiny", backbone=backbone, ce_steps=steps,

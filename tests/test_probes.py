@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from mice import HookedCrossEncoder, InteractionMask
-from mice.testing import PAIRS
+from mice.models.testing import PAIRS
 from probes import attention_examples, attention_paths, layer_means, load_examples, load_probe, probe_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")

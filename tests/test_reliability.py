@@ -15,7 +15,7 @@ import pytest
 
 from mice.errors import LockError, MaskError, ModelError
 from mice.masks import InteractionMask
-from mice.runs import read_run
+from mice.rank.runs import read_run
 from word_collection import write_word_collection
 
 N_QUERIES, N_DOCS = 120, 12
@@ -29,7 +29,7 @@ def _env(tmp_path):
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
     """A BEIR folder with enough queries that a re-ranking takes seconds, a first-stage run, a tiny model."""
-    from mice.testing import tiny_cross_encoder
+    from mice.models.testing import tiny_cross_encoder
 
     root = tmp_path_factory.mktemp("reliab")
     folder, run_path = write_word_collection(root, N_QUERIES, N_DOCS * 4, N_DOCS)
@@ -95,7 +95,7 @@ def test_same_job_resumes_to_the_same_bytes(big, tmp_path):
 def test_resume_after_weights_changed_in_place_is_refused(big, tmp_path):
     import shutil
 
-    from mice.testing import tiny_cross_encoder
+    from mice.models.testing import tiny_cross_encoder
 
     env = _env(tmp_path)
     folder, run_path, model = big
@@ -129,7 +129,7 @@ def test_bad_numbers_are_refused_before_any_work(big, tmp_path, option, value):
 
 def test_api_refuses_bad_batch_sizes(tiny_bert):
     from mice.errors import MiceError
-    from mice.models import load
+    from mice.models.loader import load
 
     model = load(tiny_bert)
     for bad in (0, -1, 2.5):
@@ -143,7 +143,7 @@ def test_api_refuses_bad_batch_sizes(tiny_bert):
 def test_model_folder_problems_are_one_line_model_errors(tiny_bert, tmp_path):
     import shutil
 
-    from mice.models import load
+    from mice.models.loader import load
 
     with pytest.raises(ModelError, match="no such model folder"):
         load(tmp_path / "nowhere" / "model")
@@ -172,9 +172,9 @@ def test_model_folder_problems_are_one_line_model_errors(tiny_bert, tmp_path):
 
 
 def test_options_a_scorer_cannot_honour_are_refused(tiny_bert, tmp_path):
-    from mice.mice_model import MICEModel
-    from mice.models import load
-    from mice.testing import tiny_cross_encoder
+    from mice.models.mice_model import MICEModel
+    from mice.models.loader import load
+    from mice.models.testing import tiny_cross_encoder
 
     three = tiny_cross_encoder(tmp_path / "three", num_layers=3)  # b = 2: [CLS] sees the document through q
     mice_dir = MICEModel.from_cross_encoder(three, contextual_layers=1, interaction_layers=2).save_pretrained(
@@ -195,8 +195,8 @@ def test_options_a_scorer_cannot_honour_are_refused(tiny_bert, tmp_path):
 
 
 def test_scoring_defaults_to_the_trained_length(tiny_bert, tmp_path, caplog):
-    from mice.hooked import HookedCrossEncoder
-    from mice.models import load
+    from mice.models.hooked import HookedCrossEncoder
+    from mice.models.loader import load
 
     model = HookedCrossEncoder.from_pretrained(tiny_bert, max_length=24)
     model.save_pretrained(tmp_path / "saved")
@@ -300,7 +300,7 @@ def test_wrapping_one_hf_model_twice_keeps_both_wrappers_working(tiny_bert):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from mice.hooked import HookedCrossEncoder
+    from mice.models.hooked import HookedCrossEncoder
 
     hf = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
     tok = AutoTokenizer.from_pretrained(tiny_bert)

@@ -6,16 +6,16 @@ from typer.testing import CliRunner
 from mice.cli import app
 from mice.data import DataWarning, load_dataset
 from mice.errors import DataError
-from mice.models import load_scorer
-from mice.rerank import rerank
-from mice.runs import make_run, read_run, write_run
+from mice.models.loader import load_scorer
+from mice.rank.rerank import rerank
+from mice.rank.runs import make_run, read_run, write_run
 
 from test_data import CORPUS, QRELS, write_beir_folder
 
 
 @pytest.fixture(scope="module")
 def tiny_ce(tmp_path_factory):
-    from mice.testing import tiny_cross_encoder
+    from mice.models.testing import tiny_cross_encoder
 
     return tiny_cross_encoder(tmp_path_factory.mktemp("tiny") / "bert", family="bert", num_layers=2)
 

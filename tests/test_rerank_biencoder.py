@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mice.biencoder import BiEncoder
+from mice.models.biencoder import BiEncoder
 from mice.cli import app
-from mice.evaluation import evaluate
-from mice.runs import read_run
+from mice.rank.evaluation import evaluate
+from mice.rank.runs import read_run
 
 from test_data import write_beir_folder
 

@@ -6,8 +6,8 @@ from typer.testing import CliRunner
 
 from mice.cli import app
 from mice.data import DataWarning, InMemoryDataset, load_dataset
-from mice.retrieval import BM25Index, bm25_run
-from mice.runs import read_run
+from mice.rank.first_stage import BM25Index, bm25_run
+from mice.rank.runs import read_run
 
 from test_data import write_beir_folder
 

@@ -6,7 +6,7 @@ import pytest
 
 from mice.data import DataWarning
 from mice.errors import DataError
-from mice.runs import format_run, make_run, read_qrels, read_run, sort_run, write_qrels, write_run
+from mice.rank.runs import format_run, make_run, read_qrels, read_run, sort_run, write_qrels, write_run
 
 
 def test_run_round_trip_is_ranked_and_canonical(tmp_path):

@@ -20,7 +20,7 @@ from ablations.search import SearchConfig, curve, search
 from mice.cli import app
 from mice.derived import MiceConfig
 from mice.errors import MiceError
-from mice.testing import tiny_cross_encoder
+from mice.models.testing import tiny_cross_encoder
 
 from test_train import train_env
 
@@ -179,8 +179,8 @@ def test_widened_search_reuses_cached_candidates(env):
 
 
 def test_derived_config_round_trips_through_train_in_both_modes(env):
-    from mice.mice_model import MICEModel
-    from mice.models import saved_mask
+    from mice.models.mice_model import MICEModel
+    from mice.models.loader import saved_mask
 
     out = env["root"] / "layers"
     res = search(config(env, stages=("layers",), contextual_layers=1, tolerance=0.9), out)
@@ -205,7 +205,7 @@ def test_the_layer_stage_tries_both_cls_cross_attentions_and_the_file_carries_th
     """`cls_cross=("none", "uniform")`: every b under both modes (b = 1 collapses under none only, since its
     `[CLS]` never reads the document); the none candidates keep the keys of a none-only search, so widening to
     uniform reuses them; the chosen mode reaches `mice train --config` and the saved model."""
-    from mice.mice_model import MICEModel
+    from mice.models.mice_model import MICEModel
 
     out = env["root"] / "cls-cross"
     narrow = search(config(env, stages=("layers",), contextual_layers=1, tolerance=0.9), out)
@@ -391,7 +391,7 @@ def test_a_significant_cut_keeps_halvings_rungs_and_equal_finals(env, first):
 
 def test_the_report_says_why_there_is_no_mice(first):
     """Without a MICE decision the report names the best document-independent candidate with its CI."""
-    from mice.report import _no_mice
+    from mice.app.report import _no_mice
 
     t = first.table
     text = _no_mice(t, "ndcg@10")
@@ -430,7 +430,7 @@ def test_both_stages_finalists_train_equal_steps(env):
 def test_the_demo_search_stage_adopts_an_earlier_searchs_candidates(env):
     """A demo search stage re-run under another key starts in a fresh work folder; it moves the earlier search's
     content-keyed candidates in, so nothing is retrained and the result is the same."""
-    from mice.demo import Demo, get_preset
+    from mice.app.demo import Demo, get_preset
 
     root = env["root"] / "adopt"
     cfg = config(env, stages=("mask",), max_rungs=1)

@@ -1,4 +1,4 @@
-"""sentence-transformers cross-encoder folders (`mice.st_format`): saved by sentence-transformers' own classes
+"""sentence-transformers cross-encoder folders (`mice.models.st_format`): saved by sentence-transformers' own classes
 from tiny random encoders, scored by mice and by `sentence_transformers.CrossEncoder`, no mocks.
 
 Scores are compared as logits: mice's `predict` returns the raw logit, sentence-transformers' applies the saved
@@ -12,8 +12,8 @@ import torch
 
 from mice import HookedCrossEncoder
 from mice.errors import ModelError
-from mice.models import load
-from mice.testing import tiny_cross_encoder
+from mice.models.loader import load
+from mice.models.testing import tiny_cross_encoder
 
 from parity_checks import PAIRS
 
@@ -115,7 +115,7 @@ def test_modular_model_saves_a_plain_hf_folder_and_feeds_mice(tmp_path):
         assert (logits - model(batch)).abs().max() <= ATOL
     mice = load(folder, arch="1+1")
     scores = load_file(str(folder / "4_Dense" / "model.safetensors"))
-    assert torch.equal(mice.backbone.classifier.weight, scores["linear.weight"])
+    assert torch.equal(mice.models.backbone.classifier.weight, scores["linear.weight"])
 
 
 def _one_line(err) -> str:
@@ -167,7 +167,7 @@ def test_hub_name_resolves_to_the_cached_snapshot_with_its_modules(tmp_path, mon
     the cache is laid out as huggingface_hub writes it."""
     import huggingface_hub.constants
 
-    from mice.st_format import local_folder
+    from mice.models.st_format import local_folder
 
     folder = _modular(tmp_path, "modernbert", "cls", norm_bias=False)
     repo = tmp_path / "hub" / "models--cross-encoder--tiny-modular"

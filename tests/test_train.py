@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from mice.cli import app
-from mice.testing import _WORDS, tiny_cross_encoder
+from mice.models.testing import _WORDS, tiny_cross_encoder
 from mice.train import TrainConfig, TrainingDiverged, preset
 from mice.train.losses import listwise_ce, margin_mse, pointwise_bce
 
@@ -95,7 +95,7 @@ def test_ranking_losses_match_hand_computation():
 # ------------------------------------------------------------------------------------------- CLI modes
 @pytest.mark.parametrize("mode", ["cross-encoder", "masked", "mice"])
 def test_each_mode_trains_from_the_cli(env, mode):
-    from mice.models import load_scorer
+    from mice.models.loader import load_scorer
 
     out = env["root"] / f"cli-{mode}"
     args = ["--preset", "tiny", "--mode", mode, "--model", env["student"], "--dataset", env["data"], "-o", out,
@@ -125,7 +125,7 @@ def test_each_mode_trains_from_the_cli(env, mode):
         saved = InteractionMask.load(best / "mask.json")
         assert saved == InteractionMask.parse("mask2", 3)
         assert cfg["mice_mask"] == saved.to_dict()
-        from mice.hooked import HookedCrossEncoder
+        from mice.models.hooked import HookedCrossEncoder
 
         pairs = [("sort an array", "return a sorted copy of an array"), ("plot", "a line plot")]
         plain = HookedCrossEncoder.from_pretrained(best)
@@ -229,7 +229,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 # --------------------------------------------------------------------------------------------- teacher
 def test_teacher_scores_are_cached_and_reused(env):
-    from mice.models import load_scorer
+    from mice.models.loader import load_scorer
     from mice.train import Trainer
 
     cache = env["root"] / "teacher-cache.parquet"
@@ -326,7 +326,7 @@ def test_quick_preset_runs_on_the_embedded_data_with_the_packaged_minilm(tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["teacher"]["spec"] == "biencoder:packaged"
     assert summary["teacher"]["pairs_scored"] + summary["teacher"]["pairs_from_cache"] >= 16
-    from mice.models import load_scorer
+    from mice.models.loader import load_scorer
 
     scores = load_scorer(out / "best").predict([("sort an array", "Return a sorted copy of an array.")])
     assert np.isfinite(scores).all()
@@ -375,7 +375,7 @@ def test_until_beats_teacher_stops_at_the_first_significant_win_over_the_teacher
 def test_mined_negatives_are_the_biencoders_top_documents_and_join_bm25s(env):
     """The miner's run is the bi-encoder's exact top-k (checked against scoring every pair with `predict`), is
     cached, and adds its documents to BM25's candidates without duplicates or judged-relevant ones."""
-    from mice.biencoder import BiEncoder
+    from mice.models.biencoder import BiEncoder
     from mice.data import load_dataset
     from mice.data.base import cache_dir
     from mice.train.mining import mined_run

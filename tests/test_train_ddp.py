@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 
 def test_two_processes_match_one_process_with_the_doubled_batch(tmp_path):
-    from mice.testing import tiny_cross_encoder
+    from mice.models.testing import tiny_cross_encoder
     from mice.train import Trainer, preset
 
     data = write_beir(tmp_path / "data")

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mice.errors import IdentityError, LockError
-from mice.testing import tiny_cross_encoder
+from mice.models.testing import tiny_cross_encoder
 from mice.train import Trainer, preset
 from mice.train.loop import STATE_FILE, TrainStateError
 from test_train import train_env, write_beir

@@ -314,7 +314,7 @@ def _check_report(browser, html_path: Path, md: str):
 def tiny_demo():
     """The tiny demo the notebooks and tests/test_demo.py use (built once; runs/demo when `make demo` ran).
     A folder from before report.html existed is refreshed through run_demo (every stage from its cache)."""
-    from mice.demo import demo_artifacts, run_demo
+    from mice.app.demo import demo_artifacts, run_demo
 
     run = demo_artifacts(ROOT)
     if not (run / "report.html").exists():
@@ -336,7 +336,7 @@ def test_mice_figures_writes_report_html(browser, tiny_demo, tmp_path):
     assert res.returncode == 0, res.stderr
     assert f"report: {out / 'report.html'}" in res.stdout
     from mice.files import read_table
-    from mice.report import report_markdown
+    from mice.app.report import report_markdown
 
     md = report_markdown(tiny_demo, timings=read_table(tiny_demo / "timings.csv"), figures_dir=out)
     assert _md_tables(md) == _md_tables((tiny_demo / "report.md").read_text())

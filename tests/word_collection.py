@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mice.runs import make_run, write_run
+from mice.rank.runs import make_run, write_run
 
 WORDS = "array sort mean plot axis value matrix sum line figure index table frame column row".split()
 

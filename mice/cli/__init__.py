@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from ..errors import MiceError
+from mice.errors import MiceError
 
 app = typer.Typer(
     name="mice",
@@ -30,7 +30,7 @@ def _quiet_hf() -> None:
 
 
 def quiet_hf() -> None:
-    from ..hf import quiet_hf as _quiet
+    from mice.models.hf import quiet_hf as _quiet
 
     _quiet()
 
@@ -56,7 +56,7 @@ def _checked(callback):
 
     @functools.wraps(callback)
     def run(*args, **kwargs):
-        from ..validate import check_settings
+        from mice.validate import check_settings
 
         check_settings(kwargs, flags)
         return callback(*args, **kwargs)
@@ -85,7 +85,7 @@ def main() -> None:
 
     `mice --nproc N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT] <command> …` runs the command in N
     processes per node (`mice.distributed.launch`, torch.distributed's elastic launcher)."""
-    from ..distributed import LAUNCH_FLAGS, LaunchFailed, launch, split_launch_args
+    from mice.distributed import LAUNCH_FLAGS, LaunchFailed, launch, split_launch_args
 
     try:
         if len(sys.argv) > 1 and sys.argv[1].split("=", 1)[0] in LAUNCH_FLAGS:

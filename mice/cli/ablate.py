@@ -48,13 +48,13 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
     from probes.attention import hooked_model
     from probes.candidates import as_candidates
 
-    from .data import plain_warnings
+    from mice.cli.data import plain_warnings
 
     partial = out.with_name(out.name + ".partial")
     if partial.exists() and not restart:
         typer.echo(f"resuming from {partial}", err=True)
     hl = [int(h) for h in head_list.split(",")] if head_list else None
-    from ..distributed import rank_lock, world
+    from mice.distributed import rank_lock, world
 
     with plain_warnings(), rank_lock(out):
         scorer = hooked_model(model, max_length=max_length)
@@ -116,16 +116,16 @@ def attribute_cmd(model: str = _MODEL,
     from probes.attention import hooked_model, sidecar
     from probes.candidates import as_candidates
 
-    from ..errors import DataError
-    from .data import plain_warnings
+    from mice.errors import DataError
+    from mice.cli.data import plain_warnings
 
     _log_to(log)
     if pairs is None and (dataset is None or run is None):
         raise DataError("give --pairs FILE, or --dataset with --run (and --split, --k)")
     if pairs is not None and dataset is not None:
         raise DataError("give either --pairs or --dataset/--run, not both")
-    from ..distributed import rank_lock, world
-    from ..pairs import read_pairs
+    from mice.distributed import rank_lock, world
+    from mice.rank.pairs import read_pairs
 
     with plain_warnings(), rank_lock(out):
         scorer = hooked_model(model, max_length=max_length)
@@ -179,9 +179,9 @@ def presets_cmd(model: str = _MODEL, dataset: str = _DATASET, split: str = typer
     from ablations.sweep import ablate_masks
     from probes.attention import hooked_model
 
-    from .data import plain_warnings
+    from mice.cli.data import plain_warnings
 
-    from ..distributed import rank_lock, world
+    from mice.distributed import rank_lock, world
 
     with plain_warnings(), rank_lock(out):
         scorer = hooked_model(model, max_length=max_length)
@@ -225,7 +225,7 @@ def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Evidence: 
     from ablations.derive import derive_mask
     from probes.attention import sidecar
 
-    from .data import plain_warnings
+    from mice.cli.data import plain_warnings
 
     from ablations.derive import _evidence_of
 
@@ -268,7 +268,7 @@ def merge_layer_cmd(model: str = _MODEL, dataset: str = _DATASET, split: str = t
     from mice.files import write_table
     from probes.attention import hooked_model
 
-    from .data import plain_warnings
+    from mice.cli.data import plain_warnings
 
     with plain_warnings():
         scorer = hooked_model(model, max_length=max_length)
@@ -318,7 +318,7 @@ def _ints(text: Optional[str], flag: str) -> Optional[tuple]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        from ..errors import MiceError
+        from mice.errors import MiceError
 
         raise MiceError(f"{flag} {text!r}: expected integers separated by commas") from None
 
@@ -374,8 +374,8 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
     Cached per candidate by content: rerun, resume or widen it in the same --out."""
     from ablations.search import SearchConfig, search
 
-    from .data import plain_warnings
-    from .train import key_values
+    from mice.cli.data import plain_warnings
+    from mice.cli.train import key_values
 
     train = key_values(set_)
     cfg = SearchConfig(model=model, dataset=dataset, split=split, run=run, k=k, queries=queries, sample=sample,

@@ -13,7 +13,7 @@ bench_app = typer.Typer(help="Benchmarks: re-ranking latency of the cross-encode
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
-    from ..errors import MiceError
+    from mice.errors import MiceError
 
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
@@ -39,12 +39,12 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
                 batch_size: int = typer.Option(32, "--batch-size", help="Documents per forward pass (all methods)"),
                 threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)"),
                 dtype: str = typer.Option("float16", "--dtype", help="Index storage: float16, float32, int8"),
-                methods: str = typer.Option(",".join(__import__("mice.bench", fromlist=["METHODS"]).METHODS),
+                methods: str = typer.Option(",".join(__import__("mice.bench.latency", fromlist=["METHODS"]).METHODS),
                                             "--methods", help="Comma-separated subset of the methods"),
                 figure: Optional[Path] = typer.Option(None, "--figure", help="PNG path (default: OUT with .png)"),
                 protocol: str = typer.Option("ours", "--protocol",
                                              help="ours | paper | ours,paper (both, one run). paper = the authors' "
-                                                  "measurement (mice.bench_paper): one batch of 128 pairs, same "
+                                                  "measurement (mice.bench.paper): one batch of 128 pairs, same "
                                                   "query, 512-token documents, random precomputed states, fp32, "
                                                   "tokenisation and per-pair query layers timed, mean ± std of 10 "
                                                   "after 5 warm-ups"),
@@ -60,9 +60,9 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
     from rich.console import Console
     from rich.table import Table
 
-    from ..bench import LatencyConfig, plot_latency, run_latency, targets
-    from ..errors import MiceError
-    from ..files import write_table
+    from mice.bench.latency import LatencyConfig, plot_latency, run_latency, targets
+    from mice.errors import MiceError
+    from mice.files import write_table
 
     try:
         a, b = (int(x) for x in arch.split("+"))
@@ -80,7 +80,7 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
     if "paper" in protocols:
         import pandas as pd
 
-        from ..bench_paper import PAPER_METHODS, PaperLatencyConfig, run_paper_latency
+        from mice.bench.paper import PAPER_METHODS, PaperLatencyConfig, run_paper_latency
 
         paper = pd.concat([run_paper_latency(PaperLatencyConfig(
             batch=paper_batch, doc_len=max(_ints(doc_len, "--doc-len")), warmup=paper_warmup, runs=paper_runs,
@@ -133,7 +133,7 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
 def plot_cmd(csv: Path = typer.Argument(..., help="CSV written by `mice bench latency`"),
              out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG (default: CSV with .png)")) -> None:
     """Redraw the latency figure from a saved CSV."""
-    from ..bench import plot_latency
+    from mice.bench.latency import plot_latency
 
     typer.echo(f"wrote {plot_latency(csv, out or csv.with_suffix('.png'))}")
 
@@ -174,12 +174,12 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
     from rich.console import Console
     from rich.table import Table
 
-    from .. import bench_scale
-    from ..bench_scale import CORPORA, PROJECT_HIDDEN, ScaleConfig, run_scale
-    from ..errors import MiceError
-    from ..files import write_table
-    from ..validate import check_setting
-    from .data import plain_warnings
+    from mice.bench import scale as bench_scale
+    from mice.bench.scale import CORPORA, PROJECT_HIDDEN, ScaleConfig, run_scale
+    from mice.errors import MiceError
+    from mice.files import write_table
+    from mice.validate import check_setting
+    from mice.cli.data import plain_warnings
 
     try:
         a, b = (int(x) for x in arch.split("+"))
@@ -193,7 +193,7 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
     kinds = tuple(d.strip() for d in dtypes.split(",") if d.strip())
     if not kinds:
         raise MiceError("--dtypes: no dtype given")
-    from ..index import normalise_dtype
+    from mice.index.store import normalise_dtype
 
     for d in kinds:
         normalise_dtype(d)
@@ -228,7 +228,7 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
     rr = df[df["section"] == "rerank"]
     t = Table(title=f"re-ranking throughput per process: {int(rr['queries'].iloc[0])} queries × "
                     f"{int(rr['candidates'].iloc[0])} candidates = {int(rr['pairs'].iloc[0])} pairs "
-                    f"(mice.rerank.rerank, median of {repeats})")
+                    f"(mice.rank.rerank.rerank, median of {repeats})")
     for col in ("method", "median s", "p10–p90 s", "CPU share", "pairs/s", "pairs/CPU s", "speed-up vs CE"):
         t.add_column(col, justify="left" if col == "method" else "right")
     for r in rr.itertuples(index=False):

@@ -42,7 +42,7 @@ def info(spec: str = typer.Argument(..., help="Dataset spec: folder, files:..., 
     from rich.console import Console
     from rich.table import Table
 
-    from ..data import load_dataset
+    from mice.data import load_dataset
 
     console = Console()
     with plain_warnings():
@@ -103,7 +103,7 @@ def info(spec: str = typer.Argument(..., help="Dataset spec: folder, files:..., 
 def export(spec: str = typer.Argument(..., help="Dataset spec"),
            out: Path = typer.Argument(..., help="Output folder (BEIR layout)")) -> None:
     """Write any dataset as a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
-    from ..data import write_beir
+    from mice.data import write_beir
 
     with plain_warnings():
         folder = write_beir(spec, out)

@@ -24,7 +24,7 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (15 min fro
 
     from rich.console import Console
 
-    from ..demo import run_demo
+    from mice.app.demo import run_demo
 
     if threads:
         import torch
@@ -32,10 +32,10 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (15 min fro
         torch.set_num_threads(threads)
     console = Console()
     start = time.perf_counter()
-    from ..train.devset import SAMPLES
+    from mice.train.devset import SAMPLES
 
     if dev_sample is not None and dev_sample not in SAMPLES:
-        from ..errors import MiceError
+        from mice.errors import MiceError
 
         raise MiceError(f"--dev-sample {dev_sample!r}: expected first or random")
     report = run_demo(out, preset, console=console, backbone=backbone, dev_sample=dev_sample,
@@ -50,11 +50,11 @@ def figures(source: str = typer.Option("runs/demo", "--from", help="A demo outpu
 
     from figures.make import make_all
 
-    from ..errors import MiceError
+    from mice.errors import MiceError
 
     if not Path(source).is_dir():
         raise MiceError(f"{source}: no such demo folder (run `mice demo` first)")
-    from ..report import write_report_html
+    from mice.app.report import write_report_html
 
     made = make_all(source, out)
     for p in made:

@@ -34,11 +34,11 @@ def evaluate_cmd(runs: list[str] = typer.Argument(..., help="TREC run files (or 
     from rich.console import Console
     from rich.table import Table
 
-    from ..errors import DataError
-    from ..evaluation import evaluate, summary_table
-    from ..files import write_table
-    from ..runs import read_qrels, read_run
-    from .data import plain_warnings
+    from mice.errors import DataError
+    from mice.rank.evaluation import evaluate, summary_table
+    from mice.files import write_table
+    from mice.rank.runs import read_qrels, read_run
+    from mice.cli.data import plain_warnings
 
     with plain_warnings():
         if (dataset is None) == (qrels is None):
@@ -46,7 +46,7 @@ def evaluate_cmd(runs: list[str] = typer.Argument(..., help="TREC run files (or 
         if qrels is not None:
             judged = read_qrels(qrels)
         else:
-            from ..data import load_dataset
+            from mice.data import load_dataset
 
             judged = load_dataset(dataset).qrels(split)
         names: dict[str, pd.DataFrame] = {}
@@ -81,7 +81,7 @@ def evaluate_cmd(runs: list[str] = typer.Argument(..., help="TREC run files (or 
     if len(names) > 1:
         console.print(f"† paired t-test, ‡ randomisation test: p < {alpha} after Holm correction (per measure)")
     if paper_test is not None:
-        from ..evaluation import paper_test as run_paper_test
+        from mice.rank.evaluation import paper_test as run_paper_test
 
         pt = run_paper_test(tables, groups, paper_test, alpha)
         t2 = Table(title=f"paper test: Welch's t-test on per-query values averaged over seeds, vs {paper_test}")

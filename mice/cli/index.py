@@ -13,16 +13,16 @@ index_app = typer.Typer(help="Build and inspect MICE document-state indexes (`mi
 
 def load_mice(model: str, arch: Optional[str] = None, device: Optional[str] = None, compute_dtype: str = "fp32"):
     """A MICE folder, or (with `--arch a+b`) a cross-encoder turned into MICE-ℓa+b on the spot (`mice.load`)."""
-    from ..models import load
+    from mice.models.loader import load
 
     return load(model, arch=arch, device=device, kind="mice", dtype=compute_dtype)
 
 
 def _build(model: str, dataset: str, out: Path, storage_dtype: str, kv: bool, shard_size: int, batch_size: int,
            overwrite: bool, arch: Optional[str], device: Optional[str], compute_dtype: str) -> None:
-    from ..data import load_dataset
-    from ..index import IndexConfig, build_index
-    from .data import plain_warnings
+    from mice.data import load_dataset
+    from mice.index.store import IndexConfig, build_index
+    from mice.cli.data import plain_warnings
 
     with plain_warnings():
         mice = load_mice(model, arch, device, compute_dtype)
@@ -31,7 +31,7 @@ def _build(model: str, dataset: str, out: Path, storage_dtype: str, kv: bool, sh
         if (out / "build.json").exists() and not (out / "manifest.json").exists():
             typer.echo(f"resuming the build in {out}", err=True)
         index = build_index(mice, corpus, out, config, overwrite=overwrite, show_progress_bar=True)
-    from ..distributed import world
+    from mice.distributed import world
 
     if world().main:  # one report per job, not one per process
         _print_info(index.info())
@@ -84,7 +84,7 @@ def index_main(ctx: typer.Context, model: Optional[str] = _MODEL, dataset: Optio
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
     if model is None or dataset is None or out is None:
-        from ..errors import MiceError
+        from mice.errors import MiceError
 
         raise MiceError("mice index: building needs --model, --dataset and --out (or see `mice index --help`)")
     _build(model, dataset, out, storage_dtype, kv, shard_size, batch_size, overwrite, arch, device, compute_dtype)
@@ -108,7 +108,7 @@ def info_cmd(path: Path = typer.Argument(..., help="Index folder"),
              model: Optional[str] = typer.Option(None, "--model", "-m", help="Also check the index matches this "
                                                  "MICE model")) -> None:
     """Documents, tokens, bytes per token, model and storage of an index (checks checksums)."""
-    from ..index import DocIndex
+    from mice.index.store import DocIndex
 
     mice = load_mice(model) if model else None
     _print_info(DocIndex.open(path, model=mice, verify=verify).info())

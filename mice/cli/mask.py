@@ -18,9 +18,9 @@ def show(spec: str = typer.Argument(..., help="Preset (none, mask0..mask3, prett
     """Print the per-layer allow-table of a preset or a mask file."""
     from pathlib import Path
 
-    from ..masks import InteractionMask
+    from mice.masks import InteractionMask
 
-    from ..derived import MiceConfig, is_config_file
+    from mice.derived import MiceConfig, is_config_file
 
     if is_config_file(spec):  # a derived configuration: a, b, decision and budget, then its mask
         cfg = MiceConfig.load(spec)
@@ -30,7 +30,7 @@ def show(spec: str = typer.Argument(..., help="Preset (none, mask0..mask3, prett
     if spec.endswith(".json") or Path(spec).is_file():
         mask = InteractionMask.load(spec)
         if num_layers is not None and num_layers != mask.num_layers:
-            from ..errors import MaskError
+            from mice.errors import MaskError
 
             raise MaskError(f"{spec}: mask is for {mask.num_layers} layers, not {num_layers}")
     else:

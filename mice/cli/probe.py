@@ -28,7 +28,7 @@ def attention(model: str = typer.Option(..., "--model", "-m", help="Cross-encode
     """Mean attention mass per (layer, head, from, to) over the top-k candidates of RUN."""
     from probes.attention import hooked_model, probe_attention, sidecar
 
-    from .data import plain_warnings
+    from mice.cli.data import plain_warnings
 
     with plain_warnings():
         scorer = hooked_model(model, max_length=max_length)

@@ -1,5 +1,5 @@
 """`mice rerank`: re-rank a first-stage run with a cross-encoder (optionally masked), MICE or a bi-encoder,
-resumably. The resume identity is the job's content (see `mice.rerank.job_identity`), never the spec strings."""
+resumably. The resume identity is the job's content (see `mice.rank.rerank.job_identity`), never the spec strings."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..precision import HELP as DTYPE_HELP
+from mice.models.precision import HELP as DTYPE_HELP
 
 
 def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folder, hub name, packaged:minilm, "
@@ -34,9 +34,9 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
                                                  "of the resume identity"),
                ) -> None:
     """Score the top-k candidates of RUN with MODEL; resumes from <out>.partial if the same job stopped."""
-    from ..models import load
-    from ..rerank import rerank
-    from .data import plain_warnings
+    from mice.models.loader import load
+    from mice.rank.rerank import rerank
+    from mice.cli.data import plain_warnings
 
     with plain_warnings():
         scorer = load(model, mask=mask, mode=mode, device=device, max_length=max_length,
@@ -49,7 +49,7 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
             typer.echo(f"resuming from {partial}", err=True)
         result = rerank(scorer, dataset, split, run, k=k, out=out, show_progress_bar=True,
                         tag=Path(model).name or "rerank", overwrite=overwrite, **calls)
-    from ..distributed import world
+    from mice.distributed import world
 
     if world().main:
         typer.echo(f"wrote {out}: {result['query_id'].nunique()} queries, {len(result)} lines")

@@ -17,9 +17,9 @@ def bm25(dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec"
          b: float = typer.Option(0.75, help="BM25 b"),
          no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cached index")) -> None:
     """BM25 (bm25s) over the dataset's corpus; the index is cached per dataset."""
-    from ..retrieval import BM25Config, bm25_run
-    from ..runs import write_run
-    from .data import plain_warnings
+    from mice.rank.first_stage import BM25Config, bm25_run
+    from mice.rank.runs import write_run
+    from mice.cli.data import plain_warnings
 
     with plain_warnings():
         run = bm25_run(dataset, split, k, BM25Config(k1=k1, b=b), use_cache=not no_cache)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from ..precision import HELP as DTYPE_HELP
+from mice.models.precision import HELP as DTYPE_HELP
 
 
 def score(model: str = typer.Option(..., "--model", "-m", help="HF folder, hub name, MICE folder or packaged:minilm"),
@@ -15,8 +15,8 @@ def score(model: str = typer.Option(..., "--model", "-m", help="HF folder, hub n
           batch_size: int = typer.Option(32, "--batch-size"),
           compute_dtype: str = typer.Option("fp32", "--dtype", "--compute-dtype", help=DTYPE_HELP)) -> None:
     """Print one score per input line (raw logits), in input order."""
-    from ..models import load
-    from ..pairs import read_pairs
+    from mice.models.loader import load
+    from mice.rank.pairs import read_pairs
 
     pairs = read_pairs(input)
     scorer = load(model, mask=mask, mode=mode, dtype=compute_dtype)

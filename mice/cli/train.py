@@ -21,7 +21,7 @@ def _settings(**flags) -> dict:
 
 def key_values(items, flag: str = "--set") -> dict:
     """`--set key=value` items (repeatable) as a dict; a malformed item is a one-line error naming it."""
-    from ..errors import MiceError
+    from mice.errors import MiceError
 
     out = {}
     for item in items or []:
@@ -96,12 +96,12 @@ def train(
     """Train a cross-encoder, a masked cross-encoder or a MICE model; prints its wall time and dev RR@10."""
     import json
 
-    from ..errors import MiceError
-    from ..precision import mixed_precision
-    from ..train.config import TrainConfig, read_config_file
-    from ..train.presets import preset_mode, preset_settings
+    from mice.errors import MiceError
+    from mice.models.precision import mixed_precision
+    from mice.train.config import TrainConfig, read_config_file
+    from mice.train.presets import preset_mode, preset_settings
 
-    from ..derived import MiceConfig, is_config_file
+    from mice.derived import MiceConfig, is_config_file
 
     if config and is_config_file(config):  # a derived configuration (`mice ablate search`): a, b or the mask
         derived = MiceConfig.load(config)
@@ -150,7 +150,7 @@ def train(
             shown["seeds"] = seed_list
         typer.echo(json.dumps(shown, indent=2))
         return
-    from ..train.loop import Trainer, train_seeds
+    from mice.train.loop import Trainer, train_seeds
 
     if seed_list:
         table = train_seeds(cfg, seed_list, quiet=quiet)

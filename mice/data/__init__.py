@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import DataError
-from .base import Dataset, DataWarning, InMemoryDataset, cache_dir
-from .embedded import EmbeddedConfig, EmbeddedDataset
-from .meta import MetaConfig, MetaDataset
-from .local import FilesDataset, beir_folder, msmarco_folder
+from mice.errors import DataError
+from mice.data.base import Dataset, DataWarning, InMemoryDataset, cache_dir
+from mice.data.embedded import EmbeddedConfig, EmbeddedDataset
+from mice.data.meta import MetaConfig, MetaDataset
+from mice.data.local import FilesDataset, beir_folder, msmarco_folder
 
 __all__ = ["Dataset", "DataWarning", "InMemoryDataset", "FilesDataset", "EmbeddedDataset", "EmbeddedConfig",
            "MetaDataset", "MetaConfig", "load_dataset", "cache_dir", "beir_folder", "msmarco_folder", "write_beir"]
@@ -41,22 +41,22 @@ def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
         return spec
     s = str(spec).strip()
     if s.startswith("mix:"):
-        from .mix import MixedDataset, split_spec
+        from mice.data.mix import MixedDataset, split_spec
 
         if s not in _LOADED:
             _LOADED[s] = MixedDataset([load_dataset(p) for p in split_spec(s)], spec=s)
         return _LOADED[s]
     if s.startswith("embedded"):
-        from .embedded import parse_spec
+        from mice.data.embedded import parse_spec
 
         if s.split(":", 1)[-1].partition("?")[0] == "debian":
-            from .debian import DebianDataset, parse_spec as parse_debian
+            from mice.data.debian import DebianDataset, parse_spec as parse_debian
 
             if s not in _LOADED:
                 _LOADED[s] = DebianDataset(parse_debian(s), spec=s)
             return _LOADED[s]
         if s.split(":", 1)[-1].partition("?")[0] == "meta":
-            from .meta import parse_spec as parse_meta
+            from mice.data.meta import parse_spec as parse_meta
 
             if s not in _LOADED:  # per process, like embedded:docs (a new MetaDataset re-reads what is installed)
                 _LOADED[s] = MetaDataset(parse_meta(s), spec=s)
@@ -68,7 +68,7 @@ def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
     if s.startswith("irds:"):
         from urllib.parse import parse_qsl
 
-        from .irds import IrdsDataset
+        from mice.data.irds import IrdsDataset
 
         body, _, query = s[len("irds:"):].partition("?")
         opts = dict(parse_qsl(query))
@@ -76,12 +76,12 @@ def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
             _LOADED[s] = IrdsDataset(body, split=opts.get("split", "test"))
         return _LOADED[s]
     if s.startswith("files:"):
-        from .local import files_spec
+        from mice.data.local import files_spec
 
         return files_spec(s[len("files:"):])
     path = Path(s).expanduser()
     if path.is_dir():
-        from .local import folder_dataset
+        from mice.data.local import folder_dataset
 
         return folder_dataset(path)
     if path.exists():
@@ -94,7 +94,7 @@ def write_beir(dataset: "str | Dataset", folder: str | os.PathLike) -> Path:
     """Export any dataset as a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), atomically per file."""
     import json
 
-    from ..files import write_text_atomic
+    from mice.files import write_text_atomic
 
     ds = load_dataset(dataset)
     folder = Path(folder)

@@ -11,14 +11,10 @@ from typing import Mapping
 
 import pandas as pd
 
-from ..errors import DataError
-from ..runs import make_qrels
+from mice.errors import DataError, DataWarning
+from mice.rank.runs import make_qrels
 
 QRELS_COLUMNS = ["query_id", "doc_id", "relevance"]
-
-
-class DataWarning(UserWarning):
-    """Input was usable but something was skipped or looked wrong; the message says what and how many."""
 
 
 def warn(message: str) -> None:

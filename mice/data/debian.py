@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError
-from .base import warn
-from .meta import _SOURCES as META_SOURCES
-from .meta import SummaryDataset, _words, assemble, normalise_name, parse_options
+from mice.errors import DataError
+from mice.data.base import warn
+from mice.data.meta import _SOURCES as META_SOURCES
+from mice.data.meta import SummaryDataset, _words, assemble, normalise_name, parse_options
 
 BUILDER_VERSION = 1
 STATUS = "/var/lib/dpkg/status"
@@ -131,7 +131,7 @@ def python_names(records: list[dict], installed: set[str]) -> frozenset:
 
 def build(cfg: DebianConfig) -> tuple[pd.DataFrame, dict]:
     """The collection's table [id, name, version, query, doc, split] and build statistics."""
-    from .meta import MetaConfig, build as build_meta, read_installed
+    from mice.data.meta import MetaConfig, build as build_meta, read_installed
 
     records = read_status(cfg.status)
     installed = read_installed()

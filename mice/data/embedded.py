@@ -30,9 +30,9 @@ from urllib.parse import parse_qsl
 
 import pandas as pd
 
-from ..errors import DataError
-from ..files import write_json_atomic, write_table
-from .base import TableDataset, cache_dir, warn
+from mice.errors import DataError
+from mice.files import write_json_atomic, write_table
+from mice.data.base import TableDataset, cache_dir, warn
 
 BUILDER_VERSION = 1
 IN_DOMAIN = ("numpy", "pandas", "scipy", "matplotlib", "torch")

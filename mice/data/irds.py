@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..errors import DataError
-from ..runs import make_qrels
-from .base import Dataset
+from mice.errors import DataError
+from mice.rank.runs import make_qrels
+from mice.data.base import Dataset
 
 
 def _import_ir_datasets():

@@ -13,9 +13,9 @@ from typing import Mapping
 
 import pandas as pd
 
-from ..errors import DataError
-from ..runs import read_qrels
-from .base import Dataset, file_fingerprint, warn
+from mice.errors import DataError
+from mice.rank.runs import read_qrels
+from mice.data.base import Dataset, file_fingerprint, warn
 
 
 class _Skips:
@@ -152,7 +152,7 @@ class FilesDataset(Dataset):
     """A corpus file, a queries file (or one per split) and a qrels file per split.
 
     Files are read lazily and once. Formats are chosen by extension: `.jsonl` is BEIR-style JSON lines,
-    anything else `id<TAB>text`; qrels may be TREC, BEIR TSV or a table (see `mice.runs.read_qrels`).
+    anything else `id<TAB>text`; qrels may be TREC, BEIR TSV or a table (see `mice.rank.runs.read_qrels`).
     """
 
     def __init__(self, corpus: str | os.PathLike, queries: str | os.PathLike | Mapping[str, str | os.PathLike],

@@ -51,10 +51,10 @@ from urllib.parse import parse_qsl
 
 import pandas as pd
 
-from ..errors import DataError
-from ._docstrings import clean_inline
-from .base import TableDataset, warn
-from .embedded import _stable_unit, first_pair, parse_fractions  # the same hash as embedded:docs, so the same id always lands in the same split
+from mice.errors import DataError
+from mice.data._docstrings import clean_inline
+from mice.data.base import TableDataset, warn
+from mice.data.embedded import _stable_unit, first_pair, parse_fractions  # the same hash as embedded:docs, so the same id always lands in the same split
 
 BUILDER_VERSION = 1
 SPLITS = ("train", "dev", "test")

@@ -11,8 +11,8 @@ import hashlib
 
 import pandas as pd
 
-from ..errors import DataError
-from .base import Dataset
+from mice.errors import DataError
+from mice.data.base import Dataset
 
 
 def split_spec(spec: str) -> list[str]:

@@ -10,8 +10,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from ..errors import MiceError
-from .devset import SAMPLES
+from mice.errors import MiceError
+from mice.train.devset import SAMPLES
 
 MODES = ("cross-encoder", "masked", "mice", "late-interaction")
 LOSS_TERMS = ("listwise", "bce", "margin-mse")
@@ -182,7 +182,7 @@ class TrainConfig:
             bad("mixed_precision", f"{self.mixed_precision!r} (no, fp16, bf16)")
         if self.dev_sample not in SAMPLES:
             bad("dev_sample", f"{self.dev_sample!r} (first, random)")
-        from mice.mice_model import CLS_CROSS_MODES
+        from mice.models.mice_model import CLS_CROSS_MODES
 
         if self.cls_cross_attention not in CLS_CROSS_MODES:
             bad("cls_cross_attention", f"{self.cls_cross_attention!r} ({', '.join(CLS_CROSS_MODES)})")
@@ -219,14 +219,14 @@ class TrainConfig:
         return replace(self, **clean)
 
     def save(self, path) -> Path:
-        from ..files import write_json_atomic
+        from mice.files import write_json_atomic
 
         return write_json_atomic(path, self.to_dict())
 
 
 def _check_mask_spec(spec: str) -> None:
     """Fail early (before any model loads) on a mask that is neither a file nor a known preset."""
-    from ..masks import PRESETS
+    from mice.masks import PRESETS
 
     s = str(spec).strip()
     if s.endswith(".json") or Path(s).exists():

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import DataError
+from mice.errors import DataError
 
 SAMPLES = ("first", "random")  # how N queries are drawn: the first N by id, or N at random
 
@@ -31,7 +31,7 @@ def excluded_query_ids(spec: str | None) -> set[str]:
         if not ids:
             raise DataError(f"{path}: dev exclusion list has no query ids")
         return ids
-    from ..data import load_dataset
+    from mice.data import load_dataset
 
     ds = load_dataset(str(spec))
     ids = set()

@@ -6,7 +6,7 @@ are all-reduced), then AdamW and the linear warmup/decay schedule. Every `eval_e
 BM25 top-k is re-ranked (each process scores a slice; results are gathered) and the best checkpoint is kept.
 
 Output folder:
-- `best/`: the best model by dev RR@10, a plain folder `mice.models.load_scorer` opens;
+- `best/`: the best model by dev RR@10, a plain folder `mice.models.loader.load_scorer` opens;
 - `last/`: the latest checkpoint: the model folder plus `trainer_state.pt` (optimizer, scheduler, step, best,
   elapsed time, the job identity) and `rng_state_<rank>.pt`; written to a temporary folder and swapped in, so a
   kill at any moment leaves either the previous or the new checkpoint. Both files hold only tensors and plain
@@ -38,8 +38,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import IdentityError
-from .config import SOURCE_TEACHER, ConfigError, TrainConfig, TrainingDiverged
+from mice.errors import IdentityError
+from mice.train.config import SOURCE_TEACHER, ConfigError, TrainConfig, TrainingDiverged
 
 log = logging.getLogger("mice.train")
 
@@ -176,9 +176,9 @@ class Trainer:
         return None
 
     def _load_data(self):
-        from ..data import load_dataset
-        from .samples import GroupSampler, pool_from_dataset, pool_from_triples
-        from .teacher import TeacherScores, default_cache_path, teacher_file
+        from mice.data import load_dataset
+        from mice.train.samples import GroupSampler, pool_from_dataset, pool_from_triples
+        from mice.train.teacher import TeacherScores, default_cache_path, teacher_file
 
         cfg = self.config
         ds = load_dataset(self.dataset if self.dataset is not None else cfg.dataset)
@@ -196,7 +196,7 @@ class Trainer:
         self.pool = pool
         self.sampler = GroupSampler(pool, cfg.negatives, cfg.seed, cfg.mix_alpha)
         if cfg.mix_alpha != 1.0 and not self.sampler.mixed:
-            from ..data.base import warn
+            from mice.data.base import warn
 
             warn(f"mix_alpha {cfg.mix_alpha}: {ds.name} is not a mix of two or more parts with training queries; "
                  "every query is drawn equally often")
@@ -208,8 +208,8 @@ class Trainer:
                                          device=self.acc.device)
 
     def _dev_candidates(self, ds) -> dict:
-        from ..retrieval import BM25Index
-        from .devset import excluded_query_ids, select_dev_queries
+        from mice.rank.first_stage import BM25Index
+        from mice.train.devset import excluded_query_ids, select_dev_queries
 
         cfg = self.config
         queries = ds.queries(cfg.dev_split)
@@ -228,7 +228,7 @@ class Trainer:
     def _dev_metrics(self, rows) -> dict[str, float]:
         """Mean dev RR@10 / nDCG@10 of scored (query_id, doc_id, score) rows; the per-query RR@10 of the last call
         is kept in `last_dev_rr` (the teacher comparison pairs it query by query)."""
-        from ..evaluation import per_query
+        from mice.rank.evaluation import per_query
 
         run = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
         values = per_query(self.dev["qrels"], run, DEV_METRICS)
@@ -273,13 +273,13 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def _save_model(self, folder: Path) -> None:
-        from .student import quiet_hf
+        from mice.train.student import quiet_hf
 
         quiet_hf()
         self.acc.unwrap_model(self.model).save(folder)
 
     def _write_best(self, metrics: dict) -> None:
-        from ..files import write_json_atomic
+        from mice.files import write_json_atomic
 
         if self.acc.is_main_process:
             tmp = self.output / ".best.tmp"
@@ -334,8 +334,8 @@ class Trainer:
         """What a resumed run must share with the run that wrote the checkpoint: every setting that changes
         what a step computes, and by content (not by spec string) the training/dev data, the start model's
         weights, the teacher and the resolved mask. Call after the data is loaded."""
-        from ..identity import dataset_identity, file_hash, job_identity, weights_fingerprint
-        from .teacher import is_score_file
+        from mice.identity import dataset_identity, file_hash, job_identity, weights_fingerprint
+        from mice.train.teacher import is_score_file
 
         cfg = self.config
         settings = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE and k not in _BY_CONTENT}
@@ -350,7 +350,7 @@ class Trainer:
         parts["data"] = dataset_identity(self.ds, [cfg.train_split] + ([cfg.dev_split] if cfg.dev_split and
                                                                        not cfg.dev_dataset else []))
         if cfg.dev_dataset and cfg.dev_split:
-            from ..data import load_dataset
+            from mice.data import load_dataset
 
             parts["dev_data"] = dataset_identity(load_dataset(cfg.dev_dataset), [cfg.dev_split])
         if cfg.needs_teacher and cfg.teacher:
@@ -370,7 +370,7 @@ class Trainer:
             raise TrainStateError(f"{folder / STATE_FILE}: unknown checkpoint format {fmt!r} (expected "
                                   f"{STATE_FORMAT!r}; older checkpoints cannot be resumed): start over with "
                                   "--overwrite")
-        from ..identity import identity_diff
+        from mice.identity import identity_diff
 
         diff = identity_diff(state.get("identity"), self.job)
         if diff:
@@ -402,7 +402,7 @@ class Trainer:
         return self._elapsed_before + (time.perf_counter() - self._t0)
 
     def _write_log(self) -> None:
-        from ..files import write_table
+        from mice.files import write_table
 
         if self.acc.is_main_process:
             df = pd.DataFrame(self.log_rows, columns=LOG_COLUMNS)
@@ -425,11 +425,11 @@ class Trainer:
 
         from accelerate import Accelerator
 
-        from ..identity import output_lock
+        from mice.identity import output_lock
 
         cfg = self.config
         self.acc = self.accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
-        from ..precision import check_mixed_precision
+        from mice.models.precision import check_mixed_precision
 
         # refuse a precision the device cannot run before any work (accelerate would train fp16 on CPU in fp32
         # without a word); checked on the Accelerator's device: a PartialState made earlier breaks DDP ranks
@@ -455,9 +455,9 @@ class Trainer:
         import torch
         from rich.console import Console
 
-        from ..files import write_json_atomic
-        from .losses import combined_loss
-        from .student import build_student, param_groups
+        from mice.files import write_json_atomic
+        from mice.train.losses import combined_loss
+        from mice.train.student import build_student, param_groups
 
         cfg = self.config
         if cfg.num_threads:
@@ -643,7 +643,7 @@ class Trainer:
         return rr, vs.get("p_vs_teacher")
 
     def _diverged(self, loss: float, norm: float) -> None:
-        from ..files import write_json_atomic
+        from mice.files import write_json_atomic
 
         last = self.output / "last"
         kept = (f"the last good checkpoint is kept in {last} (step "
@@ -669,10 +669,10 @@ def _mask_identity(cfg: TrainConfig) -> str:
     """The resolved allow-tables of the masked run's mask (a preset spec and the equivalent file agree)."""
     from transformers import AutoConfig
 
-    from ..backbone import resolve_model_path
-    from ..hf import quiet_hf
-    from ..identity import mask_identity
-    from ..masks import InteractionMask
+    from mice.models.backbone import resolve_model_path
+    from mice.models.hf import quiet_hf
+    from mice.identity import mask_identity
+    from mice.masks import InteractionMask
 
     quiet_hf()
     n_layers = int(AutoConfig.from_pretrained(resolve_model_path(cfg.model)).num_hidden_layers)
@@ -731,7 +731,7 @@ def train_seeds(config: TrainConfig, seeds: Sequence[int], dataset=None, quiet: 
                 accelerator=None) -> pd.DataFrame:
     """One run per seed in `<output>/seed-<s>/`; writes and returns a table of the runs (seeds.csv) with their
     mean and standard deviation (seeds_summary.json). The teacher cache is shared between seeds."""
-    from ..files import write_json_atomic, write_table
+    from mice.files import write_json_atomic, write_table
 
     rows = []
     root = Path(config.output)

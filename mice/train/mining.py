@@ -15,10 +15,10 @@ import pandas as pd
 
 def mined_run(dataset, split: str, spec: str, depth: int, max_length: int, batch_size: int = 64) -> pd.DataFrame:
     """(query_id, doc_id, score, rank) of the bi-encoder's top-`depth` documents per query of `split`."""
-    from ..data.base import cache_dir
-    from ..files import read_table, write_table
-    from ..identity import identity_hash
-    from ..models import load
+    from mice.data.base import cache_dir
+    from mice.files import read_table, write_table
+    from mice.identity import identity_hash
+    from mice.models.loader import load
 
     miner = load(spec, max_length=max_length)
     key = identity_hash({"miner": miner.identity(), "dataset": dataset.fingerprint(), "split": split,

@@ -18,8 +18,8 @@
 """
 from __future__ import annotations
 
-from ..errors import MiceError
-from .config import SOURCE_TEACHER, TrainConfig
+from mice.errors import MiceError
+from mice.train.config import SOURCE_TEACHER, TrainConfig
 
 _COMMON = {
     "tiny": {"max_steps": 8, "batch_size": 2, "negatives": 2, "bm25_depth": 10, "max_length": 64,
@@ -77,7 +77,7 @@ PAPER_MODELS: dict[str, tuple[str, dict]] = {
     "paper-minilm-mice-l4+8": ("MICE-ℓ4+8", _mice(MINILM, 4, 8)),
     "paper-minilm-mice-l6+4": ("MICE-ℓ6+4", _mice(MINILM, 6, 4)),
     # the paper's late-interaction baseline (xpmir/mice src/ir_training/reproductions/bm25_minilm_ColBERT.yaml):
-    # ours is the small ColBERT-style model of mice.maxsim, not PyLate's ColBERT (see its docstring)
+    # ours is the small ColBERT-style model of mice.models.late_interaction, not PyLate's ColBERT (see its docstring)
     "paper-minilm-colbert": ("ColBERT (MiniLM-L12)", {"mode": "late-interaction", "model": MINILM}),
     "paper-ettin17m-ce": ("Baseline ft (Ettin-17M)", _ce(ETTIN17)),
     "paper-ettin17m-mice-l3+2": ("Ettin-17M MICE-ℓ3+2", _mice(ETTIN17, 3, 2)),

@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from mice.errors import DataError
 
 
 @dataclass
@@ -50,8 +50,8 @@ def pool_from_dataset(dataset, split: str, depth: int, miner: str | None = None,
                       miner_max_length: int = 256) -> TrainingPool:
     """Relevant documents from the qrels of `split`, negatives from BM25's top-`depth` minus the judged relevant;
     with a `miner` (bi-encoder spec), its top-`depth` are candidates too (BM25's first, then the miner's new ones)."""
-    from ..data.base import warn
-    from ..retrieval import bm25_run
+    from mice.data.base import warn
+    from mice.rank.first_stage import bm25_run
 
     corpus = dataset.corpus()
     queries = dataset.queries(split)
@@ -68,7 +68,7 @@ def pool_from_dataset(dataset, split: str, depth: int, miner: str | None = None,
         warn(f"{dataset.name}/{split}: {missing} relevant documents are not in the corpus (not used for training)")
     run = bm25_run(dataset, split, k=depth)
     if miner is not None:
-        from .mining import mined_run
+        from mice.train.mining import mined_run
 
         run = pd.concat([run[["query_id", "doc_id"]],
                          mined_run(dataset, split, miner, depth, miner_max_length)[["query_id", "doc_id"]]])
@@ -97,7 +97,7 @@ def pool_from_triples(triples: pd.DataFrame, dataset) -> TrainingPool:
     known = triples["qid"].isin(queries.keys()) & triples["pos"].isin(corpus.keys()) & triples["neg"].isin(
         corpus.keys())
     if not known.all():
-        from ..data.base import warn
+        from mice.data.base import warn
 
         warn(f"teacher file: {int((~known).sum())} of {len(triples)} triples name unknown queries or documents "
              "(skipped)")

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ModelError
-from ..hf import quiet_hf as _quiet_hf
-from .config import TrainConfig
+from mice.errors import ModelError
+from mice.models.hf import quiet_hf as _quiet_hf
+from mice.train.config import TrainConfig
 
-from ..models import MASK_KEY  # config.json key recording a masked cross-encoder's interaction mask
+from mice.models.loader import MASK_KEY  # config.json key recording a masked cross-encoder's interaction mask
 HEAD_MARKERS = ("classifier", ".pooler.", ".head.", "late.proj.")  # fresh heads (ModernBERT: head.dense/norm), the late-interaction projection too
 
 
@@ -66,7 +66,7 @@ class MICEStudent(nn.Module):
         self.mice = model
 
     def forward(self, queries: Sequence[str], docs: Sequence[str]) -> torch.Tensor:
-        from ..mice_model import QueryStates
+        from mice.models.mice_model import QueryStates
 
         group = len(docs) // len(queries)
         qs = self.mice.encode_query(list(queries))
@@ -82,7 +82,7 @@ class MICEStudent(nn.Module):
 
 
 class LateInteractionStudent(nn.Module):
-    """A ColBERT-style `mice.maxsim.MaxSimScorer` (the late-interaction baseline)."""
+    """A ColBERT-style `mice.models.late_interaction.MaxSimScorer` (the late-interaction baseline)."""
 
     kind = "late-interaction"
 
@@ -112,7 +112,7 @@ def build_student(config: TrainConfig, source: str | None = None, device=None) -
     src = source or config.model
     resumed = source is not None
     if config.mode == "mice":
-        from ..mice_model import MICEModel
+        from mice.models.mice_model import MICEModel
 
         if resumed:
             model = MICEModel.from_pretrained(src, max_query_length=config.max_query_length,
@@ -125,7 +125,7 @@ def build_student(config: TrainConfig, source: str | None = None, device=None) -
                                                  cls_cross_attention=config.cls_cross_attention)
         student: nn.Module = MICEStudent(model)
     elif config.mode == "late-interaction":
-        from ..maxsim import MaxSimScorer
+        from mice.models.late_interaction import MaxSimScorer
 
         quiet_hf()
         model = MaxSimScorer.from_pretrained(src, seed=config.seed, attn_implementation="eager",
@@ -133,7 +133,7 @@ def build_student(config: TrainConfig, source: str | None = None, device=None) -
                                              max_doc_length=config.max_length)
         student = LateInteractionStudent(model)
     else:
-        from ..hooked import HookedCrossEncoder
+        from mice.models.hooked import HookedCrossEncoder
 
         quiet_hf()
         with torch.random.fork_rng(devices=[]):

@@ -1,6 +1,6 @@
 """Teacher scores for Margin-MSE distillation, computed once per (query, document) and cached in parquet.
 
-The teacher is any scorer spec `mice.models.load_scorer` understands (a cross-encoder folder, a hub name,
+The teacher is any scorer spec `mice.models.loader.load_scorer` understands (a cross-encoder folder, a hub name,
 `biencoder:packaged`, …) or a file of precomputed scores in the MS MARCO distillation format, one triple per
 line: `score_pos score_neg qid pos_id neg_id` (whitespace separated; a .parquet/.csv table with those columns
 works too). Model teachers are scored lazily — only the pairs training actually visits — and every new score is
@@ -17,8 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError, MiceError
-from .samples import Group
+from mice.errors import DataError, MiceError
+from mice.train.samples import Group
 
 FILE_COLUMNS = ["score_pos", "score_neg", "qid", "pos", "neg"]
 
@@ -34,7 +34,7 @@ def hofstatter_path() -> Path:
     """Where the ensemble-teacher file is looked for: $MICE_HOFSTATTER_TRIPLES, else the mice cache."""
     import os
 
-    from ..data.base import cache_dir
+    from mice.data.base import cache_dir
 
     env = os.environ.get(HOFSTATTER_ENV)
     return Path(env).expanduser() if env else cache_dir() / "teachers" / HOFSTATTER_FILE
@@ -62,7 +62,7 @@ def read_score_file(path) -> pd.DataFrame:
     """Triples with teacher scores: DataFrame [score_pos, score_neg, qid, pos, neg]; errors name file and line."""
     path = Path(path)
     if path.suffix in (".parquet", ".csv"):
-        from ..files import read_table
+        from mice.files import read_table
 
         df = read_table(path)
         missing = [c for c in FILE_COLUMNS if c not in df.columns]
@@ -99,12 +99,12 @@ def read_score_file(path) -> pd.DataFrame:
 
 def teacher_identity(spec: str) -> dict:
     """What identifies a teacher's scores: its spec, and for local folders their weight files (size, mtime)."""
-    from ..backbone import resolve_model_path
-    from ..data.base import file_fingerprint
+    from mice.models.backbone import resolve_model_path
+    from mice.data.base import file_fingerprint
 
     s = str(spec)
     if s.startswith("biencoder:"):
-        from ..backbone import packaged_model_path
+        from mice.models.backbone import packaged_model_path
 
         return {"spec": s, "path": str(packaged_model_path())}
     path = Path(resolve_model_path(s))
@@ -115,9 +115,9 @@ def teacher_identity(spec: str) -> dict:
 
 
 def default_cache_path(spec: str, max_length: int | None, dataset) -> Path:
-    from ..data.base import cache_dir
+    from mice.data.base import cache_dir
 
-    from ..identity import identity_hash
+    from mice.identity import identity_hash
 
     digest = identity_hash({"teacher": teacher_identity(spec), "max_length": max_length,
                             "dataset": dataset.fingerprint()})[:20]
@@ -164,7 +164,7 @@ class TeacherScores:
                 raise MiceError("teacher scores come from a file, which lacks some pairs the run needs")
             import torch
 
-            from ..models import load
+            from mice.models.loader import load
 
             with torch.random.fork_rng(devices=[]):  # loading must not move the training RNG
                 self._scorer = load(self.spec, device=self.device, max_length=self.max_length)
@@ -205,7 +205,7 @@ class TeacherScores:
         """Append `rows` (from every process) to the cache file, atomically."""
         if self.cache_path is None or not rows:
             return
-        from ..files import write_table
+        from mice.files import write_table
 
         for q, d, s in rows:
             self.table[(q, d)] = s

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
-from ..segments import REAL_SEGMENTS
-from .html import View, clean
+from mice.errors import DataError
+from mice.segments import REAL_SEGMENTS
+from mice.viz.html import View, clean
 
 JS = r"""
 miceViz.views.knockouts = function (root, d) {

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MaskError
-from ..masks import InteractionMask, parse_path
-from ..segments import REAL_SEGMENTS, SEG
-from .html import View
+from mice.errors import MaskError
+from mice.masks import InteractionMask, parse_path
+from mice.segments import REAL_SEGMENTS, SEG
+from mice.viz.html import View
 
 JS = r"""
 miceViz.views.mask = function (root, d) {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataError
-from ..segments import REAL_SEGMENTS, SEGMENTS
-from .html import SEG_COLORS, View, b64_uint16
+from mice.errors import DataError
+from mice.segments import REAL_SEGMENTS, SEGMENTS
+from mice.viz.html import SEG_COLORS, View, b64_uint16
 
 JS = r"""
 miceViz.views.pair = function (root, d) {

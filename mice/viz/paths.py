@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError
-from ..segments import REAL_SEGMENTS
-from .html import View, clean
+from mice.errors import DataError
+from mice.segments import REAL_SEGMENTS
+from mice.viz.html import View, clean
 
 JS = r"""
 miceViz.views.paths = function (root, d) {

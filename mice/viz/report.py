@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
-from ..errors import DataError
-from .html import CSP, View
+from mice.errors import DataError
+from mice.viz.html import CSP, View
 
 PAGE_CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;margin:0;display:flex}
@@ -125,7 +125,7 @@ def _views_html(items: list[tuple[str, View]]) -> str:
 
 def demo_views(root) -> dict[str, list[tuple[str, View]]]:
     """The interactive views a demo folder's saved results support, keyed by report section title."""
-    from . import KnockoutView, MaskView, PairAttentionView, PathMassView
+    from mice.viz import KnockoutView, MaskView, PairAttentionView, PathMassView
 
     root = Path(root)
     views: dict[str, list] = {}
@@ -148,7 +148,7 @@ def demo_views(root) -> dict[str, list[tuple[str, View]]]:
     mask = root / "derive" / "mask.json"
     if mask.exists():
         from ablations.structural import structural_table
-        from ..masks import InteractionMask
+        from mice.masks import InteractionMask
 
         loaded = InteractionMask.load(mask)
         views["Derived interaction mask"] = [("Explore: the derived mask (click cells to edit, download JSON; "
@@ -156,7 +156,7 @@ def demo_views(root) -> dict[str, list[tuple[str, View]]]:
                                               MaskView(loaded, structural=structural_table(loaded)))]
     derived = root / "search" / "derived.json"
     if derived.exists():
-        from ..derived import MiceConfig
+        from mice.derived import MiceConfig
 
         cfg = MiceConfig.load(derived)
         if cfg.mask is not None:

@@ -26,7 +26,7 @@ texts, or token ids), the storage dtype, the precision the states are computed a
 - under another identity is refused with one line naming what differs, unless `overwrite`, which always starts
   afresh (also from a corrupted or half-written folder).
 The output folder is locked (`mice.identity.output_lock`) while a build writes it, and progress goes to the
-`mice.index` logger and `build.log` in the folder.
+`mice.index.store` logger and `build.log` in the folder.
 """
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .errors import IndexError_
-from .files import write_json_atomic
+from mice.errors import IndexError_
+from mice.files import write_json_atomic
 
-log = logging.getLogger("mice.index")
+log = logging.getLogger("mice.index.store")
 
 FORMAT = "mice-index/1"
 BUILD_LOG = "build.log"
@@ -282,7 +282,7 @@ def content_hash(items: Iterable[tuple[str, object]]) -> str:
 
 def build_identity(model, config: IndexConfig, doc_ids: Sequence[str], content: str | None) -> dict:
     """Everything that changes the bytes of an index, each component computed from content."""
-    from .identity import job_identity
+    from mice.identity import job_identity
 
     return job_identity(format=FORMAT, doc_states=model.fingerprint(),
                         kv_weights=model.kv_fingerprint() if config.kv else None,
@@ -312,7 +312,7 @@ def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, confi
     if len(set(doc_ids)) != len(doc_ids):
         raise IndexError_("duplicate document ids in the corpus")
     out.mkdir(parents=True, exist_ok=True)
-    from .distributed import rank_lock, world
+    from mice.distributed import rank_lock, world
 
     with rank_lock(out):
         w = world()
@@ -330,14 +330,14 @@ def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, confi
 
 def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwrite: bool, show_progress_bar: bool,
                   content: str | None) -> "DocIndex":
-    from .identity import identity_diff
+    from mice.identity import identity_diff
 
     identity = build_identity(model, config, doc_ids, content)
     settings = {"format": FORMAT, "identity": identity, "model": _model_record(model, config),
                 "dtype": config.dtype, "kv": config.kv, "shard_size": config.shard_size,
                 "documents": len(doc_ids), "ids_hash": _ids_hash(doc_ids)}
     build_file, manifest_file = out / "build.json", out / "manifest.json"
-    from .distributed import world
+    from mice.distributed import world
 
     w = world()
     if not w.main:  # rank 0 checks, clears or repairs the folder and writes build.json; the others follow it
@@ -663,7 +663,7 @@ class DocIndex:
     def states(self, positions, out=None):
         """Padded float32 `DocStates` of the documents at `positions` (use `positions(doc_ids)`). `out`: a
         preallocated flat float32 buffer, reused when large enough."""
-        from .mice_model import DocStates
+        from mice.models.mice_model import DocStates
 
         hidden, mask = self._gather(positions, self._states, self._states_scale, (self.hidden_size,), out)
         return DocStates(hidden, mask)

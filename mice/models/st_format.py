@@ -36,8 +36,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ModelError
-from .hf import quiet_transformers
+from mice.errors import ModelError
+from mice.models.hf import quiet_transformers
 
 MODULES = "modules.json"
 ST_CONFIG = "config_sentence_transformers.json"

@@ -1,8 +1,8 @@
 """One adapter per backbone family: the only code that knows where a family keeps its layers and how they run.
 
-Everything that runs a model goes through an adapter: the hooked cross-encoder (`mice.hooked`), the sweep
-engine (`ablations.engine`), attribution (through the hooked model), MICE (`mice.mice_model`), its fast path
-and index (`mice.fast_rerank`, `mice.index`). So a new family is one adapter, not a copy of four code paths.
+Everything that runs a model goes through an adapter: the hooked cross-encoder (`mice.models.hooked`), the sweep
+engine (`ablations.engine`), attribution (through the hooked model), MICE (`mice.models.mice_model`), its fast path
+and index (`mice.index.fast_rerank`, `mice.index.store`). So a new family is one adapter, not a copy of four code paths.
 
 An adapter exposes a layer two ways:
 - whole, as the HF module (`run_layer`), so the registered attention function and its hook points run;
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .errors import ModelError
+from mice.errors import ModelError
 
 MODES = ("renorm", "zero")
 ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
@@ -34,7 +34,7 @@ def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
     """Attention of q [B, heads, Tq, dh] over k, v [B, heads, Tk, dh]: (z [B, Tq, heads, dh], pattern or None).
 
     `renorm` blocks `~allow` before the softmax, `zero` zeroes it after (no renormalisation). `block` is a
-    `mice.hooked.HookedBlock` whose hook points the scores, pattern and z pass through. When nothing is hooked
+    `mice.models.hooked.HookedBlock` whose hook points the scores, pattern and z pass through. When nothing is hooked
     and the mask renormalises, one fused `scaled_dot_product_attention` call gives the same result (no pattern).
     """
     if scaling is None:

@@ -14,11 +14,11 @@ import numpy as np
 def rank_by_scores(scores, documents: Sequence, top_k: int | None = None, return_documents: bool = False,
                    text_key: str = "text") -> list[dict]:
     """Best-first rows of `documents` by `scores` (stable: ties keep input order)."""
-    from .validate import positive
+    from mice.validate import positive
 
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(scores) != len(documents):
-        from .errors import ModelError
+        from mice.errors import ModelError
 
         raise ModelError(f"{len(scores)} scores for {len(documents)} documents")
     if top_k is not None:

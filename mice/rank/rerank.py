@@ -22,10 +22,10 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from .data import Dataset, load_dataset
-from .data.base import warn
-from .errors import DataError
-from .runs import make_run, read_run, sort_run, write_run
+from mice.data import Dataset, load_dataset
+from mice.data.base import warn
+from mice.errors import DataError
+from mice.rank.runs import make_run, read_run, sort_run, write_run
 
 PARTIAL_FORMAT = "mice-rerank-partial/1"
 DONE_FORMAT = "mice-rerank-done/1"
@@ -92,7 +92,7 @@ def job_identity(scorer, dataset: Dataset, split: str, queries: dict[str, str], 
     """Content identity of a re-ranking job: the scorer's own identity (loaded weights, resolved mask tables,
     lengths, index checksum), the corpus content, the query texts and candidates, and every setting that changes
     the output. `job` (a string or dict) adds to it."""
-    from .identity import dataset_identity, job_identity as _identity
+    from mice.identity import dataset_identity, job_identity as _identity
 
     h = hashlib.sha256()
     for qid in sorted(cands):
@@ -117,7 +117,7 @@ def _receipt(out: Path) -> Path:
 
 def _finished(out: Path, key: dict, tag: str) -> "pd.DataFrame | None":
     """The run of this very job if it already finished at `out` (receipt and file hash agree), else None."""
-    from .identity import file_hash, identity_hash
+    from mice.identity import file_hash, identity_hash
 
     receipt = _receipt(out)
     if not (out.is_file() and receipt.is_file()):
@@ -133,8 +133,8 @@ def _finished(out: Path, key: dict, tag: str) -> "pd.DataFrame | None":
 
 
 def _write_receipt(out: Path, key: dict, tag: str) -> None:
-    from .files import write_json_atomic
-    from .identity import file_hash, identity_hash
+    from mice.files import write_json_atomic
+    from mice.identity import file_hash, identity_hash
 
     write_json_atomic(_receipt(out), {"format": DONE_FORMAT, "job": identity_hash(key), "tag": tag,
                                          "sha256": file_hash(out)})
@@ -147,7 +147,7 @@ class _Partial:
                "another --out"
 
     def __init__(self, path: Path, key: dict, restart: bool = False) -> None:
-        from .distributed import ShardedJournal
+        from mice.distributed import ShardedJournal
 
         self.path, self.key = path, key  # one journal per rank (`mice.distributed`), all read on resume
         self._journal = ShardedJournal(path, PARTIAL_FORMAT, key, self.MISMATCH, restart=restart)
@@ -196,13 +196,13 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
     batch, batch_size)` scores one `CandidateBatch`. `query_ids`: re-rank only these queries of the split
     (a fixed evaluation subset); the run's other queries are dropped without a warning.
     """
-    from .validate import positive
+    from mice.validate import positive
 
     positive("k", k)
     positive("batch_size", batch_size)
     if chunk_pairs is not None:
         positive("chunk_pairs", chunk_pairs)
-    from .distributed import rank_lock, require_output
+    from mice.distributed import rank_lock, require_output
 
     require_output(out, "re-ranking")
     if out is None:
@@ -248,7 +248,7 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
         partial = _Partial(out.with_name(out.name + ".partial"), key, restart=overwrite)
     done = dict(partial.done) if partial else {}
 
-    from .distributed import world
+    from mice.distributed import world
 
     w = world()  # under N processes, chunk i is rank i % N's: the same chunks (and batches) as on one process
     chunks = [c for i, c in enumerate(_chunks(cands, target=chunk_pairs or max(batch_size * 8, 64)))

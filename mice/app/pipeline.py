@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .files import write_json_atomic
+from mice.files import write_json_atomic
 
 DONE = "stage.json"
 PARTIAL = "partial.json"  # in a work folder: the key the partial work was made under
-log = logging.getLogger("mice.pipeline")
+log = logging.getLogger("mice.app.pipeline")
 
 
 @dataclass
@@ -121,7 +121,7 @@ class Pipeline:
             self.results.append(StageResult(name, info["seconds"], True, info.get("outputs", {}),
                                             info.get("attempts")))
             return info.get("outputs", {})
-        from .identity import output_lock
+        from mice.identity import output_lock
 
         folder = self.folder(name)
         work = folder.with_name(f".{name}.partial")
@@ -152,7 +152,7 @@ class Pipeline:
     def _adopt_partial(self, work: Path, key, label: str) -> bool:
         """Keep `work` for resumption only if it was made under `key`; otherwise start it afresh. Returns
         whether partial work is resumed. The key is recorded before the stage writes anything."""
-        from .identity import identity_diff
+        from mice.identity import identity_diff
 
         if work.exists():
             try:

@@ -16,8 +16,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
-from .runs import make_qrels, make_run
+from mice.errors import DataError
+from mice.rank.runs import make_qrels, make_run
 
 DEFAULT_METRICS = ("nDCG@10", "RR@10", "R@100")
 

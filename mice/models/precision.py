@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 
-from .validate import CHOICES, SettingError
+from mice.validate import CHOICES, SettingError
 
 PRECISIONS = CHOICES["compute_dtype"]  # ("fp32", "bf16", "fp16")
 HELP = ("Compute precision: fp32 (default), bf16 or fp16 (matmuls and attention under torch.autocast; weights and "

@@ -9,7 +9,7 @@
 - a `BiEncoder` for `biencoder:<name>` (`biencoder:packaged` is the packaged MiniLM).
 
 Every option is honoured or refused: an option the chosen scorer cannot apply raises `ModelError` naming it.
-`dtype` ("fp32" | "bf16" | "fp16", `mice.precision`) applies to every scorer: its forward runs under autocast at
+`dtype` ("fp32" | "bf16" | "fp16", `mice.models.precision`) applies to every scorer: its forward runs under autocast at
 that precision (fp32: no autocast, today's scores exactly); a precision the device cannot run is a `SettingError`.
 Folder problems (missing path, no config.json, unreadable weights) are `ModelError`s naming the file.
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .backbone import resolve_model_path
-from .errors import ModelError
+from mice.models.backbone import resolve_model_path
+from mice.errors import ModelError
 
 MASK_KEY = "mice_mask"  # config.json key under which a masked cross-encoder records its interaction mask
 KINDS = ("any", "hooked", "mice")
@@ -44,7 +44,7 @@ def saved_mask(path):
     obj = _config(path).get(MASK_KEY)
     if obj is None:
         return None
-    from .masks import InteractionMask
+    from mice.masks import InteractionMask
 
     return InteractionMask.from_dict(obj, f"{path}/config.json[{MASK_KEY}]")
 
@@ -94,9 +94,9 @@ def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int 
     the document length of MICE (`max_query_length` its query length); `index` a document-state index folder
     (MICE only); `arch="a+b"` builds MICE-ℓa+b from a cross-encoder; `dtype` the compute precision (fp32, bf16,
     fp16 or a torch dtype), part of the scorer's `identity()`."""
-    from .precision import normalise_precision
+    from mice.models.precision import normalise_precision
 
-    from .distributed import rank_device
+    from mice.distributed import rank_device
 
     dtype = normalise_precision(dtype)  # a bad name fails before any weights load
     device = rank_device(device)
@@ -105,7 +105,7 @@ def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int 
 
 
 def _load(spec, mask, mode, device, max_length, max_query_length, index, arch, kind, use_kv, batch_size):
-    from .validate import check_setting
+    from mice.validate import check_setting
 
     if kind not in KINDS:
         raise ModelError(f"unknown model kind {kind!r} ({', '.join(KINDS)})")
@@ -123,7 +123,7 @@ def _load(spec, mask, mode, device, max_length, max_query_length, index, arch, k
                               ("--max-query-length", max_query_length)):
             if value is not None:
                 refuse(option, "a bi-encoder encodes query and document apart")
-        from .biencoder import BiEncoder
+        from mice.models.biencoder import BiEncoder
 
         name = s.split(":", 1)[1]
         return BiEncoder("packaged:minilm" if name in ("", "packaged") else name, device=device,
@@ -131,7 +131,7 @@ def _load(spec, mask, mode, device, max_length, max_query_length, index, arch, k
 
     path = check_folder(s)
     try:
-        from .maxsim import is_late_interaction_folder
+        from mice.models.late_interaction import is_late_interaction_folder
 
         if is_late_interaction_folder(path):
             if kind != "any":
@@ -139,7 +139,7 @@ def _load(spec, mask, mode, device, max_length, max_query_length, index, arch, k
             for option, value in (("--mask", mask), ("--index", index), ("--arch", arch)):
                 if value is not None:
                     refuse(option, "a late-interaction model encodes query and document apart")
-            from .maxsim import MaxSimScorer
+            from mice.models.late_interaction import MaxSimScorer
 
             return MaxSimScorer.from_pretrained(path, max_query_length=max_query_length, max_doc_length=max_length,
                                                 device=device)
@@ -153,7 +153,7 @@ def _load(spec, mask, mode, device, max_length, max_query_length, index, arch, k
             refuse("--index", "only a MICE model reads a document-state index")
         if max_query_length is not None:
             refuse("--max-query-length", "a cross-encoder truncates the pair as a whole: use --max-length")
-        from .hooked import HookedCrossEncoder
+        from mice.models.hooked import HookedCrossEncoder
 
         model = HookedCrossEncoder.from_pretrained(path, max_length=max_length, device=device)
         mask = mask if mask is not None else saved_mask(path)
@@ -163,7 +163,7 @@ def _load(spec, mask, mode, device, max_length, max_query_length, index, arch, k
     except ModelError:
         raise
     except Exception as err:  # HF/safetensors failures on a bad folder -> one line naming the file
-        from .errors import MiceError
+        from mice.errors import MiceError
 
         if isinstance(err, MiceError):
             raise
@@ -171,7 +171,7 @@ def _load(spec, mask, mode, device, max_length, max_query_length, index, arch, k
 
 
 def _load_mice(s, path, mask, device, max_length, max_query_length, index, arch, kind, use_kv, batch_size):
-    from .mice_model import MICEModel
+    from mice.models.mice_model import MICEModel
 
     if kind == "hooked":
         raise ModelError(f"{s}: probes and ablations need a cross-encoder with hooks; a MICE model has its "
@@ -196,7 +196,7 @@ def _load_mice(s, path, mask, device, max_length, max_query_length, index, arch,
     if max_length is not None:
         raise ModelError(f"{s}: --max-length does not apply with --index (documents were encoded when the "
                          "index was built)")
-    from .fast_rerank import FastReranker, IndexScorer
+    from mice.index.fast_rerank import FastReranker, IndexScorer
 
     return IndexScorer(FastReranker(model, index, use_kv=use_kv, batch_size=batch_size))
 

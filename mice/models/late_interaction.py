@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelError
-from .precision import ComputePrecision
-from .scoring import RankMixin
+from mice.errors import ModelError
+from mice.models.precision import ComputePrecision
+from mice.models.scoring import RankMixin
 
 FORMAT = "mice-late-interaction/1"
 CONFIG_FILE = "late_interaction.json"
@@ -68,7 +68,7 @@ def is_late_interaction_folder(path) -> bool:
 def _load_encoder(path, attn_implementation: str):
     from transformers import AutoModel
 
-    from .mice_model import _quiet_transformers
+    from mice.models.mice_model import _quiet_transformers
 
     with _quiet_transformers():
         try:  # the pooler is never used: leave it out (BERT-family encoders accept the flag)
@@ -101,7 +101,7 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
         name (its encoder, a fresh projection drawn under `seed`). The lengths override the saved ones."""
         from transformers import AutoTokenizer
 
-        from .backbone import resolve_model_path
+        from mice.models.backbone import resolve_model_path
 
         path = resolve_model_path(name_or_path)
         try:
@@ -137,7 +137,7 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
     def save_pretrained(self, path) -> Path:
         from safetensors.torch import save_file
 
-        from .files import atomic_path, write_json_atomic
+        from mice.files import atomic_path, write_json_atomic
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, show_progress_bar: bool = False,
                 convert_to_numpy: bool = True):
         """Scores for (query, document) pairs, in input order (each distinct query is encoded once per batch)."""
-        from .validate import positive
+        from mice.validate import positive
 
         positive("batch_size", batch_size)
         pairs = [(str(q), str(d)) for q, d in pairs]
@@ -252,7 +252,7 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
 
     def identity(self) -> dict:
         """Loaded weights (encoder and projection), lengths and compute precision, for resumable jobs."""
-        from .identity import module_fingerprint
+        from mice.identity import module_fingerprint
 
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
                 "max_query_length": self.li_config.max_query_length, "max_length": self.li_config.max_doc_length,

@@ -1,11 +1,11 @@
 """MICE-ℓa+b: a Minimal Interaction Cross-Encoder built from a cross-encoder with a backbone adapter
-(`mice.adapters`: BERT/MiniLM, ELECTRA, RoBERTa, ModernBERT with a `[CLS]`-pooling head).
+(`mice.models.adapters`: BERT/MiniLM, ELECTRA, RoBERTa, ModernBERT with a `[CLS]`-pooling head).
 
 Query and document are tokenised separately (`[CLS] q [SEP]`, `[CLS] d [SEP]`) and each runs through the
 backbone's embeddings and first `a` layers alone (shared weights, plain padding masks; ModernBERT's local
 layers keep their window, rotary positions restart at 0 in each sequence). The document's
 layer-`a` hidden states ("doc states") are all the upper part needs, so they can be computed offline and
-stored (see `mice.index`). Then `b` *interaction layers*, initialised from backbone layers a…a+b-1, run on the
+stored (see `mice.index.store`). Then `b` *interaction layers*, initialised from backbone layers a…a+b-1, run on the
 query side only:
 
 1. query self-attention (the layer's own attention incl. its output dense + LayerNorm); query tokens do not
@@ -54,11 +54,11 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .adapters import adapter_for, attention_core, merge_heads, position_limit, supported_types
-from .errors import ModelError
-from .precision import ComputePrecision
-from .scoring import RankMixin
-from .hf import quiet_transformers as _quiet_transformers  # noqa: F401  (also imported by mice.bench)
+from mice.models.adapters import adapter_for, attention_core, merge_heads, position_limit, supported_types
+from mice.errors import ModelError
+from mice.models.precision import ComputePrecision
+from mice.models.scoring import RankMixin
+from mice.models.hf import quiet_transformers as _quiet_transformers  # noqa: F401  (also imported by mice.bench.latency)
 
 FORMAT = "mice-model/1"
 CLS_CROSS_MODES = ("none", "uniform")
@@ -234,13 +234,13 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
                            mask=None, device=None, seed: int = 0,
                            cls_cross_attention: str = "none") -> "MICEModel":
         """MICE-ℓa+b from a `...ForSequenceClassification` folder, a sentence-transformers modular folder
-        (`mice.st_format`), or a bare encoder (`BertModel`): then the pooler comes from the encoder and the
+        (`mice.models.st_format`), or a bare encoder (`BertModel`): then the pooler comes from the encoder and the
         classifier is fresh (1 label, initialised under `seed`).
         `cls_cross_attention`: none (the paper's text) or uniform (the authors' code); see the module docstring."""
         from transformers import AutoConfig, AutoTokenizer
 
-        from .backbone import resolve_model_path
-        from .st_format import load_classifier, local_folder
+        from mice.models.backbone import resolve_model_path
+        from mice.models.st_format import load_classifier, local_folder
 
         path = local_folder(resolve_model_path(name_or_path))
         try:
@@ -341,7 +341,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         config.json is written last, so a folder with a config.json is complete."""
         from safetensors.torch import save_file
 
-        from .files import atomic_path, write_json_atomic
+        from mice.files import atomic_path, write_json_atomic
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -486,7 +486,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
                         q0: torch.Tensor | None = None, cls0: torch.Tensor | None = None,
                         shortcut: bool | None = None) -> torch.Tensor:
         """The b interaction layers, scores [N]: the one implementation of MICE's interaction (`interact` and
-        the fast path, `mice.fast_rerank`, differ only in how they read the document).
+        the fast path, `mice.index.fast_rerank`, differ only in how they read the document).
 
         h [1|N, Lq, H]: the query after the first interaction layer's self-attention sublayer (one query may be
         shared by all N documents); smask: its self-attention mask (bool, broadcastable to [.., 1, Lq, Lq]);
@@ -588,7 +588,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
                 show_progress_bar: bool = False, convert_to_numpy: bool = True):
         """Scores for (query, document) pairs, in input order. With `doc_states` (one per pair, same order),
         the document texts are not used. Pairs sharing a query in a batch share its query-side work."""
-        from .validate import positive
+        from mice.validate import positive
 
         positive("batch_size", batch_size)
         pairs = [(str(q), d) for q, d in pairs]
@@ -620,7 +620,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
     def identity(self) -> dict:
         """What makes this scorer's output what it is (for resumable jobs): loaded weights, lengths, compute
         precision."""
-        from .identity import module_fingerprint
+        from mice.identity import module_fingerprint
 
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
                 "query_max_length": self.mice_config.max_query_length, "max_length": self.mice_config.max_doc_length,

@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ModelError
-from .precision import ComputePrecision
-from .scoring import RankMixin
+from mice.errors import ModelError
+from mice.models.precision import ComputePrecision
+from mice.models.scoring import RankMixin
 
 
 class BiEncoder(RankMixin, ComputePrecision):
@@ -28,7 +28,7 @@ class BiEncoder(RankMixin, ComputePrecision):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from .backbone import resolve_model_path
+        from mice.models.backbone import resolve_model_path
 
         path = Path(resolve_model_path(name_or_path))
         if not path.exists():
@@ -88,7 +88,7 @@ class BiEncoder(RankMixin, ComputePrecision):
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64,
                 show_progress_bar: bool = False) -> np.ndarray:
         """Cosine similarity of each (query, document) pair, float32 [N]."""
-        from .validate import positive
+        from mice.validate import positive
 
         positive("batch_size", batch_size)
         pairs = list(pairs)
@@ -99,7 +99,7 @@ class BiEncoder(RankMixin, ComputePrecision):
         return np.einsum("ij,ij->i", q, d).astype(np.float32)
 
     def identity(self) -> dict:
-        from .identity import module_fingerprint
+        from mice.identity import module_fingerprint
 
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model), "pooling": self.pooling,
                 "max_length": self.max_length, "compute_dtype": self.compute_dtype}

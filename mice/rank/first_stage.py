@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import Dataset, cache_dir, load_dataset
-from .data.base import warn
-from .files import read_table, write_table
-from .runs import make_run, sort_run
+from mice.data import Dataset, cache_dir, load_dataset
+from mice.data.base import warn
+from mice.files import read_table, write_table
+from mice.rank.runs import make_run, sort_run
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
@@ -128,7 +128,7 @@ def bm25_run(dataset: "str | Dataset", split: str = "test", k: int = 100, config
     # retrieves its training negatives again, ~2 s for a few thousand queries each time
     path = None
     if use_cache:
-        from .identity import identity_hash
+        from mice.identity import identity_hash
 
         safe = re.sub(r"[^\w.-]+", "_", ds.name)[:60]
         key = identity_hash({"data": ds.fingerprint(), "bm25": config.tag(), "split": split, "k": int(k),

@@ -19,12 +19,12 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from .adapters import MODES, adapter_for, attention_core
-from .errors import MaskError, ModelError
-from .masks import InteractionMask
-from .precision import ComputePrecision
-from .scoring import RankMixin
-from .segments import PairBatch, encode_pairs
+from mice.models.adapters import MODES, adapter_for, attention_core
+from mice.errors import MaskError, ModelError
+from mice.masks import InteractionMask
+from mice.models.precision import ComputePrecision
+from mice.models.scoring import RankMixin
+from mice.segments import PairBatch, encode_pairs
 
 ATTN_NAME = "mice_hooked"
 
@@ -110,11 +110,11 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
     def from_pretrained(cls, name_or_path, max_length: int | None = None, device=None, num_labels: int = 1,
                         **model_kwargs) -> "HookedCrossEncoder":
         """Load any HF `…ForSequenceClassification` cross-encoder, a sentence-transformers modular one (its
-        head modules in the family's head, `mice.st_format`), or a bare encoder with a fresh head."""
+        head modules in the family's head, `mice.models.st_format`), or a bare encoder with a fresh head."""
         from transformers import AutoTokenizer
 
-        from .backbone import resolve_model_path
-        from .st_format import load_classifier, local_folder
+        from mice.models.backbone import resolve_model_path
+        from mice.models.st_format import load_classifier, local_folder
 
         path = local_folder(resolve_model_path(name_or_path))
         try:
@@ -147,7 +147,7 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
     def identity(self) -> dict:
         """What makes this scorer's output what it is (for resumable jobs): loaded weights, default mask and
         mode as resolved tables, pair length, compute precision."""
-        from .identity import mask_identity, module_fingerprint
+        from mice.identity import mask_identity, module_fingerprint
 
         mask, mode = self._default_mask
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model),
@@ -258,7 +258,7 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
     def predict(self, pairs: Sequence[Sequence[str]], batch_size: int = 32, mask=None, mode: str | None = None,
                 show_progress_bar: bool = False) -> np.ndarray:
         """Raw scores for (query, doc) pairs, batched by length (order preserved)."""
-        from .validate import positive
+        from mice.validate import positive
 
         positive("batch_size", batch_size)
         pairs = [tuple(p) for p in pairs]
@@ -293,7 +293,7 @@ def _pair_length(config, limit: int, requested: int | None) -> int:
     trained = getattr(config, LENGTH_KEY, None)
     if requested is None:
         return min(int(trained), limit) if trained else limit
-    from .validate import check_setting
+    from mice.validate import check_setting
 
     check_setting("max_length", requested)
     if requested > limit:

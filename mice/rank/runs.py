@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import DataError
-from .files import atomic_path, read_table
+from mice.errors import DataError, DataWarning
+from mice.files import atomic_path, read_table
 
 RUN_COLUMNS = ["query_id", "doc_id", "score"]
 QRELS_COLUMNS = ["query_id", "doc_id", "relevance"]
@@ -22,8 +22,6 @@ _TABLE_SUFFIXES = (".parquet", ".csv")
 
 
 def _warn(message: str) -> None:
-    from .data.base import DataWarning
-
     warnings.warn(message, DataWarning, stacklevel=3)
 
 
@@ -105,7 +103,7 @@ def write_run(run: pd.DataFrame, path: str | os.PathLike, tag: str = "mice", k: 
     """Write `run` atomically: TREC text, or a table when the path ends in .parquet/.csv."""
     path = Path(path)
     if path.suffix in _TABLE_SUFFIXES:
-        from .files import write_table
+        from mice.files import write_table
 
         return write_table(sort_run(run, k), path)
     with atomic_path(path) as tmp:
@@ -189,7 +187,7 @@ def write_qrels(qrels: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     qrels = make_qrels(qrels)
     if path.suffix in _TABLE_SUFFIXES:
-        from .files import write_table
+        from mice.files import write_table
 
         return write_table(qrels, path)
     with atomic_path(path) as tmp:

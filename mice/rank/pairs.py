@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import DataError
+from mice.errors import DataError
 
 
 def read_pairs(path: "str | os.PathLike | None" = None) -> list[tuple[str, str]]:

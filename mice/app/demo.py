@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import write_table
-from .pipeline import Pipeline
+from mice.files import write_table
+from mice.app.pipeline import Pipeline
 
 TINY_BACKBONES = {"tiny": "bert", "tiny-modernbert": "modernbert"}  # random models built in-process
 CACHE_VERSION = 2  # bump when a stage's code changes what it produces
@@ -186,7 +186,7 @@ PRESETS = {
 
 
 def get_preset(name: str, **overrides) -> DemoPreset:
-    from .errors import MiceError
+    from mice.errors import MiceError
 
     if name not in PRESETS:
         raise MiceError(f"unknown demo preset {name!r} (presets: {', '.join(PRESETS)})")
@@ -211,7 +211,7 @@ class Demo:
         self.p = preset
         self.console = console
         if (preset.long_length is None) != (preset.ce_long_steps is None):
-            from .errors import MiceError
+            from mice.errors import MiceError
 
             raise MiceError(f"demo preset {preset.name!r}: long_length and ce_long_steps go together (the cross-"
                             f"encoder's last phase: steps at a longer pair length); got {preset.long_length} and "
@@ -231,8 +231,8 @@ class Demo:
         if key.get("ce_until_beats_teacher"):
             key["beat_teacher_rule"] = BEAT_TEACHER_RULE  # when the cross-encoder stops depends on the rule
         if key.get("ce_train_extra"):  # installed packages change these collections under the same spec: key
-            from .data import load_dataset  # their training text (not the builder's source, as fingerprint() does)
-            from .identity import dataset_identity
+            from mice.data import load_dataset  # their training text (not the builder's source, as fingerprint() does)
+            from mice.identity import dataset_identity
 
             key["ce_train_extra_content"] = [dataset_identity(load_dataset(x), ("train",))
                                              for x in key["ce_train_extra"]]
@@ -255,8 +255,8 @@ class Demo:
     def check_external(self) -> str:
         """Fail before any stage runs when the external collection cannot be evaluated (it needs a test split);
         else its content fingerprint, which keys the stages (loaded once per run)."""
-        from .data import load_dataset
-        from .errors import MiceError
+        from mice.data import load_dataset
+        from mice.errors import MiceError
 
         spec = self.p.dataset_external
         ds = load_dataset(spec)
@@ -271,7 +271,7 @@ class Demo:
 
     # ---- stages
     def stage_data(self, folder: Path) -> dict:
-        from .data import load_dataset
+        from mice.data import load_dataset
 
         rows = []
         for domain, spec in self.datasets().items():
@@ -291,10 +291,10 @@ class Demo:
         return {"sizes": "sizes.csv"}
 
     def stage_bm25(self, folder: Path) -> dict:
-        from .retrieval import bm25_run
-        from .runs import write_run
+        from mice.rank.first_stage import bm25_run
+        from mice.rank.runs import write_run
 
-        from .data import load_dataset
+        from mice.data import load_dataset
 
         for domain, spec in self.datasets().items():
             ds = load_dataset(spec)
@@ -306,9 +306,9 @@ class Demo:
 
     def _rerank(self, scorer, domain: str, folder: Path, name: str, every_query: bool = False) -> Path:
         """Re-rank BM25's top-k of the `test_queries` subset, or of every test query (`every_query`)."""
-        from .rerank import rerank
+        from mice.rank.rerank import rerank
 
-        from .data import load_dataset
+        from mice.data import load_dataset
 
         out = folder / f"{name}-{domain}.trec"
         ds = load_dataset(self.datasets()[domain])
@@ -318,7 +318,7 @@ class Demo:
         return out
 
     def stage_biencoder(self, folder: Path) -> dict:
-        from .biencoder import BiEncoder
+        from mice.models.biencoder import BiEncoder
 
         scorer = BiEncoder()
         for domain in self.datasets():
@@ -328,7 +328,7 @@ class Demo:
     def _backbone(self, folder: Path) -> str:
         if self.p.backbone not in TINY_BACKBONES:
             return self.p.backbone
-        from .testing import tiny_cross_encoder
+        from mice.models.testing import tiny_cross_encoder
 
         # tiny-modernbert: layers global, local, local, global, a 16-token window that the demo's pairs exceed
         return str(tiny_cross_encoder(folder / "tiny-backbone", family=TINY_BACKBONES[self.p.backbone], num_layers=4,
@@ -337,7 +337,7 @@ class Demo:
     def train_config(self, folder: Path, mode: str, steps: int | None, sub: str = "train", **overrides):
         """The TrainConfig of one training stage (its run in `folder/sub`): the train preset's recipe, the demo's
         steps and dev queries; the models trained from the cross-encoder read `long_length` tokens when it is set."""
-        from .train.presets import preset
+        from mice.train.presets import preset
 
         if self.p.dev_queries:
             overrides["dev_queries"] = self.p.dev_queries
@@ -360,7 +360,7 @@ class Demo:
         return cfg.updated({"max_minutes": None})
 
     def _train(self, folder: Path, mode: str, steps: int | None, sub: str = "train", **overrides) -> Path:
-        from .train import Trainer
+        from mice.train import Trainer
 
         result_file = folder / f"{sub}_result.json"  # train_result.json, long_result.json
         if result_file.exists() and (folder / sub / "best").exists():
@@ -373,7 +373,7 @@ class Demo:
         return folder / sub / "best"
 
     def stage_cross_encoder(self, folder: Path) -> dict:
-        from .models import load_scorer
+        from mice.models.loader import load_scorer
 
         until = {"until_beats_teacher": True} if self.p.ce_until_beats_teacher else {}
         if self.p.ce_eval_every:
@@ -441,7 +441,7 @@ class Demo:
         from ablations import ablate_masks, sweep
         from ablations.attribution import compare_tables, spearman
 
-        from .files import read_table, write_json_atomic
+        from mice.files import read_table, write_json_atomic
 
         cands = self.dev_candidates(min(self.p.exact_queries, self.p.sweep_queries))
         res = sweep(self._knockout_model(), cands, mode="renorm", out=folder / "sweep.parquet",
@@ -506,13 +506,13 @@ class Demo:
                 cand.rename(folder / "candidates" / cand.name)
 
     def derived(self):
-        from .derived import MiceConfig
+        from mice.derived import MiceConfig
 
         return MiceConfig.load(self.path("search", "derived.json"))
 
     def stage_masked(self, folder: Path) -> dict:
         """The masked cross-encoder under the derived configuration's mask (none: nothing to train)."""
-        from .models import load_scorer
+        from mice.models.loader import load_scorer
 
         derived = self.derived()
         if derived.decision == "cross-encoder":
@@ -530,7 +530,7 @@ class Demo:
         return (derived.contextual_layers, derived.interaction_layers) if derived.decision == "mice" else None
 
     def stage_mice(self, folder: Path) -> dict:
-        from .models import load_scorer
+        from mice.models.loader import load_scorer
 
         derived = self.derived()
         if derived.decision != "mice":
@@ -553,7 +553,7 @@ class Demo:
     def stage_late_interaction(self, folder: Path) -> dict:
         """The trained late-interaction baseline: the cross-encoder's encoder + a 128-d projection, MaxSim,
         distilled from the cross-encoder with Margin-MSE like MICE (same teacher scores, cached)."""
-        from .maxsim import MaxSimScorer
+        from mice.models.late_interaction import MaxSimScorer
 
         best = self._train(folder, "late-interaction", self.p.late_steps, model=str(self.ce_path()))
         scorer = MaxSimScorer.from_pretrained(best)
@@ -566,13 +566,13 @@ class Demo:
         import numpy as np
         from scipy import stats
 
-        from .data import load_dataset
-        from .evaluation import evaluate
-        from .fast_rerank import FastReranker, IndexScorer
-        from .index import IndexConfig, build_index
-        from .models import load_scorer
-        from .rerank import rerank
-        from .runs import read_run
+        from mice.data import load_dataset
+        from mice.rank.evaluation import evaluate
+        from mice.index.fast_rerank import FastReranker, IndexScorer
+        from mice.index.store import IndexConfig, build_index
+        from mice.models.loader import load_scorer
+        from mice.rank.rerank import rerank
+        from mice.rank.runs import read_run
 
         if self.mice_layers() is None:
             return {"skipped": "no MICE model"}
@@ -610,9 +610,9 @@ class Demo:
     def stage_evaluate(self, folder: Path) -> dict:
         """Every run on the `test_queries` subset (query set `subset`); BM25, the cross-encoder and MICE also on
         every test query (`all`), where MICE is measured against the cross-encoder."""
-        from .data import load_dataset
-        from .evaluation import evaluate
-        from .runs import read_run
+        from mice.data import load_dataset
+        from mice.rank.evaluation import evaluate
+        from mice.rank.runs import read_run
 
         tables = []
         sources = [("biencoder", "biencoder"), ("cross-encoder", "cross_encoder"), ("masked", "masked"),
@@ -649,7 +649,7 @@ class Demo:
         return {}
 
     def stage_bench(self, folder: Path) -> dict:
-        from .bench import LatencyConfig, add_ratios, run_latency
+        from mice.bench.latency import LatencyConfig, add_ratios, run_latency
 
         layers = self.mice_layers()
         if layers is None:
@@ -673,8 +673,8 @@ class Demo:
         return {"figures": len(made)}
 
     def run(self) -> Path:
-        from .files import write_json_atomic
-        from .report import write_report
+        from mice.files import write_json_atomic
+        from mice.app.report import write_report
 
         p = self.pipe
         write_json_atomic(self.out / "preset.json", asdict(self.p))
@@ -732,7 +732,7 @@ def mice_vs_cross_encoder(folder) -> pd.DataFrame:
     import numpy as np
     from scipy import stats
 
-    from .files import read_table
+    from mice.files import read_table
 
     folder = Path(folder)
     rows = []

@@ -1,8 +1,8 @@
 """Scale figures (`mice bench scale`): what one process does per second, what an index costs per token, and what
 that means for a full collection.
 
-Measured in one run, on one backbone (the same saved weights for every method, `mice.bench.bench_backbone`):
-- index build: `mice.index.build_index` (the code path of `mice index build`: tokenisation, MICE's `a`
+Measured in one run, on one backbone (the same saved weights for every method, `mice.bench.latency.bench_backbone`):
+- index build: `mice.index.store.build_index` (the code path of `mice index build`: tokenisation, MICE's `a`
   contextual layers, quantisation, sha256 and fsync of the shards) over N documents of the dataset, for each
   storage dtype, states only and (with `kv`) states + the live interaction layers' cross-attention keys/values;
   documents/s and document tokens/s, median of `repeats` timed builds after one untimed warm-up build, the
@@ -10,7 +10,7 @@ Measured in one run, on one backbone (the same saved weights for every method, `
 - storage: bytes per document token of each built index, from its manifest (`DocIndex.bytes_per_token`), with
   the stored vectors per token (1 for the states, + 2·(b-1) with K/V) that explain them:
   float16 = 2·H bytes per vector, int8 = H bytes + a 4-byte float32 scale per vector;
-- re-ranking: query-document pairs/s of `mice.rerank.rerank` (the code path of `mice rerank`: length sorting,
+- re-ranking: query-document pairs/s of `mice.rank.rerank.rerank` (the code path of `mice rerank`: length sorting,
   tokenisation, batching, scoring) for the cross-encoder, MICE on the fly (`--arch a+b`) and MICE from each
   built index (`--index`), with the same queries × candidates; candidates are a seeded sample of the indexed
   documents, so their lengths follow the corpus. Median of `repeats` after `warmup`, interleaved.
@@ -94,7 +94,7 @@ class ScaleConfig:
 
 
 def _summary(times: list[float]) -> tuple[float, float, float]:
-    from .bench import _percentiles
+    from mice.bench.latency import _percentiles
 
     med, p10, p90 = _percentiles(times)  # milliseconds
     return med / 1000.0, p10 / 1000.0, p90 / 1000.0
@@ -115,7 +115,7 @@ def _median(values: list[float]) -> float:
 
 def stored_vector_bytes(dtype: str, hidden: int) -> int:
     """Bytes one stored vector of `hidden` values takes: float16 2·H, float32 4·H, int8 H + a float32 scale."""
-    from .index import normalise_dtype
+    from mice.index.store import normalise_dtype
 
     d = normalise_dtype(dtype)
     return {"float16": 2 * hidden, "float32": 4 * hidden, "int8": hidden + 4}[d]
@@ -131,22 +131,22 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
     import pandas as pd
     import torch
 
-    from .bench import _cpu_name, bench_backbone
-    from .data import load_dataset
-    from .errors import DataError
-    from .fast_rerank import FastReranker, IndexScorer
-    from .index import IndexConfig, build_index, normalise_dtype
-    from .models import load
-    from .rerank import rerank
-    from .runs import make_run
-    from .validate import check_settings
+    from mice.bench.latency import _cpu_name, bench_backbone
+    from mice.data import load_dataset
+    from mice.errors import DataError
+    from mice.index.fast_rerank import FastReranker, IndexScorer
+    from mice.index.store import IndexConfig, build_index, normalise_dtype
+    from mice.models.loader import load
+    from mice.rank.rerank import rerank
+    from mice.rank.runs import make_run
+    from mice.validate import check_settings
 
     check_settings({"docs": config.docs, "queries": config.queries, "candidates": config.candidates,
                     "batch_size": config.batch_size, "max_length": config.max_length, "threads": config.threads,
                     "repeats": config.repeats, "warmup": config.warmup,
                     "contextual_layers": config.layers[0], "interaction_layers": config.layers[1]})
-    from .distributed import world
-    from .errors import MiceError
+    from mice.distributed import world
+    from mice.errors import MiceError
 
     if world().distributed:
         raise MiceError("mice bench scale measures one process; run it without --nproc (the projection scales it)")
@@ -226,7 +226,7 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
                 f"{med:.2f} s  {len(index) / med:8.1f} docs/s  {n_tok / med:9.0f} tokens/s  "
                 f"{index.bytes_per_token():7.1f} B/token  CPU share {rows[-1]['cpu_share']:.2f}")
 
-        # ---- re-ranking: the same queries x candidates through `mice.rerank.rerank` for every method
+        # ---- re-ranking: the same queries x candidates through `mice.rank.rerank.rerank` for every method
         scorers: dict[str, tuple[object, dict, dict]] = {}
         ce_scorer = load(str(folder), device=device, max_length=config.max_length)
         scorers["cross-encoder"] = (ce_scorer, {"batch_size": config.batch_size}, {})
@@ -314,7 +314,7 @@ def project(builds, corpora: Sequence[Corpus] = CORPORA, processes: Sequence[int
     add some bytes per document)."""
     import pandas as pd
 
-    from .validate import positive
+    from mice.validate import positive
 
     rows = []
     records = builds.to_dict("records") if hasattr(builds, "to_dict") else list(builds)

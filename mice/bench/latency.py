@@ -176,10 +176,10 @@ def bench_backbone(model: str, random_weights: bool, seed: int, device, threads:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from .backbone import resolve_model_path
-    from .errors import ModelError
-    from .mice_model import _quiet_transformers
-    from .st_format import load_classifier, local_folder
+    from mice.models.backbone import resolve_model_path
+    from mice.errors import ModelError
+    from mice.models.mice_model import _quiet_transformers
+    from mice.models.st_format import load_classifier, local_folder
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -193,7 +193,7 @@ def bench_backbone(model: str, random_weights: bool, seed: int, device, threads:
             hf_config = AutoConfig.from_pretrained(path)
             hf_config.num_labels = 1
             ce = AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="sdpa")
-        else:  # a sentence-transformers modular folder keeps its own head (mice.st_format)
+        else:  # a sentence-transformers modular folder keeps its own head (mice.models.st_format)
             ce = load_classifier(path, 1, attn_implementation="sdpa")
     ce = ce.eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -210,11 +210,11 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
     import pandas as pd
     import torch
 
-    from .errors import ModelError
-    from .fast_rerank import FastMICE, FastReranker
-    from .index import IndexConfig, build_index_from_token_ids
-    from .maxsim import MaxSimScorer, TokenVectors
-    from .mice_model import MICEModel, _quiet_transformers
+    from mice.errors import ModelError
+    from mice.index.fast_rerank import FastMICE, FastReranker
+    from mice.index.store import IndexConfig, build_index_from_token_ids
+    from mice.models.late_interaction import MaxSimScorer, TokenVectors
+    from mice.models.mice_model import MICEModel, _quiet_transformers
 
     unknown = set(config.methods) - set(METHODS)
     if unknown:
@@ -262,8 +262,8 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
             setups["cross-encoder"] = (run_ce, 0.0)
 
         if "masked" in config.methods:
-            from .hooked import HookedCrossEncoder
-            from .segments import PairBatch, segment_ids
+            from mice.models.hooked import HookedCrossEncoder
+            from mice.segments import PairBatch, segment_ids
 
             with _quiet_transformers():
                 hooked = HookedCrossEncoder.from_pretrained(ce_folder, device=device)
@@ -404,7 +404,7 @@ def plot_latency(csv_path, out_png) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .files import atomic_path, read_table
+    from mice.files import atomic_path, read_table
 
     df = read_table(csv_path)
     try:

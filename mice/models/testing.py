@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .backbone import packaged_model_path
+from mice.models.backbone import packaged_model_path
 
 _WORDS = (
     "the a of to and in is for on with by as at from that this be are or an it not can return array "

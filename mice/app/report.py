@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import read_table, write_text_atomic
+from mice.files import read_table, write_text_atomic
 
 CONVENTION = "Path convention: `a->b` means tokens of group a attend to tokens of group b (information flows b → a)."
 
@@ -77,7 +77,7 @@ def write_report(root, env: dict | None = None, timings: pd.DataFrame | None = N
 def write_report_html(root, text: str | None = None, figures_dir=None, out=None) -> Path:
     """`report.html` from the report's Markdown (built here from `root` when not given; figures read from
     `figures_dir`, default `root/figures`), with the interactive views of what `root` holds."""
-    from .viz.report import demo_views, render_report_html
+    from mice.viz.report import demo_views, render_report_html
 
     root = Path(root)
     if text is None:
@@ -228,7 +228,7 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
 
     derive = root / "derive"
     if (derive / "mask.json").exists():
-        from .masks import InteractionMask
+        from mice.masks import InteractionMask
 
         mask = InteractionMask.load(derive / "mask.json")
         lines += ["## Derived interaction mask", "", f"Tolerance {mask.provenance.get('tolerance', '?')} (relative "
@@ -309,7 +309,7 @@ def _no_mice(t, m: str) -> str:
 
 def _search_section(root: Path, figure) -> list[str]:
     """The trained search: budget, curves at equal steps beside zero-shot, finalists with CIs, the decision."""
-    from .derived import MiceConfig
+    from mice.derived import MiceConfig
 
     t = read_table(root / "search" / "search.parquet")
     meta = json.loads((root / "search" / "search.json").read_text())

@@ -1,4 +1,4 @@
-"""The MICE paper's latency protocol (`mice bench latency --protocol paper`), to set beside ours (`mice.bench`).
+"""The MICE paper's latency protocol (`mice bench latency --protocol paper`), to set beside ours (`mice.bench.latency`).
 
 What the authors measure (xpmir/mice `scripts/compare_latency_footprint.py` + `profiling_utils.py`), and so what
 this does: one batch of `batch` (query, document) pairs, the *same* query in every pair and documents of
@@ -9,7 +9,7 @@ pair* (no sharing between the pairs of a query, no absorbed or cached keys/value
 the cross-encoder tokenises and runs the pairs truncated to 512 tokens. Reported: mean ± standard deviation of
 `runs` timed calls after `warmup` untimed ones.
 
-Ours (`mice.bench`) differs on purpose (100 documents in batches of 32, random token ids so no tokenisation,
+Ours (`mice.bench.latency`) differs on purpose (100 documents in batches of 32, random token ids so no tokenisation,
 shared query work, absorbed or cached keys/values, median of 5): the two answer different questions, so their
 speed-ups must not be compared across protocols, only within one.
 """
@@ -53,10 +53,10 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
     import pandas as pd
     import torch
 
-    from .bench import bench_backbone
-    from .errors import ModelError
-    from .maxsim import MaxSimScorer, TokenVectors
-    from .mice_model import DocStates, MICEModel
+    from mice.bench.latency import bench_backbone
+    from mice.errors import ModelError
+    from mice.models.late_interaction import MaxSimScorer, TokenVectors
+    from mice.models.mice_model import DocStates, MICEModel
 
     unknown = set(config.methods) - set(PAPER_METHODS)
     if unknown:

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import IndexError_, ModelError
-from .index import DocIndex, kv_projection
-from .mice_model import DocStates, MICEModel
+from mice.errors import IndexError_, ModelError
+from mice.index.store import DocIndex, kv_projection
+from mice.models.mice_model import DocStates, MICEModel
 
 
 @dataclass
@@ -273,7 +273,7 @@ class FastReranker:
     def rank(self, query: str, doc_ids: Sequence[str], top_k: int | None = None,
              return_documents: bool = False) -> list[dict]:
         """Best first, sentence-transformers' format: [{corpus_id (position in `doc_ids`), score[, doc_id]}]."""
-        from .scoring import rank_by_scores
+        from mice.models.scoring import rank_by_scores
 
         return rank_by_scores(self.score(query, doc_ids), list(doc_ids), top_k, return_documents, text_key="doc_id")
 
@@ -282,7 +282,7 @@ class FastReranker:
         returns a run DataFrame of the new scores, sorted per query. Queries without text are an error."""
         import pandas as pd
 
-        from .errors import DataError
+        from mice.errors import DataError
 
         rows = []
         groups = run.sort_values(["query_id", "score"], ascending=[True, False], kind="stable").groupby(
@@ -303,7 +303,7 @@ class FastReranker:
 
 
 class IndexScorer:
-    """Adapter for `mice.rerank.rerank` (and `mice rerank --index`): scores candidates by doc id from the index
+    """Adapter for `mice.rank.rerank.rerank` (and `mice rerank --index`): scores candidates by doc id from the index
     (`predict_candidates`), so document texts are never re-encoded. Query-side work is cached per query text
     (the runner mixes queries within a batch)."""
 
@@ -318,7 +318,7 @@ class IndexScorer:
         return self.reranker.model.compute_dtype
 
     def set_compute_dtype(self, dtype, flag: str = "--dtype") -> "IndexScorer":
-        """The precision of the MICE model it runs (`mice.precision`); prepared queries are dropped."""
+        """The precision of the MICE model it runs (`mice.models.precision`); prepared queries are dropped."""
         self.reranker.model.set_compute_dtype(dtype, flag)
         self._prepared.clear()
         return self
@@ -343,7 +343,7 @@ class IndexScorer:
         return out
 
     def runner_batching(self, k: int, chunk_pairs: int = 1024) -> dict:
-        """`batch_size`/`chunk_pairs` for `mice.rerank.rerank` so that each call holds whole queries (chunks
+        """`batch_size`/`chunk_pairs` for `mice.rank.rerank.rerank` so that each call holds whole queries (chunks
         are whole queries, and a batch spans a chunk): every query's candidates are then scored together,
         batched by length here, instead of in the runner's small mixed batches."""
         chunk = max(int(chunk_pairs), 8 * self.reranker.batch_size)
