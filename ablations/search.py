@@ -204,7 +204,7 @@ def layer_candidates(a: int, num_layers: int, max_b: int | None = None,
 class SearchResult:
     table: pd.DataFrame  # one row per (candidate, rung) and zero-shot point
     per_query: pd.DataFrame
-    config: "object"  # mice.derived.MiceConfig
+    config: "object"  # mice.derived.DerivedConfig
     meta: dict
 
 
@@ -554,7 +554,7 @@ class Search:
 
     # ------------------------------------------------------------------------------------------- run
     def run(self) -> SearchResult:
-        from mice.derived import MiceConfig
+        from mice.derived import DerivedConfig
         from mice.files import write_json_atomic, write_table
         from mice.identity import output_lock
         from mice.masks import InteractionMask
@@ -625,7 +625,7 @@ class Search:
                     "steps_total": self._steps_total(table),
                     "elapsed_s": round(time.perf_counter() - t0, 2), "why": why}
             chosen_rows = table[table["chosen"]]
-            derived = MiceConfig(
+            derived = DerivedConfig(
                 decision=decision, num_layers=self.num_layers,
                 contextual_layers=a if decision == "mice" else None,
                 interaction_layers=layer_choice.b if layer_choice is not None else None,

@@ -23,7 +23,7 @@ class ConfigFileError(MiceError, ValueError):
 
 
 @dataclass
-class MiceConfig:
+class DerivedConfig:
     """What to train. `decision`: the most efficient model the evidence supports (`mice`: a, b and the mask;
     `masked`: a mask but no MICE split, because blocking `d->q` cost too much; `cross-encoder`: nothing)."""
 
@@ -65,7 +65,7 @@ class MiceConfig:
         return write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, obj: dict, source: str = "<dict>") -> "MiceConfig":
+    def from_dict(cls, obj: dict, source: str = "<dict>") -> "DerivedConfig":
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             fmt = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
             raise ConfigFileError(f"{source}: format {fmt!r} is not {FORMAT!r}")
@@ -81,7 +81,7 @@ class MiceConfig:
             raise ConfigFileError(f"{source}: {err}") from None
 
     @classmethod
-    def load(cls, path) -> "MiceConfig":
+    def load(cls, path) -> "DerivedConfig":
         path = Path(path)
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))

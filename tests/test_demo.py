@@ -23,9 +23,9 @@ def test_tiny_demo_end_to_end_and_cached():
                     "No external out-of-domain collection was given"):
         assert section in report, section
     # the demo trains exactly what the search derived
-    from mice.derived import MiceConfig
+    from mice.derived import DerivedConfig
 
-    derived = MiceConfig.load(run / "search" / "derived.json")
+    derived = DerivedConfig.load(run / "search" / "derived.json")
     assert derived.decision == "mice"  # the tiny preset's wide tolerance: a plumbing check, every stage runs
     mice_stage = json.loads((run / "mice" / "stage.json").read_text())["outputs"]
     assert (mice_stage["a"], mice_stage["b"]) == (derived.contextual_layers, derived.interaction_layers)

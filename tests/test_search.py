@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from ablations.search import SearchConfig, curve, search
 from mice.cli import app
-from mice.derived import MiceConfig
+from mice.derived import DerivedConfig
 from mice.errors import MiceError
 from mice.models.testing import tiny_cross_encoder
 
@@ -185,7 +185,7 @@ def test_derived_config_round_trips_through_train_in_both_modes(env):
     out = env["root"] / "layers"
     res = search(config(env, stages=("layers",), contextual_layers=1, tolerance=0.9), out)
     derived = out / "derived.json"
-    cfg = MiceConfig.load(derived)
+    cfg = DerivedConfig.load(derived)
     assert cfg.decision == "mice" and cfg.contextual_layers == 1 and cfg.interaction_layers >= 2
     assert res.table.loc[res.table["chosen"], "b"].iloc[0] == cfg.interaction_layers
     base = ["train", "--preset", "tiny", "--config", str(derived), "-d", env["data"], "--max-steps", "2", "--quiet"]
@@ -222,7 +222,7 @@ def test_the_layer_stage_tries_both_cls_cross_attentions_and_the_file_carries_th
     b1 = t[t["b"] == 1].set_index("cls_cross")["collapsed"]
     assert b1["none"] and not b1["uniform"]
     chosen = res.table[res.table["chosen"]].iloc[0]
-    cfg = MiceConfig.load(out / "derived.json")
+    cfg = DerivedConfig.load(out / "derived.json")
     assert (cfg.interaction_layers, cfg.cls_cross_attention) == (chosen["b"], chosen["cls_cross"])
     r = runner.invoke(app, ["train", "--preset", "tiny", "--config", str(out / "derived.json"), "-d", env["data"],
                             "--max-steps", "2", "--quiet", "--mode", "mice", "-o", str(env["root"] / "t-cls")])
@@ -232,12 +232,12 @@ def test_the_layer_stage_tries_both_cls_cross_attentions_and_the_file_carries_th
     with pytest.raises(MiceError, match="cls_cross"):
         config(env, cls_cross=("none", "mean")).validate()
     with pytest.raises(MiceError, match="cls_cross_attention 'mean'"):
-        MiceConfig(decision="mice", num_layers=4, contextual_layers=1, interaction_layers=2, mask={},
+        DerivedConfig(decision="mice", num_layers=4, contextual_layers=1, interaction_layers=2, mask={},
                    cls_cross_attention="mean")
 
 
 def test_a_decision_without_mice_refuses_mice_training(env, first, tmp_path):
-    cfg = MiceConfig(decision="cross-encoder", num_layers=4, tolerance=0.01)
+    cfg = DerivedConfig(decision="cross-encoder", num_layers=4, tolerance=0.01)
     path = cfg.save(tmp_path / "none.json")
     r = runner.invoke(app, ["train", "--preset", "tiny", "--config", str(path), "-m", env["ce"], "--mode", "mice"])
     assert r.exit_code != 0 and "no configuration within tolerance" in str(r.exception or r.output)

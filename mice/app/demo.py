@@ -506,9 +506,9 @@ class Demo:
                 cand.rename(folder / "candidates" / cand.name)
 
     def derived(self):
-        from mice.derived import MiceConfig
+        from mice.derived import DerivedConfig
 
-        return MiceConfig.load(self.path("search", "derived.json"))
+        return DerivedConfig.load(self.path("search", "derived.json"))
 
     def stage_masked(self, folder: Path) -> dict:
         """The masked cross-encoder under the derived configuration's mask (none: nothing to train)."""

@@ -309,11 +309,11 @@ def _no_mice(t, m: str) -> str:
 
 def _search_section(root: Path, figure) -> list[str]:
     """The trained search: budget, curves at equal steps beside zero-shot, finalists with CIs, the decision."""
-    from mice.derived import MiceConfig
+    from mice.derived import DerivedConfig
 
     t = read_table(root / "search" / "search.parquet")
     meta = json.loads((root / "search" / "search.json").read_text())
-    derived = MiceConfig.load(root / "search" / "derived.json")
+    derived = DerivedConfig.load(root / "search" / "derived.json")
     m, c = meta["config"]["metric"], meta["config"]
     lines = ["## Trained search", "",
              f"Each candidate is a short fine-tune from the cross-encoder, distilled from it (Margin-MSE), scored on "

@@ -20,10 +20,10 @@ def show(spec: str = typer.Argument(..., help="Preset (none, mask0..mask3, prett
 
     from mice.masks import InteractionMask
 
-    from mice.derived import MiceConfig, is_config_file
+    from mice.derived import DerivedConfig, is_config_file
 
     if is_config_file(spec):  # a derived configuration: a, b, decision and budget, then its mask
-        cfg = MiceConfig.load(spec)
+        cfg = DerivedConfig.load(spec)
         mask = cfg.interaction_mask()
         typer.echo(cfg.render() if not tidy or mask is None else mask.to_frame().to_string(index=False))
         return

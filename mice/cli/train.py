@@ -101,10 +101,10 @@ def train(
     from mice.train.config import TrainConfig, read_config_file
     from mice.train.presets import preset_mode, preset_settings
 
-    from mice.derived import MiceConfig, is_config_file
+    from mice.derived import DerivedConfig, is_config_file
 
     if config and is_config_file(config):  # a derived configuration (`mice ablate search`): a, b or the mask
-        derived = MiceConfig.load(config)
+        derived = DerivedConfig.load(config)
         file_settings = derived.train_settings(mode or ("masked" if derived.decision == "masked" else "mice"),
                                                config)
     else:

@@ -65,7 +65,7 @@ CLS_CROSS_MODES = ("none", "uniform")
 
 
 @dataclass
-class MICEConfig:
+class MICEArchitecture:
     """What makes a MICE model besides the backbone's HF config; saved under the "mice" key of config.json."""
 
     contextual_layers: int
@@ -80,7 +80,7 @@ class MICEConfig:
     format: str = FORMAT
 
     @classmethod
-    def from_dict(cls, obj: dict) -> "MICEConfig":
+    def from_dict(cls, obj: dict) -> "MICEArchitecture":
         known = {k: v for k, v in obj.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -155,7 +155,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
     and `save_pretrained` follow sentence-transformers' `CrossEncoder`.
     """
 
-    def __init__(self, backbone: nn.Module, tokenizer, mice_config: MICEConfig,
+    def __init__(self, backbone: nn.Module, tokenizer, mice_config: MICEArchitecture,
                  cross: nn.ModuleList | None = None):
         super().__init__()
         model_type = getattr(backbone.config, "model_type", "")
@@ -254,7 +254,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             raise ModelError(f"{name_or_path}: MICE scores with a 1-logit head; this model has "
                              f"{backbone.config.num_labels} labels")
         tokenizer = AutoTokenizer.from_pretrained(path)
-        mcfg = MICEConfig(contextual_layers=int(contextual_layers), interaction_layers=int(interaction_layers),
+        mcfg = MICEArchitecture(contextual_layers=int(contextual_layers), interaction_layers=int(interaction_layers),
                           source=str(name_or_path), mask=getattr(mask, "name", mask),
                           cls_cross_attention=str(cls_cross_attention))
         cls._set_lengths(mcfg, backbone.config, tokenizer, max_query_length, max_doc_length)
@@ -269,7 +269,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         return position_limit(hf_config)
 
     @classmethod
-    def _set_lengths(cls, mcfg: MICEConfig, hf_config, tokenizer, max_query_length, max_doc_length) -> None:
+    def _set_lengths(cls, mcfg: MICEArchitecture, hf_config, tokenizer, max_query_length, max_doc_length) -> None:
         limit = min(cls._position_limit(hf_config), 512)
         tok_limit = getattr(tokenizer, "model_max_length", None)
         if isinstance(tok_limit, int) and 0 < tok_limit < limit:
@@ -302,7 +302,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         raw = json.loads(cfg_file.read_text())
         if "mice" not in raw:
             raise ModelError(f"{cfg_file}: no \"mice\" key; use MICEModel.from_cross_encoder for a cross-encoder")
-        mcfg = MICEConfig.from_dict(raw.pop("mice"))
+        mcfg = MICEArchitecture.from_dict(raw.pop("mice"))
         if mcfg.format != FORMAT:
             raise ModelError(f"{cfg_file}: unknown MICE format {mcfg.format!r} (expected {FORMAT!r})")
         model_type = raw.pop("model_type", None)

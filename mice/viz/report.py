@@ -156,9 +156,9 @@ def demo_views(root) -> dict[str, list[tuple[str, View]]]:
                                               MaskView(loaded, structural=structural_table(loaded)))]
     derived = root / "search" / "derived.json"
     if derived.exists():
-        from mice.derived import MiceConfig
+        from mice.derived import DerivedConfig
 
-        cfg = MiceConfig.load(derived)
+        cfg = DerivedConfig.load(derived)
         if cfg.mask is not None:
             from ablations.structural import structural_table
 
