@@ -200,6 +200,15 @@ def layer_candidates(a: int, num_layers: int, max_b: int | None = None,
                       (-b,), cls_cross=mode) for b in range(1, top + 1) for mode in cls_cross]
 
 
+def _mode_settings(mode: str, mask, a, b, cls_cross: str) -> dict:
+    """The TrainConfig settings that make a candidate of `mode` what it is."""
+    if mode == "masked":
+        return {"mask": mask}
+    if mode == "mice":
+        return {"contextual_layers": a, "interaction_layers": b, "cls_cross_attention": cls_cross}
+    return {}  # late-interaction: the preset's own
+
+
 @dataclass
 class SearchResult:
     table: pd.DataFrame  # one row per (candidate, rung) and zero-shot point
@@ -287,8 +296,7 @@ class Search:
         settings = {"model": cfg.model, "dataset": cfg.dataset, "output": output, "seed": seed,
                     "dev_split": None, "lr_schedule": "constant", "max_minutes": None, "max_steps": steps,
                     "save_every": steps, "eval_every": steps, "resume": True, "overwrite": False,
-                    **({"mask": mask} if mode == "masked" else {"contextual_layers": a, "interaction_layers": b,
-                                                                "cls_cross_attention": cls_cross})}
+                    **_mode_settings(mode, mask, a, b, cls_cross)}
         tc = preset(cfg.train_preset, mode, **{k: v for k, v in cfg.train.items() if k not in settings})
         # warmup is part of every rung's schedule: at most half the first rung
         return tc.updated({**settings, "warmup_steps": min(tc.warmup_steps, cfg.steps // 2)})
@@ -305,7 +313,7 @@ class Search:
         what = {"mode": cand.mode}
         if cand.mode == "masked":
             what["mask"] = mask_identity(InteractionMask.parse(cand.mask, self.num_layers), tc.mask_mode)
-        else:
+        elif cand.mode == "mice":
             what.update(a=cand.a, b=cand.b)
         return identity_hash({**self.base_identity, "settings": settings, "candidate": what})[:12]
 
@@ -382,28 +390,37 @@ class Search:
 
         return self._cached(self.folder(cand) / "zero-shot.json", compute)
 
+    def train_to(self, cand: Candidate, seed: int, steps: int) -> Path:
+        """Train `cand` under `seed` to `steps`, continuing its last checkpoint (a constant LR after warmup makes
+        a model resumed to 2s steps the model trained 2s steps); returns the checkpoint folder."""
+        from mice.train import Trainer
+        from mice.train.loop import STATE_FILE, _checkpoint_step
+
+        folder = self.folder(cand) / f"seed-{seed}"
+        tc = self._train_config(cand.mode, cand.mask, cand.a, cand.b, seed, steps, str(folder / "train"),
+                                cls_cross=cand.cls_cross)
+        last = folder / "train" / "last"
+        done = _checkpoint_step(last) if (last / STATE_FILE).exists() else 0
+        if not isinstance(done, int) or done > steps:  # a later rung of another search: retrain to `steps`
+            tc = tc.updated({"resume": False, "overwrite": True})
+            done = 0
+        if done == steps:
+            return last
+        self.log(f"  train {cand.name} seed {seed}: steps {done} -> {steps}")
+        res = Trainer(tc, dataset=self.ds, quiet=True).train()
+        self.trained_steps += steps - done
+        if res.steps != steps:
+            raise MiceError(f"{cand.name} seed {seed}: stopped at step {res.steps} of {steps} ({res.stopped_by})")
+        return last
+
     def trained(self, cand: Candidate, seed: int, steps: int) -> dict:
         """Train `cand` under `seed` to `steps` (continuing its last rung) and score it; cached."""
         def compute():
             from mice.models.loader import load_scorer
-            from mice.train import Trainer
-            from mice.train.loop import STATE_FILE, _checkpoint_step
 
-            folder = self.folder(cand) / f"seed-{seed}"
-            tc = self._train_config(cand.mode, cand.mask, cand.a, cand.b, seed, steps, str(folder / "train"),
-                                    cls_cross=cand.cls_cross)
-            last = folder / "train" / "last"
-            done = _checkpoint_step(last) if (last / STATE_FILE).exists() else 0
-            if not isinstance(done, int) or done > steps:  # a later rung of another search: retrain to `steps`
-                tc = tc.updated({"resume": False, "overwrite": True})
-                done = 0
-            self.log(f"  train {cand.name} seed {seed}: steps {done} -> {steps}")
             t0 = time.perf_counter()
-            res = Trainer(tc, dataset=self.ds, quiet=True).train()
+            last = self.train_to(cand, seed, steps)
             train_s = time.perf_counter() - t0
-            self.trained_steps += steps - done
-            if res.steps != steps:
-                raise MiceError(f"{cand.name} seed {seed}: stopped at step {res.steps} of {steps} ({res.stopped_by})")
             t0 = time.perf_counter()
             m = self._measure(self._score(load_scorer(last)))
             return {"candidate": cand.name, "seed": seed, "steps": steps, "measures": m,

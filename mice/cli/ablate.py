@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from mice.errors import MiceError
+
 ablate_app = typer.Typer(help="Knock attention paths out, measure the ranking, derive masks "
                               "(a->b: tokens of a attend to tokens of b).", no_args_is_help=True)
 
@@ -399,6 +401,95 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
     typer.echo(f"decision: {res.config.decision}; {res.meta['why']}")
     typer.echo(f"{res.meta['steps_total']} training steps in all ({res.meta['steps_trained_this_run']} this run, "
                f"{res.meta['elapsed_s']:.0f} s); wrote {out / 'derived.json'}, {out / 'search.parquet'}")
+
+
+def _pairs(text: str, flag: str) -> tuple:
+    """`name=spec,name=spec` as ((name, spec), ...)."""
+    out = []
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        name, sep, spec = part.partition("=")
+        if not sep or not name or not spec:
+            raise MiceError(f"{flag}: expected name=dataset[,name=dataset...], got {part!r}")
+        out.append((name, spec))
+    return tuple(out)
+
+
+@ablate_app.command("frontier")
+def frontier_cmd(model: str = _MODEL, dataset: str = _DATASET,
+                 out: Path = typer.Option(..., "--out", "-o", help="Folder: frontier.parquet, frontier.json"),
+                 tests: str = typer.Option("in=embedded:docs,ood=embedded:docs-ood,meta=embedded:meta", "--tests",
+                                           help="Test sets, domain=dataset (every query of its test split)"),
+                 test_k: int = typer.Option(20, "--test-k", help="Candidates re-ranked per test query"),
+                 fidelity: str = typer.Option("embedded:docs-ood@train", "--fidelity", help="Unlabelled query "
+                                              "sets (dataset@split, comma-separated) beside the dev split"),
+                 fidelity_queries: int = typer.Option(1000, "--fidelity-queries"),
+                 steps: int = typer.Option(300, "--steps", help="Training steps of every configuration"),
+                 seeds: str = typer.Option("0,1,2", "--seeds"),
+                 preset: str = typer.Option("quick", "--preset", help="Training preset of every configuration"),
+                 late: bool = typer.Option(True, "--late-interaction/--no-late-interaction"),
+                 max_runs: Optional[int] = typer.Option(None, "--max-runs", help="Stop after this many new "
+                                                        "(configuration, seed) runs; rerun to go on"),
+                 set_: Optional[List[str]] = typer.Option(None, "--set", help="Training setting: key=value"),
+                 batch_size: int = typer.Option(64, "--batch-size", help="Scoring batch size")) -> None:
+    """The MICE frontier: every MICE-ℓa+b, Baseline ft and late interaction trained at one budget under every
+    seed, on every test query; the ground truth a search is scored against. Cached and resumable."""
+    from ablations.frontier import FrontierConfig, frontier
+
+    from mice.cli.train import key_values
+
+    cfg = FrontierConfig(model=model, dataset=dataset, tests=_pairs(tests, "--tests"), test_k=test_k,
+                         fidelity=tuple(x.strip() for x in fidelity.split(",") if x.strip()),
+                         fidelity_queries=fidelity_queries, steps=steps, seeds=_ints(seeds, "--seeds"),
+                         train_preset=preset, train=key_values(set_), late_interaction=late, batch_size=batch_size)
+    table, meta = frontier(cfg, out, log=typer.echo, max_runs=max_runs)
+    cols = ["configuration", "domain", "seeds", "fidelity", "ndcg@10", "ndcg@10_low", "ndcg@10_high", "loss_high",
+            "collapsed", "pareto"]
+    if len(table):
+        typer.echo(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    typer.echo(f"{meta['runs_finished']} of {meta['runs_total']} (configuration, seed) runs finished; "
+               f"wrote {out / 'frontier.parquet'}")
+
+
+@ablate_app.command("joint")
+def joint_cmd(model: str = _MODEL, dataset: str = _DATASET,
+              out: Path = typer.Option(..., "--out", "-o", help="Folder: joint.parquet, joint.json, derived.json"),
+              fidelity: str = typer.Option("", "--fidelity", help="Unlabelled query sets (dataset@split, "
+                                           "comma-separated) for the screening pool beside the dev split"),
+              fidelity_queries: int = typer.Option(1000, "--fidelity-queries", help="Screening pool size"),
+              confirm_queries: int = typer.Option(150, "--confirm-queries", help="Held-out dev queries"),
+              preset: str = typer.Option("quick", "--preset"),
+              steps: int = typer.Option(20, "--steps", help="First rung's steps; rung r trains steps x eta^r"),
+              eta: int = typer.Option(3, "--eta"), finalists: int = typer.Option(2, "--finalists"),
+              seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds of the finalists and the control"),
+              tolerance: float = typer.Option(0.05, "--tolerance", help="Largest relative fidelity loss (one-sided "
+                                              "95% upper bound) against Baseline ft"),
+              draw: int = typer.Option(0, "--draw", help="Which draw of held-out queries, screening sample and "
+                                       "seeds"),
+              validate: Optional[Path] = typer.Option(None, "--validate", help="A frontier folder: run "
+                                                      "--replicates draws and score every pick against it"),
+              replicates: int = typer.Option(5, "--replicates"),
+              set_: Optional[List[str]] = typer.Option(None, "--set", help="Training setting: key=value")) -> None:
+    """Joint search over MICE-ℓa+b: successive halving on label-free fidelity, non-inferiority against Baseline
+    ft, confirmation on held-out dev queries; writes derived.json. --validate scores it against a frontier."""
+    from ablations.joint import JointConfig, joint_search, validate_search
+
+    from mice.cli.train import key_values
+
+    cfg = JointConfig(model=model, dataset=dataset, fidelity=tuple(x.strip() for x in fidelity.split(",")
+                                                                   if x.strip()),
+                      fidelity_queries=fidelity_queries, confirm_queries=confirm_queries, train_preset=preset,
+                      train=key_values(set_), steps=steps, eta=eta, finalists=finalists,
+                      seeds=_ints(seeds, "--seeds"), tolerance=tolerance, draw=draw)
+    if validate is not None:
+        picks, summary = validate_search(cfg, validate, out, replicates=replicates, log=typer.echo)
+        typer.echo(picks.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        typer.echo(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        return
+    table, meta, derived = joint_search(cfg, out, log=typer.echo)
+    typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    typer.echo(f"decision: {derived.decision}; {derived.provenance['why']}")
+    typer.echo(f"{meta['steps_total']} training steps; CI width of the relative loss {meta['ci_width']:.3f} "
+               f"against tolerance {tolerance}; wrote {out / 'derived.json'}")
 
 
 def register(app: typer.Typer) -> None:

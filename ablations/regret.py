@@ -1,0 +1,84 @@
+"""A decision procedure scored against the frontier: regret, stability and compute.
+
+- **Ground truth** (`truth`): on the frontier's in-domain test set, a MICE configuration qualifies when the upper
+  bound of its one-sided 95% paired CI of relative nDCG@10 loss against Baseline ft is within the tolerance (the
+  same rule the search applies to fidelity), and it does not collapse. The ground-truth choice is the cheapest
+  qualifying one (smallest b, then largest a).
+- **Regret** of a pick (a, b): the frontier's test nDCG@10 of the best qualifying configuration at equal or lower
+  query-time cost (b' <= b) minus the pick's own; when nothing qualifies at that cost (the pick is cheaper than
+  the evidence allows), the ground-truth choice's nDCG@10 minus the pick's. A pick of "no MICE" while a
+  configuration qualifies has no regret value: it is counted as a miss.
+- **Stability**: how often replicates pick the same b (and the same (a, b)).
+- **Compute**: a search's training steps as a share of the frontier's.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from ablations.decision import cost_key
+
+
+def truth(table: pd.DataFrame, tolerance: float, domain: str = "in") -> pd.DataFrame:
+    """The frontier's MICE rows of `domain` with `qualifies`, sorted cheapest first."""
+    t = table[(table["domain"] == domain) & (table["kind"] == "mice")].copy()
+    collapsed = t["collapsed"].astype(bool) if "collapsed" in t else False
+    t["qualifies"] = (t["loss_high"] <= tolerance + 1e-12) & ~collapsed
+    t["a"], t["b"] = t["a"].astype(int), t["b"].astype(int)
+    return t.sort_values(["b", "a"], ascending=[True, False]).reset_index(drop=True)
+
+
+def regret(table: pd.DataFrame, a: int | None, b: int | None, tolerance: float, domain: str = "in") -> dict:
+    """Regret of the pick MICE-ℓa+b (None: no MICE) against the frontier."""
+    t = truth(table, tolerance, domain)
+    ok = t[t["qualifies"]]
+    gt = ok.iloc[0] if len(ok) else None
+    out = {"truth": None if gt is None else f"MICE-l{gt['a']}+{gt['b']}",
+           "truth_ndcg": np.nan if gt is None else float(gt["ndcg@10"])}
+    if a is None or b is None:
+        return {**out, "pick": None, "regret": np.nan, "miss": gt is not None, "same_as_truth": gt is None}
+    mine = t[(t["a"] == a) & (t["b"] == b)]
+    if not len(mine):
+        return {**out, "pick": f"MICE-l{a}+{b}", "regret": np.nan, "miss": False, "same_as_truth": False,
+                "note": "not on the frontier"}
+    own = float(mine.iloc[0]["ndcg@10"])
+    cheaper = ok[ok["b"] <= b]
+    best = float(cheaper["ndcg@10"].max()) if len(cheaper) else out["truth_ndcg"]
+    return {**out, "pick": f"MICE-l{a}+{b}", "pick_ndcg": own, "regret": best - own if np.isfinite(best) else np.nan,
+            "miss": False, "same_as_truth": gt is not None and (gt["a"], gt["b"]) == (a, b)}
+
+
+def simple_rules(num_layers: int, zero_shot: pd.DataFrame | None = None, screen_a: int | None = None,
+                 tolerance: float = 0.05) -> dict[str, tuple[int | None, int | None]]:
+    """Picks of rules that need no training: the paper's habit ℓ⌊L/3⌋+3 (b capped so a + b <= L); the zero-shot
+    pick (the cheapest MICE whose untrained fidelity loss against the cross-encoder has its upper bound within
+    tolerance; `zero_shot` rows: a, b, loss_upper, collapsed); the attribution screen's split a with every layer
+    above it (b = L - a)."""
+    a = max(1, num_layers // 3)
+    out = {"fixed l[L/3]+3": (a, min(3, num_layers - a))}
+    if zero_shot is not None:
+        ok = zero_shot[(zero_shot["loss_upper"] <= tolerance + 1e-12) & ~zero_shot["collapsed"].astype(bool)]
+        ok = sorted(ok.itertuples(), key=lambda r: cost_key(r.b, r.a))
+        out["zero-shot"] = (int(ok[0].a), int(ok[0].b)) if ok else (None, None)
+    if screen_a is not None and 1 <= screen_a < num_layers:
+        out["attribution screen"] = (int(screen_a), num_layers - int(screen_a))
+    return out
+
+
+def summarize(picks: pd.DataFrame) -> pd.DataFrame:
+    """One row per procedure: replicates, the modal b and how often it was picked, median regret, misses and
+    the compute share."""
+    rows = []
+    for proc, g in picks.groupby("procedure", sort=False):
+        bs = Counter(g["b"].dropna().astype(int))
+        ab = Counter(g["pick"].fillna("none"))
+        modal_b, n_b = bs.most_common(1)[0] if bs else (None, 0)
+        rows.append({"procedure": proc, "replicates": len(g), "modal_pick": ab.most_common(1)[0][0],
+                     "same_pick": ab.most_common(1)[0][1], "modal_b": modal_b, "same_b": n_b,
+                     "median_regret": float(np.nanmedian(g["regret"])) if g["regret"].notna().any() else np.nan,
+                     "max_regret": float(np.nanmax(g["regret"])) if g["regret"].notna().any() else np.nan,
+                     "misses": int(g["miss"].sum()), "same_as_truth": int(g["same_as_truth"].sum()),
+                     "compute_share": float(g["compute_share"].median()) if "compute_share" in g else 0.0})
+    return pd.DataFrame(rows)
