@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.integration
 def test_tiny_demo_end_to_end_and_cached():
-    run = demo_artifacts(ROOT)  # builds runs/tiny once (the notebooks reuse it) unless runs/demo exists
+    run = demo_artifacts(ROOT)  # builds <runs>/tiny once: $MICE_RUNS, the session's temporary folder (conftest.py)
     report = (run / "report.md").read_text()
     for section in ("## Effectiveness", "### Out-of-domain: other packages", "### Out-of-domain: distribution "
                     "metadata", "## Knockouts", "## Derived interaction mask", "## Trained search",
@@ -281,3 +281,51 @@ def test_training_stages_are_bounded_by_steps_never_by_the_train_presets_clock(t
     assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_steps", "masked_steps", "mice_steps",
                                                           "search_seeded_from")) == {
         "version": CACHE_VERSION, "ce_steps": 250, "masked_steps": 20, "mice_steps": 300}
+
+
+def test_notebooks_never_read_a_demo_run_without_mice(tmp_path, monkeypatch):
+    """`make demo` then `make test`: a user's demo run made before the demo always trained MICE (report.md, no
+    MICE model) is not what notebooks read; nor is anything outside $MICE_RUNS."""
+    from mice.app.demo import is_complete, runs_root
+
+    monkeypatch.setenv("MICE_RUNS", str(tmp_path))
+    assert runs_root(ROOT) == tmp_path
+    old = tmp_path / "demo"
+    (old / "masked").mkdir(parents=True)
+    (old / "report.md").write_text("# an older demo run: a masked cross-encoder, no MICE\n")
+    assert not is_complete(old)
+    (old / "mice").mkdir()
+    (old / "mice" / "mice.json").write_text("{}")
+    assert is_complete(old)
+    monkeypatch.delenv("MICE_RUNS")
+    assert runs_root(ROOT) == ROOT / "runs"
+
+
+def test_the_demo_trains_the_searchs_best_measured_mice_when_it_chose_none(tmp_path):
+    """No MICE within the search's rule: the most effective measured MICE is trained, and says by how much it
+    failed."""
+    import pandas as pd
+
+    from mice.app.demo import Demo, get_preset
+    from mice.derived import DerivedConfig
+    from mice.files import write_table
+
+    demo = Demo(tmp_path, get_preset("tiny"))
+    rows = [{"stage": "mask", "candidate": "mask3(k=1)", "trained": True, "collapsed": False, "rung": 1, "a": 1.0,
+             "b": None, "ndcg@10": 0.50, "rel_loss": 0.0},
+            {"stage": "layers", "candidate": "MICE-l1+2", "trained": True, "collapsed": False, "rung": 1, "a": 1.0,
+             "b": 2.0, "ndcg@10": 0.44, "rel_loss": 0.12},
+            {"stage": "layers", "candidate": "MICE-l1+3", "trained": True, "collapsed": False, "rung": 1, "a": 1.0,
+             "b": 3.0, "ndcg@10": 0.46, "rel_loss": 0.08},
+            {"stage": "layers", "candidate": "MICE-l1+1", "trained": True, "collapsed": True, "rung": 1, "a": 1.0,
+             "b": 1.0, "ndcg@10": 0.60, "rel_loss": -0.2}]
+    (tmp_path / "search").mkdir()
+    write_table(pd.DataFrame(rows), tmp_path / "search" / "search.parquet")
+    derived = DerivedConfig(decision="masked", num_layers=4, mask={"format": "mice-mask/1", "name": "m",
+                            "num_layers": 4, "rules": []}, tolerance=0.05, metric="ndcg@10")
+    info = demo.fallback_mice(derived)
+    assert (info["a"], info["b"], info["chosen"]) == (1, 3, False)  # the collapsed b = 1 is never trained
+    assert "8.0% below the best" in info["why"] and "tolerance 5%" in info["why"]
+    write_table(pd.DataFrame(rows[:1]), tmp_path / "search" / "search.parquet")  # no layer stage ran
+    info = demo.fallback_mice(derived)
+    assert (info["a"], info["b"]) == (1, 3) and "untested" in info["why"]

@@ -185,6 +185,10 @@ PRESETS = {
 }
 
 
+# stages whose work changed when the demo began to train MICE whatever the search decided (their key says so)
+MICE_ALWAYS_STAGES = ("mice", "index", "evaluate", "bench")
+
+
 def get_preset(name: str, **overrides) -> DemoPreset:
     from mice.errors import MiceError
 
@@ -524,31 +528,59 @@ class Demo:
             self._rerank(scorer, domain, folder, "masked")
         return {"model": str(best.relative_to(folder))}
 
-    def mice_layers(self) -> tuple[int, int] | None:
-        """(a, b) of the derived configuration, or None when the evidence does not support MICE."""
-        derived = self.derived()
-        return (derived.contextual_layers, derived.interaction_layers) if derived.decision == "mice" else None
+    def mice_layers(self) -> tuple[int, int]:
+        """(a, b) of the MICE model the demo trained: the search's choice, or its most effective measured MICE."""
+        info = json.loads(self.path("mice", "mice.json").read_text())
+        return int(info["a"]), int(info["b"])
+
+    def fallback_mice(self, derived) -> dict:
+        """When the search chose no MICE: its most effective measured MICE configuration (the layer stage's
+        finalists, else its best rung), or, when the layer stage never ran, MICE over the best split the mask
+        stage measured with every layer above it. Says by how much it failed the search's rule."""
+        from mice.files import read_table
+
+        t = read_table(self.path("search", "search.parquet"))
+        m = derived.metric if derived.metric in t else "ndcg@10"
+        layers = t[(t["stage"] == "layers") & t["trained"] & ~t["collapsed"].astype(bool)]
+        if len(layers):
+            top = layers[layers["rung"] == layers["rung"].max()].sort_values(m, ascending=False).iloc[0]
+            a, b = int(top["a"]), int(top["b"])
+            loss = float(top["rel_loss"]) if pd.notna(top.get("rel_loss")) else float("nan")
+            why = (f"the search chose no MICE: its most effective measured MICE, MICE-ℓ{a}+{b}, was trained instead; "
+                   f"it failed the search's rule at {loss:.1%} below the best (tolerance {derived.tolerance:.0%})")
+        else:
+            masks = t[(t["stage"] == "mask") & t["trained"] & t["a"].notna() & (t["a"] >= 1)]
+            if len(masks):
+                a = int(masks.sort_values(m, ascending=False).iloc[0]["a"])
+            else:
+                a = 1
+            b = derived.num_layers - a
+            why = (f"the search chose no MICE and measured none (no document-independent mask within tolerance): "
+                   f"MICE-ℓ{a}+{b} (the best measured split, every layer above it) was trained instead, untested "
+                   f"by the search's rule")
+        return {"a": a, "b": b, "cls_cross_attention": "none", "chosen": False, "why": why}
 
     def stage_mice(self, folder: Path) -> dict:
+        """MICE under the derived a and b; when the search chose none, its most effective measured MICE, so that
+        the demo always ends with a MICE model, its index and its latency (report.md says which)."""
+        from mice.files import write_json_atomic
         from mice.models.loader import load_scorer
 
         derived = self.derived()
-        if derived.decision != "mice":
-            # a masked decision can come with a split (a) but no number of interaction layers b within
-            # tolerance (the full preset on 2026-12-01): report.md says which
-            why = {"masked": "the search's decision is a masked cross-encoder: no MICE configuration was within "
-                             "tolerance (report.md: why)",
-                   "cross-encoder": "nothing was within tolerance: the demo keeps the cross-encoder"}
-            return {"skipped": why[derived.decision]}
-        # a, b and the [CLS] cross-attention as `mice train --config derived.json` reads them
-        settings = derived.train_settings("mice", self.path("search", "derived.json"))
-        settings.update(model=str(self.ce_path()))
-        settings.pop("mode")
-        best = self._train(folder, "mice", self.p.mice_steps, **settings)
+        if derived.decision == "mice":
+            info = {"a": derived.contextual_layers, "b": derived.interaction_layers, "chosen": True,
+                    "cls_cross_attention": derived.cls_cross_attention or "none",
+                    "why": derived.provenance.get("why", "")}
+        else:
+            info = self.fallback_mice(derived)
+        best = self._train(folder, "mice", self.p.mice_steps, model=str(self.ce_path()),
+                           contextual_layers=info["a"], interaction_layers=info["b"],
+                           cls_cross_attention=info["cls_cross_attention"])
+        write_json_atomic(folder / "mice.json", info)
         scorer = load_scorer(best)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "mice", every_query=self.every_query(domain))
-        return {"model": str(best.relative_to(folder)), "a": derived.contextual_layers, "b": derived.interaction_layers}
+        return {"model": str(best.relative_to(folder)), **info}
 
     def stage_late_interaction(self, folder: Path) -> dict:
         """The trained late-interaction baseline: the cross-encoder's encoder + a 128-d projection, MaxSim,
@@ -574,8 +606,6 @@ class Demo:
         from mice.rank.rerank import rerank
         from mice.rank.runs import read_run
 
-        if self.mice_layers() is None:
-            return {"skipped": "no MICE model"}
         model = load_scorer(self.path("mice", "train", "best"))
         ds = load_dataset(self.p.dataset)
         run = _restrict(read_run(self.path("bm25", "in.trec")), _subset_queries(ds, "test", self.p.test_queries))
@@ -651,10 +681,7 @@ class Demo:
     def stage_bench(self, folder: Path) -> dict:
         from mice.bench.latency import LatencyConfig, add_ratios, run_latency
 
-        layers = self.mice_layers()
-        if layers is None:
-            return {"skipped": "no MICE model"}
-        a, b = layers
+        a, b = self.mice_layers()
         cfg = LatencyConfig(docs=self.p.bench_docs, doc_lens=self.p.bench_doc_lens, repeats=self.p.bench_repeats,
                             model=str(self.ce_path()), layers=(a, b), workdir=str(folder / "work"),
                             late_interaction=str(self.path("late_interaction", "train", "best")))
@@ -715,7 +742,10 @@ class Demo:
              mice + ("late_steps", "bench_docs", "bench_doc_lens", "bench_repeats")),
         ]
         for name, fn, title, fields in stages:
-            p.run(name, fn, title, key=self.key(fields))
+            key = self.key(fields)
+            if name in MICE_ALWAYS_STAGES:  # the demo trains a MICE model whatever the search decided
+                key["mice_always"] = 1
+            p.run(name, fn, title, key=key)
         # figures and report are cheap and always redrawn from the saved results
         import shutil
 
@@ -770,13 +800,26 @@ def environment() -> dict:
             "python": platform.python_version()}
 
 
+def runs_root(root=".") -> Path:
+    """Where demo runs live: `$MICE_RUNS` when set (tests point it at a temporary folder), else `<root>/runs`."""
+    import os
+
+    env = os.environ.get("MICE_RUNS")
+    return Path(env) if env else Path(root) / "runs"
+
+
+def is_complete(run) -> bool:
+    """A finished demo run with a MICE model (runs made before the demo always trained MICE have none)."""
+    run = Path(run)
+    return (run / "report.md").exists() and (run / "mice" / "mice.json").exists()
+
+
 def demo_artifacts(root=".", console=None) -> Path:
-    """The folder notebooks read: `runs/demo` when a demo finished there, else a tiny demo (built once, cached)."""
-    root = Path(root)
-    full = root / "runs" / "demo"
-    if (full / "report.md").exists():
-        return full
-    tiny = root / "runs" / "tiny"
-    if not (tiny / "report.md").exists():
-        run_demo(tiny, "tiny", console=console)
+    """The folder notebooks read: `<runs>/demo` when a demo finished there with a MICE model, else a tiny demo,
+    run (or resumed and checked stage by stage against its cache keys) under `<runs>/tiny`."""
+    runs = runs_root(root)
+    if is_complete(runs / "demo"):
+        return runs / "demo"
+    tiny = runs / "tiny"
+    run_demo(tiny, "tiny", console=console)
     return tiny

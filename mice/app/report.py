@@ -258,10 +258,11 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
         if "skipped" in out:
             lines += ["## MICE", "", f"No MICE model: {out['skipped']} (see the trained search above).", ""]
         else:
+            source = ("a and b come from the trained search (`search/derived.json`)" if out.get("chosen", True)
+                      else f"**not the search's choice**: {out.get('why', '')}")
             lines += ["## MICE", "", f"MICE-ℓ{out.get('a')}+{out.get('b')}: {out.get('a')} contextual layer(s) "
                       f"(documents alone, precomputable), {out.get('b')} query-side interaction layers, distilled "
-                      "from the demo cross-encoder; a and b come from the trained search (`search/derived.json`).",
-                      ""]
+                      f"from the demo cross-encoder; {source}.", ""]
     index_check = root / "index" / "index_check.json"
     if index_check.exists():
         c = json.loads(index_check.read_text())
