@@ -185,7 +185,7 @@ class Frontier(JointSearch):
             m = self._labelled(self.pools[pool], self.ref[pool])
             out.append({"configuration": "cross-encoder", "kind": "cross-encoder", "a": None, "b": None,
                         "cost": int(self.num_layers), "domain": pool.removeprefix("test-"), "seeds": 0,
-                        "steps": 0, "queries": len(m["ndcg@10"]), "fidelity": 1.0,
+                        "steps": 0, "queries": len(m["ndcg@10"]), "fidelity": 1.0, "collapsed": False,
                         **_mean_ci("ndcg@10", np.asarray(m["ndcg@10"])), **_mean_ci("rr@10", np.asarray(m["rr@10"]))})
         return out
 
@@ -201,8 +201,9 @@ def pareto(table: pd.DataFrame, metric: str = "ndcg@10") -> pd.Series:
     """Per test set, the trained configurations no other beats at equal or lower query-time cost (MICE and the
     control; ties at equal cost keep the better one). Collapsed configurations (they do not re-rank) are off it."""
     on = pd.Series(False, index=table.index)
-    usable = table["kind"].isin(["mice", "control"]) & ~table.get("collapsed", pd.Series(False, index=table.index))
-    for _, t in table[usable.astype(bool)].groupby("domain"):
+    collapsed = table["collapsed"].fillna(False).astype(bool) if "collapsed" in table else False
+    usable = table["kind"].isin(["mice", "control"]) & ~collapsed
+    for _, t in table[usable].groupby("domain"):
         for i, r in t.iterrows():
             others = t.drop(index=i)
             dominated = ((others["cost"] <= r["cost"]) & (others[metric] >= r[metric])

@@ -1,0 +1,200 @@
+"""The decision, made trustworthy: fidelity to the cross-encoder, non-inferiority by the CI's bound (not the mean),
+confirmation on held-out queries, the joint (a, b) search, the frontier (resumable after SIGKILL) and regret."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ablations.decision import choose, cost_key, fidelity_per_query, relative_loss
+from ablations.frontier import FrontierConfig, frontier, pareto
+from ablations.joint import JointConfig, grid, joint_search
+from ablations.regret import regret, simple_rules, summarize
+from mice.errors import MiceError
+
+from test_train import train_env
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ planted scores
+def test_fidelity_is_one_for_the_reference_ranking_and_falls_with_swaps():
+    groups = [np.arange(0, 5), np.arange(5, 12)]
+    ref = np.array([5, 4, 3, 2, 1, 0.1, 0.9, 0.3, 0.8, 0.5, 0.4, 0.2])
+    assert np.allclose(fidelity_per_query(groups, ref, ref), 1.0)
+    assert np.allclose(fidelity_per_query(groups, ref, ref * 3 + 1), 1.0)  # only the order counts
+    swapped = ref.copy()
+    swapped[[0, 4]] = swapped[[4, 0]]  # the top and bottom documents of the first query change places
+    f = fidelity_per_query(groups, ref, swapped)
+    assert f[0] < 1.0 and f[1] == 1.0
+    # by hand, depth 10 over 5 documents: gains 10..6 by the reference's rank, the swap puts gain 6 first
+    disc = 1 / np.log2(np.arange(2, 7))
+    assert f[0] == pytest.approx((np.array([6, 9, 8, 7, 10]) * disc).sum() / (np.array([10, 9, 8, 7, 6]) * disc).sum())
+
+
+def test_a_mean_within_tolerance_does_not_qualify_when_its_ci_is_not():
+    rng = np.random.default_rng(0)
+    control = np.full(200, 0.8)
+    noisy = 0.8 * (1 - 0.03) + rng.normal(0, 0.25, 200)  # mean loss ~3%, a wide CI
+    tight = 0.8 * (1 - 0.03) + rng.normal(0, 0.01, 200)  # the same mean loss, a narrow CI
+    wide, narrow = relative_loss(noisy, control), relative_loss(tight, control)
+    assert wide.mean < 0.05 and wide.upper > 0.05 and not wide.qualifies(0.05)
+    assert narrow.mean < 0.05 and narrow.upper <= 0.05 and narrow.qualifies(0.05)
+    # the cheaper candidate (b = 2) is the noisy one: refused by its bound, the b = 3 one is chosen
+    cands = [{"name": "MICE-l1+2", "a": 1, "b": 2, "values": noisy}, {"name": "MICE-l1+3", "a": 1, "b": 3,
+                                                                       "values": tight}]
+    choice = choose(cands, control, tolerance=0.05)
+    assert choice.chosen == "MICE-l1+3"
+    assert [r["qualifies"] for r in choice.records] == [False, True]
+
+
+def test_cost_orders_by_b_then_the_largest_a_and_collapsed_candidates_never_qualify():
+    assert sorted([(2, 1), (1, 3), (3, 1), (2, 2)], key=lambda ab: cost_key(ab[1], ab[0])) == \
+        [(3, 1), (2, 1), (2, 2), (1, 3)]  # (a, b): b first, then the larger a
+    control = np.full(50, 0.5)
+    same = control.copy()
+    cands = [{"name": "MICE-l2+1", "a": 2, "b": 1, "values": same, "collapsed": True},
+             {"name": "MICE-l1+2", "a": 1, "b": 2, "values": same}]
+    assert choose(cands, control, 0.05).chosen == "MICE-l1+2"
+
+
+def test_confirmation_on_held_out_queries_falls_through_to_the_next_candidate():
+    control = np.full(100, 0.8)
+    good = np.full(100, 0.79) + np.linspace(-0.005, 0.005, 100)
+    held = {"MICE-l2+2": (np.full(60, 0.5), np.full(60, 0.8)),  # fails there: 37% worse on held-out queries
+            "MICE-l1+3": (np.full(60, 0.79), np.full(60, 0.8))}
+    cands = [{"name": n, "a": int(n[6]), "b": int(n[8]), "values": good} for n in ("MICE-l1+3", "MICE-l2+2")]
+    seen = []
+
+    def confirm(c):
+        seen.append(c["name"])
+        return held[c["name"]]
+
+    choice = choose(cands, control, 0.05, confirm=confirm)
+    assert seen == ["MICE-l2+2", "MICE-l1+3"] and choice.chosen == "MICE-l1+3"
+    recs = {r["name"]: r for r in choice.records}
+    assert recs["MICE-l2+2"]["qualifies"] and not recs["MICE-l2+2"]["confirmed"]
+    assert recs["MICE-l1+3"]["confirmed"]
+    held["MICE-l1+3"] = (np.full(60, 0.6), np.full(60, 0.8))
+    assert choose(cands, control, 0.05, confirm=lambda c: held[c["name"]]).chosen is None
+
+
+def test_the_grid_is_every_feasible_split_without_a_hand_set_cap():
+    names = [c.name for c in grid(6)]
+    assert len(names) == 15 and names[0] == "MICE-l5+1" and names[-1] == "MICE-l1+5"
+    assert {c.b for c in grid(12)} == set(range(1, 12))
+    with pytest.raises(MiceError, match="no MICE"):
+        grid(1)
+
+
+def _frontier_table(values: dict[tuple[int, int], tuple[float, float]], control: float = 0.5) -> pd.DataFrame:
+    rows = [{"configuration": f"MICE-l{a}+{b}", "kind": "mice", "a": a, "b": b, "cost": b, "domain": "in",
+             "ndcg@10": nd, "loss_high": up, "collapsed": b == 1} for (a, b), (nd, up) in values.items()]
+    rows.append({"configuration": "baseline-ft", "kind": "control", "a": None, "b": None, "cost": 4, "domain": "in",
+                 "ndcg@10": control, "loss_high": np.nan, "collapsed": False})
+    return pd.DataFrame(rows)
+
+
+def test_regret_against_the_frontier():
+    t = _frontier_table({(3, 1): (0.6, -0.1), (2, 2): (0.47, 0.08), (1, 2): (0.49, 0.04), (1, 3): (0.5, 0.01)})
+    assert regret(t, 1, 2, 0.05)["regret"] == 0 and regret(t, 1, 2, 0.05)["same_as_truth"]
+    assert regret(t, 1, 3, 0.05)["regret"] == pytest.approx(0.0)  # b = 3 is the best at cost <= 3
+    r = regret(t, 2, 2, 0.05)  # does not qualify: the best qualifying at b <= 2 is l1+2
+    assert r["regret"] == pytest.approx(0.02) and r["truth"] == "MICE-l1+2"
+    assert regret(t, None, None, 0.05)["miss"]  # no MICE while one qualifies
+    rules = simple_rules(6)
+    assert rules["fixed l[L/3]+3"] == (2, 3)
+    zs = pd.DataFrame({"a": [2, 1], "b": [2, 3], "loss_upper": [0.2, 0.03], "collapsed": [False, False]})
+    assert simple_rules(4, zs, screen_a=1)["zero-shot"] == (1, 3)
+    picks = pd.DataFrame([{"procedure": "joint search", "pick": "MICE-l1+2", "b": 2, "regret": 0.0, "miss": False,
+                           "same_as_truth": True, "compute_share": 0.1}] * 4 +
+                         [{"procedure": "joint search", "pick": "MICE-l2+2", "b": 2, "regret": 0.02, "miss": False,
+                           "same_as_truth": False, "compute_share": 0.12}])
+    s = summarize(picks).iloc[0]
+    assert (s["same_b"], s["same_pick"], s["median_regret"]) == (5, 4, 0.0)
+    front = pareto(t)
+    assert set(t[front]["configuration"]) == {"MICE-l1+2", "MICE-l1+3"}  # collapsed b = 1 is off the front
+
+
+# ---------------------------------------------------------------------------------------- tiny models
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    yield from train_env(tmp_path_factory, "decision", ce=dict(num_layers=3, seed=0))
+
+
+def test_joint_search_on_a_tiny_model(env):
+    cfg = JointConfig(model=env["ce"], dataset=env["data"], train_preset="tiny", train={"batch_size": 2}, steps=1,
+                      eta=2, finalists=2, seeds=(0, 1), k=6, confirm_queries=4, fidelity_queries=6, tolerance=0.9)
+    table, meta, derived = joint_search(cfg, env["root"] / "joint")
+    assert set(table[table["rung"] == 0]["candidate"]) == {"MICE-l1+1", "MICE-l2+1", "MICE-l1+2", "baseline-ft"}
+    final = table[table["finalist"]]
+    assert set(final["n_seeds"]) == {2} and final["steps"].nunique() == 1 and "baseline-ft" in set(final["candidate"])
+    assert meta["pools"] == {"screen": 6, "confirm": 4}
+    chosen = [r for r in meta["decision"] if r.get("confirmed")]
+    assert derived.decision == "mice" and len(chosen) == 1
+    assert f"MICE-l{derived.contextual_layers}+{derived.interaction_layers}" == meta["chosen"] == chosen[0]["name"]
+    assert derived.budget["steps_total"] == meta["steps_total"] > 0
+    # a rerun reuses every trained model and measurement: the same table, nothing trained
+    again, meta2, _ = joint_search(cfg, env["root"] / "joint")
+    pd.testing.assert_frame_equal(table, again)
+    assert meta2["steps_trained_this_run"] == 0
+    # another draw holds out other dev queries and trains its own seeds
+    other, meta3, _ = joint_search(JointConfig(**{**cfg.__dict__, "draw": 1}), env["root"] / "joint-1")
+    assert meta3["config"]["draw"] == 1 and set(other["seeds"].str.split(",").explode().astype(int)) >= {1000}
+
+
+FRONTIER_SCRIPT = """
+import sys
+from ablations.frontier import FrontierConfig, frontier
+cfg = FrontierConfig(model=sys.argv[1], dataset=sys.argv[2], tests=(("in", sys.argv[2] + "@dev"),), test_k=6,
+                     fidelity=(), fidelity_queries=6, k=6, steps=2, seeds=(0, 1), train_preset="tiny",
+                     train={"batch_size": 2}, late_interaction=False)
+frontier(cfg, sys.argv[3], log=print)
+"""
+
+
+def _run_frontier(env, out) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", FRONTIER_SCRIPT, env["ce"], env["data"], str(out)],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_the_frontier_resumes_after_sigkill(env):
+    whole = env["root"] / "frontier-whole"
+    proc = _run_frontier(env, whole)
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()[-3000:]
+    info = json.loads((whole / "frontier.json").read_text())
+    assert info["runs_finished"] == info["runs_total"] == 2 * 4  # control + 3 MICE, 2 seeds
+    killed = env["root"] / "frontier-killed"
+    proc = _run_frontier(env, killed)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (killed / "frontier.json").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = json.loads((killed / "frontier.json").read_text())
+    assert 0 < partial["runs_finished"] < partial["runs_total"]
+    proc = _run_frontier(env, killed)
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()[-3000:]
+    from mice.files import read_table
+
+    a, b = read_table(whole / "frontier.parquet"), read_table(killed / "frontier.parquet")
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a["configuration"]) == {"baseline-ft", "MICE-l1+1", "MICE-l2+1", "MICE-l1+2", "cross-encoder"}
+    assert a.loc[a["kind"] == "mice", "loss_high"].notna().all()
+
+
+def test_frontier_refuses_bad_settings(env):
+    with pytest.raises(MiceError, match="distinct seeds"):
+        frontier(FrontierConfig(model=env["ce"], seeds=(0, 0)), env["root"] / "bad")
+    with pytest.raises(MiceError, match="distinct domain"):
+        frontier(FrontierConfig(model=env["ce"], tests=(("in", "x"), ("in", "y"))), env["root"] / "bad")
