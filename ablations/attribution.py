@@ -29,7 +29,8 @@ from mice.errors import DataError, MaskError
 from mice.masks import InteractionMask, parse_path
 from mice.segments import SEG
 
-from probes.attention import hooked_model, sidecar
+from mice.results import sidecar
+from probes.attention import hooked_model
 from probes.candidates import Candidates, as_candidates
 
 from ablations.knockouts import ALL_HEADS, Knockout, check_knockout, knockout_set
@@ -394,7 +395,8 @@ def save_attribution(res: AttributionResult, out) -> Path:
     out = Path(out)
     if out.suffix not in (".parquet", ".csv"):
         raise DataError(f"{out}: use a .parquet or .csv output")
-    write_json_atomic(sidecar(out, ".meta.json"), {**res.meta, "per_query": sidecar(out, f".per_query{out.suffix}").name})
+    per_query = sidecar(out, f".per_query{out.suffix}")
+    write_json_atomic(sidecar(out, ".meta.json"), {**res.meta, "per_query": per_query.name})
     if len(res.per_query):
         write_table(res.per_query, sidecar(out, f".per_query{out.suffix}"))
     write_table(res.table, out)
@@ -402,7 +404,7 @@ def save_attribution(res: AttributionResult, out) -> Path:
 
 
 def load_attribution(path) -> tuple[pd.DataFrame, dict]:
-    from probes.attention import read_result
+    from mice.results import read_result
 
     return read_result(path, "attribution table", ("layer", "head", "path", "mode", "estimate"),
                        "an attribution table")
@@ -450,7 +452,8 @@ def compare_tables(attribution: pd.DataFrame, sweep: pd.DataFrame, mode: str = "
     layer-level cells both measured (non-structural), estimate beside exact. When the sweep saw only some of
     the attribution's queries, pass the attribution's per-query table and the sweep's `query_ids`: the
     estimates are then averaged over those queries only, so both sides describe the same pairs."""
-    a = attribution[(attribution["mode"] == mode) & (attribution["head"] == ALL_HEADS) & (attribution["status"] == "ok")]
+    a = attribution[(attribution["mode"] == mode) & (attribution["head"] == ALL_HEADS)
+                    & (attribution["status"] == "ok")]
     if per_query is not None and query_ids is not None:
         pq = per_query[(per_query["mode"] == mode) & (per_query["head"] == ALL_HEADS)
                        & per_query["query_id"].astype(str).isin({str(q) for q in query_ids})]

@@ -26,8 +26,9 @@ import pandas as pd
 
 from mice.errors import DataError, MaskError
 from mice.masks import InteractionMask
+from mice.results import sidecar
 
-from probes.attention import hooked_model, sidecar
+from probes.attention import hooked_model
 from probes.candidates import Candidates, from_run
 
 from ablations.engine import SweepEngine
@@ -47,15 +48,16 @@ class Derivation:
     steps: pd.DataFrame
     meta: dict = field(default_factory=dict)
 
-    def save(self, out, report: bool = True) -> Path:
-        """`out` (mask JSON), `<stem>.steps.csv` and, with `report`, `<stem>.report.md` + `<stem>.steps.png`."""
+    def save(self, out, report: bool = True, figure=None) -> Path:
+        """`out` (mask JSON), `<stem>.steps.csv` and, with `report`, `<stem>.report.md`, which shows `figure`
+        (a drawn steps figure, e.g. `figures.derivation.plot_derivation`'s) when given."""
         from mice.files import write_table
 
         out = Path(out)
         self.mask.save(out)
         write_table(self.steps, sidecar(out, ".steps.csv"))
         if report:
-            write_report(self, sidecar(out, ".report.md"))
+            write_report(self, sidecar(out, ".report.md"), figure=figure)
         return out
 
 
@@ -279,21 +281,14 @@ def _plain_steps(steps: pd.DataFrame) -> list[dict]:
     return json.loads(steps[cols].to_json(orient="records"))
 
 
-def write_report(derivation: Derivation, path) -> Path:
-    """Markdown report: one line per step (path removed or kept, its cost, the cumulative metric) + figure."""
+def write_report(derivation: Derivation, path, figure=None) -> Path:
+    """Markdown report: one line per step (path removed or kept, its cost, the cumulative metric), and the steps
+    figure when one was drawn (figures are drawn by the caller: ablations never import figures)."""
     from mice.files import write_text_atomic
 
     path = Path(path)
     m = derivation.meta
-    fig = path.with_name(path.name.replace(".report.md", "") + ".steps.png")
-    try:
-        from figures.derivation import plot_derivation
-
-        plot_derivation(derivation.steps, fig, metric=m.get("metric", "metric"), tolerance=m.get("tolerance"),
-                        reference=m.get("reference"))
-        fig_line = f"![derivation steps]({fig.name})\n"
-    except ImportError:  # figures is an optional part of the checkout
-        fig_line = ""
+    fig_line = f"![derivation steps]({Path(figure).name})\n" if figure is not None else ""
     lines = [f"# Mask derivation: {derivation.mask.name}", "",
              "Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.", "",
              f"- model: `{m.get('model')}`; data: `{m.get('dataset')}` split `{m.get('split')}`, "

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from mice.errors import MiceError
+from mice.results import curve  # noqa: F401 (moved to mice.results, which figures may import)
 from mice.train.devset import SAMPLES
 
 STAGES = ("mask", "layers")
@@ -232,17 +233,6 @@ def finals(table: pd.DataFrame) -> pd.DataFrame:
     if t["steps"].nunique() > 1:
         found = ", ".join(f"{s} {sorted(g['steps'].unique())}" for s, g in t.groupby("stage"))
         raise MiceError(f"finalists trained unequal steps ({found}): not comparable")
-    return t.reset_index(drop=True)
-
-
-def curve(table: pd.DataFrame, stage: str, trained: bool = True) -> pd.DataFrame:
-    """The points of one curve: every candidate of `stage` at the first rung (trained) or untrained. Raises if
-    they did not all have the same number of steps (the equal-steps rule)."""
-    t = table[(table["stage"] == stage) & (table["trained"] == trained)]
-    if trained:
-        t = t[(t["rung"] == 0) & (t["seeds"] == t["seeds"].iloc[0])] if len(t) else t
-    if t["steps"].nunique() > 1:
-        raise MiceError(f"{stage} curve mixes step counts {sorted(t['steps'].unique())}: not comparable")
     return t.reset_index(drop=True)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,10 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mice.errors import DataError
 from mice.masks import InteractionMask
+from mice.results import SweepResult, load_sweep, save_sweep  # noqa: F401 (re-exported)
 
-from probes.attention import hooked_model, sidecar
+from probes.attention import hooked_model
 from probes.candidates import Candidates, as_candidates
 
 from ablations.engine import SweepEngine
@@ -91,18 +90,6 @@ class ScoredBatches:
         for i, (idx, _) in enumerate(self.batches):
             out[idx] = self.engine.score_mask(self.state(i), mask).double().cpu().numpy()
         return out
-
-
-@dataclass
-class SweepResult:
-    """`table`: one row per knockout; `per_query`: per-query values; `meta`: what was swept."""
-
-    table: pd.DataFrame
-    per_query: pd.DataFrame
-    meta: dict = field(default_factory=dict)
-
-    def save(self, out) -> Path:
-        return save_sweep(self, out)
 
 
 def _plain(obj):
@@ -332,35 +319,6 @@ def _assemble(kos, reasons, results, mode, evaluator: Evaluator, clean_pq) -> tu
     return table, per_query
 
 
-def save_sweep(result: SweepResult, out) -> Path:
-    """Write meta, per-query values, then the table (last, atomically: its presence means a complete sweep)."""
-    from mice.files import write_json_atomic, write_table
-
-    out = Path(out)
-    ext = out.suffix
-    if ext not in (".parquet", ".csv", ".tsv"):
-        raise DataError(f"{out}: use a .parquet or .csv output")
-    meta = dict(result.meta)
-    meta["per_query"] = sidecar(out, f".per_query{ext}").name
-    write_json_atomic(sidecar(out, ".meta.json"), meta)
-    write_table(result.per_query, sidecar(out, f".per_query{ext}"))
-    write_table(result.table, out)
-    return out
-
-
-def load_sweep(path) -> SweepResult:
-    """A saved sweep (table, per-query values if present, metadata if present)."""
-    from mice.files import read_table
-    from probes.attention import read_result
-
-    path = Path(path)
-    table, meta = read_result(path, "sweep table", lambda cols: ("mask", "mode") if "mask" in cols else
-                              ("layer", "head", "path", "mode", "status"), "a knockout sweep or mask ablation table")
-    pq_path = sidecar(path, f".per_query{path.suffix}")
-    per_query = read_table(pq_path) if pq_path.exists() else pd.DataFrame()
-    return SweepResult(table, per_query, meta)
-
-
 # ---------------------------------------------------------------------- cumulative (whole-mask) ablations
 DEFAULT_PRESETS = ("mask0", "mask1", "mask2", "mask3", "prettr", "sparse_ce")
 
@@ -391,7 +349,8 @@ def _split_specs(text: str) -> list[str]:
 
 def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *, masks=DEFAULT_PRESETS,
                  mode: str = "renorm", max_queries: int | None = None, metrics=("nDCG@10", "RR@10"),
-                 batch_size: int = 16, n_resamples: int = 2000, out=None, show_progress_bar: bool = False) -> SweepResult:
+                 batch_size: int = 16, n_resamples: int = 2000, out=None,
+                 show_progress_bar: bool = False) -> SweepResult:
     """Apply whole masks zero-shot (no retraining; e.g. the presets) and compare each with the clean model.
 
     With `out`, finished masks are journalled (`<out>.partial`), so an interrupted run resumes; under N

@@ -85,7 +85,7 @@ def plot_layer_drop(table, out_stem, metric: str | None = None, formats=("png", 
     """Metric vs number of interaction layers b, one line per number of contextualisation layers a."""
     import matplotlib.pyplot as plt
 
-    from ablations.layer_drop import load_layer_drop
+    from mice.results import load_layer_drop
 
     setup_style()
     t = load_layer_drop(_read(table))
@@ -113,7 +113,7 @@ def plot_search(table, stage: str, out_stem, metric: str = "ndcg@10", reference:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ablations.search import curve
+    from mice.results import curve
 
     setup_style()
     t = _read(table)

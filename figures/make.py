@@ -19,7 +19,7 @@ def make_all(run_dir, out_dir) -> list[Path]:
 
     probe = run_dir / "probe" / "probe.parquet"
     if probe.exists():
-        from probes import load_examples
+        from mice.results import load_examples
 
         from figures.attention import plot_example, plot_head_grid, plot_layer_heatmaps
 
@@ -79,7 +79,7 @@ def make_all(run_dir, out_dir) -> list[Path]:
             add(plot_mask(mask, out_dir / "search_derived_mask"))
     bench = run_dir / "bench" / "bench.csv"
     if bench.exists():
-        from mice.bench.latency import plot_latency
+        from figures.efficiency import plot_latency
 
         plot_latency(bench, out_dir / "latency.png")
         made.append(out_dir / "latency.png")

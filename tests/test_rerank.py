@@ -142,7 +142,8 @@ def test_rerank_cli_after_bm25(setup, tmp_path, tiny_ce):
                                  "--k", "5", "--batch-size", "4", "--out", str(out)])
     assert result.exit_code == 0, result.output
     reranked, first = read_run(out), read_run(bm)
-    assert set(map(tuple, reranked[["query_id", "doc_id"]].values)) == set(map(tuple, first[["query_id", "doc_id"]].values))
+    pairs = ["query_id", "doc_id"]
+    assert set(map(tuple, reranked[pairs].values)) == set(map(tuple, first[pairs].values))
     ev = runner.invoke(app, ["evaluate", str(bm), str(out), "-d", str(folder), "--resamples", "200"])
     assert ev.exit_code == 0, ev.output
     assert "bm25.trec" in ev.output and "rr.trec" in ev.output

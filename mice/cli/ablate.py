@@ -24,6 +24,9 @@ def _top(table, metric: str, n: int = 10) -> str:
     return t.sort_values(col).head(n)[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
 
+_LAYERS = typer.Option(None, "--layers", help="Layers: 0:6 (half-open range), 1,3 or all (default)")
+
+
 @ablate_app.command("sweep")
 def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
               split: str = typer.Option("test", "--split"), run: str = _RUN,
@@ -31,7 +34,7 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
               out: Path = typer.Option(..., "--out", "-o", help="Table (.parquet or .csv); per-query values and "
                                        "metadata are written beside it"),
               paths: Optional[str] = typer.Option(None, "--paths", help="e.g. q->d,d->q (default: all 25 paths)"),
-              layers: Optional[str] = typer.Option(None, "--layers", help="Layers: 0:6 (half-open range), 1,3 or all (default)"),
+              layers: Optional[str] = _LAYERS,
               heads: bool = typer.Option(False, "--heads", help="Also knock out each head separately"),
               head_list: Optional[str] = typer.Option(None, "--head-list", help="Only these heads (e.g. 0,3)"),
               mode: str = typer.Option("renorm", "--mode", help="renorm (-inf before softmax) or zero (after)"),
@@ -98,7 +101,7 @@ def attribute_cmd(model: str = _MODEL,
                   max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1),
                   sample: str = typer.Option("first", "--sample", help="Which N queries: first (by id) or random"),
                   paths: Optional[str] = typer.Option(None, "--paths", help="e.g. q->d,d->q (default: all 25)"),
-                  layers: Optional[str] = typer.Option(None, "--layers", help="Layers: 0:6 (half-open range), 1,3 or all (default)"),
+                  layers: Optional[str] = _LAYERS,
                   heads: bool = typer.Option(True, "--heads/--no-heads", help="Also every head separately"),
                   modes: str = typer.Option("renorm,zero", "--modes", help="renorm, zero or both"),
                   base: Optional[str] = typer.Option(None, "--base", help="Knock out on top of this mask"),
@@ -236,17 +239,29 @@ def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Evidence: 
     with plain_warnings():
         d = derive_mask(loaded, model=model, data=dataset, split=split, run=run, k=k, tolerance=tolerance,
                         metric=metric, check_split=check_split, check_run=check_run, check_queries=check_queries,
-                        patience=patience, max_steps=max_rechecks, batch_size=batch_size, name=name, show_progress_bar=True,
+                        patience=patience, max_steps=max_rechecks, batch_size=batch_size, name=name,
+                        show_progress_bar=True,
                         measure=measure, mode=mode, structural=structural)
     d.meta["derived_from"] = str(sweep)
     d.mask.provenance["derived_from"] = str(sweep)
-    d.save(out, report=report)
+    d.save(out, report=report, figure=_derivation_figure(d, out) if report else None)
     m = d.meta
     typer.echo(f"wrote {out}: removed {len(m['removed'])} (layer, path) cells after {m['re_checks']} exact "
                f"re-checks, {len(m['structural'])} structural ones without; held-out {m['metric']} "
                f"{m['reference']:.4f} -> {m['final']:.4f} (tolerance {tolerance}); steps in "
                f"{sidecar(out, '.steps.csv')}" + (f", report {sidecar(out, '.report.md')}" if report else ""))
     typer.echo(d.mask.render())
+
+
+def _derivation_figure(d, out: Path) -> Path:
+    """The steps figure beside the mask (`<stem>.steps.png` and `.pdf`), for the derivation's report."""
+    from figures.derivation import plot_derivation
+    from mice.results import sidecar
+
+    m = d.meta
+    paths = plot_derivation(d.steps, sidecar(out, ".steps.png"), metric=m.get("metric", "metric"),
+                            tolerance=m.get("tolerance"), reference=m.get("reference"))
+    return paths[0]
 
 
 @ablate_app.command("merge-layer")
@@ -380,7 +395,8 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
     train = key_values(set_)
     cfg = SearchConfig(model=model, dataset=dataset, split=split, run=run, k=k, queries=queries, sample=sample,
                        train_preset=preset,
-                       train=train, steps=steps, eta=eta, finalists=finalists, max_rungs=max_rungs, seeds=_ints(seeds, "--seeds"),
+                       train=train, steps=steps, eta=eta, finalists=finalists, max_rungs=max_rungs,
+                       seeds=_ints(seeds, "--seeds"),
                        seeded_from=seeded_from,
                        tolerance=tolerance, metric=metric.lower(), promote=promote, cut=cut, cut_alpha=cut_alpha,
                        stages=tuple(x.strip() for x in stages.split(",") if x.strip()),

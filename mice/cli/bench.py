@@ -32,8 +32,10 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
                 repeats: int = typer.Option(5, "--repeats", help="Timed runs per method (after warm-up)"),
                 warmup: int = typer.Option(1, "--warmup", help="Untimed runs first"),
                 device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
-                model: str = typer.Option("packaged:minilm", "--model", "-m", help="Backbone (cross-encoder or encoder)"),
-                random_weights: bool = typer.Option(False, "--random-weights", help="Same architecture, random weights"),
+                model: str = typer.Option("packaged:minilm", "--model", "-m",
+                                          help="Backbone (cross-encoder or encoder)"),
+                random_weights: bool = typer.Option(False, "--random-weights",
+                                                    help="Same architecture, random weights"),
                 arch: str = typer.Option("3+3", "--arch", help="MICE architecture a+b (ℓa+b)"),
                 mask: str = typer.Option("mask2", "--mask", help="Mask for the `masked` method"),
                 batch_size: int = typer.Option(32, "--batch-size", help="Documents per forward pass (all methods)"),
@@ -60,7 +62,8 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
     from rich.console import Console
     from rich.table import Table
 
-    from mice.bench.latency import LatencyConfig, plot_latency, run_latency, targets
+    from figures.efficiency import plot_latency
+    from mice.bench.latency import LatencyConfig, run_latency, targets
     from mice.errors import MiceError
     from mice.files import write_table
 
@@ -133,7 +136,7 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
 def plot_cmd(csv: Path = typer.Argument(..., help="CSV written by `mice bench latency`"),
              out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG (default: CSV with .png)")) -> None:
     """Redraw the latency figure from a saved CSV."""
-    from mice.bench.latency import plot_latency
+    from figures.efficiency import plot_latency
 
     typer.echo(f"wrote {plot_latency(csv, out or csv.with_suffix('.png'))}")
 
@@ -220,7 +223,8 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
     for r in builds.itertuples(index=False):
         t.add_row(r.dtype, "states + K/V" if r.kv else "states", f"{r.median_s:.2f}", f"{r.cpu_share:.2f}",
                   f"{r.docs_per_s:.1f}",
-                  f"{r.tokens_per_s:.0f}", f"{r.tokens_per_cpu_s:.0f}", f"{r.bytes_per_token:.0f}", f"{r.bytes_per_token_states:.0f}",
+                  f"{r.tokens_per_s:.0f}", f"{r.tokens_per_cpu_s:.0f}", f"{r.bytes_per_token:.0f}",
+                  f"{r.bytes_per_token_states:.0f}",
                   f"{r.bytes_per_token_kv:.0f}", str(int(r.stored_vectors_per_token)), f"{r.bytes_vs_fp16:.3f}",
                   f"{r.build_speed_vs_fp16:.2f}x")
     console.print(head, highlight=False)

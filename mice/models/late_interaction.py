@@ -114,7 +114,8 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
             if raw.get("format") != FORMAT:
                 raise ModelError(f"{Path(path) / CONFIG_FILE}: unknown format {raw.get('format')!r} "
                                  f"(expected {FORMAT!r})")
-            cfg = LateInteractionConfig(**{k: v for k, v in raw.items() if k in LateInteractionConfig.__dataclass_fields__})
+            known = LateInteractionConfig.__dataclass_fields__
+            cfg = LateInteractionConfig(**{k: v for k, v in raw.items() if k in known})
             model = cls(encoder, dim=cfg.dim, seed=seed, tokenizer=tokenizer, config=cfg)
             from safetensors.torch import load_file
 

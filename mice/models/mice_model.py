@@ -673,7 +673,8 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             for prefix, module in self.adapter.kv_input_modules(self.contextual_layers + j):
                 named += list(module.named_parameters(prefix=prefix))
             for what, w, bias in self.adapter.kv_weights(block):
-                named += [(f"cross.{j}.{what}.weight", w)] + ([(f"cross.{j}.{what}.bias", bias)] if bias is not None else [])
+                named += [(f"cross.{j}.{what}.weight", w)]
+                named += [(f"cross.{j}.{what}.bias", bias)] if bias is not None else []
         self._hash_tensors(h, named)
         return h.hexdigest()[:32]
 
