@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mice.errors import ModelError
+from mice.logs import track
 from mice.results import EXAMPLES_FORMAT, load_examples, load_probe, read_result, sidecar  # noqa: F401 (re-exported)
 from mice.segments import REAL_SEGMENTS, SEG, SEGMENTS
 
@@ -126,10 +127,7 @@ def attention_paths(model, data, split: str | None = None, run=None, k: int = 20
     pairs = cands.pairs
     acc = _PathAccumulator(model.n_layers, model.n_heads)
     batches = _batches(len(pairs), [len(q) + len(d) for q, d in pairs], batch_size)
-    if show_progress_bar:
-        from rich.progress import track
-
-        batches = track(batches, description="probing attention")
+    batches = track(batches, "probing attention", enabled=show_progress_bar)
     resolved = model.resolve_mask(mask)
     with torch.no_grad(), model.using_mask(resolved, mode):
         for idx in batches:

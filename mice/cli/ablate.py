@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from mice.logs import run_log
+
 ablate_app = typer.Typer(help="Knock attention paths out, measure the ranking, derive masks "
                               "(a->b: tokens of a attend to tokens of b).", no_args_is_help=True)
 
@@ -75,19 +77,6 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
     typer.echo(_top(t, result.meta["metrics"][0]))
 
 
-def _log_to(path: Optional[Path]) -> None:
-    """Send the `mice.ablations` progress lines (done/total, elapsed, time left) to a log file as well."""
-    if path is None:
-        return
-    import logging
-
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log = logging.getLogger("mice.ablations")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-
-
 @ablate_app.command("attribute")
 def attribute_cmd(model: str = _MODEL,
                   out: Path = typer.Option(..., "--out", "-o", help="Table (.csv or .parquet); per-query values "
@@ -122,43 +111,43 @@ def attribute_cmd(model: str = _MODEL,
     from mice.errors import DataError
     from mice.cli.data import plain_warnings
 
-    _log_to(log)
-    if pairs is None and (dataset is None or run is None):
-        raise DataError("give --pairs FILE, or --dataset with --run (and --split, --k)")
-    if pairs is not None and dataset is not None:
-        raise DataError("give either --pairs or --dataset/--run, not both")
-    from mice.distributed import rank_lock, world
-    from mice.rank.pairs import read_pairs
+    with run_log(log, "mice.ablations"):
+        if pairs is None and (dataset is None or run is None):
+            raise DataError("give --pairs FILE, or --dataset with --run (and --split, --k)")
+        if pairs is not None and dataset is not None:
+            raise DataError("give either --pairs or --dataset/--run, not both")
+        from mice.distributed import rank_lock, world
+        from mice.rank.pairs import read_pairs
 
-    with plain_warnings(), rank_lock(out):
-        scorer = hooked_model(model, max_length=max_length)
-        cands = as_candidates(read_pairs(pairs)) if pairs is not None else as_candidates(dataset, split, run, k,
-                                                                                       max_queries, sample)
-        res = attribute(scorer, cands, heads=heads, paths=paths, layers=layers,
-                        modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=ig_steps,
-                        measure=measure, batch_size=batch_size, show_progress_bar=True, out=out,
-                        meta={"model_spec": model, "max_length": max_length})
-        if not world().main:  # one report (and one exact check) per job
-            return
-        t = res.table
-        typer.echo(f"wrote {out}: {len(t)} rows ({int((t['status'] == 'structural').sum())} structural, "
-                   f"{int((t['status'] == 'skipped').sum())} skipped) over {res.meta['n_pairs']} pairs in "
-                   f"{res.meta['elapsed_s']:.1f}s; ranked by {res.meta['measure']}")
-        cols = [c for c in ("layer", "head", "path", "mode", "estimate", res.meta["measure"],
-                            f"{res.meta['measure']}_ci_low", f"{res.meta['measure']}_ci_high") if c in t]
-        typer.echo(t.sort_values("rank").head(10)[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-        if check:
-            mode = res.meta["modes"][0]
-            chk = check_exact(scorer, cands, res, mode)
-            top = check_exact(scorer, cands, res, mode, top=check, layer_level=False)
-            chk = chk.assign(kind="layer x path")
-            from mice.files import write_table
+        with plain_warnings(), rank_lock(out):
+            scorer = hooked_model(model, max_length=max_length)
+            cands = as_candidates(read_pairs(pairs)) if pairs is not None else as_candidates(dataset, split, run, k,
+                                                                                           max_queries, sample)
+            res = attribute(scorer, cands, heads=heads, paths=paths, layers=layers,
+                            modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=ig_steps,
+                            measure=measure, batch_size=batch_size, show_progress_bar=True, out=out,
+                            meta={"model_spec": model, "max_length": max_length})
+            if not world().main:  # one report (and one exact check) per job
+                return
+            t = res.table
+            typer.echo(f"wrote {out}: {len(t)} rows ({int((t['status'] == 'structural').sum())} structural, "
+                       f"{int((t['status'] == 'skipped').sum())} skipped) over {res.meta['n_pairs']} pairs in "
+                       f"{res.meta['elapsed_s']:.1f}s; ranked by {res.meta['measure']}")
+            cols = [c for c in ("layer", "head", "path", "mode", "estimate", res.meta["measure"],
+                                f"{res.meta['measure']}_ci_low", f"{res.meta['measure']}_ci_high") if c in t]
+            typer.echo(t.sort_values("rank").head(10)[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+            if check:
+                mode = res.meta["modes"][0]
+                chk = check_exact(scorer, cands, res, mode)
+                top = check_exact(scorer, cands, res, mode, top=check, layer_level=False)
+                chk = chk.assign(kind="layer x path")
+                from mice.files import write_table
 
-            write_table(pd_concat([chk, top.assign(kind=f"top {check}")]), sidecar(out, f".check{out.suffix}"))
-            typer.echo(f"exact check ({mode}): Spearman rho over {len(chk)} layer x path cells: mean score change "
-                       f"{spearman(chk):.3f}, mean |score change| {spearman(chk, 'abs'):.3f}"
-                       + (f", delta_margin {spearman(chk, 'delta_margin'):.3f}" if "exact_delta_margin" in chk else "")
-                       + f"; top {check} re-checked in {sidecar(out, '.check' + out.suffix)}")
+                write_table(pd_concat([chk, top.assign(kind=f"top {check}")]), sidecar(out, f".check{out.suffix}"))
+                margin = f", delta_margin {spearman(chk, 'delta_margin'):.3f}" if "exact_delta_margin" in chk else ""
+                typer.echo(f"exact check ({mode}): Spearman rho over {len(chk)} layer x path cells: mean score change "
+                           f"{spearman(chk):.3f}, mean |score change| {spearman(chk, 'abs'):.3f}{margin}"
+                           f"; top {check} re-checked in {sidecar(out, '.check' + out.suffix)}")
 
 
 def pd_concat(frames):
@@ -232,25 +221,25 @@ def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Evidence: 
 
     from ablations.derive import _evidence_of
 
-    _log_to(log)
-    _, meta, _ = _evidence_of(sweep)
-    loaded = sweep
-    model = model or meta.get("model_spec")
-    with plain_warnings():
-        d = derive_mask(loaded, model=model, data=dataset, split=split, run=run, k=k, tolerance=tolerance,
-                        metric=metric, check_split=check_split, check_run=check_run, check_queries=check_queries,
-                        patience=patience, max_steps=max_rechecks, batch_size=batch_size, name=name,
-                        show_progress_bar=True,
-                        measure=measure, mode=mode, structural=structural)
-    d.meta["derived_from"] = str(sweep)
-    d.mask.provenance["derived_from"] = str(sweep)
-    d.save(out, report=report, figure=_derivation_figure(d, out) if report else None)
-    m = d.meta
-    typer.echo(f"wrote {out}: removed {len(m['removed'])} (layer, path) cells after {m['re_checks']} exact "
-               f"re-checks, {len(m['structural'])} structural ones without; held-out {m['metric']} "
-               f"{m['reference']:.4f} -> {m['final']:.4f} (tolerance {tolerance}); steps in "
-               f"{sidecar(out, '.steps.csv')}" + (f", report {sidecar(out, '.report.md')}" if report else ""))
-    typer.echo(d.mask.render())
+    with run_log(log, "mice.ablations"):
+        _, meta, _ = _evidence_of(sweep)
+        loaded = sweep
+        model = model or meta.get("model_spec")
+        with plain_warnings():
+            d = derive_mask(loaded, model=model, data=dataset, split=split, run=run, k=k, tolerance=tolerance,
+                            metric=metric, check_split=check_split, check_run=check_run, check_queries=check_queries,
+                            patience=patience, max_steps=max_rechecks, batch_size=batch_size, name=name,
+                            show_progress_bar=True,
+                            measure=measure, mode=mode, structural=structural)
+        d.meta["derived_from"] = str(sweep)
+        d.mask.provenance["derived_from"] = str(sweep)
+        d.save(out, report=report, figure=_derivation_figure(d, out) if report else None)
+        m = d.meta
+        typer.echo(f"wrote {out}: removed {len(m['removed'])} (layer, path) cells after {m['re_checks']} exact "
+                   f"re-checks, {len(m['structural'])} structural ones without; held-out {m['metric']} "
+                   f"{m['reference']:.4f} -> {m['final']:.4f} (tolerance {tolerance}); steps in "
+                   f"{sidecar(out, '.steps.csv')}" + (f", report {sidecar(out, '.report.md')}" if report else ""))
+        typer.echo(d.mask.render())
 
 
 def _derivation_figure(d, out: Path) -> Path:

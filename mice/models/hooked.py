@@ -21,6 +21,7 @@ from transformer_lens.hook_points import HookPoint
 
 from mice.models.adapters import MODES, adapter_for, attention_core
 from mice.errors import MaskError, ModelError
+from mice.logs import track
 from mice.masks import InteractionMask
 from mice.models.precision import ComputePrecision
 from mice.models.scoring import RankMixin
@@ -268,10 +269,7 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
         order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
         out = np.empty(len(pairs), dtype=np.float32)
         starts = range(0, len(pairs), batch_size)
-        if show_progress_bar:
-            from rich.progress import track
-
-            starts = track(starts, description="scoring")
+        starts = track(starts, "scoring", enabled=show_progress_bar)
         was_training = self.model.training
         self.model.eval()
         try:

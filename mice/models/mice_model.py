@@ -56,6 +56,7 @@ from torch import nn
 
 from mice.models.adapters import adapter_for, attention_core, merge_heads, position_limit, supported_types
 from mice.errors import ModelError
+from mice.logs import track
 from mice.models.precision import ComputePrecision
 from mice.models.scoring import RankMixin
 from mice.models.hf import quiet_transformers as _quiet_transformers  # noqa: F401  (also imported by mice.bench.latency)
@@ -574,7 +575,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                for start in _progress(range(0, len(order), batch_size), show_progress_bar, "encoding documents"):
+                for start in track(range(0, len(order), batch_size), "encoding documents", show_progress_bar):
                     idx = order[start: start + batch_size]
                     with self.autocast():  # not around the yield: the consumer's own work stays in fp32
                         doc = self.encode_doc_batch([texts[i] for i in idx])
@@ -600,7 +601,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         self.eval()
         try:
             with torch.no_grad(), self.autocast():
-                for start in _progress(range(0, len(order), batch_size), show_progress_bar, "scoring"):
+                for start in track(range(0, len(order), batch_size), "scoring", show_progress_bar):
                     idx = order[start: start + batch_size]
                     if doc_states is not None:
                         doc = doc_states.select(idx).to(self.device)
@@ -685,11 +686,3 @@ def _to_file_key(key: str) -> str:
 
 def _from_file_key(key: str) -> str:
     return key[len("mice_"):] if key.startswith("mice_") else "backbone." + key
-
-
-def _progress(it, show: bool, description: str):
-    if not show:
-        return it
-    from rich.progress import track
-
-    return track(it, description=description)
