@@ -260,4 +260,3 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
                 "compute_dtype": self.compute_dtype}
 
 
-LateInteractionModel = MaxSimScorer  # the name the training mode and the docs use

@@ -200,10 +200,6 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    @classmethod
     def from_dict(cls, obj: dict, source: str = "<dict>") -> "TrainConfig":
         return cls().updated(obj, source)
 

@@ -6,7 +6,7 @@ are all-reduced), then AdamW and the linear warmup/decay schedule. Every `eval_e
 BM25 top-k is re-ranked (each process scores a slice; results are gathered) and the best checkpoint is kept.
 
 Output folder:
-- `best/`: the best model by dev RR@10, a plain folder `mice.models.loader.load_scorer` opens;
+- `best/`: the best model by dev RR@10, a plain folder `mice.models.loader.load` opens;
 - `last/`: the latest checkpoint: the model folder plus `trainer_state.pt` (optimizer, scheduler, step, best,
   elapsed time, the job identity) and `rng_state_<rank>.pt`; written to a temporary folder and swapped in, so a
   kill at any moment leaves either the previous or the new checkpoint. Both files hold only tensors and plain
