@@ -292,7 +292,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         """Load a folder written by `save_pretrained` (config.json with a "mice" key, safetensors weights).
 
         `max_query_length` / `max_doc_length` (`max_length` is an alias of the latter) override the saved
-        lengths for this session, e.g. to re-rank long-query sets with the paper's 512 tokens per side."""
+        lengths for this load, e.g. to re-rank long-query sets with the paper's 512 tokens per side."""
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
