@@ -211,7 +211,7 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
         key = job_identity(**model.identity(), pairs=cands.fingerprint(), qrels=_qrels_hash(cands), mode=mode,
                            base_mask=mask_identity(base_mask), metrics=evaluator.names, batch_size=batch_size,
                            n_resamples=n_resamples, unit_size=unit_size, n_boot=n_boot, structural=structural,
-                           rank_by=rank_by)
+                           rank_by=rank_by, strategy=engine.strategy)
         partial = _Partial(out.with_name(out.name + ".partial"), key, restart)
     done_units = dict(partial.units) if partial else {}
     unit_keys = [[ko.key for ko in u] for u in units]
