@@ -321,14 +321,16 @@ class Search:
         with torch.no_grad():
             return np.asarray(scorer.predict(self.cands.pairs, batch_size=self.cfg.batch_size), dtype=np.float64)
 
-    def _cached(self, path: Path, compute: Callable[[], dict]) -> dict:
+    def _cached(self, path: Path, compute: Callable[[], dict], key: dict | None = None) -> dict:
+        """`path`'s record if it was computed on these candidates (and under `key`), else a fresh one."""
         from mice.files import write_json_atomic
 
+        key = {"candidates": self.cands_fp, **(key or {})}
         if path.exists():
             rec = json.loads(path.read_text())
-            if rec.get("candidates") == self.cands_fp:
+            if isinstance(rec, dict) and all(rec.get(k) == v for k, v in key.items()):
                 return rec
-        rec = {"candidates": self.cands_fp, **compute()}
+        rec = {**key, **compute()}
         write_json_atomic(path, rec)
         return rec
 
@@ -341,7 +343,9 @@ class Search:
             scores = self._score(load_scorer(self.cfg.model, max_length=self.max_length))
             return {"scores": scores.tolist(), "seconds": round(time.perf_counter() - t0, 2)}
 
-        rec = self._cached(self.out / "reference.json", compute)
+        # keyed by the reference model's weights and length too: another model's scores are never reused
+        rec = self._cached(self.out / "reference.json", compute,
+                           key={"model": self.base_identity["model"], "max_length": self.max_length})
         self.reference = np.asarray(rec["scores"])
         rel, idcg = self.effects.rel, self.effects.idcg
         rr, nd = [], []

@@ -193,7 +193,7 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
     out = Path(out) if out is not None else None
     partial = _journal(out, restart, model, cands, mode=mode, base_mask=base_mask, metrics=evaluator.names,
                        batch_size=batch_size, n_resamples=n_resamples, unit_size=unit_size, n_boot=n_boot,
-                       structural=structural, rank_by=rank_by) if out is not None else None
+                       structural=structural, rank_by=rank_by, strategy=engine.strategy) if out is not None else None
     unit_keys = [[ko.key for ko in u] for u in units]
     results = _done_results(dict(partial.units) if partial else {}, unit_keys)
     todo = [i for i, u in enumerate(units) if u[0].key not in results and w.owns(i)]

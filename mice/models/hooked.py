@@ -148,10 +148,11 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
     def identity(self) -> dict:
         """What makes this scorer's output what it is (for resumable jobs): loaded weights, default mask and
         mode as resolved tables, pair length, compute precision."""
-        from mice.identity import mask_identity, module_fingerprint
+        from mice.identity import mask_identity, module_fingerprint, tokenizer_fingerprint
 
         mask, mode = self._default_mask
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer),
                 "mask": mask_identity(mask, mode), "max_length": self.max_length, "compute_dtype": self.compute_dtype}
 
     def run_with_cache(self, *model_args, **kwargs):

@@ -253,9 +253,10 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
 
     def identity(self) -> dict:
         """Loaded weights (encoder and projection), lengths and compute precision, for resumable jobs."""
-        from mice.identity import module_fingerprint
+        from mice.identity import module_fingerprint, tokenizer_fingerprint
 
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer),
                 "max_query_length": self.li_config.max_query_length, "max_length": self.li_config.max_doc_length,
                 "compute_dtype": self.compute_dtype}
 

@@ -621,9 +621,10 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
     def identity(self) -> dict:
         """What makes this scorer's output what it is (for resumable jobs): loaded weights, lengths, compute
         precision."""
-        from mice.identity import module_fingerprint
+        from mice.identity import module_fingerprint, tokenizer_fingerprint
 
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer),
                 "query_max_length": self.mice_config.max_query_length, "max_length": self.mice_config.max_doc_length,
                 "compute_dtype": self.compute_dtype}
 
