@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean chromium
+.PHONY: install demo test lint docs clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,19 @@ demo: $(STAMP)
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: $(STAMP) chromium
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# The docs site (MkDocs, Material, mkdocstrings): the CLI page is regenerated from the commands first.
+docs: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/python docs/scripts/cli_reference.py
+	PYTHONPATH=$(CURDIR) NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d $(CURDIR)/site
+
+test: $(STAMP) chromium lint
+	PYTHONPATH=$(CURDIR) NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d $(CURDIR)/.cache/site
 	# MICE_CACHE: a fresh cache per run, so tests never lean on corpora or indexes built by hand earlier.
 	rm -rf $(CURDIR)/.cache/test
 	MICE_CACHE=$(CURDIR)/.cache/test HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 tests notebooks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -2,7 +2,8 @@
 
 Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.
 """
-from ablations.attribution import AttributionResult, PathAttribution, attribute, check_exact, compare_tables, load_attribution
+from ablations.attribution import (AttributionResult, PathAttribution, attribute, check_exact, compare_tables,
+                                   load_attribution)
 from ablations.derive import Derivation, MergeLayerResult, derive_mask, merge_layer_search, write_report
 from ablations.engine import SweepEngine, supports_fast
 from ablations.knockouts import Knockout, check_knockout, knockout_set, parse_layers, parse_paths

@@ -29,7 +29,8 @@ from mice.errors import DataError, MaskError
 from mice.masks import InteractionMask, parse_path
 from mice.segments import SEG
 
-from probes.attention import hooked_model, sidecar
+from mice.results import sidecar
+from probes.attention import hooked_model
 from probes.candidates import Candidates, as_candidates
 
 from ablations.knockouts import ALL_HEADS, Knockout, check_knockout, knockout_set
@@ -235,23 +236,11 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
     order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
     batches = [(order[s:s + batch_size], model.tokenize([pairs[i] for i in order[s:s + batch_size]]))
                for s in range(0, len(pairs), batch_size)]
-    occupied = occupancy([b["segment_ids"] for _, b in batches])
-    status = {}
-    for ko in kos:
-        why = check_knockout(ko, base_mask)
-        status[ko.key] = ("skipped", why) if why else ("ok", "")
-    structural = {m: structural_cells([ko for ko in kos if status[ko.key][0] == "ok"], base_mask, occupied, m)
-                  for m in modes}
-
+    sts, lives = _cell_status(kos, base_mask, occupancy([b["segment_ids"] for _, b in batches]), modes)
     effects = RankEffects(cands.frame, cands.qrels)
     measure = measure or (DEFAULT_MEASURE if effects.judged else "abs_dscore")
     if measure not in effects.names:
         raise DataError(f"unknown effect measure {measure!r} (measures: {', '.join(effects.names)})")
-    sts, lives = {}, {}
-    for mode in modes:
-        sts[mode] = {key: ("structural", structural[mode][key]) if key in structural[mode] else v
-                     for key, v in status.items()}
-        lives[mode] = [ko for ko in kos if sts[mode][ko.key][0] == "ok"]
     # work units: (mode, batch); under N processes unit u is rank u % N's. With `out` each finished unit is
     # journalled (`<out>.partial`), so an interrupted run resumes and the ranks' shares meet there.
     units = [(mode, b) for mode in modes for b in range(len(batches))]
@@ -265,11 +254,48 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
                            knockouts=hashlib.sha256(json.dumps([ko.key for ko in kos]).encode()).hexdigest(),
                            batch_size=batch_size, steps=steps, format=ATTRIBUTION_FORMAT)
         partial = _Partial(Path(out).with_name(Path(out).name + ".partial"), key)
-    done = {u: rec for u, rec in (partial.units if partial else {}).items()}
-    todo = [u for u in range(len(units)) if u not in done and w.owns(u)]
-    prog = _progress(show_progress_bar and w.main, len(todo), "attribution")
     engines = {mode: PathAttribution(model, lives[mode], mode, None if base_mask.is_full() else base_mask)
                for mode in modes}
+    done = _estimate_units(units, batches, engines, steps, partial, w, show_progress_bar)
+    clean, estimates = _gather(units, batches, done, lives, len(pairs))
+    tables, per_query = zip(*(_tables(kos, lives[mode], sts[mode], mode, clean, estimates[mode], effects, n_boot,
+                                      measure) for mode in modes))
+    table = pd.concat(tables, ignore_index=True)
+    meta = {**(meta or {}), "format": ATTRIBUTION_FORMAT, "model": str(getattr(model.model, "name_or_path", "")),
+            "n_layers": model.n_layers, "n_heads": model.n_heads, "max_length": model.max_length,
+            "source": cands.source, "query_ids": cands.query_ids, "n_pairs": len(pairs), "modes": modes,
+            "base": base_mask.to_dict(), "measure": measure, "measures": effects.names, "batch_size": batch_size,
+            "n_boot": n_boot, "steps": steps, "elapsed_s": round(time.perf_counter() - started, 3),
+            "estimate": "first order: <dscore/dpattern, pattern_knocked - pattern> (attribution patching)",
+            "convention": "a->b: tokens of group a attend to tokens of group b"}
+    meta["processes"] = w.size
+    res = AttributionResult(table, pd.concat(per_query, ignore_index=True), lives, estimates, clean, meta)
+    if out is not None and w.main:
+        save_attribution(res, out)
+        partial.unlink()
+    w.barrier()
+    return res
+
+
+def _cell_status(kos, base_mask, occupied, modes) -> tuple[dict, dict]:
+    """Per mode: {knockout key: (status, reason)}, and the live knockouts (status ok) that get an estimate."""
+    status = {}
+    for ko in kos:
+        why = check_knockout(ko, base_mask)
+        status[ko.key] = ("skipped", why) if why else ("ok", "")
+    sts, lives = {}, {}
+    for mode in modes:
+        structural = structural_cells([ko for ko in kos if status[ko.key][0] == "ok"], base_mask, occupied, mode)
+        sts[mode] = {key: ("structural", structural[key]) if key in structural else v for key, v in status.items()}
+        lives[mode] = [ko for ko in kos if sts[mode][ko.key][0] == "ok"]
+    return sts, lives
+
+
+def _estimate_units(units, batches, engines, steps, partial, w, show_progress_bar) -> dict:
+    """Estimate this rank's unfinished units, journalling each; after a barrier, every rank's finished units."""
+    done = dict(partial.units) if partial else {}
+    todo = [u for u in range(len(units)) if u not in done and w.owns(u)]
+    prog = _progress(show_progress_bar and w.main, len(todo), "attribution")
     try:
         for u in todo:
             mode, b = units[u]
@@ -287,10 +313,15 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
         w.barrier()  # every rank's units are journalled; every rank assembles the same result from them
         done = partial.merged()
         w.barrier()  # (rank 0 deletes the journals below only once every rank has read them)
-    clean = np.empty(len(pairs))
-    estimates, tables, per_query = {}, [], []
-    for mode in modes:
-        est = np.zeros((len(lives[mode]), len(pairs)))
+    return done
+
+
+def _gather(units, batches, done, lives, n_pairs) -> tuple[np.ndarray, dict]:
+    """The clean scores and, per mode, the [live knockouts, pairs] estimates, back in the pairs' order."""
+    clean = np.empty(n_pairs)
+    estimates = {}
+    for mode in lives:
+        est = np.zeros((len(lives[mode]), n_pairs))
         for u, (m, b) in enumerate(units):
             if m == mode:
                 idx = batches[b][0]
@@ -298,24 +329,7 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
                 clean[idx] = c
                 est[:, idx] = np.asarray(e, dtype=np.float64).reshape(len(lives[mode]), len(idx))
         estimates[mode] = est
-        t, pq = _tables(kos, lives[mode], sts[mode], mode, clean, est, effects, n_boot, measure)
-        tables.append(t)
-        per_query.append(pq)
-    table = pd.concat(tables, ignore_index=True)
-    meta = {**(meta or {}), "format": ATTRIBUTION_FORMAT, "model": str(getattr(model.model, "name_or_path", "")),
-            "n_layers": model.n_layers, "n_heads": model.n_heads, "max_length": model.max_length,
-            "source": cands.source, "query_ids": cands.query_ids, "n_pairs": len(pairs), "modes": modes,
-            "base": base_mask.to_dict(), "measure": measure, "measures": effects.names, "batch_size": batch_size,
-            "n_boot": n_boot, "steps": steps, "elapsed_s": round(time.perf_counter() - started, 3),
-            "estimate": "first order: <dscore/dpattern, pattern_knocked - pattern> (attribution patching)",
-            "convention": "a->b: tokens of group a attend to tokens of group b"}
-    meta["processes"] = w.size
-    res = AttributionResult(table, pd.concat(per_query, ignore_index=True), lives, estimates, clean, meta)
-    if out is not None and w.main:
-        save_attribution(res, out)
-        partial.unlink()
-    w.barrier()
-    return res
+    return clean, estimates
 
 
 def _tables(kos, live, status, mode, clean, est, effects: RankEffects, n_boot, measure):
@@ -347,44 +361,11 @@ def _tables(kos, live, status, mode, clean, est, effects: RankEffects, n_boot, m
     return table.sort_values(["layer", "head", "path"], kind="stable").reset_index(drop=True), per_query
 
 
-class _NoProgress:
-    """No bar and no log lines: what `_progress` returns when progress is off (and on ranks other than 0)."""
-
-    def advance(self, n: int = 1) -> None:
-        return None
-
-    def stop(self) -> None:
-        return None
-
-
-class _Progress(_NoProgress):
-    """A rich bar on a terminal and, always, `logging` lines (so log files show progress too)."""
-
-    def __init__(self, total: int, label: str):
-        import logging
-
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.log = logging.getLogger("mice.ablations")
-        self.total, self.label, self.done, self.t0 = total, label, 0, time.perf_counter()
-        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self.bar.start()
-        self.task = self.bar.add_task(label, total=total)
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        self.bar.advance(self.task, n)
-        el = time.perf_counter() - self.t0
-        left = el / self.done * (self.total - self.done) if self.done else float("nan")
-        self.log.info("%s: %d/%d done, %.0f s elapsed, about %.0f s left", self.label, self.done, self.total, el,
-                      left)
-
-    def stop(self) -> None:
-        self.bar.stop()
-
-
 def _progress(on: bool, total: int, label: str):
-    return _Progress(total, label) if on else _NoProgress()
+    """A bar and `mice.ablations` log lines (done/total, time left) when `on`; nothing otherwise."""
+    from mice.logs import progress
+
+    return progress(total, label, enabled=on, logger="mice.ablations")
 
 
 def save_attribution(res: AttributionResult, out) -> Path:
@@ -394,7 +375,8 @@ def save_attribution(res: AttributionResult, out) -> Path:
     out = Path(out)
     if out.suffix not in (".parquet", ".csv"):
         raise DataError(f"{out}: use a .parquet or .csv output")
-    write_json_atomic(sidecar(out, ".meta.json"), {**res.meta, "per_query": sidecar(out, f".per_query{out.suffix}").name})
+    per_query = sidecar(out, f".per_query{out.suffix}")
+    write_json_atomic(sidecar(out, ".meta.json"), {**res.meta, "per_query": per_query.name})
     if len(res.per_query):
         write_table(res.per_query, sidecar(out, f".per_query{out.suffix}"))
     write_table(res.table, out)
@@ -402,7 +384,7 @@ def save_attribution(res: AttributionResult, out) -> Path:
 
 
 def load_attribution(path) -> tuple[pd.DataFrame, dict]:
-    from probes.attention import read_result
+    from mice.results import read_result
 
     return read_result(path, "attribution table", ("layer", "head", "path", "mode", "estimate"),
                        "an attribution table")
@@ -450,7 +432,8 @@ def compare_tables(attribution: pd.DataFrame, sweep: pd.DataFrame, mode: str = "
     layer-level cells both measured (non-structural), estimate beside exact. When the sweep saw only some of
     the attribution's queries, pass the attribution's per-query table and the sweep's `query_ids`: the
     estimates are then averaged over those queries only, so both sides describe the same pairs."""
-    a = attribution[(attribution["mode"] == mode) & (attribution["head"] == ALL_HEADS) & (attribution["status"] == "ok")]
+    a = attribution[(attribution["mode"] == mode) & (attribution["head"] == ALL_HEADS)
+                    & (attribution["status"] == "ok")]
     if per_query is not None and query_ids is not None:
         pq = per_query[(per_query["mode"] == mode) & (per_query["head"] == ALL_HEADS)
                        & per_query["query_id"].astype(str).isin({str(q) for q in query_ids})]

@@ -26,8 +26,9 @@ import pandas as pd
 
 from mice.errors import DataError, MaskError
 from mice.masks import InteractionMask
+from mice.results import sidecar
 
-from probes.attention import hooked_model, sidecar
+from probes.attention import hooked_model
 from probes.candidates import Candidates, from_run
 
 from ablations.engine import SweepEngine
@@ -47,15 +48,16 @@ class Derivation:
     steps: pd.DataFrame
     meta: dict = field(default_factory=dict)
 
-    def save(self, out, report: bool = True) -> Path:
-        """`out` (mask JSON), `<stem>.steps.csv` and, with `report`, `<stem>.report.md` + `<stem>.steps.png`."""
+    def save(self, out, report: bool = True, figure=None) -> Path:
+        """`out` (mask JSON), `<stem>.steps.csv` and, with `report`, `<stem>.report.md`, which shows `figure`
+        (a drawn steps figure, e.g. `figures.derivation.plot_derivation`'s) when given."""
         from mice.files import write_table
 
         out = Path(out)
         self.mask.save(out)
         write_table(self.steps, sidecar(out, ".steps.csv"))
         if report:
-            write_report(self, sidecar(out, ".report.md"))
+            write_report(self, sidecar(out, ".report.md"), figure=figure)
         return out
 
 
@@ -129,8 +131,6 @@ def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None
     queries. Model, data, split, run and k default to the evidence's metadata.
     """
     from ablations.attribution import _progress
-    from ablations.metrics import RankEffects
-    from ablations.structural import structural_reason
 
     table, meta, sweep_name = _evidence_of(sweep)
     model_spec, data, split, run, k = _resolve_sources(meta, model, data, split, run, k)
@@ -141,7 +141,39 @@ def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None
     base = InteractionMask.from_dict(meta["base"]) if meta.get("base") else InteractionMask.full(model.n_layers)
     if base.num_layers != model.n_layers:
         raise MaskError(f"{sweep_name}: swept on {base.num_layers} layers, the model has {model.n_layers}")
+    rows, measure, tie = _ranked_cells(table, sweep_name, mode, metric, measure)
+    check = held_out(meta, data, split, run, k, check_split, check_run, check_queries)
+    greedy = _Greedy(model, check, mode, metric, base, batch_size, n_boot, name, structural)
+    greedy.all_cells = [(l, p) for l in range(model.n_layers) for p in rows["path"].drop_duplicates()]
+    budget = len(rows) if max_steps is None else min(max_steps, len(rows))
+    prog = _progress(show_progress_bar, budget, "deriving (exact re-checks)")
+    started = time.perf_counter()
+    try:
+        greedy.run(rows, tie, budget, tolerance, patience, prog)
+    finally:
+        prog.stop()
+    steps_df = greedy.steps_frame()
+    provenance = {"method": "greedy knockout removal ordered by " + ("attribution" if "estimate" in table.columns
+                                                                     else "exact knockouts") +
+                            f" on {measure}; structural cells removed without re-checks; cumulative exact "
+                            "re-checks on held-out queries",
+                  "derived_from": sweep_name, "model": str(model_spec), "dataset": str(data) if isinstance(
+                      data, str) else getattr(data, "name", "<dataset>"), "split": check.source.get("split"),
+                  "run": check.source.get("run"), "k": k, "mode": mode, "metric": metric, "ranked_by": measure,
+                  "tolerance": tolerance, "reference": greedy.reference, "final": greedy.current_value,
+                  "held_out_queries": len(check.query_ids), "re_checks": greedy.n_checks, "max_steps": max_steps,
+                  "base": base.name, "removed": [f"{p}@{l}" for l, p in greedy.removed],
+                  "structural": [f"{p}@{l}" for l, p in greedy.struct_removed],
+                  "steps": _plain_steps(steps_df),
+                  "convention": "a->b: tokens of group a attend to tokens of group b"}
+    mask = InteractionMask.from_tables(greedy.current.tables, name=name, provenance=provenance)
+    meta_out = {"elapsed_s": round(time.perf_counter() - started, 3), **{k_: v for k_, v in provenance.items()
+                                                                         if k_ != "steps"}}
+    return Derivation(mask, steps_df, meta_out)
 
+
+def _ranked_cells(table: pd.DataFrame, sweep_name: str, mode: str, metric: str, measure: str | None):
+    """The layer-level knockouts of `mode`, least harmful first by `measure`; also the measure and tie-breaker."""
     rows = table[(table["status"] == "ok") & (table["head"] == ALL_HEADS) & (table["mode"] == mode)].copy()
     if rows.empty:
         raise DataError(f"{sweep_name}: no layer-level knockouts in mode {mode!r} to derive a mask from")
@@ -153,117 +185,121 @@ def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None
     signed = measure.startswith("delta_") or measure in ("dscore", "estimate")
     rows["cost"] = -rows[measure] if signed else rows[measure]  # harm: larger = worse
     tie = next((c for c in ("abs_dscore", "mean_abs_dscore", "estimate_abs") if c in rows.columns), "cost")
-    rows = rows.sort_values(["cost", tie, "layer", "path"], kind="stable")
+    return rows.sort_values(["cost", tie, "layer", "path"], kind="stable"), measure, tie
 
-    check = held_out(meta, data, split, run, k, check_split, check_run, check_queries)
-    evaluator = Evaluator(check, [metric])
-    effects = RankEffects(check.frame, check.qrels)
-    batches = ScoredBatches(SweepEngine(model, mode, None), check.pairs, batch_size)
-    clean_scores = batches.clean()
-    clean_pq = evaluator.per_query(clean_scores)[metric].to_numpy()
-    reference = float(clean_pq.mean())
-    batches.rebase(base)
-    current = base
-    base_scores = batches.clean()
-    current_value = evaluator.summary(evaluator.per_query(base_scores))[metric]
 
-    def measured(scores) -> dict:
-        pq = evaluator.per_query(scores)[metric].to_numpy()
-        fx = effects.per_query(clean_scores, scores[None, :])
-        delta = {f"delta_{metric}": (pq - clean_pq)[None, :], "delta_margin": fx["delta_margin"]}
-        summ = effects.summarize(delta, n_boot=n_boot).iloc[0]
+class _Greedy:
+    """The state of one greedy derivation: the cumulative mask, its held-out value and every step taken."""
+
+    def __init__(self, model, check, mode: str, metric: str, base: InteractionMask, batch_size: int, n_boot: int,
+                 name: str, structural: bool):
+        from ablations.metrics import RankEffects
+
+        self.mode, self.metric, self.base, self.n_boot, self.name = mode, metric, base, n_boot, name
+        self.structural = structural
+        self.evaluator = Evaluator(check, [metric])
+        self.effects = RankEffects(check.frame, check.qrels)
+        self.batches = ScoredBatches(SweepEngine(model, mode, None), check.pairs, batch_size)
+        self.clean_scores = self.batches.clean()
+        self.clean_pq = self.evaluator.per_query(self.clean_scores)[metric].to_numpy()
+        self.reference = float(self.clean_pq.mean())
+        self.batches.rebase(base)
+        self.current = base
+        base_scores = self.batches.clean()
+        self.current_value = self.evaluator.summary(self.evaluator.per_query(base_scores))[metric]
+        self.steps = [{"step": 0, "layer": -1, "path": "", "sweep_delta": np.nan, "sweep_mean_abs_dscore": np.nan,
+                       "decision": "start", **self.measured(base_scores), "n_removed": 0,
+                       "current": self.current_value}]
+        self.removed, self.struct_removed, self.n_checks = [], [], 0
+        self.all_cells: list[tuple[int, str]] = []
+
+    def measured(self, scores) -> dict:
+        """The held-out metric of `scores`, its relative loss, and its and the margin's changes with CIs."""
+        metric = self.metric
+        pq = self.evaluator.per_query(scores)[metric].to_numpy()
+        fx = self.effects.per_query(self.clean_scores, scores[None, :])
+        delta = {f"delta_{metric}": (pq - self.clean_pq)[None, :], "delta_margin": fx["delta_margin"]}
+        summ = self.effects.summarize(delta, n_boot=self.n_boot).iloc[0]
         value = float(pq.mean())
-        out = {"value": value, "rel_loss": relative_loss(reference, value)}
+        out = {"value": value, "rel_loss": relative_loss(self.reference, value)}
         for m in delta:
             out.update({m: float(summ[m]), f"{m}_ci_low": float(summ[f"{m}_ci_low"]),
                         f"{m}_ci_high": float(summ[f"{m}_ci_high"])})
         return out
 
-    steps = [{"step": 0, "layer": -1, "path": "", "sweep_delta": np.nan, "sweep_mean_abs_dscore": np.nan,
-              "decision": "start", **measured(base_scores), "n_removed": 0, "current": current_value}]
-    removed, struct_removed, rejected, n_checks = [], [], 0, 0
-    all_cells = [(l, p) for l in range(model.n_layers) for p in rows["path"].drop_duplicates()]
+    @property
+    def n_removed(self) -> int:
+        return len(self.removed) + len(self.struct_removed)
 
-    def drop_structural():
-        nonlocal current
-        if not structural:
+    def drop_structural(self) -> None:
+        """Remove, without a re-check, every cell the current mask has made unable to reach the score."""
+        from ablations.structural import structural_reason
+
+        if not self.structural:
             return
-        for l, p in all_cells:
+        for l, p in self.all_cells:
             ko = _Cell(l, p)
-            if not current.allowed(l, p) or structural_reason(ko, current, mode=mode) is None:
+            if not self.current.allowed(l, p) or structural_reason(ko, self.current, mode=self.mode) is None:
                 continue
             try:
-                current = current.with_blocked([p], [l], name=name)
+                self.current = self.current.with_blocked([p], [l], name=self.name)
             except MaskError:
                 continue
-            struct_removed.append((l, p))
-            steps.append({"step": len(steps), "layer": l, "path": p, "sweep_delta": np.nan,
-                          "sweep_mean_abs_dscore": np.nan, "decision": "structural", "value": np.nan,
-                          "rel_loss": np.nan, "n_removed": len(removed) + len(struct_removed),
-                          "current": current_value, "reason": structural_reason(ko, base, mode=mode) or
-                          "structural: no longer reaches [CLS] under the derived mask"})
+            self.struct_removed.append((l, p))
+            self.steps.append({"step": len(self.steps), "layer": l, "path": p, "sweep_delta": np.nan,
+                               "sweep_mean_abs_dscore": np.nan, "decision": "structural", "value": np.nan,
+                               "rel_loss": np.nan, "n_removed": self.n_removed, "current": self.current_value,
+                               "reason": structural_reason(ko, self.base, mode=self.mode) or
+                               "structural: no longer reaches [CLS] under the derived mask"})
 
-    budget = len(rows) if max_steps is None else min(max_steps, len(rows))
-    prog = _progress(show_progress_bar, budget, "deriving (exact re-checks)")
-    started = time.perf_counter()
-    try:
-        drop_structural()
+    def try_cell(self, r, tie: str, tolerance: float) -> str | None:
+        """Re-check the mask with cell `r` removed too; keep the removal within `tolerance`. The decision."""
+        step = {"step": len(self.steps), "layer": int(r.layer), "path": r.path, "sweep_delta": -float(r.cost),
+                "sweep_mean_abs_dscore": float(getattr(r, tie)) if tie != "cost" else np.nan}
+        try:
+            trial = self.current.with_blocked([r.path], [int(r.layer)], name=self.name)
+        except MaskError as err:
+            self.steps.append({**step, "decision": "invalid", "value": np.nan, "rel_loss": np.nan,
+                               "n_removed": self.n_removed, "current": self.current_value, "reason": str(err)})
+            return None
+        self.n_checks += 1
+        got = self.measured(self.batches.mask(trial))
+        decision = "removed" if got["rel_loss"] <= tolerance else "kept"
+        if decision == "removed":
+            self.current, self.current_value = trial, got["value"]
+            self.removed.append((int(r.layer), r.path))
+            self.batches.rebase(self.current)
+        self.steps.append({**step, "decision": decision, **got, "n_removed": self.n_removed,
+                           "current": self.current_value})
+        return decision
+
+    def run(self, rows: pd.DataFrame, tie: str, budget: int, tolerance: float, patience: int, prog) -> None:
+        """Cells cheapest first, until `budget` re-checks or more than `patience` kept cells in a row."""
+        rejected = 0
+        self.drop_structural()
         for r in rows.itertuples(index=False):
-            if n_checks >= budget:
+            if self.n_checks >= budget:
                 break
-            if not current.allowed(int(r.layer), r.path):
+            if not self.current.allowed(int(r.layer), r.path):
                 continue  # removed as structural meanwhile
-            step = {"step": len(steps), "layer": int(r.layer), "path": r.path, "sweep_delta": -float(r.cost),
-                    "sweep_mean_abs_dscore": float(getattr(r, tie)) if tie != "cost" else np.nan}
-            try:
-                trial = current.with_blocked([r.path], [int(r.layer)], name=name)
-            except MaskError as err:
-                steps.append({**step, "decision": "invalid", "value": np.nan, "rel_loss": np.nan,
-                              "n_removed": len(removed) + len(struct_removed), "current": current_value,
-                              "reason": str(err)})
+            decision = self.try_cell(r, tie, tolerance)
+            if decision is None:
                 continue
-            n_checks += 1
-            got = measured(batches.mask(trial))
             prog.advance()
-            if got["rel_loss"] <= tolerance:
-                current, current_value = trial, got["value"]
-                removed.append((int(r.layer), r.path))
-                batches.rebase(current)
-                rejected = 0
-                decision = "removed"
-            else:
+            if decision == "kept":
                 rejected += 1
-                decision = "kept"
-            steps.append({**step, "decision": decision, **got, "n_removed": len(removed) + len(struct_removed),
-                          "current": current_value})
-            if decision == "kept" and rejected > patience:
-                break
-            if decision == "removed":
-                drop_structural()
-    finally:
-        prog.stop()
-    steps_df = pd.DataFrame(steps)
-    for c in STEP_COLUMNS:
-        if c not in steps_df.columns:
-            steps_df[c] = np.nan
-    steps_df = steps_df[STEP_COLUMNS + [c for c in steps_df.columns if c not in STEP_COLUMNS]]
-    provenance = {"method": "greedy knockout removal ordered by " + ("attribution" if "estimate" in table.columns
-                                                                     else "exact knockouts") +
-                            f" on {measure}; structural cells removed without re-checks; cumulative exact "
-                            "re-checks on held-out queries",
-                  "derived_from": sweep_name, "model": str(model_spec), "dataset": str(data) if isinstance(
-                      data, str) else getattr(data, "name", "<dataset>"), "split": check.source.get("split"),
-                  "run": check.source.get("run"), "k": k, "mode": mode, "metric": metric, "ranked_by": measure,
-                  "tolerance": tolerance, "reference": reference, "final": current_value,
-                  "held_out_queries": len(check.query_ids), "re_checks": n_checks, "max_steps": max_steps,
-                  "base": base.name, "removed": [f"{p}@{l}" for l, p in removed],
-                  "structural": [f"{p}@{l}" for l, p in struct_removed],
-                  "steps": _plain_steps(steps_df),
-                  "convention": "a->b: tokens of group a attend to tokens of group b"}
-    mask = InteractionMask.from_tables(current.tables, name=name, provenance=provenance)
-    meta_out = {"elapsed_s": round(time.perf_counter() - started, 3), **{k_: v for k_, v in provenance.items()
-                                                                         if k_ != "steps"}}
-    return Derivation(mask, steps_df, meta_out)
+                if rejected > patience:
+                    break
+            else:
+                rejected = 0
+                self.drop_structural()
+
+    def steps_frame(self) -> pd.DataFrame:
+        steps = pd.DataFrame(self.steps)
+        for c in STEP_COLUMNS:
+            if c not in steps.columns:
+                steps[c] = np.nan
+        return steps[STEP_COLUMNS + [c for c in steps.columns if c not in STEP_COLUMNS]]
 
 
 class _Cell:
@@ -279,21 +315,14 @@ def _plain_steps(steps: pd.DataFrame) -> list[dict]:
     return json.loads(steps[cols].to_json(orient="records"))
 
 
-def write_report(derivation: Derivation, path) -> Path:
-    """Markdown report: one line per step (path removed or kept, its cost, the cumulative metric) + figure."""
+def write_report(derivation: Derivation, path, figure=None) -> Path:
+    """Markdown report: one line per step (path removed or kept, its cost, the cumulative metric), and the steps
+    figure when one was drawn (figures are drawn by the caller: ablations never import figures)."""
     from mice.files import write_text_atomic
 
     path = Path(path)
     m = derivation.meta
-    fig = path.with_name(path.name.replace(".report.md", "") + ".steps.png")
-    try:
-        from figures.derivation import plot_derivation
-
-        plot_derivation(derivation.steps, fig, metric=m.get("metric", "metric"), tolerance=m.get("tolerance"),
-                        reference=m.get("reference"))
-        fig_line = f"![derivation steps]({fig.name})\n"
-    except ImportError:  # figures is an optional part of the checkout
-        fig_line = ""
+    fig_line = f"![derivation steps]({Path(figure).name})\n" if figure is not None else ""
     lines = [f"# Mask derivation: {derivation.mask.name}", "",
              "Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.", "",
              f"- model: `{m.get('model')}`; data: `{m.get('dataset')}` split `{m.get('split')}`, "

@@ -12,33 +12,9 @@ from __future__ import annotations
 import pandas as pd
 
 from mice.errors import DataError
+from mice.results import load_layer_drop  # noqa: F401 (re-exported)
 
 from ablations.metrics import relative_loss
-
-REQUIRED = ("interaction_layers", "contextual_layers", "metric", "value")
-
-
-def load_layer_drop(table) -> pd.DataFrame:
-    """Validate (and read, for a path) a layer-drop results table."""
-    if not isinstance(table, pd.DataFrame):
-        from mice.files import read_table
-
-        table = read_table(table)
-    missing = [c for c in REQUIRED if c not in table.columns]
-    if missing:
-        raise DataError(f"layer-drop results need columns {list(REQUIRED)}; missing {missing}")
-    t = table.copy()
-    try:
-        t["interaction_layers"] = t["interaction_layers"].astype(int)
-        t["contextual_layers"] = t["contextual_layers"].astype(int)
-        t["value"] = t["value"].astype(float)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"layer-drop results: layer counts must be integers and values numbers ({err})") from None
-    t["metric"] = t["metric"].astype(str)
-    if (t["interaction_layers"] < 0).any() or (t["contextual_layers"] < 0).any():
-        raise DataError("layer-drop results: negative layer counts")
-    return t
-
 
 def choose_interaction_layers(table, metric: str, tolerance: float = 0.01, reference: float | None = None
                               ) -> pd.DataFrame:

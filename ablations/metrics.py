@@ -15,11 +15,6 @@ from mice.rank.evaluation import paired_test, parse_metrics, per_query
 from probes.candidates import Candidates
 
 
-def metric_names(metrics) -> list[str]:
-    """Column names of the measures: `nDCG@10` -> `ndcg@10`."""
-    return [str(m).lower() for m in measures(metrics)]
-
-
 def measures(metrics) -> list:
     """ir-measures objects; also accepts the lower-case column names of saved tables (`ndcg@10`)."""
     import ir_measures
@@ -126,7 +121,6 @@ def relative_loss(reference: float, value: float) -> float:
 #: Measures that can rank hundreds of knockouts: continuous per pair (score change) or per query (order changes,
 #: relevant-vs-non-relevant margin), next to the coarse ΔRR/ΔnDCG. Signed measures get a paired test.
 SIGNED = ("dscore", "delta_margin", "delta_rr@10", "delta_ndcg@10")
-UNSIGNED = ("abs_dscore", "flip_rate", "kendall_tau")
 DEFAULT_MEASURE = "delta_margin"  # the sensitive measure that ranks knockouts when judgements exist
 
 

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from mice.errors import MiceError
+from mice.results import curve  # noqa: F401 (moved to mice.results, which figures may import)
 from mice.train.devset import SAMPLES
 
 STAGES = ("mask", "layers")
@@ -244,17 +245,6 @@ def finals(table: pd.DataFrame) -> pd.DataFrame:
     return t.reset_index(drop=True)
 
 
-def curve(table: pd.DataFrame, stage: str, trained: bool = True) -> pd.DataFrame:
-    """The points of one curve: every candidate of `stage` at the first rung (trained) or untrained. Raises if
-    they did not all have the same number of steps (the equal-steps rule)."""
-    t = table[(table["stage"] == stage) & (table["trained"] == trained)]
-    if trained:
-        t = t[(t["rung"] == 0) & (t["seeds"] == t["seeds"].iloc[0])] if len(t) else t
-    if t["steps"].nunique() > 1:
-        raise MiceError(f"{stage} curve mixes step counts {sorted(t['steps'].unique())}: not comparable")
-    return t.reset_index(drop=True)
-
-
 class Search:
     """Run (or resume) a trained search into `out`; `run()` returns a SearchResult and writes search.parquet,
     search.per_query.parquet, search.json and derived.json (mice-config/1)."""
@@ -339,14 +329,16 @@ class Search:
         with torch.no_grad():
             return np.asarray(scorer.predict(self.cands.pairs, batch_size=self.cfg.batch_size), dtype=np.float64)
 
-    def _cached(self, path: Path, compute: Callable[[], dict]) -> dict:
+    def _cached(self, path: Path, compute: Callable[[], dict], key: dict | None = None) -> dict:
+        """`path`'s record if it was computed on these candidates (and under `key`), else a fresh one."""
         from mice.files import write_json_atomic
 
+        key = {"candidates": self.cands_fp, **(key or {})}
         if path.exists():
             rec = json.loads(path.read_text())
-            if rec.get("candidates") == self.cands_fp:
+            if isinstance(rec, dict) and all(rec.get(k) == v for k, v in key.items()):
                 return rec
-        rec = {"candidates": self.cands_fp, **compute()}
+        rec = {**key, **compute()}
         write_json_atomic(path, rec)
         return rec
 
@@ -359,7 +351,9 @@ class Search:
             scores = self._score(load_scorer(self.cfg.model, max_length=self.max_length))
             return {"scores": scores.tolist(), "seconds": round(time.perf_counter() - t0, 2)}
 
-        rec = self._cached(self.out / "reference.json", compute)
+        # keyed by the reference model's weights and length too: another model's scores are never reused
+        rec = self._cached(self.out / "reference.json", compute,
+                           key={"model": self.base_identity["model"], "max_length": self.max_length})
         self.reference = np.asarray(rec["scores"])
         rel, idcg = self.effects.rel, self.effects.idcg
         rr, nd = [], []

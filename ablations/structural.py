@@ -2,7 +2,7 @@
 
 The score reads the `[CLS]` state after the last layer only. Knocking out `a->b` in layer l changes the rows
 of group `a` in layer l and nothing else, so it can reach the score only if the state of `a` after layer l
-is read, directly or through later attention, by `[CLS]` at the end. Going down from the top:
+is read, directly or through later attention, by `[CLS]` at the end. Going down from the top (`mice.reach`):
 
     reach[L - 1] = {cls}
     reach[l]     = reach[l + 1] ∪ {b : some a in reach[l + 1] may attend b in layer l + 1 (base mask)}
@@ -22,28 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from mice.masks import InteractionMask, parse_path
-from mice.segments import REAL_SEGMENTS, SEG
+from mice.reach import N_REAL, reach, structural_table  # noqa: F401 (re-exported)
 
 from ablations.knockouts import Knockout
-
-N_REAL = len(REAL_SEGMENTS)
-
-
-def reach(mask: InteractionMask, mode: str = "renorm") -> np.ndarray:
-    """bool [L, S]: `reach[l, a]` = the state of group a after layer l can still reach the `[CLS]` score.
-
-    In `zero` mode a blocked cell still takes part in its row's softmax (its weight is zeroed afterwards), so
-    its key changes the other weights: the base mask then blocks no information and only the full table counts.
-    """
-    if mode == "zero":
-        mask = InteractionMask.full(mask.num_layers)
-    L = mask.num_layers
-    out = np.zeros((L, N_REAL), dtype=bool)
-    out[L - 1, SEG["cls"]] = True
-    for l in range(L - 2, -1, -1):
-        allow = np.asarray(mask.tables[l + 1])[:N_REAL, :N_REAL]
-        out[l] = out[l + 1] | allow[out[l + 1]].any(0)
-    return out
 
 
 def occupancy(segment_ids) -> np.ndarray:
@@ -80,10 +61,3 @@ def structural_cells(kos: list[Knockout], base: InteractionMask, occupied: np.nd
         if why is not None:
             out[ko.key] = why
     return out
-
-
-def structural_table(mask: InteractionMask, mode: str = "renorm") -> np.ndarray:
-    """bool [L, S, S]: cells (l, `a->b`) of `mask` that cannot change the score (rows that never reach `[CLS]`),
-    for views and figures that mark them."""
-    r = reach(mask, mode)
-    return np.repeat(~r[:, :, None], N_REAL, axis=2)

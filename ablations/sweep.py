@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,15 +24,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mice.errors import DataError
+from mice.logs import progress, track
 from mice.masks import InteractionMask
+from mice.results import SweepResult, load_sweep, save_sweep  # noqa: F401 (re-exported)
 
-from probes.attention import hooked_model, sidecar
+from probes.attention import hooked_model
 from probes.candidates import Candidates, as_candidates
 
 from ablations.engine import SweepEngine
 from ablations.knockouts import ALL_HEADS, Knockout, check_knockout, knockout_set
 from ablations.metrics import Evaluator, RankEffects
+from ablations.structural import occupancy, structural_cells
 
 SWEEP_FORMAT = "mice-sweep/1"
 PARTIAL_FORMAT = "mice-sweep-partial/1"
@@ -91,18 +92,6 @@ class ScoredBatches:
         for i, (idx, _) in enumerate(self.batches):
             out[idx] = self.engine.score_mask(self.state(i), mask).double().cpu().numpy()
         return out
-
-
-@dataclass
-class SweepResult:
-    """`table`: one row per knockout; `per_query`: per-query values; `meta`: what was swept."""
-
-    table: pd.DataFrame
-    per_query: pd.DataFrame
-    meta: dict = field(default_factory=dict)
-
-    def save(self, out) -> Path:
-        return save_sweep(self, out)
 
 
 def _plain(obj):
@@ -195,65 +184,35 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
     batches = ScoredBatches(engine, cands.pairs, batch_size, cache_bytes)
     clean = batches.clean()
     clean_pq = evaluator.per_query(clean)
-    from ablations.structural import occupancy, structural_cells
-
     struct = structural_cells(runnable, base_mask, occupancy([b["segment_ids"] for _, b in batches.batches]),
                               mode) if structural else {}
 
     meta = {**(meta or {}), **_meta(model, cands, evaluator, engine, mode, base_mask, batch_size, clean_pq, kos,
                                     paths, layers, heads), "rank_by": rank_by, "measures": effects.names,
             "n_boot": n_boot, "n_structural": len(struct)}
-    partial = None
-    if out is not None:
-        out = Path(out)
-        from mice.identity import job_identity, mask_identity
-
-        key = job_identity(**model.identity(), pairs=cands.fingerprint(), qrels=_qrels_hash(cands), mode=mode,
-                           base_mask=mask_identity(base_mask), metrics=evaluator.names, batch_size=batch_size,
-                           n_resamples=n_resamples, unit_size=unit_size, n_boot=n_boot, structural=structural,
-                           rank_by=rank_by)
-        partial = _Partial(out.with_name(out.name + ".partial"), key, restart)
-    done_units = dict(partial.units) if partial else {}
+    out = Path(out) if out is not None else None
+    partial = _journal(out, restart, model, cands, mode=mode, base_mask=base_mask, metrics=evaluator.names,
+                       batch_size=batch_size, n_resamples=n_resamples, unit_size=unit_size, n_boot=n_boot,
+                       structural=structural, rank_by=rank_by, strategy=engine.strategy) if out is not None else None
     unit_keys = [[ko.key for ko in u] for u in units]
-    results = _done_results(done_units, unit_keys)
-
+    results = _done_results(dict(partial.units) if partial else {}, unit_keys)
     todo = [i for i, u in enumerate(units) if u[0].key not in results and w.owns(i)]
-    prog = None
-    if show_progress_bar and w.main:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        prog = Progress(TextColumn("knockouts"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        prog.start()
-        task = prog.add_task("sweep", total=len(runnable), completed=len(runnable) - sum(len(units[i]) for i in todo))
+    measure = _UnitMeasure(batches, evaluator, effects, clean, clean_pq, struct, mode, rank_by, n_boot)
+    prog = progress(len(runnable), "knockouts", enabled=show_progress_bar and w.main,
+                    done=len(runnable) - sum(len(units[i]) for i in todo))
     try:
         with torch.no_grad():
             for n_done, i in enumerate(todo, 1):
-                unit = units[i]
-                scores = batches.knockouts(unit)
-                fx = effects.per_query(clean, scores)
-                fx_sum = effects.summarize(fx, n_boot=n_boot)
-                rows, pqs = [], []
-                for j, (ko, s) in enumerate(zip(unit, scores)):
-                    summary, qdf = evaluator.compare(clean, clean_pq, s)
-                    sens = {c: float(v) for c, v in fx_sum.iloc[j].items() if c not in summary}
-                    for m in ("flip_rate", "delta_margin", "dscore", "abs_dscore"):
-                        if m in fx:
-                            qdf[m] = fx[m][j]
-                    status = ("structural", struct[ko.key]) if ko.key in struct else ("ok", "")
-                    rows.append(_plain({"key": ko.key, **_ko_row(ko, mode, *status), **summary, **sens,
-                                        "rank_by": rank_by}))
-                    pqs.append(_plain(qdf.to_dict(orient="list")))
+                rows, pqs = measure(units[i])
                 for r, pq in zip(rows, pqs):
                     results[r["key"]] = (r, pq)
                 if partial:
                     partial.add(i, rows, pqs)
-                if prog:
-                    prog.advance(task, len(unit))
+                prog.advance(len(units[i]))
                 if callback:
                     callback(n_done, len(todo))
     finally:
-        if prog:
-            prog.stop()
+        prog.stop()
         if partial:
             partial.close()
 
@@ -264,14 +223,54 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
             return load_sweep(out)
         results = _done_results(partial.merged(), unit_keys)
     table, per_query = _assemble(kos, reasons, results, mode, evaluator, clean_pq)
-    meta["elapsed_s"] = round(time.perf_counter() - started, 3)
-    meta["processes"] = w.size
-    result = SweepResult(table, per_query, meta)
+    return _finish(SweepResult(table, per_query, meta), started, w, out, partial)
+
+
+def _journal(out: Path, restart: bool, model, cands: Candidates, base_mask, **settings) -> _Partial:
+    """The sweep's `<out>.partial`, keyed by everything that decides its rows (another sweep's is refused)."""
+    from mice.identity import job_identity, mask_identity
+
+    key = job_identity(**model.identity(), pairs=cands.fingerprint(), qrels=_qrels_hash(cands),
+                       base_mask=mask_identity(base_mask), **settings)
+    return _Partial(out.with_name(out.name + ".partial"), key, restart)
+
+
+def _finish(result: SweepResult, started: float, w, out, partial) -> SweepResult:
+    """Stamp the time and process count, write the tables (rank 0) and drop the journal, then meet the others."""
+    result.meta["elapsed_s"] = round(time.perf_counter() - started, 3)
+    result.meta["processes"] = w.size
     if out is not None:
         save_sweep(result, out)
         partial.unlink()
     w.barrier()
     return result
+
+
+class _UnitMeasure:
+    """Score one unit of knockouts and measure each against the clean run: table rows and per-query values."""
+
+    def __init__(self, batches, evaluator, effects, clean, clean_pq, struct: dict, mode: str, rank_by: str,
+                 n_boot: int):
+        self.batches, self.evaluator, self.effects = batches, evaluator, effects
+        self.clean, self.clean_pq, self.struct = clean, clean_pq, struct
+        self.mode, self.rank_by, self.n_boot = mode, rank_by, n_boot
+
+    def __call__(self, unit: list[Knockout]) -> tuple[list[dict], list[dict]]:
+        scores = self.batches.knockouts(unit)
+        fx = self.effects.per_query(self.clean, scores)
+        fx_sum = self.effects.summarize(fx, n_boot=self.n_boot)
+        rows, pqs = [], []
+        for j, (ko, s) in enumerate(zip(unit, scores)):
+            summary, qdf = self.evaluator.compare(self.clean, self.clean_pq, s)
+            sens = {c: float(v) for c, v in fx_sum.iloc[j].items() if c not in summary}
+            for m in ("flip_rate", "delta_margin", "dscore", "abs_dscore"):
+                if m in fx:
+                    qdf[m] = fx[m][j]
+            status = ("structural", self.struct[ko.key]) if ko.key in self.struct else ("ok", "")
+            rows.append(_plain({"key": ko.key, **_ko_row(ko, self.mode, *status), **summary, **sens,
+                                "rank_by": self.rank_by}))
+            pqs.append(_plain(qdf.to_dict(orient="list")))
+        return rows, pqs
 
 
 def _qrels_hash(cands: Candidates) -> str:
@@ -332,35 +331,6 @@ def _assemble(kos, reasons, results, mode, evaluator: Evaluator, clean_pq) -> tu
     return table, per_query
 
 
-def save_sweep(result: SweepResult, out) -> Path:
-    """Write meta, per-query values, then the table (last, atomically: its presence means a complete sweep)."""
-    from mice.files import write_json_atomic, write_table
-
-    out = Path(out)
-    ext = out.suffix
-    if ext not in (".parquet", ".csv", ".tsv"):
-        raise DataError(f"{out}: use a .parquet or .csv output")
-    meta = dict(result.meta)
-    meta["per_query"] = sidecar(out, f".per_query{ext}").name
-    write_json_atomic(sidecar(out, ".meta.json"), meta)
-    write_table(result.per_query, sidecar(out, f".per_query{ext}"))
-    write_table(result.table, out)
-    return out
-
-
-def load_sweep(path) -> SweepResult:
-    """A saved sweep (table, per-query values if present, metadata if present)."""
-    from mice.files import read_table
-    from probes.attention import read_result
-
-    path = Path(path)
-    table, meta = read_result(path, "sweep table", lambda cols: ("mask", "mode") if "mask" in cols else
-                              ("layer", "head", "path", "mode", "status"), "a knockout sweep or mask ablation table")
-    pq_path = sidecar(path, f".per_query{path.suffix}")
-    per_query = read_table(pq_path) if pq_path.exists() else pd.DataFrame()
-    return SweepResult(table, per_query, meta)
-
-
 # ---------------------------------------------------------------------- cumulative (whole-mask) ablations
 DEFAULT_PRESETS = ("mask0", "mask1", "mask2", "mask3", "prettr", "sparse_ce")
 
@@ -391,7 +361,8 @@ def _split_specs(text: str) -> list[str]:
 
 def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *, masks=DEFAULT_PRESETS,
                  mode: str = "renorm", max_queries: int | None = None, metrics=("nDCG@10", "RR@10"),
-                 batch_size: int = 16, n_resamples: int = 2000, out=None, show_progress_bar: bool = False) -> SweepResult:
+                 batch_size: int = 16, n_resamples: int = 2000, out=None,
+                 show_progress_bar: bool = False) -> SweepResult:
     """Apply whole masks zero-shot (no retraining; e.g. the presets) and compare each with the clean model.
 
     With `out`, finished masks are journalled (`<out>.partial`), so an interrupted run resumes; under N
@@ -420,11 +391,7 @@ def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *
         partial = _Partial(out.with_name(out.name + ".partial"), key)
     done = dict(partial.units) if partial else {}
     todo = [i for i in range(len(masks)) if i not in done and w.owns(i)]
-    items = todo
-    if show_progress_bar and w.main:
-        from rich.progress import track
-
-        items = track(todo, description="masks")
+    items = track(todo, "masks", enabled=show_progress_bar and w.main)
     try:
         for i in items:
             m = masks[i]

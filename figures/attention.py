@@ -17,7 +17,7 @@ SEG_COLORS = {"cls": "#4d4d4d", "q": "#1f77b4", "sep1": "#8c8c00", "d": "#d95f02
 
 def _table(probe):
     if isinstance(probe, (str, Path)):
-        from probes.attention import load_probe
+        from mice.results import load_probe
 
         return load_probe(probe)
     return probe
@@ -89,7 +89,7 @@ def plot_example(examples, out_stem, example: int = 0, layer: int = -1, head: in
 
     setup_style()
     if isinstance(examples, (str, Path)):
-        from probes.attention import load_examples
+        from mice.results import load_examples
 
         examples = load_examples(examples)
     ex = examples[example]
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     if len(argv) != 2:
         print("usage: python -m figures.attention PROBE_TABLE OUTDIR", file=sys.stderr)
         return 2
-    from probes.attention import sidecar
+    from mice.results import sidecar
 
     table, outdir = Path(argv[0]), Path(argv[1])
     outdir.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def plot_layer_drop(table, out_stem, metric: str | None = None, formats=("png", 
     """Metric vs number of interaction layers b, one line per number of contextualisation layers a."""
     import matplotlib.pyplot as plt
 
-    from ablations.layer_drop import load_layer_drop
+    from mice.results import load_layer_drop
 
     setup_style()
     t = load_layer_drop(_read(table))
@@ -113,7 +113,7 @@ def plot_search(table, stage: str, out_stem, metric: str = "ndcg@10", reference:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ablations.search import curve
+    from mice.results import curve
 
     setup_style()
     t = _read(table)
@@ -144,7 +144,7 @@ def plot_search(table, stage: str, out_stem, metric: str = "ndcg@10", reference:
         ax.axhline(reference, color="black", lw=0.8, ls=":", label="cross-encoder")
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(f"dev {metric}")
-    # beside the axes: inside, it hid the chosen finalist (the full preset's MICE-l1+3, 2026-12-01)
+    # beside the axes: inside, it can hide the chosen finalist
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     title = {"mask": "Mask steps and merge layer, trained", "layers": "Interaction layers b, trained"}.get(stage, stage)
     ax.set_title(f"{title} ({PATH_CONVENTION})", fontsize=8)

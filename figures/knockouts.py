@@ -15,7 +15,7 @@ from figures import PATH_CONVENTION, save_figure, setup_style
 
 def _table(t):
     if isinstance(t, (str, Path)):
-        from ablations.sweep import load_sweep
+        from mice.results import load_sweep
 
         return load_sweep(t).table
     return getattr(t, "table", t)

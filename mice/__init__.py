@@ -12,7 +12,6 @@ _LAZY = {
     "HookedCrossEncoder": ("mice.models.hooked", "HookedCrossEncoder"),
     "MICEModel": ("mice.models.mice_model", "MICEModel"),
     "load": ("mice.models.loader", "load"),
-    "load_scorer": ("mice.models.loader", "load_scorer"),
     "ActivationCache": ("transformer_lens", "ActivationCache"),
     "load_dataset": ("mice.data", "load_dataset"),
 }

@@ -109,7 +109,8 @@ class JsonlJournal:
     The first line is a header ``{"format": fmt, "job": job}``; every later line is one record. On open, the
     records already on disk are read into `records`; a torn last line (killed mid-write) and anything after it
     is discarded by truncating to the last good byte. A header for another format or job raises IdentityError
-    ``f"{path}: {mismatch} [differs: …]"`` naming the components that differ. Each `append` is flushed and fsynced before it returns.
+    ``f"{path}: {mismatch} [differs: …]"`` naming the components that differ. Each `append` is flushed and fsynced
+    before it returns.
     """
 
     def __init__(self, path: str | os.PathLike, fmt: str, job: str, mismatch: str, restart: bool = False) -> None:

@@ -72,6 +72,26 @@ def weights_fingerprint(name_or_path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over what a tokenizer does to text: its full serialised pipeline where it has one (normaliser,
+    pre-tokeniser, vocabulary, merges, post-processor), else its sorted vocabulary; its special tokens and the
+    settings that change the ids it returns (lower-casing, sides, maximum length); and the ids of a probe text.
+    A `tokenizer.json` with a few ids swapped fingerprints differently."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and callable(getattr(backend, "to_str", None)):
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    settings = {k: str(getattr(tokenizer, k, None)) for k in (
+        "cls_token", "sep_token", "pad_token", "bos_token", "eos_token", "unk_token", "mask_token", "padding_side",
+        "truncation_side", "model_max_length", "do_lower_case")}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    probe = tokenizer(["Fingerprint \u00cbxample 123, ok?"], ["a document, with words"])["input_ids"]
+    h.update(json.dumps([list(map(int, ids)) for ids in probe]).encode())
+    return h.hexdigest()
+
+
 def mask_identity(mask, mode: str | None = None) -> str:
     """The resolved allow-tables of an InteractionMask (None = no mask) and the knockout mode."""
     if mask is None:
@@ -126,48 +146,107 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # another user's live process
         return True
     return True
+
+
+def _lock_holder(text: str) -> "tuple[int, str] | None":
+    """(pid, host) of a well-formed lock record, else None (empty, torn, not JSON, a pid that is no pid)."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    pid, host = obj.get("pid"), obj.get("host")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22 or not isinstance(host, str) \
+            or not host:
+        return None
+    return pid, host
+
+
+def _refusal(path, lock: Path, holder: "tuple[int, str] | None", here: str) -> str:
+    pid, host = holder or ("unknown", "this host")
+    if holder and host != here:
+        return (f"{path}: locked by pid {pid} on another host, {host} ({lock}); if no job runs there any more, "
+                f"delete {lock} (--overwrite does not clear a lock)")
+    return (f"{path}: locked by pid {pid} on {host} ({lock}); another job is writing this output (a lock held by "
+            f"a live process is never cleared, not even by --overwrite)")
+
+
+def _take(lock: Path, path, me: dict) -> int:
+    """One attempt: an fd holding `lock` exclusively with our record in it, or -1 when the file we locked was
+    replaced meanwhile (try again). Raises `LockError` when a live holder has it."""
+    import fcntl
+
+    from mice.errors import LockError
+
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live process on this machine holds it: the kernel says so, no guessing
+            raise LockError(_refusal(path, lock, _lock_holder(_read_fd(fd)), me["host"])) from None
+        try:
+            if os.fstat(fd).st_ino != os.stat(lock).st_ino:  # unlinked by its last holder after we opened it
+                os.close(fd)
+                return -1
+        except FileNotFoundError:
+            os.close(fd)
+            return -1
+        # we hold the kernel lock, so nobody else is deciding about this file now: what it says is either
+        # stale (unreadable, a dead pid) or a record of a holder we cannot see (another host, or a live process
+        # on this host that wrote it without the kernel lock)
+        holder = _lock_holder(_read_fd(fd))
+        if holder is not None and holder[1] != me["host"]:
+            raise LockError(_refusal(path, lock, holder, me["host"]))
+        if holder is not None and holder[0] != me["pid"] and _pid_alive(holder[0]):
+            raise LockError(_refusal(path, lock, holder, me["host"]))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        return fd
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+
+
+def _read_fd(fd: int) -> str:
+    try:
+        return os.pread(fd, 4096, 0).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager
 def output_lock(path: str | os.PathLike) -> Iterator[Path]:
     """Hold `<path>.lock` exclusively while writing `path`.
 
-    The lock file records pid and host. A lock left by a dead process on this host is taken over; a live one
-    raises `LockError` naming the holder. The lock is removed on exit, also on exceptions.
+    The lock is the kernel's (`fcntl.flock` on the open lock file): exactly one process holds it, whatever
+    the timing, and it is released when its holder dies, however it dies. The file records pid and host for
+    messages. Whatever a file left by a dead holder says (nothing, a torn record, a dead pid) is stale, decided
+    only while holding the kernel lock, so two processes can never both take it over. A record naming another
+    host (a shared file system, where the kernel lock may not reach) or a live process on this host raises
+    `LockError` naming it. The lock file is removed on exit, also on exceptions.
     """
     from mice.errors import LockError
 
     lock = Path(str(path) + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                holder = {}
-            pid, host = holder.get("pid"), holder.get("host")
-            if host == me["host"] and isinstance(pid, int) and pid != me["pid"] and not _pid_alive(pid):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            if not holder:  # torn lock file (killed between create and write): stale
-                lock.unlink(missing_ok=True)
-                continue
-            raise LockError(f"{path}: locked by pid {pid} on {host} ({lock}); another job is writing this output")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(me))
-        break
+    for _ in range(50):
+        fd = _take(lock, path, me)
+        if fd >= 0:
+            break
     else:
-        raise LockError(f"{path}: could not take the lock {lock}")
+        raise LockError(f"{path}: could not take the lock {lock} (it keeps being replaced)")
     try:
         yield lock
     finally:
-        lock.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still holding it: a process that opened it meanwhile sees the inode change
+        os.close(fd)
 
 
 def module_fingerprint(module) -> str:

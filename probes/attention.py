@@ -19,14 +19,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mice.errors import DataError, ModelError
+from mice.errors import ModelError
+from mice.logs import track
+from mice.results import EXAMPLES_FORMAT, load_examples, load_probe, read_result, sidecar  # noqa: F401 (re-exported)
 from mice.segments import REAL_SEGMENTS, SEG, SEGMENTS
 
 from probes.candidates import Candidates, as_candidates
 
 N_SEG = len(SEGMENTS)
 PROBE_FORMAT = "mice-probe-attention/1"
-EXAMPLES_FORMAT = "mice-probe-examples/1"
 COLUMNS = ["layer", "head", "from", "to", "path", "mass", "std", "n_pairs", "token_mass", "n_tokens"]
 
 
@@ -42,31 +43,6 @@ def hooked_model(model, max_length: int | None = None):
         return load(str(model), max_length=max_length, kind="hooked")
     raise ModelError(f"probes and ablations need a cross-encoder with hooks (HookedCrossEncoder), got "
                      f"{type(model).__name__}; MICE models have their interaction pattern built in")
-
-
-def sidecar(out, suffix: str) -> Path:
-    """`attn.parquet` + `.meta.json` -> `attn.meta.json` (files that travel with a table)."""
-    out = Path(out)
-    return out.with_name(out.stem + suffix)
-
-
-def read_result(path, what: str, columns, kind: str | None = None) -> tuple[pd.DataFrame, dict]:
-    """A saved result table and its `.meta.json` sidecar ({} when absent). A missing file, or a table without
-    `columns` (a sequence, or a function of the table's columns giving one), is a DataError naming the file
-    (`what`: "probe table"; `kind`: "an attention-path table")."""
-    from mice.files import read_table
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: {what} not found")
-    table = read_table(path)
-    if callable(columns):
-        columns = columns(table.columns)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: not {kind or 'a ' + what} (missing columns {missing})")
-    meta_path = sidecar(path, ".meta.json")
-    return table, (json.loads(meta_path.read_text()) if meta_path.exists() else {})
 
 
 def _batches(n: int, lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
@@ -135,7 +111,8 @@ class _PathAccumulator:
 
 
 def attention_paths(model, data, split: str | None = None, run=None, k: int = 20, max_queries: int | None = None,
-                    batch_size: int = 16, mask=None, mode: str = "renorm", show_progress_bar: bool = False) -> pd.DataFrame:
+                    batch_size: int = 16, mask=None, mode: str = "renorm",
+                    show_progress_bar: bool = False) -> pd.DataFrame:
     """Mean attention mass per (layer, head, from, to) over the pairs of `data`.
 
     `data`: a dataset (spec or object, with `split` and `run`: a run file, DataFrame or "bm25", top-`k` per
@@ -150,10 +127,7 @@ def attention_paths(model, data, split: str | None = None, run=None, k: int = 20
     pairs = cands.pairs
     acc = _PathAccumulator(model.n_layers, model.n_heads)
     batches = _batches(len(pairs), [len(q) + len(d) for q, d in pairs], batch_size)
-    if show_progress_bar:
-        from rich.progress import track
-
-        batches = track(batches, description="probing attention")
+    batches = track(batches, "probing attention", enabled=show_progress_bar)
     resolved = model.resolve_mask(mask)
     with torch.no_grad(), model.using_mask(resolved, mode):
         for idx in batches:
@@ -239,17 +213,6 @@ def save_examples(examples: list[dict], path) -> Path:
     return path
 
 
-def load_examples(path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: examples file not found")
-    with np.load(path, allow_pickle=False) as z:
-        index = json.loads(str(z["index"]))
-        if index.get("format") != EXAMPLES_FORMAT:
-            raise DataError(f"{path}: not a probe examples file (format {index.get('format')!r})")
-        return [{**ex, "pattern": z[f"pattern_{i}"]} for i, ex in enumerate(index["examples"])]
-
-
 def save_probe(table: pd.DataFrame, out, examples: list[dict] | None = None, meta: dict | None = None) -> Path:
     """Write the table (parquet/CSV by extension), `<stem>.meta.json` and, if given, `<stem>.examples.npz`."""
     from mice.files import write_json_atomic, write_table
@@ -266,22 +229,14 @@ def save_probe(table: pd.DataFrame, out, examples: list[dict] | None = None, met
     return out
 
 
-def load_probe(path) -> pd.DataFrame:
-    """A saved probe table, with its metadata (if present) in `attrs["meta"]`."""
-    table, meta = read_result(path, "probe table", ("layer", "head", "from", "to", "mass"),
-                              "an attention-path table")
-    if meta:
-        table.attrs["meta"] = meta
-    return table
-
-
 def probe_attention(model, data, out, split: str | None = None, run=None, k: int = 20,
                     max_queries: int | None = None, examples: int = 0, batch_size: int = 16, mask=None,
                     mode: str = "renorm", show_progress_bar: bool = False) -> pd.DataFrame:
     """`attention_paths` + `attention_examples`, saved beside each other (what `mice probe attention` does)."""
     model = hooked_model(model)
     cands = as_candidates(data, split, run, k, max_queries)
-    table = attention_paths(model, cands, batch_size=batch_size, mask=mask, mode=mode, show_progress_bar=show_progress_bar)
+    table = attention_paths(model, cands, batch_size=batch_size, mask=mask, mode=mode,
+                            show_progress_bar=show_progress_bar)
     exs = attention_examples(model, cands, n=examples, mask=mask, mode=mode) if examples else None
     save_probe(table, out, exs)
     return table

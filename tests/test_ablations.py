@@ -147,13 +147,16 @@ def test_derivation_keeps_the_mechanism_and_removes_the_rest(planted, planted_sw
     assert (steps.loc[steps["decision"] == "removed", "rel_loss"] <= 0.01).all()
     assert d.meta["held_out_queries"] == 8  # the 8 queries the sweep did not see
     # saved: JSON with provenance, steps table, report; the mask loads and the model accepts it
-    path = d.save(tmp_path / "mask.json")
+    from figures.derivation import plot_derivation  # drawn by the caller: ablations never import figures
+
+    figure = plot_derivation(d.steps, tmp_path / "mask.steps.png", tolerance=0.01)[0]
+    path = d.save(tmp_path / "mask.json", figure=figure)
     loaded = InteractionMask.load(path)
     assert loaded == mask and loaded.provenance["tolerance"] == 0.01 and loaded.provenance["metric"] == "ndcg@10"
     assert loaded.provenance["steps"][0]["decision"] == "start" and loaded.provenance["derived_from"].endswith(
         "ablation.parquet")
     report = (tmp_path / "mask.report.md").read_text()
-    assert f"`{mp}` @ {ml}" in report and "a->b" in report and (tmp_path / "mask.steps.png").exists()
+    assert f"`{mp}` @ {ml}" in report and "a->b" in report and "![derivation steps](mask.steps.png)" in report
     model = HookedCrossEncoder.from_pretrained(folder)
     pairs = [(ds.queries("test")[q], ds.corpus()[dd]) for q, dd, _ in ds.qrels("test").itertuples(index=False)]
     scores = model.predict(pairs, mask=str(path))

@@ -78,7 +78,8 @@ def test_msmarco_and_files_specs_agree_with_beir(tmp_path):
     (lambda f: f.joinpath("queries.jsonl").write_text(
         '{"_id": "q1", "text": "sort"}\n{"_id": "q2"}\n'), r"queries.jsonl:2: missing field 'text'"),
     (lambda f: f.joinpath("queries.jsonl").write_text(
-        '{"_id": "q1", "text": "sort"}\n{"_id": "q2", "text": "   "}\n'), r"queries.jsonl:2: query 'q2' has empty text"),
+        '{"_id": "q1", "text": "sort"}\n{"_id": "q2", "text": "   "}\n'),
+     r"queries.jsonl:2: query 'q2' has empty text"),
     (lambda f: f.joinpath("qrels", "test.tsv").write_text(
         "query-id\tcorpus-id\tscore\nq1\td1\t1\nq99\td2\t1\n"), r"test.tsv:3: qrels name query 'q99'"),
     (lambda f: f.joinpath("qrels", "test.tsv").write_text(

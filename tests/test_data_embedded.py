@@ -104,7 +104,8 @@ def fake_package(tmp_path, monkeypatch):
                 """
     '''))
     (root / "broken.py").write_text("raise RuntimeError('this submodule cannot be imported')\n")
-    (root / "_private.py").write_text(f'def hidden():\n    """Hidden function never harvested.\n\n    {long}\n    """\n')
+    hidden = f'def hidden():\n    """Hidden function never harvested.\n\n    {long}\n    """\n'
+    (root / "_private.py").write_text(hidden)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site") + ":" + __import__("os").environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))

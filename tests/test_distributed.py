@@ -1,4 +1,4 @@
-"""Scale-out (issue 16): `mice --nproc 2 …` starts two real processes (torch.distributed's elastic launcher, gloo on
+"""Scale-out: `mice --nproc 2 …` starts two real processes (torch.distributed's elastic launcher, gloo on
 CPU) that split the work, and they write what one process writes: the same index arrays and manifest ids, a
 byte-identical run file, equal sweep / mask-ablation / attribution tables. A rank SIGKILLed mid-way is relaunched
 and the job resumes to the same bytes."""

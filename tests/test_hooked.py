@@ -172,15 +172,15 @@ def test_packaged_minilm_loads_offline_as_cross_encoder():
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
-def test_load_scorer_reapplies_the_mask_a_model_was_trained_under(tiny_bert, tmp_path):
-    from mice.models.loader import MASK_KEY, load_scorer
+def test_load_reapplies_the_mask_a_model_was_trained_under(tiny_bert, tmp_path):
+    from mice.models.loader import MASK_KEY, load
 
     model = HookedCrossEncoder.from_pretrained(tiny_bert)
     mask = InteractionMask.from_preset("mask3", model.n_layers, k=1)
     setattr(model.model.config, MASK_KEY, mask.to_dict())
     model.save_pretrained(tmp_path / "masked")
-    loaded = load_scorer(tmp_path / "masked")
+    loaded = load(tmp_path / "masked")
     np.testing.assert_allclose(loaded.predict(PAIRS), model.predict(PAIRS, mask=mask), atol=1e-6)
     assert np.abs(loaded.predict(PAIRS) - model.predict(PAIRS)).max() > 1e-3
-    np.testing.assert_allclose(load_scorer(tmp_path / "masked", mask="none").predict(PAIRS), model.predict(PAIRS),
+    np.testing.assert_allclose(load(tmp_path / "masked", mask="none").predict(PAIRS), model.predict(PAIRS),
                                atol=1e-6)  # an explicit mask wins

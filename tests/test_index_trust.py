@@ -1,4 +1,4 @@
-"""Trustworthy index builds (issue 17): a `mice index build` killed with SIGKILL resumes, verifying the sha256 of
+"""Trustworthy index builds: a `mice index build` killed with SIGKILL resumes, verifying the sha256 of
 every shard it keeps; its temporary files are removed; another identity is refused naming what differs;
 `--overwrite` always recovers; the folder is locked while a build writes it."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The trained late-interaction baseline (`mice.models.late_interaction`): MaxSim semantics, the three scoring paths agree,
-save/load, and `mice train --mode late-interaction` distils it from a cross-encoder."""
+"""The trained late-interaction baseline (`mice.models.late_interaction`): MaxSim semantics, the three scoring
+paths agree, save/load, and `mice train --mode late-interaction` distils it from a cross-encoder."""
 from __future__ import annotations
 
 import json

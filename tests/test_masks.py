@@ -81,7 +81,8 @@ def test_with_blocked_builds_mask3_from_mask2():
     ([{"block": ["q->x"]}], r"rule 0 .*unknown segment 'x'"),
     ([{"block": ["q-d"]}], r"rule 0 .*malformed path"),
     ([{"block": ["q->d"], "layers": [4, 9]}], r"rule 0 .*outside the model's 6 layers"),
-    ([{"allow": ["q->d"]}, {"block": ["q->*"], "layers": [2, 3]}], r"rule 1: segment 'q' is left with nothing .* layer 2"),
+    ([{"allow": ["q->d"]}, {"block": ["q->*"], "layers": [2, 3]}],
+     r"rule 1: segment 'q' is left with nothing .* layer 2"),
     ([{"block": ["q->d"], "allow": ["q->q"]}], r"rule 0 .*exactly one of"),
     ([{"block": ["q->d"], "layer": "all"}], r"unknown keys"),
 ])

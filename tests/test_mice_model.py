@@ -1,4 +1,4 @@
-"""MICE-ℓa+b: the semantics in DESIGN.md ("MICE model"), on tiny random BERTs built in-process."""
+"""MICE-ℓa+b: the semantics of the paper, on tiny random BERTs built in-process."""
 from __future__ import annotations
 
 import json

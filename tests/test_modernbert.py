@@ -276,7 +276,7 @@ def test_training_smoke_each_mode(tmp_path, monkeypatch, mode):
     import numpy as np
     from test_train import run_cli, write_beir  # the tiny BEIR folder of the training tests
 
-    from mice.models.loader import load_scorer
+    from mice.models.loader import load
     from mice.models.testing import tiny_cross_encoder
 
     monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
@@ -288,7 +288,7 @@ def test_training_smoke_each_mode(tmp_path, monkeypatch, mode):
                      "--max-steps", 3, "--quiet")
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert json.loads((out / "summary.json").read_text())["status"] == "ok"
-    scorer = load_scorer(out / "best")
+    scorer = load(out / "best")
     scores = scorer.predict([("sort an array", "return a sorted copy of an array"), ("plot", "a line plot")])
     assert np.isfinite(scores).all() and scores.shape == (2,) and abs(scores[0] - scores[1]) > 1e-6
     assert type(scorer).__name__ == ("MICEModel" if mode == "mice" else "HookedCrossEncoder")

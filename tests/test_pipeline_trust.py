@@ -1,4 +1,4 @@
-"""Demo stages resume only the partial work made under their own key (issue 17): a stage killed with SIGKILL
+"""Demo stages resume only the partial work made under their own key: a stage killed with SIGKILL
 after its model was trained, rerun with another `ce_steps`, must train and record the new model."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Trustworthy runs (issue 17): resumes keyed by content, clear one-line errors, a lock per output.
+"""Trustworthy runs: resumes keyed by content, clear one-line errors, a lock per output.
 
 Every kill here is a real SIGKILL of a `mice` subprocess, taken while its `.partial` sidecar holds some but not all
 queries."""

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from mice.cli import app
 from mice.data import DataWarning, load_dataset
 from mice.errors import DataError
-from mice.models.loader import load_scorer
+from mice.models.loader import load
 from mice.rank.rerank import rerank
 from mice.rank.runs import make_run, read_run, write_run
 
@@ -27,7 +27,7 @@ def setup(tmp_path, monkeypatch, tiny_ce):
     # every test query gets all six documents as candidates, in a fixed first-stage order
     first = make_run([(q, d, float(10 - i)) for q, _, _ in QRELS["test"] for i, d in enumerate(sorted(CORPUS))])
     first_path = write_run(first, tmp_path / "first.trec")
-    return folder, first_path, load_scorer(str(tiny_ce))
+    return folder, first_path, load(str(tiny_ce))
 
 
 class Crashing:
@@ -142,7 +142,8 @@ def test_rerank_cli_after_bm25(setup, tmp_path, tiny_ce):
                                  "--k", "5", "--batch-size", "4", "--out", str(out)])
     assert result.exit_code == 0, result.output
     reranked, first = read_run(out), read_run(bm)
-    assert set(map(tuple, reranked[["query_id", "doc_id"]].values)) == set(map(tuple, first[["query_id", "doc_id"]].values))
+    pairs = ["query_id", "doc_id"]
+    assert set(map(tuple, reranked[pairs].values)) == set(map(tuple, first[pairs].values))
     ev = runner.invoke(app, ["evaluate", str(bm), str(out), "-d", str(folder), "--resamples", "200"])
     assert ev.exit_code == 0, ev.output
     assert "bm25.trec" in ev.output and "rr.trec" in ev.output

@@ -346,7 +346,8 @@ def test_a_rung_cuts_only_what_it_tells_apart():
 
     def rung():
         return [(Candidate("mask", n, "masked", n, None, None, (0, i)),
-                 {"ndcg@10": float(np.mean(v)), "collapsed": n == "mask3(k=1)"}) for i, (n, v) in enumerate(pqs.items())]
+                 {"ndcg@10": float(np.mean(v)), "collapsed": n == "mask3(k=1)"})
+                for i, (n, v) in enumerate(pqs.items())]
 
     s = Search.__new__(Search)
     s.cfg = SearchConfig(model="-", tolerance=0.01, promote="best")
@@ -399,7 +400,8 @@ def test_the_report_says_why_there_is_no_mice(first):
     stage = ok[ok["stage"] == "layers"] if (ok["stage"] == "layers").any() else ok[ok["stage"] == "mask"]
     r = stage.sort_values(["rung", "ndcg@10"], ascending=False).iloc[0]
     assert text.startswith("**No MICE configuration at this budget.**") and r["candidate"] in text
-    assert f"[{r['ndcg@10_ci_low']:.4f}, {r['ndcg@10_ci_high']:.4f}]" in text and f"after {int(r['steps'])} steps" in text
+    assert f"[{r['ndcg@10_ci_low']:.4f}, {r['ndcg@10_ci_high']:.4f}]" in text
+    assert f"after {int(r['steps'])} steps" in text
 
 
 def test_both_stages_finalists_train_equal_steps(env):

@@ -95,7 +95,7 @@ def test_ranking_losses_match_hand_computation():
 # ------------------------------------------------------------------------------------------- CLI modes
 @pytest.mark.parametrize("mode", ["cross-encoder", "masked", "mice"])
 def test_each_mode_trains_from_the_cli(env, mode):
-    from mice.models.loader import load_scorer
+    from mice.models.loader import load
 
     out = env["root"] / f"cli-{mode}"
     args = ["--preset", "tiny", "--mode", mode, "--model", env["student"], "--dataset", env["data"], "-o", out,
@@ -115,7 +115,7 @@ def test_each_mode_trains_from_the_cli(env, mode):
     assert log["dev_rr10"].notna().sum() >= 2  # step 0 and step 4
     assert (out / "last" / "trainer_state.pt").exists()
     best = out / "best"
-    scorer = load_scorer(best)
+    scorer = load(best)
     scores = scorer.predict([("sort an array", "return a sorted copy of an array"), ("plot", "a line plot")])
     assert np.isfinite(scores).all() and scores.shape == (2,)
     cfg = json.loads((best / "config.json").read_text())
@@ -229,7 +229,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 # --------------------------------------------------------------------------------------------- teacher
 def test_teacher_scores_are_cached_and_reused(env):
-    from mice.models.loader import load_scorer
+    from mice.models.loader import load
     from mice.train import Trainer
 
     cache = env["root"] / "teacher-cache.parquet"
@@ -244,7 +244,7 @@ def test_teacher_scores_are_cached_and_reused(env):
     ds = load_dataset(env["data"])
     row = table.iloc[0]
     q = {**ds.queries("train"), **ds.queries("dev")}[row["query_id"]]
-    direct = load_scorer(env["teacher"], max_length=64).predict([(q, ds.corpus()[row["doc_id"]])])[0]
+    direct = load(env["teacher"], max_length=64).predict([(q, ds.corpus()[row["doc_id"]])])[0]
     assert row["score"] == pytest.approx(float(direct), abs=1e-5)
     second = Trainer(_cfg(env, env["root"] / "t2", seed=0, **kw), quiet=True).train()
     assert second.summary["teacher"]["pairs_scored"] == 0  # the teacher never ran
@@ -326,9 +326,9 @@ def test_quick_preset_runs_on_the_embedded_data_with_the_packaged_minilm(tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["teacher"]["spec"] == "biencoder:packaged"
     assert summary["teacher"]["pairs_scored"] + summary["teacher"]["pairs_from_cache"] >= 16
-    from mice.models.loader import load_scorer
+    from mice.models.loader import load
 
-    scores = load_scorer(out / "best").predict([("sort an array", "Return a sorted copy of an array.")])
+    scores = load(out / "best").predict([("sort an array", "Return a sorted copy of an array.")])
     assert np.isfinite(scores).all()
 
 

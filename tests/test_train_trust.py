@@ -1,4 +1,4 @@
-"""Trustworthy training runs (issue 17): checkpoints load without pickle, a resume under another identity is
+"""Trustworthy training runs: checkpoints load without pickle, a resume under another identity is
 refused naming what differs, the output folder is locked. Kills are real SIGKILLs of `mice train` subprocesses."""
 from __future__ import annotations
 

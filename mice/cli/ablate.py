@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from mice.errors import MiceError
+from mice.logs import run_log
 
 ablate_app = typer.Typer(help="Knock attention paths out, measure the ranking, derive masks "
                               "(a->b: tokens of a attend to tokens of b).", no_args_is_help=True)
@@ -26,6 +27,9 @@ def _top(table, metric: str, n: int = 10) -> str:
     return t.sort_values(col).head(n)[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
 
+_LAYERS = typer.Option(None, "--layers", help="Layers: 0:6 (half-open range), 1,3 or all (default)")
+
+
 @ablate_app.command("sweep")
 def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
               split: str = typer.Option("test", "--split"), run: str = _RUN,
@@ -33,7 +37,7 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
               out: Path = typer.Option(..., "--out", "-o", help="Table (.parquet or .csv); per-query values and "
                                        "metadata are written beside it"),
               paths: Optional[str] = typer.Option(None, "--paths", help="e.g. q->d,d->q (default: all 25 paths)"),
-              layers: Optional[str] = typer.Option(None, "--layers", help="Layers: 0:6 (half-open range), 1,3 or all (default)"),
+              layers: Optional[str] = _LAYERS,
               heads: bool = typer.Option(False, "--heads", help="Also knock out each head separately"),
               head_list: Optional[str] = typer.Option(None, "--head-list", help="Only these heads (e.g. 0,3)"),
               mode: str = typer.Option("renorm", "--mode", help="renorm (-inf before softmax) or zero (after)"),
@@ -74,19 +78,6 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
     typer.echo(_top(t, result.meta["metrics"][0]))
 
 
-def _log_to(path: Optional[Path]) -> None:
-    """Send the `mice.ablations` progress lines (done/total, elapsed, time left) to a log file as well."""
-    if path is None:
-        return
-    import logging
-
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log = logging.getLogger("mice.ablations")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-
-
 @ablate_app.command("attribute")
 def attribute_cmd(model: str = _MODEL,
                   out: Path = typer.Option(..., "--out", "-o", help="Table (.csv or .parquet); per-query values "
@@ -100,7 +91,7 @@ def attribute_cmd(model: str = _MODEL,
                   max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1),
                   sample: str = typer.Option("first", "--sample", help="Which N queries: first (by id) or random"),
                   paths: Optional[str] = typer.Option(None, "--paths", help="e.g. q->d,d->q (default: all 25)"),
-                  layers: Optional[str] = typer.Option(None, "--layers", help="Layers: 0:6 (half-open range), 1,3 or all (default)"),
+                  layers: Optional[str] = _LAYERS,
                   heads: bool = typer.Option(True, "--heads/--no-heads", help="Also every head separately"),
                   modes: str = typer.Option("renorm,zero", "--modes", help="renorm, zero or both"),
                   base: Optional[str] = typer.Option(None, "--base", help="Knock out on top of this mask"),
@@ -121,43 +112,43 @@ def attribute_cmd(model: str = _MODEL,
     from mice.errors import DataError
     from mice.cli.data import plain_warnings
 
-    _log_to(log)
-    if pairs is None and (dataset is None or run is None):
-        raise DataError("give --pairs FILE, or --dataset with --run (and --split, --k)")
-    if pairs is not None and dataset is not None:
-        raise DataError("give either --pairs or --dataset/--run, not both")
-    from mice.distributed import rank_lock, world
-    from mice.rank.pairs import read_pairs
+    with run_log(log, "mice.ablations"):
+        if pairs is None and (dataset is None or run is None):
+            raise DataError("give --pairs FILE, or --dataset with --run (and --split, --k)")
+        if pairs is not None and dataset is not None:
+            raise DataError("give either --pairs or --dataset/--run, not both")
+        from mice.distributed import rank_lock, world
+        from mice.rank.pairs import read_pairs
 
-    with plain_warnings(), rank_lock(out):
-        scorer = hooked_model(model, max_length=max_length)
-        cands = as_candidates(read_pairs(pairs)) if pairs is not None else as_candidates(dataset, split, run, k,
-                                                                                       max_queries, sample)
-        res = attribute(scorer, cands, heads=heads, paths=paths, layers=layers,
-                        modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=ig_steps,
-                        measure=measure, batch_size=batch_size, show_progress_bar=True, out=out,
-                        meta={"model_spec": model, "max_length": max_length})
-        if not world().main:  # one report (and one exact check) per job
-            return
-        t = res.table
-        typer.echo(f"wrote {out}: {len(t)} rows ({int((t['status'] == 'structural').sum())} structural, "
-                   f"{int((t['status'] == 'skipped').sum())} skipped) over {res.meta['n_pairs']} pairs in "
-                   f"{res.meta['elapsed_s']:.1f}s; ranked by {res.meta['measure']}")
-        cols = [c for c in ("layer", "head", "path", "mode", "estimate", res.meta["measure"],
-                            f"{res.meta['measure']}_ci_low", f"{res.meta['measure']}_ci_high") if c in t]
-        typer.echo(t.sort_values("rank").head(10)[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-        if check:
-            mode = res.meta["modes"][0]
-            chk = check_exact(scorer, cands, res, mode)
-            top = check_exact(scorer, cands, res, mode, top=check, layer_level=False)
-            chk = chk.assign(kind="layer x path")
-            from mice.files import write_table
+        with plain_warnings(), rank_lock(out):
+            scorer = hooked_model(model, max_length=max_length)
+            cands = as_candidates(read_pairs(pairs)) if pairs is not None else as_candidates(dataset, split, run, k,
+                                                                                           max_queries, sample)
+            res = attribute(scorer, cands, heads=heads, paths=paths, layers=layers,
+                            modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=ig_steps,
+                            measure=measure, batch_size=batch_size, show_progress_bar=True, out=out,
+                            meta={"model_spec": model, "max_length": max_length})
+            if not world().main:  # one report (and one exact check) per job
+                return
+            t = res.table
+            typer.echo(f"wrote {out}: {len(t)} rows ({int((t['status'] == 'structural').sum())} structural, "
+                       f"{int((t['status'] == 'skipped').sum())} skipped) over {res.meta['n_pairs']} pairs in "
+                       f"{res.meta['elapsed_s']:.1f}s; ranked by {res.meta['measure']}")
+            cols = [c for c in ("layer", "head", "path", "mode", "estimate", res.meta["measure"],
+                                f"{res.meta['measure']}_ci_low", f"{res.meta['measure']}_ci_high") if c in t]
+            typer.echo(t.sort_values("rank").head(10)[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+            if check:
+                mode = res.meta["modes"][0]
+                chk = check_exact(scorer, cands, res, mode)
+                top = check_exact(scorer, cands, res, mode, top=check, layer_level=False)
+                chk = chk.assign(kind="layer x path")
+                from mice.files import write_table
 
-            write_table(pd_concat([chk, top.assign(kind=f"top {check}")]), sidecar(out, f".check{out.suffix}"))
-            typer.echo(f"exact check ({mode}): Spearman rho over {len(chk)} layer x path cells: mean score change "
-                       f"{spearman(chk):.3f}, mean |score change| {spearman(chk, 'abs'):.3f}"
-                       + (f", delta_margin {spearman(chk, 'delta_margin'):.3f}" if "exact_delta_margin" in chk else "")
-                       + f"; top {check} re-checked in {sidecar(out, '.check' + out.suffix)}")
+                write_table(pd_concat([chk, top.assign(kind=f"top {check}")]), sidecar(out, f".check{out.suffix}"))
+                margin = f", delta_margin {spearman(chk, 'delta_margin'):.3f}" if "exact_delta_margin" in chk else ""
+                typer.echo(f"exact check ({mode}): Spearman rho over {len(chk)} layer x path cells: mean score change "
+                           f"{spearman(chk):.3f}, mean |score change| {spearman(chk, 'abs'):.3f}{margin}"
+                           f"; top {check} re-checked in {sidecar(out, '.check' + out.suffix)}")
 
 
 def pd_concat(frames):
@@ -231,24 +222,36 @@ def derive_cmd(sweep: Path = typer.Option(..., "--sweep", "-s", help="Evidence: 
 
     from ablations.derive import _evidence_of
 
-    _log_to(log)
-    _, meta, _ = _evidence_of(sweep)
-    loaded = sweep
-    model = model or meta.get("model_spec")
-    with plain_warnings():
-        d = derive_mask(loaded, model=model, data=dataset, split=split, run=run, k=k, tolerance=tolerance,
-                        metric=metric, check_split=check_split, check_run=check_run, check_queries=check_queries,
-                        patience=patience, max_steps=max_rechecks, batch_size=batch_size, name=name, show_progress_bar=True,
-                        measure=measure, mode=mode, structural=structural)
-    d.meta["derived_from"] = str(sweep)
-    d.mask.provenance["derived_from"] = str(sweep)
-    d.save(out, report=report)
+    with run_log(log, "mice.ablations"):
+        _, meta, _ = _evidence_of(sweep)
+        loaded = sweep
+        model = model or meta.get("model_spec")
+        with plain_warnings():
+            d = derive_mask(loaded, model=model, data=dataset, split=split, run=run, k=k, tolerance=tolerance,
+                            metric=metric, check_split=check_split, check_run=check_run, check_queries=check_queries,
+                            patience=patience, max_steps=max_rechecks, batch_size=batch_size, name=name,
+                            show_progress_bar=True,
+                            measure=measure, mode=mode, structural=structural)
+        d.meta["derived_from"] = str(sweep)
+        d.mask.provenance["derived_from"] = str(sweep)
+        d.save(out, report=report, figure=_derivation_figure(d, out) if report else None)
+        m = d.meta
+        typer.echo(f"wrote {out}: removed {len(m['removed'])} (layer, path) cells after {m['re_checks']} exact "
+                   f"re-checks, {len(m['structural'])} structural ones without; held-out {m['metric']} "
+                   f"{m['reference']:.4f} -> {m['final']:.4f} (tolerance {tolerance}); steps in "
+                   f"{sidecar(out, '.steps.csv')}" + (f", report {sidecar(out, '.report.md')}" if report else ""))
+        typer.echo(d.mask.render())
+
+
+def _derivation_figure(d, out: Path) -> Path:
+    """The steps figure beside the mask (`<stem>.steps.png` and `.pdf`), for the derivation's report."""
+    from figures.derivation import plot_derivation
+    from mice.results import sidecar
+
     m = d.meta
-    typer.echo(f"wrote {out}: removed {len(m['removed'])} (layer, path) cells after {m['re_checks']} exact "
-               f"re-checks, {len(m['structural'])} structural ones without; held-out {m['metric']} "
-               f"{m['reference']:.4f} -> {m['final']:.4f} (tolerance {tolerance}); steps in "
-               f"{sidecar(out, '.steps.csv')}" + (f", report {sidecar(out, '.report.md')}" if report else ""))
-    typer.echo(d.mask.render())
+    paths = plot_derivation(d.steps, sidecar(out, ".steps.png"), metric=m.get("metric", "metric"),
+                            tolerance=m.get("tolerance"), reference=m.get("reference"))
+    return paths[0]
 
 
 @ablate_app.command("merge-layer")
@@ -382,7 +385,8 @@ def search_cmd(model: str = _MODEL, dataset: str = _DATASET,
     train = key_values(set_)
     cfg = SearchConfig(model=model, dataset=dataset, split=split, run=run, k=k, queries=queries, sample=sample,
                        train_preset=preset,
-                       train=train, steps=steps, eta=eta, finalists=finalists, max_rungs=max_rungs, seeds=_ints(seeds, "--seeds"),
+                       train=train, steps=steps, eta=eta, finalists=finalists, max_rungs=max_rungs,
+                       seeds=_ints(seeds, "--seeds"),
                        seeded_from=seeded_from,
                        tolerance=tolerance, metric=metric.lower(), promote=promote, cut=cut, cut_alpha=cut_alpha,
                        stages=tuple(x.strip() for x in stages.split(",") if x.strip()),

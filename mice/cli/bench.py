@@ -32,8 +32,10 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
                 repeats: int = typer.Option(5, "--repeats", help="Timed runs per method (after warm-up)"),
                 warmup: int = typer.Option(1, "--warmup", help="Untimed runs first"),
                 device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
-                model: str = typer.Option("packaged:minilm", "--model", "-m", help="Backbone (cross-encoder or encoder)"),
-                random_weights: bool = typer.Option(False, "--random-weights", help="Same architecture, random weights"),
+                model: str = typer.Option("packaged:minilm", "--model", "-m",
+                                          help="Backbone (cross-encoder or encoder)"),
+                random_weights: bool = typer.Option(False, "--random-weights",
+                                                    help="Same architecture, random weights"),
                 arch: str = typer.Option("3+3", "--arch", help="MICE architecture a+b (ℓa+b)"),
                 mask: str = typer.Option("mask2", "--mask", help="Mask for the `masked` method"),
                 batch_size: int = typer.Option(32, "--batch-size", help="Documents per forward pass (all methods)"),
@@ -58,16 +60,11 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
     """Re-rank DOCS candidates of one query with each method; write CSV + PNG and print the targets.
     `--device auto` runs on the CPU and, where one is present, on CUDA."""
     from rich.console import Console
-    from rich.table import Table
 
-    from mice.bench.latency import LatencyConfig, plot_latency, run_latency, targets
+    from mice.bench.latency import LatencyConfig
     from mice.errors import MiceError
-    from mice.files import write_table
 
-    try:
-        a, b = (int(x) for x in arch.split("+"))
-    except ValueError:
-        raise MiceError(f"--arch {arch!r}: expected a+b, e.g. 3+3") from None
+    a, b = _arch(arch)
     protocols = [p.strip() for p in protocol.split(",") if p.strip()]
     if not protocols or set(protocols) - {"ours", "paper"}:
         raise MiceError(f"--protocol {protocol!r}: expected ours, paper or ours,paper")
@@ -78,42 +75,74 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     console = Console(width=150)
     if "paper" in protocols:
-        import pandas as pd
+        from mice.bench.paper import PAPER_METHODS, PaperLatencyConfig
 
-        from mice.bench.paper import PAPER_METHODS, PaperLatencyConfig, run_paper_latency
-
-        paper = pd.concat([run_paper_latency(PaperLatencyConfig(
-            batch=paper_batch, doc_len=max(_ints(doc_len, "--doc-len")), warmup=paper_warmup, runs=paper_runs,
-            device=d, model=model, random_weights=random_weights, layers=(a, b), late_interaction=late_interaction,
-            threads=threads, methods=PAPER_METHODS), log=lambda s: console.print(s, highlight=False))
-            for d in devices], ignore_index=True)
-        paper_out = out if protocols == ["paper"] else out.with_name(f"{out.stem}-paper{out.suffix}")
-        write_table(paper, paper_out)
-        t = Table(title=f"--protocol paper: one batch of {paper_batch} pairs (same query), "
-                        f"{max(_ints(doc_len, '--doc-len'))}-token documents, fp32, mean ± std of {paper_runs} "
-                        f"after {paper_warmup} warm-ups")
-        for col in ("method", "device", "mean ± std (ms)", "docs/s", "speed-up vs CE"):
-            t.add_column(col, justify="left" if col in ("method", "device") else "right")
-        for r in paper.itertuples(index=False):
-            t.add_row(r.method, r.device, f"{r.mean_ms:.1f} ± {r.std_ms:.1f}", f"{r.docs_per_s:.1f}",
-                      f"{r.speedup_vs_ce:.2f}x")
-        console.print(t)
-        console.print(f"wrote {paper_out}", highlight=False)
+        configs = [PaperLatencyConfig(batch=paper_batch, doc_len=max(_ints(doc_len, "--doc-len")), warmup=paper_warmup,
+                                      runs=paper_runs, device=d, model=model, random_weights=random_weights,
+                                      layers=(a, b), late_interaction=late_interaction, threads=threads,
+                                      methods=PAPER_METHODS) for d in devices]
+        _paper_protocol(console, configs, out if protocols == ["paper"] else
+                        out.with_name(f"{out.stem}-paper{out.suffix}"))
         if protocols == ["paper"]:
             return
-    import pandas as pd
-
     config = LatencyConfig(docs=docs, query_len=query_len, doc_lens=_ints(doc_len, "--doc-len"), repeats=repeats,
                            warmup=warmup, device=devices[0], model=model, random_weights=random_weights,
                            layers=(a, b), mask=mask, batch_size=batch_size, threads=threads, index_dtype=dtype,
                            methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                            late_interaction=late_interaction)
+    _our_protocol(console, config, devices, out, figure or out.with_suffix(".png"))
+
+
+def _arch(text: str) -> tuple[int, int]:
+    """`--arch a+b` as (a, b)."""
+    from mice.errors import MiceError
+
+    try:
+        a, b = (int(x) for x in text.split("+"))
+    except ValueError:
+        raise MiceError(f"--arch {text!r}: expected a+b, e.g. 3+3") from None
+    return a, b
+
+
+def _paper_protocol(console, configs, out: Path) -> None:
+    """The authors' measurement on each device: one table, printed and written to `out`."""
+    import pandas as pd
+    from rich.table import Table
+
+    from mice.bench.paper import run_paper_latency
+    from mice.files import write_table
+
+    paper = pd.concat([run_paper_latency(c, log=lambda s: console.print(s, highlight=False)) for c in configs],
+                      ignore_index=True)
+    write_table(paper, out)
+    c = configs[0]
+    t = Table(title=f"--protocol paper: one batch of {c.batch} pairs (same query), {c.doc_len}-token documents, "
+                    f"fp32, mean ± std of {c.runs} after {c.warmup} warm-ups")
+    for col in ("method", "device", "mean ± std (ms)", "docs/s", "speed-up vs CE"):
+        t.add_column(col, justify="left" if col in ("method", "device") else "right")
+    for r in paper.itertuples(index=False):
+        t.add_row(r.method, r.device, f"{r.mean_ms:.1f} ± {r.std_ms:.1f}", f"{r.docs_per_s:.1f}",
+                  f"{r.speedup_vs_ce:.2f}x")
+    console.print(t)
+    console.print(f"wrote {out}", highlight=False)
+
+
+def _our_protocol(console, config, devices, out: Path, figure: Path) -> None:
+    """Our measurement on each device: the table and figure written, the targets printed."""
     from dataclasses import replace
+
+    import pandas as pd
+    from rich.table import Table
+
+    from figures.efficiency import plot_latency
+    from mice.bench.latency import run_latency, targets
+    from mice.files import write_table
 
     df = pd.concat([run_latency(replace(config, device=d), log=lambda s: console.print(s, highlight=False))
                     for d in devices], ignore_index=True)
     write_table(df, out)
-    png = plot_latency(out, figure or out.with_suffix(".png"))
+    png = plot_latency(out, figure)
+    docs, query_len, batch_size = config.docs, config.query_len, config.batch_size
     table = Table(title=f"--protocol ours: re-ranking {docs} docs, {query_len}-token query, "
                         f"{', '.join(devices)}, {df['threads'].iloc[0]} threads, batch {batch_size}")
     for col in ("method", "device", "doc_len", "median_ms", "p10_ms", "p90_ms", "docs_per_s", "peak_mem_mb",
@@ -124,7 +153,7 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
                       f"{r.docs_per_s:.1f}", f"{r.peak_mem_mb:.0f}", f"{r.bytes_per_doc_token:.0f}",
                       f"{r.speedup_vs_ce:.2f}x")
     console.print(table)
-    for text, value, met in targets(df, max(config.doc_lens)):  # the issue's targets are set at 512 tokens
+    for text, value, met in targets(df, max(config.doc_lens)):  # the targets are set at 512 tokens
         console.print(f"target: {text}: {value:.2f} -> {'met' if met else 'NOT met'}", highlight=False)
     console.print(f"wrote {out} and {png}", highlight=False)
 
@@ -133,7 +162,7 @@ def latency_cmd(out: Path = typer.Option(..., "--out", "-o", help="CSV to write 
 def plot_cmd(csv: Path = typer.Argument(..., help="CSV written by `mice bench latency`"),
              out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG (default: CSV with .png)")) -> None:
     """Redraw the latency figure from a saved CSV."""
-    from mice.bench.latency import plot_latency
+    from figures.efficiency import plot_latency
 
     typer.echo(f"wrote {plot_latency(csv, out or csv.with_suffix('.png'))}")
 
@@ -172,19 +201,14 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
     """Index-build throughput, bytes per document token and re-ranking throughput (pairs/s) of the
     cross-encoder, MICE on the fly and MICE from the index, measured in one process, one run."""
     from rich.console import Console
-    from rich.table import Table
 
-    from mice.bench import scale as bench_scale
-    from mice.bench.scale import CORPORA, PROJECT_HIDDEN, ScaleConfig, run_scale
+    from mice.bench.scale import ScaleConfig, run_scale
     from mice.errors import MiceError
     from mice.files import write_table
     from mice.validate import check_setting
     from mice.cli.data import plain_warnings
 
-    try:
-        a, b = (int(x) for x in arch.split("+"))
-    except ValueError:
-        raise MiceError(f"--arch {arch!r}: expected a+b, e.g. 3+3") from None
+    a, b = _arch(arch)
     check_setting("contextual_layers", a, "--arch (a)")
     check_setting("interaction_layers", b, "--arch (b)")
     procs = _ints(processes, "--processes")
@@ -206,6 +230,18 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
                          warmup=warmup, device=device, seed=seed)
     with plain_warnings():
         df = run_scale(config, log=lambda s: console.print(s, highlight=False))
+    builds = _print_scale(console, df, repeats)
+    if out is not None:
+        write_table(df, out)
+        console.print(f"wrote {out}", highlight=False)
+    if project:
+        _print_projection(console, builds, procs, out)
+
+
+def _print_scale(console, df, repeats: int):
+    """The build and storage table, then the re-ranking throughput table; returns the build rows."""
+    from rich.table import Table
+
     first = df.iloc[0]
     head = (f"{first['model']} · MICE-ℓ{first['arch']} · H={first['hidden']} · {first['dataset']} · "
             f"{first['processes']} process, {first['threads']} threads · {first['device']} ({first['cpu']}) · "
@@ -220,7 +256,8 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
     for r in builds.itertuples(index=False):
         t.add_row(r.dtype, "states + K/V" if r.kv else "states", f"{r.median_s:.2f}", f"{r.cpu_share:.2f}",
                   f"{r.docs_per_s:.1f}",
-                  f"{r.tokens_per_s:.0f}", f"{r.tokens_per_cpu_s:.0f}", f"{r.bytes_per_token:.0f}", f"{r.bytes_per_token_states:.0f}",
+                  f"{r.tokens_per_s:.0f}", f"{r.tokens_per_cpu_s:.0f}", f"{r.bytes_per_token:.0f}",
+                  f"{r.bytes_per_token_states:.0f}",
                   f"{r.bytes_per_token_kv:.0f}", str(int(r.stored_vectors_per_token)), f"{r.bytes_vs_fp16:.3f}",
                   f"{r.build_speed_vs_fp16:.2f}x")
     console.print(head, highlight=False)
@@ -236,38 +273,45 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
                   f"{r.pairs_per_s:.1f}", f"{r.pairs_per_cpu_s:.1f}",
                   f"{r.speedup_vs_ce:.2f}x")
     console.print(t)
+    return builds
+
+
+def _print_projection(console, builds, procs, out: Path | None) -> None:
+    """Index size and build time projected to full collections, with every assumption printed beside them."""
+    from rich.table import Table
+
+    from mice.bench import scale as bench_scale
+    from mice.bench.scale import CORPORA, PROJECT_HIDDEN
+    from mice.files import write_table
+
+    pr = bench_scale.project(builds, processes=procs)
+    t = Table(title=f"projection at hidden size {PROJECT_HIDDEN}: index size (data files) and build time, "
+                    f"N processes, linear scaling assumed (not measured)")
+    for col in ("corpus", "dtype", "stored", "size", "arithmetic", *[f"build h, N={n}" for n in procs],
+                "CPU core h"):
+        t.add_column(col, justify="left" if col in ("corpus", "dtype", "stored", "arithmetic") else "right")
+    for (corpus, dtype, stored), g in pr.groupby(["corpus", "dtype", "stored"], sort=False):
+        r0 = g.iloc[0]
+        t.add_row(corpus, dtype, stored, f"{r0['gib']:,.1f} GiB", r0["size_arithmetic"],
+                  *[f"{h:,.2f}" for h in g["build_hours"]], f"{r0['core_hours']:,.1f}")
+    console.print(t)
+    for (corpus, dtype, stored), g in pr.groupby(["corpus", "dtype", "stored"], sort=False):
+        for r in g.itertuples(index=False):
+            console.print(f"  {corpus}, {dtype} {stored}, N={r.processes}: {r.time_arithmetic}", highlight=False)
+    measured_h = int(builds["hidden"].iloc[0])
+    if measured_h != PROJECT_HIDDEN:
+        console.print(f"note: measured at H={measured_h}: sizes are the storage format's at H={PROJECT_HIDDEN}, "
+                      f"but the build times are this H={measured_h} model's", highlight=False)
+    for c in CORPORA:
+        console.print(f"assumption, {c.name}: {c.assumption}", highlight=False)
+    console.print("assumption: build time scales linearly with N processes, each as fast as the one measured "
+                  "(same encoder, same a, same threads per process); time from tokens/s, which transfers "
+                  "across mean document lengths where documents/s does not; CPU core h = tokens ÷ tokens per "
+                  "CPU second, the build's total CPU time whatever N", highlight=False)
     if out is not None:
-        write_table(df, out)
-        console.print(f"wrote {out}", highlight=False)
-    if project:
-        pr = bench_scale.project(builds, processes=procs)
-        t = Table(title=f"projection at hidden size {PROJECT_HIDDEN}: index size (data files) and build time, "
-                        f"N processes, linear scaling assumed (not measured)")
-        for col in ("corpus", "dtype", "stored", "size", "arithmetic", *[f"build h, N={n}" for n in procs],
-                    "CPU core h"):
-            t.add_column(col, justify="left" if col in ("corpus", "dtype", "stored", "arithmetic") else "right")
-        for (corpus, dtype, stored), g in pr.groupby(["corpus", "dtype", "stored"], sort=False):
-            r0 = g.iloc[0]
-            t.add_row(corpus, dtype, stored, f"{r0['gib']:,.1f} GiB", r0["size_arithmetic"],
-                      *[f"{h:,.2f}" for h in g["build_hours"]], f"{r0['core_hours']:,.1f}")
-        console.print(t)
-        for (corpus, dtype, stored), g in pr.groupby(["corpus", "dtype", "stored"], sort=False):
-            for r in g.itertuples(index=False):
-                console.print(f"  {corpus}, {dtype} {stored}, N={r.processes}: {r.time_arithmetic}", highlight=False)
-        measured_h = int(builds["hidden"].iloc[0])
-        if measured_h != PROJECT_HIDDEN:
-            console.print(f"note: measured at H={measured_h}: sizes are the storage format's at H={PROJECT_HIDDEN}, "
-                          f"but the build times are this H={measured_h} model's", highlight=False)
-        for c in CORPORA:
-            console.print(f"assumption, {c.name}: {c.assumption}", highlight=False)
-        console.print("assumption: build time scales linearly with N processes, each as fast as the one measured "
-                      "(same encoder, same a, same threads per process); time from tokens/s, which transfers "
-                      "across mean document lengths where documents/s does not; CPU core h = tokens ÷ tokens per "
-                      "CPU second, the build's total CPU time whatever N", highlight=False)
-        if out is not None:
-            proj_out = out.with_name(f"{out.stem}-projection{out.suffix}")
-            write_table(pr, proj_out)
-            console.print(f"wrote {proj_out}", highlight=False)
+        proj_out = out.with_name(f"{out.stem}-projection{out.suffix}")
+        write_table(pr, proj_out)
+        console.print(f"wrote {proj_out}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,8 @@ from typing import Optional
 import typer
 
 
-def demo(preset: str = typer.Option("quick", "--preset", help="quick (15 min from nothing on 2 CPU cores, measured 2026-11-30), full (hours), or tiny"),
+def demo(preset: str = typer.Option("quick", "--preset", help="quick (about 15 minutes on 2 CPU cores), full "
+                                    "(hours), or tiny (about a minute, random weights)"),
          out: str = typer.Option("runs/demo", "--out", help="Output folder (stages already there are reused)"),
          threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
          backbone: Optional[str] = typer.Option(None, "--backbone", help="The encoder the cross-encoder is trained "
@@ -40,7 +41,8 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (15 min fro
         raise MiceError(f"--dev-sample {dev_sample!r}: expected first or random")
     report = run_demo(out, preset, console=console, backbone=backbone, dev_sample=dev_sample,
                       dataset_external=external)
-    console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}  [dim]({time.perf_counter() - start:.1f}s)[/]")
+    took = time.perf_counter() - start
+    console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}  [dim]({took:.1f}s)[/]")
 
 
 def figures(source: str = typer.Option("runs/demo", "--from", help="A demo output folder"),

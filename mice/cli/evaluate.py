@@ -37,7 +37,7 @@ def evaluate_cmd(runs: list[str] = typer.Argument(..., help="TREC run files (or 
     from mice.errors import DataError
     from mice.rank.evaluation import evaluate, summary_table
     from mice.files import write_table
-    from mice.rank.runs import read_qrels, read_run
+    from mice.rank.runs import read_qrels
     from mice.cli.data import plain_warnings
 
     with plain_warnings():
@@ -49,24 +49,7 @@ def evaluate_cmd(runs: list[str] = typer.Argument(..., help="TREC run files (or 
             from mice.data import load_dataset
 
             judged = load_dataset(dataset).qrels(split)
-        names: dict[str, pd.DataFrame] = {}
-        groups: dict[str, list[str]] = {}
-        for arg in runs:
-            system, sep, files = arg.partition("=")
-            paths = [Path(f) for f in files.split(",") if f.strip()] if sep else [Path(arg)]
-            if sep and (not system.strip() or not paths):
-                raise DataError(f"run argument {arg!r}: expected NAME=RUN[,RUN…]")
-            if sep and system in groups:
-                raise DataError(f"run argument {arg!r}: system {system!r} given twice")
-            members = []
-            for k, path in enumerate(paths):
-                base = f"{system}#{k}" if sep else path.name
-                name, i = base, 2
-                while name in names:
-                    name, i = f"{base}#{i}", i + 1
-                names[name] = read_run(path)
-                members.append(name)
-            groups[system if sep else members[0]] = members
+        names, groups = _read_runs(runs)
         tables: dict = {}
         res = evaluate(judged, names, metrics=metrics, n_resamples=resamples, seed=seed, per_query_out=tables)
     wide = summary_table(res, alpha)
@@ -81,27 +64,7 @@ def evaluate_cmd(runs: list[str] = typer.Argument(..., help="TREC run files (or 
     if len(names) > 1:
         console.print(f"† paired t-test, ‡ randomisation test: p < {alpha} after Holm correction (per measure)")
     if paper_test is not None:
-        from mice.rank.evaluation import paper_test as run_paper_test
-
-        pt = run_paper_test(tables, groups, paper_test, alpha)
-        t2 = Table(title=f"paper test: Welch's t-test on per-query values averaged over seeds, vs {paper_test}")
-        t2.add_column("system")
-        t2.add_column("seeds", justify="right")
-        measures = list(dict.fromkeys(pt["measure"]))
-        for m in measures:
-            t2.add_column(m, justify="right")
-        for system in groups:
-            cells = []
-            for m in measures:
-                r = pt[(pt["system"] == system) & (pt["measure"] == m)].iloc[0]
-                cells.append(f"{r['value']:.4f}{r['arrow']}")
-            t2.add_row(system, str(len(groups[system])), *cells)
-        console.print(t2)
-        console.print(f"↑/↓: Welch's t-test p < {alpha} against {paper_test} (no multiple-testing correction, "
-                      "as in the paper)")
-        if paper_out is not None:
-            write_table(pt, paper_out)
-            console.print(f"paper test: {paper_out}")
+        _paper_test(console, tables, groups, paper_test, alpha, paper_out)
     if out is not None:
         per_q = pd.concat([t.assign(run=n) for n, t in tables.items()], ignore_index=True)
         write_table(per_q[["run", "query_id", "measure", "value"]], out)
@@ -109,6 +72,60 @@ def evaluate_cmd(runs: list[str] = typer.Argument(..., help="TREC run files (or 
     if results is not None:
         write_table(res, results)
         console.print(f"aggregates: {results}")
+
+
+def _read_runs(runs: list[str]) -> tuple[dict, dict]:
+    """{run name: run} and {system: its run names}; `NAME=RUN,RUN` is one system's seeds."""
+    from mice.errors import DataError
+    from mice.rank.runs import read_run
+
+    names: dict = {}
+    groups: dict[str, list[str]] = {}
+    for arg in runs:
+        system, sep, files = arg.partition("=")
+        paths = [Path(f) for f in files.split(",") if f.strip()] if sep else [Path(arg)]
+        if sep and (not system.strip() or not paths):
+            raise DataError(f"run argument {arg!r}: expected NAME=RUN[,RUN…]")
+        if sep and system in groups:
+            raise DataError(f"run argument {arg!r}: system {system!r} given twice")
+        members = []
+        for k, path in enumerate(paths):
+            base = f"{system}#{k}" if sep else path.name
+            name, i = base, 2
+            while name in names:
+                name, i = f"{base}#{i}", i + 1
+            names[name] = read_run(path)
+            members.append(name)
+        groups[system if sep else members[0]] = members
+    return names, groups
+
+
+def _paper_test(console, tables: dict, groups: dict, baseline: str, alpha: float, out: Optional[Path]) -> None:
+    """The paper's test (Welch's t-test on per-query values averaged over seeds) against `baseline`, printed."""
+    from rich.table import Table
+
+    from mice.files import write_table
+    from mice.rank.evaluation import paper_test
+
+    pt = paper_test(tables, groups, baseline, alpha)
+    t2 = Table(title=f"paper test: Welch's t-test on per-query values averaged over seeds, vs {baseline}")
+    t2.add_column("system")
+    t2.add_column("seeds", justify="right")
+    measures = list(dict.fromkeys(pt["measure"]))
+    for m in measures:
+        t2.add_column(m, justify="right")
+    for system in groups:
+        cells = []
+        for m in measures:
+            r = pt[(pt["system"] == system) & (pt["measure"] == m)].iloc[0]
+            cells.append(f"{r['value']:.4f}{r['arrow']}")
+        t2.add_row(system, str(len(groups[system])), *cells)
+    console.print(t2)
+    console.print(f"↑/↓: Welch's t-test p < {alpha} against {baseline} (no multiple-testing correction, "
+                  "as in the paper)")
+    if out is not None:
+        write_table(pt, out)
+        console.print(f"paper test: {out}")
 
 
 def register(app: typer.Typer) -> None:

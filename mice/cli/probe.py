@@ -12,7 +12,8 @@ probe_app = typer.Typer(help="Record what a cross-encoder attends to (a->b: toke
 
 @probe_app.command("attention")
 def attention(model: str = typer.Option(..., "--model", "-m", help="Cross-encoder folder, hub name or packaged:minilm"),
-              dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec (BEIR folder, embedded:docs, ...)"),
+              dataset: str = typer.Option(..., "--dataset", "-d",
+                                          help="Dataset spec (BEIR folder, embedded:docs, ...)"),
               split: str = typer.Option("test", "--split", help="Split whose queries are probed"),
               run: str = typer.Option(..., "--run", "-r", help="First-stage run file (TREC/parquet/CSV) or 'bm25'"),
               k: int = typer.Option(20, "--k", help="Top-k candidates per query"),

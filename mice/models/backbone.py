@@ -20,7 +20,3 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     if s in (PACKAGED_SPEC, "packaged", "embedded", "embedded:minilm"):
         return str(packaged_model_path())
     return s
-
-
-def is_local(name_or_path: str | os.PathLike) -> bool:
-    return Path(str(name_or_path)).exists()

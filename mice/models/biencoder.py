@@ -99,9 +99,10 @@ class BiEncoder(RankMixin, ComputePrecision):
         return np.einsum("ij,ij->i", q, d).astype(np.float32)
 
     def identity(self) -> dict:
-        from mice.identity import module_fingerprint
+        from mice.identity import module_fingerprint, tokenizer_fingerprint
 
-        return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model), "pooling": self.pooling,
+        return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer), "pooling": self.pooling,
                 "max_length": self.max_length, "compute_dtype": self.compute_dtype}
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from transformer_lens.hook_points import HookPoint
 
 from mice.models.adapters import MODES, adapter_for, attention_core
 from mice.errors import MaskError, ModelError
+from mice.logs import track
 from mice.masks import InteractionMask
 from mice.models.precision import ComputePrecision
 from mice.models.scoring import RankMixin
@@ -147,10 +148,11 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
     def identity(self) -> dict:
         """What makes this scorer's output what it is (for resumable jobs): loaded weights, default mask and
         mode as resolved tables, pair length, compute precision."""
-        from mice.identity import mask_identity, module_fingerprint
+        from mice.identity import mask_identity, module_fingerprint, tokenizer_fingerprint
 
         mask, mode = self._default_mask
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer),
                 "mask": mask_identity(mask, mode), "max_length": self.max_length, "compute_dtype": self.compute_dtype}
 
     def run_with_cache(self, *model_args, **kwargs):
@@ -268,10 +270,7 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
         order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
         out = np.empty(len(pairs), dtype=np.float32)
         starts = range(0, len(pairs), batch_size)
-        if show_progress_bar:
-            from rich.progress import track
-
-            starts = track(starts, description="scoring")
+        starts = track(starts, "scoring", enabled=show_progress_bar)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -114,7 +114,8 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
             if raw.get("format") != FORMAT:
                 raise ModelError(f"{Path(path) / CONFIG_FILE}: unknown format {raw.get('format')!r} "
                                  f"(expected {FORMAT!r})")
-            cfg = LateInteractionConfig(**{k: v for k, v in raw.items() if k in LateInteractionConfig.__dataclass_fields__})
+            known = LateInteractionConfig.__dataclass_fields__
+            cfg = LateInteractionConfig(**{k: v for k, v in raw.items() if k in known})
             model = cls(encoder, dim=cfg.dim, seed=seed, tokenizer=tokenizer, config=cfg)
             from safetensors.torch import load_file
 
@@ -252,11 +253,11 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
 
     def identity(self) -> dict:
         """Loaded weights (encoder and projection), lengths and compute precision, for resumable jobs."""
-        from mice.identity import module_fingerprint
+        from mice.identity import module_fingerprint, tokenizer_fingerprint
 
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer),
                 "max_query_length": self.li_config.max_query_length, "max_length": self.li_config.max_doc_length,
                 "compute_dtype": self.compute_dtype}
 
 
-LateInteractionModel = MaxSimScorer  # the name the training mode and the docs use

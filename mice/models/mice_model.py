@@ -56,6 +56,7 @@ from torch import nn
 
 from mice.models.adapters import adapter_for, attention_core, merge_heads, position_limit, supported_types
 from mice.errors import ModelError
+from mice.logs import track
 from mice.models.precision import ComputePrecision
 from mice.models.scoring import RankMixin
 from mice.models.hf import quiet_transformers as _quiet_transformers  # noqa: F401  (also imported by mice.bench.latency)
@@ -291,7 +292,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         """Load a folder written by `save_pretrained` (config.json with a "mice" key, safetensors weights).
 
         `max_query_length` / `max_doc_length` (`max_length` is an alias of the latter) override the saved
-        lengths for this session, e.g. to re-rank long-query sets with the paper's 512 tokens per side."""
+        lengths for this load, e.g. to re-rank long-query sets with the paper's 512 tokens per side."""
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -574,7 +575,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                for start in _progress(range(0, len(order), batch_size), show_progress_bar, "encoding documents"):
+                for start in track(range(0, len(order), batch_size), "encoding documents", show_progress_bar):
                     idx = order[start: start + batch_size]
                     with self.autocast():  # not around the yield: the consumer's own work stays in fp32
                         doc = self.encode_doc_batch([texts[i] for i in idx])
@@ -600,7 +601,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         self.eval()
         try:
             with torch.no_grad(), self.autocast():
-                for start in _progress(range(0, len(order), batch_size), show_progress_bar, "scoring"):
+                for start in track(range(0, len(order), batch_size), "scoring", show_progress_bar):
                     idx = order[start: start + batch_size]
                     if doc_states is not None:
                         doc = doc_states.select(idx).to(self.device)
@@ -620,9 +621,10 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
     def identity(self) -> dict:
         """What makes this scorer's output what it is (for resumable jobs): loaded weights, lengths, compute
         precision."""
-        from mice.identity import module_fingerprint
+        from mice.identity import module_fingerprint, tokenizer_fingerprint
 
         return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
+                "tokenizer": tokenizer_fingerprint(self.tokenizer),
                 "query_max_length": self.mice_config.max_query_length, "max_length": self.mice_config.max_doc_length,
                 "compute_dtype": self.compute_dtype}
 
@@ -673,7 +675,8 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             for prefix, module in self.adapter.kv_input_modules(self.contextual_layers + j):
                 named += list(module.named_parameters(prefix=prefix))
             for what, w, bias in self.adapter.kv_weights(block):
-                named += [(f"cross.{j}.{what}.weight", w)] + ([(f"cross.{j}.{what}.bias", bias)] if bias is not None else [])
+                named += [(f"cross.{j}.{what}.weight", w)]
+                named += [(f"cross.{j}.{what}.bias", bias)] if bias is not None else []
         self._hash_tensors(h, named)
         return h.hexdigest()[:32]
 
@@ -684,11 +687,3 @@ def _to_file_key(key: str) -> str:
 
 def _from_file_key(key: str) -> str:
     return key[len("mice_"):] if key.startswith("mice_") else "backbone." + key
-
-
-def _progress(it, show: bool, description: str):
-    if not show:
-        return it
-    from rich.progress import track
-
-    return track(it, description=description)

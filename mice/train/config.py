@@ -86,7 +86,7 @@ class TrainConfig:
     # says so (stopped by max_steps) instead of training on
     until_beats_teacher: bool = False
     # ... and only a significant win counts: a one-sided paired t-test over the dev queries' RR@10 below this p
-    # (a first-above-the-teacher rule stopped on noise: +0.001 on 200 dev queries, 2026-11-30). It is the level over
+    # (a first-above-the-teacher rule stops on noise, e.g. +0.001 on 200 dev queries). It is the level over
     # the whole run: the rule looks at every planned evaluation, so each look tests at p / looks (Bonferroni)
     beat_teacher_p: float = 0.05
     max_grad_norm: float = 1.0
@@ -198,10 +198,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
     @classmethod
     def from_dict(cls, obj: dict, source: str = "<dict>") -> "TrainConfig":

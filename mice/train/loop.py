@@ -6,7 +6,7 @@ are all-reduced), then AdamW and the linear warmup/decay schedule. Every `eval_e
 BM25 top-k is re-ranked (each process scores a slice; results are gathered) and the best checkpoint is kept.
 
 Output folder:
-- `best/`: the best model by dev RR@10, a plain folder `mice.models.loader.load_scorer` opens;
+- `best/`: the best model by dev RR@10, a plain folder `mice.models.loader.load` opens;
 - `last/`: the latest checkpoint: the model folder plus `trainer_state.pt` (optimizer, scheduler, step, best,
   elapsed time, the job identity) and `rng_state_<rank>.pt`; written to a temporary folder and swapped in, so a
   kill at any moment leaves either the previous or the new checkpoint. Both files hold only tensors and plain
@@ -48,7 +48,8 @@ STATE_FORMAT = "mice-train-state/2"  # /1 was pickled (numpy RNG arrays): refuse
 LOG_FILE = "train.log"
 LOG_COLUMNS = ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "dev_ndcg10", "p_vs_teacher"]
 DEV_METRICS = ("RR@10", "nDCG@10")
-# settings that may change when resuming (they do not change what a step computes)
+# settings that may change when resuming (they do not change what a step computes; `max_steps` only under the
+# constant schedule: `Trainer.identity` adds it back when the linear decay reads it)
 _RESUME_FREE = {"output", "resume", "overwrite", "max_minutes", "until_beats_teacher", "beat_teacher_p", "num_threads",
                 "eval_every",
                 "save_every", "log_every", "eval_batch_size", "teacher_batch_size", "teacher_cache", "max_steps"}
@@ -346,6 +347,8 @@ class Trainer:
         if settings.get("mix_alpha") == 1.0:  # likewise
             del settings["mix_alpha"]
         parts = {"config." + k: v for k, v in settings.items()}
+        if cfg.lr_schedule == "linear":  # the decay reaches 0 at max_steps: another count is another schedule
+            parts["config.max_steps"] = cfg.max_steps
         parts["start_model"] = weights_fingerprint(cfg.model)
         parts["data"] = dataset_identity(self.ds, [cfg.train_split] + ([cfg.dev_split] if cfg.dev_split and
                                                                        not cfg.dev_dataset else []))

@@ -2,7 +2,7 @@
 
 BM25 negatives teach a cross-encoder what lexical overlap gets wrong; a bi-encoder's top documents are the ones
 *it* confuses with the positive (sentence-transformers' `mine_hard_negatives`, RocketQA/TAS-B style). With the
-bi-encoder as Margin-MSE teacher too they did not help the demo cross-encoder (README, 2026-11-30): distillation on
+bi-encoder as Margin-MSE teacher too they did not help the demo cross-encoder: distillation on
 the teacher's own confusions asks the student to repeat them. Exact search over the whole corpus: the
 collections trained on offline are a few thousand documents. The run is cached under the mice cache, keyed by
 the miner's weights, the corpus, the split, the depth and the length, and written atomically.

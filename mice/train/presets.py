@@ -4,7 +4,7 @@
 - `quick`: this laptop-class machine (2 CPU cores): the demo cross-encoder from the packaged MiniLM on
   `embedded:docs` in about 5 minutes, and a masked (mask2) or MICE-ℓ2+4 model distilled from it (teacher: that
   cross-encoder, Margin-MSE) in about 5 minutes; each stops by wall clock (`max_minutes`) as well as steps. The
-  cross-encoder recipe is the measured one (DESIGN.md): listwise CE + Margin-MSE against the packaged
+  cross-encoder recipe is the measured one: listwise CE + Margin-MSE against the packaged
   bi-encoder's cosine ×10, lr 6e-5 (encoder) / 1e-3 (fresh pooler + classifier), max length 96. Distilling the
   student from the cross-encoder it starts from (`teacher: source`) is a cheaper recipe of ours, not the paper's;
 - `paper-*`: one preset per model of the MICE paper (Vast et al. 2026), each fixing its mode (see

@@ -18,7 +18,8 @@ from mice.models.hf import quiet_hf as _quiet_hf
 from mice.train.config import TrainConfig
 
 from mice.models.loader import MASK_KEY  # config.json key recording a masked cross-encoder's interaction mask
-HEAD_MARKERS = ("classifier", ".pooler.", ".head.", "late.proj.")  # fresh heads (ModernBERT: head.dense/norm), the late-interaction projection too
+# fresh heads (ModernBERT: head.dense/norm), the late-interaction projection too
+HEAD_MARKERS = ("classifier", ".pooler.", ".head.", "late.proj.")
 
 
 class CrossEncoderStudent(nn.Module):

@@ -141,7 +141,7 @@ class KnockoutView(View):
     @classmethod
     def from_sweep(cls, path, value: str | None = None, **kw) -> "KnockoutView":
         """A saved sweep (`mice ablate sweep`), with its per-query sidecar when present."""
-        from ablations.sweep import load_sweep
+        from mice.results import load_sweep
 
         res = load_sweep(Path(path))
         return cls(res.table, value=value, per_query=res.per_query, **kw)

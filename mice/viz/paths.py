@@ -60,7 +60,7 @@ class PathMassView(View):
 
     @classmethod
     def from_file(cls, path, **kw) -> "PathMassView":
-        from probes.attention import load_probe
+        from mice.results import load_probe
 
         return cls(load_probe(Path(path)), **kw)
 

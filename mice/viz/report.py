@@ -134,7 +134,7 @@ def demo_views(root) -> dict[str, list[tuple[str, View]]]:
         items = [("Explore: attention mass by layer, head and path (hover a cell)", PathMassView.from_file(probe))]
         examples = sorted((root / "probe").glob("*examples*.npz"))
         if examples:
-            from probes.attention import load_examples
+            from mice.results import load_examples
 
             exs = load_examples(examples[0])
             if exs:
@@ -147,7 +147,7 @@ def demo_views(root) -> dict[str, list[tuple[str, View]]]:
                                KnockoutView.from_sweep(sweep))]
     mask = root / "derive" / "mask.json"
     if mask.exists():
-        from ablations.structural import structural_table
+        from mice.reach import structural_table
         from mice.masks import InteractionMask
 
         loaded = InteractionMask.load(mask)
@@ -160,7 +160,7 @@ def demo_views(root) -> dict[str, list[tuple[str, View]]]:
 
         cfg = DerivedConfig.load(derived)
         if cfg.mask is not None:
-            from ablations.structural import structural_table
+            from mice.reach import structural_table
 
             m = cfg.interaction_mask()
             views["Trained search"] = [(f"Explore: the mask of the derived configuration ({cfg.decision}; click "
