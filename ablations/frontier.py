@@ -215,12 +215,3 @@ def pareto(table: pd.DataFrame, metric: str = "ndcg@10") -> pd.Series:
 def frontier(config: FrontierConfig, out, log: Callable[[str], None] | None = None, max_runs: int | None = None):
     """Run (or resume) a frontier; returns (table, meta)."""
     return Frontier(config, out, log=log).run(max_runs=max_runs)
-
-
-def load_frontier(folder) -> tuple[pd.DataFrame, dict]:
-    from mice.files import read_table
-
-    folder = Path(folder)
-    if not (folder / "frontier.parquet").exists():
-        raise MiceError(f"{folder}: no frontier.parquet (run `mice ablate frontier` first)")
-    return read_table(folder / "frontier.parquet"), json.loads((folder / "frontier.json").read_text())

@@ -144,7 +144,9 @@ class JointSearch(Search):
             name, split = spec.rsplit("@", 1)
             parts.append((name, split, query_order(load_dataset(name).queries(split), "random", cfg.draw)))
         parts = self._trim(parts, cfg.fidelity_queries)
-        run_for = (lambda s, sp: cfg.run if (s, sp) == (cfg.dataset, cfg.split) else "bm25")
+        def run_for(spec, split):
+            return cfg.run if (spec, split) == (cfg.dataset, cfg.split) else "bm25"
+
         self.screen = _pool(parts, run_for, cfg.k)
         self.confirm_pool = _pool([(cfg.dataset, cfg.split, held)], run_for, cfg.k)
         self.pools = {"screen": self.screen, "confirm": self.confirm_pool}
@@ -404,8 +406,7 @@ def validate_search(config: JointConfig, frontier_folder, out, replicates: int =
     pick) and validation_summary.csv into `out`."""
     from dataclasses import replace
 
-    from ablations.frontier import load_frontier
-    from ablations.regret import regret, simple_rules, summarize
+    from ablations.regret import load_frontier, regret, simple_rules, summarize
     from mice.files import write_table
 
     out = Path(out)

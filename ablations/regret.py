@@ -13,12 +13,15 @@
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ablations.decision import cost_key
+from mice.errors import MiceError
 
 
 def truth(table: pd.DataFrame, tolerance: float, domain: str = "in") -> pd.DataFrame:
@@ -82,3 +85,12 @@ def summarize(picks: pd.DataFrame) -> pd.DataFrame:
                      "misses": int(g["miss"].sum()), "same_as_truth": int(g["same_as_truth"].sum()),
                      "compute_share": float(g["compute_share"].median()) if "compute_share" in g else 0.0})
     return pd.DataFrame(rows)
+
+
+def load_frontier(folder) -> tuple[pd.DataFrame, dict]:
+    from mice.files import read_table
+
+    folder = Path(folder)
+    if not (folder / "frontier.parquet").exists():
+        raise MiceError(f"{folder}: no frontier.parquet (run `mice ablate frontier` first)")
+    return read_table(folder / "frontier.parquet"), json.loads((folder / "frontier.json").read_text())

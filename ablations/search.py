@@ -1,6 +1,6 @@
 """Trained search for the MICE configuration: decide like the paper, on a budget of steps.
 
-Zero-shot knockouts understate what training absorbs (DESIGN.md), so each candidate configuration is a short
+Zero-shot knockouts understate what training absorbs (docs: concepts), so each candidate configuration is a short
 fine-tune from the cross-encoder, distilled from it (Margin-MSE, the train preset's recipe), then scored on dev
 queries against the cross-encoder with per-query measures, bootstrap CIs and paired tests.
 
@@ -253,7 +253,7 @@ class Search:
         self.cfg = config.validate()
         self.out = Path(out)
         self.log = log or (lambda s: None)
-        self.trained_steps = 0  # steps trained in this session (a resumed run counts only new ones)
+        self.trained_steps = 0  # steps trained by this run (a resumed run counts only new ones)
 
     # ------------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:

@@ -102,7 +102,7 @@ def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_pa
     quick = Demo(tmp_path / "quick", get_preset("quick")).key(fields)
     assert full["beat_teacher_rule"] == BEAT_TEACHER_RULE and full["ce_until_beats_teacher"] is True
     assert "beat_teacher_rule" not in quick and "ce_until_beats_teacher" not in quick
-    # a random dev sample (every preset's since 2026-11-30) keys the stages; the first queries by id, the draw
+    # a random dev sample (every preset's) keys the stages; the first queries by id, the draw
     # before then, keep their earlier key; mined negatives and the Margin-MSE weight key them only where set
     more = ("dev_sample", "ce_negative_miner", "ce_distill_weight")
     assert Demo(tmp_path / "full", get_preset("full")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random",

@@ -28,116 +28,77 @@ CACHE_VERSION = 2  # bump when a stage's code changes what it produces
 
 @dataclass
 class DemoPreset:
-    """Sizes of one demo run. `quick`: under 20 minutes from nothing on 2 CPU cores without MICE (README);
-    `tiny`: about a minute; `full`: every test query, the train presets' own budgets."""
+    """Sizes of one demo run; the named presets are data (`presets.toml`), each overriding these defaults (the
+    quick preset's values)."""
 
     name: str = "quick"
     dataset: str = "embedded:docs"
     dataset_ood: str = "embedded:docs-ood"
     dataset_meta: str | None = "embedded:meta"  # a third out-of-domain set: distribution summary -> description
-    # an external out-of-domain collection no one here wrote (any dataset spec with a test split: a BEIR folder such
-    # as SciFact's, irds:beir/scifact/test). Offline machines have none, so no preset sets it: `mice demo --external`
-    dataset_external: str | None = None
+    dataset_external: str | None = None  # an external collection with a test split (`mice demo --external`)
     first_stage_k: int = 20  # candidates re-ranked per query (BM25 top-k)
-    # first N test queries by id for the baselines' comparison table (None = all). The cross-encoder and MICE
-    # re-rank every test query of `every_query_domains`: the MICE-vs-cross-encoder result is measured on all of them
+    # first N test queries by id for the baselines' table (None = all); the cross-encoder and MICE re-rank every
+    # test query of `every_query_domains`
     test_queries: int | None = 40
     every_query_domains: tuple[str, ...] = ("in", "ood")  # in, ood, meta
-    # pair length when re-ranking and knocking out with cross-encoders; None = the length each model was trained
-    # at (saved with it), so every model, MICE included, is compared at its own training length
-    rerank_max_length: int | None = None
+    rerank_max_length: int | None = None  # pair length when re-ranking (None: each model's training length)
     train_preset: str = "quick"
     backbone: str = "packaged:minilm"  # "tiny" / "tiny-modernbert" = a tiny random model built in-process
-    # training steps per model (None: the train preset's own). Steps, not a wall clock, so that a loaded
-    # machine gives the same models, only later.
+    # training steps per model (None: the train preset's own): steps, not a clock, so a loaded machine gives the
+    # same models, only later
     ce_steps: int | None = 250
-    # the full preset: the cross-encoder trains until its dev RR@10 beats its teacher's (the bi-encoder), checked
-    # every `ce_eval_every` steps, with ce_steps as the cap (None: evaluate once, at the end)
+    # train the cross-encoder until its dev RR@10 beats its teacher's, checked every `ce_eval_every` steps
     ce_until_beats_teacher: bool = False
     ce_eval_every: int | None = None
-    # hard negatives for the cross-encoder from this bi-encoder's top documents as well as BM25's (see
-    # mice.train.mining); None = BM25's only. No preset mines: with the bi-encoder as teacher it did not help
-    ce_negative_miner: str | None = None
-    # weight of the teacher's Margin-MSE beside the listwise loss (TrainConfig.distill_weight; None: the train
-    # preset's, 1.0). The full preset's 0.3 was picked on all 448 dev queries among eight recipes trained on a GPU
-    # (README, "Choosing the full cross-encoder's recipe"): 3.0, 1.0 and 0.3 rank in that order on dev and on test
-    ce_distill_weight: float | None = None
-    # more kinds of text for the cross-encoder: it trains on `mix:dataset+...` of these datasets' train splits and
-    # validates on `dataset`'s dev alone. The full preset adds the installed Debian packages' synopsis ->
-    # description (`embedded:debian`): on docstrings alone it did not beat BM25 on `embedded:meta` (README)
-    ce_train_extra: tuple[str, ...] = ()
-    # how often each part of that mix is drawn (TrainConfig.mix_alpha; None: by size, every query equally often). No
-    # preset sets it: 0.5 (the Debian packages in 30% of the groups instead of 15%) made the full cross-encoder worse
-    # on all three test sets and lost its in-domain win over the bi-encoder (README, 2026-12-01)
-    ce_mix_alpha: float | None = None
-    # a last phase on longer pairs (BERT's own recipe: most steps on short sequences, the last ones on long): once its
-    # stop rule has fired, the cross-encoder trains `ce_long_steps` more steps from its best checkpoint at
-    # `long_length` tokens (same data, loss and teacher; the best of that phase on dev is kept), and the masked
-    # model, MICE (document tokens) and the late-interaction baseline train at that length too. The search keeps
-    # the train preset's length. None: one length. The full preset's 96-token cross-encoder lost
-    # `embedded:meta` queries whose description starts with a list of translations or badges (README, 2026-12-01)
+    ce_negative_miner: str | None = None  # hard negatives from this bi-encoder as well as BM25 (mice.train.mining)
+    ce_distill_weight: float | None = None  # TrainConfig.distill_weight (None: the train preset's)
+    ce_train_extra: tuple[str, ...] = ()  # more training text: `mix:dataset+...` of these datasets' train splits
+    ce_mix_alpha: float | None = None  # TrainConfig.mix_alpha (None: by size)
+    # a last phase on longer pairs: `ce_long_steps` more steps from the best checkpoint at `long_length` tokens;
+    # the masked model, MICE and late interaction then train at that length too
     long_length: int | None = None
     ce_long_steps: int | None = None
-    # starts from the cross-encoder: adapting to the mask is quick (the search's finalists had 30 steps)
-    masked_steps: int | None = 20
+    masked_steps: int | None = 20  # from the cross-encoder: adapting to a mask is quick
     mice_steps: int | None = 300  # the train preset's own MICE budget
-    # the late-interaction baseline (MaxSim). Not MICE's 300: a step costs ~1.7x a MICE step (measured: 40 steps
-    # in 54 s, 350 MICE steps in 273 s), which the 20-minute budget cannot hold; fewer steps can only understate
-    # it. `mice train --preset quick --mode late-interaction` gives it MICE's own budget (300 steps)
+    # the late-interaction baseline: a step costs ~1.7x a MICE step, so fewer steps fit the demo's budget (which
+    # can only understate it); `mice train --mode late-interaction` gives it MICE's budget
     late_steps: int | None = 30
     dev_queries: int | None = 30  # dev queries of the training runs' evaluations (None: the train preset's)
-    # which: "first" N by id, or "random" N (TrainConfig.dev_sample). Ids sort by package, so the first 200 of
-    # embedded:docs/dev are matplotlib, numpy and pandas only, while torch and scipy hold half the test queries.
-    # Random since 2026-11-30 (the quick preset measured 14:58 from nothing with it, README)
+    # "first" N by id or "random" N: ids sort by package, so the first ones are a few packages only
     dev_sample: str = "random"
-    max_interaction_layers: int | None = 4  # the largest b the trained search tries
+    max_interaction_layers: int | None = 4  # the largest b the staged search tries
     probe_queries: int = 20
-    # dev queries screened by attribution patching (every layer x head x path) and swept exactly (layer x path):
-    # 100 queries give per-knockout CIs narrow enough to rank the knockouts on the sensitive measure
+    # dev queries of the attribution screen (every layer x head x path): enough for per-knockout CIs
     sweep_queries: int = 100
-    # the first of those swept exactly (layer x path) for the exact heatmap and to check the screen. Exact
-    # knockouts cost a forward each: on the shared 2-core machine 30 queries took 824 s against 310 s for the
-    # whole head-level screen of 100; 10 keep the exact sweep at the old demo's size
-    exact_queries: int = 10
-    check_queries: int = 20  # further dev queries, held out, on which derived masks are re-checked exactly
+    exact_queries: int = 10  # the first of those swept exactly (a forward per knockout), to check the screen
+    check_queries: int = 20  # further held-out dev queries on which derived masks are re-checked exactly
     sweep_k: int = 10
-    # largest relative nDCG@10 loss a derived mask or configuration may cost on dev queries: on 20 queries one
-    # relevant document moving one rank shifts nDCG@10 by 1-3%, so a tighter tolerance rejects on noise
+    # largest relative nDCG@10 loss a derived mask may cost on dev queries (one rank moves 20 queries' nDCG 1-3%)
     tolerance: float = 0.02
-    # the trained search: first-rung steps (each rung doubles them), dev queries scored, finalists' seeds, and its
-    # tolerance: the share of the cross-encoder's effectiveness the configuration must keep (the goal: 95%)
+    # the staged search: first-rung steps, dev queries scored, its tolerance (share of effectiveness to keep),
+    # finalists' seeds; rung r trains search_steps * eta**r steps
     search_steps: int = 10
     search_queries: int = 40
     search_tolerance: float = 0.05
     search_seeds: tuple[int, ...] = (0, 1)
     search_finalists: int = 2
-    # rung r trains search_steps * eta**r steps. Quick: 9 mask candidates get 10 steps, the best 2 go on to 30 steps
-    # under two seeds (the rung cap makes them the finalists): 90 + 100 steps
     search_eta: int = 3
     search_rungs: int | None = 2
-    # promote on every seed from this rung on (None: finalists only; SearchConfig.seeded_from)
-    search_seeded_from: int | None = None
-    # who goes on to the search's next rung (SearchConfig.promote): since 2026-11-30 "efficient", the best and then
-    # those within tolerance of it, most efficient first; "best" (by effectiveness alone) was the earlier rule
-    search_promote: str = "efficient"
-    # who is cut at a rung (SearchConfig.cut): halving's losers, or only those a paired test tells apart from the
-    # rung's best ("significant", since 2026-12-01 in the full preset)
-    search_cut: str = "halving"
-    # MICE's [CLS] cross-attention modes the search's layer stage tries for each b (SearchConfig.cls_cross)
-    search_cls_cross: tuple[str, ...] = ("none",)
-    # both stages' finalists train the same steps (SearchConfig.equal_finals; since 2026-12-01: before, the full
-    # preset's layer finals stopped at 50 steps and were judged against masks trained 200)
-    search_equal_finals: bool = True
+    search_seeded_from: int | None = None  # promote on every seed from this rung on (SearchConfig.seeded_from)
+    search_promote: str = "efficient"  # SearchConfig.promote
+    search_cut: str = "halving"  # SearchConfig.cut
+    search_cls_cross: tuple[str, ...] = ("none",)  # MICE's [CLS] cross-attention modes tried for each b
+    search_equal_finals: bool = True  # both stages' finalists train the same steps
     derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
     derive_max_steps: int | None = 12  # exact re-checks at most (structural cells need none)
-    bench_docs: int = 32  # one batch; `mice bench latency` defaults to 100, the demo keeps its budget
+    bench_docs: int = 32  # one batch; `mice bench latency` defaults to 100
     bench_doc_lens: tuple[int, ...] = (128,)  # the demo's documents' length; `mice bench latency` measures 512
     bench_repeats: int = 2
     seed: int = 0
 
 
 # what a KEYED_WHEN_SET field is compared with when it is not its field's current default: the value stages were
-# computed under before the field existed or changed (the demo took the first dev queries by id until 2026-11-30)
+# computed under before the field existed or changed (the demo once took the first dev queries by id)
 KEYED_AGAINST = {"dev_sample": "first", "search_promote": "best", "search_equal_finals": False}
 KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight", "ce_train_extra",
                   "ce_mix_alpha", "long_length", "ce_long_steps",
@@ -147,42 +108,34 @@ KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner"
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
 
-PRESETS = {
-    # dev queries at random since 2026-11-30 (the first 40 by id were all matplotlib); `--dev-sample first` is the
-    # earlier runs' draw, whose cached stages keep their keys
-    "quick": DemoPreset(),
-    # full: the cross-encoder's stop rule (beat the bi-encoder on dev) is read on 200 dev queries: on the quick
-    # preset's 50 it stopped at step 500 on noise (dev RR@10 0.477 vs 0.466; on the 503 test queries 0.499 vs 0.513)
-    "full": DemoPreset(name="full", test_queries=None, every_query_domains=("in", "ood", "meta"), first_stage_k=100,
-                       ce_steps=4000, ce_until_beats_teacher=True, ce_eval_every=200, dev_sample="random",
-                       ce_distill_weight=0.3, ce_train_extra=("embedded:debian",),
-                       # 600 steps (15% of the cap) at 192 tokens after the stop rule (2026-12-01, README: "A last
-                       # phase on longer pairs"): `embedded:meta` +0.071 over BM25, p 0.006 (+0.052, p 0.074 at 96)
-                       long_length=192, ce_long_steps=600,
-                       masked_steps=None,
-                       # MICE: 1,200 steps, not the train preset's 300 (on the quick cross-encoder MICE-ℓ1+3 kept
-                       # 93.3% / 90.9% of it after 300 steps, 102.7% / 103.9% after 1,200: README)
-                       mice_steps=1200, late_steps=None, dev_queries=200,
-                       train_preset="quick", sweep_queries=200, exact_queries=100, check_queries=100,
-                       derive_max_steps=48, search_steps=25, search_queries=100, search_seeds=(0, 1, 2),
-                       search_eta=2, search_rungs=None,
-                       # its one-seed 100-step rung cut mask3(k=1) on a gap that seed noise spans (README): every
-                       # seed from the second rung on
-                       search_seeded_from=1,
-                       # its one-seed 25-step rung cut MICE-ℓ1+3 (0.2400) for ℓ1+2 (0.2670) and ℓ1+4 (0.2659) on a
-                       # 100-query gap within noise (README): cut only what the rung tells apart from its best
-                       search_cut="significant",
-                       bench_docs=100, bench_doc_lens=(128, 512), bench_repeats=10),
-    "tiny": DemoPreset(name="tiny", dataset="embedded:docs?packages=json,csv,argparse,logging,email&max_per_package=200",
-                       dataset_ood="embedded:docs-ood?packages=http,xml&max_per_package=150",
-                       dataset_meta="embedded:meta", first_stage_k=8, test_queries=20,
-                       train_preset="tiny", backbone="tiny", ce_steps=None, masked_steps=None, mice_steps=None,
-                       late_steps=None, dev_queries=None, max_interaction_layers=2, check_queries=8, probe_queries=4,
-                       exact_queries=8, sweep_queries=8, sweep_k=6, search_steps=2, search_queries=8, search_finalists=8,
-                       # a plumbing check on a random model, not evidence: the tolerance is wide so that the
-                       # search decides for MICE and every later stage runs
-                       search_tolerance=0.9, bench_docs=8, bench_doc_lens=(32,), bench_repeats=2),
-}
+PRESETS_FILE = Path(__file__).with_name("presets.toml")
+
+
+def _preset_value(name: str, value):
+    """A TOML value as the DemoPreset field holds it: "none" unset, lists as tuples."""
+    if value == "none":
+        return None
+    return tuple(value) if isinstance(value, list) else value
+
+
+def load_presets(path=PRESETS_FILE) -> dict[str, DemoPreset]:
+    """The presets file (`presets.toml`): one table per preset, each overriding DemoPreset's defaults."""
+    import tomllib
+
+    from mice.errors import MiceError
+
+    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    known = set(DemoPreset.__dataclass_fields__)
+    out = {}
+    for name, fields in data.items():
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise MiceError(f"{path}: preset {name!r}: unknown field {unknown[0]!r}")
+        out[name] = DemoPreset(name=name, **{k: _preset_value(k, v) for k, v in fields.items()})
+    return out
+
+
+PRESETS = load_presets()
 
 
 # stages whose work changed when the demo began to train MICE whatever the search decided (their key says so)
@@ -231,7 +184,7 @@ class Demo:
         key = {"version": CACHE_VERSION, **{f: values[f] for f in fields
                                             if f not in KEYED_WHEN_SET or values[f] != defaults[f]}}
         if any(f in key and key[f] is None for f in ("ce_steps", "masked_steps", "mice_steps", "late_steps")):
-            key["train_budget"] = "steps"  # the train preset's own steps, since 2026-11-30 without its wall clock
+            key["train_budget"] = "steps"  # the train preset's own steps, without its wall clock
         if key.get("ce_until_beats_teacher"):
             key["beat_teacher_rule"] = BEAT_TEACHER_RULE  # when the cross-encoder stops depends on the rule
         if key.get("ce_train_extra"):  # installed packages change these collections under the same spec: key
@@ -270,7 +223,7 @@ class Demo:
 
     def every_query(self, domain: str) -> bool:
         """Whether the cross-encoder and MICE re-rank every test query of `domain`: the preset's domains, and
-        always the external collection (the set on which issue 12 compares every model with BM25)."""
+        always the external collection (where every model is compared with BM25)."""
         return domain in self.p.every_query_domains or domain == "ext"
 
     # ---- stages

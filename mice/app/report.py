@@ -344,7 +344,7 @@ def _search_section(root: Path, figure) -> list[str]:
     zero = t[~t["trained"]][["stage", "candidate", m, f"delta_{m}", "kendall_tau"]].rename(
         columns={f"delta_{m}": f"delta_{m} zero-shot", "kendall_tau": "kendall_tau zero-shot"})
     first = t[t["trained"] & (t["rung"] == 0)].copy()
-    if "p_vs_best" in first.columns:  # searches since 2026-12-01: who this rung cut, and the test behind it
+    if "p_vs_best" in first.columns:  # who this rung cut, and the test behind it
         first["cut"] = ~(first["promoted"].astype(bool) | first["finalist"].astype(bool))
     first = first[[x for x in ("stage", "candidate", "steps", m, f"{m}_ci_low", f"{m}_ci_high", "p_vs_best", "cut")
                    if x in first.columns]]
