@@ -14,7 +14,7 @@ def make_all(run_dir, out_dir) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
     for draw in (_probe_figures, _attribution_figures, _sweep_figures, _derivation_figures, _search_figures,
-                 _bench_figures):
+                 _bench_figures, _frontier_figures):
         made.extend(p for p in draw(run_dir, out_dir) if p.suffix == ".png")
     (out_dir / "index.json").write_text(json.dumps(sorted(p.name for p in made), indent=2))
     return made
@@ -114,3 +114,13 @@ def _bench_figures(run_dir: Path, out_dir: Path) -> list[Path]:
     if results.exists():
         made += plot_latency_vs_effectiveness(read_table(bench), read_table(results), out_dir / "latency_vs_ndcg")
     return made
+
+
+def _frontier_figures(run_dir: Path, out_dir: Path) -> list[Path]:
+    table = run_dir / "frontier" / "frontier.parquet"
+    if not table.exists():
+        return []
+    from figures.frontier import plot_frontier
+
+    return plot_frontier(read_table(table), out_dir / "frontier")
+

@@ -163,8 +163,9 @@ def _restrict(run: pd.DataFrame, qids) -> pd.DataFrame:
 class Demo:
     """Holds the preset, the output root and the stage runner; each `stage_*` method is one stage."""
 
-    def __init__(self, out, preset: DemoPreset, console=None):
+    def __init__(self, out, preset: DemoPreset, console=None, frontier=None):
         self.out = Path(out)
+        self.frontier = frontier  # a cached frontier folder of this cross-encoder, drawn in the report
         self.p = preset
         self.console = console
         if (preset.long_length is None) != (preset.ce_long_steps is None):
@@ -646,6 +647,25 @@ class Demo:
         return {}
 
 
+    def adopt_frontier(self, source) -> None:
+        """Copy a cached frontier (`mice ablate frontier`) of this demo's cross-encoder into the run, for the
+        report's frontier figure. A frontier of another cross-encoder is refused."""
+        import shutil
+
+        from mice.errors import MiceError
+        from mice.identity import weights_fingerprint
+
+        source = Path(source)
+        meta_path = source / "frontier.json"
+        if not meta_path.exists() or not (source / "frontier.parquet").exists():
+            raise MiceError(f"{source}: not a frontier folder (no frontier.json / frontier.parquet)")
+        model = json.loads(meta_path.read_text())["config"]["model"]
+        if weights_fingerprint(model) != weights_fingerprint(self.ce_path()):
+            raise MiceError(f"{source}: its frontier was computed for another cross-encoder ({model})")
+        (self.out / "frontier").mkdir(parents=True, exist_ok=True)
+        for name in ("frontier.parquet", "frontier.json"):
+            shutil.copyfile(source / name, self.out / "frontier" / name)
+
     def stage_figures(self, folder: Path) -> dict:
         from figures.make import make_all
 
@@ -699,6 +719,8 @@ class Demo:
             if name in MICE_ALWAYS_STAGES:  # the demo trains a MICE model whatever the search decided
                 key["mice_always"] = 1
             p.run(name, fn, title, key=key)
+        if self.frontier is not None:
+            self.adopt_frontier(self.frontier)
         # figures and report are cheap and always redrawn from the saved results
         import shutil
 
@@ -738,9 +760,9 @@ def mice_vs_cross_encoder(folder) -> pd.DataFrame:
                                        "share_ci_low", "share_ci_high", "p_ttest", "bm25"])
 
 
-def run_demo(out="runs/demo", preset: str = "quick", console=None, **overrides) -> Path:
+def run_demo(out="runs/demo", preset: str = "quick", console=None, frontier=None, **overrides) -> Path:
     """Run (or resume) the demo; returns the path of report.md."""
-    return Demo(out, get_preset(preset, **overrides), console=console).run()
+    return Demo(out, get_preset(preset, **overrides), console=console, frontier=frontier).run()
 
 
 def environment() -> dict:

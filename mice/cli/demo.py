@@ -19,7 +19,10 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (about 15 m
          external: Optional[str] = typer.Option(None, "--external", help="An external out-of-domain collection "
                                                 "with a test split (a BEIR folder, or any dataset spec), evaluated "
                                                 "beside the built-in ones; the cross-encoder and MICE re-rank "
-                                                "every test query")) -> None:
+                                                "every test query"),
+         frontier: Optional[str] = typer.Option(None, "--frontier", help="A frontier folder of this demo's "
+                                                "cross-encoder (`mice ablate frontier`): its figure goes in the "
+                                                "report")) -> None:
     """The whole method on the offline default, ending in OUT/report.md and OUT/report.html."""
     import time
 
@@ -39,7 +42,7 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (about 15 m
         from mice.errors import MiceError
 
         raise MiceError(f"--dev-sample {dev_sample!r}: expected first or random")
-    report = run_demo(out, preset, console=console, backbone=backbone, dev_sample=dev_sample,
+    report = run_demo(out, preset, console=console, frontier=frontier, backbone=backbone, dev_sample=dev_sample,
                       dataset_external=external)
     took = time.perf_counter() - start
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}  [dim]({took:.1f}s)[/]")
