@@ -74,6 +74,14 @@ def relative_loss(candidate: np.ndarray, control: np.ndarray, alpha: float = 0.0
     return Loss(float(mean), float(np.quantile(boot, 1 - alpha)), float(np.quantile(boot, alpha)), len(c))
 
 
+def mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap CI over queries."""
+    values = np.asarray(values, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
+    boot = values[idx].mean(1)
+    return float(values.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+
+
 def cost_key(b: int, a: int) -> tuple[int, int]:
     """Sort key, cheapest first at query time: the smallest b, then the largest a."""
     return (int(b), -int(a))

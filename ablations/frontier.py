@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ablations.decision import relative_loss
+from ablations.decision import mean_ci, relative_loss
 from ablations.joint import CONTROL, JointConfig, JointSearch, _pool, grid
 from ablations.search import Candidate
 from mice.errors import MiceError
@@ -190,11 +190,9 @@ class Frontier(JointSearch):
         return out
 
 
-def _mean_ci(name: str, values: np.ndarray, n_boot: int = 1000) -> dict:
-    idx = np.random.default_rng(0).integers(0, len(values), size=(n_boot, len(values)))
-    boot = values[idx].mean(1)
-    return {name: float(values.mean()), f"{name}_low": float(np.quantile(boot, 0.025)),
-            f"{name}_high": float(np.quantile(boot, 0.975))}
+def _mean_ci(name: str, values: np.ndarray) -> dict:
+    mean, low, high = mean_ci(values)
+    return {name: mean, f"{name}_low": low, f"{name}_high": high}
 
 
 def pareto(table: pd.DataFrame, metric: str = "ndcg@10") -> pd.Series:

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ablations.decision import choose, cost_key, fidelity_per_query, relative_loss
+from ablations.decision import choose, cost_key, fidelity_per_query, mean_ci, relative_loss
 from ablations.search import Candidate, Search, SearchConfig, promoted_count
 from mice.errors import MiceError
 
@@ -284,15 +284,9 @@ class JointSearch(Search):
                         alpha=cfg.alpha)
         labelled = {}
         for cand in [*finalists, control]:
-            labelled[cand.name] = {m: self._ci(self._values(cand, seeds, steps, "confirm", m))
+            labelled[cand.name] = {m: list(mean_ci(self._values(cand, seeds, steps, "confirm", m)))
                                    for m in ("ndcg@10", "rr@10")}
         return choice, labelled
-
-    @staticmethod
-    def _ci(values: np.ndarray, n_boot: int = 1000) -> list[float]:
-        idx = np.random.default_rng(0).integers(0, len(values), size=(n_boot, len(values)))
-        boot = values[idx].mean(1)
-        return [float(values.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
 
     def run(self):
         from mice.files import write_json_atomic, write_table
