@@ -72,7 +72,15 @@ def check_folder(spec: str) -> str:
     weights = [w for w in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (p / w).exists()]
     if not weights:
         raise ModelError(f"{p}: no weights (model.safetensors or pytorch_model.bin)")
+    if not any((p / t).is_file() for t in TOKENIZER_FILES):
+        raise ModelError(f"{p}: no tokenizer ({' or '.join(TOKENIZER_FILES[:3])}); without it every word would "
+                         "be an unknown token")
     return path
+
+
+# any one of these makes a folder's tokenizer (fast, WordPiece, BPE, SentencePiece)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
 
 
 def load_error(spec, err: Exception) -> ModelError:
