@@ -18,6 +18,37 @@ def _file_mode() -> int:
 
 FILE_MODE = _file_mode()
 
+MAX_JSON_BYTES = 64 << 20  # a settings/mask/record file larger than this is not one
+
+
+def unique_keys(source, error=ValueError):
+    """A `json.loads` `object_pairs_hook` that refuses a key given twice in one object (naming `source`)."""
+    def pairs(items):
+        obj = {}
+        for key, value in items:
+            if key in obj:
+                raise error(f"{source}: key {key!r} appears twice in one object (the value would be ambiguous)")
+            obj[key] = value
+        return obj
+
+    return pairs
+
+
+def strict_json(text: str, source, error=ValueError):
+    """`json.loads` that refuses what it would otherwise accept silently: a key given twice in one object (the
+    last would win), nesting too deep to parse, and text larger than `MAX_JSON_BYTES`. Every refusal, and
+    malformed JSON, is one `error` naming `source` (with line and column where there is one)."""
+    if len(text) > MAX_JSON_BYTES:
+        raise error(f"{source}: {len(text)} characters, more than a JSON file of this kind can hold "
+                    f"({MAX_JSON_BYTES} at most)")
+
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys(source, error))
+    except json.JSONDecodeError as err:
+        raise error(f"{source}:{err.lineno}:{err.colno}: malformed JSON ({err.msg})") from None
+    except RecursionError:
+        raise error(f"{source}: JSON nested too deeply") from None
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
