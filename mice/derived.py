@@ -148,5 +148,5 @@ def is_config_file(path) -> bool:
         return False
     try:
         return json.loads(p.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # the mask reader says what is wrong
         return False

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -17,6 +18,46 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()
+
+_OS_HINTS = {errno.ENOSPC: "no space left on the device; free some and rerun (finished work is kept)",
+             errno.EDQUOT: "disk quota exceeded; free some and rerun (finished work is kept)",
+             errno.EROFS: "read-only file system; choose an output on a writable one",
+             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+             errno.EISDIR: "is a folder, where a file was expected", errno.ENOTDIR: "a part of the path is a file",
+             errno.EFBIG: "file too large for this file system or process limit"}
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an OS error: the path, and what to do about it."""
+    what = _OS_HINTS.get(err.errno) or err.strerror or type(err).__name__
+    path = err.filename if err.filename is not None else "output"
+    return f"{path}: {what}" + (f" (and {err.filename2})" if getattr(err, "filename2", None) else "")
+
+
+def check_output(path, folder: bool = False, what: str = "--out") -> Path:
+    """Before any work: `path` can be written (its folder exists or can be made, and takes a file), and is not a
+    folder where a file is meant (or a file where a folder is). One `OSError` naming the path otherwise."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        code = errno.EISDIR if path.is_dir() else errno.ENOTDIR
+        raise OSError(code, os.strerror(code), f"{path} ({what})")
+    where = path if folder else path.parent
+    existing = where
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), f"{existing} ({what})")
+    try:  # a real write: permissions, read-only mounts and full disks all show here
+        fd, probe = tempfile.mkstemp(prefix=".mice-write-check.", dir=existing)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, f"{existing} ({what})") from None
+    return path
+
 
 MAX_JSON_BYTES = 64 << 20  # a settings/mask/record file larger than this is not one
 

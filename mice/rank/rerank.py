@@ -207,7 +207,8 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
            batch_size: int = 32, out: "str | os.PathLike | None" = None, show_progress_bar: bool = False,
            tag: str = "mice-rerank", job: "str | dict | None" = None, chunk_pairs: int | None = None,
            score_fn: Callable[[object, CandidateBatch, int], np.ndarray] = score_batch,
-           query_ids: "Iterable[str] | None" = None, overwrite: bool = False) -> pd.DataFrame:
+           query_ids: "Iterable[str] | None" = None, overwrite: bool = False,
+           on_resume: "Callable[[Path, int], None] | None" = None) -> pd.DataFrame:
     """Score each split query's top-`k` first-stage documents with `scorer`; return the new run.
 
     `run`: DataFrame or run file. `out`: write the TREC run there (atomically) and make the job resumable
@@ -216,7 +217,8 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
     another job is refused, naming what differs, unless `overwrite` starts afresh. `chunk_pairs`: pairs per unit of work (whole
     queries; default max(8 x batch_size, 64)); a resumed job redoes at most one chunk. `score_fn(scorer,
     batch, batch_size)` scores one `CandidateBatch`. `query_ids`: re-rank only these queries of the split
-    (a fixed evaluation subset); the run's other queries are dropped without a warning.
+    (a fixed evaluation subset); the run's other queries are dropped without a warning. `on_resume(partial,
+    n_done)` is called when finished queries are taken over, only after the lock and the identity check.
     """
     from mice.validate import positive
 
@@ -229,14 +231,14 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
     require_output(out, "re-ranking")
     if out is None:
         return _rerank(scorer, dataset, split, run, k, batch_size, None, show_progress_bar, tag, job, chunk_pairs, score_fn,
-                       query_ids, overwrite)
+                       query_ids, overwrite, on_resume)
     with rank_lock(out):
         return _rerank(scorer, dataset, split, run, k, batch_size, out, show_progress_bar, tag, job, chunk_pairs, score_fn,
-                       query_ids, overwrite)
+                       query_ids, overwrite, on_resume)
 
 
 def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job, chunk_pairs, score_fn, query_ids,
-            overwrite) -> pd.DataFrame:
+            overwrite, on_resume=None) -> pd.DataFrame:
     ds = load_dataset(dataset)
     queries = ds.queries(split)
     if query_ids is not None:
@@ -273,6 +275,8 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
         _receipt(out).unlink(missing_ok=True)
         partial = _Partial(out.with_name(out.name + ".partial"), key, cands, restart=overwrite)
     done = dict(partial.done) if partial else {}
+    if done and on_resume is not None:
+        on_resume(partial.path, len(done))
 
     from mice.distributed import world
 
