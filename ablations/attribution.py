@@ -253,7 +253,9 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
         key = job_identity(**model.identity(), pairs=cands.fingerprint(), modes=modes, base=mask_identity(base_mask),
                            knockouts=hashlib.sha256(json.dumps([ko.key for ko in kos]).encode()).hexdigest(),
                            batch_size=batch_size, steps=steps, format=ATTRIBUTION_FORMAT)
-        partial = _Partial(Path(out).with_name(Path(out).name + ".partial"), key)
+        partial_path = Path(out).with_name(Path(out).name + ".partial")
+        partial = _Partial(partial_path, key, mismatch=f"partial results of a different attribution; delete "
+                           f"{partial_path.name} to start afresh, or choose another --out")
     engines = {mode: PathAttribution(model, lives[mode], mode, None if base_mask.is_full() else base_mask)
                for mode in modes}
     done = _estimate_units(units, batches, engines, steps, partial, w, show_progress_bar)

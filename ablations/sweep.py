@@ -105,11 +105,11 @@ class _Partial:
     MISMATCH = "partial results of a different sweep; pass restart=True (--restart) to start afresh, or choose " \
                "another output"
 
-    def __init__(self, path: Path, key: str, restart: bool = False):
+    def __init__(self, path: Path, key: str, restart: bool = False, mismatch: str | None = None):
         from mice.distributed import ShardedJournal
 
         self.path, self.key = path, key  # one journal per rank (`mice.distributed`), all read on resume
-        self._journal = ShardedJournal(path, PARTIAL_FORMAT, key, self.MISMATCH, restart=restart)
+        self._journal = ShardedJournal(path, PARTIAL_FORMAT, key, mismatch or self.MISMATCH, restart=restart)
         self.units: dict[int, dict] = {int(obj["unit"]): obj for obj in self._journal.records}
 
     def add(self, unit: int, rows: list, per_query: list) -> None:

@@ -48,6 +48,9 @@ class DerivedConfig:
             raise ConfigFileError("decision 'mice' needs contextual_layers (a) and interaction_layers (b)")
         if self.decision in ("mice", "masked") and self.mask is None:
             raise ConfigFileError(f"decision {self.decision!r} needs a mask")
+        if isinstance(self.mask, dict) and self.mask.get("num_layers") != self.num_layers:
+            raise ConfigFileError(f"num_layers is {self.num_layers!r} but the mask is for "
+                                  f"{self.mask.get('num_layers')!r} layers")
         if self.cls_cross_attention is not None:
             from mice.models.mice_model import CLS_CROSS_MODES
 
@@ -82,14 +85,16 @@ class DerivedConfig:
 
     @classmethod
     def load(cls, path) -> "DerivedConfig":
+        from mice.files import strict_json
+
         path = Path(path)
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise ConfigFileError(f"{path}: cannot read ({err.strerror})") from None
-        except json.JSONDecodeError as err:
-            raise ConfigFileError(f"{path}:{err.lineno}:{err.colno}: malformed JSON ({err.msg})") from None
-        return cls.from_dict(obj, str(path))
+        except UnicodeDecodeError as err:
+            raise ConfigFileError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
+        return cls.from_dict(strict_json(text, path, ConfigFileError), str(path))
 
     # ---------------------------------------------------------------------------------------- use
     def interaction_mask(self):
@@ -143,5 +148,5 @@ def is_config_file(path) -> bool:
         return False
     try:
         return json.loads(p.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # the mask reader says what is wrong
         return False

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -17,6 +18,77 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()
+
+_OS_HINTS = {errno.ENOSPC: "no space left on the device; free some and rerun (finished work is kept)",
+             errno.EDQUOT: "disk quota exceeded; free some and rerun (finished work is kept)",
+             errno.EROFS: "read-only file system; choose an output on a writable one",
+             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+             errno.EISDIR: "is a folder, where a file was expected", errno.ENOTDIR: "a part of the path is a file",
+             errno.EFBIG: "file too large for this file system or process limit"}
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an OS error: the path, and what to do about it."""
+    what = _OS_HINTS.get(err.errno) or err.strerror or type(err).__name__
+    path = err.filename if err.filename is not None else "output"
+    return f"{path}: {what}" + (f" (and {err.filename2})" if getattr(err, "filename2", None) else "")
+
+
+def check_output(path, folder: bool = False, what: str = "--out") -> Path:
+    """Before any work: `path` can be written (its folder exists or can be made, and takes a file), and is not a
+    folder where a file is meant (or a file where a folder is). One `OSError` naming the path otherwise."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        code = errno.EISDIR if path.is_dir() else errno.ENOTDIR
+        raise OSError(code, os.strerror(code), f"{path} ({what})")
+    where = path if folder else path.parent
+    existing = where
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), f"{existing} ({what})")
+    try:  # a real write: permissions, read-only mounts and full disks all show here
+        fd, probe = tempfile.mkstemp(prefix=".mice-write-check.", dir=existing)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, f"{existing} ({what})") from None
+    return path
+
+
+MAX_JSON_BYTES = 64 << 20  # a settings/mask/record file larger than this is not one
+
+
+def unique_keys(source, error=ValueError):
+    """A `json.loads` `object_pairs_hook` that refuses a key given twice in one object (naming `source`)."""
+    def pairs(items):
+        obj = {}
+        for key, value in items:
+            if key in obj:
+                raise error(f"{source}: key {key!r} appears twice in one object (the value would be ambiguous)")
+            obj[key] = value
+        return obj
+
+    return pairs
+
+
+def strict_json(text: str, source, error=ValueError):
+    """`json.loads` that refuses what it would otherwise accept silently: a key given twice in one object (the
+    last would win), nesting too deep to parse, and text larger than `MAX_JSON_BYTES`. Every refusal, and
+    malformed JSON, is one `error` naming `source` (with line and column where there is one)."""
+    if len(text) > MAX_JSON_BYTES:
+        raise error(f"{source}: {len(text)} characters, more than a JSON file of this kind can hold "
+                    f"({MAX_JSON_BYTES} at most)")
+
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys(source, error))
+    except json.JSONDecodeError as err:
+        raise error(f"{source}:{err.lineno}:{err.colno}: malformed JSON ({err.msg})") from None
+    except RecursionError:
+        raise error(f"{source}: JSON nested too deeply") from None
 
 
 @contextlib.contextmanager

@@ -80,7 +80,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and callable(getattr(backend, "to_str", None)):
-        h.update(backend.to_str().encode())
+        state = json.loads(backend.to_str())
+        for transient in ("truncation", "padding"):  # set afresh by every call that pads or truncates
+            state.pop(transient, None)
+        h.update(json.dumps(state, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
     settings = {k: str(getattr(tokenizer, k, None)) for k in (

@@ -109,8 +109,12 @@ class InteractionMask:
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        from mice.validate import MAX_LAYERS
+
         if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 1:
             raise MaskError(f"num_layers must be a positive int, got {self.num_layers!r}")
+        if self.num_layers > MAX_LAYERS:  # checked before a table per layer is built
+            raise MaskError(f"num_layers {self.num_layers} is more than any model has (at most {MAX_LAYERS})")
         if not isinstance(self.rules, (list, tuple)):
             raise MaskError(f"rules must be a list of rules, got {type(self.rules).__name__}")
         if not isinstance(self.name, str):
@@ -237,6 +241,9 @@ class InteractionMask:
         if fmt == "mice-config/1":  # a derived configuration (mice.derived) carries its mask
             if not isinstance(obj.get("mask"), dict):
                 raise MaskError(f"{source}: this configuration holds no mask (decision: {obj.get('decision')})")
+            inner = obj["mask"].get("num_layers")
+            if "num_layers" in obj and obj["num_layers"] != inner:
+                raise MaskError(f"{source}: num_layers is {obj['num_layers']!r} but its mask is for {inner!r} layers")
             return cls.from_dict(obj["mask"], source)
         if fmt not in FORMATS:
             raise MaskError(f"{source}: format {fmt!r} is not supported (expected {FORMAT!r})")
@@ -256,16 +263,22 @@ class InteractionMask:
 
     @classmethod
     def load(cls, path) -> "InteractionMask":
+        from mice.files import MAX_JSON_BYTES, strict_json
+
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            if path.stat().st_size > MAX_JSON_BYTES:
+                raise MaskError(f"{path}: {path.stat().st_size} bytes, too large for a mask file")
+            data = path.read_bytes()
         except OSError as err:
             raise MaskError(f"{path}: cannot read mask file ({err.strerror})") from None
+        if data.startswith(b"\xef\xbb\xbf"):
+            raise MaskError(f"{path}: starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM")
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise MaskError(f"{path}:{err.lineno}:{err.colno}: malformed JSON ({err.msg})") from None
-        return cls.from_dict(obj, str(path))
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise MaskError(f"{path}: not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start})") from None
+        return cls.from_dict(strict_json(text, path, MaskError), str(path))
 
     @classmethod
     def from_tables(cls, tables: np.ndarray, name: str = "derived", provenance: dict | None = None):

@@ -18,6 +18,7 @@ class SettingError(MiceError, ValueError):
 
 
 # name -> (low, high, low_inclusive); None = unbounded on that side
+MAX_LAYERS = 1024  # no encoder has more; a bigger count is a typo, refused before anything is built per layer
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "batch_size": (1, None, True),
     "nproc": (1, None, True),  # `mice --nproc N` (mice.distributed.launch)
@@ -47,16 +48,16 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "max_minutes": (0, None, False),
     "eval_every": (1, None, True),
     "save_every": (1, None, True),
-    "negatives": (1, None, True),
-    "contextual_layers": (1, None, True),
-    "interaction_layers": (1, None, True),
+    "negatives": (1, 1024, True),  # sampled per query and batched: 100000 would allocate for hours
+    "contextual_layers": (1, MAX_LAYERS, True),
+    "interaction_layers": (1, MAX_LAYERS, True),
     "lr": (0, None, False),
     "head_lr": (0, None, False),
     "teacher_scale": (0, None, False),
     "mix_alpha": (0, 1, True),  # `mice train --mix-alpha`: a mix's parts drawn ∝ n ** alpha
     "k1": (0, None, True),
     "b": (0, 1, True),
-    "num_layers": (1, None, True),
+    "num_layers": (1, MAX_LAYERS, True),
     "seed": (None, None, True),
     "reference": (None, None, True),
     "ig_steps": (0, None, True),
@@ -74,7 +75,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "max_rungs": (1, None, True),
     "seeded_from": (0, None, True),  # `mice ablate search --seeded-from`: the first rung promoted on every seed
     "cut_alpha": (0, 1, False),  # `mice ablate search --cut-alpha`: the level of `--cut significant`'s test
-    "max_interaction_layers": (1, None, True),
+    "max_interaction_layers": (1, MAX_LAYERS, True),
 }
 
 

@@ -6,6 +6,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Every test (and every process it starts) uses a cache of its own, never the user's `~/.cache/mice` or
+    a `MICE_CACHE` set outside: BM25 indexes, teacher scores and embedded corpora are built under tmp."""
+    mp = pytest.MonkeyPatch()
+    cache = tmp_path_factory.mktemp("mice-cache")
+    mp.setenv("MICE_CACHE", str(cache))
+    yield cache
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Tiny random cross-encoders of each family, built once per session: {family: folder}."""

@@ -193,3 +193,147 @@ def test_out_of_choice_option_values(tmp_path):
             check(code, err, f"{' '.join(path)} {flag} {v!r}", must_mention=flag)
             assert "fp32, bf16, fp16" in err
     assert not [f for f in tmp_path.iterdir() if f != existing]
+
+
+# ------------------------------------------------------------------ run, qrels and corpus files, byte-level
+_GOOD_RUN = "q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.0 t\n"
+RUN_FILES = {  # name -> (bytes of the run file, what the one error line must say)
+    "bom": (b"\xef\xbb\xbf" + _GOOD_RUN.encode(), "byte-order mark"),
+    "latin-1": (_GOOD_RUN.encode() + "q2 Q0 d\xe9 1 1.0 t\n".encode("latin-1"), "not UTF-8"),
+    "nan": (b"q1 Q0 d1 1 nan t\n", "finite"),
+    "inf": (b"q1 Q0 d1 1 inf t\n", "finite"),
+    "-inf": (b"q1 Q0 d1 1 -inf t\n", "finite"),
+    "1e999": (b"q1 Q0 d1 1 1e999 t\n", "finite"),
+    "duplicate": (_GOOD_RUN.encode() + b"q1 Q0 d1 3 0.5 t\n", "listed twice"),
+    "empty": (b"", "empty"),
+    "blank": (b"\n\n  \n", "empty"),
+    "nul": (b"q1 Q0 d1 1 \x00 t\n", "score"),
+}
+for _i, _junk in enumerate(["\xff", "\xc3", "\xed\xa0\x80", "\xf8\x88\x80\x80\x80"]):
+    RUN_FILES[f"bad-utf8-{_i}"] = (_GOOD_RUN.encode() + b"q3 Q0 d1 1 " + _junk.encode("latin-1") + b" t\n",
+                                   "not UTF-8")
+for _v in ("NaN", "Infinity", "-Infinity", "nan(1)", "+inf", "1e400", "-1e400"):
+    RUN_FILES[f"score {_v}"] = (f"q1 Q0 d1 1 {_v} t\n".encode(), "score")
+
+
+def test_malformed_run_files(tmp_path, tiny_bert):
+    folder = write_beir_folder(tmp_path / "ds")
+    for i, (name, (data, rule)) in enumerate(sorted(RUN_FILES.items())):
+        run = tmp_path / f"run{i}.trec"
+        run.write_bytes(data)
+        out = tmp_path / f"out{i}.trec"
+        code, err = run_main(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out])
+        line = assert_one_error(code, err, str(run), where=f"run file {name}")
+        assert rule in line, f"{name}: {line}"
+        assert not out.exists()
+
+
+TABLE_RUNS = {  # CSV runs
+    "nan score": "query_id,doc_id,score\nq1,d1,nan\n",
+    "text score": "query_id,doc_id,score\nq1,d1,abc\n",
+    "inf score": "query_id,doc_id,score\nq1,d1,inf\n",
+    "missing column": "query_id,doc_id\nq1,d1\n",
+    "duplicate pair": "query_id,doc_id,score\nq1,d1,1\nq1,d1,2\n",
+    "not csv": "\x00\x01\x02",
+}
+
+
+def test_malformed_table_runs(tmp_path, tiny_bert):
+    folder = write_beir_folder(tmp_path / "ds")
+    cases = [(f"{n}.csv", t.encode()) for n, t in TABLE_RUNS.items()] + [("corrupt.parquet", b"PAR1garbagePAR1"),
+                                                                         ("empty.parquet", b"")]
+    for i, (name, data) in enumerate(cases):
+        run = tmp_path / name.replace(" ", "-")
+        run.write_bytes(data)
+        out = tmp_path / f"out{i}.trec"
+        code, err = run_main(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out])
+        assert_one_error(code, err, str(run), where=f"table run {name}")
+        assert not out.exists()
+
+
+QRELS_FILES = {"relevance 1e400": "q1\t0\td1\t1e400\n", "relevance nan": "q1\t0\td1\tnan\n",
+               "relevance inf": "q1 0 d1 inf\n", "relevance 1.5": "q1 0 d1 1.5\n",
+               "latin-1": "q1\t0\td\xe9\t1\n", "bom": "\ufeffq1 0 d1 1\n"}
+
+
+def test_malformed_qrels_files(tmp_path):
+    from test_data import CORPUS, QUERIES
+
+    for i, (name, text) in enumerate(sorted(QRELS_FILES.items())):
+        folder = write_beir_folder(tmp_path / f"ds{i}", CORPUS, QUERIES, {"dev": [("q4", "d1", 1)]})
+        target = folder / "qrels" / "test.tsv"
+        target.write_bytes(text.encode("latin-1" if name == "latin-1" else "utf-8"))
+        code, err = run_main(["data", "info", folder])
+        assert_one_error(code, err, "test.tsv", where=f"qrels {name}")
+
+
+def test_corpus_that_is_a_folder_or_not_utf8(tmp_path):
+    for i, damage in enumerate(["folder", "latin-1", "bom", "duplicate key"]):
+        folder = write_beir_folder(tmp_path / f"ds{i}")
+        corpus = folder / "corpus.jsonl"
+        if damage == "folder":
+            corpus.unlink()
+            corpus.mkdir()
+        elif damage == "latin-1":
+            corpus.write_bytes(corpus.read_bytes() + '{"_id": "d\xe9", "text": "x"}\n'.encode("latin-1"))
+        elif damage == "bom":
+            corpus.write_bytes(b"\xef\xbb\xbf" + corpus.read_bytes())
+        else:
+            corpus.write_text(corpus.read_text() + '{"_id": "dz", "_id": "dy", "text": "x"}\n')
+        code, err = run_main(["data", "info", folder])
+        assert_one_error(code, err, "corpus.jsonl", where=damage)
+
+
+MASK_BYTES = {"latin-1": '{"name": "\xe9"}'.encode("latin-1"), "bom": b'\xef\xbb\xbf{"format": "mice-mask/2"}',
+              "deep": b"[" * 100000 + b"]" * 100000,
+              "duplicate key": b'{"format": "mice-mask/2", "num_layers": 2, "num_layers": 3, "rules": []}',
+              "huge layers": b'{"format": "mice-mask/2", "num_layers": 30000000, "rules": []}'}
+
+
+def test_hostile_mask_files(tmp_path):
+    for i, (name, data) in enumerate(sorted(MASK_BYTES.items())):
+        f = tmp_path / f"m{i}.json"
+        f.write_bytes(data)
+        code, err = run_main(["mask", "show", f])
+        check(code, err, f"mask {name}", must_mention=str(f))
+
+
+def test_partial_records_edited_by_hand_are_refused(tmp_path, tiny_bert):
+    """A finished job's partial, rebuilt by a stopped run, then edited: an injected document, a changed score,
+    a record without doc_ids, a NaN score. Each refused naming the partial; none reaches the output."""
+    import json
+
+    from mice.models.loader import load
+    from mice.rank.rerank import rerank, score_batch
+
+    folder = write_beir_folder(tmp_path / "ds")
+    run = tmp_path / "run.trec"
+    run.write_text("".join(f"q{q} Q0 d{d} {r} {10 - r} t\n" for q in (1, 2, 3) for r, d in enumerate((1, 2, 3))))
+    edits = {"injected doc": lambda r: {**r, "doc_ids": r["doc_ids"][:-1] + ["d4"]},
+             "score 999": lambda r: {**r, "scores": [999.0] + r["scores"][1:]},
+             "no doc_ids": lambda r: {k: v for k, v in r.items() if k != "doc_ids"},
+             "nan score": lambda r: {**r, "scores": [float("nan")] + r["scores"][1:]},
+             "no checksum": lambda r: {k: v for k, v in r.items() if k != "sum"},
+             "not an object": lambda r: [r]}
+    model = load(tiny_bert)
+    for i, (name, edit) in enumerate(sorted(edits.items())):
+        out = tmp_path / f"out{i}.trec"
+        calls = []
+
+        def stop(scorer, batch, batch_size):
+            if calls:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return score_batch(scorer, batch, batch_size)
+
+        try:
+            rerank(model, folder, "test", run, k=3, out=out, chunk_pairs=3, batch_size=3, score_fn=stop)
+        except KeyboardInterrupt:
+            pass
+        partial = tmp_path / f"out{i}.trec.partial"
+        head, rec = partial.read_text().splitlines()[:2]
+        partial.write_text(head + "\n" + json.dumps(edit(json.loads(rec))) + "\n")
+        code, err = run_main(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out,
+                              "--k", 3, "--batch-size", 3])
+        assert_one_error(code, err, str(partial), where=name)
+        assert not out.exists()

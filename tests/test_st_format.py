@@ -115,7 +115,7 @@ def test_modular_model_saves_a_plain_hf_folder_and_feeds_mice(tmp_path):
         assert (logits - model(batch)).abs().max() <= ATOL
     mice = load(folder, arch="1+1")
     scores = load_file(str(folder / "4_Dense" / "model.safetensors"))
-    assert torch.equal(mice.models.backbone.classifier.weight, scores["linear.weight"])
+    assert torch.equal(mice.backbone.classifier.weight, scores["linear.weight"])
 
 
 def _one_line(err) -> str:

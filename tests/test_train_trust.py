@@ -64,7 +64,10 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     own = tiny_cross_encoder(tmp_path / "start", num_layers=2, seed=0)  # a copy we may edit in place
     env = {**env, "student": str(own)}
     out = tmp_path / "run"
-    proc = subprocess.Popen(_train_args(env, out, "--max-steps", 5000, "--save-every", 1, "--eval-every", 5000),
+    # the constant schedule does not read max_steps, so the resume below may stop earlier (the linear one would
+    # be refused: its decay ends at max_steps)
+    proc = subprocess.Popen(_train_args(env, out, "--max-steps", 5000, "--save-every", 1, "--eval-every", 5000,
+                                        "--set", "lr_schedule=constant"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
     deadline = time.time() + 180
     while not (out / "last" / STATE_FILE).exists():
@@ -93,7 +96,8 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     weights[first] = weights[first] + 1e-3
     save_file(weights, str(own / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(IdentityError, match="start_model"):  # (in-process: the same code path, no CLI start-up)
-        Trainer(_cfg(env, out, resume=True, max_steps=step + 2, num_threads=1), quiet=True).train()
+        Trainer(_cfg(env, out, resume=True, max_steps=step + 2, num_threads=1, lr_schedule="constant"),
+                quiet=True).train()
     save_file(original, str(own / "model.safetensors"), metadata={"format": "pt"})
 
     # other training data (one judgement changed): refused
@@ -102,12 +106,13 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     qrels = (data2 / "qrels" / "train.tsv").read_text().replace("q0\td0\t1", "q0\td1\t1")
     (data2 / "qrels" / "train.tsv").write_text(qrels)
     with pytest.raises(IdentityError, match=r"differs: data \("):
-        Trainer(_cfg({**env, "data": str(data2)}, out, resume=True, max_steps=step + 2, num_threads=1),
+        Trainer(_cfg({**env, "data": str(data2)}, out, resume=True, max_steps=step + 2, num_threads=1,
+                     lr_schedule="constant"),
                 quiet=True).train()
     assert _step(out) == step
 
     # the same job resumes (the dead run's stale lock is taken over) and finishes
-    res = _cli(_train_args(env, out, "--resume", "--max-steps", step + 2))
+    res = _cli(_train_args(env, out, "--resume", "--max-steps", step + 2, "--set", "lr_schedule=constant"))
     assert res.returncode == 0, res.stderr
     assert _step(out) == step + 2 and not lock.exists()
     # --overwrite starts afresh under the new settings
@@ -153,8 +158,8 @@ def test_crafted_pickle_in_the_state_file_is_refused_and_never_run(env, checkpoi
 def test_crafted_pickle_in_the_rng_file_is_refused_and_never_run(env, checkpoint, tmp_path):
     marker = tmp_path / "PWNED-rng"
     torch.save({"python": _Payload(marker)}, checkpoint / "last" / "rng_state_0.pt")
-    with pytest.raises(TrainStateError, match="rng_state_0.pt.*refused"):
-        Trainer(_cfg(env, checkpoint, max_steps=3, resume=True), quiet=True).train()
+    with pytest.raises(TrainStateError, match="rng_state_0.pt.*refused"):  # (the same max_steps: the linear
+        Trainer(_cfg(env, checkpoint, max_steps=1, resume=True), quiet=True).train()  # schedule reads it)
     assert not marker.exists()
 
 

@@ -311,14 +311,13 @@ def _check_report(browser, html_path: Path, md: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_demo():
-    """The tiny demo the notebooks and tests/test_demo.py use (built once; runs/demo when `make demo` ran).
-    A folder from before report.html existed is refreshed through run_demo (every stage from its cache)."""
-    from mice.app.demo import demo_artifacts, run_demo
+def tiny_demo(tmp_path_factory):
+    """A tiny demo built by this very code under a temporary folder: never the user's `runs/`, and never a
+    folder some other code or preset built."""
+    from mice.app.demo import run_demo
 
-    run = demo_artifacts(ROOT)
-    if not (run / "report.html").exists():
-        run_demo(run, json.loads((run / "preset.json").read_text())["name"])
+    run = tmp_path_factory.mktemp("demo") / "tiny"
+    run_demo(run, "tiny")
     return run
 
 

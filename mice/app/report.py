@@ -4,6 +4,7 @@ views (`mice.viz`) embedded."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,18 +14,28 @@ from mice.files import read_table, write_text_atomic
 CONVENTION = "Path convention: `a->b` means tokens of group a attend to tokens of group b (information flows b → a)."
 
 
+_MD_ACTIVE = re.compile(r"([\\`*_\[\]!|<&~])")
+
+
+def md_cell(value) -> str:
+    """A table cell's text, inert in Markdown and HTML: every character that could open a link, an image, code,
+    emphasis, a tag or an entity, or end the cell, is backslash-escaped; line breaks become spaces. A table read
+    from disk (a copied or edited one included) can then only ever show its text."""
+    return _MD_ACTIVE.sub(r"\\\1", " ".join(str(value).splitlines()))
+
+
 def _md(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A small markdown table without optional dependencies."""
+    """A small markdown table without optional dependencies; every string cell escaped (`md_cell`)."""
     cols = list(df.columns)
 
     def fmt(v):
-        if v is pd.NA:
+        if v is pd.NA or v is None:
             return ""
         if isinstance(v, float):
             return format(v, floatfmt)
-        return str(v)
+        return md_cell(v)
 
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(map(md_cell, cols)) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 

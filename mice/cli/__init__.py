@@ -105,6 +105,11 @@ def main() -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
+    except OSError as err:  # full disk, read-only output, permissions, a folder where a file goes: one line
+        from mice.files import os_error_line
+
+        typer.echo(f"error: {os_error_line(err)}", err=True)
+        sys.exit(2)
     except Exception as err:  # usage errors (click's, or typer's vendored click): one line, exit 2
         if any(c.__name__ in ("ClickException", "UsageError") for c in type(err).__mro__):
             message = err.format_message() if hasattr(err, "format_message") else str(err)

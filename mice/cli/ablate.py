@@ -55,11 +55,14 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
     from probes.candidates import as_candidates
 
     from mice.cli.data import plain_warnings
+    from mice.errors import DataError
+    from mice.files import check_output
 
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists() and not restart:
-        typer.echo(f"resuming from {partial}", err=True)
-    hl = [int(h) for h in head_list.split(",")] if head_list else None
+    check_output(out)
+    try:
+        hl = [int(h) for h in head_list.split(",")] if head_list else None
+    except ValueError:
+        raise DataError(f"--head-list {head_list!r}: expected head numbers separated by commas, e.g. 0,3") from None
     from mice.distributed import rank_lock, world
 
     with plain_warnings(), rank_lock(out):

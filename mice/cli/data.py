@@ -106,6 +106,9 @@ def export(spec: str = typer.Argument(..., help="Dataset spec"),
     from mice.data import write_beir
 
     with plain_warnings():
+        from mice.files import check_output
+
+        check_output(out, folder=True)
         folder = write_beir(spec, out)
     typer.echo(f"wrote {folder}")
 

@@ -24,6 +24,9 @@ def _build(model: str, dataset: str, out: Path, storage_dtype: str, kv: bool, sh
     from mice.index.store import IndexConfig, build_index
     from mice.cli.data import plain_warnings
 
+    from mice.files import check_output
+
+    check_output(out, folder=True)  # before the model loads and anything is encoded
     with plain_warnings():
         mice = load_mice(model, arch, device, compute_dtype)
         corpus = load_dataset(dataset).corpus()

@@ -34,21 +34,22 @@ def rerank_cmd(model: str = typer.Option(..., "--model", "-m", help="Model folde
                                                  "of the resume identity"),
                ) -> None:
     """Score the top-k candidates of RUN with MODEL; resumes from <out>.partial if the same job stopped."""
+    from mice.files import check_output
     from mice.models.loader import load
     from mice.rank.rerank import rerank
     from mice.cli.data import plain_warnings
 
+    check_output(out)  # before the model loads and anything is scored
     with plain_warnings():
         scorer = load(model, mask=mask, mode=mode, device=device, max_length=max_length,
                       max_query_length=max_query_length, index=index, batch_size=batch_size, dtype=compute_dtype)
         calls = {"batch_size": batch_size}
         if index is not None:  # whole queries per call; --batch-size = documents per forward
             calls = scorer.runner_batching(k)
-        partial = out.with_name(out.name + ".partial")
-        if partial.exists() and not overwrite:
-            typer.echo(f"resuming from {partial}", err=True)
         result = rerank(scorer, dataset, split, run, k=k, out=out, show_progress_bar=True,
-                        tag=Path(model).name or "rerank", overwrite=overwrite, **calls)
+                        tag=Path(model).name or "rerank", overwrite=overwrite,
+                        on_resume=lambda p, n: typer.echo(f"resuming from {p} ({n} queries done)", err=True),
+                        **calls)
     from mice.distributed import world
 
     if world().main:

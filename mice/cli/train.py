@@ -150,8 +150,11 @@ def train(
             shown["seeds"] = seed_list
         typer.echo(json.dumps(shown, indent=2))
         return
+    from mice.files import check_output
     from mice.train.loop import Trainer, train_seeds
 
+    if cfg.output:
+        check_output(cfg.output, folder=True, what="--output")  # before any data or weights load
     if seed_list:
         table = train_seeds(cfg, seed_list, quiet=quiet)
         from accelerate import PartialState

@@ -90,6 +90,20 @@ def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
     raise DataError(f"unknown dataset {s!r}: not a folder, and not embedded:..., irds:..., files:... or mix:...")
 
 
+def check_split_name(split, source) -> str:
+    """A split name is a plain file-name stem (letters, digits, `.`, `_`, `-`; not `.` or `..`): it names files
+    (`qrels/<split>.tsv`), so a separator or a parent reference would write outside the output folder."""
+    import re
+
+    from mice.errors import DataError
+
+    s = str(split)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", s) or ".." in s:
+        raise DataError(f"{source}: split name {s!r} is not a plain name (letters, digits, '.', '_', '-'; no path "
+                        "separators or '..')")
+    return s
+
+
 def write_beir(dataset: "str | Dataset", folder: str | os.PathLike) -> Path:
     """Export any dataset as a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), atomically per file."""
     import json
@@ -98,6 +112,8 @@ def write_beir(dataset: "str | Dataset", folder: str | os.PathLike) -> Path:
 
     ds = load_dataset(dataset)
     folder = Path(folder)
+    for split in ds.splits:  # each becomes a file name under qrels/: nothing may lead out of the folder
+        check_split_name(split, ds.name)
     write_text_atomic(folder / "corpus.jsonl", "".join(
         json.dumps({"_id": k, "title": "", "text": v}, ensure_ascii=False) + "\n" for k, v in ds.corpus().items()))
     queries = {}

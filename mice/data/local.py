@@ -14,7 +14,8 @@ from typing import Mapping
 import pandas as pd
 
 from mice.errors import DataError
-from mice.rank.runs import read_qrels
+from mice.files import unique_keys
+from mice.rank.runs import read_qrels, text_lines
 from mice.data.base import Dataset, file_fingerprint, warn
 
 
@@ -35,17 +36,18 @@ class _Skips:
 
 
 def _jsonl(path: Path):
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    for lineno, line in text_lines(path, "JSONL"):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line, object_pairs_hook=unique_keys(f"{path}:{lineno}", DataError))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def _field(obj: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -89,18 +91,17 @@ def read_tsv_texts(path: str | os.PathLike, kind: str) -> dict[str, str]:
         raise DataError(f"{path}: file not found")
     out: dict[str, str] = {}
     skips = _Skips(path, "documents" if kind == "doc" else "queries")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            if "\t" not in line:
-                raise DataError(f"{path}:{lineno}: expected 'id<TAB>text', found no tab: {line[:60]!r}")
-            key, text = line.split("\t", 1)
-            key = key.strip()
-            if not key:
-                raise DataError(f"{path}:{lineno}: empty id")
-            _add(out, key, " ".join(text.split("\t")).strip(), kind, path, lineno, skips)
+    for lineno, line in text_lines(path, "TSV"):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if "\t" not in line:
+            raise DataError(f"{path}:{lineno}: expected 'id<TAB>text', found no tab: {line[:60]!r}")
+        key, text = line.split("\t", 1)
+        key = key.strip()
+        if not key:
+            raise DataError(f"{path}:{lineno}: empty id")
+        _add(out, key, " ".join(text.split("\t")).strip(), kind, path, lineno, skips)
     skips.report()
     if not out:
         raise DataError(f"{path}: no {'documents' if kind == 'doc' else 'queries'}")
@@ -126,11 +127,10 @@ def read_texts(path: str | os.PathLike, kind: str) -> dict[str, str]:
 
 
 def _line_of(path: Path, value: str) -> int | None:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            fields = line.split("\t") if "\t" in line else line.split()
-            if fields and fields[0].strip() == value:
-                return lineno
+    for lineno, line in text_lines(path, "qrels"):
+        fields = line.split("\t") if "\t" in line else line.split()
+        if fields and fields[0].strip() == value:
+            return lineno
     return None
 
 

@@ -290,6 +290,9 @@ def _pair_length(config, limit: int, requested: int | None) -> int:
     """The pair length to score at: the requested one (refused beyond the position limit; a warning, once per
     model and length, beyond the length the model was trained at), else the trained one, else the limit."""
     trained = getattr(config, LENGTH_KEY, None)
+    if trained is not None and (isinstance(trained, bool) or not isinstance(trained, int) or trained < 2):
+        raise ModelError(f"{getattr(config, 'name_or_path', '') or 'the model'}/config.json: {LENGTH_KEY} must be "
+                         f"an integer >= 2, got {trained!r}")
     if requested is None:
         return min(int(trained), limit) if trained else limit
     from mice.validate import check_setting

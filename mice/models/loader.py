@@ -72,7 +72,38 @@ def check_folder(spec: str) -> str:
     weights = [w for w in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (p / w).exists()]
     if not weights:
         raise ModelError(f"{p}: no weights (model.safetensors or pytorch_model.bin)")
+    if not any((p / t).is_file() for t in TOKENIZER_FILES):
+        raise ModelError(f"{p}: no tokenizer ({' or '.join(TOKENIZER_FILES[:3])}); without it every word would "
+                         "be an unknown token")
     return path
+
+
+# any one of these makes a folder's tokenizer (fast, WordPiece, BPE, SentencePiece)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+
+def check_device(device) -> None:
+    """A device name that names a device this machine has, else one `SettingError` naming --device (not a
+    model loading failure)."""
+    if device is None:
+        return
+    import torch
+
+    from mice.validate import SettingError
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SettingError(f"--device {device!r}: not a device name (cpu, cuda, cuda:1, mps)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise SettingError(f"--device {device}: no CUDA device is available on this machine")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise SettingError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise SettingError(f"--device {device}: MPS is not available on this machine")
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise SettingError(f"--device {device}: unsupported device type {d.type!r} (cpu, cuda, mps)")
 
 
 def load_error(spec, err: Exception) -> ModelError:
@@ -98,7 +129,13 @@ def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int 
 
     from mice.distributed import rank_device
 
+    from mice.models.adapters import MODES
+    from mice.validate import SettingError
+
+    if mode not in MODES:  # refused with or without --mask: a typo is never silently the default
+        raise SettingError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
     dtype = normalise_precision(dtype)  # a bad name fails before any weights load
+    check_device(device)
     device = rank_device(device)
     scorer = _load(spec, mask, mode, device, max_length, max_query_length, index, arch, kind, use_kv, batch_size)
     return scorer.set_compute_dtype(dtype)

@@ -269,6 +269,93 @@ def load_classifier(name_or_path, num_labels: int = 1, **model_kwargs):
     if mods is not None:
         return load_modular(path, mods, **model_kwargs)
     config = AutoConfig.from_pretrained(path)
-    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+    bare = not any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if bare:
         config.num_labels = num_labels  # bare encoder: the classifier head starts fresh
-    return AutoModelForSequenceClassification.from_pretrained(path, config=config, **model_kwargs)
+    if not Path(path).is_dir():  # a hub name: HF's own checks
+        return AutoModelForSequenceClassification.from_pretrained(path, config=config, **model_kwargs)
+    check_layer_count(Path(path), config)
+    # what HF would log (or raise without naming the tensor) is read from the loading info and refused there
+    kwargs = {"ignore_mismatched_sizes": True, **model_kwargs}
+    with quiet_transformers():
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, config=config,
+                                                                         output_loading_info=True, **kwargs)
+    check_loading_info(Path(path), info, bare)
+    check_finite(Path(path), model)
+    return model
+
+
+# heads a bare encoder's checkpoint may carry (pre-training) or lack (the fresh classifier): not errors then
+_FRESH_HEAD = ("classifier.", "pooler.", "head.", "bert.pooler.", "roberta.pooler.", "electra.pooler.")
+_PRETRAINING_HEADS = ("cls.", "lm_head.", "generator", "discriminator_predictions", "decoder.", "head.", "pooler.")
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+        if (folder / name).exists():
+            return folder / name
+    return folder / "model.safetensors"
+
+
+def _saved_names(folder: Path) -> list[str]:
+    """Tensor names in the folder's safetensors weights (one file or an index), [] for other formats."""
+    file = _weights_file(folder)
+    if file.name == "model.safetensors.index.json":
+        obj = _read_json(file)
+        return list(obj.get("weight_map", {})) if isinstance(obj, dict) else []
+    if file.name != "model.safetensors" or not file.exists():
+        return []
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            return list(fh.keys())
+    except Exception as err:  # a torn or foreign file: one line naming it
+        raise ModelError(f"{file}: cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:160]})") \
+            from None
+
+
+def check_layer_count(folder: Path, config) -> None:
+    """config.json's layer count against the layers the weights hold (before any weights are built)."""
+    import re
+
+    want = getattr(config, "num_hidden_layers", None)
+    found = {int(m.group(1)) for n in _saved_names(folder) for m in [re.search(r"\.layers?\.(\d+)\.", n)] if m}
+    if want is None or not found:
+        return
+    have = max(found) + 1
+    if have != want:
+        raise ModelError(f"{folder / 'config.json'}: num_hidden_layers is {want}, but {_weights_file(folder).name} "
+                         f"holds {have} layers")
+
+
+def check_loading_info(folder: Path, info: dict, bare: bool) -> None:
+    """Missing, unexpected or mis-shaped tensors (HF's loading report) as one `ModelError` naming file and
+    tensor. A bare encoder may lack its fresh head and carry pre-training heads; nothing else may differ."""
+    file = _weights_file(folder)
+    missing = [k for k in info.get("missing_keys", []) if not (bare and any(p in k for p in _FRESH_HEAD))]
+    unexpected = [k for k in info.get("unexpected_keys", [])
+                  if not (bare and any(k.startswith(p) or f".{p}" in k for p in _PRETRAINING_HEADS))]
+    mismatched = list(info.get("mismatched_keys", []))
+    if mismatched:
+        name, *shapes = mismatched[0] if isinstance(mismatched[0], (tuple, list)) else (mismatched[0],)
+        raise ModelError(f"{file}: tensor {name} has the wrong shape for config.json"
+                         + (f" ({' vs '.join(map(str, shapes))})" if shapes else ""))
+    if missing:
+        raise ModelError(f"{file}: tensor {sorted(missing)[0]} is missing ({len(missing)} missing in all); "
+                         "the weights do not match config.json")
+    if unexpected:
+        raise ModelError(f"{file}: tensor {sorted(unexpected)[0]} is not part of the model config.json describes "
+                         f"({len(unexpected)} unexpected in all)")
+    errors = [e for e in info.get("error_msgs", []) if e]
+    if errors:
+        raise ModelError(f"{file}: {' '.join(str(errors[0]).split())[:200]}")
+
+
+def check_finite(folder: Path, model) -> None:
+    """Every floating weight finite; the first NaN or inf one is named with its file."""
+    import torch
+
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelError(f"{_weights_file(folder)}: tensor {name} holds NaN or inf values")

@@ -141,24 +141,46 @@ def _write_receipt(out: Path, key: dict, tag: str) -> None:
 
 
 class _Partial:
-    """The append-only sidecar of completed queries. A torn last line (killed mid-write) is discarded."""
+    """The append-only sidecar of completed queries. A torn last line (killed mid-write) is discarded.
+
+    Each record carries a checksum of its content under this job's identity (`sum`), and is checked on
+    reading: the query is one of the job's, its documents are exactly its candidates, its scores finite
+    numbers. A record edited by hand, or damaged, is refused, never used."""
 
     MISMATCH = "partial results of a different re-ranking job; rerun with --overwrite to start afresh, or choose " \
                "another --out"
 
-    def __init__(self, path: Path, key: dict, restart: bool = False) -> None:
+    def __init__(self, path: Path, key: dict, cands: dict[str, list[str]], restart: bool = False) -> None:
         from mice.distributed import ShardedJournal
+        from mice.identity import identity_hash
 
-        self.path, self.key = path, key  # one journal per rank (`mice.distributed`), all read on resume
+        self.path, self.key, self.cands = path, key, cands  # one journal per rank (`mice.distributed`)
+        self._salt = identity_hash(key)
         self._journal = ShardedJournal(path, PARTIAL_FORMAT, key, self.MISMATCH, restart=restart)
         self.done: dict[str, tuple[list[str], list[float]]] = self._parse(self._journal.records)
 
-    @staticmethod
-    def _parse(records) -> dict:
-        return {obj["query_id"]: (obj["doc_ids"], obj["scores"]) for obj in records}
+    def _sum(self, qid, doc_ids, scores) -> str:
+        body = json.dumps([self._salt, qid, doc_ids, scores], sort_keys=True, allow_nan=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+    def _parse(self, records) -> dict:
+        done = {}
+        for n, obj in enumerate(records, 2):  # line 1 is the header
+            qid = obj.get("query_id") if isinstance(obj, dict) else None
+            ids, scores = (obj.get("doc_ids"), obj.get("scores")) if isinstance(obj, dict) else (None, None)
+            fine = isinstance(qid, str) and qid in self.cands and ids == self.cands[qid] \
+                and isinstance(scores, list) and len(scores) == len(ids) \
+                and all(isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) for s in scores) \
+                and obj.get("sum") == self._sum(qid, ids, scores)
+            if not fine:
+                raise DataError(f"{self.path}: record {n} was edited or is damaged (its content or checksum does "
+                                "not match this job); rerun with --overwrite to start afresh")
+            done[qid] = (ids, scores)
+        return done
 
     def add(self, qid: str, doc_ids: list[str], scores: list[float]) -> None:
-        self._journal.append({"query_id": qid, "doc_ids": doc_ids, "scores": scores})
+        self._journal.append({"query_id": qid, "doc_ids": doc_ids, "scores": scores,
+                              "sum": self._sum(qid, doc_ids, scores)})
         self.done[qid] = (doc_ids, scores)
 
     def close(self) -> None:
@@ -185,7 +207,8 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
            batch_size: int = 32, out: "str | os.PathLike | None" = None, show_progress_bar: bool = False,
            tag: str = "mice-rerank", job: "str | dict | None" = None, chunk_pairs: int | None = None,
            score_fn: Callable[[object, CandidateBatch, int], np.ndarray] = score_batch,
-           query_ids: "Iterable[str] | None" = None, overwrite: bool = False) -> pd.DataFrame:
+           query_ids: "Iterable[str] | None" = None, overwrite: bool = False,
+           on_resume: "Callable[[Path, int], None] | None" = None) -> pd.DataFrame:
     """Score each split query's top-`k` first-stage documents with `scorer`; return the new run.
 
     `run`: DataFrame or run file. `out`: write the TREC run there (atomically) and make the job resumable
@@ -194,7 +217,8 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
     another job is refused, naming what differs, unless `overwrite` starts afresh. `chunk_pairs`: pairs per unit of work (whole
     queries; default max(8 x batch_size, 64)); a resumed job redoes at most one chunk. `score_fn(scorer,
     batch, batch_size)` scores one `CandidateBatch`. `query_ids`: re-rank only these queries of the split
-    (a fixed evaluation subset); the run's other queries are dropped without a warning.
+    (a fixed evaluation subset); the run's other queries are dropped without a warning. `on_resume(partial,
+    n_done)` is called when finished queries are taken over, only after the lock and the identity check.
     """
     from mice.validate import positive
 
@@ -207,14 +231,14 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
     require_output(out, "re-ranking")
     if out is None:
         return _rerank(scorer, dataset, split, run, k, batch_size, None, show_progress_bar, tag, job, chunk_pairs, score_fn,
-                       query_ids, overwrite)
+                       query_ids, overwrite, on_resume)
     with rank_lock(out):
         return _rerank(scorer, dataset, split, run, k, batch_size, out, show_progress_bar, tag, job, chunk_pairs, score_fn,
-                       query_ids, overwrite)
+                       query_ids, overwrite, on_resume)
 
 
 def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job, chunk_pairs, score_fn, query_ids,
-            overwrite) -> pd.DataFrame:
+            overwrite, on_resume=None) -> pd.DataFrame:
     ds = load_dataset(dataset)
     queries = ds.queries(split)
     if query_ids is not None:
@@ -228,6 +252,10 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
     if query_ids is not None:
         run_df = run_df[run_df["query_id"].isin(queries.keys())]
     cands = candidates(run_df, queries, k)
+    if not cands and len(run_df):
+        where = f"{run}: " if not isinstance(run, pd.DataFrame) else "run: "
+        raise DataError(f"{where}none of its {run_df['query_id'].nunique()} queries is in {ds.name}'s {split} split "
+                        f"(e.g. {sorted(run_df['query_id'].unique())[:3]}); is --split right?")
     corpus = ds.corpus()
     unknown = {d for docs in cands.values() for d in docs if d not in corpus}
     if unknown:
@@ -245,8 +273,10 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
             if finished is not None:  # this exact job already finished here: nothing to score
                 return finished
         _receipt(out).unlink(missing_ok=True)
-        partial = _Partial(out.with_name(out.name + ".partial"), key, restart=overwrite)
+        partial = _Partial(out.with_name(out.name + ".partial"), key, cands, restart=overwrite)
     done = dict(partial.done) if partial else {}
+    if done and on_resume is not None:
+        on_resume(partial.path, len(done))
 
     from mice.distributed import world
 

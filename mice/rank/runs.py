@@ -7,6 +7,8 @@ scores always give the same file). Parquet/CSV tables with the same column names
 """
 from __future__ import annotations
 
+import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -43,6 +45,62 @@ def sort_run(run: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
     return run.reset_index(drop=True)
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+def text_lines(path: str | os.PathLike, what: str):
+    """(line number, line) of a UTF-8 text file, checked first: a folder, a byte-order mark or bytes that are
+    not UTF-8 are one `DataError` naming the file (and line), never a traceback or a silently dropped line."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a {what} file")
+    if not path.exists():
+        raise DataError(f"{path}: {what} file not found")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if data.startswith(BOM):
+        raise DataError(f"{path}: starts with a UTF-8 byte-order mark (BOM), which would corrupt its first "
+                        "line; save it as UTF-8 without BOM")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x}); save the {what} file as "
+                        "UTF-8") from None
+    return enumerate(io.StringIO(text, newline=None), 1)  # the lines `open()` would give
+
+
+def read_any_table(path, what: str) -> pd.DataFrame:
+    """A parquet/CSV table, or one `DataError` naming the file when it cannot be read as one."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a {what} table")
+    try:
+        return read_table(path)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot be read as a {what} table ({' '.join(str(err).split())[:160]})") \
+            from None
+    except Exception as err:  # pyarrow's own errors for a corrupt parquet file
+        if type(err).__module__.startswith(("pyarrow", "pandas")):
+            raise DataError(f"{path}: cannot be read as a {what} table ({type(err).__name__}: "
+                            f"{' '.join(str(err).split())[:160]})") from None
+        raise
+
+
+def _check_scores(df: pd.DataFrame, path) -> pd.DataFrame:
+    """The score column as float64, every value a finite number (row named otherwise)."""
+    import numpy as np
+
+    scores = pd.to_numeric(df["score"], errors="coerce")
+    bad = ~np.isfinite(scores.to_numpy(dtype="float64", na_value=np.nan))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: row {i + 1}: score must be a finite number, got {df['score'].iloc[i]!r}")
+    return df.assign(score=scores.astype("float64"))
+
+
 def _check_columns(df: pd.DataFrame, needed: list[str], path) -> None:
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -55,9 +113,9 @@ def read_run(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: run file not found")
     if path.suffix in _TABLE_SUFFIXES:
-        df = read_table(path)
+        df = read_any_table(path, "run")
         _check_columns(df, RUN_COLUMNS, path)
-        df = make_run(df)
+        df = make_run(_check_scores(df, path))
         dup = df.duplicated(["query_id", "doc_id"])
         if dup.any():
             row = df[dup].iloc[0]
@@ -65,27 +123,28 @@ def read_run(path: str | os.PathLike) -> pd.DataFrame:
         return df
     qids, dids, scores = [], [], []
     seen: set[tuple[str, str]] = set()
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 6:
-                raise DataError(f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
-                                f"got {len(fields)}: {line.strip()[:80]!r}")
-            qid, _, did, rank, score, _ = fields
-            try:
-                int(rank)
-                score = float(score)
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: rank must be an integer and score a number: "
-                                f"{line.strip()[:80]!r}") from None
-            if (qid, did) in seen:
-                raise DataError(f"{path}:{lineno}: document {did!r} listed twice for query {qid!r}")
-            seen.add((qid, did))
-            qids.append(qid)
-            dids.append(did)
-            scores.append(score)
+    for lineno, line in text_lines(path, "run"):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise DataError(f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
+                            f"got {len(fields)}: {line.strip()[:80]!r}")
+        qid, _, did, rank, score, _ = fields
+        try:
+            int(rank)
+            score = float(score)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: rank must be an integer and score a number: "
+                            f"{line.strip()[:80]!r}") from None
+        if not math.isfinite(score):
+            raise DataError(f"{path}:{lineno}: score must be a finite number, got {fields[4]!r}")
+        if (qid, did) in seen:
+            raise DataError(f"{path}:{lineno}: document {did!r} listed twice for query {qid!r}")
+        seen.add((qid, did))
+        qids.append(qid)
+        dids.append(did)
+        scores.append(score)
     if not qids:
         raise DataError(f"{path}: run file is empty")
     return make_run({"query_id": qids, "doc_id": dids, "score": scores})
@@ -124,7 +183,7 @@ def _relevance(value: str, path, lineno: int) -> int:
         f = float(value)
     except ValueError:
         f = float("nan")
-    if f != f or f != int(f):
+    if not math.isfinite(f) or f != int(f) or abs(f) > 1 << 31:
         raise DataError(f"{path}:{lineno}: relevance must be an integer, got {value!r}")
     return int(f)
 
@@ -140,35 +199,39 @@ def read_qrels(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: qrels file not found")
     if path.suffix in _TABLE_SUFFIXES:
-        df = read_table(path)
+        df = read_any_table(path, "qrels")
         _check_columns(df, QRELS_COLUMNS, path)
-        return _dedup_qrels(make_qrels(df), path)
+        rel = pd.to_numeric(df["relevance"], errors="coerce")
+        bad = ~rel.map(lambda v: math.isfinite(v) and v == int(v) and abs(v) <= 1 << 31)
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise DataError(f"{path}: row {i + 1}: relevance must be an integer, got {df['relevance'].iloc[i]!r}")
+        return _dedup_qrels(make_qrels(df.assign(relevance=rel)), path)
     rows = []
     ncols = None
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            fields = line.split("\t") if "\t" in line else line.split()
-            fields = [f.strip() for f in fields]
-            if not any(fields):
-                continue
-            if ncols is None:
-                ncols = len(fields)
-                if ncols not in (3, 4):
-                    raise DataError(f"{path}:{lineno}: expected 'qid iter docid rel' (TREC) or "
-                                    f"'query-id corpus-id score' (BEIR), got {len(fields)} fields")
-                if ncols == 3 and fields[2].lower() in ("score", "relevance", "rel", "label"):
-                    continue  # BEIR header
-                if ncols == 3 and fields[0].lower() in ("query-id", "query_id", "qid"):
-                    raise DataError(f"{path}:{lineno}: header {line.strip()!r} lacks a score/relevance column")
-            if len(fields) != ncols:
-                raise DataError(f"{path}:{lineno}: expected {ncols} fields like the first line, got {len(fields)}")
-            if ncols == 4:
-                qid, _, did, rel = fields
-            else:
-                qid, did, rel = fields
-            if not qid or not did:
-                raise DataError(f"{path}:{lineno}: empty query or document id")
-            rows.append((qid, did, _relevance(rel, path, lineno)))
+    for lineno, line in text_lines(path, "qrels"):
+        fields = line.split("\t") if "\t" in line else line.split()
+        fields = [f.strip() for f in fields]
+        if not any(fields):
+            continue
+        if ncols is None:
+            ncols = len(fields)
+            if ncols not in (3, 4):
+                raise DataError(f"{path}:{lineno}: expected 'qid iter docid rel' (TREC) or "
+                                f"'query-id corpus-id score' (BEIR), got {len(fields)} fields")
+            if ncols == 3 and fields[2].lower() in ("score", "relevance", "rel", "label"):
+                continue  # BEIR header
+            if ncols == 3 and fields[0].lower() in ("query-id", "query_id", "qid"):
+                raise DataError(f"{path}:{lineno}: header {line.strip()!r} lacks a score/relevance column")
+        if len(fields) != ncols:
+            raise DataError(f"{path}:{lineno}: expected {ncols} fields like the first line, got {len(fields)}")
+        if ncols == 4:
+            qid, _, did, rel = fields
+        else:
+            qid, did, rel = fields
+        if not qid or not did:
+            raise DataError(f"{path}:{lineno}: empty query or document id")
+        rows.append((qid, did, _relevance(rel, path, lineno)))
     if not rows:
         raise DataError(f"{path}: no judgements")
     return _dedup_qrels(make_qrels(rows), path)

@@ -43,8 +43,12 @@ def _inline_images(body: str, base: Path) -> str:
         src = unquote(html.unescape(m.group(1)))  # markdown-it percent-encodes link targets
         if src.startswith("data:"):
             return m.group(0)
-        path = (base / src) if not Path(src).is_absolute() else Path(src)
-        if not path.exists():
+        root = Path(base).resolve()
+        path = (root / src).resolve()  # an absolute src stays absolute; links are followed before checking
+        if not path.is_relative_to(root):
+            raise DataError(f"report.html: figure {src} is outside the run folder {root}; only files inside it are "
+                            "inlined")
+        if not path.is_file():
             raise DataError(f"report.html: figure {src} not found (looked in {base})")
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         data = base64.b64encode(path.read_bytes()).decode("ascii")
