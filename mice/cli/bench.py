@@ -270,5 +270,40 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
             console.print(f"wrote {proj_out}", highlight=False)
 
 
+@bench_app.command("gpu")
+def gpu_cmd(out: Path = typer.Option(..., "--out", "-o", help="Folder for gpu.csv and gpu.md (rewritten after "
+                                     "every unit, so a run stopped early keeps what it measured)"),
+            device: str = typer.Option("cuda", "--device", help="cuda (or cpu, with --smoke, to check the script)"),
+            smoke: bool = typer.Option(False, "--smoke", help="Tiny sizes: every code path in well under a minute"),
+            budget_s: float = typer.Option(420.0, "--budget-s", help="No new unit starts after this many seconds "
+                                           "(a unit is one section at one precision)"),
+            dtypes: str = typer.Option("fp32,bf16", "--dtypes", help="Compute precisions, comma-separated"),
+            sections: str = typer.Option("latency-paper,latency-ours,train,index-build", "--sections",
+                                         help="Sections to run, in this order"),
+            storages: str = typer.Option("float16,int8,pq", "--storages", help="index-build: index storages"),
+            arch: str = typer.Option("4+3", "--arch", help="MICE architecture a+b on the 12-layer backbone"),
+            seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs")) -> None:
+    """Latency (paper's and our protocol), training steps/s at 512 tokens and index-build tokens/s of the
+    cross-encoder, MICE and late interaction on random MiniLM-L12-H384-shaped models, fp32 and bf16, within a
+    time budget: `mice bench gpu --device cuda --out OUT/gpu`."""
+    from rich.console import Console
+
+    from mice.bench.gpu import GPUBenchConfig, run_gpu_bench
+    from mice.cli.data import plain_warnings
+    from mice.errors import MiceError
+
+    try:
+        a, b = (int(x) for x in arch.split("+"))
+    except ValueError:
+        raise MiceError(f"--arch {arch!r}: expected a+b, e.g. 4+3") from None
+    split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
+    console = Console(width=160)
+    config = GPUBenchConfig(device=device, smoke=smoke, layers=(a, b), dtypes=split(dtypes),
+                            sections=split(sections), storages=split(storages), budget_s=budget_s, seed=seed)
+    with plain_warnings():
+        run_gpu_bench(config, out, log=lambda s: console.print(s, highlight=False))
+    console.print((out / "gpu.md").read_text(), highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
