@@ -270,6 +270,45 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
             console.print(f"wrote {proj_out}", highlight=False)
 
 
+@bench_app.command("codec")
+def codec_cmd(model: str = typer.Option(..., "--model", "-m", help="MICE folder (or a cross-encoder with --arch)"),
+              dataset: list[str] = typer.Option(..., "--dataset", "-d", help="Dataset spec; repeat for several "
+                                                "(every query of --split of each)"),
+              storage: list[str] = typer.Option(["pq", "pq:m=32"], "--storage", help="Compressed storage to compare "
+                                                "with float16, repeatable: pq, pq:m=32, pq:m=48:rotation=1, "
+                                                "residual:bits=1:centroids=4096"),
+              out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write"),
+              arch: Optional[str] = typer.Option(None, "--arch", help="a+b, to build MICE from a cross-encoder"),
+              split: str = typer.Option("test", "--split", help="Queries re-ranked: every query of this split"),
+              depth: int = typer.Option(100, "--depth", help="BM25 candidates per query"),
+              repeats: int = typer.Option(3, "--repeats", help="Timed re-ranking passes per index (interleaved)"),
+              batch_size: int = typer.Option(64, "--batch-size", help="Documents per scoring batch"),
+              train_tokens: int = typer.Option(65536, "--train-tokens", help="Token states the codebooks learn from"),
+              threads: Optional[int] = typer.Option(None, "--threads", help="torch threads"),
+              device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ...")) -> None:
+    """nDCG@10 of re-ranking from compressed indexes against a float16 index (ratio, paired bootstrap CI), bytes
+    per token, score agreement and re-ranking throughput, in one run."""
+    from rich.console import Console
+
+    from mice.bench.codec import CodecBenchConfig, parse_storage, run_codec_bench
+    from mice.cli.data import plain_warnings
+    from mice.files import write_table
+    from mice.validate import check_setting
+
+    for s in storage:
+        parse_storage(s)
+    check_setting("repeats", repeats, "--repeats")
+    console = Console(width=180)
+    config = CodecBenchConfig(model=model, datasets=tuple(dataset), storages=tuple(storage), arch=arch, split=split,
+                              depth=depth, repeats=repeats, batch_size=batch_size, train_tokens=train_tokens,
+                              threads=threads, device=device)
+    with plain_warnings():
+        df = run_codec_bench(config, log=lambda s: console.print(s, highlight=False))
+    if out is not None:
+        write_table(df, out)
+        console.print(f"wrote {out}", highlight=False)
+
+
 @bench_app.command("gpu")
 def gpu_cmd(out: Path = typer.Option(..., "--out", "-o", help="Folder for gpu.csv and gpu.md (rewritten after "
                                      "every unit, so a run stopped early keeps what it measured)"),
