@@ -343,7 +343,12 @@ def _index_build(config: GPUBenchConfig, folder: Path, device, dtype: str, work:
 
 
 def _codec_kwargs(storage: str, config: GPUBenchConfig) -> dict:
-    """Codec settings of a compressed storage at this benchmark's size (small training samples under --smoke)."""
-    if storage in ("float16", "float32", "int8", "fp16", "fp32"):
+    """Codec settings of a compressed storage (pq: one byte per 8 values, 48 B at H=384), small training samples
+    under --smoke."""
+    from mice.bench.scale import codec_settings
+    from mice.index.store import CODECS, normalise_dtype
+
+    if normalise_dtype(storage) not in CODECS:
         return {}
-    return {"train_tokens": 4096 if config.smoke else 65536}
+    return {"train_tokens": 1024 if config.smoke else 65536,
+            **codec_settings(normalise_dtype(storage), config.shape["hidden_size"])}

@@ -153,7 +153,7 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
               candidates: int = typer.Option(25, "--candidates", help="Candidates per query (a seeded sample of "
                                              "the indexed documents)"),
               dtypes: str = typer.Option("float16,int8", "--dtypes", help="Index storage dtypes to build, "
-                                         "comma-separated (float16, float32, int8)"),
+                                         "comma-separated (float16, float32, int8, pq, residual)"),
               kv: bool = typer.Option(True, "--kv/--no-kv", help="Also build (and re-rank from) each dtype with "
                                       "cached cross-attention keys/values"),
               batch_size: int = typer.Option(32, "--batch-size", help="Documents (pairs) per forward pass"),

@@ -41,12 +41,14 @@ def single_thread():
         torch.set_num_threads(before)
 
 
-def _nearest(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest row of `c` [k, d] for every row of `x` [n, d] (exact differences, no GEMM)."""
+def _nearest(x: torch.Tensor, c: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    """Index of the nearest row of `c` [k, d] for every row of `x` [n, d]. `exact`: from the differences
+    themselves, no matrix product, so a row's result never depends on threads or blocking (encoding); else
+    through a matrix product (k-means training, always on one thread)."""
     out = torch.empty(x.shape[0], dtype=torch.long)
+    mode = "donot_use_mm_for_euclid_dist" if exact else "use_mm_for_euclid_dist"
     for s in range(0, x.shape[0], _CHUNK):
-        d = torch.cdist(x[s:s + _CHUNK], c, compute_mode="donot_use_mm_for_euclid_dist")
-        out[s:s + _CHUNK] = d.argmin(dim=1)
+        out[s:s + _CHUNK] = torch.cdist(x[s:s + _CHUNK], c, compute_mode=mode).argmin(dim=1)
     return out
 
 
@@ -57,13 +59,14 @@ def kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     c = x[torch.from_numpy(rng.choice(n, size=k, replace=n < k))].clone()
     for _ in range(iters):
-        assign = _nearest(x, c)
+        assign = _nearest(x, c, exact=False)
         counts = torch.bincount(assign, minlength=k)
         sums = torch.zeros_like(c).index_add_(0, assign, x)
         new = sums / counts.clamp(min=1)[:, None].to(x.dtype)
         empty = (counts == 0).nonzero().flatten()
         if len(empty):
-            far = ((x - new[assign]) ** 2).sum(1).argsort(descending=True)[: len(empty)]
+            order = ((x - new[assign]) ** 2).sum(1).argsort(descending=True)
+            far = order[torch.arange(len(empty)) % n]  # (fewer points than clusters: duplicates)
             new[empty] = x[far]
         c = new
     return c.float()
@@ -186,7 +189,7 @@ class ResidualCodec:
             raise IndexError_(f"residual: {centroids} centroids (1 to 65536: the id is 2 bytes)")
         x = x.float()
         with single_thread():
-            c = kmeans(x, centroids, iters, seed)
+            c = kmeans(x, min(centroids, len(x)), iters, seed)  # a corpus smaller than the codebook: one per state
             r = x - c[_nearest(x, c)]
             q = torch.linspace(0, 1, 2 ** bits + 1)[1:-1]
             cutoffs = torch.quantile(r.double(), q.double(), dim=0).T.float().contiguous()  # [H, 2^b - 1]
