@@ -309,6 +309,20 @@ def codec_cmd(model: str = typer.Option(..., "--model", "-m", help="MICE folder 
         console.print(f"wrote {out}", highlight=False)
 
 
+@bench_app.command("data")
+def data_cmd(lines: int = typer.Option(40_000_000, "--lines", help="Lines of the synthetic teacher file"),
+             passages: int = typer.Option(1_000_000, "--passages", help="Passages of the synthetic corpus"),
+             workdir: Optional[Path] = typer.Option(None, "--workdir", help="Keep the files here (default: a "
+                                                    "temporary folder, removed after)")) -> None:
+    """Load time and peak memory of a synthetic MS MARCO-size teacher file and corpus (each in its own process)."""
+    from mice.bench.data import run_data_bench
+    from mice.validate import positive
+
+    positive("lines", lines)
+    positive("passages", passages)
+    run_data_bench(lines, passages, str(workdir) if workdir else None, log=typer.echo)
+
+
 @bench_app.command("gpu")
 def gpu_cmd(out: Path = typer.Option(..., "--out", "-o", help="Folder for gpu.csv and gpu.md (rewritten after "
                                      "every unit, so a run stopped early keeps what it measured)"),
