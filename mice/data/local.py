@@ -280,10 +280,18 @@ class OffsetTexts(Mapping):
             ends = np.append(ends, len(self._raw))
         self._starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
         self._ends = ends.astype(np.int64)
-        opts = pacsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=lambda row: "skip")
-        ids = pacsv.read_csv(self.path, read_options=pacsv.ReadOptions(column_names=["id", "text"]),
-                             parse_options=opts, convert_options=pacsv.ConvertOptions(
-                                 include_columns=["id"], column_types={"id": pa.string()})).column("id")
+        import pyarrow.compute as pc
+
+        # whole lines as one Arrow column (a delimiter that never occurs), then the text before the first tab
+        opts = pacsv.ParseOptions(delimiter="\x01", quote_char=False, ignore_empty_lines=False)
+        try:
+            lines = pacsv.read_csv(self.path, read_options=pacsv.ReadOptions(column_names=["line"]),
+                                   parse_options=opts, convert_options=pacsv.ConvertOptions(
+                                       column_types={"line": pa.string()}, strings_can_be_null=False)).column("line")
+        except pa.ArrowInvalid as err:  # a \x01 byte or invalid UTF-8 in some line
+            raise DataError(f"{self.path}: not an 'id<TAB>text' file ({str(err).splitlines()[0][:120]})") from None
+        ids = pc.list_element(pc.split_pattern(lines, "\t", max_splits=1), 0)
+        del lines
         if len(ids) != len(self._starts):
             raise DataError(f"{self.path}: {len(self._starts)} lines but {len(ids)} 'id<TAB>text' rows")
         try:

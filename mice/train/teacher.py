@@ -234,8 +234,10 @@ class TripleArrays:
     def unique(self) -> "TripleArrays":
         """The triples without repeats of the same (qid, pos, neg) (the first kept, order preserved); one hash
         look-up per triple."""
-        keys = pd.DataFrame({"q": self.qid, "p": self.pos, "n": self.neg})
-        keep = ~keys.duplicated(keep="first").to_numpy()
+        n_docs = max(1, len(self.doc_ids))
+        qp, _ = pd.factorize(self.qid.astype(np.int64) * n_docs + self.pos)  # (query, positive) pairs
+        keep = ~pd.Series(qp.astype(np.int64) * n_docs + self.neg).duplicated(keep="first").to_numpy()
+        del qp
         if keep.all():
             return self
         return TripleArrays(self.score_pos[keep], self.score_neg[keep], self.qid[keep], self.pos[keep],
@@ -266,33 +268,35 @@ def read_triples(path, block_size: int = 1 << 24) -> TripleArrays:
     if not path.exists():
         raise DataError(f"{path}: teacher file not found")
     sep = _delimiter(path)
-    for id_type in (pa.int64(), pa.string()):
+    for id_type in (pa.int32(), pa.int64(), pa.string()):
         types = {"sp": pa.float32(), "sn": pa.float32(), "q": id_type, "p": id_type, "n": id_type}
         try:
             reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(column_names=list(types),
                                                                          block_size=block_size),
                                     parse_options=pacsv.ParseOptions(delimiter=sep, ignore_empty_lines=True),
                                     convert_options=pacsv.ConvertOptions(column_types=types))
-            cols = {k: [] for k in types}
-            for batch in reader:
-                for k in types:
-                    cols[k].append(batch.column(k).to_numpy(zero_copy_only=False))
+            table = pa.Table.from_batches(list(reader))
             break
         except pa.ArrowInvalid as err:
-            if id_type == pa.int64() and "conversion" in str(err).lower():
-                continue  # non-numeric ids: read them as strings
+            if id_type != pa.string() and ("conversion" in str(err).lower() or "range" in str(err).lower()):
+                continue  # ids too large for int32, or not numeric: the next type
             raise DataError(_bad_line(path, sep) or f"{path}: {str(err).splitlines()[0]}") from None
-    arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+    arrays = {}
+    for k in list(table.column_names):  # one column at a time: the table shrinks as the arrays grow
+        arrays[k] = table.column(k).to_numpy() if table.num_rows else np.zeros(0)
+        table = table.drop_columns([k])
     if not len(arrays["q"]):
         raise DataError(f"{path}: no teacher scores")
     finite = np.isfinite(arrays["sp"]) & np.isfinite(arrays["sn"])
     if not finite.all():
         raise DataError(f"{path}:{int(np.flatnonzero(~finite)[0]) + 1}: teacher score is not finite")
     qcodes, qvocab = pd.factorize(arrays.pop("q"))
-    dcodes, dvocab = pd.factorize(np.concatenate([arrays.pop("p"), arrays.pop("n")]))
+    qcodes = qcodes.astype(np.int32)
     n = len(qcodes)
-    return TripleArrays(arrays["sp"], arrays["sn"], qcodes.astype(np.int32), dcodes[:n].astype(np.int32),
-                        dcodes[n:].astype(np.int32), np.asarray(qvocab), np.asarray(dvocab), path)
+    dcodes, dvocab = pd.factorize(np.concatenate([arrays.pop("p"), arrays.pop("n")]))
+    pos, neg = dcodes[:n].astype(np.int32), dcodes[n:].astype(np.int32)
+    del dcodes
+    return TripleArrays(arrays["sp"], arrays["sn"], qcodes, pos, neg, np.asarray(qvocab), np.asarray(dvocab), path)
 
 
 def _bad_line(path: Path, sep: str) -> str | None:
