@@ -95,6 +95,37 @@ def test_scale_cli_tiny(tiny, tmp_path):
         assert text in res.output, text
 
 
+def test_scale_compressed_rows_and_projection(tiny, tmp_path):
+    """pq and residual builds get their rows (states only), re-ranking rows, and projection rows for MS MARCO
+    passage at N = 1, 8, 64 with the storage format's size at H=384 (48 B and 50 B per token)."""
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+
+    model, data = tiny
+    out = tmp_path / "scale.csv"
+    res = CliRunner().invoke(app, ["bench", "scale", "--model", str(model), "--arch", "2+2", "--dataset", str(data),
+                                   "--docs", "12", "--queries", "2", "--candidates", "4", "--repeats", "1",
+                                   "--warmup", "0", "--threads", "1", "--dtypes", "float16,pq,residual", "--project",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    builds = df[df["section"] == "build"].set_index(["dtype", "kv"])
+    assert set(builds.index) == {("float16", False), ("float16", True), ("pq", False), ("residual", False)}
+    assert builds.loc[("pq", False), "bytes_per_token"] == HIDDEN // 8 == stored_vector_bytes("pq", HIDDEN)
+    assert builds.loc[("residual", False), "bytes_per_token"] == 2 + HIDDEN // 8
+    assert builds.loc[("pq", False), "bytes_vs_fp16"] == pytest.approx(1 / 16)
+    rr = set(df.loc[df["section"] == "rerank", "method"])
+    assert {"mice-index (pq states)", "mice-index (residual states)"} <= rr
+    proj = pd.read_csv(tmp_path / "scale-projection.csv")
+    marco = proj[(proj["corpus"] == "MS MARCO passage") & (proj["dtype"] == "pq")].set_index("processes")
+    assert set(marco.index) == {1, 8, 64} and (marco["bytes_per_token"] == 48).all()
+    assert marco.loc[1, "gib"] == pytest.approx(618_927_610 * 48 / 2**30)
+    assert marco.loc[64, "build_hours"] == pytest.approx(marco.loc[1, "build_hours"] / 64)
+    res_rows = proj[(proj["corpus"] == "MS MARCO passage") & (proj["dtype"] == "residual")]
+    assert (res_rows["bytes_per_token"] == 50).all()
+
+
 def test_projection_arithmetic():
     corpus = Corpus("X", 1000, 50, "assumed")
     builds = [{"dtype": "float16", "kv": False, "bytes_per_token": 768.0, "stored_vectors_per_token": 1,
@@ -133,6 +164,7 @@ def test_stored_vector_bytes():
     assert stored_vector_bytes("fp16", 384) == 768
     assert stored_vector_bytes("int8", 384) == 388
     assert stored_vector_bytes("float32", 384) == 1536
+    assert stored_vector_bytes("pq", 384) == 48 and stored_vector_bytes("residual", 384) == 50
 
 
 @pytest.mark.parametrize("argv,flag", [(["--queries", "0"], "--queries"), (["--candidates", "-1"], "--candidates"),

@@ -37,7 +37,7 @@ import numpy as np
 METHODS = ("cross-encoder", "masked", "mice", "mice-index", "mice-kv", "maxsim")
 COLUMNS = ["method", "doc_len", "median_ms", "p10_ms", "p90_ms", "docs_per_s", "peak_mem_mb",
            "bytes_per_doc_token", "ratio_vs_ce", "speedup_vs_ce", "mem_ratio_vs_ce", "docs", "query_len",
-           "ce_pair_len", "batch_size", "repeats", "device", "threads", "attention", "model", "mice", "mask",
+           "ce_pair_len", "batch_size", "repeats", "device", "compute_dtype", "threads", "attention", "model", "mice", "mask",
            "index_dtype", "torch", "cpu", "load_avg", "date"]
 
 
@@ -60,6 +60,7 @@ class LatencyConfig:
     seed: int = 0
     workdir: str | None = None  # where indexes are written (default: a temporary folder)
     late_interaction: str | None = None  # a trained late-interaction folder for `maxsim` (default: random proj.)
+    compute_dtype: str = "fp32"  # bf16/fp16: every method's forward under torch.autocast (weights stay fp32)
 
 
 class _PeakMemory:
@@ -215,23 +216,26 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
     from mice.index.store import IndexConfig, build_index_from_token_ids
     from mice.models.late_interaction import MaxSimScorer, TokenVectors
     from mice.models.mice_model import MICEModel, _quiet_transformers
+    from mice.models.precision import autocast, check_precision
 
     unknown = set(config.methods) - set(METHODS)
     if unknown:
         raise ModelError(f"unknown benchmark methods {sorted(unknown)} (choose from {', '.join(METHODS)})")
     device = torch.device(config.device)
+    precision = check_precision(config.compute_dtype, device)
     ce, tokenizer, ce_folder = bench_backbone(config.model, config.random_weights, config.seed, device,
                                               config.threads, config.workdir)
     work = ce_folder.parent
     a, b = config.layers
     mice = MICEModel.from_cross_encoder(ce_folder, contextual_layers=a, interaction_layers=b,
                                         max_doc_length=max(config.doc_lens)).to(device).eval()
+    mice.set_compute_dtype(precision)
     fast = FastMICE(mice)
     max_pos = MICEModel._position_limit(ce.config)
     bs = config.batch_size
     rows = []
     meta = {"docs": config.docs, "query_len": config.query_len, "batch_size": bs, "repeats": config.repeats,
-            "device": str(device), "threads": torch.get_num_threads(), "attention": "sdpa",
+            "device": str(device), "compute_dtype": precision, "threads": torch.get_num_threads(), "attention": "sdpa",
             "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
             "mice": f"{a}+{b}", "mask": config.mask, "index_dtype": config.index_dtype,
             "torch": torch.__version__, "cpu": _cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -310,6 +314,7 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
                 with _quiet_transformers():
                     enc = AutoModel.from_pretrained(ce_folder, attn_implementation="sdpa")
                 ms = MaxSimScorer(enc, dim=128, seed=config.seed).to(device)
+            ms.set_compute_dtype(precision)
             vecs = ms.encode_documents(d_ids, torch.ones_like(d_ids), batch_size=bs, dtype=torch.float16)
             vec_file = work / f"maxsim-{doc_len}.f16"
             arr = np.memmap(vec_file, dtype=np.float16, mode="w+", shape=tuple(vecs.vectors.shape))
@@ -329,7 +334,7 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
         order = [m for m in METHODS if m in setups]
         times: dict[str, list[float]] = {m: [] for m in order}
         peaks: dict[str, float] = {m: 0.0 for m in order}
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(precision, device):  # fp32: no autocast at all
             for method in order:
                 for _ in range(config.warmup):
                     setups[method][0]()

@@ -44,6 +44,7 @@ class PaperLatencyConfig:
     methods: tuple[str, ...] = PAPER_METHODS
     threads: int | None = None
     seed: int = 0
+    compute_dtype: str = "fp32"  # the protocol's own is fp32; bf16/fp16 run every method under torch.autocast
 
 
 def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = print):
@@ -57,11 +58,13 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
     from mice.errors import ModelError
     from mice.models.late_interaction import MaxSimScorer, TokenVectors
     from mice.models.mice_model import DocStates, MICEModel
+    from mice.models.precision import autocast, check_precision
 
     unknown = set(config.methods) - set(PAPER_METHODS)
     if unknown:
         raise ModelError(f"unknown methods {sorted(unknown)} for --protocol paper ({', '.join(PAPER_METHODS)})")
     device = torch.device(config.device)
+    precision = check_precision(config.compute_dtype, device)
     ce, tokenizer, folder = bench_backbone(config.model, config.random_weights, config.seed, device, config.threads,
                                            prefix="mice-bench-paper-")
     ce = ce.float()
@@ -83,6 +86,7 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
     if "mice" in config.methods:
         mice = MICEModel.from_cross_encoder(work / "backbone", contextual_layers=a, interaction_layers=b,
                                             max_query_length=512, max_doc_length=L).to(device).eval()
+        mice.set_compute_dtype(precision)
         states = DocStates(torch.randn(n, L, mice.hidden_size, generator=gen).to(device),
                            torch.ones(n, L, dtype=torch.bool, device=device))
 
@@ -95,6 +99,7 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
         li = (MaxSimScorer.from_pretrained(config.late_interaction) if config.late_interaction
               else MaxSimScorer.from_pretrained(work / "backbone", seed=config.seed)).to(device).eval()
         li.li_config.max_query_length = 512
+        li.set_compute_dtype(precision)
         vecs = torch.nn.functional.normalize(torch.randn(n, L, li.dim, generator=gen), dim=-1).to(device)
         doc_vecs = TokenVectors(vecs, torch.ones(n, L, dtype=torch.bool, device=device))
 
@@ -107,7 +112,7 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
             torch.cuda.synchronize()
 
     times: dict[str, list[float]] = {m: [] for m in setups}
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(precision, device):  # fp32: no autocast at all
         for method, fn in setups.items():  # the authors time one model after the other
             for _ in range(config.warmup):
                 fn()
@@ -120,7 +125,7 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
             log(f"  [paper] {method:16s} {device}  {1000 * np.mean(times[method]):9.1f} ± "
                 f"{1000 * np.std(times[method]):.1f} ms per batch of {n}")
     meta = {"protocol": "paper", "device": str(device), "batch": n, "doc_len": L, "runs": config.runs,
-            "warmup": config.warmup, "dtype": "float32",
+            "warmup": config.warmup, "dtype": {"fp32": "float32"}.get(precision, f"{precision} autocast"),
             "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
             "mice": f"{a}+{b}", "threads": torch.get_num_threads(), "torch": torch.__version__,
             "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),

@@ -9,7 +9,9 @@ Measured in one run, on one backbone (the same saved weights for every method, `
   builds interleaved (repeat r of every configuration, then r+1) so a change of machine load hits all alike;
 - storage: bytes per document token of each built index, from its manifest (`DocIndex.bytes_per_token`), with
   the stored vectors per token (1 for the states, + 2·(b-1) with K/V) that explain them:
-  float16 = 2·H bytes per vector, int8 = H bytes + a 4-byte float32 scale per vector;
+  float16 = 2·H bytes per vector, int8 = H bytes + a 4-byte float32 scale per vector, pq = H/8 bytes (one
+  8-bit code per 8 values; 48 B at H = 384), residual = 2 + H/8 bytes (a centroid id + 1 bit per value); the
+  compressed storages store states only (no K/V), and their build time includes training the codebooks;
 - re-ranking: query-document pairs/s of `mice.rank.rerank.rerank` (the code path of `mice rerank`: length sorting,
   tokenisation, batching, scoring) for the cross-encoder, MICE on the fly (`--arch a+b`) and MICE from each
   built index (`--index`), with the same queries × candidates; candidates are a seeded sample of the indexed
@@ -114,11 +116,18 @@ def _median(values: list[float]) -> float:
 
 
 def stored_vector_bytes(dtype: str, hidden: int) -> int:
-    """Bytes one stored vector of `hidden` values takes: float16 2·H, float32 4·H, int8 H + a float32 scale."""
+    """Bytes one stored vector of `hidden` values takes: float16 2·H, float32 4·H, int8 H + a float32 scale,
+    pq H/8 (the benchmark's setting: one byte per 8 values), residual 2 + H/8 (1 bit per value)."""
     from mice.index.store import normalise_dtype
 
     d = normalise_dtype(dtype)
-    return {"float16": 2 * hidden, "float32": 4 * hidden, "int8": hidden + 4}[d]
+    return {"float16": 2 * hidden, "float32": 4 * hidden, "int8": hidden + 4, "pq": hidden // 8,
+            "residual": 2 + hidden // 8}[d]
+
+
+def codec_settings(dtype: str, hidden: int) -> dict:
+    """IndexConfig keywords of a compressed storage at the benchmark's setting (pq: one byte per 8 values)."""
+    return {"pq_m": max(1, hidden // 8)} if dtype == "pq" else {}
 
 
 def _sample(items: Sequence[str], n: int, seed: int) -> list[str]:
@@ -135,7 +144,7 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
     from mice.data import load_dataset
     from mice.errors import DataError
     from mice.index.fast_rerank import FastReranker, IndexScorer
-    from mice.index.store import IndexConfig, build_index, normalise_dtype
+    from mice.index.store import CODECS, IndexConfig, build_index, normalise_dtype
     from mice.models.loader import load
     from mice.rank.rerank import rerank
     from mice.rank.runs import make_run
@@ -194,9 +203,9 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
         rows = []
 
         # ---- index builds: one untimed warm-up build, then `repeats` rounds over every configuration
-        builds = [(d, kv) for d in dtypes for kv in ((False, True) if config.kv else (False,))]
+        builds = [(d, kv) for d in dtypes for kv in ((False, True) if config.kv and d not in CODECS else (False,))]
         build_index(mice, dict(list(sub.items())[: min(32, len(sub))]), work / "index-warmup",
-                    IndexConfig(dtype=dtypes[0], kv=config.kv, batch_size=config.batch_size), overwrite=True)
+                    IndexConfig(dtype="float16", kv=config.kv, batch_size=config.batch_size), overwrite=True)
         times: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
         cpu: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
         indexes = {}
@@ -204,8 +213,8 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
             for dtype, kv in builds:
                 t0, c0 = time.perf_counter(), time.process_time()
                 indexes[(dtype, kv)] = build_index(mice, sub, work / f"index-{dtype}{'-kv' if kv else ''}",
-                                                   IndexConfig(dtype=dtype, kv=kv, batch_size=config.batch_size),
-                                                   overwrite=True)
+                                                   IndexConfig(dtype=dtype, kv=kv, batch_size=config.batch_size,
+                                                               **codec_settings(dtype, hidden)), overwrite=True)
                 times[(dtype, kv)].append(time.perf_counter() - t0)
                 cpu[(dtype, kv)].append(time.process_time() - c0)
         load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -182,7 +182,7 @@ def scale_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV 
               candidates: int = typer.Option(25, "--candidates", help="Candidates per query (a seeded sample of "
                                              "the indexed documents)"),
               dtypes: str = typer.Option("float16,int8", "--dtypes", help="Index storage dtypes to build, "
-                                         "comma-separated (float16, float32, int8)"),
+                                         "comma-separated (float16, float32, int8, pq, residual)"),
               kv: bool = typer.Option(True, "--kv/--no-kv", help="Also build (and re-rank from) each dtype with "
                                       "cached cross-attention keys/values"),
               batch_size: int = typer.Option(32, "--batch-size", help="Documents (pairs) per forward pass"),
@@ -312,6 +312,94 @@ def _print_projection(console, builds, procs, out: Path | None) -> None:
         proj_out = out.with_name(f"{out.stem}-projection{out.suffix}")
         write_table(pr, proj_out)
         console.print(f"wrote {proj_out}", highlight=False)
+
+
+@bench_app.command("codec")
+def codec_cmd(model: str = typer.Option(..., "--model", "-m", help="MICE folder (or a cross-encoder with --arch)"),
+              dataset: list[str] = typer.Option(..., "--dataset", "-d", help="Dataset spec; repeat for several "
+                                                "(every query of --split of each)"),
+              storage: list[str] = typer.Option(["pq", "pq:m=32"], "--storage", help="Compressed storage to compare "
+                                                "with float16, repeatable: pq, pq:m=32, pq:m=48:rotation=1, "
+                                                "residual:bits=1:centroids=4096"),
+              out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write"),
+              arch: Optional[str] = typer.Option(None, "--arch", help="a+b, to build MICE from a cross-encoder"),
+              split: str = typer.Option("test", "--split", help="Queries re-ranked: every query of this split"),
+              depth: int = typer.Option(100, "--depth", help="BM25 candidates per query"),
+              repeats: int = typer.Option(3, "--repeats", help="Timed re-ranking passes per index (interleaved)"),
+              batch_size: int = typer.Option(64, "--batch-size", help="Documents per scoring batch"),
+              train_tokens: int = typer.Option(65536, "--train-tokens", help="Token states the codebooks learn from"),
+              threads: Optional[int] = typer.Option(None, "--threads", help="torch threads"),
+              device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ...")) -> None:
+    """nDCG@10 of re-ranking from compressed indexes against a float16 index (ratio, paired bootstrap CI), bytes
+    per token, score agreement and re-ranking throughput, in one run."""
+    from rich.console import Console
+
+    from mice.bench.codec import CodecBenchConfig, parse_storage, run_codec_bench
+    from mice.cli.data import plain_warnings
+    from mice.files import write_table
+    from mice.validate import check_setting
+
+    for s in storage:
+        parse_storage(s)
+    check_setting("repeats", repeats, "--repeats")
+    console = Console(width=180)
+    config = CodecBenchConfig(model=model, datasets=tuple(dataset), storages=tuple(storage), arch=arch, split=split,
+                              depth=depth, repeats=repeats, batch_size=batch_size, train_tokens=train_tokens,
+                              threads=threads, device=device)
+    with plain_warnings():
+        df = run_codec_bench(config, log=lambda s: console.print(s, highlight=False))
+    if out is not None:
+        write_table(df, out)
+        console.print(f"wrote {out}", highlight=False)
+
+
+@bench_app.command("data")
+def data_cmd(lines: int = typer.Option(40_000_000, "--lines", help="Lines of the synthetic teacher file"),
+             passages: int = typer.Option(1_000_000, "--passages", help="Passages of the synthetic corpus"),
+             workdir: Optional[Path] = typer.Option(None, "--workdir", help="Keep the files here (default: a "
+                                                    "temporary folder, removed after)")) -> None:
+    """Load time and peak memory of a synthetic MS MARCO-size teacher file and corpus (each in its own process)."""
+    from mice.bench.data import run_data_bench
+    from mice.validate import positive
+
+    positive("lines", lines)
+    positive("passages", passages)
+    run_data_bench(lines, passages, str(workdir) if workdir else None, log=typer.echo)
+
+
+@bench_app.command("gpu")
+def gpu_cmd(out: Path = typer.Option(..., "--out", "-o", help="Folder for gpu.csv and gpu.md (rewritten after "
+                                     "every unit, so a run stopped early keeps what it measured)"),
+            device: str = typer.Option("cuda", "--device", help="cuda (or cpu, with --smoke, to check the script)"),
+            smoke: bool = typer.Option(False, "--smoke", help="Tiny sizes: every code path in well under a minute"),
+            budget_s: float = typer.Option(420.0, "--budget-s", help="No new unit starts after this many seconds "
+                                           "(a unit is one section at one precision)"),
+            dtypes: str = typer.Option("fp32,bf16", "--dtypes", help="Compute precisions, comma-separated"),
+            sections: str = typer.Option("latency-paper,latency-ours,train,index-build", "--sections",
+                                         help="Sections to run, in this order"),
+            storages: str = typer.Option("float16,int8,pq", "--storages", help="index-build: index storages"),
+            arch: str = typer.Option("4+3", "--arch", help="MICE architecture a+b on the 12-layer backbone"),
+            seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs")) -> None:
+    """Latency (paper's and our protocol), training steps/s at 512 tokens and index-build tokens/s of the
+    cross-encoder, MICE and late interaction on random MiniLM-L12-H384-shaped models, fp32 and bf16, within a
+    time budget: `mice bench gpu --device cuda --out OUT/gpu`."""
+    from rich.console import Console
+
+    from mice.bench.gpu import GPUBenchConfig, run_gpu_bench
+    from mice.cli.data import plain_warnings
+    from mice.errors import MiceError
+
+    try:
+        a, b = (int(x) for x in arch.split("+"))
+    except ValueError:
+        raise MiceError(f"--arch {arch!r}: expected a+b, e.g. 4+3") from None
+    split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
+    console = Console(width=160)
+    config = GPUBenchConfig(device=device, smoke=smoke, layers=(a, b), dtypes=split(dtypes),
+                            sections=split(sections), storages=split(storages), budget_s=budget_s, seed=seed)
+    with plain_warnings():
+        run_gpu_bench(config, out, log=lambda s: console.print(s, highlight=False))
+    console.print((out / "gpu.md").read_text(), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

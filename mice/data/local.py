@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import pandas as pd
 
 from mice.errors import DataError
@@ -258,3 +259,77 @@ def files_spec(body: str) -> FilesDataset:
     else:
         queries = {(s or split): p for s, p in queries.items()}
     return FilesDataset(corpus, queries, qrels, name=name)
+
+
+class OffsetTexts(Mapping):
+    """id → text of an `id<TAB>text` file (MS MARCO's collection.tsv), read on demand from a memory map: one
+    int64 offset per line and the ids as one array, no Python string per line. Numeric ids are looked up by binary
+    search; other ids through one dict of ids (still no text in memory)."""
+
+    _BLOCK = 1 << 26
+
+    def __init__(self, path):
+        from pyarrow import csv as pacsv
+        import pyarrow as pa
+
+        self.path = Path(path)
+        self._raw = np.memmap(self.path, dtype=np.uint8, mode="r") if self.path.stat().st_size else np.zeros(0, np.uint8)
+        ends = [np.flatnonzero(self._raw[s:s + self._BLOCK] == 10) + s for s in range(0, len(self._raw), self._BLOCK)]
+        ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+        if len(self._raw) and self._raw[-1] != 10:
+            ends = np.append(ends, len(self._raw))
+        self._starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+        self._ends = ends.astype(np.int64)
+        import pyarrow.compute as pc
+
+        # whole lines as one Arrow column (a delimiter that never occurs), then the text before the first tab
+        opts = pacsv.ParseOptions(delimiter="\x01", quote_char=False, ignore_empty_lines=False)
+        try:
+            lines = pacsv.read_csv(self.path, read_options=pacsv.ReadOptions(column_names=["line"]),
+                                   parse_options=opts, convert_options=pacsv.ConvertOptions(
+                                       column_types={"line": pa.string()}, strings_can_be_null=False)).column("line")
+        except pa.ArrowInvalid as err:  # a \x01 byte or invalid UTF-8 in some line
+            raise DataError(f"{self.path}: not an 'id<TAB>text' file ({str(err).splitlines()[0][:120]})") from None
+        ids = pc.list_element(pc.split_pattern(lines, "\t", max_splits=1), 0)
+        del lines
+        if len(ids) != len(self._starts):
+            raise DataError(f"{self.path}: {len(self._starts)} lines but {len(ids)} 'id<TAB>text' rows")
+        try:
+            num = np.asarray(ids.cast(pa.int64()).to_numpy(zero_copy_only=False))
+            self._order = np.argsort(num, kind="stable")
+            self._sorted = num[self._order]
+            self._index = None
+        except (pa.ArrowInvalid, ValueError):
+            self._index = {d: i for i, d in enumerate(ids.to_pylist())}
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def _row(self, key) -> int:
+        if self._index is not None:
+            return self._index[str(key)]
+        try:
+            k = int(key)
+        except (TypeError, ValueError):
+            raise KeyError(key) from None
+        i = int(np.searchsorted(self._sorted, k))
+        if i >= len(self._sorted) or self._sorted[i] != k:
+            raise KeyError(key)
+        return int(self._order[i])
+
+    def __getitem__(self, key) -> str:
+        r = self._row(key)
+        line = bytes(self._raw[self._starts[r]:self._ends[r]]).rstrip(b"\r")
+        return line.split(b"\t", 1)[1].decode("utf-8") if b"\t" in line else ""
+
+    def __contains__(self, key) -> bool:
+        try:
+            self._row(key)
+            return True
+        except KeyError:
+            return False
+
+    def __iter__(self):
+        if self._index is not None:
+            return iter(self._index)
+        return (str(int(self._sorted[i])) for i in np.argsort(self._order, kind="stable"))

@@ -4,11 +4,14 @@ Layout of an index folder (all little-endian, memory-mapped when read):
 
     build.json                  settings of the build in progress (model fingerprint, dtype, shard size, ids hash)
     shard-00000.json            one per complete shard: doc ids, offsets, lengths, file sizes and sha256
-    shard-00000.states.bin      [tokens, H] states (float16 | float32 | int8)
+    shard-00000.states.bin      [tokens, H] states (float16 | float32 | int8), or [tokens, code bytes] uint8 codes
+                                (pq | residual: `mice.index.codec`)
     shard-00000.states.scale.bin  [tokens] float32 per-token scale (int8 only)
     shard-00000.kv.bin          optional [tokens, 2·(b-1), H] cross-attention keys/values of the live
                                 interaction layers (order: layer 0 K, layer 0 V, layer 1 K, …)
     shard-00000.kv.scale.bin    [tokens, 2·(b-1)] float32 scales (int8 only)
+    codec.json, codec.bin       pq | residual only: the codec's settings and checksum, its codebooks (float32);
+                                trained by rank 0 on a seeded sample of the corpus's states before any shard
     manifest.json               written last and atomically: the index is usable only once it exists
 
 A shard's data files are written under temporary names and renamed before its JSON is written, so a build
@@ -35,6 +38,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,33 +52,63 @@ log = logging.getLogger("mice.index.store")
 
 FORMAT = "mice-index/1"
 BUILD_LOG = "build.log"
-DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8}
+DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.int8, "pq": np.uint8, "residual": np.uint8}
+CODECS = ("pq", "residual")  # storages whose states are codes decoded through codebooks (mice.index.codec)
 _ALIASES = {"fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32", "i8": "int8"}
 _HASH_CHUNK = 1 << 22
+_CODEC_BLOCK = 16384  # tokens encoded at once by a codec
+MAX_MAPPED_BYTES = 4 << 30  # shard files a DocIndex keeps mapped at once (address space, not memory)
 
 
 def normalise_dtype(dtype: str) -> str:
     d = _ALIASES.get(str(dtype).lower(), str(dtype).lower())
     if d not in DTYPES:
-        raise IndexError_(f"unknown index storage dtype {dtype!r} (--storage-dtype: float16, float32 or int8; the "
-                          "precision the states are computed at is --dtype fp32|bf16|fp16)")
+        raise IndexError_(f"unknown index storage dtype {dtype!r} (--storage-dtype: float16, float32, int8, pq or "
+                          "residual; the precision the states are computed at is --dtype fp32|bf16|fp16)")
     return d
 
 
 @dataclass
 class IndexConfig:
     """How to build an index. `kv` adds each live interaction layer's cross-attention keys/values per token
-    (2·(b-1)·H more values per token) so that re-ranking skips their projections."""
+    (2·(b-1)·H more values per token) so that re-ranking skips their projections.
+
+    Compressed storages (`dtype` pq or residual, `mice.index.codec`): codebooks trained on `train_tokens` token
+    states of a seeded sample of the documents (`codec_seed`); pq: `pq_m` sub-vectors of 8 bits (`pq_m` bytes per
+    token), after a learnt rotation with `rotation`; residual: one of `centroids` centroids (2 bytes) + `bits` bits
+    per dimension."""
 
     dtype: str = "float16"
     kv: bool = False
     shard_size: int = 4096
     batch_size: int = 32
+    pq_m: int = 48
+    rotation: bool = False
+    centroids: int = 1024
+    bits: int = 1
+    train_tokens: int = 65536
+    codec_seed: int = 0
 
     def __post_init__(self):
         self.dtype = normalise_dtype(self.dtype)
         if self.shard_size < 1 or self.batch_size < 1:
             raise IndexError_("shard_size and batch_size must be >= 1")
+        if self.codec and self.kv:
+            raise IndexError_(f"--kv stores uncompressed keys/values: not with --storage-dtype {self.dtype}")
+        if self.codec and self.train_tokens < 256:
+            raise IndexError_(f"train_tokens {self.train_tokens}: a codec needs at least 256 training states")
+
+    @property
+    def codec(self) -> bool:
+        return self.dtype in CODECS
+
+    def codec_settings(self) -> dict | None:
+        """What changes a codec's bytes (part of the build identity), None for plain storages."""
+        if not self.codec:
+            return None
+        own = {"pq": {"pq_m": self.pq_m, "rotation": self.rotation},
+               "residual": {"centroids": self.centroids, "bits": self.bits}}[self.dtype]
+        return {"kind": self.dtype, **own, "train_tokens": self.train_tokens, "seed": self.codec_seed}
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -208,9 +242,10 @@ def kv_projector(model) -> Callable:
 
 
 def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], config: IndexConfig,
-                 kv_project) -> dict:
+                 kv_project, codec=None) -> dict:
     """Write one shard from (doc_id, states [L, H] tensor) items; returns its JSON record. `kv_project`:
-    `kv_projector(model)` when the index caches keys/values."""
+    `kv_projector(model)` when the index caches keys/values; `codec`: the trained codec of a pq/residual index
+    (states are encoded `_CODEC_BLOCK` tokens at a time; a token's code depends on that token alone)."""
     name = _shard_name(s)
     files = {"states": _HashedFile(out / f"{name}.states.bin")}
     if config.dtype == "int8":
@@ -221,13 +256,24 @@ def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], confi
             files["kv.scale"] = _HashedFile(out / f"{name}.kv.scale.bin")
     doc_ids, offsets, lengths = [], [], []
     tokens = 0
+    pending: list[np.ndarray] = []  # codec: states waiting to be encoded
+
+    def flush():
+        if pending:
+            files["states"].write(codec.encode(np.concatenate(pending)))
+            pending.clear()
     try:
         for doc_id, states in items:
             st = states.detach().float()
-            q, scale = quantize(st.cpu().numpy()[:, None, :], config.dtype)
-            files["states"].write(q)
-            if scale is not None:
-                files["states.scale"].write(scale)
+            if codec is not None:
+                pending.append(st.cpu().numpy())
+                if sum(len(p) for p in pending) >= _CODEC_BLOCK:
+                    flush()
+            else:
+                q, scale = quantize(st.cpu().numpy()[:, None, :], config.dtype)
+                files["states"].write(q)
+                if scale is not None:
+                    files["states.scale"].write(scale)
             if config.kv:
                 kv = kv_project(st).float().cpu().numpy()
                 q, scale = quantize(kv, config.dtype)
@@ -238,6 +284,7 @@ def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], confi
             offsets.append(tokens)
             lengths.append(int(st.shape[0]))
             tokens += int(st.shape[0])
+        flush()
         record = {"name": name, "documents": len(doc_ids), "tokens": tokens, "doc_ids": doc_ids,
                   "offsets": offsets, "lengths": lengths,
                   "files": {k: {"file": f.path.name, **f.commit()} for k, f in files.items()}}
@@ -247,6 +294,73 @@ def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], confi
         raise
     write_json_atomic(out / f"{name}.json", record)
     return record
+
+
+CODEC_JSON, CODEC_BIN = "codec.json", "codec.bin"
+
+
+def _codec_sample(doc_ids: list[str], encode, config: IndexConfig):
+    """About `train_tokens` token states: documents in a seeded order until that many tokens, then a seeded
+    subset of their rows."""
+    import torch
+
+    order = np.random.default_rng(config.codec_seed).permutation(len(doc_ids))
+    rows, n = [], 0
+    for start in range(0, len(order), 256):
+        for _, st in encode([doc_ids[i] for i in order[start:start + 256]]):
+            rows.append(st.detach().float().cpu())
+            n += len(rows[-1])
+        if n >= config.train_tokens:
+            break
+    x = torch.cat(rows)
+    if len(x) > config.train_tokens:
+        keep = np.random.default_rng(config.codec_seed + 1).choice(len(x), config.train_tokens, replace=False)
+        x = x[torch.from_numpy(np.sort(keep))]
+    return x
+
+
+def _ensure_codec(doc_ids: list[str], encode, out: Path, config: IndexConfig):
+    """Rank 0, before any shard: the build's codec, read back when codec.json/codec.bin hold it for these
+    settings (and pass their checksum), else trained and written (codebooks first, then codec.json, atomically)."""
+    from mice.files import atomic_path
+    from mice.index.codec import train_codec
+
+    try:
+        return read_codec(out, config.codec_settings())
+    except IndexError_ as err:
+        if (out / CODEC_JSON).exists():
+            log.warning("%s; training the codec again", err)
+    t0 = time.perf_counter()
+    x = _codec_sample(doc_ids, encode, config)
+    codec = train_codec(config.dtype, x, pq_m=config.pq_m, rotation=config.rotation, centroids=config.centroids,
+                        bits=config.bits, seed=config.codec_seed)
+    data = codec.to_bytes()
+    with atomic_path(out / CODEC_BIN) as tmp:
+        tmp.write_bytes(data)
+    write_json_atomic(out / CODEC_JSON, {"settings": config.codec_settings(), "spec": codec.spec(),
+                                         "file": CODEC_BIN, "bytes": len(data),
+                                         "sha256": hashlib.sha256(data).hexdigest(), "train_states": len(x)})
+    log.info("%s: %s codec trained on %d token states in %.1f s (%d B per token)", out, config.dtype, len(x),
+             time.perf_counter() - t0, codec.code_bytes)
+    return codec
+
+
+def read_codec(out: Path, settings: dict | None = None):
+    """The codec stored in index folder `out` (checksum verified); with `settings`, only if trained under them."""
+    from mice.index.codec import codec_from_spec
+
+    cj = Path(out) / CODEC_JSON
+    try:
+        rec = json.loads(cj.read_text())
+        data = (Path(out) / rec["file"]).read_bytes()
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise IndexError_(f"{cj}: codec missing or unreadable ({type(err).__name__}); rebuild the index") from None
+    if settings is not None and rec.get("settings") != settings:
+        raise IndexError_(f"{cj}: codec trained with other settings")
+    if len(data) != rec.get("bytes") or hashlib.sha256(data).hexdigest() != rec.get("sha256"):
+        raise IndexError_(f"{Path(out) / rec['file']}: corrupted codec (size or sha256 differs from {cj.name}); "
+                          "rebuild the index")
+    return codec_from_spec(rec["spec"], data)
 
 
 def _shard_complete(out: Path, s: int, expected_ids: list[str]) -> dict | None:
@@ -288,7 +402,8 @@ def build_identity(model, config: IndexConfig, doc_ids: Sequence[str], content: 
                         kv_weights=model.kv_fingerprint() if config.kv else None,
                         max_doc_length=int(model.mice_config.max_doc_length), hidden_size=int(model.hidden_size),
                         dtype=config.dtype, compute_dtype=_compute_dtype(model), kv=bool(config.kv),
-                        shard_size=int(config.shard_size), documents=_ids_hash(doc_ids), content=content)
+                        shard_size=int(config.shard_size), documents=_ids_hash(doc_ids), content=content,
+                        **({"codec": config.codec_settings()} if config.codec else {}))
 
 
 EncodeFn = Callable[[list[str]], Iterator[tuple[str, "object"]]]
@@ -374,7 +489,9 @@ def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwr
             manifest_file.unlink()
     else:
         write_json_atomic(build_file, settings)
-    w.barrier()  # the folder is ready: the other ranks check build.json and write their shards
+    if not finished and config.codec:
+        _ensure_codec(doc_ids, encode, out, config)
+    w.barrier()  # the folder is ready (codec included): the other ranks check build.json and write their shards
     if finished:
         return finished
     return _build_shards(model, doc_ids, encode, out, config, show_progress_bar, settings, w)
@@ -386,6 +503,7 @@ def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_p
     if (out / "manifest.json").exists():  # rank 0 found the index finished and whole
         return DocIndex.open(out, model=model, verify=False)
     kv_project = kv_projector(model) if config.kv else None
+    codec = read_codec(out, config.codec_settings()) if config.codec else None
     n_shards = max(1, -(-len(doc_ids) // config.shard_size))
     mine = [s for s in range(n_shards) if w.owns(s)]
     shards = mine
@@ -399,7 +517,7 @@ def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_p
         ids = doc_ids[s * config.shard_size: (s + 1) * config.shard_size]
         rec = _shard_complete(out, s, ids)
         if rec is None:
-            rec = _write_shard(out, s, encode(ids), config, kv_project)
+            rec = _write_shard(out, s, encode(ids), config, kv_project, codec)
             built += 1
             spent = time.perf_counter() - t0
             left = len(mine) - n - 1
@@ -426,6 +544,8 @@ def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_p
     for r in records:
         for k, f in r["files"].items():
             bytes_by_kind[k] = bytes_by_kind.get(k, 0) + f["bytes"]
+    if config.codec:
+        manifest["codec"] = json.loads((out / CODEC_JSON).read_text())
     manifest.update({
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tokens": n_tokens, "bytes": bytes_by_kind,
         "shards": [{"name": r["name"], "documents": r["documents"], "tokens": r["tokens"],
@@ -448,7 +568,8 @@ def _remove_temporaries(out: Path) -> None:
 
 
 def _clear(out: Path) -> None:
-    for p in [out / "manifest.json", out / "build.json"] + list(out.glob("shard-*")) + list(out.glob(".shard-*")):
+    for p in [out / "manifest.json", out / "build.json", out / CODEC_JSON, out / CODEC_BIN] + list(out.glob("shard-*")) \
+            + list(out.glob(".shard-*")):
         if p.is_file():
             p.unlink()
 
@@ -503,9 +624,13 @@ def build_index_from_token_ids(model, docs: Mapping[str, Sequence[int]], out, co
 
 # ----------------------------------------------------------------------------------------------- reading
 class DocIndex:
-    """A built index, memory-mapped. `states(positions)` / `kv(positions)` give padded float32 batches."""
+    """A built index, memory-mapped. `states(positions)` / `kv(positions)` give padded float32 batches.
 
-    def __init__(self, path: Path, manifest: dict):
+    Shards are mapped when first read and unmapped, least recently used first, once the mapped files exceed
+    `max_mapped_bytes`: an index larger than the address space a process may use (`ulimit -v`) can be re-ranked
+    from (the pages themselves are the kernel's page cache, never the process's own memory)."""
+
+    def __init__(self, path: Path, manifest: dict, max_mapped_bytes: int = MAX_MAPPED_BYTES):
         self.path = path
         self.manifest = manifest
         self.dtype = manifest["dtype"]
@@ -514,8 +639,12 @@ class DocIndex:
         self.kv_slots = 2 * int(manifest["model"].get("kv_layers", 0)) if self.has_kv else 0
         self.doc_ids: list[str] = []
         shard_of, offsets, lengths = [], [], []
-        self._states, self._states_scale, self._kv, self._kv_scale = [], [], [], []
+        self._files: list[dict] = []  # per shard: kind -> (path, dtype, shape)
+        self._mapped: "OrderedDict[int, dict]" = OrderedDict()  # shard -> kind -> array, most recent last
+        self.max_mapped_bytes = int(max_mapped_bytes)
         np_dtype = DTYPES[self.dtype]
+        self.codec = read_codec(path) if self.dtype in CODECS else None
+        width = self.codec.code_bytes if self.codec is not None else self.hidden_size
         for s, sh in enumerate(manifest["shards"]):
             rec = json.loads((path / f"{sh['name']}.json").read_text())
             self.doc_ids += rec["doc_ids"]
@@ -524,23 +653,34 @@ class DocIndex:
             lengths += rec["lengths"]
             t = rec["tokens"]
             files = sh["files"]
-            self._states.append(_memmap(path / files["states"]["file"], np_dtype, (t, self.hidden_size)))
-            self._states_scale.append(_memmap(path / files["states.scale"]["file"], np.float32, (t,))
-                                      if "states.scale" in files else None)
-            if self.has_kv:
-                self._kv.append(_memmap(path / files["kv"]["file"], np_dtype, (t, self.kv_slots, self.hidden_size)))
-                self._kv_scale.append(_memmap(path / files["kv.scale"]["file"], np.float32, (t, self.kv_slots))
-                                      if "kv.scale" in files else None)
+            shapes = {"states": (np_dtype, (t, width)), "states.scale": (np.float32, (t,)),
+                      "kv": (np_dtype, (t, self.kv_slots, self.hidden_size)), "kv.scale": (np.float32, (t, self.kv_slots))}
+            self._files.append({k: (path / files[k]["file"], *shapes[k]) for k in shapes if k in files})
         self.shard_of = np.asarray(shard_of, dtype=np.int32)
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self._pos = {d: i for i, d in enumerate(self.doc_ids)}
 
     # -- opening and checking
+    def _shard(self, s: int) -> dict:
+        """kind -> memory-mapped array of shard `s` (mapped now if it is not; least recently used shards
+        unmapped beyond `max_mapped_bytes`)."""
+        arrays = self._mapped.pop(s, None)
+        if arrays is None:
+            arrays = {k: _memmap(p, dt, shape) for k, (p, dt, shape) in self._files[s].items()}
+            mapped = sum(a.nbytes for m in self._mapped.values() for a in m.values())
+            new = sum(a.nbytes for a in arrays.values())
+            while self._mapped and mapped + new > self.max_mapped_bytes:
+                _, old = self._mapped.popitem(last=False)
+                mapped -= sum(a.nbytes for a in old.values())
+        self._mapped[s] = arrays
+        return arrays
+
     @classmethod
-    def open(cls, path, model=None, verify: bool = True) -> "DocIndex":
+    def open(cls, path, model=None, verify: bool = True, max_mapped_bytes: int | None = None) -> "DocIndex":
         """Open the index at `path`; check its manifest and (with `verify`) every file's sha256; with `model`,
-        refuse an index built by another model."""
+        refuse an index built by another model. `max_mapped_bytes`: shard files mapped at once (default
+        `MAX_MAPPED_BYTES`)."""
         path = Path(path)
         mf = path / "manifest.json"
         if not mf.exists():
@@ -569,8 +709,14 @@ class DocIndex:
             shard_json = path / f"{sh['name']}.json"
             if not shard_json.exists():
                 raise IndexError_(f"{path}: shard {sh['name']} has no {shard_json.name}")
+        if "codec" in manifest:
+            rec = manifest["codec"]
+            p = path / rec["file"]
+            if not p.exists() or p.stat().st_size != rec["bytes"] or (verify and _sha256_file(p) != rec["sha256"]):
+                raise IndexError_(f"{p}: codec missing or corrupted (size or sha256 differs from the manifest); "
+                                  "rebuild the index")
         try:
-            index = cls(path, manifest)
+            index = cls(path, manifest, max_mapped_bytes or MAX_MAPPED_BYTES)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
             raise IndexError_(f"{path}: corrupted shard record ({type(err).__name__}: {err}); rebuild the index") \
                 from None
@@ -627,15 +773,20 @@ class DocIndex:
                "bytes_per_token": round(self.bytes_per_token(), 2),
                "bytes_per_token_states": round(self.bytes_per_token("states"), 2),
                "mean_doc_tokens": round(self.n_tokens / max(1, len(self)), 1), "created": m.get("created")}
+        if self.codec is not None:
+            out["codec"] = ", ".join(f"{k} {v}" for k, v in self.codec.spec().items() if k != "hidden")
+            out["codec_bytes"] = int(m["codec"]["bytes"])
+            out["codec_train_states"] = int(m["codec"].get("train_states", 0))
         if self.has_kv:
             out["bytes_per_token_kv"] = round(self.bytes_per_token("kv"), 2)
             out["kv_layers"] = m["model"].get("kv_layers")
         return out
 
     # -- reading
-    def _gather(self, positions, arrays, scales, width_shape, out=None):
-        """Copy (and dequantise to float32) the rows of `positions` into a padded batch. `out`: a flat float32
-        buffer reused when large enough (the batch is a contiguous view of its start)."""
+    def _gather(self, positions, kind: str, width_shape, out=None, codec=None):
+        """Copy (and dequantise to float32, or decode through `codec`) the rows of `positions` into a padded
+        batch. `out`: a flat float32 buffer reused when large enough (the batch is a contiguous view of its
+        start)."""
         import torch
 
         positions = np.asarray(positions, dtype=np.int64)
@@ -647,17 +798,30 @@ class DocIndex:
             buf = out[:needed].view(shape)
         else:
             buf = torch.empty(shape, dtype=torch.float32)
+        mask = torch.arange(width)[None, :] < torch.from_numpy(lens)[:, None]
+        if codec is not None:  # every document's codes (copied out of the map), decoded in one call, then placed
+            codes = np.concatenate([np.array(self._shard(int(self.shard_of[p]))[kind][int(self.offsets[p]):
+                                                                                     int(self.offsets[p]) + int(n)])
+                                    for p, n in zip(positions, lens)]) if len(positions) else None
+            if codes is not None and len(codes):
+                if bool(mask.all()):
+                    buf.view(-1, shape[-1]).copy_(codec.decode(codes))
+                else:
+                    buf.zero_()
+                    buf[mask] = codec.decode(codes)
+            return buf, mask
         for row, p in enumerate(positions):
             s, off, n = int(self.shard_of[p]), int(self.offsets[p]), int(lens[row])
-            chunk = torch.from_numpy(arrays[s][off: off + n]).reshape((n,) + tuple(width_shape))
-            if scales[s] is not None:
-                sc = torch.from_numpy(scales[s][off: off + n]).reshape((n,) + tuple(width_shape[:-1]) + (1,))
+            arrays = self._shard(s)
+            chunk = torch.from_numpy(arrays[kind][off: off + n]).reshape((n,) + tuple(width_shape))
+            if f"{kind}.scale" in arrays:
+                sc = torch.from_numpy(arrays[f"{kind}.scale"][off: off + n]).reshape(
+                    (n,) + tuple(width_shape[:-1]) + (1,))
                 torch.mul(chunk, sc, out=buf[row, :n])
             else:
                 buf[row, :n].copy_(chunk)
             if n < width:
                 buf[row, n:].zero_()
-        mask = torch.arange(width)[None, :] < torch.from_numpy(lens)[:, None]
         return buf, mask
 
     def states(self, positions, out=None):
@@ -665,14 +829,14 @@ class DocIndex:
         preallocated flat float32 buffer, reused when large enough."""
         from mice.models.mice_model import DocStates
 
-        hidden, mask = self._gather(positions, self._states, self._states_scale, (self.hidden_size,), out)
+        hidden, mask = self._gather(positions, "states", (self.hidden_size,), out, self.codec)
         return DocStates(hidden, mask)
 
     def kv(self, positions, out=None):
         """Padded float32 cached keys/values [N, L, 2·(b-1), H] and the mask [N, L]."""
         if not self.has_kv:
             raise IndexError_(f"{self.path}: index has no cached keys/values (build with kv=True / --kv)")
-        return self._gather(positions, self._kv, self._kv_scale, (self.kv_slots, self.hidden_size), out)
+        return self._gather(positions, "kv", (self.kv_slots, self.hidden_size), out)
 
 
 def _memmap(path: Path, dtype, shape) -> np.ndarray:

@@ -196,3 +196,43 @@ class GroupSampler:
         """This process's share of the global batch of step `step` (global size = size × world)."""
         start = (step * world + rank) * size
         return [self.group(start + j) for j in range(size)]
+
+
+class TripleSampler:
+    """`sampling: triples` (the authors' sampler): the `index`-th group is the file's triple at position
+    perm(seed, epoch)[index mod n] of that epoch's seeded permutation, as (query, positive, negative), so every
+    triple is visited once per epoch. Stateless like `GroupSampler`: a resumed run sees the same batches.
+
+    `triples`: `mice.train.teacher.TripleArrays` (de-duplicate first with `.unique()`); `queries`/`corpus`: texts
+    by id (any mapping, e.g. an offset-indexed corpus)."""
+
+    def __init__(self, triples, queries: Mapping[str, str], corpus: Mapping[str, str], seed: int = 0):
+        if not len(triples):
+            raise DataError("sampling: triples needs at least one triple")
+        self.triples, self.queries, self.corpus, self.seed = triples, queries, corpus, int(seed)
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def position(self, index: int) -> int:
+        """Row of the triple the `index`-th group comes from."""
+        n = len(self.triples)
+        epoch, i = divmod(int(index), n)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch, 31]).permutation(n))
+        return int(self._perm[1][i])
+
+    def group(self, index: int) -> Group:
+        t, row = self.triples, self.position(index)
+        qid = str(t.query_ids[t.qid[row]])
+        ids = [str(t.doc_ids[t.pos[row]]), str(t.doc_ids[t.neg[row]])]
+        try:
+            return Group(qid, self.queries[qid], ids, [self.corpus[d] for d in ids])
+        except KeyError as err:
+            raise DataError(f"{t.path}: triple {row + 1} names {err.args[0]!r}, which the dataset lacks") from None
+
+    def teacher_scores(self, index: int) -> tuple[float, float]:
+        row = self.position(index)
+        return float(self.triples.score_pos[row]), float(self.triples.score_neg[row])
+
+    def batch(self, step: int, size: int, rank: int = 0, world: int = 1) -> list[Group]:
+        start = (step * world + rank) * size
+        return [self.group(start + j) for j in range(size)]

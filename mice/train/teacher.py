@@ -214,3 +214,102 @@ class TeacherScores:
         df = fresh if old is None else pd.concat([old, fresh], ignore_index=True)
         df = df.drop_duplicates(["query_id", "doc_id"], keep="first").reset_index(drop=True)
         write_table(df, self.cache_path)
+
+
+# ---------------------------------------------------------------------------------------- streamed triples
+class TripleArrays:
+    """A teacher file's triples as arrays (no Python object per line): float32 scores and int32 codes into the
+    id vocabularies `query_ids` / `doc_ids` (numpy arrays of the ids as they appear in the file, first seen first).
+    Built by `read_triples`."""
+
+    def __init__(self, score_pos, score_neg, qid, pos, neg, query_ids, doc_ids, path=None):
+        self.score_pos, self.score_neg = score_pos, score_neg
+        self.qid, self.pos, self.neg = qid, pos, neg
+        self.query_ids, self.doc_ids = query_ids, doc_ids
+        self.path = path
+
+    def __len__(self) -> int:
+        return len(self.qid)
+
+    def unique(self) -> "TripleArrays":
+        """The triples without repeats of the same (qid, pos, neg) (the first kept, order preserved); one hash
+        look-up per triple."""
+        n_docs = max(1, len(self.doc_ids))
+        qp, _ = pd.factorize(self.qid.astype(np.int64) * n_docs + self.pos)  # (query, positive) pairs
+        keep = ~pd.Series(qp.astype(np.int64) * n_docs + self.neg).duplicated(keep="first").to_numpy()
+        del qp
+        if keep.all():
+            return self
+        return TripleArrays(self.score_pos[keep], self.score_neg[keep], self.qid[keep], self.pos[keep],
+                            self.neg[keep], self.query_ids, self.doc_ids, self.path)
+
+    def frame(self) -> pd.DataFrame:
+        """The `read_score_file` DataFrame (ids as strings): for small files only."""
+        return pd.DataFrame({"score_pos": self.score_pos.astype(float), "score_neg": self.score_neg.astype(float),
+                             "qid": self.query_ids[self.qid].astype(str), "pos": self.doc_ids[self.pos].astype(str),
+                             "neg": self.doc_ids[self.neg].astype(str)})
+
+
+def _delimiter(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.readline()
+    return "\t" if b"\t" in head else " "
+
+
+def read_triples(path, block_size: int = 1 << 24) -> TripleArrays:
+    """Stream a `score_pos score_neg qid pos neg` file (tab- or space-separated, no header) into `TripleArrays`,
+    block by block through pyarrow's CSV reader: memory grows with the arrays, ~20 bytes per triple, not with
+    Python objects. Numeric ids (MS MARCO's) are parsed as integers, others as strings; either way they become
+    int32 codes (`pandas.factorize`, hashed). A malformed line raises `DataError` naming the file and line."""
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: teacher file not found")
+    sep = _delimiter(path)
+    for id_type in (pa.int32(), pa.int64(), pa.string()):
+        types = {"sp": pa.float32(), "sn": pa.float32(), "q": id_type, "p": id_type, "n": id_type}
+        try:
+            reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(column_names=list(types),
+                                                                         block_size=block_size),
+                                    parse_options=pacsv.ParseOptions(delimiter=sep, ignore_empty_lines=True),
+                                    convert_options=pacsv.ConvertOptions(column_types=types))
+            table = pa.Table.from_batches(list(reader))
+            break
+        except pa.ArrowInvalid as err:
+            if id_type != pa.string() and ("conversion" in str(err).lower() or "range" in str(err).lower()):
+                continue  # ids too large for int32, or not numeric: the next type
+            raise DataError(_bad_line(path, sep) or f"{path}: {str(err).splitlines()[0]}") from None
+    arrays = {}
+    for k in list(table.column_names):  # one column at a time: the table shrinks as the arrays grow
+        arrays[k] = table.column(k).to_numpy() if table.num_rows else np.zeros(0)
+        table = table.drop_columns([k])
+    if not len(arrays["q"]):
+        raise DataError(f"{path}: no teacher scores")
+    finite = np.isfinite(arrays["sp"]) & np.isfinite(arrays["sn"])
+    if not finite.all():
+        raise DataError(f"{path}:{int(np.flatnonzero(~finite)[0]) + 1}: teacher score is not finite")
+    qcodes, qvocab = pd.factorize(arrays.pop("q"))
+    qcodes = qcodes.astype(np.int32)
+    n = len(qcodes)
+    dcodes, dvocab = pd.factorize(np.concatenate([arrays.pop("p"), arrays.pop("n")]))
+    pos, neg = dcodes[:n].astype(np.int32), dcodes[n:].astype(np.int32)
+    del dcodes
+    return TripleArrays(arrays["sp"], arrays["sn"], qcodes, pos, neg, np.asarray(qvocab), np.asarray(dvocab), path)
+
+
+def _bad_line(path: Path, sep: str) -> str | None:
+    """The first line that is not 'score score id id id' (the error path only: a plain scan)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            fields = line.split(sep) if sep == "\t" else line.split()
+            if not line.strip():
+                continue
+            if len(fields) != 5:
+                return f"{path}:{lineno}: expected 'score_pos score_neg qid pos neg', got {len(fields)} fields"
+            try:
+                float(fields[0]), float(fields[1])
+            except ValueError:
+                return f"{path}:{lineno}: the first two fields must be scores: {line.strip()[:80]!r}"
+    return None

@@ -1,0 +1,279 @@
+"""Compressed storage of layer-`a` document states: codebooks trained on a sample of the corpus's token states.
+
+Two codecs, each turning a float vector of H values into a fixed number of bytes per token:
+- `pq` (product quantization): the vector is cut into `m` sub-vectors of H/m values; each is replaced by the id of
+  its nearest of 256 centroids (k-means on that sub-space), 1 byte: m bytes per token (48 B at m = 48 for H = 384,
+  16× below float16; 32 B at m = 32). With `rotation`, an orthogonal rotation learnt as in OPQ (Ge et al. 2013:
+  alternate PQ training and the orthogonal Procrustes solution) is applied first and undone at decoding.
+- `residual` (as ColBERTv2/PLAID): the id of the nearest of `centroids` k-means centroids (2 bytes) plus `bits` bits
+  per dimension of the residual, each dimension quantised to 2^bits buckets at that dimension's quantiles, decoded
+  to the bucket's mean: 2 + H·bits/8 bytes per token (50 B at 1 bit, H = 384).
+
+Decoding is a table look-up (`decode`), run on the fly by `mice.index.store.DocIndex.states` batch by batch.
+
+Reproducibility: a codec is trained once (rank 0 of a build) under one torch thread, and encoding computes every
+distance without matrix products (exact differences), so the codes of a shard are the same bytes whatever the
+number of processes or threads that write it. A codec is saved as raw little-endian float32 arrays (`to_bytes`)
+whose shapes are in its `spec`.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mice.errors import IndexError_
+
+KINDS = ("pq", "residual")
+_CHUNK = 4096  # tokens per distance block when encoding
+
+
+@contextlib.contextmanager
+def single_thread():
+    """torch on one thread inside the block: training gives the same codebook bytes in any process."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _nearest(x: torch.Tensor, c: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    """Index of the nearest row of `c` [k, d] for every row of `x` [n, d]. `exact`: from the differences
+    themselves, no matrix product, so a row's result never depends on threads or blocking (encoding); else
+    through a matrix product (k-means training, always on one thread)."""
+    out = torch.empty(x.shape[0], dtype=torch.long)
+    mode = "donot_use_mm_for_euclid_dist" if exact else "use_mm_for_euclid_dist"
+    for s in range(0, x.shape[0], _CHUNK):
+        out[s:s + _CHUNK] = torch.cdist(x[s:s + _CHUNK], c, compute_mode=mode).argmin(dim=1)
+    return out
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
+    """Lloyd's k-means from `k` distinct sample rows chosen under `seed`; an emptied cluster takes the point
+    farthest from its centroid. Returns centroids [k, d] float32."""
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    c = x[torch.from_numpy(rng.choice(n, size=k, replace=n < k))].clone()
+    for _ in range(iters):
+        assign = _nearest(x, c, exact=False)
+        counts = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        new = sums / counts.clamp(min=1)[:, None].to(x.dtype)
+        empty = (counts == 0).nonzero().flatten()
+        if len(empty):
+            order = ((x - new[assign]) ** 2).sum(1).argsort(descending=True)
+            far = order[torch.arange(len(empty)) % n]  # (fewer points than clusters: duplicates)
+            new[empty] = x[far]
+        c = new
+    return c.float()
+
+
+@dataclass
+class PQCodec:
+    """m sub-quantizers of 256 centroids over H/m dims each, after an optional orthogonal rotation."""
+
+    centroids: torch.Tensor  # [m, 256, H/m]
+    rotation: torch.Tensor | None = None  # [H, H]: codes describe x @ rotation
+
+    kind = "pq"
+
+    @property
+    def m(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def hidden(self) -> int:
+        return int(self.centroids.shape[0] * self.centroids.shape[2])
+
+    @property
+    def code_bytes(self) -> int:
+        return self.m
+
+    @classmethod
+    def train(cls, x: torch.Tensor, m: int = 48, iters: int = 12, seed: int = 0, rotation: bool = False,
+              opq_iters: int = 4) -> "PQCodec":
+        H = x.shape[1]
+        if m < 1 or H % m:
+            raise IndexError_(f"pq: {m} sub-vectors do not divide the hidden size {H} (--pq-m)")
+        x = x.float()
+        with single_thread():
+            R = torch.eye(H) if rotation else None
+            for it in range(opq_iters if rotation else 1):
+                xr = x @ R if R is not None else x
+                sub = xr.reshape(-1, m, H // m)
+                cents = torch.stack([kmeans(sub[:, j].contiguous(), 256, iters, seed + j) for j in range(m)])
+                codec = cls(cents, R)
+                if R is None or it == opq_iters - 1:
+                    break
+                y = codec._decode_rotated(codec.encode(x))  # reconstruction in the rotated space
+                u, _, vt = torch.linalg.svd(x.T.double() @ y.double())  # argmin_R ||xR - y||, R orthogonal
+                R = (u @ vt).float()
+        return codec
+
+    def encode(self, x) -> np.ndarray:
+        """[n, H] float -> [n, m] uint8."""
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        if self.rotation is not None:
+            x = x @ self.rotation
+        sub = x.view(x.shape[0], self.m, -1)
+        codes = torch.stack([_nearest(sub[:, j].contiguous(), self.centroids[j]) for j in range(self.m)], dim=1)
+        return codes.to(torch.uint8).numpy()
+
+    def _decode_rotated(self, codes) -> torch.Tensor:
+        codes = torch.as_tensor(np.asarray(codes)).long()
+        flat = self.centroids.reshape(-1, self.centroids.shape[2])
+        idx = codes + torch.arange(self.m)[None, :] * 256
+        return torch.nn.functional.embedding(idx, flat).view(codes.shape[0], self.hidden)
+
+    def decode(self, codes) -> torch.Tensor:
+        """[n, m] uint8 -> [n, H] float32."""
+        y = self._decode_rotated(codes)
+        return y @ self.rotation.T if self.rotation is not None else y
+
+    def spec(self) -> dict:
+        return {"kind": "pq", "m": self.m, "bits": 8, "hidden": self.hidden, "rotation": self.rotation is not None,
+                "code_bytes": self.code_bytes}
+
+    def to_bytes(self) -> bytes:
+        parts = [self.centroids.float().contiguous().numpy().astype("<f4").tobytes()]
+        if self.rotation is not None:
+            parts.append(self.rotation.float().contiguous().numpy().astype("<f4").tobytes())
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, spec: dict, data: bytes) -> "PQCodec":
+        m, H = int(spec["m"]), int(spec["hidden"])
+        arr = np.frombuffer(data, dtype="<f4")
+        n_c = m * 256 * (H // m)
+        expected = n_c + (H * H if spec["rotation"] else 0)
+        if arr.size != expected:
+            raise IndexError_(f"pq codec: {arr.size} values stored, {expected} expected")
+        cents = torch.from_numpy(arr[:n_c].copy()).view(m, 256, H // m)
+        rot = torch.from_numpy(arr[n_c:].copy()).view(H, H) if spec["rotation"] else None
+        return cls(cents, rot)
+
+
+@dataclass
+class ResidualCodec:
+    """A centroid id (uint16) + `bits` bits per dimension of the residual (per-dimension quantile buckets)."""
+
+    centroids: torch.Tensor  # [k, H]
+    cutoffs: torch.Tensor  # [H, 2^bits - 1] bucket boundaries of the residual, per dimension
+    weights: torch.Tensor  # [H, 2^bits] the value each bucket decodes to, per dimension
+
+    kind = "residual"
+
+    @property
+    def bits(self) -> int:
+        return int(self.weights.shape[1]).bit_length() - 1
+
+    @property
+    def hidden(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def code_bytes(self) -> int:
+        return 2 + self.hidden * self.bits // 8
+
+    @classmethod
+    def train(cls, x: torch.Tensor, centroids: int = 1024, bits: int = 1, iters: int = 8,
+              seed: int = 0) -> "ResidualCodec":
+        H = x.shape[1]
+        if bits not in (1, 2, 4, 8) or (H * bits) % 8:
+            raise IndexError_(f"residual: {bits} bits per dimension (1, 2, 4 or 8, H·bits a multiple of 8)")
+        if not 1 <= centroids <= 65536:
+            raise IndexError_(f"residual: {centroids} centroids (1 to 65536: the id is 2 bytes)")
+        x = x.float()
+        with single_thread():
+            c = kmeans(x, min(centroids, len(x)), iters, seed)  # a corpus smaller than the codebook: one per state
+            r = x - c[_nearest(x, c)]
+            q = torch.linspace(0, 1, 2 ** bits + 1)[1:-1]
+            cutoffs = torch.quantile(r.double(), q.double(), dim=0).T.float().contiguous()  # [H, 2^b - 1]
+            bucket = _bucketize(r, cutoffs)
+            sums = torch.zeros(H, 2 ** bits, dtype=torch.float64).scatter_add_(1, bucket.T, r.T.double())
+            counts = torch.zeros(H, 2 ** bits, dtype=torch.float64).scatter_add_(
+                1, bucket.T, torch.ones_like(r.T, dtype=torch.float64))
+            weights = (sums / counts.clamp(min=1)).float()
+        return cls(c, cutoffs, weights)
+
+    def encode(self, x) -> np.ndarray:
+        """[n, H] float -> [n, 2 + H·bits/8] uint8 (little-endian centroid id, then the packed buckets)."""
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        ids = _nearest(x, self.centroids)
+        bucket = _bucketize(x - self.centroids[ids], self.cutoffs).numpy().astype(np.uint8)  # [n, H]
+        packed = _pack(bucket, self.bits)
+        head = ids.numpy().astype("<u2").view(np.uint8).reshape(-1, 2)
+        return np.concatenate([head, packed], axis=1)
+
+    def decode(self, codes) -> torch.Tensor:
+        codes = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8))
+        ids = torch.from_numpy(codes[:, :2].copy().view("<u2").astype(np.int64).reshape(-1))
+        bucket = torch.from_numpy(_unpack(codes[:, 2:], self.bits, self.hidden).astype(np.int64))
+        res = self.weights[torch.arange(self.hidden)[None, :], bucket]  # each dimension's bucket value
+        return self.centroids[ids] + res
+
+    def spec(self) -> dict:
+        return {"kind": "residual", "centroids": int(self.centroids.shape[0]), "bits": self.bits,
+                "hidden": self.hidden, "code_bytes": self.code_bytes}
+
+    def to_bytes(self) -> bytes:
+        return b"".join(t.float().contiguous().numpy().astype("<f4").tobytes()
+                        for t in (self.centroids, self.cutoffs, self.weights))
+
+    @classmethod
+    def from_bytes(cls, spec: dict, data: bytes) -> "ResidualCodec":
+        k, H, b = int(spec["centroids"]), int(spec["hidden"]), int(spec["bits"])
+        arr = np.frombuffer(data, dtype="<f4")
+        sizes = [k * H, H * (2 ** b - 1), H * 2 ** b]
+        if arr.size != sum(sizes):
+            raise IndexError_(f"residual codec: {arr.size} values stored, {sum(sizes)} expected")
+        c, cut, w = np.split(arr, np.cumsum(sizes)[:-1])
+        return cls(torch.from_numpy(c.copy()).view(k, H), torch.from_numpy(cut.copy()).view(H, 2 ** b - 1),
+                   torch.from_numpy(w.copy()).view(H, 2 ** b))
+
+
+def _bucketize(r: torch.Tensor, cutoffs: torch.Tensor) -> torch.Tensor:
+    """Bucket [n, H] of each residual value under its dimension's cutoffs [H, B-1]."""
+    return (r[:, :, None] > cutoffs[None]).sum(-1)
+
+
+def _pack(bucket: np.ndarray, bits: int) -> np.ndarray:
+    """[n, H] values < 2^bits -> [n, H·bits/8] bytes, little-bit-endian within each byte."""
+    n, H = bucket.shape
+    if bits == 8:
+        return bucket
+    per = 8 // bits
+    b = bucket.reshape(n, H // per, per).astype(np.uint16)
+    shifts = (np.arange(per) * bits).astype(np.uint16)
+    return (b << shifts).sum(-1).astype(np.uint8)
+
+
+def _unpack(packed: np.ndarray, bits: int, H: int) -> np.ndarray:
+    if bits == 8:
+        return packed
+    per = 8 // bits
+    shifts = (np.arange(per) * bits).astype(np.uint8)
+    return ((packed[:, :, None] >> shifts) & ((1 << bits) - 1)).reshape(packed.shape[0], H)
+
+
+def codec_from_spec(spec: dict, data: bytes):
+    kind = spec.get("kind")
+    if kind == "pq":
+        return PQCodec.from_bytes(spec, data)
+    if kind == "residual":
+        return ResidualCodec.from_bytes(spec, data)
+    raise IndexError_(f"unknown codec {kind!r} ({', '.join(KINDS)})")
+
+
+def train_codec(kind: str, x: torch.Tensor, pq_m: int = 48, rotation: bool = False, centroids: int = 1024,
+                bits: int = 1, seed: int = 0):
+    """A codec of `kind` trained on token states `x` [n, H]."""
+    if kind == "pq":
+        return PQCodec.train(x, m=pq_m, seed=seed, rotation=rotation)
+    if kind == "residual":
+        return ResidualCodec.train(x, centroids=centroids, bits=bits, seed=seed)
+    raise IndexError_(f"unknown codec {kind!r} ({', '.join(KINDS)})")

@@ -1,0 +1,133 @@
+"""Data paths at MS MARCO size, on small files: the streamed teacher file (arrays, de-duplication, errors naming
+file and line), `sampling: triples` (seeded order, every triple once per epoch, bit-identical resume), the
+offset-indexed corpus, and a re-rank at the authors' depth (1000) on a small synthetic collection."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mice.data.local import OffsetTexts
+from mice.errors import DataError
+from mice.train.samples import TripleSampler
+from mice.train.teacher import read_score_file, read_triples
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _teacher(path, rows):
+    path.write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+ROWS = [(9.5, 1.25, 3, 30, 31), (8.0, 2.0, 4, 40, 41), (9.5, 1.25, 3, 30, 31), (7.0, 0.5, 3, 30, 32),
+        (8.0, 2.0, 4, 40, 41), (6.5, 3.0, 5, 50, 30)]
+
+
+def test_streamed_teacher_file_matches_the_line_reader_and_deduplicates(tmp_path):
+    path = _teacher(tmp_path / "t.tsv", ROWS)
+    t = read_triples(path, block_size=64)  # several blocks
+    assert len(t) == 6 and t.qid.dtype == np.int32 and t.score_pos.dtype == np.float32
+    pd.testing.assert_frame_equal(t.frame(), read_score_file(path), check_dtype=False)
+    u = t.unique()
+    assert len(u) == 4  # rows 3 and 5 repeat rows 1 and 2
+    assert u.frame()[["qid", "pos", "neg"]].values.tolist() == [["3", "30", "31"], ["4", "40", "41"],
+                                                                 ["3", "30", "32"], ["5", "50", "30"]]
+    assert list(u.doc_ids.astype(str)) == ["30", "40", "50", "31", "41", "32"]  # shared vocabulary, first seen
+    # non-numeric ids, space-separated
+    (tmp_path / "s.txt").write_text("1.5 0.5 qa da db\n2 1 qb dc da\n1.5 0.5 qa da db\n")
+    s = read_triples(tmp_path / "s.txt")
+    assert len(s.unique()) == 2 and s.frame()["neg"].tolist() == ["db", "da", "db"]
+
+
+@pytest.mark.parametrize("text,where", [("1\t2\t3\t4\t5\n1\t2\t3\t4\n", ":2:"), ("1\t2\t3\t4\t5\nx\t2\t3\t4\t5\n", ":2:"),
+                                        ("1\t2\t3\t4\t5\n1\t2\t3\t4\t5\n1\tinf\t3\t4\t5\n", ":3:")])
+def test_bad_teacher_lines_name_file_and_line(tmp_path, text, where):
+    path = tmp_path / "bad.tsv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=f"bad.tsv{where}"):
+        read_triples(path)
+
+
+def test_triple_sampling_order_epochs_and_resume(tmp_path):
+    rows = [(float(i), 0.0, i % 7, 1000 + i, 2000 + i) for i in range(50)]
+    t = read_triples(_teacher(tmp_path / "t.tsv", rows)).unique()
+    queries = {str(q): f"query {q}" for q in range(7)}
+    corpus = {str(d): f"doc {d}" for i in range(50) for d in (1000 + i, 2000 + i)}
+    sampler = TripleSampler(t, queries, corpus, seed=3)
+    first = [sampler.position(i) for i in range(50)]
+    assert sorted(first) == list(range(50))  # an epoch visits every triple once
+    assert first == list(np.random.default_rng([3, 0, 31]).permutation(50))  # in the seeded order
+    second = [sampler.position(i) for i in range(50, 100)]
+    assert sorted(second) == list(range(50)) and second != first  # a new order per epoch
+    g = sampler.group(7)
+    row = first[7]
+    assert g.doc_ids == [str(1000 + row), str(2000 + row)] and g.query == f"query {row % 7}"
+    assert sampler.teacher_scores(7) == (float(row), 0.0)
+    # resume: a new sampler (a restarted process) at step 9 gives the batches an uninterrupted run gives
+    whole = [sampler.batch(s, 4, rank, 2) for s in range(20) for rank in range(2)]
+    resumed = TripleSampler(t, queries, corpus, seed=3)
+    again = [resumed.batch(s, 4, rank, 2) for s in range(9, 20) for rank in range(2)]
+    assert again == whole[18:]
+    assert TripleSampler(t, queries, corpus, seed=4).batch(0, 4) != sampler.batch(0, 4)
+
+
+def test_offset_corpus_reads_texts_on_demand(tmp_path):
+    path = tmp_path / "collection.tsv"
+    path.write_text("7\tseven is odd\n3\tthree\n12\ttwelve\twith a tab\n5\t\n")
+    c = OffsetTexts(path)
+    assert len(c) == 4 and c["3"] == "three" and c["12"] == "twelve\twith a tab" and c["5"] == ""
+    assert c[7] == "seven is odd" and "4" not in c and "x" not in c
+    assert sorted(c) == ["12", "3", "5", "7"]
+    with pytest.raises(KeyError):
+        c["4"]
+    (tmp_path / "named.tsv").write_text("a\tfirst\nb\tsecond")  # other ids, no final newline
+    n = OffsetTexts(tmp_path / "named.tsv")
+    assert n["b"] == "second" and list(n) == ["a", "b"]
+
+
+def test_data_bench_small(tmp_path):
+    from mice.bench.data import run_data_bench
+
+    out = run_data_bench(lines=20_000, passages=2_000, workdir=str(tmp_path), log=lambda s: None)
+    assert out["teacher"]["rows"] == 20_000 and 19_000 < out["teacher"]["unique"] < 20_000
+    assert out["corpus"]["rows"] == 2_000 and out["corpus"]["lookups_per_s"] > 0
+
+
+def test_rerank_at_depth_1000(tmp_path):
+    """The authors' depth: 1000 candidates per query, MICE from the index, through `mice rerank`."""
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+    from mice.index.store import IndexConfig, build_index
+    from mice.models.mice_model import MICEModel
+    from mice.models.testing import tiny_cross_encoder
+    from mice.rank.runs import make_run, read_run, write_run
+
+    words = "array sort mean plot axis value matrix sum line figure index table frame column row".split()
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    (data / "qrels").mkdir(parents=True)
+    corpus = {f"d{i}": " ".join(rng.choice(words, 8)) for i in range(1200)}
+    with open(data / "corpus.jsonl", "w") as fh:
+        for d, text in corpus.items():
+            fh.write(json.dumps({"_id": d, "title": "", "text": text}) + "\n")
+    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": " ".join(rng.choice(words, 3))})
+                                                + "\n" for i in range(2)))
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq1\td2\t1\n")
+    run = make_run([(f"q{q}", f"d{(q * 100 + j) % 1200}", float(1000 - j)) for q in range(2) for j in range(1000)])
+    write_run(run, tmp_path / "bm25.trec")
+    mice = MICEModel.from_cross_encoder(tiny_cross_encoder(tmp_path / "ce", num_layers=3), contextual_layers=1,
+                                        interaction_layers=2)
+    mice_dir = mice.save_pretrained(tmp_path / "mice")
+    build_index(mice, corpus, tmp_path / "idx", IndexConfig(dtype="pq", pq_m=8, shard_size=256, train_tokens=2000))
+    res = CliRunner().invoke(app, ["rerank", "--model", str(mice_dir), "--dataset", str(data), "--run",
+                                   str(tmp_path / "bm25.trec"), "--k", "1000", "--index", str(tmp_path / "idx"),
+                                   "--out", str(tmp_path / "mice.trec")])
+    assert res.exit_code == 0, res.output
+    out = read_run(tmp_path / "mice.trec")
+    assert out.groupby("query_id").size().tolist() == [1000, 1000]
+    for q, g in out.groupby("query_id"):
+        assert set(g["doc_id"]) == set(run[run["query_id"] == q]["doc_id"])
