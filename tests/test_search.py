@@ -232,8 +232,8 @@ def test_the_layer_stage_tries_both_cls_cross_attentions_and_the_file_carries_th
     with pytest.raises(MiceError, match="cls_cross"):
         config(env, cls_cross=("none", "mean")).validate()
     with pytest.raises(MiceError, match="cls_cross_attention 'mean'"):
-        DerivedConfig(decision="mice", num_layers=4, contextual_layers=1, interaction_layers=2, mask={},
-                   cls_cross_attention="mean")
+        DerivedConfig(decision="mice", num_layers=4, contextual_layers=1, interaction_layers=2,
+                      mask={"num_layers": 4}, cls_cross_attention="mean")
 
 
 def test_a_decision_without_mice_refuses_mice_training(env, first, tmp_path):
