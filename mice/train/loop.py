@@ -464,6 +464,7 @@ class Trainer:
                 return self._train()
 
     def _train(self) -> TrainResult:
+        """Setup, the untrained model's evaluation (a fresh run only), the steps, then what closes the run."""
         start_step, resumed = self._setup()
         if self.dev is not None and not resumed and self.config.eval_at_start:
             self._evaluate_and_keep(loss=None)
