@@ -54,7 +54,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "lr": (0, None, False),
     "head_lr": (0, None, False),
     "teacher_scale": (0, None, False),
-    "mix_alpha": (0, 1, True),  # `mice train --mix-alpha`: a mix's parts drawn ∝ n ** alpha
+    "mix_alpha": (0, 1, True),  # `mice train --set mix_alpha=…`: a mix's parts drawn ∝ n ** alpha
     "k1": (0, None, True),
     "b": (0, 1, True),
     "num_layers": (1, MAX_LAYERS, True),

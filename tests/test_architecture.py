@@ -28,9 +28,6 @@ LONG_ALLOWED = {
     "mice/rank/rerank.py::_rerank",
     "mice/data/_docstrings.py::split_docstring",
     "mice/data/meta.py::_paragraphs",
-    "mice/app/report.py::report_markdown",
-    "mice/train/loop.py::Trainer._train",
-    "mice/cli/train.py::train",
 }
 
 

@@ -182,7 +182,7 @@ def test_train_in_bf16_smoke(models, tmp_path, monkeypatch, fresh_accelerate):
     monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
     data = write_beir(tmp_path / "data", n_train=12, n_dev=4)
     common = ["train", "--preset", "tiny", "--model", models["ce"], "--dataset", data, "--max-steps", 2,
-              "--dev-queries", 4, "--quiet"]
+              "--set", "dev_queries=4", "--quiet"]
     runs = {}
     for dtype in ("fp32", "bf16"):
         from accelerate.state import AcceleratorState

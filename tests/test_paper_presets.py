@@ -70,8 +70,8 @@ def test_show_config_prints_the_paper_settings():
     assert cfg["seeds"] == [0, 1, 2, 3, 4] and cfg["lr"] == 7e-6 and cfg["eval_every"] == 10_000
     cfg.pop("seeds")
     assert TrainConfig.from_dict(cfg).to_dict() == cfg
-    r = CliRunner().invoke(app, ["train", "--preset", "paper-minilm-mice-l4+3", "--max-query-length", "64",
-                                 "--cls-cross-attention", "uniform", "--show-config"])
+    r = CliRunner().invoke(app, ["train", "--preset", "paper-minilm-mice-l4+3", "--set", "max_query_length=64",
+                                 "--set", "cls_cross_attention=uniform", "--show-config"])
     cfg = json.loads(r.output)
     assert cfg["max_query_length"] == 64 and cfg["max_length"] == 512 and cfg["cls_cross_attention"] == "uniform"
 
@@ -131,17 +131,19 @@ def env(tmp_path_factory):
 
 def _offline(env, out) -> list[str]:
     """What replaces the online sources: the local files, and sizes a tiny model can take."""
-    return ["--model", str(env["encoder"]), "--dataset", str(env["data"]), "--dev-dataset", str(env["data"]),
-            "--dev-exclude", str(env["root"] / "dev-small.tsv"), "--teacher", str(env["root"] / "triples.tsv"),
-            "--max-length", "48", "--max-query-length", "16", "--batch-size", "2", "--max-steps", "2",
-            "--warmup-steps", "1", "--eval-every", "2", "--save-every", "2", "--dev-queries", "5",
-            "--set", "dev_top_k=5", "--set", "eval_batch_size=16", "-o", str(out), "--quiet"]
+    settings = {"dev_dataset": env["data"], "dev_exclude": env["root"] / "dev-small.tsv",
+                "teacher": env["root"] / "triples.tsv", "max_length": 48, "max_query_length": 16, "batch_size": 2,
+                "warmup_steps": 1, "eval_every": 2, "save_every": 2, "dev_queries": 5, "dev_top_k": 5,
+                "eval_batch_size": 16}
+    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    return ["--model", str(env["encoder"]), "--dataset", str(env["data"]), "--max-steps", "2", *sets, "-o", str(out),
+            "--quiet"]
 
 
 @pytest.mark.parametrize("name", list(PAPER_MODELS))
 def test_every_paper_preset_trains_two_seeds_offline(env, name):
     out = env["root"] / "runs" / name
-    extra = ["--cls-cross-attention", "uniform"] if name == "paper-minilm-mice-l4+3" else []  # the authors' code
+    extra = ["--set", "cls_cross_attention=uniform"] if name == "paper-minilm-mice-l4+3" else []  # the authors' code
     result = CliRunner().invoke(app, ["train", "--preset", name, "--seeds", "0,1", *extra, *_offline(env, out)])
     assert result.exit_code == 0, (result.output, result.exception)
     table = pd.read_csv(out / "seeds.csv")
@@ -186,8 +188,8 @@ def test_missing_hofstatter_file_names_the_download(env, monkeypatch):
     monkeypatch.setenv("MICE_HOFSTATTER_TRIPLES", str(env["root"] / "nope.tsv"))
     out = env["root"] / "runs" / "no-teacher"
     args = [a for a in _offline(env, out)]
-    i = args.index("--teacher")
-    del args[i:i + 2]
+    i = args.index(f"teacher={env['root'] / 'triples.tsv'}")
+    del args[i - 1:i + 1]
     result = CliRunner().invoke(app, ["train", "--preset", "paper-minilm-ce", *args])
     assert isinstance(result.exception, DataError)
     assert "zenodo" in str(result.exception) and "nope.tsv" in str(result.exception)

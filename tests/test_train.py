@@ -101,7 +101,7 @@ def test_each_mode_trains_from_the_cli(env, mode):
     args = ["--preset", "tiny", "--mode", mode, "--model", env["student"], "--dataset", env["data"], "-o", out,
             "--max-steps", 4, "--quiet"]
     if mode == "cross-encoder":  # also exercise distillation in this mode
-        args += ["--loss", "listwise+margin-mse", "--teacher", env["teacher"]]
+        args += ["--set", "loss=listwise+margin-mse", "--set", f"teacher={env['teacher']}"]
     result = run_cli(*args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "wall time" in result.output
@@ -144,7 +144,7 @@ def test_each_mode_trains_from_the_cli(env, mode):
 def test_training_moves_weights_and_best_is_the_best_dev_step(env):
     out = env["root"] / "moves"
     result = run_cli("--preset", "tiny", "--model", env["student"], "--dataset", env["data"], "-o", out,
-                     "--max-steps", 6, "--set", "eval_every=2", "--lr", "1e-3", "--quiet")
+                     "--max-steps", 6, "--set", "eval_every=2", "--set", "lr=1e-3", "--quiet")
     assert result.exit_code == 0, result.output
     start, last = weights(__import__("pathlib").Path(env["student"])), weights(out / "last")
     changed = [k for k in start if k in last and not torch.equal(start[k], last[k])]
@@ -217,10 +217,11 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     out = env["root"] / "nan"
     # an absurd learning rate: step 1 is computed from sane weights, then the weights explode
     result = run_cli("--preset", "tiny", "--model", env["student"], "--dataset", env["data"], "-o", out,
-                     "--lr", "1e30", "--set", "warmup_steps=0", "--set", "save_every=1", "--max-steps", 6, "--quiet")
+                     "--set", "lr=1e30", "--set", "warmup_steps=0", "--set", "save_every=1", "--max-steps", 6,
+                     "--quiet")
     assert isinstance(result.exception, TrainingDiverged), result.output
     message = str(result.exception)
-    assert "diverged at step 2" in message and "last good checkpoint" in message and "--lr" in message
+    assert "diverged at step 2" in message and "last good checkpoint" in message and "--set lr=" in message
     state = torch.load(out / "last" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 1
     assert all(torch.isfinite(v).all() for v in weights(out / "last").values())
@@ -269,7 +270,7 @@ def test_teacher_score_file_defines_triples_and_scores(env):
     bad = env["root"] / "bad-teacher.tsv"
     bad.write_text("1.0\t0.5\tq1\td1\td2\n2.0\tq1\td1\td3\n")
     result = run_cli("--preset", "tiny", "--model", env["student"], "--dataset", env["data"], "-o",
-                     env["root"] / "tbad", "--loss", "margin-mse", "--teacher", bad, "--quiet")
+                     env["root"] / "tbad", "--set", "loss=margin-mse", "--set", f"teacher={bad}", "--quiet")
     assert "bad-teacher.tsv:2" in str(result.exception)
 
 
@@ -277,7 +278,7 @@ def test_teacher_score_file_defines_triples_and_scores(env):
 def test_config_file_presets_and_flags_take_precedence_in_order(env, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('mode = "mice"\nlr = 2e-4\ninteraction_layers = 2\n')
-    result = run_cli("--preset", "tiny", "--config", toml, "--model", env["student"], "--lr", "5e-5",
+    result = run_cli("--preset", "tiny", "--config", toml, "--model", env["student"], "--set", "lr=5e-5",
                      "--set", "dev_queries=7", "--show-config")
     assert result.exit_code == 0, result.output
     cfg = json.loads(result.output)
@@ -289,7 +290,7 @@ def test_config_file_presets_and_flags_take_precedence_in_order(env, tmp_path):
     assert "unknown preset 'mask9'" in str(bad.exception)
     unknown = run_cli("--set", "learning_rate=1", "--show-config")
     assert "unknown setting 'learning_rate'" in str(unknown.exception)
-    assert "margin-mse needs a teacher" in str(run_cli("--loss", "margin-mse", "--show-config").exception)
+    assert "margin-mse needs a teacher" in str(run_cli("--set", "loss=margin-mse", "--show-config").exception)
     assert TrainConfig.from_dict(cfg).to_dict() == cfg
 
 
@@ -320,8 +321,8 @@ def test_wall_clock_budget_stops_the_run_and_keeps_its_models(env):
 def test_quick_preset_runs_on_the_embedded_data_with_the_packaged_minilm(tmp_path):
     """The real recipe end to end for two steps: packaged MiniLM, bi-encoder teacher, embedded:docs."""
     out = tmp_path / "quick"
-    result = run_cli("--preset", "quick", "-o", out, "--max-steps", 2, "--dev-queries", 3, "--set", "eval_every=1000",
-                     "--quiet")
+    result = run_cli("--preset", "quick", "-o", out, "--max-steps", 2, "--set", "dev_queries=3",
+                     "--set", "eval_every=1000", "--quiet")
     assert result.exit_code == 0, result.output + repr(result.exception)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["teacher"]["spec"] == "biencoder:packaged"
@@ -417,7 +418,7 @@ def test_negative_miner_trains_enters_the_identity_and_rejects_other_models(env)
 
     with pytest.raises(ConfigError, match="negative_miner"):
         _cfg(env, env["root"] / "nm-bad", negative_miner=env["teacher"]).validate()
-    bad = run_cli("--negative-miner", env["teacher"], "--show-config")
+    bad = run_cli("--set", f"negative_miner={env['teacher']}", "--show-config")
     assert bad.exit_code != 0 and "negative_miner" in str(bad.exception) and "not a bi-encoder" in str(bad.exception)
     out = env["root"] / "nm"
     spec = "biencoder:" + env["teacher"]

@@ -39,7 +39,7 @@ def _env():
 
 def _train_args(env, out, *extra):
     return [sys.executable, "-m", "mice", "train", "--preset", "tiny", "--model", env["student"], "--dataset",
-            env["data"], "-o", str(out), "--threads", "1", "--quiet", *map(str, extra)]
+            env["data"], "-o", str(out), "--set", "num_threads=1", "--quiet", *map(str, extra)]
 
 
 def _cli(args, timeout=240):
@@ -66,9 +66,9 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     out = tmp_path / "run"
     # the constant schedule does not read max_steps, so the resume below may stop earlier (the linear one would
     # be refused: its decay ends at max_steps)
-    proc = subprocess.Popen(_train_args(env, out, "--max-steps", 5000, "--save-every", 1, "--eval-every", 5000,
-                                        "--set", "lr_schedule=constant"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    args = _train_args(env, out, "--max-steps", 5000, "--set", "save_every=1", "--set", "eval_every=5000",
+                       "--set", "lr_schedule=constant")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
     deadline = time.time() + 180
     while not (out / "last" / STATE_FILE).exists():
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -85,7 +85,7 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     assert (out / "train.log").read_text().count("\n") >= 1  # progress reached the log file (not a TTY)
 
     # another setting: refused, naming it; nothing of the checkpoint is touched
-    res = _cli(_train_args(env, out, "--resume", "--max-steps", step + 2, "--lr", "5e-4"))
+    res = _cli(_train_args(env, out, "--resume", "--max-steps", step + 2, "--set", "lr=5e-4"))
     _assert_one_line_error(res, "config.lr", "--overwrite")
     assert _step(out) == step
 
@@ -116,7 +116,7 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     assert res.returncode == 0, res.stderr
     assert _step(out) == step + 2 and not lock.exists()
     # --overwrite starts afresh under the new settings
-    res = _cli(_train_args(env, out, "--overwrite", "--max-steps", 2, "--lr", "5e-4"))
+    res = _cli(_train_args(env, out, "--overwrite", "--max-steps", 2, "--set", "lr=5e-4"))
     assert res.returncode == 0, res.stderr
     assert _step(out) == 2
     assert torch.load(out / "last" / STATE_FILE, weights_only=True)["identity"]["config.lr"] == 5e-4

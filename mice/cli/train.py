@@ -1,22 +1,21 @@
 """`mice train` — fine-tune a cross-encoder, a masked cross-encoder, or a MICE model (Margin-MSE distillation).
 
-Settings come from a preset (`--preset tiny|quick|paper-…`; `mice.train.presets`), then a config file (`--config run.toml|run.json`,
-flat keys named like `mice.train.TrainConfig` fields), then the flags below and `--set key=value`.
-Progress lines also go to `output/train.log` (through `logging`, logger `mice.train`). Checkpoints hold only
-tensors and plain values (loaded with `weights_only=True`), and the output folder is locked while a run writes it.
-Data-parallel (DDP), same flags: `accelerate launch --multi_gpu --num_processes N -m mice train ...`; on CPU
+Settings come, in increasing priority, from a preset (`--preset tiny|quick|paper-…`; `mice.train.presets`), a
+config file (`--config run.toml|run.json`, flat keys named like `mice.train.TrainConfig` fields, or a derived
+configuration from `mice ablate search`), the flags below, and `--set key=value` for any setting (teacher,
+mask, contextual_layers, interaction_layers, loss, lr, batch_size, …; `--show-config` lists them all with their
+values). Only the options used in nearly every run are flags, so one place, the config file, holds a run's
+recipe. Progress lines also go to `output/train.log` (logger `mice.train`). Checkpoints hold only tensors and
+plain values (loaded with `weights_only=True`), and the output folder is locked while a run writes it.
+Data-parallel (DDP), same options: `accelerate launch --multi_gpu --num_processes N -m mice train ...`; on CPU
 processes (gloo) also set `ACCELERATE_USE_CPU=1` (`accelerate launch --cpu` starts a single process unless MPI
-is configured). `--batch-size` is per process: N processes with batch B train like one with batch N·B.
+is configured). `batch_size` is per process: N processes with batch B train like one with batch N·B.
 """
 from __future__ import annotations
 
 from typing import List, Optional
 
 import typer
-
-
-def _settings(**flags) -> dict:
-    return {k: v for k, v in flags.items() if v is not None}
 
 
 def key_values(items, flag: str = "--set") -> dict:
@@ -33,7 +32,8 @@ def key_values(items, flag: str = "--set") -> dict:
 
 
 def train(
-    mode: Optional[str] = typer.Option(None, "--mode", help="cross-encoder | masked | mice (default: cross-encoder)"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="cross-encoder | masked | mice | late-interaction "
+                                       "(default: cross-encoder)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="tiny (seconds), quick (~5 min on 2 CPU cores), "
                                                                 "or one paper model: paper-minilm-ce, "
                                                                 "paper-minilm-mice-l4+3, … (the paper's GPU recipe; "
@@ -45,64 +45,56 @@ def train(
                                         help="Backbone (cross-encoder mode) or source cross-encoder folder"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset spec (default embedded:docs)"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder (best/, last/, logs)"),
-    teacher: Optional[str] = typer.Option(None, "--teacher",
-                                          help="Teacher: model spec, 'source' (the --model itself), "
-                                               "'biencoder:packaged', or a score_pos/score_neg/qid/pos/neg file"),
-    mask: Optional[str] = typer.Option(None, "--mask", help="masked mode: preset spec (mask2, mask3:k=2) or .json"),
-    contextual_layers: Optional[int] = typer.Option(None, "--contextual-layers", "-a", help="mice: a"),
-    interaction_layers: Optional[int] = typer.Option(None, "--interaction-layers", "-b", help="mice: b"),
-    loss: Optional[str] = typer.Option(None, "--loss", help="listwise | bce | margin-mse, joined with '+'"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    head_lr: Optional[float] = typer.Option(None, "--head-lr", help="LR of pooler + classifier"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Queries per step and process"),
-    negatives: Optional[int] = typer.Option(None, "--negatives", help="Hard negatives per query"),
-    negative_miner: Optional[str] = typer.Option(None, "--negative-miner",
-                                                 help="Also mine hard negatives from this bi-encoder's top documents "
-                                                      "(e.g. biencoder:packaged), besides BM25's"),
-    mix_alpha: Optional[float] = typer.Option(None, "--mix-alpha",
-                                              help="A mix's parts drawn ∝ training queries ** alpha (1: by size, "
-                                                   "0: equally)"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget"),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps"),
-    max_length: Optional[int] = typer.Option(None, "--max-length",
-                                             help="Pair length (cross-encoder, masked); document length (mice)"),
-    max_query_length: Optional[int] = typer.Option(None, "--max-query-length", help="mice: query length"),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
-    cls_cross_attention: Optional[str] = typer.Option(None, "--cls-cross-attention",
-                                                      help="mice: none (the paper's text) | uniform (authors' code)"),
-    dev_dataset: Optional[str] = typer.Option(None, "--dev-dataset", help="Validation dataset (default: --dataset)"),
-    dev_exclude: Optional[str] = typer.Option(None, "--dev-exclude",
-                                              help="Query ids never validated on: a file of ids or a dataset spec"),
-    teacher_scale: Optional[float] = typer.Option(None, "--teacher-scale"),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every"),
-    save_every: Optional[int] = typer.Option(None, "--save-every"),
-    dev_queries: Optional[int] = typer.Option(None, "--dev-queries"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    num_threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (1 is faster on a busy machine)"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (the linear schedule "
+                                            "decays to 0 there)"),
     compute_dtype: Optional[str] = typer.Option(None, "--dtype", "--compute-dtype",
                                                 help="fp32 | bf16 | fp16: mixed precision through accelerate "
                                                      "(the setting mixed_precision: no | bf16 | fp16); fp16 needs a "
                                                      "GPU"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting: --set key=value (repeatable), e.g. "
+                                             "teacher=source, contextual_layers=3, lr=1e-4; --show-config lists "
+                                             "them"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Several runs, e.g. 0,1,2 (output/seed-N/ each)"),
     resume: bool = typer.Option(False, "--resume", help="Continue from output/last/ if it exists; refused (one "
                                 "line naming what differs) unless settings, data, start and teacher weights and "
                                 "mask are those it was trained under"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what output/ holds (start afresh)"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting: --set key=value (repeatable)"),
     show_config: bool = typer.Option(False, "--show-config", help="Print the resolved settings and exit"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
 ) -> None:
-    """Train a cross-encoder, a masked cross-encoder or a MICE model; prints its wall time and dev RR@10."""
+    """Train a cross-encoder, a masked cross-encoder or a MICE model; prints its wall time and dev RR@10.
+
+    Every setting the flags do not cover is read from --config and --set key=value."""
     import json
 
-    from mice.errors import MiceError
     from mice.models.precision import mixed_precision
+
+    flags = {"mode": mode, "model": model, "dataset": dataset, "output": output, "max_steps": max_steps,
+             "mixed_precision": mixed_precision(compute_dtype) if compute_dtype is not None else None}
+    cfg = resolve_config(preset, config, {k: v for k, v in flags.items() if v is not None}, key_values(set_))
+    if resume:
+        cfg = cfg.updated({"resume": True})
+    if overwrite:
+        cfg = cfg.updated({"overwrite": True})
+    cfg.validate()
+    seed_list = _seed_list(seeds)
+    if show_config:
+        shown = cfg.to_dict()
+        if seed_list:
+            shown["seeds"] = seed_list
+        typer.echo(json.dumps(shown, indent=2))
+        return
+    _run(cfg, seed_list, quiet)
+
+
+def resolve_config(preset: str | None, config: str | None, flags: dict, extra: dict):
+    """The run's `TrainConfig`: defaults, then the preset, the config file, the flags and `--set` (`extra`)."""
+    from mice.derived import DerivedConfig, is_config_file
+    from mice.errors import MiceError
     from mice.train.config import TrainConfig, read_config_file
     from mice.train.presets import preset_mode, preset_settings
 
-    from mice.derived import DerivedConfig, is_config_file
-
+    mode = flags.get("mode")
     if config and is_config_file(config):  # a derived configuration (`mice ablate search`): a, b or the mask
         derived = DerivedConfig.load(config)
         file_settings = derived.train_settings(mode or ("masked" if derived.decision == "masked" else "mice"),
@@ -115,41 +107,32 @@ def train(
         cfg = cfg.updated(preset_settings(preset, chosen_mode), f"preset {preset}")
     if file_settings:
         cfg = cfg.updated(file_settings, str(config))
-    extra = key_values(set_)
-    flags = _settings(mode=mode, model=model, dataset=dataset, output=output, teacher=teacher, mask=mask,
-                      contextual_layers=contextual_layers, interaction_layers=interaction_layers, loss=loss, lr=lr,
-                      head_lr=head_lr, batch_size=batch_size, negatives=negatives, negative_miner=negative_miner,
-                      mix_alpha=mix_alpha, max_steps=max_steps,
-                      max_minutes=max_minutes, warmup_steps=warmup_steps, max_length=max_length,
-                      max_query_length=max_query_length, weight_decay=weight_decay,
-                      cls_cross_attention=cls_cross_attention, dev_dataset=dev_dataset, dev_exclude=dev_exclude,
-                      teacher_scale=teacher_scale, eval_every=eval_every, save_every=save_every,
-                      dev_queries=dev_queries, seed=seed, num_threads=num_threads,
-                      mixed_precision=mixed_precision(compute_dtype) if compute_dtype is not None else None)
     cfg = cfg.updated({**flags, **extra}, "command line")
-    if resume:
-        cfg = cfg.updated({"resume": True})
-    if overwrite:
-        cfg = cfg.updated({"overwrite": True})
-    if cfg.mode != "cross-encoder" and cfg.model == "packaged:minilm" and not (model or "model" in file_settings
-                                                                                or "model" in extra):
+    if cfg.mode != "cross-encoder" and cfg.model == "packaged:minilm" and not any(
+            "model" in given for given in (flags, file_settings, extra)):
         raise MiceError(f"--mode {cfg.mode} starts from a trained cross-encoder: pass --model FOLDER "
                         "(e.g. the best/ folder of a cross-encoder run)")
-    cfg.validate()
-    seed_list = None
-    if seeds:
-        try:
-            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-        except ValueError:
-            raise MiceError(f"--seeds {seeds!r}: expected integers separated by commas") from None
-        if not seed_list or len(set(seed_list)) != len(seed_list):
-            raise MiceError(f"--seeds {seeds!r}: expected distinct integers separated by commas")
-    if show_config:
-        shown = cfg.to_dict()
-        if seed_list:
-            shown["seeds"] = seed_list
-        typer.echo(json.dumps(shown, indent=2))
-        return
+    return cfg
+
+
+def _seed_list(seeds: str | None) -> list[int] | None:
+    from mice.errors import MiceError
+
+    if not seeds:
+        return None
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise MiceError(f"--seeds {seeds!r}: expected integers separated by commas") from None
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise MiceError(f"--seeds {seeds!r}: expected distinct integers separated by commas")
+    return seed_list
+
+
+def _run(cfg, seed_list: list[int] | None, quiet: bool) -> None:
+    """Train (one run, or one per seed) and print the outcome on the main process."""
+    from accelerate import PartialState
+
     from mice.files import check_output
     from mice.train.loop import Trainer, train_seeds
 
@@ -157,14 +140,10 @@ def train(
         check_output(cfg.output, folder=True, what="--output")  # before any data or weights load
     if seed_list:
         table = train_seeds(cfg, seed_list, quiet=quiet)
-        from accelerate import PartialState
-
         if PartialState().is_main_process:
             _print_seed_table(table, cfg.output)
         return
     result = Trainer(cfg, quiet=quiet).train()
-    from accelerate import PartialState
-
     if not PartialState().is_main_process:
         return
     best = result.best_dev

@@ -120,6 +120,23 @@ class TrainResult:
     summary: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Window:
+    """The loss summed, and the steps counted, since the last log step; `t` when the window opened (moved on by
+    evaluation and checkpoint pauses, so pairs/s counts training time only)."""
+
+    t: float
+    loss: float = 0.0
+    steps: int = 0
+
+    def add(self, loss: float) -> None:
+        self.loss += loss
+        self.steps += 1
+
+    def reset(self, t: float) -> None:
+        self.t, self.loss, self.steps = t, 0.0, 0
+
+
 class Trainer:
     """Train `config.mode` as configured. `train()` returns a `TrainResult` (also written to summary.json).
 
@@ -429,45 +446,43 @@ class Trainer:
         from accelerate import Accelerator
 
         from mice.identity import output_lock
+        from mice.logs import run_log
+        from mice.models.precision import check_mixed_precision
 
         cfg = self.config
         self.acc = self.accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
-        from mice.models.precision import check_mixed_precision
-
         # refuse a precision the device cannot run before any work (accelerate would train fp16 on CPU in fp32
         # without a word); checked on the Accelerator's device: a PartialState made earlier breaks DDP ranks
         check_mixed_precision(cfg.mixed_precision, self.acc.device)
-        lock = output_lock(self.output) if self.acc.is_main_process else contextlib.nullcontext()
+        main = self.acc.is_main_process
+        lock = output_lock(self.output) if main else contextlib.nullcontext()
         with lock:
-            handler = None
-            if self.acc.is_main_process:
+            if main:
                 self.output.mkdir(parents=True, exist_ok=True)
-                handler = logging.FileHandler(self.output / LOG_FILE, encoding="utf-8")
-                handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-                log.addHandler(handler)
-                if log.level == logging.NOTSET or log.level > logging.INFO:
-                    log.setLevel(logging.INFO)
-            try:
+            with run_log(self.output / LOG_FILE if main else None, "mice.train", "%(asctime)s %(message)s",
+                         "%Y-%m-%d %H:%M:%S"):
                 return self._train()
-            finally:
-                if handler is not None:
-                    log.removeHandler(handler)
-                    handler.close()
 
     def _train(self) -> TrainResult:
+        """Setup, the untrained model's evaluation (a fresh run only), the steps, then what closes the run."""
+        start_step, resumed = self._setup()
+        if self.dev is not None and not resumed and self.config.eval_at_start:
+            self._evaluate_and_keep(loss=None)
+        stopped_by = self._steps(start_step)
+        return self._finish(start_step, stopped_by)
+
+    def _setup(self) -> tuple[int, bool]:
+        """Data, identity (a resume is refused before any work), student, optimizer and schedule; returns the step
+        training starts from and whether it resumes."""
         import torch
         from rich.console import Console
 
-        from mice.files import write_json_atomic
-        from mice.train.losses import combined_loss
         from mice.train.student import build_student, param_groups
 
-        cfg = self.config
+        cfg, acc = self.config, self.acc
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        acc = self.acc
         self.console = Console(stderr=False)
-        world, rank = acc.num_processes, acc.process_index
         self._t0 = time.perf_counter()
         self._elapsed_before = 0.0
         self._last_eval_s = self._last_save_s = 0.0
@@ -483,8 +498,8 @@ class Trainer:
         student = build_student(cfg, source=str(resume_from) if resume_from else None)
         student.train()
         optimizer = torch.optim.AdamW(param_groups(student, cfg.lr, cfg.head_lr, cfg.weight_decay), lr=cfg.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(cfg.warmup_steps, cfg.max_steps,
-                                                                         decay=cfg.lr_schedule == "linear"))
+        schedule = linear_schedule(cfg.warmup_steps, cfg.max_steps, decay=cfg.lr_schedule == "linear")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.best_metric, self.best_step, self.best_dev = None, None, {}
         # the scheduler is stepped by hand, once per optimizer step (accelerate would step it once per process)
@@ -492,92 +507,126 @@ class Trainer:
         if resume_from is not None:
             self._load_checkpoint(resume_from, state)
             self._print(f"resuming from {resume_from} at step {self.step}")
-        start_step = self.step
-
-        group = 1 + cfg.negatives
-        pairs_per_step = cfg.batch_size * group * world
+        pairs_per_step = cfg.batch_size * (1 + cfg.negatives) * acc.num_processes
         self._print(f"[bold]mice train[/] {cfg.mode}: {cfg.model} on {self.ds.name}/{cfg.train_split} "
-                    f"({len(self.pool)} queries), {world} process(es), {pairs_per_step} pairs/step, "
+                    f"({len(self.pool)} queries), {acc.num_processes} process(es), {pairs_per_step} pairs/step, "
                     f"loss {cfg.loss}" + (f", teacher {self.teacher.spec or cfg.teacher}" if self.teacher else ""))
+        self._teacher_goal()
+        return self.step, resume_from is not None
 
+    def _teacher_goal(self) -> None:
+        """Under `until_beats_teacher`, score the teacher on the dev queries once: the bar the student must pass."""
+        cfg = self.config
         self.teacher_dev_metrics = None
-        if cfg.until_beats_teacher:
-            if self.teacher is None or self.teacher.spec is None or self.dev is None:
-                raise ConfigError("until_beats_teacher needs a teacher model (not a score file) and dev queries")
-            self.teacher_dev_metrics = self.teacher_dev()
-            self.teacher_dev_rr = self.last_dev_rr
-            self._print(f"teacher on dev: RR@10 {self.teacher_dev_metrics['RR@10']:.4f}  nDCG@10 "
-                        f"{self.teacher_dev_metrics['nDCG@10']:.4f} (training stops once the student beats it, "
-                        f"one-sided paired t-test p < {cfg.beat_teacher_threshold:.3g}: {cfg.beat_teacher_p:g} over "
-                        f"{cfg.beat_teacher_looks} looks)")
-        if self.dev is not None and resume_from is None and cfg.eval_at_start:
-            self._evaluate_and_keep(loss=None)
+        if not cfg.until_beats_teacher:
+            return
+        if self.teacher is None or self.teacher.spec is None or self.dev is None:
+            raise ConfigError("until_beats_teacher needs a teacher model (not a score file) and dev queries")
+        self.teacher_dev_metrics = self.teacher_dev()
+        self.teacher_dev_rr = self.last_dev_rr
+        self._print(f"teacher on dev: RR@10 {self.teacher_dev_metrics['RR@10']:.4f}  nDCG@10 "
+                    f"{self.teacher_dev_metrics['nDCG@10']:.4f} (training stops once the student beats it, "
+                    f"one-sided paired t-test p < {cfg.beat_teacher_threshold:.3g}: {cfg.beat_teacher_p:g} over "
+                    f"{cfg.beat_teacher_looks} looks)")
 
+    def _steps(self, start_step: int) -> str:
+        """Optimizer steps until `max_steps`, the time budget or a significant win over the teacher; evaluates and
+        checkpoints on schedule. Returns what stopped it."""
+        from mice.logs import progress
+
+        cfg = self.config
         stopped_by = "max_steps"
-        window_loss, window_steps, window_t = 0.0, 0, time.perf_counter()
-        progress = _progress(self.quiet or not acc.is_main_process, self.console)
-        task = progress.add_task("training", total=cfg.max_steps, completed=self.step, info="")
-        with progress:
+        window = _Window(time.perf_counter())
+        with progress(cfg.max_steps, "training", enabled=not (self.quiet or not self.acc.is_main_process),
+                      done=self.step, console=self.console) as bar:
             while self.step < cfg.max_steps:
-                step_t0 = time.perf_counter()
-                groups = self.sampler.batch(self.step, cfg.batch_size, rank, world)
-                queries = [g.query for g in groups]
-                docs = [d for g in groups for d in g.docs]
-                teacher = None
-                if self.teacher is not None:
-                    t = self.teacher.scores(groups) * cfg.teacher_scale
-                    teacher = torch.as_tensor(t, dtype=torch.float32, device=acc.device)
-                scores = self.model(queries, docs)
-                loss, _parts = combined_loss(cfg.loss_terms, scores, teacher, cfg.distill_weight)
-                acc.backward(loss)
-                norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                time_up = cfg.max_minutes is not None and self._time_up(time.perf_counter() - step_t0)
-                stats = acc.reduce(torch.tensor([float(loss.detach()), float(time_up)], device=acc.device), "sum")
-                global_loss = float(stats[0]) / world
-                norm = float(norm) if norm is not None else 0.0
-                if not math.isfinite(global_loss) or (not math.isfinite(norm) and cfg.mixed_precision != "fp16"):
-                    self._diverged(global_loss, norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                window_loss += global_loss
-                window_steps += 1
-
-                lr = self.scheduler.get_last_lr()[0]
+                global_loss, time_up = self._step()
+                window.add(global_loss)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    now = time.perf_counter()
-                    rate = pairs_per_step * window_steps / max(now - window_t, 1e-9)
-                    self._log(step=self.step, loss=window_loss / window_steps, lr=lr, pairs_per_s=rate,
-                              elapsed_s=self.elapsed())
-                    # one plain line per log step: always to train.log; to the console when it is not a
-                    # terminal (nohup), where the progress bar would not show
-                    session = time.perf_counter() - self._t0
-                    left = session / (self.step - start_step) * (cfg.max_steps - self.step)
-                    self._print(f"step {self.step:>6}/{cfg.max_steps}  loss {window_loss / window_steps:.4f}  "
-                                f"lr {lr:.2e}  {rate:.1f} pairs/s  [{self.elapsed():.0f} s, about {left:.0f} s "
-                                "left]", console=not self.console.is_terminal)
-                    progress.update(task, info=f"loss {window_loss / window_steps:.4f}  {rate:.0f} pairs/s"
-                                    + (f"  best RR@10 {self.best_metric:.4f}" if self.best_metric is not None
-                                       else ""))
-                    window_loss, window_steps, window_t = 0.0, 0, now
-                progress.update(task, completed=self.step)
-                if stats[1] > 0:
+                    self._log_window(window, start_step, bar)
+                bar.advance()
+                if time_up:
                     stopped_by = "max_minutes"
                 last_step = self.step == cfg.max_steps or stopped_by == "max_minutes"
                 pause = time.perf_counter()
-                if self.dev is not None and (self.step % cfg.eval_every == 0 or last_step):
-                    rr, p = self._evaluate_and_keep(loss=global_loss)
-                    if p is not None and rr > self.teacher_dev_metrics["RR@10"] and p < cfg.beat_teacher_threshold:
-                        stopped_by, last_step = "beat_teacher", True
+                if self._evaluate_on_schedule(global_loss, last_step):
+                    stopped_by, last_step = "beat_teacher", True
                 if self.step % cfg.save_every == 0 or last_step:
                     self.save_checkpoint()
-                window_t += time.perf_counter() - pause  # pairs/s counts training time only
+                window.t += time.perf_counter() - pause  # pairs/s counts training time only
                 for fn in self.callbacks:
                     fn(self, self.step)
                 if stopped_by in ("max_minutes", "beat_teacher"):
                     break
+        return stopped_by
 
+    def _step(self) -> tuple[float, bool]:
+        """One optimizer step on this process's share of the global batch; returns the loss averaged over the
+        processes and whether any process found the time budget spent. A non-finite loss or gradient norm stops
+        training (`_diverged`) before the optimizer moves."""
+        import torch
+
+        from mice.train.losses import combined_loss
+
+        cfg, acc = self.config, self.acc
+        world = acc.num_processes
+        step_t0 = time.perf_counter()
+        groups = self.sampler.batch(self.step, cfg.batch_size, acc.process_index, world)
+        queries = [g.query for g in groups]
+        docs = [d for g in groups for d in g.docs]
+        teacher = None
+        if self.teacher is not None:
+            t = self.teacher.scores(groups) * cfg.teacher_scale
+            teacher = torch.as_tensor(t, dtype=torch.float32, device=acc.device)
+        scores = self.model(queries, docs)
+        loss, _parts = combined_loss(cfg.loss_terms, scores, teacher, cfg.distill_weight)
+        acc.backward(loss)
+        norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        time_up = cfg.max_minutes is not None and self._time_up(time.perf_counter() - step_t0)
+        stats = acc.reduce(torch.tensor([float(loss.detach()), float(time_up)], device=acc.device), "sum")
+        global_loss = float(stats[0]) / world
+        norm = float(norm) if norm is not None else 0.0
+        if not math.isfinite(global_loss) or (not math.isfinite(norm) and cfg.mixed_precision != "fp16"):
+            self._diverged(global_loss, norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return global_loss, bool(stats[1] > 0)
+
+    def _log_window(self, window: "_Window", start_step: int, bar) -> None:
+        """The mean loss and throughput since the last log step: a row of train_log.csv and one plain line (always
+        to train.log; to the console when it is not a terminal, e.g. under nohup, where the bar would not show)."""
+        cfg = self.config
+        lr = self.scheduler.get_last_lr()[0]
+        now = time.perf_counter()
+        pairs_per_step = cfg.batch_size * (1 + cfg.negatives) * self.acc.num_processes
+        loss = window.loss / window.steps
+        rate = pairs_per_step * window.steps / max(now - window.t, 1e-9)
+        self._log(step=self.step, loss=loss, lr=lr, pairs_per_s=rate, elapsed_s=self.elapsed())
+        session = time.perf_counter() - self._t0
+        left = session / (self.step - start_step) * (cfg.max_steps - self.step)
+        self._print(f"step {self.step:>6}/{cfg.max_steps}  loss {loss:.4f}  "
+                    f"lr {lr:.2e}  {rate:.1f} pairs/s  [{self.elapsed():.0f} s, about {left:.0f} s "
+                    "left]", console=not self.console.is_terminal)
+        bar.info(f"loss {loss:.4f}  {rate:.0f} pairs/s"
+                 + (f"  best RR@10 {self.best_metric:.4f}" if self.best_metric is not None else ""))
+        window.reset(now)
+
+    def _evaluate_on_schedule(self, loss: float, last_step: bool) -> bool:
+        """Evaluate when due (every `eval_every` steps and at the last); True when the student has now beaten the
+        teacher significantly (`until_beats_teacher`)."""
+        cfg = self.config
+        if self.dev is None or not (self.step % cfg.eval_every == 0 or last_step):
+            return False
+        rr, p = self._evaluate_and_keep(loss=loss)
+        return p is not None and rr > self.teacher_dev_metrics["RR@10"] and p < cfg.beat_teacher_threshold
+
+    def _finish(self, start_step: int, stopped_by: str) -> TrainResult:
+        """Leave the folder whole (a checkpoint, a best model even without dev queries) and write summary.json."""
+        from mice.files import write_json_atomic
+
+        acc = self.acc
         if self.step == start_step and not (self.output / "last").exists():
             self.save_checkpoint()  # resumed at max_steps or max_steps reached before: keep the folder whole
         self._flush_teacher()
@@ -590,9 +639,21 @@ class Trainer:
             self.best_step = self.step
         acc.wait_for_everyone()
         wall = self.elapsed()
+        summary = self._summary(start_step, stopped_by, wall)
+        if acc.is_main_process:
+            self._write_log()
+            write_json_atomic(self.output / "summary.json", summary)
+        self._print(f"done: {self.step} steps in {wall:.1f} s (stopped by {stopped_by})"
+                    + (f"; best dev RR@10 {self.best_metric:.4f} at step {self.best_step}"
+                       if self.best_metric is not None else "") + f"; model in {self.output / 'best'}")
+        acc.wait_for_everyone()
+        return TrainResult(self.output, self.step, self.best_step, self.best_dev, wall, stopped_by, summary)
+
+    def _summary(self, start_step: int, stopped_by: str, wall: float) -> dict:
+        cfg, world = self.config, self.acc.num_processes
         rates = [r["pairs_per_s"] for r in self.log_rows if r["step"] > start_step and
                  not (isinstance(r["pairs_per_s"], float) and math.isnan(r["pairs_per_s"]))]
-        summary = {
+        return {
             "status": "ok", "mode": cfg.mode, "model": cfg.model, "dataset": self.ds.name, "seed": cfg.seed,
             "steps": self.step, "max_steps": cfg.max_steps, "stopped_by": stopped_by,
             "wall_time_s": round(wall, 2), "this_session_s": round(time.perf_counter() - self._t0, 2),
@@ -605,14 +666,6 @@ class Trainer:
                 "pairs_scored": self.teacher.n_scored, "pairs_from_cache": self.teacher.n_cached},
             "output": str(self.output),
         }
-        if acc.is_main_process:
-            self._write_log()
-            write_json_atomic(self.output / "summary.json", summary)
-        self._print(f"done: {self.step} steps in {wall:.1f} s (stopped by {stopped_by})"
-                    + (f"; best dev RR@10 {self.best_metric:.4f} at step {self.best_step}"
-                       if self.best_metric is not None else "") + f"; model in {self.output / 'best'}")
-        acc.wait_for_everyone()
-        return TrainResult(self.output, self.step, self.best_step, self.best_dev, wall, stopped_by, summary)
 
     def _time_up(self, step_s: float) -> bool:
         """Stop now if one more step plus the closing evaluation and checkpoint would overrun `max_minutes`."""
@@ -652,8 +705,8 @@ class Trainer:
         kept = (f"the last good checkpoint is kept in {last} (step "
                 f"{_checkpoint_step(last)})" if (last / STATE_FILE).exists() else "no checkpoint had been written")
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
-        message = (f"training diverged at step {self.step + 1}: {what}; {kept}. Lower --lr (now "
-                   f"{self.config.lr:g}), check the teacher scores, or resume from the checkpoint.")
+        message = (f"training diverged at step {self.step + 1}: {what}; {kept}. Lower the learning rate "
+                   f"(--set lr=…, now {self.config.lr:g}), check the teacher scores, or resume from the checkpoint.")
         if self.acc.is_main_process:
             self._write_log()
             write_json_atomic(self.output / "summary.json", {"status": "diverged", "step": self.step + 1,
@@ -720,14 +773,6 @@ def _set_rng_state(state: dict, path: Path | str = "rng state") -> None:
                               "--overwrite") from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _progress(disabled: bool, console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console, disable=disabled,
-                    transient=False)
 
 
 def train_seeds(config: TrainConfig, seeds: Sequence[int], dataset=None, quiet: bool = False,

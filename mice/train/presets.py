@@ -13,8 +13,8 @@
   (`hofstatter-ensemble`, see `mice.train.teacher`), with AdamW lr 7e-6, weight decay 0, batch 32, 1 negative,
   5k warmup steps, 125k steps, 512 tokens per side; it validates every 10k steps on 500 random MS MARCO dev
   queries with dev.small excluded (RR@10 re-ranking BM25's top 100). `paper-minilm-ce` is "Baseline ft".
-  These are GPU runs on `irds:` data; offline, point `--dataset`, `--dev-dataset`, `--set dev_exclude=…` and
-  `--teacher` at local files of the same shape (the tests do).
+  These are GPU runs on `irds:` data; offline, point `--dataset` and `--set dev_dataset=…`, `dev_exclude=…` and
+  `teacher=…` at local files of the same shape (the tests do).
 """
 from __future__ import annotations
 

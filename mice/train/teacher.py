@@ -48,7 +48,7 @@ def teacher_file(spec: str | None) -> Path | None:
         path = hofstatter_path()
         if not path.is_file():
             raise DataError(f"teacher {HOFSTATTER}: {path} not found; download {HOFSTATTER_URL} there "
-                            f"(or set {HOFSTATTER_ENV}=PATH, or pass --teacher FILE)")
+                            f"(or set {HOFSTATTER_ENV}=PATH, or set teacher=FILE)")
         return path
     path = Path(str(spec)).expanduser()
     return path if path.is_file() else None
