@@ -191,6 +191,20 @@ def test_the_frontier_resumes_after_sigkill(env):
     pd.testing.assert_frame_equal(a, b)
     assert set(a["configuration"]) == {"baseline-ft", "MICE-l1+1", "MICE-l2+1", "MICE-l1+2", "cross-encoder"}
     assert a.loc[a["kind"] == "mice", "loss_high"].notna().all()
+    # a demo run holding this frontier draws it and reports it (figures read the saved table only)
+    import shutil
+
+    from figures.make import make_all
+    from mice.app.report import report_markdown
+
+    run = env["root"] / "run-with-frontier"
+    (run / "frontier").mkdir(parents=True)
+    for name in ("frontier.parquet", "frontier.json"):
+        shutil.copyfile(whole / name, run / "frontier" / name)
+    made = make_all(run, run / "figures")
+    assert [p.name for p in made] == ["frontier.png"]
+    text = report_markdown(run)
+    assert "## The frontier" in text and "(8 of 8 runs finished)" in text and "figures/frontier.png" in text
 
 
 def test_frontier_refuses_bad_settings(env):

@@ -135,7 +135,7 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
     r = _Report(Path(root), env, figures_dir)
     lines = _header(r)
     for section in (_data_section, _effectiveness_section, _probe_section, _knockouts_section, _mask_section,
-                    _search_section, _mice_section, _index_section, _efficiency_section):
+                    _search_section, _frontier_section, _mice_section, _index_section, _efficiency_section):
         lines += section(r)
     lines += _timings_section(timings)
     return "\n".join(lines) + "\n"
@@ -345,6 +345,25 @@ def _mice_section(r: _Report) -> list[str]:
     return ["## MICE", "", f"MICE-ℓ{out.get('a')}+{out.get('b')}: {out.get('a')} contextual layer(s) "
             f"(documents alone, precomputable), {out.get('b')} query-side interaction layers, distilled "
             f"from the demo cross-encoder; {source}.", ""]
+
+
+def _frontier_section(r: _Report) -> list[str]:
+    """The frontier of this cross-encoder (`mice demo --frontier`), when one was given: ground truth for the
+    search's choice. Without one, the search's own measured points above are all the report has."""
+    table = r.root / "frontier" / "frontier.parquet"
+    if not table.exists():
+        return []
+    meta = _json(r.root / "frontier" / "frontier.json")
+    t = read_table(table)
+    t = t[t["domain"] == "in"]
+    cols = [c for c in ("configuration", "seeds", "fidelity", "ndcg@10", "ndcg@10_low", "ndcg@10_high", "loss_high",
+                        "collapsed", "pareto") if c in t]
+    return ["## The frontier", "", f"Every MICE-ℓa+b, Baseline ft and late interaction trained "
+            f"{meta.get('config', {}).get('steps', '?')} steps per seed ({meta.get('runs_finished', '?')} of "
+            f"{meta.get('runs_total', '?')} runs finished), tested on every in-domain test query; `loss_high` is the "
+            "upper bound of the one-sided 95% CI of relative nDCG@10 loss against Baseline ft:", "",
+            _md(t[cols]), "", *r.figure("figures/frontier.png", "Cost against effectiveness, merge-layer and "
+                                        "layer-drop views")]
 
 
 def _index_section(r: _Report) -> list[str]:
