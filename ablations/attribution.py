@@ -20,6 +20,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -208,7 +209,8 @@ class PathAttribution:
 def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, paths=None, layers=None,
               heads=True, modes=("renorm", "zero"), base=None, max_queries: int | None = None, batch_size: int = 16,
               n_boot: int = 1000, measure: str | None = None, steps: int = 0, show_progress_bar: bool = False,
-              out=None, meta: dict | None = None) -> AttributionResult:
+              out=None, meta: dict | None = None,
+              on_resume: Callable[[Path, int], None] | None = None) -> AttributionResult:
     """Estimate every (layer, [head,] path) knockout in each mode; see the module docstring.
 
     `data` as for `ablations.sweep.sweep` (a dataset with split and run, `Candidates`, or plain (query, doc)
@@ -218,6 +220,8 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
     knockouts (`rank` column; default `delta_margin` with judgements, `abs_dscore` without). `steps` > 0:
     integrated gradients over that many interpolation steps per (layer, path) (slower, more accurate where
     attention or the head saturate); 0: plain attribution patching (one forward + one backward per batch).
+    `on_resume(partial, n_done)` is called when finished units of `out` are taken over, only once the journal's
+    identity has been checked (and, from the CLI, the output lock taken).
     """
     from mice.distributed import require_output, world
 
@@ -256,6 +260,8 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
         partial_path = Path(out).with_name(Path(out).name + ".partial")
         partial = _Partial(partial_path, key, mismatch=f"partial results of a different attribution; delete "
                            f"{partial_path.name} to start afresh, or choose another --out")
+        if partial.units and on_resume is not None:
+            on_resume(partial.path, len(partial.units))
     engines = {mode: PathAttribution(model, lives[mode], mode, None if base_mask.is_full() else base_mask)
                for mode in modes}
     done = _estimate_units(units, batches, engines, steps, partial, w, show_progress_bar)

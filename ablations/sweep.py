@@ -150,7 +150,8 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
           batch_size: int = 16, strategy: str = "auto", out=None, restart: bool = False, unit_size: int = 25,
           cache_bytes: int = 1 << 30, n_resamples: int = 2000, show_progress_bar: bool = False,
           callback: Callable[[int, int], None] | None = None, meta: dict | None = None, n_boot: int = 1000,
-          structural: bool = True, rank_by: str | None = None) -> SweepResult:
+          structural: bool = True, rank_by: str | None = None,
+          on_resume: Callable[[Path, int], None] | None = None) -> SweepResult:
     """Knock out each path (in each layer; with `heads`, also in each head) and measure the re-ranking.
 
     `data`: a dataset spec/object with `split` and `run` (file, DataFrame or "bm25"; top `k` per query,
@@ -161,15 +162,15 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
     is called after each unit of knockouts. Next to nDCG/RR, each row has the sensitive measures of
     `ablations.metrics.RankEffects` with bootstrap CIs over queries (`n_boot` resamples), `rank_by` names the
     one that ranks knockouts (default `delta_margin`), and knockouts that provably cannot change the score
-    (`ablations.structural`) are still measured but labelled `status == "structural"`.
+    (`ablations.structural`) are still measured but labelled `status == "structural"`. `on_resume(partial,
+    n_done)`: called when finished knockouts are taken over, once the journal's identity has been checked.
     """
     from mice.distributed import require_output, world
 
     require_output(out, "a sweep")
     w = world()  # under N processes, unit i is rank i % N's; rank 0 merges and tests on all queries
     started = time.perf_counter()
-    model = hooked_model(model)
-    cands = as_candidates(data, split, run, k, max_queries)
+    model, cands = hooked_model(model), as_candidates(data, split, run, k, max_queries)
     evaluator = Evaluator(cands, metrics, n_resamples=n_resamples)
     effects = RankEffects(cands.frame, cands.qrels)
     engine = SweepEngine(model, mode, base, strategy)
@@ -195,7 +196,7 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
                        batch_size=batch_size, n_resamples=n_resamples, unit_size=unit_size, n_boot=n_boot,
                        structural=structural, rank_by=rank_by, strategy=engine.strategy) if out is not None else None
     unit_keys = [[ko.key for ko in u] for u in units]
-    results = _done_results(dict(partial.units) if partial else {}, unit_keys)
+    results = _resumed(partial, unit_keys, on_resume)
     todo = [i for i, u in enumerate(units) if u[0].key not in results and w.owns(i)]
     measure = _UnitMeasure(batches, evaluator, effects, clean, clean_pq, struct, mode, rank_by, n_boot)
     prog = progress(len(runnable), "knockouts", enabled=show_progress_bar and w.main,
@@ -276,6 +277,14 @@ class _UnitMeasure:
 def _qrels_hash(cands: Candidates) -> str:
     return "" if cands.qrels is None else hashlib.sha256(
         cands.qrels.sort_values(["query_id", "doc_id"]).to_csv(index=False).encode()).hexdigest()
+
+
+def _resumed(partial: _Partial | None, unit_keys: list[list[str]], on_resume) -> dict[str, tuple[dict, list]]:
+    """The knockouts a journal already holds; `on_resume(journal, n)` is told when there are any."""
+    results = _done_results(dict(partial.units) if partial else {}, unit_keys)
+    if results and on_resume is not None:
+        on_resume(partial.path, len(results))
+    return results
 
 
 def _done_results(done_units: dict[int, dict], unit_keys: list[list[str]]) -> dict[str, tuple[dict, list]]:

@@ -103,13 +103,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        if tmp.exists():
-            os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
+        with named_os_errors(path):
+            yield tmp
+            if tmp.exists():
+                os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def named_os_errors(path: str | os.PathLike) -> Iterator[None]:
+    """An OS error raised inside the block without a file name (a full disk seen by a buffered write, or by a
+    library's own writer) is raised again naming `path`, so its one-line message says where it happened."""
+    try:
+        yield
+    except OSError as err:
+        if getattr(err, "filename", None) is not None:
+            raise
+        code = err.errno if err.errno is not None else _errno_of(err)
+        raise OSError(code, os.strerror(code) if code else str(err), str(path)) from err
+
+
+def _errno_of(err: OSError) -> int | None:
+    """The errno of an error that carries it only in its text (Arrow's `IOError`s)."""
+    text = str(err).lower()
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
+        if os.strerror(code).lower() in text:
+            return code
+    return None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -126,15 +149,33 @@ def write_table(df, path: str | os.PathLike) -> Path:
     """Write a DataFrame as parquet or CSV, chosen by the extension, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        if path.suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
-        elif path.suffix in (".csv", ".tsv"):
-            df.to_csv(tmp, index=False, sep="\t" if path.suffix == ".tsv" else ",")
-        else:
-            from mice.errors import MiceError
-
-            raise MiceError(f"{path}: unknown table extension {path.suffix!r} (use .parquet, .csv or .tsv)")
+        _table_to(df, tmp, path)
     return path
+
+
+def _table_to(df, tmp: Path, path: Path) -> None:
+    if path.suffix == ".parquet":
+        df.to_parquet(tmp, index=False)
+    elif path.suffix in (".csv", ".tsv"):
+        df.to_csv(tmp, index=False, sep="\t" if path.suffix == ".tsv" else ",")
+    else:
+        from mice.errors import MiceError
+
+        raise MiceError(f"{path}: unknown table extension {path.suffix!r} (use .parquet, .csv or .tsv)")
+
+
+def write_together(items: list[tuple[str | os.PathLike, object]]) -> None:
+    """Write several files (a DataFrame as a table, anything else as JSON) as one: each goes to a temporary file
+    beside it, and only when all are written are they renamed into place, in the order given (so the last one's
+    presence means the others are there). A failure, a full disk say, leaves none of them behind."""
+    with contextlib.ExitStack() as stack:
+        for path, obj in reversed(items):  # entered last-first, so renamed (on leaving) first-first
+            tmp = stack.enter_context(atomic_path(path))
+            with named_os_errors(path):
+                if hasattr(obj, "to_parquet"):
+                    _table_to(obj, tmp, Path(path))
+                else:
+                    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def read_table(path: str | os.PathLike):
@@ -195,16 +236,18 @@ class JsonlJournal:
         if path.exists():
             self.records, good = _read_journal(path, fmt, job, mismatch)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "r+b" if path.exists() else "wb")
+        self._fh = open(path, "r+b" if path.exists() else "wb", buffering=0)
         self._fh.truncate(good)
         self._fh.seek(good)
         if good == 0:
             self._write({"format": fmt, "job": job})
 
     def _write(self, obj) -> None:
-        self._fh.write((json.dumps(obj) + "\n").encode("utf-8"))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        data = memoryview((json.dumps(obj) + "\n").encode("utf-8"))
+        with named_os_errors(self.path):  # unbuffered: a full disk fails here, once, never again on close
+            while data:
+                data = data[self._fh.write(data):]
+            os.fsync(self._fh.fileno())
 
     def append(self, obj) -> None:
         """Write one record durably (it survives a kill right after this returns)."""

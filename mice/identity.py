@@ -61,7 +61,8 @@ def weights_fingerprint(name_or_path: str | os.PathLike) -> str:
     if not folder.is_dir():
         return "name:" + str(name_or_path)
     h = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in CONFIG_NAMES)
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in CONFIG_NAMES)
                    and not any(part.startswith(".") or part in ("checkpoints", "train_state") for part in
                                p.relative_to(folder).parts[:-1]))
     for p in files:

@@ -2,7 +2,8 @@
 
 A path `a->b` means tokens of group `a` attend to tokens of group `b` (row a, column b of the attention
 matrix; information flows from b into a). A mask is an ordered list of allow/block rules applied to a table
-that starts all-allowed; `pad` is never attended. The JSON form (`mice-mask/2`; `/1` files still load) is what users exchange.
+that starts all-allowed; `pad` is never attended. The JSON form (`mice-mask/2`; `/1` files still load) is what
+users exchange.
 """
 from __future__ import annotations
 
@@ -356,7 +357,8 @@ class InteractionMask:
             lines.append(f"{label}:")
             lines.append(" " * (width + 4) + " ".join(s.rjust(width) for s in REAL_SEGMENTS))
             for a in REAL_SEGMENTS:
-                cells = " ".join(("#" if self.tables[g[0], SEG[a], SEG[b]] else ".").rjust(width) for b in REAL_SEGMENTS)
+                cells = " ".join(("#" if self.tables[g[0], SEG[a], SEG[b]] else ".").rjust(width)
+                                 for b in REAL_SEGMENTS)
                 lines.append(f"    {a.ljust(width)}{cells}")
         return "\n".join(lines)
 
@@ -373,14 +375,6 @@ class InteractionMask:
 
         table = torch.tensor(self.tables[layer], device=segment_ids.device)  # a copy: tables are read-only
         return table[segment_ids.unsqueeze(2), segment_ids.unsqueeze(1)]
-
-    def compile_additive(self, segment_ids, layer: int, dtype=None):
-        """Additive form [B, 1, T, T]: 0 where allowed, -inf where blocked (what training masks add)."""
-        import torch
-
-        allow = self.compile(segment_ids, layer)
-        out = torch.zeros(allow.shape, dtype=dtype or torch.float32, device=allow.device)
-        return out.masked_fill(~allow, float("-inf")).unsqueeze(1)
 
 
 def _jsonable(obj) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from mice.errors import DataError, MiceError
-from mice.files import read_table, write_json_atomic, write_table
+from mice.files import read_table, write_together
 
 EXAMPLES_FORMAT = "mice-probe-examples/1"
 LAYER_DROP_COLUMNS = ("interaction_layers", "contextual_layers", "metric", "value")
@@ -80,16 +80,16 @@ class SweepResult:
 
 
 def save_sweep(result: SweepResult, out) -> Path:
-    """Write meta, per-query values, then the table (last, atomically: its presence means a complete sweep)."""
+    """Write meta, per-query values and the table as one (`write_together`): all three are written before any is
+    renamed into place, the table last, so its presence means a complete sweep and a failed write leaves none."""
     out = Path(out)
     ext = out.suffix
     if ext not in (".parquet", ".csv", ".tsv"):
         raise DataError(f"{out}: use a .parquet or .csv output")
     meta = dict(result.meta)
     meta["per_query"] = sidecar(out, f".per_query{ext}").name
-    write_json_atomic(sidecar(out, ".meta.json"), meta)
-    write_table(result.per_query, sidecar(out, f".per_query{ext}"))
-    write_table(result.table, out)
+    write_together([(sidecar(out, ".meta.json"), meta), (sidecar(out, f".per_query{ext}"), result.per_query),
+                    (out, result.table)])
     return out
 
 

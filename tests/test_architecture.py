@@ -25,9 +25,6 @@ LONG_ALLOWED = {
     "mice/bench/scale.py::run_scale",
     "mice/bench/paper.py::run_paper_latency",
     "ablations/search.py::Search.run",
-    "mice/rank/rerank.py::_rerank",
-    "mice/data/_docstrings.py::split_docstring",
-    "mice/data/meta.py::_paragraphs",
 }
 
 

@@ -1,10 +1,12 @@
-"""Fuzz-style check of the input edge (issue 17): hundreds of generated malformed mask files, dataset lines, run
+"""Fuzz-style check of the input edge: hundreds of generated malformed mask files, dataset lines, run
 lines and numeric option values, each through the real `mice` entry point (in-process, for speed). Every case
-must end with exit code 2, exactly one `error:` line, no traceback, and no output file under its final name."""
+must end with exit code 2, exactly one `error:` line, no traceback, and no output file under its final name,
+within `CASE_LIMIT_S` seconds."""
 import io
 import json
 import random
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
 
 
@@ -13,6 +15,18 @@ from mice.validate import CHOICES, RANGES
 from cli_checks import assert_one_error
 
 from test_data import write_beir_folder
+
+
+CASE_LIMIT_S = 10.0  # every malformed input is refused well within this (a hang or a huge allocation is not)
+
+
+def fuzz_case(argv) -> tuple[int, str]:
+    """`run_main`, timed: a case that takes `CASE_LIMIT_S` or longer fails, naming its arguments."""
+    start = time.perf_counter()
+    result = run_main(argv)
+    took = time.perf_counter() - start
+    assert took < CASE_LIMIT_S, f"{took:.1f} s (limit {CASE_LIMIT_S:.0f} s): mice {' '.join(map(str, argv))[:300]}"
+    return result
 
 
 def run_main(argv) -> tuple[int, str]:
@@ -53,7 +67,8 @@ def malformed_masks(rng: random.Random) -> list[str]:
             rule = {"block": ["q->d"], field: v} if field == "layers" else {field: v}
             cases.append(json.dumps({**good, "rules": [rule]}))
     for _ in range(40):  # random rule soup
-        rule = {rng.choice(["block", "allow", "deny", "layers"]): rng.choice(bad_values) for _ in range(rng.randint(1, 3))}
+        rule = {rng.choice(["block", "allow", "deny", "layers"]): rng.choice(bad_values)
+                for _ in range(rng.randint(1, 3))}
         cases.append(json.dumps({**good, "rules": [rule]}))
     cases.append(json.dumps({**good, "rules": [{"block": ["q->*"]}]}))  # q attends nothing: NaN softmax
     return [c for c in cases if not _valid(c)]  # a generated case that happens to be a valid mask is dropped
@@ -77,7 +92,7 @@ def test_malformed_mask_files(tmp_path):
     for i, text in enumerate(cases):
         f = tmp_path / f"m{i}.json"
         f.write_text(text)
-        code, err = run_main(["mask", "show", f])
+        code, err = fuzz_case(["mask", "show", f])
         check(code, err, f"mask case {i} {text!r}", must_mention=str(f))
 
 
@@ -95,7 +110,7 @@ def test_malformed_dataset_lines(tmp_path):
         folder = write_beir_folder(tmp_path / f"ds{i}")
         target = folder / name
         target.write_text(target.read_text() + line + "\n")
-        code, err = run_main(["data", "info", folder])
+        code, err = fuzz_case(["data", "info", folder])
         check(code, err, f"dataset case {i} {name}: {line!r}", must_mention=name.split("/")[-1])
 
 
@@ -109,7 +124,7 @@ def test_malformed_run_lines(tmp_path, tiny_bert):
         run = tmp_path / f"run{i}.trec"
         run.write_text("q1 Q0 d2 1 2.0 t\n" + line + "\n")
         out = tmp_path / f"out{i}.trec"
-        code, err = run_main(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out])
+        code, err = fuzz_case(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out])
         check(code, err, f"run case {i} {line!r}", must_mention=str(run))
         assert not out.exists()
 
@@ -173,7 +188,7 @@ def test_out_of_range_option_values(tmp_path):
         required = _required_args(cmd, name, existing)
         for v in values:
             out_files = {f for f in tmp_path.iterdir()}
-            code, err = run_main([*path, *required, flag, v])
+            code, err = fuzz_case([*path, *required, flag, v])
             check(code, err, f"{' '.join(path)} {flag} {v}", must_mention=flag)
             assert {f for f in tmp_path.iterdir()} == out_files, f"{' '.join(path)} {flag} {v} wrote a file"
             cases += 1
@@ -189,7 +204,7 @@ def test_out_of_choice_option_values(tmp_path):
     assert {" ".join(path) for path, *_ in params} >= {"score", "rerank", "index", "index build", "train"}
     for path, flag, name, _, cmd in params:
         for v in ("fp64", "FP16", "", "float16"):
-            code, err = run_main([*path, *_required_args(cmd, name, existing), flag, v])
+            code, err = fuzz_case([*path, *_required_args(cmd, name, existing), flag, v])
             check(code, err, f"{' '.join(path)} {flag} {v!r}", must_mention=flag)
             assert "fp32, bf16, fp16" in err
     assert not [f for f in tmp_path.iterdir() if f != existing]
@@ -222,7 +237,7 @@ def test_malformed_run_files(tmp_path, tiny_bert):
         run = tmp_path / f"run{i}.trec"
         run.write_bytes(data)
         out = tmp_path / f"out{i}.trec"
-        code, err = run_main(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out])
+        code, err = fuzz_case(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out])
         line = assert_one_error(code, err, str(run), where=f"run file {name}")
         assert rule in line, f"{name}: {line}"
         assert not out.exists()
@@ -246,7 +261,7 @@ def test_malformed_table_runs(tmp_path, tiny_bert):
         run = tmp_path / name.replace(" ", "-")
         run.write_bytes(data)
         out = tmp_path / f"out{i}.trec"
-        code, err = run_main(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out])
+        code, err = fuzz_case(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out])
         assert_one_error(code, err, str(run), where=f"table run {name}")
         assert not out.exists()
 
@@ -263,7 +278,7 @@ def test_malformed_qrels_files(tmp_path):
         folder = write_beir_folder(tmp_path / f"ds{i}", CORPUS, QUERIES, {"dev": [("q4", "d1", 1)]})
         target = folder / "qrels" / "test.tsv"
         target.write_bytes(text.encode("latin-1" if name == "latin-1" else "utf-8"))
-        code, err = run_main(["data", "info", folder])
+        code, err = fuzz_case(["data", "info", folder])
         assert_one_error(code, err, "test.tsv", where=f"qrels {name}")
 
 
@@ -280,7 +295,7 @@ def test_corpus_that_is_a_folder_or_not_utf8(tmp_path):
             corpus.write_bytes(b"\xef\xbb\xbf" + corpus.read_bytes())
         else:
             corpus.write_text(corpus.read_text() + '{"_id": "dz", "_id": "dy", "text": "x"}\n')
-        code, err = run_main(["data", "info", folder])
+        code, err = fuzz_case(["data", "info", folder])
         assert_one_error(code, err, "corpus.jsonl", where=damage)
 
 
@@ -294,7 +309,7 @@ def test_hostile_mask_files(tmp_path):
     for i, (name, data) in enumerate(sorted(MASK_BYTES.items())):
         f = tmp_path / f"m{i}.json"
         f.write_bytes(data)
-        code, err = run_main(["mask", "show", f])
+        code, err = fuzz_case(["mask", "show", f])
         check(code, err, f"mask {name}", must_mention=str(f))
 
 
@@ -333,7 +348,7 @@ def test_partial_records_edited_by_hand_are_refused(tmp_path, tiny_bert):
         partial = tmp_path / f"out{i}.trec.partial"
         head, rec = partial.read_text().splitlines()[:2]
         partial.write_text(head + "\n" + json.dumps(edit(json.loads(rec))) + "\n")
-        code, err = run_main(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out,
+        code, err = fuzz_case(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out,
                               "--k", 3, "--batch-size", 3])
         assert_one_error(code, err, str(partial), where=name)
         assert not out.exists()

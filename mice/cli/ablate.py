@@ -27,6 +27,11 @@ def _top(table, metric: str, n: int = 10) -> str:
     return t.sort_values(col).head(n)[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}")
 
 
+def _say_resuming(what: str):
+    """The line a resumed job prints: called by the job only after the lock and the identity checks."""
+    return lambda partial, n: typer.echo(f"resuming from {partial} ({n} {what} done)", err=True)
+
+
 _LAYERS = typer.Option(None, "--layers", help="Layers: 0:6 (half-open range), 1,3 or all (default)")
 
 
@@ -71,7 +76,7 @@ def sweep_cmd(model: str = _MODEL, dataset: str = _DATASET,
         result = sweep(scorer, data, split, run, k, paths=paths, layers=layers, heads=hl or heads, mode=mode,
                        base=base, max_queries=max_queries, metrics=metrics, batch_size=batch_size,
                        strategy=strategy, out=out, restart=restart, show_progress_bar=True,
-                       meta={"model_spec": model, "max_length": max_length})
+                       meta={"model_spec": model, "max_length": max_length}, on_resume=_say_resuming("knockouts"))
     if not world().main:  # one report per job
         return
     t = result.table
@@ -130,7 +135,8 @@ def attribute_cmd(model: str = _MODEL,
             res = attribute(scorer, cands, heads=heads, paths=paths, layers=layers,
                             modes=[m.strip() for m in modes.split(",") if m.strip()], base=base, steps=ig_steps,
                             measure=measure, batch_size=batch_size, show_progress_bar=True, out=out,
-                            meta={"model_spec": model, "max_length": max_length})
+                            meta={"model_spec": model, "max_length": max_length},
+                            on_resume=_say_resuming("units of work"))
             if not world().main:  # one report (and one exact check) per job
                 return
             t = res.table

@@ -109,8 +109,12 @@ def split_docstring(doc: str | None) -> tuple[str, str] | None:
             return None
         summary, rest_of_first = head + ".", [tail] + rest_of_first
     summary = summary.rstrip(":").strip()
-    body = rest_of_first + [""] + lines[end:]
+    return summary, _description(rest_of_first + [""] + lines[end:])
 
+
+def _description(body: list[str]) -> str:
+    """The descriptive prose of a docstring's body, up to its first section; directives, literal blocks and
+    doctests dropped, paragraphs joined one a line, inline markup stripped."""
     kept: list[str] = []
     skip_indent: int | None = None  # inside a directive / literal / doctest block: skip lines indented deeper
     in_doctest = False
@@ -160,7 +164,7 @@ def split_docstring(doc: str | None) -> tuple[str, str] | None:
     description = "\n".join(p for p in paragraphs if p)
     if len(description) > MAX_DESCRIPTION_CHARS:
         description = description[:MAX_DESCRIPTION_CHARS].rsplit(" ", 1)[0]
-    return summary, description
+    return description
 
 
 def acceptable(summary: str, description: str) -> bool:

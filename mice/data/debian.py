@@ -140,7 +140,8 @@ def build(cfg: DebianConfig) -> tuple[pd.DataFrame, dict]:
     meta, _ = build_meta(MetaConfig(fractions=(0.0, 0.0, 1.0)))
     same_q = {" ".join(_words(t)) for t in meta["query"]}
     same_d = {" ".join(_words(t)) for t in meta["doc"]}
-    shared = [(" ".join(_words(q)) in same_q) or (" ".join(_words(d)) in same_d) for q, d in zip(df["query"], df["doc"])]
+    shared = [(" ".join(_words(q)) in same_q) or (" ".join(_words(d)) in same_d)
+              for q, d in zip(df["query"], df["doc"])]
     stats["same_text_as_meta"] = int(sum(shared))
     df = df[[not s for s in shared]].reset_index(drop=True)
     stats["pairs"] = len(df)

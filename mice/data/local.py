@@ -273,7 +273,8 @@ class OffsetTexts(Mapping):
         import pyarrow as pa
 
         self.path = Path(path)
-        self._raw = np.memmap(self.path, dtype=np.uint8, mode="r") if self.path.stat().st_size else np.zeros(0, np.uint8)
+        self._raw = (np.memmap(self.path, dtype=np.uint8, mode="r") if self.path.stat().st_size
+                     else np.zeros(0, np.uint8))
         ends = [np.flatnonzero(self._raw[s:s + self._BLOCK] == 10) + s for s in range(0, len(self._raw), self._BLOCK)]
         ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
         if len(self._raw) and self._raw[-1] != 10:

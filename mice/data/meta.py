@@ -54,7 +54,8 @@ import pandas as pd
 from mice.errors import DataError
 from mice.data._docstrings import clean_inline
 from mice.data.base import TableDataset, warn
-from mice.data.embedded import _stable_unit, first_pair, parse_fractions  # the same hash as embedded:docs, so the same id always lands in the same split
+# the same hash as embedded:docs, so the same id always lands in the same split
+from mice.data.embedded import _stable_unit, first_pair, parse_fractions
 
 BUILDER_VERSION = 1
 SPLITS = ("train", "dev", "test")
@@ -213,6 +214,35 @@ def _words(text: str) -> list[str]:
     return [w for w in (re.sub(r"[\W_]+", "", t.lower()) for t in text.split()) if w]
 
 
+def _after_fence(lines: list[str], i: int, mark: str) -> int:
+    """The line after the fence that closes the one opened at line `i` (or the end)."""
+    i += 1
+    while i < len(lines) and not lines[i].strip().startswith(mark[0] * len(mark)):
+        i += 1
+    return i + 1
+
+
+def _after_block(lines: list[str], i: int, base: int) -> int:
+    """The first line after line `i` that is not blank and not indented deeper than `base`."""
+    i += 1
+    while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > base):
+        i += 1
+    return i
+
+
+def _prose(s: str, badges: set[str]) -> tuple[str, bool]:
+    """A line's prose without blockquote marks and badge substitutions, and whether a literal block follows it
+    (reST `::`, kept as `:`)."""
+    s = re.sub(r"^(>\s?)+", "", s).strip()  # blockquotes
+    literal_next = s.endswith("::")  # reST: the indented block that follows is literal
+    if literal_next:
+        s = s[:-2].rstrip()
+        s = s + ":" if s else s
+    for b in badges:  # reST image substitutions (badges) go; other substitutions keep their text
+        s = s.replace(f"|{b}|_", " ").replace(f"|{b}|", " ")
+    return s, literal_next
+
+
 def _paragraphs(text: str, markdown: bool) -> list[tuple[bool, str]]:
     """Block-level pass: (is_heading, text) paragraphs with code, directives, tables and rules removed."""
     text = textwrap.dedent(_HTML_BLOCKS.sub("\n", text.replace("\r\n", "\n").replace("\t", "    ")))
@@ -240,11 +270,7 @@ def _paragraphs(text: str, markdown: bool) -> list[tuple[bool, str]]:
         fence = _FENCE.match(line)
         if fence:  # markdown code fence: skip to the closing fence (or the end)
             flush()
-            mark = fence.group(1)
-            i += 1
-            while i < n and not lines[i].strip().startswith(mark[0] * len(mark)):
-                i += 1
-            i += 1
+            i = _after_fence(lines, i, fence.group(1))
             prev_blank, literal_next = True, False
             continue
         if _DIRECTIVE.match(line) or (literal_next and prev_blank and ind > 0) or \
@@ -252,10 +278,7 @@ def _paragraphs(text: str, markdown: bool) -> list[tuple[bool, str]]:
             # reST directive / comment / target, a literal block after `::`, or an indented markdown code
             # block: skip the line and everything indented deeper (blank lines included)
             flush()
-            base = ind if _DIRECTIVE.match(line) else ind - 1
-            i += 1
-            while i < n and (not lines[i].strip() or _indent(lines[i]) > base):
-                i += 1
+            i = _after_block(lines, i, ind if _DIRECTIVE.match(line) else ind - 1)
             prev_blank, literal_next = True, False
             continue
         nxt = lines[i + 1] if i + 1 < n else ""
@@ -284,17 +307,9 @@ def _paragraphs(text: str, markdown: bool) -> list[tuple[bool, str]]:
         if listy:
             flush()
             s = _LIST_ITEM.sub("", line).strip()
-        s = re.sub(r"^(>\s?)+", "", s).strip()  # blockquotes
-        literal_next = s.endswith("::")  # reST: the indented block that follows is literal
-        if literal_next:
-            s = s[:-2].rstrip()
-            s = s + ":" if s else s
-        if s:
-            # reST image substitutions (badges) go; other substitutions keep their text
-            for b in badges:
-                s = s.replace(f"|{b}|_", " ").replace(f"|{b}|", " ")
-            if s.strip():
-                para.append(s)
+        s, literal_next = _prose(s, badges)
+        if s.strip():
+            para.append(s)
         prev_blank = False
         prev_listy = listy or (prev_listy and ind > 0)
         i += 1

@@ -69,7 +69,8 @@ def check_folder(spec: str) -> str:
         json.loads(cfg.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"{cfg}: not valid JSON ({err})") from None
-    weights = [w for w in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (p / w).exists()]
+    weights = [w for w in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+               if (p / w).exists()]
     if not weights:
         raise ModelError(f"{p}: no weights (model.safetensors or pytorch_model.bin)")
     if not any((p / t).is_file() for t in TOKENIZER_FILES):

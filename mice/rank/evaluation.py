@@ -10,7 +10,7 @@ These helpers are public so that ablation studies (clean vs knocked-out runs) re
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -84,9 +84,6 @@ class PairedTest:
     delta: float
     p_ttest: float
     p_randomization: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _aligned(a, b) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ import pandas as pd
 from mice.data import Dataset, load_dataset
 from mice.data.base import warn
 from mice.errors import DataError
+from mice.logs import progress as progress_bar
 from mice.rank.runs import make_run, read_run, sort_run, write_run
 
 PARTIAL_FORMAT = "mice-rerank-partial/1"
@@ -194,15 +195,6 @@ class _Partial:
         self._journal.unlink_all()
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("re-ranking"), BarColumn(), MofNCompleteColumn(), TextColumn("pairs"),
-                    TimeRemainingColumn())
-
-
 def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | str | os.PathLike", k: int = 100,
            batch_size: int = 32, out: "str | os.PathLike | None" = None, show_progress_bar: bool = False,
            tag: str = "mice-rerank", job: "str | dict | None" = None, chunk_pairs: int | None = None,
@@ -214,8 +206,8 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
     `run`: DataFrame or run file. `out`: write the TREC run there (atomically) and make the job resumable
     through `<out>.partial`, holding `<out>.lock` meanwhile. The sidecar is keyed by the job's content identity
     (`job_identity`: the scorer's `identity()`, data, candidates, settings; `job` adds to it): a sidecar left by
-    another job is refused, naming what differs, unless `overwrite` starts afresh. `chunk_pairs`: pairs per unit of work (whole
-    queries; default max(8 x batch_size, 64)); a resumed job redoes at most one chunk. `score_fn(scorer,
+    another job is refused, naming what differs, unless `overwrite` starts afresh. `chunk_pairs`: pairs per unit
+    of work (whole queries; default max(8 x batch_size, 64)); a resumed job redoes at most one chunk. `score_fn(scorer,
     batch, batch_size)` scores one `CandidateBatch`. `query_ids`: re-rank only these queries of the split
     (a fixed evaluation subset); the run's other queries are dropped without a warning. `on_resume(partial,
     n_done)` is called when finished queries are taken over, only after the lock and the identity check.
@@ -229,16 +221,17 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
     from mice.distributed import rank_lock, require_output
 
     require_output(out, "re-ranking")
+    args = (scorer, dataset, split, run, k, batch_size, out, show_progress_bar, tag, job, chunk_pairs, score_fn,
+            query_ids, overwrite, on_resume)
     if out is None:
-        return _rerank(scorer, dataset, split, run, k, batch_size, None, show_progress_bar, tag, job, chunk_pairs, score_fn,
-                       query_ids, overwrite, on_resume)
+        return _rerank(*args)
     with rank_lock(out):
-        return _rerank(scorer, dataset, split, run, k, batch_size, out, show_progress_bar, tag, job, chunk_pairs, score_fn,
-                       query_ids, overwrite, on_resume)
+        return _rerank(*args)
 
 
-def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job, chunk_pairs, score_fn, query_ids,
-            overwrite, on_resume=None) -> pd.DataFrame:
+def _job_candidates(dataset, split, run, k, query_ids) -> tuple[Dataset, dict, dict, dict]:
+    """The dataset, the queries of the split (or of `query_ids`), their top-`k` candidates and the corpus, each
+    checked: a run whose queries are none of the split's, or whose documents are not in the corpus, is refused."""
     ds = load_dataset(dataset)
     queries = ds.queries(split)
     if query_ids is not None:
@@ -262,7 +255,12 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
         where = f"{run}: " if not isinstance(run, pd.DataFrame) else ""
         raise DataError(f"{where}run names {len(unknown)} documents that are not in {ds.name}'s corpus "
                         f"(e.g. {sorted(unknown)[:3]})")
+    return ds, queries, cands, corpus
 
+
+def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job, chunk_pairs, score_fn, query_ids,
+            overwrite, on_resume=None) -> pd.DataFrame:
+    ds, queries, cands, corpus = _job_candidates(dataset, split, run, k, query_ids)
     partial = None
     if out is not None:
         out = Path(out)
@@ -283,24 +281,11 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
     w = world()  # under N processes, chunk i is rank i % N's: the same chunks (and batches) as on one process
     chunks = [c for i, c in enumerate(_chunks(cands, target=chunk_pairs or max(batch_size * 8, 64)))
               if w.owns(i) and any(q not in done for q in c)]
-    prog = _progress(progress and w.main)
+    prog = progress_bar(sum(len(cands[q]) for c in chunks for q in c), "re-ranking pairs", enabled=progress and w.main)
     try:
-        if prog:
-            prog.start()
-            task = prog.add_task("rerank", total=sum(len(cands[q]) for c in chunks for q in c))
         for chunk in chunks:
             todo = {q for q in chunk if q not in done}
-            # score the whole chunk (fixed composition -> identical batches on resume)
-            items = [(q, d) for q in chunk for d in cands[q]]
-            order = sorted(range(len(items)), key=lambda i: (len(queries[items[i][0]]) + len(corpus[items[i][1]]), i))
-            scores = np.empty(len(items), dtype=np.float64)
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                batch = CandidateBatch([items[i][0] for i in idx], [items[i][1] for i in idx],
-                                       [queries[items[i][0]] for i in idx], [corpus[items[i][1]] for i in idx])
-                scores[idx] = score_fn(scorer, batch, batch_size)
-                if prog:
-                    prog.advance(task, len(idx))
+            scores = _score_chunk(chunk, queries, corpus, cands, scorer, score_fn, batch_size, prog)
             pos = 0
             for q in chunk:
                 n = len(cands[q])
@@ -311,8 +296,7 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
                         partial.add(q, *result)
                 pos += n
     finally:
-        if prog:
-            prog.stop()
+        prog.stop()
         if partial:
             partial.close()
 
@@ -331,6 +315,21 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
     if w.distributed:
         w.barrier()
     return result
+
+
+def _score_chunk(chunk, queries, corpus, cands, scorer, score_fn, batch_size, prog) -> np.ndarray:
+    """Scores of every candidate of a chunk's queries, in (query, rank) order: the whole chunk is scored, in
+    batches of pairs sorted by length (a fixed composition, so a resumed job scores identical batches)."""
+    items = [(q, d) for q in chunk for d in cands[q]]
+    order = sorted(range(len(items)), key=lambda i: (len(queries[items[i][0]]) + len(corpus[items[i][1]]), i))
+    scores = np.empty(len(items), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = CandidateBatch([items[i][0] for i in idx], [items[i][1] for i in idx],
+                               [queries[items[i][0]] for i in idx], [corpus[items[i][1]] for i in idx])
+        scores[idx] = score_fn(scorer, batch, batch_size)
+        prog.advance(len(idx))
+    return scores
 
 
 def _scorer_name(scorer) -> str:
