@@ -565,99 +565,119 @@ class Search:
 
     # ------------------------------------------------------------------------------------------- run
     def run(self) -> SearchResult:
-        from mice.derived import DerivedConfig
         from mice.files import write_json_atomic, write_table
         from mice.identity import output_lock
-        from mice.masks import InteractionMask
 
-        cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         with output_lock(self.out / "search.json"):  # the folder itself may be held by a demo stage
             self._setup()
             self._reference()
-            rows: list[dict] = []
-            per_query: list = []
-            decisions: dict = {}
-            a = cfg.contextual_layers
-            mask_choice = None
-            mask_finalists: list[dict] = []
-            mask_cands = (mask_candidates(self.num_layers, cfg.merge_layers, cfg.extra_masks)
-                          if "mask" in cfg.stages else [])
-            final_steps = self.final_steps(mask_cands)
-            if final_steps:
-                self.log(f"finalists of every stage train {final_steps} steps (equal finals)")
-            if "mask" in cfg.stages:
-                self.log(f"mask stage ({self.num_layers} layers)")
-                fin = self._stage(mask_cands, rows, per_query, final_steps)
-                mask_choice, decisions["mask"] = self._choose(fin)
-                mask_finalists = [r for _, r in fin]
-                a = None if mask_choice is None else mask_choice.a
-            layer_choice = None
-            if "layers" in cfg.stages and a is not None and ("mask" not in cfg.stages or mask_choice is not None):
-                self.log(f"layer stage (a = {a})")
-                fin = self._stage(layer_candidates(a, self.num_layers, cfg.max_interaction_layers, cfg.cls_cross),
-                                  rows, per_query, final_steps)
-                layer_choice, decisions["layers"] = self._choose(fin, controls=mask_finalists,
-                                                               with_reference="mask" not in cfg.stages)
-            table = pd.DataFrame(rows)
-            for col, default in (("finalist", False), ("promoted", False), ("tie", False), ("chosen", False),
-                                 ("within_tolerance", False), ("rel_loss", float("nan")),
-                                 ("p_vs_best", float("nan"))):
-                table[col] = (table[col].astype(object).fillna(default) if col in table else default)
-                table[col] = table[col].astype(type(default))
-            for stage in table["stage"].unique():
-                curve(table, stage)  # the equal-steps rule, asserted before anything is written
-            if cfg.equal_finals:
-                finals(table)
-            long = []
-            for row, pq in per_query:
-                frame = pd.DataFrame({"query_id": self.effects.qids, **pq})
-                for key in ("stage", "candidate", "rung", "steps", "seeds", "trained"):
-                    frame.insert(0, key, row[key])
-                long.append(frame)
-            pq_table = pd.concat(long, ignore_index=True)
+            rows, per_query, decisions, mask_choice, layer_choice, a, final_steps = self._stages()
+            table = self._table(rows)
+            pq_table = self._per_query_table(per_query)
             write_table(table, self.out / "search.parquet")
             write_table(pq_table, self.out / "search.per_query.parquet")
-            mask = None
-            if mask_choice is not None:
-                mask = InteractionMask.parse(mask_choice.mask, self.num_layers)
-            elif "mask" not in cfg.stages and a is not None:
-                mask = InteractionMask.parse(f"mask3:k={a}" if a else "mask2", self.num_layers)
-            decision = ("mice" if layer_choice is not None else "masked" if mask is not None and
-                        "mask" in cfg.stages else "cross-encoder")
-            if decision == "cross-encoder":
-                mask = None
             why = self._why(table, mask_choice, layer_choice, decisions)
-            meta = {"config": asdict(cfg), "num_layers": self.num_layers, "queries": len(self.effects.qids),
+            meta = {"config": asdict(self.cfg), "num_layers": self.num_layers, "queries": len(self.effects.qids),
                     "candidates_fingerprint": self.cands_fp, "reference": {m: float(np.mean(v)) for m, v in
                                                                            self.ref_pq.items()},
                     "decisions": decisions, "steps_trained_this_run": self.trained_steps,
                     "steps_total": self._steps_total(table),
                     "elapsed_s": round(time.perf_counter() - t0, 2), "why": why}
-            chosen_rows = table[table["chosen"]]
-            derived = DerivedConfig(
-                decision=decision, num_layers=self.num_layers,
-                contextual_layers=a if decision == "mice" else None,
-                interaction_layers=layer_choice.b if layer_choice is not None else None,
-                cls_cross_attention=layer_choice.cls_cross if layer_choice is not None else None,
-                mask=None if mask is None else InteractionMask(mask.num_layers, mask.rules, name=mask.name,
-                                                               provenance={"method": "trained search"}).to_dict(),
-                source_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
-                tolerance=cfg.tolerance, metric=cfg.metric,
-                budget={"first_rung_steps": cfg.steps, "eta": cfg.eta, "finalists": cfg.finalists, "promote": cfg.promote,
-                        "max_rungs": cfg.max_rungs, "final_steps": final_steps, **({"seeded_from": cfg.seeded_from}
-                                                       if cfg.seeded_from is not None else {}),
-                        **({"cut": cfg.cut, "cut_alpha": cfg.cut_alpha} if cfg.cut != "halving" else {}),
-                        "seeds": list(cfg.seeds), "dev_queries": len(self.effects.qids), "k": cfg.k,
-                        "steps_total": meta["steps_total"], "train_preset": cfg.train_preset},
-                provenance={"why": why, "reference": meta["reference"], "decisions": decisions,
-                            "chosen": json.loads(chosen_rows.to_json(orient="records")),
-                            "table": "search.parquet", "dataset": cfg.dataset, "split": cfg.split,
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            derived = self._derived(table, meta, mask_choice, layer_choice, a, final_steps)
             write_json_atomic(self.out / "search.json", meta)
             derived.save(self.out / "derived.json")
         return SearchResult(table, pq_table, derived, meta)
+
+    def _stages(self):
+        """The mask stage, then the layer stage under the split it chose; returns everything the files need."""
+        cfg = self.cfg
+        rows: list[dict] = []
+        per_query: list = []
+        decisions: dict = {}
+        a, mask_choice, mask_finalists = cfg.contextual_layers, None, []
+        mask_cands = (mask_candidates(self.num_layers, cfg.merge_layers, cfg.extra_masks)
+                      if "mask" in cfg.stages else [])
+        final_steps = self.final_steps(mask_cands)
+        if final_steps:
+            self.log(f"finalists of every stage train {final_steps} steps (equal finals)")
+        if "mask" in cfg.stages:
+            self.log(f"mask stage ({self.num_layers} layers)")
+            fin = self._stage(mask_cands, rows, per_query, final_steps)
+            mask_choice, decisions["mask"] = self._choose(fin)
+            mask_finalists = [r for _, r in fin]
+            a = None if mask_choice is None else mask_choice.a
+        layer_choice = None
+        if "layers" in cfg.stages and a is not None and ("mask" not in cfg.stages or mask_choice is not None):
+            self.log(f"layer stage (a = {a})")
+            fin = self._stage(layer_candidates(a, self.num_layers, cfg.max_interaction_layers, cfg.cls_cross),
+                              rows, per_query, final_steps)
+            layer_choice, decisions["layers"] = self._choose(fin, controls=mask_finalists,
+                                                           with_reference="mask" not in cfg.stages)
+        return rows, per_query, decisions, mask_choice, layer_choice, a, final_steps
+
+    def _table(self, rows: list[dict]) -> pd.DataFrame:
+        """The summary rows with every flag column typed, checked against the equal-steps rules."""
+        table = pd.DataFrame(rows)
+        for col, default in (("finalist", False), ("promoted", False), ("tie", False), ("chosen", False),
+                             ("within_tolerance", False), ("rel_loss", float("nan")),
+                             ("p_vs_best", float("nan"))):
+            table[col] = (table[col].astype(object).fillna(default) if col in table else default)
+            table[col] = table[col].astype(type(default))
+        for stage in table["stage"].unique():
+            curve(table, stage)  # the equal-steps rule, asserted before anything is written
+        if self.cfg.equal_finals:
+            finals(table)
+        return table
+
+    def _per_query_table(self, per_query: list) -> pd.DataFrame:
+        long = []
+        for row, pq in per_query:
+            frame = pd.DataFrame({"query_id": self.effects.qids, **pq})
+            for key in ("stage", "candidate", "rung", "steps", "seeds", "trained"):
+                frame.insert(0, key, row[key])
+            long.append(frame)
+        return pd.concat(long, ignore_index=True)
+
+    def _derived(self, table, meta, mask_choice, layer_choice, a, final_steps):
+        """The decision file: what to train, a, b, the mask, and the evidence behind them."""
+        from mice.derived import DerivedConfig
+        from mice.masks import InteractionMask
+
+        cfg = self.cfg
+        mask = None
+        if mask_choice is not None:
+            mask = InteractionMask.parse(mask_choice.mask, self.num_layers)
+        elif "mask" not in cfg.stages and a is not None:
+            mask = InteractionMask.parse(f"mask3:k={a}" if a else "mask2", self.num_layers)
+        decision = ("mice" if layer_choice is not None else "masked" if mask is not None and
+                    "mask" in cfg.stages else "cross-encoder")
+        if decision == "cross-encoder":
+            mask = None
+        chosen_rows = table[table["chosen"]]
+        return DerivedConfig(
+            decision=decision, num_layers=self.num_layers,
+            contextual_layers=a if decision == "mice" else None,
+            interaction_layers=layer_choice.b if layer_choice is not None else None,
+            cls_cross_attention=layer_choice.cls_cross if layer_choice is not None else None,
+            mask=None if mask is None else InteractionMask(mask.num_layers, mask.rules, name=mask.name,
+                                                           provenance={"method": "trained search"}).to_dict(),
+            source_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
+            tolerance=cfg.tolerance, metric=cfg.metric, budget=self._budget(meta, final_steps),
+            provenance={"why": meta["why"], "reference": meta["reference"], "decisions": meta["decisions"],
+                        "chosen": json.loads(chosen_rows.to_json(orient="records")),
+                        "table": "search.parquet", "dataset": cfg.dataset, "split": cfg.split,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def _budget(self, meta: dict, final_steps) -> dict:
+        cfg = self.cfg
+        return {"first_rung_steps": cfg.steps, "eta": cfg.eta, "finalists": cfg.finalists, "promote": cfg.promote,
+                "max_rungs": cfg.max_rungs, "final_steps": final_steps,
+                **({"seeded_from": cfg.seeded_from} if cfg.seeded_from is not None else {}),
+                **({"cut": cfg.cut, "cut_alpha": cfg.cut_alpha} if cfg.cut != "halving" else {}),
+                "seeds": list(cfg.seeds), "dev_queries": len(self.effects.qids), "k": cfg.k,
+                "steps_total": meta["steps_total"], "train_preset": cfg.train_preset}
 
     @staticmethod
     def _steps_total(table: pd.DataFrame) -> int:

@@ -76,6 +76,20 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "seeded_from": (0, None, True),  # `mice ablate search --seeded-from`: the first rung promoted on every seed
     "cut_alpha": (0, 1, False),  # `mice ablate search --cut-alpha`: the level of `--cut significant`'s test
     "max_interaction_layers": (1, MAX_LAYERS, True),
+    "fidelity_queries": (1, None, True),  # the joint search's screening pool
+    "confirm_queries": (1, None, True),  # its held-out dev queries
+    "draw": (0, None, True),  # which draw of held-out queries, screening sample and seeds
+    "replicates": (1, None, True),  # `mice ablate joint --validate`: independent runs of the search
+    "test_k": (1, None, True),  # `mice ablate frontier`: candidates re-ranked per test query
+    "max_runs": (0, None, True),  # `mice ablate frontier`: new (configuration, seed) runs before stopping
+    "bits": (1, 8, True),  # residual codec: bits per dimension
+    "pq_m": (1, None, True),  # product quantization: sub-vectors (bytes per token)
+    "centroids": (2, 65536, True),  # residual codec: k-means centroids (a 2-byte id)
+    "train_tokens": (1, None, True),  # codebooks: token states sampled to train them
+    "depth": (1, None, True),  # candidates per query re-ranked
+    "budget_s": (1, None, True),  # `mice bench gpu`: seconds before no new unit starts
+    "lines": (1, None, True),  # `mice bench data`: synthetic teacher lines
+    "passages": (1, None, True),  # `mice bench data`: synthetic corpus size
 }
 
 

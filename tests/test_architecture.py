@@ -24,7 +24,6 @@ LONG_ALLOWED = {
     "mice/bench/latency.py::run_latency",
     "mice/bench/scale.py::run_scale",
     "mice/bench/paper.py::run_paper_latency",
-    "ablations/search.py::Search.run",
 }
 
 
