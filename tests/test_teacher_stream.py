@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mice.data.local import OffsetTexts
-from mice.errors import DataError
+from mice.errors import DataError, DataWarning, IdentityError
 from mice.train.samples import TripleSampler
 from mice.train.teacher import read_score_file, read_triples
 
@@ -72,6 +72,112 @@ def test_triple_sampling_order_epochs_and_resume(tmp_path):
     again = [resumed.batch(s, 4, rank, 2) for s in range(9, 20) for rank in range(2)]
     assert again == whole[18:]
     assert TripleSampler(t, queries, corpus, seed=4).batch(0, 4) != sampler.batch(0, 4)
+
+
+# ------------------------------------------------------------------------------- training under sampling: triples
+@pytest.fixture(scope="module")
+def train_files(tmp_path_factory):
+    """The tiny BEIR folder of test_train (train queries q0..q39, documents d0..d49), a tiny student, and a
+    teacher file over it: 20 distinct known triples, 3 repeated lines and one line naming an unknown document."""
+    from test_train import train_env
+
+    for env in train_env(tmp_path_factory, "triples", student=dict(num_layers=2, seed=0)):
+        rng = np.random.default_rng(5)
+        rows = [(round(float(rng.uniform(5, 9)), 3), round(float(rng.uniform(-3, 3)), 3), f"q{i}", f"d{i}",
+                 f"d{(i + 1 + int(rng.integers(30))) % 40}") for i in range(20)]
+        lines = rows[:10] + [rows[2]] + rows[10:15] + [rows[12], rows[0]] + [(1.0, 0.0, "q3", "d3", "nope")] + rows[15:]
+        env["triples"] = rows
+        env["teacher"] = str(_teacher(env["root"] / "teacher.tsv", lines))
+        yield env
+
+
+def _triples_cfg(env, out, **kw):
+    from mice.train import preset
+
+    settings = {"loss": "margin-mse", "teacher": env["teacher"], "negatives": 1, "sampling": "triples", **kw}
+    return preset("tiny", "cross-encoder", model=env["student"], dataset=env["data"], output=str(out), **settings)
+
+
+def test_training_under_sampling_triples_visits_the_files_triples_in_the_seeded_order(train_files, tmp_path):
+    from mice.train import Trainer
+
+    env, seen = train_files, []
+    trainer = Trainer(_triples_cfg(env, tmp_path / "run", seed=7, max_steps=10, dev_split=None),
+                      callbacks=[lambda tr, step: seen.extend(tr.sampler.batch(step - 1, 2))], quiet=True)
+    with pytest.warns(DataWarning, match="1 of 21 triples name unknown"):
+        res = trainer.train()
+    assert res.steps == 10 and len(trainer.pool) == 20  # its training queries
+    # one epoch: the 20 distinct known triples (repeats and the unknown document's line dropped), each once, in
+    # the permutation the seed gives, with the file's own teacher scores
+    order = np.random.default_rng([7, 0, 31]).permutation(20)
+    expected = [env["triples"][i] for i in order]
+    assert [(g.query_id, *g.doc_ids) for g in seen] == [(q, p, n) for _, _, q, p, n in expected]
+    assert [g.teacher for g in seen] == [(pytest.approx(sp), pytest.approx(sn)) for sp, sn, *_ in expected]
+    assert trainer.teacher.scores(seen[:3]).tolist() == [list(g.teacher) for g in seen[:3]]
+    assert res.summary["teacher"]["pairs_scored"] == 0
+    # the setting enters the job's identity (under its default it does not: older runs keep theirs)
+    assert trainer.job["config.sampling"] == "triples"
+    groups = Trainer(_triples_cfg(env, tmp_path / "groups", max_steps=1, sampling="groups", dev_split=None),
+                     quiet=True)
+    with pytest.warns(DataWarning, match="1 of 24 triples"):  # groups read the file's lines, repeats included
+        groups.train()
+    assert "config.sampling" not in groups.job
+    with pytest.raises(IdentityError, match="config.sampling"), pytest.warns(DataWarning):
+        Trainer(_triples_cfg(env, tmp_path / "run", resume=True, max_steps=10, sampling="groups", dev_split=None),
+                quiet=True).train()
+
+
+def test_sampling_triples_is_refused_without_a_teacher_file_or_with_more_negatives(train_files, tmp_path):
+    from mice.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="negatives"):
+        _triples_cfg(train_files, tmp_path / "x", negatives=2).validate()
+    with pytest.raises(ConfigError, match="sampling: triples"):
+        _triples_cfg(train_files, tmp_path / "x", teacher="source").validate()
+    with pytest.raises(ConfigError, match="sampling.*'pairs'"):
+        _triples_cfg(train_files, tmp_path / "x", sampling="pairs").validate()
+
+
+def test_sigkilled_triples_run_resumes_bit_identically(train_files, tmp_path):
+    """A real `mice train --sampling triples` killed with SIGKILL after a checkpoint, resumed: the same weights, to
+    the bit, as a run that was never interrupted (the constant schedule lets the resumed run stop early)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    from test_train_trust import _env, _train_args
+
+    env = train_files
+    extra = ["--loss", "margin-mse", "--teacher", env["teacher"], "--negatives", "1", "--sampling", "triples",
+             "--eval-every", "5000", "--save-every", "1", "--set", "lr_schedule=constant", "--set", "log_every=1"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_args(env, killed, "--max-steps", 5000, *extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=_env())
+    state = killed / "last" / "trainer_state.pt"
+    deadline = time.time() + 180
+    while not state.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.2)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = int(torch.load(state, weights_only=True)["step"])
+    target = step + 3
+    for out, more in ((killed, ["--resume"]), (tmp_path / "whole", [])):
+        res = subprocess.run(_train_args(env, out, "--max-steps", target, *extra, *more), capture_output=True,
+                             text=True, env=_env(), timeout=300)
+        assert res.returncode == 0, res.stderr
+    a, b = load_file(str(killed / "last" / "model.safetensors")), load_file(str(tmp_path / "whole" / "last" /
+                                                                                  "model.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    logs = [pd.read_csv(f / "train_log.csv") for f in (killed, tmp_path / "whole")]
+    assert logs[0]["step"].tolist() == logs[1]["step"].tolist()
+    np.testing.assert_array_equal(logs[0]["loss"].to_numpy(), logs[1]["loss"].to_numpy())
 
 
 def test_offset_corpus_reads_texts_on_demand(tmp_path):

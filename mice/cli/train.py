@@ -62,6 +62,9 @@ def train(
     mix_alpha: Optional[float] = typer.Option(None, "--mix-alpha",
                                               help="A mix's parts drawn ∝ training queries ** alpha (1: by size, "
                                                    "0: equally)"),
+    sampling: Optional[str] = typer.Option(None, "--sampling",
+                                           help="groups: a query, a positive and --negatives candidates per group; "
+                                                "triples: the teacher file's triples in a seeded order (the paper's)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget"),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps"),
@@ -119,7 +122,7 @@ def train(
     flags = _settings(mode=mode, model=model, dataset=dataset, output=output, teacher=teacher, mask=mask,
                       contextual_layers=contextual_layers, interaction_layers=interaction_layers, loss=loss, lr=lr,
                       head_lr=head_lr, batch_size=batch_size, negatives=negatives, negative_miner=negative_miner,
-                      mix_alpha=mix_alpha, max_steps=max_steps,
+                      mix_alpha=mix_alpha, sampling=sampling, max_steps=max_steps,
                       max_minutes=max_minutes, warmup_steps=warmup_steps, max_length=max_length,
                       max_query_length=max_query_length, weight_decay=weight_decay,
                       cls_cross_attention=cls_cross_attention, dev_dataset=dev_dataset, dev_exclude=dev_exclude,
