@@ -202,6 +202,39 @@ def test_data_bench_small(tmp_path):
     assert out["corpus"]["rows"] == 2_000 and out["corpus"]["lookups_per_s"] > 0
 
 
+def test_run_file_streams_query_by_query(tmp_path):
+    """`mice rerank` reads a run file a whole query at a time: the same top-k as the whole-file reader, in the
+    file's query order; a run whose query lines are apart falls back to the whole-file read, with a warning."""
+    from mice.rank.rerank import candidates, run_candidates
+    from mice.rank.runs import RunNotGrouped, iter_run_queries, read_run, sort_run
+
+    rng = np.random.default_rng(1)
+    rows = [(q, f"d{j}", float(rng.integers(0, 40))) for q in ("q3", "q1", "q2") for j in rng.permutation(1000)]
+    path = tmp_path / "run.trec"
+    path.write_text("".join(f"{q} Q0 {d} {i + 1} {s} bm25\n" for i, (q, d, s) in enumerate(rows)))
+    whole = sort_run(read_run(path))
+    streamed = list(iter_run_queries(path, k=1000))
+    assert [q for q, _ in streamed] == ["q3", "q1", "q2"]  # ties (40 distinct scores) broken by doc id
+    for q, docs in streamed:
+        assert docs == whole[whole["query_id"] == q]["doc_id"].tolist()
+    assert dict(iter_run_queries(path, k=10))["q1"] == whole[whole["query_id"] == "q1"]["doc_id"].tolist()[:10]
+    queries = {"q1": "a", "q2": "b", "q9": "c"}
+    with pytest.warns(DataWarning, match="1 run queries are not in the split"):
+        cands, others = run_candidates(str(path), queries, 1000)
+    assert others == ["q3"] and list(cands) == ["q1", "q2"] and cands == candidates(read_run(path), queries, 1000)
+    apart = tmp_path / "apart.trec"
+    lines = path.read_text().splitlines(keepends=True)
+    apart.write_text("".join(lines[:1500] + lines[2500:] + lines[1500:2500]))  # q1's second half after q2
+    with pytest.raises(RunNotGrouped, match=r"apart.trec:2001: query 'q1' comes back"):
+        list(iter_run_queries(apart))
+    with pytest.warns(DataWarning, match="comes back"):
+        again, _ = run_candidates(str(apart), queries, 1000, warn_others=False)
+    assert again == cands
+    (tmp_path / "bad.trec").write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 1 x t\n")
+    with pytest.raises(DataError, match="bad.trec:2: rank must be an integer and score a number"):
+        list(iter_run_queries(tmp_path / "bad.trec"))
+
+
 def test_rerank_at_depth_1000(tmp_path):
     """The authors' depth: 1000 candidates per query, MICE from the index, through `mice rerank`."""
     from typer.testing import CliRunner
