@@ -42,7 +42,8 @@ def test_streamed_teacher_file_matches_the_line_reader_and_deduplicates(tmp_path
     assert len(s.unique()) == 2 and s.frame()["neg"].tolist() == ["db", "da", "db"]
 
 
-@pytest.mark.parametrize("text,where", [("1\t2\t3\t4\t5\n1\t2\t3\t4\n", ":2:"), ("1\t2\t3\t4\t5\nx\t2\t3\t4\t5\n", ":2:"),
+@pytest.mark.parametrize("text,where", [("1\t2\t3\t4\t5\n1\t2\t3\t4\n", ":2:"),
+                                        ("1\t2\t3\t4\t5\nx\t2\t3\t4\t5\n", ":2:"),
                                         ("1\t2\t3\t4\t5\n1\t2\t3\t4\t5\n1\tinf\t3\t4\t5\n", ":3:")])
 def test_bad_teacher_lines_name_file_and_line(tmp_path, text, where):
     path = tmp_path / "bad.tsv"

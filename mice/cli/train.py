@@ -1,7 +1,8 @@
 """`mice train` — fine-tune a cross-encoder, a masked cross-encoder, or a MICE model (Margin-MSE distillation).
 
-Settings come from a preset (`--preset tiny|quick|paper-…`; `mice.train.presets`), then a config file (`--config run.toml|run.json`,
-flat keys named like `mice.train.TrainConfig` fields), then the flags below and `--set key=value`.
+Settings come from a preset (`--preset tiny|quick|paper-…`; `mice.train.presets`), then a config file
+(`--config run.toml|run.json`, flat keys named like `mice.train.TrainConfig` fields), then the flags below and
+`--set key=value`.
 Progress lines also go to `output/train.log` (through `logging`, logger `mice.train`). Checkpoints hold only
 tensors and plain values (loaded with `weights_only=True`), and the output folder is locked while a run writes it.
 Data-parallel (DDP), same flags: `accelerate launch --multi_gpu --num_processes N -m mice train ...`; on CPU
