@@ -128,8 +128,14 @@ def test_rerank_run(model, indexes, reference):
     ids = list(CORPUS)
     run = pd.DataFrame([(q, d, float(-i)) for q in QUERIES for i, d in enumerate(ids)],
                        columns=["query_id", "doc_id", "score"])
+    from mice.data.base import InMemoryDataset
+    from mice.index.fast_rerank import IndexScorer
+    from mice.rank.rerank import rerank
+
     rr = FastReranker(model, indexes["float32"])
-    out = rr.rerank(run, QUERIES, k=10)
+    ds = InMemoryDataset("idx", CORPUS, {"test": QUERIES}, {"test": [(q, "doc0", 1) for q in QUERIES]})
+    scorer = IndexScorer(rr)
+    out = rerank(scorer, ds, "test", run, k=10, **scorer.runner_batching(10))  # the path `mice rerank --index` takes
     assert len(out) == 10 * len(QUERIES) and list(out.columns) == ["query_id", "doc_id", "score"]
     got = out[out.query_id == "q0"].set_index("doc_id")["score"]
     for d in ids[:10]:

@@ -105,7 +105,6 @@ def run_codec_bench(config: CodecBenchConfig, log: Callable[[str], None] = print
     """Build the indexes, re-rank, evaluate; returns a DataFrame with `COLUMNS` (float16 first)."""
     import os
 
-    import pandas as pd
     import torch
 
     from mice.cli.index import load_mice

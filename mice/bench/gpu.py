@@ -23,7 +23,6 @@ documents, a couple of runs) so that `--device cpu --smoke` checks the whole scr
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time

@@ -37,8 +37,8 @@ import numpy as np
 METHODS = ("cross-encoder", "masked", "mice", "mice-index", "mice-kv", "maxsim")
 COLUMNS = ["method", "doc_len", "median_ms", "p10_ms", "p90_ms", "docs_per_s", "peak_mem_mb",
            "bytes_per_doc_token", "ratio_vs_ce", "speedup_vs_ce", "mem_ratio_vs_ce", "docs", "query_len",
-           "ce_pair_len", "batch_size", "repeats", "device", "compute_dtype", "threads", "attention", "model", "mice", "mask",
-           "index_dtype", "torch", "cpu", "load_avg", "date"]
+           "ce_pair_len", "batch_size", "repeats", "device", "compute_dtype", "threads", "attention", "model", "mice",
+           "mask", "index_dtype", "torch", "cpu", "load_avg", "date"]
 
 
 @dataclass
@@ -206,17 +206,32 @@ def bench_backbone(model: str, random_weights: bool, seed: int, device, threads:
     return ce, tokenizer, folder
 
 
-def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
-    """Run the benchmark; returns a DataFrame with `COLUMNS`."""
-    import pandas as pd
+@dataclass
+class _Bench:
+    """What every method's set-up shares: the config, the device and precision, the backbone and its MICE model."""
+
+    config: LatencyConfig
+    device: object
+    precision: str
+    ce: object
+    tokenizer: object
+    ce_folder: Path
+    mice: object
+    fast: object
+
+    @property
+    def bs(self) -> int:
+        return self.config.batch_size
+
+
+def _open_bench(config: LatencyConfig) -> tuple[_Bench, int]:
+    """The shared set-up, and the model's position limit."""
     import torch
 
     from mice.errors import ModelError
-    from mice.index.fast_rerank import FastMICE, FastReranker
-    from mice.index.store import IndexConfig, build_index_from_token_ids
-    from mice.models.late_interaction import MaxSimScorer, TokenVectors
-    from mice.models.mice_model import MICEModel, _quiet_transformers
-    from mice.models.precision import autocast, check_precision
+    from mice.index.fast_rerank import FastMICE
+    from mice.models.mice_model import MICEModel
+    from mice.models.precision import check_precision
 
     unknown = set(config.methods) - set(METHODS)
     if unknown:
@@ -225,129 +240,184 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
     precision = check_precision(config.compute_dtype, device)
     ce, tokenizer, ce_folder = bench_backbone(config.model, config.random_weights, config.seed, device,
                                               config.threads, config.workdir)
-    work = ce_folder.parent
     a, b = config.layers
     mice = MICEModel.from_cross_encoder(ce_folder, contextual_layers=a, interaction_layers=b,
                                         max_doc_length=max(config.doc_lens)).to(device).eval()
     mice.set_compute_dtype(precision)
-    fast = FastMICE(mice)
-    max_pos = MICEModel._position_limit(ce.config)
-    bs = config.batch_size
-    rows = []
-    meta = {"docs": config.docs, "query_len": config.query_len, "batch_size": bs, "repeats": config.repeats,
-            "device": str(device), "compute_dtype": precision, "threads": torch.get_num_threads(), "attention": "sdpa",
-            "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
+    return _Bench(config, device, precision, ce, tokenizer, ce_folder, mice, FastMICE(mice)), \
+        MICEModel._position_limit(ce.config)
+
+
+def _meta(bench: _Bench) -> dict:
+    import torch
+
+    config, (a, b) = bench.config, bench.config.layers
+    return {"docs": config.docs, "query_len": config.query_len, "batch_size": bench.bs, "repeats": config.repeats,
+            "device": str(bench.device), "compute_dtype": bench.precision, "threads": torch.get_num_threads(),
+            "attention": "sdpa", "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
             "mice": f"{a}+{b}", "mask": config.mask, "index_dtype": config.index_dtype,
             "torch": torch.__version__, "cpu": _cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
-    for doc_len in config.doc_lens:
-        if doc_len > max_pos:
-            raise ModelError(f"--doc-len {doc_len} exceeds the model's {max_pos} positions")
-        inp = make_inputs(tokenizer, config.docs, config.query_len, doc_len, max_pos, config.seed)
-        q_batch = {"input_ids": inp.query.to(device), "attention_mask": torch.ones_like(inp.query).to(device),
-                   "token_type_ids": torch.zeros_like(inp.query).to(device)}
-        d_ids = inp.docs.to(device)
+def _setup_ce(bench: _Bench, inp, doc_len: int) -> dict:
+    """The cross-encoder and the masked cross-encoder: (run, bytes per document token) by method."""
+    import torch
+
+    config, bs, device = bench.config, bench.bs, bench.device
+    pairs, types = inp.pairs.to(device), inp.pair_types.to(device)
+    setups = {}
+    if "cross-encoder" in config.methods:
+        def run_ce():
+            for i in range(0, config.docs, bs):
+                bench.ce(input_ids=pairs[i:i + bs], token_type_ids=types[i:i + bs],
+                         attention_mask=torch.ones_like(pairs[i:i + bs])).logits
+        setups["cross-encoder"] = (run_ce, 0.0)
+    if "masked" in config.methods:
+        from mice.models.hooked import HookedCrossEncoder
+        from mice.models.mice_model import _quiet_transformers
+        from mice.segments import PairBatch, segment_ids
+
+        with _quiet_transformers():
+            hooked = HookedCrossEncoder.from_pretrained(bench.ce_folder, device=device)
+        mask = hooked.resolve_mask(config.mask)
+        m_batches = []
+        for i in range(0, config.docs, bs):
+            ids = pairs[i:i + bs]
+            am = torch.ones_like(ids)
+            m_batches.append(PairBatch({"input_ids": ids, "attention_mask": am, "token_type_ids": types[i:i + bs],
+                                        "segment_ids": segment_ids(ids.cpu(), am.cpu(), bench.tokenizer).to(device)}))
+
+        def run_masked():
+            for batch in m_batches:
+                hooked.forward(batch, mask=mask)
+        setups["masked"] = (run_masked, 0.0)
+    return setups
+
+
+def _query_batch(bench: _Bench, inp) -> dict:
+    import torch
+
+    q = inp.query.to(bench.device)
+    return {"input_ids": q, "attention_mask": torch.ones_like(q), "token_type_ids": torch.zeros_like(q)}
+
+
+def _setup_mice(bench: _Bench, inp, doc_len: int) -> dict:
+    """MICE on the fly, and from an index of states or of K/V: (run, bytes per document token) by method."""
+    import torch
+
+    from mice.index.fast_rerank import FastReranker
+    from mice.index.store import IndexConfig, build_index_from_token_ids
+
+    config, bs, mice = bench.config, bench.bs, bench.mice
+    q_batch = _query_batch(bench, inp)
+    setups = {}
+    if "mice" in config.methods:
+        d_ids = inp.docs.to(bench.device)
         d_batches = [{"input_ids": d_ids[i:i + bs], "attention_mask": torch.ones_like(d_ids[i:i + bs]),
                       "token_type_ids": torch.full_like(d_ids[i:i + bs], mice.mice_config.doc_token_type)}
                      for i in range(0, config.docs, bs)]
-        pairs = inp.pairs.to(device)
-        types = inp.pair_types.to(device)
-        setups: dict[str, tuple[Callable[[], object], float]] = {}
 
-        if "cross-encoder" in config.methods:
-            def run_ce():
-                for i in range(0, config.docs, bs):
-                    ce(input_ids=pairs[i:i + bs], token_type_ids=types[i:i + bs],
-                       attention_mask=torch.ones_like(pairs[i:i + bs])).logits
-            setups["cross-encoder"] = (run_ce, 0.0)
+        def run_mice():
+            prep = bench.fast.prepare(q_batch)
+            for batch in d_batches:
+                bench.fast.score_states(prep, mice.encode_doc_batch(batch))
+        setups["mice"] = (run_mice, 0.0)
+    doc_tokens = {f"d{i}": inp.docs[i].tolist() for i in range(config.docs)}
+    for method, kv in (("mice-index", False), ("mice-kv", True)):
+        if method not in config.methods:
+            continue
+        idx_dir = bench.ce_folder.parent / f"index-{doc_len}-{'kv' if kv else 'states'}"
+        index = build_index_from_token_ids(mice, doc_tokens, idx_dir, IndexConfig(dtype=config.index_dtype, kv=kv),
+                                           overwrite=True)
+        rr = FastReranker(mice, index, use_kv=kv, batch_size=bs)
+        positions = index.positions(list(doc_tokens))
 
-        if "masked" in config.methods:
-            from mice.models.hooked import HookedCrossEncoder
-            from mice.segments import PairBatch, segment_ids
+        def run_index(rr=rr, positions=positions):
+            rr.score_positions(rr.fast.prepare(q_batch), positions)
+        setups[method] = (run_index, index.bytes_per_token())
+    return setups
 
-            with _quiet_transformers():
-                hooked = HookedCrossEncoder.from_pretrained(ce_folder, device=device)
-            mask = hooked.resolve_mask(config.mask)
-            m_batches = []
-            for i in range(0, config.docs, bs):
-                ids = pairs[i:i + bs]
-                am = torch.ones_like(ids)
-                m_batches.append(PairBatch({"input_ids": ids, "attention_mask": am, "token_type_ids": types[i:i + bs],
-                                            "segment_ids": segment_ids(ids.cpu(), am.cpu(), tokenizer).to(device)}))
 
-            def run_masked():
-                for batch in m_batches:
-                    hooked.forward(batch, mask=mask)
-            setups["masked"] = (run_masked, 0.0)
+def _setup_maxsim(bench: _Bench, inp, doc_len: int) -> dict:
+    """Late interaction over memory-mapped float16 token vectors: (run, bytes per document token)."""
+    import torch
+    from transformers import AutoModel
 
-        if "mice" in config.methods:
-            def run_mice():
-                prep = fast.prepare(q_batch)
-                for batch in d_batches:
-                    fast.score_states(prep, mice.encode_doc_batch(batch))
-            setups["mice"] = (run_mice, 0.0)
+    from mice.models.late_interaction import MaxSimScorer, TokenVectors
+    from mice.models.mice_model import _quiet_transformers
 
-        doc_tokens = {f"d{i}": inp.docs[i].tolist() for i in range(config.docs)}
-        for method, kv in (("mice-index", False), ("mice-kv", True)):
-            if method not in config.methods:
-                continue
-            idx_dir = work / f"index-{doc_len}-{'kv' if kv else 'states'}"
-            index = build_index_from_token_ids(mice, doc_tokens, idx_dir, IndexConfig(dtype=config.index_dtype, kv=kv),
-                                               overwrite=True)
-            rr = FastReranker(mice, index, use_kv=kv, batch_size=bs)
-            positions = index.positions(list(doc_tokens))
+    config, bs = bench.config, bench.bs
+    if "maxsim" not in config.methods:
+        return {}
+    if config.late_interaction:
+        ms = MaxSimScorer.from_pretrained(config.late_interaction, attn_implementation="sdpa").to(bench.device)
+    else:
+        with _quiet_transformers():
+            enc = AutoModel.from_pretrained(bench.ce_folder, attn_implementation="sdpa")
+        ms = MaxSimScorer(enc, dim=128, seed=config.seed).to(bench.device)
+    ms.set_compute_dtype(bench.precision)
+    d_ids = inp.docs.to(bench.device)
+    vecs = ms.encode_documents(d_ids, torch.ones_like(d_ids), batch_size=bs, dtype=torch.float16)
+    vec_file = bench.ce_folder.parent / f"maxsim-{doc_len}.f16"
+    arr = np.memmap(vec_file, dtype=np.float16, mode="w+", shape=tuple(vecs.vectors.shape))
+    arr[:] = vecs.vectors.numpy()
+    arr.flush()
+    del arr
+    stored = np.memmap(vec_file, dtype=np.float16, mode="c", shape=tuple(vecs.vectors.shape))
+    mask_cpu = vecs.mask
 
-            def run_index(rr=rr, positions=positions):
-                rr.score_positions(rr.fast.prepare(q_batch), positions)
-            setups[method] = (run_index, index.bytes_per_token())
+    def run_maxsim():
+        docs = TokenVectors(torch.from_numpy(stored), mask_cpu)  # read from the memory-mapped store
+        ms.score(inp.query, docs, batch_size=bs)
+    return {"maxsim": (run_maxsim, float(vecs.bytes_per_token))}
 
-        if "maxsim" in config.methods:
-            from transformers import AutoModel
 
-            if config.late_interaction:
-                ms = MaxSimScorer.from_pretrained(config.late_interaction, attn_implementation="sdpa").to(device)
-            else:
-                with _quiet_transformers():
-                    enc = AutoModel.from_pretrained(ce_folder, attn_implementation="sdpa")
-                ms = MaxSimScorer(enc, dim=128, seed=config.seed).to(device)
-            ms.set_compute_dtype(precision)
-            vecs = ms.encode_documents(d_ids, torch.ones_like(d_ids), batch_size=bs, dtype=torch.float16)
-            vec_file = work / f"maxsim-{doc_len}.f16"
-            arr = np.memmap(vec_file, dtype=np.float16, mode="w+", shape=tuple(vecs.vectors.shape))
-            arr[:] = vecs.vectors.numpy()
-            arr.flush()
-            del arr
-            stored = np.memmap(vec_file, dtype=np.float16, mode="c", shape=tuple(vecs.vectors.shape))
-            mask_cpu = vecs.mask
+def _time_methods(bench: _Bench, setups: dict) -> tuple[list[str], dict, dict]:
+    """Warm up every method, then interleave the timed runs (repeat r of every method, then r+1, ...) so that a
+    change in machine load during the benchmark hits all methods alike: (methods, seconds by method, peak MB)."""
+    import torch
 
-            def run_maxsim():
-                docs = TokenVectors(torch.from_numpy(stored), mask_cpu)  # read from the memory-mapped store
-                ms.score(inp.query, docs, batch_size=bs)
-            setups["maxsim"] = (run_maxsim, float(vecs.bytes_per_token))
+    from mice.models.precision import autocast
 
-        # Warm up every method, then interleave the timed runs (repeat r of every method, then r+1, ...) so
-        # that a change in machine load during the benchmark hits all methods alike.
-        order = [m for m in METHODS if m in setups]
-        times: dict[str, list[float]] = {m: [] for m in order}
-        peaks: dict[str, float] = {m: 0.0 for m in order}
-        with torch.inference_mode(), autocast(precision, device):  # fp32: no autocast at all
+    def sync():
+        if bench.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    order = [m for m in METHODS if m in setups]
+    times: dict[str, list[float]] = {m: [] for m in order}
+    peaks: dict[str, float] = {m: 0.0 for m in order}
+    with torch.inference_mode(), autocast(bench.precision, bench.device):  # fp32: no autocast at all
+        for method in order:
+            for _ in range(bench.config.warmup):
+                setups[method][0]()
+                sync()
+        for _ in range(bench.config.repeats):
             for method in order:
-                for _ in range(config.warmup):
+                with _PeakMemory(str(bench.device)) as mem:
+                    t0 = time.perf_counter()
                     setups[method][0]()
                     sync()
-            for _ in range(config.repeats):
-                for method in order:
-                    fn = setups[method][0]
-                    with _PeakMemory(str(device)) as mem:
-                        t0 = time.perf_counter()
-                        fn()
-                        sync()
-                        times[method].append(time.perf_counter() - t0)
-                    peaks[method] = max(peaks[method], mem.peak_mb)
+                    times[method].append(time.perf_counter() - t0)
+                peaks[method] = max(peaks[method], mem.peak_mb)
+    return order, times, peaks
+
+
+def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
+    """Run the benchmark; returns a DataFrame with `COLUMNS`."""
+    import pandas as pd
+
+    from mice.errors import ModelError
+
+    bench, max_pos = _open_bench(config)
+    meta = _meta(bench)
+    rows = []
+    for doc_len in config.doc_lens:
+        if doc_len > max_pos:
+            raise ModelError(f"--doc-len {doc_len} exceeds the model's {max_pos} positions")
+        inp = make_inputs(bench.tokenizer, config.docs, config.query_len, doc_len, max_pos, config.seed)
+        setups = {**_setup_ce(bench, inp, doc_len), **_setup_mice(bench, inp, doc_len),
+                  **_setup_maxsim(bench, inp, doc_len)}
+        order, times, peaks = _time_methods(bench, setups)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         for method in order:
             med, p10, p90 = _percentiles(times[method])
@@ -385,7 +455,7 @@ def add_ratios(df):
 
 
 def targets(df, doc_len: int = 512) -> list[tuple[str, float, bool]]:
-    """The issue's targets at `doc_len` (printed, never asserted): (description, value, met)."""
+    """MICE's speed and storage targets at `doc_len` (printed, never asserted): (description, value, met)."""
     out = []
     g = df[df["doc_len"] == doc_len].set_index("method")
     if "mice-index" in g.index and "cross-encoder" in g.index:

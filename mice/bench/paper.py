@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -47,24 +48,14 @@ class PaperLatencyConfig:
     compute_dtype: str = "fp32"  # the protocol's own is fp32; bf16/fp16 run every method under torch.autocast
 
 
-def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = print):
-    """One row per method: mean/std over `runs` timed calls (ms), documents per second, speed-up vs the CE."""
-    import os
-
-    import pandas as pd
+def _paper_setups(config: PaperLatencyConfig, device, precision: str) -> tuple[dict, Path]:
+    """The methods' timed calls (one batch of `config.batch` pairs each) and the work folder to remove after."""
     import torch
 
     from mice.bench.latency import bench_backbone
-    from mice.errors import ModelError
     from mice.models.late_interaction import MaxSimScorer, TokenVectors
     from mice.models.mice_model import DocStates, MICEModel
-    from mice.models.precision import autocast, check_precision
 
-    unknown = set(config.methods) - set(PAPER_METHODS)
-    if unknown:
-        raise ModelError(f"unknown methods {sorted(unknown)} for --protocol paper ({', '.join(PAPER_METHODS)})")
-    device = torch.device(config.device)
-    precision = check_precision(config.compute_dtype, device)
     ce, tokenizer, folder = bench_backbone(config.model, config.random_weights, config.seed, device, config.threads,
                                            prefix="mice-bench-paper-")
     ce = ce.float()
@@ -74,14 +65,12 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
     queries = [QUERY] * n
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     setups: dict[str, Callable[[], object]] = {}
-
     if "cross-encoder" in config.methods:
         def run_ce():
             batch = tokenizer(queries, [doc_text] * n, truncation="only_second", max_length=min(L, 512),
                               padding=True, return_tensors="pt").to(device)
             return ce(**batch).logits
         setups["cross-encoder"] = run_ce
-
     a, b = config.layers
     if "mice" in config.methods:
         mice = MICEModel.from_cross_encoder(work / "backbone", contextual_layers=a, interaction_layers=b,
@@ -94,7 +83,6 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
             batch = mice.tokenize_queries(queries)  # one copy of the query per pair, as the authors' batch
             return mice(batch, doc_states=states)
         setups["mice"] = run_mice
-
     if "late-interaction" in config.methods:
         li = (MaxSimScorer.from_pretrained(config.late_interaction) if config.late_interaction
               else MaxSimScorer.from_pretrained(work / "backbone", seed=config.seed)).to(device).eval()
@@ -106,6 +94,27 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
         def run_li():
             return li.maxsim_pairs(li.encode_texts(queries, "query"), doc_vecs)
         setups["late-interaction"] = run_li
+    return setups, work
+
+
+def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = print):
+    """One row per method: mean/std over `runs` timed calls (ms), documents per second, speed-up vs the CE."""
+    import os
+    import shutil
+
+    import pandas as pd
+    import torch
+
+    from mice.errors import ModelError
+    from mice.models.precision import autocast, check_precision
+
+    unknown = set(config.methods) - set(PAPER_METHODS)
+    if unknown:
+        raise ModelError(f"unknown methods {sorted(unknown)} for --protocol paper ({', '.join(PAPER_METHODS)})")
+    device = torch.device(config.device)
+    precision = check_precision(config.compute_dtype, device)
+    setups, work = _paper_setups(config, device, precision)
+    n = int(config.batch)
 
     def sync():
         if device.type == "cuda":
@@ -124,8 +133,10 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
                 times[method].append(time.perf_counter() - t0)
             log(f"  [paper] {method:16s} {device}  {1000 * np.mean(times[method]):9.1f} ± "
                 f"{1000 * np.std(times[method]):.1f} ms per batch of {n}")
-    meta = {"protocol": "paper", "device": str(device), "batch": n, "doc_len": L, "runs": config.runs,
-            "warmup": config.warmup, "dtype": {"fp32": "float32"}.get(precision, f"{precision} autocast"),
+    a, b = config.layers
+    meta = {"protocol": "paper", "device": str(device), "batch": n, "doc_len": int(config.doc_len),
+            "runs": config.runs, "warmup": config.warmup,
+            "dtype": {"fp32": "float32"}.get(precision, f"{precision} autocast"),
             "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
             "mice": f"{a}+{b}", "threads": torch.get_num_threads(), "torch": torch.__version__,
             "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
@@ -137,7 +148,5 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
     df = pd.DataFrame(rows)
     ce_ms = df.loc[df["method"] == "cross-encoder", "mean_ms"]
     df["speedup_vs_ce"] = float(ce_ms.iloc[0]) / df["mean_ms"] if len(ce_ms) else np.nan
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     return df[PAPER_COLUMNS]

@@ -135,18 +135,12 @@ def _sample(items: Sequence[str], n: int, seed: int) -> list[str]:
     return items if n >= len(items) else sorted(random.Random(seed).sample(items, n))
 
 
-def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
-    """Run the benchmark; returns a DataFrame with `COLUMNS` (one row per index build, one per re-ranking method)."""
-    import pandas as pd
-    import torch
-
-    from mice.bench.latency import _cpu_name, bench_backbone
+def _scale_inputs(config: ScaleConfig, log: Callable[[str], None]):
+    """(dataset, sampled documents {id: text}, sampled query ids, the synthetic first-stage run, candidates per
+    query), after checking the settings."""
     from mice.data import load_dataset
-    from mice.errors import DataError
-    from mice.index.fast_rerank import FastReranker, IndexScorer
-    from mice.index.store import CODECS, IndexConfig, build_index, normalise_dtype
-    from mice.models.loader import load
-    from mice.rank.rerank import rerank
+    from mice.distributed import world
+    from mice.errors import DataError, MiceError
     from mice.rank.runs import make_run
     from mice.validate import check_settings
 
@@ -154,14 +148,8 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
                     "batch_size": config.batch_size, "max_length": config.max_length, "threads": config.threads,
                     "repeats": config.repeats, "warmup": config.warmup,
                     "contextual_layers": config.layers[0], "interaction_layers": config.layers[1]})
-    from mice.distributed import world
-    from mice.errors import MiceError
-
     if world().distributed:
         raise MiceError("mice bench scale measures one process; run it without --nproc (the projection scales it)")
-    dtypes = tuple(dict.fromkeys(normalise_dtype(d) for d in config.dtypes))
-    if not dtypes:
-        raise DataError("no index dtype to build")
     ds = load_dataset(config.dataset)
     corpus = ds.corpus()
     if config.split not in ds.splits:
@@ -172,16 +160,130 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
     doc_ids = _sample(list(corpus), config.docs, config.seed)
     if len(doc_ids) < config.docs:
         log(f"  {ds.name} has {len(doc_ids)} documents: indexing all of them (--docs {config.docs})")
-    sub = {d: corpus[d] for d in doc_ids}
     qids = _sample(list(all_queries), config.queries, config.seed)
     n_cand = min(config.candidates, len(doc_ids))
     run_rows = []
     for q in qids:
         cands = random.Random(f"{config.seed}:{q}").sample(doc_ids, n_cand)
         run_rows += [(q, d, float(n_cand - j)) for j, d in enumerate(cands)]
-    run_df = make_run(run_rows)
+    return ds, {d: corpus[d] for d in doc_ids}, qids, make_run(run_rows), n_cand
+
+
+def _scale_builds(config: ScaleConfig, mice, sub: dict, dtypes: tuple, work: Path, meta: dict,
+                  log: Callable[[str], None]) -> tuple[list[dict], dict]:
+    """Index builds: one untimed warm-up build, then `repeats` rounds over every configuration; (rows, the
+    indexes by (dtype, kv))."""
+    from mice.index.store import CODECS, IndexConfig, build_index
+
+    hidden = int(mice.hidden_size)
+    builds = [(d, kv) for d in dtypes for kv in ((False, True) if config.kv and d not in CODECS else (False,))]
+    build_index(mice, dict(list(sub.items())[: min(32, len(sub))]), work / "index-warmup",
+                IndexConfig(dtype="float16", kv=config.kv, batch_size=config.batch_size), overwrite=True)
+    times: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
+    cpu: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
+    indexes = {}
+    for _ in range(config.repeats):
+        for dtype, kv in builds:
+            t0, c0 = time.perf_counter(), time.process_time()
+            indexes[(dtype, kv)] = build_index(mice, sub, work / f"index-{dtype}{'-kv' if kv else ''}",
+                                               IndexConfig(dtype=dtype, kv=kv, batch_size=config.batch_size,
+                                                           **codec_settings(dtype, hidden)), overwrite=True)
+            times[(dtype, kv)].append(time.perf_counter() - t0)
+            cpu[(dtype, kv)].append(time.process_time() - c0)
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    rows = []
+    for dtype, kv in builds:
+        index = indexes[(dtype, kv)]
+        med, p10, p90 = _summary(times[(dtype, kv)])
+        n_tok = index.n_tokens
+        rows.append({"section": "build", "method": "index-build", "dtype": dtype, "kv": kv,
+                     "documents": len(index), "tokens": n_tok, "mean_doc_tokens": n_tok / max(1, len(index)),
+                     "median_s": med, "p10_s": p10, "p90_s": p90, **_cpu(cpu[(dtype, kv)], med),
+                     "docs_per_s": len(index) / med,
+                     "tokens_per_s": n_tok / med, "bytes_per_token": index.bytes_per_token(),
+                     "tokens_per_cpu_s": n_tok / max(_median(cpu[(dtype, kv)]), 1e-9),
+                     "bytes_per_token_states": index.bytes_per_token("states"),
+                     "bytes_per_token_kv": index.bytes_per_token("kv") if kv else 0.0,
+                     "stored_vectors_per_token": 1 + index.kv_slots, "load_avg": load_avg, **meta})
+        log(f"  build {dtype:8s}{' +K/V' if kv else '      '}  {len(index)} docs, {n_tok} tokens: median "
+            f"{med:.2f} s  {len(index) / med:8.1f} docs/s  {n_tok / med:9.0f} tokens/s  "
+            f"{index.bytes_per_token():7.1f} B/token  CPU share {rows[-1]['cpu_share']:.2f}")
+    return rows, indexes
+
+
+def _scale_scorers(config: ScaleConfig, mice, folder: Path, indexes: dict, n_cand: int, device) -> dict:
+    """Method name -> (scorer, its `rerank` batching, its row's storage columns)."""
+    from mice.index.fast_rerank import FastReranker, IndexScorer
+    from mice.models.loader import load
+
+    scorers: dict[str, tuple[object, dict, dict]] = {}
+    ce_scorer = load(str(folder), device=device, max_length=config.max_length)
+    scorers["cross-encoder"] = (ce_scorer, {"batch_size": config.batch_size}, {})
+    scorers["mice (on the fly)"] = (mice, {"batch_size": config.batch_size}, {})
+    for (dtype, kv), index in indexes.items():
+        scorer = IndexScorer(FastReranker(mice, index, use_kv=kv, batch_size=config.batch_size))
+        name = f"mice-{'kv' if kv else 'index'} ({dtype}{' K/V' if kv else ' states'})"
+        scorers[name] = (scorer, scorer.runner_batching(n_cand),
+                         {"dtype": dtype, "kv": kv, "bytes_per_token": index.bytes_per_token(),
+                          "bytes_per_token_states": index.bytes_per_token("states"),
+                          "bytes_per_token_kv": index.bytes_per_token("kv") if kv else 0.0,
+                          "stored_vectors_per_token": 1 + index.kv_slots})
+    return scorers
+
+
+def _scale_reranks(config: ScaleConfig, scorers: dict, ds, qids: list[str], run_df, n_cand: int, meta: dict,
+                   log: Callable[[str], None]) -> list[dict]:
+    """Re-ranking: the same queries x candidates through `mice.rank.rerank.rerank` for every method, as `mice
+    rerank` runs them (each scorer's own no_grad / inference_mode); warm-ups first, then interleaved rounds."""
+    from mice.errors import DataError
+    from mice.rank.rerank import rerank
+
     pairs = len(run_df)
 
+    def run_once(scorer, calls):
+        return rerank(scorer, ds, config.split, run_df, k=n_cand, query_ids=qids, **calls)
+
+    rtimes: dict[str, list[float]] = {m: [] for m in scorers}
+    rcpu: dict[str, list[float]] = {m: [] for m in scorers}
+    for name, (scorer, calls, _) in scorers.items():
+        for _ in range(config.warmup):
+            run_once(scorer, calls)
+    for _ in range(config.repeats):
+        for name, (scorer, calls, _) in scorers.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = run_once(scorer, calls)
+            rtimes[name].append(time.perf_counter() - t0)
+            rcpu[name].append(time.process_time() - c0)
+            if len(out) != pairs:
+                raise DataError(f"{name}: scored {len(out)} of {pairs} pairs")
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    rows = []
+    for name, (_, _, extra) in scorers.items():
+        med, p10, p90 = _summary(rtimes[name])
+        rows.append({"section": "rerank", "method": name, "pairs": pairs, "queries": len(qids),
+                     "candidates": n_cand, "median_s": med, "p10_s": p10, "p90_s": p90,
+                     **_cpu(rcpu[name], med),
+                     "pairs_per_s": pairs / med, "pairs_per_cpu_s": pairs / max(_median(rcpu[name]), 1e-9),
+                     "load_avg": load_avg, **extra, **meta})
+        log(f"  rerank {name:28s} {pairs} pairs: median {med:.2f} s  {pairs / med:8.1f} pairs/s  "
+            f"CPU share {rows[-1]['cpu_share']:.2f}")
+    return rows
+
+
+def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
+    """Run the benchmark; returns a DataFrame with `COLUMNS` (one row per index build, one per re-ranking method)."""
+    import pandas as pd
+    import torch
+
+    from mice.bench.latency import _cpu_name, bench_backbone
+    from mice.errors import DataError
+    from mice.index.store import normalise_dtype
+    from mice.models.loader import load
+
+    ds, sub, qids, run_df, n_cand = _scale_inputs(config, log)
+    dtypes = tuple(dict.fromkeys(normalise_dtype(d) for d in config.dtypes))
+    if not dtypes:
+        raise DataError("no index dtype to build")
     own_work = config.workdir is None
     work = Path(tempfile.mkdtemp(prefix="mice-scale-")) if own_work else Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -190,91 +292,17 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
         ce, _tok, folder = bench_backbone(config.model, config.random_weights, config.seed, device, config.threads,
                                           work, prefix="mice-scale-")
         del ce
-        a, b = config.layers
-        arch = f"{a}+{b}"
+        arch = f"{config.layers[0]}+{config.layers[1]}"
         mice = load(str(folder), arch=arch, kind="mice", device=device, max_length=config.max_length)
-        hidden = int(mice.hidden_size)
-        meta = {"hidden": hidden, "arch": arch, "dataset": ds.name, "batch_size": config.batch_size,
+        meta = {"hidden": int(mice.hidden_size), "arch": arch, "dataset": ds.name, "batch_size": config.batch_size,
                 "repeats": config.repeats, "processes": 1, "threads": torch.get_num_threads(),
                 "device": str(device),
                 "cpu": _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
                 "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
                 "model": str(config.model) + (" (random weights)" if config.random_weights else "")}
-        rows = []
-
-        # ---- index builds: one untimed warm-up build, then `repeats` rounds over every configuration
-        builds = [(d, kv) for d in dtypes for kv in ((False, True) if config.kv and d not in CODECS else (False,))]
-        build_index(mice, dict(list(sub.items())[: min(32, len(sub))]), work / "index-warmup",
-                    IndexConfig(dtype="float16", kv=config.kv, batch_size=config.batch_size), overwrite=True)
-        times: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
-        cpu: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
-        indexes = {}
-        for _ in range(config.repeats):
-            for dtype, kv in builds:
-                t0, c0 = time.perf_counter(), time.process_time()
-                indexes[(dtype, kv)] = build_index(mice, sub, work / f"index-{dtype}{'-kv' if kv else ''}",
-                                                   IndexConfig(dtype=dtype, kv=kv, batch_size=config.batch_size,
-                                                               **codec_settings(dtype, hidden)), overwrite=True)
-                times[(dtype, kv)].append(time.perf_counter() - t0)
-                cpu[(dtype, kv)].append(time.process_time() - c0)
-        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        for dtype, kv in builds:
-            index = indexes[(dtype, kv)]
-            med, p10, p90 = _summary(times[(dtype, kv)])
-            n_tok = index.n_tokens
-            rows.append({"section": "build", "method": "index-build", "dtype": dtype, "kv": kv,
-                         "documents": len(index), "tokens": n_tok, "mean_doc_tokens": n_tok / max(1, len(index)),
-                         "median_s": med, "p10_s": p10, "p90_s": p90, **_cpu(cpu[(dtype, kv)], med),
-                         "docs_per_s": len(index) / med,
-                         "tokens_per_s": n_tok / med, "bytes_per_token": index.bytes_per_token(),
-                         "tokens_per_cpu_s": n_tok / max(_median(cpu[(dtype, kv)]), 1e-9),
-                         "bytes_per_token_states": index.bytes_per_token("states"),
-                         "bytes_per_token_kv": index.bytes_per_token("kv") if kv else 0.0,
-                         "stored_vectors_per_token": 1 + index.kv_slots, "load_avg": load_avg, **meta})
-            log(f"  build {dtype:8s}{' +K/V' if kv else '      '}  {len(index)} docs, {n_tok} tokens: median "
-                f"{med:.2f} s  {len(index) / med:8.1f} docs/s  {n_tok / med:9.0f} tokens/s  "
-                f"{index.bytes_per_token():7.1f} B/token  CPU share {rows[-1]['cpu_share']:.2f}")
-
-        # ---- re-ranking: the same queries x candidates through `mice.rank.rerank.rerank` for every method
-        scorers: dict[str, tuple[object, dict, dict]] = {}
-        ce_scorer = load(str(folder), device=device, max_length=config.max_length)
-        scorers["cross-encoder"] = (ce_scorer, {"batch_size": config.batch_size}, {})
-        scorers["mice (on the fly)"] = (mice, {"batch_size": config.batch_size}, {})
-        for (dtype, kv), index in indexes.items():
-            scorer = IndexScorer(FastReranker(mice, index, use_kv=kv, batch_size=config.batch_size))
-            name = f"mice-{'kv' if kv else 'index'} ({dtype}{' K/V' if kv else ' states'})"
-            scorers[name] = (scorer, scorer.runner_batching(n_cand),
-                             {"dtype": dtype, "kv": kv, "bytes_per_token": index.bytes_per_token(),
-                              "bytes_per_token_states": index.bytes_per_token("states"),
-                              "bytes_per_token_kv": index.bytes_per_token("kv") if kv else 0.0,
-                              "stored_vectors_per_token": 1 + index.kv_slots})
-
-        def run_once(scorer, calls):
-            return rerank(scorer, ds, config.split, run_df, k=n_cand, query_ids=qids, **calls)
-
-        rtimes: dict[str, list[float]] = {m: [] for m in scorers}
-        rcpu: dict[str, list[float]] = {m: [] for m in scorers}
-        for name, (scorer, calls, _) in scorers.items():  # as `mice rerank` runs them (each scorer's own
-            for _ in range(config.warmup):  # no_grad / inference_mode)
-                run_once(scorer, calls)
-        for _ in range(config.repeats):
-            for name, (scorer, calls, _) in scorers.items():
-                t0, c0 = time.perf_counter(), time.process_time()
-                out = run_once(scorer, calls)
-                rtimes[name].append(time.perf_counter() - t0)
-                rcpu[name].append(time.process_time() - c0)
-                if len(out) != pairs:
-                    raise DataError(f"{name}: scored {len(out)} of {pairs} pairs")
-        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        for name, (_, _, extra) in scorers.items():
-            med, p10, p90 = _summary(rtimes[name])
-            rows.append({"section": "rerank", "method": name, "pairs": pairs, "queries": len(qids),
-                         "candidates": n_cand, "median_s": med, "p10_s": p10, "p90_s": p90,
-                         **_cpu(rcpu[name], med),
-                         "pairs_per_s": pairs / med, "pairs_per_cpu_s": pairs / max(_median(rcpu[name]), 1e-9),
-                         "load_avg": load_avg, **extra, **meta})
-            log(f"  rerank {name:28s} {pairs} pairs: median {med:.2f} s  {pairs / med:8.1f} pairs/s  "
-                f"CPU share {rows[-1]['cpu_share']:.2f}")
+        rows, indexes = _scale_builds(config, mice, sub, dtypes, work, meta, log)
+        scorers = _scale_scorers(config, mice, folder, indexes, n_cand, device)
+        rows += _scale_reranks(config, scorers, ds, qids, run_df, n_cand, meta, log)
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)

@@ -22,7 +22,7 @@ Scores equal `MICEModel.predict` on the same states (≤ 1e-5 in fp32).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -276,30 +276,6 @@ class FastReranker:
         from mice.models.scoring import rank_by_scores
 
         return rank_by_scores(self.score(query, doc_ids), list(doc_ids), top_k, return_documents, text_key="doc_id")
-
-    def rerank(self, run, queries: Mapping[str, str], k: int | None = None, show_progress_bar: bool = False):
-        """Re-score the top `k` candidates of each query of `run` (DataFrame query_id, doc_id, score);
-        returns a run DataFrame of the new scores, sorted per query. Queries without text are an error."""
-        import pandas as pd
-
-        from mice.errors import DataError
-
-        rows = []
-        groups = run.sort_values(["query_id", "score"], ascending=[True, False], kind="stable").groupby(
-            "query_id", sort=False)
-        it = groups
-        if show_progress_bar:
-            from rich.progress import track
-
-            it = track(groups, total=groups.ngroups, description="re-ranking from the index")
-        for qid, g in it:
-            if str(qid) not in queries:
-                raise DataError(f"query {qid!r} of the run has no text in the dataset")
-            ids = g["doc_id"].astype(str).tolist()[: k]
-            scores = self.score(queries[str(qid)], ids)
-            rows += [(str(qid), d, float(s)) for d, s in zip(ids, scores)]
-        out = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
-        return out.sort_values(["query_id", "score"], ascending=[True, False], kind="stable").reset_index(drop=True)
 
 
 class IndexScorer:

@@ -49,6 +49,7 @@ from mice.errors import IndexError_
 from mice.files import write_json_atomic
 
 log = logging.getLogger("mice.index.store")
+DEFAULT_BATCH_SIZE = 32
 
 FORMAT = "mice-index/1"
 BUILD_LOG = "build.log"
@@ -81,7 +82,7 @@ class IndexConfig:
     dtype: str = "float16"
     kv: bool = False
     shard_size: int = 4096
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE
     pq_m: int = 48
     rotation: bool = False
     centroids: int = 1024
@@ -403,7 +404,10 @@ def build_identity(model, config: IndexConfig, doc_ids: Sequence[str], content: 
                         max_doc_length=int(model.mice_config.max_doc_length), hidden_size=int(model.hidden_size),
                         dtype=config.dtype, compute_dtype=_compute_dtype(model), kv=bool(config.kv),
                         shard_size=int(config.shard_size), documents=_ids_hash(doc_ids), content=content,
-                        **({"codec": config.codec_settings()} if config.codec else {}))
+                        **({"codec": config.codec_settings()} if config.codec else {}),
+                        # documents are encoded in padded batches, so the batch size can change the stored bytes'
+                        # last bits; keyed when not the default, so indexes built before it was keyed keep theirs
+                        **({"batch_size": int(config.batch_size)} if config.batch_size != DEFAULT_BATCH_SIZE else {}))
 
 
 EncodeFn = Callable[[list[str]], Iterator[tuple[str, "object"]]]
@@ -429,18 +433,13 @@ def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, confi
     out.mkdir(parents=True, exist_ok=True)
     from mice.distributed import rank_lock, world
 
+    from mice.logs import run_log
+
     with rank_lock(out):
         w = world()
-        handler = logging.FileHandler(out / (BUILD_LOG if w.main else f"{BUILD_LOG}.rank{w.rank}"), encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        log.addHandler(handler)
-        if log.level == logging.NOTSET or log.level > logging.INFO:
-            log.setLevel(logging.INFO)
-        try:
+        with run_log(out / (BUILD_LOG if w.main else f"{BUILD_LOG}.rank{w.rank}"), log.name,
+                     "%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"):
             return _build_locked(model, doc_ids, encode, out, config, overwrite, show_progress_bar, content)
-        finally:
-            log.removeHandler(handler)
-            handler.close()
 
 
 def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwrite: bool, show_progress_bar: bool,
@@ -506,26 +505,23 @@ def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_p
     codec = read_codec(out, config.codec_settings()) if config.codec else None
     n_shards = max(1, -(-len(doc_ids) // config.shard_size))
     mine = [s for s in range(n_shards) if w.owns(s)]
-    shards = mine
-    if show_progress_bar and w.main:
-        from rich.progress import track
+    from mice.logs import Progress
 
-        shards = track(mine, description=f"indexing {len(doc_ids)} documents"
-                       + (f" (rank 0 of {w.size})" if w.distributed else ""))
-    t0, built, recs = time.perf_counter(), 0, {}
-    for n, s in enumerate(shards):
-        ids = doc_ids[s * config.shard_size: (s + 1) * config.shard_size]
-        rec = _shard_complete(out, s, ids)
-        if rec is None:
-            rec = _write_shard(out, s, encode(ids), config, kv_project, codec)
-            built += 1
-            spent = time.perf_counter() - t0
-            left = len(mine) - n - 1
-            log.info("%s: shard %d/%d written (%d documents, %d tokens); %.1f s so far, about %.0f s left", out,
-                     s + 1, n_shards, rec["documents"], rec["tokens"], spent, spent / built * left)
-        else:
-            log.info("%s: shard %d/%d kept (checksums verified)", out, s + 1, n_shards)
-        recs[s] = rec
+    built, recs = 0, {}
+    label = f"indexing {len(doc_ids)} documents" + (f" (rank {w.rank} of {w.size})" if w.distributed else "")
+    with Progress(len(mine), label, bar=show_progress_bar and w.main, logger=log.name) as bar:
+        for s in mine:
+            ids = doc_ids[s * config.shard_size: (s + 1) * config.shard_size]
+            rec = _shard_complete(out, s, ids)
+            if rec is None:
+                rec = _write_shard(out, s, encode(ids), config, kv_project, codec)
+                built += 1
+                log.info("%s: shard %d/%d written (%d documents, %d tokens)", out, s + 1, n_shards,
+                         rec["documents"], rec["tokens"])
+            else:
+                log.info("%s: shard %d/%d kept (checksums verified)", out, s + 1, n_shards)
+            recs[s] = rec
+            bar.advance()  # the log line says the time left
     w.barrier()  # every rank's shards are on disk
     if not w.main:
         w.barrier()  # rank 0 writes the manifest
@@ -568,8 +564,8 @@ def _remove_temporaries(out: Path) -> None:
 
 
 def _clear(out: Path) -> None:
-    for p in [out / "manifest.json", out / "build.json", out / CODEC_JSON, out / CODEC_BIN] + list(out.glob("shard-*")) \
-            + list(out.glob(".shard-*")):
+    for p in [out / "manifest.json", out / "build.json", out / CODEC_JSON, out / CODEC_BIN] \
+            + list(out.glob("shard-*")) + list(out.glob(".shard-*")):
         if p.is_file():
             p.unlink()
 
@@ -654,7 +650,8 @@ class DocIndex:
             t = rec["tokens"]
             files = sh["files"]
             shapes = {"states": (np_dtype, (t, width)), "states.scale": (np.float32, (t,)),
-                      "kv": (np_dtype, (t, self.kv_slots, self.hidden_size)), "kv.scale": (np.float32, (t, self.kv_slots))}
+                      "kv": (np_dtype, (t, self.kv_slots, self.hidden_size)),
+                      "kv.scale": (np.float32, (t, self.kv_slots))}
             self._files.append({k: (path / files[k]["file"], *shapes[k]) for k in shapes if k in files})
         self.shard_of = np.asarray(shard_of, dtype=np.int32)
         self.offsets = np.asarray(offsets, dtype=np.int64)

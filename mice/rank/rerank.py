@@ -65,14 +65,46 @@ def candidates(run: pd.DataFrame, queries: dict[str, str], k: int) -> dict[str, 
     """query_id -> its top-`k` first-stage doc ids, for the queries of the split (sorted by query id)."""
     ranked = sort_run(run, k)
     outside = set(ranked["query_id"].unique()) - set(queries)
-    if outside:
-        warn(f"re-ranking: {len(outside)} run queries are not in the split and are ignored")
     ranked = ranked[ranked["query_id"].isin(queries.keys())]
     grouped = {q: list(g["doc_id"]) for q, g in ranked.groupby("query_id", sort=True)}
-    missing = len(queries) - len(grouped)
+    _warn_candidates(sorted(outside), len(queries) - len(grouped))
+    return grouped
+
+
+def run_candidates(run: "pd.DataFrame | str | os.PathLike", queries: dict[str, str], k: int,
+                   warn_others: bool = True) -> tuple[dict[str, list[str]], list[str]]:
+    """(`candidates` of the run's queries that are in `queries`, the ids of its other queries). A TREC run file is
+    streamed query by query (`iter_run_queries`): only the kept queries' top-`k` ids stay in memory, never the
+    whole file (at the authors' depth, 1000 lines per query). A run whose queries' lines are not together, a
+    DataFrame or a table file is read whole. `warn_others`: warn about the other queries (else they are dropped
+    silently, as for a chosen subset of queries)."""
+    from mice.rank.runs import RunNotGrouped, iter_run_queries
+
+    if not isinstance(run, pd.DataFrame) and Path(run).suffix not in (".parquet", ".csv"):
+        try:
+            cands, others = {}, []
+            for qid, docs in iter_run_queries(run, k):
+                if qid in queries:
+                    cands[qid] = docs
+                else:
+                    others.append(qid)
+            cands = dict(sorted(cands.items()))
+            _warn_candidates(others if warn_others else [], len(queries) - len(cands))
+            return cands, others
+        except RunNotGrouped as err:
+            warn(f"{err}: the run is read whole")
+    run_df = read_run(run) if not isinstance(run, pd.DataFrame) else make_run(run)
+    others = sorted(set(run_df["query_id"].unique()) - set(queries))
+    if not warn_others:
+        run_df = run_df[run_df["query_id"].isin(queries.keys())]
+    return candidates(run_df, queries, k), others
+
+
+def _warn_candidates(others: list[str], missing: int) -> None:
+    if others:
+        warn(f"re-ranking: {len(others)} run queries are not in the split and are ignored")
     if missing:
         warn(f"re-ranking: {missing} queries of the split have no first-stage candidates (they stay empty)")
-    return grouped
 
 
 def _chunks(cands: dict[str, list[str]], target: int) -> list[list[str]]:
@@ -241,14 +273,11 @@ def _job_candidates(dataset, split, run, k, query_ids) -> tuple[Dataset, dict, d
             raise DataError(f"re-ranking: {len(unknown_q)} query ids are not in {ds.name}'s {split} split "
                             f"(e.g. {unknown_q[:3]})")
         queries = {q: queries[q] for q in wanted}
-    run_df = read_run(run) if not isinstance(run, pd.DataFrame) else make_run(run)
-    if query_ids is not None:
-        run_df = run_df[run_df["query_id"].isin(queries.keys())]
-    cands = candidates(run_df, queries, k)
-    if not cands and len(run_df):
+    cands, others = run_candidates(run, queries, k, warn_others=query_ids is None)
+    if not cands and others and query_ids is None:
         where = f"{run}: " if not isinstance(run, pd.DataFrame) else "run: "
-        raise DataError(f"{where}none of its {run_df['query_id'].nunique()} queries is in {ds.name}'s {split} split "
-                        f"(e.g. {sorted(run_df['query_id'].unique())[:3]}); is --split right?")
+        raise DataError(f"{where}none of its {len(others)} queries is in {ds.name}'s {split} split "
+                        f"(e.g. {sorted(others)[:3]}); is --split right?")
     corpus = ds.corpus()
     unknown = {d for docs in cands.values() for d in docs if d not in corpus}
     if unknown:

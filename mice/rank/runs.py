@@ -150,6 +150,77 @@ def read_run(path: str | os.PathLike) -> pd.DataFrame:
     return make_run({"query_id": qids, "doc_id": dids, "score": scores})
 
 
+class RunNotGrouped(DataError):
+    """A run file lists a query's lines apart (streaming it query by query is not possible)."""
+
+
+def _stream_lines(path: Path, what: str):
+    """(line number, line) of a UTF-8 text file read line by line (`text_lines`' checks, without the whole file
+    in memory)."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a {what} file")
+    if not path.exists():
+        raise DataError(f"{path}: {what} file not found")
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(BOM):
+                raise DataError(f"{path}: starts with a UTF-8 byte-order mark (BOM), which would corrupt its first "
+                                "line; save it as UTF-8 without BOM")
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[err.start]:02x}); save the {what} file "
+                                "as UTF-8") from None
+
+
+def _top(rows: list[tuple[str, float]], k: int | None) -> list[str]:
+    """Doc ids ranked as `sort_run` ranks them (score descending, ties by doc id), the first `k`."""
+    rows.sort(key=lambda r: (-r[1], r[0]))
+    return [d for d, _ in rows[:k]]
+
+
+def iter_run_queries(path: str | os.PathLike, k: int | None = None):
+    """Stream a TREC run file query by query: yields (query_id, its top-`k` doc ids ranked as `sort_run` ranks
+    them), holding one query's lines at a time. Each query's lines must come together (TREC runs list them so);
+    a query that comes back after another raises `RunNotGrouped` naming the line. Errors name file and line as
+    `read_run`'s."""
+    path = Path(path)
+    current, rows, seen, finished = None, [], set(), set()
+    empty = True
+    for lineno, line in _stream_lines(path, "run"):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise DataError(f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
+                            f"got {len(fields)}: {line.strip()[:80]!r}")
+        qid, _, did, rank, score, _ = fields
+        try:
+            int(rank)
+            score = float(score)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: rank must be an integer and score a number: "
+                            f"{line.strip()[:80]!r}") from None
+        if not math.isfinite(score):
+            raise DataError(f"{path}:{lineno}: score must be a finite number, got {fields[4]!r}")
+        empty = False
+        if qid != current:
+            if qid in finished:
+                raise RunNotGrouped(f"{path}:{lineno}: query {qid!r} comes back after other queries (its lines "
+                                    "are not together)")
+            if current is not None:
+                yield current, _top(rows, k)
+                finished.add(current)
+            current, rows, seen = qid, [], set()
+        if did in seen:
+            raise DataError(f"{path}:{lineno}: document {did!r} listed twice for query {qid!r}")
+        seen.add(did)
+        rows.append((did, score))
+    if empty:
+        raise DataError(f"{path}: run file is empty")
+    yield current, _top(rows, k)
+
+
 def format_run(run: pd.DataFrame, tag: str = "mice", k: int | None = None) -> str:
     """The TREC text of a run (sorted; scores written with full float precision)."""
     ranked = sort_run(run, k)

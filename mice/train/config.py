@@ -15,6 +15,7 @@ from mice.train.devset import SAMPLES
 
 MODES = ("cross-encoder", "masked", "mice", "late-interaction")
 LOSS_TERMS = ("listwise", "bce", "margin-mse")
+SAMPLINGS = ("groups", "triples")
 SOURCE_TEACHER = "source"  # teacher = the model the student starts from (self-distillation: our cheap offline
 # recipe; the paper distils from Hofstätter's ensemble-teacher scores instead, see presets.PAPER_RECIPE)
 
@@ -60,6 +61,10 @@ class TrainConfig:
     # query equally often), 0 = every part equally often, 0.5 = between (the temperature sampling of multilingual
     # pre-training): a small second kind of text is seen more often than its size alone would give
     mix_alpha: float = 1.0
+    # groups: per step a query, one of its positives and `negatives` drawn candidates (BM25's, or a teacher file's
+    # pairs); triples (the authors' sampler): the teacher file's (query, positive, negative) triples, each once per
+    # epoch in a seeded order, with that triple's own teacher scores (needs a teacher file and negatives = 1)
+    sampling: str = "groups"
 
     # loss: '+'-joined terms among listwise, bce, margin-mse
     loss: str = "listwise"
@@ -160,6 +165,14 @@ class TrainConfig:
         if self.negative_miner is not None and not str(self.negative_miner).startswith("biencoder:"):
             bad("negative_miner", f"{self.negative_miner!r} is not a bi-encoder spec (biencoder:packaged or "
                                   "biencoder:<folder>)")
+        if self.sampling not in SAMPLINGS:
+            bad("sampling", f"{self.sampling!r} ({', '.join(SAMPLINGS)})")
+        if self.sampling == "triples" and not (self.needs_teacher and self.teacher and self.teacher != SOURCE_TEACHER):
+            bad("sampling", "triples walks a teacher file's triples: needs a margin-mse loss and --teacher FILE "
+                            "(or hofstatter-ensemble)")
+        if self.sampling == "triples" and int(self.negatives) != 1:
+            bad("negatives", f"sampling: triples gives one negative per triple; set negatives to 1, got "
+                             f"{self.negatives}")
         if not (0 <= float(self.mix_alpha) <= 1):
             bad("mix_alpha", f"must be in [0, 1], got {self.mix_alpha}")
         for name in ("lr", "max_grad_norm"):

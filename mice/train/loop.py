@@ -204,16 +204,22 @@ class Trainer:
         triples = None
         self.teacher = None
         score_file = teacher_file(cfg.teacher) if cfg.needs_teacher else None
-        if score_file is not None:
+        if cfg.sampling == "triples":  # the file's triples in a seeded order, each with its own teacher scores
+            if score_file is None:
+                raise ConfigError(f"train config: sampling: triples walks a teacher file; {cfg.teacher!r} is not one")
+            self.sampler, self.teacher = TeacherScores.for_triples(ds, score_file, cfg.seed)
+        elif score_file is not None:
             self.teacher, triples = TeacherScores.from_file(score_file)
         with self.acc.main_process_first():  # the BM25 index is built (and cached) once
-            pool = pool_from_triples(triples, ds) if triples is not None else pool_from_dataset(
-                ds, cfg.train_split, cfg.bm25_depth, cfg.negative_miner, cfg.teacher_max_length or cfg.max_length)
+            pool = None if cfg.sampling == "triples" else pool_from_triples(triples, ds) if triples is not None \
+                else pool_from_dataset(ds, cfg.train_split, cfg.bm25_depth, cfg.negative_miner,
+                                       cfg.teacher_max_length or cfg.max_length)
             dev_ds = load_dataset(cfg.dev_dataset) if cfg.dev_dataset else ds
             self.dev = self._dev_candidates(dev_ds) if cfg.dev_split else None
-        self.pool = pool
-        self.sampler = GroupSampler(pool, cfg.negatives, cfg.seed, cfg.mix_alpha)
-        if cfg.mix_alpha != 1.0 and not self.sampler.mixed:
+        if pool is not None:
+            self.sampler = GroupSampler(pool, cfg.negatives, cfg.seed, cfg.mix_alpha)
+        self.pool = pool if pool is not None else self.sampler  # len(): its training queries
+        if cfg.mix_alpha != 1.0 and not getattr(self.sampler, "mixed", False):
             from mice.data.base import warn
 
             warn(f"mix_alpha {cfg.mix_alpha}: {ds.name} is not a mix of two or more parts with training queries; "
@@ -363,6 +369,8 @@ class Trainer:
             del settings["negative_miner"]
         if settings.get("mix_alpha") == 1.0:  # likewise
             del settings["mix_alpha"]
+        if settings.get("sampling") == "groups":  # likewise
+            del settings["sampling"]
         parts = {"config." + k: v for k, v in settings.items()}
         if cfg.lr_schedule == "linear":  # the decay reaches 0 at max_steps: another count is another schedule
             parts["config.max_steps"] = cfg.max_steps

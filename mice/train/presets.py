@@ -10,7 +10,8 @@
 - `paper-*`: one preset per model of the MICE paper (Vast et al. 2026), each fixing its mode (see
   `PAPER_MODELS`). Every one starts from the *untuned* encoder (`microsoft/MiniLM-L12-H384-uncased`,
   `jhu-clsp/ettin-encoder-17m`/`-32m`), learns Margin-MSE from Hofstätter's ensemble-teacher triples
-  (`hofstatter-ensemble`, see `mice.train.teacher`), with AdamW lr 7e-6, weight decay 0, batch 32, 1 negative,
+  (`hofstatter-ensemble`, see `mice.train.teacher`) walking the file's triples in a seeded order (`sampling:
+  triples`), with AdamW lr 7e-6, weight decay 0, batch 32, 1 negative,
   5k warmup steps, 125k steps, 512 tokens per side; it validates every 10k steps on 500 random MS MARCO dev
   queries with dev.small excluded (RR@10 re-ranking BM25's top 100). `paper-minilm-ce` is "Baseline ft".
   These are GPU runs on `irds:` data; offline, point `--dataset` and `--set dev_dataset=…`, `dev_exclude=…` and
@@ -33,7 +34,7 @@ _COMMON = {
 # The paper's recipe, shared by every paper-* preset (xpmir/mice: src/ir_training/**/*.yaml and
 # src/midFusion_training/*.yaml; `steps_per_epoch` 100 × `max_epochs` 1250 = 125k steps).
 PAPER_RECIPE = {
-    "loss": "margin-mse", "teacher": "hofstatter-ensemble", "teacher_scale": 1.0,
+    "loss": "margin-mse", "teacher": "hofstatter-ensemble", "teacher_scale": 1.0, "sampling": "triples",
     "batch_size": 32, "negatives": 1, "lr": 7e-6, "head_lr": None, "weight_decay": 0.0, "warmup_steps": 5000,
     "max_steps": 125_000, "max_grad_norm": 1.0,
     "max_length": 512, "max_query_length": 512,

@@ -25,6 +25,7 @@ class Group:
     query: str
     doc_ids: list[str]
     docs: list[str]
+    teacher: tuple[float, ...] | None = None  # the teacher's scores of `doc_ids` when the sampler knows them
 
 
 @dataclass
@@ -104,13 +105,10 @@ def pool_from_triples(triples: pd.DataFrame, dataset) -> TrainingPool:
     triples = triples[known]
     positives: dict[str, list[str]] = {}
     candidates: dict[str, list[str]] = {}
-    for qid, pos, neg in zip(triples["qid"], triples["pos"], triples["neg"]):
-        positives.setdefault(qid, [])
-        if pos not in positives[qid]:
-            positives[qid].append(pos)
-        candidates.setdefault(qid, [])
-        if neg not in candidates[qid]:
-            candidates[qid].append(neg)
+    # first occurrences of each (query, document) pair, in file order: hashed, not a scan of the lists
+    for pairs, into in ((triples[["qid", "pos"]], positives), (triples[["qid", "neg"]], candidates)):
+        for qid, did in pairs.drop_duplicates().itertuples(index=False):
+            into.setdefault(qid, []).append(did)
     return TrainingPool(queries, positives, candidates, corpus)
 
 
@@ -220,12 +218,17 @@ class TripleSampler:
             self._perm = (epoch, np.random.default_rng([self.seed, epoch, 31]).permutation(n))
         return int(self._perm[1][i])
 
+    def __len__(self) -> int:
+        """The training queries the triples name (as `len(TrainingPool)`)."""
+        return len(np.unique(self.triples.qid))
+
     def group(self, index: int) -> Group:
+        """The `index`-th group: its triple's query, positive and negative, with the triple's teacher scores."""
         t, row = self.triples, self.position(index)
         qid = str(t.query_ids[t.qid[row]])
         ids = [str(t.doc_ids[t.pos[row]]), str(t.doc_ids[t.neg[row]])]
         try:
-            return Group(qid, self.queries[qid], ids, [self.corpus[d] for d in ids])
+            return Group(qid, self.queries[qid], ids, [self.corpus[d] for d in ids], self.teacher_scores(index))
         except KeyError as err:
             raise DataError(f"{t.path}: triple {row + 1} names {err.args[0]!r}, which the dataset lacks") from None
 
@@ -236,3 +239,20 @@ class TripleSampler:
     def batch(self, step: int, size: int, rank: int = 0, world: int = 1) -> list[Group]:
         start = (step * world + rank) * size
         return [self.group(start + j) for j in range(size)]
+
+
+def known_triples(triples, queries: Mapping[str, str], corpus: Mapping[str, str]):
+    """`triples` (`TripleArrays`) less those naming a query or document the dataset lacks (with a warning, as
+    `pool_from_triples`); one membership test per distinct id, not per triple."""
+    known_q = np.fromiter((str(q) in queries for q in triples.query_ids), bool, len(triples.query_ids))
+    known_d = np.fromiter((str(d) in corpus for d in triples.doc_ids), bool, len(triples.doc_ids))
+    keep = known_q[triples.qid] & known_d[triples.pos] & known_d[triples.neg]
+    if keep.all():
+        return triples
+    if not keep.any():
+        raise DataError(f"{triples.path}: none of its {len(triples)} triples names a query and documents of the "
+                        "dataset (are the ids those of the dataset?)")
+    from mice.data.base import warn
+
+    warn(f"teacher file: {int((~keep).sum())} of {len(triples)} triples name unknown queries or documents (skipped)")
+    return triples.take(keep)

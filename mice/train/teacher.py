@@ -10,7 +10,6 @@ and the dataset's fingerprint.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -75,26 +74,7 @@ def read_score_file(path) -> pd.DataFrame:
         if bad.any():
             raise DataError(f"{path}: row {int(np.flatnonzero(bad.to_numpy())[0]) + 1}: teacher score is not finite")
         return df.astype({"score_pos": float, "score_neg": float}).reset_index(drop=True)
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 5:
-                raise DataError(f"{path}:{lineno}: expected 'score_pos score_neg qid pos neg', got "
-                                f"{len(fields)} fields")
-            try:
-                sp, sn = float(fields[0]), float(fields[1])
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: the first two fields must be scores: {line.strip()[:80]!r}") \
-                    from None
-            if not (math.isfinite(sp) and math.isfinite(sn)):
-                raise DataError(f"{path}:{lineno}: teacher score is not finite")
-            rows.append((sp, sn, fields[2], fields[3], fields[4]))
-    if not rows:
-        raise DataError(f"{path}: no teacher scores")
-    return pd.DataFrame(rows, columns=FILE_COLUMNS)
+    return read_triples(path, score_dtype=np.float64).frame()
 
 
 def teacher_identity(spec: str) -> dict:
@@ -147,15 +127,32 @@ class TeacherScores:
 
     @classmethod
     def from_file(cls, path) -> tuple["TeacherScores", pd.DataFrame]:
-        """Scores of a triples file, plus the triples (they also define the training groups)."""
-        triples = read_score_file(path)
-        scores: dict[tuple[str, str], float] = {}
-        for sp, sn, q, p, n in triples.itertuples(index=False):
-            scores.setdefault((q, p), sp)
-            scores.setdefault((q, n), sn)
-        teacher = cls(None, scores=scores)
-        teacher.n_cached = len(scores)
-        return teacher, triples
+        """Scores of a triples file, plus the triples (they also define the training groups). Each (query,
+        document) pair keeps the score of its first occurrence (reading row by row, positive before negative)."""
+        t = read_triples(path, score_dtype=np.float64)
+        qid = np.repeat(t.qid, 2)
+        doc = np.stack([t.pos, t.neg], axis=1).ravel()
+        keep = first_occurrences(qid, doc)
+        values = np.stack([t.score_pos, t.score_neg], axis=1).ravel()[keep]
+        keys = zip(t.query_ids[qid[keep]].astype(str).tolist(), t.doc_ids[doc[keep]].astype(str).tolist())
+        teacher = cls(None, scores=dict(zip(keys, values.tolist())))
+        teacher.n_cached = len(teacher.table)
+        return teacher, t.frame()
+
+    @classmethod
+    def for_triples(cls, dataset, path, seed: int):
+        """`sampling: triples`: the sampler over the file's distinct triples the dataset can resolve, and a teacher
+        whose scores are each triple's own (carried by the sampler's groups)."""
+        from mice.train.samples import TripleSampler, known_triples
+
+        queries: dict[str, str] = {}
+        for split in dataset.splits:
+            queries.update(dataset.queries(split))
+        corpus = dataset.corpus()
+        triples = known_triples(read_triples(path).unique(), queries, corpus)
+        teacher = cls(None)
+        teacher.n_cached = 2 * len(triples)
+        return TripleSampler(triples, queries, corpus, seed), teacher
 
     @property
     def scorer(self):
@@ -191,6 +188,8 @@ class TeacherScores:
     def scores(self, groups: Iterable[Group]) -> np.ndarray:
         """[B, G] teacher scores of the groups' (query, document) pairs, scoring unknown pairs first."""
         groups = list(groups)
+        if groups and all(g.teacher is not None for g in groups):  # the sampler read them with the triples
+            return np.array([g.teacher for g in groups], dtype=np.float64)
         keys = [(g.query_id, d) for g in groups for d in g.doc_ids]
         texts = [(g.query, t) for g in groups for t in g.docs]
         self.ensure(keys, texts)
@@ -218,9 +217,9 @@ class TeacherScores:
 
 # ---------------------------------------------------------------------------------------- streamed triples
 class TripleArrays:
-    """A teacher file's triples as arrays (no Python object per line): float32 scores and int32 codes into the
-    id vocabularies `query_ids` / `doc_ids` (numpy arrays of the ids as they appear in the file, first seen first).
-    Built by `read_triples`."""
+    """A teacher file's triples as arrays (no Python object per line): scores (float32 unless asked otherwise) and
+    int32 codes into the id vocabularies `query_ids` / `doc_ids` (numpy arrays of the ids as they appear in the
+    file, first seen first). Built by `read_triples`."""
 
     def __init__(self, score_pos, score_neg, qid, pos, neg, query_ids, doc_ids, path=None):
         self.score_pos, self.score_neg = score_pos, score_neg
@@ -231,17 +230,17 @@ class TripleArrays:
     def __len__(self) -> int:
         return len(self.qid)
 
-    def unique(self) -> "TripleArrays":
-        """The triples without repeats of the same (qid, pos, neg) (the first kept, order preserved); one hash
-        look-up per triple."""
-        n_docs = max(1, len(self.doc_ids))
-        qp, _ = pd.factorize(self.qid.astype(np.int64) * n_docs + self.pos)  # (query, positive) pairs
-        keep = ~pd.Series(qp.astype(np.int64) * n_docs + self.neg).duplicated(keep="first").to_numpy()
-        del qp
-        if keep.all():
-            return self
+    def take(self, keep: np.ndarray) -> "TripleArrays":
+        """The triples where the boolean mask `keep` is true (same vocabularies)."""
         return TripleArrays(self.score_pos[keep], self.score_neg[keep], self.qid[keep], self.pos[keep],
                             self.neg[keep], self.query_ids, self.doc_ids, self.path)
+
+    def unique(self) -> "TripleArrays":
+        """The triples without repeats of the same (qid, pos, neg) (the first kept, order preserved). Sort-based:
+        one stable sort of the rows by (qid, pos, neg), then equal neighbours are repeats; besides the triples it
+        holds an int64 row order and one int32 column at a time (~14 bytes per triple), never a hash table."""
+        keep = first_occurrences(self.qid, self.pos, self.neg)
+        return self if keep.all() else self.take(keep)
 
     def frame(self) -> pd.DataFrame:
         """The `read_score_file` DataFrame (ids as strings): for small files only."""
@@ -250,60 +249,117 @@ class TripleArrays:
                              "neg": self.doc_ids[self.neg].astype(str)})
 
 
+def first_occurrences(*keys: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows whose tuple of `keys` (equal-length integer arrays) has not occurred in an earlier
+    row: a stable lexicographic sort, then each row equal to its sorted predecessor is a repeat."""
+    n = len(keys[0])
+    keep = np.ones(n, dtype=bool)
+    if n < 2:
+        return keep
+    order = np.lexsort(keys[::-1])  # stable: among equal rows the earliest comes first
+    same = np.ones(n - 1, dtype=bool)
+    for k in keys:
+        sorted_k = k[order]
+        same &= sorted_k[1:] == sorted_k[:-1]
+        del sorted_k
+    keep[order[1:][same]] = False
+    return keep
+
+
 def _delimiter(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.readline()
     return "\t" if b"\t" in head else " "
 
 
-def read_triples(path, block_size: int = 1 << 24) -> TripleArrays:
-    """Stream a `score_pos score_neg qid pos neg` file (tab- or space-separated, no header) into `TripleArrays`,
-    block by block through pyarrow's CSV reader: memory grows with the arrays, ~20 bytes per triple, not with
-    Python objects. Numeric ids (MS MARCO's) are parsed as integers, others as strings; either way they become
-    int32 codes (`pandas.factorize`, hashed). A malformed line raises `DataError` naming the file and line."""
+def _read_columns(path: Path, sep: str, id_type, score_type, block_size: int) -> list[np.ndarray]:
+    """The five columns as numpy arrays, read batch by batch: each batch's columns are kept (zero-copy) and joined
+    column by column at the end, so the file never exists as a whole Arrow table besides the arrays."""
     import pyarrow as pa
     from pyarrow import csv as pacsv
+
+    types = {"sp": score_type, "sn": score_type, "q": id_type, "p": id_type, "n": id_type}
+    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(column_names=list(types), block_size=block_size),
+                            parse_options=pacsv.ParseOptions(delimiter=sep, ignore_empty_lines=True),
+                            convert_options=pacsv.ConvertOptions(column_types=types),
+                            memory_pool=pa.system_memory_pool())  # freed blocks go back to the system
+    parts: list[list[np.ndarray]] = [[] for _ in types]
+    for batch in reader:
+        for i, col in enumerate(batch.columns):
+            if col.null_count:
+                raise DataError(_bad_line(path, sep) or f"{path}: an empty field")
+            parts[i].append(col.to_numpy(zero_copy_only=False))
+        del batch
+    columns = []
+    for i, (name, t) in enumerate(types.items()):
+        columns.append(np.concatenate(parts[i]) if parts[i] else np.zeros(0, dtype=t.to_pandas_dtype()))
+        parts[i] = []  # this column's batches are freed as the next column is joined
+    return columns
+
+
+def _codes(values: np.ndarray, vocab: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """int32 positions of `values` in `vocab` (every value is in it), looked up a chunk at a time."""
+    index = pd.Index(vocab)
+    out = np.empty(len(values), dtype=np.int32)
+    for start in range(0, len(values), chunk):
+        out[start:start + chunk] = index.get_indexer(values[start:start + chunk])
+    return out
+
+
+def read_triples(path, block_size: int = 1 << 24, score_dtype=np.float32) -> TripleArrays:
+    """Stream a `score_pos score_neg qid pos neg` file (tab- or space-separated, no header) into `TripleArrays`,
+    block by block through pyarrow's CSV reader: memory grows with the arrays, ~20 bytes per triple (28 with
+    float64 scores), not with Python objects. Numeric ids (MS MARCO's) are parsed as integers, others as strings;
+    either way they become int32 codes into first-seen vocabularies (hashed look-ups of the distinct ids, a chunk
+    at a time). A malformed line raises `DataError` naming the file and line."""
+    import pyarrow as pa
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: teacher file not found")
     sep = _delimiter(path)
+    score_type = pa.float64() if np.dtype(score_dtype) == np.float64 else pa.float32()
     for id_type in (pa.int32(), pa.int64(), pa.string()):
-        types = {"sp": pa.float32(), "sn": pa.float32(), "q": id_type, "p": id_type, "n": id_type}
         try:
-            reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(column_names=list(types),
-                                                                         block_size=block_size),
-                                    parse_options=pacsv.ParseOptions(delimiter=sep, ignore_empty_lines=True),
-                                    convert_options=pacsv.ConvertOptions(column_types=types))
-            table = pa.Table.from_batches(list(reader))
+            sp, sn, q, p, n = _read_columns(path, sep, id_type, score_type, block_size)
             break
         except pa.ArrowInvalid as err:
             if id_type != pa.string() and ("conversion" in str(err).lower() or "range" in str(err).lower()):
                 continue  # ids too large for int32, or not numeric: the next type
             raise DataError(_bad_line(path, sep) or f"{path}: {str(err).splitlines()[0]}") from None
-    arrays = {}
-    for k in list(table.column_names):  # one column at a time: the table shrinks as the arrays grow
-        arrays[k] = table.column(k).to_numpy() if table.num_rows else np.zeros(0)
-        table = table.drop_columns([k])
-    if not len(arrays["q"]):
+    if not len(q):
         raise DataError(f"{path}: no teacher scores")
-    finite = np.isfinite(arrays["sp"]) & np.isfinite(arrays["sn"])
+    finite = np.isfinite(sp) & np.isfinite(sn)
     if not finite.all():
-        raise DataError(f"{path}:{int(np.flatnonzero(~finite)[0]) + 1}: teacher score is not finite")
-    qcodes, qvocab = pd.factorize(arrays.pop("q"))
-    qcodes = qcodes.astype(np.int32)
-    n = len(qcodes)
-    dcodes, dvocab = pd.factorize(np.concatenate([arrays.pop("p"), arrays.pop("n")]))
-    pos, neg = dcodes[:n].astype(np.int32), dcodes[n:].astype(np.int32)
-    del dcodes
-    return TripleArrays(arrays["sp"], arrays["sn"], qcodes, pos, neg, np.asarray(qvocab), np.asarray(dvocab), path)
+        raise DataError(f"{path}:{_line_of_row(path, int(np.flatnonzero(~finite)[0]))}: teacher score is not finite")
+    qvocab = pd.unique(q)  # in order of first appearance
+    dvocab = pd.unique(np.concatenate([pd.unique(p), pd.unique(n)]))  # positives first, then negatives
+    qcodes = _codes(q, qvocab)
+    del q
+    pos = _codes(p, dvocab)
+    del p
+    neg = _codes(n, dvocab)
+    del n
+    return TripleArrays(sp, sn, qcodes, pos, neg, np.asarray(qvocab), np.asarray(dvocab), path)
+
+
+def _line_of_row(path: Path, row: int) -> int:
+    """The line number of the `row`-th (0-based) non-empty line (the error path only: a plain scan)."""
+    seen = -1
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                seen += 1
+                if seen == row:
+                    return lineno
+    return row + 1
 
 
 def _bad_line(path: Path, sep: str) -> str | None:
     """The first line that is not 'score score id id id' (the error path only: a plain scan)."""
     with open(path, encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
-            fields = line.split(sep) if sep == "\t" else line.split()
+            fields = line.rstrip("\r\n").split(sep) if sep == "\t" else line.split()
             if not line.strip():
                 continue
             if len(fields) != 5:
@@ -312,4 +368,6 @@ def _bad_line(path: Path, sep: str) -> str | None:
                 float(fields[0]), float(fields[1])
             except ValueError:
                 return f"{path}:{lineno}: the first two fields must be scores: {line.strip()[:80]!r}"
+            if not all(f.strip() for f in fields[2:]):
+                return f"{path}:{lineno}: an empty id field"
     return None
