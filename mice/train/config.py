@@ -3,6 +3,7 @@
 Values come, in increasing priority, from the dataclass defaults, a preset (`mice.train.presets`), a config
 file (JSON or TOML, flat keys named like the fields) and explicit overrides (CLI flags).
 """
+
 from __future__ import annotations
 
 import json
@@ -153,9 +154,20 @@ class TrainConfig:
             _check_mask_spec(self.mask)
         if self.mode != "masked" and self.mask:
             bad("mask", f"a mask applies to masked mode, not {self.mode} (use --mode masked)")
-        for name in ("negatives", "batch_size", "max_steps", "bm25_depth", "dev_top_k", "eval_every",
-                     "log_every", "save_every", "max_length", "max_query_length", "eval_batch_size",
-                     "teacher_batch_size"):
+        for name in (
+            "negatives",
+            "batch_size",
+            "max_steps",
+            "bm25_depth",
+            "dev_top_k",
+            "eval_every",
+            "log_every",
+            "save_every",
+            "max_length",
+            "max_query_length",
+            "eval_batch_size",
+            "teacher_batch_size",
+        ):
             if int(getattr(self, name)) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         if "listwise" in terms and "bce" in terms:
@@ -163,16 +175,23 @@ class TrainConfig:
         if self.bm25_depth <= 1:
             bad("bm25_depth", "needs room for negatives")
         if self.negative_miner is not None and not str(self.negative_miner).startswith("biencoder:"):
-            bad("negative_miner", f"{self.negative_miner!r} is not a bi-encoder spec (biencoder:packaged or "
-                                  "biencoder:<folder>)")
+            bad(
+                "negative_miner",
+                f"{self.negative_miner!r} is not a bi-encoder spec (biencoder:packaged or biencoder:<folder>)",
+            )
         if self.sampling not in SAMPLINGS:
             bad("sampling", f"{self.sampling!r} ({', '.join(SAMPLINGS)})")
         if self.sampling == "triples" and not (self.needs_teacher and self.teacher and self.teacher != SOURCE_TEACHER):
-            bad("sampling", "triples walks a teacher file's triples: needs a margin-mse loss and --teacher FILE "
-                            "(or hofstatter-ensemble)")
+            bad(
+                "sampling",
+                "triples walks a teacher file's triples: needs a margin-mse loss and --teacher FILE "
+                "(or hofstatter-ensemble)",
+            )
         if self.sampling == "triples" and int(self.negatives) != 1:
-            bad("negatives", f"sampling: triples gives one negative per triple; set negatives to 1, got "
-                             f"{self.negatives}")
+            bad(
+                "negatives",
+                f"sampling: triples gives one negative per triple; set negatives to 1, got {self.negatives}",
+            )
         if not (0 <= float(self.mix_alpha) <= 1):
             bad("mix_alpha", f"must be in [0, 1], got {self.mix_alpha}")
         for name in ("lr", "max_grad_norm"):
@@ -244,13 +263,25 @@ def _check_mask_spec(spec: str) -> None:
         return
     base = s.split("(", 1)[0].split(":", 1)[0].strip().lower()
     if base not in PRESETS:
-        raise ConfigError(f"train config: mask: unknown preset {base!r} (presets: {', '.join(PRESETS)}; "
-                          "or a mask .json file)")
+        raise ConfigError(
+            f"train config: mask: unknown preset {base!r} (presets: {', '.join(PRESETS)}; or a mask .json file)"
+        )
 
 
-_OPTIONAL_TYPES = {"dev_split": str, "dev_dataset": str, "mask": str, "teacher": str, "teacher_max_length": int,
-                   "teacher_cache": str, "negative_miner": str, "head_lr": float, "max_minutes": float,
-                   "dev_queries": int, "dev_exclude": str, "num_threads": int}
+_OPTIONAL_TYPES = {
+    "dev_split": str,
+    "dev_dataset": str,
+    "mask": str,
+    "teacher": str,
+    "teacher_max_length": int,
+    "teacher_cache": str,
+    "negative_miner": str,
+    "head_lr": float,
+    "max_minutes": float,
+    "dev_queries": int,
+    "dev_exclude": str,
+    "num_threads": int,
+}
 
 
 def _coerce(name: str, value, current, source: str):
