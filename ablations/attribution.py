@@ -249,18 +249,11 @@ def attribute(
     started = time.perf_counter()
     model = hooked_model(model)
     cands = as_candidates(data, split, run, k, max_queries)
-    modes = [modes] if isinstance(modes, str) else list(modes)
-    for m in modes:
-        if m not in MODES:
-            raise MaskError(f"unknown knockout mode {m!r} (modes: {', '.join(MODES)})")
+    modes = _checked_modes(modes)
     base_mask = model.resolve_mask(base) or InteractionMask.full(model.n_layers)
     kos = knockout_set(model.n_layers, model.n_heads, paths, layers, heads)
     pairs = cands.pairs
-    order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
-    batches = [
-        (order[s : s + batch_size], model.tokenize([pairs[i] for i in order[s : s + batch_size]]))
-        for s in range(0, len(pairs), batch_size)
-    ]
+    batches = _length_batches(model, pairs, batch_size)
     sts, lives = _cell_status(kos, base_mask, occupancy([b["segment_ids"] for _, b in batches]), modes)
     effects = RankEffects(cands.frame, cands.qrels)
     measure = measure or (DEFAULT_MEASURE if effects.judged else "abs_dscore")
@@ -269,31 +262,7 @@ def attribute(
     # work units: (mode, batch); under N processes unit u is rank u % N's. With `out` each finished unit is
     # journalled (`<out>.partial`), so an interrupted run resumes and the ranks' shares meet there.
     units = [(mode, b) for mode in modes for b in range(len(batches))]
-    partial = None
-    if out is not None:
-        from mice.identity import job_identity, mask_identity
-
-        from ablations.sweep import _Partial
-
-        key = job_identity(
-            **model.identity(),
-            pairs=cands.fingerprint(),
-            modes=modes,
-            base=mask_identity(base_mask),
-            knockouts=hashlib.sha256(json.dumps([ko.key for ko in kos]).encode()).hexdigest(),
-            batch_size=batch_size,
-            steps=steps,
-            format=ATTRIBUTION_FORMAT,
-        )
-        partial_path = Path(out).with_name(Path(out).name + ".partial")
-        partial = _Partial(
-            partial_path,
-            key,
-            mismatch=f"partial results of a different attribution; delete "
-            f"{partial_path.name} to start afresh, or choose another --out",
-        )
-        if partial.units and on_resume is not None:
-            on_resume(partial.path, len(partial.units))
+    partial = _attribution_journal(model, cands, modes, base_mask, kos, batch_size, steps, out, on_resume)
     engines = {
         mode: PathAttribution(model, lives[mode], mode, None if base_mask.is_full() else base_mask) for mode in modes
     }
@@ -306,7 +275,72 @@ def attribute(
         )
     )
     table = pd.concat(tables, ignore_index=True)
-    meta = {
+    meta = _attribution_meta(
+        meta, model, cands, len(pairs), modes, base_mask, measure, effects, batch_size, n_boot, steps, started
+    )
+    meta["processes"] = w.size
+    res = AttributionResult(table, pd.concat(per_query, ignore_index=True), lives, estimates, clean, meta)
+    if out is not None and w.main:
+        save_attribution(res, out)
+        partial.unlink()
+    w.barrier()
+    return res
+
+
+def _checked_modes(modes) -> list:
+    """`modes` (one or several) as a list, each a known knockout mode."""
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    for m in modes:
+        if m not in MODES:
+            raise MaskError(f"unknown knockout mode {m!r} (modes: {', '.join(MODES)})")
+    return modes
+
+
+def _length_batches(model, pairs, batch_size) -> list:
+    """(indices, tokenized batch) of `pairs`, longest first, `batch_size` a batch."""
+    order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
+    batches = [
+        (order[s : s + batch_size], model.tokenize([pairs[i] for i in order[s : s + batch_size]]))
+        for s in range(0, len(pairs), batch_size)
+    ]
+    return batches
+
+
+def _attribution_journal(model, cands, modes, base_mask, kos, batch_size, steps, out, on_resume):
+    """The journal of finished units beside `out` (`<out>.partial`; None without `out`), its identity checked."""
+    if out is None:
+        return None
+    from mice.identity import job_identity, mask_identity
+
+    from ablations.sweep import _Partial
+
+    key = job_identity(
+        **model.identity(),
+        pairs=cands.fingerprint(),
+        modes=modes,
+        base=mask_identity(base_mask),
+        knockouts=hashlib.sha256(json.dumps([ko.key for ko in kos]).encode()).hexdigest(),
+        batch_size=batch_size,
+        steps=steps,
+        format=ATTRIBUTION_FORMAT,
+    )
+    partial_path = Path(out).with_name(Path(out).name + ".partial")
+    partial = _Partial(
+        partial_path,
+        key,
+        mismatch=f"partial results of a different attribution; delete "
+        f"{partial_path.name} to start afresh, or choose another --out",
+    )
+    if partial.units and on_resume is not None:
+        on_resume(partial.path, len(partial.units))
+    return partial
+
+
+def _attribution_meta(
+    meta, model, cands, n_pairs, modes, base_mask, measure, effects, batch_size, n_boot, steps, started
+) -> dict:
+    """The attribution's metadata (without `processes`), `meta` first."""
+    return {
         **(meta or {}),
         "format": ATTRIBUTION_FORMAT,
         "model": str(getattr(model.model, "name_or_path", "")),
@@ -315,7 +349,7 @@ def attribute(
         "max_length": model.max_length,
         "source": cands.source,
         "query_ids": cands.query_ids,
-        "n_pairs": len(pairs),
+        "n_pairs": n_pairs,
         "modes": modes,
         "base": base_mask.to_dict(),
         "measure": measure,
@@ -327,13 +361,6 @@ def attribute(
         "estimate": "first order: <dscore/dpattern, pattern_knocked - pattern> (attribution patching)",
         "convention": "a->b: tokens of group a attend to tokens of group b",
     }
-    meta["processes"] = w.size
-    res = AttributionResult(table, pd.concat(per_query, ignore_index=True), lives, estimates, clean, meta)
-    if out is not None and w.main:
-        save_attribution(res, out)
-        partial.unlink()
-    w.barrier()
-    return res
 
 
 def _cell_status(kos, base_mask, occupied, modes) -> tuple[dict, dict]:

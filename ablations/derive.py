@@ -204,7 +204,35 @@ def derive_mask(
     finally:
         prog.stop()
     steps_df = greedy.steps_frame()
-    provenance = {
+    provenance = _provenance(
+        table,
+        sweep_name,
+        model_spec,
+        data,
+        check,
+        k,
+        mode,
+        metric,
+        measure,
+        tolerance,
+        max_steps,
+        base,
+        greedy,
+        steps_df,
+    )
+    mask = InteractionMask.from_tables(greedy.current.tables, name=name, provenance=provenance)
+    meta_out = {
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        **{k_: v for k_, v in provenance.items() if k_ != "steps"},
+    }
+    return Derivation(mask, steps_df, meta_out)
+
+
+def _provenance(
+    table, sweep_name, model_spec, data, check, k, mode, metric, measure, tolerance, max_steps, base, greedy, steps_df
+) -> dict:
+    """The derived mask's provenance: how it was derived, from what, and each step."""
+    return {
         "method": "greedy knockout removal ordered by "
         + ("attribution" if "estimate" in table.columns else "exact knockouts")
         + f" on {measure}; structural cells removed without re-checks; cumulative exact "
@@ -230,12 +258,6 @@ def derive_mask(
         "steps": _plain_steps(steps_df),
         "convention": "a->b: tokens of group a attend to tokens of group b",
     }
-    mask = InteractionMask.from_tables(greedy.current.tables, name=name, provenance=provenance)
-    meta_out = {
-        "elapsed_s": round(time.perf_counter() - started, 3),
-        **{k_: v for k_, v in provenance.items() if k_ != "steps"},
-    }
-    return Derivation(mask, steps_df, meta_out)
 
 
 def _ranked_cells(table: pd.DataFrame, sweep_name: str, mode: str, metric: str, measure: str | None):

@@ -209,60 +209,99 @@ def sweep(
     effects = RankEffects(cands.frame, cands.qrels)
     engine = SweepEngine(model, mode, base, strategy)
     base_mask = engine.base_mask
-    kos = knockout_set(model.n_layers, model.n_heads, paths, layers, heads)
-    reasons = {ko.key: check_knockout(ko, base_mask) for ko in kos}
-
-    runnable = [ko for ko in kos if reasons[ko.key] is None]
-    units = _units(runnable, unit_size)
+    kos, reasons, runnable, units = _knockouts(model, paths, layers, heads, base_mask, unit_size)
     rank_by = rank_by or ("delta_margin" if effects.judged else "abs_dscore")
 
     batches = ScoredBatches(engine, cands.pairs, batch_size, cache_bytes)
     clean = batches.clean()
     clean_pq = evaluator.per_query(clean)
-    struct = (
-        structural_cells(runnable, base_mask, occupancy([b["segment_ids"] for _, b in batches.batches]), mode)
-        if structural
-        else {}
-    )
+    struct = _structural(runnable, base_mask, batches, mode) if structural else {}
 
     meta = {
         **(meta or {}),
         **_meta(model, cands, evaluator, engine, mode, base_mask, batch_size, clean_pq, kos, paths, layers, heads),
-        "rank_by": rank_by,
-        "measures": effects.names,
-        "n_boot": n_boot,
-        "n_structural": len(struct),
+        **_ranking_meta(rank_by, effects, n_boot, struct),
     }
     out = Path(out) if out is not None else None
-    partial = (
-        _journal(
-            out,
-            restart,
-            model,
-            cands,
-            mode=mode,
-            base_mask=base_mask,
-            metrics=evaluator.names,
-            batch_size=batch_size,
-            n_resamples=n_resamples,
-            unit_size=unit_size,
-            n_boot=n_boot,
-            structural=structural,
-            rank_by=rank_by,
-            strategy=engine.strategy,
-        )
-        if out is not None
-        else None
+    partial = _sweep_journal(
+        out, restart, model, cands, engine, evaluator, batch_size, n_resamples, unit_size, n_boot, structural, rank_by
     )
     unit_keys = [[ko.key for ko in u] for u in units]
     results = _resumed(partial, unit_keys, on_resume)
     todo = [i for i, u in enumerate(units) if u[0].key not in results and w.owns(i)]
     measure = _UnitMeasure(batches, evaluator, effects, clean, clean_pq, struct, mode, rank_by, n_boot)
+    _measure_units(units, todo, measure, results, partial, len(runnable), show_progress_bar and w.main, callback)
+    return _merged_result(w, out, partial, unit_keys, results, kos, reasons, mode, evaluator, clean_pq, meta, started)
+
+
+def _knockouts(model, paths, layers, heads, base_mask, unit_size):
+    """The knockouts, why each cannot run on `base_mask` (None: it can), those that can, and their units."""
+    kos = knockout_set(model.n_layers, model.n_heads, paths, layers, heads)
+    reasons = {ko.key: check_knockout(ko, base_mask) for ko in kos}
+
+    runnable = [ko for ko in kos if reasons[ko.key] is None]
+    units = _units(runnable, unit_size)
+    return kos, reasons, runnable, units
+
+
+def _structural(runnable, base_mask, batches, mode):
+    """The runnable knockouts that provably cannot change the score on these batches (`structural_cells`)."""
+    return structural_cells(runnable, base_mask, occupancy([b["segment_ids"] for _, b in batches.batches]), mode)
+
+
+def _ranking_meta(rank_by, effects, n_boot, struct) -> dict:
+    """The sweep's metadata on the sensitive measures and the structural knockouts."""
+    return {
+        "rank_by": rank_by,
+        "measures": effects.names,
+        "n_boot": n_boot,
+        "n_structural": len(struct),
+    }
+
+
+def _merged_result(w, out, partial, unit_keys, results, kos, reasons, mode, evaluator, clean_pq, meta, started):
+    """Rank 0 merges every rank's journal, assembles the tables and writes them; the other ranks read them back."""
+    if w.distributed:
+        w.barrier()  # every rank's journal is complete
+        if not w.main:
+            w.barrier()  # rank 0 merges and writes the tables
+            return load_sweep(out)
+        results = _done_results(partial.merged(), unit_keys)
+    table, per_query = _assemble(kos, reasons, results, mode, evaluator, clean_pq)
+    return _finish(SweepResult(table, per_query, meta), started, w, out, partial)
+
+
+def _sweep_journal(
+    out, restart, model, cands, engine, evaluator, batch_size, n_resamples, unit_size, n_boot, structural, rank_by
+):
+    """The sweep's journal (`_journal`) with every setting that decides its rows; None without `out`."""
+    if out is None:
+        return None
+    return _journal(
+        out,
+        restart,
+        model,
+        cands,
+        mode=engine.mode,
+        base_mask=engine.base_mask,
+        metrics=evaluator.names,
+        batch_size=batch_size,
+        n_resamples=n_resamples,
+        unit_size=unit_size,
+        n_boot=n_boot,
+        structural=structural,
+        rank_by=rank_by,
+        strategy=engine.strategy,
+    )
+
+
+def _measure_units(units, todo, measure, results, partial, n_runnable, enabled, callback) -> None:
+    """Measure the units `todo` into `results` (key -> (row, per-query)), journalled in `partial`."""
     prog = progress(
-        len(runnable),
+        n_runnable,
         "knockouts",
-        enabled=show_progress_bar and w.main,
-        done=len(runnable) - sum(len(units[i]) for i in todo),
+        enabled=enabled,
+        done=n_runnable - sum(len(units[i]) for i in todo),
     )
     try:
         with torch.no_grad():
@@ -279,15 +318,6 @@ def sweep(
         prog.stop()
         if partial:
             partial.close()
-
-    if w.distributed:
-        w.barrier()  # every rank's journal is complete
-        if not w.main:
-            w.barrier()  # rank 0 merges and writes the tables
-            return load_sweep(out)
-        results = _done_results(partial.merged(), unit_keys)
-    table, per_query = _assemble(kos, reasons, results, mode, evaluator, clean_pq)
-    return _finish(SweepResult(table, per_query, meta), started, w, out, partial)
 
 
 def _journal(out: Path, restart: bool, model, cands: Candidates, base_mask, **settings) -> _Partial:
@@ -498,22 +528,8 @@ def ablate_masks(
     masks = preset_masks(masks, model.n_layers)
     clean = batches.clean()
     clean_pq = evaluator.per_query(clean)
-    partial = None
-    if out is not None:
-        from mice.identity import job_identity, mask_identity
-
-        out = Path(out)
-        key = job_identity(
-            **model.identity(),
-            pairs=cands.fingerprint(),
-            qrels=_qrels_hash(cands),
-            mode=mode,
-            masks=[[m.name, mask_identity(m)] for m in masks],
-            metrics=evaluator.names,
-            batch_size=batch_size,
-            n_resamples=n_resamples,
-        )
-        partial = _Partial(out.with_name(out.name + ".partial"), key)
+    out = Path(out) if out is not None else None
+    partial = _masks_journal(out, model, cands, mode, masks, evaluator, batch_size, n_resamples)
     done = dict(partial.units) if partial else {}
     todo = [i for i in range(len(masks)) if i not in done and w.owns(i)]
     items = track(todo, "masks", enabled=show_progress_bar and w.main)
@@ -543,7 +559,37 @@ def ablate_masks(
     clean_q = clean_pq.reset_index().rename(columns={"index": "query_id"})
     clean_q.insert(0, "mask", "clean")
     per_query = pd.concat([clean_q] + frames, ignore_index=True)
-    meta = {
+    meta = _masks_meta(model, cands, mode, evaluator, clean_pq, masks, started, w)
+    result = SweepResult(pd.DataFrame(rows), per_query, meta)
+    if out is not None:
+        save_sweep(result, out)
+        partial.unlink()
+    w.barrier()
+    return result
+
+
+def _masks_journal(out, model, cands, mode, masks, evaluator, batch_size, n_resamples):
+    """The mask ablation's `<out>.partial`, keyed by everything that decides its rows; None without `out`."""
+    if out is None:
+        return None
+    from mice.identity import job_identity, mask_identity
+
+    key = job_identity(
+        **model.identity(),
+        pairs=cands.fingerprint(),
+        qrels=_qrels_hash(cands),
+        mode=mode,
+        masks=[[m.name, mask_identity(m)] for m in masks],
+        metrics=evaluator.names,
+        batch_size=batch_size,
+        n_resamples=n_resamples,
+    )
+    return _Partial(out.with_name(out.name + ".partial"), key)
+
+
+def _masks_meta(model, cands, mode, evaluator, clean_pq, masks, started, w) -> dict:
+    """The mask ablation's metadata, its time taken up to now."""
+    return {
         "format": "mice-mask-ablation/1",
         "model": str(getattr(model.model, "name_or_path", "")),
         "source": cands.source,
@@ -556,9 +602,3 @@ def ablate_masks(
         "processes": w.size,
         "convention": "a->b: tokens of group a attend to tokens of group b",
     }
-    result = SweepResult(pd.DataFrame(rows), per_query, meta)
-    if out is not None:
-        save_sweep(result, out)
-        partial.unlink()
-    w.barrier()
-    return result

@@ -233,8 +233,6 @@ def test_cli_attribute_from_pairs_and_derive_from_it(tiny_bert, planted, tmp_pat
     from typer.testing import CliRunner
 
     from mice.cli import app
-    from mice.data import write_beir
-    from mice.rank.runs import write_run
 
     r = CliRunner()
     pairs = tmp_path / "pairs.tsv"
@@ -259,6 +257,13 @@ def test_cli_attribute_from_pairs_and_derive_from_it(tiny_bert, planted, tmp_pat
     assert {"layer", "head", "path", "mode", "estimate", "abs_dscore", "abs_dscore_ci_low", "rank_by"} <= set(t.columns)
     assert set(t["head"]) == {-1, 0, 1, 2, 3} and set(t["mode"]) == {"renorm", "zero"}
     assert "Spearman rho" in res.output and (tmp_path / "T.check.csv").exists()
+    _bad_pairs_refused(tiny_bert, tmp_path)
+    # a dataset + run, then the derivation reads the attribution table
+    _attribute_then_derive(r, planted, tmp_path)
+
+
+def _bad_pairs_refused(tiny_bert, tmp_path):
+    """A --pairs line without a tab: exit 2 and the line named (through `python -m mice`)."""
     bad = tmp_path / "bad.tsv"
     bad.write_text("a query\ta doc\nno tab here\n")
     import subprocess
@@ -282,7 +287,14 @@ def test_cli_attribute_from_pairs_and_derive_from_it(tiny_bert, planted, tmp_pat
         text=True,
     )
     assert proc.returncode == 2 and f"error: {bad}:2: expected 'query<TAB>document'" in proc.stderr
-    # a dataset + run, then the derivation reads the attribution table
+
+
+def _attribute_then_derive(r, planted, tmp_path):
+    """`ablate attribute` on a dataset + run, then `ablate derive` reads the attribution table."""
+    from mice.cli import app
+    from mice.data import write_beir
+    from mice.rank.runs import write_run
+
     folder, ds, run = planted
     write_beir(ds, tmp_path / "beir")
     write_run(run, tmp_path / "run.trec")

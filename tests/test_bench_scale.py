@@ -88,6 +88,26 @@ def test_scale_cli_tiny(tiny, tmp_path):
     assert (df["cpu_s"] >= 0).all() and (df["cpu_share"] >= 0).all()
     np.testing.assert_allclose(df["cpu_share"], df["cpu_s"] / (df["median_s"] * df["threads"]))
 
+    _check_builds(df)
+    _check_reranks(df)
+
+    proj = pd.read_csv(tmp_path / "scale-projection.csv")
+    assert list(proj.columns) == PROJECTION_COLUMNS
+    assert set(proj["processes"]) == {1, 8, 64} and set(proj["corpus"]) == {c.name for c in CORPORA}
+    assert len(proj) == len(CORPORA) * 4 * 3
+    for text in (
+        "index build and storage",
+        "re-ranking throughput per process",
+        "projection at hidden size 384",
+        "linear",
+        "MS MARCO passage",
+        "618,927,610 tokens",
+    ):
+        assert text in res.output, text
+
+
+def _check_builds(df):
+    """The build rows of `test_scale_cli_tiny`: rates, bytes per token with and without cached K/V."""
     builds = df[df["section"] == "build"].set_index(["dtype", "kv"])
     assert set(builds.index) == {("float16", False), ("float16", True), ("int8", False), ("int8", True)}
     assert (builds["documents"] == 8).all() and (builds["tokens"] > 8).all()
@@ -107,6 +127,9 @@ def test_scale_cli_tiny(tiny, tmp_path):
         assert 0.5 < int8["bytes_vs_fp16"] < 0.6 and fp16["bytes_vs_fp16"] == 1.0
         assert int8["build_speed_vs_fp16"] == pytest.approx(int8["docs_per_s"] / fp16["docs_per_s"])
 
+
+def _check_reranks(df):
+    """The re-ranking rows of `test_scale_cli_tiny`: every method, its rate and its speed-up."""
     rr = df[df["section"] == "rerank"].set_index("method")
     assert set(rr.index) == {
         "cross-encoder",
@@ -121,20 +144,6 @@ def test_scale_cli_tiny(tiny, tmp_path):
     assert rr.loc["cross-encoder", "speedup_vs_ce"] == pytest.approx(1.0)
     np.testing.assert_allclose(rr["speedup_vs_ce"], rr["pairs_per_s"] / rr.loc["cross-encoder", "pairs_per_s"])
     assert rr.loc["mice-kv (int8 K/V)", "bytes_per_token"] == (HIDDEN + 4) * 3
-
-    proj = pd.read_csv(tmp_path / "scale-projection.csv")
-    assert list(proj.columns) == PROJECTION_COLUMNS
-    assert set(proj["processes"]) == {1, 8, 64} and set(proj["corpus"]) == {c.name for c in CORPORA}
-    assert len(proj) == len(CORPORA) * 4 * 3
-    for text in (
-        "index build and storage",
-        "re-ranking throughput per process",
-        "projection at hidden size 384",
-        "linear",
-        "MS MARCO passage",
-        "618,927,610 tokens",
-    ):
-        assert text in res.output, text
 
 
 def test_scale_compressed_rows_and_projection(tiny, tmp_path):

@@ -370,7 +370,24 @@ def test_cli_commands_on_modernbert_folders(tiny_mb, tmp_path):
     MICEModel.from_cross_encoder(folder, contextual_layers=2, interaction_layers=2).save_pretrained(mice_dir)
     r = CliRunner()
     out = {name: tmp_path / name for name in ("r.trec", "p.parquet", "a.parquet", "pr.csv", "idx", "ri.trec", "b.csv")}
-    commands = [
+    commands = _cli_commands(folder, mice_dir, data, tmp_path, out)
+    for command in commands:
+        res = r.invoke(app, command)
+        assert res.exit_code == 0, (command[:2], res.output, repr(res.exception))
+    assert all(p.exists() for p in out.values())
+    res = r.invoke(app, ["rerank", "--model", str(mice_dir), *data, "--out", str(tmp_path / "fly.trec")])
+    assert res.exit_code == 0, res.output
+    fly = read_run(tmp_path / "fly.trec").set_index(["query_id", "doc_id"])["score"]
+    indexed = read_run(out["ri.trec"]).set_index(["query_id", "doc_id"])["score"]
+    assert len(fly) == len(indexed) == 16 * 8
+    assert (fly - indexed.loc[fly.index]).abs().max() <= 1e-5  # MICE from the index = MICE on the fly
+    bench = pd.read_csv(out["b.csv"])
+    assert {"cross-encoder", "mice", "mice-index", "mice-kv"} <= set(bench["method"])
+
+
+def _cli_commands(folder, mice_dir, data, tmp_path, out) -> list[list[str]]:
+    """The commands `test_cli_commands_on_modernbert_folders` runs, each writing its file of `out`."""
+    return [
         ["rerank", "--model", str(folder), *data, "--out", str(out["r.trec"])],
         ["probe", "attention", "--model", str(folder), *data, "--max-queries", "4", "--out", str(out["p.parquet"])],
         [
@@ -439,18 +456,6 @@ def test_cli_commands_on_modernbert_folders(tiny_mb, tmp_path):
             str(out["b.csv"]),
         ],
     ]
-    for command in commands:
-        res = r.invoke(app, command)
-        assert res.exit_code == 0, (command[:2], res.output, repr(res.exception))
-    assert all(p.exists() for p in out.values())
-    res = r.invoke(app, ["rerank", "--model", str(mice_dir), *data, "--out", str(tmp_path / "fly.trec")])
-    assert res.exit_code == 0, res.output
-    fly = read_run(tmp_path / "fly.trec").set_index(["query_id", "doc_id"])["score"]
-    indexed = read_run(out["ri.trec"]).set_index(["query_id", "doc_id"])["score"]
-    assert len(fly) == len(indexed) == 16 * 8
-    assert (fly - indexed.loc[fly.index]).abs().max() <= 1e-5  # MICE from the index = MICE on the fly
-    bench = pd.read_csv(out["b.csv"])
-    assert {"cross-encoder", "mice", "mice-index", "mice-kv"} <= set(bench["method"])
 
 
 @pytest.mark.integration

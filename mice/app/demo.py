@@ -816,13 +816,8 @@ class Demo:
         made = make_all(self.out, folder)
         return {"figures": len(made)}
 
-    def run(self) -> Path:
-        from mice.files import write_json_atomic
-        from mice.app.report import write_report
-
-        p = self.pipe
-        write_json_atomic(self.out / "preset.json", asdict(self.p))
-        write_json_atomic(self.out / "environment.json", environment())
+    def _stage_plan(self) -> list:
+        """The demo's stages in order: (name, method, title, the preset fields its cache key holds)."""
         data = ("dataset", "dataset_ood", "dataset_meta", "dataset_external")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
         ce = runs + (
@@ -860,7 +855,7 @@ class Demo:
             "max_interaction_layers",
         )
         mice = searched + ("mice_steps",)
-        stages = [
+        return [
             ("data", self.stage_data, "build the embedded collections", data),
             ("bm25", self.stage_bm25, "BM25 first stage", data + ("first_stage_k",)),
             ("biencoder", self.stage_biencoder, "untuned bi-encoder re-ranking", runs),
@@ -898,6 +893,15 @@ class Demo:
                 mice + ("late_steps", "bench_docs", "bench_doc_lens", "bench_repeats"),
             ),
         ]
+
+    def run(self) -> Path:
+        from mice.files import write_json_atomic
+        from mice.app.report import write_report
+
+        p = self.pipe
+        write_json_atomic(self.out / "preset.json", asdict(self.p))
+        write_json_atomic(self.out / "environment.json", environment())
+        stages = self._stage_plan()
         for name, fn, title, fields in stages:
             key = self.key(fields)
             if name in MICE_ALWAYS_STAGES:  # the demo trains a MICE model whatever the search decided

@@ -156,9 +156,8 @@ def attribute_cmd(
     log: Optional[Path] = typer.Option(None, "--log", help="Also log progress to this file"),
 ) -> None:
     """Estimate every (layer, head, path) knockout at once by attribution patching (a->b: a attends b)."""
-    from ablations.attribution import attribute, check_exact, spearman
-    from probes.attention import hooked_model, sidecar
-    from probes.candidates import as_candidates
+    from ablations.attribution import attribute
+    from probes.attention import hooked_model
 
     from mice.errors import DataError
     from mice.cli.data import plain_warnings
@@ -169,15 +168,10 @@ def attribute_cmd(
         if pairs is not None and dataset is not None:
             raise DataError("give either --pairs or --dataset/--run, not both")
         from mice.distributed import rank_lock, world
-        from mice.rank.pairs import read_pairs
 
         with plain_warnings(), rank_lock(out):
             scorer = hooked_model(model, max_length=max_length)
-            cands = (
-                as_candidates(read_pairs(pairs))
-                if pairs is not None
-                else as_candidates(dataset, split, run, k, max_queries, sample)
-            )
+            cands = _attribution_candidates(pairs, dataset, split, run, k, max_queries, sample)
             res = attribute(
                 scorer,
                 cands,
@@ -196,41 +190,67 @@ def attribute_cmd(
             )
             if not world().main:  # one report (and one exact check) per job
                 return
-            t = res.table
-            typer.echo(
-                f"wrote {out}: {len(t)} rows ({int((t['status'] == 'structural').sum())} structural, "
-                f"{int((t['status'] == 'skipped').sum())} skipped) over {res.meta['n_pairs']} pairs in "
-                f"{res.meta['elapsed_s']:.1f}s; ranked by {res.meta['measure']}"
-            )
-            cols = [
-                c
-                for c in (
-                    "layer",
-                    "head",
-                    "path",
-                    "mode",
-                    "estimate",
-                    res.meta["measure"],
-                    f"{res.meta['measure']}_ci_low",
-                    f"{res.meta['measure']}_ci_high",
-                )
-                if c in t
-            ]
-            typer.echo(t.sort_values("rank").head(10)[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+            _report_attribution(res, out)
             if check:
-                mode = res.meta["modes"][0]
-                chk = check_exact(scorer, cands, res, mode)
-                top = check_exact(scorer, cands, res, mode, top=check, layer_level=False)
-                chk = chk.assign(kind="layer x path")
-                from mice.files import write_table
+                _check_attribution(scorer, cands, res, out, check)
 
-                write_table(pd_concat([chk, top.assign(kind=f"top {check}")]), sidecar(out, f".check{out.suffix}"))
-                margin = f", delta_margin {spearman(chk, 'delta_margin'):.3f}" if "exact_delta_margin" in chk else ""
-                typer.echo(
-                    f"exact check ({mode}): Spearman rho over {len(chk)} layer x path cells: mean score change "
-                    f"{spearman(chk):.3f}, mean |score change| {spearman(chk, 'abs'):.3f}{margin}"
-                    f"; top {check} re-checked in {sidecar(out, '.check' + out.suffix)}"
-                )
+
+def _attribution_candidates(pairs, dataset, split, run, k, max_queries, sample):
+    """The candidates attributed: each pair of `--pairs` its own query, else the top k of `--run`."""
+    from probes.candidates import as_candidates
+
+    from mice.rank.pairs import read_pairs
+
+    return (
+        as_candidates(read_pairs(pairs))
+        if pairs is not None
+        else as_candidates(dataset, split, run, k, max_queries, sample)
+    )
+
+
+def _report_attribution(res, out: Path) -> None:
+    """What `ablate attribute` prints: the counts, then the ten top-ranked knockouts."""
+    t = res.table
+    typer.echo(
+        f"wrote {out}: {len(t)} rows ({int((t['status'] == 'structural').sum())} structural, "
+        f"{int((t['status'] == 'skipped').sum())} skipped) over {res.meta['n_pairs']} pairs in "
+        f"{res.meta['elapsed_s']:.1f}s; ranked by {res.meta['measure']}"
+    )
+    cols = [
+        c
+        for c in (
+            "layer",
+            "head",
+            "path",
+            "mode",
+            "estimate",
+            res.meta["measure"],
+            f"{res.meta['measure']}_ci_low",
+            f"{res.meta['measure']}_ci_high",
+        )
+        if c in t
+    ]
+    typer.echo(t.sort_values("rank").head(10)[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+
+
+def _check_attribution(scorer, cands, res, out: Path, check: int) -> None:
+    """`--check N`: re-check the layer x path cells and the top N knockouts exactly, write and summarise both."""
+    from ablations.attribution import check_exact, spearman
+    from probes.attention import sidecar
+
+    mode = res.meta["modes"][0]
+    chk = check_exact(scorer, cands, res, mode)
+    top = check_exact(scorer, cands, res, mode, top=check, layer_level=False)
+    chk = chk.assign(kind="layer x path")
+    from mice.files import write_table
+
+    write_table(pd_concat([chk, top.assign(kind=f"top {check}")]), sidecar(out, f".check{out.suffix}"))
+    margin = f", delta_margin {spearman(chk, 'delta_margin'):.3f}" if "exact_delta_margin" in chk else ""
+    typer.echo(
+        f"exact check ({mode}): Spearman rho over {len(chk)} layer x path cells: mean score change "
+        f"{spearman(chk):.3f}, mean |score change| {spearman(chk, 'abs'):.3f}{margin}"
+        f"; top {check} re-checked in {sidecar(out, '.check' + out.suffix)}"
+    )
 
 
 def pd_concat(frames):
@@ -330,7 +350,6 @@ def derive_cmd(
 ) -> None:
     """Greedily remove the cheapest paths, re-checking the cumulative mask on held-out queries."""
     from ablations.derive import derive_mask
-    from probes.attention import sidecar
 
     from mice.cli.data import plain_warnings
 
@@ -365,14 +384,21 @@ def derive_cmd(
         d.meta["derived_from"] = str(sweep)
         d.mask.provenance["derived_from"] = str(sweep)
         d.save(out, report=report, figure=_derivation_figure(d, out) if report else None)
-        m = d.meta
-        typer.echo(
-            f"wrote {out}: removed {len(m['removed'])} (layer, path) cells after {m['re_checks']} exact "
-            f"re-checks, {len(m['structural'])} structural ones without; held-out {m['metric']} "
-            f"{m['reference']:.4f} -> {m['final']:.4f} (tolerance {tolerance}); steps in "
-            f"{sidecar(out, '.steps.csv')}" + (f", report {sidecar(out, '.report.md')}" if report else "")
-        )
-        typer.echo(d.mask.render())
+        _report_derivation(d, out, tolerance, report)
+
+
+def _report_derivation(d, out: Path, tolerance: float, report: bool) -> None:
+    """What `ablate derive` prints: what was removed, the held-out metric before and after, the mask."""
+    from probes.attention import sidecar
+
+    m = d.meta
+    typer.echo(
+        f"wrote {out}: removed {len(m['removed'])} (layer, path) cells after {m['re_checks']} exact "
+        f"re-checks, {len(m['structural'])} structural ones without; held-out {m['metric']} "
+        f"{m['reference']:.4f} -> {m['final']:.4f} (tolerance {tolerance}); steps in "
+        f"{sidecar(out, '.steps.csv')}" + (f", report {sidecar(out, '.report.md')}" if report else "")
+    )
+    typer.echo(d.mask.render())
 
 
 def _derivation_figure(d, out: Path) -> Path:
@@ -488,6 +514,60 @@ def _ints(text: Optional[str], flag: str) -> Optional[tuple]:
         raise MiceError(f"{flag} {text!r}: expected integers separated by commas") from None
 
 
+_SEARCH_SAMPLE = typer.Option(
+    "first", "--sample", help="first: the first N by id; random: N at random (ids often sort by topic)"
+)
+_SEARCH_PRESET = typer.Option(
+    "quick",
+    "--preset",
+    help="Training preset of every candidate (masked / mice recipe: Margin-MSE from the cross-encoder)",
+)
+_SEARCH_MAX_RUNGS = typer.Option(
+    None, "--max-rungs", help="Stop halving after this many rungs (whoever is left is a finalist)"
+)
+_SEARCH_SEEDED_FROM = typer.Option(
+    None, "--seeded-from", help="Promote on every seed from this rung on (default: the finalists only)"
+)
+_SEARCH_TOLERANCE = typer.Option(
+    0.02, "--tolerance", help="Largest relative dev loss against the best finalist or the cross-encoder"
+)
+_SEARCH_PROMOTE = typer.Option(
+    "efficient",
+    "--promote",
+    help="Who goes on to the next rung: "
+    "efficient (the best, then those within tolerance of it, most "
+    "efficient first) or best (by effectiveness only)",
+)
+_SEARCH_CUT = typer.Option(
+    "halving",
+    "--cut",
+    help="Who is cut at a rung: halving (whoever is not "
+    "promoted) or significant (only those a paired test tells apart from the "
+    "rung's best; the others go on too)",
+)
+_SEARCH_STAGES = typer.Option(
+    "mask,layers", "--stages", help="mask (mask0..mask3(k)), layers (MICE-ℓa+b for each b), or both"
+)
+_SEARCH_MERGE_LAYERS = typer.Option(None, "--merge-layers", help="k of mask3(k) (default 1..L-1), e.g. 1,2,3")
+_SEARCH_EXTRA_MASKS = typer.Option(
+    None, "--extra-mask", help="Another candidate mask (.json; e.g. `ablate derive`'s); repeatable"
+)
+_SEARCH_CONTEXTUAL_LAYERS = typer.Option(None, "--contextual-layers", "-a", help="a, when only the layer stage runs")
+_SEARCH_CLS_CROSS = typer.Option(
+    "none",
+    "--cls-cross",
+    help="MICE's [CLS] cross-attention modes the layer stage tries for each b: none, uniform or none,uniform",
+)
+_SEARCH_EQUAL_FINALS = typer.Option(
+    True,
+    "--equal-finals/--own-finals",
+    help="Both stages' "
+    "finalists train the same steps (the longest final rung either "
+    "stage reaches), or each stage's own last rung",
+)
+_SEARCH_SET = typer.Option(None, "--set", help="Training setting of every candidate: key=value (repeatable)")
+
+
 @ablate_app.command("search")
 def search_cmd(
     model: str = _MODEL,
@@ -497,71 +577,27 @@ def search_cmd(
     run: str = typer.Option("bm25", "--run", "-r", help="First-stage run of that split, or 'bm25'"),
     k: int = typer.Option(10, "--k", help="Candidates per dev query"),
     queries: int = typer.Option(50, "--queries", help="N dev queries (see --sample)"),
-    sample: str = typer.Option(
-        "first", "--sample", help="first: the first N by id; random: N at random (ids often sort by topic)"
-    ),
-    preset: str = typer.Option(
-        "quick",
-        "--preset",
-        help="Training preset of every candidate (masked / mice recipe: Margin-MSE from the cross-encoder)",
-    ),
+    sample: str = _SEARCH_SAMPLE,
+    preset: str = _SEARCH_PRESET,
     steps: int = typer.Option(10, "--steps", help="First rung's steps; rung r trains steps x eta^r"),
     eta: int = typer.Option(2, "--eta", help="Keep the best 1/eta of each rung"),
     finalists: int = typer.Option(2, "--finalists", help="Halve until this many remain"),
-    max_rungs: Optional[int] = typer.Option(
-        None, "--max-rungs", help="Stop halving after this many rungs (whoever is left is a finalist)"
-    ),
+    max_rungs: Optional[int] = _SEARCH_MAX_RUNGS,
     seeds: str = typer.Option("0,1", "--seeds", help="Seeds of the finalists (the first: every rung)"),
-    seeded_from: Optional[int] = typer.Option(
-        None, "--seeded-from", help="Promote on every seed from this rung on (default: the finalists only)"
-    ),
-    tolerance: float = typer.Option(
-        0.02, "--tolerance", help="Largest relative dev loss against the best finalist or the cross-encoder"
-    ),
+    seeded_from: Optional[int] = _SEARCH_SEEDED_FROM,
+    tolerance: float = _SEARCH_TOLERANCE,
     metric: str = typer.Option("ndcg@10", "--metric", help="ndcg@10 or rr@10"),
-    promote: str = typer.Option(
-        "efficient",
-        "--promote",
-        help="Who goes on to the next rung: "
-        "efficient (the best, then those within tolerance of it, most "
-        "efficient first) or best (by effectiveness only)",
-    ),
-    cut: str = typer.Option(
-        "halving",
-        "--cut",
-        help="Who is cut at a rung: halving (whoever is not "
-        "promoted) or significant (only those a paired test tells apart from the "
-        "rung's best; the others go on too)",
-    ),
+    promote: str = _SEARCH_PROMOTE,
+    cut: str = _SEARCH_CUT,
     cut_alpha: float = typer.Option(0.05, "--cut-alpha", help="Level of --cut significant's test"),
-    stages: str = typer.Option(
-        "mask,layers", "--stages", help="mask (mask0..mask3(k)), layers (MICE-ℓa+b for each b), or both"
-    ),
-    merge_layers: Optional[str] = typer.Option(
-        None, "--merge-layers", help="k of mask3(k) (default 1..L-1), e.g. 1,2,3"
-    ),
-    extra_masks: Optional[List[Path]] = typer.Option(
-        None, "--extra-mask", help="Another candidate mask (.json; e.g. `ablate derive`'s); repeatable"
-    ),
-    contextual_layers: Optional[int] = typer.Option(
-        None, "--contextual-layers", "-a", help="a, when only the layer stage runs"
-    ),
+    stages: str = _SEARCH_STAGES,
+    merge_layers: Optional[str] = _SEARCH_MERGE_LAYERS,
+    extra_masks: Optional[List[Path]] = _SEARCH_EXTRA_MASKS,
+    contextual_layers: Optional[int] = _SEARCH_CONTEXTUAL_LAYERS,
     max_interaction_layers: Optional[int] = typer.Option(None, "--max-interaction-layers"),
-    cls_cross: str = typer.Option(
-        "none",
-        "--cls-cross",
-        help="MICE's [CLS] cross-attention modes the layer stage tries for each b: none, uniform or none,uniform",
-    ),
-    equal_finals: bool = typer.Option(
-        True,
-        "--equal-finals/--own-finals",
-        help="Both stages' "
-        "finalists train the same steps (the longest final rung either "
-        "stage reaches), or each stage's own last rung",
-    ),
-    set_: Optional[List[str]] = typer.Option(
-        None, "--set", help="Training setting of every candidate: key=value (repeatable)"
-    ),
+    cls_cross: str = _SEARCH_CLS_CROSS,
+    equal_finals: bool = _SEARCH_EQUAL_FINALS,
+    set_: Optional[List[str]] = _SEARCH_SET,
     batch_size: int = typer.Option(32, "--batch-size", help="Scoring batch size"),
 ) -> None:
     """Trained search for the MICE configuration: short distillation fine-tunes under each candidate, successive
@@ -605,6 +641,11 @@ def search_cmd(
     )
     with plain_warnings():
         res = search(cfg, out, log=typer.echo)
+    _report_search(res, cfg, out)
+
+
+def _report_search(res, cfg, out: Path) -> None:
+    """What `ablate search` prints: every trained candidate's row, the decision and the steps it took."""
     m = cfg.metric
     cols = [
         "stage",

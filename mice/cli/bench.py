@@ -28,6 +28,27 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
+_LATENCY_METHODS = typer.Option(
+    ",".join(__import__("mice.bench.latency", fromlist=["METHODS"]).METHODS),
+    "--methods",
+    help="Comma-separated subset of the methods",
+)
+_LATENCY_PROTOCOL = typer.Option(
+    "ours",
+    "--protocol",
+    help="ours | paper | ours,paper (both, one run). paper = the authors' "
+    "measurement (mice.bench.paper): one batch of 128 pairs, same "
+    "query, 512-token documents, random precomputed states, fp32, "
+    "tokenisation and per-pair query layers timed, mean ± std of 10 "
+    "after 5 warm-ups",
+)
+_LATENCY_LATE_INTERACTION = typer.Option(
+    None,
+    "--late-interaction",
+    help="Trained late-interaction folder timed as maxsim / late-interaction (default: a random projection)",
+)
+
+
 @bench_app.command("latency")
 def latency_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write (the PNG goes next to it)"),
@@ -44,29 +65,13 @@ def latency_cmd(
     batch_size: int = typer.Option(32, "--batch-size", help="Documents per forward pass (all methods)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)"),
     dtype: str = typer.Option("float16", "--dtype", help="Index storage: float16, float32, int8"),
-    methods: str = typer.Option(
-        ",".join(__import__("mice.bench.latency", fromlist=["METHODS"]).METHODS),
-        "--methods",
-        help="Comma-separated subset of the methods",
-    ),
+    methods: str = _LATENCY_METHODS,
     figure: Optional[Path] = typer.Option(None, "--figure", help="PNG path (default: OUT with .png)"),
-    protocol: str = typer.Option(
-        "ours",
-        "--protocol",
-        help="ours | paper | ours,paper (both, one run). paper = the authors' "
-        "measurement (mice.bench.paper): one batch of 128 pairs, same "
-        "query, 512-token documents, random precomputed states, fp32, "
-        "tokenisation and per-pair query layers timed, mean ± std of 10 "
-        "after 5 warm-ups",
-    ),
+    protocol: str = _LATENCY_PROTOCOL,
     paper_batch: int = typer.Option(128, "--paper-batch", help="paper protocol: pairs per batch"),
     paper_runs: int = typer.Option(10, "--paper-runs", help="paper protocol: timed calls"),
     paper_warmup: int = typer.Option(5, "--paper-warmup", help="paper protocol: untimed calls first"),
-    late_interaction: Optional[str] = typer.Option(
-        None,
-        "--late-interaction",
-        help="Trained late-interaction folder timed as maxsim / late-interaction (default: a random projection)",
-    ),
+    late_interaction: Optional[str] = _LATENCY_LATE_INTERACTION,
 ) -> None:
     """Re-rank DOCS candidates of one query with each method; write CSV + PNG and print the targets.
     `--device auto` runs on the CPU and, where one is present, on CUDA."""
@@ -79,11 +84,7 @@ def latency_cmd(
     protocols = [p.strip() for p in protocol.split(",") if p.strip()]
     if not protocols or set(protocols) - {"ours", "paper"}:
         raise MiceError(f"--protocol {protocol!r}: expected ours, paper or ours,paper")
-    devices = [d.strip() for d in device.split(",") if d.strip()]
-    if devices == ["auto"]:
-        import torch
-
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = _devices(device)
     console = Console(width=150)
     if "paper" in protocols:
         from mice.bench.paper import PAPER_METHODS, PaperLatencyConfig
@@ -127,6 +128,16 @@ def latency_cmd(
         late_interaction=late_interaction,
     )
     _our_protocol(console, config, devices, out, figure or out.with_suffix(".png"))
+
+
+def _devices(device: str) -> list[str]:
+    """`--device`: the devices named, comma-separated; auto: the CPU and, where one is present, CUDA."""
+    devices = [d.strip() for d in device.split(",") if d.strip()]
+    if devices == ["auto"]:
+        import torch
+
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return devices
 
 
 def _arch(text: str) -> tuple[int, int]:
@@ -232,53 +243,64 @@ def plot_cmd(
     typer.echo(f"wrote {plot_latency(csv, out or csv.with_suffix('.png'))}")
 
 
+_SCALE_OUT = typer.Option(
+    None, "--out", "-o", help="CSV to write (with --project, the projection goes to OUT-projection.csv)"
+)
+_SCALE_MODEL = typer.Option(
+    "packaged:minilm", "--model", "-m", help="Backbone (cross-encoder or encoder); MICE-ℓa+b is built from it"
+)
+_SCALE_DATASET = typer.Option(
+    "embedded:docs",
+    "--dataset",
+    "-d",
+    help="Dataset spec: documents are indexed from its corpus, queries drawn from --split",
+)
+_SCALE_CANDIDATES = typer.Option(
+    25, "--candidates", help="Candidates per query (a seeded sample of the indexed documents)"
+)
+_SCALE_DTYPES = typer.Option(
+    "float16,int8",
+    "--dtypes",
+    help="Index storage dtypes to build, comma-separated (float16, float32, int8, pq, residual)",
+)
+_SCALE_KV = typer.Option(
+    True, "--kv/--no-kv", help="Also build (and re-rank from) each dtype with cached cross-attention keys/values"
+)
+_SCALE_MAX_LENGTH = typer.Option(
+    None, "--max-length", help="Tokens per document (MICE) and per pair (cross-encoder); default: the model's"
+)
+_SCALE_PROJECT = typer.Option(
+    False,
+    "--project",
+    help="Also project index size and build time to MS MARCO passage and BEIR NQ at hidden size 384",
+)
+_SCALE_PROCESSES = typer.Option(
+    "1,8,64", "--processes", help="--project: process counts, comma-separated (linear scaling assumed)"
+)
+
+
 @bench_app.command("scale")
 def scale_cmd(
-    out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="CSV to write (with --project, the projection goes to OUT-projection.csv)"
-    ),
-    model: str = typer.Option(
-        "packaged:minilm", "--model", "-m", help="Backbone (cross-encoder or encoder); MICE-ℓa+b is built from it"
-    ),
+    out: Optional[Path] = _SCALE_OUT,
+    model: str = _SCALE_MODEL,
     random_weights: bool = typer.Option(False, "--random-weights", help="Same architecture, random weights"),
     arch: str = typer.Option("3+3", "--arch", help="MICE architecture a+b (ℓa+b)"),
-    dataset: str = typer.Option(
-        "embedded:docs",
-        "--dataset",
-        "-d",
-        help="Dataset spec: documents are indexed from its corpus, queries drawn from --split",
-    ),
+    dataset: str = _SCALE_DATASET,
     split: str = typer.Option("test", "--split", help="Split the queries come from"),
     docs: int = typer.Option(300, "--docs", help="Documents indexed (a seeded sample of the corpus)"),
     queries: int = typer.Option(4, "--queries", help="Queries re-ranked (a seeded sample of the split)"),
-    candidates: int = typer.Option(
-        25, "--candidates", help="Candidates per query (a seeded sample of the indexed documents)"
-    ),
-    dtypes: str = typer.Option(
-        "float16,int8",
-        "--dtypes",
-        help="Index storage dtypes to build, comma-separated (float16, float32, int8, pq, residual)",
-    ),
-    kv: bool = typer.Option(
-        True, "--kv/--no-kv", help="Also build (and re-rank from) each dtype with cached cross-attention keys/values"
-    ),
+    candidates: int = _SCALE_CANDIDATES,
+    dtypes: str = _SCALE_DTYPES,
+    kv: bool = _SCALE_KV,
     batch_size: int = typer.Option(32, "--batch-size", help="Documents (pairs) per forward pass"),
-    max_length: Optional[int] = typer.Option(
-        None, "--max-length", help="Tokens per document (MICE) and per pair (cross-encoder); default: the model's"
-    ),
+    max_length: Optional[int] = _SCALE_MAX_LENGTH,
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)"),
     repeats: int = typer.Option(3, "--repeats", help="Timed builds / re-rankings per configuration"),
     warmup: int = typer.Option(1, "--warmup", help="Untimed re-rankings first (one untimed build always)"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     seed: int = typer.Option(0, "--seed", help="Seed of the samples (and of a fresh head)"),
-    project: bool = typer.Option(
-        False,
-        "--project",
-        help="Also project index size and build time to MS MARCO passage and BEIR NQ at hidden size 384",
-    ),
-    processes: str = typer.Option(
-        "1,8,64", "--processes", help="--project: process counts, comma-separated (linear scaling assumed)"
-    ),
+    project: bool = _SCALE_PROJECT,
+    processes: str = _SCALE_PROCESSES,
 ) -> None:
     """Index-build throughput, bytes per document token and re-ranking throughput (pairs/s) of the
     cross-encoder, MICE on the fly and MICE from the index, measured in one process, one run."""

@@ -92,17 +92,8 @@ def train(
     Every setting the flags do not cover is read from --config and --set key=value."""
     import json
 
-    from mice.models.precision import mixed_precision
-
-    flags = {
-        "mode": mode,
-        "model": model,
-        "dataset": dataset,
-        "output": output,
-        "max_steps": max_steps,
-        "mixed_precision": mixed_precision(compute_dtype) if compute_dtype is not None else None,
-    }
-    cfg = resolve_config(preset, config, {k: v for k, v in flags.items() if v is not None}, key_values(set_))
+    flags = _flags(mode, model, dataset, output, max_steps, compute_dtype)
+    cfg = resolve_config(preset, config, flags, key_values(set_))
     if resume:
         cfg = cfg.updated({"resume": True})
     if overwrite:
@@ -116,6 +107,21 @@ def train(
         typer.echo(json.dumps(shown, indent=2))
         return
     _run(cfg, seed_list, quiet)
+
+
+def _flags(mode, model, dataset, output, max_steps, compute_dtype) -> dict:
+    """The settings `mice train`'s own flags give (those left out are not settings)."""
+    from mice.models.precision import mixed_precision
+
+    flags = {
+        "mode": mode,
+        "model": model,
+        "dataset": dataset,
+        "output": output,
+        "max_steps": max_steps,
+        "mixed_precision": mixed_precision(compute_dtype) if compute_dtype is not None else None,
+    }
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def resolve_config(preset: str | None, config: str | None, flags: dict, extra: dict):

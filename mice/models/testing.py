@@ -55,6 +55,35 @@ def _roberta_tokenizer(folder: Path):
     return fast
 
 
+def _tiny_modernbert(
+    num_layers, hidden, heads, intermediate, num_labels, init_range, pooling, local_attention, global_every
+):
+    """`tiny_cross_encoder`'s random ModernBERT (the packaged BERT vocabulary's ids)."""
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    return ModernBertForSequenceClassification(
+        ModernBertConfig(
+            vocab_size=30522,
+            hidden_size=hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            max_position_embeddings=128,
+            num_labels=num_labels,
+            initializer_range=init_range,
+            global_attn_every_n_layers=global_every,
+            local_attention=local_attention,
+            classifier_pooling=pooling,
+            pad_token_id=0,
+            cls_token_id=101,
+            sep_token_id=102,
+            bos_token_id=101,
+            eos_token_id=102,
+            norm_bias=True,
+        )
+    )
+
+
 def tiny_cross_encoder(
     folder,
     family: str = "bert",
@@ -120,29 +149,9 @@ def tiny_cross_encoder(
             )
         )
     elif family == "modernbert":
-        from transformers import ModernBertConfig, ModernBertForSequenceClassification
-
         _bert_tokenizer_files(folder)
-        model = ModernBertForSequenceClassification(
-            ModernBertConfig(
-                vocab_size=30522,
-                hidden_size=hidden,
-                num_hidden_layers=num_layers,
-                num_attention_heads=heads,
-                intermediate_size=intermediate,
-                max_position_embeddings=128,
-                num_labels=num_labels,
-                initializer_range=init_range,
-                global_attn_every_n_layers=global_every,
-                local_attention=local_attention,
-                classifier_pooling=pooling,
-                pad_token_id=0,
-                cls_token_id=101,
-                sep_token_id=102,
-                bos_token_id=101,
-                eos_token_id=102,
-                norm_bias=True,
-            )
+        model = _tiny_modernbert(
+            num_layers, hidden, heads, intermediate, num_labels, init_range, pooling, local_attention, global_every
         )
     else:
         raise ValueError(f"unknown family {family!r} (bert, electra, roberta, modernbert)")
