@@ -25,6 +25,7 @@ chromium:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The docs site (MkDocs, Material, mkdocstrings): the CLI page is regenerated from the commands first.
 docs: $(STAMP)

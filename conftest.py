@@ -1,5 +1,6 @@
 """Every test session (tests/ and the notebooks under nbmake) keeps demo runs in a temporary folder of its own:
 `$MICE_RUNS`, which `mice.app.demo.runs_root` reads. Tests never read or write the user's runs/."""
+
 import os
 import shutil
 import tempfile

@@ -13,6 +13,7 @@ knockouts (`ablations.metrics.RankEffects`), so an attribution table and a sweep
 
 Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,6 +76,7 @@ def _pattern_grads(model, batch, base, mode: str) -> tuple[torch.Tensor, list[to
             leaves[l] = leaf
             patterns[l] = pattern.detach()
             return pattern + leaf
+
         return hook
 
     hooks = [(f"blocks.{l}.attn.hook_pattern", keep(l)) for l in range(L)]
@@ -99,8 +101,9 @@ class PathAttribution:
         for ko in kos:
             src, dst = parse_path(ko.path)
             self._dst.setdefault(tuple(dst), len(self._dst))
-        self._plan = [(ko.layer, ko.head, parse_path(ko.path)[0], self._dst[tuple(parse_path(ko.path)[1])])
-                      for ko in kos]
+        self._plan = [
+            (ko.layer, ko.head, parse_path(ko.path)[0], self._dst[tuple(parse_path(ko.path)[1])]) for ko in kos
+        ]
 
     def estimate(self, batch, steps: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(clean scores [B], estimated score changes [K, B]). `steps` > 0 integrates the gradient along the
@@ -135,7 +138,6 @@ class PathAttribution:
                 out[i] = v.sum(-1) if head == ALL_HEADS else v[:, head]
         return clean, out
 
-
     def _blocked(self, seg: torch.Tensor, path: str) -> torch.Tensor:
         src, dst = parse_path(path)
         S = torch.zeros(N_SEG, dtype=torch.bool, device=seg.device)
@@ -164,6 +166,7 @@ class PathAttribution:
             def grab(l):
                 def hook(p, hook=None):
                     patterns[l] = p.detach()
+
                 return hook
 
             with model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_pattern", grab(l)) for l in range(L)]):
@@ -185,7 +188,7 @@ class PathAttribution:
             chunk = max(1, min(R, token_budget // (B * T)))
             total = torch.zeros(B, self.H, dtype=clean.dtype, device=clean.device)
             for s0 in range(0, R, chunk):
-                a = torch.tensor(alphas[s0:s0 + chunk], dtype=P.dtype, device=P.device)
+                a = torch.tensor(alphas[s0 : s0 + chunk], dtype=P.dtype, device=P.device)
                 r = a.numel()
                 start = (P.unsqueeze(0) + a[:, None, None, None, None] * dP.unsqueeze(0)).reshape(r * B, *P.shape[1:])
                 leaf = torch.zeros_like(start, requires_grad=True)
@@ -195,9 +198,8 @@ class PathAttribution:
 
                 rep = {"attention_mask": amask.repeat(r, 1), "segment_ids": seg.repeat(r, 1)}
                 with torch.enable_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", setp)]):
-                    h = model.run_layers(resid[layer].repeat(r, 1, 1), rep, layer, None, mask=self.base,
-                                         mode=self.mode)
-                    g, = torch.autograd.grad(model.score_head(h, rep).sum(), leaf)
+                    h = model.run_layers(resid[layer].repeat(r, 1, 1), rep, layer, None, mask=self.base, mode=self.mode)
+                    (g,) = torch.autograd.grad(model.score_head(h, rep).sum(), leaf)
                 total += (g.view(r, B, *P.shape[1:]) * dP.unsqueeze(0)).sum((0, 3, 4))
             total /= R
             for i in members:
@@ -206,11 +208,28 @@ class PathAttribution:
         return clean, out
 
 
-def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, paths=None, layers=None,
-              heads=True, modes=("renorm", "zero"), base=None, max_queries: int | None = None, batch_size: int = 16,
-              n_boot: int = 1000, measure: str | None = None, steps: int = 0, show_progress_bar: bool = False,
-              out=None, meta: dict | None = None,
-              on_resume: Callable[[Path, int], None] | None = None) -> AttributionResult:
+def attribute(
+    model,
+    data,
+    split: str | None = None,
+    run=None,
+    k: int = 20,
+    *,
+    paths=None,
+    layers=None,
+    heads=True,
+    modes=("renorm", "zero"),
+    base=None,
+    max_queries: int | None = None,
+    batch_size: int = 16,
+    n_boot: int = 1000,
+    measure: str | None = None,
+    steps: int = 0,
+    show_progress_bar: bool = False,
+    out=None,
+    meta: dict | None = None,
+    on_resume: Callable[[Path, int], None] | None = None,
+) -> AttributionResult:
     """Estimate every (layer, [head,] path) knockout in each mode; see the module docstring.
 
     `data` as for `ablations.sweep.sweep` (a dataset with split and run, `Candidates`, or plain (query, doc)
@@ -230,16 +249,11 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
     started = time.perf_counter()
     model = hooked_model(model)
     cands = as_candidates(data, split, run, k, max_queries)
-    modes = [modes] if isinstance(modes, str) else list(modes)
-    for m in modes:
-        if m not in MODES:
-            raise MaskError(f"unknown knockout mode {m!r} (modes: {', '.join(MODES)})")
+    modes = _checked_modes(modes)
     base_mask = model.resolve_mask(base) or InteractionMask.full(model.n_layers)
     kos = knockout_set(model.n_layers, model.n_heads, paths, layers, heads)
     pairs = cands.pairs
-    order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
-    batches = [(order[s:s + batch_size], model.tokenize([pairs[i] for i in order[s:s + batch_size]]))
-               for s in range(0, len(pairs), batch_size)]
+    batches = _length_batches(model, pairs, batch_size)
     sts, lives = _cell_status(kos, base_mask, occupancy([b["segment_ids"] for _, b in batches]), modes)
     effects = RankEffects(cands.frame, cands.qrels)
     measure = measure or (DEFAULT_MEASURE if effects.judged else "abs_dscore")
@@ -248,34 +262,22 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
     # work units: (mode, batch); under N processes unit u is rank u % N's. With `out` each finished unit is
     # journalled (`<out>.partial`), so an interrupted run resumes and the ranks' shares meet there.
     units = [(mode, b) for mode in modes for b in range(len(batches))]
-    partial = None
-    if out is not None:
-        from mice.identity import job_identity, mask_identity
-
-        from ablations.sweep import _Partial
-
-        key = job_identity(**model.identity(), pairs=cands.fingerprint(), modes=modes, base=mask_identity(base_mask),
-                           knockouts=hashlib.sha256(json.dumps([ko.key for ko in kos]).encode()).hexdigest(),
-                           batch_size=batch_size, steps=steps, format=ATTRIBUTION_FORMAT)
-        partial_path = Path(out).with_name(Path(out).name + ".partial")
-        partial = _Partial(partial_path, key, mismatch=f"partial results of a different attribution; delete "
-                           f"{partial_path.name} to start afresh, or choose another --out")
-        if partial.units and on_resume is not None:
-            on_resume(partial.path, len(partial.units))
-    engines = {mode: PathAttribution(model, lives[mode], mode, None if base_mask.is_full() else base_mask)
-               for mode in modes}
+    partial = _attribution_journal(model, cands, modes, base_mask, kos, batch_size, steps, out, on_resume)
+    engines = {
+        mode: PathAttribution(model, lives[mode], mode, None if base_mask.is_full() else base_mask) for mode in modes
+    }
     done = _estimate_units(units, batches, engines, steps, partial, w, show_progress_bar)
     clean, estimates = _gather(units, batches, done, lives, len(pairs))
-    tables, per_query = zip(*(_tables(kos, lives[mode], sts[mode], mode, clean, estimates[mode], effects, n_boot,
-                                      measure) for mode in modes))
+    tables, per_query = zip(
+        *(
+            _tables(kos, lives[mode], sts[mode], mode, clean, estimates[mode], effects, n_boot, measure)
+            for mode in modes
+        )
+    )
     table = pd.concat(tables, ignore_index=True)
-    meta = {**(meta or {}), "format": ATTRIBUTION_FORMAT, "model": str(getattr(model.model, "name_or_path", "")),
-            "n_layers": model.n_layers, "n_heads": model.n_heads, "max_length": model.max_length,
-            "source": cands.source, "query_ids": cands.query_ids, "n_pairs": len(pairs), "modes": modes,
-            "base": base_mask.to_dict(), "measure": measure, "measures": effects.names, "batch_size": batch_size,
-            "n_boot": n_boot, "steps": steps, "elapsed_s": round(time.perf_counter() - started, 3),
-            "estimate": "first order: <dscore/dpattern, pattern_knocked - pattern> (attribution patching)",
-            "convention": "a->b: tokens of group a attend to tokens of group b"}
+    meta = _attribution_meta(
+        meta, model, cands, len(pairs), modes, base_mask, measure, effects, batch_size, n_boot, steps, started
+    )
     meta["processes"] = w.size
     res = AttributionResult(table, pd.concat(per_query, ignore_index=True), lives, estimates, clean, meta)
     if out is not None and w.main:
@@ -283,6 +285,82 @@ def attribute(model, data, split: str | None = None, run=None, k: int = 20, *, p
         partial.unlink()
     w.barrier()
     return res
+
+
+def _checked_modes(modes) -> list:
+    """`modes` (one or several) as a list, each a known knockout mode."""
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    for m in modes:
+        if m not in MODES:
+            raise MaskError(f"unknown knockout mode {m!r} (modes: {', '.join(MODES)})")
+    return modes
+
+
+def _length_batches(model, pairs, batch_size) -> list:
+    """(indices, tokenized batch) of `pairs`, longest first, `batch_size` a batch."""
+    order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
+    batches = [
+        (order[s : s + batch_size], model.tokenize([pairs[i] for i in order[s : s + batch_size]]))
+        for s in range(0, len(pairs), batch_size)
+    ]
+    return batches
+
+
+def _attribution_journal(model, cands, modes, base_mask, kos, batch_size, steps, out, on_resume):
+    """The journal of finished units beside `out` (`<out>.partial`; None without `out`), its identity checked."""
+    if out is None:
+        return None
+    from mice.identity import job_identity, mask_identity
+
+    from ablations.sweep import _Partial
+
+    key = job_identity(
+        **model.identity(),
+        pairs=cands.fingerprint(),
+        modes=modes,
+        base=mask_identity(base_mask),
+        knockouts=hashlib.sha256(json.dumps([ko.key for ko in kos]).encode()).hexdigest(),
+        batch_size=batch_size,
+        steps=steps,
+        format=ATTRIBUTION_FORMAT,
+    )
+    partial_path = Path(out).with_name(Path(out).name + ".partial")
+    partial = _Partial(
+        partial_path,
+        key,
+        mismatch=f"partial results of a different attribution; delete "
+        f"{partial_path.name} to start afresh, or choose another --out",
+    )
+    if partial.units and on_resume is not None:
+        on_resume(partial.path, len(partial.units))
+    return partial
+
+
+def _attribution_meta(
+    meta, model, cands, n_pairs, modes, base_mask, measure, effects, batch_size, n_boot, steps, started
+) -> dict:
+    """The attribution's metadata (without `processes`), `meta` first."""
+    return {
+        **(meta or {}),
+        "format": ATTRIBUTION_FORMAT,
+        "model": str(getattr(model.model, "name_or_path", "")),
+        "n_layers": model.n_layers,
+        "n_heads": model.n_heads,
+        "max_length": model.max_length,
+        "source": cands.source,
+        "query_ids": cands.query_ids,
+        "n_pairs": n_pairs,
+        "modes": modes,
+        "base": base_mask.to_dict(),
+        "measure": measure,
+        "measures": effects.names,
+        "batch_size": batch_size,
+        "n_boot": n_boot,
+        "steps": steps,
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "estimate": "first order: <dscore/dpattern, pattern_knocked - pattern> (attribution patching)",
+        "convention": "a->b: tokens of group a attend to tokens of group b",
+    }
 
 
 def _cell_status(kos, base_mask, occupied, modes) -> tuple[dict, dict]:
@@ -349,8 +427,18 @@ def _tables(kos, live, status, mode, clean, est, effects: RankEffects, n_boot, m
     live_rows.insert(5, "estimate_abs", np.abs(est).mean(1) if len(live) else [])
     live_rows.insert(4, "status", "ok")
     live_rows.insert(5, "reason", "")
-    rows = [{"layer": ko.layer, "head": ko.head, "path": ko.path, "mode": mode, "status": status[ko.key][0],
-             "reason": status[ko.key][1]} for ko in kos if status[ko.key][0] != "ok"]
+    rows = [
+        {
+            "layer": ko.layer,
+            "head": ko.head,
+            "path": ko.path,
+            "mode": mode,
+            "status": status[ko.key][0],
+            "reason": status[ko.key][1],
+        }
+        for ko in kos
+        if status[ko.key][0] != "ok"
+    ]
     other = pd.DataFrame(rows, columns=["layer", "head", "path", "mode", "status", "reason"])
     if len(other):
         struct = other["status"] == "structural"
@@ -394,13 +482,19 @@ def save_attribution(res: AttributionResult, out) -> Path:
 def load_attribution(path) -> tuple[pd.DataFrame, dict]:
     from mice.results import read_result
 
-    return read_result(path, "attribution table", ("layer", "head", "path", "mode", "estimate"),
-                       "an attribution table")
+    return read_result(path, "attribution table", ("layer", "head", "path", "mode", "estimate"), "an attribution table")
 
 
 # ---------------------------------------------------------------------- check against exact knockouts
-def check_exact(model, data, attribution: AttributionResult, mode: str = "renorm", top: int = 10,
-                batch_size: int = 16, layer_level: bool = True) -> pd.DataFrame:
+def check_exact(
+    model,
+    data,
+    attribution: AttributionResult,
+    mode: str = "renorm",
+    top: int = 10,
+    batch_size: int = 16,
+    layer_level: bool = True,
+) -> pd.DataFrame:
     """Exact knockouts (the fast sweep engine) for the estimated layer-level cells of `mode` (or the `top`
     cells by rank when `layer_level` is False); returns estimate and exact effect side by side, per cell."""
     from ablations.engine import SweepEngine
@@ -422,36 +516,63 @@ def check_exact(model, data, attribution: AttributionResult, mode: str = "renorm
     effects = RankEffects(cands.frame, cands.qrels)
     ex = effects.summarize(effects.per_query(clean, clean[None, :] + exact), n_boot=0)
     es = effects.summarize(effects.per_query(clean, clean[None, :] + est), n_boot=0)
-    out = pd.DataFrame({"layer": [ko.layer for ko in kos], "head": [ko.head for ko in kos],
-                        "path": [ko.path for ko in kos], "mode": mode,
-                        "estimate": est.mean(1), "exact": exact.mean(1),
-                        "estimate_abs": np.abs(est).mean(1), "exact_abs": np.abs(exact).mean(1)})
+    out = pd.DataFrame(
+        {
+            "layer": [ko.layer for ko in kos],
+            "head": [ko.head for ko in kos],
+            "path": [ko.path for ko in kos],
+            "mode": mode,
+            "estimate": est.mean(1),
+            "exact": exact.mean(1),
+            "estimate_abs": np.abs(est).mean(1),
+            "exact_abs": np.abs(exact).mean(1),
+        }
+    )
     for m in effects.names:
         out[f"estimate_{m}"] = es[m].to_numpy()
         out[f"exact_{m}"] = ex[m].to_numpy()
-    out["pair_corr"] = [float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else np.nan
-                        for a, b in zip(est, exact)]
+    out["pair_corr"] = [
+        float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else np.nan for a, b in zip(est, exact)
+    ]
     return out
 
 
-def compare_tables(attribution: pd.DataFrame, sweep: pd.DataFrame, mode: str = "renorm",
-                   per_query: pd.DataFrame | None = None, query_ids=None) -> pd.DataFrame:
+def compare_tables(
+    attribution: pd.DataFrame,
+    sweep: pd.DataFrame,
+    mode: str = "renorm",
+    per_query: pd.DataFrame | None = None,
+    query_ids=None,
+) -> pd.DataFrame:
     """The `check_exact` table from saved tables alone: an attribution table and an exact sweep, joined on the
     layer-level cells both measured (non-structural), estimate beside exact. When the sweep saw only some of
     the attribution's queries, pass the attribution's per-query table and the sweep's `query_ids`: the
     estimates are then averaged over those queries only, so both sides describe the same pairs."""
-    a = attribution[(attribution["mode"] == mode) & (attribution["head"] == ALL_HEADS)
-                    & (attribution["status"] == "ok")]
+    a = attribution[
+        (attribution["mode"] == mode) & (attribution["head"] == ALL_HEADS) & (attribution["status"] == "ok")
+    ]
     if per_query is not None and query_ids is not None:
-        pq = per_query[(per_query["mode"] == mode) & (per_query["head"] == ALL_HEADS)
-                       & per_query["query_id"].astype(str).isin({str(q) for q in query_ids})]
+        pq = per_query[
+            (per_query["mode"] == mode)
+            & (per_query["head"] == ALL_HEADS)
+            & per_query["query_id"].astype(str).isin({str(q) for q in query_ids})
+        ]
         means = pq.groupby(["layer", "path"], sort=False).mean(numeric_only=True).drop(columns=["head"]).reset_index()
         a = a[["layer", "head", "path", "mode", "status"]].merge(means, on=["layer", "path"])
     e = sweep[(sweep["mode"] == mode) & (sweep["head"] == ALL_HEADS) & (sweep["status"] == "ok")]
     j = a.merge(e, on=["layer", "path"], suffixes=("_a", "_e"))
-    out = pd.DataFrame({"layer": j["layer"], "head": ALL_HEADS, "path": j["path"], "mode": mode,
-                        "estimate": j["dscore_a"], "exact": j["dscore_e"],
-                        "estimate_abs": j["abs_dscore_a"], "exact_abs": j["abs_dscore_e"]})
+    out = pd.DataFrame(
+        {
+            "layer": j["layer"],
+            "head": ALL_HEADS,
+            "path": j["path"],
+            "mode": mode,
+            "estimate": j["dscore_a"],
+            "exact": j["dscore_e"],
+            "estimate_abs": j["abs_dscore_a"],
+            "exact_abs": j["abs_dscore_e"],
+        }
+    )
     for m in ("dscore", "abs_dscore", "flip_rate", "kendall_tau", "delta_margin", "delta_rr@10", "delta_ndcg@10"):
         if f"{m}_a" in j and f"{m}_e" in j:
             out[f"estimate_{m}"] = j[f"{m}_a"].to_numpy()

@@ -11,6 +11,7 @@ checked to agree), the metric time (identical for both), and the two ratios:
 
     python -m ablations.bench_sweep [--queries 8] [--k 4] [--max-length 128] [--threads N] [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,13 @@ def docstring_collection(n_queries: int, k: int, seed: int = 0):
         if not doc:
             continue
         parts = [p.strip() for p in doc.split("\n\n") if p.strip()]
-        if len(parts) >= 2 and 60 < len(parts[1]) and not parts[1].startswith(("Parameters", "-")) \
-                and len(parts[0]) > 15 and "(" not in parts[0][:20]:
+        if (
+            len(parts) >= 2
+            and 60 < len(parts[1])
+            and not parts[1].startswith(("Parameters", "-"))
+            and len(parts[0]) > 15
+            and "(" not in parts[0][:20]
+        ):
             items.append((name, " ".join(parts[0].split()), " ".join(parts[1].split())))
     if len(items) < n_queries + k:
         raise RuntimeError("not enough numpy docstrings for the benchmark collection")
@@ -57,8 +63,16 @@ def docstring_collection(n_queries: int, k: int, seed: int = 0):
     return ds, pd.DataFrame(run, columns=["query_id", "doc_id", "score"])
 
 
-def run_benchmark(n_queries: int = 8, k: int = 4, max_length: int = 128, heads: bool = False, device=None,
-                  threads: int | None = None, batch_size: int = 16, repeat: int = 1) -> dict:
+def run_benchmark(
+    n_queries: int = 8,
+    k: int = 4,
+    max_length: int = 128,
+    heads: bool = False,
+    device=None,
+    threads: int | None = None,
+    batch_size: int = 16,
+    repeat: int = 1,
+) -> dict:
     import torch
 
     from mice import HookedCrossEncoder
@@ -101,21 +115,42 @@ def run_benchmark(n_queries: int = 8, k: int = 4, max_length: int = 128, heads: 
     for s in fast:
         evaluator.compare(clean, clean_pq, s)
     t_metrics = time.perf_counter() - t
-    lengths = [int(b["attention_mask"].sum(1).float().mean()) for _, b in ScoredBatches(
-        SweepEngine(model, "renorm"), cands.pairs, batch_size).batches]
-    return {"model": "packaged MiniLM-L6-H384 (6 layers, 12 heads)", "device": str(model.device),
-            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-            "knockouts": len(kos), "pairs": len(cands), "queries": n_queries, "k": k, "max_length": max_length,
-            "mean_tokens": round(sum(lengths) / len(lengths), 1), "batch_size": batch_size,
-            "fast_scoring_s": round(t_fast, 3), "naive_scoring_s": round(t_naive, 3),
-            "metrics_s": round(t_metrics, 3), "ratio_scoring": round(t_fast / t_naive, 4),
-            "ratio_sweep": round((t_fast + t_metrics) / (t_naive + t_metrics), 4),
-            "max_abs_score_diff": diff}
+    lengths = [
+        int(b["attention_mask"].sum(1).float().mean())
+        for _, b in ScoredBatches(SweepEngine(model, "renorm"), cands.pairs, batch_size).batches
+    ]
+    return {
+        "model": "packaged MiniLM-L6-H384 (6 layers, 12 heads)",
+        "device": str(model.device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "knockouts": len(kos),
+        "pairs": len(cands),
+        "queries": n_queries,
+        "k": k,
+        "max_length": max_length,
+        "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        "batch_size": batch_size,
+        "fast_scoring_s": round(t_fast, 3),
+        "naive_scoring_s": round(t_naive, 3),
+        "metrics_s": round(t_metrics, 3),
+        "ratio_scoring": round(t_fast / t_naive, 4),
+        "ratio_sweep": round((t_fast + t_metrics) / (t_naive + t_metrics), 4),
+        "max_abs_score_diff": diff,
+    }
 
 
-def run_attribution_benchmark(n_queries: int = 8, k: int = 4, max_length: int = 128, device=None,
-                              threads: int | None = None, batch_size: int = 16, model_path: str | None = None,
-                              mode: str = "renorm", pairs=None) -> dict:
+def run_attribution_benchmark(
+    n_queries: int = 8,
+    k: int = 4,
+    max_length: int = 128,
+    device=None,
+    threads: int | None = None,
+    batch_size: int = 16,
+    model_path: str | None = None,
+    mode: str = "renorm",
+    pairs=None,
+) -> dict:
     """Head-level screen by attribution patching vs the exact head-level sweep (fast engine), same pairs, one
     run: every layer x head x path cell (plus the all-heads rows) in `mode`. Also the Spearman rho between
     estimated and exact effects over the layer x path cells (non-structural), from the same numbers."""
@@ -166,15 +201,24 @@ def run_attribution_benchmark(n_queries: int = 8, k: int = 4, max_length: int = 
     t_exact = time.perf_counter() - t
     layer = np.array([ko.head == ALL_HEADS for ko in live])
     rho = lambda a, b: float(stats.spearmanr(a, b).statistic)  # noqa: E731
-    return {"model": model_path or "packaged MiniLM-L6-H384 (fresh head)", "device": str(model.device),
-            "threads": torch.get_num_threads(), "mode": mode, "pairs": len(cands), "queries": len(cands.query_ids),
-            "cells": len(kos), "structural": len(struct), "estimated": len(live),
-            "attribution_s": round(t_attr, 3), "exact_head_sweep_s": round(t_exact, 3),
-            "ratio_attribution_to_exact": round(t_attr / t_exact, 4),
-            "rho_layer_mean_dscore": rho(est[layer].mean(1), exact[layer].mean(1)),
-            "rho_layer_mean_abs_dscore": rho(np.abs(est[layer]).mean(1), np.abs(exact[layer]).mean(1)),
-            "rho_head_mean_dscore": rho(est[~layer].mean(1), exact[~layer].mean(1)),
-            "rho_head_mean_abs_dscore": rho(np.abs(est[~layer]).mean(1), np.abs(exact[~layer]).mean(1))}
+    return {
+        "model": model_path or "packaged MiniLM-L6-H384 (fresh head)",
+        "device": str(model.device),
+        "threads": torch.get_num_threads(),
+        "mode": mode,
+        "pairs": len(cands),
+        "queries": len(cands.query_ids),
+        "cells": len(kos),
+        "structural": len(struct),
+        "estimated": len(live),
+        "attribution_s": round(t_attr, 3),
+        "exact_head_sweep_s": round(t_exact, 3),
+        "ratio_attribution_to_exact": round(t_attr / t_exact, 4),
+        "rho_layer_mean_dscore": rho(est[layer].mean(1), exact[layer].mean(1)),
+        "rho_layer_mean_abs_dscore": rho(np.abs(est[layer]).mean(1), np.abs(exact[layer]).mean(1)),
+        "rho_head_mean_dscore": rho(est[~layer].mean(1), exact[~layer].mean(1)),
+        "rho_head_mean_abs_dscore": rho(np.abs(est[~layer]).mean(1), np.abs(exact[~layer]).mean(1)),
+    }
 
 
 def main(argv=None) -> int:
@@ -188,34 +232,48 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=1, help="take the best of N timings per strategy")
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
-    ap.add_argument("--attribution", action="store_true", help="head-level screen: attribution patching vs the "
-                    "exact head-level sweep (every layer x head x path), with Spearman rho")
+    ap.add_argument(
+        "--attribution",
+        action="store_true",
+        help="head-level screen: attribution patching vs the "
+        "exact head-level sweep (every layer x head x path), with Spearman rho",
+    )
     ap.add_argument("--model", default=None, help="cross-encoder folder (default: packaged MiniLM, fresh head)")
     ap.add_argument("--mode", default="renorm")
     args = ap.parse_args(argv)
     if args.attribution:
-        res = run_attribution_benchmark(args.queries, args.k, args.max_length, args.device, args.threads,
-                                        args.batch_size, args.model, args.mode)
+        res = run_attribution_benchmark(
+            args.queries, args.k, args.max_length, args.device, args.threads, args.batch_size, args.model, args.mode
+        )
         if not args.json:
-            print(f"{res['model']} on {res['device']} ({res['threads']} threads), {res['mode']}: {res['cells']} "
-                  f"layer x head x path cells ({res['structural']} structural) x {res['pairs']} pairs")
+            print(
+                f"{res['model']} on {res['device']} ({res['threads']} threads), {res['mode']}: {res['cells']} "
+                f"layer x head x path cells ({res['structural']} structural) x {res['pairs']} pairs"
+            )
             print(f"  attribution (one forward + backward per batch): {res['attribution_s']:.2f} s")
             print(f"  exact head-level sweep (fast engine):          {res['exact_head_sweep_s']:.2f} s")
-            print(f"  ratio attribution/exact: {res['ratio_attribution_to_exact']:.4f}; Spearman rho layer x path: "
-                  f"{res['rho_layer_mean_dscore']:.3f} (mean change), {res['rho_layer_mean_abs_dscore']:.3f} "
-                  f"(mean |change|); heads: {res['rho_head_mean_dscore']:.3f} / {res['rho_head_mean_abs_dscore']:.3f}")
+            print(
+                f"  ratio attribution/exact: {res['ratio_attribution_to_exact']:.4f}; Spearman rho layer x path: "
+                f"{res['rho_layer_mean_dscore']:.3f} (mean change), {res['rho_layer_mean_abs_dscore']:.3f} "
+                f"(mean |change|); heads: {res['rho_head_mean_dscore']:.3f} / {res['rho_head_mean_abs_dscore']:.3f}"
+            )
         print(json.dumps(res))
         return 0
-    res = run_benchmark(args.queries, args.k, args.max_length, args.heads, args.device, args.threads,
-                        args.batch_size, args.repeat)
+    res = run_benchmark(
+        args.queries, args.k, args.max_length, args.heads, args.device, args.threads, args.batch_size, args.repeat
+    )
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{res['model']} on {res['device']} ({res['threads']} threads): {res['knockouts']} knockouts x "
-          f"{res['pairs']} pairs (mean {res['mean_tokens']} tokens)")
+    print(
+        f"{res['model']} on {res['device']} ({res['threads']} threads): {res['knockouts']} knockouts x "
+        f"{res['pairs']} pairs (mean {res['mean_tokens']} tokens)"
+    )
     print(f"  naive (a full forward per knockout): {res['naive_scoring_s']:.2f} s")
-    print(f"  fast sweep:                          {res['fast_scoring_s']:.2f} s   (max |score diff| "
-          f"{res['max_abs_score_diff']:.1e})")
+    print(
+        f"  fast sweep:                          {res['fast_scoring_s']:.2f} s   (max |score diff| "
+        f"{res['max_abs_score_diff']:.1e})"
+    )
     print(f"  metrics (same for both):             {res['metrics_s']:.2f} s")
     print(f"  ratio sweep/naive: scoring {res['ratio_scoring']:.3f}, whole sweep {res['ratio_sweep']:.3f}")
     print(json.dumps(res))

@@ -14,6 +14,7 @@
 - **Confirmation.** The chosen candidate is re-measured on held-out queries that neither screening nor choice
   used; if it fails non-inferiority there, the next qualifying candidate in cost order is tried.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ import numpy as np
 FIDELITY_DEPTH = 10
 
 
-def fidelity_per_query(groups: Sequence[np.ndarray], reference: np.ndarray, scores: np.ndarray,
-                       depth: int = FIDELITY_DEPTH) -> np.ndarray:
+def fidelity_per_query(
+    groups: Sequence[np.ndarray], reference: np.ndarray, scores: np.ndarray, depth: int = FIDELITY_DEPTH
+) -> np.ndarray:
     """nDCG@`depth` of `scores`' ranking under gains from `reference`'s ranking, one value per query group.
 
     Ties keep candidate order (stable sort) on both sides, so a candidate equal to the reference scores 1."""
@@ -57,8 +59,9 @@ class Loss:
         return bool(self.upper <= tolerance + 1e-12)
 
 
-def relative_loss(candidate: np.ndarray, control: np.ndarray, alpha: float = 0.05, n_boot: int = 2000,
-                  seed: int = 0) -> Loss:
+def relative_loss(
+    candidate: np.ndarray, control: np.ndarray, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0
+) -> Loss:
     """Paired bootstrap (over queries) of `1 - mean(candidate) / mean(control)`."""
     c = np.asarray(candidate, dtype=np.float64)
     k = np.asarray(control, dtype=np.float64)
@@ -95,9 +98,14 @@ class Choice:
     records: list[dict]
 
 
-def choose(candidates: Sequence[dict], control: np.ndarray, tolerance: float,
-           confirm: Callable[[dict], tuple[np.ndarray, np.ndarray]] | None = None, alpha: float = 0.05,
-           seed: int = 0) -> Choice:
+def choose(
+    candidates: Sequence[dict],
+    control: np.ndarray,
+    tolerance: float,
+    confirm: Callable[[dict], tuple[np.ndarray, np.ndarray]] | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> Choice:
     """The cheapest candidate that is non-inferior to the control, then confirmed on held-out queries.
 
     `candidates`: dicts with `name`, `a`, `b` and `values` (per-query, paired with `control`), optionally
@@ -107,10 +115,18 @@ def choose(candidates: Sequence[dict], control: np.ndarray, tolerance: float,
     records = []
     for cand in ordered:
         loss = relative_loss(cand["values"], control, alpha=alpha, seed=seed)
-        records.append({"name": cand["name"], "a": cand["a"], "b": cand["b"], "loss": loss.mean,
-                        "loss_upper": loss.upper, "loss_lower": loss.lower,
-                        "collapsed": bool(cand.get("collapsed", False)),
-                        "qualifies": loss.qualifies(tolerance) and not cand.get("collapsed", False)})
+        records.append(
+            {
+                "name": cand["name"],
+                "a": cand["a"],
+                "b": cand["b"],
+                "loss": loss.mean,
+                "loss_upper": loss.upper,
+                "loss_lower": loss.lower,
+                "collapsed": bool(cand.get("collapsed", False)),
+                "qualifies": loss.qualifies(tolerance) and not cand.get("collapsed", False),
+            }
+        )
     for cand, rec in zip(ordered, records):
         if not rec["qualifies"]:
             continue

@@ -14,6 +14,7 @@ Two forms, both zero-shot (the model is not retrained while searching):
 
 Both export a `mice-mask/1` JSON whose provenance records model, data, metric, tolerance and the search table.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,18 @@ from ablations.knockouts import ALL_HEADS
 from ablations.metrics import Evaluator, relative_loss
 from ablations.sweep import ScoredBatches, SweepResult, load_sweep
 
-STEP_COLUMNS = ["step", "layer", "path", "sweep_delta", "sweep_mean_abs_dscore", "decision", "value", "rel_loss",
-                "n_removed", "current"]
+STEP_COLUMNS = [
+    "step",
+    "layer",
+    "path",
+    "sweep_delta",
+    "sweep_mean_abs_dscore",
+    "decision",
+    "value",
+    "rel_loss",
+    "n_removed",
+    "current",
+]
 
 
 @dataclass
@@ -68,26 +79,49 @@ def _resolve_sources(meta: dict, model, data, split, run, k):
     split = split or source.get("split")
     run = run if run is not None else source.get("run")
     k = k or source.get("k")
-    missing = [n for n, v in (("model", model), ("dataset", data), ("split", split), ("run", run), ("k", k))
-               if v is None or (isinstance(v, str) and v in ("", "<DataFrame>"))]
+    missing = [
+        n
+        for n, v in (("model", model), ("dataset", data), ("split", split), ("run", run), ("k", k))
+        if v is None or (isinstance(v, str) and v in ("", "<DataFrame>"))
+    ]
     if missing:
-        raise DataError(f"the sweep's metadata does not say which {', '.join(missing)} to use; pass them "
-                        f"explicitly (--model/--dataset/--split/--run/--k)")
+        raise DataError(
+            f"the sweep's metadata does not say which {', '.join(missing)} to use; pass them "
+            f"explicitly (--model/--dataset/--split/--run/--k)"
+        )
     return model, data, split, run, int(k)
 
 
-def held_out(meta: dict, data, split: str, run, k: int, check_split: str | None = None, check_run=None,
-             check_queries: int | None = None) -> Candidates:
+def held_out(
+    meta: dict,
+    data,
+    split: str,
+    run,
+    k: int,
+    check_split: str | None = None,
+    check_run=None,
+    check_queries: int | None = None,
+) -> Candidates:
     """Queries for re-checking: those of `check_split` (default: the sweep's split) the sweep did not use."""
     split2 = check_split or split
     exclude = meta.get("query_ids", []) if split2 == split else []
     source = meta.get("source", {})  # a random sample's held-out queries come from the same random order
     try:
-        return from_run(data, split2, check_run if check_run is not None else run, k=k, max_queries=check_queries,
-                        exclude=exclude, sample=source.get("sample", "first"), seed=source.get("seed", 0))
+        return from_run(
+            data,
+            split2,
+            check_run if check_run is not None else run,
+            k=k,
+            max_queries=check_queries,
+            exclude=exclude,
+            sample=source.get("sample", "first"),
+            seed=source.get("seed", 0),
+        )
     except DataError as err:
-        raise DataError(f"no held-out queries to re-check masks on ({err}); the sweep used every query of "
-                        f"{split!r}: sweep fewer (--max-queries) or pass another split (--check-split)") from None
+        raise DataError(
+            f"no held-out queries to re-check masks on ({err}); the sweep used every query of "
+            f"{split!r}: sweep fewer (--max-queries) or pass another split (--check-split)"
+        ) from None
 
 
 def _evidence_of(evidence) -> tuple[pd.DataFrame, dict, str]:
@@ -112,12 +146,29 @@ def _evidence_of(evidence) -> tuple[pd.DataFrame, dict, str]:
 RANK_FALLBACK = ("delta_margin", "abs_dscore", "mean_abs_dscore")
 
 
-def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None, k: int | None = None, *,
-                tolerance: float = 0.01, metric: str | None = None, measure: str | None = None,
-                mode: str | None = None, check_split: str | None = None, check_run=None,
-                check_queries: int | None = 100, patience: int = 0, max_steps: int | None = 24,
-                structural: bool = True, batch_size: int = 16, name: str = "derived", n_boot: int = 1000,
-                show_progress_bar: bool = False) -> Derivation:
+def derive_mask(
+    sweep,
+    model=None,
+    data=None,
+    split: str | None = None,
+    run=None,
+    k: int | None = None,
+    *,
+    tolerance: float = 0.01,
+    metric: str | None = None,
+    measure: str | None = None,
+    mode: str | None = None,
+    check_split: str | None = None,
+    check_run=None,
+    check_queries: int | None = 100,
+    patience: int = 0,
+    max_steps: int | None = 24,
+    structural: bool = True,
+    batch_size: int = 16,
+    name: str = "derived",
+    n_boot: int = 1000,
+    show_progress_bar: bool = False,
+) -> Derivation:
     """Greedy mask derivation from knockout evidence: a layer-level sweep or an attribution table.
 
     Candidates (layer, path) are tried from the least to the most harmful by `measure` (default: the measure
@@ -153,23 +204,60 @@ def derive_mask(sweep, model=None, data=None, split: str | None = None, run=None
     finally:
         prog.stop()
     steps_df = greedy.steps_frame()
-    provenance = {"method": "greedy knockout removal ordered by " + ("attribution" if "estimate" in table.columns
-                                                                     else "exact knockouts") +
-                            f" on {measure}; structural cells removed without re-checks; cumulative exact "
-                            "re-checks on held-out queries",
-                  "derived_from": sweep_name, "model": str(model_spec), "dataset": str(data) if isinstance(
-                      data, str) else getattr(data, "name", "<dataset>"), "split": check.source.get("split"),
-                  "run": check.source.get("run"), "k": k, "mode": mode, "metric": metric, "ranked_by": measure,
-                  "tolerance": tolerance, "reference": greedy.reference, "final": greedy.current_value,
-                  "held_out_queries": len(check.query_ids), "re_checks": greedy.n_checks, "max_steps": max_steps,
-                  "base": base.name, "removed": [f"{p}@{l}" for l, p in greedy.removed],
-                  "structural": [f"{p}@{l}" for l, p in greedy.struct_removed],
-                  "steps": _plain_steps(steps_df),
-                  "convention": "a->b: tokens of group a attend to tokens of group b"}
+    provenance = _provenance(
+        table,
+        sweep_name,
+        model_spec,
+        data,
+        check,
+        k,
+        mode,
+        metric,
+        measure,
+        tolerance,
+        max_steps,
+        base,
+        greedy,
+        steps_df,
+    )
     mask = InteractionMask.from_tables(greedy.current.tables, name=name, provenance=provenance)
-    meta_out = {"elapsed_s": round(time.perf_counter() - started, 3), **{k_: v for k_, v in provenance.items()
-                                                                         if k_ != "steps"}}
+    meta_out = {
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        **{k_: v for k_, v in provenance.items() if k_ != "steps"},
+    }
     return Derivation(mask, steps_df, meta_out)
+
+
+def _provenance(
+    table, sweep_name, model_spec, data, check, k, mode, metric, measure, tolerance, max_steps, base, greedy, steps_df
+) -> dict:
+    """The derived mask's provenance: how it was derived, from what, and each step."""
+    return {
+        "method": "greedy knockout removal ordered by "
+        + ("attribution" if "estimate" in table.columns else "exact knockouts")
+        + f" on {measure}; structural cells removed without re-checks; cumulative exact "
+        "re-checks on held-out queries",
+        "derived_from": sweep_name,
+        "model": str(model_spec),
+        "dataset": str(data) if isinstance(data, str) else getattr(data, "name", "<dataset>"),
+        "split": check.source.get("split"),
+        "run": check.source.get("run"),
+        "k": k,
+        "mode": mode,
+        "metric": metric,
+        "ranked_by": measure,
+        "tolerance": tolerance,
+        "reference": greedy.reference,
+        "final": greedy.current_value,
+        "held_out_queries": len(check.query_ids),
+        "re_checks": greedy.n_checks,
+        "max_steps": max_steps,
+        "base": base.name,
+        "removed": [f"{p}@{l}" for l, p in greedy.removed],
+        "structural": [f"{p}@{l}" for l, p in greedy.struct_removed],
+        "steps": _plain_steps(steps_df),
+        "convention": "a->b: tokens of group a attend to tokens of group b",
+    }
 
 
 def _ranked_cells(table: pd.DataFrame, sweep_name: str, mode: str, metric: str, measure: str | None):
@@ -191,8 +279,18 @@ def _ranked_cells(table: pd.DataFrame, sweep_name: str, mode: str, metric: str, 
 class _Greedy:
     """The state of one greedy derivation: the cumulative mask, its held-out value and every step taken."""
 
-    def __init__(self, model, check, mode: str, metric: str, base: InteractionMask, batch_size: int, n_boot: int,
-                 name: str, structural: bool):
+    def __init__(
+        self,
+        model,
+        check,
+        mode: str,
+        metric: str,
+        base: InteractionMask,
+        batch_size: int,
+        n_boot: int,
+        name: str,
+        structural: bool,
+    ):
         from ablations.metrics import RankEffects
 
         self.mode, self.metric, self.base, self.n_boot, self.name = mode, metric, base, n_boot, name
@@ -207,9 +305,19 @@ class _Greedy:
         self.current = base
         base_scores = self.batches.clean()
         self.current_value = self.evaluator.summary(self.evaluator.per_query(base_scores))[metric]
-        self.steps = [{"step": 0, "layer": -1, "path": "", "sweep_delta": np.nan, "sweep_mean_abs_dscore": np.nan,
-                       "decision": "start", **self.measured(base_scores), "n_removed": 0,
-                       "current": self.current_value}]
+        self.steps = [
+            {
+                "step": 0,
+                "layer": -1,
+                "path": "",
+                "sweep_delta": np.nan,
+                "sweep_mean_abs_dscore": np.nan,
+                "decision": "start",
+                **self.measured(base_scores),
+                "n_removed": 0,
+                "current": self.current_value,
+            }
+        ]
         self.removed, self.struct_removed, self.n_checks = [], [], 0
         self.all_cells: list[tuple[int, str]] = []
 
@@ -223,8 +331,13 @@ class _Greedy:
         value = float(pq.mean())
         out = {"value": value, "rel_loss": relative_loss(self.reference, value)}
         for m in delta:
-            out.update({m: float(summ[m]), f"{m}_ci_low": float(summ[f"{m}_ci_low"]),
-                        f"{m}_ci_high": float(summ[f"{m}_ci_high"])})
+            out.update(
+                {
+                    m: float(summ[m]),
+                    f"{m}_ci_low": float(summ[f"{m}_ci_low"]),
+                    f"{m}_ci_high": float(summ[f"{m}_ci_high"]),
+                }
+            )
         return out
 
     @property
@@ -246,21 +359,46 @@ class _Greedy:
             except MaskError:
                 continue
             self.struct_removed.append((l, p))
-            self.steps.append({"step": len(self.steps), "layer": l, "path": p, "sweep_delta": np.nan,
-                               "sweep_mean_abs_dscore": np.nan, "decision": "structural", "value": np.nan,
-                               "rel_loss": np.nan, "n_removed": self.n_removed, "current": self.current_value,
-                               "reason": structural_reason(ko, self.base, mode=self.mode) or
-                               "structural: no longer reaches [CLS] under the derived mask"})
+            self.steps.append(
+                {
+                    "step": len(self.steps),
+                    "layer": l,
+                    "path": p,
+                    "sweep_delta": np.nan,
+                    "sweep_mean_abs_dscore": np.nan,
+                    "decision": "structural",
+                    "value": np.nan,
+                    "rel_loss": np.nan,
+                    "n_removed": self.n_removed,
+                    "current": self.current_value,
+                    "reason": structural_reason(ko, self.base, mode=self.mode)
+                    or "structural: no longer reaches [CLS] under the derived mask",
+                }
+            )
 
     def try_cell(self, r, tie: str, tolerance: float) -> str | None:
         """Re-check the mask with cell `r` removed too; keep the removal within `tolerance`. The decision."""
-        step = {"step": len(self.steps), "layer": int(r.layer), "path": r.path, "sweep_delta": -float(r.cost),
-                "sweep_mean_abs_dscore": float(getattr(r, tie)) if tie != "cost" else np.nan}
+        step = {
+            "step": len(self.steps),
+            "layer": int(r.layer),
+            "path": r.path,
+            "sweep_delta": -float(r.cost),
+            "sweep_mean_abs_dscore": float(getattr(r, tie)) if tie != "cost" else np.nan,
+        }
         try:
             trial = self.current.with_blocked([r.path], [int(r.layer)], name=self.name)
         except MaskError as err:
-            self.steps.append({**step, "decision": "invalid", "value": np.nan, "rel_loss": np.nan,
-                               "n_removed": self.n_removed, "current": self.current_value, "reason": str(err)})
+            self.steps.append(
+                {
+                    **step,
+                    "decision": "invalid",
+                    "value": np.nan,
+                    "rel_loss": np.nan,
+                    "n_removed": self.n_removed,
+                    "current": self.current_value,
+                    "reason": str(err),
+                }
+            )
             return None
         self.n_checks += 1
         got = self.measured(self.batches.mask(trial))
@@ -269,8 +407,9 @@ class _Greedy:
             self.current, self.current_value = trial, got["value"]
             self.removed.append((int(r.layer), r.path))
             self.batches.rebase(self.current)
-        self.steps.append({**step, "decision": decision, **got, "n_removed": self.n_removed,
-                           "current": self.current_value})
+        self.steps.append(
+            {**step, "decision": decision, **got, "n_removed": self.n_removed, "current": self.current_value}
+        )
         return decision
 
     def run(self, rows: pd.DataFrame, tie: str, budget: int, tolerance: float, patience: int, prog) -> None:
@@ -310,8 +449,21 @@ class _Cell:
 
 
 def _plain_steps(steps: pd.DataFrame) -> list[dict]:
-    cols = [c for c in ("step", "layer", "path", "sweep_delta", "decision", "value", "rel_loss",
-                        "delta_margin_ci_low", "delta_margin_ci_high") if c in steps.columns]
+    cols = [
+        c
+        for c in (
+            "step",
+            "layer",
+            "path",
+            "sweep_delta",
+            "decision",
+            "value",
+            "rel_loss",
+            "delta_margin_ci_low",
+            "delta_margin_ci_high",
+        )
+        if c in steps.columns
+    ]
     return json.loads(steps[cols].to_json(orient="records"))
 
 
@@ -323,32 +475,41 @@ def write_report(derivation: Derivation, path, figure=None) -> Path:
     path = Path(path)
     m = derivation.meta
     fig_line = f"![derivation steps]({Path(figure).name})\n" if figure is not None else ""
-    lines = [f"# Mask derivation: {derivation.mask.name}", "",
-             "Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.", "",
-             f"- model: `{m.get('model')}`; data: `{m.get('dataset')}` split `{m.get('split')}`, "
-             f"top {m.get('k')} of `{m.get('run')}`; knockout mode `{m.get('mode')}`",
-             f"- metric `{m.get('metric')}` on {m.get('held_out_queries')} held-out queries: clean "
-             f"{m.get('reference', float('nan')):.4f}, final {m.get('final', float('nan')):.4f}; tolerance "
-             f"{m.get('tolerance')} (relative)",
-             f"- removed {len(m.get('removed', []))} (layer, path) cells on top of `{m.get('base')}`", "",
-             fig_line,
-             f"- ranked by `{m.get('ranked_by', 'delta_' + str(m.get('metric')))}`; {m.get('re_checks', '?')} exact "
-             f"re-checks (at most {m.get('max_steps')}); {len(m.get('structural', []))} structural cells removed "
-             "without one (they cannot change a [CLS]-pooled score)", "",
-             f"| step | path @ layer | evidence (harm) | decision | held-out {m.get('metric')} "
-             "| rel. loss | Δmargin [95% CI] | cumulative |", "|---:|---|---:|---|---:|---:|---|---:|"]
+    lines = [
+        f"# Mask derivation: {derivation.mask.name}",
+        "",
+        "Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.",
+        "",
+        f"- model: `{m.get('model')}`; data: `{m.get('dataset')}` split `{m.get('split')}`, "
+        f"top {m.get('k')} of `{m.get('run')}`; knockout mode `{m.get('mode')}`",
+        f"- metric `{m.get('metric')}` on {m.get('held_out_queries')} held-out queries: clean "
+        f"{m.get('reference', float('nan')):.4f}, final {m.get('final', float('nan')):.4f}; tolerance "
+        f"{m.get('tolerance')} (relative)",
+        f"- removed {len(m.get('removed', []))} (layer, path) cells on top of `{m.get('base')}`",
+        "",
+        fig_line,
+        f"- ranked by `{m.get('ranked_by', 'delta_' + str(m.get('metric')))}`; {m.get('re_checks', '?')} exact "
+        f"re-checks (at most {m.get('max_steps')}); {len(m.get('structural', []))} structural cells removed "
+        "without one (they cannot change a [CLS]-pooled score)",
+        "",
+        f"| step | path @ layer | evidence (harm) | decision | held-out {m.get('metric')} "
+        "| rel. loss | Δmargin [95% CI] | cumulative |",
+        "|---:|---|---:|---|---:|---:|---|---:|",
+    ]
     for r in derivation.steps.itertuples(index=False):
         if r.decision == "start":
-            lines.append(f"| 0 | (base: {m.get('base')}) | | start | {r.value:.4f} | {r.rel_loss:+.4f} | | "
-                         f"{r.current:.4f} |")
+            lines.append(
+                f"| 0 | (base: {m.get('base')}) | | start | {r.value:.4f} | {r.rel_loss:+.4f} | | {r.current:.4f} |"
+            )
             continue
         value = "" if pd.isna(r.value) else f"{r.value:.4f}"
         loss = "" if pd.isna(r.rel_loss) else f"{r.rel_loss:+.4f}"
         ev = "" if pd.isna(r.sweep_delta) else f"{r.sweep_delta:+.4g}"
         lo, hi = getattr(r, "delta_margin_ci_low", np.nan), getattr(r, "delta_margin_ci_high", np.nan)
         ci = "" if pd.isna(getattr(r, "delta_margin", np.nan)) else f"{r.delta_margin:+.3g} [{lo:+.3g}, {hi:+.3g}]"
-        lines.append(f"| {r.step} | `{r.path}` @ {r.layer} | {ev} | {r.decision} | {value} | {loss} | {ci} | "
-                     f"{r.current:.4f} |")
+        lines.append(
+            f"| {r.step} | `{r.path}` @ {r.layer} | {ev} | {r.decision} | {value} | {loss} | {ci} | {r.current:.4f} |"
+        )
     lines += ["", "## Derived mask", "", "```", derivation.mask.render(), "```", ""]
     return write_text_atomic(path, "\n".join(lines))
 
@@ -362,10 +523,23 @@ class MergeLayerResult:
     meta: dict = field(default_factory=dict)
 
 
-def merge_layer_search(model, data, split: str, run, k: int = 20, *, base="mask2", tolerance: float = 0.01,
-                       metric: str = "nDCG@10", metrics=("nDCG@10", "RR@10"), reference: str = "base",
-                       mode: str = "renorm", max_queries: int | None = None, batch_size: int = 16,
-                       n_resamples: int = 2000) -> MergeLayerResult:
+def merge_layer_search(
+    model,
+    data,
+    split: str,
+    run,
+    k: int = 20,
+    *,
+    base="mask2",
+    tolerance: float = 0.01,
+    metric: str = "nDCG@10",
+    metrics=("nDCG@10", "RR@10"),
+    reference: str = "base",
+    mode: str = "renorm",
+    max_queries: int | None = None,
+    batch_size: int = 16,
+    n_resamples: int = 2000,
+) -> MergeLayerResult:
     """Score `base` + `q->d` blocked in layers [0, k) for k = 0..L; choose the largest k within tolerance.
 
     `reference`: "base" (k = 0, e.g. mask2 itself) or "full" (the unmasked model). The table has one row for
@@ -400,14 +574,24 @@ def merge_layer_search(model, data, split: str, run, k: int = 20, *, base="mask2
     ok = table[(table["k"] >= 0) & table["within_tolerance"]]
     chosen = int(ok["k"].max()) if len(ok) else 0
     table["chosen"] = table["k"] == chosen
-    provenance = {"method": "merge-layer search: q->d blocked in layers [0, k) on top of the base mask",
-                  "model": str(getattr(model.model, "name_or_path", "")), "dataset": cands.source.get("dataset"),
-                  "split": split, "run": cands.source.get("run"), "k_candidates": k, "mode": mode,
-                  "metric": metric, "tolerance": tolerance, "reference": reference, "reference_value": ref_value,
-                  "base": base_mask.name, "chosen_k": chosen, "queries": len(cands.query_ids),
-                  "table": json.loads(table[["k", "mask", metric, "rel_loss", "within_tolerance"]].to_json(
-                      orient="records")),
-                  "convention": "a->b: tokens of group a attend to tokens of group b"}
+    provenance = {
+        "method": "merge-layer search: q->d blocked in layers [0, k) on top of the base mask",
+        "model": str(getattr(model.model, "name_or_path", "")),
+        "dataset": cands.source.get("dataset"),
+        "split": split,
+        "run": cands.source.get("run"),
+        "k_candidates": k,
+        "mode": mode,
+        "metric": metric,
+        "tolerance": tolerance,
+        "reference": reference,
+        "reference_value": ref_value,
+        "base": base_mask.name,
+        "chosen_k": chosen,
+        "queries": len(cands.query_ids),
+        "table": json.loads(table[["k", "mask", metric, "rel_loss", "within_tolerance"]].to_json(orient="records")),
+        "convention": "a->b: tokens of group a attend to tokens of group b",
+    }
     chosen_mask = masks[chosen]
     mask = InteractionMask(chosen_mask.num_layers, chosen_mask.rules, name=chosen_mask.name, provenance=provenance)
     return MergeLayerResult(table, chosen, mask, {k_: v for k_, v in provenance.items() if k_ != "table"})

@@ -17,6 +17,7 @@ allow matrix. `replicate` is the generic fallback (any hooked model: replicas th
 knockout hook), `naive` scores each knockout with a full forward pass (the reference for parity tests and the
 benchmark).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,14 +50,21 @@ class BatchState:
 
     def nbytes(self) -> int:
         return sum(r.numel() * r.element_size() for r in self.resid) + sum(
-            a.numel() for a in self.base_allow if a is not None)
+            a.numel() for a in self.base_allow if a is not None
+        )
 
 
 class SweepEngine:
     """Scores of knockouts (or whole masks) on top of a base mask, batch by batch."""
 
-    def __init__(self, model: HookedCrossEncoder, mode: str = "renorm", base: InteractionMask | None = None,
-                 strategy: str = "auto", token_budget: int = 16384):
+    def __init__(
+        self,
+        model: HookedCrossEncoder,
+        mode: str = "renorm",
+        base: InteractionMask | None = None,
+        strategy: str = "auto",
+        token_budget: int = 16384,
+    ):
         if mode not in ("renorm", "zero"):
             raise MaskError(f"unknown knockout mode {mode!r} (modes: renorm, zero)")
         if strategy not in STRATEGIES:
@@ -69,8 +77,10 @@ class SweepEngine:
         if strategy == "auto":
             strategy = "fast" if supports_fast(model) else "replicate"
         if strategy == "fast" and not supports_fast(model):
-            raise MaskError(f"the fast sweep needs a backbone adapter; {type(model.model).__name__} has none "
-                            "(use strategy='replicate')")
+            raise MaskError(
+                f"the fast sweep needs a backbone adapter; {type(model.model).__name__} has none "
+                "(use strategy='replicate')"
+            )
         self.strategy = strategy
         self.token_budget = token_budget
         model.model.eval()  # knockout effects are measured on the deterministic model (no dropout)
@@ -114,7 +124,7 @@ class SweepEngine:
             else:
                 chunk = max(1, self.token_budget // (B * T))
             for s in range(0, len(idx), chunk):
-                part = idx[s:s + chunk]
+                part = idx[s : s + chunk]
                 kos = [knockouts[i] for i in part]
                 if self.strategy == "fast":
                     out[part] = self._fast(state, layer, kos)
@@ -189,7 +199,7 @@ class SweepEngine:
         where[rs, bs] = torch.arange(rs.numel(), device=x.device)
         seq = where[ri, bi]
         if layer == L - 1:
-            final = state.resid[L][bs, :1 if last_cls else T].clone()
+            final = state.resid[L][bs, : 1 if last_cls else T].clone()
             final[seq, ti] = rows
             scores[rs, bs] = model.score_head(final, {"attention_mask": amask[bs]})
             return scores

@@ -10,6 +10,7 @@ Work is ordered seed by seed, cheapest configuration first, so that an interrupt
 one-seed frontier early; every (configuration, seed) trains in a content-keyed folder and caches its
 measurements, and `frontier.parquet` is rewritten after each, so a SIGKILL loses at most one run's work.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,10 @@ class FrontierConfig:
 
     def validate(self) -> "FrontierConfig":
         if self.steps < 1 or self.test_k < 1 or not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise MiceError(f"frontier: steps and test_k >= 1 and distinct seeds (got {self.steps}, "
-                            f"{self.test_k}, {list(self.seeds)})")
+            raise MiceError(
+                f"frontier: steps and test_k >= 1 and distinct seeds (got {self.steps}, "
+                f"{self.test_k}, {list(self.seeds)})"
+            )
         if not self.tests or len({d for d, _ in self.tests}) != len(self.tests):
             raise MiceError(f"frontier: test sets need distinct domain names (got {list(self.tests)})")
         return self
@@ -62,10 +65,19 @@ class Frontier(JointSearch):
 
     def __init__(self, config: FrontierConfig, out, log: Callable[[str], None] | None = None):
         self.fcfg = config.validate()
-        joint = JointConfig(model=config.model, dataset=config.dataset, fidelity=tuple(config.fidelity),
-                            fidelity_queries=config.fidelity_queries, confirm_queries=1, k=config.k,
-                            train_preset=config.train_preset, train=dict(config.train), steps=config.steps,
-                            seeds=tuple(config.seeds), batch_size=config.batch_size)
+        joint = JointConfig(
+            model=config.model,
+            dataset=config.dataset,
+            fidelity=tuple(config.fidelity),
+            fidelity_queries=config.fidelity_queries,
+            confirm_queries=1,
+            k=config.k,
+            train_preset=config.train_preset,
+            train=dict(config.train),
+            steps=config.steps,
+            seeds=tuple(config.seeds),
+            batch_size=config.batch_size,
+        )
         super().__init__(joint, out, log=log, check=False)
 
     def seeds(self) -> list[int]:
@@ -153,27 +165,42 @@ class Frontier(JointSearch):
         write_table(table, self.out / "frontier.parquet")
         if long:
             write_table(pd.concat(long, ignore_index=True), self.out / "frontier.per_query.parquet")
-        meta = {"config": asdict(self.fcfg), "num_layers": self.num_layers, "pools": {
-                    n: len(self.groups[n]) for n in self.pools}, "configurations": len(self.configurations()),
-                "runs_finished": int(sum(self._finished(c, s) for c in self.configurations() for s in self.seeds())),
-                "runs_total": len(self.configurations()) * len(self.seeds()),
-                "steps_total": self.fcfg.steps * len(self.configurations()) * len(self.seeds())}
+        meta = {
+            "config": asdict(self.fcfg),
+            "num_layers": self.num_layers,
+            "pools": {n: len(self.groups[n]) for n in self.pools},
+            "configurations": len(self.configurations()),
+            "runs_finished": int(sum(self._finished(c, s) for c in self.configurations() for s in self.seeds())),
+            "runs_total": len(self.configurations()) * len(self.seeds()),
+            "steps_total": self.fcfg.steps * len(self.configurations()) * len(self.seeds()),
+        }
         write_json_atomic(self.out / "frontier.json", meta)
         return table, meta
 
     def _row(self, cand, pool, recs, ctrl_recs, fid) -> tuple[dict, pd.DataFrame]:
         nd = np.mean([r["ndcg@10"] for r in recs], axis=0)
         rr = np.mean([r["rr@10"] for r in recs], axis=0)
-        row = {"configuration": cand.name, "kind": self._kind(cand), "a": cand.a, "b": cand.b,
-               "cost": self.cost(cand), "domain": pool.removeprefix("test-"), "seeds": len(recs),
-               "steps": self.fcfg.steps, "queries": len(nd), "fidelity": float(fid.mean()),
-               **_mean_ci("ndcg@10", nd), **_mean_ci("rr@10", rr)}
+        row = {
+            "configuration": cand.name,
+            "kind": self._kind(cand),
+            "a": cand.a,
+            "b": cand.b,
+            "cost": self.cost(cand),
+            "domain": pool.removeprefix("test-"),
+            "seeds": len(recs),
+            "steps": self.fcfg.steps,
+            "queries": len(nd),
+            "fidelity": float(fid.mean()),
+            **_mean_ci("ndcg@10", nd),
+            **_mean_ci("rr@10", rr),
+        }
         if ctrl_recs and cand.name != CONTROL:
             loss = relative_loss(nd, np.mean([r["ndcg@10"] for r in ctrl_recs], axis=0))
             row.update(loss=loss.mean, loss_low=loss.lower, loss_high=loss.upper)
         qids = list(dict.fromkeys(self.pools[pool].frame["query_id"]))
-        pq = pd.DataFrame({"configuration": cand.name, "domain": row["domain"], "query_id": qids,
-                           "ndcg@10": nd, "rr@10": rr})
+        pq = pd.DataFrame(
+            {"configuration": cand.name, "domain": row["domain"], "query_id": qids, "ndcg@10": nd, "rr@10": rr}
+        )
         return row, pq
 
     def _reference_rows(self) -> list[dict]:
@@ -183,10 +210,23 @@ class Frontier(JointSearch):
             if pool == "screen":
                 continue
             m = self._labelled(self.pools[pool], self.ref[pool])
-            out.append({"configuration": "cross-encoder", "kind": "cross-encoder", "a": None, "b": None,
-                        "cost": int(self.num_layers), "domain": pool.removeprefix("test-"), "seeds": 0,
-                        "steps": 0, "queries": len(m["ndcg@10"]), "fidelity": 1.0, "collapsed": False,
-                        **_mean_ci("ndcg@10", np.asarray(m["ndcg@10"])), **_mean_ci("rr@10", np.asarray(m["rr@10"]))})
+            out.append(
+                {
+                    "configuration": "cross-encoder",
+                    "kind": "cross-encoder",
+                    "a": None,
+                    "b": None,
+                    "cost": int(self.num_layers),
+                    "domain": pool.removeprefix("test-"),
+                    "seeds": 0,
+                    "steps": 0,
+                    "queries": len(m["ndcg@10"]),
+                    "fidelity": 1.0,
+                    "collapsed": False,
+                    **_mean_ci("ndcg@10", np.asarray(m["ndcg@10"])),
+                    **_mean_ci("rr@10", np.asarray(m["rr@10"])),
+                }
+            )
         return out
 
 
@@ -204,8 +244,11 @@ def pareto(table: pd.DataFrame, metric: str = "ndcg@10") -> pd.Series:
     for _, t in table[usable].groupby("domain"):
         for i, r in t.iterrows():
             others = t.drop(index=i)
-            dominated = ((others["cost"] <= r["cost"]) & (others[metric] >= r[metric])
-                         & ((others["cost"] < r["cost"]) | (others[metric] > r[metric]))).any()
+            dominated = (
+                (others["cost"] <= r["cost"])
+                & (others[metric] >= r[metric])
+                & ((others["cost"] < r["cost"]) | (others[metric] > r[metric]))
+            ).any()
             on[i] = not dominated
     return on
 

@@ -19,6 +19,7 @@ labelled dev queries. Here:
 Every (candidate, seed) trains in the staged search's content-keyed folders, so both searches and the frontier
 (`ablations.frontier`) share trained models.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,9 @@ class JointConfig:
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise MiceError(f"joint search: finalists need >= 2 distinct seeds, got {list(self.seeds)}")
         if not 0 <= self.tolerance < 1 or not 0 < self.alpha < 0.5:
-            raise MiceError(f"joint search: tolerance in [0, 1) and alpha in (0, 0.5) (got {self.tolerance}, "
-                            f"{self.alpha})")
+            raise MiceError(
+                f"joint search: tolerance in [0, 1) and alpha in (0, 0.5) (got {self.tolerance}, {self.alpha})"
+            )
         for spec in self.fidelity:
             if "@" not in spec:
                 raise MiceError(f"joint search: fidelity set {spec!r} is not dataset@split")
@@ -82,9 +84,12 @@ class JointConfig:
 
 def grid(num_layers: int, min_a: int = 1, max_b: int | None = None) -> list[Candidate]:
     """Every MICE-ℓa+b with a >= min_a, b >= 1, a + b <= L (and b <= max_b), cheapest first."""
-    out = [Candidate("joint", f"MICE-l{a}+{b}", "mice", None, a, b, (-b, a))
-           for a in range(min_a, num_layers) for b in range(1, num_layers - a + 1)
-           if max_b is None or b <= max_b]
+    out = [
+        Candidate("joint", f"MICE-l{a}+{b}", "mice", None, a, b, (-b, a))
+        for a in range(min_a, num_layers)
+        for b in range(1, num_layers - a + 1)
+        if max_b is None or b <= max_b
+    ]
     if not out:
         raise MiceError(f"no MICE-ℓa+b with a >= {min_a} fits a {num_layers}-layer model")
     return sorted(out, key=lambda c: cost_key(c.b, c.a))
@@ -121,10 +126,22 @@ class JointSearch(Search):
 
     def __init__(self, config: JointConfig, out, log: Callable[[str], None] | None = None, check: bool = True):
         self.jcfg = config.validate() if check else config
-        staged = SearchConfig(model=config.model, dataset=config.dataset, split=config.split, run=config.run,
-                              k=config.k, queries=1, train_preset=config.train_preset, train=dict(config.train),
-                              steps=config.steps, eta=config.eta, finalists=1,
-                              seeds=tuple(config.seeds), tolerance=config.tolerance, batch_size=config.batch_size)
+        staged = SearchConfig(
+            model=config.model,
+            dataset=config.dataset,
+            split=config.split,
+            run=config.run,
+            k=config.k,
+            queries=1,
+            train_preset=config.train_preset,
+            train=dict(config.train),
+            steps=config.steps,
+            eta=config.eta,
+            finalists=1,
+            seeds=tuple(config.seeds),
+            tolerance=config.tolerance,
+            batch_size=config.batch_size,
+        )
         super().__init__(staged, out, log=log)
 
     # ------------------------------------------------------------------------------------------ pools
@@ -136,14 +153,17 @@ class JointSearch(Search):
         cfg = self.jcfg
         dev = query_order(load_dataset(cfg.dataset).queries(cfg.split), "random", cfg.draw)
         if len(dev) <= cfg.confirm_queries:
-            raise MiceError(f"{cfg.dataset}/{cfg.split}: {len(dev)} queries, not more than the "
-                            f"{cfg.confirm_queries} held out for confirmation")
-        held, rest = dev[:cfg.confirm_queries], dev[cfg.confirm_queries:]
+            raise MiceError(
+                f"{cfg.dataset}/{cfg.split}: {len(dev)} queries, not more than the "
+                f"{cfg.confirm_queries} held out for confirmation"
+            )
+        held, rest = dev[: cfg.confirm_queries], dev[cfg.confirm_queries :]
         parts = [(cfg.dataset, cfg.split, rest)]
         for spec in cfg.fidelity:
             name, split = spec.rsplit("@", 1)
             parts.append((name, split, query_order(load_dataset(name).queries(split), "random", cfg.draw)))
         parts = self._trim(parts, cfg.fidelity_queries)
+
         def run_for(spec, split):
             return cfg.run if (spec, split) == (cfg.dataset, cfg.split) else "bm25"
 
@@ -203,13 +223,20 @@ class JointSearch(Search):
         last = self.train_to(cand, seed, steps)
         t0 = time.perf_counter()
         scores = self._pool_scores(load_scorer(last), self.pools[pool])
-        rec = {"candidate": cand.name, "seed": seed, "steps": steps, "pool": pool, "score_s":
-               round(time.perf_counter() - t0, 2),
-               "fidelity": fidelity_per_query(self.groups[pool], self.ref[pool], scores).tolist(),
-               # a query whose candidates all score alike is not re-ranked (MICE with b = 1: its [CLS] never
-               # reads the document): such a candidate keeps the first stage's order and is never chosen
-               "constant": [float(np.ptp(scores[g]) <= 1e-6 * (1 + np.abs(scores[g]).max())) if len(g) > 1
-                            else 0.0 for g in self.groups[pool]]}
+        rec = {
+            "candidate": cand.name,
+            "seed": seed,
+            "steps": steps,
+            "pool": pool,
+            "score_s": round(time.perf_counter() - t0, 2),
+            "fidelity": fidelity_per_query(self.groups[pool], self.ref[pool], scores).tolist(),
+            # a query whose candidates all score alike is not re-ranked (MICE with b = 1: its [CLS] never
+            # reads the document): such a candidate keeps the first stage's order and is never chosen
+            "constant": [
+                float(np.ptp(scores[g]) <= 1e-6 * (1 + np.abs(scores[g]).max())) if len(g) > 1 else 0.0
+                for g in self.groups[pool]
+            ],
+        }
         if pool != "screen":  # labelled pools: held-out dev, test sets
             rec.update(self._labelled(self.pools[pool], scores))
         write_json_atomic(path, rec)
@@ -220,8 +247,7 @@ class JointSearch(Search):
         from ablations.metrics import RankEffects
 
         eff = RankEffects(pool.frame, pool.qrels)
-        rr, nd = zip(*[eff._rank_metrics(scores[g][None], eff.rel[g], eff.idcg[i]) for i, g in
-                       enumerate(eff.groups)])
+        rr, nd = zip(*[eff._rank_metrics(scores[g][None], eff.rel[g], eff.idcg[i]) for i, g in enumerate(eff.groups)])
         return {"ndcg@10": [float(x[0]) for x in nd], "rr@10": [float(x[0]) for x in rr]}
 
     def _values(self, cand: Candidate, seeds, steps: int, pool: str, measure: str = "fidelity") -> np.ndarray:
@@ -235,18 +261,30 @@ class JointSearch(Search):
     def _rung_row(self, cand: Candidate, rung: int, steps: int, seeds, values, control) -> dict:
         loss = relative_loss(values, control, alpha=self.jcfg.alpha) if cand.name != CONTROL else None
         collapsed = bool(np.mean(self._values(cand, seeds, steps, "screen", "constant")) > 0.5)
-        return {"collapsed": collapsed, "candidate": cand.name, "a": cand.a, "b": cand.b, "rung": rung, "steps": steps,
-                "seeds": ",".join(map(str, seeds)), "n_seeds": len(seeds), "queries": len(values),
-                "fidelity": float(np.mean(values)),
-                "loss": np.nan if loss is None else loss.mean, "loss_upper": np.nan if loss is None else loss.upper,
-                "qualifies": bool(loss is not None and not collapsed and loss.qualifies(self.jcfg.tolerance))}
+        return {
+            "collapsed": collapsed,
+            "candidate": cand.name,
+            "a": cand.a,
+            "b": cand.b,
+            "rung": rung,
+            "steps": steps,
+            "seeds": ",".join(map(str, seeds)),
+            "n_seeds": len(seeds),
+            "queries": len(values),
+            "fidelity": float(np.mean(values)),
+            "loss": np.nan if loss is None else loss.mean,
+            "loss_upper": np.nan if loss is None else loss.upper,
+            "qualifies": bool(loss is not None and not collapsed and loss.qualifies(self.jcfg.tolerance)),
+        }
 
     def _order(self, rows: dict[str, dict], alive: list[Candidate]) -> list[Candidate]:
         """Who goes on first: non-inferior candidates cheapest first, then the rest by fidelity."""
         grid_alive = [c for c in alive if c.name != CONTROL]
         ok = sorted([c for c in grid_alive if rows[c.name]["qualifies"]], key=lambda c: cost_key(c.b, c.a))
-        rest = sorted([c for c in grid_alive if not rows[c.name]["qualifies"]],
-                      key=lambda c: (rows[c.name]["collapsed"], -rows[c.name]["fidelity"]))
+        rest = sorted(
+            [c for c in grid_alive if not rows[c.name]["qualifies"]],
+            key=lambda c: (rows[c.name]["collapsed"], -rows[c.name]["fidelity"]),
+        )
         return ok + rest
 
     def halving(self, table: list[dict]) -> tuple[list[Candidate], int]:
@@ -255,12 +293,14 @@ class JointSearch(Search):
         cfg, control = self.jcfg, self.control
         alive, rung = grid(self.num_layers, cfg.min_a, cfg.max_b), 0
         while True:
-            steps = cfg.steps * cfg.eta ** rung
+            steps = cfg.steps * cfg.eta**rung
             keep = promoted_count(len(alive), rung, cfg.finalists, cfg.eta, cfg.max_rungs)
             seeds = self.seeds() if keep is None else self.seeds()[:1]
             ctrl = self._values(control, seeds, steps, "screen")
-            rows = {c.name: self._rung_row(c, rung, steps, seeds, self._values(c, seeds, steps, "screen"), ctrl)
-                    for c in alive}
+            rows = {
+                c.name: self._rung_row(c, rung, steps, seeds, self._values(c, seeds, steps, "screen"), ctrl)
+                for c in alive
+            }
             rows[CONTROL] = self._rung_row(control, rung, steps, seeds, ctrl, ctrl)
             order = self._order(rows, alive)
             promoted = {c.name for c in order[:keep]} if keep is not None else set()
@@ -275,17 +315,29 @@ class JointSearch(Search):
     def decide(self, finalists: list[Candidate], steps: int):
         cfg, control, seeds = self.jcfg, self.control, self.seeds()
         by_name = {c.name: c for c in finalists}
-        cands = [{"name": c.name, "a": c.a, "b": c.b, "values": self._values(c, seeds, steps, "screen"),
-                  "collapsed": bool(np.mean(self._values(c, seeds, steps, "screen", "constant")) > 0.5)}
-                 for c in finalists]
+        cands = [
+            {
+                "name": c.name,
+                "a": c.a,
+                "b": c.b,
+                "values": self._values(c, seeds, steps, "screen"),
+                "collapsed": bool(np.mean(self._values(c, seeds, steps, "screen", "constant")) > 0.5),
+            }
+            for c in finalists
+        ]
         held_ctrl = self._values(control, seeds, steps, "confirm")
-        choice = choose(cands, self._values(control, seeds, steps, "screen"), cfg.tolerance,
-                        confirm=lambda c: (self._values(by_name[c["name"]], seeds, steps, "confirm"), held_ctrl),
-                        alpha=cfg.alpha)
+        choice = choose(
+            cands,
+            self._values(control, seeds, steps, "screen"),
+            cfg.tolerance,
+            confirm=lambda c: (self._values(by_name[c["name"]], seeds, steps, "confirm"), held_ctrl),
+            alpha=cfg.alpha,
+        )
         labelled = {}
         for cand in [*finalists, control]:
-            labelled[cand.name] = {m: list(mean_ci(self._values(cand, seeds, steps, "confirm", m)))
-                                   for m in ("ndcg@10", "rr@10")}
+            labelled[cand.name] = {
+                m: list(mean_ci(self._values(cand, seeds, steps, "confirm", m))) for m in ("ndcg@10", "rr@10")
+            }
         return choice, labelled
 
     def run(self):
@@ -302,11 +354,18 @@ class JointSearch(Search):
             choice, labelled = self.decide(finalists, steps)
             table = pd.DataFrame(rows)
             write_table(table, self.out / "joint.parquet")
-            meta = {"config": asdict(self.jcfg), "num_layers": self.num_layers, "pools": {
-                        name: len(self.groups[name]) for name in self.pools}, "final_steps": steps,
-                    "decision": choice.records, "chosen": choice.chosen, "labelled": labelled,
-                    "steps_total": joint_steps_total(table), "steps_trained_this_run": self.trained_steps,
-                    "elapsed_s": round(time.perf_counter() - t0, 2)}
+            meta = {
+                "config": asdict(self.jcfg),
+                "num_layers": self.num_layers,
+                "pools": {name: len(self.groups[name]) for name in self.pools},
+                "final_steps": steps,
+                "decision": choice.records,
+                "chosen": choice.chosen,
+                "labelled": labelled,
+                "steps_total": joint_steps_total(table),
+                "steps_trained_this_run": self.trained_steps,
+                "elapsed_s": round(time.perf_counter() - t0, 2),
+            }
             meta["ci_width"] = self._ci_width(finalists, steps)
             write_json_atomic(self.out / "joint.json", meta)
             derived = self.derived_config(choice, meta)
@@ -316,8 +375,10 @@ class JointSearch(Search):
     def _ci_width(self, finalists, steps) -> float:
         """Mean width of the finalists' two-sided 90% CI of relative loss: the resolution beside `tolerance`."""
         ctrl = self._values(self.control, self.seeds(), steps, "screen")
-        widths = [relative_loss(self._values(c, self.seeds(), steps, "screen"), ctrl, alpha=self.jcfg.alpha)
-                  for c in finalists]
+        widths = [
+            relative_loss(self._values(c, self.seeds(), steps, "screen"), ctrl, alpha=self.jcfg.alpha)
+            for c in finalists
+        ]
         return float(np.mean([w.upper - w.lower for w in widths]))
 
     def derived_config(self, choice, meta: dict):
@@ -326,33 +387,64 @@ class JointSearch(Search):
 
         cfg = self.jcfg
         recs = {r["name"]: r for r in choice.records}
-        budget = {"method": "joint", "first_rung_steps": cfg.steps, "eta": cfg.eta, "finalists": cfg.finalists,
-                  "final_steps": meta["final_steps"], "seeds": self.seeds(), "screen_queries":
-                  meta["pools"]["screen"], "confirm_queries": meta["pools"]["confirm"], "k": cfg.k,
-                  "steps_total": meta["steps_total"], "train_preset": cfg.train_preset, "alpha": cfg.alpha}
-        prov = {"decision": choice.records, "labelled_confirm": meta["labelled"], "table": "joint.parquet",
-                "dataset": cfg.dataset, "control": CONTROL, "ci_width": meta["ci_width"]}
+        budget = {
+            "method": "joint",
+            "first_rung_steps": cfg.steps,
+            "eta": cfg.eta,
+            "finalists": cfg.finalists,
+            "final_steps": meta["final_steps"],
+            "seeds": self.seeds(),
+            "screen_queries": meta["pools"]["screen"],
+            "confirm_queries": meta["pools"]["confirm"],
+            "k": cfg.k,
+            "steps_total": meta["steps_total"],
+            "train_preset": cfg.train_preset,
+            "alpha": cfg.alpha,
+        }
+        prov = {
+            "decision": choice.records,
+            "labelled_confirm": meta["labelled"],
+            "table": "joint.parquet",
+            "dataset": cfg.dataset,
+            "control": CONTROL,
+            "ci_width": meta["ci_width"],
+        }
         source = str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model
-        common = dict(num_layers=self.num_layers, source_model=source, tolerance=cfg.tolerance,
-                      metric="fidelity@10", budget=budget)
+        common = dict(
+            num_layers=self.num_layers,
+            source_model=source,
+            tolerance=cfg.tolerance,
+            metric="fidelity@10",
+            budget=budget,
+        )
         if choice.chosen is None:
             usable = [r for r in choice.records if not r["collapsed"]] or choice.records
             best = min(usable, key=lambda r: r["loss"])
-            prov["fallback"] = {"a": best["a"], "b": best["b"], "loss": best["loss"],
-                                "loss_upper": best["loss_upper"]}
-            prov["why"] = (f"no finalist is non-inferior to {CONTROL} within {cfg.tolerance:.0%} (one-sided "
-                           f"{1 - cfg.alpha:.0%} upper bound of the relative fidelity loss); the most faithful, "
-                           f"MICE-ℓ{best['a']}+{best['b']}, loses {best['loss']:.1%} (up to {best['loss_upper']:.1%})")
+            prov["fallback"] = {"a": best["a"], "b": best["b"], "loss": best["loss"], "loss_upper": best["loss_upper"]}
+            prov["why"] = (
+                f"no finalist is non-inferior to {CONTROL} within {cfg.tolerance:.0%} (one-sided "
+                f"{1 - cfg.alpha:.0%} upper bound of the relative fidelity loss); the most faithful, "
+                f"MICE-ℓ{best['a']}+{best['b']}, loses {best['loss']:.1%} (up to {best['loss_upper']:.1%})"
+            )
             return DerivedConfig(decision="cross-encoder", provenance=prov, **common)
         r = recs[choice.chosen]
-        prov["why"] = (f"{choice.chosen}: the cheapest finalist (smallest b, then largest a) non-inferior to "
-                       f"{CONTROL}: relative fidelity loss {r['loss']:.1%} (upper {r['loss_upper']:.1%} <= "
-                       f"{cfg.tolerance:.0%}), confirmed on {meta['pools']['confirm']} held-out dev queries "
-                       f"({r.get('confirm_loss', float('nan')):.1%}, upper {r.get('confirm_upper', float('nan')):.1%})")
+        prov["why"] = (
+            f"{choice.chosen}: the cheapest finalist (smallest b, then largest a) non-inferior to "
+            f"{CONTROL}: relative fidelity loss {r['loss']:.1%} (upper {r['loss_upper']:.1%} <= "
+            f"{cfg.tolerance:.0%}), confirmed on {meta['pools']['confirm']} held-out dev queries "
+            f"({r.get('confirm_loss', float('nan')):.1%}, upper {r.get('confirm_upper', float('nan')):.1%})"
+        )
         mask = InteractionMask.parse(f"mask3:k={r['a']}", self.num_layers)
         mask = InteractionMask(mask.num_layers, mask.rules, name=mask.name, provenance={"method": "joint search"})
-        return DerivedConfig(decision="mice", contextual_layers=r["a"], interaction_layers=r["b"],
-                             cls_cross_attention="none", mask=mask.to_dict(), provenance=prov, **common)
+        return DerivedConfig(
+            decision="mice",
+            contextual_layers=r["a"],
+            interaction_layers=r["b"],
+            cls_cross_attention="none",
+            mask=mask.to_dict(),
+            provenance=prov,
+            **common,
+        )
 
 
 def joint_steps_total(table: pd.DataFrame) -> int:
@@ -380,21 +472,40 @@ def zero_shot_table(search: JointSearch) -> pd.DataFrame:
     ones = np.ones(len(search.groups["screen"]))
     rows = []
     for cand in grid(search.num_layers, search.jcfg.min_a, search.jcfg.max_b):
-        model = MICEModel.from_cross_encoder(search.cfg.model, contextual_layers=cand.a, interaction_layers=cand.b,
-                                             max_doc_length=tc.max_length, max_query_length=tc.max_query_length)
+        model = MICEModel.from_cross_encoder(
+            search.cfg.model,
+            contextual_layers=cand.a,
+            interaction_layers=cand.b,
+            max_doc_length=tc.max_length,
+            max_query_length=tc.max_query_length,
+        )
         scores = search._pool_scores(model, search.screen)
         fid = fidelity_per_query(search.groups["screen"], search.ref["screen"], scores)
         const = [float(np.ptp(scores[g]) <= 1e-6 * (1 + np.abs(scores[g]).max())) for g in search.groups["screen"]]
         loss = relative_loss(fid, ones, alpha=search.jcfg.alpha)
-        rows.append({"a": cand.a, "b": cand.b, "fidelity": float(fid.mean()), "loss": loss.mean,
-                     "loss_upper": loss.upper, "collapsed": bool(np.mean(const) > 0.5)})
+        rows.append(
+            {
+                "a": cand.a,
+                "b": cand.b,
+                "fidelity": float(fid.mean()),
+                "loss": loss.mean,
+                "loss_upper": loss.upper,
+                "collapsed": bool(np.mean(const) > 0.5),
+            }
+        )
     table = pd.DataFrame(rows)
     write_table(table, path)
     return table
 
 
-def validate_search(config: JointConfig, frontier_folder, out, replicates: int = 5, screen_a: int | None = None,
-                    log: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def validate_search(
+    config: JointConfig,
+    frontier_folder,
+    out,
+    replicates: int = 5,
+    screen_a: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the joint search `replicates` times (draws 0..R-1: other held-out dev queries, screening samples and
     seeds) and score every pick, and the simple rules', against the frontier. Writes validation.csv (one row per
     pick) and validation_summary.csv into `out`."""
@@ -410,15 +521,31 @@ def validate_search(config: JointConfig, frontier_folder, out, replicates: int =
         cfg = replace(config, draw=r)
         search = JointSearch(cfg, out / f"draw-{r}", log=log)
         _, meta, derived = search.run()
-        a, b = ((derived.contextual_layers, derived.interaction_layers) if derived.decision == "mice"
-                else (None, None))
-        rows.append({"procedure": "joint search", "draw": r, "a": a, "b": b, "steps": meta["steps_total"],
-                     "compute_share": meta["steps_total"] / fmeta["steps_total"],
-                     **regret(table, a, b, config.tolerance)})
+        a, b = (derived.contextual_layers, derived.interaction_layers) if derived.decision == "mice" else (None, None)
+        rows.append(
+            {
+                "procedure": "joint search",
+                "draw": r,
+                "a": a,
+                "b": b,
+                "steps": meta["steps_total"],
+                "compute_share": meta["steps_total"] / fmeta["steps_total"],
+                **regret(table, a, b, config.tolerance),
+            }
+        )
     rules = simple_rules(search.num_layers, zero_shot_table(search), screen_a, config.tolerance)
     for name, (a, b) in rules.items():
-        rows.append({"procedure": name, "draw": 0, "a": a, "b": b, "steps": 0, "compute_share": 0.0,
-                     **regret(table, a, b, config.tolerance)})
+        rows.append(
+            {
+                "procedure": name,
+                "draw": 0,
+                "a": a,
+                "b": b,
+                "steps": 0,
+                "compute_share": 0.0,
+                **regret(table, a, b, config.tolerance),
+            }
+        )
     picks = pd.DataFrame(rows)
     summary = summarize(picks)
     write_table(picks, out / "validation.csv")

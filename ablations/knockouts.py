@@ -4,6 +4,7 @@ Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`; kno
 columns of `b` from the attention rows of `a`, in `renorm` mode (-inf before the softmax, the rest
 renormalised) or `zero` mode (weights zeroed after the softmax).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,8 +59,10 @@ def parse_layers(spec, num_layers: int) -> list[int]:
             if not part:
                 continue
             if "-" in part.lstrip("-"):
-                raise MaskError(f"bad layer spec {spec!r}: write a range as start:end (half-open, e.g. 0:6 for "
-                                "layers 0 to 5) or list the layers (1,3)")
+                raise MaskError(
+                    f"bad layer spec {spec!r}: write a range as start:end (half-open, e.g. 0:6 for "
+                    "layers 0 to 5) or list the layers (1,3)"
+                )
             try:
                 if ":" in part:
                     a, b = part.split(":", 1)

@@ -7,6 +7,7 @@ the smallest b whose value is within `tolerance` (relative) of the reference (de
 that a). The paper's facts to expect: b = 1 collapses (`[CLS]` never reads the document), b = 3 is enough on
 MiniLM.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -16,8 +17,10 @@ from mice.results import load_layer_drop  # noqa: F401 (re-exported)
 
 from ablations.metrics import relative_loss
 
-def choose_interaction_layers(table, metric: str, tolerance: float = 0.01, reference: float | None = None
-                              ) -> pd.DataFrame:
+
+def choose_interaction_layers(
+    table, metric: str, tolerance: float = 0.01, reference: float | None = None
+) -> pd.DataFrame:
     """One row per contextual_layers a: the reference, the chosen (smallest within tolerance) b and its value."""
     t = load_layer_drop(table)
     t = t[t["metric"].str.lower() == metric.lower()]
@@ -35,7 +38,14 @@ def choose_interaction_layers(table, metric: str, tolerance: float = 0.01, refer
         losses = [relative_loss(ref, v) for v in sub["value"]]
         ok = [b for b, loss in zip(sub["interaction_layers"], losses) if loss <= tolerance + 1e-12]
         b = int(min(ok)) if ok else None
-        rows.append({"contextual_layers": int(a), "reference": ref, "chosen_interaction_layers": b,
-                     "value": float(sub.loc[sub["interaction_layers"] == b, "value"].iloc[0]) if ok else float("nan"),
-                     "tolerance": tolerance, "metric": metric})
+        rows.append(
+            {
+                "contextual_layers": int(a),
+                "reference": ref,
+                "chosen_interaction_layers": b,
+                "value": float(sub.loc[sub["interaction_layers"] == b, "value"].iloc[0]) if ok else float("nan"),
+                "tolerance": tolerance,
+                "metric": metric,
+            }
+        )
     return pd.DataFrame(rows)

@@ -3,6 +3,7 @@
 Ranking metrics come from ir-measures and the tests from `mice.rank.evaluation` (the same statistics as
 `mice evaluate`), computed per query over the re-ranked candidates of the queries looked at.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -52,8 +53,13 @@ class Evaluator:
 
     def per_query(self, scores: np.ndarray) -> pd.DataFrame:
         """DataFrame indexed by query_id (in candidate order), one column per metric."""
-        run = pd.DataFrame({"query_id": self.cands.frame["query_id"], "doc_id": self.cands.frame["doc_id"],
-                            "score": np.asarray(scores, dtype=np.float64)})
+        run = pd.DataFrame(
+            {
+                "query_id": self.cands.frame["query_id"],
+                "doc_id": self.cands.frame["doc_id"],
+                "score": np.asarray(scores, dtype=np.float64),
+            }
+        )
         long = per_query(self.cands.qrels, run, self.measures)
         long["measure"] = long["measure"].str.lower()
         wide = long.pivot(index="query_id", columns="measure", values="value")
@@ -70,7 +76,7 @@ class Evaluator:
             x, y = clean[g], knocked[g]
             dx = np.sign(x[:, None] - x[None, :])
             dy = np.sign(y[:, None] - y[None, :])
-            nx, ny = (dx ** 2).sum(), (dy ** 2).sum()
+            nx, ny = (dx**2).sum(), (dy**2).sum()
             if nx == 0:
                 out[i] = np.nan
             elif ny == 0:
@@ -145,10 +151,13 @@ class RankEffects:
         self.rel = np.zeros(len(frame))
         self.idcg = np.zeros(len(self.qids))
         if self.judged:
-            grades = {(str(q), str(d)): float(r) for q, d, r in
-                      qrels[["query_id", "doc_id", "relevance"]].itertuples(index=False)}
-            self.rel = np.array([max(0.0, grades.get((str(q), str(d)), 0.0))
-                                 for q, d in zip(frame["query_id"], frame["doc_id"])])
+            grades = {
+                (str(q), str(d)): float(r)
+                for q, d, r in qrels[["query_id", "doc_id", "relevance"]].itertuples(index=False)
+            }
+            self.rel = np.array(
+                [max(0.0, grades.get((str(q), str(d)), 0.0)) for q, d in zip(frame["query_id"], frame["doc_id"])]
+            )
             for i, q in enumerate(self.qids):
                 ideal = np.sort(qrels.loc[qrels["query_id"].astype(str) == str(q), "relevance"].to_numpy(float))[::-1]
                 ideal = ideal[ideal > 0][:10]
@@ -157,7 +166,8 @@ class RankEffects:
     @property
     def names(self) -> list[str]:
         return ["dscore", "abs_dscore", "flip_rate", "kendall_tau"] + (
-            ["delta_margin", "delta_rr@10", "delta_ndcg@10"] if self.judged else [])
+            ["delta_margin", "delta_rr@10", "delta_ndcg@10"] if self.judged else []
+        )
 
     def _rank_metrics(self, s: np.ndarray, rel: np.ndarray, idcg: float) -> tuple[np.ndarray, np.ndarray]:
         """RR@10 and nDCG@10 of each row of s [K, n] (stable: ties keep candidate order)."""
@@ -185,7 +195,7 @@ class RankEffects:
             dk = np.sign(x[:, :, None] - x[:, None, :])[:, iu[0], iu[1]]  # [K, P]
             ordered = dc != 0
             out["flip_rate"][:, i] = ((dk * dc)[:, ordered] <= 0).mean(1) if ordered.any() else 0.0
-            nx, ny = (dc ** 2).sum(), (dk ** 2).sum(1)
+            nx, ny = (dc**2).sum(), (dk**2).sum(1)
             tau = (dk * dc).sum(1) / np.sqrt(np.maximum(nx * ny, 1e-300))
             out["kendall_tau"][:, i] = np.where(nx == 0, np.nan, np.where(ny == 0, 0.0, tau))
             if self.judged:
@@ -198,8 +208,9 @@ class RankEffects:
                 out["delta_ndcg@10"][:, i] = nd1 - nd0[0]
         return out
 
-    def summarize(self, pq: dict[str, np.ndarray], n_boot: int = 1000, alpha: float = 0.05,
-                  seed: int = 0) -> pd.DataFrame:
+    def summarize(
+        self, pq: dict[str, np.ndarray], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+    ) -> pd.DataFrame:
         """One row per knockout: mean of each measure over queries, percentile bootstrap CI over queries
         (`<m>_ci_low/high`) and, for signed measures, the two-sided one-sample t-test p-value (`p_<m>`:
         the paired t-test of knocked against clean on that measure)."""

@@ -16,6 +16,7 @@ path can go. (`q->d` in the *last* layer could not matter here or in any model w
 `[CLS]`: query-token states computed by the last layer are read by nobody.) Post-LayerNorm algebra is kept
 simple by storing every feature twice, as +v and -v, so all states have zero mean.
 """
+
 from __future__ import annotations
 
 import random
@@ -44,9 +45,19 @@ def planted_model(folder, alpha: float = 5.0, beta: float = 5.0) -> Path:
     _bert_tokenizer_files(folder)
     tok = AutoTokenizer.from_pretrained(folder)
     D, half = 64, 32
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=D, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=16, max_position_embeddings=128, num_labels=1, hidden_act="relu",
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12)
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=D,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=16,
+        max_position_embeddings=128,
+        num_labels=1,
+        hidden_act="relu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        layer_norm_eps=1e-12,
+    )
     model = BertForSequenceClassification(config)
 
     def put(weight, row, col, value):  # write a logical feature and its negated mirror

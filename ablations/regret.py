@@ -11,6 +11,7 @@
 - **Stability**: how often replicates pick the same b (and the same (a, b)).
 - **Compute**: a search's training steps as a share of the frontier's.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,23 +39,38 @@ def regret(table: pd.DataFrame, a: int | None, b: int | None, tolerance: float, 
     t = truth(table, tolerance, domain)
     ok = t[t["qualifies"]]
     gt = ok.iloc[0] if len(ok) else None
-    out = {"truth": None if gt is None else f"MICE-l{gt['a']}+{gt['b']}",
-           "truth_ndcg": np.nan if gt is None else float(gt["ndcg@10"])}
+    out = {
+        "truth": None if gt is None else f"MICE-l{gt['a']}+{gt['b']}",
+        "truth_ndcg": np.nan if gt is None else float(gt["ndcg@10"]),
+    }
     if a is None or b is None:
         return {**out, "pick": None, "regret": np.nan, "miss": gt is not None, "same_as_truth": gt is None}
     mine = t[(t["a"] == a) & (t["b"] == b)]
     if not len(mine):
-        return {**out, "pick": f"MICE-l{a}+{b}", "regret": np.nan, "miss": False, "same_as_truth": False,
-                "note": "not on the frontier"}
+        return {
+            **out,
+            "pick": f"MICE-l{a}+{b}",
+            "regret": np.nan,
+            "miss": False,
+            "same_as_truth": False,
+            "note": "not on the frontier",
+        }
     own = float(mine.iloc[0]["ndcg@10"])
     cheaper = ok[ok["b"] <= b]
     best = float(cheaper["ndcg@10"].max()) if len(cheaper) else out["truth_ndcg"]
-    return {**out, "pick": f"MICE-l{a}+{b}", "pick_ndcg": own, "regret": best - own if np.isfinite(best) else np.nan,
-            "miss": False, "same_as_truth": gt is not None and (gt["a"], gt["b"]) == (a, b)}
+    return {
+        **out,
+        "pick": f"MICE-l{a}+{b}",
+        "pick_ndcg": own,
+        "regret": best - own if np.isfinite(best) else np.nan,
+        "miss": False,
+        "same_as_truth": gt is not None and (gt["a"], gt["b"]) == (a, b),
+    }
 
 
-def simple_rules(num_layers: int, zero_shot: pd.DataFrame | None = None, screen_a: int | None = None,
-                 tolerance: float = 0.05) -> dict[str, tuple[int | None, int | None]]:
+def simple_rules(
+    num_layers: int, zero_shot: pd.DataFrame | None = None, screen_a: int | None = None, tolerance: float = 0.05
+) -> dict[str, tuple[int | None, int | None]]:
     """Picks of rules that need no training: the paper's habit ℓ⌊L/3⌋+3 (b capped so a + b <= L); the zero-shot
     pick (the cheapest MICE whose untrained fidelity loss against the cross-encoder has its upper bound within
     tolerance; `zero_shot` rows: a, b, loss_upper, collapsed); the attribution screen's split a with every layer
@@ -78,12 +94,21 @@ def summarize(picks: pd.DataFrame) -> pd.DataFrame:
         bs = Counter(g["b"].dropna().astype(int))
         ab = Counter(g["pick"].fillna("none"))
         modal_b, n_b = bs.most_common(1)[0] if bs else (None, 0)
-        rows.append({"procedure": proc, "replicates": len(g), "modal_pick": ab.most_common(1)[0][0],
-                     "same_pick": ab.most_common(1)[0][1], "modal_b": modal_b, "same_b": n_b,
-                     "median_regret": float(np.nanmedian(g["regret"])) if g["regret"].notna().any() else np.nan,
-                     "max_regret": float(np.nanmax(g["regret"])) if g["regret"].notna().any() else np.nan,
-                     "misses": int(g["miss"].sum()), "same_as_truth": int(g["same_as_truth"].sum()),
-                     "compute_share": float(g["compute_share"].median()) if "compute_share" in g else 0.0})
+        rows.append(
+            {
+                "procedure": proc,
+                "replicates": len(g),
+                "modal_pick": ab.most_common(1)[0][0],
+                "same_pick": ab.most_common(1)[0][1],
+                "modal_b": modal_b,
+                "same_b": n_b,
+                "median_regret": float(np.nanmedian(g["regret"])) if g["regret"].notna().any() else np.nan,
+                "max_regret": float(np.nanmax(g["regret"])) if g["regret"].notna().any() else np.nan,
+                "misses": int(g["miss"].sum()),
+                "same_as_truth": int(g["same_as_truth"].sum()),
+                "compute_share": float(g["compute_share"].median()) if "compute_share" in g else 0.0,
+            }
+        )
     return pd.DataFrame(rows)
 
 

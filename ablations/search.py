@@ -41,6 +41,7 @@ queries against the cross-encoder with per-query measures, bootstrap CIs and pai
   widened search (more k, more b, more seeds) reuses every finished candidate; evaluations are keyed by the
   dev candidates' fingerprint.
 """
+
 from __future__ import annotations
 
 import json
@@ -137,8 +138,11 @@ class SearchConfig:
             bad("cut_alpha", f"must be in (0, 1], got {self.cut_alpha}")
         from mice.models.mice_model import CLS_CROSS_MODES
 
-        if not self.cls_cross or len(set(self.cls_cross)) != len(self.cls_cross) or \
-                not set(self.cls_cross) <= set(CLS_CROSS_MODES):
+        if (
+            not self.cls_cross
+            or len(set(self.cls_cross)) != len(self.cls_cross)
+            or not set(self.cls_cross) <= set(CLS_CROSS_MODES)
+        ):
             bad("cls_cross", f"expected distinct modes among {', '.join(CLS_CROSS_MODES)}, got {list(self.cls_cross)}")
         return self
 
@@ -170,8 +174,9 @@ def mask_split(mask) -> int | None:
     return next((layer for layer in range(mask.num_layers) if mask.allowed(layer, "q->d")), mask.num_layers)
 
 
-def mask_candidates(num_layers: int, merge_layers: Sequence[int] | None = None,
-                    extra_masks: Sequence[str] = ()) -> list[Candidate]:
+def mask_candidates(
+    num_layers: int, merge_layers: Sequence[int] | None = None, extra_masks: Sequence[str] = ()
+) -> list[Candidate]:
     from mice.masks import InteractionMask
 
     out = [Candidate("mask", n, "masked", n, None if i < 2 else 0, None, (0, i)) for i, n in enumerate(STEP_NAMES)]
@@ -185,20 +190,42 @@ def mask_candidates(num_layers: int, merge_layers: Sequence[int] | None = None,
         if m.num_layers != num_layers:
             raise MiceError(f"{path}: mask is for {m.num_layers} layers, the model has {num_layers}")
         a = mask_split(m)
-        out.append(Candidate("mask", f"{m.name} ({Path(path).name})", "masked", str(Path(path).resolve()), a, None,
-                             (a if a is not None else 0, 2 if a is not None else -1)))
+        out.append(
+            Candidate(
+                "mask",
+                f"{m.name} ({Path(path).name})",
+                "masked",
+                str(Path(path).resolve()),
+                a,
+                None,
+                (a if a is not None else 0, 2 if a is not None else -1),
+            )
+        )
     return out
 
 
-def layer_candidates(a: int, num_layers: int, max_b: int | None = None,
-                     cls_cross: Sequence[str] = ("none",)) -> list[Candidate]:
+def layer_candidates(
+    a: int, num_layers: int, max_b: int | None = None, cls_cross: Sequence[str] = ("none",)
+) -> list[Candidate]:
     """MICE-ℓa+b for each b under each `[CLS]` cross-attention mode (named `MICE-l1+3` under none, the default,
     and `MICE-l1+3 (uniform)`)."""
     top = num_layers - a if max_b is None else min(max_b, num_layers - a)
     if top < 1:
         raise MiceError(f"no interaction layers left above a={a} in a {num_layers}-layer model")
-    return [Candidate("layers", f"MICE-l{a}+{b}" + ("" if mode == "none" else f" ({mode})"), "mice", None, a, b,
-                      (-b,), cls_cross=mode) for b in range(1, top + 1) for mode in cls_cross]
+    return [
+        Candidate(
+            "layers",
+            f"MICE-l{a}+{b}" + ("" if mode == "none" else f" ({mode})"),
+            "mice",
+            None,
+            a,
+            b,
+            (-b,),
+            cls_cross=mode,
+        )
+        for b in range(1, top + 1)
+        for mode in cls_cross
+    ]
 
 
 def _mode_settings(mode: str, mask, a, b, cls_cross: str) -> dict:
@@ -276,17 +303,30 @@ class Search:
         self.effects = RankEffects(self.cands.frame, self.cands.qrels)
         base = self._train_config("masked", "mask2", None, None, seed=0, steps=1, output="-")
         self.max_length = base.max_length
-        self.base_identity = {"model": weights_fingerprint(cfg.model),
-                              "data": dataset_identity(self.ds, [base.train_split])}
+        self.base_identity = {
+            "model": weights_fingerprint(cfg.model),
+            "data": dataset_identity(self.ds, [base.train_split]),
+        }
 
     def _train_config(self, mode, mask, a, b, seed: int, steps: int, output: str, cls_cross: str = "none"):
         from mice.train.presets import preset
 
         cfg = self.cfg
-        settings = {"model": cfg.model, "dataset": cfg.dataset, "output": output, "seed": seed,
-                    "dev_split": None, "lr_schedule": "constant", "max_minutes": None, "max_steps": steps,
-                    "save_every": steps, "eval_every": steps, "resume": True, "overwrite": False,
-                    **_mode_settings(mode, mask, a, b, cls_cross)}
+        settings = {
+            "model": cfg.model,
+            "dataset": cfg.dataset,
+            "output": output,
+            "seed": seed,
+            "dev_split": None,
+            "lr_schedule": "constant",
+            "max_minutes": None,
+            "max_steps": steps,
+            "save_every": steps,
+            "eval_every": steps,
+            "resume": True,
+            "overwrite": False,
+            **_mode_settings(mode, mask, a, b, cls_cross),
+        }
         tc = preset(cfg.train_preset, mode, **{k: v for k, v in cfg.train.items() if k not in settings})
         # warmup is part of every rung's schedule: at most half the first rung
         return tc.updated({**settings, "warmup_steps": min(tc.warmup_steps, cfg.steps // 2)})
@@ -296,10 +336,12 @@ class Search:
         from mice.masks import InteractionMask
         from mice.train.loop import _BY_CONTENT, _RESUME_FREE
 
-        tc = self._train_config(cand.mode, cand.mask, cand.a, cand.b, seed=0, steps=1, output="-",
-                                cls_cross=cand.cls_cross)
-        settings = {k: v for k, v in tc.to_dict().items()
-                    if k not in _RESUME_FREE and k not in _BY_CONTENT and k != "seed"}
+        tc = self._train_config(
+            cand.mode, cand.mask, cand.a, cand.b, seed=0, steps=1, output="-", cls_cross=cand.cls_cross
+        )
+        settings = {
+            k: v for k, v in tc.to_dict().items() if k not in _RESUME_FREE and k not in _BY_CONTENT and k != "seed"
+        }
         what = {"mode": cand.mode}
         if cand.mode == "masked":
             what["mask"] = mask_identity(InteractionMask.parse(cand.mask, self.num_layers), tc.mask_mode)
@@ -317,8 +359,10 @@ class Search:
         out = {m: pq[m][0].tolist() for m in ("delta_ndcg@10", "delta_rr@10", "delta_margin", "kendall_tau")}
         # a query whose candidates all score alike is not re-ranked: its nDCG is the first stage's (ties keep
         # candidate order), e.g. MICE with b = 1, whose [CLS] never reads the document
-        out["constant"] = [float(np.ptp(scores[g]) <= 1e-6 * (1 + np.abs(scores[g]).max())) if len(g) > 1 else 0.0
-                           for g in self.effects.groups]
+        out["constant"] = [
+            float(np.ptp(scores[g]) <= 1e-6 * (1 + np.abs(scores[g]).max())) if len(g) > 1 else 0.0
+            for g in self.effects.groups
+        ]
         out["ndcg@10"] = (np.asarray(self.ref_pq["ndcg@10"]) + pq["delta_ndcg@10"][0]).tolist()
         out["rr@10"] = (np.asarray(self.ref_pq["rr@10"]) + pq["delta_rr@10"][0]).tolist()
         return out
@@ -352,8 +396,11 @@ class Search:
             return {"scores": scores.tolist(), "seconds": round(time.perf_counter() - t0, 2)}
 
         # keyed by the reference model's weights and length too: another model's scores are never reused
-        rec = self._cached(self.out / "reference.json", compute,
-                           key={"model": self.base_identity["model"], "max_length": self.max_length})
+        rec = self._cached(
+            self.out / "reference.json",
+            compute,
+            key={"model": self.base_identity["model"], "max_length": self.max_length},
+        )
         self.reference = np.asarray(rec["scores"])
         rel, idcg = self.effects.rel, self.effects.idcg
         rr, nd = [], []
@@ -365,6 +412,7 @@ class Search:
 
     def zero_shot(self, cand: Candidate) -> dict:
         """The candidate without training: the cross-encoder under the mask, or MICE built from it."""
+
         def compute():
             t0 = time.perf_counter()
             if cand.mode == "masked":
@@ -375,10 +423,14 @@ class Search:
                 from mice.models.mice_model import MICEModel
 
                 tc = self._train_config("mice", None, cand.a, cand.b, 0, 1, "-", cls_cross=cand.cls_cross)
-                scorer = MICEModel.from_cross_encoder(self.cfg.model, contextual_layers=cand.a,
-                                                      interaction_layers=cand.b, max_doc_length=tc.max_length,
-                                                      max_query_length=tc.max_query_length,
-                                                      cls_cross_attention=tc.cls_cross_attention)
+                scorer = MICEModel.from_cross_encoder(
+                    self.cfg.model,
+                    contextual_layers=cand.a,
+                    interaction_layers=cand.b,
+                    max_doc_length=tc.max_length,
+                    max_query_length=tc.max_query_length,
+                    cls_cross_attention=tc.cls_cross_attention,
+                )
             m = self._measure(self._score(scorer))
             return {"candidate": cand.name, "steps": 0, "measures": m, "score_s": round(time.perf_counter() - t0, 2)}
 
@@ -391,8 +443,9 @@ class Search:
         from mice.train.loop import STATE_FILE, _checkpoint_step
 
         folder = self.folder(cand) / f"seed-{seed}"
-        tc = self._train_config(cand.mode, cand.mask, cand.a, cand.b, seed, steps, str(folder / "train"),
-                                cls_cross=cand.cls_cross)
+        tc = self._train_config(
+            cand.mode, cand.mask, cand.a, cand.b, seed, steps, str(folder / "train"), cls_cross=cand.cls_cross
+        )
         last = folder / "train" / "last"
         done = _checkpoint_step(last) if (last / STATE_FILE).exists() else 0
         if not isinstance(done, int) or done > steps:  # a later rung of another search: retrain to `steps`
@@ -409,6 +462,7 @@ class Search:
 
     def trained(self, cand: Candidate, seed: int, steps: int) -> dict:
         """Train `cand` under `seed` to `steps` (continuing its last rung) and score it; cached."""
+
         def compute():
             from mice.models.loader import load_scorer
 
@@ -417,8 +471,14 @@ class Search:
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             m = self._measure(self._score(load_scorer(last)))
-            return {"candidate": cand.name, "seed": seed, "steps": steps, "measures": m,
-                    "train_s": round(train_s, 2), "score_s": round(time.perf_counter() - t0, 2)}
+            return {
+                "candidate": cand.name,
+                "seed": seed,
+                "steps": steps,
+                "measures": m,
+                "train_s": round(train_s, 2),
+                "score_s": round(time.perf_counter() - t0, 2),
+            }
 
         return self._cached(self.folder(cand) / f"seed-{seed}" / f"eval-{steps}.json", compute)
 
@@ -428,13 +488,23 @@ class Search:
         cross-encoder) and the per-query arrays."""
         pq = {m: np.mean([r["measures"][m] for r in recs], axis=0)[None] for m in MEASURES}
         s = self.effects.summarize(pq, n_boot=1000, seed=0).iloc[0].to_dict()
-        row = {"stage": cand.stage, "candidate": cand.name, "mode": cand.mode, "mask": cand.mask, "a": cand.a,
-               "b": cand.b, "cls_cross": cand.cls_cross if cand.mode == "mice" else None,
-               "efficiency": json.dumps(list(cand.efficiency)), "trained": trained,
-               "rung": -1 if rung is None else rung, "steps": int(recs[0]["steps"]),
-               "seeds": ",".join(str(r["seed"]) for r in recs) if trained else "", "n_seeds": len(recs) if trained else 0,
-               "queries": len(self.effects.qids),
-               "collapsed": bool(np.mean([np.mean(r["measures"]["constant"]) for r in recs]) > 0.5)}
+        row = {
+            "stage": cand.stage,
+            "candidate": cand.name,
+            "mode": cand.mode,
+            "mask": cand.mask,
+            "a": cand.a,
+            "b": cand.b,
+            "cls_cross": cand.cls_cross if cand.mode == "mice" else None,
+            "efficiency": json.dumps(list(cand.efficiency)),
+            "trained": trained,
+            "rung": -1 if rung is None else rung,
+            "steps": int(recs[0]["steps"]),
+            "seeds": ",".join(str(r["seed"]) for r in recs) if trained else "",
+            "n_seeds": len(recs) if trained else 0,
+            "queries": len(self.effects.qids),
+            "collapsed": bool(np.mean([np.mean(r["measures"]["constant"]) for r in recs]) > 0.5),
+        }
         for m in MEASURES:
             for suffix in ("", "_ci_low", "_ci_high"):
                 row[m + suffix] = float(s[m + suffix])
@@ -451,14 +521,18 @@ class Search:
         counts = [len(mask_cands)] if "mask" in cfg.stages else []
         if "layers" in cfg.stages:
             splits = {c.a for c in mask_cands if c.a is not None} if "mask" in cfg.stages else {cfg.contextual_layers}
-            counts += [len(layer_candidates(a, self.num_layers, cfg.max_interaction_layers, cfg.cls_cross))
-                       for a in splits if a < self.num_layers]
+            counts += [
+                len(layer_candidates(a, self.num_layers, cfg.max_interaction_layers, cfg.cls_cross))
+                for a in splits
+                if a < self.num_layers
+            ]
         # no split leaves a layer above it (a >= L): no counts, and the layer stage raises its own clear error
         rung = max((final_rung(n, cfg.finalists, cfg.eta, cfg.max_rungs) for n in counts), default=0)
-        return cfg.steps * cfg.eta ** rung
+        return cfg.steps * cfg.eta**rung
 
-    def _stage(self, cands: list[Candidate], rows: list, per_query: list,
-               final_steps: int | None = None) -> list[tuple[Candidate, dict]]:
+    def _stage(
+        self, cands: list[Candidate], rows: list, per_query: list, final_steps: int | None = None
+    ) -> list[tuple[Candidate, dict]]:
         """Zero-shot points, then successive halving; returns the finalists with their seed-averaged rows. The
         final rung trains `final_steps` when that is more than its own (`equal_finals`)."""
         cfg = self.cfg
@@ -469,7 +543,7 @@ class Search:
         alive, rung = list(cands), 0
         scheduled = len(alive)  # halving's count: it fixes the rungs even when `cut` keeps more alive
         while True:
-            steps = cfg.steps * cfg.eta ** rung
+            steps = cfg.steps * cfg.eta**rung
             keep = promoted_count(scheduled, rung, cfg.finalists, cfg.eta, cfg.max_rungs)
             final = keep is None
             if final and final_steps:
@@ -527,14 +601,18 @@ class Search:
         if self.cfg.promote == "best" or not ranked or ranked[0][1]["collapsed"]:
             return ranked
         best = ranked[0][1][m]
-        within = [cr for cr in ranked[1:] if not cr[1]["collapsed"]
-                  and relative_loss(best, cr[1][m]) <= self.cfg.tolerance + 1e-12]
+        within = [
+            cr
+            for cr in ranked[1:]
+            if not cr[1]["collapsed"] and relative_loss(best, cr[1][m]) <= self.cfg.tolerance + 1e-12
+        ]
         within.sort(key=lambda cr: (cr[0].efficiency, cr[1][m]), reverse=True)
         names = {ranked[0][0].name} | {c.name for c, _ in within}
         return [ranked[0], *within, *[cr for cr in ranked if cr[0].name not in names]]
 
-    def _choose(self, finalists: list[tuple[Candidate, dict]], controls: Sequence[dict] = (),
-                with_reference: bool = False) -> tuple[Candidate | None, dict]:
+    def _choose(
+        self, finalists: list[tuple[Candidate, dict]], controls: Sequence[dict] = (), with_reference: bool = False
+    ) -> tuple[Candidate | None, dict]:
         """The most efficient non-collapsed finalist within `tolerance` of the best trained configuration.
 
         The best is taken over trained rows only (this stage's finalists and `controls`, the earlier stages'
@@ -560,8 +638,11 @@ class Search:
         chosen = max(ok, key=lambda cr: (cr[0].efficiency, cr[1][m])) if ok else None
         for cand, row in finalists:
             row["chosen"] = chosen is not None and cand.name == chosen[0].name
-        return (chosen[0] if chosen else None), {"best": best, "reference": ref, "best_is_reference":
-                                                 bool(with_reference and best == ref)}
+        return (chosen[0] if chosen else None), {
+            "best": best,
+            "reference": ref,
+            "best_is_reference": bool(with_reference and best == ref),
+        }
 
     # ------------------------------------------------------------------------------------------- run
     def run(self) -> SearchResult:
@@ -579,12 +660,18 @@ class Search:
             write_table(table, self.out / "search.parquet")
             write_table(pq_table, self.out / "search.per_query.parquet")
             why = self._why(table, mask_choice, layer_choice, decisions)
-            meta = {"config": asdict(self.cfg), "num_layers": self.num_layers, "queries": len(self.effects.qids),
-                    "candidates_fingerprint": self.cands_fp, "reference": {m: float(np.mean(v)) for m, v in
-                                                                           self.ref_pq.items()},
-                    "decisions": decisions, "steps_trained_this_run": self.trained_steps,
-                    "steps_total": self._steps_total(table),
-                    "elapsed_s": round(time.perf_counter() - t0, 2), "why": why}
+            meta = {
+                "config": asdict(self.cfg),
+                "num_layers": self.num_layers,
+                "queries": len(self.effects.qids),
+                "candidates_fingerprint": self.cands_fp,
+                "reference": {m: float(np.mean(v)) for m, v in self.ref_pq.items()},
+                "decisions": decisions,
+                "steps_trained_this_run": self.trained_steps,
+                "steps_total": self._steps_total(table),
+                "elapsed_s": round(time.perf_counter() - t0, 2),
+                "why": why,
+            }
             derived = self._derived(table, meta, mask_choice, layer_choice, a, final_steps)
             write_json_atomic(self.out / "search.json", meta)
             derived.save(self.out / "derived.json")
@@ -597,8 +684,7 @@ class Search:
         per_query: list = []
         decisions: dict = {}
         a, mask_choice, mask_finalists = cfg.contextual_layers, None, []
-        mask_cands = (mask_candidates(self.num_layers, cfg.merge_layers, cfg.extra_masks)
-                      if "mask" in cfg.stages else [])
+        mask_cands = mask_candidates(self.num_layers, cfg.merge_layers, cfg.extra_masks) if "mask" in cfg.stages else []
         final_steps = self.final_steps(mask_cands)
         if final_steps:
             self.log(f"finalists of every stage train {final_steps} steps (equal finals)")
@@ -611,19 +697,30 @@ class Search:
         layer_choice = None
         if "layers" in cfg.stages and a is not None and ("mask" not in cfg.stages or mask_choice is not None):
             self.log(f"layer stage (a = {a})")
-            fin = self._stage(layer_candidates(a, self.num_layers, cfg.max_interaction_layers, cfg.cls_cross),
-                              rows, per_query, final_steps)
-            layer_choice, decisions["layers"] = self._choose(fin, controls=mask_finalists,
-                                                           with_reference="mask" not in cfg.stages)
+            fin = self._stage(
+                layer_candidates(a, self.num_layers, cfg.max_interaction_layers, cfg.cls_cross),
+                rows,
+                per_query,
+                final_steps,
+            )
+            layer_choice, decisions["layers"] = self._choose(
+                fin, controls=mask_finalists, with_reference="mask" not in cfg.stages
+            )
         return rows, per_query, decisions, mask_choice, layer_choice, a, final_steps
 
     def _table(self, rows: list[dict]) -> pd.DataFrame:
         """The summary rows with every flag column typed, checked against the equal-steps rules."""
         table = pd.DataFrame(rows)
-        for col, default in (("finalist", False), ("promoted", False), ("tie", False), ("chosen", False),
-                             ("within_tolerance", False), ("rel_loss", float("nan")),
-                             ("p_vs_best", float("nan"))):
-            table[col] = (table[col].astype(object).fillna(default) if col in table else default)
+        for col, default in (
+            ("finalist", False),
+            ("promoted", False),
+            ("tie", False),
+            ("chosen", False),
+            ("within_tolerance", False),
+            ("rel_loss", float("nan")),
+            ("p_vs_best", float("nan")),
+        ):
+            table[col] = table[col].astype(object).fillna(default) if col in table else default
             table[col] = table[col].astype(type(default))
         for stage in table["stage"].unique():
             curve(table, stage)  # the equal-steps rule, asserted before anything is written
@@ -651,33 +748,60 @@ class Search:
             mask = InteractionMask.parse(mask_choice.mask, self.num_layers)
         elif "mask" not in cfg.stages and a is not None:
             mask = InteractionMask.parse(f"mask3:k={a}" if a else "mask2", self.num_layers)
-        decision = ("mice" if layer_choice is not None else "masked" if mask is not None and
-                    "mask" in cfg.stages else "cross-encoder")
+        decision = (
+            "mice"
+            if layer_choice is not None
+            else "masked"
+            if mask is not None and "mask" in cfg.stages
+            else "cross-encoder"
+        )
         if decision == "cross-encoder":
             mask = None
         chosen_rows = table[table["chosen"]]
         return DerivedConfig(
-            decision=decision, num_layers=self.num_layers,
+            decision=decision,
+            num_layers=self.num_layers,
             contextual_layers=a if decision == "mice" else None,
             interaction_layers=layer_choice.b if layer_choice is not None else None,
             cls_cross_attention=layer_choice.cls_cross if layer_choice is not None else None,
-            mask=None if mask is None else InteractionMask(mask.num_layers, mask.rules, name=mask.name,
-                                                           provenance={"method": "trained search"}).to_dict(),
+            mask=None
+            if mask is None
+            else InteractionMask(
+                mask.num_layers, mask.rules, name=mask.name, provenance={"method": "trained search"}
+            ).to_dict(),
             source_model=str(Path(cfg.model).resolve()) if Path(cfg.model).exists() else cfg.model,
-            tolerance=cfg.tolerance, metric=cfg.metric, budget=self._budget(meta, final_steps),
-            provenance={"why": meta["why"], "reference": meta["reference"], "decisions": meta["decisions"],
-                        "chosen": json.loads(chosen_rows.to_json(orient="records")),
-                        "table": "search.parquet", "dataset": cfg.dataset, "split": cfg.split,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            tolerance=cfg.tolerance,
+            metric=cfg.metric,
+            budget=self._budget(meta, final_steps),
+            provenance={
+                "why": meta["why"],
+                "reference": meta["reference"],
+                "decisions": meta["decisions"],
+                "chosen": json.loads(chosen_rows.to_json(orient="records")),
+                "table": "search.parquet",
+                "dataset": cfg.dataset,
+                "split": cfg.split,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
 
     def _budget(self, meta: dict, final_steps) -> dict:
         cfg = self.cfg
-        return {"first_rung_steps": cfg.steps, "eta": cfg.eta, "finalists": cfg.finalists, "promote": cfg.promote,
-                "max_rungs": cfg.max_rungs, "final_steps": final_steps,
-                **({"seeded_from": cfg.seeded_from} if cfg.seeded_from is not None else {}),
-                **({"cut": cfg.cut, "cut_alpha": cfg.cut_alpha} if cfg.cut != "halving" else {}),
-                "seeds": list(cfg.seeds), "dev_queries": len(self.effects.qids), "k": cfg.k,
-                "steps_total": meta["steps_total"], "train_preset": cfg.train_preset}
+        return {
+            "first_rung_steps": cfg.steps,
+            "eta": cfg.eta,
+            "finalists": cfg.finalists,
+            "promote": cfg.promote,
+            "max_rungs": cfg.max_rungs,
+            "final_steps": final_steps,
+            **({"seeded_from": cfg.seeded_from} if cfg.seeded_from is not None else {}),
+            **({"cut": cfg.cut, "cut_alpha": cfg.cut_alpha} if cfg.cut != "halving" else {}),
+            "seeds": list(cfg.seeds),
+            "dev_queries": len(self.effects.qids),
+            "k": cfg.k,
+            "steps_total": meta["steps_total"],
+            "train_preset": cfg.train_preset,
+        }
 
     @staticmethod
     def _steps_total(table: pd.DataFrame) -> int:
@@ -695,13 +819,17 @@ class Search:
             if d is None:
                 return ""
             if choice is None:
-                return (f"{stage}: no finalist within {tol:.0%} of the best dev {m} ({d['best']:.4f}; the "
-                        f"cross-encoder: {d['reference']:.4f})")
+                return (
+                    f"{stage}: no finalist within {tol:.0%} of the best dev {m} ({d['best']:.4f}; the "
+                    f"cross-encoder: {d['reference']:.4f})"
+                )
             r = table[(table["stage"] == stage) & table["chosen"]].iloc[0]
-            return (f"{stage}: {choice.name}, the most efficient finalist within {tol:.0%} of the best ({m} "
-                    f"{r[m]:.4f} [{r[m + '_ci_low']:.4f}, {r[m + '_ci_high']:.4f}] vs {d['best']:.4f}; against "
-                    f"the cross-encoder {r['delta_' + m]:+.4f}, p {r['p_delta_' + m]:.3g}; {int(r['steps'])} "
-                    f"steps x {int(r['n_seeds'])} seeds)")
+            return (
+                f"{stage}: {choice.name}, the most efficient finalist within {tol:.0%} of the best ({m} "
+                f"{r[m]:.4f} [{r[m + '_ci_low']:.4f}, {r[m + '_ci_high']:.4f}] vs {d['best']:.4f}; against "
+                f"the cross-encoder {r['delta_' + m]:+.4f}, p {r['p_delta_' + m]:.3g}; {int(r['steps'])} "
+                f"steps x {int(r['n_seeds'])} seeds)"
+            )
 
         parts = [say("mask", mask_choice), say("layers", layer_choice)]
         if mask_choice is not None and mask_choice.a is None:

@@ -17,6 +17,7 @@ whose exact knockout changes no score.
 
 Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,9 @@ def occupancy(segment_ids) -> np.ndarray:
     return occ
 
 
-def structural_reason(ko: Knockout, base: InteractionMask, occupied: np.ndarray | None = None,
-                      mode: str = "renorm") -> str | None:
+def structural_reason(
+    ko: Knockout, base: InteractionMask, occupied: np.ndarray | None = None, mode: str = "renorm"
+) -> str | None:
     """Why `ko` provably changes no score on top of `base` in `mode` (None when it may)."""
     src, dst = parse_path(ko.path)
     r = reach(base, mode)[ko.layer]
@@ -52,8 +54,9 @@ def structural_reason(ko: Knockout, base: InteractionMask, occupied: np.ndarray 
     return None
 
 
-def structural_cells(kos: list[Knockout], base: InteractionMask, occupied: np.ndarray | None = None,
-                     mode: str = "renorm") -> dict[str, str]:
+def structural_cells(
+    kos: list[Knockout], base: InteractionMask, occupied: np.ndarray | None = None, mode: str = "renorm"
+) -> dict[str, str]:
     """{knockout key: reason} for the structural knockouts among `kos`."""
     out = {}
     for ko in kos:

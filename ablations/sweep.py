@@ -12,6 +12,7 @@ interrupted sweep continues from there, and the tables appear atomically at the 
 
 Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,14 +46,15 @@ class ScoredBatches:
     """Candidates tokenised once into fixed, length-sorted batches, with their clean passes cached
     (within `cache_bytes`; beyond that a batch's clean pass is recomputed when needed)."""
 
-    def __init__(self, engine: SweepEngine, pairs: Sequence[tuple[str, str]], batch_size: int = 16,
-                 cache_bytes: int = 1 << 30):
+    def __init__(
+        self, engine: SweepEngine, pairs: Sequence[tuple[str, str]], batch_size: int = 16, cache_bytes: int = 1 << 30
+    ):
         self.engine = engine
         self.n = len(pairs)
         order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
         self.batches = []
         for s in range(0, self.n, batch_size):
-            idx = order[s:s + batch_size]
+            idx = order[s : s + batch_size]
             self.batches.append((idx, engine.model.tokenize([pairs[i] for i in idx])))
         self.cache_bytes = cache_bytes
         self._states: dict[int, object] = {}
@@ -60,8 +62,9 @@ class ScoredBatches:
 
     def rebase(self, base) -> None:
         """Make `base` the reference mask (e.g. the cumulative mask of a derivation); drops cached passes."""
-        self.engine = SweepEngine(self.engine.model, self.engine.mode, base, self.engine.strategy,
-                                  self.engine.token_budget)
+        self.engine = SweepEngine(
+            self.engine.model, self.engine.mode, base, self.engine.strategy, self.engine.token_budget
+        )
         self._states.clear()
         self._used = 0
 
@@ -102,8 +105,9 @@ def _plain(obj):
 class _Partial:
     """Append-only sidecar of finished units; a torn last line (killed mid-write) is discarded."""
 
-    MISMATCH = "partial results of a different sweep; pass restart=True (--restart) to start afresh, or choose " \
-               "another output"
+    MISMATCH = (
+        "partial results of a different sweep; pass restart=True (--restart) to start afresh, or choose another output"
+    )
 
     def __init__(self, path: Path, key: str, restart: bool = False, mismatch: str | None = None):
         from mice.distributed import ShardedJournal
@@ -135,23 +139,53 @@ def _units(kos: list[Knockout], unit_size: int) -> list[list[Knockout]]:
     units = []
     for layer in sorted(by_layer):
         group = by_layer[layer]
-        units += [group[s:s + unit_size] for s in range(0, len(group), unit_size)]
+        units += [group[s : s + unit_size] for s in range(0, len(group), unit_size)]
     return units
 
 
 def _ko_row(ko: Knockout, mode: str, status: str = "ok", reason: str = "") -> dict:
     src, dst = ko.path.split("->")
-    return {"layer": ko.layer, "head": ko.head, "path": ko.path, "from": src.strip(), "to": dst.strip(),
-            "mode": mode, "status": status, "reason": reason}
+    return {
+        "layer": ko.layer,
+        "head": ko.head,
+        "path": ko.path,
+        "from": src.strip(),
+        "to": dst.strip(),
+        "mode": mode,
+        "status": status,
+        "reason": reason,
+    }
 
 
-def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths=None, layers=None, heads=False,
-          mode: str = "renorm", base=None, max_queries: int | None = None, metrics=("nDCG@10", "RR@10"),
-          batch_size: int = 16, strategy: str = "auto", out=None, restart: bool = False, unit_size: int = 25,
-          cache_bytes: int = 1 << 30, n_resamples: int = 2000, show_progress_bar: bool = False,
-          callback: Callable[[int, int], None] | None = None, meta: dict | None = None, n_boot: int = 1000,
-          structural: bool = True, rank_by: str | None = None,
-          on_resume: Callable[[Path, int], None] | None = None) -> SweepResult:
+def sweep(
+    model,
+    data,
+    split: str | None = None,
+    run=None,
+    k: int = 20,
+    *,
+    paths=None,
+    layers=None,
+    heads=False,
+    mode: str = "renorm",
+    base=None,
+    max_queries: int | None = None,
+    metrics=("nDCG@10", "RR@10"),
+    batch_size: int = 16,
+    strategy: str = "auto",
+    out=None,
+    restart: bool = False,
+    unit_size: int = 25,
+    cache_bytes: int = 1 << 30,
+    n_resamples: int = 2000,
+    show_progress_bar: bool = False,
+    callback: Callable[[int, int], None] | None = None,
+    meta: dict | None = None,
+    n_boot: int = 1000,
+    structural: bool = True,
+    rank_by: str | None = None,
+    on_resume: Callable[[Path, int], None] | None = None,
+) -> SweepResult:
     """Knock out each path (in each layer; with `heads`, also in each head) and measure the re-ranking.
 
     `data`: a dataset spec/object with `split` and `run` (file, DataFrame or "bm25"; top `k` per query,
@@ -175,32 +209,100 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
     effects = RankEffects(cands.frame, cands.qrels)
     engine = SweepEngine(model, mode, base, strategy)
     base_mask = engine.base_mask
-    kos = knockout_set(model.n_layers, model.n_heads, paths, layers, heads)
-    reasons = {ko.key: check_knockout(ko, base_mask) for ko in kos}
-
-    runnable = [ko for ko in kos if reasons[ko.key] is None]
-    units = _units(runnable, unit_size)
+    kos, reasons, runnable, units = _knockouts(model, paths, layers, heads, base_mask, unit_size)
     rank_by = rank_by or ("delta_margin" if effects.judged else "abs_dscore")
 
     batches = ScoredBatches(engine, cands.pairs, batch_size, cache_bytes)
     clean = batches.clean()
     clean_pq = evaluator.per_query(clean)
-    struct = structural_cells(runnable, base_mask, occupancy([b["segment_ids"] for _, b in batches.batches]),
-                              mode) if structural else {}
+    struct = _structural(runnable, base_mask, batches, mode) if structural else {}
 
-    meta = {**(meta or {}), **_meta(model, cands, evaluator, engine, mode, base_mask, batch_size, clean_pq, kos,
-                                    paths, layers, heads), "rank_by": rank_by, "measures": effects.names,
-            "n_boot": n_boot, "n_structural": len(struct)}
+    meta = {
+        **(meta or {}),
+        **_meta(model, cands, evaluator, engine, mode, base_mask, batch_size, clean_pq, kos, paths, layers, heads),
+        **_ranking_meta(rank_by, effects, n_boot, struct),
+    }
     out = Path(out) if out is not None else None
-    partial = _journal(out, restart, model, cands, mode=mode, base_mask=base_mask, metrics=evaluator.names,
-                       batch_size=batch_size, n_resamples=n_resamples, unit_size=unit_size, n_boot=n_boot,
-                       structural=structural, rank_by=rank_by, strategy=engine.strategy) if out is not None else None
+    partial = _sweep_journal(
+        out, restart, model, cands, engine, evaluator, batch_size, n_resamples, unit_size, n_boot, structural, rank_by
+    )
     unit_keys = [[ko.key for ko in u] for u in units]
     results = _resumed(partial, unit_keys, on_resume)
     todo = [i for i, u in enumerate(units) if u[0].key not in results and w.owns(i)]
     measure = _UnitMeasure(batches, evaluator, effects, clean, clean_pq, struct, mode, rank_by, n_boot)
-    prog = progress(len(runnable), "knockouts", enabled=show_progress_bar and w.main,
-                    done=len(runnable) - sum(len(units[i]) for i in todo))
+    _measure_units(units, todo, measure, results, partial, len(runnable), show_progress_bar and w.main, callback)
+    return _merged_result(w, out, partial, unit_keys, results, kos, reasons, mode, evaluator, clean_pq, meta, started)
+
+
+def _knockouts(model, paths, layers, heads, base_mask, unit_size):
+    """The knockouts, why each cannot run on `base_mask` (None: it can), those that can, and their units."""
+    kos = knockout_set(model.n_layers, model.n_heads, paths, layers, heads)
+    reasons = {ko.key: check_knockout(ko, base_mask) for ko in kos}
+
+    runnable = [ko for ko in kos if reasons[ko.key] is None]
+    units = _units(runnable, unit_size)
+    return kos, reasons, runnable, units
+
+
+def _structural(runnable, base_mask, batches, mode):
+    """The runnable knockouts that provably cannot change the score on these batches (`structural_cells`)."""
+    return structural_cells(runnable, base_mask, occupancy([b["segment_ids"] for _, b in batches.batches]), mode)
+
+
+def _ranking_meta(rank_by, effects, n_boot, struct) -> dict:
+    """The sweep's metadata on the sensitive measures and the structural knockouts."""
+    return {
+        "rank_by": rank_by,
+        "measures": effects.names,
+        "n_boot": n_boot,
+        "n_structural": len(struct),
+    }
+
+
+def _merged_result(w, out, partial, unit_keys, results, kos, reasons, mode, evaluator, clean_pq, meta, started):
+    """Rank 0 merges every rank's journal, assembles the tables and writes them; the other ranks read them back."""
+    if w.distributed:
+        w.barrier()  # every rank's journal is complete
+        if not w.main:
+            w.barrier()  # rank 0 merges and writes the tables
+            return load_sweep(out)
+        results = _done_results(partial.merged(), unit_keys)
+    table, per_query = _assemble(kos, reasons, results, mode, evaluator, clean_pq)
+    return _finish(SweepResult(table, per_query, meta), started, w, out, partial)
+
+
+def _sweep_journal(
+    out, restart, model, cands, engine, evaluator, batch_size, n_resamples, unit_size, n_boot, structural, rank_by
+):
+    """The sweep's journal (`_journal`) with every setting that decides its rows; None without `out`."""
+    if out is None:
+        return None
+    return _journal(
+        out,
+        restart,
+        model,
+        cands,
+        mode=engine.mode,
+        base_mask=engine.base_mask,
+        metrics=evaluator.names,
+        batch_size=batch_size,
+        n_resamples=n_resamples,
+        unit_size=unit_size,
+        n_boot=n_boot,
+        structural=structural,
+        rank_by=rank_by,
+        strategy=engine.strategy,
+    )
+
+
+def _measure_units(units, todo, measure, results, partial, n_runnable, enabled, callback) -> None:
+    """Measure the units `todo` into `results` (key -> (row, per-query)), journalled in `partial`."""
+    prog = progress(
+        n_runnable,
+        "knockouts",
+        enabled=enabled,
+        done=n_runnable - sum(len(units[i]) for i in todo),
+    )
     try:
         with torch.no_grad():
             for n_done, i in enumerate(todo, 1):
@@ -217,22 +319,18 @@ def sweep(model, data, split: str | None = None, run=None, k: int = 20, *, paths
         if partial:
             partial.close()
 
-    if w.distributed:
-        w.barrier()  # every rank's journal is complete
-        if not w.main:
-            w.barrier()  # rank 0 merges and writes the tables
-            return load_sweep(out)
-        results = _done_results(partial.merged(), unit_keys)
-    table, per_query = _assemble(kos, reasons, results, mode, evaluator, clean_pq)
-    return _finish(SweepResult(table, per_query, meta), started, w, out, partial)
-
 
 def _journal(out: Path, restart: bool, model, cands: Candidates, base_mask, **settings) -> _Partial:
     """The sweep's `<out>.partial`, keyed by everything that decides its rows (another sweep's is refused)."""
     from mice.identity import job_identity, mask_identity
 
-    key = job_identity(**model.identity(), pairs=cands.fingerprint(), qrels=_qrels_hash(cands),
-                       base_mask=mask_identity(base_mask), **settings)
+    key = job_identity(
+        **model.identity(),
+        pairs=cands.fingerprint(),
+        qrels=_qrels_hash(cands),
+        base_mask=mask_identity(base_mask),
+        **settings,
+    )
     return _Partial(out.with_name(out.name + ".partial"), key, restart)
 
 
@@ -250,8 +348,9 @@ def _finish(result: SweepResult, started: float, w, out, partial) -> SweepResult
 class _UnitMeasure:
     """Score one unit of knockouts and measure each against the clean run: table rows and per-query values."""
 
-    def __init__(self, batches, evaluator, effects, clean, clean_pq, struct: dict, mode: str, rank_by: str,
-                 n_boot: int):
+    def __init__(
+        self, batches, evaluator, effects, clean, clean_pq, struct: dict, mode: str, rank_by: str, n_boot: int
+    ):
         self.batches, self.evaluator, self.effects = batches, evaluator, effects
         self.clean, self.clean_pq, self.struct = clean, clean_pq, struct
         self.mode, self.rank_by, self.n_boot = mode, rank_by, n_boot
@@ -268,15 +367,19 @@ class _UnitMeasure:
                 if m in fx:
                     qdf[m] = fx[m][j]
             status = ("structural", self.struct[ko.key]) if ko.key in self.struct else ("ok", "")
-            rows.append(_plain({"key": ko.key, **_ko_row(ko, self.mode, *status), **summary, **sens,
-                                "rank_by": self.rank_by}))
+            rows.append(
+                _plain({"key": ko.key, **_ko_row(ko, self.mode, *status), **summary, **sens, "rank_by": self.rank_by})
+            )
             pqs.append(_plain(qdf.to_dict(orient="list")))
         return rows, pqs
 
 
 def _qrels_hash(cands: Candidates) -> str:
-    return "" if cands.qrels is None else hashlib.sha256(
-        cands.qrels.sort_values(["query_id", "doc_id"]).to_csv(index=False).encode()).hexdigest()
+    return (
+        ""
+        if cands.qrels is None
+        else hashlib.sha256(cands.qrels.sort_values(["query_id", "doc_id"]).to_csv(index=False).encode()).hexdigest()
+    )
 
 
 def _resumed(partial: _Partial | None, unit_keys: list[list[str]], on_resume) -> dict[str, tuple[dict, list]]:
@@ -297,17 +400,41 @@ def _done_results(done_units: dict[int, dict], unit_keys: list[list[str]]) -> di
     return results
 
 
-def _meta(model, cands: Candidates, evaluator: Evaluator, engine: SweepEngine, mode, base_mask, batch_size, clean_pq,
-          kos, paths, layers, heads) -> dict:
-    return {"format": SWEEP_FORMAT, "model": str(getattr(model.model, "name_or_path", "")),
-            "n_layers": model.n_layers, "n_heads": model.n_heads, "max_length": model.max_length,
-            "source": cands.source, "query_ids": cands.query_ids, "n_pairs": len(cands), "mode": mode,
-            "base": base_mask.to_dict(), "metrics": evaluator.names, "strategy": engine.strategy,
-            "batch_size": batch_size, "clean": evaluator.summary(clean_pq), "n_knockouts": len(kos),
-            "paths": paths if paths is None or isinstance(paths, str) else list(paths),
-            "layers": layers if layers is None or isinstance(layers, (str, int)) else list(layers),
-            "heads": heads if isinstance(heads, bool) else list(heads),
-            "convention": "a->b: tokens of group a attend to tokens of group b"}
+def _meta(
+    model,
+    cands: Candidates,
+    evaluator: Evaluator,
+    engine: SweepEngine,
+    mode,
+    base_mask,
+    batch_size,
+    clean_pq,
+    kos,
+    paths,
+    layers,
+    heads,
+) -> dict:
+    return {
+        "format": SWEEP_FORMAT,
+        "model": str(getattr(model.model, "name_or_path", "")),
+        "n_layers": model.n_layers,
+        "n_heads": model.n_heads,
+        "max_length": model.max_length,
+        "source": cands.source,
+        "query_ids": cands.query_ids,
+        "n_pairs": len(cands),
+        "mode": mode,
+        "base": base_mask.to_dict(),
+        "metrics": evaluator.names,
+        "strategy": engine.strategy,
+        "batch_size": batch_size,
+        "clean": evaluator.summary(clean_pq),
+        "n_knockouts": len(kos),
+        "paths": paths if paths is None or isinstance(paths, str) else list(paths),
+        "layers": layers if layers is None or isinstance(layers, (str, int)) else list(layers),
+        "heads": heads if isinstance(heads, bool) else list(heads),
+        "convention": "a->b: tokens of group a attend to tokens of group b",
+    }
 
 
 def _assemble(kos, reasons, results, mode, evaluator: Evaluator, clean_pq) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -368,10 +495,22 @@ def _split_specs(text: str) -> list[str]:
     return out
 
 
-def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *, masks=DEFAULT_PRESETS,
-                 mode: str = "renorm", max_queries: int | None = None, metrics=("nDCG@10", "RR@10"),
-                 batch_size: int = 16, n_resamples: int = 2000, out=None,
-                 show_progress_bar: bool = False) -> SweepResult:
+def ablate_masks(
+    model,
+    data,
+    split: str | None = None,
+    run=None,
+    k: int = 20,
+    *,
+    masks=DEFAULT_PRESETS,
+    mode: str = "renorm",
+    max_queries: int | None = None,
+    metrics=("nDCG@10", "RR@10"),
+    batch_size: int = 16,
+    n_resamples: int = 2000,
+    out=None,
+    show_progress_bar: bool = False,
+) -> SweepResult:
     """Apply whole masks zero-shot (no retraining; e.g. the presets) and compare each with the clean model.
 
     With `out`, finished masks are journalled (`<out>.partial`), so an interrupted run resumes; under N
@@ -389,15 +528,8 @@ def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *
     masks = preset_masks(masks, model.n_layers)
     clean = batches.clean()
     clean_pq = evaluator.per_query(clean)
-    partial = None
-    if out is not None:
-        from mice.identity import job_identity, mask_identity
-
-        out = Path(out)
-        key = job_identity(**model.identity(), pairs=cands.fingerprint(), qrels=_qrels_hash(cands), mode=mode,
-                           masks=[[m.name, mask_identity(m)] for m in masks], metrics=evaluator.names,
-                           batch_size=batch_size, n_resamples=n_resamples)
-        partial = _Partial(out.with_name(out.name + ".partial"), key)
+    out = Path(out) if out is not None else None
+    partial = _masks_journal(out, model, cands, mode, masks, evaluator, batch_size, n_resamples)
     done = dict(partial.units) if partial else {}
     todo = [i for i in range(len(masks)) if i not in done and w.owns(i)]
     items = track(todo, "masks", enabled=show_progress_bar and w.main)
@@ -427,14 +559,46 @@ def ablate_masks(model, data, split: str | None = None, run=None, k: int = 20, *
     clean_q = clean_pq.reset_index().rename(columns={"index": "query_id"})
     clean_q.insert(0, "mask", "clean")
     per_query = pd.concat([clean_q] + frames, ignore_index=True)
-    meta = {"format": "mice-mask-ablation/1", "model": str(getattr(model.model, "name_or_path", "")),
-            "source": cands.source, "query_ids": cands.query_ids, "mode": mode, "metrics": evaluator.names,
-            "clean": evaluator.summary(clean_pq), "masks": {m.name: m.to_dict() for m in masks},
-            "elapsed_s": round(time.perf_counter() - started, 3), "processes": w.size,
-            "convention": "a->b: tokens of group a attend to tokens of group b"}
+    meta = _masks_meta(model, cands, mode, evaluator, clean_pq, masks, started, w)
     result = SweepResult(pd.DataFrame(rows), per_query, meta)
     if out is not None:
         save_sweep(result, out)
         partial.unlink()
     w.barrier()
     return result
+
+
+def _masks_journal(out, model, cands, mode, masks, evaluator, batch_size, n_resamples):
+    """The mask ablation's `<out>.partial`, keyed by everything that decides its rows; None without `out`."""
+    if out is None:
+        return None
+    from mice.identity import job_identity, mask_identity
+
+    key = job_identity(
+        **model.identity(),
+        pairs=cands.fingerprint(),
+        qrels=_qrels_hash(cands),
+        mode=mode,
+        masks=[[m.name, mask_identity(m)] for m in masks],
+        metrics=evaluator.names,
+        batch_size=batch_size,
+        n_resamples=n_resamples,
+    )
+    return _Partial(out.with_name(out.name + ".partial"), key)
+
+
+def _masks_meta(model, cands, mode, evaluator, clean_pq, masks, started, w) -> dict:
+    """The mask ablation's metadata, its time taken up to now."""
+    return {
+        "format": "mice-mask-ablation/1",
+        "model": str(getattr(model.model, "name_or_path", "")),
+        "source": cands.source,
+        "query_ids": cands.query_ids,
+        "mode": mode,
+        "metrics": evaluator.names,
+        "clean": evaluator.summary(clean_pq),
+        "masks": {m.name: m.to_dict() for m in masks},
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "processes": w.size,
+        "convention": "a->b: tokens of group a attend to tokens of group b",
+    }

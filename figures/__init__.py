@@ -2,6 +2,7 @@
 
 Shared look: seaborn style, and every figure about paths says the convention `a->b` = a attends b.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 `python -m figures.attention PROBE.parquet OUTDIR` draws all three.
 """
+
 from __future__ import annotations
 
 import sys
@@ -39,8 +40,9 @@ def plot_layer_heatmaps(probe, out_stem, value: str = "mass", formats=("png", "p
             for j in range(len(SEGS)):
                 v = grid.iloc[i, j]
                 if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if v < 0.6 else "black")
+                    ax.text(
+                        j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black"
+                    )
         ax.set_xticks(range(len(SEGS)), SEGS, rotation=45)
         ax.set_yticks(range(len(SEGS)), SEGS if n == 0 else [])
         ax.set_title(f"layer {l}")
@@ -60,8 +62,9 @@ def plot_head_grid(probe, out_stem, value: str = "mass", formats=("png", "pdf"))
     t = _table(probe)
     t = t[t["head"] >= 0]
     n_layers, n_heads = int(t["layer"].max()) + 1, int(t["head"].max()) + 1
-    fig, axes = plt.subplots(len(SEGS), len(SEGS), figsize=(2.2 * len(SEGS), 1.9 * len(SEGS)), squeeze=False,
-                             sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        len(SEGS), len(SEGS), figsize=(2.2 * len(SEGS), 1.9 * len(SEGS)), squeeze=False, sharex=True, sharey=True
+    )
     im = None
     for i, a in enumerate(SEGS):
         for j, b in enumerate(SEGS):
@@ -81,8 +84,9 @@ def plot_head_grid(probe, out_stem, value: str = "mass", formats=("png", "pdf"))
     return save_figure(fig, out_stem, formats)
 
 
-def plot_example(examples, out_stem, example: int = 0, layer: int = -1, head: int | None = None,
-                 formats=("png", "pdf")):
+def plot_example(
+    examples, out_stem, example: int = 0, layer: int = -1, head: int | None = None, formats=("png", "pdf")
+):
     """Token-level attention pattern of one saved example (mean over heads unless `head`), segments marked."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
@@ -111,8 +115,9 @@ def plot_example(examples, out_stem, example: int = 0, layer: int = -1, head: in
         ax.axhline(b - 0.5, color="red", lw=0.6)
         ax.axvline(b - 0.5, color="red", lw=0.6)
     handles = [Rectangle((0, 0), 1, 1, color=SEG_COLORS[s]) for s in SEGS if s in segs]
-    ax.legend(handles, [s for s in SEGS if s in segs], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7,
-              title="segment")
+    ax.legend(
+        handles, [s for s in SEGS if s in segs], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, title="segment"
+    )
     ax.set_xlabel("attended token (to)")
     ax.set_ylabel("attending token (from)")
     who = "mean over heads" if head is None else f"head {head}"

@@ -3,6 +3,7 @@
 
 `python -m figures.attribution CHECK_TABLE OUT_STEM [MEASURE]`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -39,8 +40,10 @@ def plot_attribution_check(check, out_stem, measure: str = "", formats=("png", "
     fig.colorbar(sc, ax=ax, label="layer")
     mode = str(t["mode"].iloc[0]) if "mode" in t and len(t) else ""
     ax.legend(fontsize=7)
-    ax.set_title(f"Attribution vs exact ({mode}), {len(t)} layer x path cells: Spearman ρ = {rho:.3f}\n"
-                 f"({PATH_CONVENTION})", fontsize=8)
+    ax.set_title(
+        f"Attribution vs exact ({mode}), {len(t)} layer x path cells: Spearman ρ = {rho:.3f}\n({PATH_CONVENTION})",
+        fontsize=8,
+    )
     return save_figure(fig, out_stem, formats)
 
 

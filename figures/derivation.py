@@ -4,6 +4,7 @@
 
 `python -m figures.derivation steps|merge|layer-drop TABLE OUT_STEM [METRIC]`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,8 +13,13 @@ from pathlib import Path
 
 from figures import PATH_CONVENTION, save_figure, setup_style
 
-DECISION_STYLE = {"removed": ("o", "#55a868"), "kept": ("X", "#c44e52"), "invalid": ("s", "#8c8c8c"),
-                  "start": ("D", "#4c72b0"), "structural": ("|", "#8172b2")}
+DECISION_STYLE = {
+    "removed": ("o", "#55a868"),
+    "kept": ("X", "#c44e52"),
+    "invalid": ("s", "#8c8c8c"),
+    "start": ("D", "#4c72b0"),
+    "structural": ("|", "#8172b2"),
+}
 
 
 def _read(t):
@@ -24,8 +30,14 @@ def _read(t):
     return t
 
 
-def plot_derivation(steps, out_stem, metric: str = "ndcg@10", tolerance: float | None = None,
-                    reference: float | None = None, formats=("png", "pdf")):
+def plot_derivation(
+    steps,
+    out_stem,
+    metric: str = "ndcg@10",
+    tolerance: float | None = None,
+    reference: float | None = None,
+    formats=("png", "pdf"),
+):
     """Each greedy step: the held-out metric of the trial mask (green = path removed, red = kept, grey = invalid)
     and the cumulative mask's metric; the dashed line is the tolerance floor."""
     import matplotlib.pyplot as plt
@@ -46,8 +58,9 @@ def plot_derivation(steps, out_stem, metric: str = "ndcg@10", tolerance: float |
         if len(sub):
             ax.scatter(sub["step"], y, marker=marker, color=color, s=22, label=label, zorder=3)
     if reference is not None and tolerance is not None:
-        ax.axhline(reference * (1 - tolerance), color="black", ls="--", lw=0.8,
-                   label=f"tolerance floor ({tolerance:g})")
+        ax.axhline(
+            reference * (1 - tolerance), color="black", ls="--", lw=0.8, label=f"tolerance floor ({tolerance:g})"
+        )
     labels = ["base" if d == "start" else f"{p}@{int(l)}" for p, l, d in zip(s["path"], s["layer"], s["decision"])]
     if len(s) <= 80:
         ax.set_xticks(s["step"], labels, rotation=90, fontsize=6)
@@ -72,8 +85,16 @@ def plot_merge_layer(table, out_stem, metric: str = "ndcg@10", formats=("png", "
         ax.axhline(float(full[metric].iloc[0]), color="black", lw=0.8, ls=":", label="full model")
     if "chosen" in t and t["chosen"].any():
         c = t[t["chosen"]].iloc[0]
-        ax.scatter([c["k"]], [c[metric]], s=160, facecolors="none", edgecolors="#c44e52", lw=1.5,
-                   label=f"chosen k = {int(c['k'])}", zorder=3)
+        ax.scatter(
+            [c["k"]],
+            [c[metric]],
+            s=160,
+            facecolors="none",
+            edgecolors="#c44e52",
+            lw=1.5,
+            label=f"chosen k = {int(c['k'])}",
+            zorder=3,
+        )
     ax.set_xlabel("k (first layer where the query reads the document)")
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)
@@ -105,8 +126,9 @@ def plot_layer_drop(table, out_stem, metric: str | None = None, formats=("png", 
     return save_figure(fig, out_stem, formats)
 
 
-def plot_search(table, stage: str, out_stem, metric: str = "ndcg@10", reference: float | None = None,
-                formats=("png", "pdf")):
+def plot_search(
+    table, stage: str, out_stem, metric: str = "ndcg@10", reference: float | None = None, formats=("png", "pdf")
+):
     """One stage of the trained search: every candidate after the first rung's steps (equal for all, with 95%
     CIs over queries) beside the same candidate untrained (zero-shot), the finalists' seed-averaged values at
     their final steps, and the cross-encoder; the chosen candidate is circled."""
@@ -123,23 +145,52 @@ def plot_search(table, stage: str, out_stem, metric: str = "ndcg@10", reference:
     fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(names) + 2), 3.4))
     lo, hi = trained[metric] - trained[f"{metric}_ci_low"], trained[f"{metric}_ci_high"] - trained[metric]
     steps = int(trained["steps"].iloc[0])
-    ax.errorbar(x, trained[metric], yerr=[lo, hi], marker="o", color="#4c72b0", capsize=2, lw=1.2,
-                label=f"trained {steps} steps (95% CI)")
+    ax.errorbar(
+        x,
+        trained[metric],
+        yerr=[lo, hi],
+        marker="o",
+        color="#4c72b0",
+        capsize=2,
+        lw=1.2,
+        label=f"trained {steps} steps (95% CI)",
+    )
     z = zero.set_index("candidate").reindex(names)
     ax.plot(x, z[metric], marker="s", ls="--", color="#8c8c8c", lw=1, label="zero-shot (0 steps)")
     flat = trained[trained["collapsed"].astype(bool)] if "collapsed" in trained else trained.iloc[:0]
     if len(flat):  # every document of a query scored alike: the first stage's order, never chosen
-        ax.scatter([names.index(c) for c in flat["candidate"]], flat[metric], marker="x", s=60, color="#c44e52",
-                   zorder=4, label="collapsed (does not re-rank)")
+        ax.scatter(
+            [names.index(c) for c in flat["candidate"]],
+            flat[metric],
+            marker="x",
+            s=60,
+            color="#c44e52",
+            zorder=4,
+            label="collapsed (does not re-rank)",
+        )
     fin = t[(t["stage"] == stage) & t["trained"] & t["finalist"].astype(bool)]
     if len(fin):
         pos = [names.index(c) for c in fin["candidate"]]
-        ax.scatter(pos, fin[metric], marker="D", color="#55a868", zorder=3,
-                   label=f"finalists: {int(fin['steps'].iloc[0])} steps x {int(fin['n_seeds'].iloc[0])} seeds")
+        ax.scatter(
+            pos,
+            fin[metric],
+            marker="D",
+            color="#55a868",
+            zorder=3,
+            label=f"finalists: {int(fin['steps'].iloc[0])} steps x {int(fin['n_seeds'].iloc[0])} seeds",
+        )
         chosen = fin[fin["chosen"].astype(bool)]
         if len(chosen):
-            ax.scatter([names.index(chosen["candidate"].iloc[0])], chosen[metric], s=170, facecolors="none",
-                       edgecolors="#c44e52", lw=1.5, zorder=4, label="chosen")
+            ax.scatter(
+                [names.index(chosen["candidate"].iloc[0])],
+                chosen[metric],
+                s=170,
+                facecolors="none",
+                edgecolors="#c44e52",
+                lw=1.5,
+                zorder=4,
+                label="chosen",
+            )
     if reference is not None:
         ax.axhline(reference, color="black", lw=0.8, ls=":", label="cross-encoder")
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)

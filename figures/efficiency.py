@@ -1,5 +1,6 @@
 """Latency per method (`mice bench latency`), and latency vs effectiveness: one point per method, drawn from the
 saved benchmark and evaluation tables."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,13 +14,18 @@ from mice.files import atomic_path, read_table
 from figures import save_figure, setup_style
 
 # evaluation run name -> benchmark method timing it
-RUN_TO_METHOD = {"cross-encoder": "cross-encoder", "masked": "masked", "mice": "mice-index",
-                 "late-interaction": "maxsim"}
+RUN_TO_METHOD = {
+    "cross-encoder": "cross-encoder",
+    "masked": "masked",
+    "mice": "mice-index",
+    "late-interaction": "maxsim",
+}
 LABELS = {"late-interaction": "late interaction (MaxSim, trained)"}
 
 
-def latency_vs_effectiveness(bench: pd.DataFrame, results: pd.DataFrame, doc_len: int | None = None,
-                             domain: str = "in", measure: str = "nDCG@10") -> pd.DataFrame:
+def latency_vs_effectiveness(
+    bench: pd.DataFrame, results: pd.DataFrame, doc_len: int | None = None, domain: str = "in", measure: str = "nDCG@10"
+) -> pd.DataFrame:
     """Join each evaluated run with the latency of the method that would serve it (BM25: no re-ranking cost).
 
     The late-interaction point is the trained ColBERT-style baseline (`mice train --mode late-interaction`):
@@ -36,13 +42,20 @@ def latency_vs_effectiveness(bench: pd.DataFrame, results: pd.DataFrame, doc_len
             label = LABELS.get(run, run)
             rows.append({"label": label, "method": method, "median_ms": float(lat[method]), measure: float(res[run])})
     if "bm25" in res.index:
-        rows.append({"label": "BM25 (first stage only)", "method": "bm25", "median_ms": 0.0,
-                     measure: float(res["bm25"])})
+        rows.append(
+            {"label": "BM25 (first stage only)", "method": "bm25", "median_ms": 0.0, measure: float(res["bm25"])}
+        )
     return pd.DataFrame(rows)
 
 
-def plot_latency_vs_effectiveness(bench: pd.DataFrame, results: pd.DataFrame, out_stem, doc_len: int | None = None,
-                                  domain: str = "in", measure: str = "nDCG@10"):
+def plot_latency_vs_effectiveness(
+    bench: pd.DataFrame,
+    results: pd.DataFrame,
+    out_stem,
+    doc_len: int | None = None,
+    domain: str = "in",
+    measure: str = "nDCG@10",
+):
     import matplotlib.pyplot as plt
 
     setup_style()
@@ -83,12 +96,21 @@ def plot_latency(csv_path, out_png) -> Path:
         for xi, m in zip(x, methods):
             s = g.loc[m, "speedup_vs_ce"]
             if np.isfinite(s) and m != "cross-encoder":
-                ax.annotate(f"{s:.1f}x", (xi, g.loc[m, "median_ms"]), ha="center", va="bottom", fontsize=8,
-                            xytext=(0, 3), textcoords="offset points")
+                ax.annotate(
+                    f"{s:.1f}x",
+                    (xi, g.loc[m, "median_ms"]),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                )
     axes[0][0].set_ylabel("re-ranking latency per query (ms, median)")
     first = df.iloc[0]
-    fig.suptitle(f"{first['model']} · MICE-ℓ{first['mice']} · {first['device']} ({first['threads']} threads) · "
-                 f"{first['date']}", fontsize=9)
+    fig.suptitle(
+        f"{first['model']} · MICE-ℓ{first['mice']} · {first['device']} ({first['threads']} threads) · {first['date']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     out_png = Path(out_png)
     for path in (out_png, out_png.with_suffix(".pdf")):  # PNG for reading, PDF for papers

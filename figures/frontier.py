@@ -1,5 +1,6 @@
 """The MICE frontier, drawn from `frontier.parquet` alone: query-time cost against nDCG@10 with CIs and the Pareto
 front, the merge-layer view (a, with every layer above it interacting) and the layer-drop view (b for each a)."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -19,8 +20,10 @@ def _cost_panel(ax, t: pd.DataFrame, num_layers: int) -> None:
     _errorbar(ax, live, "cost", color="tab:blue", label="MICE-ℓa+b (x = b)")
     if len(dead):
         ax.scatter(dead["cost"], dead["ndcg@10"], marker="x", color="grey", label="collapsed (b = 1)")
-    for kind, color, label in (("control", "tab:red", "Baseline ft (x = L)"),
-                               ("late-interaction", "tab:green", "late interaction (x = 0)")):
+    for kind, color, label in (
+        ("control", "tab:red", "Baseline ft (x = L)"),
+        ("late-interaction", "tab:green", "late interaction (x = 0)"),
+    ):
         part = t[t["kind"] == kind]
         if len(part):
             _errorbar(ax, part, "cost", color=color, label=label)
@@ -31,8 +34,13 @@ def _cost_panel(ax, t: pd.DataFrame, num_layers: int) -> None:
     if len(front):
         ax.step(front["cost"], front["ndcg@10"], where="post", color="tab:orange", lw=1.5, label="Pareto front")
     for _, r in live.iterrows():
-        ax.annotate(f"ℓ{int(r['a'])}+{int(r['b'])}", (r["cost"], r["ndcg@10"]), fontsize=6, xytext=(3, 2),
-                    textcoords="offset points")
+        ax.annotate(
+            f"ℓ{int(r['a'])}+{int(r['b'])}",
+            (r["cost"], r["ndcg@10"]),
+            fontsize=6,
+            xytext=(3, 2),
+            textcoords="offset points",
+        )
     ax.set_xticks(range(0, num_layers + 1))
     ax.set(xlabel="query-time interaction layers (cost)", ylabel="test nDCG@10", title="cost vs effectiveness")
     ax.legend(fontsize=6, loc="lower right")
@@ -49,8 +57,14 @@ def _drop_panel(ax, t: pd.DataFrame) -> None:
     m = t[t["kind"] == "mice"]
     for a, g in m.groupby("a"):
         g = g.sort_values("b")
-        ax.errorbar(g["b"], g["ndcg@10"], yerr=[g["ndcg@10"] - g["ndcg@10_low"], g["ndcg@10_high"] - g["ndcg@10"]],
-                    marker="o", capsize=2, label=f"a = {int(a)}")
+        ax.errorbar(
+            g["b"],
+            g["ndcg@10"],
+            yerr=[g["ndcg@10"] - g["ndcg@10_low"], g["ndcg@10_high"] - g["ndcg@10"]],
+            marker="o",
+            capsize=2,
+            label=f"a = {int(a)}",
+        )
     ax.set(xlabel="interaction layers b", ylabel="test nDCG@10", title="layer-drop view")
     ax.legend(fontsize=6)
 

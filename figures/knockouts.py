@@ -3,6 +3,7 @@
 `python -m figures.knockouts SWEEP_TABLE OUTDIR` draws the layer x path map (and the per-head maps when the
 sweep has per-head rows).
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,9 @@ def _default_metric(t, metric):
     return "delta_ndcg@10"
 
 
-def plot_sweep(sweep, out_stem, metric: str | None = None, alpha: float = 0.05, mode: str | None = None,
-               formats=("png", "pdf")):
+def plot_sweep(
+    sweep, out_stem, metric: str | None = None, alpha: float = 0.05, mode: str | None = None, formats=("png", "pdf")
+):
     """Layer x path map of layer-level knockouts (a sweep or an attribution table): colour = `metric` (default:
     the measure that ranked them, e.g. the relevant-vs-non-relevant margin change); `*` = its 95% bootstrap CI
     excludes zero (or, without CIs, paired t-test p < alpha); `s` = structural (cannot change the score: no
@@ -80,8 +82,9 @@ def plot_sweep(sweep, out_stem, metric: str | None = None, alpha: float = 0.05, 
     ax.set_ylabel("layer")
     ax.grid(False)
     fig.colorbar(im, ax=ax, label=metric)
-    ax.set_title(f"Knockouts ({mode}): {metric}; * {sig_label}; s = structural; grey = skipped\n"
-                 f"({PATH_CONVENTION})", fontsize=8)
+    ax.set_title(
+        f"Knockouts ({mode}): {metric}; * {sig_label}; s = structural; grey = skipped\n({PATH_CONVENTION})", fontsize=8
+    )
     return save_figure(fig, out_stem, formats)
 
 
@@ -123,7 +126,7 @@ def plot_head_sweep(sweep, out_stem, metric: str | None = None, mode: str | None
         ax.set_xlabel("head", fontsize=7)
         ax.set_ylabel("layer", fontsize=7)
         ax.grid(False)
-    for ax in axes.ravel()[len(paths):]:
+    for ax in axes.ravel()[len(paths) :]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label=metric)
     fig.suptitle(f"Per-head knockouts ({mode}): {metric}; hatched = structural ({PATH_CONVENTION})", fontsize=9)

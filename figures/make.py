@@ -1,4 +1,5 @@
 """Every figure of a demo run, regenerated from its saved result tables alone (PNG and PDF)."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,15 @@ def make_all(run_dir, out_dir) -> list[Path]:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
-    for draw in (_probe_figures, _attribution_figures, _sweep_figures, _derivation_figures, _search_figures,
-                 _bench_figures, _frontier_figures):
+    for draw in (
+        _probe_figures,
+        _attribution_figures,
+        _sweep_figures,
+        _derivation_figures,
+        _search_figures,
+        _bench_figures,
+        _frontier_figures,
+    ):
         made.extend(p for p in draw(run_dir, out_dir) if p.suffix == ".png")
     (out_dir / "index.json").write_text(json.dumps(sorted(p.name for p in made), indent=2))
     return made
@@ -95,8 +103,9 @@ def _search_figures(run_dir: Path, out_dir: Path) -> list[Path]:
     metric = meta["config"]["metric"]
     made = []
     for stage in table["stage"].unique():
-        made += plot_search(table, stage, out_dir / f"search_curve_{stage}", metric=metric,
-                            reference=meta["reference"][metric])
+        made += plot_search(
+            table, stage, out_dir / f"search_curve_{stage}", metric=metric, reference=meta["reference"][metric]
+        )
     derived = run_dir / "search" / "derived.json"
     if json.loads(derived.read_text()).get("mask"):
         made += plot_mask(InteractionMask.load(derived), out_dir / "search_derived_mask")
@@ -123,4 +132,3 @@ def _frontier_figures(run_dir: Path, out_dir: Path) -> list[Path]:
     from figures.frontier import plot_frontier
 
     return plot_frontier(read_table(table), out_dir / "frontier")
-

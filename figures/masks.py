@@ -1,4 +1,5 @@
 """A mask as a figure: one allow-grid per distinct layer group (rows attend columns: a->b = a attends b)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 Path convention everywhere: `a->b` means tokens of group `a` attend to tokens of group `b`.
 Heavy imports (torch, transformers) happen on first use of a name, so `import mice` and `mice --help` are fast.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

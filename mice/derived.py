@@ -6,6 +6,7 @@ confidence intervals and p-values). `mice train --mode mice|masked --config deri
 `mice mask show derived.json` renders it. A search that found nothing within tolerance still writes the file,
 with `decision: "cross-encoder"` and no a/b/mask: training from it is refused with that reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,14 +50,16 @@ class DerivedConfig:
         if self.decision in ("mice", "masked") and self.mask is None:
             raise ConfigFileError(f"decision {self.decision!r} needs a mask")
         if isinstance(self.mask, dict) and self.mask.get("num_layers") != self.num_layers:
-            raise ConfigFileError(f"num_layers is {self.num_layers!r} but the mask is for "
-                                  f"{self.mask.get('num_layers')!r} layers")
+            raise ConfigFileError(
+                f"num_layers is {self.num_layers!r} but the mask is for {self.mask.get('num_layers')!r} layers"
+            )
         if self.cls_cross_attention is not None:
             from mice.models.mice_model import CLS_CROSS_MODES
 
             if self.cls_cross_attention not in CLS_CROSS_MODES:
-                raise ConfigFileError(f"cls_cross_attention {self.cls_cross_attention!r} is not one of "
-                                      f"{', '.join(CLS_CROSS_MODES)}")
+                raise ConfigFileError(
+                    f"cls_cross_attention {self.cls_cross_attention!r} is not one of {', '.join(CLS_CROSS_MODES)}"
+                )
 
     # ------------------------------------------------------------------------------------------ file
     def to_dict(self) -> dict:
@@ -107,11 +110,15 @@ class DerivedConfig:
         if mode not in ("mice", "masked"):
             raise ConfigFileError(f"{path}: a {FORMAT} file configures --mode mice or masked, not {mode}")
         if self.decision == "cross-encoder":
-            raise ConfigFileError(f"{path}: the search found no configuration within tolerance "
-                                  f"({self.tolerance}); it keeps the cross-encoder, there is nothing to train")
+            raise ConfigFileError(
+                f"{path}: the search found no configuration within tolerance "
+                f"({self.tolerance}); it keeps the cross-encoder, there is nothing to train"
+            )
         if mode == "mice" and self.decision != "mice":
-            raise ConfigFileError(f"{path}: the evidence supports a masked cross-encoder only (blocking d->q "
-                                  "was not within tolerance), not MICE")
+            raise ConfigFileError(
+                f"{path}: the evidence supports a masked cross-encoder only (blocking d->q "
+                "was not within tolerance), not MICE"
+            )
         settings: dict = {"mode": mode}
         if self.source_model and Path(self.source_model).exists():
             settings["model"] = self.source_model
@@ -126,9 +133,11 @@ class DerivedConfig:
     def render(self) -> str:
         lines = [f"{self.name}: {FORMAT}, decision {self.decision}"]
         if self.decision == "mice":
-            lines.append(f"MICE-ℓ{self.contextual_layers}+{self.interaction_layers}: a = {self.contextual_layers} "
-                         f"contextual layers, b = {self.interaction_layers} interaction layers"
-                         + (f", [CLS] cross-attention {self.cls_cross_attention}" if self.cls_cross_attention else ""))
+            lines.append(
+                f"MICE-ℓ{self.contextual_layers}+{self.interaction_layers}: a = {self.contextual_layers} "
+                f"contextual layers, b = {self.interaction_layers} interaction layers"
+                + (f", [CLS] cross-attention {self.cls_cross_attention}" if self.cls_cross_attention else "")
+            )
         lines.append(f"tolerance {self.tolerance} on dev {self.metric}; source {self.source_model}")
         if self.budget:
             lines.append("budget: " + ", ".join(f"{k} {v}" for k, v in self.budget.items()))

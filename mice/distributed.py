@@ -9,6 +9,7 @@ reads every rank's journal when it (re)starts so nothing is redone, and meets th
 then merges from the journals on the shared filesystem and writes the output. Nothing is gathered over the
 network: a killed rank loses at most its unit in flight, and a relaunch, with any N, resumes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,8 +57,9 @@ def world() -> World:
     try:
         rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
-        raise MiceError(f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}: "
-                        "not integers") from None
+        raise MiceError(
+            f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}: not integers"
+        ) from None
     if size < 1 or not 0 <= rank < size:
         raise MiceError(f"RANK={rank} is not a rank of WORLD_SIZE={size}")
     return World(rank, size)
@@ -138,8 +140,9 @@ class ShardedJournal:
         own = journal_path(self.base)
         self._journal = JsonlJournal(own, fmt, job, mismatch=mismatch)
         self.path = own
-        self.records = [r for p in journal_paths(self.base) if p != own
-                        for r in read_journal(p, fmt, job, mismatch)] + list(self._journal.records)
+        self.records = [
+            r for p in journal_paths(self.base) if p != own for r in read_journal(p, fmt, job, mismatch)
+        ] + list(self._journal.records)
 
     def append(self, obj) -> None:
         self._journal.append(obj)
@@ -161,8 +164,14 @@ class ShardedJournal:
 
 
 # --------------------------------------------------------------------------------------------- launcher
-LAUNCH_FLAGS = {"--nproc": "nproc", "--nnodes": "nnodes", "--node-rank": "node_rank",
-                "--rdzv-endpoint": "rdzv_endpoint", "--rdzv-id": "rdzv_id", "--max-restarts": "max_restarts"}
+LAUNCH_FLAGS = {
+    "--nproc": "nproc",
+    "--nnodes": "nnodes",
+    "--node-rank": "node_rank",
+    "--rdzv-endpoint": "rdzv_endpoint",
+    "--rdzv-id": "rdzv_id",
+    "--max-restarts": "max_restarts",
+}
 
 
 def split_launch_args(argv: list[str]) -> tuple[dict, list[str]]:
@@ -199,14 +208,21 @@ def launch(opts: dict, command: list[str]) -> int:
         max_restarts = int(opts.get("max_restarts", 0))
     except ValueError as err:
         raise MiceError(f"launcher option: {err}") from None
-    check_settings({"nproc": nproc, "max_restarts": max_restarts}, {"nproc": "--nproc",
-                                                                     "max_restarts": "--max-restarts"})
+    check_settings(
+        {"nproc": nproc, "max_restarts": max_restarts}, {"nproc": "--nproc", "max_restarts": "--max-restarts"}
+    )
     if not command:
         raise MiceError("mice --nproc N needs a command to run, e.g. `mice --nproc 2 rerank …`")
     args = ["--nproc-per-node", str(nproc), "--nnodes", nnodes, "--max-restarts", str(max_restarts)]
     if "rdzv_endpoint" in opts:
-        args += ["--rdzv-backend", "c10d", "--rdzv-endpoint", opts["rdzv_endpoint"],
-                 "--rdzv-id", opts.get("rdzv_id", "mice")]
+        args += [
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            opts["rdzv_endpoint"],
+            "--rdzv-id",
+            opts.get("rdzv_id", "mice"),
+        ]
         if "node_rank" in opts:
             args += ["--node-rank", str(opts["node_rank"])]
     elif nnodes not in ("1", "1:1"):
@@ -221,9 +237,10 @@ def launch(opts: dict, command: list[str]) -> int:
         torchrun.run(parsed)
     except ChildFailedError as err:
         codes = sorted({f.exitcode for f in err.failures.values()})
-        raise LaunchFailed(codes[0] if codes else 1,
-                           f"{len(err.failures)} of the processes failed (exit codes {codes}); their errors are "
-                           "above") from None
+        raise LaunchFailed(
+            codes[0] if codes else 1,
+            f"{len(err.failures)} of the processes failed (exit codes {codes}); their errors are above",
+        ) from None
     return 0
 
 

@@ -1,4 +1,5 @@
 """Atomic artefact writing: a file is either complete under its final name or absent."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,12 +20,16 @@ def _file_mode() -> int:
 
 FILE_MODE = _file_mode()
 
-_OS_HINTS = {errno.ENOSPC: "no space left on the device; free some and rerun (finished work is kept)",
-             errno.EDQUOT: "disk quota exceeded; free some and rerun (finished work is kept)",
-             errno.EROFS: "read-only file system; choose an output on a writable one",
-             errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-             errno.EISDIR: "is a folder, where a file was expected", errno.ENOTDIR: "a part of the path is a file",
-             errno.EFBIG: "file too large for this file system or process limit"}
+_OS_HINTS = {
+    errno.ENOSPC: "no space left on the device; free some and rerun (finished work is kept)",
+    errno.EDQUOT: "disk quota exceeded; free some and rerun (finished work is kept)",
+    errno.EROFS: "read-only file system; choose an output on a writable one",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "is a folder, where a file was expected",
+    errno.ENOTDIR: "a part of the path is a file",
+    errno.EFBIG: "file too large for this file system or process limit",
+}
 
 
 def os_error_line(err: OSError) -> str:
@@ -64,6 +69,7 @@ MAX_JSON_BYTES = 64 << 20  # a settings/mask/record file larger than this is not
 
 def unique_keys(source, error=ValueError):
     """A `json.loads` `object_pairs_hook` that refuses a key given twice in one object (naming `source`)."""
+
     def pairs(items):
         obj = {}
         for key, value in items:
@@ -80,8 +86,9 @@ def strict_json(text: str, source, error=ValueError):
     last would win), nesting too deep to parse, and text larger than `MAX_JSON_BYTES`. Every refusal, and
     malformed JSON, is one `error` naming `source` (with line and column where there is one)."""
     if len(text) > MAX_JSON_BYTES:
-        raise error(f"{source}: {len(text)} characters, more than a JSON file of this kind can hold "
-                    f"({MAX_JSON_BYTES} at most)")
+        raise error(
+            f"{source}: {len(text)} characters, more than a JSON file of this kind can hold ({MAX_JSON_BYTES} at most)"
+        )
 
     try:
         return json.loads(text, object_pairs_hook=unique_keys(source, error))
@@ -246,7 +253,7 @@ class JsonlJournal:
         data = memoryview((json.dumps(obj) + "\n").encode("utf-8"))
         with named_os_errors(self.path):  # unbuffered: a full disk fails here, once, never again on close
             while data:
-                data = data[self._fh.write(data):]
+                data = data[self._fh.write(data) :]
             os.fsync(self._fh.fileno())
 
     def append(self, obj) -> None:

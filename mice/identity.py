@@ -13,6 +13,7 @@ components, each a string computed from *content*, never from a spec string:
 `job_identity(**parts)` turns the components into a canonical dict; `identity_diff(old, new)` names what differs,
 so a refused resume says why in one line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,18 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npy", ".npz")
-CONFIG_NAMES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "merges.txt", "vocab.json",
-                "special_tokens_map.json", "mice.json", "sentence_bert_config.json", "modules.json")
+CONFIG_NAMES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "merges.txt",
+    "vocab.json",
+    "special_tokens_map.json",
+    "mice.json",
+    "sentence_bert_config.json",
+    "modules.json",
+)
 
 _HASH_CACHE: dict[tuple, str] = {}
 
@@ -61,10 +72,15 @@ def weights_fingerprint(name_or_path: str | os.PathLike) -> str:
     if not folder.is_dir():
         return "name:" + str(name_or_path)
     h = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in CONFIG_NAMES)
-                   and not any(part.startswith(".") or part in ("checkpoints", "train_state") for part in
-                               p.relative_to(folder).parts[:-1]))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and (p.suffix in WEIGHT_SUFFIXES or p.name in CONFIG_NAMES)
+        and not any(
+            part.startswith(".") or part in ("checkpoints", "train_state") for part in p.relative_to(folder).parts[:-1]
+        )
+    )
     for p in files:
         h.update(str(p.relative_to(folder)).encode())
         h.update(b"\0")
@@ -87,9 +103,22 @@ def tokenizer_fingerprint(tokenizer) -> str:
         h.update(json.dumps(state, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
-    settings = {k: str(getattr(tokenizer, k, None)) for k in (
-        "cls_token", "sep_token", "pad_token", "bos_token", "eos_token", "unk_token", "mask_token", "padding_side",
-        "truncation_side", "model_max_length", "do_lower_case")}
+    settings = {
+        k: str(getattr(tokenizer, k, None))
+        for k in (
+            "cls_token",
+            "sep_token",
+            "pad_token",
+            "bos_token",
+            "eos_token",
+            "unk_token",
+            "mask_token",
+            "padding_side",
+            "truncation_side",
+            "model_max_length",
+            "do_lower_case",
+        )
+    }
     h.update(json.dumps(settings, sort_keys=True).encode())
     probe = tokenizer(["Fingerprint \u00cbxample 123, ok?"], ["a document, with words"])["input_ids"]
     h.update(json.dumps([list(map(int, ids)) for ids in probe]).encode())
@@ -164,8 +193,13 @@ def _lock_holder(text: str) -> "tuple[int, str] | None":
     if not isinstance(obj, dict):
         return None
     pid, host = obj.get("pid"), obj.get("host")
-    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 22 or not isinstance(host, str) \
-            or not host:
+    if (
+        not isinstance(pid, int)
+        or isinstance(pid, bool)
+        or not 0 < pid < 1 << 22
+        or not isinstance(host, str)
+        or not host
+    ):
         return None
     return pid, host
 
@@ -173,10 +207,14 @@ def _lock_holder(text: str) -> "tuple[int, str] | None":
 def _refusal(path, lock: Path, holder: "tuple[int, str] | None", here: str) -> str:
     pid, host = holder or ("unknown", "this host")
     if holder and host != here:
-        return (f"{path}: locked by pid {pid} on another host, {host} ({lock}); if no job runs there any more, "
-                f"delete {lock} (--overwrite does not clear a lock)")
-    return (f"{path}: locked by pid {pid} on {host} ({lock}); another job is writing this output (a lock held by "
-            f"a live process is never cleared, not even by --overwrite)")
+        return (
+            f"{path}: locked by pid {pid} on another host, {host} ({lock}); if no job runs there any more, "
+            f"delete {lock} (--overwrite does not clear a lock)"
+        )
+    return (
+        f"{path}: locked by pid {pid} on {host} ({lock}); another job is writing this output (a lock held by "
+        f"a live process is never cleared, not even by --overwrite)"
+    )
 
 
 def _take(lock: Path, path, me: dict) -> int:
@@ -287,7 +325,8 @@ def dataset_identity(ds, splits=()) -> str:
         for qid, text in sorted(ds.queries(split).items()):
             put("q", split, qid, text)
         qrels = ds.qrels(split)
-        for row in sorted(zip(qrels["query_id"].astype(str), qrels["doc_id"].astype(str),
-                              qrels["relevance"].astype(int))):
+        for row in sorted(
+            zip(qrels["query_id"].astype(str), qrels["doc_id"].astype(str), qrels["relevance"].astype(int))
+        ):
             put("r", split, *row)
     return h.hexdigest()

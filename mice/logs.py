@@ -4,6 +4,7 @@ Library code logs to loggers under `mice.` and never configures anyone else's: `
 handler to a logger of ours for the length of a `with` block and takes it off again, and `progress` draws a rich
 bar on a terminal and, when asked, writes the same progress as log lines, so a log file shows it too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,9 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @contextlib.contextmanager
-def run_log(path: str | os.PathLike | None, logger: str = "mice", fmt: str = FORMAT,
-            datefmt: str | None = None) -> Iterator[logging.Logger]:
+def run_log(
+    path: str | os.PathLike | None, logger: str = "mice", fmt: str = FORMAT, datefmt: str | None = None
+) -> Iterator[logging.Logger]:
     """Copy the INFO and higher records of `logger` (one of ours: `mice` or below) to `path` inside the block.
 
     The logger's level is lowered to INFO only if it would drop INFO records, and restored afterwards; no
@@ -50,19 +52,26 @@ class Progress:
     Use as a context manager, or call `stop()`; `advance(n)` after each unit of work, `info(text)` to show a
     line of status beside the bar."""
 
-    def __init__(self, total: int | None, label: str, *, bar: bool = True, logger: str | None = None,
-                 done: int = 0, console=None):
+    def __init__(
+        self, total: int | None, label: str, *, bar: bool = True, logger: str | None = None, done: int = 0, console=None
+    ):
         self.total, self.label, self.done, self.start_done = total, label, done, done
         self.t0 = time.perf_counter()
         self.log = logging.getLogger(logger) if logger else None
         self._bar = None
         if bar:
-            from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
-            self._bar = RichProgress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
+            self._bar = RichProgress(
+                TextColumn(label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=console,
+            )
             self._bar.start()
             self._task = self._bar.add_task(label, total=total, completed=done, info="")
 
@@ -74,8 +83,14 @@ class Progress:
             elapsed = time.perf_counter() - self.t0
             fresh = self.done - self.start_done
             left = elapsed / fresh * (self.total - self.done) if fresh and self.total else float("nan")
-            self.log.info("%s: %d/%s done, %.0f s elapsed, about %.0f s left", self.label, self.done,
-                          self.total if self.total is not None else "?", elapsed, left)
+            self.log.info(
+                "%s: %d/%s done, %.0f s elapsed, about %.0f s left",
+                self.label,
+                self.done,
+                self.total if self.total is not None else "?",
+                elapsed,
+                left,
+            )
 
     def info(self, text: str) -> None:
         if self._bar is not None:
@@ -93,8 +108,9 @@ class Progress:
         self.stop()
 
 
-def progress(total: int | None, label: str, enabled: bool = True, logger: str | None = None, done: int = 0,
-             console=None) -> Progress:
+def progress(
+    total: int | None, label: str, enabled: bool = True, logger: str | None = None, done: int = 0, console=None
+) -> Progress:
     """A `Progress` that draws, and logs to `logger` when one is named, only when `enabled` (off on ranks other
     than the main one, and in quiet runs)."""
     return Progress(total, label, bar=enabled, logger=logger if enabled else None, done=done, console=console)

@@ -5,6 +5,7 @@ matrix; information flows from b into a). A mask is an ordered list of allow/blo
 that starts all-allowed; `pad` is never attended. The JSON form (`mice-mask/2`; `/1` files still load) is what
 users exchange.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ def parse_path(path: str, where: str = "") -> tuple[list[int], list[int]]:
         if name == "*":
             return [SEG[s] for s in REAL_SEGMENTS]
         if name not in SEG or name == "pad":
-            raise MaskError(f"{where}unknown segment {name!r} in path {path!r} "
-                            f"(segments: {', '.join(REAL_SEGMENTS)}, or *)")
+            raise MaskError(
+                f"{where}unknown segment {name!r} in path {path!r} (segments: {', '.join(REAL_SEGMENTS)}, or *)"
+            )
         return [SEG[name]]
 
     return side(src), side(dst)
@@ -57,9 +59,10 @@ def _layers(spec, num_layers: int, where: str) -> list[int]:
     if isinstance(spec, int):
         layers = [spec]
     elif isinstance(spec, dict):
-        if set(spec) != {"start", "end"} or not all(isinstance(spec[k], int) and not isinstance(spec[k], bool)
-                                                     for k in ("start", "end")):
-            raise MaskError(f"{where}bad layer range {spec!r}: expected {{\"start\": int, \"end\": int}}")
+        if set(spec) != {"start", "end"} or not all(
+            isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("start", "end")
+        ):
+            raise MaskError(f'{where}bad layer range {spec!r}: expected {{"start": int, "end": int}}')
         start, end = spec["start"], spec["end"]
         if start >= end:
             raise MaskError(f"{where}empty layer range [{start}, {end})")
@@ -69,8 +72,7 @@ def _layers(spec, num_layers: int, where: str) -> list[int]:
         if not layers:
             raise MaskError(f"{where}empty layer list")
     else:
-        raise MaskError(f"{where}bad layers {spec!r}: use \"all\", a layer, a list of layers or "
-                        "{\"start\": s, \"end\": e}")
+        raise MaskError(f'{where}bad layers {spec!r}: use "all", a layer, a list of layers or {{"start": s, "end": e}}')
     bad = [x for x in layers if not 0 <= x < num_layers]
     if bad:
         raise MaskError(f"{where}layer(s) {bad} outside the model's {num_layers} layers (0..{num_layers - 1})")
@@ -122,8 +124,7 @@ class InteractionMask:
             raise MaskError(f"name must be a string, got {self.name!r}")
         if not isinstance(self.provenance, dict):
             raise MaskError(f"provenance must be an object, got {type(self.provenance).__name__}")
-        object.__setattr__(self, "rules", tuple(json.loads(json.dumps(r)) if _jsonable(r) else r
-                                                for r in self.rules))
+        object.__setattr__(self, "rules", tuple(json.loads(json.dumps(r)) if _jsonable(r) else r for r in self.rules))
         tables = self._build()
         tables.flags.writeable = False
         object.__setattr__(self, "tables", tables)
@@ -139,8 +140,10 @@ class InteractionMask:
             kinds = [k for k in ("allow", "block") if k in rule]
             extra = set(rule) - {"allow", "block", "layers"}
             if len(kinds) != 1 or extra:
-                raise MaskError(f"{where}a rule needs exactly one of 'allow'/'block' (and optional 'layers')"
-                                + (f"; unknown keys {sorted(extra)}" if extra else ""))
+                raise MaskError(
+                    f"{where}a rule needs exactly one of 'allow'/'block' (and optional 'layers')"
+                    + (f"; unknown keys {sorted(extra)}" if extra else "")
+                )
             paths = rule[kinds[0]]
             if isinstance(paths, str):
                 paths = [paths]
@@ -155,12 +158,14 @@ class InteractionMask:
         t[:, :, SEG["pad"]] = False
         for layer in range(self.num_layers):
             for s in REAL_SEGMENTS:
-                if not t[layer, SEG[s], :SEG["pad"]].any():
+                if not t[layer, SEG[s], : SEG["pad"]].any():
                     culprit = self._last_rule_touching(s, layer)
-                    raise MaskError(f"rule {culprit}: segment {s!r} is left with nothing to attend to in "
-                                    f"layer {layer} (softmax over nothing is NaN)")
+                    raise MaskError(
+                        f"rule {culprit}: segment {s!r} is left with nothing to attend to in "
+                        f"layer {layer} (softmax over nothing is NaN)"
+                    )
         # pad rows (never read by anyone) attend like HF: every real token; keeps them finite.
-        t[:, SEG["pad"], :SEG["pad"]] = True
+        t[:, SEG["pad"], : SEG["pad"]] = True
         return t
 
     def _last_rule_touching(self, seg: str, layer: int) -> int:
@@ -193,8 +198,10 @@ class InteractionMask:
                 raise MaskError(f"preset {base}: k={k} outside 0..{num_layers}")
         rules: list[dict] = []
         if base in ("mask0", "mask1", "mask2", "mask3"):
-            rules += [{"block": ["q->cls", "sep1->*", "d->cls", "sep2->*", "q->sep2", "d->sep1"], "layers": "all"},
-                      {"allow": ["sep1->sep1", "sep2->sep2"], "layers": "all"}]
+            rules += [
+                {"block": ["q->cls", "sep1->*", "d->cls", "sep2->*", "q->sep2", "d->sep1"], "layers": "all"},
+                {"allow": ["sep1->sep1", "sep2->sep2"], "layers": "all"},
+            ]
         if base in ("mask1", "mask2", "mask3"):
             rules.append({"block": ["cls->d", "cls->sep2"], "layers": "all"})
         if base in ("mask2", "mask3"):
@@ -202,12 +209,29 @@ class InteractionMask:
         if base == "mask3" and k > 0:
             rules.append({"block": ["q->d"], "layers": {"start": 0, "end": k}})
         if base == "prettr" and k > 0:
-            rules.append({"block": ["cls->d", "cls->sep2", "q->d", "q->sep2", "sep1->d", "sep1->sep2",
-                                    "d->cls", "d->q", "d->sep1", "sep2->cls", "sep2->q", "sep2->sep1"],
-                          "layers": {"start": 0, "end": k}})
+            rules.append(
+                {
+                    "block": [
+                        "cls->d",
+                        "cls->sep2",
+                        "q->d",
+                        "q->sep2",
+                        "sep1->d",
+                        "sep1->sep2",
+                        "d->cls",
+                        "d->q",
+                        "d->sep1",
+                        "sep2->cls",
+                        "sep2->q",
+                        "sep2->sep1",
+                    ],
+                    "layers": {"start": 0, "end": k},
+                }
+            )
         if base == "sparse_ce":
-            rules.append({"block": ["q->cls", "q->d", "q->sep2", "sep1->cls", "sep1->d", "sep1->sep2"],
-                          "layers": "all"})
+            rules.append(
+                {"block": ["q->cls", "q->d", "q->sep2", "sep1->cls", "sep1->d", "sep1->sep2"], "layers": "all"}
+            )
         label = f"{base}(k={k})" if base in ("mask3", "prettr") else base
         return cls(num_layers, rules, name=label, provenance={"preset": base, **({"k": k} if k is not None else {})})
 
@@ -257,8 +281,12 @@ class InteractionMask:
         if not isinstance(obj.get("provenance", {}), dict):
             raise MaskError(f"{source}: 'provenance' must be an object")
         try:
-            return cls(obj["num_layers"], rules, name=str(obj.get("name", Path(source).stem)),
-                       provenance=dict(obj.get("provenance", {})))
+            return cls(
+                obj["num_layers"],
+                rules,
+                name=str(obj.get("name", Path(source).stem)),
+                provenance=dict(obj.get("provenance", {})),
+            )
         except MaskError as err:
             raise MaskError(f"{source}: {err}") from None
 
@@ -305,12 +333,18 @@ class InteractionMask:
         else:
             spec = list(layers) if isinstance(layers, range) else layers
         rule = {"block": paths, "layers": spec}
-        return InteractionMask(self.num_layers, [*self.rules, rule], name=name or f"{self.name}+block",
-                               provenance=dict(self.provenance))
+        return InteractionMask(
+            self.num_layers, [*self.rules, rule], name=name or f"{self.name}+block", provenance=dict(self.provenance)
+        )
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "name": self.name, "num_layers": self.num_layers,
-                "rules": [dict(r) for r in self.rules], "provenance": self.provenance}
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "num_layers": self.num_layers,
+            "rules": [dict(r) for r in self.rules],
+            "provenance": self.provenance,
+        }
 
     def save(self, path) -> Path:
         from mice.files import write_json_atomic
@@ -329,21 +363,29 @@ class InteractionMask:
         import pandas as pd
 
         n = SEG["pad"]
-        return pd.DataFrame(self.tables[layer, :n, :n], index=pd.Index(REAL_SEGMENTS, name="from"),
-                            columns=pd.Index(REAL_SEGMENTS, name="to"))
+        return pd.DataFrame(
+            self.tables[layer, :n, :n],
+            index=pd.Index(REAL_SEGMENTS, name="from"),
+            columns=pd.Index(REAL_SEGMENTS, name="to"),
+        )
 
     def to_frame(self):
         """Tidy allow-table: one row per (layer, from, to)."""
         import pandas as pd
 
-        rows = [{"layer": l, "from": a, "to": b, "path": f"{a}->{b}", "allowed": bool(self.tables[l, SEG[a], SEG[b]])}
-                for l in range(self.num_layers) for a in REAL_SEGMENTS for b in REAL_SEGMENTS]
+        rows = [
+            {"layer": l, "from": a, "to": b, "path": f"{a}->{b}", "allowed": bool(self.tables[l, SEG[a], SEG[b]])}
+            for l in range(self.num_layers)
+            for a in REAL_SEGMENTS
+            for b in REAL_SEGMENTS
+        ]
         return pd.DataFrame(rows)
 
     def render(self) -> str:
         """Text form of the per-layer table; identical consecutive layers are grouped."""
-        lines = [f"mask {self.name!r} ({self.num_layers} layers) — row a, column b: a->b (a attends b); "
-                 f"# allowed, . blocked"]
+        lines = [
+            f"mask {self.name!r} ({self.num_layers} layers) — row a, column b: a->b (a attends b); # allowed, . blocked"
+        ]
         groups: list[list[int]] = []
         for l in range(self.num_layers):
             if groups and np.array_equal(self.tables[groups[-1][0]], self.tables[l]):
@@ -357,8 +399,9 @@ class InteractionMask:
             lines.append(f"{label}:")
             lines.append(" " * (width + 4) + " ".join(s.rjust(width) for s in REAL_SEGMENTS))
             for a in REAL_SEGMENTS:
-                cells = " ".join(("#" if self.tables[g[0], SEG[a], SEG[b]] else ".").rjust(width)
-                                 for b in REAL_SEGMENTS)
+                cells = " ".join(
+                    ("#" if self.tables[g[0], SEG[a], SEG[b]] else ".").rjust(width) for b in REAL_SEGMENTS
+                )
                 lines.append(f"    {a.ljust(width)}{cells}")
         return "\n".join(lines)
 

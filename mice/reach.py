@@ -10,6 +10,7 @@ is read, directly or through later attention, by `[CLS]` at the end. Going down 
 The knockout search (`ablations.structural`) and the views that mark such cells (`mice.viz`) both read it.
 Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.
 """
+
 from __future__ import annotations
 
 import numpy as np

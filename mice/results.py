@@ -5,6 +5,7 @@ the readers here lets the readers depend on the core alone, so drawing a figure 
 
 Path convention: `a->b` = tokens of group `a` attend to tokens of group `b`.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,7 @@ def read_result(path, what: str, columns, kind: str | None = None) -> tuple[pd.D
 # ------------------------------------------------------------------------------------------------- probes
 def load_probe(path) -> pd.DataFrame:
     """A saved probe table, with its metadata (if present) in `attrs["meta"]`."""
-    table, meta = read_result(path, "probe table", ("layer", "head", "from", "to", "mass"),
-                              "an attention-path table")
+    table, meta = read_result(path, "probe table", ("layer", "head", "from", "to", "mass"), "an attention-path table")
     if meta:
         table.attrs["meta"] = meta
     return table
@@ -88,16 +88,21 @@ def save_sweep(result: SweepResult, out) -> Path:
         raise DataError(f"{out}: use a .parquet or .csv output")
     meta = dict(result.meta)
     meta["per_query"] = sidecar(out, f".per_query{ext}").name
-    write_together([(sidecar(out, ".meta.json"), meta), (sidecar(out, f".per_query{ext}"), result.per_query),
-                    (out, result.table)])
+    write_together(
+        [(sidecar(out, ".meta.json"), meta), (sidecar(out, f".per_query{ext}"), result.per_query), (out, result.table)]
+    )
     return out
 
 
 def load_sweep(path) -> SweepResult:
     """A saved sweep (table, per-query values if present, metadata if present)."""
     path = Path(path)
-    table, meta = read_result(path, "sweep table", lambda cols: ("mask", "mode") if "mask" in cols else
-                              ("layer", "head", "path", "mode", "status"), "a knockout sweep or mask ablation table")
+    table, meta = read_result(
+        path,
+        "sweep table",
+        lambda cols: ("mask", "mode") if "mask" in cols else ("layer", "head", "path", "mode", "status"),
+        "a knockout sweep or mask ablation table",
+    )
     pq_path = sidecar(path, f".per_query{path.suffix}")
     per_query = read_table(pq_path) if pq_path.exists() else pd.DataFrame()
     return SweepResult(table, per_query, meta)

@@ -3,6 +3,7 @@
 Segments come from special-token positions, never from `token_type_ids`: RoBERTa-style tokenisers have none
 and put two separators between query and document (both count as `sep1`).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -61,9 +62,9 @@ def segment_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer
         last = seps[-1]
         seg = out[b]
         seg[pos[0]] = SEG["cls"]
-        seg[pos[0] + 1:first] = SEG["q"]
-        seg[first:end_sep1 + 1] = SEG["sep1"]
-        seg[end_sep1 + 1:last] = SEG["d"]
+        seg[pos[0] + 1 : first] = SEG["q"]
+        seg[first : end_sep1 + 1] = SEG["sep1"]
+        seg[end_sep1 + 1 : last] = SEG["d"]
         seg[last] = SEG["sep2"]
     return out
 
@@ -79,8 +80,7 @@ def encode_pairs(tokenizer, queries: Sequence[str], docs: Sequence[str], max_len
 
         raise DataError(f"{len(queries)} queries but {len(docs)} documents")
     full = tokenizer(queries, docs, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
-    enc = tokenizer(queries, docs, truncation="longest_first", max_length=max_length, padding=True,
-                    return_tensors="pt")
+    enc = tokenizer(queries, docs, truncation="longest_first", max_length=max_length, padding=True, return_tensors="pt")
     batch = PairBatch({k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
     batch["segment_ids"] = segment_ids(batch["input_ids"], batch["attention_mask"], tokenizer)
     kept = batch["attention_mask"].sum(dim=1).tolist()

@@ -5,6 +5,7 @@ One table, keyed by the option's Python name, gives each name one meaning and on
 CLI option missing from the table fails `tests/test_fuzz_inputs.py`, so a new option gets a range when it lands.
 Choice options (`--dtype`) are checked the same way against `CHOICES`.
 """
+
 from __future__ import annotations
 
 import math

@@ -9,6 +9,7 @@ every (layer, head, from); `head == -1` rows average the heads of a layer (per p
 Patterns are reduced inside `hook_pattern` hooks, so nothing like a full activation cache is kept; the raw
 patterns of a few chosen examples can be recorded separately (`attention_examples`).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,14 +42,16 @@ def hooked_model(model, max_length: int | None = None):
         from mice.models.loader import load
 
         return load(str(model), max_length=max_length, kind="hooked")
-    raise ModelError(f"probes and ablations need a cross-encoder with hooks (HookedCrossEncoder), got "
-                     f"{type(model).__name__}; MICE models have their interaction pattern built in")
+    raise ModelError(
+        f"probes and ablations need a cross-encoder with hooks (HookedCrossEncoder), got "
+        f"{type(model).__name__}; MICE models have their interaction pattern built in"
+    )
 
 
 def _batches(n: int, lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     """Index batches over pairs sorted by length (less padding), fixed for a given input."""
     order = np.argsort([-x for x in lengths], kind="stable")
-    return [order[s:s + batch_size] for s in range(0, n, batch_size)]
+    return [order[s : s + batch_size] for s in range(0, n, batch_size)]
 
 
 class _PathAccumulator:
@@ -84,7 +87,7 @@ class _PathAccumulator:
             tok = torch.cat([tok, tok.mean(1, keepdim=True)], dim=1)
             w = present[:, None, :, None]
             self.sum[layer] += (per_pair * w).sum(0).numpy()
-            self.sumsq[layer] += (per_pair ** 2 * w).sum(0).numpy()
+            self.sumsq[layer] += (per_pair**2 * w).sum(0).numpy()
             self.tok_sum[layer] += tok.sum(0).numpy()
             return pattern
 
@@ -102,17 +105,38 @@ class _PathAccumulator:
                     for b in REAL_SEGMENTS:
                         ib = SEG[b]
                         mean = self.sum[l, hi, ia, ib] / n if n else np.nan
-                        var = (self.sumsq[l, hi, ia, ib] - n * mean ** 2) / (n - 1) if n > 1 else np.nan
+                        var = (self.sumsq[l, hi, ia, ib] - n * mean**2) / (n - 1) if n > 1 else np.nan
                         std = float(np.sqrt(max(var, 0.0))) if n > 1 else np.nan
                         ntok = self.n_tokens[ia]
-                        rows.append((l, head, a, b, f"{a}->{b}", float(mean), std, int(n),
-                                     float(self.tok_sum[l, hi, ia, ib] / ntok) if ntok else np.nan, int(ntok)))
+                        rows.append(
+                            (
+                                l,
+                                head,
+                                a,
+                                b,
+                                f"{a}->{b}",
+                                float(mean),
+                                std,
+                                int(n),
+                                float(self.tok_sum[l, hi, ia, ib] / ntok) if ntok else np.nan,
+                                int(ntok),
+                            )
+                        )
         return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def attention_paths(model, data, split: str | None = None, run=None, k: int = 20, max_queries: int | None = None,
-                    batch_size: int = 16, mask=None, mode: str = "renorm",
-                    show_progress_bar: bool = False) -> pd.DataFrame:
+def attention_paths(
+    model,
+    data,
+    split: str | None = None,
+    run=None,
+    k: int = 20,
+    max_queries: int | None = None,
+    batch_size: int = 16,
+    mask=None,
+    mode: str = "renorm",
+    show_progress_bar: bool = False,
+) -> pd.DataFrame:
     """Mean attention mass per (layer, head, from, to) over the pairs of `data`.
 
     `data`: a dataset (spec or object, with `split` and `run`: a run file, DataFrame or "bm25", top-`k` per
@@ -137,11 +161,18 @@ def attention_paths(model, data, split: str | None = None, run=None, k: int = 20
             hooks = [(f"blocks.{l}.attn.hook_pattern", _on_cpu(acc.hook(l, onehot))) for l in range(model.n_layers)]
             model.run_with_hooks(batch, fwd_hooks=hooks)
     table = acc.table()
-    table.attrs["meta"] = {"format": PROBE_FORMAT, "model": str(getattr(model.model, "name_or_path", "")),
-                           "n_layers": model.n_layers, "n_heads": model.n_heads, "n_pairs": len(pairs),
-                           "n_queries": len(cands.query_ids), "mask": None if resolved is None else resolved.to_dict(),
-                           "mode": mode, "source": cands.source,
-                           "convention": "a->b: tokens of group a attend to tokens of group b"}
+    table.attrs["meta"] = {
+        "format": PROBE_FORMAT,
+        "model": str(getattr(model.model, "name_or_path", "")),
+        "n_layers": model.n_layers,
+        "n_heads": model.n_heads,
+        "n_pairs": len(pairs),
+        "n_queries": len(cands.query_ids),
+        "mask": None if resolved is None else resolved.to_dict(),
+        "mode": mode,
+        "source": cands.source,
+        "convention": "a->b: tokens of group a attend to tokens of group b",
+    }
     return table
 
 
@@ -153,8 +184,9 @@ def _on_cpu(fn):
     return hook
 
 
-def attention_examples(model, data, n: int = 3, split: str | None = None, run=None, k: int = 20,
-                       mask=None, mode: str = "renorm") -> list[dict]:
+def attention_examples(
+    model, data, n: int = 3, split: str | None = None, run=None, k: int = 20, mask=None, mode: str = "renorm"
+) -> list[dict]:
     """Raw attention patterns of `n` chosen pairs: for each of the first `n` queries, its best-ranked
     relevant candidate (or its top candidate when nothing is judged relevant, or plain pairs in order).
 
@@ -173,10 +205,15 @@ def attention_examples(model, data, n: int = 3, split: str | None = None, run=No
             _, cache = model.run_with_cache(batch, names_filter=lambda name: name.endswith("hook_pattern"))
             pattern = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0] for l in range(model.n_layers)])
             ids = batch["input_ids"][0].tolist()
-            out.append({"query_id": row.query_id, "doc_id": row.doc_id,
-                        "tokens": model.tokenizer.convert_ids_to_tokens(ids),
-                        "segments": [SEGMENTS[s] for s in batch["segment_ids"][0].tolist()],
-                        "pattern": pattern.float().cpu().numpy()})
+            out.append(
+                {
+                    "query_id": row.query_id,
+                    "doc_id": row.doc_id,
+                    "tokens": model.tokenizer.convert_ids_to_tokens(ids),
+                    "segments": [SEGMENTS[s] for s in batch["segment_ids"][0].tolist()],
+                    "pattern": pattern.float().cpu().numpy(),
+                }
+            )
     return out
 
 
@@ -204,8 +241,9 @@ def save_examples(examples: list[dict], path) -> Path:
     index = []
     for i, ex in enumerate(examples):
         arrays[f"pattern_{i}"] = ex["pattern"].astype(np.float32)
-        index.append({"query_id": ex["query_id"], "doc_id": ex["doc_id"], "tokens": ex["tokens"],
-                      "segments": ex["segments"]})
+        index.append(
+            {"query_id": ex["query_id"], "doc_id": ex["doc_id"], "tokens": ex["tokens"], "segments": ex["segments"]}
+        )
     arrays["index"] = np.array(json.dumps({"format": EXAMPLES_FORMAT, "examples": index}))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
@@ -229,14 +267,26 @@ def save_probe(table: pd.DataFrame, out, examples: list[dict] | None = None, met
     return out
 
 
-def probe_attention(model, data, out, split: str | None = None, run=None, k: int = 20,
-                    max_queries: int | None = None, examples: int = 0, batch_size: int = 16, mask=None,
-                    mode: str = "renorm", show_progress_bar: bool = False) -> pd.DataFrame:
+def probe_attention(
+    model,
+    data,
+    out,
+    split: str | None = None,
+    run=None,
+    k: int = 20,
+    max_queries: int | None = None,
+    examples: int = 0,
+    batch_size: int = 16,
+    mask=None,
+    mode: str = "renorm",
+    show_progress_bar: bool = False,
+) -> pd.DataFrame:
     """`attention_paths` + `attention_examples`, saved beside each other (what `mice probe attention` does)."""
     model = hooked_model(model)
     cands = as_candidates(data, split, run, k, max_queries)
-    table = attention_paths(model, cands, batch_size=batch_size, mask=mask, mode=mode,
-                            show_progress_bar=show_progress_bar)
+    table = attention_paths(
+        model, cands, batch_size=batch_size, mask=mask, mode=mode, show_progress_bar=show_progress_bar
+    )
     exs = attention_examples(model, cands, n=examples, mask=mask, mode=mode) if examples else None
     save_probe(table, out, exs)
     return table

@@ -3,6 +3,7 @@
 Probes and ablations share this so that a sweep, its derivation re-checks and its attention probe all see the
 same candidates in the same order (queries sorted by id, documents in first-stage rank order).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,9 +61,14 @@ def from_pairs(pairs: Sequence[Sequence[str]]) -> Candidates:
         raise DataError("no (query, document) pairs given")
     if any(len(p) != 2 for p in pairs):
         raise DataError("pairs must be (query, document) tuples")
-    frame = pd.DataFrame({"query_id": [f"p{i}" for i in range(len(pairs))],
-                          "doc_id": [f"p{i}" for i in range(len(pairs))],
-                          "query": [p[0] for p in pairs], "doc": [p[1] for p in pairs]})
+    frame = pd.DataFrame(
+        {
+            "query_id": [f"p{i}" for i in range(len(pairs))],
+            "doc_id": [f"p{i}" for i in range(len(pairs))],
+            "query": [p[0] for p in pairs],
+            "doc": [p[1] for p in pairs],
+        }
+    )
     return Candidates(frame, None, {"kind": "pairs", "n": len(pairs)})
 
 
@@ -79,9 +85,17 @@ def resolve_run(dataset, split: str, run, k: int) -> pd.DataFrame:
     return read_run(run)
 
 
-def from_run(dataset, split: str, run, k: int = 20, max_queries: int | None = None,
-             query_ids: Sequence[str] | None = None, exclude: Sequence[str] = (), sample: str = "first",
-             seed: int = 0) -> Candidates:
+def from_run(
+    dataset,
+    split: str,
+    run,
+    k: int = 20,
+    max_queries: int | None = None,
+    query_ids: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    sample: str = "first",
+    seed: int = 0,
+) -> Candidates:
     """Top-`k` candidates of `run` for the judged queries of `split` (queries sorted by id).
 
     `max_queries` keeps N queries: the first N by id (`sample="first"`), or the first N of a random order drawn
@@ -102,8 +116,9 @@ def from_run(dataset, split: str, run, k: int = 20, max_queries: int | None = No
         wanted = [str(q) for q in query_ids]
         missing = [q for q in wanted if q not in cands]
         if missing:
-            raise DataError(f"{ds.name}/{split}: {len(missing)} requested queries have no candidates "
-                            f"(e.g. {missing[:3]})")
+            raise DataError(
+                f"{ds.name}/{split}: {len(missing)} requested queries have no candidates (e.g. {missing[:3]})"
+            )
         qids = wanted
     skip = set(map(str, exclude))
     qids = [q for q in qids if q not in skip]
@@ -124,9 +139,14 @@ def from_run(dataset, split: str, run, k: int = 20, max_queries: int | None = No
     qrels = ds.qrels(split)
     qrels = qrels[qrels["query_id"].isin(set(qids))].reset_index(drop=True)
     name = _spec(dataset) if isinstance(dataset, (str, os.PathLike)) else getattr(ds, "spec", None) or ds.name
-    source = {"kind": "run", "dataset": name, "split": split,
-              "run": _spec(run) if isinstance(run, (str, os.PathLike)) else "<DataFrame>", "k": k,
-              "max_queries": max_queries}
+    source = {
+        "kind": "run",
+        "dataset": name,
+        "split": split,
+        "run": _spec(run) if isinstance(run, (str, os.PathLike)) else "<DataFrame>",
+        "k": k,
+        "max_queries": max_queries,
+    }
     if sample != "first":  # recorded only when set, so that held-out queries are drawn the same way
         source.update(sample=sample, seed=int(seed))
     return Candidates(frame, qrels, source)
@@ -140,8 +160,9 @@ def _spec(value) -> str:
     return str(p.resolve()) if p.exists() else str(value)
 
 
-def as_candidates(data, split: str | None = None, run=None, k: int = 20, max_queries: int | None = None,
-                  sample: str = "first") -> Candidates:
+def as_candidates(
+    data, split: str | None = None, run=None, k: int = 20, max_queries: int | None = None, sample: str = "first"
+) -> Candidates:
     """Accept Candidates, a list of (query, doc) pairs, or a dataset (+ split and run)."""
     if isinstance(data, Candidates):
         return data

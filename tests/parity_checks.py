@@ -1,5 +1,6 @@
 """Parity checks shared by the per-family test files (BERT-family and ModernBERT), so every family is held to the
 same check with the same tolerance."""
+
 import torch
 
 from mice import HookedCrossEncoder, InteractionMask

@@ -1,5 +1,6 @@
 """Knockout sweeps, mask derivation and searches: parity with naive full forwards, a planted mechanism found,
 resumable sweeps, masks usable by the model, figures from saved tables."""
+
 import json
 
 import numpy as np
@@ -7,8 +8,18 @@ import pandas as pd
 import pytest
 import torch
 
-from ablations import (Knockout, SweepEngine, ablate_masks, check_knockout, choose_interaction_layers, derive_mask,
-                       knockout_set, load_sweep, merge_layer_search, sweep)
+from ablations import (
+    Knockout,
+    SweepEngine,
+    ablate_masks,
+    check_knockout,
+    choose_interaction_layers,
+    derive_mask,
+    knockout_set,
+    load_sweep,
+    merge_layer_search,
+    sweep,
+)
 from ablations.planted import MECHANISM
 from mice import HookedCrossEncoder, InteractionMask
 from mice.errors import DataError, MaskError
@@ -30,8 +41,7 @@ def planted_sweep(planted, tmp_path_factory):
 def test_fast_sweep_scores_equal_naive_full_forwards(tiny_models, family, mode):
     model = HookedCrossEncoder.from_pretrained(tiny_models[family])
     batch = model.tokenize(PAIRS)
-    kos = knockout_set(model.n_layers, model.n_heads, paths="q->d,d->q,cls->q,cls->d,d->d,q->*,sep1->sep1",
-                       heads=[1])
+    kos = knockout_set(model.n_layers, model.n_heads, paths="q->d,d->q,cls->q,cls->d,d->d,q->*,sep1->sep1", heads=[1])
     full = InteractionMask.full(model.n_layers)
     assert check_knockout(Knockout(0, "q->*"), full).startswith("invalid")  # q would attend nothing
     kos = [ko for ko in kos if check_knockout(ko, full) is None]
@@ -86,8 +96,9 @@ def test_skipped_knockouts_are_recorded(tiny_bert, planted):
     assert check_knockout(Knockout(0, "d->q"), base) == "already blocked by the base mask"
     assert check_knockout(Knockout(0, "sep1->sep1"), base).startswith("invalid")  # sep1 attends only itself
     assert check_knockout(Knockout(0, "q->d"), base) is None
-    res = sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, base="mask2", paths="d->q,sep1->sep1,q->d",
-                layers="0")
+    res = sweep(
+        str(tiny_bert), ds, "test", run, k=4, max_queries=2, base="mask2", paths="d->q,sep1->sep1,q->d", layers="0"
+    )
     t = res.table.set_index("path")
     assert t.loc["d->q", "status"] == "skipped" and "already blocked" in t.loc["d->q", "reason"]
     assert t.loc["sep1->sep1", "status"] == "skipped" and "nothing to attend" in t.loc["sep1->sep1", "reason"]
@@ -154,7 +165,8 @@ def test_derivation_keeps_the_mechanism_and_removes_the_rest(planted, planted_sw
     loaded = InteractionMask.load(path)
     assert loaded == mask and loaded.provenance["tolerance"] == 0.01 and loaded.provenance["metric"] == "ndcg@10"
     assert loaded.provenance["steps"][0]["decision"] == "start" and loaded.provenance["derived_from"].endswith(
-        "ablation.parquet")
+        "ablation.parquet"
+    )
     report = (tmp_path / "mask.report.md").read_text()
     assert f"`{mp}` @ {ml}" in report and "a->b" in report and "![derivation steps](mask.steps.png)" in report
     model = HookedCrossEncoder.from_pretrained(folder)
@@ -195,8 +207,15 @@ def test_merge_layer_search_finds_where_query_meets_document(planted, tmp_path):
 
 def test_zero_shot_preset_table(planted, tmp_path):
     folder, ds, run = planted
-    res = ablate_masks(str(folder), ds, "test", run, k=8, masks="mask0,mask2,mask3:k=1,sparse_ce,prettr(1)",
-                       out=tmp_path / "presets.csv")
+    res = ablate_masks(
+        str(folder),
+        ds,
+        "test",
+        run,
+        k=8,
+        masks="mask0,mask2,mask3:k=1,sparse_ce,prettr(1)",
+        out=tmp_path / "presets.csv",
+    )
     t = res.table.set_index("mask")
     assert list(t.index) == ["mask0", "mask2", "mask3(k=1)", "sparse_ce", "prettr(k=1)"]
     assert t.loc["mask2", "delta_ndcg@10"] == 0.0  # mask2 keeps q->d and cls->q
@@ -246,12 +265,20 @@ def test_partial_results_of_another_sweep_are_refused(tiny_bert, planted, tmp_pa
     _, ds, run = planted
     out = tmp_path / "s.parquet"
     with pytest.raises(_Interrupt):
-        sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, layers="0:2", out=out,
-              callback=lambda d, t: (_ for _ in ()).throw(_Interrupt()))
+        sweep(
+            str(tiny_bert),
+            ds,
+            "test",
+            run,
+            k=4,
+            max_queries=2,
+            layers="0:2",
+            out=out,
+            callback=lambda d, t: (_ for _ in ()).throw(_Interrupt()),
+        )
     with pytest.raises(DataError, match="different sweep"):
         sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, layers="0:2", out=out, mode="zero")
-    res = sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, layers="0:2", out=out, mode="zero",
-                restart=True)
+    res = sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, layers="0:2", out=out, mode="zero", restart=True)
     assert (res.table["mode"] == "zero").all() and out.exists()
 
 
@@ -259,9 +286,11 @@ def test_partial_results_of_another_sweep_are_refused(tiny_bert, planted, tmp_pa
 def test_layer_drop_choice_and_figure(tmp_path):
     from figures.derivation import plot_layer_drop
 
-    rows = [{"interaction_layers": b, "contextual_layers": a, "metric": "nDCG@10", "value": v}
-            for a, vals in ((3, [0.10, 0.46, 0.49, 0.495]), (2, [0.12, 0.40, 0.475, 0.48]))
-            for b, v in zip(range(1, 5), vals)]
+    rows = [
+        {"interaction_layers": b, "contextual_layers": a, "metric": "nDCG@10", "value": v}
+        for a, vals in ((3, [0.10, 0.46, 0.49, 0.495]), (2, [0.12, 0.40, 0.475, 0.48]))
+        for b, v in zip(range(1, 5), vals)
+    ]
     path = tmp_path / "layer_drop.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     choice = choose_interaction_layers(path, "ndcg@10", tolerance=0.02).set_index("contextual_layers")
@@ -283,15 +312,23 @@ def test_knockout_and_derivation_figures_render_from_saved_tables(planted_sweep,
     assert main([str(out), str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "knockouts_layers.png").stat().st_size > 1000
     _, ds, run = planted
-    sweep(str(tiny_bert), ds, "test", run, k=4, max_queries=2, paths="q->d,d->q", heads=True,
-                  out=tmp_path / "heads.csv")
+    sweep(
+        str(tiny_bert), ds, "test", run, k=4, max_queries=2, paths="q->d,d->q", heads=True, out=tmp_path / "heads.csv"
+    )
     assert plot_head_sweep(tmp_path / "heads.csv", tmp_path / "heads", formats=("png",))[0].exists()
-    ab = ablate_masks(str(tiny_bert), ds, "test", run, k=4, max_queries=2, masks="mask1,mask2",
-                      out=tmp_path / "masks.parquet")
+    ab = ablate_masks(
+        str(tiny_bert), ds, "test", run, k=4, max_queries=2, masks="mask1,mask2", out=tmp_path / "masks.parquet"
+    )
     assert plot_mask_ablation(tmp_path / "masks.parquet", tmp_path / "masks", formats=("png",))[0].exists()
     assert len(ab.table) == 2
-    merge = pd.DataFrame({"k": [-1, 0, 1, 2], "mask": ["none", "mask2", "mask3(k=1)", "mask3(k=2)"],
-                          "ndcg@10": [0.5, 0.49, 0.48, 0.3], "chosen": [False, False, True, False]})
+    merge = pd.DataFrame(
+        {
+            "k": [-1, 0, 1, 2],
+            "mask": ["none", "mask2", "mask3(k=1)", "mask3(k=2)"],
+            "ndcg@10": [0.5, 0.49, 0.48, 0.3],
+            "chosen": [False, False, True, False],
+        }
+    )
     merge.to_csv(tmp_path / "merge.csv", index=False)
     assert plot_merge_layer(tmp_path / "merge.csv", tmp_path / "merge", formats=("png",))[0].exists()
 
@@ -307,22 +344,67 @@ def test_cli_sweep_derive_and_merge_layer(planted, tmp_path):
     write_beir(ds, tmp_path / "beir")
     write_run(run, tmp_path / "run.trec")
     r = CliRunner()
-    common = ["--model", str(folder), "--dataset", str(tmp_path / "beir"), "--split", "test",
-              "--run", str(tmp_path / "run.trec"), "--k", "8"]
-    res = r.invoke(app, ["ablate", "sweep", *common, "--out", str(tmp_path / "sw.csv"), "--max-queries", "8",
-                         "--layers", "1:3", "--paths", "q->d,cls->q,d->d,q->q"])
+    common = [
+        "--model",
+        str(folder),
+        "--dataset",
+        str(tmp_path / "beir"),
+        "--split",
+        "test",
+        "--run",
+        str(tmp_path / "run.trec"),
+        "--k",
+        "8",
+    ]
+    res = r.invoke(
+        app,
+        [
+            "ablate",
+            "sweep",
+            *common,
+            "--out",
+            str(tmp_path / "sw.csv"),
+            "--max-queries",
+            "8",
+            "--layers",
+            "1:3",
+            "--paths",
+            "q->d,cls->q,d->d,q->q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "8 knockouts" in res.output
     meta = json.loads((tmp_path / "sw.meta.json").read_text())
     assert meta["source"]["dataset"] == str((tmp_path / "beir").resolve()) and meta["model_spec"] == str(folder)
     assert meta["source"]["run"] == str((tmp_path / "run.trec").resolve())
-    res = r.invoke(app, ["ablate", "derive", "--sweep", str(tmp_path / "sw.csv"), "--out", str(tmp_path / "m.json"),
-                         "--tolerance", "0.01"])
+    res = r.invoke(
+        app,
+        [
+            "ablate",
+            "derive",
+            "--sweep",
+            str(tmp_path / "sw.csv"),
+            "--out",
+            str(tmp_path / "m.json"),
+            "--tolerance",
+            "0.01",
+        ],
+    )
     assert res.exit_code == 0, res.output
     mask = InteractionMask.load(tmp_path / "m.json")
     assert mask.allowed(1, "q->d") and mask.allowed(2, "cls->q") and not mask.allowed(1, "d->d")
-    res = r.invoke(app, ["ablate", "merge-layer", *common, "--out", str(tmp_path / "merge.csv"),
-                         "--mask-out", str(tmp_path / "m3.json")])
+    res = r.invoke(
+        app,
+        [
+            "ablate",
+            "merge-layer",
+            *common,
+            "--out",
+            str(tmp_path / "merge.csv"),
+            "--mask-out",
+            str(tmp_path / "m3.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "chosen k = 1" in res.output
     assert InteractionMask.load(tmp_path / "m3.json") == InteractionMask.from_preset("mask3", 3, k=1)

@@ -1,5 +1,6 @@
 """Done-when check: on the packaged MiniLM, fine-tuned for a few steps, `mice probe attention` and
 `mice ablate sweep` run on CPU over a small BEIR folder (BM25 first stage)."""
+
 import json
 
 import numpy as np
@@ -22,20 +23,26 @@ DOCS = {
     "fft": "Compute the one-dimensional discrete Fourier transform of a signal.",
 }
 QUERIES = {
-    "q1": ("sort an array", "sort"), "q2": ("average of array values", "mean"),
-    "q3": ("draw lines on a figure", "plot"), "q4": ("nodes of a graph", "nodes"),
-    "q5": ("load a csv file into a table", "read_csv"), "q6": ("fourier transform of a signal", "fft"),
+    "q1": ("sort an array", "sort"),
+    "q2": ("average of array values", "mean"),
+    "q3": ("draw lines on a figure", "plot"),
+    "q4": ("nodes of a graph", "nodes"),
+    "q5": ("load a csv file into a table", "read_csv"),
+    "q6": ("fourier transform of a signal", "fft"),
 }
 
 
 def _beir(folder):
     (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n"
-                                                 for k, v in DOCS.items()))
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n"
-                                                  for q, (t, _) in QUERIES.items()))
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"{q}\t{d}\t1\n" for q, (_, d) in QUERIES.items()))
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in DOCS.items())
+    )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, (t, _) in QUERIES.items())
+    )
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, (_, d) in QUERIES.items())
+    )
     return folder
 
 
@@ -51,7 +58,7 @@ def _fine_tune(out):
     for step in range(6):
         pairs = []
         for q, (text, pos) in QUERIES.items():
-            negs = [d for d in ids if d != pos][step % 3::4][:2]
+            negs = [d for d in ids if d != pos][step % 3 :: 4][:2]
             pairs += [(text, DOCS[d]) for d in [pos] + negs]
         scores = model(pairs).view(len(QUERIES), 3)
         loss = torch.nn.functional.cross_entropy(scores, torch.zeros(len(QUERIES), dtype=torch.long))
@@ -74,11 +81,24 @@ def test_probe_and_sweep_run_on_fine_tuned_minilm(tmp_path):
     try:
         model = _fine_tune(tmp_path / "model")
         beir = _beir(tmp_path / "beir")
-        common = ["--model", str(model), "--dataset", str(beir), "--split", "test", "--run", "bm25", "--k", "4",
-                  "--max-queries", "3"]
+        common = [
+            "--model",
+            str(model),
+            "--dataset",
+            str(beir),
+            "--split",
+            "test",
+            "--run",
+            "bm25",
+            "--k",
+            "4",
+            "--max-queries",
+            "3",
+        ]
         r = CliRunner()
-        res = r.invoke(app, ["probe", "attention", *common, "--out", str(tmp_path / "probe.parquet"),
-                             "--examples", "1"])
+        res = r.invoke(
+            app, ["probe", "attention", *common, "--out", str(tmp_path / "probe.parquet"), "--examples", "1"]
+        )
         assert res.exit_code == 0, res.output
         probe = pd.read_parquet(tmp_path / "probe.parquet")
         assert len(probe) == 6 * 13 * 25
@@ -99,8 +119,9 @@ def test_probe_and_sweep_run_on_fine_tuned_minilm(tmp_path):
         assert len(pd.read_parquet(tmp_path / "sweep.per_query.parquet")) == (150 + 1) * 3
 
         # attribution patching on the same pairs, checked against the exact sweep (saved tables only)
-        res = r.invoke(app, ["ablate", "attribute", *common, "--modes", "renorm", "--out",
-                             str(tmp_path / "attr.parquet")])
+        res = r.invoke(
+            app, ["ablate", "attribute", *common, "--modes", "renorm", "--out", str(tmp_path / "attr.parquet")]
+        )
         assert res.exit_code == 0, res.output
         from ablations.attribution import compare_tables, spearman
 
@@ -109,8 +130,10 @@ def test_probe_and_sweep_run_on_fine_tuned_minilm(tmp_path):
         check = compare_tables(attr, sweep)
         assert len(check) == 130
         rho = spearman(check, "abs")
-        print(f"MiniLM fine-tuned: Spearman rho attribution vs exact over 130 cells: mean change "
-              f"{spearman(check):.3f}, mean |change| {rho:.3f}")
+        print(
+            f"MiniLM fine-tuned: Spearman rho attribution vs exact over 130 cells: mean change "
+            f"{spearman(check):.3f}, mean |change| {rho:.3f}"
+        )
         assert rho > 0.8
     finally:
         torch.set_num_threads(n)

@@ -5,6 +5,7 @@ only (through `mice.results`), and only the CLI (`mice/cli/`) and the app (`mice
 `ablations` and `figures`. Imports inside functions count as much as those at the top of a module: a lazy
 import hides a dependency, it does not remove it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,8 +21,7 @@ RECORDERS = ("probes", "ablations", "figures")
 MAX_LINES = 80
 
 # Functions still over MAX_LINES, in files owned elsewhere; each is split where it lives, then struck off here.
-LONG_ALLOWED = {
-}
+LONG_ALLOWED: set[str] = set()
 
 
 def _modules() -> dict[str, Path]:
@@ -112,9 +112,14 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _edges(src_top: str, dst_top: str, allowed=()) -> list[str]:
-    return sorted(f"{m} -> {t}" for m, ts in GRAPH.items() for t in ts
-                  if m.split(".")[0] == src_top and t.split(".")[0] == dst_top
-                  and not any(m == a or m.startswith(a + ".") for a in allowed))
+    return sorted(
+        f"{m} -> {t}"
+        for m, ts in GRAPH.items()
+        for t in ts
+        if m.split(".")[0] == src_top
+        and t.split(".")[0] == dst_top
+        and not any(m == a or m.startswith(a + ".") for a in allowed)
+    )
 
 
 def test_the_graph_is_read():
@@ -185,7 +190,9 @@ def test_the_allowance_only_holds_long_functions():
 
 def test_the_cli_starts_without_torch():
     """`mice --help` stays quick: torch, transformers and matplotlib load only when a command needs them."""
-    code = ("import sys, mice.cli; heavy = [m for m in ('torch', 'transformers', 'transformer_lens', 'matplotlib') "
-            "if m in sys.modules]; print(','.join(heavy))")
+    code = (
+        "import sys, mice.cli; heavy = [m for m in ('torch', 'transformers', 'transformer_lens', 'matplotlib') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == ""

@@ -1,5 +1,6 @@
 """Attribution patching, structural cells and the sensitive effect measures: each checked against the exact
 computation it stands for (finite differences, exact knockouts, ir-measures)."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -47,8 +48,14 @@ def test_estimate_is_the_directional_derivative_of_the_knockout(tiny_bert, mode)
     """The estimate is exactly the linear term of the knockout: d score(P + t (P_knocked - P)) / dt at t = 0."""
     model = HookedCrossEncoder.from_pretrained(tiny_bert)
     batch = model.tokenize(PAIRS)
-    kos = [Knockout(1, "q->d"), Knockout(0, "d->q", 2), Knockout(2, "cls->q"), Knockout(2, "cls->d", 3),
-           Knockout(0, "q->q", 1), Knockout(1, "*->d")]
+    kos = [
+        Knockout(1, "q->d"),
+        Knockout(0, "d->q", 2),
+        Knockout(2, "cls->q"),
+        Knockout(2, "cls->d", 3),
+        Knockout(0, "q->q", 1),
+        Knockout(1, "*->d"),
+    ]
     clean, est = PathAttribution(model, kos, mode).estimate(batch)
     with torch.no_grad():
         assert torch.allclose(clean, model(batch), atol=1e-6)
@@ -101,11 +108,32 @@ def test_attribution_ranks_the_planted_paths_first(planted):
 
 def test_attribution_table_and_check_against_exact_knockouts(tiny_bert, planted, tmp_path):
     _, ds, run = planted
-    res = attribute(str(tiny_bert), ds, "test", run, k=6, max_queries=6, heads=[0, 1], modes=("renorm", "zero"),
-                    n_boot=100, out=tmp_path / "attr.csv")
+    res = attribute(
+        str(tiny_bert),
+        ds,
+        "test",
+        run,
+        k=6,
+        max_queries=6,
+        heads=[0, 1],
+        modes=("renorm", "zero"),
+        n_boot=100,
+        out=tmp_path / "attr.csv",
+    )
     t, meta = load_attribution(tmp_path / "attr.csv")
-    for c in ("layer", "head", "path", "mode", "estimate", "status", "rank_by", "delta_margin_ci_low",
-              "flip_rate", "kendall_tau", "p_dscore"):
+    for c in (
+        "layer",
+        "head",
+        "path",
+        "mode",
+        "estimate",
+        "status",
+        "rank_by",
+        "delta_margin_ci_low",
+        "flip_rate",
+        "kendall_tau",
+        "p_dscore",
+    ):
         assert c in t.columns, c
     assert len(t) == 2 * 3 * 25 * 3 and set(t["mode"]) == {"renorm", "zero"}
     assert meta["measure"] == "delta_margin" and meta["n_pairs"] == 36
@@ -126,8 +154,7 @@ def test_structural_cells_are_exactly_those_that_change_no_score(tiny_bert, mode
     model = HookedCrossEncoder.from_pretrained(tiny_bert)
     batch = model.tokenize(PAIRS)
     base_mask = model.resolve_mask(base) or InteractionMask.full(model.n_layers)
-    kos = [ko for ko in knockout_set(model.n_layers, model.n_heads, heads=[1])
-           if check_knockout(ko, base_mask) is None]
+    kos = [ko for ko in knockout_set(model.n_layers, model.n_heads, heads=[1]) if check_knockout(ko, base_mask) is None]
     structural = structural_cells(kos, base_mask, mode=mode)
     eng = SweepEngine(model, mode, None if base is None else base_mask, strategy="naive")  # full forwards
     st = eng.prepare(batch)
@@ -183,8 +210,9 @@ def test_derivation_from_attribution_is_bounded_logged_and_keeps_the_route(plant
 
     folder, ds, run = planted
     out = tmp_path / "attr.parquet"
-    attribute(str(folder), ds, "test", run, k=8, max_queries=8, heads=False, modes="renorm", steps=1, n_boot=200,
-              out=out)
+    attribute(
+        str(folder), ds, "test", run, k=8, max_queries=8, heads=False, modes="renorm", steps=1, n_boot=200, out=out
+    )
     with caplog.at_level(logging.INFO, logger="mice.ablations"):
         d = derive_mask(out, data=ds, run=run, tolerance=0.01, max_steps=6, check_queries=5, show_progress_bar=True)
     m = d.meta
@@ -205,37 +233,115 @@ def test_cli_attribute_from_pairs_and_derive_from_it(tiny_bert, planted, tmp_pat
     from typer.testing import CliRunner
 
     from mice.cli import app
-    from mice.data import write_beir
-    from mice.rank.runs import write_run
 
     r = CliRunner()
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("".join(f"{q}\t{d}\n" for q, d in PAIRS))
-    res = r.invoke(app, ["ablate", "attribute", "--pairs", str(pairs), "--model", str(tiny_bert),
-                         "--out", str(tmp_path / "T.csv"), "--check", "3"])
+    res = r.invoke(
+        app,
+        [
+            "ablate",
+            "attribute",
+            "--pairs",
+            str(pairs),
+            "--model",
+            str(tiny_bert),
+            "--out",
+            str(tmp_path / "T.csv"),
+            "--check",
+            "3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     t = pd.read_csv(tmp_path / "T.csv")
     assert {"layer", "head", "path", "mode", "estimate", "abs_dscore", "abs_dscore_ci_low", "rank_by"} <= set(t.columns)
     assert set(t["head"]) == {-1, 0, 1, 2, 3} and set(t["mode"]) == {"renorm", "zero"}
     assert "Spearman rho" in res.output and (tmp_path / "T.check.csv").exists()
+    _bad_pairs_refused(tiny_bert, tmp_path)
+    # a dataset + run, then the derivation reads the attribution table
+    _attribute_then_derive(r, planted, tmp_path)
+
+
+def _bad_pairs_refused(tiny_bert, tmp_path):
+    """A --pairs line without a tab: exit 2 and the line named (through `python -m mice`)."""
     bad = tmp_path / "bad.tsv"
     bad.write_text("a query\ta doc\nno tab here\n")
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "mice", "ablate", "attribute", "--pairs", str(bad), "--model",
-                           str(tiny_bert), "--out", str(tmp_path / "B.csv")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mice",
+            "ablate",
+            "attribute",
+            "--pairs",
+            str(bad),
+            "--model",
+            str(tiny_bert),
+            "--out",
+            str(tmp_path / "B.csv"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and f"error: {bad}:2: expected 'query<TAB>document'" in proc.stderr
-    # a dataset + run, then the derivation reads the attribution table
+
+
+def _attribute_then_derive(r, planted, tmp_path):
+    """`ablate attribute` on a dataset + run, then `ablate derive` reads the attribution table."""
+    from mice.cli import app
+    from mice.data import write_beir
+    from mice.rank.runs import write_run
+
     folder, ds, run = planted
     write_beir(ds, tmp_path / "beir")
     write_run(run, tmp_path / "run.trec")
-    res = r.invoke(app, ["ablate", "attribute", "--model", str(folder), "--dataset", str(tmp_path / "beir"),
-                         "--split", "test", "--run", str(tmp_path / "run.trec"), "--k", "8", "--max-queries", "8",
-                         "--no-heads", "--modes", "renorm", "--ig-steps", "1", "--out", str(tmp_path / "A.parquet")])
+    res = r.invoke(
+        app,
+        [
+            "ablate",
+            "attribute",
+            "--model",
+            str(folder),
+            "--dataset",
+            str(tmp_path / "beir"),
+            "--split",
+            "test",
+            "--run",
+            str(tmp_path / "run.trec"),
+            "--k",
+            "8",
+            "--max-queries",
+            "8",
+            "--no-heads",
+            "--modes",
+            "renorm",
+            "--ig-steps",
+            "1",
+            "--out",
+            str(tmp_path / "A.parquet"),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = r.invoke(app, ["ablate", "derive", "--sweep", str(tmp_path / "A.parquet"), "--out", str(tmp_path / "m.json"),
-                         "--max-rechecks", "4", "--check-queries", "4", "--log", str(tmp_path / "derive.log")])
+    res = r.invoke(
+        app,
+        [
+            "ablate",
+            "derive",
+            "--sweep",
+            str(tmp_path / "A.parquet"),
+            "--out",
+            str(tmp_path / "m.json"),
+            "--max-rechecks",
+            "4",
+            "--check-queries",
+            "4",
+            "--log",
+            str(tmp_path / "derive.log"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     log = (tmp_path / "derive.log").read_text().splitlines()
     assert log and all("about" in line and "left" in line for line in log) and "/" in log[-1]

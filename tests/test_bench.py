@@ -1,5 +1,6 @@
 """`mice bench latency` end to end with tiny sizes: every method runs, the CSV has its columns and the ratios
 are computed, the figure is drawn from the CSV. No timing assertions (timings depend on the machine)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,6 @@ from mice.models.testing import tiny_cross_encoder
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 def test_bench_cli_tiny(tmp_path):
     from typer.testing import CliRunner
 
@@ -20,9 +20,33 @@ def test_bench_cli_tiny(tmp_path):
 
     model = tiny_cross_encoder(tmp_path / "ce", num_layers=4)
     out = tmp_path / "bench.csv"
-    res = CliRunner().invoke(app, ["bench", "latency", "--model", str(model), "--arch", "2+2", "--docs", "3",
-                                   "--query-len", "8", "--doc-len", "16,24", "--repeats", "2", "--warmup", "1",
-                                   "--batch-size", "2", "--threads", "1", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "latency",
+            "--model",
+            str(model),
+            "--arch",
+            "2+2",
+            "--docs",
+            "3",
+            "--query-len",
+            "8",
+            "--doc-len",
+            "16,24",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out)
     assert list(df.columns) == COLUMNS
@@ -47,8 +71,14 @@ def test_bench_cli_tiny(tmp_path):
 
 
 def test_ratios_need_the_cross_encoder():
-    df = pd.DataFrame({"method": ["mice", "cross-encoder", "mice"], "doc_len": [8, 8, 16],
-                       "median_ms": [2.0, 10.0, 4.0], "peak_mem_mb": [1.0, 4.0, 1.0]})
+    df = pd.DataFrame(
+        {
+            "method": ["mice", "cross-encoder", "mice"],
+            "doc_len": [8, 8, 16],
+            "median_ms": [2.0, 10.0, 4.0],
+            "peak_mem_mb": [1.0, 4.0, 1.0],
+        }
+    )
     out = add_ratios(df)
     assert out.loc[0, "speedup_vs_ce"] == pytest.approx(5.0) and out.loc[0, "mem_ratio_vs_ce"] == pytest.approx(0.25)
     assert np.isnan(out.loc[2, "ratio_vs_ce"])  # no cross-encoder at that length: no ratio invented

@@ -1,5 +1,6 @@
 """`mice bench gpu --device cpu --smoke`: the script a GPU machine runs first, checked end to end on the CPU (every
 section, both precisions, every storage). No timing assertions: the numbers only have to exist and be positive."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -16,8 +17,9 @@ def test_smoke_writes_every_section(tmp_path):
     from mice.cli import app
 
     out = tmp_path / "gpu"
-    res = CliRunner().invoke(app, ["bench", "gpu", "--device", "cpu", "--smoke", "--out", str(out),
-                                   "--storages", "float16,pq"])
+    res = CliRunner().invoke(
+        app, ["bench", "gpu", "--device", "cpu", "--smoke", "--out", str(out), "--storages", "float16,pq"]
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out / "gpu.csv")
     assert list(df.columns) == COLUMNS
@@ -42,15 +44,18 @@ def test_smoke_writes_every_section(tmp_path):
 def test_budget_skips_units_and_says_so(tmp_path):
     from mice.bench.gpu import GPUBenchConfig, run_gpu_bench
 
-    df = run_gpu_bench(GPUBenchConfig(device="cpu", smoke=True, budget_s=0.0, dtypes=("fp32",)), tmp_path,
-                       log=lambda s: None)
+    df = run_gpu_bench(
+        GPUBenchConfig(device="cpu", smoke=True, budget_s=0.0, dtypes=("fp32",)), tmp_path, log=lambda s: None
+    )
     assert (df["method"] == "(skipped)").all() and len(df) == len(SECTIONS)
     assert df["note"].str.startswith("budget:").all()
     assert pd.read_csv(tmp_path / "gpu.csv").shape[0] == len(SECTIONS)
 
 
-@pytest.mark.parametrize("argv,flag", [(["--sections", "latency,train"], "--sections"),
-                                       (["--arch", "4"], "--arch"), (["--dtypes", "fp8"], "--dtypes")])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [(["--sections", "latency,train"], "--sections"), (["--arch", "4"], "--arch"), (["--dtypes", "fp8"], "--dtypes")],
+)
 def test_bad_options_refused(argv, flag, tmp_path):
     from test_fuzz_inputs import run_main
 

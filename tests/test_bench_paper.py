@@ -1,5 +1,6 @@
 """`mice bench latency --protocol paper` (the authors' measurement) beside `--protocol ours`, tiny sizes, one run.
 No timing assertions: only that every method ran, mean ± std are reported and the ratios are consistent."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,11 +19,43 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_both_protocols_in_one_run(tmp_path):
     model = tiny_cross_encoder(tmp_path / "ce", num_layers=4)
     out = tmp_path / "bench.csv"
-    res = CliRunner().invoke(app, ["bench", "latency", "--protocol", "ours,paper", "--model", str(model),
-                                   "--arch", "2+2", "--docs", "3", "--query-len", "8", "--doc-len", "24",
-                                   "--repeats", "2", "--warmup", "1", "--batch-size", "2", "--threads", "1",
-                                   "--paper-batch", "4", "--paper-runs", "3", "--paper-warmup", "1",
-                                   "--methods", "cross-encoder,mice-index,maxsim", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "latency",
+            "--protocol",
+            "ours,paper",
+            "--model",
+            str(model),
+            "--arch",
+            "2+2",
+            "--docs",
+            "3",
+            "--query-len",
+            "8",
+            "--doc-len",
+            "24",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--paper-batch",
+            "4",
+            "--paper-runs",
+            "3",
+            "--paper-warmup",
+            "1",
+            "--methods",
+            "cross-encoder,mice-index,maxsim",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, (res.output, res.exception)
     ours = pd.read_csv(out)
     assert set(ours["method"]) == {"cross-encoder", "mice-index", "maxsim"}
@@ -38,8 +71,12 @@ def test_both_protocols_in_one_run(tmp_path):
 
 def test_paper_protocol_alone_and_its_errors(tmp_path):
     model = tiny_cross_encoder(tmp_path / "ce", num_layers=3)
-    df = run_paper_latency(PaperLatencyConfig(batch=2, doc_len=16, warmup=0, runs=2, model=str(model),
-                                              layers=(1, 2), methods=("mice", "late-interaction")), log=lambda s: None)
+    df = run_paper_latency(
+        PaperLatencyConfig(
+            batch=2, doc_len=16, warmup=0, runs=2, model=str(model), layers=(1, 2), methods=("mice", "late-interaction")
+        ),
+        log=lambda s: None,
+    )
     assert list(df["method"]) == ["mice", "late-interaction"] and df["speedup_vs_ce"].isna().all()
     with pytest.raises(ModelError, match="unknown methods"):
         run_paper_latency(PaperLatencyConfig(model=str(model), methods=("maxsim",)))

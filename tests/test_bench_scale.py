@@ -1,6 +1,7 @@
 """`mice bench scale` end to end on a tiny random model and a tiny BEIR folder: the command runs, the table has its
 columns, the storage figures are what the storage format says, and the projection's arithmetic is right. No timing
 assertions (timings depend on the machine)."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mice.bench.scale import (COLUMNS, CORPORA, PROJECTION_COLUMNS, Corpus, project, stored_vector_bytes)
+from mice.bench.scale import COLUMNS, CORPORA, PROJECTION_COLUMNS, Corpus, project, stored_vector_bytes
 
 from cli_checks import assert_one_error
 
@@ -34,8 +35,9 @@ def tiny(tmp_path_factory):
     with open(folder / "queries.jsonl", "w") as fh:
         for i in range(3):
             fh.write(json.dumps({"_id": f"q{i}", "text": " ".join(rng.choice(words, 4))}) + "\n")
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"q{i}\td{i}\t1\n" for i in range(3)))
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(3))
+    )
     return tiny_cross_encoder(root / "ce", num_layers=4), folder
 
 
@@ -46,10 +48,38 @@ def test_scale_cli_tiny(tiny, tmp_path):
 
     model, data = tiny
     out = tmp_path / "scale.csv"
-    res = CliRunner().invoke(app, ["bench", "scale", "--model", str(model), "--arch", "2+2", "--dataset", str(data),
-                                   "--docs", "8", "--queries", "2", "--candidates", "4", "--repeats", "1",
-                                   "--warmup", "0", "--batch-size", "3", "--threads", "1", "--project",
-                                   "--processes", "1,8,64", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "scale",
+            "--model",
+            str(model),
+            "--arch",
+            "2+2",
+            "--dataset",
+            str(data),
+            "--docs",
+            "8",
+            "--queries",
+            "2",
+            "--candidates",
+            "4",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "3",
+            "--threads",
+            "1",
+            "--project",
+            "--processes",
+            "1,8,64",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out)
     assert list(df.columns) == COLUMNS
@@ -58,6 +88,26 @@ def test_scale_cli_tiny(tiny, tmp_path):
     assert (df["cpu_s"] >= 0).all() and (df["cpu_share"] >= 0).all()
     np.testing.assert_allclose(df["cpu_share"], df["cpu_s"] / (df["median_s"] * df["threads"]))
 
+    _check_builds(df)
+    _check_reranks(df)
+
+    proj = pd.read_csv(tmp_path / "scale-projection.csv")
+    assert list(proj.columns) == PROJECTION_COLUMNS
+    assert set(proj["processes"]) == {1, 8, 64} and set(proj["corpus"]) == {c.name for c in CORPORA}
+    assert len(proj) == len(CORPORA) * 4 * 3
+    for text in (
+        "index build and storage",
+        "re-ranking throughput per process",
+        "projection at hidden size 384",
+        "linear",
+        "MS MARCO passage",
+        "618,927,610 tokens",
+    ):
+        assert text in res.output, text
+
+
+def _check_builds(df):
+    """The build rows of `test_scale_cli_tiny`: rates, bytes per token with and without cached K/V."""
     builds = df[df["section"] == "build"].set_index(["dtype", "kv"])
     assert set(builds.index) == {("float16", False), ("float16", True), ("int8", False), ("int8", True)}
     assert (builds["documents"] == 8).all() and (builds["tokens"] > 8).all()
@@ -77,22 +127,23 @@ def test_scale_cli_tiny(tiny, tmp_path):
         assert 0.5 < int8["bytes_vs_fp16"] < 0.6 and fp16["bytes_vs_fp16"] == 1.0
         assert int8["build_speed_vs_fp16"] == pytest.approx(int8["docs_per_s"] / fp16["docs_per_s"])
 
+
+def _check_reranks(df):
+    """The re-ranking rows of `test_scale_cli_tiny`: every method, its rate and its speed-up."""
     rr = df[df["section"] == "rerank"].set_index("method")
-    assert set(rr.index) == {"cross-encoder", "mice (on the fly)", "mice-index (float16 states)",
-                             "mice-kv (float16 K/V)", "mice-index (int8 states)", "mice-kv (int8 K/V)"}
+    assert set(rr.index) == {
+        "cross-encoder",
+        "mice (on the fly)",
+        "mice-index (float16 states)",
+        "mice-kv (float16 K/V)",
+        "mice-index (int8 states)",
+        "mice-kv (int8 K/V)",
+    }
     assert (rr["pairs"] == 2 * 4).all() and (rr["queries"] == 2).all() and (rr["candidates"] == 4).all()
     np.testing.assert_allclose(rr["pairs_per_s"], 8 / rr["median_s"])
     assert rr.loc["cross-encoder", "speedup_vs_ce"] == pytest.approx(1.0)
     np.testing.assert_allclose(rr["speedup_vs_ce"], rr["pairs_per_s"] / rr.loc["cross-encoder", "pairs_per_s"])
     assert rr.loc["mice-kv (int8 K/V)", "bytes_per_token"] == (HIDDEN + 4) * 3
-
-    proj = pd.read_csv(tmp_path / "scale-projection.csv")
-    assert list(proj.columns) == PROJECTION_COLUMNS
-    assert set(proj["processes"]) == {1, 8, 64} and set(proj["corpus"]) == {c.name for c in CORPORA}
-    assert len(proj) == len(CORPORA) * 4 * 3
-    for text in ("index build and storage", "re-ranking throughput per process", "projection at hidden size 384",
-                 "linear", "MS MARCO passage", "618,927,610 tokens"):
-        assert text in res.output, text
 
 
 def test_scale_compressed_rows_and_projection(tiny, tmp_path):
@@ -104,10 +155,36 @@ def test_scale_compressed_rows_and_projection(tiny, tmp_path):
 
     model, data = tiny
     out = tmp_path / "scale.csv"
-    res = CliRunner().invoke(app, ["bench", "scale", "--model", str(model), "--arch", "2+2", "--dataset", str(data),
-                                   "--docs", "12", "--queries", "2", "--candidates", "4", "--repeats", "1",
-                                   "--warmup", "0", "--threads", "1", "--dtypes", "float16,pq,residual", "--project",
-                                   "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "scale",
+            "--model",
+            str(model),
+            "--arch",
+            "2+2",
+            "--dataset",
+            str(data),
+            "--docs",
+            "12",
+            "--queries",
+            "2",
+            "--candidates",
+            "4",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--dtypes",
+            "float16,pq,residual",
+            "--project",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out)
     builds = df[df["section"] == "build"].set_index(["dtype", "kv"])
@@ -128,10 +205,25 @@ def test_scale_compressed_rows_and_projection(tiny, tmp_path):
 
 def test_projection_arithmetic():
     corpus = Corpus("X", 1000, 50, "assumed")
-    builds = [{"dtype": "float16", "kv": False, "bytes_per_token": 768.0, "stored_vectors_per_token": 1,
-               "hidden": 384, "tokens_per_s": 2000.0, "tokens_per_cpu_s": 1000.0},
-              {"dtype": "int8", "kv": True, "bytes_per_token": 108.0, "stored_vectors_per_token": 3,
-               "hidden": 32, "tokens_per_s": 500.0}]
+    builds = [
+        {
+            "dtype": "float16",
+            "kv": False,
+            "bytes_per_token": 768.0,
+            "stored_vectors_per_token": 1,
+            "hidden": 384,
+            "tokens_per_s": 2000.0,
+            "tokens_per_cpu_s": 1000.0,
+        },
+        {
+            "dtype": "int8",
+            "kv": True,
+            "bytes_per_token": 108.0,
+            "stored_vectors_per_token": 3,
+            "hidden": 32,
+            "tokens_per_s": 500.0,
+        },
+    ]
     p = project(pd.DataFrame(builds), corpora=[corpus], processes=(1, 4))
     assert list(p.columns) == PROJECTION_COLUMNS and len(p) == 4
     fp16 = p[p["dtype"] == "float16"].set_index("processes")
@@ -140,8 +232,10 @@ def test_projection_arithmetic():
     assert fp16.loc[1, "build_hours"] == pytest.approx(50_000 / 2000 / 3600)
     assert fp16.loc[4, "build_hours"] == pytest.approx(50_000 / (2000 * 4) / 3600)  # linear in N
     np.testing.assert_allclose(fp16["core_hours"], 50_000 / 1000 / 3600)  # total CPU time: the same for every N
-    assert "1,000 passages × 50 tokens = 50,000 tokens × 768 B/token (measured) = 38,400,000 B" in \
-        fp16.loc[1, "size_arithmetic"]
+    assert (
+        "1,000 passages × 50 tokens = 50,000 tokens × 768 B/token (measured) = 38,400,000 B"
+        in fp16.loc[1, "size_arithmetic"]
+    )
     assert fp16.loc[4, "time_arithmetic"].startswith("50,000 tokens ÷ (2,000 tokens/s × 4) = 6 s")
     # measured at another hidden size: the storage format's size at 384 (3 vectors × (384 + 4) bytes), not 108
     int8 = p[p["dtype"] == "int8"].set_index("processes")
@@ -167,10 +261,19 @@ def test_stored_vector_bytes():
     assert stored_vector_bytes("pq", 384) == 48 and stored_vector_bytes("residual", 384) == 50
 
 
-@pytest.mark.parametrize("argv,flag", [(["--queries", "0"], "--queries"), (["--candidates", "-1"], "--candidates"),
-                                       (["--docs", "0"], "--docs"), (["--processes", "1,0"], "--processes"),
-                                       (["--processes", "x"], "--processes"), (["--arch", "0+2"], "--arch"),
-                                       (["--dtypes", "bf7"], "bf7"), (["--out", "x.txt"], "--out")])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--queries", "0"], "--queries"),
+        (["--candidates", "-1"], "--candidates"),
+        (["--docs", "0"], "--docs"),
+        (["--processes", "1,0"], "--processes"),
+        (["--processes", "x"], "--processes"),
+        (["--arch", "0+2"], "--arch"),
+        (["--dtypes", "bf7"], "bf7"),
+        (["--out", "x.txt"], "--out"),
+    ],
+)
 def test_bad_options_refused(argv, flag, tmp_path):
     from test_fuzz_inputs import run_main
 

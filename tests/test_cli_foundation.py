@@ -48,6 +48,7 @@ def test_score_from_file_with_mask(tiny_bert, tmp_path):
 def test_score_reports_bad_line(tiny_bert, tmp_path):
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("good\tline\nno tab here\n")
-    res = subprocess.run([sys.executable, "-m", "mice", "score", "--model", str(tiny_bert), str(pairs)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "mice", "score", "--model", str(tiny_bert), str(pairs)], capture_output=True, text=True
+    )
     assert res.returncode == 2 and "pairs.tsv:2:" in res.stderr and "Traceback" not in res.stderr

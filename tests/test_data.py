@@ -1,4 +1,5 @@
 """Datasets from real files (BEIR, MS MARCO TSV, files:), malformed inputs, irds error, BEIR export."""
+
 import json
 import warnings
 
@@ -18,8 +19,13 @@ CORPUS = {
     "d5": ("", "A compressed sparse row matrix for efficient arithmetic and row slicing."),
     "d6": ("", "Read a comma separated values file into a data frame with typed columns."),
 }
-QUERIES = {"q1": "sort an array", "q2": "mean of the values", "q3": "plot a line", "q4": "graph nodes",
-           "q5": "read csv file"}
+QUERIES = {
+    "q1": "sort an array",
+    "q2": "mean of the values",
+    "q3": "plot a line",
+    "q4": "graph nodes",
+    "q5": "read csv file",
+}
 QRELS = {"test": [("q1", "d1", 1), ("q2", "d2", 2), ("q3", "d3", 1)], "dev": [("q4", "d4", 1), ("q5", "d6", 1)]}
 
 
@@ -34,7 +40,8 @@ def write_beir_folder(folder, corpus=CORPUS, queries=QUERIES, qrels=QRELS):
     (folder / "qrels").mkdir(exist_ok=True)
     for split, rows in qrels.items():
         (folder / "qrels" / f"{split}.tsv").write_text(
-            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{r}\n" for q, d, r in rows))
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{r}\n" for q, d, r in rows)
+        )
     return folder
 
 
@@ -65,26 +72,48 @@ def test_msmarco_and_files_specs_agree_with_beir(tmp_path):
     for split in ("dev", "test"):
         assert marco.queries(split) == beir.queries(split)
         pd.testing.assert_frame_equal(marco.qrels(split), beir.qrels(split))
-    files = load_dataset(f"files:corpus={folder / 'collection.tsv'},queries={folder / 'queries.test.tsv'},"
-                         f"qrels={folder / 'qrels.test.tsv'}")
+    files = load_dataset(
+        f"files:corpus={folder / 'collection.tsv'},queries={folder / 'queries.test.tsv'},"
+        f"qrels={folder / 'qrels.test.tsv'}"
+    )
     assert files.splits == ("test",) and files.queries("test") == beir.queries("test")
 
 
-@pytest.mark.parametrize("mutate, pattern", [
-    (lambda f: f.joinpath("corpus.jsonl").write_text(
-        '{"_id": "d1", "text": "fine"}\n{"_id": "d2", "text": "broken\n'), r"corpus.jsonl:2: invalid JSON"),
-    (lambda f: f.joinpath("corpus.jsonl").write_text(
-        '{"_id": "d1", "text": "fine"}\n{"id": "d2", "text": "no _id"}\n'), r"corpus.jsonl:2: missing field '_id'"),
-    (lambda f: f.joinpath("queries.jsonl").write_text(
-        '{"_id": "q1", "text": "sort"}\n{"_id": "q2"}\n'), r"queries.jsonl:2: missing field 'text'"),
-    (lambda f: f.joinpath("queries.jsonl").write_text(
-        '{"_id": "q1", "text": "sort"}\n{"_id": "q2", "text": "   "}\n'),
-     r"queries.jsonl:2: query 'q2' has empty text"),
-    (lambda f: f.joinpath("qrels", "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq99\td2\t1\n"), r"test.tsv:3: qrels name query 'q99'"),
-    (lambda f: f.joinpath("qrels", "test.tsv").write_text(
-        "query-id\tcorpus-id\nq1\td1\n"), r"test.tsv:1: expected 'qid iter docid rel'.*got 2 fields"),
-])
+@pytest.mark.parametrize(
+    "mutate, pattern",
+    [
+        (
+            lambda f: f.joinpath("corpus.jsonl").write_text(
+                '{"_id": "d1", "text": "fine"}\n{"_id": "d2", "text": "broken\n'
+            ),
+            r"corpus.jsonl:2: invalid JSON",
+        ),
+        (
+            lambda f: f.joinpath("corpus.jsonl").write_text(
+                '{"_id": "d1", "text": "fine"}\n{"id": "d2", "text": "no _id"}\n'
+            ),
+            r"corpus.jsonl:2: missing field '_id'",
+        ),
+        (
+            lambda f: f.joinpath("queries.jsonl").write_text('{"_id": "q1", "text": "sort"}\n{"_id": "q2"}\n'),
+            r"queries.jsonl:2: missing field 'text'",
+        ),
+        (
+            lambda f: f.joinpath("queries.jsonl").write_text(
+                '{"_id": "q1", "text": "sort"}\n{"_id": "q2", "text": "   "}\n'
+            ),
+            r"queries.jsonl:2: query 'q2' has empty text",
+        ),
+        (
+            lambda f: f.joinpath("qrels", "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq99\td2\t1\n"),
+            r"test.tsv:3: qrels name query 'q99'",
+        ),
+        (
+            lambda f: f.joinpath("qrels", "test.tsv").write_text("query-id\tcorpus-id\nq1\td1\n"),
+            r"test.tsv:1: expected 'qid iter docid rel'.*got 2 fields",
+        ),
+    ],
+)
 def test_malformed_inputs_name_file_and_line(tmp_path, mutate, pattern):
     folder = write_beir_folder(tmp_path / "bad")
     mutate(folder)
@@ -131,6 +160,7 @@ def test_tsv_without_tab_and_unknown_specs(tmp_path):
 def test_irds_without_ir_datasets_is_a_clear_error():
     try:  # ir_datasets is an optional extra, absent here
         import ir_datasets  # noqa: F401
+
         pytest.skip("ir_datasets is installed")
     except ImportError:
         pass
@@ -139,8 +169,9 @@ def test_irds_without_ir_datasets_is_a_clear_error():
 
 
 def test_write_beir_round_trip_and_in_memory(tmp_path):
-    mem = InMemoryDataset("mem", {k: f"{t} {x}".strip() for k, (t, x) in CORPUS.items()},
-                          {"test": QUERIES}, {"test": QRELS["test"]})
+    mem = InMemoryDataset(
+        "mem", {k: f"{t} {x}".strip() for k, (t, x) in CORPUS.items()}, {"test": QUERIES}, {"test": QRELS["test"]}
+    )
     assert set(mem.queries("test")) == {"q1", "q2", "q3"}  # judged queries only
     back = load_dataset(write_beir(mem, tmp_path / "export"))
     assert back.corpus() == mem.corpus() and back.queries("test") == mem.queries("test")

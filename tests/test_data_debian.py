@@ -1,6 +1,7 @@
 """`embedded:debian` (installed Debian packages' synopsis -> description) and `mix:A+B` (several collections as
 one training set): real dpkg status files (crafted here, and this machine's own when it has one), the real
 installed Python distributions for the leakage guard, and a real training run on a mix."""
+
 import json
 from pathlib import Path
 
@@ -12,49 +13,86 @@ from mice.data.debian import STATUS, DebianConfig, build, debian_text, parse_spe
 from mice.data.mix import MixedDataset
 from mice.errors import DataError
 
-LONG = (" This tool reads configuration files written for other programs, checks every\n"
-        " key against a schema and reports what is missing or misspelt.\n")
+LONG = (
+    " This tool reads configuration files written for other programs, checks every\n"
+    " key against a schema and reports what is missing or misspelt.\n"
+)
 
 
 def stanza(name, synopsis, body=LONG, status="install ok installed", source=None):
     src = f"Source: {source}\n" if source else ""
-    return (f"Package: {name}\nStatus: {status}\nPriority: optional\n{src}Version: 1.0-1\n"
-            f"Description: {synopsis}\n{body}")
+    return (
+        f"Package: {name}\nStatus: {status}\nPriority: optional\n{src}Version: 1.0-1\nDescription: {synopsis}\n{body}"
+    )
 
 
 @pytest.fixture()
 def status(tmp_path):
     path = tmp_path / "status"
-    path.write_text("\n".join([
-        stanza("confcheck", "check configuration files against a schema"),
-        stanza("listtool", "print lists of things", " Lists what it is given.\n .\n It knows:\n"
-               "  - files and folders of every size\n  - users, groups and their many memberships\n"),
-        stanza("python3-numpy", "fast array computing for Python 3", LONG.replace("tool", "library")),
-        stanza("libfastarrays1", "shared library for array computing", LONG.replace("tool", "shared library"),
-               source="numpy (1:1.0-1)"),
-        stanza("python3-zzz-not-installed", "a Python module no one installed here",
-               LONG.replace("configuration", "settings")),
-        stanza("oldpkg", "removed package kept its configuration", LONG.replace("checks", "verifies"),
-               status="deinstall ok config-files"),
-        stanza("short", "too short a description", " Two words.\n"),
-        stanza("copycat", "check configuration files against a schema", LONG.replace("tool", "program")),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                stanza("confcheck", "check configuration files against a schema"),
+                stanza(
+                    "listtool",
+                    "print lists of things",
+                    " Lists what it is given.\n .\n It knows:\n"
+                    "  - files and folders of every size\n  - users, groups and their many memberships\n",
+                ),
+                stanza("python3-numpy", "fast array computing for Python 3", LONG.replace("tool", "library")),
+                stanza(
+                    "libfastarrays1",
+                    "shared library for array computing",
+                    LONG.replace("tool", "shared library"),
+                    source="numpy (1:1.0-1)",
+                ),
+                stanza(
+                    "python3-zzz-not-installed",
+                    "a Python module no one installed here",
+                    LONG.replace("configuration", "settings"),
+                ),
+                stanza(
+                    "oldpkg",
+                    "removed package kept its configuration",
+                    LONG.replace("checks", "verifies"),
+                    status="deinstall ok config-files",
+                ),
+                stanza("short", "too short a description", " Two words.\n"),
+                stanza("copycat", "check configuration files against a schema", LONG.replace("tool", "program")),
+            ]
+        )
+        + "\n"
+    )
     return path
 
 
 def test_reads_the_dpkg_format_and_cleans_like_meta(status):
     records = read_status(status)
-    assert [r["name"] for r in records] == ["confcheck", "copycat", "libfastarrays1", "listtool", "python3-numpy",
-                                            "python3-zzz-not-installed", "short"]  # not the deinstalled one
+    assert [r["name"] for r in records] == [
+        "confcheck",
+        "copycat",
+        "libfastarrays1",
+        "listtool",
+        "python3-numpy",
+        "python3-zzz-not-installed",
+        "short",
+    ]  # not the deinstalled one
     listing = next(r for r in records if r["name"] == "listtool")["description"]
-    assert listing == debian_text([" Lists what it is given.", " .", " It knows:",
-                                   "  - files and folders of every size",
-                                   "  - users, groups and their many memberships"])
+    assert listing == debian_text(
+        [
+            " Lists what it is given.",
+            " .",
+            " It knows:",
+            "  - files and folders of every size",
+            "  - users, groups and their many memberships",
+        ]
+    )
     ds = load_dataset(f"embedded:debian?status={status}&fractions=1,0,0")
     t = ds.table
     assert list(t["id"]) == ["confcheck", "listtool", "python3-zzz-not-installed"]
-    assert t.loc[t["id"] == "listtool", "doc"].item() == ("Lists what it is given. It knows: files and folders of "
-                                                          "every size users, groups and their many memberships")
+    assert t.loc[t["id"] == "listtool", "doc"].item() == (
+        "Lists what it is given. It knows: files and folders of every size users, groups and their many memberships"
+    )
     stats = ds.build_stats
     # numpy is installed in this interpreter: its Debian packages' text (by name or by source package) comes from
     # the same upstream as the `embedded:meta` record the tests are scored on, so they go
@@ -71,8 +109,9 @@ def test_fingerprint_follows_the_status_file_and_splits_follow_the_hash(status, 
     again, _ = build(cfg)
     pd.testing.assert_frame_equal(df, again)
     other = tmp_path / "status2"
-    other.write_text(status.read_text() + "\n" + stanza("newtool", "a tool installed later",
-                                                        LONG.replace("schema", "grammar")))
+    other.write_text(
+        status.read_text() + "\n" + stanza("newtool", "a tool installed later", LONG.replace("schema", "grammar"))
+    )
     more, more_stats = build(DebianConfig(status=str(other), fractions=(0.5, 0.5, 0.0)))
     assert more_stats["key"] != stats["key"] and len(more) == len(df) + 1
     # a new package never moves another one to a different split
@@ -134,8 +173,18 @@ def test_training_on_a_mix_draws_from_every_part_and_validates_on_the_first(stat
     beir = str(write_beir(tmp_path / "beir", n_train=8, n_dev=4))
     model = str(tiny_cross_encoder(tmp_path / "student", num_layers=2, seed=0))
     spec = f"mix:{beir}+embedded:debian?status={status}&fractions=1,0,0"
-    cfg = preset("tiny", "cross-encoder", model=model, dataset=spec, dev_dataset=beir, output=str(tmp_path / "out"),
-                 max_steps=6, batch_size=2, teacher=None, distill_weight=0.0)
+    cfg = preset(
+        "tiny",
+        "cross-encoder",
+        model=model,
+        dataset=spec,
+        dev_dataset=beir,
+        output=str(tmp_path / "out"),
+        max_steps=6,
+        batch_size=2,
+        teacher=None,
+        distill_weight=0.0,
+    )
     trainer = Trainer(cfg, quiet=True)
     result = trainer.train()
     assert result.steps == 6
@@ -187,8 +236,9 @@ def test_mix_alpha_draws_parts_by_weight_statelessly_and_alpha_1_changes_nothing
     for part in (0, 1):  # each epoch of a part holds each of its queries once
         drawn = [q for q in ids if pool.parts[q] == part]
         for e in range(3):
-            assert sorted(drawn[e * n[part]:(e + 1) * n[part]]) == sorted(q for q in pool.query_ids
-                                                                          if pool.parts[q] == part)
+            assert sorted(drawn[e * n[part] : (e + 1) * n[part]]) == sorted(
+                q for q in pool.query_ids if pool.parts[q] == part
+            )
     again = GroupSampler(pool, 3, 7, 0.0)
     assert [again.group(i).doc_ids for i in (1999, 5, 700)] == [equal.group(i).doc_ids for i in (1999, 5, 700)]
     assert equal.mixed and not GroupSampler(pool, 3, 7, 1.0).mixed and not GroupSampler(one, 3, 7, 0.0).mixed

@@ -1,4 +1,5 @@
 """The embedded docstring collection: docstring splitting, robustness to broken submodules, determinism, cache."""
+
 import sys
 import textwrap
 import warnings
@@ -63,7 +64,8 @@ def fake_package(tmp_path, monkeypatch):
     root = tmp_path / "site" / "mice_fakepkg"
     root.mkdir(parents=True)
     long = "This description is long enough to pass the minimal length filter of the harvester easily."
-    (root / "__init__.py").write_text(textwrap.dedent(f'''
+    (root / "__init__.py").write_text(
+        textwrap.dedent(f'''
         from .good import normalise_vector, Accumulator
 
         def scale_values(x):
@@ -71,8 +73,10 @@ def fake_package(tmp_path, monkeypatch):
 
             {long} It rescales.
             """
-    '''))
-    (root / "good.py").write_text(textwrap.dedent(f'''
+    ''')
+    )
+    (root / "good.py").write_text(
+        textwrap.dedent(f'''
         def normalise_vector(v):
             """Normalise a vector to unit length.
 
@@ -102,7 +106,8 @@ def fake_package(tmp_path, monkeypatch):
 
                 {long} Duplicate summary: dropped by deduplication.
                 """
-    '''))
+    ''')
+    )
     (root / "broken.py").write_text("raise RuntimeError('this submodule cannot be imported')\n")
     hidden = f'def hidden():\n    """Hidden function never harvested.\n\n    {long}\n    """\n'
     (root / "_private.py").write_text(hidden)
@@ -118,16 +123,21 @@ def test_broken_submodules_are_skipped_and_counted(fake_package):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table, stats = build(cfg, use_cache=False)
-    assert sorted(table["id"]) == ["mice_fakepkg.Accumulator", "mice_fakepkg.Accumulator.push",
-                                   "mice_fakepkg.normalise_vector", "mice_fakepkg.scale_values"]
+    assert sorted(table["id"]) == [
+        "mice_fakepkg.Accumulator",
+        "mice_fakepkg.Accumulator.push",
+        "mice_fakepkg.normalise_vector",
+        "mice_fakepkg.scale_values",
+    ]
     row = table.set_index("id").loc["mice_fakepkg.normalise_vector"]
     assert row["query"] == "Normalise a vector to unit length." and row["doc"].endswith("It divides by the norm.")
     assert "Normalise a vector" not in row["doc"]
     info = stats["packages"][fake_package]
     assert info["modules_failed"] == 1 and "mice_fakepkg.broken: RuntimeError" in info["failed_examples"]
     assert stats["duplicate_queries"] == 1 and set(table["split"]) == {"test"}
-    assert any(issubclass(w.category, DataWarning) and "1 submodules could not be imported" in str(w.message)
-               for w in caught)
+    assert any(
+        issubclass(w.category, DataWarning) and "1 submodules could not be imported" in str(w.message) for w in caught
+    )
 
 
 def test_missing_package_and_bad_options():

@@ -1,6 +1,7 @@
 """The `embedded:meta` collection (summary -> long description of the installed distributions): built from the
 real metadata of this interpreter's environment (no mocks), plus markup cleaning and deduplication on crafted
 records."""
+
 import random
 import warnings
 
@@ -8,12 +9,22 @@ import pandas as pd
 import pytest
 
 from mice.data import DataWarning, MetaDataset, load_dataset
-from mice.data.meta import (MetaConfig, assemble, build, clean_description, normalise_name, parse_spec,
-                            read_installed, _unfold_header)
+from mice.data.meta import (
+    MetaConfig,
+    assemble,
+    build,
+    clean_description,
+    normalise_name,
+    parse_spec,
+    read_installed,
+    _unfold_header,
+)
 from mice.errors import DataError
 
-LONG = ("This library does one thing and does it well, with a small API, good documentation, type hints and "
-        "tests on every supported version of Python.")
+LONG = (
+    "This library does one thing and does it well, with a small API, good documentation, type hints and "
+    "tests on every supported version of Python."
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +123,13 @@ pip install fast-widget
 """
     out = clean_description(text, "fast-widget", "Widgets, fast.", "text/markdown")
     # "Installation" holds only code: its heading goes; "Usage" still has its list below the code and the table
-    assert out == ("Build widgets quickly. See the user guide and Widget. Usage first item second item with a "
-                   "link, see & more")
-    assert clean_description(text, "fast-widget", "Widgets, fast.", "text/markdown", max_words=3) == \
-        "Build widgets quickly."
+    assert out == (
+        "Build widgets quickly. See the user guide and Widget. Usage first item second item with a link, see & more"
+    )
+    assert (
+        clean_description(text, "fast-widget", "Widgets, fast.", "text/markdown", max_words=3)
+        == "Build widgets quickly."
+    )
 
 
 def test_rest_cleaning():
@@ -151,8 +165,10 @@ Install it::
 .. _Trio: https://trio.org
 """
     out = clean_description(text, "FastWidget", "Widgets, fast.", "text/x-rst")
-    assert out == "FastWidget builds widgets with fastwidget.build and Widget; read the documentation or Trio. " \
-                  "Usage Install it:"
+    assert (
+        out == "FastWidget builds widgets with fastwidget.build and Widget; read the documentation or Trio. "
+        "Usage Install it:"
+    )
     # the first heading stays when it says more than the name
     kept = clean_description("Widgets for busy people\n=======================\n\n" + LONG, "fastwidget", "", "")
     assert kept.startswith("Widgets for busy people This library")
@@ -161,8 +177,16 @@ Install it::
 
 
 def _record(name, summary, description, rank=0, version="1.0"):
-    return {"name": name, "id": normalise_name(name), "version": version, "summary": summary,
-            "description": description, "content_type": "text/markdown", "rank": rank, "site": f"/site{rank}"}
+    return {
+        "name": name,
+        "id": normalise_name(name),
+        "version": version,
+        "summary": summary,
+        "description": description,
+        "content_type": "text/markdown",
+        "rank": rank,
+        "site": f"/site{rank}",
+    }
 
 
 def test_filters_and_deduplication():
@@ -209,8 +233,9 @@ def test_cli_data_info_shows_the_metadata_build():
 
     from mice.cli import app
 
-    result = CliRunner().invoke(app, ["data", "info", "embedded:meta?max_docs=60&fractions=0,0.2,0.8",
-                                      "--examples", "1"])
+    result = CliRunner().invoke(
+        app, ["data", "info", "embedded:meta?max_docs=60&fractions=0,0.2,0.8", "--examples", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "installed distributions:" in result.output and "embedded:meta?max_docs=60" in result.output
     bad = CliRunner().invoke(app, ["data", "info", "embedded:meta?max_docs=-1"])  # `main()` prints it as one line

@@ -1,5 +1,6 @@
 """The decision, made trustworthy: fidelity to the cross-encoder, non-inferiority by the CI's bound (not the mean),
 confirmation on held-out queries, the joint (a, b) search, the frontier (resumable after SIGKILL) and regret."""
+
 from __future__ import annotations
 
 import json
@@ -50,28 +51,38 @@ def test_a_mean_within_tolerance_does_not_qualify_when_its_ci_is_not():
     assert wide.mean < 0.05 and wide.upper > 0.05 and not wide.qualifies(0.05)
     assert narrow.mean < 0.05 and narrow.upper <= 0.05 and narrow.qualifies(0.05)
     # the cheaper candidate (b = 2) is the noisy one: refused by its bound, the b = 3 one is chosen
-    cands = [{"name": "MICE-l1+2", "a": 1, "b": 2, "values": noisy}, {"name": "MICE-l1+3", "a": 1, "b": 3,
-                                                                       "values": tight}]
+    cands = [
+        {"name": "MICE-l1+2", "a": 1, "b": 2, "values": noisy},
+        {"name": "MICE-l1+3", "a": 1, "b": 3, "values": tight},
+    ]
     choice = choose(cands, control, tolerance=0.05)
     assert choice.chosen == "MICE-l1+3"
     assert [r["qualifies"] for r in choice.records] == [False, True]
 
 
 def test_cost_orders_by_b_then_the_largest_a_and_collapsed_candidates_never_qualify():
-    assert sorted([(2, 1), (1, 3), (3, 1), (2, 2)], key=lambda ab: cost_key(ab[1], ab[0])) == \
-        [(3, 1), (2, 1), (2, 2), (1, 3)]  # (a, b): b first, then the larger a
+    assert sorted([(2, 1), (1, 3), (3, 1), (2, 2)], key=lambda ab: cost_key(ab[1], ab[0])) == [
+        (3, 1),
+        (2, 1),
+        (2, 2),
+        (1, 3),
+    ]  # (a, b): b first, then the larger a
     control = np.full(50, 0.5)
     same = control.copy()
-    cands = [{"name": "MICE-l2+1", "a": 2, "b": 1, "values": same, "collapsed": True},
-             {"name": "MICE-l1+2", "a": 1, "b": 2, "values": same}]
+    cands = [
+        {"name": "MICE-l2+1", "a": 2, "b": 1, "values": same, "collapsed": True},
+        {"name": "MICE-l1+2", "a": 1, "b": 2, "values": same},
+    ]
     assert choose(cands, control, 0.05).chosen == "MICE-l1+2"
 
 
 def test_confirmation_on_held_out_queries_falls_through_to_the_next_candidate():
     control = np.full(100, 0.8)
     good = np.full(100, 0.79) + np.linspace(-0.005, 0.005, 100)
-    held = {"MICE-l2+2": (np.full(60, 0.5), np.full(60, 0.8)),  # fails there: 37% worse on held-out queries
-            "MICE-l1+3": (np.full(60, 0.79), np.full(60, 0.8))}
+    held = {
+        "MICE-l2+2": (np.full(60, 0.5), np.full(60, 0.8)),  # fails there: 37% worse on held-out queries
+        "MICE-l1+3": (np.full(60, 0.79), np.full(60, 0.8)),
+    }
     cands = [{"name": n, "a": int(n[6]), "b": int(n[8]), "values": good} for n in ("MICE-l1+3", "MICE-l2+2")]
     seen = []
 
@@ -97,10 +108,33 @@ def test_the_grid_is_every_feasible_split_without_a_hand_set_cap():
 
 
 def _frontier_table(values: dict[tuple[int, int], tuple[float, float]], control: float = 0.5) -> pd.DataFrame:
-    rows = [{"configuration": f"MICE-l{a}+{b}", "kind": "mice", "a": a, "b": b, "cost": b, "domain": "in",
-             "ndcg@10": nd, "loss_high": up, "collapsed": b == 1} for (a, b), (nd, up) in values.items()]
-    rows.append({"configuration": "baseline-ft", "kind": "control", "a": None, "b": None, "cost": 4, "domain": "in",
-                 "ndcg@10": control, "loss_high": np.nan, "collapsed": False})
+    rows = [
+        {
+            "configuration": f"MICE-l{a}+{b}",
+            "kind": "mice",
+            "a": a,
+            "b": b,
+            "cost": b,
+            "domain": "in",
+            "ndcg@10": nd,
+            "loss_high": up,
+            "collapsed": b == 1,
+        }
+        for (a, b), (nd, up) in values.items()
+    ]
+    rows.append(
+        {
+            "configuration": "baseline-ft",
+            "kind": "control",
+            "a": None,
+            "b": None,
+            "cost": 4,
+            "domain": "in",
+            "ndcg@10": control,
+            "loss_high": np.nan,
+            "collapsed": False,
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -115,10 +149,31 @@ def test_regret_against_the_frontier():
     assert rules["fixed l[L/3]+3"] == (2, 3)
     zs = pd.DataFrame({"a": [2, 1], "b": [2, 3], "loss_upper": [0.2, 0.03], "collapsed": [False, False]})
     assert simple_rules(4, zs, screen_a=1)["zero-shot"] == (1, 3)
-    picks = pd.DataFrame([{"procedure": "joint search", "pick": "MICE-l1+2", "b": 2, "regret": 0.0, "miss": False,
-                           "same_as_truth": True, "compute_share": 0.1}] * 4 +
-                         [{"procedure": "joint search", "pick": "MICE-l2+2", "b": 2, "regret": 0.02, "miss": False,
-                           "same_as_truth": False, "compute_share": 0.12}])
+    picks = pd.DataFrame(
+        [
+            {
+                "procedure": "joint search",
+                "pick": "MICE-l1+2",
+                "b": 2,
+                "regret": 0.0,
+                "miss": False,
+                "same_as_truth": True,
+                "compute_share": 0.1,
+            }
+        ]
+        * 4
+        + [
+            {
+                "procedure": "joint search",
+                "pick": "MICE-l2+2",
+                "b": 2,
+                "regret": 0.02,
+                "miss": False,
+                "same_as_truth": False,
+                "compute_share": 0.12,
+            }
+        ]
+    )
     s = summarize(picks).iloc[0]
     assert (s["same_b"], s["same_pick"], s["median_regret"]) == (5, 4, 0.0)
     front = pareto(t)
@@ -132,8 +187,20 @@ def env(tmp_path_factory):
 
 
 def test_joint_search_on_a_tiny_model(env):
-    cfg = JointConfig(model=env["ce"], dataset=env["data"], train_preset="tiny", train={"batch_size": 2}, steps=1,
-                      eta=2, finalists=2, seeds=(0, 1), k=6, confirm_queries=4, fidelity_queries=6, tolerance=0.9)
+    cfg = JointConfig(
+        model=env["ce"],
+        dataset=env["data"],
+        train_preset="tiny",
+        train={"batch_size": 2},
+        steps=1,
+        eta=2,
+        finalists=2,
+        seeds=(0, 1),
+        k=6,
+        confirm_queries=4,
+        fidelity_queries=6,
+        tolerance=0.9,
+    )
     table, meta, derived = joint_search(cfg, env["root"] / "joint")
     assert set(table[table["rung"] == 0]["candidate"]) == {"MICE-l1+1", "MICE-l2+1", "MICE-l1+2", "baseline-ft"}
     final = table[table["finalist"]]
@@ -163,9 +230,14 @@ frontier(cfg, sys.argv[3], log=print)
 
 
 def _run_frontier(env, out) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", FRONTIER_SCRIPT, env["ce"], env["data"], str(out)],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", FRONTIER_SCRIPT, env["ce"], env["data"], str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_the_frontier_resumes_after_sigkill(env):

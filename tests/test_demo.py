@@ -1,5 +1,6 @@
 """The main job end to end on the tiny preset (tiny random model, a few stdlib docstrings): every stage runs,
 the report has every section, and a second run reuses every stage."""
+
 import json
 import time
 from pathlib import Path
@@ -15,12 +16,24 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_demo_end_to_end_and_cached():
     run = demo_artifacts(ROOT)  # builds <runs>/tiny once: $MICE_RUNS, the session's temporary folder (conftest.py)
     report = (run / "report.md").read_text()
-    for section in ("## Effectiveness", "### Out-of-domain: other packages", "### Out-of-domain: distribution "
-                    "metadata", "## Knockouts", "## Derived interaction mask", "## Trained search",
-                    "Derived configuration (`search/derived.json`", "## MICE", "## Efficiency",
-                    "## Timings per stage", "Attribution vs exact knockouts", "Screen (attribution patching)",
-                    "structural cells removed", "MICE against the cross-encoder", "Zero-shot (the cross-encoder",
-                    "No external out-of-domain collection was given"):
+    for section in (
+        "## Effectiveness",
+        "### Out-of-domain: other packages",
+        "### Out-of-domain: distribution metadata",
+        "## Knockouts",
+        "## Derived interaction mask",
+        "## Trained search",
+        "Derived configuration (`search/derived.json`",
+        "## MICE",
+        "## Efficiency",
+        "## Timings per stage",
+        "Attribution vs exact knockouts",
+        "Screen (attribution patching)",
+        "structural cells removed",
+        "MICE against the cross-encoder",
+        "Zero-shot (the cross-encoder",
+        "No external out-of-domain collection was given",
+    ):
         assert section in report, section
     # the demo trains exactly what the search derived
     from mice.derived import DerivedConfig
@@ -45,10 +58,19 @@ def test_tiny_demo_end_to_end_and_cached():
             assert set(rows["run"]) == {"bm25", "cross-encoder", "mice"}
             assert rows["n_queries"].min() > subset["n_queries"].max()
     assert (results["queries"] == "subset").any()
-    for fig in ("attention_paths", "knockout_heatmap", "derived_mask", "search_curve_mask", "search_curve_layers",
-                "search_derived_mask",
-                "latency_vs_ndcg", "attribution_heatmap", "attribution_heads", "attribution_vs_exact",
-                "derivation_steps"):
+    for fig in (
+        "attention_paths",
+        "knockout_heatmap",
+        "derived_mask",
+        "search_curve_mask",
+        "search_curve_layers",
+        "search_derived_mask",
+        "latency_vs_ndcg",
+        "attribution_heatmap",
+        "attribution_heads",
+        "attribution_vs_exact",
+        "derivation_steps",
+    ):
         assert (run / "figures" / f"{fig}.png").exists() and (run / "figures" / f"{fig}.pdf").exists(), fig
     start = time.perf_counter()
     run_demo(run, json.loads((run / "preset.json").read_text())["name"])
@@ -87,7 +109,7 @@ def test_an_interrupted_training_stage_resumes_from_its_checkpoint(tmp_path):
     log = folder / "train" / "train.log"
     before = log.read_text()
     again = demo._train(folder, "cross-encoder", 4, model=backbone)
-    assert "resuming from" in log.read_text()[len(before):]
+    assert "resuming from" in log.read_text()[len(before) :]
     second = load_file(again / "model.safetensors")
     assert first.keys() == second.keys() and all((first[k] == second[k]).all() for k in first)
 
@@ -105,21 +127,29 @@ def test_the_stop_rule_keys_the_cross_encoder_stage_only_where_it_is_used(tmp_pa
     # a random dev sample (every preset's) keys the stages; the first queries by id, the draw
     # before then, keep their earlier key; mined negatives and the Margin-MSE weight key them only where set
     more = ("dev_sample", "ce_negative_miner", "ce_distill_weight")
-    assert Demo(tmp_path / "full", get_preset("full")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random",
-                                                                      "ce_distill_weight": 0.3}
+    assert Demo(tmp_path / "full", get_preset("full")).key(more) == {
+        "version": CACHE_VERSION,
+        "dev_sample": "random",
+        "ce_distill_weight": 0.3,
+    }
     assert get_preset("quick").dev_sample == "random"
     assert Demo(tmp_path / "quick", get_preset("quick")).key(more) == {"version": CACHE_VERSION, "dev_sample": "random"}
     legacy = Demo(tmp_path / "q", get_preset("quick", dev_sample="first")).key(more)
     assert legacy == {"version": CACHE_VERSION}
     # the search's promotion rule re-keys the search stage (and those after it) only: "best" was the earlier rule
     assert Demo(tmp_path / "quick", get_preset("quick")).key(("search_promote", "search_cls_cross")) == {
-        "version": CACHE_VERSION, "search_promote": "efficient"}
+        "version": CACHE_VERSION,
+        "search_promote": "efficient",
+    }
     assert Demo(tmp_path / "q", get_preset("quick", search_promote="best")).key(("search_promote",)) == {
-        "version": CACHE_VERSION}
+        "version": CACHE_VERSION
+    }
     # the cut rule keys the full preset's search (cut only what a rung tells apart); the quick one keeps its key
     assert Demo(tmp_path / "quick", get_preset("quick")).key(("search_cut",)) == {"version": CACHE_VERSION}
-    assert Demo(tmp_path / "full", get_preset("full")).key(("search_cut",)) == {"version": CACHE_VERSION,
-                                                                                "search_cut": "significant"}
+    assert Demo(tmp_path / "full", get_preset("full")).key(("search_cut",)) == {
+        "version": CACHE_VERSION,
+        "search_cut": "significant",
+    }
     mined = Demo(tmp_path / "m", get_preset("quick", ce_negative_miner="biencoder:packaged")).key(more)
     assert mined["ce_negative_miner"] == "biencoder:packaged"
 
@@ -134,12 +164,15 @@ def test_extra_training_sources_key_the_stages_by_content_and_reach_the_trainer(
 
     full = Demo(tmp_path / "full", get_preset("full"))
     assert full.key(("ce_train_extra", "ce_mix_alpha")) == {
-        "version": CACHE_VERSION, "ce_train_extra": ("embedded:debian",),
-        "ce_train_extra_content": [dataset_identity(load_dataset("embedded:debian"), ("train",))]}
+        "version": CACHE_VERSION,
+        "ce_train_extra": ("embedded:debian",),
+        "ce_train_extra_content": [dataset_identity(load_dataset("embedded:debian"), ("train",))],
+    }
     weighed = Demo(tmp_path / "w", get_preset("full", ce_mix_alpha=0.5))
     assert weighed.key(("ce_train_extra", "ce_mix_alpha"))["ce_mix_alpha"] == 0.5
     assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_train_extra", "ce_mix_alpha")) == {
-        "version": CACHE_VERSION}
+        "version": CACHE_VERSION
+    }
     captured = {}
 
     class Stop(Exception):
@@ -168,8 +201,19 @@ def test_the_cross_encoders_long_phase_trains_on_from_its_best_checkpoint_at_the
     from mice.train.config import TrainConfig
 
     # the quick recipe (distilled from the bi-encoder) on the tiny model, so that the first phase has a stop rule
-    demo = Demo(tmp_path / "run", get_preset("tiny", train_preset="quick", ce_steps=4, ce_eval_every=2, dev_queries=4,
-                                             ce_until_beats_teacher=True, long_length=128, ce_long_steps=4))
+    demo = Demo(
+        tmp_path / "run",
+        get_preset(
+            "tiny",
+            train_preset="quick",
+            ce_steps=4,
+            ce_eval_every=2,
+            dev_queries=4,
+            ce_until_beats_teacher=True,
+            long_length=128,
+            ce_long_steps=4,
+        ),
+    )
     (tmp_path / "run" / "bm25").mkdir(parents=True)
     demo.stage_bm25(tmp_path / "run" / "bm25")
     folder = tmp_path / "run" / "cross_encoder"
@@ -189,10 +233,14 @@ def test_the_cross_encoders_long_phase_trains_on_from_its_best_checkpoint_at_the
         assert (folder / f"cross-encoder-{domain}.trec").exists()
     for mode in ("masked", "mice", "late-interaction"):
         assert demo.train_config(tmp_path / mode, mode, 4, model=str(demo.ce_path())).max_length == 128
-    assert demo.key(("long_length", "ce_long_steps")) == {"version": CACHE_VERSION, "long_length": 128,
-                                                          "ce_long_steps": 4}
+    assert demo.key(("long_length", "ce_long_steps")) == {
+        "version": CACHE_VERSION,
+        "long_length": 128,
+        "ce_long_steps": 4,
+    }
     assert Demo(tmp_path / "q", get_preset("tiny")).key(("long_length", "ce_long_steps")) == {
-        "version": CACHE_VERSION}  # presets without the phase keep their stages' keys
+        "version": CACHE_VERSION
+    }  # presets without the phase keep their stages' keys
     with pytest.raises(MiceError, match="long_length and ce_long_steps go together"):
         Demo(tmp_path / "bad", get_preset("tiny", long_length=80))
 
@@ -258,7 +306,8 @@ def test_an_external_collection_without_a_test_split_is_refused_before_any_stage
     (ext / "qrels" / "test.tsv").unlink()
     r = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(tmp_path / "o"), "--external", str(ext)])
     assert r.exit_code != 0 and f"external collection {ext}: no test split (it has dev, train)" in str(
-        r.exception or r.output)
+        r.exception or r.output
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -278,9 +327,9 @@ def test_training_stages_are_bounded_by_steps_never_by_the_train_presets_clock(t
     assert full.key(("mice_steps",)) == {"version": CACHE_VERSION, "mice_steps": 1200}
     assert "train_budget" not in full.key(("ce_steps", "dev_queries"))  # its 6,103-s cross-encoder stays valid
     assert full.key(("search_seeded_from",))["search_seeded_from"] == 1
-    assert Demo(tmp_path / "q", get_preset("quick")).key(("ce_steps", "masked_steps", "mice_steps",
-                                                          "search_seeded_from")) == {
-        "version": CACHE_VERSION, "ce_steps": 250, "masked_steps": 20, "mice_steps": 300}
+    assert Demo(tmp_path / "q", get_preset("quick")).key(
+        ("ce_steps", "masked_steps", "mice_steps", "search_seeded_from")
+    ) == {"version": CACHE_VERSION, "ce_steps": 250, "masked_steps": 20, "mice_steps": 300}
 
 
 def test_notebooks_never_read_a_demo_run_without_mice(tmp_path, monkeypatch):
@@ -311,18 +360,61 @@ def test_the_demo_trains_the_searchs_best_measured_mice_when_it_chose_none(tmp_p
     from mice.files import write_table
 
     demo = Demo(tmp_path, get_preset("tiny"))
-    rows = [{"stage": "mask", "candidate": "mask3(k=1)", "trained": True, "collapsed": False, "rung": 1, "a": 1.0,
-             "b": None, "ndcg@10": 0.50, "rel_loss": 0.0},
-            {"stage": "layers", "candidate": "MICE-l1+2", "trained": True, "collapsed": False, "rung": 1, "a": 1.0,
-             "b": 2.0, "ndcg@10": 0.44, "rel_loss": 0.12},
-            {"stage": "layers", "candidate": "MICE-l1+3", "trained": True, "collapsed": False, "rung": 1, "a": 1.0,
-             "b": 3.0, "ndcg@10": 0.46, "rel_loss": 0.08},
-            {"stage": "layers", "candidate": "MICE-l1+1", "trained": True, "collapsed": True, "rung": 1, "a": 1.0,
-             "b": 1.0, "ndcg@10": 0.60, "rel_loss": -0.2}]
+    rows = [
+        {
+            "stage": "mask",
+            "candidate": "mask3(k=1)",
+            "trained": True,
+            "collapsed": False,
+            "rung": 1,
+            "a": 1.0,
+            "b": None,
+            "ndcg@10": 0.50,
+            "rel_loss": 0.0,
+        },
+        {
+            "stage": "layers",
+            "candidate": "MICE-l1+2",
+            "trained": True,
+            "collapsed": False,
+            "rung": 1,
+            "a": 1.0,
+            "b": 2.0,
+            "ndcg@10": 0.44,
+            "rel_loss": 0.12,
+        },
+        {
+            "stage": "layers",
+            "candidate": "MICE-l1+3",
+            "trained": True,
+            "collapsed": False,
+            "rung": 1,
+            "a": 1.0,
+            "b": 3.0,
+            "ndcg@10": 0.46,
+            "rel_loss": 0.08,
+        },
+        {
+            "stage": "layers",
+            "candidate": "MICE-l1+1",
+            "trained": True,
+            "collapsed": True,
+            "rung": 1,
+            "a": 1.0,
+            "b": 1.0,
+            "ndcg@10": 0.60,
+            "rel_loss": -0.2,
+        },
+    ]
     (tmp_path / "search").mkdir()
     write_table(pd.DataFrame(rows), tmp_path / "search" / "search.parquet")
-    derived = DerivedConfig(decision="masked", num_layers=4, mask={"format": "mice-mask/1", "name": "m",
-                            "num_layers": 4, "rules": []}, tolerance=0.05, metric="ndcg@10")
+    derived = DerivedConfig(
+        decision="masked",
+        num_layers=4,
+        mask={"format": "mice-mask/1", "name": "m", "num_layers": 4, "rules": []},
+        tolerance=0.05,
+        metric="ndcg@10",
+    )
     info = demo.fallback_mice(derived)
     assert (info["a"], info["b"], info["chosen"]) == (1, 3, False)  # the collapsed b = 1 is never trained
     assert "8.0% below the best" in info["why"] and "tolerance 5%" in info["why"]

@@ -2,6 +2,7 @@
 CPU) that split the work, and they write what one process writes: the same index arrays and manifest ids, a
 byte-identical run file, equal sweep / mask-ablation / attribution tables. A rank SIGKILLed mid-way is relaunched
 and the job resumes to the same bytes."""
+
 from __future__ import annotations
 
 import json
@@ -35,14 +36,26 @@ def job(tmp_path_factory):
 
 def _env(root: Path) -> dict:
     # one thread per process in both set-ups, so that the only difference is the number of processes
-    return {**os.environ, "MICE_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return {
+        **os.environ,
+        "MICE_CACHE": str(root / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
 
 
 def _mice(job, *args, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
     launcher = ["--nproc", str(nproc)] if nproc > 1 else []
-    res = subprocess.run([sys.executable, "-m", "mice", *launcher, *map(str, args)], env=_env(job["root"]),
-                         capture_output=True, text=True, timeout=600, cwd=job["root"])
+    res = subprocess.run(
+        [sys.executable, "-m", "mice", *launcher, *map(str, args)],
+        env=_env(job["root"]),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=job["root"],
+    )
     if check:
         assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -64,8 +77,9 @@ def test_rerank_two_processes_write_the_same_bytes(job):
 def test_index_build_and_index_rerank_two_processes_write_the_same_outputs(job):
     from mice.models.mice_model import MICEModel
 
-    mice_dir = MICEModel.from_cross_encoder(str(job["model"]), contextual_layers=1, interaction_layers=2) \
-        .save_pretrained(job["root"] / "mice")
+    mice_dir = MICEModel.from_cross_encoder(
+        str(job["model"]), contextual_layers=1, interaction_layers=2
+    ).save_pretrained(job["root"] / "mice")
     one, two = job["root"] / "idx1", job["root"] / "idx2"
     common = ["index", "build", "--model", mice_dir, "--dataset", job["data"], "--shard-size", 8]
     _mice(job, *common, "--out", one)
@@ -80,8 +94,23 @@ def test_index_build_and_index_rerank_two_processes_write_the_same_outputs(job):
     assert (two / "build.log.rank1").exists()  # rank 1 wrote shards of its own
     runs = [job["root"] / f"idx-rr{n}.trec" for n in (1, 2)]
     for n, out in zip((1, 2), runs):  # MICE from the index, 1 and 2 processes
-        _mice(job, "rerank", "--model", mice_dir, "--dataset", job["data"], "--run", job["run"], "--k", K,
-              "--index", one, "--out", out, nproc=n)
+        _mice(
+            job,
+            "rerank",
+            "--model",
+            mice_dir,
+            "--dataset",
+            job["data"],
+            "--run",
+            job["run"],
+            "--k",
+            K,
+            "--index",
+            one,
+            "--out",
+            out,
+            nproc=n,
+        )
     assert runs[0].read_bytes() == runs[1].read_bytes() and len(runs[0].read_text().splitlines()) == N_QUERIES * K
 
 
@@ -106,8 +135,9 @@ def test_a_killed_rank_is_relaunched_and_the_job_resumes_to_the_same_bytes(job):
     slow = ["--batch-size", 1]  # one pair per forward: slow enough to be caught half-way
     _mice(job, "rerank", *_data_args(job, "--out", ref, *slow))
     cmd = [sys.executable, "-m", "mice", "--nproc", "2", "rerank", *map(str, _data_args(job, "--out", out, *slow))]
-    proc = subprocess.Popen(cmd, env=_env(job["root"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=job["root"])
+    proc = subprocess.Popen(
+        cmd, env=_env(job["root"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=job["root"]
+    )
     journal, lock = Path(f"{out}.partial.rank1"), Path(f"{out}.rank1.lock")
     deadline = time.time() + 300
     try:
@@ -138,8 +168,13 @@ def test_a_resume_with_another_number_of_processes_reuses_the_journals(job):
     ref, out = job["root"] / "n-ref.trec", job["root"] / "n.trec"
     args = _data_args(job, "--out", out, "--batch-size", 1)
     _mice(job, "rerank", *_data_args(job, "--out", ref, "--batch-size", 1))
-    proc = subprocess.Popen([sys.executable, "-m", "mice", "rerank", *map(str, args)], env=_env(job["root"]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=job["root"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mice", "rerank", *map(str, args)],
+        env=_env(job["root"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=job["root"],
+    )
     journal = Path(f"{out}.partial")
     try:
         while not (journal.exists() and len(journal.read_bytes().splitlines()) >= 2):
@@ -157,18 +192,23 @@ def test_a_resume_with_another_number_of_processes_reuses_the_journals(job):
     got, want = read_run(out), read_run(ref)
     planted = got.query_id == record["query_id"]
     assert planted.sum() == K and (got[planted].score > 900).all()  # read from the journal, not recomputed
-    pd.testing.assert_frame_equal(got[~planted].reset_index(drop=True),
-                                  want[want.query_id != record["query_id"]].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        got[~planted].reset_index(drop=True), want[want.query_id != record["query_id"]].reset_index(drop=True)
+    )
     assert not list(out.parent.glob("n.trec.partial*"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--nproc", "0", "rerank"], "--nproc"),
-    (["--nproc", "two", "rerank"], "launcher option"),
-    (["--nproc", "2"], "needs a command"),
-    (["--nproc", "2", "--nnodes", "2", "rerank"], "--rdzv-endpoint"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--nproc", "0", "rerank"], "--nproc"),
+        (["--nproc", "two", "rerank"], "launcher option"),
+        (["--nproc", "2"], "needs a command"),
+        (["--nproc", "2", "--nnodes", "2", "rerank"], "--rdzv-endpoint"),
+    ],
+)
 def test_launcher_usage_errors_are_one_line(argv, message, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "mice", *argv], env=_env(tmp_path), capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "mice", *argv], env=_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
     assert_one_error(res.returncode, res.stderr, message, where=" ".join(argv))

@@ -1,5 +1,6 @@
 """The docs site stays true to the code: the CLI page is what the commands say, the API page covers every name
 `import mice` offers, and every page is in the site's navigation."""
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,13 @@ DOCS = ROOT / "docs"
 
 
 def test_the_cli_reference_is_generated_from_the_commands():
-    done = subprocess.run([sys.executable, str(DOCS / "scripts" / "cli_reference.py"), "--check"], cwd=ROOT,
-                          capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    done = subprocess.run(
+        [sys.executable, str(DOCS / "scripts" / "cli_reference.py"), "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -32,9 +38,11 @@ def test_every_page_is_in_the_navigation():
 
 def test_the_architecture_page_answers_the_three_questions_with_one_path_each():
     page = (DOCS / "architecture.md").read_text()
-    for question, path in (("how a knockout is applied", "mice/models/adapters.py"),
-                           ("decision rule", "ablations/search.py"),
-                           ("add a backbone family", "mice/models/adapters.py")):
-        section = page[page.lower().index(question.lower()):]
+    for question, path in (
+        ("how a knockout is applied", "mice/models/adapters.py"),
+        ("decision rule", "ablations/search.py"),
+        ("add a backbone family", "mice/models/adapters.py"),
+    ):
+        section = page[page.lower().index(question.lower()) :]
         assert path in section.split("\n\n")[0], question
         assert (ROOT / path).exists()

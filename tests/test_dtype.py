@@ -1,6 +1,7 @@
 """Compute precision (`--dtype fp32|bf16|fp16`, `mice.models.precision`): fp32 is today's scorer bit for bit; bf16 and
 fp16 stay within stated tolerances of it for the cross-encoder, MICE on the fly and MICE from an index; the
 precision is part of the resume identity; the CLI commands (rerank, index build, train) honour it."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,8 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("dtype")
     ce = tiny_cross_encoder(root / "ce", num_layers=3, seed=0)
     mice_dir = MICEModel.from_cross_encoder(ce, contextual_layers=1, interaction_layers=2).save_pretrained(
-        root / "mice")
+        root / "mice"
+    )
     return {"root": root, "ce": str(ce), "mice": str(mice_dir)}
 
 
@@ -68,8 +70,10 @@ def fp32_scores(models):
 
 
 def test_fp32_is_todays_scorer_bit_for_bit(models, fp32_scores):
-    today = {"ce": HookedCrossEncoder.from_pretrained(models["ce"]).predict(PAIRS),
-             "mice": MICEModel.from_pretrained(models["mice"]).predict(PAIRS)}
+    today = {
+        "ce": HookedCrossEncoder.from_pretrained(models["ce"]).predict(PAIRS),
+        "mice": MICEModel.from_pretrained(models["mice"]).predict(PAIRS),
+    }
     for which in ("ce", "mice"):
         explicit = load(models[which], dtype="fp32")
         assert np.array_equal(explicit.predict(PAIRS), today[which]), which
@@ -101,8 +105,9 @@ def test_mice_from_an_index_built_and_scored_in_bf16(models, fp32_scores, tmp_pa
     encoder = load(models["mice"], kind="mice", dtype="bf16")
     index = build_index(encoder, {ids[d]: d for d in texts}, tmp_path / "idx", IndexConfig(dtype="float32"))
     assert index.info()["compute_dtype"] == "bf16"
-    batch = CandidateBatch([q for q, _ in PAIRS], [ids[d] for _, d in PAIRS], [q for q, _ in PAIRS],
-                           [d for _, d in PAIRS])
+    batch = CandidateBatch(
+        [q for q, _ in PAIRS], [ids[d] for _, d in PAIRS], [q for q, _ in PAIRS], [d for _, d in PAIRS]
+    )
     scorer = load(models["mice"], index=tmp_path / "idx", dtype="bf16")
     diff, tau = agreement(scorer.predict_candidates(batch), fp32_scores["mice"])
     assert diff <= BF16_MAX_ABS and tau >= MIN_TAU, (diff, tau)
@@ -115,8 +120,10 @@ def test_mice_from_an_index_built_and_scored_in_bf16(models, fp32_scores, tmp_pa
 def test_rerank_cli_in_bf16_and_a_resume_at_another_dtype_is_refused(models, tmp_path, monkeypatch):
     monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
     beir = write_beir_folder(tmp_path / "beir")
-    first = write_run(make_run([(q, d, float(10 - i)) for q, _, _ in QRELS["test"]
-                                for i, d in enumerate(sorted(CORPUS))]), tmp_path / "first.trec")
+    first = write_run(
+        make_run([(q, d, float(10 - i)) for q, _, _ in QRELS["test"] for i, d in enumerate(sorted(CORPUS))]),
+        tmp_path / "first.trec",
+    )
     args = ["rerank", "-m", models["ce"], "-d", beir, "--run", first]
     out = tmp_path / "bf16.trec"
     code, err = run_main([*args, "--out", out, "--dtype", "bf16"])
@@ -160,8 +167,9 @@ def test_index_build_cli_compute_dtype_is_not_the_storage_dtype(models, tmp_path
     # `--compute-dtype` is the same option; a compute precision given as the storage is pointed to --dtype
     code, err = run_main([*args[:-2], "--compute-dtype", "bf16"])
     assert code in (None, 0), err
-    code, err = run_main(["index", "build", "-m", models["mice"], "-d", beir, "-o", tmp_path / "idx2",
-                          "--storage-dtype", "bf16"])
+    code, err = run_main(
+        ["index", "build", "-m", models["mice"], "-d", beir, "-o", tmp_path / "idx2", "--storage-dtype", "bf16"]
+    )
     assert_one_error(code, err, "'bf16'", "--dtype fp32|bf16|fp16")
 
 
@@ -181,8 +189,20 @@ def test_train_in_bf16_smoke(models, tmp_path, monkeypatch, fresh_accelerate):
 
     monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
     data = write_beir(tmp_path / "data", n_train=12, n_dev=4)
-    common = ["train", "--preset", "tiny", "--model", models["ce"], "--dataset", data, "--max-steps", 2,
-              "--set", "dev_queries=4", "--quiet"]
+    common = [
+        "train",
+        "--preset",
+        "tiny",
+        "--model",
+        models["ce"],
+        "--dataset",
+        data,
+        "--max-steps",
+        2,
+        "--set",
+        "dev_queries=4",
+        "--quiet",
+    ]
     runs = {}
     for dtype in ("fp32", "bf16"):
         from accelerate.state import AcceleratorState

@@ -1,4 +1,5 @@
 """Evaluation: ir-measures values against hand computation, per-query values, paired tests, Holm, CLI."""
+
 import itertools
 import math
 
@@ -13,9 +14,17 @@ from mice.rank.evaluation import evaluate, holm, paired_test, per_query, summary
 from mice.rank.runs import make_qrels, make_run, write_qrels, write_run
 
 QRELS = make_qrels([("q1", "d1", 2), ("q1", "d2", 1), ("q1", "d9", 0), ("q2", "d5", 1), ("q3", "d7", 1)])
-RUN = make_run([("q1", "d3", 3.0), ("q1", "d1", 2.0), ("q1", "d2", 1.0),
-                ("q2", "d4", 2.0), ("q2", "d6", 1.5), ("q2", "d5", 1.0),
-                ("qX", "d1", 1.0)])  # qX is not judged; q3 is judged but absent from the run
+RUN = make_run(
+    [
+        ("q1", "d3", 3.0),
+        ("q1", "d1", 2.0),
+        ("q1", "d2", 1.0),
+        ("q2", "d4", 2.0),
+        ("q2", "d6", 1.5),
+        ("q2", "d5", 1.0),
+        ("qX", "d1", 1.0),
+    ]
+)  # qX is not judged; q3 is judged but absent from the run
 
 
 def test_ndcg_and_rr_match_hand_computation():
@@ -42,11 +51,13 @@ def test_paired_test_identical_shifted_and_exact():
     # randomisation p-value vs the exact sign-flip distribution (2^8 assignments)
     diff = np.array([0.05, 0.2, -0.03, 0.15, 0.1, 0.02, -0.01, 0.12])
     b = a + diff
-    exact = np.mean([abs(np.dot(s, diff)) >= abs(diff.sum()) - 1e-12
-                     for s in itertools.product([-1, 1], repeat=len(diff))])
+    exact = np.mean(
+        [abs(np.dot(s, diff)) >= abs(diff.sum()) - 1e-12 for s in itertools.product([-1, 1], repeat=len(diff))]
+    )
     t = paired_test(a, b, n_resamples=20000, seed=1)
     assert t.p_randomization == pytest.approx(exact, abs=0.01)
     from scipy import stats
+
     assert t.p_ttest == pytest.approx(stats.ttest_rel(b, a).pvalue)
     assert t.delta == pytest.approx(diff.mean()) and t.n == 8
     # Series are aligned by query id, whatever their order
@@ -70,8 +81,9 @@ def test_evaluate_marks_significance_against_first_run():
     qrels = make_qrels([(q, "rel", 1) for q in qids])
     good = make_run([(q, d, s) for q in qids for d, s in (("rel", 2.0), ("x", 1.0))])
     bad = make_run([(q, d, s) for q in qids for d, s in (("rel", 1.0), ("x", 2.0))])
-    mixed = make_run([(q, d, s) for i, q in enumerate(qids)
-                      for d, s in (("rel", 2.0 if rng.random() < 0.5 else 0.0), ("x", 1.0))])
+    mixed = make_run(
+        [(q, d, s) for i, q in enumerate(qids) for d, s in (("rel", 2.0 if rng.random() < 0.5 else 0.0), ("x", 1.0))]
+    )
     res = evaluate(qrels, {"bad": bad, "good": good, "mixed": mixed}, metrics="RR@10,nDCG@10", n_resamples=2000)
     assert set(res["run"]) == {"bad", "good", "mixed"} and len(res) == 6
     rr = res[res["measure"] == "RR@10"].set_index("run")
@@ -88,9 +100,24 @@ def test_evaluate_cli(tmp_path):
     better = make_run([("q1", "d1", 3.0), ("q1", "d2", 2.0), ("q2", "d5", 1.0), ("q3", "d7", 1.0)])
     a, b = write_run(RUN, tmp_path / "a.trec"), write_run(better, tmp_path / "b.trec")
     out, agg = tmp_path / "perq.parquet", tmp_path / "agg.csv"
-    result = CliRunner().invoke(app, ["evaluate", str(a), str(b), "--qrels", str(qrels_path), "--metrics",
-                                      "nDCG@10,P@1", "--out", str(out), "--results", str(agg),
-                                      "--resamples", "500"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(a),
+            str(b),
+            "--qrels",
+            str(qrels_path),
+            "--metrics",
+            "nDCG@10,P@1",
+            "--out",
+            str(out),
+            "--results",
+            str(agg),
+            "--resamples",
+            "500",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "a.trec" in result.output and "b.trec" in result.output and "nDCG@10" in result.output
     perq = pd.read_parquet(out)

@@ -1,4 +1,5 @@
 """Atomic artefact writing: complete under the final name or absent, with ordinary file permissions."""
+
 import os
 
 import pandas as pd

@@ -2,6 +2,7 @@
 lines and numeric option values, each through the real `mice` entry point (in-process, for speed). Every case
 must end with exit code 2, exactly one `error:` line, no traceback, and no output file under its final name,
 within `CASE_LIMIT_S` seconds."""
+
 import io
 import json
 import random
@@ -52,9 +53,31 @@ def check(code, stderr, where, must_mention=None):
 
 def malformed_masks(rng: random.Random) -> list[str]:
     good = {"format": "mice-mask/2", "name": "m", "num_layers": 2, "rules": [{"block": ["q->d"], "layers": "all"}]}
-    cases = ["", "{", "[]", "null", "42", '"mask"', "{\"format\": 1}", json.dumps({**good, "format": "mice-mask/9"})]
-    bad_values = [None, 5, -1, 2.5, True, "", "q", "q->", "->d", "x->y", "q->pad", [], [5], [None], {}, {"a": 1},
-                  ["q->d", 3], "all", [0, 99], {"start": 1, "end": 0}, {"start": "a", "end": 2}, [-1]]
+    cases = ["", "{", "[]", "null", "42", '"mask"', '{"format": 1}', json.dumps({**good, "format": "mice-mask/9"})]
+    bad_values = [
+        None,
+        5,
+        -1,
+        2.5,
+        True,
+        "",
+        "q",
+        "q->",
+        "->d",
+        "x->y",
+        "q->pad",
+        [],
+        [5],
+        [None],
+        {},
+        {"a": 1},
+        ["q->d", 3],
+        "all",
+        [0, 99],
+        {"start": 1, "end": 0},
+        {"start": "a", "end": 2},
+        [-1],
+    ]
     for key in ("num_layers", "rules", "name", "provenance"):
         for v in bad_values:
             if key == "name" and isinstance(v, str):
@@ -67,8 +90,9 @@ def malformed_masks(rng: random.Random) -> list[str]:
             rule = {"block": ["q->d"], field: v} if field == "layers" else {field: v}
             cases.append(json.dumps({**good, "rules": [rule]}))
     for _ in range(40):  # random rule soup
-        rule = {rng.choice(["block", "allow", "deny", "layers"]): rng.choice(bad_values)
-                for _ in range(rng.randint(1, 3))}
+        rule = {
+            rng.choice(["block", "allow", "deny", "layers"]): rng.choice(bad_values) for _ in range(rng.randint(1, 3))
+        }
         cases.append(json.dumps({**good, "rules": [rule]}))
     cases.append(json.dumps({**good, "rules": [{"block": ["q->*"]}]}))  # q attends nothing: NaN softmax
     return [c for c in cases if not _valid(c)]  # a generated case that happens to be a valid mask is dropped
@@ -96,16 +120,27 @@ def test_malformed_mask_files(tmp_path):
         check(code, err, f"mask case {i} {text!r}", must_mention=str(f))
 
 
-CORPUS_LINES = ['{"_id": "dx", "text": ', "not json", "[]", '{"text": "no id"}',
-                '{"_id": "", "text": "x"}', '"just a string"', "{}",
-                '{"_id": "dx", "title": [], "text": "x"}', '{"_id": null, "text": "x"}']
+CORPUS_LINES = [
+    '{"_id": "dx", "text": ',
+    "not json",
+    "[]",
+    '{"text": "no id"}',
+    '{"_id": "", "text": "x"}',
+    '"just a string"',
+    "{}",
+    '{"_id": "dx", "title": [], "text": "x"}',
+    '{"_id": null, "text": "x"}',
+]
 QUERY_LINES = ['{"_id": "qx"', '{"text": "x"}', '{"_id": "q x", "text": "y"}', "1", '{"_id": ["q"], "text": "x"}']
 QREL_LINES = ["q1\td1", "q1\td1\tx", "q1 d1 1 extra\tmore", "q1\t\t1", "q1\td1\t1.5.2"]
 
 
 def test_malformed_dataset_lines(tmp_path):
-    cases = [("corpus.jsonl", l) for l in CORPUS_LINES] + [("queries.jsonl", l) for l in QUERY_LINES] + \
-        [("qrels/test.tsv", l) for l in QREL_LINES]
+    cases = (
+        [("corpus.jsonl", l) for l in CORPUS_LINES]
+        + [("queries.jsonl", l) for l in QUERY_LINES]
+        + [("qrels/test.tsv", l) for l in QREL_LINES]
+    )
     for i, (name, line) in enumerate(cases):
         folder = write_beir_folder(tmp_path / f"ds{i}")
         target = folder / name
@@ -114,8 +149,17 @@ def test_malformed_dataset_lines(tmp_path):
         check(code, err, f"dataset case {i} {name}: {line!r}", must_mention=name.split("/")[-1])
 
 
-RUN_LINES = ["q1 Q0 d1 1", "q1 Q0 d1 x 1.0 t", "q1 Q0 d1 1 nan1 t", "q1 Q0", "q1\tQ0\td1\t1\tabc\tt",
-             "q1 Q0 d1 1 1.0 t extra", "q1 Q0 nosuchdoc 1 1.0 t", "Q0 d1 1 1.0 t", "q1 Q0 d1 1.5 1.0 t"]
+RUN_LINES = [
+    "q1 Q0 d1 1",
+    "q1 Q0 d1 x 1.0 t",
+    "q1 Q0 d1 1 nan1 t",
+    "q1 Q0",
+    "q1\tQ0\td1\t1\tabc\tt",
+    "q1 Q0 d1 1 1.0 t extra",
+    "q1 Q0 nosuchdoc 1 1.0 t",
+    "Q0 d1 1 1.0 t",
+    "q1 Q0 d1 1.5 1.0 t",
+]
 
 
 def test_malformed_run_lines(tmp_path, tiny_bert):
@@ -143,8 +187,11 @@ def _cli_params(keep):
         for name, sub in getattr(cmd, "commands", {}).items():
             walk(sub, path + (name,))
         for p in getattr(cmd, "params", []):
-            kind = p.bare_type() if callable(getattr(p, "bare_type", None)) else getattr(getattr(p, "type", None),
-                                                                                         "name", "")
+            kind = (
+                p.bare_type()
+                if callable(getattr(p, "bare_type", None))
+                else getattr(getattr(p, "type", None), "name", "")
+            )
             kind = {"integer": "int"}.get(kind, kind)
             if keep(p.name, kind) and p.opts and p.opts[0].startswith("--"):
                 found.append((path, p.opts[0], p.name, kind, cmd))
@@ -225,8 +272,7 @@ RUN_FILES = {  # name -> (bytes of the run file, what the one error line must sa
     "nul": (b"q1 Q0 d1 1 \x00 t\n", "score"),
 }
 for _i, _junk in enumerate(["\xff", "\xc3", "\xed\xa0\x80", "\xf8\x88\x80\x80\x80"]):
-    RUN_FILES[f"bad-utf8-{_i}"] = (_GOOD_RUN.encode() + b"q3 Q0 d1 1 " + _junk.encode("latin-1") + b" t\n",
-                                   "not UTF-8")
+    RUN_FILES[f"bad-utf8-{_i}"] = (_GOOD_RUN.encode() + b"q3 Q0 d1 1 " + _junk.encode("latin-1") + b" t\n", "not UTF-8")
 for _v in ("NaN", "Infinity", "-Infinity", "nan(1)", "+inf", "1e400", "-1e400"):
     RUN_FILES[f"score {_v}"] = (f"q1 Q0 d1 1 {_v} t\n".encode(), "score")
 
@@ -255,8 +301,10 @@ TABLE_RUNS = {  # CSV runs
 
 def test_malformed_table_runs(tmp_path, tiny_bert):
     folder = write_beir_folder(tmp_path / "ds")
-    cases = [(f"{n}.csv", t.encode()) for n, t in TABLE_RUNS.items()] + [("corrupt.parquet", b"PAR1garbagePAR1"),
-                                                                         ("empty.parquet", b"")]
+    cases = [(f"{n}.csv", t.encode()) for n, t in TABLE_RUNS.items()] + [
+        ("corrupt.parquet", b"PAR1garbagePAR1"),
+        ("empty.parquet", b""),
+    ]
     for i, (name, data) in enumerate(cases):
         run = tmp_path / name.replace(" ", "-")
         run.write_bytes(data)
@@ -266,9 +314,14 @@ def test_malformed_table_runs(tmp_path, tiny_bert):
         assert not out.exists()
 
 
-QRELS_FILES = {"relevance 1e400": "q1\t0\td1\t1e400\n", "relevance nan": "q1\t0\td1\tnan\n",
-               "relevance inf": "q1 0 d1 inf\n", "relevance 1.5": "q1 0 d1 1.5\n",
-               "latin-1": "q1\t0\td\xe9\t1\n", "bom": "\ufeffq1 0 d1 1\n"}
+QRELS_FILES = {
+    "relevance 1e400": "q1\t0\td1\t1e400\n",
+    "relevance nan": "q1\t0\td1\tnan\n",
+    "relevance inf": "q1 0 d1 inf\n",
+    "relevance 1.5": "q1 0 d1 1.5\n",
+    "latin-1": "q1\t0\td\xe9\t1\n",
+    "bom": "\ufeffq1 0 d1 1\n",
+}
 
 
 def test_malformed_qrels_files(tmp_path):
@@ -299,10 +352,13 @@ def test_corpus_that_is_a_folder_or_not_utf8(tmp_path):
         assert_one_error(code, err, "corpus.jsonl", where=damage)
 
 
-MASK_BYTES = {"latin-1": '{"name": "\xe9"}'.encode("latin-1"), "bom": b'\xef\xbb\xbf{"format": "mice-mask/2"}',
-              "deep": b"[" * 100000 + b"]" * 100000,
-              "duplicate key": b'{"format": "mice-mask/2", "num_layers": 2, "num_layers": 3, "rules": []}',
-              "huge layers": b'{"format": "mice-mask/2", "num_layers": 30000000, "rules": []}'}
+MASK_BYTES = {
+    "latin-1": '{"name": "\xe9"}'.encode("latin-1"),
+    "bom": b'\xef\xbb\xbf{"format": "mice-mask/2"}',
+    "deep": b"[" * 100000 + b"]" * 100000,
+    "duplicate key": b'{"format": "mice-mask/2", "num_layers": 2, "num_layers": 3, "rules": []}',
+    "huge layers": b'{"format": "mice-mask/2", "num_layers": 30000000, "rules": []}',
+}
 
 
 def test_hostile_mask_files(tmp_path):
@@ -324,12 +380,14 @@ def test_partial_records_edited_by_hand_are_refused(tmp_path, tiny_bert):
     folder = write_beir_folder(tmp_path / "ds")
     run = tmp_path / "run.trec"
     run.write_text("".join(f"q{q} Q0 d{d} {r} {10 - r} t\n" for q in (1, 2, 3) for r, d in enumerate((1, 2, 3))))
-    edits = {"injected doc": lambda r: {**r, "doc_ids": r["doc_ids"][:-1] + ["d4"]},
-             "score 999": lambda r: {**r, "scores": [999.0] + r["scores"][1:]},
-             "no doc_ids": lambda r: {k: v for k, v in r.items() if k != "doc_ids"},
-             "nan score": lambda r: {**r, "scores": [float("nan")] + r["scores"][1:]},
-             "no checksum": lambda r: {k: v for k, v in r.items() if k != "sum"},
-             "not an object": lambda r: [r]}
+    edits = {
+        "injected doc": lambda r: {**r, "doc_ids": r["doc_ids"][:-1] + ["d4"]},
+        "score 999": lambda r: {**r, "scores": [999.0] + r["scores"][1:]},
+        "no doc_ids": lambda r: {k: v for k, v in r.items() if k != "doc_ids"},
+        "nan score": lambda r: {**r, "scores": [float("nan")] + r["scores"][1:]},
+        "no checksum": lambda r: {k: v for k, v in r.items() if k != "sum"},
+        "not an object": lambda r: [r],
+    }
     model = load(tiny_bert)
     for i, (name, edit) in enumerate(sorted(edits.items())):
         out = tmp_path / f"out{i}.trec"
@@ -348,7 +406,22 @@ def test_partial_records_edited_by_hand_are_refused(tmp_path, tiny_bert):
         partial = tmp_path / f"out{i}.trec.partial"
         head, rec = partial.read_text().splitlines()[:2]
         partial.write_text(head + "\n" + json.dumps(edit(json.loads(rec))) + "\n")
-        code, err = fuzz_case(["rerank", "--model", tiny_bert, "--dataset", folder, "--run", run, "--out", out,
-                              "--k", 3, "--batch-size", 3])
+        code, err = fuzz_case(
+            [
+                "rerank",
+                "--model",
+                tiny_bert,
+                "--dataset",
+                folder,
+                "--run",
+                run,
+                "--out",
+                out,
+                "--k",
+                3,
+                "--batch-size",
+                3,
+            ]
+        )
         assert_one_error(code, err, str(partial), where=name)
         assert not out.exists()

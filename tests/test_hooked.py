@@ -1,4 +1,5 @@
 """Parity tests: the hooked cross-encoder must equal plain Hugging Face, and hooks must equal masks."""
+
 import numpy as np
 import pytest
 import torch
@@ -163,8 +164,9 @@ def test_packaged_minilm_loads_offline_as_cross_encoder():
     batch = model.tokenize(PAIRS)
     with torch.no_grad():
         ours = model(batch)
-    hf = AutoModelForSequenceClassification.from_pretrained(packaged_model_path(), num_labels=1,
-                                                            attn_implementation="eager").eval()
+    hf = AutoModelForSequenceClassification.from_pretrained(
+        packaged_model_path(), num_labels=1, attn_implementation="eager"
+    ).eval()
     hf.classifier.load_state_dict(model.model.classifier.state_dict())  # same fresh head on both
     kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
@@ -182,5 +184,6 @@ def test_load_reapplies_the_mask_a_model_was_trained_under(tiny_bert, tmp_path):
     loaded = load(tmp_path / "masked")
     np.testing.assert_allclose(loaded.predict(PAIRS), model.predict(PAIRS, mask=mask), atol=1e-6)
     assert np.abs(loaded.predict(PAIRS) - model.predict(PAIRS)).max() > 1e-3
-    np.testing.assert_allclose(load(tmp_path / "masked", mask="none").predict(PAIRS), model.predict(PAIRS),
-                               atol=1e-6)  # an explicit mask wins
+    np.testing.assert_allclose(
+        load(tmp_path / "masked", mask="none").predict(PAIRS), model.predict(PAIRS), atol=1e-6
+    )  # an explicit mask wins

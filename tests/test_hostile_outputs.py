@@ -3,6 +3,7 @@ real 64 KiB tmpfs (mounted here when the tests run as root; skipped otherwise), 
 or a few left so that the job's own files fill it mid-way; read-only a read-only remount of it. Every case goes
 through the real `mice` entry point and ends in one `error:` line naming the path, exit 2; once space is freed, a
 re-rank or sweep resumes to the very files an uninterrupted run writes."""
+
 from __future__ import annotations
 
 import errno
@@ -23,8 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _mount(point: Path, *opts: str) -> bool:
     point.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(["size=64k", *opts]), "tmpfs", str(point)],
-                         capture_output=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(["size=64k", *opts]), "tmpfs", str(point)], capture_output=True
+    )
     return res.returncode == 0
 
 
@@ -73,14 +75,52 @@ def _fill(point: Path, leave: int = 0) -> None:
 
 
 def _argv(job, command: str, out: Path) -> list:
-    return {"rerank": _rerank(job, out),
-            "export": ["data", "export", job["data"], out],
-            "train": ["train", "--preset", "tiny", "--model", job["model"], "--dataset", job["train_data"], "-o", out,
-                      "--max-steps", 2, "--threads", 1],
-            "index build": ["index", "build", "--model", job["model"], "--dataset", job["data"], "--out", out,
-                            "--arch", "1+1"],
-            "sweep": ["ablate", "sweep", "--model", job["model"], "--dataset", job["data"], "--run", job["run"],
-                      "--out", Path(str(out) + ".csv"), "--k", 3, "--heads"]}[command]
+    return {
+        "rerank": _rerank(job, out),
+        "export": ["data", "export", job["data"], out],
+        "train": [
+            "train",
+            "--preset",
+            "tiny",
+            "--model",
+            job["model"],
+            "--dataset",
+            job["train_data"],
+            "-o",
+            out,
+            "--max-steps",
+            2,
+            "--threads",
+            1,
+        ],
+        "index build": [
+            "index",
+            "build",
+            "--model",
+            job["model"],
+            "--dataset",
+            job["data"],
+            "--out",
+            out,
+            "--arch",
+            "1+1",
+        ],
+        "sweep": [
+            "ablate",
+            "sweep",
+            "--model",
+            job["model"],
+            "--dataset",
+            job["data"],
+            "--run",
+            job["run"],
+            "--out",
+            Path(str(out) + ".csv"),
+            "--k",
+            3,
+            "--heads",
+        ],
+    }[command]
 
 
 def _left(point: Path) -> set[str]:
@@ -150,8 +190,9 @@ def _same_outputs(folder: Path, name: str, clean_folder: Path, clean_name: str) 
     import json
 
     files = sorted(p.name for p in folder.iterdir() if p.name.startswith(name + "."))
-    assert files == sorted(p.name.replace(clean_name, name, 1) for p in clean_folder.iterdir()
-                           if p.name.startswith(clean_name + ".")), files
+    assert files == sorted(
+        p.name.replace(clean_name, name, 1) for p in clean_folder.iterdir() if p.name.startswith(clean_name + ".")
+    ), files
     for f in files:
         a, b = folder / f, clean_folder / f.replace(name, clean_name, 1)
         if f.endswith(".meta.json"):
@@ -212,8 +253,16 @@ def test_export_refuses_a_split_name_that_leaves_the_folder(job, tmp_path):
     assert not (tmp_path / "escaped.tsv").exists() and not list(tmp_path.rglob("escaped*"))
 
 
-HOSTILE = ["mask2 ![k](/etc/hostname)", "<script>document.title='pwned'</script>", "[x](javascript:alert(1))",
-           "a | b", "**bold** _it_ `code`", "&lt;b&gt;", "<img src=x onerror=alert(1)>", "line\nbreak"]
+HOSTILE = [
+    "mask2 ![k](/etc/hostname)",
+    "<script>document.title='pwned'</script>",
+    "[x](javascript:alert(1))",
+    "a | b",
+    "**bold** _it_ `code`",
+    "&lt;b&gt;",
+    "<img src=x onerror=alert(1)>",
+    "line\nbreak",
+]
 
 
 def test_report_cells_are_escaped_and_nothing_outside_the_run_is_inlined(tmp_path):

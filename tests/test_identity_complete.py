@@ -1,6 +1,7 @@
 """Resume identities complete by construction: every scorer's identity holds its tokenizer, a resumed job with
 another tokenizer, strategy or schedule length is refused naming what differs, and every option of every long
 job is either part of its identity or on a short list of settings that cannot change the output."""
+
 from __future__ import annotations
 
 import json
@@ -49,10 +50,12 @@ def test_swapped_token_ids_change_every_scorer_identity(models):
     from mice.models.mice_model import MICEModel
 
     a, b = models
-    builders = {"hooked": lambda p: HookedCrossEncoder.from_pretrained(p),
-                "mice": lambda p: MICEModel.from_cross_encoder(p, contextual_layers=1, interaction_layers=1),
-                "late interaction": lambda p: MaxSimScorer.from_pretrained(p, seed=0),
-                "bi-encoder": lambda p: BiEncoder(p)}
+    builders = {
+        "hooked": lambda p: HookedCrossEncoder.from_pretrained(p),
+        "mice": lambda p: MICEModel.from_cross_encoder(p, contextual_layers=1, interaction_layers=1),
+        "late interaction": lambda p: MaxSimScorer.from_pretrained(p, seed=0),
+        "bi-encoder": lambda p: BiEncoder(p),
+    }
     for name, build in builders.items():
         one, other = build(a).identity(), build(b).identity()
         assert one["weights"] == other["weights"], name  # the weights are the same...
@@ -98,8 +101,7 @@ def test_resume_with_another_tokenizer_is_refused(models, tmp_path):
     partial = tmp_path / "out.trec.partial"
     assert len(partial.read_text().splitlines()) == 2  # header + one finished query
     with pytest.raises(IdentityError, match="tokenizer"):
-        rerank(HookedCrossEncoder.from_pretrained(b), folder, "test", run, k=3, out=out, chunk_pairs=3,
-               batch_size=3)
+        rerank(HookedCrossEncoder.from_pretrained(b), folder, "test", run, k=3, out=out, chunk_pairs=3, batch_size=3)
     assert not out.exists() and partial.exists()
     rerank(model, folder, "test", run, k=3, out=out, chunk_pairs=3, batch_size=3)
     clean = tmp_path / "clean.trec"
@@ -111,21 +113,68 @@ def test_resume_with_another_tokenizer_is_refused(models, tmp_path):
 # Per job: option -> the identity component it enters (by content where it names a file or model). Each
 # component is checked against the identity the job really builds (`_real_identity_keys`).
 IN_IDENTITY = {
-    "rerank": {"model": "weights", "dataset": "corpus", "run": "candidates", "mask": "mask", "mode": "mask",
-               "split": "split", "k": "k", "batch_size": "batch_size", "max_length": "max_length",
-               "max_query_length": "max_length", "index": "scorer", "compute_dtype": "compute_dtype"},
-    "ablate sweep": {"model": "weights", "dataset": "pairs", "split": "pairs", "run": "pairs", "k": "pairs",
-                     "max_queries": "pairs", "sample": "pairs", "mode": "mode", "base": "base_mask",
-                     "metrics": "metrics", "batch_size": "batch_size", "strategy": "strategy",
-                     "max_length": "max_length"},
-    "ablate attribute": {"model": "weights", "pairs": "pairs", "dataset": "pairs", "split": "pairs", "run": "pairs",
-                         "k": "pairs", "max_queries": "pairs", "sample": "pairs", "paths": "knockouts",
-                         "layers": "knockouts", "heads": "knockouts", "modes": "modes", "base": "base",
-                         "ig_steps": "steps", "batch_size": "batch_size", "max_length": "max_length"},
-    "index build": {"model": "doc_states", "dataset": "content", "storage_dtype": "dtype", "kv": "kv",
-                    "shard_size": "shard_size", "compute_dtype": "compute_dtype", "arch": "doc_states",
-                    "batch_size": "batch_size", "pq_m": "codec", "rotation": "codec", "centroids": "codec",
-                    "bits": "codec", "train_tokens": "codec"},
+    "rerank": {
+        "model": "weights",
+        "dataset": "corpus",
+        "run": "candidates",
+        "mask": "mask",
+        "mode": "mask",
+        "split": "split",
+        "k": "k",
+        "batch_size": "batch_size",
+        "max_length": "max_length",
+        "max_query_length": "max_length",
+        "index": "scorer",
+        "compute_dtype": "compute_dtype",
+    },
+    "ablate sweep": {
+        "model": "weights",
+        "dataset": "pairs",
+        "split": "pairs",
+        "run": "pairs",
+        "k": "pairs",
+        "max_queries": "pairs",
+        "sample": "pairs",
+        "mode": "mode",
+        "base": "base_mask",
+        "metrics": "metrics",
+        "batch_size": "batch_size",
+        "strategy": "strategy",
+        "max_length": "max_length",
+    },
+    "ablate attribute": {
+        "model": "weights",
+        "pairs": "pairs",
+        "dataset": "pairs",
+        "split": "pairs",
+        "run": "pairs",
+        "k": "pairs",
+        "max_queries": "pairs",
+        "sample": "pairs",
+        "paths": "knockouts",
+        "layers": "knockouts",
+        "heads": "knockouts",
+        "modes": "modes",
+        "base": "base",
+        "ig_steps": "steps",
+        "batch_size": "batch_size",
+        "max_length": "max_length",
+    },
+    "index build": {
+        "model": "doc_states",
+        "dataset": "content",
+        "storage_dtype": "dtype",
+        "kv": "kv",
+        "shard_size": "shard_size",
+        "compute_dtype": "compute_dtype",
+        "arch": "doc_states",
+        "batch_size": "batch_size",
+        "pq_m": "codec",
+        "rotation": "codec",
+        "centroids": "codec",
+        "bits": "codec",
+        "train_tokens": "codec",
+    },
 }
 # Options that cannot change a job's output, each with the reason. Adding one here needs a reason as good.
 OUTPUT_NEUTRAL = {
@@ -164,8 +213,11 @@ def _job_options(job: str) -> list[str]:
 
 @pytest.mark.parametrize("job", sorted(IN_IDENTITY))
 def test_every_option_is_in_the_identity_or_output_neutral(job):
-    missing = [o for o in _job_options(job) if o not in IN_IDENTITY[job] and o not in OUTPUT_NEUTRAL
-               and o not in NOT_YET_IN_IDENTITY.get(job, ())]
+    missing = [
+        o
+        for o in _job_options(job)
+        if o not in IN_IDENTITY[job] and o not in OUTPUT_NEUTRAL and o not in NOT_YET_IN_IDENTITY.get(job, ())
+    ]
     assert not missing, f"{job}: options neither in the identity nor output-neutral: {missing}"
     assert set(IN_IDENTITY[job]) <= set(_job_options(job)), f"{job}: the table names options the job lacks"
 
@@ -180,13 +232,15 @@ def _identity_source(job: str) -> str:
     import mice.models.hooked
     import mice.rank.rerank
 
-    return {"rerank": inspect.getsource(mice.rank.rerank.job_identity) + inspect.getsource(
-                mice.models.hooked.HookedCrossEncoder.identity),
-            "ablate sweep": inspect.getsource(ablations.sweep) + inspect.getsource(
-                mice.models.hooked.HookedCrossEncoder.identity),
-            "ablate attribute": inspect.getsource(ablations.attribution) + inspect.getsource(
-                mice.models.hooked.HookedCrossEncoder.identity),
-            "index build": inspect.getsource(mice.index.store.build_identity)}[job]
+    return {
+        "rerank": inspect.getsource(mice.rank.rerank.job_identity)
+        + inspect.getsource(mice.models.hooked.HookedCrossEncoder.identity),
+        "ablate sweep": inspect.getsource(ablations.sweep)
+        + inspect.getsource(mice.models.hooked.HookedCrossEncoder.identity),
+        "ablate attribute": inspect.getsource(ablations.attribution)
+        + inspect.getsource(mice.models.hooked.HookedCrossEncoder.identity),
+        "index build": inspect.getsource(mice.index.store.build_identity),
+    }[job]
 
 
 @pytest.mark.parametrize("job", sorted(IN_IDENTITY))
@@ -203,8 +257,9 @@ def test_rerank_identity_holds_every_component(models, tmp_path):
     from mice.rank.rerank import job_identity
 
     ds = load_dataset(write_beir_folder(tmp_path / "ds"))
-    key = job_identity(HookedCrossEncoder.from_pretrained(models[0]), ds, "test", ds.queries("test"),
-                       {"q1": ["d1"]}, 3, 4, None)
+    key = job_identity(
+        HookedCrossEncoder.from_pretrained(models[0]), ds, "test", ds.queries("test"), {"q1": ["d1"]}, 3, 4, None
+    )
     assert set(IN_IDENTITY["rerank"].values()) <= set(key)
 
 
@@ -212,9 +267,22 @@ def test_train_settings_left_out_of_the_identity_are_the_known_few():
     """Training keys its identity on every setting but `_RESUME_FREE` (and by content `_BY_CONTENT`)."""
     from mice.train.loop import _BY_CONTENT, _RESUME_FREE
 
-    assert _RESUME_FREE == {"output", "resume", "overwrite", "max_minutes", "until_beats_teacher",
-                            "beat_teacher_p", "num_threads", "eval_every", "save_every", "log_every",
-                            "eval_batch_size", "teacher_batch_size", "teacher_cache", "max_steps"}
+    assert _RESUME_FREE == {
+        "output",
+        "resume",
+        "overwrite",
+        "max_minutes",
+        "until_beats_teacher",
+        "beat_teacher_p",
+        "num_threads",
+        "eval_every",
+        "save_every",
+        "log_every",
+        "eval_batch_size",
+        "teacher_batch_size",
+        "teacher_cache",
+        "max_steps",
+    }
     assert _BY_CONTENT == {"model", "dataset", "dev_dataset", "teacher", "mask"}
 
 
@@ -228,8 +296,19 @@ def test_linear_schedule_resume_with_another_max_steps_is_refused(tmp_path_facto
     env = next(train_env(tmp_path_factory, "maxsteps", student=dict(num_layers=1, seed=0)))
 
     def cfg(out, steps, **kw):
-        return preset("tiny", "cross-encoder", model=env["student"], dataset=env["data"], output=str(out),
-                      max_steps=steps, save_every=1, eval_every=100, dev_split=None, batch_size=2, **kw)
+        return preset(
+            "tiny",
+            "cross-encoder",
+            model=env["student"],
+            dataset=env["data"],
+            output=str(out),
+            max_steps=steps,
+            save_every=1,
+            eval_every=100,
+            dev_split=None,
+            batch_size=2,
+            **kw,
+        )
 
     Trainer(cfg(tmp_path / "lin", 2), quiet=True).train()
     with pytest.raises(IdentityError, match=r"config\.max_steps \(2 -> 3\)"):

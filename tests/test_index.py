@@ -1,5 +1,6 @@
 """MICE document-state index and fast re-ranking: parity with the model, storage formats, resumable builds,
 refusal of corrupted or foreign indexes, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def indexes(model, tmp_path_factory):
     root = tmp_path_factory.mktemp("idx")
     out = {}
     for dtype in ("float32", "float16", "int8"):
-        out[dtype] = build_index(model, CORPUS, root / dtype, IndexConfig(dtype=dtype, kv=True, shard_size=16,
-                                                                           batch_size=8))
+        out[dtype] = build_index(
+            model, CORPUS, root / dtype, IndexConfig(dtype=dtype, kv=True, shard_size=16, batch_size=8)
+        )
     return out
 
 
@@ -75,8 +77,9 @@ def _ndcg10(scores: dict, qrels: pd.DataFrame) -> float:
     import ir_measures
     from ir_measures import nDCG
 
-    run = pd.DataFrame([(q, d, float(s)) for q, per in scores.items() for d, s in per.items()],
-                       columns=["query_id", "doc_id", "score"])
+    run = pd.DataFrame(
+        [(q, d, float(s)) for q, per in scores.items() for d, s in per.items()], columns=["query_id", "doc_id", "score"]
+    )
     return ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10]
 
 
@@ -85,8 +88,9 @@ def test_fp16_and_int8_keep_the_ranking(model, indexes, reference):
 
     ids = list(CORPUS)
     rng = random.Random(7)
-    qrels = pd.DataFrame([(q, d, rng.choice([0, 0, 1, 2])) for q in QUERIES for d in ids],
-                         columns=["query_id", "doc_id", "relevance"])
+    qrels = pd.DataFrame(
+        [(q, d, rng.choice([0, 0, 1, 2])) for q in QUERIES for d in ids], columns=["query_id", "doc_id", "relevance"]
+    )
     ref_run = {q: dict(zip(ids, reference[q])) for q in QUERIES}
     ref_ndcg = _ndcg10(ref_run, qrels)
     taus = {}
@@ -126,8 +130,9 @@ def test_storage_sizes_and_info(model, indexes):
 
 def test_rerank_run(model, indexes, reference):
     ids = list(CORPUS)
-    run = pd.DataFrame([(q, d, float(-i)) for q in QUERIES for i, d in enumerate(ids)],
-                       columns=["query_id", "doc_id", "score"])
+    run = pd.DataFrame(
+        [(q, d, float(-i)) for q in QUERIES for i, d in enumerate(ids)], columns=["query_id", "doc_id", "score"]
+    )
     from mice.data.base import InMemoryDataset
     from mice.index.fast_rerank import IndexScorer
     from mice.rank.rerank import rerank
@@ -164,10 +169,14 @@ def test_fingerprint_covers_a_and_tokenizer(model, tmp_path):
     folder = tiny_cross_encoder(tmp_path / "ce", num_layers=4, seed=3)
     same = MICEModel.from_cross_encoder(folder, contextual_layers=1, interaction_layers=3)
     assert same.fingerprint() == model.fingerprint()
-    assert MICEModel.from_cross_encoder(folder, contextual_layers=1, interaction_layers=2).fingerprint() == \
-        model.fingerprint()  # the document side does not depend on b
-    assert MICEModel.from_cross_encoder(folder, contextual_layers=2, interaction_layers=2).fingerprint() != \
-        model.fingerprint()
+    assert (
+        MICEModel.from_cross_encoder(folder, contextual_layers=1, interaction_layers=2).fingerprint()
+        == model.fingerprint()
+    )  # the document side does not depend on b
+    assert (
+        MICEModel.from_cross_encoder(folder, contextual_layers=2, interaction_layers=2).fingerprint()
+        != model.fingerprint()
+    )
     same.mice_config.doc_token_type = 0
     assert same.fingerprint() != model.fingerprint()
 
@@ -225,8 +234,9 @@ def test_interrupted_build_resumes(model, tmp_path):
     assert (out / "shard-00000.json").stat().st_mtime_ns == done_mtime  # finished shards were kept
     fresh = build_index(model, corpus, tmp_path / "fresh", config)
     ids = list(corpus)
-    assert torch.allclose(resumed.states(resumed.positions(ids)).hidden, fresh.states(fresh.positions(ids)).hidden,
-                          atol=1e-5)
+    assert torch.allclose(
+        resumed.states(resumed.positions(ids)).hidden, fresh.states(fresh.positions(ids)).hidden, atol=1e-5
+    )
     assert sorted(resumed.doc_ids) == sorted(fresh.doc_ids) == sorted(ids)
     # a finished build is not redone; other settings need overwrite
     again = build_index(model, corpus, out, config)
@@ -246,15 +256,32 @@ def test_cli_build_and_info(model, tmp_path):
     ds = InMemoryDataset("tiny", corpus, {"test": {"q0": QUERIES["q0"]}}, {"test": [("q0", "doc1", 1)]})
     beir = write_beir(ds, tmp_path / "beir")
     runner = CliRunner()
-    res = runner.invoke(app, ["index", "build", "--model", str(mice_dir), "--dataset", str(beir),
-                              "--out", str(tmp_path / "idx"), "--storage-dtype", "int8", "--kv", "--shard-size", "5"])
+    res = runner.invoke(
+        app,
+        [
+            "index",
+            "build",
+            "--model",
+            str(mice_dir),
+            "--dataset",
+            str(beir),
+            "--out",
+            str(tmp_path / "idx"),
+            "--storage-dtype",
+            "int8",
+            "--kv",
+            "--shard-size",
+            "5",
+        ],
+    )
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["index", "info", str(tmp_path / "idx"), "--model", str(mice_dir)])
     assert res.exit_code == 0, res.output
     assert "12" in res.output and "bytes per token" in res.output and "index matches" in res.output
     # the short form `mice index --model ... --dataset ... --out ...`
-    res = runner.invoke(app, ["index", "--model", str(mice_dir), "--dataset", str(beir), "--out",
-                              str(tmp_path / "idx2")])
+    res = runner.invoke(
+        app, ["index", "--model", str(mice_dir), "--dataset", str(beir), "--out", str(tmp_path / "idx2")]
+    )
     assert res.exit_code == 0, res.output
     idx = DocIndex.open(tmp_path / "idx2", model=model)
     assert idx.dtype == "float16" and len(idx) == 12
@@ -269,8 +296,9 @@ def test_runner_with_index_scorer(model, indexes, tmp_path):
     ids = list(CORPUS)
     qrels = [(q, ids[i], 1) for i, q in enumerate(QUERIES)]
     ds = InMemoryDataset("tiny", CORPUS, {"test": QUERIES}, {"test": qrels})
-    run = pd.DataFrame([(q, d, float(-i)) for q in QUERIES for i, d in enumerate(ids)],
-                       columns=["query_id", "doc_id", "score"])
+    run = pd.DataFrame(
+        [(q, d, float(-i)) for q in QUERIES for i, d in enumerate(ids)], columns=["query_id", "doc_id", "score"]
+    )
     scorer = IndexScorer(FastReranker(model, indexes["float32"]), cache_size=2)
     fast = rerank(scorer, ds, "test", run, k=12, batch_size=5)
     slow = rerank(model, ds, "test", run, k=12, batch_size=5)
@@ -294,11 +322,28 @@ def test_cli_rerank_with_index(model, tmp_path):
     ds = InMemoryDataset("tiny", CORPUS, {"test": QUERIES}, {"test": [(q, ids[i], 1) for i, q in enumerate(QUERIES)]})
     beir = write_beir(ds, tmp_path / "beir")
     first = tmp_path / "first.trec"
-    write_run(pd.DataFrame([(q, d, float(-i)) for q in QUERIES for i, d in enumerate(ids)],
-                           columns=["query_id", "doc_id", "score"]), first)
+    write_run(
+        pd.DataFrame(
+            [(q, d, float(-i)) for q in QUERIES for i, d in enumerate(ids)], columns=["query_id", "doc_id", "score"]
+        ),
+        first,
+    )
     runner = CliRunner()
-    res = runner.invoke(app, ["index", "build", "-m", str(mice_dir), "-d", str(beir), "-o", str(tmp_path / "idx"),
-                              "--storage-dtype", "float32"])
+    res = runner.invoke(
+        app,
+        [
+            "index",
+            "build",
+            "-m",
+            str(mice_dir),
+            "-d",
+            str(beir),
+            "-o",
+            str(tmp_path / "idx"),
+            "--storage-dtype",
+            "float32",
+        ],
+    )
     assert res.exit_code == 0, res.output
     common = ["rerank", "-m", str(mice_dir), "-d", str(beir), "--run", str(first), "--k", "8", "--split", "test"]
     res = runner.invoke(app, common + ["--out", str(tmp_path / "fast.trec"), "--index", str(tmp_path / "idx")])
@@ -312,6 +357,20 @@ def test_cli_rerank_with_index(model, tmp_path):
     # an index built by another model is refused with a one-line error
     other = MICEModel.from_cross_encoder(tiny_cross_encoder(tmp_path / "o", num_layers=4, seed=9), 1, 3)
     other_dir = other.save_pretrained(tmp_path / "other")
-    res = runner.invoke(app, ["rerank", "-m", str(other_dir), "-d", str(beir), "--run", str(first), "--out",
-                              str(tmp_path / "x.trec"), "--index", str(tmp_path / "idx")])
+    res = runner.invoke(
+        app,
+        [
+            "rerank",
+            "-m",
+            str(other_dir),
+            "-d",
+            str(beir),
+            "--run",
+            str(first),
+            "--out",
+            str(tmp_path / "x.trec"),
+            "--index",
+            str(tmp_path / "idx"),
+        ],
+    )
     assert res.exit_code != 0 and isinstance(res.exception, IndexError_)

@@ -1,6 +1,7 @@
 """Compressed indexes (`mice.index.codec`, `--storage pq|residual`): codecs round-trip within stated bounds, an index
 re-ranks like the float16 one within a stated bound, builds resume and refuse a corrupted codec, two processes write
 the bytes one process writes, and an index twice the address space a process may use re-ranks correctly."""
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ def _gaussian(n=6000, h=64, seed=0):
 
 
 def _rel_err(x, y) -> float:
-    return float(((x - y) ** 2).sum() / (x ** 2).sum())
+    return float(((x - y) ** 2).sum() / (x**2).sum())
 
 
 # ------------------------------------------------------------------------------------------------- codecs
@@ -77,7 +78,7 @@ def test_residual_round_trip_bounds(bits, bound):
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 def test_bit_packing_round_trips(bits):
-    values = np.random.default_rng(bits).integers(0, 2 ** bits, size=(7, 64)).astype(np.uint8)
+    values = np.random.default_rng(bits).integers(0, 2**bits, size=(7, 64)).astype(np.uint8)
     packed = _pack(values, bits)
     assert packed.shape == (7, 64 * bits // 8)
     assert (_unpack(packed, bits, 64) == values).all()
@@ -94,8 +95,10 @@ def model(tmp_path_factory):
 def indexes(model, tmp_path_factory):
     root = tmp_path_factory.mktemp("cidx")
     configs = {"float16": {}, "pq": {"pq_m": 8}, "residual": {"bits": 2, "centroids": 64}}
-    return {k: build_index(model, CORPUS, root / k, IndexConfig(dtype=k, shard_size=32, train_tokens=2048, **kw))
-            for k, kw in configs.items()}
+    return {
+        k: build_index(model, CORPUS, root / k, IndexConfig(dtype=k, shard_size=32, train_tokens=2048, **kw))
+        for k, kw in configs.items()
+    }
 
 
 def test_compressed_index_reranks_like_float16(model, indexes):
@@ -159,21 +162,49 @@ def test_interrupted_compressed_build_resumes_to_the_same_bytes(model, tmp_path)
 
 
 def _env(root: Path) -> dict:
-    return {**os.environ, "MICE_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return {
+        **os.environ,
+        "MICE_CACHE": str(root / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
 
 
 def test_two_processes_build_the_bytes_one_process_builds(model, tmp_path):
     from mice.data import InMemoryDataset, write_beir
 
     mice_dir = model.save_pretrained(tmp_path / "mice")
-    beir = write_beir(InMemoryDataset("w", dict(list(CORPUS.items())[:48]), {"test": {"q0": "x"}},
-                                      {"test": [("q0", "doc1", 1)]}), tmp_path / "beir")
-    common = ["index", "build", "--model", mice_dir, "--dataset", beir, "--shard-size", 8, "--storage", "pq",
-              "--pq-m", 8, "--train-tokens", 600]
+    beir = write_beir(
+        InMemoryDataset("w", dict(list(CORPUS.items())[:48]), {"test": {"q0": "x"}}, {"test": [("q0", "doc1", 1)]}),
+        tmp_path / "beir",
+    )
+    common = [
+        "index",
+        "build",
+        "--model",
+        mice_dir,
+        "--dataset",
+        beir,
+        "--shard-size",
+        8,
+        "--storage",
+        "pq",
+        "--pq-m",
+        8,
+        "--train-tokens",
+        600,
+    ]
     for out, launcher in ((tmp_path / "one", []), (tmp_path / "two", ["--nproc", "2"])):
-        res = subprocess.run([sys.executable, "-m", "mice", *launcher, *map(str, common), "--out", str(out)],
-                             env=_env(tmp_path), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        res = subprocess.run(
+            [sys.executable, "-m", "mice", *launcher, *map(str, common), "--out", str(out)],
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
     one, two = tmp_path / "one", tmp_path / "two"
     assert (two / "build.log.rank1").exists()  # rank 1 wrote shards of its own
@@ -192,30 +223,70 @@ def test_cli_build_and_info_print_bytes_per_token(model, tmp_path):
     from mice.data import InMemoryDataset, write_beir
 
     mice_dir = model.save_pretrained(tmp_path / "mice")
-    beir = write_beir(InMemoryDataset("w", dict(list(CORPUS.items())[:20]), {"test": {"q0": "x"}},
-                                      {"test": [("q0", "doc1", 1)]}), tmp_path / "beir")
-    res = CliRunner().invoke(app, ["index", "build", "--model", str(mice_dir), "--dataset", str(beir), "--out",
-                                   str(tmp_path / "idx"), "--storage", "residual", "--bits", "1", "--centroids",
-                                   "16", "--train-tokens", "300"])
+    beir = write_beir(
+        InMemoryDataset("w", dict(list(CORPUS.items())[:20]), {"test": {"q0": "x"}}, {"test": [("q0", "doc1", 1)]}),
+        tmp_path / "beir",
+    )
+    res = CliRunner().invoke(
+        app,
+        [
+            "index",
+            "build",
+            "--model",
+            str(mice_dir),
+            "--dataset",
+            str(beir),
+            "--out",
+            str(tmp_path / "idx"),
+            "--storage",
+            "residual",
+            "--bits",
+            "1",
+            "--centroids",
+            "16",
+            "--train-tokens",
+            "300",
+        ],
+    )
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["index", "info", str(tmp_path / "idx")])
     assert res.exit_code == 0 and "bytes per token" in res.output and "residual" in res.output
     assert DocIndex.open(tmp_path / "idx").bytes_per_token() == 2 + 32 // 8
 
 
-@pytest.mark.parametrize("argv,fragment", [(["--storage", "pq", "--pq-m", "5"], "--pq-m"),
-                                           (["--storage", "pq", "--kv"], "--kv"),
-                                           (["--storage", "residual", "--bits", "3"], "bits"),
-                                           (["--storage", "zip"], "zip")])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["--storage", "pq", "--pq-m", "5"], "--pq-m"),
+        (["--storage", "pq", "--kv"], "--kv"),
+        (["--storage", "residual", "--bits", "3"], "bits"),
+        (["--storage", "zip"], "zip"),
+    ],
+)
 def test_bad_codec_options_are_one_line(model, tmp_path, argv, fragment):
     from mice.data import InMemoryDataset, write_beir
     from test_fuzz_inputs import run_main
 
     mice_dir = model.save_pretrained(tmp_path / "mice")
-    beir = write_beir(InMemoryDataset("w", dict(list(CORPUS.items())[:6]), {"test": {"q0": "x"}},
-                                      {"test": [("q0", "doc1", 1)]}), tmp_path / "beir")
-    code, err = run_main(["index", "build", "--model", str(mice_dir), "--dataset", str(beir), "--out",
-                          str(tmp_path / "o"), "--train-tokens", "300", *argv])
+    beir = write_beir(
+        InMemoryDataset("w", dict(list(CORPUS.items())[:6]), {"test": {"q0": "x"}}, {"test": [("q0", "doc1", 1)]}),
+        tmp_path / "beir",
+    )
+    code, err = run_main(
+        [
+            "index",
+            "build",
+            "--model",
+            str(mice_dir),
+            "--dataset",
+            str(beir),
+            "--out",
+            str(tmp_path / "o"),
+            "--train-tokens",
+            "300",
+            *argv,
+        ]
+    )
     assert_one_error(code, err, fragment, where=" ".join(argv))
 
 
@@ -272,8 +343,13 @@ def test_an_index_twice_the_address_space_limit_reranks_correctly(model, tmp_pat
     child.write_text(_CHILD)
 
     def run(*args):
-        res = subprocess.run([sys.executable, str(child), str(mice_dir), str(tmp_path / "big"), *map(str, args)],
-                             env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [sys.executable, str(child), str(mice_dir), str(tmp_path / "big"), *map(str, args)],
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         return res.stdout.strip().splitlines()[-1]
 

@@ -1,6 +1,7 @@
 """Trustworthy index builds: a `mice index build` killed with SIGKILL resumes, verifying the sha256 of
 every shard it keeps; its temporary files are removed; another identity is refused naming what differs;
 `--overwrite` always recovers; the folder is locked while a build writes it."""
+
 from __future__ import annotations
 
 import json
@@ -40,20 +41,43 @@ def env(tmp_path_factory):
     model = MICEModel.from_cross_encoder(ce, contextual_layers=1, interaction_layers=2)
     folder = model.save_pretrained(root / "mice")
     corpus = _corpus(600)
-    beir = write_beir(InMemoryDataset("big", corpus, {"test": {"q0": "alpha"}}, {"test": [("q0", "doc1", 1)]}),
-                      root / "beir")
+    beir = write_beir(
+        InMemoryDataset("big", corpus, {"test": {"q0": "alpha"}}, {"test": [("q0", "doc1", 1)]}), root / "beir"
+    )
     return {"root": root, "model": model, "folder": str(folder), "beir": str(beir), "corpus": corpus}
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _build_args(env, out, *extra, dataset=None):
-    return [sys.executable, "-m", "mice", "index", "build", "--model", env["folder"], "--dataset",
-            dataset or env["beir"], "--out", str(out), "--storage-dtype", "float32", "--shard-size", "50",
-            "--batch-size", "16", *map(str, extra)]
+    return [
+        sys.executable,
+        "-m",
+        "mice",
+        "index",
+        "build",
+        "--model",
+        env["folder"],
+        "--dataset",
+        dataset or env["beir"],
+        "--out",
+        str(out),
+        "--storage-dtype",
+        "float32",
+        "--shard-size",
+        "50",
+        "--batch-size",
+        "16",
+        *map(str, extra),
+    ]
 
 
 def _cli(args):
@@ -94,8 +118,9 @@ def test_sigkilled_build_resumes_verifies_kept_shards_and_cleans_temporaries(env
     record = json.loads((out / "shard-00001.json").read_text())
     _flip(out / "shard-00001.states.bin")
 
-    _one_error(_cli(_build_args(env, out, "--shard-size", 25)), "other settings", "shard_size (50 -> 25)",
-               "--overwrite")
+    _one_error(
+        _cli(_build_args(env, out, "--shard-size", 25)), "other settings", "shard_size (50 -> 25)", "--overwrite"
+    )
     res = _cli(_build_args(env, out))
     assert res.returncode == 0, res.stderr
     assert not list(out.glob(".*.tmp")) and not Path(str(out) + ".lock").exists()
@@ -105,16 +130,18 @@ def test_sigkilled_build_resumes_verifies_kept_shards_and_cleans_temporaries(env
     index = DocIndex.open(out, model=env["model"], verify=True)  # every sha256 checks out
     rebuilt = json.loads((out / "shard-00001.json").read_text())
     assert rebuilt["files"]["states"]["sha256"] == record["files"]["states"]["sha256"]
-    fresh = build_index(env["model"], env["corpus"], tmp_path / "fresh",
-                        IndexConfig(dtype="float32", shard_size=50, batch_size=16))
+    fresh = build_index(
+        env["model"], env["corpus"], tmp_path / "fresh", IndexConfig(dtype="float32", shard_size=50, batch_size=16)
+    )
     ids = list(env["corpus"])
     assert torch.equal(_states(index, ids), _states(fresh, ids))
 
 
 def test_overwrite_always_recovers(env, tmp_path):
     corpus = dict(list(env["corpus"].items())[:30])
-    beir = write_beir(InMemoryDataset("small", corpus, {"test": {"q0": "alpha"}}, {"test": [("q0", "doc1", 1)]}),
-                      tmp_path / "beir")
+    beir = write_beir(
+        InMemoryDataset("small", corpus, {"test": {"q0": "alpha"}}, {"test": [("q0", "doc1", 1)]}), tmp_path / "beir"
+    )
     out = tmp_path / "idx"
     config = IndexConfig(dtype="float32", shard_size=10, batch_size=16)
     build_index(env["model"], corpus, out, config)
@@ -156,8 +183,9 @@ def test_changed_texts_or_model_refuse_the_resume(env, tmp_path):
     edited = {**corpus, "doc3": corpus["doc3"] + " changed"}  # same ids, one text differs
     with pytest.raises(IndexError_, match=r"differs: content"):
         build_index(env["model"], edited, out, config)
-    other = MICEModel.from_cross_encoder(tiny_cross_encoder(tmp_path / "other", num_layers=3, seed=9),
-                                         contextual_layers=1, interaction_layers=2)
+    other = MICEModel.from_cross_encoder(
+        tiny_cross_encoder(tmp_path / "other", num_layers=3, seed=9), contextual_layers=1, interaction_layers=2
+    )
     with pytest.raises(IndexError_, match=r"differs: doc_states"):
         build_index(other, corpus, out, config)
     assert len(build_index(env["model"], corpus, out, config)) == 20  # the same job still resumes

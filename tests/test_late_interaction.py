@@ -1,5 +1,6 @@
 """The trained late-interaction baseline (`mice.models.late_interaction`): MaxSim semantics, the three scoring
 paths agree, save/load, and `mice train --mode late-interaction` distils it from a cross-encoder."""
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ def test_forward_predict_and_stored_vectors_agree(model):
     pred = model.predict(pairs, batch_size=3)
     with torch.no_grad():
         fwd = model([QUERIES[0]], DOCS).numpy()[0]
-    np.testing.assert_allclose(pred[:len(DOCS)], fwd, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(pred[: len(DOCS)], fwd, atol=1e-5, rtol=0)
     alone = model.predict([pairs[-1]])
     np.testing.assert_allclose(pred[-1:], alone, atol=1e-5, rtol=0)  # batch neighbours do not matter
     batch = model.tokenize(DOCS, "doc")
@@ -80,8 +81,25 @@ def test_train_distils_from_the_cross_encoder(ce, tmp_path, monkeypatch):
     monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
     data = write_beir(tmp_path / "data", n_train=24, n_dev=8)
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "--preset", "tiny", "--mode", "late-interaction", "--model", str(ce),
-                                      "--dataset", str(data), "-o", str(out), "--max-steps", "4", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--mode",
+            "late-interaction",
+            "--model",
+            str(ce),
+            "--dataset",
+            str(data),
+            "-o",
+            str(out),
+            "--max-steps",
+            "4",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     assert is_late_interaction_folder(out / "best")
     trained = MaxSimScorer.from_pretrained(out / "last")  # best/ may be step 0 (tiny evaluates at start)

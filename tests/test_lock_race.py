@@ -1,6 +1,7 @@
 """The output lock under real contention: N processes call `output_lock` on the same output at the same moment,
 100 times over, with the lock file absent, empty (a holder killed between create and write), holding a dead
 process's record, or holding garbage. Exactly one process holds it every time; the others get `LockError`."""
+
 import json
 import multiprocessing as mp
 import os
@@ -24,9 +25,16 @@ def _dead_pid() -> int:
 
 def _stale_content(trial: int, dead: int) -> "str | None":
     """What the lock file holds before trial `trial`: nothing, empty, a dead holder's record, garbage."""
-    return [None, "", json.dumps({"pid": dead, "host": socket.gethostname()}), "5", "[1]",
-            json.dumps({"pid": 10 ** 20, "host": socket.gethostname()}), json.dumps({"pid": 0}),
-            json.dumps({"pid": -1, "host": socket.gethostname()})][trial % 8]
+    return [
+        None,
+        "",
+        json.dumps({"pid": dead, "host": socket.gethostname()}),
+        "5",
+        "[1]",
+        json.dumps({"pid": 10**20, "host": socket.gethostname()}),
+        json.dumps({"pid": 0}),
+        json.dumps({"pid": -1, "host": socket.gethostname()}),
+    ][trial % 8]
 
 
 def _contender(root: str, n_trials: int, start, done, results) -> None:

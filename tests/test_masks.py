@@ -29,16 +29,19 @@ PRETTR_LOW = table({"cls": "11100", "q": "11100", "sep1": "11100", "d": "00011",
 SPARSE = table({"cls": "11111", "q": "01100", "sep1": "01100", "d": "11111", "sep2": "11111"})
 
 
-@pytest.mark.parametrize("name,params,expected", [
-    ("none", {}, [FULL] * 6),
-    ("mask0", {}, [MASK0] * 6),
-    ("mask1", {}, [MASK1] * 6),
-    ("mask2", {}, [MASK2] * 6),
-    ("mask3", {"k": 2}, [MASK2_NO_QD] * 2 + [MASK2] * 4),
-    ("mask3", {"k": 6}, [MASK2_NO_QD] * 6),
-    ("prettr", {"k": 3}, [PRETTR_LOW] * 3 + [FULL] * 3),
-    ("sparse_ce", {}, [SPARSE] * 6),
-])
+@pytest.mark.parametrize(
+    "name,params,expected",
+    [
+        ("none", {}, [FULL] * 6),
+        ("mask0", {}, [MASK0] * 6),
+        ("mask1", {}, [MASK1] * 6),
+        ("mask2", {}, [MASK2] * 6),
+        ("mask3", {"k": 2}, [MASK2_NO_QD] * 2 + [MASK2] * 4),
+        ("mask3", {"k": 6}, [MASK2_NO_QD] * 6),
+        ("prettr", {"k": 3}, [PRETTR_LOW] * 3 + [FULL] * 3),
+        ("sparse_ce", {}, [SPARSE] * 6),
+    ],
+)
 def test_preset_tables_match_hand_written(name, params, expected):
     mask = InteractionMask.from_preset(name, num_layers=6, **params)
     for layer in range(6):
@@ -56,11 +59,17 @@ def test_json_round_trip(tmp_path):
 
 
 def test_design_doc_example_loads(tmp_path):
-    obj = {"format": "mice-mask/1", "name": "mask1", "num_layers": 6,
-           "rules": [{"block": ["q->cls", "d->cls", "sep1->*", "sep2->*"], "layers": "all"},
-                     {"allow": ["sep1->sep1", "sep2->sep2"], "layers": "all"},
-                     {"block": ["cls->d", "cls->sep2"], "layers": [0, 6]}],
-           "provenance": {"derived_from": "ablation.csv", "tolerance": 0.01}}
+    obj = {
+        "format": "mice-mask/1",
+        "name": "mask1",
+        "num_layers": 6,
+        "rules": [
+            {"block": ["q->cls", "d->cls", "sep1->*", "sep2->*"], "layers": "all"},
+            {"allow": ["sep1->sep1", "sep2->sep2"], "layers": "all"},
+            {"block": ["cls->d", "cls->sep2"], "layers": [0, 6]},
+        ],
+        "provenance": {"derived_from": "ablation.csv", "tolerance": 0.01},
+    }
     (tmp_path / "m.json").write_text(json.dumps(obj))
     m = InteractionMask.load(tmp_path / "m.json")
     assert not m.allowed(0, "q->cls") and m.allowed(0, "q->sep2") and not m.allowed(5, "cls->d")
@@ -77,15 +86,20 @@ def test_with_blocked_builds_mask3_from_mask2():
     assert m2.with_blocked("q->d", range(0, 2)) == InteractionMask.from_preset("mask3", 6, k=2)
 
 
-@pytest.mark.parametrize("rules,match", [
-    ([{"block": ["q->x"]}], r"rule 0 .*unknown segment 'x'"),
-    ([{"block": ["q-d"]}], r"rule 0 .*malformed path"),
-    ([{"block": ["q->d"], "layers": [4, 9]}], r"rule 0 .*outside the model's 6 layers"),
-    ([{"allow": ["q->d"]}, {"block": ["q->*"], "layers": [2, 3]}],
-     r"rule 1: segment 'q' is left with nothing .* layer 2"),
-    ([{"block": ["q->d"], "allow": ["q->q"]}], r"rule 0 .*exactly one of"),
-    ([{"block": ["q->d"], "layer": "all"}], r"unknown keys"),
-])
+@pytest.mark.parametrize(
+    "rules,match",
+    [
+        ([{"block": ["q->x"]}], r"rule 0 .*unknown segment 'x'"),
+        ([{"block": ["q-d"]}], r"rule 0 .*malformed path"),
+        ([{"block": ["q->d"], "layers": [4, 9]}], r"rule 0 .*outside the model's 6 layers"),
+        (
+            [{"allow": ["q->d"]}, {"block": ["q->*"], "layers": [2, 3]}],
+            r"rule 1: segment 'q' is left with nothing .* layer 2",
+        ),
+        ([{"block": ["q->d"], "allow": ["q->q"]}], r"rule 0 .*exactly one of"),
+        ([{"block": ["q->d"], "layer": "all"}], r"unknown keys"),
+    ],
+)
 def test_invalid_rules_name_the_rule(rules, match):
     with pytest.raises(MaskError, match=match):
         InteractionMask(6, rules)

@@ -2,6 +2,7 @@
 
 Both variants must agree across the three ways of scoring (autograd forward, `predict`'s no-grad shortcut, and
 the fast/index path), and only `none` collapses at b = 1."""
+
 from __future__ import annotations
 
 import random
@@ -18,8 +19,10 @@ from mice.models.testing import PAIRS, _WORDS, tiny_cross_encoder
 
 QUERIES = [q for q, _ in PAIRS]
 DOCS = [d for _, d in PAIRS]
-CORPUS = {f"doc{i}": " ".join(random.Random(i).choice(_WORDS) for _ in range(random.Random(50 + i).randint(2, 40)))
-          for i in range(24)}
+CORPUS = {
+    f"doc{i}": " ".join(random.Random(i).choice(_WORDS) for _ in range(random.Random(50 + i).randint(2, 40)))
+    for i in range(24)
+}
 LONG_QUERY = "sparse matrix sum along the given axis of the input array with default dtype"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,8 +61,8 @@ def test_uniform_cls_row_is_the_mean_value_through_the_sublayer(ce):
         for i in range(2):
             n = int(doc.mask[i].sum())
             values = m.cross[0].self.value(doc.hidden[i, :n])  # [n, H]: uniform weights over real tokens
-            expect = m.cross[0].output(values.mean(0)[None, None], qs.hidden[i:i + 1, :1])
-            torch.testing.assert_close(out[i:i + 1, :1], expect, atol=1e-6, rtol=0)
+            expect = m.cross[0].output(values.mean(0)[None, None], qs.hidden[i : i + 1, :1])
+            torch.testing.assert_close(out[i : i + 1, :1], expect, atol=1e-6, rtol=0)
     none = MICEModel.from_cross_encoder(ce, contextual_layers=2, interaction_layers=2)
     with torch.no_grad():
         assert torch.equal(none.cross_block(0, qs.hidden, doc)[:, 0], qs.hidden[:, 0])
@@ -93,8 +96,7 @@ def test_uniform_makes_the_last_cross_attention_live(ce):
 @pytest.mark.parametrize("mode", ["none", "uniform"])
 def test_index_path_matches_on_the_fly(ce, mode, tmp_path):
     m = MICEModel.from_cross_encoder(ce, contextual_layers=1, interaction_layers=3, cls_cross_attention=mode)
-    idx = build_index(m, CORPUS, tmp_path / "idx", IndexConfig(dtype="float32", kv=True, shard_size=10,
-                                                               batch_size=6))
+    idx = build_index(m, CORPUS, tmp_path / "idx", IndexConfig(dtype="float32", kv=True, shard_size=10, batch_size=6))
     ids = list(CORPUS)
     for q in (QUERIES[0], LONG_QUERY):  # short query: absorbed keys/values; long: projected
         ref = m.predict([(q, CORPUS[d]) for d in ids])
@@ -102,8 +104,9 @@ def test_index_path_matches_on_the_fly(ce, mode, tmp_path):
             rr = FastReranker(m, idx.path, use_kv=use_kv, batch_size=7)
             np.testing.assert_allclose(rr.score(q, ids), ref, atol=1e-5, rtol=0)
         for absorb in (True, False):
-            np.testing.assert_allclose(_fast_scores(FastMICE(m, absorb=absorb), q, [CORPUS[d] for d in ids]), ref,
-                                       atol=1e-5, rtol=0)
+            np.testing.assert_allclose(
+                _fast_scores(FastMICE(m, absorb=absorb), q, [CORPUS[d] for d in ids]), ref, atol=1e-5, rtol=0
+            )
 
 
 def test_mode_is_saved_and_validated(ce, tmp_path):
@@ -127,5 +130,9 @@ def test_query_length_is_overridable_when_loading(ce, tmp_path):
     assert as_saved.tokenize_queries([LONG_QUERY])["input_ids"].shape[1] == 6
     assert longer.tokenize_queries([LONG_QUERY])["input_ids"].shape[1] > 6
     assert not np.allclose(as_saved.predict(pairs), longer.predict(pairs), atol=1e-4)
-    np.testing.assert_allclose(longer.predict(pairs), MICEModel.from_cross_encoder(
-        ce, contextual_layers=2, interaction_layers=2, max_query_length=64).predict(pairs), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        longer.predict(pairs),
+        MICEModel.from_cross_encoder(ce, contextual_layers=2, interaction_layers=2, max_query_length=64).predict(pairs),
+        atol=1e-5,
+        rtol=0,
+    )

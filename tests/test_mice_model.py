@@ -1,4 +1,5 @@
 """MICE-ℓa+b: the semantics of the paper, on tiny random BERTs built in-process."""
+
 from __future__ import annotations
 
 import json
@@ -152,12 +153,16 @@ def test_gradients_flow_and_modes(tiny_dir):
     m.train()
     scores = m(QUERIES[:3], doc_batch=DOCS[:3])
     assert scores.shape == (3,) and scores.requires_grad
-    (scores ** 2).sum().backward()
+    (scores**2).sum().backward()
     grads = {name: p.grad for name, p in m.named_parameters()}
-    for name in ("cross.0.self.key.weight", "cross.0.output.dense.weight", "backbone.classifier.weight",
-                 "backbone.bert.encoder.layer.0.attention.self.query.weight",
-                 "backbone.bert.encoder.layer.3.output.dense.weight",
-                 "backbone.bert.embeddings.word_embeddings.weight"):
+    for name in (
+        "cross.0.self.key.weight",
+        "cross.0.output.dense.weight",
+        "backbone.classifier.weight",
+        "backbone.bert.encoder.layer.0.attention.self.query.weight",
+        "backbone.bert.encoder.layer.3.output.dense.weight",
+        "backbone.bert.embeddings.word_embeddings.weight",
+    ):
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
     # the last layer's cross-attention cannot reach `[CLS]`: a zero (not missing) gradient, as DDP expects
     assert grads["cross.1.self.query.weight"] is not None and grads["cross.1.self.query.weight"].abs().sum() == 0

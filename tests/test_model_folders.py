@@ -1,6 +1,7 @@
 """Model folders checked against their config before anything is scored: a layer count that disagrees with the
 weights, missing, unexpected or mis-shaped tensors, a missing tokenizer, non-finite weights. Each is one
 `ModelError` naming the file and the tensor, through the API and through `mice score`."""
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ def _nan(name):
     def edit(w):
         w[name] = w[name].clone()
         w[name].view(-1)[0] = float("nan")
+
     return edit
 
 
@@ -46,6 +48,7 @@ def _inf(name):
     def edit(w):
         w[name] = w[name].clone()
         w[name].view(-1)[-1] = float("inf")
+
     return edit
 
 
@@ -56,6 +59,7 @@ def _extra(w):
 def _reshape(name):
     def edit(w):
         w[name] = torch.zeros(w[name].shape[0] + 1, *w[name].shape[1:])
+
     return edit
 
 
@@ -67,18 +71,28 @@ def _no_tokenizer(folder):
 CASES = {  # name -> (how the folder is damaged, what the error must name)
     "config says more layers": (lambda f: _edit_config(f, num_hidden_layers=5), ["config.json", "5", "3 layers"]),
     "config says fewer layers": (lambda f: _edit_config(f, num_hidden_layers=1), ["config.json", "1", "3 layers"]),
-    "missing tensor": (lambda f: _edit_weights(f, _drop("bert.encoder.layer.2.output.dense.weight")),
-                       ["model.safetensors", "bert.encoder.layer.2.output.dense.weight", "missing"]),
-    "missing classifier": (lambda f: _edit_weights(f, _drop("classifier.weight")),
-                           ["model.safetensors", "classifier.weight", "missing"]),
+    "missing tensor": (
+        lambda f: _edit_weights(f, _drop("bert.encoder.layer.2.output.dense.weight")),
+        ["model.safetensors", "bert.encoder.layer.2.output.dense.weight", "missing"],
+    ),
+    "missing classifier": (
+        lambda f: _edit_weights(f, _drop("classifier.weight")),
+        ["model.safetensors", "classifier.weight", "missing"],
+    ),
     "unexpected tensor": (lambda f: _edit_weights(f, _extra), ["model.safetensors", "attention.self.extra"]),
-    "mis-shaped tensor": (lambda f: _edit_weights(f, _reshape("bert.encoder.layer.0.intermediate.dense.weight")),
-                          ["model.safetensors", "bert.encoder.layer.0.intermediate.dense.weight", "shape"]),
+    "mis-shaped tensor": (
+        lambda f: _edit_weights(f, _reshape("bert.encoder.layer.0.intermediate.dense.weight")),
+        ["model.safetensors", "bert.encoder.layer.0.intermediate.dense.weight", "shape"],
+    ),
     "no tokenizer": (_no_tokenizer, ["no tokenizer"]),
-    "NaN classifier": (lambda f: _edit_weights(f, _nan("classifier.weight")),
-                       ["model.safetensors", "classifier.weight", "NaN"]),
-    "inf in a layer": (lambda f: _edit_weights(f, _inf("bert.encoder.layer.0.attention.self.query.weight")),
-                       ["model.safetensors", "bert.encoder.layer.0.attention.self.query.weight", "inf"]),
+    "NaN classifier": (
+        lambda f: _edit_weights(f, _nan("classifier.weight")),
+        ["model.safetensors", "classifier.weight", "NaN"],
+    ),
+    "inf in a layer": (
+        lambda f: _edit_weights(f, _inf("bert.encoder.layer.0.attention.self.query.weight")),
+        ["model.safetensors", "bert.encoder.layer.0.attention.self.query.weight", "inf"],
+    ),
 }
 
 

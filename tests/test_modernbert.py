@@ -4,6 +4,7 @@ by mask, masked scoring vs an independent computation, fast vs naive sweeps, and
 Tiny random ModernBERTs (4 layers: global, local, local, global; a window of ±8 tokens) on pairs longer than the
 window, so padding, the window and the interaction mask all meet in the local layers.
 """
+
 import json
 
 import pytest
@@ -27,8 +28,19 @@ def tiny_mb(tmp_path_factory):
     from mice.models.testing import tiny_cross_encoder
 
     root = tmp_path_factory.mktemp("modernbert")
-    return {p: tiny_cross_encoder(root / p, family="modernbert", num_layers=4, hidden=64, heads=4, intermediate=96,
-                                  pooling=p, local_attention=16) for p in POOLINGS}
+    return {
+        p: tiny_cross_encoder(
+            root / p,
+            family="modernbert",
+            num_layers=4,
+            hidden=64,
+            heads=4,
+            intermediate=96,
+            pooling=p,
+            local_attention=16,
+        )
+        for p in POOLINGS
+    }
 
 
 def _plain(folder, impl="eager", **config):
@@ -169,14 +181,35 @@ def test_cli_score_and_sweep(tiny_mb, tmp_path):
     ds, run = planted_dataset()
     write_beir(ds, tmp_path / "beir")
     write_run(run, tmp_path / "run.trec")
-    res = r.invoke(app, ["ablate", "sweep", "--model", str(folder), "--dataset", str(tmp_path / "beir"),
-                         "--split", "test", "--run", str(tmp_path / "run.trec"), "--k", "8", "--max-queries", "4",
-                         "--out", str(tmp_path / "sw.csv"), "--layers", "1:3", "--paths", "q->d,cls->q"])
+    res = r.invoke(
+        app,
+        [
+            "ablate",
+            "sweep",
+            "--model",
+            str(folder),
+            "--dataset",
+            str(tmp_path / "beir"),
+            "--split",
+            "test",
+            "--run",
+            str(tmp_path / "run.trec"),
+            "--k",
+            "8",
+            "--max-queries",
+            "4",
+            "--out",
+            str(tmp_path / "sw.csv"),
+            "--layers",
+            "1:3",
+            "--paths",
+            "q->d,cls->q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "4 knockouts" in res.output
     meta = json.loads((tmp_path / "sw.meta.json").read_text())
     assert meta["model_spec"] == str(folder)
-
 
 
 # ---------------------------------------------------------------------- MICE from ModernBERT
@@ -201,8 +234,9 @@ def test_mice_from_index_equals_on_the_fly(tiny_mb, tmp_path, cls_cross):
     from mice.index.store import IndexConfig, build_index
 
     # contextual layers 0 (global) and 1 (local: documents exceed its window), interaction layers 2 (local), 3
-    m = MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=2, interaction_layers=2,
-                                     cls_cross_attention=cls_cross)
+    m = MICEModel.from_cross_encoder(
+        tiny_mb["cls"], contextual_layers=2, interaction_layers=2, cls_cross_attention=cls_cross
+    )
     ids = list(CORPUS)
     idx = build_index(m, CORPUS, tmp_path / "idx", IndexConfig(dtype="float32", kv=True, shard_size=8, batch_size=5))
     readers = [FastReranker(m, idx.path, use_kv=use_kv, batch_size=7) for use_kv in (False, True)]
@@ -212,8 +246,11 @@ def test_mice_from_index_equals_on_the_fly(tiny_mb, tmp_path, cls_cross):
     worst = 0.0
     for q in QUERIES:
         ref = torch.as_tensor(m.predict([(q, CORPUS[d]) for d in ids]))
-        worst = max(worst, (fast.score_states(fast.prepare(q), states) - ref).abs().max().item(),
-                    *[(torch.as_tensor(rr.score(q, ids)) - ref).abs().max().item() for rr in readers])
+        worst = max(
+            worst,
+            (fast.score_states(fast.prepare(q), states) - ref).abs().max().item(),
+            *[(torch.as_tensor(rr.score(q, ids)) - ref).abs().max().item() for rr in readers],
+        )
         assert ref.std() > 1e-3  # documents matter
     assert worst <= 1e-5
     assert idx.has_kv and readers[1].use_kv
@@ -235,8 +272,9 @@ def test_mice_contextual_layers_equal_plain_hf(tiny_mb):
     hf = _plain(tiny_mb["cls"])
     with torch.no_grad():
         ours = m.encode_doc_batch(batch)
-        ref = hf.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       output_hidden_states=True).hidden_states[2]
+        ref = hf.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        ).hidden_states[2]
     keep = ours.mask
     assert (ours.hidden[keep] - ref[keep]).abs().max() <= 1e-5
 
@@ -253,7 +291,7 @@ def test_mice_modernbert_cross_attention_follows_the_authors(tiny_mb, tmp_path):
     for j in range(2):
         attn = m.layers[2 + j].attn
         for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-            assert torch.equal(getattr(m.cross[j], name).weight, attn.Wqkv.weight[i * H:(i + 1) * H])
+            assert torch.equal(getattr(m.cross[j], name).weight, attn.Wqkv.weight[i * H : (i + 1) * H])
         assert torch.equal(m.cross[j].Wo.weight, attn.Wo.weight)
         assert m.cross[j].Wo.weight.data_ptr() != attn.Wo.weight.data_ptr()
     pairs = [(QUERIES[0], CORPUS[d]) for d in list(CORPUS)[:8]]
@@ -263,8 +301,9 @@ def test_mice_modernbert_cross_attention_follows_the_authors(tiny_mb, tmp_path):
     one = MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=3, interaction_layers=1)
     assert np.ptp(one.predict(pairs)) < 1e-5  # [CLS] reads the query before the query reads the document
     assert np.ptp(m.predict(pairs)) > 1e-4
-    uni = MICEModel.from_cross_encoder(tiny_mb["cls"], contextual_layers=3, interaction_layers=1,
-                                       cls_cross_attention="uniform")
+    uni = MICEModel.from_cross_encoder(
+        tiny_mb["cls"], contextual_layers=3, interaction_layers=1, cls_cross_attention="uniform"
+    )
     assert np.ptp(uni.predict(pairs)) > 1e-4  # the authors' variant: [CLS] reads the document's mean value
     with pytest.raises(ModelError, match="pools by 'mean'"):
         MICEModel.from_cross_encoder(tiny_mb["mean"], contextual_layers=2, interaction_layers=2)
@@ -281,11 +320,25 @@ def test_training_smoke_each_mode(tmp_path, monkeypatch, mode):
 
     monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
     data = write_beir(tmp_path / "data")
-    student = tiny_cross_encoder(tmp_path / "student", family="modernbert", num_layers=3, hidden=64, heads=4,
-                                 intermediate=96)
+    student = tiny_cross_encoder(
+        tmp_path / "student", family="modernbert", num_layers=3, hidden=64, heads=4, intermediate=96
+    )
     out = tmp_path / "out"
-    result = run_cli("--preset", "tiny", "--mode", mode, "--model", student, "--dataset", data, "-o", out,
-                     "--max-steps", 3, "--quiet")
+    result = run_cli(
+        "--preset",
+        "tiny",
+        "--mode",
+        mode,
+        "--model",
+        student,
+        "--dataset",
+        data,
+        "-o",
+        out,
+        "--max-steps",
+        3,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert json.loads((out / "summary.json").read_text())["status"] == "ok"
     scorer = load(out / "best")
@@ -317,20 +370,7 @@ def test_cli_commands_on_modernbert_folders(tiny_mb, tmp_path):
     MICEModel.from_cross_encoder(folder, contextual_layers=2, interaction_layers=2).save_pretrained(mice_dir)
     r = CliRunner()
     out = {name: tmp_path / name for name in ("r.trec", "p.parquet", "a.parquet", "pr.csv", "idx", "ri.trec", "b.csv")}
-    commands = [
-        ["rerank", "--model", str(folder), *data, "--out", str(out["r.trec"])],
-        ["probe", "attention", "--model", str(folder), *data, "--max-queries", "4", "--out", str(out["p.parquet"])],
-        ["ablate", "attribute", "--model", str(folder), *data, "--modes", "renorm", "--max-queries", "4",
-         "--out", str(out["a.parquet"])],
-        ["ablate", "presets", "--model", str(folder), *data, "--presets", "mask0,mask2", "--max-queries", "4",
-         "--out", str(out["pr.csv"])],
-        ["index", "build", "--model", str(mice_dir), "--dataset", str(tmp_path / "beir"), "--out", str(out["idx"]),
-         "--shard-size", "8", "--storage-dtype", "float32"],
-        ["rerank", "--model", str(mice_dir), "--index", str(out["idx"]), *data, "--out", str(out["ri.trec"])],
-        ["bench", "latency", "--model", str(folder), "--arch", "2+2", "--docs", "3", "--query-len", "8",
-         "--doc-len", "24", "--repeats", "1", "--warmup", "0", "--batch-size", "2", "--threads", "1",
-         "--out", str(out["b.csv"])],
-    ]
+    commands = _cli_commands(folder, mice_dir, data, tmp_path, out)
     for command in commands:
         res = r.invoke(app, command)
         assert res.exit_code == 0, (command[:2], res.output, repr(res.exception))
@@ -345,6 +385,79 @@ def test_cli_commands_on_modernbert_folders(tiny_mb, tmp_path):
     assert {"cross-encoder", "mice", "mice-index", "mice-kv"} <= set(bench["method"])
 
 
+def _cli_commands(folder, mice_dir, data, tmp_path, out) -> list[list[str]]:
+    """The commands `test_cli_commands_on_modernbert_folders` runs, each writing its file of `out`."""
+    return [
+        ["rerank", "--model", str(folder), *data, "--out", str(out["r.trec"])],
+        ["probe", "attention", "--model", str(folder), *data, "--max-queries", "4", "--out", str(out["p.parquet"])],
+        [
+            "ablate",
+            "attribute",
+            "--model",
+            str(folder),
+            *data,
+            "--modes",
+            "renorm",
+            "--max-queries",
+            "4",
+            "--out",
+            str(out["a.parquet"]),
+        ],
+        [
+            "ablate",
+            "presets",
+            "--model",
+            str(folder),
+            *data,
+            "--presets",
+            "mask0,mask2",
+            "--max-queries",
+            "4",
+            "--out",
+            str(out["pr.csv"]),
+        ],
+        [
+            "index",
+            "build",
+            "--model",
+            str(mice_dir),
+            "--dataset",
+            str(tmp_path / "beir"),
+            "--out",
+            str(out["idx"]),
+            "--shard-size",
+            "8",
+            "--storage-dtype",
+            "float32",
+        ],
+        ["rerank", "--model", str(mice_dir), "--index", str(out["idx"]), *data, "--out", str(out["ri.trec"])],
+        [
+            "bench",
+            "latency",
+            "--model",
+            str(folder),
+            "--arch",
+            "2+2",
+            "--docs",
+            "3",
+            "--query-len",
+            "8",
+            "--doc-len",
+            "24",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out["b.csv"]),
+        ],
+    ]
+
+
 @pytest.mark.integration
 def test_demo_runs_end_to_end_on_a_tiny_modernbert(tmp_path):
     """`mice demo --preset tiny --backbone tiny-modernbert`: every stage (training in the three modes, probes,
@@ -355,11 +468,20 @@ def test_demo_runs_end_to_end_on_a_tiny_modernbert(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "MICE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "MICE_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     out = tmp_path / "demo"
-    res = subprocess.run([sys.executable, "-m", "mice", "demo", "--preset", "tiny", "--backbone", "tiny-modernbert",
-                          "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-m", "mice", "demo", "--preset", "tiny", "--backbone", "tiny-modernbert", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     for stage in ("cross_encoder", "masked", "mice"):
         config = json.loads((out / stage / "train" / "best" / "config.json").read_text())

@@ -1,6 +1,7 @@
 """The paper-* presets: their settings against the authors' configs, and their plumbing end to end on tiny local
 files shaped like the `irds:` sources (train triples with teacher scores, a dev set with a dev.small exclusion
 list), two seeds each."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # validation_interval × steps_per_epoch steps (the masked and MICE configs: 100 × 100; the baseline's 25 × 100 is
 # the one exception, the paper's text says 10k for all).
 AUTHORS = {
-    "base": "microsoft/MiniLM-L12-H384-uncased", "lr": 7e-6, "weight_decay": 0.0, "batch_size": 32,
-    "num_warmup_steps": 5000, "steps_per_epoch": 100, "max_epochs": 1250, "validation_interval": 100,
-    "validation_size": 500, "validation_top_k": 100, "loss": "marginMSE", "max_grad_norm": 1.0,
-    "nb_repetitions": 5, "mice_l4": {"merge_layer": 4, "drop_layer": 7}, "mask3_l4": {"end_layer": 4},
+    "base": "microsoft/MiniLM-L12-H384-uncased",
+    "lr": 7e-6,
+    "weight_decay": 0.0,
+    "batch_size": 32,
+    "num_warmup_steps": 5000,
+    "steps_per_epoch": 100,
+    "max_epochs": 1250,
+    "validation_interval": 100,
+    "validation_size": 500,
+    "validation_top_k": 100,
+    "loss": "marginMSE",
+    "max_grad_norm": 1.0,
+    "nb_repetitions": 5,
+    "mice_l4": {"merge_layer": 4, "drop_layer": 7},
+    "mask3_l4": {"end_layer": 4},
 }
 
 
@@ -50,8 +62,10 @@ def test_paper_recipe_matches_the_authors_configs():
         assert cfg.head_lr is None
     assert preset("paper-minilm-ce").model == AUTHORS["base"]
     mice = preset("paper-minilm-mice-l4+3")
-    assert (mice.contextual_layers, mice.contextual_layers + mice.interaction_layers) == \
-        (AUTHORS["mice_l4"]["merge_layer"], AUTHORS["mice_l4"]["drop_layer"])
+    assert (mice.contextual_layers, mice.contextual_layers + mice.interaction_layers) == (
+        AUTHORS["mice_l4"]["merge_layer"],
+        AUTHORS["mice_l4"]["drop_layer"],
+    )
     assert preset("paper-minilm-mask3-l4").mask == f"mask3:k={AUTHORS['mask3_l4']['end_layer']}"
     assert preset("paper-ettin17m-mice-l3+3").model == "jhu-clsp/ettin-encoder-17m"
     assert preset("paper-ettin32m-mice-l4+3").model == "jhu-clsp/ettin-encoder-32m"
@@ -62,16 +76,26 @@ def test_paper_recipe_matches_the_authors_configs():
 
 
 def test_show_config_prints_the_paper_settings():
-    r = CliRunner().invoke(app, ["train", "--preset", "paper-minilm-mask3-l6", "--seeds", "0,1,2,3,4",
-                                 "--show-config"])
+    r = CliRunner().invoke(app, ["train", "--preset", "paper-minilm-mask3-l6", "--seeds", "0,1,2,3,4", "--show-config"])
     assert r.exit_code == 0, r.output
     cfg = json.loads(r.output)
     assert cfg["mode"] == "masked" and cfg["mask"] == "mask3:k=6" and cfg["weight_decay"] == 0.0
     assert cfg["seeds"] == [0, 1, 2, 3, 4] and cfg["lr"] == 7e-6 and cfg["eval_every"] == 10_000
     cfg.pop("seeds")
     assert TrainConfig.from_dict(cfg).to_dict() == cfg
-    r = CliRunner().invoke(app, ["train", "--preset", "paper-minilm-mice-l4+3", "--set", "max_query_length=64",
-                                 "--set", "cls_cross_attention=uniform", "--show-config"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "paper-minilm-mice-l4+3",
+            "--set",
+            "max_query_length=64",
+            "--set",
+            "cls_cross_attention=uniform",
+            "--show-config",
+        ],
+    )
     cfg = json.loads(r.output)
     assert cfg["max_query_length"] == 64 and cfg["max_length"] == 512 and cfg["cls_cross_attention"] == "uniform"
 
@@ -104,7 +128,8 @@ def _paper_like_files(root):
     (data / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
     for split, rows in qrels.items():
         (data / "qrels" / f"{split}.tsv").write_text(
-            "query-id\tcorpus-id\tscore\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows))
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows)
+        )
     lines = []
     for q in range(20):
         for _ in range(3):
@@ -131,13 +156,33 @@ def env(tmp_path_factory):
 
 def _offline(env, out) -> list[str]:
     """What replaces the online sources: the local files, and sizes a tiny model can take."""
-    settings = {"dev_dataset": env["data"], "dev_exclude": env["root"] / "dev-small.tsv",
-                "teacher": env["root"] / "triples.tsv", "max_length": 48, "max_query_length": 16, "batch_size": 2,
-                "warmup_steps": 1, "eval_every": 2, "save_every": 2, "dev_queries": 5, "dev_top_k": 5,
-                "eval_batch_size": 16}
+    settings = {
+        "dev_dataset": env["data"],
+        "dev_exclude": env["root"] / "dev-small.tsv",
+        "teacher": env["root"] / "triples.tsv",
+        "max_length": 48,
+        "max_query_length": 16,
+        "batch_size": 2,
+        "warmup_steps": 1,
+        "eval_every": 2,
+        "save_every": 2,
+        "dev_queries": 5,
+        "dev_top_k": 5,
+        "eval_batch_size": 16,
+    }
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    return ["--model", str(env["encoder"]), "--dataset", str(env["data"]), "--max-steps", "2", *sets, "-o", str(out),
-            "--quiet"]
+    return [
+        "--model",
+        str(env["encoder"]),
+        "--dataset",
+        str(env["data"]),
+        "--max-steps",
+        "2",
+        *sets,
+        "-o",
+        str(out),
+        "--quiet",
+    ]
 
 
 @pytest.mark.parametrize("name", list(PAPER_MODELS))
@@ -172,10 +217,23 @@ def test_validation_never_sees_the_excluded_queries(env):
     from mice.train.loop import Trainer
 
     out = env["root"] / "runs" / "dev-check"
-    cfg = preset("paper-minilm-ce", model=str(env["encoder"]), dataset=str(env["data"]),
-                 dev_dataset=str(env["data"]), dev_exclude=str(env["root"] / "dev-small.tsv"),
-                 teacher=str(env["root"] / "triples.tsv"), max_length=48, batch_size=2, max_steps=1,
-                 warmup_steps=1, eval_every=1, save_every=1, dev_queries=5, dev_top_k=5, output=str(out))
+    cfg = preset(
+        "paper-minilm-ce",
+        model=str(env["encoder"]),
+        dataset=str(env["data"]),
+        dev_dataset=str(env["data"]),
+        dev_exclude=str(env["root"] / "dev-small.tsv"),
+        teacher=str(env["root"] / "triples.tsv"),
+        max_length=48,
+        batch_size=2,
+        max_steps=1,
+        warmup_steps=1,
+        eval_every=1,
+        save_every=1,
+        dev_queries=5,
+        dev_top_k=5,
+        output=str(out),
+    )
     trainer = Trainer(cfg, quiet=True)
     trainer.train()
     used = set(trainer.dev["qrels"]["query_id"])
@@ -189,7 +247,7 @@ def test_missing_hofstatter_file_names_the_download(env, monkeypatch):
     out = env["root"] / "runs" / "no-teacher"
     args = [a for a in _offline(env, out)]
     i = args.index(f"teacher={env['root'] / 'triples.tsv'}")
-    del args[i - 1:i + 1]
+    del args[i - 1 : i + 1]
     result = CliRunner().invoke(app, ["train", "--preset", "paper-minilm-ce", *args])
     assert isinstance(result.exception, DataError)
     assert "zenodo" in str(result.exception) and "nope.tsv" in str(result.exception)

@@ -1,5 +1,6 @@
 """The paper's significance test: Welch's t-test on per-query values averaged over seeds (`mice evaluate
 --paper-test`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_welch_on_seed_averages_matches_hand_computation():
     # Welch by hand: t = (m1 - m2) / sqrt(s1²/n1 + s2²/n2), Welch–Satterthwaite degrees of freedom
     v1, v2 = better.var(ddof=1) / N_Q, base.var(ddof=1) / N_Q
     t = (better.mean() - base.mean()) / np.sqrt(v1 + v2)
-    dof = (v1 + v2) ** 2 / (v1 ** 2 / (N_Q - 1) + v2 ** 2 / (N_Q - 1))
+    dof = (v1 + v2) ** 2 / (v1**2 / (N_Q - 1) + v2**2 / (N_Q - 1))
     p = 2 * stats.t.sf(abs(t), dof)
     assert np.isclose(res.loc["better", "p_welch"], p, rtol=1e-9)
     assert np.isclose(res.loc["better", "value"], better.mean())
@@ -66,9 +67,21 @@ def test_cli_groups_seeds_and_prints_arrows(tmp_path):
     for system, (lo, hi) in {"ce": (2, 8), "mice": (0, 2)}.items():
         files[system] = [write_run(r, tmp_path / f"{system}-{k}.trec") for k, r in enumerate(_seeds(rng, lo, hi, 2))]
     out = tmp_path / "paper.csv"
-    args = ["evaluate", "ce=" + ",".join(map(str, files["ce"])), "mice=" + ",".join(map(str, files["mice"])),
-            "--qrels", str(qrels), "--metrics", "RR@10", "--resamples", "200", "--paper-test", "ce",
-            "--paper-results", str(out)]
+    args = [
+        "evaluate",
+        "ce=" + ",".join(map(str, files["ce"])),
+        "mice=" + ",".join(map(str, files["mice"])),
+        "--qrels",
+        str(qrels),
+        "--metrics",
+        "RR@10",
+        "--resamples",
+        "200",
+        "--paper-test",
+        "ce",
+        "--paper-results",
+        str(out),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "ce#0" in result.output and "mice#1" in result.output  # every seed is evaluated on its own

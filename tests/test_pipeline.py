@@ -101,8 +101,7 @@ def test_a_sigkilled_attempts_time_is_kept_by_the_heartbeat(tmp_path):
     script = tmp_path / "slow.py"
     script.write_text(SLOW_STAGE)
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], env=env,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], env=env, stderr=subprocess.PIPE)
     marker = tmp_path / "run" / ".k.partial" / PARTIAL
     deadline = time.time() + 120
     while True:
@@ -127,8 +126,14 @@ def test_the_report_says_which_stages_took_several_attempts_and_which_did_not_co
     from mice.files import read_table, write_table
     from mice.app.report import report_markdown
 
-    timings = pd.DataFrame({"stage": ["a", "b", "c"], "seconds": [1.0, 5.0, 2.0], "cached": [True, False, True],
-                            "attempts": pd.array([1, 3, None], dtype="Int64")})
+    timings = pd.DataFrame(
+        {
+            "stage": ["a", "b", "c"],
+            "seconds": [1.0, 5.0, 2.0],
+            "cached": [True, False, True],
+            "attempts": pd.array([1, 3, None], dtype="Int64"),
+        }
+    )
     write_table(timings, tmp_path / "timings.csv")
     md = report_markdown(tmp_path, env={}, timings=read_table(tmp_path / "timings.csv"))
     assert "| b | 5.0 | False | 3 |" in md and "| c | 2.0 | True |  |" in md

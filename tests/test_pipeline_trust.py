@@ -1,5 +1,6 @@
 """Demo stages resume only the partial work made under their own key: a stage killed with SIGKILL
 after its model was trained, rerun with another `ce_steps`, must train and record the new model."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ demo.pipe.run("cross_encoder", stage, key=demo.key(("dataset", "train_preset", "
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def test_sigkilled_stage_rerun_with_another_key_trains_the_new_setting(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 """Attention-path probes: masses are proper distributions, masks show up, results and figures round-trip."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,8 +90,9 @@ def test_attention_figures_render_from_saved_files(planted, tmp_path):
     out = tmp_path / "probe.csv"
     probe_attention(str(folder), ds, out, split="test", run=run, k=3, max_queries=2, examples=1)
     png = ("png",)
-    made = plot_layer_heatmaps(out, tmp_path / "layers", formats=png) + plot_head_grid(out, tmp_path / "heads",
-                                                                                     formats=png)
+    made = plot_layer_heatmaps(out, tmp_path / "layers", formats=png) + plot_head_grid(
+        out, tmp_path / "heads", formats=png
+    )
     made += plot_example(tmp_path / "probe.examples.npz", tmp_path / "example", layer=2, head=0, formats=png)
     assert [p.name for p in made] == ["layers.png", "heads.png", "example.png"]
     for p in made:

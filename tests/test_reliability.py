@@ -2,6 +2,7 @@
 
 Every kill here is a real SIGKILL of a `mice` subprocess, taken while its `.partial` sidecar holds some but not all
 queries."""
+
 import json
 import os
 import signal
@@ -22,8 +23,14 @@ N_QUERIES, N_DOCS = 120, 12
 
 
 def _env(tmp_path):
-    return {**os.environ, "MICE_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return {
+        **os.environ,
+        "MICE_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +46,25 @@ def big(tmp_path_factory):
 
 def _rerank_cmd(big, out, *extra):
     folder, run_path, model = big
-    return [sys.executable, "-m", "mice", "rerank", "--model", str(model), "--dataset", str(folder), "--run",
-            str(run_path), "--out", str(out), "--k", str(N_DOCS), "--batch-size", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mice",
+        "rerank",
+        "--model",
+        str(model),
+        "--dataset",
+        str(folder),
+        "--run",
+        str(run_path),
+        "--out",
+        str(out),
+        "--k",
+        str(N_DOCS),
+        "--batch-size",
+        "1",
+        *extra,
+    ]
 
 
 def _kill_midway(cmd, partial: Path, env) -> None:
@@ -111,8 +135,17 @@ def test_resume_after_weights_changed_in_place_is_refused(big, tmp_path):
     assert res.returncode == 2 and "weights" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("option,value", [("--batch-size", "-4"), ("--batch-size", "0"), ("--k", "0"),
-                                          ("--k", "-3"), ("--max-length", "0"), ("--max-length", "1")])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--batch-size", "-4"),
+        ("--batch-size", "0"),
+        ("--k", "0"),
+        ("--k", "-3"),
+        ("--max-length", "0"),
+        ("--max-length", "1"),
+    ],
+)
 def test_bad_numbers_are_refused_before_any_work(big, tmp_path, option, value):
     from test_fuzz_inputs import check, run_main
 
@@ -178,7 +211,8 @@ def test_options_a_scorer_cannot_honour_are_refused(tiny_bert, tmp_path):
 
     three = tiny_cross_encoder(tmp_path / "three", num_layers=3)  # b = 2: [CLS] sees the document through q
     mice_dir = MICEModel.from_cross_encoder(three, contextual_layers=1, interaction_layers=2).save_pretrained(
-        tmp_path / "mice")
+        tmp_path / "mice"
+    )
     with pytest.raises(ModelError, match="--mask does not apply"):
         load(mice_dir, mask="mask2")
     with pytest.raises(ModelError, match="--index"):
@@ -211,10 +245,17 @@ def test_scoring_defaults_to_the_trained_length(tiny_bert, tmp_path, caplog):
 
 
 # ----------------------------------------------------------------------------------------------- masks
-@pytest.mark.parametrize("rule,match", [({"block": 5}, "rule 0"), ({"block": None}, "rule 0"),
-                                        ({"block": []}, "rule 0"), ({"allow": [3]}, "rule 0"),
-                                        ({"block": ["q->d"], "layers": {"start": 2}}, "rule 0"),
-                                        ({"block": ["q->d"], "layers": "some"}, "rule 0")])
+@pytest.mark.parametrize(
+    "rule,match",
+    [
+        ({"block": 5}, "rule 0"),
+        ({"block": None}, "rule 0"),
+        ({"block": []}, "rule 0"),
+        ({"allow": [3]}, "rule 0"),
+        ({"block": ["q->d"], "layers": {"start": 2}}, "rule 0"),
+        ({"block": ["q->d"], "layers": "some"}, "rule 0"),
+    ],
+)
 def test_wrong_typed_mask_rules_are_mask_errors(rule, match):
     with pytest.raises(MaskError, match=match):
         InteractionMask(6, [rule])
@@ -235,8 +276,9 @@ def test_one_layer_convention():
     assert [l for l in range(6) if not as_list.allowed(l, "q->d")] == [0, 3]
     assert [l for l in range(6) if not as_range.allowed(l, "q->d")] == [0, 1, 2]
     assert py_range == as_range
-    v1 = InteractionMask.from_dict({"format": "mice-mask/1", "num_layers": 6,
-                                    "rules": [{"block": ["q->d"], "layers": [0, 3]}]})
+    v1 = InteractionMask.from_dict(
+        {"format": "mice-mask/1", "num_layers": 6, "rules": [{"block": ["q->d"], "layers": [0, 3]}]}
+    )
     assert v1 == as_range and InteractionMask.from_dict(v1.to_dict()) == as_range
 
 
@@ -275,12 +317,20 @@ def test_a_second_process_on_a_locked_output_is_refused(big, tmp_path):
     env = _env(tmp_path)
     out = tmp_path / "l.trec"
     ready = tmp_path / "ready"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time, pathlib\n"
-        "from mice.identity import output_lock\n"
-        f"with output_lock({str(out)!r}):\n"
-        f"    pathlib.Path({str(ready)!r}).write_text('1')\n"
-        "    time.sleep(120)\n")], env=env)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time, pathlib\n"
+                "from mice.identity import output_lock\n"
+                f"with output_lock({str(out)!r}):\n"
+                f"    pathlib.Path({str(ready)!r}).write_text('1')\n"
+                "    time.sleep(120)\n"
+            ),
+        ],
+        env=env,
+    )
     try:
         deadline = time.time() + 60
         while not ready.exists() and time.time() < deadline:

@@ -1,6 +1,7 @@
 """`report.html` built from a run folder whose tables carry Markdown and HTML in every string cell, opened in
 headless Chromium: no script of theirs runs (`window.__pwned` stays undefined, no dialog opens), the DOM shows
 their text as text, and no file from outside the run folder is inlined."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -9,9 +10,15 @@ import pytest
 from test_viz_browser import Opened, browser  # noqa: F401 (the fixture)
 
 SECRET = "outside-the-run-0451"  # the content of a file beside the run folder, which must never be inlined
-HOSTILE = ["<script>window.__pwned = 1</script>", "<img src=x onerror=\"window.__pwned = 2\">",
-           "![x](/etc/hostname)", "![y](../secret.png)", "[z](javascript:window.__pwned=3)",
-           "<svg onload=\"window.__pwned = 4\">", "**bold** `code` | pipe"]
+HOSTILE = [
+    "<script>window.__pwned = 1</script>",
+    '<img src=x onerror="window.__pwned = 2">',
+    "![x](/etc/hostname)",
+    "![y](../secret.png)",
+    "[z](javascript:window.__pwned=3)",
+    '<svg onload="window.__pwned = 4">',
+    "**bold** `code` | pipe",
+]
 
 
 def _hostile_run(root):
@@ -20,10 +27,19 @@ def _hostile_run(root):
     (root / "bench").mkdir()
     n = len(HOSTILE)
     pd.DataFrame({"domain": HOSTILE, "split": ["test"] * n, "queries": range(1, n + 1)}).to_csv(
-        root / "data" / "sizes.csv", index=False)
-    pd.DataFrame({"method": HOSTILE, "doc_len": [64] * n, "median_ms": [1.5] * n, "docs": [100] * n,
-                  "query_len": [8] * n, "device": [HOSTILE[1]] * n, "threads": [1] * n}).to_csv(
-        root / "bench" / "bench.csv", index=False)
+        root / "data" / "sizes.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "method": HOSTILE,
+            "doc_len": [64] * n,
+            "median_ms": [1.5] * n,
+            "docs": [100] * n,
+            "query_len": [8] * n,
+            "device": [HOSTILE[1]] * n,
+            "threads": [1] * n,
+        }
+    ).to_csv(root / "bench" / "bench.csv", index=False)
     pd.DataFrame({"stage": HOSTILE, "seconds": [1.0] * n}).to_csv(root / "timings.csv", index=False)
     return root
 
@@ -37,8 +53,11 @@ def test_hostile_cells_run_no_script_show_as_text_and_inline_nothing_from_outsid
     page_text = html_path.read_text()
     import base64
 
-    for needle in (SECRET, base64.b64encode(SECRET.encode()).decode()[:16], open("/etc/hostname").read().strip()
-                   and base64.b64encode(open("/etc/hostname", "rb").read()).decode()[:16]):
+    for needle in (
+        SECRET,
+        base64.b64encode(SECRET.encode()).decode()[:16],
+        open("/etc/hostname").read().strip() and base64.b64encode(open("/etc/hostname", "rb").read()).decode()[:16],
+    ):
         assert needle not in page_text  # neither the secret nor /etc/hostname, raw or as base64
     assert "data:image" not in page_text.split("<main", 1)[1]
 

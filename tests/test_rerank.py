@@ -1,4 +1,5 @@
 """Re-ranking with a real tiny cross-encoder: scores, resumption after a crash (byte-identical), CLI."""
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -138,8 +139,24 @@ def test_rerank_cli_after_bm25(setup, tmp_path, tiny_ce):
     out = tmp_path / "rr.trec"
     runner = CliRunner()
     assert runner.invoke(app, ["retrieve", "bm25", "-d", str(folder), "--k", "5", "-o", str(bm)]).exit_code == 0
-    result = runner.invoke(app, ["rerank", "--model", str(tiny_ce), "--dataset", str(folder), "--run", str(bm),
-                                 "--k", "5", "--batch-size", "4", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "rerank",
+            "--model",
+            str(tiny_ce),
+            "--dataset",
+            str(folder),
+            "--run",
+            str(bm),
+            "--k",
+            "5",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     reranked, first = read_run(out), read_run(bm)
     pairs = ["query_id", "doc_id"]

@@ -1,4 +1,5 @@
 """The packaged bi-encoder as a scorer (integration: loads the packaged MiniLM)."""
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -45,6 +46,10 @@ def test_biencoder_reranks_bm25_through_the_cli(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     from mice.data import load_dataset
 
-    scores = evaluate(load_dataset(folder).qrels("test"), {"bm25": read_run(bm), "bi": read_run(out)},
-                      metrics="RR@10", n_resamples=100).set_index("run")["value"]
+    scores = evaluate(
+        load_dataset(folder).qrels("test"),
+        {"bm25": read_run(bm), "bi": read_run(out)},
+        metrics="RR@10",
+        n_resamples=100,
+    ).set_index("run")["value"]
     assert scores["bi"] == 1.0  # every test query's relevant document is ranked first

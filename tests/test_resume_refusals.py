@@ -6,6 +6,7 @@
 - `ablate search` rerun into the same `--out` with another cross-encoder (its classifier negated) scores the
   reference afresh: `reference.json`, and every delta and Kendall τ measured from it, are the new model's.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,9 @@ def job(tmp_path_factory):
 def _killed(argv: list, partial: Path, records: int = 2) -> None:
     """Start `mice ARGV` in its own process and SIGKILL it once its journal holds `records` finished units."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mice", *map(str, argv)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mice", *map(str, argv)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if partial.exists() and partial.read_bytes().count(b"\n") >= 1 + records:
@@ -62,8 +64,22 @@ def _killed(argv: list, partial: Path, records: int = 2) -> None:
 
 
 def _sweep(job, out, *extra) -> list:
-    return ["ablate", "sweep", "--model", job["model"], "--dataset", job["data"], "--run", job["run"], "--k", 8,
-            "--heads", "--out", out, *extra]
+    return [
+        "ablate",
+        "sweep",
+        "--model",
+        job["model"],
+        "--dataset",
+        job["data"],
+        "--run",
+        job["run"],
+        "--k",
+        8,
+        "--heads",
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 def test_a_killed_sweep_resumed_with_another_strategy_is_refused_naming_it(job):
@@ -95,8 +111,26 @@ def test_a_killed_sweep_resumed_with_another_strategy_is_refused_naming_it(job):
 def test_a_killed_attribution_resumed_with_other_modes_is_refused_and_says_resuming_only_after(job):
     out = job["root"] / "attr.csv"
     partial = Path(str(out) + ".partial")
-    argv = ["ablate", "attribute", "--model", job["model"], "--dataset", job["data"], "--split", "test",
-            "--run", job["run"], "--k", 8, "--batch-size", 2, "--ig-steps", 2, "--out", out]
+    argv = [
+        "ablate",
+        "attribute",
+        "--model",
+        job["model"],
+        "--dataset",
+        job["data"],
+        "--split",
+        "test",
+        "--run",
+        job["run"],
+        "--k",
+        8,
+        "--batch-size",
+        2,
+        "--ig-steps",
+        2,
+        "--out",
+        out,
+    ]
     _killed([*argv, "--modes", "renorm,zero"], partial)
     code, err = run_main([*argv, "--modes", "renorm"])
     assert_one_error(code, err, str(partial), "modes")
@@ -122,9 +156,32 @@ def _negated(folder: Path, to: Path) -> Path:
 
 
 def _search(model, data, out) -> list:
-    return ["ablate", "search", "-m", model, "-d", data, "-o", out, "--queries", 10, "--k", 8, "--preset", "tiny",
-            "--steps", 2, "--set", "batch_size=2", "--tolerance", 0.2, "--stages", "mask",
-            "--merge-layers", "1"]
+    return [
+        "ablate",
+        "search",
+        "-m",
+        model,
+        "-d",
+        data,
+        "-o",
+        out,
+        "--queries",
+        10,
+        "--k",
+        8,
+        "--preset",
+        "tiny",
+        "--steps",
+        2,
+        "--set",
+        "batch_size=2",
+        "--tolerance",
+        0.2,
+        "--stages",
+        "mask",
+        "--merge-layers",
+        "1",
+    ]
 
 
 def test_a_search_rerun_with_another_cross_encoder_measures_from_the_new_one(tmp_path):

@@ -1,4 +1,5 @@
 """BM25 first stage on a real BEIR folder: ranking, cached index, CLI."""
+
 import warnings
 
 import pytest
@@ -37,9 +38,12 @@ def test_bm25_ranks_the_matching_document_first_and_caches_its_index(beir, tmp_p
 
 
 def test_queries_without_known_terms_get_no_results_with_a_warning():
-    ds = InMemoryDataset("t", {"d1": "alpha beta", "d2": "gamma delta"},
-                         {"test": {"q1": "alpha", "q2": "the of and", "q3": "zeta"}},
-                         {"test": [("q1", "d1", 1), ("q2", "d2", 1), ("q3", "d2", 1)]})
+    ds = InMemoryDataset(
+        "t",
+        {"d1": "alpha beta", "d2": "gamma delta"},
+        {"test": {"q1": "alpha", "q2": "the of and", "q3": "zeta"}},
+        {"test": [("q1", "d1", 1), ("q2", "d2", 1), ("q3", "d2", 1)]},
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run = bm25_run(ds, "test", k=10, use_cache=False)
@@ -49,8 +53,9 @@ def test_queries_without_known_terms_get_no_results_with_a_warning():
 
 def test_retrieve_cli_writes_a_trec_run(beir, tmp_path):
     out = tmp_path / "runs" / "bm25.trec"
-    result = CliRunner().invoke(app, ["retrieve", "bm25", "--dataset", str(beir), "--split", "dev", "--k", "2",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["retrieve", "bm25", "--dataset", str(beir), "--split", "dev", "--k", "2", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     run = read_run(out)
     assert set(run["query_id"]) == {"q4", "q5"} and run.groupby("query_id").size().max() <= 2

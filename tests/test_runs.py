@@ -1,4 +1,5 @@
 """TREC run / qrels files: round trips, canonical ordering, and errors that name file and line."""
+
 import warnings
 
 import pandas as pd
@@ -14,12 +15,18 @@ def test_run_round_trip_is_ranked_and_canonical(tmp_path):
     path = write_run(run, tmp_path / "r.trec", tag="my tag")
     lines = path.read_text().splitlines()
     # ranked by score, ties by doc id; ranks restart per query; tag has no spaces
-    assert [l.split()[:4] for l in lines] == [["q1", "Q0", "m", "1"], ["q1", "Q0", "a", "2"],
-                                              ["q1", "Q0", "z", "3"], ["q2", "Q0", "b", "1"], ["q2", "Q0", "c", "2"]]
+    assert [l.split()[:4] for l in lines] == [
+        ["q1", "Q0", "m", "1"],
+        ["q1", "Q0", "a", "2"],
+        ["q1", "Q0", "z", "3"],
+        ["q2", "Q0", "b", "1"],
+        ["q2", "Q0", "c", "2"],
+    ]
     assert all(l.split()[5] == "my_tag" for l in lines)
     back = read_run(path)
-    pd.testing.assert_frame_equal(sort_run(back)[["query_id", "doc_id", "score"]],
-                                  sort_run(run)[["query_id", "doc_id", "score"]])
+    pd.testing.assert_frame_equal(
+        sort_run(back)[["query_id", "doc_id", "score"]], sort_run(run)[["query_id", "doc_id", "score"]]
+    )
     # a row order permutation gives the same bytes
     assert format_run(run.sample(frac=1, random_state=3)) == format_run(run)
     # top-k cut
@@ -32,12 +39,15 @@ def test_run_as_table(tmp_path):
     assert list(back["doc_id"]) == ["d1", "d2"] and back["score"].tolist() == [1.5, 0.5]
 
 
-@pytest.mark.parametrize("body, needle", [
-    ("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.0\n", ":2: expected 6 fields"),
-    ("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 two 1.0 t\n", ":2: rank must be an integer"),
-    ("q1 Q0 d1 1 x t\n", ":1: rank must be an integer and score a number"),
-    ("q1 Q0 d1 1 2.0 t\n\nq1 Q0 d1 2 1.0 t\n", ":3: document 'd1' listed twice"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2 1.0\n", ":2: expected 6 fields"),
+        ("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 two 1.0 t\n", ":2: rank must be an integer"),
+        ("q1 Q0 d1 1 x t\n", ":1: rank must be an integer and score a number"),
+        ("q1 Q0 d1 1 2.0 t\n\nq1 Q0 d1 2 1.0 t\n", ":3: document 'd1' listed twice"),
+    ],
+)
 def test_malformed_run_names_file_and_line(tmp_path, body, needle):
     path = tmp_path / "bad.trec"
     path.write_text(body)

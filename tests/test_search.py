@@ -1,6 +1,7 @@
 """`mice ablate search`: the trained successive-halving search on tiny random models and a tiny BEIR folder —
 deterministic, resumable after a real SIGKILL, reusing its cached candidates when widened, writing a
 mice-config/1 file that `mice train --config` consumes in both modes, and drawing curves at equal steps."""
+
 from __future__ import annotations
 
 import json
@@ -35,14 +36,43 @@ def env(tmp_path_factory):
 
 
 def config(env, **kw) -> SearchConfig:
-    base = dict(model=env["ce"], dataset=env["data"], queries=10, k=8, train_preset="tiny", steps=2,
-                train={"batch_size": 2}, seeds=(0, 1), tolerance=0.2)
+    base = dict(
+        model=env["ce"],
+        dataset=env["data"],
+        queries=10,
+        k=8,
+        train_preset="tiny",
+        steps=2,
+        train={"batch_size": 2},
+        seeds=(0, 1),
+        tolerance=0.2,
+    )
     return SearchConfig(**{**base, **kw})
 
 
 def cli_args(env, out) -> list[str]:
-    return ["ablate", "search", "-m", env["ce"], "-d", env["data"], "-o", str(out), "--queries", "10", "--k", "8",
-            "--preset", "tiny", "--steps", "2", "--set", "batch_size=2", "--tolerance", "0.2"]
+    return [
+        "ablate",
+        "search",
+        "-m",
+        env["ce"],
+        "-d",
+        env["data"],
+        "-o",
+        str(out),
+        "--queries",
+        "10",
+        "--k",
+        "8",
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--set",
+        "batch_size=2",
+        "--tolerance",
+        "0.2",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +130,11 @@ def test_promotion_on_every_seed_from_a_rung(env, first):
     assert res.meta["steps_total"] == int((last["steps"] * last["n_seeds"]).sum()) == 3 * 2 + 1 * 4 * 2 + 2 * 8 * 2
     assert res.config.budget["seeded_from"] == 1 and "seeded_from" not in first.config.budget
     one = first.table[first.table["trained"] & (first.table["stage"] == "mask") & (first.table["rung"] == 0)]
-    pd.testing.assert_frame_equal(t[t["rung"] == 0].reset_index(drop=True)[["candidate", "ndcg@10"]],
-                                  one.reset_index(drop=True)[["candidate", "ndcg@10"]], check_exact=True)
+    pd.testing.assert_frame_equal(
+        t[t["rung"] == 0].reset_index(drop=True)[["candidate", "ndcg@10"]],
+        one.reset_index(drop=True)[["candidate", "ndcg@10"]],
+        check_exact=True,
+    )
     with pytest.raises(MiceError, match="seeded_from"):
         search(config(env, seeded_from=-1), env["root"] / "bad")
 
@@ -123,9 +156,21 @@ def test_constant_schedule_continues_exactly(env):
     from mice.train import Trainer, preset
 
     def cfg(out, steps, resume=False):
-        return preset("tiny", "masked", model=env["ce"], dataset=env["data"], output=str(out), mask="mask2",
-                      lr_schedule="constant", max_steps=steps, save_every=steps, eval_every=steps,
-                      dev_split=None, batch_size=2, resume=resume)
+        return preset(
+            "tiny",
+            "masked",
+            model=env["ce"],
+            dataset=env["data"],
+            output=str(out),
+            mask="mask2",
+            lr_schedule="constant",
+            max_steps=steps,
+            save_every=steps,
+            eval_every=steps,
+            dev_split=None,
+            batch_size=2,
+            resume=resume,
+        )
 
     root = env["root"] / "schedule"
     Trainer(cfg(root / "straight", 4), quiet=True).train()
@@ -172,8 +217,11 @@ def test_widened_search_reuses_cached_candidates(env):
     # the layer stage follows the mask stage's decision, which a wider search may change: compare the shared rows
     shared = rung0(narrow).index.intersection(rung0(wide).index)
     assert len(shared) >= 4
-    pd.testing.assert_frame_equal(rung0(narrow).loc[shared, ["ndcg@10", "kendall_tau"]],
-                                  rung0(wide).loc[shared, ["ndcg@10", "kendall_tau"]], check_exact=True)
+    pd.testing.assert_frame_equal(
+        rung0(narrow).loc[shared, ["ndcg@10", "kendall_tau"]],
+        rung0(wide).loc[shared, ["ndcg@10", "kendall_tau"]],
+        check_exact=True,
+    )
     # a rerun finds everything cached: nothing is trained
     assert search(config(env, merge_layers=(1, 2, 3)), out).meta["steps_trained_this_run"] == 0
 
@@ -210,30 +258,55 @@ def test_the_layer_stage_tries_both_cls_cross_attentions_and_the_file_carries_th
     out = env["root"] / "cls-cross"
     narrow = search(config(env, stages=("layers",), contextual_layers=1, tolerance=0.9), out)
     evals = {p: p.read_bytes() for p in out.glob("candidates/*/seed-*/eval-*.json")}
-    res = search(config(env, stages=("layers",), contextual_layers=1, tolerance=0.9, cls_cross=("none", "uniform")),
-                 out)
+    res = search(
+        config(env, stages=("layers",), contextual_layers=1, tolerance=0.9, cls_cross=("none", "uniform")), out
+    )
     for p, content in evals.items():
         assert p.read_bytes() == content  # the none candidates were reused, not retrained
     t = res.table[res.table["trained"] & (res.table["rung"] == 0)]
     assert sorted(zip(t["b"], t["cls_cross"])) == [(b, m) for b in (1, 2, 3) for m in ("none", "uniform")]
-    assert set(t.loc[t["cls_cross"] == "none", "candidate"]) == set(narrow.table.loc[narrow.table["trained"]
-                                                                                    & (narrow.table["rung"] == 0),
-                                                                                    "candidate"])
+    assert set(t.loc[t["cls_cross"] == "none", "candidate"]) == set(
+        narrow.table.loc[narrow.table["trained"] & (narrow.table["rung"] == 0), "candidate"]
+    )
     b1 = t[t["b"] == 1].set_index("cls_cross")["collapsed"]
     assert b1["none"] and not b1["uniform"]
     chosen = res.table[res.table["chosen"]].iloc[0]
     cfg = DerivedConfig.load(out / "derived.json")
     assert (cfg.interaction_layers, cfg.cls_cross_attention) == (chosen["b"], chosen["cls_cross"])
-    r = runner.invoke(app, ["train", "--preset", "tiny", "--config", str(out / "derived.json"), "-d", env["data"],
-                            "--max-steps", "2", "--quiet", "--mode", "mice", "-o", str(env["root"] / "t-cls")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "tiny",
+            "--config",
+            str(out / "derived.json"),
+            "-d",
+            env["data"],
+            "--max-steps",
+            "2",
+            "--quiet",
+            "--mode",
+            "mice",
+            "-o",
+            str(env["root"] / "t-cls"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    assert MICEModel.from_pretrained(env["root"] / "t-cls" / "best").mice_config.cls_cross_attention == \
-        chosen["cls_cross"]
+    assert (
+        MICEModel.from_pretrained(env["root"] / "t-cls" / "best").mice_config.cls_cross_attention == chosen["cls_cross"]
+    )
     with pytest.raises(MiceError, match="cls_cross"):
         config(env, cls_cross=("none", "mean")).validate()
     with pytest.raises(MiceError, match="cls_cross_attention 'mean'"):
-        DerivedConfig(decision="mice", num_layers=4, contextual_layers=1, interaction_layers=2,
-                      mask={"num_layers": 4}, cls_cross_attention="mean")
+        DerivedConfig(
+            decision="mice",
+            num_layers=4,
+            contextual_layers=1,
+            interaction_layers=2,
+            mask={"num_layers": 4},
+            cls_cross_attention="mean",
+        )
 
 
 def test_a_decision_without_mice_refuses_mice_training(env, first, tmp_path):
@@ -262,10 +335,20 @@ def test_search_refuses_bad_settings(env):
 
 
 def test_search_runs_on_modernbert(env):
-    ce = tiny_cross_encoder(env["root"] / "modernbert", family="modernbert", num_layers=4, hidden=64, heads=4,
-                            intermediate=128, local_attention=16, global_every=3)
-    res = search(config(env, model=str(ce), stages=("layers",), contextual_layers=1, tolerance=0.9),
-                 env["root"] / "search-modernbert")
+    ce = tiny_cross_encoder(
+        env["root"] / "modernbert",
+        family="modernbert",
+        num_layers=4,
+        hidden=64,
+        heads=4,
+        intermediate=128,
+        local_attention=16,
+        global_every=3,
+    )
+    res = search(
+        config(env, model=str(ce), stages=("layers",), contextual_layers=1, tolerance=0.9),
+        env["root"] / "search-modernbert",
+    )
     t = res.table
     assert set(t.loc[t["trained"], "b"]) == {1, 2, 3} and res.config.decision == "mice"
     assert t.loc[(t["b"] == 1) & t["trained"], "collapsed"].all()  # b = 1: [CLS] never reads the document
@@ -281,8 +364,10 @@ def test_tolerance_is_against_the_best_trained_finalist():
     s.ref_pq = {"ndcg@10": [0.50, 0.50]}  # the cross-encoder: 0.50
 
     def fin(*rows):
-        return [(Candidate("mask", n, "masked", n, a, None, (a or 0, i)),
-                 {"ndcg@10": v, "collapsed": c}) for i, (n, a, v, c) in enumerate(rows)]
+        return [
+            (Candidate("mask", n, "masked", n, a, None, (a or 0, i)), {"ndcg@10": v, "collapsed": c})
+            for i, (n, a, v, c) in enumerate(rows)
+        ]
 
     rows = fin(("mask0", None, 0.46, False), ("mask3(k=1)", 1, 0.44, False), ("mask3(k=2)", 2, 0.60, True))
     chosen, d = s._choose(rows)
@@ -292,13 +377,17 @@ def test_tolerance_is_against_the_best_trained_finalist():
     chosen, d = s._choose(fin(("mask0", None, 0.46, False), ("mask3(k=1)", 1, 0.44, False)), with_reference=True)
     assert chosen is None and d["best"] == 0.50 and d["best_is_reference"]  # 8% and 12% below the CE
     # the layer stage: the mask stage's finalists are controls, so a weak MICE is not chosen
-    layers = [(Candidate("layers", f"MICE-l1+{b}", "mice", None, 1, b, (-b,)), {"ndcg@10": v, "collapsed": False})
-              for b, v in ((2, 0.30), (3, 0.31))]
+    layers = [
+        (Candidate("layers", f"MICE-l1+{b}", "mice", None, 1, b, (-b,)), {"ndcg@10": v, "collapsed": False})
+        for b, v in ((2, 0.30), (3, 0.31))
+    ]
     chosen, d = s._choose(layers, controls=[{"ndcg@10": 0.46, "collapsed": False}])
     assert chosen is None and d["best"] == 0.46
     # one b under two [CLS] modes costs the same: the more effective of them is chosen, whichever comes first
-    both = [(Candidate("layers", n, "mice", None, 1, 3, (-3,), cls_cross=m), {"ndcg@10": v, "collapsed": False})
-            for n, m, v in (("MICE-l1+3", "none", 0.44), ("MICE-l1+3 (uniform)", "uniform", 0.45))]
+    both = [
+        (Candidate("layers", n, "mice", None, 1, 3, (-3,), cls_cross=m), {"ndcg@10": v, "collapsed": False})
+        for n, m, v in (("MICE-l1+3", "none", 0.44), ("MICE-l1+3 (uniform)", "uniform", 0.45))
+    ]
     for rows in (both, both[::-1]):
         chosen, _ = s._choose(rows, controls=[{"ndcg@10": 0.46, "collapsed": False}])
         assert chosen.cls_cross == "uniform"
@@ -311,13 +400,20 @@ def test_promotion_carries_the_efficient_candidates_within_tolerance():
     from ablations.search import Candidate, Search, SearchConfig
 
     def rung(*rows):
-        return [(Candidate("mask", n, "masked", n, a, None, eff), {"ndcg@10": v, "collapsed": c})
-                for n, a, eff, v, c in rows]
+        return [
+            (Candidate("mask", n, "masked", n, a, None, eff), {"ndcg@10": v, "collapsed": c})
+            for n, a, eff, v, c in rows
+        ]
 
-    rows = rung(("mask0", None, (0, 0), 0.4174, False), ("mask1", None, (0, 1), 0.4266, False),
-                ("mask2", 0, (0, 2), 0.4222, False), ("mask3(k=1)", 1, (1, 3), 0.4168, False),
-                ("mask3(k=2)", 2, (2, 3), 0.4101, False), ("mask3(k=3)", 3, (3, 3), 0.30, False),
-                ("mask3(k=5)", 5, (5, 3), 0.4300, True))
+    rows = rung(
+        ("mask0", None, (0, 0), 0.4174, False),
+        ("mask1", None, (0, 1), 0.4266, False),
+        ("mask2", 0, (0, 2), 0.4222, False),
+        ("mask3(k=1)", 1, (1, 3), 0.4168, False),
+        ("mask3(k=2)", 2, (2, 3), 0.4101, False),
+        ("mask3(k=3)", 3, (3, 3), 0.30, False),
+        ("mask3(k=5)", 5, (5, 3), 0.4300, True),
+    )
     s = Search.__new__(Search)
     s.cfg = SearchConfig(model="-", tolerance=0.05)
     order = [c.name for c, _ in s._promotion_order(rows)]
@@ -340,14 +436,21 @@ def test_a_rung_cuts_only_what_it_tells_apart():
     rng = np.random.default_rng(0)
     best = rng.uniform(0.2, 0.8, 60)
     swing = np.tile([0.05, -0.05], 30)
-    pqs = {"mask1": best, "mask2": best - 0.002 - swing,  # 0.2 points lower on average, swinging 5 per query
-           "mask0": best - rng.normal(0.15, 0.05, 60),  # clearly lower
-           "mask3(k=1)": best - rng.normal(0.0, 0.05, 60)}  # within noise but collapsed: never goes on beyond keep
+    pqs = {
+        "mask1": best,
+        "mask2": best - 0.002 - swing,  # 0.2 points lower on average, swinging 5 per query
+        "mask0": best - rng.normal(0.15, 0.05, 60),  # clearly lower
+        "mask3(k=1)": best - rng.normal(0.0, 0.05, 60),
+    }  # within noise but collapsed: never goes on beyond keep
 
     def rung():
-        return [(Candidate("mask", n, "masked", n, None, None, (0, i)),
-                 {"ndcg@10": float(np.mean(v)), "collapsed": n == "mask3(k=1)"})
-                for i, (n, v) in enumerate(pqs.items())]
+        return [
+            (
+                Candidate("mask", n, "masked", n, None, None, (0, i)),
+                {"ndcg@10": float(np.mean(v)), "collapsed": n == "mask3(k=1)"},
+            )
+            for i, (n, v) in enumerate(pqs.items())
+        ]
 
     s = Search.__new__(Search)
     s.cfg = SearchConfig(model="-", tolerance=0.01, promote="best")
@@ -362,8 +465,9 @@ def test_a_rung_cuts_only_what_it_tells_apart():
     assert rows["mask2"]["tie"] and rows["mask2"]["promoted"] and not rows["mask0"]["promoted"]
     assert not rows["mask3(k=1)"]["promoted"] and "tie" not in rows["mask1"]
     s.cfg = SearchConfig(model="-", tolerance=0.01, promote="best", cut="significant", cut_alpha=0.5)
-    assert [c.name for c in s._promote(rung(), {**pqs, "mask2": best - 0.01 - rng.normal(0, 0.01, 60)}, 1)] == \
-        ["mask1"]  # a steady one-point loss over 60 queries is told apart
+    assert [c.name for c in s._promote(rung(), {**pqs, "mask2": best - 0.01 - rng.normal(0, 0.01, 60)}, 1)] == [
+        "mask1"
+    ]  # a steady one-point loss over 60 queries is told apart
     for bad in (dict(cut="all"), dict(cut="significant", cut_alpha=0.0)):
         with pytest.raises(MiceError, match="cut"):
             SearchConfig(model="-", **bad).validate()
@@ -383,9 +487,11 @@ def test_a_significant_cut_keeps_halvings_rungs_and_equal_finals(env, first):
     assert set(fin["candidate"]) == set(rung0.loc[~rung0["collapsed"], "candidate"]) and fin["steps"].nunique() == 1
     assert (fin["n_seeds"] == 2).all() and res.config.budget["cut"] == "significant"
     under_halving = first.table[first.table["trained"] & (first.table["stage"] == "mask") & (first.table["rung"] == 0)]
-    pd.testing.assert_frame_equal(rung0.reset_index(drop=True)[["candidate", "ndcg@10", "p_vs_best"]],
-                                  under_halving.reset_index(drop=True)[["candidate", "ndcg@10", "p_vs_best"]],
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        rung0.reset_index(drop=True)[["candidate", "ndcg@10", "p_vs_best"]],
+        under_halving.reset_index(drop=True)[["candidate", "ndcg@10", "p_vs_best"]],
+        check_exact=True,
+    )
     cut = under_halving[~under_halving["promoted"]]
     assert len(cut) == 3 and "cut" not in first.config.budget
 

@@ -3,6 +3,7 @@ from tiny random encoders, scored by mice and by `sentence_transformers.CrossEnc
 
 Scores are compared as logits: mice's `predict` returns the raw logit, sentence-transformers' applies the saved
 `activation_fn` (Sigmoid for one label), so both are also checked in that form."""
+
 import json
 import shutil
 
@@ -20,7 +21,12 @@ from parity_checks import PAIRS
 st = pytest.importorskip("sentence_transformers")
 from sentence_transformers import CrossEncoder  # noqa: E402
 from sentence_transformers.sentence_transformer.modules import (  # noqa: E402
-    Dense, LayerNorm, Normalize, Pooling, Transformer)
+    Dense,
+    LayerNorm,
+    Normalize,
+    Pooling,
+    Transformer,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ATOL = 1e-5
@@ -54,11 +60,18 @@ def _modular(root, family: str, pooling: str = "cls", norm_bias: bool = True, he
     if head is not None:
         mods = head(h)
     elif family == "modernbert":
-        mods = [Pooling(h, pooling), Dense(h, h, bias=False, activation_function=torch.nn.GELU()), LayerNorm(h),
-                Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name="scores")]
+        mods = [
+            Pooling(h, pooling),
+            Dense(h, h, bias=False, activation_function=torch.nn.GELU()),
+            LayerNorm(h),
+            Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name="scores"),
+        ]
     else:
-        mods = [Pooling(h, "cls"), Dense(h, h, activation_function=torch.nn.Tanh()),
-                Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name="scores")]
+        mods = [
+            Pooling(h, "cls"),
+            Dense(h, h, activation_function=torch.nn.Tanh()),
+            Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name="scores"),
+        ]
     with torch.no_grad():  # the random head must move scores well above the tolerance
         for m in mods:
             for p in m.parameters():
@@ -80,8 +93,10 @@ def _parity(folder) -> float:
     return float(np.abs(ours - theirs).max())
 
 
-@pytest.mark.parametrize("family,pooling,norm_bias", [("modernbert", "cls", False), ("modernbert", "mean", False),
-                                                      ("modernbert", "cls", True), ("bert", "cls", True)])
+@pytest.mark.parametrize(
+    "family,pooling,norm_bias",
+    [("modernbert", "cls", False), ("modernbert", "mean", False), ("modernbert", "cls", True), ("bert", "cls", True)],
+)
 def test_modular_folder_matches_sentence_transformers(tmp_path, family, pooling, norm_bias):
     folder = _modular(tmp_path, family, pooling, norm_bias)
     assert len(json.loads((folder / "modules.json").read_text())) > 1
@@ -129,12 +144,20 @@ def test_unsupported_stacks_are_one_line_errors(tmp_path):
         return [Pooling(h, "cls"), Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name="scores")]
 
     def normalize(h):
-        return [Pooling(h, "cls"), Dense(h, h, activation_function=torch.nn.Tanh()), Normalize(),
-                Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name="scores")]
+        return [
+            Pooling(h, "cls"),
+            Dense(h, h, activation_function=torch.nn.Tanh()),
+            Normalize(),
+            Dense(h, 1, activation_function=torch.nn.Identity(), module_output_name="scores"),
+        ]
 
     def sigmoid_scores(h):
-        return [Pooling(h, "cls"), Dense(h, h, activation_function=torch.nn.GELU()), LayerNorm(h),
-                Dense(h, 1, activation_function=torch.nn.Sigmoid(), module_output_name="scores")]
+        return [
+            Pooling(h, "cls"),
+            Dense(h, h, activation_function=torch.nn.GELU()),
+            LayerNorm(h),
+            Dense(h, 1, activation_function=torch.nn.Sigmoid(), module_output_name="scores"),
+        ]
 
     folder = _modular(tmp_path / "a", "modernbert", head=no_norm)
     with pytest.raises(ModelError) as err:

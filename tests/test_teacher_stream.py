@@ -1,6 +1,7 @@
 """Data paths at MS MARCO size, on small files: the streamed teacher file (arrays, de-duplication, errors naming
 file and line), `sampling: triples` (seeded order, every triple once per epoch, bit-identical resume), the
 offset-indexed corpus, and a re-rank at the authors' depth (1000) on a small synthetic collection."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,14 @@ def _teacher(path, rows):
     return path
 
 
-ROWS = [(9.5, 1.25, 3, 30, 31), (8.0, 2.0, 4, 40, 41), (9.5, 1.25, 3, 30, 31), (7.0, 0.5, 3, 30, 32),
-        (8.0, 2.0, 4, 40, 41), (6.5, 3.0, 5, 50, 30)]
+ROWS = [
+    (9.5, 1.25, 3, 30, 31),
+    (8.0, 2.0, 4, 40, 41),
+    (9.5, 1.25, 3, 30, 31),
+    (7.0, 0.5, 3, 30, 32),
+    (8.0, 2.0, 4, 40, 41),
+    (6.5, 3.0, 5, 50, 30),
+]
 
 
 def test_streamed_teacher_file_matches_the_line_reader_and_deduplicates(tmp_path):
@@ -33,8 +40,12 @@ def test_streamed_teacher_file_matches_the_line_reader_and_deduplicates(tmp_path
     pd.testing.assert_frame_equal(t.frame(), read_score_file(path), check_dtype=False)
     u = t.unique()
     assert len(u) == 4  # rows 3 and 5 repeat rows 1 and 2
-    assert u.frame()[["qid", "pos", "neg"]].values.tolist() == [["3", "30", "31"], ["4", "40", "41"],
-                                                                 ["3", "30", "32"], ["5", "50", "30"]]
+    assert u.frame()[["qid", "pos", "neg"]].values.tolist() == [
+        ["3", "30", "31"],
+        ["4", "40", "41"],
+        ["3", "30", "32"],
+        ["5", "50", "30"],
+    ]
     assert list(u.doc_ids.astype(str)) == ["30", "40", "50", "31", "41", "32"]  # shared vocabulary, first seen
     # non-numeric ids, space-separated
     (tmp_path / "s.txt").write_text("1.5 0.5 qa da db\n2 1 qb dc da\n1.5 0.5 qa da db\n")
@@ -42,9 +53,14 @@ def test_streamed_teacher_file_matches_the_line_reader_and_deduplicates(tmp_path
     assert len(s.unique()) == 2 and s.frame()["neg"].tolist() == ["db", "da", "db"]
 
 
-@pytest.mark.parametrize("text,where", [("1\t2\t3\t4\t5\n1\t2\t3\t4\n", ":2:"),
-                                        ("1\t2\t3\t4\t5\nx\t2\t3\t4\t5\n", ":2:"),
-                                        ("1\t2\t3\t4\t5\n1\t2\t3\t4\t5\n1\tinf\t3\t4\t5\n", ":3:")])
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("1\t2\t3\t4\t5\n1\t2\t3\t4\n", ":2:"),
+        ("1\t2\t3\t4\t5\nx\t2\t3\t4\t5\n", ":2:"),
+        ("1\t2\t3\t4\t5\n1\t2\t3\t4\t5\n1\tinf\t3\t4\t5\n", ":3:"),
+    ],
+)
 def test_bad_teacher_lines_name_file_and_line(tmp_path, text, where):
     path = tmp_path / "bad.tsv"
     path.write_text(text)
@@ -84,8 +100,16 @@ def train_files(tmp_path_factory):
 
     for env in train_env(tmp_path_factory, "triples", student=dict(num_layers=2, seed=0)):
         rng = np.random.default_rng(5)
-        rows = [(round(float(rng.uniform(5, 9)), 3), round(float(rng.uniform(-3, 3)), 3), f"q{i}", f"d{i}",
-                 f"d{(i + 1 + int(rng.integers(30))) % 40}") for i in range(20)]
+        rows = [
+            (
+                round(float(rng.uniform(5, 9)), 3),
+                round(float(rng.uniform(-3, 3)), 3),
+                f"q{i}",
+                f"d{i}",
+                f"d{(i + 1 + int(rng.integers(30))) % 40}",
+            )
+            for i in range(20)
+        ]
         lines = rows[:10] + [rows[2]] + rows[10:15] + [rows[12], rows[0]] + [(1.0, 0.0, "q3", "d3", "nope")] + rows[15:]
         env["triples"] = rows
         env["teacher"] = str(_teacher(env["root"] / "teacher.tsv", lines))
@@ -103,8 +127,11 @@ def test_training_under_sampling_triples_visits_the_files_triples_in_the_seeded_
     from mice.train import Trainer
 
     env, seen = train_files, []
-    trainer = Trainer(_triples_cfg(env, tmp_path / "run", seed=7, max_steps=10, dev_split=None),
-                      callbacks=[lambda tr, step: seen.extend(tr.sampler.batch(step - 1, 2))], quiet=True)
+    trainer = Trainer(
+        _triples_cfg(env, tmp_path / "run", seed=7, max_steps=10, dev_split=None),
+        callbacks=[lambda tr, step: seen.extend(tr.sampler.batch(step - 1, 2))],
+        quiet=True,
+    )
     with pytest.warns(DataWarning, match="1 of 21 triples name unknown"):
         res = trainer.train()
     assert res.steps == 10 and len(trainer.pool) == 20  # its training queries
@@ -118,14 +145,15 @@ def test_training_under_sampling_triples_visits_the_files_triples_in_the_seeded_
     assert res.summary["teacher"]["pairs_scored"] == 0
     # the setting enters the job's identity (under its default it does not: older runs keep theirs)
     assert trainer.job["config.sampling"] == "triples"
-    groups = Trainer(_triples_cfg(env, tmp_path / "groups", max_steps=1, sampling="groups", dev_split=None),
-                     quiet=True)
+    groups = Trainer(_triples_cfg(env, tmp_path / "groups", max_steps=1, sampling="groups", dev_split=None), quiet=True)
     with pytest.warns(DataWarning, match="1 of 24 triples"):  # groups read the file's lines, repeats included
         groups.train()
     assert "config.sampling" not in groups.job
     with pytest.raises(IdentityError, match="config.sampling"), pytest.warns(DataWarning):
-        Trainer(_triples_cfg(env, tmp_path / "run", resume=True, max_steps=10, sampling="groups", dev_split=None),
-                quiet=True).train()
+        Trainer(
+            _triples_cfg(env, tmp_path / "run", resume=True, max_steps=10, sampling="groups", dev_split=None),
+            quiet=True,
+        ).train()
 
 
 def test_sampling_triples_is_refused_without_a_teacher_file_or_with_more_negatives(train_files, tmp_path):
@@ -153,12 +181,31 @@ def test_sigkilled_triples_run_resumes_bit_identically(train_files, tmp_path):
     from test_train_trust import _env, _train_args
 
     env = train_files
-    extra = ["--set", "loss=margin-mse", "--set", f"teacher={env['teacher']}", "--set", "negatives=1",
-             "--set", "sampling=triples", "--set", "eval_every=5000", "--set", "save_every=1",
-             "--set", "lr_schedule=constant", "--set", "log_every=1"]
+    extra = [
+        "--set",
+        "loss=margin-mse",
+        "--set",
+        f"teacher={env['teacher']}",
+        "--set",
+        "negatives=1",
+        "--set",
+        "sampling=triples",
+        "--set",
+        "eval_every=5000",
+        "--set",
+        "save_every=1",
+        "--set",
+        "lr_schedule=constant",
+        "--set",
+        "log_every=1",
+    ]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_args(env, killed, "--max-steps", 5000, *extra), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=_env())
+    proc = subprocess.Popen(
+        _train_args(env, killed, "--max-steps", 5000, *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
     state = killed / "last" / "trainer_state.pt"
     deadline = time.time() + 180
     while not state.exists():
@@ -171,11 +218,18 @@ def test_sigkilled_triples_run_resumes_bit_identically(train_files, tmp_path):
     step = int(torch.load(state, weights_only=True)["step"])
     target = step + 3
     for out, more in ((killed, ["--resume"]), (tmp_path / "whole", [])):
-        res = subprocess.run(_train_args(env, out, "--max-steps", target, *extra, *more), capture_output=True,
-                             text=True, env=_env(), timeout=300)
+        res = subprocess.run(
+            _train_args(env, out, "--max-steps", target, *extra, *more),
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=300,
+        )
         assert res.returncode == 0, res.stderr
-    a, b = load_file(str(killed / "last" / "model.safetensors")), load_file(str(tmp_path / "whole" / "last" /
-                                                                                  "model.safetensors"))
+    a, b = (
+        load_file(str(killed / "last" / "model.safetensors")),
+        load_file(str(tmp_path / "whole" / "last" / "model.safetensors")),
+    )
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
     logs = [pd.read_csv(f / "train_log.csv") for f in (killed, tmp_path / "whole")]
     assert logs[0]["step"].tolist() == logs[1]["step"].tolist()
@@ -255,18 +309,35 @@ def test_rerank_at_depth_1000(tmp_path):
     with open(data / "corpus.jsonl", "w") as fh:
         for d, text in corpus.items():
             fh.write(json.dumps({"_id": d, "title": "", "text": text}) + "\n")
-    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": " ".join(rng.choice(words, 3))})
-                                                + "\n" for i in range(2)))
+    (data / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": " ".join(rng.choice(words, 3))}) + "\n" for i in range(2))
+    )
     (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq1\td2\t1\n")
     run = make_run([(f"q{q}", f"d{(q * 100 + j) % 1200}", float(1000 - j)) for q in range(2) for j in range(1000)])
     write_run(run, tmp_path / "bm25.trec")
-    mice = MICEModel.from_cross_encoder(tiny_cross_encoder(tmp_path / "ce", num_layers=3), contextual_layers=1,
-                                        interaction_layers=2)
+    mice = MICEModel.from_cross_encoder(
+        tiny_cross_encoder(tmp_path / "ce", num_layers=3), contextual_layers=1, interaction_layers=2
+    )
     mice_dir = mice.save_pretrained(tmp_path / "mice")
     build_index(mice, corpus, tmp_path / "idx", IndexConfig(dtype="pq", pq_m=8, shard_size=256, train_tokens=2000))
-    res = CliRunner().invoke(app, ["rerank", "--model", str(mice_dir), "--dataset", str(data), "--run",
-                                   str(tmp_path / "bm25.trec"), "--k", "1000", "--index", str(tmp_path / "idx"),
-                                   "--out", str(tmp_path / "mice.trec")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "rerank",
+            "--model",
+            str(mice_dir),
+            "--dataset",
+            str(data),
+            "--run",
+            str(tmp_path / "bm25.trec"),
+            "--k",
+            "1000",
+            "--index",
+            str(tmp_path / "idx"),
+            "--out",
+            str(tmp_path / "mice.trec"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = read_run(tmp_path / "mice.trec")
     assert out.groupby("query_id").size().tolist() == [1000, 1000]

@@ -1,6 +1,7 @@
 """The product speaks of itself only: no dated run logs, issue numbers or words about how the work was organised
 in the README, the docs, `--help` texts, code comments and docstrings. Dated numbers belong in docs/results.md
 (one current table per result, each with its date and machine) and in CHANGELOG.md."""
+
 from __future__ import annotations
 
 import ast
@@ -18,8 +19,11 @@ DATE = re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b")
 FORBIDDEN = {
     "issue number": re.compile(r"\bissues?\s+#?\d+|(?<![\w&/{#])(?<!PR )#\d{1,4}\b(?![\w-])", re.I),
     "issue": re.compile(r"\b(the|this|that|an|each|every|which|whose) issue'?s?\b", re.I),
-    "session": re.compile(r"\b(this|next|previous|earlier|later|another|that|one|each|three|two|several) sessions?\b"
-                          r"|\bbetween sessions\b", re.I),
+    "session": re.compile(
+        r"\b(this|next|previous|earlier|later|another|that|one|each|three|two|several) sessions?\b"
+        r"|\bbetween sessions\b",
+        re.I,
+    ),
     "task": re.compile(r"\b(this|that|the next|another|each) task\b", re.I),
     "ticket": re.compile(r"\btickets?\b", re.I),
     "sprint": re.compile(r"\bsprints?\b", re.I),
@@ -28,8 +32,7 @@ FORBIDDEN = {
 }
 
 # Texts in files owned by parallel work, each struck off once its owner fixes it: {path: number of findings}.
-ALLOWED = {
-}
+ALLOWED = {}
 
 
 def _check(text: str, where: str, dates: bool = True) -> list[str]:
@@ -45,8 +48,11 @@ def _check(text: str, where: str, dates: bool = True) -> list[str]:
 
 def _comments_and_docstrings(path: Path) -> list[tuple[int, str]]:
     src = path.read_text()
-    found = [(tok.start[0], tok.string) for tok in tokenize.generate_tokens(io.StringIO(src).readline)
-             if tok.type == tokenize.COMMENT]
+    found = [
+        (tok.start[0], tok.string)
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline)
+        if tok.type == tokenize.COMMENT
+    ]
     for node in ast.walk(ast.parse(src)):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             doc = ast.get_docstring(node, clean=False)
@@ -102,19 +108,38 @@ def _by_file(findings: list[str]) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("text, what", [
-    ("measured 2026-11-30 on the machine", "date"), ("see issue 12", "issue number"), ("(#17)", "issue number"),
-    ("the issue's targets", "issue"), ("in the next session", "session"), ("no GPU was lent to us", "loan"),
-    ("DESIGN.md says so", "design brief"), ("fixed in this sprint", "sprint"), ("as before (#12)", "issue number"),
-])
+@pytest.mark.parametrize(
+    "text, what",
+    [
+        ("measured 2026-11-30 on the machine", "date"),
+        ("see issue 12", "issue number"),
+        ("(#17)", "issue number"),
+        ("the issue's targets", "issue"),
+        ("in the next session", "session"),
+        ("no GPU was lent to us", "loan"),
+        ("DESIGN.md says so", "design brief"),
+        ("fixed in this sprint", "sprint"),
+        ("as before (#12)", "issue number"),
+    ],
+)
 def test_the_patterns_catch_what_they_are_for(text, what):
     assert any(f": {what}:" in f for f in _check(text, "x"))
 
 
-@pytest.mark.parametrize("text", [
-    'scope="session"', "built once per session", "colour #444444", "the task of re-ranking", "mask3:k=2",
-    "`{system}#{k}` names", "a progress task", "rank 0 merges", "sentence-transformers PR #3214",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        'scope="session"',
+        "built once per session",
+        "colour #444444",
+        "the task of re-ranking",
+        "mask3:k=2",
+        "`{system}#{k}` names",
+        "a progress task",
+        "rank 0 merges",
+        "sentence-transformers PR #3214",
+    ],
+)
 def test_the_patterns_spare_product_text(text):
     assert _check(text, "x") == []
 

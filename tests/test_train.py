@@ -1,5 +1,6 @@
 """`mice train`: the three modes from the CLI, losses, determinism, resume after a kill, divergence, teacher
 cache, config files and several seeds — on tiny random models and a tiny BEIR folder written here."""
+
 from __future__ import annotations
 
 import json
@@ -32,11 +33,11 @@ def write_beir(folder, n_train=40, n_dev=10, seed=0):
         qrels["train" if i < n_train else "dev"].append((f"q{i}", f"d{i}", 1))
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
     (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in docs.items()))
-    (folder / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()))
     for split, rows in qrels.items():
         (folder / "qrels" / f"{split}.tsv").write_text(
-            "query-id\tcorpus-id\tscore\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows))
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows)
+        )
     return folder
 
 
@@ -58,8 +59,9 @@ def train_env(tmp_path_factory, name: str, **models):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    yield from train_env(tmp_path_factory, "train", student=dict(num_layers=3, seed=0),
-                         teacher=dict(num_layers=3, seed=1))
+    yield from train_env(
+        tmp_path_factory, "train", student=dict(num_layers=3, seed=0), teacher=dict(num_layers=3, seed=1)
+    )
 
 
 def weights(folder):
@@ -98,8 +100,21 @@ def test_each_mode_trains_from_the_cli(env, mode):
     from mice.models.loader import load
 
     out = env["root"] / f"cli-{mode}"
-    args = ["--preset", "tiny", "--mode", mode, "--model", env["student"], "--dataset", env["data"], "-o", out,
-            "--max-steps", 4, "--quiet"]
+    args = [
+        "--preset",
+        "tiny",
+        "--mode",
+        mode,
+        "--model",
+        env["student"],
+        "--dataset",
+        env["data"],
+        "-o",
+        out,
+        "--max-steps",
+        4,
+        "--quiet",
+    ]
     if mode == "cross-encoder":  # also exercise distillation in this mode
         args += ["--set", "loss=listwise+margin-mse", "--set", f"teacher={env['teacher']}"]
     result = run_cli(*args)
@@ -108,8 +123,16 @@ def test_each_mode_trains_from_the_cli(env, mode):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["steps"] == 4 and summary["mode"] == mode
     log = pd.read_csv(out / "train_log.csv")
-    assert list(log.columns) == ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "dev_ndcg10",
-                                 "p_vs_teacher"]
+    assert list(log.columns) == [
+        "step",
+        "loss",
+        "lr",
+        "pairs_per_s",
+        "elapsed_s",
+        "dev_rr10",
+        "dev_ndcg10",
+        "p_vs_teacher",
+    ]
     assert log["p_vs_teacher"].isna().all()  # only runs that stop on beating their teacher test against it
     assert log["step"].max() == 4 and log["loss"].dropna().map(math.isfinite).all()
     assert log["dev_rr10"].notna().sum() >= 2  # step 0 and step 4
@@ -133,7 +156,8 @@ def test_each_mode_trains_from_the_cli(env, mode):
         assert not np.allclose(plain.predict(pairs), plain.predict(pairs, mask=saved))  # the mask matters
         # the saved weights under the saved mask reproduce what the trainer measured on dev
         assert json.loads((best / "best.json").read_text())["dev"]["RR@10"] == pytest.approx(
-            summary["best_dev"]["RR@10"])
+            summary["best_dev"]["RR@10"]
+        )
     elif mode == "mice":
         assert cfg["mice"]["contextual_layers"] == 1 and cfg["mice"]["interaction_layers"] == 2
         assert type(scorer).__name__ == "MICEModel"
@@ -143,8 +167,23 @@ def test_each_mode_trains_from_the_cli(env, mode):
 
 def test_training_moves_weights_and_best_is_the_best_dev_step(env):
     out = env["root"] / "moves"
-    result = run_cli("--preset", "tiny", "--model", env["student"], "--dataset", env["data"], "-o", out,
-                     "--max-steps", 6, "--set", "eval_every=2", "--set", "lr=1e-3", "--quiet")
+    result = run_cli(
+        "--preset",
+        "tiny",
+        "--model",
+        env["student"],
+        "--dataset",
+        env["data"],
+        "-o",
+        out,
+        "--max-steps",
+        6,
+        "--set",
+        "eval_every=2",
+        "--set",
+        "lr=1e-3",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     start, last = weights(__import__("pathlib").Path(env["student"])), weights(out / "last")
     changed = [k for k in start if k in last and not torch.equal(start[k], last[k])]
@@ -157,8 +196,19 @@ def test_training_moves_weights_and_best_is_the_best_dev_step(env):
 
 def test_existing_output_needs_resume_or_overwrite(env):
     out = env["root"] / "exists"
-    args = ["--preset", "tiny", "--model", env["student"], "--dataset", env["data"], "-o", out, "--max-steps", 1,
-            "--quiet"]
+    args = [
+        "--preset",
+        "tiny",
+        "--model",
+        env["student"],
+        "--dataset",
+        env["data"],
+        "-o",
+        out,
+        "--max-steps",
+        1,
+        "--quiet",
+    ]
     assert run_cli(*args).exit_code == 0
     again = run_cli(*args)
     assert again.exit_code != 0 and "--resume" in str(again.exception)
@@ -216,9 +266,25 @@ def test_resume_after_kill_equals_uninterrupted_run(env):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(env):
     out = env["root"] / "nan"
     # an absurd learning rate: step 1 is computed from sane weights, then the weights explode
-    result = run_cli("--preset", "tiny", "--model", env["student"], "--dataset", env["data"], "-o", out,
-                     "--set", "lr=1e30", "--set", "warmup_steps=0", "--set", "save_every=1", "--max-steps", 6,
-                     "--quiet")
+    result = run_cli(
+        "--preset",
+        "tiny",
+        "--model",
+        env["student"],
+        "--dataset",
+        env["data"],
+        "-o",
+        out,
+        "--set",
+        "lr=1e30",
+        "--set",
+        "warmup_steps=0",
+        "--set",
+        "save_every=1",
+        "--max-steps",
+        6,
+        "--quiet",
+    )
     assert isinstance(result.exception, TrainingDiverged), result.output
     message = str(result.exception)
     assert "diverged at step 2" in message and "last good checkpoint" in message and "--set lr=" in message
@@ -264,13 +330,27 @@ def test_teacher_score_file_defines_triples_and_scores(env):
         for j in rng.choice([k for k in range(40) if k != i], size=3, replace=False):
             lines.append(f"{5 + rng.normal():.4f}\t{rng.normal():.4f}\tq{i}\td{i}\td{j}\n")
     path.write_text("".join(lines))
-    res = Trainer(_cfg(env, env["root"] / "tfile", loss="margin-mse", teacher=str(path), negatives=2,
-                       max_steps=3), quiet=True).train()
+    res = Trainer(
+        _cfg(env, env["root"] / "tfile", loss="margin-mse", teacher=str(path), negatives=2, max_steps=3), quiet=True
+    ).train()
     assert res.summary["teacher"]["pairs_scored"] == 0 and res.summary["teacher"]["pairs_from_cache"] == 160
     bad = env["root"] / "bad-teacher.tsv"
     bad.write_text("1.0\t0.5\tq1\td1\td2\n2.0\tq1\td1\td3\n")
-    result = run_cli("--preset", "tiny", "--model", env["student"], "--dataset", env["data"], "-o",
-                     env["root"] / "tbad", "--set", "loss=margin-mse", "--set", f"teacher={bad}", "--quiet")
+    result = run_cli(
+        "--preset",
+        "tiny",
+        "--model",
+        env["student"],
+        "--dataset",
+        env["data"],
+        "-o",
+        env["root"] / "tbad",
+        "--set",
+        "loss=margin-mse",
+        "--set",
+        f"teacher={bad}",
+        "--quiet",
+    )
     assert "bad-teacher.tsv:2" in str(result.exception)
 
 
@@ -278,8 +358,19 @@ def test_teacher_score_file_defines_triples_and_scores(env):
 def test_config_file_presets_and_flags_take_precedence_in_order(env, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('mode = "mice"\nlr = 2e-4\ninteraction_layers = 2\n')
-    result = run_cli("--preset", "tiny", "--config", toml, "--model", env["student"], "--set", "lr=5e-5",
-                     "--set", "dev_queries=7", "--show-config")
+    result = run_cli(
+        "--preset",
+        "tiny",
+        "--config",
+        toml,
+        "--model",
+        env["student"],
+        "--set",
+        "lr=5e-5",
+        "--set",
+        "dev_queries=7",
+        "--show-config",
+    )
     assert result.exit_code == 0, result.output
     cfg = json.loads(result.output)
     assert cfg["mode"] == "mice" and cfg["lr"] == 5e-5 and cfg["interaction_layers"] == 2
@@ -296,8 +387,21 @@ def test_config_file_presets_and_flags_take_precedence_in_order(env, tmp_path):
 
 def test_several_seeds_in_one_command(env):
     out = env["root"] / "seeds"
-    result = run_cli("--preset", "tiny", "--model", env["student"], "--dataset", env["data"], "-o", out,
-                     "--max-steps", 2, "--seeds", "0,1", "--quiet")
+    result = run_cli(
+        "--preset",
+        "tiny",
+        "--model",
+        env["student"],
+        "--dataset",
+        env["data"],
+        "-o",
+        out,
+        "--max-steps",
+        2,
+        "--seeds",
+        "0,1",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "seeds.csv")
     assert table["seed"].tolist() == [0, 1] and (table["steps"] == 2).all()
@@ -321,8 +425,19 @@ def test_wall_clock_budget_stops_the_run_and_keeps_its_models(env):
 def test_quick_preset_runs_on_the_embedded_data_with_the_packaged_minilm(tmp_path):
     """The real recipe end to end for two steps: packaged MiniLM, bi-encoder teacher, embedded:docs."""
     out = tmp_path / "quick"
-    result = run_cli("--preset", "quick", "-o", out, "--max-steps", 2, "--set", "dev_queries=3",
-                     "--set", "eval_every=1000", "--quiet")
+    result = run_cli(
+        "--preset",
+        "quick",
+        "-o",
+        out,
+        "--max-steps",
+        2,
+        "--set",
+        "dev_queries=3",
+        "--set",
+        "eval_every=1000",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["teacher"]["spec"] == "biencoder:packaged"
@@ -345,8 +460,18 @@ def test_until_beats_teacher_stops_at_the_first_significant_win_over_the_teacher
     from mice.train.config import ConfigError
 
     for alpha in (1.0, 0.05):
-        cfg = _cfg(env, env["root"] / f"beat-{alpha}", seed=0, max_steps=8, eval_every=2, eval_at_start=True,
-                   loss="listwise+margin-mse", teacher=env["student"], until_beats_teacher=True, beat_teacher_p=alpha)
+        cfg = _cfg(
+            env,
+            env["root"] / f"beat-{alpha}",
+            seed=0,
+            max_steps=8,
+            eval_every=2,
+            eval_at_start=True,
+            loss="listwise+margin-mse",
+            teacher=env["student"],
+            until_beats_teacher=True,
+            beat_teacher_p=alpha,
+        )
         trainer = Trainer(cfg, quiet=True)
         res = trainer.train()
         teacher = res.summary["teacher_dev"]

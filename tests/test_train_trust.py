@@ -1,5 +1,6 @@
 """Trustworthy training runs: checkpoints load without pickle, a resume under another identity is
 refused naming what differs, the output folder is locked. Kills are real SIGKILLs of `mice train` subprocesses."""
+
 from __future__ import annotations
 
 import json
@@ -33,13 +34,34 @@ def env(tmp_path_factory):
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _train_args(env, out, *extra):
-    return [sys.executable, "-m", "mice", "train", "--preset", "tiny", "--model", env["student"], "--dataset",
-            env["data"], "-o", str(out), "--set", "num_threads=1", "--quiet", *map(str, extra)]
+    return [
+        sys.executable,
+        "-m",
+        "mice",
+        "train",
+        "--preset",
+        "tiny",
+        "--model",
+        env["student"],
+        "--dataset",
+        env["data"],
+        "-o",
+        str(out),
+        "--set",
+        "num_threads=1",
+        "--quiet",
+        *map(str, extra),
+    ]
 
 
 def _cli(args, timeout=240):
@@ -66,8 +88,18 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     out = tmp_path / "run"
     # the constant schedule does not read max_steps, so the resume below may stop earlier (the linear one would
     # be refused: its decay ends at max_steps)
-    args = _train_args(env, out, "--max-steps", 5000, "--set", "save_every=1", "--set", "eval_every=5000",
-                       "--set", "lr_schedule=constant")
+    args = _train_args(
+        env,
+        out,
+        "--max-steps",
+        5000,
+        "--set",
+        "save_every=1",
+        "--set",
+        "eval_every=5000",
+        "--set",
+        "lr_schedule=constant",
+    )
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
     deadline = time.time() + 180
     while not (out / "last" / STATE_FILE).exists():
@@ -96,8 +128,9 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     weights[first] = weights[first] + 1e-3
     save_file(weights, str(own / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(IdentityError, match="start_model"):  # (in-process: the same code path, no CLI start-up)
-        Trainer(_cfg(env, out, resume=True, max_steps=step + 2, num_threads=1, lr_schedule="constant"),
-                quiet=True).train()
+        Trainer(
+            _cfg(env, out, resume=True, max_steps=step + 2, num_threads=1, lr_schedule="constant"), quiet=True
+        ).train()
     save_file(original, str(own / "model.safetensors"), metadata={"format": "pt"})
 
     # other training data (one judgement changed): refused
@@ -106,9 +139,12 @@ def test_sigkilled_run_resumes_only_under_the_same_identity(env, tmp_path):
     qrels = (data2 / "qrels" / "train.tsv").read_text().replace("q0\td0\t1", "q0\td1\t1")
     (data2 / "qrels" / "train.tsv").write_text(qrels)
     with pytest.raises(IdentityError, match=r"differs: data \("):
-        Trainer(_cfg({**env, "data": str(data2)}, out, resume=True, max_steps=step + 2, num_threads=1,
-                     lr_schedule="constant"),
-                quiet=True).train()
+        Trainer(
+            _cfg(
+                {**env, "data": str(data2)}, out, resume=True, max_steps=step + 2, num_threads=1, lr_schedule="constant"
+            ),
+            quiet=True,
+        ).train()
     assert _step(out) == step
 
     # the same job resumes (the dead run's stale lock is taken over) and finishes
@@ -165,8 +201,9 @@ def test_crafted_pickle_in_the_rng_file_is_refused_and_never_run(env, checkpoint
 
 def test_old_pickled_state_format_is_refused(env, checkpoint):
     # what mice-train-state/1 held: numpy RNG arrays next to the tensors, loadable only through pickle
-    torch.save({"format": "mice-train-state/1", "step": 1, "rng": np.random.get_state()},
-               checkpoint / "last" / STATE_FILE)
+    torch.save(
+        {"format": "mice-train-state/1", "step": 1, "rng": np.random.get_state()}, checkpoint / "last" / STATE_FILE
+    )
     with pytest.raises(TrainStateError, match="refused"):
         Trainer(_cfg(env, checkpoint, max_steps=3, resume=True), quiet=True).train()
     torch.save({"format": "mice-train-state/1", "step": 1}, checkpoint / "last" / STATE_FILE)  # plain but old

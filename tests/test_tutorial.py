@@ -1,5 +1,6 @@
 """Every command of docs/tutorial.md, in order, on a tiny random cross-encoder and a tiny BEIR folder: the
 tutorial a newcomer follows is one that runs."""
+
 from __future__ import annotations
 
 import json
@@ -42,21 +43,34 @@ def write_beir(folder: Path, n: int = 60) -> Path:
         docs[f"d{i}"] = " ".join(words)
         queries[f"q{i}"] = " ".join(words[:3] + rng.sample(_WORDS, 1))
         qrels[("train", "dev", "test")[i % 3]].append((f"q{i}", f"d{i}"))
-    folder.joinpath("corpus.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n"
-                                                       for k, v in docs.items()))
-    folder.joinpath("queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n"
-                                                        for k, v in queries.items()))
+    folder.joinpath("corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in docs.items())
+    )
+    folder.joinpath("queries.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items())
+    )
     for split, rows in qrels.items():
         folder.joinpath("qrels", f"{split}.tsv").write_text(
-            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in rows))
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in rows)
+        )
     return folder
 
 
 def test_the_tutorial_lists_every_step():
     commands = tutorial_commands(TUTORIAL.read_text())
     verbs = [" ".join(shlex.split(c)[1:3]) for c in commands]
-    for step in ("retrieve bm25", "probe attention", "ablate sweep", "ablate attribute", "ablate derive",
-                 "ablate search", "train --mode", "index build", "rerank --model", "evaluate --dataset"):
+    for step in (
+        "retrieve bm25",
+        "probe attention",
+        "ablate sweep",
+        "ablate attribute",
+        "ablate derive",
+        "ablate search",
+        "train --mode",
+        "index build",
+        "rerank --model",
+        "evaluate --dataset",
+    ):
         assert any(v.startswith(step.split()[0]) and step.split()[1] in c for v, c in zip(verbs, commands)), step
 
 
@@ -71,6 +85,15 @@ def test_the_tutorial_runs(tmp_path, monkeypatch):
         argv = [a.replace("$M", str(model)).replace("$D", str(data)) for a in shlex.split(command)[1:]]
         result = runner.invoke(app, argv, catch_exceptions=False)
         assert result.exit_code == 0, f"{command}\n{result.output}"
-    for made in ("probe.parquet", "sweep.parquet", "attribution.parquet", "mask.json", "search/derived.json",
-                 "mice-model/best", "index", "ce.trec", "mice.trec"):
+    for made in (
+        "probe.parquet",
+        "sweep.parquet",
+        "attribution.parquet",
+        "mask.json",
+        "search/derived.json",
+        "mice-model/best",
+        "index",
+        "ce.trec",
+        "mice.trec",
+    ):
         assert (tmp_path / made).exists(), made

@@ -1,5 +1,6 @@
 """mice.viz without a browser: inputs are checked with clear errors, the Python side of each view computes what
 the page shows (the browser tests compare the two), and nothing in a fragment points at the network."""
+
 import json
 import re
 
@@ -115,12 +116,11 @@ def test_mask_view_reads_configs_and_toggles_like_python(tmp_path):
 
 
 def test_fragments_reference_no_network():
-    views = [PairAttentionView(_pattern(), ["t"] * 7, SEGS7),
-             MaskView(InteractionMask.from_preset("mask0", 2))]
+    views = [PairAttentionView(_pattern(), ["t"] * 7, SEGS7), MaskView(InteractionMask.from_preset("mask0", 2))]
     for v in views:
         urls = set(re.findall(r"https?://[^\s'\"]+", v.html()))
         assert urls <= {"http://www.w3.org/2000/svg"}, urls  # an XML namespace name, never fetched
-        assert "</script>" not in v.html().split("<script>", 1)[1][:-len("</script>")]
+        assert "</script>" not in v.html().split("<script>", 1)[1][: -len("</script>")]
 
 
 def test_notebooks_are_committed_without_outputs():
@@ -146,8 +146,11 @@ def test_report_html_inlines_figures_and_builds_a_toc(tmp_path):
     (tmp_path / "fig dir" / "a b.png").write_bytes(png)
     md = "# R\n\n## One\n\n| x | y |\n|---|---|\n| 1 | 2 |\n\n![cap](fig dir/a b.png)\n\n### Sub\n\n## Two\n\ntext\n"
     view = MaskView(InteractionMask.from_preset("mask0", 2))
-    page = render_report_html(md.replace("](fig dir/a b.png)", "](<fig dir/a b.png>)"), tmp_path,
-                              views={"One": [("cap", view)], "Absent": [("later", view)]})
+    page = render_report_html(
+        md.replace("](fig dir/a b.png)", "](<fig dir/a b.png>)"),
+        tmp_path,
+        views={"One": [("cap", view)], "Absent": [("later", view)]},
+    )
     assert 'src="data:image/png;base64,iVBORw0KGgo=" data-source="a b.png"' in page
     assert [a for a in re.findall(r'<a href="#([^"]+)"', page)] == ["one", "sub", "two", "interactive-views"]
     assert page.index('id="sub"') < page.index('data-kind="mask"') < page.index('id="two"')  # at the end of One

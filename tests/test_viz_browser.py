@@ -2,6 +2,7 @@
 console error and no network request, real hover/click events change what the DOM shows, and what the page
 computes agrees with Python (path mass, per-query CI, edited mask JSON). Render times of demo-sized inputs are
 printed, not asserted."""
+
 import json
 import os
 import re
@@ -19,8 +20,16 @@ from mice.masks import all_paths
 from mice.viz import KnockoutView, MaskView, PairAttentionView, PathMassView
 
 CHROMIUM = os.environ.get("MICE_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,9 +43,14 @@ def browser(tmp_path_factory):
     except ImportError:
         pytest.fail("playwright is missing: it is in the dev extra (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(str(tmp_path_factory.mktemp("chromium-profile")),
-                                                    executable_path=CHROMIUM, args=ARGS, headless=True,
-                                                    accept_downloads=True, viewport={"width": 1400, "height": 900})
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            args=ARGS,
+            headless=True,
+            accept_downloads=True,
+            viewport={"width": 1400, "height": 900},
+        )
         yield ctx
         ctx.close()
 
@@ -62,8 +76,9 @@ class Opened:
         start = time.perf_counter()
         self.page.goto(Path(path).resolve().as_uri(), wait_until="load")
         self.load_s = time.perf_counter() - start
-        self.render_ms = [float(x) for x in self.page.eval_on_selector_all(
-            ".mice-viz", "els => els.map(e => e.dataset.renderMs)")]
+        self.render_ms = [
+            float(x) for x in self.page.eval_on_selector_all(".mice-viz", "els => els.map(e => e.dataset.renderMs)")
+        ]
 
     def text(self, selector):
         return self.page.inner_text(selector)
@@ -82,18 +97,42 @@ def _pattern(L, H, T, seed=0):
 
 def _probe_table(L=6, H=12, seed=0):
     rng = np.random.default_rng(seed)
-    rows = [{"layer": l, "head": h, "from": p.split("->")[0], "to": p.split("->")[1], "path": p,
-             "mass": rng.random(), "std": rng.random() / 10, "n_pairs": 20}
-            for l in range(L) for h in range(-1, H) for p in all_paths()]
+    rows = [
+        {
+            "layer": l,
+            "head": h,
+            "from": p.split("->")[0],
+            "to": p.split("->")[1],
+            "path": p,
+            "mass": rng.random(),
+            "std": rng.random() / 10,
+            "n_pairs": 20,
+        }
+        for l in range(L)
+        for h in range(-1, H)
+        for p in all_paths()
+    ]
     return pd.DataFrame(rows)
 
 
 def _attribution(L=6, H=12, Q=30, seed=0):
     rng = np.random.default_rng(seed)
-    table = pd.DataFrame([{"layer": l, "head": h, "path": p, "mode": "zero", "estimate": rng.normal()}
-                          for l in range(L) for h in range(-1, H) for p in all_paths()])
-    pq = pd.DataFrame([{"query_id": f"q{q:02d}", "layer": l, "head": -1, "path": p, "estimate": rng.normal()}
-                       for l in range(L) for p in all_paths() for q in range(Q)])
+    table = pd.DataFrame(
+        [
+            {"layer": l, "head": h, "path": p, "mode": "zero", "estimate": rng.normal()}
+            for l in range(L)
+            for h in range(-1, H)
+            for p in all_paths()
+        ]
+    )
+    pq = pd.DataFrame(
+        [
+            {"query_id": f"q{q:02d}", "layer": l, "head": -1, "path": p, "estimate": rng.normal()}
+            for l in range(L)
+            for p in all_paths()
+            for q in range(Q)
+        ]
+    )
     return table, pq
 
 
@@ -154,7 +193,9 @@ def test_path_mass_view_hover_and_head_modes(browser, tmp_path):
     assert len(p.query_selector_all(".mv-cell")) == 3 * 4 * 25
     p.hover('.mv-cell[data-row="5"][data-col="0"]')  # layer 1, head 1
     want = table[(table.layer == 1) & (table["head"] == 1) & (table.path == "cls->cls")]["mass"].iloc[0]
-    assert page.text(".mv-hover").startswith("layer 1, head 1, path cls->cls") and f"{want:.4f}" in page.text(".mv-hover")
+    assert page.text(".mv-hover").startswith("layer 1, head 1, path cls->cls") and f"{want:.4f}" in page.text(
+        ".mv-hover"
+    )
     page.check_clean()
 
 
@@ -177,8 +218,10 @@ def test_knockout_view_click_shows_per_query_effects_and_ci(browser, tmp_path):
     bars = p.query_selector_all(".mv-bar")
     assert len(bars) == len(vals)
     assert page.text(".mv-pq-summary").startswith(f"{len(vals)} queries: {(vals < 0).sum()} below 0")
-    assert bars[0].get_attribute("data-query") == pq[(pq.layer == 1) & (pq.path == path)].sort_values(
-        "estimate")["query_id"].iloc[0]
+    assert (
+        bars[0].get_attribute("data-query")
+        == pq[(pq.layer == 1) & (pq.path == path)].sort_values("estimate")["query_id"].iloc[0]
+    )
     # per-head maps have no per-query values here: the detail panel says so
     p.select_option(".mv-controls select", "1")
     p.click('.mv-cell[data-row="0"][data-col="0"]')
@@ -245,18 +288,23 @@ def test_demo_sized_views_render(browser, tmp_path, capsys):
     T = 128
     segs = ["cls"] + ["q"] * 12 + ["sep1"] + ["d"] * (T - 15) + ["sep2"]
     table, pq = _attribution()
-    views = {"pair attention (128 tokens)": PairAttentionView(_pattern(6, 12, T), [f"tok{i}" for i in range(T)], segs),
-             "path mass (6x12x25)": PathMassView(_probe_table()),
-             "knockouts (6x12x25, 30 queries)": KnockoutView(table, value="estimate", per_query=pq),
-             "mask (6 layers, structural)": MaskView(InteractionMask.from_preset("mask2", 6),
-                                                     structural=[(5, "q->*"), (5, "d->*"), (5, "sep1->*")])}
+    views = {
+        "pair attention (128 tokens)": PairAttentionView(_pattern(6, 12, T), [f"tok{i}" for i in range(T)], segs),
+        "path mass (6x12x25)": PathMassView(_probe_table()),
+        "knockouts (6x12x25, 30 queries)": KnockoutView(table, value="estimate", per_query=pq),
+        "mask (6 layers, structural)": MaskView(
+            InteractionMask.from_preset("mask2", 6), structural=[(5, "q->*"), (5, "d->*"), (5, "sep1->*")]
+        ),
+    }
     lines = []
     for name, view in views.items():
         path = view.save(tmp_path / f"{name.split()[0]}.html")
         page = Opened(browser, path)
         assert len(page.render_ms) == 1
-        lines.append(f"{name}: render {page.render_ms[0]:.1f} ms in page, load {1000 * page.load_s:.0f} ms, "
-                     f"{path.stat().st_size / 1e6:.2f} MB")
+        lines.append(
+            f"{name}: render {page.render_ms[0]:.1f} ms in page, load {1000 * page.load_s:.0f} ms, "
+            f"{path.stat().st_size / 1e6:.2f} MB"
+        )
         if name.startswith(("pair", "path")):  # the heaviest redraw: mean over 12 heads, or all 72 rows
             ms = page.page.evaluate("""() => { const s = document.querySelector(
                 '.mv-controls label:nth-child(' + (document.querySelector('.mice-pair') ? 2 : 1) + ') select');
@@ -272,8 +320,11 @@ def test_demo_sized_views_render(browser, tmp_path, capsys):
 def _md_tables(md: str) -> list[list[str]]:
     """Header cells of every Markdown table in report.md."""
     lines = md.splitlines()
-    return [[c.strip() for c in lines[i].strip().strip("|").split("|")]
-            for i in range(len(lines) - 1) if lines[i].startswith("|") and lines[i + 1].startswith("|---")]
+    return [
+        [c.strip() for c in lines[i].strip().strip("|").split("|")]
+        for i in range(len(lines) - 1)
+        if lines[i].startswith("|") and lines[i + 1].startswith("|---")
+    ]
 
 
 def _md_figures(md: str) -> list[str]:
@@ -284,11 +335,15 @@ def _check_report(browser, html_path: Path, md: str):
     page = Opened(browser, html_path)
     p = page.page
     # every table of report.md, in order, with the same header cells
-    headers = p.eval_on_selector_all("main table.md-table", "ts => ts.map(t => [...t.querySelectorAll('th')].map(th => th.innerText.trim()))")
+    headers = p.eval_on_selector_all(
+        "main table.md-table", "ts => ts.map(t => [...t.querySelectorAll('th')].map(th => th.innerText.trim()))"
+    )
     want = _md_tables(md)
     assert len(want) >= 5 and headers == [[re.sub(r"[`*]", "", c) for c in h] for h in want]
     # every figure, inlined (data: URI) and actually decoded by the browser
-    imgs = p.eval_on_selector_all("main img", "is => is.map(i => [i.dataset.source, i.src.slice(0, 15), i.naturalWidth])")
+    imgs = p.eval_on_selector_all(
+        "main img", "is => is.map(i => [i.dataset.source, i.src.slice(0, 15), i.naturalWidth])"
+    )
     assert [i[0] for i in imgs] == _md_figures(md) and len(imgs) >= 5
     assert all(src.startswith("data:image/png") and w > 0 for _, src, w in imgs), imgs
     # a table of contents linking every section heading
@@ -303,7 +358,9 @@ def _check_report(browser, html_path: Path, md: str):
     assert sorted(kinds) == ["knockouts", "mask", "mask", "pair", "paths"], kinds
     ko = p.query_selector(".mice-knockouts")
     ko.query_selector('.mv-cell[data-row="0"][data-col="0"]').click()
-    assert ko.query_selector(".mv-selected") is not None and "knock out" in ko.query_selector(".mv-selected").inner_text()
+    assert (
+        ko.query_selector(".mv-selected") is not None and "knock out" in ko.query_selector(".mv-selected").inner_text()
+    )
     pm = p.query_selector(".mice-paths")
     pm.query_selector('.mv-cell[data-row="0"][data-col="1"]').hover()
     assert pm.query_selector(".mv-hover").inner_text().startswith("layer 0, mean over heads, path ")
@@ -330,8 +387,12 @@ def test_demo_report_html_has_every_table_figure_and_view(browser, tiny_demo):
 @pytest.mark.integration
 def test_mice_figures_writes_report_html(browser, tiny_demo, tmp_path):
     out = tmp_path / "figs"
-    res = subprocess.run([sys.executable, "-m", "mice", "figures", "--from", str(tiny_demo), "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "mice", "figures", "--from", str(tiny_demo), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     assert f"report: {out / 'report.html'}" in res.stdout
     from mice.files import read_table
@@ -351,9 +412,13 @@ def test_views_through_a_kernel_and_exported_html(browser, tmp_path):
     from nbconvert import HTMLExporter
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("from mice import InteractionMask\nfrom mice.viz import mask_view\n"
-                                          "mask_view(InteractionMask.from_preset('mask1', 3))"),
-                nbformat.v4.new_code_cell("mask_view(InteractionMask.from_preset('mask2', 2))")]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from mice import InteractionMask\nfrom mice.viz import mask_view\n"
+            "mask_view(InteractionMask.from_preset('mask1', 3))"
+        ),
+        nbformat.v4.new_code_cell("mask_view(InteractionMask.from_preset('mask2', 2))"),
+    ]
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     assert all("text/html" in c.outputs[0]["data"] for c in nb.cells)
     body, _ = HTMLExporter(template_name="basic").from_notebook_node(nb)

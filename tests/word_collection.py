@@ -1,5 +1,6 @@
 """A small BEIR folder of random word documents and a first-stage run over it: enough queries that a CLI job takes
 seconds (so it can be killed half-way), built in milliseconds. Shared by the reliability and scale-out tests."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,8 @@ def write_word_collection(root: Path, n_queries: int, n_docs: int, k: int) -> tu
     with open(folder / "queries.jsonl", "w") as fh:
         for i in range(n_queries):
             fh.write(json.dumps({"_id": f"q{i:03d}", "text": " ".join(rng.choice(WORDS, 4))}) + "\n")
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"q{i:03d}\td{i % n_docs}\t1\n" for i in range(n_queries)))
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i:03d}\td{i % n_docs}\t1\n" for i in range(n_queries))
+    )
     run = make_run([(f"q{i:03d}", f"d{(i + j) % n_docs}", float(k - j)) for i in range(n_queries) for j in range(k)])
     return folder, write_run(run, root / "bm25.trec")

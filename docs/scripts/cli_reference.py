@@ -3,6 +3,7 @@
 `python docs/scripts/cli_reference.py` (what `make docs` runs) rewrites the page; `--check` exits 1 when the
 committed page differs from what the commands say now (the test suite runs that).
 """
+
 from __future__ import annotations
 
 import sys

@@ -9,6 +9,7 @@ derived configuration (`search/derived.json`, mice-config/1) → masked cross-en
 MICE index → latency benchmark → figures → report.md. Every arrow is a file under `--out`; a finished stage is
 never redone (its folder holds `stage.json`), and an interrupted one leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,10 +101,23 @@ class DemoPreset:
 # what a KEYED_WHEN_SET field is compared with when it is not its field's current default: the value stages were
 # computed under before the field existed or changed (the demo once took the first dev queries by id)
 KEYED_AGAINST = {"dev_sample": "first", "search_promote": "best", "search_equal_finals": False}
-KEYED_WHEN_SET = {"ce_until_beats_teacher", "ce_eval_every", "ce_negative_miner", "ce_distill_weight", "ce_train_extra",
-                  "ce_mix_alpha", "long_length", "ce_long_steps",
-                  "dev_sample", "dataset_external", "search_seeded_from", "search_cls_cross",
-                  "search_promote", "search_equal_finals", "search_cut"}  # see `Demo.key`
+KEYED_WHEN_SET = {
+    "ce_until_beats_teacher",
+    "ce_eval_every",
+    "ce_negative_miner",
+    "ce_distill_weight",
+    "ce_train_extra",
+    "ce_mix_alpha",
+    "long_length",
+    "ce_long_steps",
+    "dev_sample",
+    "dataset_external",
+    "search_seeded_from",
+    "search_cls_cross",
+    "search_promote",
+    "search_equal_finals",
+    "search_cut",
+}  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
@@ -171,9 +185,11 @@ class Demo:
         if (preset.long_length is None) != (preset.ce_long_steps is None):
             from mice.errors import MiceError
 
-            raise MiceError(f"demo preset {preset.name!r}: long_length and ce_long_steps go together (the cross-"
-                            f"encoder's last phase: steps at a longer pair length); got {preset.long_length} and "
-                            f"{preset.ce_long_steps}")
+            raise MiceError(
+                f"demo preset {preset.name!r}: long_length and ce_long_steps go together (the cross-"
+                f"encoder's last phase: steps at a longer pair length); got {preset.long_length} and "
+                f"{preset.ce_long_steps}"
+            )
         self.external_fingerprint = self.check_external() if preset.dataset_external else None  # before any folder
         self.pipe = Pipeline(self.out, console=console, fingerprint={"preset": asdict(preset)})
 
@@ -182,8 +198,10 @@ class Demo:
         values, defaults = asdict(self.p), {**asdict(DemoPreset()), **KEYED_AGAINST}
         # fields added within a cache version enter the key only when set away from their default, so that
         # finished stages of earlier runs stay valid (the identity of what they computed did not change)
-        key = {"version": CACHE_VERSION, **{f: values[f] for f in fields
-                                            if f not in KEYED_WHEN_SET or values[f] != defaults[f]}}
+        key = {
+            "version": CACHE_VERSION,
+            **{f: values[f] for f in fields if f not in KEYED_WHEN_SET or values[f] != defaults[f]},
+        }
         if any(f in key and key[f] is None for f in ("ce_steps", "masked_steps", "mice_steps", "late_steps")):
             key["train_budget"] = "steps"  # the train preset's own steps, without its wall clock
         if key.get("ce_until_beats_teacher"):
@@ -192,8 +210,9 @@ class Demo:
             from mice.data import load_dataset  # their training text (not the builder's source, as fingerprint() does)
             from mice.identity import dataset_identity
 
-            key["ce_train_extra_content"] = [dataset_identity(load_dataset(x), ("train",))
-                                             for x in key["ce_train_extra"]]
+            key["ce_train_extra_content"] = [
+                dataset_identity(load_dataset(x), ("train",)) for x in key["ce_train_extra"]
+            ]
         if key.get("dataset_external"):  # a folder's spec stays the same when its files change: key its content
             key["dataset_external_fingerprint"] = self.external_fingerprint
         return key
@@ -270,9 +289,18 @@ class Demo:
 
         out = folder / f"{name}-{domain}.trec"
         ds = load_dataset(self.datasets()[domain])
-        rerank(scorer, ds, "test", self.path("bm25", f"{domain}.trec"), k=self.p.first_stage_k,
-               batch_size=32, out=out, show_progress_bar=self.console is not None, tag=name,
-               query_ids=_subset_queries(ds, "test", None if every_query else self.p.test_queries))
+        rerank(
+            scorer,
+            ds,
+            "test",
+            self.path("bm25", f"{domain}.trec"),
+            k=self.p.first_stage_k,
+            batch_size=32,
+            out=out,
+            show_progress_bar=self.console is not None,
+            tag=name,
+            query_ids=_subset_queries(ds, "test", None if every_query else self.p.test_queries),
+        )
         return out
 
     def stage_biencoder(self, folder: Path) -> dict:
@@ -289,8 +317,18 @@ class Demo:
         from mice.models.testing import tiny_cross_encoder
 
         # tiny-modernbert: layers global, local, local, global, a 16-token window that the demo's pairs exceed
-        return str(tiny_cross_encoder(folder / "tiny-backbone", family=TINY_BACKBONES[self.p.backbone], num_layers=4,
-                                      hidden=64, heads=4, intermediate=128, local_attention=16, global_every=3))
+        return str(
+            tiny_cross_encoder(
+                folder / "tiny-backbone",
+                family=TINY_BACKBONES[self.p.backbone],
+                num_layers=4,
+                hidden=64,
+                heads=4,
+                intermediate=128,
+                local_attention=16,
+                global_every=3,
+            )
+        )
 
     def train_config(self, folder: Path, mode: str, steps: int | None, sub: str = "train", **overrides):
         """The TrainConfig of one training stage (its run in `folder/sub`): the train preset's recipe, the demo's
@@ -306,13 +344,26 @@ class Demo:
         # under the same stage key, and the trainer refuses a checkpoint of other settings)
         resume = (folder / sub / "last").exists()
         overrides.setdefault("dataset", self.p.dataset)
-        cfg = preset(self.p.train_preset, mode, output=str(folder / sub),
-                     seed=self.p.seed, overwrite=not resume, resume=resume, **overrides)
+        cfg = preset(
+            self.p.train_preset,
+            mode,
+            output=str(folder / sub),
+            seed=self.p.seed,
+            overwrite=not resume,
+            resume=resume,
+            **overrides,
+        )
         if steps:  # the schedule decays to 0 at `steps`: evaluate once, at the end (unless told); checkpoint half-way
             # no evaluation at step 0 either: it measures the start model (the search and evaluation stages do)
-            cfg = cfg.updated({"max_steps": steps, "eval_every": overrides.get("eval_every", steps),
-                               "eval_at_start": False,
-                               "save_every": max(1, steps // 2), "warmup_steps": min(cfg.warmup_steps, steps // 10)})
+            cfg = cfg.updated(
+                {
+                    "max_steps": steps,
+                    "eval_every": overrides.get("eval_every", steps),
+                    "eval_at_start": False,
+                    "save_every": max(1, steps // 2),
+                    "warmup_steps": min(cfg.warmup_steps, steps // 10),
+                }
+            )
         # budgets are steps, never the train preset's wall clock: a loaded machine gives the same models, later
         # (the full preset's 300-step masked model once stopped at step 187 after the quick preset's 5.5 minutes)
         return cfg.updated({"max_minutes": None})
@@ -325,9 +376,13 @@ class Demo:
             return folder / sub / "best"  # finished before the stage was interrupted
         cfg = self.train_config(folder, mode, steps, sub=sub, **overrides)
         result = Trainer(cfg, quiet=self.console is None).train()
-        result_file.write_text(json.dumps(
-            {k: v for k, v in asdict(result).items() if isinstance(v, (int, float, str, dict, type(None)))},
-            indent=2, default=str))
+        result_file.write_text(
+            json.dumps(
+                {k: v for k, v in asdict(result).items() if isinstance(v, (int, float, str, dict, type(None)))},
+                indent=2,
+                default=str,
+            )
+        )
         return folder / sub / "best"
 
     def stage_cross_encoder(self, folder: Path) -> dict:
@@ -341,15 +396,23 @@ class Demo:
         if self.p.ce_distill_weight is not None:
             until["distill_weight"] = self.p.ce_distill_weight
         if self.p.ce_train_extra:
-            until.update(dataset="mix:" + "+".join((self.p.dataset, *self.p.ce_train_extra)),
-                         dev_dataset=self.p.dataset)
+            until.update(
+                dataset="mix:" + "+".join((self.p.dataset, *self.p.ce_train_extra)), dev_dataset=self.p.dataset
+            )
             if self.p.ce_mix_alpha is not None:
                 until["mix_alpha"] = self.p.ce_mix_alpha
         best = self._train(folder, "cross-encoder", self.p.ce_steps, model=self._backbone(folder), **until)
         if self.p.long_length:  # the last phase, on longer pairs: no stop rule, its budget is steps
             until.pop("until_beats_teacher", None)
-            best = self._train(folder, "cross-encoder", self.p.ce_long_steps, sub="long", model=str(best),
-                               max_length=self.p.long_length, **until)
+            best = self._train(
+                folder,
+                "cross-encoder",
+                self.p.ce_long_steps,
+                sub="long",
+                model=str(best),
+                max_length=self.p.long_length,
+                **until,
+            )
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "cross-encoder", every_query=self.every_query(domain))
@@ -367,14 +430,16 @@ class Demo:
         held-out queries are the rest of that order."""
         from probes.candidates import from_run
 
-        return from_run(self.p.dataset, "dev", self.dev_run(), k=self.p.sweep_k, max_queries=n,
-                        sample=self.p.dev_sample)
+        return from_run(
+            self.p.dataset, "dev", self.dev_run(), k=self.p.sweep_k, max_queries=n, sample=self.p.dev_sample
+        )
 
     def stage_probe(self, folder: Path) -> dict:
         from probes import probe_attention
 
-        probe_attention(str(self.ce_path()), self.dev_candidates(self.p.probe_queries), folder / "probe.parquet",
-                        examples=2)
+        probe_attention(
+            str(self.ce_path()), self.dev_candidates(self.p.probe_queries), folder / "probe.parquet", examples=2
+        )
         return {}
 
     def _knockout_model(self):
@@ -387,10 +452,19 @@ class Demo:
         """Attribution patching: every layer x head x path knockout estimated on the dev sample (`dev_sample`)."""
         from ablations.attribution import attribute
 
-        res = attribute(self._knockout_model(), self.dev_candidates(self.p.sweep_queries), heads=True, modes=("renorm",),
-                        out=folder / "attribution.parquet", show_progress_bar=self.console is not None)
-        return {"cells": int(len(res.table)), "structural": int((res.table["status"] == "structural").sum()),
-                "seconds": res.meta["elapsed_s"]}
+        res = attribute(
+            self._knockout_model(),
+            self.dev_candidates(self.p.sweep_queries),
+            heads=True,
+            modes=("renorm",),
+            out=folder / "attribution.parquet",
+            show_progress_bar=self.console is not None,
+        )
+        return {
+            "cells": int(len(res.table)),
+            "structural": int((res.table["status"] == "structural").sum()),
+            "seconds": res.meta["elapsed_s"],
+        }
 
     def stage_sweep(self, folder: Path) -> dict:
         """Every single path knocked out exactly in every layer, on the first `exact_queries` of the attribution
@@ -402,12 +476,21 @@ class Demo:
         from mice.files import read_table, write_json_atomic
 
         cands = self.dev_candidates(min(self.p.exact_queries, self.p.sweep_queries))
-        res = sweep(self._knockout_model(), cands, mode="renorm", out=folder / "sweep.parquet",
-                    show_progress_bar=self.console is not None, n_resamples=1000)
+        res = sweep(
+            self._knockout_model(),
+            cands,
+            mode="renorm",
+            out=folder / "sweep.parquet",
+            show_progress_bar=self.console is not None,
+            n_resamples=1000,
+        )
         ablate_masks(self._knockout_model(), cands, out=folder / "presets.csv")
-        check = compare_tables(read_table(self.path("attribute", "attribution.parquet")), res.table,
-                               per_query=read_table(self.path("attribute", "attribution.per_query.parquet")),
-                               query_ids=res.meta["query_ids"])
+        check = compare_tables(
+            read_table(self.path("attribute", "attribution.parquet")),
+            res.table,
+            per_query=read_table(self.path("attribute", "attribution.per_query.parquet")),
+            query_ids=res.meta["query_ids"],
+        )
         write_table(check, folder / "attribution_check.csv")
         rho = {"cells": len(check), "rho_mean_dscore": spearman(check), "rho_mean_abs_dscore": spearman(check, "abs")}
         if "exact_delta_margin" in check:
@@ -420,13 +503,21 @@ class Demo:
         screen's proposal, one more candidate of the trained search."""
         from ablations import derive_mask
 
-        derivation = derive_mask(self.path("attribute", "attribution.parquet"), tolerance=self.p.tolerance,
-                                 check_queries=self.p.check_queries, patience=self.p.derive_patience,
-                                 max_steps=self.p.derive_max_steps, name="derived",
-                                 show_progress_bar=self.console is not None)
+        derivation = derive_mask(
+            self.path("attribute", "attribution.parquet"),
+            tolerance=self.p.tolerance,
+            check_queries=self.p.check_queries,
+            patience=self.p.derive_patience,
+            max_steps=self.p.derive_max_steps,
+            name="derived",
+            show_progress_bar=self.console is not None,
+        )
         derivation.save(folder / "mask.json")
-        return {"removed_paths": int(derivation.mask.to_frame()["allowed"].eq(False).sum()),
-                "re_checks": derivation.meta["re_checks"], "structural": len(derivation.meta["structural"])}
+        return {
+            "removed_paths": int(derivation.mask.to_frame()["allowed"].eq(False).sum()),
+            "re_checks": derivation.meta["re_checks"],
+            "structural": len(derivation.meta["structural"]),
+        }
 
     def stage_search(self, folder: Path) -> dict:
         """The trained search (`mice ablate search`): the paper's mask steps, every merge layer k and the
@@ -434,22 +525,38 @@ class Demo:
         from ablations.search import SearchConfig, search
 
         train = {"dev_queries": self.p.dev_queries} if self.p.dev_queries else {}
-        cfg = SearchConfig(model=str(self.ce_path()), dataset=self.p.dataset, split="dev", run=self.dev_run(),
-                           k=self.p.sweep_k, queries=self.p.search_queries, sample=self.p.dev_sample,
-                           train_preset=self.p.train_preset,
-                           train=train, steps=self.p.search_steps, eta=self.p.search_eta,
-                           finalists=self.p.search_finalists,
-                           max_rungs=self.p.search_rungs, seeded_from=self.p.search_seeded_from,
-                           seeds=tuple(self.p.search_seeds), tolerance=self.p.search_tolerance,
-                           max_interaction_layers=self.p.max_interaction_layers,
-                           cls_cross=tuple(self.p.search_cls_cross), promote=self.p.search_promote,
-                           cut=self.p.search_cut,
-                           equal_finals=self.p.search_equal_finals,
-                           extra_masks=(str(self.path("derive", "mask.json")),))
+        cfg = SearchConfig(
+            model=str(self.ce_path()),
+            dataset=self.p.dataset,
+            split="dev",
+            run=self.dev_run(),
+            k=self.p.sweep_k,
+            queries=self.p.search_queries,
+            sample=self.p.dev_sample,
+            train_preset=self.p.train_preset,
+            train=train,
+            steps=self.p.search_steps,
+            eta=self.p.search_eta,
+            finalists=self.p.search_finalists,
+            max_rungs=self.p.search_rungs,
+            seeded_from=self.p.search_seeded_from,
+            seeds=tuple(self.p.search_seeds),
+            tolerance=self.p.search_tolerance,
+            max_interaction_layers=self.p.max_interaction_layers,
+            cls_cross=tuple(self.p.search_cls_cross),
+            promote=self.p.search_promote,
+            cut=self.p.search_cut,
+            equal_finals=self.p.search_equal_finals,
+            extra_masks=(str(self.path("derive", "mask.json")),),
+        )
         self._adopt_candidates(folder)
         res = search(cfg, folder, log=self.console.print if self.console else None)
-        return {"decision": res.config.decision, "a": res.config.contextual_layers,
-                "b": res.config.interaction_layers, "steps_total": res.meta["steps_total"]}
+        return {
+            "decision": res.config.decision,
+            "a": res.config.contextual_layers,
+            "b": res.config.interaction_layers,
+            "steps_total": res.meta["steps_total"],
+        }
 
     def _adopt_candidates(self, folder: Path) -> None:
         """Move the trained candidates of an earlier search (a finished stage under another key, about to be
@@ -475,8 +582,13 @@ class Demo:
         derived = self.derived()
         if derived.decision == "cross-encoder":
             return {"skipped": "the search found no configuration within tolerance"}
-        best = self._train(folder, "masked", self.p.masked_steps, model=str(self.ce_path()),
-                           mask=str(self.path("search", "derived.json")))
+        best = self._train(
+            folder,
+            "masked",
+            self.p.masked_steps,
+            model=str(self.ce_path()),
+            mask=str(self.path("search", "derived.json")),
+        )
         scorer = load_scorer(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "masked")
@@ -500,8 +612,10 @@ class Demo:
             top = layers[layers["rung"] == layers["rung"].max()].sort_values(m, ascending=False).iloc[0]
             a, b = int(top["a"]), int(top["b"])
             loss = float(top["rel_loss"]) if pd.notna(top.get("rel_loss")) else float("nan")
-            why = (f"the search chose no MICE: its most effective measured MICE, MICE-ℓ{a}+{b}, was trained instead; "
-                   f"it failed the search's rule at {loss:.1%} below the best (tolerance {derived.tolerance:.0%})")
+            why = (
+                f"the search chose no MICE: its most effective measured MICE, MICE-ℓ{a}+{b}, was trained instead; "
+                f"it failed the search's rule at {loss:.1%} below the best (tolerance {derived.tolerance:.0%})"
+            )
         else:
             masks = t[(t["stage"] == "mask") & t["trained"] & t["a"].notna() & (t["a"] >= 1)]
             if len(masks):
@@ -509,9 +623,11 @@ class Demo:
             else:
                 a = 1
             b = derived.num_layers - a
-            why = (f"the search chose no MICE and measured none (no document-independent mask within tolerance): "
-                   f"MICE-ℓ{a}+{b} (the best measured split, every layer above it) was trained instead, untested "
-                   f"by the search's rule")
+            why = (
+                f"the search chose no MICE and measured none (no document-independent mask within tolerance): "
+                f"MICE-ℓ{a}+{b} (the best measured split, every layer above it) was trained instead, untested "
+                f"by the search's rule"
+            )
         return {"a": a, "b": b, "cls_cross_attention": "none", "chosen": False, "why": why}
 
     def stage_mice(self, folder: Path) -> dict:
@@ -522,14 +638,24 @@ class Demo:
 
         derived = self.derived()
         if derived.decision == "mice":
-            info = {"a": derived.contextual_layers, "b": derived.interaction_layers, "chosen": True,
-                    "cls_cross_attention": derived.cls_cross_attention or "none",
-                    "why": derived.provenance.get("why", "")}
+            info = {
+                "a": derived.contextual_layers,
+                "b": derived.interaction_layers,
+                "chosen": True,
+                "cls_cross_attention": derived.cls_cross_attention or "none",
+                "why": derived.provenance.get("why", ""),
+            }
         else:
             info = self.fallback_mice(derived)
-        best = self._train(folder, "mice", self.p.mice_steps, model=str(self.ce_path()),
-                           contextual_layers=info["a"], interaction_layers=info["b"],
-                           cls_cross_attention=info["cls_cross_attention"])
+        best = self._train(
+            folder,
+            "mice",
+            self.p.mice_steps,
+            model=str(self.ce_path()),
+            contextual_layers=info["a"],
+            interaction_layers=info["b"],
+            cls_cross_attention=info["cls_cross_attention"],
+        )
         write_json_atomic(folder / "mice.json", info)
         scorer = load_scorer(best)
         for domain in self.datasets():
@@ -570,21 +696,29 @@ class Demo:
         build_s = time.perf_counter() - t0
         scorer = IndexScorer(FastReranker(model, folder / "index"))
         t0 = time.perf_counter()
-        from_index = rerank(scorer, ds, "test", run, k=self.p.first_stage_k, out=folder / "mice-index-in.trec",
-                            tag="mice-index")
+        from_index = rerank(
+            scorer, ds, "test", run, k=self.p.first_stage_k, out=folder / "mice-index-in.trec", tag="mice-index"
+        )
         rerank_s = time.perf_counter() - t0
         on_the_fly = _restrict(read_run(self.path("mice", "mice-in.trec")), set(run["query_id"]))
         merged = on_the_fly.merge(from_index, on=["query_id", "doc_id"], suffixes=("_fly", "_index"))
-        taus = [stats.kendalltau(g.score_fly, g.score_index).statistic for _, g in merged.groupby("query_id")
-                if len(g) > 1]
+        taus = [
+            stats.kendalltau(g.score_fly, g.score_index).statistic for _, g in merged.groupby("query_id") if len(g) > 1
+        ]
         qrels = ds.qrels("test")
         qrels = qrels[qrels.query_id.isin(set(run["query_id"]))]  # the evaluated subset, not the whole split
         ev = evaluate(qrels, {"mice": on_the_fly, "mice-index": from_index}, metrics=["nDCG@10"])
         ndcg = ev.set_index("run")["value"]
-        check = {"documents": len(corpus), "build_seconds": round(build_s, 2), "rerank_seconds": round(rerank_s, 2),
-                 "kendall_tau_mean": float(np.nanmean(taus)), "kendall_tau_min": float(np.nanmin(taus)),
-                 "max_abs_score_diff": float((merged.score_fly - merged.score_index).abs().max()),
-                 "ndcg10_on_the_fly": float(ndcg["mice"]), "ndcg10_from_index": float(ndcg["mice-index"])}
+        check = {
+            "documents": len(corpus),
+            "build_seconds": round(build_s, 2),
+            "rerank_seconds": round(rerank_s, 2),
+            "kendall_tau_mean": float(np.nanmean(taus)),
+            "kendall_tau_min": float(np.nanmin(taus)),
+            "max_abs_score_diff": float((merged.score_fly - merged.score_index).abs().max()),
+            "ndcg10_on_the_fly": float(ndcg["mice"]),
+            "ndcg10_from_index": float(ndcg["mice-index"]),
+        }
         (folder / "index_check.json").write_text(json.dumps(check, indent=2))
         import shutil
 
@@ -599,8 +733,13 @@ class Demo:
         from mice.rank.runs import read_run
 
         tables = []
-        sources = [("biencoder", "biencoder"), ("cross-encoder", "cross_encoder"), ("masked", "masked"),
-                   ("mice", "mice"), ("late-interaction", "late_interaction")]
+        sources = [
+            ("biencoder", "biencoder"),
+            ("cross-encoder", "cross_encoder"),
+            ("masked", "masked"),
+            ("mice", "mice"),
+            ("late-interaction", "late_interaction"),
+        ]
         every = ("cross-encoder", "mice")
         for domain, spec in self.datasets().items():
             ds = load_dataset(spec)
@@ -636,16 +775,21 @@ class Demo:
         from mice.bench.latency import LatencyConfig, add_ratios, run_latency
 
         a, b = self.mice_layers()
-        cfg = LatencyConfig(docs=self.p.bench_docs, doc_lens=self.p.bench_doc_lens, repeats=self.p.bench_repeats,
-                            model=str(self.ce_path()), layers=(a, b), workdir=str(folder / "work"),
-                            late_interaction=str(self.path("late_interaction", "train", "best")))
+        cfg = LatencyConfig(
+            docs=self.p.bench_docs,
+            doc_lens=self.p.bench_doc_lens,
+            repeats=self.p.bench_repeats,
+            model=str(self.ce_path()),
+            layers=(a, b),
+            workdir=str(folder / "work"),
+            late_interaction=str(self.path("late_interaction", "train", "best")),
+        )
         df = add_ratios(run_latency(cfg, log=(self.console.print if self.console else (lambda s: None))))
         write_table(df, folder / "bench.csv")
         import shutil
 
         shutil.rmtree(folder / "work", ignore_errors=True)
         return {}
-
 
     def adopt_frontier(self, source) -> None:
         """Copy a cached frontier (`mice ablate frontier`) of this demo's cross-encoder into the run, for the
@@ -672,27 +816,46 @@ class Demo:
         made = make_all(self.out, folder)
         return {"figures": len(made)}
 
-    def run(self) -> Path:
-        from mice.files import write_json_atomic
-        from mice.app.report import write_report
-
-        p = self.pipe
-        write_json_atomic(self.out / "preset.json", asdict(self.p))
-        write_json_atomic(self.out / "environment.json", environment())
+    def _stage_plan(self) -> list:
+        """The demo's stages in order: (name, method, title, the preset fields its cache key holds)."""
         data = ("dataset", "dataset_ood", "dataset_meta", "dataset_external")
         runs = data + ("first_stage_k", "test_queries", "rerank_max_length")
-        ce = runs + ("every_query_domains", "train_preset", "backbone", "ce_steps", "ce_until_beats_teacher", "ce_eval_every",
-                     "ce_negative_miner", "ce_distill_weight", "ce_train_extra", "ce_mix_alpha", "long_length",
-                     "ce_long_steps", "dev_queries", "dev_sample", "seed")
+        ce = runs + (
+            "every_query_domains",
+            "train_preset",
+            "backbone",
+            "ce_steps",
+            "ce_until_beats_teacher",
+            "ce_eval_every",
+            "ce_negative_miner",
+            "ce_distill_weight",
+            "ce_train_extra",
+            "ce_mix_alpha",
+            "long_length",
+            "ce_long_steps",
+            "dev_queries",
+            "dev_sample",
+            "seed",
+        )
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
-        searched = derived + ("search_steps", "search_eta", "search_queries", "search_seeds", "search_finalists",
-                              "search_rungs", "search_seeded_from", "search_cls_cross", "search_promote",
-                              "search_equal_finals", "search_cut",
-                              "search_tolerance",
-                              "max_interaction_layers")
+        searched = derived + (
+            "search_steps",
+            "search_eta",
+            "search_queries",
+            "search_seeds",
+            "search_finalists",
+            "search_rungs",
+            "search_seeded_from",
+            "search_cls_cross",
+            "search_promote",
+            "search_equal_finals",
+            "search_cut",
+            "search_tolerance",
+            "max_interaction_layers",
+        )
         mice = searched + ("mice_steps",)
-        stages = [
+        return [
             ("data", self.stage_data, "build the embedded collections", data),
             ("bm25", self.stage_bm25, "BM25 first stage", data + ("first_stage_k",)),
             ("biencoder", self.stage_biencoder, "untuned bi-encoder re-ranking", runs),
@@ -704,16 +867,41 @@ class Demo:
             ("search", self.stage_search, "trained search: mask steps, merge layer, interaction layers", searched),
             # MICE first: the model the demo exists for
             ("mice", self.stage_mice, "train MICE (derived a, b)", mice),
-            ("masked", self.stage_masked, "train the masked cross-encoder (derived mask)",
-             searched + ("masked_steps",)),
-            ("late_interaction", self.stage_late_interaction, "train the late-interaction baseline (MaxSim)",
-             ce + ("late_steps",)),
+            (
+                "masked",
+                self.stage_masked,
+                "train the masked cross-encoder (derived mask)",
+                searched + ("masked_steps",),
+            ),
+            (
+                "late_interaction",
+                self.stage_late_interaction,
+                "train the late-interaction baseline (MaxSim)",
+                ce + ("late_steps",),
+            ),
             ("index", self.stage_index, "MICE document index (fp16) vs on the fly", mice),
-            ("evaluate", self.stage_evaluate, "evaluate every run, in domain and out of domain",
-             mice + ("masked_steps", "late_steps")),
-            ("bench", self.stage_bench, "latency benchmark",
-             mice + ("late_steps", "bench_docs", "bench_doc_lens", "bench_repeats")),
+            (
+                "evaluate",
+                self.stage_evaluate,
+                "evaluate every run, in domain and out of domain",
+                mice + ("masked_steps", "late_steps"),
+            ),
+            (
+                "bench",
+                self.stage_bench,
+                "latency benchmark",
+                mice + ("late_steps", "bench_docs", "bench_doc_lens", "bench_repeats"),
+            ),
         ]
+
+    def run(self) -> Path:
+        from mice.files import write_json_atomic
+        from mice.app.report import write_report
+
+        p = self.pipe
+        write_json_atomic(self.out / "preset.json", asdict(self.p))
+        write_json_atomic(self.out / "environment.json", environment())
+        stages = self._stage_plan()
         for name, fn, title, fields in stages:
             key = self.key(fields)
             if name in MICE_ALWAYS_STAGES:  # the demo trains a MICE model whatever the search decided
@@ -751,13 +939,35 @@ def mice_vs_cross_encoder(folder) -> pd.DataFrame:
         rng = np.random.default_rng(0)
         idx = rng.integers(0, len(m), size=(2000, len(m)))
         share = m[idx].mean(1) / np.maximum(c[idx].mean(1), 1e-12)
-        rows.append({"domain": domain, "queries": queries, "n_queries": len(m), "mice": m.mean(),
-                     "cross_encoder": c.mean(), "share": m.mean() / c.mean() if c.mean() > 0 else float("nan"),
-                     "share_ci_low": float(np.quantile(share, 0.025)), "share_ci_high": float(np.quantile(share, 0.975)),
-                     "p_ttest": float(stats.ttest_rel(m, c).pvalue) if len(m) > 1 and np.any(m != c) else 1.0,
-                     "bm25": float(pq["bm25"].mean()) if "bm25" in pq else float("nan")})
-    return pd.DataFrame(rows, columns=["domain", "queries", "n_queries", "mice", "cross_encoder", "share",
-                                       "share_ci_low", "share_ci_high", "p_ttest", "bm25"])
+        rows.append(
+            {
+                "domain": domain,
+                "queries": queries,
+                "n_queries": len(m),
+                "mice": m.mean(),
+                "cross_encoder": c.mean(),
+                "share": m.mean() / c.mean() if c.mean() > 0 else float("nan"),
+                "share_ci_low": float(np.quantile(share, 0.025)),
+                "share_ci_high": float(np.quantile(share, 0.975)),
+                "p_ttest": float(stats.ttest_rel(m, c).pvalue) if len(m) > 1 and np.any(m != c) else 1.0,
+                "bm25": float(pq["bm25"].mean()) if "bm25" in pq else float("nan"),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "domain",
+            "queries",
+            "n_queries",
+            "mice",
+            "cross_encoder",
+            "share",
+            "share_ci_low",
+            "share_ci_high",
+            "p_ttest",
+            "bm25",
+        ],
+    )
 
 
 def run_demo(out="runs/demo", preset: str = "quick", console=None, frontier=None, **overrides) -> Path:
@@ -770,9 +980,15 @@ def environment() -> dict:
 
     import torch
 
-    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "processor": platform.processor(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
 
 
 def runs_root(root=".") -> Path:

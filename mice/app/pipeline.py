@@ -9,6 +9,7 @@ exclusive lock (`mice.identity.output_lock`) on its folder while it runs.
 A stage's recorded `seconds` cover every attempt: while it runs, a heartbeat thread writes the time spent so far
 into `partial.json` (every `heartbeat_s`), so a stage resumed after a crash or a SIGKILL counts the earlier
 attempts' time too (at most one heartbeat of it is lost), and `attempts` says how many runs it took."""
+
 from __future__ import annotations
 
 import contextlib
@@ -105,8 +106,9 @@ class Pipeline:
             return None
         return info if info.get("fingerprint") == _as_json(self.fingerprint if key is None else key) else None
 
-    def run(self, name: str, fn: Callable[[Path], dict | None], title: str | None = None,
-            key: dict | None = None) -> dict:
+    def run(
+        self, name: str, fn: Callable[[Path], dict | None], title: str | None = None, key: dict | None = None
+    ) -> dict:
         """Run `fn(folder)` unless the stage already finished with the same fingerprint.
 
         `fn` writes into `folder` (a work folder renamed at the end): outputs should name files relative to it.
@@ -118,8 +120,7 @@ class Pipeline:
         label = title or name
         if info is not None:
             self._say(f"[green]✓[/] {label} [dim](cached, {info['seconds']:.1f}s when run)[/]")
-            self.results.append(StageResult(name, info["seconds"], True, info.get("outputs", {}),
-                                            info.get("attempts")))
+            self.results.append(StageResult(name, info["seconds"], True, info.get("outputs", {}), info.get("attempts")))
             return info.get("outputs", {})
         from mice.identity import output_lock
 
@@ -137,9 +138,17 @@ class Pipeline:
                 raise
             clock.stop()
             seconds = clock.total
-            write_json_atomic(work / DONE, {"stage": name, "seconds": seconds, "attempts": clock.attempts,
-                                            "seconds_last_attempt": clock.this_attempt, "outputs": outputs,
-                                            "fingerprint": key})
+            write_json_atomic(
+                work / DONE,
+                {
+                    "stage": name,
+                    "seconds": seconds,
+                    "attempts": clock.attempts,
+                    "seconds_last_attempt": clock.this_attempt,
+                    "outputs": outputs,
+                    "fingerprint": key,
+                },
+            )
             (work / PARTIAL).unlink(missing_ok=True)
             if folder.exists():
                 shutil.rmtree(folder)
@@ -173,8 +182,10 @@ class Pipeline:
     def timings(self):
         import pandas as pd
 
-        return pd.DataFrame([(r.name, round(r.seconds, 2), r.cached, r.attempts) for r in self.results],
-                            columns=["stage", "seconds", "cached", "attempts"]).astype({"attempts": "Int64"})
+        return pd.DataFrame(
+            [(r.name, round(r.seconds, 2), r.cached, r.attempts) for r in self.results],
+            columns=["stage", "seconds", "cached", "attempts"],
+        ).astype({"attempts": "Int64"})
 
     def _say(self, text: str) -> None:
         if self.console is not None:

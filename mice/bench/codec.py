@@ -11,6 +11,7 @@ datasets are kept apart by a `<dataset number>:` prefix); every query re-ranked 
 - re-ranking throughput (pairs/s, median of `repeats` passes over all queries, the indexes' passes interleaved so
   that a change of machine load hits all alike) and its ratio to float16's, measured in the same process.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -22,16 +23,46 @@ from typing import Callable
 
 import numpy as np
 
-COLUMNS = ["storage", "settings", "bytes_per_token", "bytes_vs_fp16", "codec_bytes", "ndcg10", "ndcg10_fp16",
-           "ndcg_ratio", "ratio_ci_low", "ratio_ci_high", "spearman", "top10_overlap", "pairs_per_s",
-           "pairs_per_s_fp16", "throughput_ratio", "build_s", "queries", "pairs", "documents", "tokens", "depth",
-           "model", "datasets", "split", "threads", "load_avg", "date"]
-_KEYS = {"m": ("pq_m", int), "rotation": ("rotation", lambda v: v.lower() in ("1", "true", "yes")),
-         "centroids": ("centroids", int), "bits": ("bits", int), "train": ("train_tokens", int)}
+COLUMNS = [
+    "storage",
+    "settings",
+    "bytes_per_token",
+    "bytes_vs_fp16",
+    "codec_bytes",
+    "ndcg10",
+    "ndcg10_fp16",
+    "ndcg_ratio",
+    "ratio_ci_low",
+    "ratio_ci_high",
+    "spearman",
+    "top10_overlap",
+    "pairs_per_s",
+    "pairs_per_s_fp16",
+    "throughput_ratio",
+    "build_s",
+    "queries",
+    "pairs",
+    "documents",
+    "tokens",
+    "depth",
+    "model",
+    "datasets",
+    "split",
+    "threads",
+    "load_avg",
+    "date",
+]
+_KEYS = {
+    "m": ("pq_m", int),
+    "rotation": ("rotation", lambda v: v.lower() in ("1", "true", "yes")),
+    "centroids": ("centroids", int),
+    "bits": ("bits", int),
+    "train": ("train_tokens", int),
+}
 
 
 def parse_storage(spec: str) -> dict:
-    """"pq", "pq:m=32", "pq:m=48:rotation=1", "residual:bits=2:centroids=4096" -> IndexConfig keywords."""
+    """ "pq", "pq:m=32", "pq:m=48:rotation=1", "residual:bits=2:centroids=4096" -> IndexConfig keywords."""
     from mice.errors import MiceError
     from mice.index.store import normalise_dtype
 
@@ -117,8 +148,9 @@ def run_codec_bench(config: CodecBenchConfig, log: Callable[[str], None] = print
     texts, queries, qrels = _candidates(config)
     pairs = sum(len(k) for _, _, k in queries)
     log(f"  {len(queries)} queries, {pairs} pairs, {len(texts)} documents to index")
-    settings = [{"dtype": "float16"}] + [{"train_tokens": config.train_tokens, **parse_storage(s)}
-                                         for s in config.storages]
+    settings = [{"dtype": "float16"}] + [
+        {"train_tokens": config.train_tokens, **parse_storage(s)} for s in config.storages
+    ]
     names = ["float16"] + list(config.storages)
     own = config.workdir is None
     work = Path(tempfile.mkdtemp(prefix="mice-codec-")) if own else Path(config.workdir)
@@ -126,8 +158,13 @@ def run_codec_bench(config: CodecBenchConfig, log: Callable[[str], None] = print
         indexes, build_s = {}, {}
         for name, kw in zip(names, settings):
             t0 = time.perf_counter()
-            indexes[name] = build_index(model, texts, work / name.replace(":", "_").replace("=", "-"),
-                                        IndexConfig(batch_size=32, **kw), overwrite=True)
+            indexes[name] = build_index(
+                model,
+                texts,
+                work / name.replace(":", "_").replace("=", "-"),
+                IndexConfig(batch_size=32, **kw),
+                overwrite=True,
+            )
             build_s[name] = time.perf_counter() - t0
             log(f"  built {name}: {indexes[name].bytes_per_token():.1f} B/token in {build_s[name]:.1f} s")
         rerankers = {n: FastReranker(model, idx, batch_size=config.batch_size) for n, idx in indexes.items()}
@@ -139,8 +176,20 @@ def run_codec_bench(config: CodecBenchConfig, log: Callable[[str], None] = print
                 for _, text, keys in queries:
                     rerankers[n].score(text, keys)
                 times[n].append(time.perf_counter() - t0)
-        return _report(config, names, settings, indexes, build_s, scores, times, queries, qrels, pairs,
-                       float(os.getloadavg()[0]), log)[COLUMNS]
+        return _report(
+            config,
+            names,
+            settings,
+            indexes,
+            build_s,
+            scores,
+            times,
+            queries,
+            qrels,
+            pairs,
+            float(os.getloadavg()[0]),
+            log,
+        )[COLUMNS]
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
@@ -155,8 +204,10 @@ def _report(config, names, settings, indexes, build_s, scores, times, queries, q
 
     ndcg = {}
     for n in names:
-        run = pd.DataFrame([(qk, d, float(s)) for (qk, _, keys), sc in zip(queries, scores[n])
-                            for d, s in zip(keys, sc)], columns=["query_id", "doc_id", "score"])
+        run = pd.DataFrame(
+            [(qk, d, float(s)) for (qk, _, keys), sc in zip(queries, scores[n]) for d, s in zip(keys, sc)],
+            columns=["query_id", "doc_id", "score"],
+        )
         pq = per_query(qrels[qrels["query_id"].isin(run["query_id"].unique())], run, ["nDCG@10"])
         ndcg[n] = pq.set_index("query_id")["value"].sort_index()
     ref = ndcg["float16"].to_numpy()
@@ -166,26 +217,47 @@ def _report(config, names, settings, indexes, build_s, scores, times, queries, q
         vals = ndcg[n].reindex(ndcg["float16"].index).to_numpy()
         lo, hi = bootstrap_ratio(ref, vals, config.bootstrap, config.seed)
         rho = [spearmanr(a, b)[0] if len(a) > 2 else np.nan for a, b in zip(scores["float16"], scores[n])]
-        top = [len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / min(10, len(a))
-               for a, b in zip(scores["float16"], scores[n])]
+        top = [
+            len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / min(10, len(a))
+            for a, b in zip(scores["float16"], scores[n])
+        ]
         idx = indexes[n]
         speed = pairs / float(np.median(times[n]))
-        rows.append({"storage": n, "settings": ", ".join(f"{k}={v}" for k, v in kw.items()),
-                     "bytes_per_token": idx.bytes_per_token(),
-                     "bytes_vs_fp16": idx.bytes_per_token() / indexes["float16"].bytes_per_token(),
-                     "codec_bytes": idx.info().get("codec_bytes", 0), "ndcg10": float(vals.mean()),
-                     "ndcg10_fp16": float(ref.mean()), "ndcg_ratio": float(vals.mean() / max(ref.mean(), 1e-12)),
-                     "ratio_ci_low": lo, "ratio_ci_high": hi, "spearman": float(np.nanmean(rho)),
-                     "top10_overlap": float(np.mean(top)), "pairs_per_s": speed, "pairs_per_s_fp16": ref_speed,
-                     "throughput_ratio": speed / ref_speed, "build_s": build_s[n], "queries": len(ref),
-                     "pairs": pairs, "documents": len(idx), "tokens": idx.n_tokens, "depth": config.depth,
-                     "model": config.model + (f" --arch {config.arch}" if config.arch else ""),
-                     "datasets": " + ".join(config.datasets), "split": config.split,
-                     "threads": torch.get_num_threads(), "load_avg": load_avg,
-                     "date": time.strftime("%Y-%m-%d %H:%M")})
+        rows.append(
+            {
+                "storage": n,
+                "settings": ", ".join(f"{k}={v}" for k, v in kw.items()),
+                "bytes_per_token": idx.bytes_per_token(),
+                "bytes_vs_fp16": idx.bytes_per_token() / indexes["float16"].bytes_per_token(),
+                "codec_bytes": idx.info().get("codec_bytes", 0),
+                "ndcg10": float(vals.mean()),
+                "ndcg10_fp16": float(ref.mean()),
+                "ndcg_ratio": float(vals.mean() / max(ref.mean(), 1e-12)),
+                "ratio_ci_low": lo,
+                "ratio_ci_high": hi,
+                "spearman": float(np.nanmean(rho)),
+                "top10_overlap": float(np.mean(top)),
+                "pairs_per_s": speed,
+                "pairs_per_s_fp16": ref_speed,
+                "throughput_ratio": speed / ref_speed,
+                "build_s": build_s[n],
+                "queries": len(ref),
+                "pairs": pairs,
+                "documents": len(idx),
+                "tokens": idx.n_tokens,
+                "depth": config.depth,
+                "model": config.model + (f" --arch {config.arch}" if config.arch else ""),
+                "datasets": " + ".join(config.datasets),
+                "split": config.split,
+                "threads": torch.get_num_threads(),
+                "load_avg": load_avg,
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+            }
+        )
         r = rows[-1]
-        log(f"  {n:24s} {r['bytes_per_token']:6.1f} B/token  nDCG@10 {r['ndcg10']:.4f} (fp16 {r['ndcg10_fp16']:.4f}, "
+        log(
+            f"  {n:24s} {r['bytes_per_token']:6.1f} B/token  nDCG@10 {r['ndcg10']:.4f} (fp16 {r['ndcg10_fp16']:.4f}, "
             f"ratio {r['ndcg_ratio']:.4f} [{lo:.4f}, {hi:.4f}])  spearman {r['spearman']:.4f}  top-10 overlap "
-            f"{r['top10_overlap']:.3f}  {speed:,.0f} pairs/s ({r['throughput_ratio']:.2f}× fp16)")
+            f"{r['top10_overlap']:.3f}  {speed:,.0f} pairs/s ({r['throughput_ratio']:.2f}× fp16)"
+        )
     return pd.DataFrame(rows)
-

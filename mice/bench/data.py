@@ -8,6 +8,7 @@ kept), and `mice.data.local.OffsetTexts` opening the corpus plus 10,000 random l
 The targets (≤ 5 min and ≤ 4 GiB for 40M lines, ≤ 1 min to open 1M passages) are printed as ratios, never
 asserted; on a machine shared with other jobs the times are upper bounds.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,22 @@ def write_teacher_file(path: Path, lines: int, passages: int, seed: int = 0, chu
     rng = np.random.default_rng(seed)
     queries = max(1, lines // 100)
     opts = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
-    with pacsv.CSVWriter(str(path), pa.schema([(k, t) for k, t in (("sp", pa.float32()), ("sn", pa.float32()),
-                                                                    ("q", pa.int64()), ("p", pa.int64()),
-                                                                    ("n", pa.int64()))]), write_options=opts) as w:
+    with pacsv.CSVWriter(
+        str(path),
+        pa.schema(
+            [
+                (k, t)
+                for k, t in (
+                    ("sp", pa.float32()),
+                    ("sn", pa.float32()),
+                    ("q", pa.int64()),
+                    ("p", pa.int64()),
+                    ("n", pa.int64()),
+                )
+            ]
+        ),
+        write_options=opts,
+    ) as w:
         for start in range(0, lines, chunk):
             n = min(chunk, lines - start)
             q = rng.integers(0, queries, n)
@@ -79,29 +93,37 @@ def write_corpus(path: Path, passages: int, words: int = 55, seed: int = 0, chun
 def _measure(kind: str, path: Path) -> dict:
     import os
 
-    res = subprocess.run([sys.executable, "-c", _CHILD, kind, str(path)], capture_output=True, text=True,
-                         env={**os.environ})
+    res = subprocess.run(
+        [sys.executable, "-c", _CHILD, kind, str(path)], capture_output=True, text=True, env={**os.environ}
+    )
     if res.returncode != 0:
         raise RuntimeError(f"{kind}: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run_data_bench(lines: int = 40_000_000, passages: int = 1_000_000, workdir: str | None = None,
-                   log: Callable[[str], None] = print) -> dict:
+def run_data_bench(
+    lines: int = 40_000_000, passages: int = 1_000_000, workdir: str | None = None, log: Callable[[str], None] = print
+) -> dict:
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mice-bench-data-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
         teacher = write_teacher_file(work / "teacher.tsv", lines, passages)
         corpus = write_corpus(work / "collection.tsv", passages)
-        log(f"  wrote {lines:,} teacher lines ({teacher.stat().st_size / 2**30:.2f} GiB) and {passages:,} passages "
-            f"({corpus.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s")
+        log(
+            f"  wrote {lines:,} teacher lines ({teacher.stat().st_size / 2**30:.2f} GiB) and {passages:,} passages "
+            f"({corpus.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s"
+        )
         tri, cor = _measure("triples", teacher), _measure("corpus", corpus)
-        log(f"  teacher file: {tri['rows']:,} triples ({tri['unique']:,} unique, {tri['queries']:,} queries, "
+        log(
+            f"  teacher file: {tri['rows']:,} triples ({tri['unique']:,} unique, {tri['queries']:,} queries, "
             f"{tri['documents']:,} documents) in {tri['seconds']:.1f} s, peak {tri['peak_mib']:,.0f} MiB  "
-            f"-> {tri['seconds'] / 300:.2f} of 5 min, {tri['peak_mib'] / 4096:.2f} of 4 GiB")
-        log(f"  corpus: {cor['rows']:,} passages opened in {cor['open_s']:.1f} s ({cor['open_s'] / 60:.2f} of 1 min), "
-            f"{cor['lookups_per_s']:,.0f} random look-ups/s, peak {cor['peak_mib']:,.0f} MiB")
+            f"-> {tri['seconds'] / 300:.2f} of 5 min, {tri['peak_mib'] / 4096:.2f} of 4 GiB"
+        )
+        log(
+            f"  corpus: {cor['rows']:,} passages opened in {cor['open_s']:.1f} s ({cor['open_s'] / 60:.2f} of 1 min), "
+            f"{cor['lookups_per_s']:,.0f} random look-ups/s, peak {cor['peak_mib']:,.0f} MiB"
+        )
         return {"teacher": tri, "corpus": cor, "lines": lines, "passages": passages}
     finally:
         if workdir is None:

@@ -21,6 +21,7 @@ near the budget whatever the card. The CSV and the markdown table are rewritten 
 a run killed at its time limit keeps what it measured. `--smoke` shrinks every size (a tiny 8-layer model, short
 documents, a couple of runs) so that `--device cpu --smoke` checks the whole script in well under a minute.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -33,9 +34,28 @@ from typing import Callable
 import numpy as np
 
 SECTIONS = ("latency-paper", "latency-ours", "train", "index-build")
-COLUMNS = ["section", "method", "compute_dtype", "value", "unit", "std", "speedup_vs_ce", "batch", "doc_len",
-           "query_len", "runs", "peak_mem_mb", "device", "device_name", "model", "arch", "torch", "cuda", "date",
-           "note"]
+COLUMNS = [
+    "section",
+    "method",
+    "compute_dtype",
+    "value",
+    "unit",
+    "std",
+    "speedup_vs_ce",
+    "batch",
+    "doc_len",
+    "query_len",
+    "runs",
+    "peak_mem_mb",
+    "device",
+    "device_name",
+    "model",
+    "arch",
+    "torch",
+    "cuda",
+    "date",
+    "note",
+]
 TRAIN_METHODS = ("cross-encoder", "mice", "late-interaction")
 
 
@@ -61,15 +81,38 @@ class GPUBenchConfig:
     index_docs: int = 2048
     index_doc_len: int = 128
     seed: int = 0
-    shape: dict = field(default_factory=lambda: {"num_hidden_layers": 12, "hidden_size": 384,
-                                                 "num_attention_heads": 12, "intermediate_size": 1536})
+    shape: dict = field(
+        default_factory=lambda: {
+            "num_hidden_layers": 12,
+            "hidden_size": 384,
+            "num_attention_heads": 12,
+            "intermediate_size": 1536,
+        }
+    )
 
     def shrunk(self) -> "GPUBenchConfig":
         """The smoke sizes: every code path, a tiny model, a few seconds each."""
-        return replace(self, doc_len=48, query_len=12, paper_batch=4, paper_runs=2, paper_warmup=1, docs=6, repeats=1,
-                       train_groups=2, train_steps=1, train_warmup=1, index_docs=32, index_doc_len=32,
-                       shape={"num_hidden_layers": sum(self.layers), "hidden_size": 32, "num_attention_heads": 2,
-                              "intermediate_size": 64})
+        return replace(
+            self,
+            doc_len=48,
+            query_len=12,
+            paper_batch=4,
+            paper_runs=2,
+            paper_warmup=1,
+            docs=6,
+            repeats=1,
+            train_groups=2,
+            train_steps=1,
+            train_warmup=1,
+            index_docs=32,
+            index_doc_len=32,
+            shape={
+                "num_hidden_layers": sum(self.layers),
+                "hidden_size": 32,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+            },
+        )
 
 
 def make_backbone(folder: Path, shape: dict, seed: int = 0) -> Path:
@@ -136,11 +179,14 @@ def markdown(df) -> str:
     if df.empty:
         return "(no results)\n"
     first = df.iloc[0]
-    lines = [f"`mice bench gpu` on {first['device_name']} ({first['device']}), torch {first['torch']}"
-             f"{', CUDA ' + str(first['cuda']) if isinstance(first['cuda'], str) and first['cuda'] else ''}, "
-             f"{first['model']}, MICE-ℓ{first['arch']}, {first['date']}", "",
-             "| section | method | dtype | value | unit | vs CE | batch | doc len | note |",
-             "|---|---|---|---:|---|---:|---:|---:|---|"]
+    lines = [
+        f"`mice bench gpu` on {first['device_name']} ({first['device']}), torch {first['torch']}"
+        f"{', CUDA ' + str(first['cuda']) if isinstance(first['cuda'], str) and first['cuda'] else ''}, "
+        f"{first['model']}, MICE-ℓ{first['arch']}, {first['date']}",
+        "",
+        "| section | method | dtype | value | unit | vs CE | batch | doc len | note |",
+        "|---|---|---|---:|---|---:|---:|---:|---|",
+    ]
     for r in df.itertuples(index=False):
         value = "" if r.value != r.value else (f"{r.value:,.1f}" if r.value >= 10 else f"{r.value:.3g}")
         if r.std == r.std and r.value == r.value:
@@ -149,8 +195,9 @@ def markdown(df) -> str:
         batch = "" if r.batch != r.batch else str(int(r.batch))
         dl = "" if r.doc_len != r.doc_len else str(int(r.doc_len))
         note = "" if not isinstance(r.note, str) else r.note
-        lines.append(f"| {r.section} | {r.method} | {r.compute_dtype} | {value} | {r.unit} | {vs} | {batch} | {dl} "
-                     f"| {note} |")
+        lines.append(
+            f"| {r.section} | {r.method} | {r.compute_dtype} | {value} | {r.unit} | {vs} | {batch} | {dl} | {note} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -178,11 +225,18 @@ def run_gpu_bench(config: GPUBenchConfig, out, log: Callable[[str], None] = prin
         folder = make_backbone(work / "backbone", config.shape, config.seed)
         a, b = config.layers
         shape = config.shape
-        meta = {"device": str(device), "device_name": _device_name(device), "arch": f"{a}+{b}",
-                "model": (f"random BERT L{shape['num_hidden_layers']}-H{shape['hidden_size']}"
-                          + (" (smoke)" if config.smoke else " (MiniLM-L12-H384 shape)")),
-                "torch": torch.__version__, "cuda": torch.version.cuda or "",
-                "date": time.strftime("%Y-%m-%d %H:%M")}
+        meta = {
+            "device": str(device),
+            "device_name": _device_name(device),
+            "arch": f"{a}+{b}",
+            "model": (
+                f"random BERT L{shape['num_hidden_layers']}-H{shape['hidden_size']}"
+                + (" (smoke)" if config.smoke else " (MiniLM-L12-H384 shape)")
+            ),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda or "",
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
         res = _Results(out, meta)
         units = [(s, d) for s in config.sections for d in dtypes]
         runners = {"latency-paper": _paper, "latency-ours": _ours, "train": _train, "index-build": _index_build}
@@ -190,8 +244,16 @@ def run_gpu_bench(config: GPUBenchConfig, out, log: Callable[[str], None] = prin
             spent = time.perf_counter() - t0
             if spent > config.budget_s:
                 log(f"  {section} {dtype}: skipped ({spent:.0f} s spent, budget {config.budget_s:.0f} s)")
-                res.add([{"section": section, "method": "(skipped)", "compute_dtype": dtype,
-                          "note": f"budget: {spent:.0f} s of {config.budget_s:.0f} s spent"}])
+                res.add(
+                    [
+                        {
+                            "section": section,
+                            "method": "(skipped)",
+                            "compute_dtype": dtype,
+                            "note": f"budget: {spent:.0f} s of {config.budget_s:.0f} s spent",
+                        }
+                    ]
+                )
                 continue
             u0 = time.perf_counter()
             res.add(runners[section](config, folder, device, dtype, work, log))
@@ -215,28 +277,75 @@ def _vs_ce(rows: list[dict], higher_is_faster: bool) -> list[dict]:
 def _paper(config: GPUBenchConfig, folder: Path, device, dtype: str, work: Path, log) -> list[dict]:
     from mice.bench.paper import PaperLatencyConfig, run_paper_latency
 
-    df = run_paper_latency(PaperLatencyConfig(batch=config.paper_batch, doc_len=config.doc_len,
-                                              warmup=config.paper_warmup, runs=config.paper_runs,
-                                              device=str(device), model=str(folder), layers=config.layers,
-                                              seed=config.seed, compute_dtype=dtype), log=log)
-    rows = [{"section": "latency-paper", "method": r.method, "compute_dtype": dtype, "value": r.mean_ms,
-             "std": r.std_ms, "unit": "ms per batch", "batch": r.batch, "doc_len": r.doc_len, "runs": r.runs,
-             "note": f"{r.docs_per_s:,.0f} docs/s"} for r in df.itertuples(index=False)]
+    df = run_paper_latency(
+        PaperLatencyConfig(
+            batch=config.paper_batch,
+            doc_len=config.doc_len,
+            warmup=config.paper_warmup,
+            runs=config.paper_runs,
+            device=str(device),
+            model=str(folder),
+            layers=config.layers,
+            seed=config.seed,
+            compute_dtype=dtype,
+        ),
+        log=log,
+    )
+    rows = [
+        {
+            "section": "latency-paper",
+            "method": r.method,
+            "compute_dtype": dtype,
+            "value": r.mean_ms,
+            "std": r.std_ms,
+            "unit": "ms per batch",
+            "batch": r.batch,
+            "doc_len": r.doc_len,
+            "runs": r.runs,
+            "note": f"{r.docs_per_s:,.0f} docs/s",
+        }
+        for r in df.itertuples(index=False)
+    ]
     return _vs_ce(rows, higher_is_faster=False)
 
 
 def _ours(config: GPUBenchConfig, folder: Path, device, dtype: str, work: Path, log) -> list[dict]:
     from mice.bench.latency import LatencyConfig, run_latency
 
-    df = run_latency(LatencyConfig(docs=config.docs, query_len=config.query_len, doc_lens=(config.doc_len,),
-                                   repeats=config.repeats, warmup=1, device=str(device), model=str(folder),
-                                   layers=config.layers, batch_size=32,
-                                   methods=("cross-encoder", "mice", "mice-index", "mice-kv", "maxsim"),
-                                   workdir=str(work / f"latency-{dtype}"), compute_dtype=dtype), log=log)
-    rows = [{"section": "latency-ours", "method": r.method, "compute_dtype": dtype, "value": r.median_ms,
-             "std": np.nan, "unit": "ms per query (median)", "batch": 32, "doc_len": r.doc_len,
-             "query_len": r.query_len, "runs": r.repeats, "peak_mem_mb": r.peak_mem_mb,
-             "note": f"{r.docs} docs, p10–p90 {r.p10_ms:,.1f}–{r.p90_ms:,.1f} ms"} for r in df.itertuples(index=False)]
+    df = run_latency(
+        LatencyConfig(
+            docs=config.docs,
+            query_len=config.query_len,
+            doc_lens=(config.doc_len,),
+            repeats=config.repeats,
+            warmup=1,
+            device=str(device),
+            model=str(folder),
+            layers=config.layers,
+            batch_size=32,
+            methods=("cross-encoder", "mice", "mice-index", "mice-kv", "maxsim"),
+            workdir=str(work / f"latency-{dtype}"),
+            compute_dtype=dtype,
+        ),
+        log=log,
+    )
+    rows = [
+        {
+            "section": "latency-ours",
+            "method": r.method,
+            "compute_dtype": dtype,
+            "value": r.median_ms,
+            "std": np.nan,
+            "unit": "ms per query (median)",
+            "batch": 32,
+            "doc_len": r.doc_len,
+            "query_len": r.query_len,
+            "runs": r.repeats,
+            "peak_mem_mb": r.peak_mem_mb,
+            "note": f"{r.docs} docs, p10–p90 {r.p10_ms:,.1f}–{r.p90_ms:,.1f} ms",
+        }
+        for r in df.itertuples(index=False)
+    ]
     return _vs_ce(rows, higher_is_faster=False)
 
 
@@ -264,9 +373,19 @@ def _train(config: GPUBenchConfig, folder: Path, device, dtype: str, work: Path,
     teacher = torch.randn(g, 2, generator=torch.Generator().manual_seed(config.seed)).to(device)
     rows = []
     for mode in TRAIN_METHODS:
-        cfg = TrainConfig(mode=mode, model=str(folder), max_length=config.doc_len, max_query_length=config.query_len,
-                          negatives=1, batch_size=g, contextual_layers=config.layers[0],
-                          interaction_layers=config.layers[1], seed=config.seed, lr=7e-6, weight_decay=0.0)
+        cfg = TrainConfig(
+            mode=mode,
+            model=str(folder),
+            max_length=config.doc_len,
+            max_query_length=config.query_len,
+            negatives=1,
+            batch_size=g,
+            contextual_layers=config.layers[0],
+            interaction_layers=config.layers[1],
+            seed=config.seed,
+            lr=7e-6,
+            weight_decay=0.0,
+        )
         student = build_student(cfg, device=device).train()
         opt = torch.optim.AdamW(param_groups(student, cfg.lr, None, 0.0), lr=cfg.lr)
         times = []
@@ -287,11 +406,22 @@ def _train(config: GPUBenchConfig, folder: Path, device, dtype: str, work: Path,
                 times.append(time.perf_counter() - s0)
         mean = float(np.mean(times))
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else np.nan
-        rows.append({"section": "train", "method": mode, "compute_dtype": dtype, "value": 1.0 / mean,
-                     "std": float(np.std([1.0 / t for t in times])), "unit": "steps/s", "batch": g,
-                     "doc_len": config.doc_len, "query_len": config.query_len, "runs": config.train_steps,
-                     "peak_mem_mb": peak,
-                     "note": f"{g} queries × (1 pos + 1 neg) per step = {2 * g / mean:,.1f} pairs/s"})
+        rows.append(
+            {
+                "section": "train",
+                "method": mode,
+                "compute_dtype": dtype,
+                "value": 1.0 / mean,
+                "std": float(np.std([1.0 / t for t in times])),
+                "unit": "steps/s",
+                "batch": g,
+                "doc_len": config.doc_len,
+                "query_len": config.query_len,
+                "runs": config.train_steps,
+                "peak_mem_mb": peak,
+                "note": f"{g} queries × (1 pos + 1 neg) per step = {2 * g / mean:,.1f} pairs/s",
+            }
+        )
         log(f"  [train] {mode:16s} {dtype}  {1.0 / mean:7.2f} steps/s  ({2 * g / mean:,.1f} pairs/s)")
         del student, opt
     return _vs_ce(rows, higher_is_faster=True)
@@ -312,15 +442,22 @@ def _index_build(config: GPUBenchConfig, folder: Path, device, dtype: str, work:
     from mice.models.mice_model import MICEModel
 
     a, b = config.layers
-    mice = MICEModel.from_cross_encoder(folder, contextual_layers=a, interaction_layers=b,
-                                        max_doc_length=config.index_doc_len).to(device).eval()
+    mice = (
+        MICEModel.from_cross_encoder(
+            folder, contextual_layers=a, interaction_layers=b, max_doc_length=config.index_doc_len
+        )
+        .to(device)
+        .eval()
+    )
     mice.set_compute_dtype(dtype)
     g = torch.Generator().manual_seed(config.seed)
     L = config.index_doc_len
     lens = torch.randint(max(4, L // 4), L + 1, (config.index_docs,), generator=g).tolist()
     cls_id, sep_id = mice.tokenizer.cls_token_id, mice.tokenizer.sep_token_id
-    docs = {f"d{i}": [cls_id] + torch.randint(1000, 30000, (n - 2,), generator=g).tolist() + [sep_id]
-            for i, n in enumerate(lens)}
+    docs = {
+        f"d{i}": [cls_id] + torch.randint(1000, 30000, (n - 2,), generator=g).tolist() + [sep_id]
+        for i, n in enumerate(lens)
+    }
     tokens = sum(lens)
     warm = dict(list(docs.items())[:64])
     rows = []
@@ -332,10 +469,19 @@ def _index_build(config: GPUBenchConfig, folder: Path, device, dtype: str, work:
         index = build_index_from_token_ids(mice, docs, work / f"index-{storage}-{dtype}", cfg, overwrite=True)
         _sync(device)
         s = time.perf_counter() - t0
-        rows.append({"section": "index-build", "method": f"index {storage}", "compute_dtype": dtype,
-                     "value": tokens / s, "unit": "doc tokens/s", "batch": 64, "doc_len": L, "runs": 1,
-                     "note": f"{len(docs)} docs, {tokens} tokens in {s:.2f} s, "
-                             f"{index.bytes_per_token():.1f} B/token"})
+        rows.append(
+            {
+                "section": "index-build",
+                "method": f"index {storage}",
+                "compute_dtype": dtype,
+                "value": tokens / s,
+                "unit": "doc tokens/s",
+                "batch": 64,
+                "doc_len": L,
+                "runs": 1,
+                "note": f"{len(docs)} docs, {tokens} tokens in {s:.2f} s, {index.bytes_per_token():.1f} B/token",
+            }
+        )
         log(f"  [index] {storage:8s} {dtype}  {tokens / s:,.0f} tokens/s  {index.bytes_per_token():.1f} B/token")
         shutil.rmtree(work / f"index-{storage}-{dtype}", ignore_errors=True)
     return rows
@@ -349,5 +495,7 @@ def _codec_kwargs(storage: str, config: GPUBenchConfig) -> dict:
 
     if normalise_dtype(storage) not in CODECS:
         return {}
-    return {"train_tokens": 1024 if config.smoke else 65536,
-            **codec_settings(normalise_dtype(storage), config.shape["hidden_size"])}
+    return {
+        "train_tokens": 1024 if config.smoke else 65536,
+        **codec_settings(normalise_dtype(storage), config.shape["hidden_size"]),
+    }

@@ -20,6 +20,7 @@ A pair that exceeds the model's positions (query + 512-token document) is trunca
 load hits all of them alike); `peak_mem_mb` is the largest peak of additional resident memory over a method's
 runs (CPU; sampled every 2 ms) or of additional allocated memory (CUDA).
 """
+
 from __future__ import annotations
 
 import gc
@@ -35,10 +36,36 @@ from typing import Callable
 import numpy as np
 
 METHODS = ("cross-encoder", "masked", "mice", "mice-index", "mice-kv", "maxsim")
-COLUMNS = ["method", "doc_len", "median_ms", "p10_ms", "p90_ms", "docs_per_s", "peak_mem_mb",
-           "bytes_per_doc_token", "ratio_vs_ce", "speedup_vs_ce", "mem_ratio_vs_ce", "docs", "query_len",
-           "ce_pair_len", "batch_size", "repeats", "device", "compute_dtype", "threads", "attention", "model", "mice",
-           "mask", "index_dtype", "torch", "cpu", "load_avg", "date"]
+COLUMNS = [
+    "method",
+    "doc_len",
+    "median_ms",
+    "p10_ms",
+    "p90_ms",
+    "docs_per_s",
+    "peak_mem_mb",
+    "bytes_per_doc_token",
+    "ratio_vs_ce",
+    "speedup_vs_ce",
+    "mem_ratio_vs_ce",
+    "docs",
+    "query_len",
+    "ce_pair_len",
+    "batch_size",
+    "repeats",
+    "device",
+    "compute_dtype",
+    "threads",
+    "attention",
+    "model",
+    "mice",
+    "mask",
+    "index_dtype",
+    "torch",
+    "cpu",
+    "load_avg",
+    "date",
+]
 
 
 @dataclass
@@ -169,8 +196,15 @@ def _percentiles(times_s: list[float]) -> tuple[float, float, float]:
     return float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90))
 
 
-def bench_backbone(model: str, random_weights: bool, seed: int, device, threads: int | None = None,
-                   workdir=None, prefix: str = "mice-bench-"):
+def bench_backbone(
+    model: str,
+    random_weights: bool,
+    seed: int,
+    device,
+    threads: int | None = None,
+    workdir=None,
+    prefix: str = "mice-bench-",
+):
     """The cross-encoder every benchmarked method is built from, saved once to `<work>/backbone` so that all
     methods load exactly these weights: (ce on `device`, tokenizer, backbone folder). A bare encoder gets a
     one-label head; `random_weights` draws the model from its config under `seed`."""
@@ -238,25 +272,44 @@ def _open_bench(config: LatencyConfig) -> tuple[_Bench, int]:
         raise ModelError(f"unknown benchmark methods {sorted(unknown)} (choose from {', '.join(METHODS)})")
     device = torch.device(config.device)
     precision = check_precision(config.compute_dtype, device)
-    ce, tokenizer, ce_folder = bench_backbone(config.model, config.random_weights, config.seed, device,
-                                              config.threads, config.workdir)
+    ce, tokenizer, ce_folder = bench_backbone(
+        config.model, config.random_weights, config.seed, device, config.threads, config.workdir
+    )
     a, b = config.layers
-    mice = MICEModel.from_cross_encoder(ce_folder, contextual_layers=a, interaction_layers=b,
-                                        max_doc_length=max(config.doc_lens)).to(device).eval()
+    mice = (
+        MICEModel.from_cross_encoder(
+            ce_folder, contextual_layers=a, interaction_layers=b, max_doc_length=max(config.doc_lens)
+        )
+        .to(device)
+        .eval()
+    )
     mice.set_compute_dtype(precision)
-    return _Bench(config, device, precision, ce, tokenizer, ce_folder, mice, FastMICE(mice)), \
-        MICEModel._position_limit(ce.config)
+    return _Bench(config, device, precision, ce, tokenizer, ce_folder, mice, FastMICE(mice)), MICEModel._position_limit(
+        ce.config
+    )
 
 
 def _meta(bench: _Bench) -> dict:
     import torch
 
     config, (a, b) = bench.config, bench.config.layers
-    return {"docs": config.docs, "query_len": config.query_len, "batch_size": bench.bs, "repeats": config.repeats,
-            "device": str(bench.device), "compute_dtype": bench.precision, "threads": torch.get_num_threads(),
-            "attention": "sdpa", "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
-            "mice": f"{a}+{b}", "mask": config.mask, "index_dtype": config.index_dtype,
-            "torch": torch.__version__, "cpu": _cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    return {
+        "docs": config.docs,
+        "query_len": config.query_len,
+        "batch_size": bench.bs,
+        "repeats": config.repeats,
+        "device": str(bench.device),
+        "compute_dtype": bench.precision,
+        "threads": torch.get_num_threads(),
+        "attention": "sdpa",
+        "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
+        "mice": f"{a}+{b}",
+        "mask": config.mask,
+        "index_dtype": config.index_dtype,
+        "torch": torch.__version__,
+        "cpu": _cpu_name(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def _setup_ce(bench: _Bench, inp, doc_len: int) -> dict:
@@ -267,10 +320,15 @@ def _setup_ce(bench: _Bench, inp, doc_len: int) -> dict:
     pairs, types = inp.pairs.to(device), inp.pair_types.to(device)
     setups = {}
     if "cross-encoder" in config.methods:
+
         def run_ce():
             for i in range(0, config.docs, bs):
-                bench.ce(input_ids=pairs[i:i + bs], token_type_ids=types[i:i + bs],
-                         attention_mask=torch.ones_like(pairs[i:i + bs])).logits
+                bench.ce(
+                    input_ids=pairs[i : i + bs],
+                    token_type_ids=types[i : i + bs],
+                    attention_mask=torch.ones_like(pairs[i : i + bs]),
+                ).logits
+
         setups["cross-encoder"] = (run_ce, 0.0)
     if "masked" in config.methods:
         from mice.models.hooked import HookedCrossEncoder
@@ -282,14 +340,23 @@ def _setup_ce(bench: _Bench, inp, doc_len: int) -> dict:
         mask = hooked.resolve_mask(config.mask)
         m_batches = []
         for i in range(0, config.docs, bs):
-            ids = pairs[i:i + bs]
+            ids = pairs[i : i + bs]
             am = torch.ones_like(ids)
-            m_batches.append(PairBatch({"input_ids": ids, "attention_mask": am, "token_type_ids": types[i:i + bs],
-                                        "segment_ids": segment_ids(ids.cpu(), am.cpu(), bench.tokenizer).to(device)}))
+            m_batches.append(
+                PairBatch(
+                    {
+                        "input_ids": ids,
+                        "attention_mask": am,
+                        "token_type_ids": types[i : i + bs],
+                        "segment_ids": segment_ids(ids.cpu(), am.cpu(), bench.tokenizer).to(device),
+                    }
+                )
+            )
 
         def run_masked():
             for batch in m_batches:
                 hooked.forward(batch, mask=mask)
+
         setups["masked"] = (run_masked, 0.0)
     return setups
 
@@ -313,27 +380,35 @@ def _setup_mice(bench: _Bench, inp, doc_len: int) -> dict:
     setups = {}
     if "mice" in config.methods:
         d_ids = inp.docs.to(bench.device)
-        d_batches = [{"input_ids": d_ids[i:i + bs], "attention_mask": torch.ones_like(d_ids[i:i + bs]),
-                      "token_type_ids": torch.full_like(d_ids[i:i + bs], mice.mice_config.doc_token_type)}
-                     for i in range(0, config.docs, bs)]
+        d_batches = [
+            {
+                "input_ids": d_ids[i : i + bs],
+                "attention_mask": torch.ones_like(d_ids[i : i + bs]),
+                "token_type_ids": torch.full_like(d_ids[i : i + bs], mice.mice_config.doc_token_type),
+            }
+            for i in range(0, config.docs, bs)
+        ]
 
         def run_mice():
             prep = bench.fast.prepare(q_batch)
             for batch in d_batches:
                 bench.fast.score_states(prep, mice.encode_doc_batch(batch))
+
         setups["mice"] = (run_mice, 0.0)
     doc_tokens = {f"d{i}": inp.docs[i].tolist() for i in range(config.docs)}
     for method, kv in (("mice-index", False), ("mice-kv", True)):
         if method not in config.methods:
             continue
         idx_dir = bench.ce_folder.parent / f"index-{doc_len}-{'kv' if kv else 'states'}"
-        index = build_index_from_token_ids(mice, doc_tokens, idx_dir, IndexConfig(dtype=config.index_dtype, kv=kv),
-                                           overwrite=True)
+        index = build_index_from_token_ids(
+            mice, doc_tokens, idx_dir, IndexConfig(dtype=config.index_dtype, kv=kv), overwrite=True
+        )
         rr = FastReranker(mice, index, use_kv=kv, batch_size=bs)
         positions = index.positions(list(doc_tokens))
 
         def run_index(rr=rr, positions=positions):
             rr.score_positions(rr.fast.prepare(q_batch), positions)
+
         setups[method] = (run_index, index.bytes_per_token())
     return setups
 
@@ -369,6 +444,7 @@ def _setup_maxsim(bench: _Bench, inp, doc_len: int) -> dict:
     def run_maxsim():
         docs = TokenVectors(torch.from_numpy(stored), mask_cpu)  # read from the memory-mapped store
         ms.score(inp.query, docs, batch_size=bs)
+
     return {"maxsim": (run_maxsim, float(vecs.bytes_per_token))}
 
 
@@ -415,18 +491,34 @@ def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
         if doc_len > max_pos:
             raise ModelError(f"--doc-len {doc_len} exceeds the model's {max_pos} positions")
         inp = make_inputs(bench.tokenizer, config.docs, config.query_len, doc_len, max_pos, config.seed)
-        setups = {**_setup_ce(bench, inp, doc_len), **_setup_mice(bench, inp, doc_len),
-                  **_setup_maxsim(bench, inp, doc_len)}
+        setups = {
+            **_setup_ce(bench, inp, doc_len),
+            **_setup_mice(bench, inp, doc_len),
+            **_setup_maxsim(bench, inp, doc_len),
+        }
         order, times, peaks = _time_methods(bench, setups)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         for method in order:
             med, p10, p90 = _percentiles(times[method])
-            rows.append({"method": method, "doc_len": doc_len, "median_ms": med, "p10_ms": p10, "p90_ms": p90,
-                         "docs_per_s": config.docs / (med / 1000.0), "peak_mem_mb": peaks[method],
-                         "bytes_per_doc_token": setups[method][1], "ce_pair_len": inp.ce_pair_len,
-                         "load_avg": load, **meta})
-            log(f"  {method:14s} doc_len={doc_len:4d}  median {med:9.1f} ms  ({p10:.1f}–{p90:.1f})  "
-                f"{config.docs / (med / 1000.0):8.1f} docs/s  peak +{peaks[method]:.0f} MB")
+            rows.append(
+                {
+                    "method": method,
+                    "doc_len": doc_len,
+                    "median_ms": med,
+                    "p10_ms": p10,
+                    "p90_ms": p90,
+                    "docs_per_s": config.docs / (med / 1000.0),
+                    "peak_mem_mb": peaks[method],
+                    "bytes_per_doc_token": setups[method][1],
+                    "ce_pair_len": inp.ce_pair_len,
+                    "load_avg": load,
+                    **meta,
+                }
+            )
+            log(
+                f"  {method:14s} doc_len={doc_len:4d}  median {med:9.1f} ms  ({p10:.1f}–{p90:.1f})  "
+                f"{config.docs / (med / 1000.0):8.1f} docs/s  peak +{peaks[method]:.0f} MB"
+            )
         setups.clear()
         gc.collect()
     df = pd.DataFrame(rows)

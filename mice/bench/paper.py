@@ -13,6 +13,7 @@ Ours (`mice.bench.latency`) differs on purpose (100 documents in batches of 32, 
 shared query work, absorbed or cached keys/values, median of 5): the two answer different questions, so their
 speed-ups must not be compared across protocols, only within one.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,12 +24,32 @@ from typing import Callable
 import numpy as np
 
 QUERY = "what is artificial intelligence?"
-DOC_SENTENCE = ("Artificial intelligence studies intelligent agents that perceive their environment and take "
-                "actions that maximise their chance of achieving their goals, drawing on search, logic, "
-                "probability and learning from data. ")
+DOC_SENTENCE = (
+    "Artificial intelligence studies intelligent agents that perceive their environment and take "
+    "actions that maximise their chance of achieving their goals, drawing on search, logic, "
+    "probability and learning from data. "
+)
 PAPER_METHODS = ("cross-encoder", "mice", "late-interaction")
-PAPER_COLUMNS = ["protocol", "method", "device", "mean_ms", "std_ms", "docs_per_s", "speedup_vs_ce", "batch",
-                 "doc_len", "runs", "warmup", "dtype", "model", "mice", "threads", "torch", "load_avg", "date"]
+PAPER_COLUMNS = [
+    "protocol",
+    "method",
+    "device",
+    "mean_ms",
+    "std_ms",
+    "docs_per_s",
+    "speedup_vs_ce",
+    "batch",
+    "doc_len",
+    "runs",
+    "warmup",
+    "dtype",
+    "model",
+    "mice",
+    "threads",
+    "torch",
+    "load_avg",
+    "date",
+]
 
 
 @dataclass
@@ -56,8 +77,9 @@ def _paper_setups(config: PaperLatencyConfig, device, precision: str) -> tuple[d
     from mice.models.late_interaction import MaxSimScorer, TokenVectors
     from mice.models.mice_model import DocStates, MICEModel
 
-    ce, tokenizer, folder = bench_backbone(config.model, config.random_weights, config.seed, device, config.threads,
-                                           prefix="mice-bench-paper-")
+    ce, tokenizer, folder = bench_backbone(
+        config.model, config.random_weights, config.seed, device, config.threads, prefix="mice-bench-paper-"
+    )
     ce = ce.float()
     work = folder.parent
     n, L = int(config.batch), int(config.doc_len)
@@ -66,26 +88,49 @@ def _paper_setups(config: PaperLatencyConfig, device, precision: str) -> tuple[d
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     setups: dict[str, Callable[[], object]] = {}
     if "cross-encoder" in config.methods:
+
         def run_ce():
-            batch = tokenizer(queries, [doc_text] * n, truncation="only_second", max_length=min(L, 512),
-                              padding=True, return_tensors="pt").to(device)
+            batch = tokenizer(
+                queries,
+                [doc_text] * n,
+                truncation="only_second",
+                max_length=min(L, 512),
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
             return ce(**batch).logits
+
         setups["cross-encoder"] = run_ce
     a, b = config.layers
     if "mice" in config.methods:
-        mice = MICEModel.from_cross_encoder(work / "backbone", contextual_layers=a, interaction_layers=b,
-                                            max_query_length=512, max_doc_length=L).to(device).eval()
+        mice = (
+            MICEModel.from_cross_encoder(
+                work / "backbone", contextual_layers=a, interaction_layers=b, max_query_length=512, max_doc_length=L
+            )
+            .to(device)
+            .eval()
+        )
         mice.set_compute_dtype(precision)
-        states = DocStates(torch.randn(n, L, mice.hidden_size, generator=gen).to(device),
-                           torch.ones(n, L, dtype=torch.bool, device=device))
+        states = DocStates(
+            torch.randn(n, L, mice.hidden_size, generator=gen).to(device),
+            torch.ones(n, L, dtype=torch.bool, device=device),
+        )
 
         def run_mice():
             batch = mice.tokenize_queries(queries)  # one copy of the query per pair, as the authors' batch
             return mice(batch, doc_states=states)
+
         setups["mice"] = run_mice
     if "late-interaction" in config.methods:
-        li = (MaxSimScorer.from_pretrained(config.late_interaction) if config.late_interaction
-              else MaxSimScorer.from_pretrained(work / "backbone", seed=config.seed)).to(device).eval()
+        li = (
+            (
+                MaxSimScorer.from_pretrained(config.late_interaction)
+                if config.late_interaction
+                else MaxSimScorer.from_pretrained(work / "backbone", seed=config.seed)
+            )
+            .to(device)
+            .eval()
+        )
         li.li_config.max_query_length = 512
         li.set_compute_dtype(precision)
         vecs = torch.nn.functional.normalize(torch.randn(n, L, li.dim, generator=gen), dim=-1).to(device)
@@ -93,6 +138,7 @@ def _paper_setups(config: PaperLatencyConfig, device, precision: str) -> tuple[d
 
         def run_li():
             return li.maxsim_pairs(li.encode_texts(queries, "query"), doc_vecs)
+
         setups["late-interaction"] = run_li
     return setups, work
 
@@ -131,16 +177,26 @@ def run_paper_latency(config: PaperLatencyConfig, log: Callable[[str], None] = p
                 fn()
                 sync()
                 times[method].append(time.perf_counter() - t0)
-            log(f"  [paper] {method:16s} {device}  {1000 * np.mean(times[method]):9.1f} ± "
-                f"{1000 * np.std(times[method]):.1f} ms per batch of {n}")
+            log(
+                f"  [paper] {method:16s} {device}  {1000 * np.mean(times[method]):9.1f} ± "
+                f"{1000 * np.std(times[method]):.1f} ms per batch of {n}"
+            )
     a, b = config.layers
-    meta = {"protocol": "paper", "device": str(device), "batch": n, "doc_len": int(config.doc_len),
-            "runs": config.runs, "warmup": config.warmup,
-            "dtype": {"fp32": "float32"}.get(precision, f"{precision} autocast"),
-            "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
-            "mice": f"{a}+{b}", "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+    meta = {
+        "protocol": "paper",
+        "device": str(device),
+        "batch": n,
+        "doc_len": int(config.doc_len),
+        "runs": config.runs,
+        "warmup": config.warmup,
+        "dtype": {"fp32": "float32"}.get(precision, f"{precision} autocast"),
+        "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
+        "mice": f"{a}+{b}",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     rows = []
     for method, t in times.items():
         mean, std = 1000 * float(np.mean(t)), 1000 * float(np.std(t))

@@ -26,6 +26,7 @@ arithmetic. Build time is projected from tokens/s, not documents/s: documents/s 
 measured mean length, tokens/s transfers to a corpus of another mean length (the encoder's cost per token is
 nearly constant at these lengths: its linear layers dominate attention below a few hundred tokens).
 """
+
 from __future__ import annotations
 
 import os
@@ -54,23 +55,83 @@ class Corpus:
 
 
 CORPORA = (
-    Corpus("MS MARCO passage", 8_841_823, 70,
-           "~70 MiniLM word pieces per passage incl. [CLS]/[SEP] (assumed, not measured here: ~56 words on average "
-           "per BEIR's Table 1, × ~1.2 word pieces per word, + 2 specials)"),
-    Corpus("BEIR NQ", 2_681_468, 100,
-           "~100 MiniLM word pieces per passage incl. [CLS]/[SEP] (assumed, not measured here: ~79 words on "
-           "average per BEIR's Table 1, × ~1.25 word pieces per word, + 2 specials)"),
+    Corpus(
+        "MS MARCO passage",
+        8_841_823,
+        70,
+        "~70 MiniLM word pieces per passage incl. [CLS]/[SEP] (assumed, not measured here: ~56 words on average "
+        "per BEIR's Table 1, × ~1.2 word pieces per word, + 2 specials)",
+    ),
+    Corpus(
+        "BEIR NQ",
+        2_681_468,
+        100,
+        "~100 MiniLM word pieces per passage incl. [CLS]/[SEP] (assumed, not measured here: ~79 words on "
+        "average per BEIR's Table 1, × ~1.25 word pieces per word, + 2 specials)",
+    ),
 )
 
-COLUMNS = ["section", "method", "dtype", "kv", "documents", "tokens", "mean_doc_tokens", "pairs", "queries",
-           "candidates", "median_s", "p10_s", "p90_s", "cpu_s", "cpu_share", "docs_per_s", "tokens_per_s",
-           "pairs_per_s", "tokens_per_cpu_s", "pairs_per_cpu_s",
-           "bytes_per_token", "bytes_per_token_states", "bytes_per_token_kv", "stored_vectors_per_token",
-           "bytes_vs_fp16", "build_speed_vs_fp16", "speedup_vs_ce", "hidden", "model", "arch", "dataset",
-           "batch_size", "repeats", "processes", "threads", "device", "cpu", "torch", "load_avg", "date"]
-PROJECTION_COLUMNS = ["corpus", "passages", "tokens_per_passage", "tokens", "dtype", "stored", "hidden",
-                      "bytes_per_token", "bytes", "gib", "processes", "tokens_per_s_per_process", "build_hours",
-                      "core_hours", "size_arithmetic", "time_arithmetic", "assumption"]
+COLUMNS = [
+    "section",
+    "method",
+    "dtype",
+    "kv",
+    "documents",
+    "tokens",
+    "mean_doc_tokens",
+    "pairs",
+    "queries",
+    "candidates",
+    "median_s",
+    "p10_s",
+    "p90_s",
+    "cpu_s",
+    "cpu_share",
+    "docs_per_s",
+    "tokens_per_s",
+    "pairs_per_s",
+    "tokens_per_cpu_s",
+    "pairs_per_cpu_s",
+    "bytes_per_token",
+    "bytes_per_token_states",
+    "bytes_per_token_kv",
+    "stored_vectors_per_token",
+    "bytes_vs_fp16",
+    "build_speed_vs_fp16",
+    "speedup_vs_ce",
+    "hidden",
+    "model",
+    "arch",
+    "dataset",
+    "batch_size",
+    "repeats",
+    "processes",
+    "threads",
+    "device",
+    "cpu",
+    "torch",
+    "load_avg",
+    "date",
+]
+PROJECTION_COLUMNS = [
+    "corpus",
+    "passages",
+    "tokens_per_passage",
+    "tokens",
+    "dtype",
+    "stored",
+    "hidden",
+    "bytes_per_token",
+    "bytes",
+    "gib",
+    "processes",
+    "tokens_per_s_per_process",
+    "build_hours",
+    "core_hours",
+    "size_arithmetic",
+    "time_arithmetic",
+    "assumption",
+]
 
 
 @dataclass
@@ -121,8 +182,13 @@ def stored_vector_bytes(dtype: str, hidden: int) -> int:
     from mice.index.store import normalise_dtype
 
     d = normalise_dtype(dtype)
-    return {"float16": 2 * hidden, "float32": 4 * hidden, "int8": hidden + 4, "pq": hidden // 8,
-            "residual": 2 + hidden // 8}[d]
+    return {
+        "float16": 2 * hidden,
+        "float32": 4 * hidden,
+        "int8": hidden + 4,
+        "pq": hidden // 8,
+        "residual": 2 + hidden // 8,
+    }[d]
 
 
 def codec_settings(dtype: str, hidden: int) -> dict:
@@ -144,10 +210,20 @@ def _scale_inputs(config: ScaleConfig, log: Callable[[str], None]):
     from mice.rank.runs import make_run
     from mice.validate import check_settings
 
-    check_settings({"docs": config.docs, "queries": config.queries, "candidates": config.candidates,
-                    "batch_size": config.batch_size, "max_length": config.max_length, "threads": config.threads,
-                    "repeats": config.repeats, "warmup": config.warmup,
-                    "contextual_layers": config.layers[0], "interaction_layers": config.layers[1]})
+    check_settings(
+        {
+            "docs": config.docs,
+            "queries": config.queries,
+            "candidates": config.candidates,
+            "batch_size": config.batch_size,
+            "max_length": config.max_length,
+            "threads": config.threads,
+            "repeats": config.repeats,
+            "warmup": config.warmup,
+            "contextual_layers": config.layers[0],
+            "interaction_layers": config.layers[1],
+        }
+    )
     if world().distributed:
         raise MiceError("mice bench scale measures one process; run it without --nproc (the projection scales it)")
     ds = load_dataset(config.dataset)
@@ -169,25 +245,35 @@ def _scale_inputs(config: ScaleConfig, log: Callable[[str], None]):
     return ds, {d: corpus[d] for d in doc_ids}, qids, make_run(run_rows), n_cand
 
 
-def _scale_builds(config: ScaleConfig, mice, sub: dict, dtypes: tuple, work: Path, meta: dict,
-                  log: Callable[[str], None]) -> tuple[list[dict], dict]:
+def _scale_builds(
+    config: ScaleConfig, mice, sub: dict, dtypes: tuple, work: Path, meta: dict, log: Callable[[str], None]
+) -> tuple[list[dict], dict]:
     """Index builds: one untimed warm-up build, then `repeats` rounds over every configuration; (rows, the
     indexes by (dtype, kv))."""
     from mice.index.store import CODECS, IndexConfig, build_index
 
     hidden = int(mice.hidden_size)
     builds = [(d, kv) for d in dtypes for kv in ((False, True) if config.kv and d not in CODECS else (False,))]
-    build_index(mice, dict(list(sub.items())[: min(32, len(sub))]), work / "index-warmup",
-                IndexConfig(dtype="float16", kv=config.kv, batch_size=config.batch_size), overwrite=True)
+    build_index(
+        mice,
+        dict(list(sub.items())[: min(32, len(sub))]),
+        work / "index-warmup",
+        IndexConfig(dtype="float16", kv=config.kv, batch_size=config.batch_size),
+        overwrite=True,
+    )
     times: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
     cpu: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
     indexes = {}
     for _ in range(config.repeats):
         for dtype, kv in builds:
             t0, c0 = time.perf_counter(), time.process_time()
-            indexes[(dtype, kv)] = build_index(mice, sub, work / f"index-{dtype}{'-kv' if kv else ''}",
-                                               IndexConfig(dtype=dtype, kv=kv, batch_size=config.batch_size,
-                                                           **codec_settings(dtype, hidden)), overwrite=True)
+            indexes[(dtype, kv)] = build_index(
+                mice,
+                sub,
+                work / f"index-{dtype}{'-kv' if kv else ''}",
+                IndexConfig(dtype=dtype, kv=kv, batch_size=config.batch_size, **codec_settings(dtype, hidden)),
+                overwrite=True,
+            )
             times[(dtype, kv)].append(time.perf_counter() - t0)
             cpu[(dtype, kv)].append(time.process_time() - c0)
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -196,18 +282,35 @@ def _scale_builds(config: ScaleConfig, mice, sub: dict, dtypes: tuple, work: Pat
         index = indexes[(dtype, kv)]
         med, p10, p90 = _summary(times[(dtype, kv)])
         n_tok = index.n_tokens
-        rows.append({"section": "build", "method": "index-build", "dtype": dtype, "kv": kv,
-                     "documents": len(index), "tokens": n_tok, "mean_doc_tokens": n_tok / max(1, len(index)),
-                     "median_s": med, "p10_s": p10, "p90_s": p90, **_cpu(cpu[(dtype, kv)], med),
-                     "docs_per_s": len(index) / med,
-                     "tokens_per_s": n_tok / med, "bytes_per_token": index.bytes_per_token(),
-                     "tokens_per_cpu_s": n_tok / max(_median(cpu[(dtype, kv)]), 1e-9),
-                     "bytes_per_token_states": index.bytes_per_token("states"),
-                     "bytes_per_token_kv": index.bytes_per_token("kv") if kv else 0.0,
-                     "stored_vectors_per_token": 1 + index.kv_slots, "load_avg": load_avg, **meta})
-        log(f"  build {dtype:8s}{' +K/V' if kv else '      '}  {len(index)} docs, {n_tok} tokens: median "
+        rows.append(
+            {
+                "section": "build",
+                "method": "index-build",
+                "dtype": dtype,
+                "kv": kv,
+                "documents": len(index),
+                "tokens": n_tok,
+                "mean_doc_tokens": n_tok / max(1, len(index)),
+                "median_s": med,
+                "p10_s": p10,
+                "p90_s": p90,
+                **_cpu(cpu[(dtype, kv)], med),
+                "docs_per_s": len(index) / med,
+                "tokens_per_s": n_tok / med,
+                "bytes_per_token": index.bytes_per_token(),
+                "tokens_per_cpu_s": n_tok / max(_median(cpu[(dtype, kv)]), 1e-9),
+                "bytes_per_token_states": index.bytes_per_token("states"),
+                "bytes_per_token_kv": index.bytes_per_token("kv") if kv else 0.0,
+                "stored_vectors_per_token": 1 + index.kv_slots,
+                "load_avg": load_avg,
+                **meta,
+            }
+        )
+        log(
+            f"  build {dtype:8s}{' +K/V' if kv else '      '}  {len(index)} docs, {n_tok} tokens: median "
             f"{med:.2f} s  {len(index) / med:8.1f} docs/s  {n_tok / med:9.0f} tokens/s  "
-            f"{index.bytes_per_token():7.1f} B/token  CPU share {rows[-1]['cpu_share']:.2f}")
+            f"{index.bytes_per_token():7.1f} B/token  CPU share {rows[-1]['cpu_share']:.2f}"
+        )
     return rows, indexes
 
 
@@ -223,16 +326,24 @@ def _scale_scorers(config: ScaleConfig, mice, folder: Path, indexes: dict, n_can
     for (dtype, kv), index in indexes.items():
         scorer = IndexScorer(FastReranker(mice, index, use_kv=kv, batch_size=config.batch_size))
         name = f"mice-{'kv' if kv else 'index'} ({dtype}{' K/V' if kv else ' states'})"
-        scorers[name] = (scorer, scorer.runner_batching(n_cand),
-                         {"dtype": dtype, "kv": kv, "bytes_per_token": index.bytes_per_token(),
-                          "bytes_per_token_states": index.bytes_per_token("states"),
-                          "bytes_per_token_kv": index.bytes_per_token("kv") if kv else 0.0,
-                          "stored_vectors_per_token": 1 + index.kv_slots})
+        scorers[name] = (
+            scorer,
+            scorer.runner_batching(n_cand),
+            {
+                "dtype": dtype,
+                "kv": kv,
+                "bytes_per_token": index.bytes_per_token(),
+                "bytes_per_token_states": index.bytes_per_token("states"),
+                "bytes_per_token_kv": index.bytes_per_token("kv") if kv else 0.0,
+                "stored_vectors_per_token": 1 + index.kv_slots,
+            },
+        )
     return scorers
 
 
-def _scale_reranks(config: ScaleConfig, scorers: dict, ds, qids: list[str], run_df, n_cand: int, meta: dict,
-                   log: Callable[[str], None]) -> list[dict]:
+def _scale_reranks(
+    config: ScaleConfig, scorers: dict, ds, qids: list[str], run_df, n_cand: int, meta: dict, log: Callable[[str], None]
+) -> list[dict]:
     """Re-ranking: the same queries x candidates through `mice.rank.rerank.rerank` for every method, as `mice
     rerank` runs them (each scorer's own no_grad / inference_mode); warm-ups first, then interleaved rounds."""
     from mice.errors import DataError
@@ -260,13 +371,28 @@ def _scale_reranks(config: ScaleConfig, scorers: dict, ds, qids: list[str], run_
     rows = []
     for name, (_, _, extra) in scorers.items():
         med, p10, p90 = _summary(rtimes[name])
-        rows.append({"section": "rerank", "method": name, "pairs": pairs, "queries": len(qids),
-                     "candidates": n_cand, "median_s": med, "p10_s": p10, "p90_s": p90,
-                     **_cpu(rcpu[name], med),
-                     "pairs_per_s": pairs / med, "pairs_per_cpu_s": pairs / max(_median(rcpu[name]), 1e-9),
-                     "load_avg": load_avg, **extra, **meta})
-        log(f"  rerank {name:28s} {pairs} pairs: median {med:.2f} s  {pairs / med:8.1f} pairs/s  "
-            f"CPU share {rows[-1]['cpu_share']:.2f}")
+        rows.append(
+            {
+                "section": "rerank",
+                "method": name,
+                "pairs": pairs,
+                "queries": len(qids),
+                "candidates": n_cand,
+                "median_s": med,
+                "p10_s": p10,
+                "p90_s": p90,
+                **_cpu(rcpu[name], med),
+                "pairs_per_s": pairs / med,
+                "pairs_per_cpu_s": pairs / max(_median(rcpu[name]), 1e-9),
+                "load_avg": load_avg,
+                **extra,
+                **meta,
+            }
+        )
+        log(
+            f"  rerank {name:28s} {pairs} pairs: median {med:.2f} s  {pairs / med:8.1f} pairs/s  "
+            f"CPU share {rows[-1]['cpu_share']:.2f}"
+        )
     return rows
 
 
@@ -289,17 +415,26 @@ def run_scale(config: ScaleConfig, log: Callable[[str], None] = print):
     work.mkdir(parents=True, exist_ok=True)
     try:
         device = torch.device(config.device)
-        ce, _tok, folder = bench_backbone(config.model, config.random_weights, config.seed, device, config.threads,
-                                          work, prefix="mice-scale-")
+        ce, _tok, folder = bench_backbone(
+            config.model, config.random_weights, config.seed, device, config.threads, work, prefix="mice-scale-"
+        )
         del ce
         arch = f"{config.layers[0]}+{config.layers[1]}"
         mice = load(str(folder), arch=arch, kind="mice", device=device, max_length=config.max_length)
-        meta = {"hidden": int(mice.hidden_size), "arch": arch, "dataset": ds.name, "batch_size": config.batch_size,
-                "repeats": config.repeats, "processes": 1, "threads": torch.get_num_threads(),
-                "device": str(device),
-                "cpu": _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
-                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
-                "model": str(config.model) + (" (random weights)" if config.random_weights else "")}
+        meta = {
+            "hidden": int(mice.hidden_size),
+            "arch": arch,
+            "dataset": ds.name,
+            "batch_size": config.batch_size,
+            "repeats": config.repeats,
+            "processes": 1,
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+            "cpu": _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "model": str(config.model) + (" (random weights)" if config.random_weights else ""),
+        }
         rows, indexes = _scale_builds(config, mice, sub, dtypes, work, meta, log)
         scorers = _scale_scorers(config, mice, folder, indexes, n_cand, device)
         rows += _scale_reranks(config, scorers, ds, qids, run_df, n_cand, meta, log)
@@ -335,8 +470,9 @@ def add_scale_ratios(df):
 
 
 # ------------------------------------------------------------------------------------------------ projection
-def project(builds, corpora: Sequence[Corpus] = CORPORA, processes: Sequence[int] = PROCESSES,
-            hidden: int = PROJECT_HIDDEN):
+def project(
+    builds, corpora: Sequence[Corpus] = CORPORA, processes: Sequence[int] = PROCESSES, hidden: int = PROJECT_HIDDEN
+):
     """Index size and build time of each corpus, from measured builds.
 
     `builds`: rows (a DataFrame or dicts) with dtype, kv, bytes_per_token, stored_vectors_per_token, hidden and
@@ -367,24 +503,41 @@ def project(builds, corpora: Sequence[Corpus] = CORPORA, processes: Sequence[int
                 how = "measured"
             else:
                 bpt = float(vectors * stored_vector_bytes(dtype, hidden))
-                how = f"{vectors} vector{'s' if vectors > 1 else ''} × {stored_vector_bytes(dtype, hidden)} B " \
-                      f"at H={hidden}"
+                how = (
+                    f"{vectors} vector{'s' if vectors > 1 else ''} × {stored_vector_bytes(dtype, hidden)} B "
+                    f"at H={hidden}"
+                )
             size = tokens * bpt
             stored = "states + K/V" if kv else "states"
-            size_text = (f"{c.passages:,} passages × {c.tokens_per_passage:g} tokens = {tokens:,} tokens × "
-                         f"{bpt:g} B/token ({how}) = {size:,.0f} B = {size / 2**30:,.1f} GiB")
+            size_text = (
+                f"{c.passages:,} passages × {c.tokens_per_passage:g} tokens = {tokens:,} tokens × "
+                f"{bpt:g} B/token ({how}) = {size:,.0f} B = {size / 2**30:,.1f} GiB"
+            )
             tps = float(rec["tokens_per_s"])
             per_cpu = rec.get("tokens_per_cpu_s")
             core_hours = tokens / float(per_cpu) / 3600 if per_cpu is not None and per_cpu == per_cpu else np.nan
             for n in processes:
                 seconds = tokens / (tps * n)
-                rows.append({"corpus": c.name, "passages": c.passages, "tokens_per_passage": c.tokens_per_passage,
-                             "tokens": tokens, "dtype": dtype, "stored": stored, "hidden": hidden,
-                             "bytes_per_token": bpt, "bytes": size, "gib": size / 2**30, "processes": int(n),
-                             "tokens_per_s_per_process": tps, "build_hours": seconds / 3600,
-                             "core_hours": core_hours,
-                             "size_arithmetic": size_text,
-                             "time_arithmetic": f"{tokens:,} tokens ÷ ({tps:,.0f} tokens/s × {n}) = {seconds:,.0f} s "
-                                                f"= {seconds / 3600:,.2f} h",
-                             "assumption": c.assumption})
+                rows.append(
+                    {
+                        "corpus": c.name,
+                        "passages": c.passages,
+                        "tokens_per_passage": c.tokens_per_passage,
+                        "tokens": tokens,
+                        "dtype": dtype,
+                        "stored": stored,
+                        "hidden": hidden,
+                        "bytes_per_token": bpt,
+                        "bytes": size,
+                        "gib": size / 2**30,
+                        "processes": int(n),
+                        "tokens_per_s_per_process": tps,
+                        "build_hours": seconds / 3600,
+                        "core_hours": core_hours,
+                        "size_arithmetic": size_text,
+                        "time_arithmetic": f"{tokens:,} tokens ÷ ({tps:,.0f} tokens/s × {n}) = {seconds:,.0f} s "
+                        f"= {seconds / 3600:,.2f} h",
+                        "assumption": c.assumption,
+                    }
+                )
     return pd.DataFrame(rows, columns=PROJECTION_COLUMNS)

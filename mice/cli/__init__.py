@@ -1,5 +1,6 @@
 """The `mice` command. Each module in this package adds its own sub-commands through `register(app)`,
 so a new command is a new file here and nobody edits a central list."""
+
 from __future__ import annotations
 
 import functools
@@ -14,13 +15,12 @@ from mice.errors import MiceError
 app = typer.Typer(
     name="mice",
     help="Open up cross-encoder re-rankers and slim them down (probes, knockouts, masks, MICE). "
-         "Long jobs (index build, rerank, ablate sweep|attribute|presets) run on N processes with "
-         "`mice --nproc N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT] <command> …`.",
+    "Long jobs (index build, rerank, ablate sweep|attribute|presets) run on N processes with "
+    "`mice --nproc N [--nnodes M --node-rank R --rdzv-endpoint HOST:PORT] <command> …`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
 
 
 @app.callback()

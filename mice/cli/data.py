@@ -1,4 +1,5 @@
 """`mice data info|export`: look at a dataset (any spec) before spending compute on it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import typer
 
-data_app = typer.Typer(help="Inspect and export datasets (BEIR/MS MARCO folders, files:, irds:, embedded:).",
-                       no_args_is_help=True)
+data_app = typer.Typer(
+    help="Inspect and export datasets (BEIR/MS MARCO folders, files:, irds:, embedded:).", no_args_is_help=True
+)
 
 
 @contextlib.contextmanager
@@ -34,10 +36,13 @@ def _short(text: str, n: int = 110) -> str:
 
 
 @data_app.command("info")
-def info(spec: str = typer.Argument(..., help="Dataset spec: folder, files:..., irds:<id>, embedded:docs[-ood], "
-                                               "embedded:meta"),
-         examples: int = typer.Option(3, help="Examples to show per split"),
-         split: list[str] = typer.Option(None, help="Only these splits (repeatable)")) -> None:
+def info(
+    spec: str = typer.Argument(
+        ..., help="Dataset spec: folder, files:..., irds:<id>, embedded:docs[-ood], embedded:meta"
+    ),
+    examples: int = typer.Option(3, help="Examples to show per split"),
+    split: list[str] = typer.Option(None, help="Only these splits (repeatable)"),
+) -> None:
     """Size per split, corpus size, and a few (query, relevant document) examples."""
     from rich.console import Console
     from rich.table import Table
@@ -63,15 +68,19 @@ def info(spec: str = typer.Argument(..., help="Dataset spec: folder, files:..., 
         stats = getattr(ds, "build_stats", None)
         if stats and "distributions" in stats:  # embedded:meta, embedded:debian
             kind = "Debian packages" if "python_packages_left_out" in stats else "distributions"
-            console.print(f"installed {kind}: {stats['distributions']} (other copies on the path: "
-                          f"{stats['other_copies']}); dropped: no summary {stats['no_summary']}, short summary "
-                          f"{stats['short_summary']}, no description {stats['no_description']}, short description "
-                          f"{stats['short_description']}, duplicate summary {stats['duplicate_queries']}, "
-                          f"duplicate description {stats['duplicate_docs']}")
+            console.print(
+                f"installed {kind}: {stats['distributions']} (other copies on the path: "
+                f"{stats['other_copies']}); dropped: no summary {stats['no_summary']}, short summary "
+                f"{stats['short_summary']}, no description {stats['no_description']}, short description "
+                f"{stats['short_description']}, duplicate summary {stats['duplicate_queries']}, "
+                f"duplicate description {stats['duplicate_docs']}"
+            )
             if "python_packages_left_out" in stats:
-                console.print(f"left out as text embedded:meta is tested on: {stats['python_packages_left_out']} "
-                              f"installed Python distributions' Debian packages, {stats['same_text_as_meta']} "
-                              "with a summary or description of embedded:meta's")
+                console.print(
+                    f"left out as text embedded:meta is tested on: {stats['python_packages_left_out']} "
+                    f"installed Python distributions' Debian packages, {stats['same_text_as_meta']} "
+                    "with a summary or description of embedded:meta's"
+                )
             if stats.get("sites"):
                 console.print("from: " + ", ".join(stats["sites"]))
         elif stats:
@@ -82,11 +91,18 @@ def info(spec: str = typer.Argument(..., help="Dataset spec: folder, files:..., 
                 if "error" in inf:
                     pk.add_row(name, "-", "-", inf["error"], "-", "0")
                 else:
-                    pk.add_row(name, str(inf["version"]), str(inf["modules_imported"]), str(inf["modules_failed"]),
-                               str(inf["harvested"]), str(inf["kept"]))
+                    pk.add_row(
+                        name,
+                        str(inf["version"]),
+                        str(inf["modules_imported"]),
+                        str(inf["modules_failed"]),
+                        str(inf["harvested"]),
+                        str(inf["kept"]),
+                    )
             console.print(pk)
-            console.print(f"duplicates dropped: {stats['duplicate_queries']} by query, "
-                          f"{stats['duplicate_docs']} by document")
+            console.print(
+                f"duplicates dropped: {stats['duplicate_queries']} by query, {stats['duplicate_docs']} by document"
+            )
             failed = [f for inf in stats["packages"].values() for f in inf.get("failed_examples", [])]
             if failed:
                 console.print("skipped submodules (first ones): " + ", ".join(failed[:10]))
@@ -100,8 +116,10 @@ def info(spec: str = typer.Argument(..., help="Dataset spec: folder, files:..., 
 
 
 @data_app.command("export")
-def export(spec: str = typer.Argument(..., help="Dataset spec"),
-           out: Path = typer.Argument(..., help="Output folder (BEIR layout)")) -> None:
+def export(
+    spec: str = typer.Argument(..., help="Dataset spec"),
+    out: Path = typer.Argument(..., help="Output folder (BEIR layout)"),
+) -> None:
     """Write any dataset as a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
     from mice.data import write_beir
 

@@ -1,4 +1,5 @@
 """`mice demo` (the main job) and `mice figures` (regenerate every figure from saved results)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -6,23 +7,42 @@ from typing import Optional
 import typer
 
 
-def demo(preset: str = typer.Option("quick", "--preset", help="quick (about 15 minutes on 2 CPU cores), full "
-                                    "(hours), or tiny (about a minute, random weights)"),
-         out: str = typer.Option("runs/demo", "--out", help="Output folder (stages already there are reused)"),
-         threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
-         backbone: Optional[str] = typer.Option(None, "--backbone", help="The encoder the cross-encoder is trained "
-                                                "from (default: the preset's): packaged:minilm, a model folder, "
-                                                "tiny (random BERT) or tiny-modernbert (random ModernBERT)"),
-         dev_sample: Optional[str] = typer.Option(None, "--dev-sample", help="Which dev queries the training, "
-                                                  "knockout and search stages use: first (N by id) or random "
-                                                  "(default: the preset's)"),
-         external: Optional[str] = typer.Option(None, "--external", help="An external out-of-domain collection "
-                                                "with a test split (a BEIR folder, or any dataset spec), evaluated "
-                                                "beside the built-in ones; the cross-encoder and MICE re-rank "
-                                                "every test query"),
-         frontier: Optional[str] = typer.Option(None, "--frontier", help="A frontier folder of this demo's "
-                                                "cross-encoder (`mice ablate frontier`): its figure goes in the "
-                                                "report")) -> None:
+def demo(
+    preset: str = typer.Option(
+        "quick",
+        "--preset",
+        help="quick (about 15 minutes on 2 CPU cores), full (hours), or tiny (about a minute, random weights)",
+    ),
+    out: str = typer.Option("runs/demo", "--out", help="Output folder (stages already there are reused)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads"),
+    backbone: Optional[str] = typer.Option(
+        None,
+        "--backbone",
+        help="The encoder the cross-encoder is trained "
+        "from (default: the preset's): packaged:minilm, a model folder, "
+        "tiny (random BERT) or tiny-modernbert (random ModernBERT)",
+    ),
+    dev_sample: Optional[str] = typer.Option(
+        None,
+        "--dev-sample",
+        help="Which dev queries the training, "
+        "knockout and search stages use: first (N by id) or random "
+        "(default: the preset's)",
+    ),
+    external: Optional[str] = typer.Option(
+        None,
+        "--external",
+        help="An external out-of-domain collection "
+        "with a test split (a BEIR folder, or any dataset spec), evaluated "
+        "beside the built-in ones; the cross-encoder and MICE re-rank "
+        "every test query",
+    ),
+    frontier: Optional[str] = typer.Option(
+        None,
+        "--frontier",
+        help="A frontier folder of this demo's cross-encoder (`mice ablate frontier`): its figure goes in the report",
+    ),
+) -> None:
     """The whole method on the offline default, ending in OUT/report.md and OUT/report.html."""
     import time
 
@@ -42,14 +62,23 @@ def demo(preset: str = typer.Option("quick", "--preset", help="quick (about 15 m
         from mice.errors import MiceError
 
         raise MiceError(f"--dev-sample {dev_sample!r}: expected first or random")
-    report = run_demo(out, preset, console=console, frontier=frontier, backbone=backbone, dev_sample=dev_sample,
-                      dataset_external=external)
+    report = run_demo(
+        out,
+        preset,
+        console=console,
+        frontier=frontier,
+        backbone=backbone,
+        dev_sample=dev_sample,
+        dataset_external=external,
+    )
     took = time.perf_counter() - start
     console.print(f"[bold green]report:[/] {report} and {report.with_suffix('.html')}  [dim]({took:.1f}s)[/]")
 
 
-def figures(source: str = typer.Option("runs/demo", "--from", help="A demo output folder"),
-            out: str = typer.Option("figures/out", "--out", help="Where to write PNG and PDF files")) -> None:
+def figures(
+    source: str = typer.Option("runs/demo", "--from", help="A demo output folder"),
+    out: str = typer.Option("figures/out", "--out", help="Where to write PNG and PDF files"),
+) -> None:
     """Regenerate every figure, and OUT/report.html, from the saved result tables of a demo run (no model is run)."""
     from pathlib import Path
 

@@ -3,6 +3,7 @@
 A run argument is a TREC run file, or `NAME=RUN[,RUN…]`: one system trained under several seeds (each run is
 evaluated on its own; `--paper-test BASELINE` compares the systems' seed-averaged per-query values with the
 baseline system's by Welch's t-test, as the MICE paper does)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,24 +12,29 @@ from typing import Optional
 import typer
 
 
-def evaluate_cmd(runs: list[str] = typer.Argument(..., help="TREC run files (or NAME=RUN,RUN,… for one system's "
-                                                           "seeds); the first run is the baseline"),
-                 dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset spec (for qrels)"),
-                 split: str = typer.Option("test", help="Split whose qrels are used"),
-                 qrels: Optional[Path] = typer.Option(None, "--qrels", help="Qrels file instead of a dataset"),
-                 metrics: str = typer.Option("nDCG@10,RR@10,R@100", help="Comma-separated ir-measures names"),
-                 out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                                    help="Per-query values (.parquet/.csv/.tsv)"),
-                 results: Optional[Path] = typer.Option(None, "--results",
-                                                        help="Aggregates and p-values (.parquet/.csv/.tsv)"),
-                 alpha: float = typer.Option(0.05, help="Significance level for the markers"),
-                 resamples: int = typer.Option(10_000, help="Randomisation-test resamples"),
-                 seed: int = typer.Option(0, help="Randomisation-test seed"),
-                 paper_test: Optional[str] = typer.Option(
-                     None, "--paper-test", help="Also the paper's test against system BASELINE: Welch's t-test on "
-                                                "per-query values averaged over seeds (p < --alpha, ↑/↓)"),
-                 paper_out: Optional[Path] = typer.Option(None, "--paper-results",
-                                                          help="The paper test's table (.parquet/.csv/.tsv)")) -> None:
+def evaluate_cmd(
+    runs: list[str] = typer.Argument(
+        ..., help="TREC run files (or NAME=RUN,RUN,… for one system's seeds); the first run is the baseline"
+    ),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset spec (for qrels)"),
+    split: str = typer.Option("test", help="Split whose qrels are used"),
+    qrels: Optional[Path] = typer.Option(None, "--qrels", help="Qrels file instead of a dataset"),
+    metrics: str = typer.Option("nDCG@10,RR@10,R@100", help="Comma-separated ir-measures names"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Per-query values (.parquet/.csv/.tsv)"),
+    results: Optional[Path] = typer.Option(None, "--results", help="Aggregates and p-values (.parquet/.csv/.tsv)"),
+    alpha: float = typer.Option(0.05, help="Significance level for the markers"),
+    resamples: int = typer.Option(10_000, help="Randomisation-test resamples"),
+    seed: int = typer.Option(0, help="Randomisation-test seed"),
+    paper_test: Optional[str] = typer.Option(
+        None,
+        "--paper-test",
+        help="Also the paper's test against system BASELINE: Welch's t-test on "
+        "per-query values averaged over seeds (p < --alpha, ↑/↓)",
+    ),
+    paper_out: Optional[Path] = typer.Option(
+        None, "--paper-results", help="The paper test's table (.parquet/.csv/.tsv)"
+    ),
+) -> None:
     """Aggregate table (rich), per-query values, paired t-test and randomisation test (Holm) vs the first run."""
     import pandas as pd
     from rich.console import Console
@@ -121,8 +127,9 @@ def _paper_test(console, tables: dict, groups: dict, baseline: str, alpha: float
             cells.append(f"{r['value']:.4f}{r['arrow']}")
         t2.add_row(system, str(len(groups[system])), *cells)
     console.print(t2)
-    console.print(f"↑/↓: Welch's t-test p < {alpha} against {baseline} (no multiple-testing correction, "
-                  "as in the paper)")
+    console.print(
+        f"↑/↓: Welch's t-test p < {alpha} against {baseline} (no multiple-testing correction, as in the paper)"
+    )
     if out is not None:
         write_table(pt, out)
         console.print(f"paper test: {out}")

@@ -1,4 +1,5 @@
 """`mice index build|info`: encode a corpus once into MICE document states (resumable, memory-mapped)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,9 +7,11 @@ from typing import Optional
 
 import typer
 
-index_app = typer.Typer(help="Build and inspect MICE document-state indexes (`mice index build`, `mice index info`). "
-                             "`mice index --model M --dataset D --out DIR` is short for `mice index build ...`.",
-                        invoke_without_command=True)
+index_app = typer.Typer(
+    help="Build and inspect MICE document-state indexes (`mice index build`, `mice index info`). "
+    "`mice index --model M --dataset D --out DIR` is short for `mice index build ...`.",
+    invoke_without_command=True,
+)
 
 
 def load_mice(model: str, arch: Optional[str] = None, device: Optional[str] = None, compute_dtype: str = "fp32"):
@@ -18,9 +21,20 @@ def load_mice(model: str, arch: Optional[str] = None, device: Optional[str] = No
     return load(model, arch=arch, device=device, kind="mice", dtype=compute_dtype)
 
 
-def _build(model: str, dataset: str, out: Path, storage_dtype: str, kv: bool, shard_size: int, batch_size: int,
-           overwrite: bool, arch: Optional[str], device: Optional[str], compute_dtype: str,
-           codec: Optional[dict] = None) -> None:
+def _build(
+    model: str,
+    dataset: str,
+    out: Path,
+    storage_dtype: str,
+    kv: bool,
+    shard_size: int,
+    batch_size: int,
+    overwrite: bool,
+    arch: Optional[str],
+    device: Optional[str],
+    compute_dtype: str,
+    codec: Optional[dict] = None,
+) -> None:
     from mice.data import load_dataset
     from mice.index.store import IndexConfig, build_index
     from mice.cli.data import plain_warnings
@@ -46,9 +60,27 @@ def _print_info(info: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"MICE index {info['path']}", show_header=False)
-    for key in ("model", "source", "fingerprint", "dtype", "compute_dtype", "kv", "kv_layers", "documents", "tokens",
-                "mean_doc_tokens", "shards", "bytes", "bytes_per_token", "bytes_per_token_states",
-                "bytes_per_token_kv", "codec", "codec_bytes", "codec_train_states", "created"):
+    for key in (
+        "model",
+        "source",
+        "fingerprint",
+        "dtype",
+        "compute_dtype",
+        "kv",
+        "kv_layers",
+        "documents",
+        "tokens",
+        "mean_doc_tokens",
+        "shards",
+        "bytes",
+        "bytes_per_token",
+        "bytes_per_token_states",
+        "bytes_per_token_kv",
+        "codec",
+        "codec_bytes",
+        "codec_train_states",
+        "created",
+    ):
         if key in info:
             value = info[key]
             if key == "bytes":
@@ -59,38 +91,76 @@ def _print_info(info: dict) -> None:
 
 _MODEL = typer.Option(None, "--model", "-m", help="MICE folder (or a cross-encoder with --arch a+b)")
 _DATASET = typer.Option(None, "--dataset", "-d", help="Dataset spec whose corpus is indexed")
-_OUT = typer.Option(None, "--out", "-o", help="Index folder to write (resumed if a build was interrupted; kept "
-                    "shards are verified against their sha256; progress also goes to build.log there)")
-_STORAGE = typer.Option("float16", "--storage-dtype", "--storage", help="Storage of the states: float16, float32, "
-                        "int8 (per-token scale), pq (--pq-m bytes per token) or residual (2 + H·--bits/8 bytes per "
-                        "token), the last two through codebooks trained on a sample of the corpus; the precision "
-                        "they are computed at is --dtype")
+_OUT = typer.Option(
+    None,
+    "--out",
+    "-o",
+    help="Index folder to write (resumed if a build was interrupted; kept "
+    "shards are verified against their sha256; progress also goes to build.log there)",
+)
+_STORAGE = typer.Option(
+    "float16",
+    "--storage-dtype",
+    "--storage",
+    help="Storage of the states: float16, float32, "
+    "int8 (per-token scale), pq (--pq-m bytes per token) or residual (2 + H·--bits/8 bytes per "
+    "token), the last two through codebooks trained on a sample of the corpus; the precision "
+    "they are computed at is --dtype",
+)
 _PQ_M = typer.Option(48, "--pq-m", help="pq: sub-vectors per state, one byte each (48 = 48 B per token)")
 _ROTATION = typer.Option(False, "--rotation/--no-rotation", help="pq: learn an orthogonal rotation first (OPQ)")
 _CENTROIDS = typer.Option(1024, "--centroids", help="residual: k-means centroids (id stored in 2 bytes)")
 _BITS = typer.Option(1, "--bits", help="residual: bits per dimension of the residual (1, 2, 4 or 8)")
-_TRAIN = typer.Option(65536, "--train-tokens", help="pq/residual: token states the codebooks are trained on (a "
-                      "seeded sample of the corpus)")
+_TRAIN = typer.Option(
+    65536,
+    "--train-tokens",
+    help="pq/residual: token states the codebooks are trained on (a seeded sample of the corpus)",
+)
 # `--dtype` is the compute precision, as in score, rerank and train (one name, one meaning)
-_COMPUTE_DTYPE = typer.Option("fp32", "--dtype", "--compute-dtype", help="Precision the documents are encoded at: "
-                              "fp32 (default), bf16 or fp16 (torch.autocast); not the storage (--storage-dtype)")
-_KV = typer.Option(False, "--kv/--no-kv", help="Also store each live interaction layer's cross-attention "
-                   "keys/values (more storage, faster re-ranking)")
+_COMPUTE_DTYPE = typer.Option(
+    "fp32",
+    "--dtype",
+    "--compute-dtype",
+    help="Precision the documents are encoded at: "
+    "fp32 (default), bf16 or fp16 (torch.autocast); not the storage (--storage-dtype)",
+)
+_KV = typer.Option(
+    False,
+    "--kv/--no-kv",
+    help="Also store each live interaction layer's cross-attention keys/values (more storage, faster re-ranking)",
+)
 _SHARD = typer.Option(4096, "--shard-size", help="Documents per shard (the unit of resumption)")
 _BATCH = typer.Option(32, "--batch-size", help="Documents per forward pass")
-_OVERWRITE = typer.Option(False, "--overwrite", help="Start afresh, whatever the folder holds (an index built "
-                          "with other settings, a corrupted or a half-written one)")
+_OVERWRITE = typer.Option(
+    False,
+    "--overwrite",
+    help="Start afresh, whatever the folder holds (an index built "
+    "with other settings, a corrupted or a half-written one)",
+)
 _ARCH = typer.Option(None, "--arch", help="a+b, to build MICE-ℓa+b from a plain cross-encoder")
 _DEVICE = typer.Option(None, "--device", help="cpu, cuda, ...")
 
 
 @index_app.callback()
-def index_main(ctx: typer.Context, model: Optional[str] = _MODEL, dataset: Optional[str] = _DATASET,
-               out: Optional[Path] = _OUT, storage_dtype: str = _STORAGE, kv: bool = _KV, shard_size: int = _SHARD,
-               batch_size: int = _BATCH, overwrite: bool = _OVERWRITE, arch: Optional[str] = _ARCH,
-               device: Optional[str] = _DEVICE, compute_dtype: str = _COMPUTE_DTYPE, pq_m: int = _PQ_M,
-               rotation: bool = _ROTATION, centroids: int = _CENTROIDS, bits: int = _BITS,
-               train_tokens: int = _TRAIN) -> None:
+def index_main(
+    ctx: typer.Context,
+    model: Optional[str] = _MODEL,
+    dataset: Optional[str] = _DATASET,
+    out: Optional[Path] = _OUT,
+    storage_dtype: str = _STORAGE,
+    kv: bool = _KV,
+    shard_size: int = _SHARD,
+    batch_size: int = _BATCH,
+    overwrite: bool = _OVERWRITE,
+    arch: Optional[str] = _ARCH,
+    device: Optional[str] = _DEVICE,
+    compute_dtype: str = _COMPUTE_DTYPE,
+    pq_m: int = _PQ_M,
+    rotation: bool = _ROTATION,
+    centroids: int = _CENTROIDS,
+    bits: int = _BITS,
+    train_tokens: int = _TRAIN,
+) -> None:
     """Build and inspect MICE document-state indexes."""
     if ctx.invoked_subcommand is not None:
         return
@@ -101,8 +171,20 @@ def index_main(ctx: typer.Context, model: Optional[str] = _MODEL, dataset: Optio
         from mice.errors import MiceError
 
         raise MiceError("mice index: building needs --model, --dataset and --out (or see `mice index --help`)")
-    _build(model, dataset, out, storage_dtype, kv, shard_size, batch_size, overwrite, arch, device, compute_dtype,
-           _codec(pq_m, rotation, centroids, bits, train_tokens))
+    _build(
+        model,
+        dataset,
+        out,
+        storage_dtype,
+        kv,
+        shard_size,
+        batch_size,
+        overwrite,
+        arch,
+        device,
+        compute_dtype,
+        _codec(pq_m, rotation, centroids, bits, train_tokens),
+    )
 
 
 def _codec(pq_m: int, rotation: bool, centroids: int, bits: int, train_tokens: int) -> dict:
@@ -110,25 +192,47 @@ def _codec(pq_m: int, rotation: bool, centroids: int, bits: int, train_tokens: i
 
 
 @index_app.command("build")
-def build_cmd(model: str = typer.Option(..., "--model", "-m", help="MICE folder (or a cross-encoder with "
-                                        "--arch a+b)"),
-              dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec whose corpus is indexed"),
-              out: Path = typer.Option(..., "--out", "-o", help="Index folder (resumed if interrupted)"),
-              storage_dtype: str = _STORAGE, kv: bool = _KV, shard_size: int = _SHARD, batch_size: int = _BATCH,
-              overwrite: bool = _OVERWRITE, arch: Optional[str] = _ARCH,
-              device: Optional[str] = _DEVICE, compute_dtype: str = _COMPUTE_DTYPE, pq_m: int = _PQ_M,
-              rotation: bool = _ROTATION, centroids: int = _CENTROIDS, bits: int = _BITS,
-              train_tokens: int = _TRAIN) -> None:
+def build_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="MICE folder (or a cross-encoder with --arch a+b)"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec whose corpus is indexed"),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder (resumed if interrupted)"),
+    storage_dtype: str = _STORAGE,
+    kv: bool = _KV,
+    shard_size: int = _SHARD,
+    batch_size: int = _BATCH,
+    overwrite: bool = _OVERWRITE,
+    arch: Optional[str] = _ARCH,
+    device: Optional[str] = _DEVICE,
+    compute_dtype: str = _COMPUTE_DTYPE,
+    pq_m: int = _PQ_M,
+    rotation: bool = _ROTATION,
+    centroids: int = _CENTROIDS,
+    bits: int = _BITS,
+    train_tokens: int = _TRAIN,
+) -> None:
     """Encode every document of DATASET once to its layer-a states; resumable shard by shard."""
-    _build(model, dataset, out, storage_dtype, kv, shard_size, batch_size, overwrite, arch, device, compute_dtype,
-           _codec(pq_m, rotation, centroids, bits, train_tokens))
+    _build(
+        model,
+        dataset,
+        out,
+        storage_dtype,
+        kv,
+        shard_size,
+        batch_size,
+        overwrite,
+        arch,
+        device,
+        compute_dtype,
+        _codec(pq_m, rotation, centroids, bits, train_tokens),
+    )
 
 
 @index_app.command("info")
-def info_cmd(path: Path = typer.Argument(..., help="Index folder"),
-             verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every shard's sha256"),
-             model: Optional[str] = typer.Option(None, "--model", "-m", help="Also check the index matches this "
-                                                 "MICE model")) -> None:
+def info_cmd(
+    path: Path = typer.Argument(..., help="Index folder"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every shard's sha256"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Also check the index matches this MICE model"),
+) -> None:
     """Documents, tokens, bytes per token, model and storage of an index (checks checksums)."""
     from mice.index.store import DocIndex
 

@@ -1,20 +1,24 @@
 """`mice mask show PRESET|FILE` — print a mask's per-layer allow-table (or a derived configuration and its mask)."""
+
 from __future__ import annotations
 
 from typing import Optional
 
 import typer
 
-mask_app = typer.Typer(help="Interaction masks: show presets and mask files (a->b: a attends b).",
-                       no_args_is_help=True)
+mask_app = typer.Typer(help="Interaction masks: show presets and mask files (a->b: a attends b).", no_args_is_help=True)
 
 
 @mask_app.command("show")
-def show(spec: str = typer.Argument(..., help="Preset (none, mask0..mask3, prettr, sparse_ce), a mask .json "
-                                                         "or a derived configuration (mice-config/1)"),
-         num_layers: Optional[int] = typer.Option(None, "--num-layers", help="Number of layers (presets; default 6)"),
-         k: Optional[int] = typer.Option(None, "--k", help="k for mask3(k) / prettr(k)"),
-         tidy: bool = typer.Option(False, "--tidy", help="Print the tidy (layer, from, to, allowed) table")) -> None:
+def show(
+    spec: str = typer.Argument(
+        ...,
+        help="Preset (none, mask0..mask3, prettr, sparse_ce), a mask .json or a derived configuration (mice-config/1)",
+    ),
+    num_layers: Optional[int] = typer.Option(None, "--num-layers", help="Number of layers (presets; default 6)"),
+    k: Optional[int] = typer.Option(None, "--k", help="k for mask3(k) / prettr(k)"),
+    tidy: bool = typer.Option(False, "--tidy", help="Print the tidy (layer, from, to, allowed) table"),
+) -> None:
     """Print the per-layer allow-table of a preset or a mask file."""
     from pathlib import Path
 

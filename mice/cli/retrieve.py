@@ -1,4 +1,5 @@
 """`mice retrieve bm25`: a first-stage TREC run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,13 +10,15 @@ retrieve_app = typer.Typer(help="First-stage retrieval (writes TREC runs).", no_
 
 
 @retrieve_app.command("bm25")
-def bm25(dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec"),
-         split: str = typer.Option("test", help="Split whose queries are run"),
-         k: int = typer.Option(100, help="Documents per query"),
-         out: Path = typer.Option(..., "--out", "-o", help="TREC run file to write (atomically)"),
-         k1: float = typer.Option(1.5, help="BM25 k1"),
-         b: float = typer.Option(0.75, help="BM25 b"),
-         no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cached index")) -> None:
+def bm25(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec"),
+    split: str = typer.Option("test", help="Split whose queries are run"),
+    k: int = typer.Option(100, help="Documents per query"),
+    out: Path = typer.Option(..., "--out", "-o", help="TREC run file to write (atomically)"),
+    k1: float = typer.Option(1.5, help="BM25 k1"),
+    b: float = typer.Option(0.75, help="BM25 b"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cached index"),
+) -> None:
     """BM25 (bm25s) over the dataset's corpus; the index is cached per dataset."""
     from mice.rank.first_stage import BM25Config, bm25_run
     from mice.rank.runs import write_run

@@ -11,6 +11,7 @@ Data-parallel (DDP), same options: `accelerate launch --multi_gpu --num_processe
 processes (gloo) also set `ACCELERATE_USE_CPU=1` (`accelerate launch --cpu` starts a single process unless MPI
 is configured). `batch_size` is per process: N processes with batch B train like one with batch N·B.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -32,32 +33,56 @@ def key_values(items, flag: str = "--set") -> dict:
 
 
 def train(
-    mode: Optional[str] = typer.Option(None, "--mode", help="cross-encoder | masked | mice | late-interaction "
-                                       "(default: cross-encoder)"),
-    preset: Optional[str] = typer.Option(None, "--preset", help="tiny (seconds), quick (~5 min on 2 CPU cores), "
-                                                                "or one paper model: paper-minilm-ce, "
-                                                                "paper-minilm-mice-l4+3, … (the paper's GPU recipe; "
-                                                                "--show-config prints it)"),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Settings file (.json or .toml), or a derived "
-                                         "configuration (mice-config/1, from `mice ablate search`): a and b for "
-                                         "--mode mice, the mask for --mode masked"),
-    model: Optional[str] = typer.Option(None, "--model", "-m",
-                                        help="Backbone (cross-encoder mode) or source cross-encoder folder"),
+    mode: Optional[str] = typer.Option(
+        None, "--mode", help="cross-encoder | masked | mice | late-interaction (default: cross-encoder)"
+    ),
+    preset: Optional[str] = typer.Option(
+        None,
+        "--preset",
+        help="tiny (seconds), quick (~5 min on 2 CPU cores), "
+        "or one paper model: paper-minilm-ce, "
+        "paper-minilm-mice-l4+3, … (the paper's GPU recipe; "
+        "--show-config prints it)",
+    ),
+    config: Optional[str] = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="Settings file (.json or .toml), or a derived "
+        "configuration (mice-config/1, from `mice ablate search`): a and b for "
+        "--mode mice, the mask for --mode masked",
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Backbone (cross-encoder mode) or source cross-encoder folder"
+    ),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset spec (default embedded:docs)"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Output folder (best/, last/, logs)"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (the linear schedule "
-                                            "decays to 0 there)"),
-    compute_dtype: Optional[str] = typer.Option(None, "--dtype", "--compute-dtype",
-                                                help="fp32 | bf16 | fp16: mixed precision through accelerate "
-                                                     "(the setting mixed_precision: no | bf16 | fp16); fp16 needs a "
-                                                     "GPU"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting: --set key=value (repeatable), e.g. "
-                                             "teacher=source, contextual_layers=3, lr=1e-4; --show-config lists "
-                                             "them"),
+    max_steps: Optional[int] = typer.Option(
+        None, "--max-steps", help="Optimizer steps (the linear schedule decays to 0 there)"
+    ),
+    compute_dtype: Optional[str] = typer.Option(
+        None,
+        "--dtype",
+        "--compute-dtype",
+        help="fp32 | bf16 | fp16: mixed precision through accelerate "
+        "(the setting mixed_precision: no | bf16 | fp16); fp16 needs a "
+        "GPU",
+    ),
+    set_: Optional[List[str]] = typer.Option(
+        None,
+        "--set",
+        help="Any setting: --set key=value (repeatable), e.g. "
+        "teacher=source, contextual_layers=3, lr=1e-4; --show-config lists "
+        "them",
+    ),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Several runs, e.g. 0,1,2 (output/seed-N/ each)"),
-    resume: bool = typer.Option(False, "--resume", help="Continue from output/last/ if it exists; refused (one "
-                                "line naming what differs) unless settings, data, start and teacher weights and "
-                                "mask are those it was trained under"),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from output/last/ if it exists; refused (one "
+        "line naming what differs) unless settings, data, start and teacher weights and "
+        "mask are those it was trained under",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what output/ holds (start afresh)"),
     show_config: bool = typer.Option(False, "--show-config", help="Print the resolved settings and exit"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output"),
@@ -67,11 +92,8 @@ def train(
     Every setting the flags do not cover is read from --config and --set key=value."""
     import json
 
-    from mice.models.precision import mixed_precision
-
-    flags = {"mode": mode, "model": model, "dataset": dataset, "output": output, "max_steps": max_steps,
-             "mixed_precision": mixed_precision(compute_dtype) if compute_dtype is not None else None}
-    cfg = resolve_config(preset, config, {k: v for k, v in flags.items() if v is not None}, key_values(set_))
+    flags = _flags(mode, model, dataset, output, max_steps, compute_dtype)
+    cfg = resolve_config(preset, config, flags, key_values(set_))
     if resume:
         cfg = cfg.updated({"resume": True})
     if overwrite:
@@ -87,6 +109,21 @@ def train(
     _run(cfg, seed_list, quiet)
 
 
+def _flags(mode, model, dataset, output, max_steps, compute_dtype) -> dict:
+    """The settings `mice train`'s own flags give (those left out are not settings)."""
+    from mice.models.precision import mixed_precision
+
+    flags = {
+        "mode": mode,
+        "model": model,
+        "dataset": dataset,
+        "output": output,
+        "max_steps": max_steps,
+        "mixed_precision": mixed_precision(compute_dtype) if compute_dtype is not None else None,
+    }
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def resolve_config(preset: str | None, config: str | None, flags: dict, extra: dict):
     """The run's `TrainConfig`: defaults, then the preset, the config file, the flags and `--set` (`extra`)."""
     from mice.derived import DerivedConfig, is_config_file
@@ -97,8 +134,7 @@ def resolve_config(preset: str | None, config: str | None, flags: dict, extra: d
     mode = flags.get("mode")
     if config and is_config_file(config):  # a derived configuration (`mice ablate search`): a, b or the mask
         derived = DerivedConfig.load(config)
-        file_settings = derived.train_settings(mode or ("masked" if derived.decision == "masked" else "mice"),
-                                               config)
+        file_settings = derived.train_settings(mode or ("masked" if derived.decision == "masked" else "mice"), config)
     else:
         file_settings = read_config_file(config) if config else {}
     chosen_mode = mode or file_settings.get("mode") or (preset_mode(preset) if preset else None) or "cross-encoder"
@@ -108,10 +144,15 @@ def resolve_config(preset: str | None, config: str | None, flags: dict, extra: d
     if file_settings:
         cfg = cfg.updated(file_settings, str(config))
     cfg = cfg.updated({**flags, **extra}, "command line")
-    if cfg.mode != "cross-encoder" and cfg.model == "packaged:minilm" and not any(
-            "model" in given for given in (flags, file_settings, extra)):
-        raise MiceError(f"--mode {cfg.mode} starts from a trained cross-encoder: pass --model FOLDER "
-                        "(e.g. the best/ folder of a cross-encoder run)")
+    if (
+        cfg.mode != "cross-encoder"
+        and cfg.model == "packaged:minilm"
+        and not any("model" in given for given in (flags, file_settings, extra))
+    ):
+        raise MiceError(
+            f"--mode {cfg.mode} starts from a trained cross-encoder: pass --model FOLDER "
+            "(e.g. the best/ folder of a cross-encoder run)"
+        )
     return cfg
 
 
@@ -147,9 +188,15 @@ def _run(cfg, seed_list: list[int] | None, quiet: bool) -> None:
     if not PartialState().is_main_process:
         return
     best = result.best_dev
-    typer.echo(f"wall time {result.wall_time_s:.1f} s, {result.steps} steps (stopped by {result.stopped_by}); "
-               + (f"best dev RR@10 {best['RR@10']:.4f} nDCG@10 {best['nDCG@10']:.4f} at step {result.best_step}; "
-                  if best else "") + f"model: {result.output / 'best'}")
+    typer.echo(
+        f"wall time {result.wall_time_s:.1f} s, {result.steps} steps (stopped by {result.stopped_by}); "
+        + (
+            f"best dev RR@10 {best['RR@10']:.4f} nDCG@10 {best['nDCG@10']:.4f} at step {result.best_step}; "
+            if best
+            else ""
+        )
+        + f"model: {result.output / 'best'}"
+    )
 
 
 def _print_seed_table(table, output) -> None:
@@ -160,11 +207,17 @@ def _print_seed_table(table, output) -> None:
     for col in ("seed", "steps", "best_step", "dev_rr10", "dev_ndcg10", "wall_time_s"):
         t.add_column(col, justify="right")
     for row in table.to_dict("records"):
-        t.add_row(*[f"{row[c]:.4f}" if isinstance(row[c], float) and c.startswith("dev") else str(row[c])
-                    for c in ("seed", "steps", "best_step", "dev_rr10", "dev_ndcg10", "wall_time_s")])
+        t.add_row(
+            *[
+                f"{row[c]:.4f}" if isinstance(row[c], float) and c.startswith("dev") else str(row[c])
+                for c in ("seed", "steps", "best_step", "dev_rr10", "dev_ndcg10", "wall_time_s")
+            ]
+        )
     for label, fn in (("mean", "mean"), ("std", "std")):
-        vals = [getattr(table[c].astype(float), fn)() if len(table) > 1 or fn == "mean" else 0.0
-                for c in ("dev_rr10", "dev_ndcg10", "wall_time_s")]
+        vals = [
+            getattr(table[c].astype(float), fn)() if len(table) > 1 or fn == "mean" else 0.0
+            for c in ("dev_rr10", "dev_ndcg10", "wall_time_s")
+        ]
         t.add_row(label, "", "", f"{vals[0]:.4f}", f"{vals[1]:.4f}", f"{vals[2]:.1f}")
     Console().print(t)
 

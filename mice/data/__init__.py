@@ -14,6 +14,7 @@ Spec strings:
   source of another kind of text (see `debian.py`).
 - `mix:A+B[+...]`: several datasets as one (ids of all but the first prefixed `i:`), to train on a mix.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,21 @@ from mice.data.embedded import EmbeddedConfig, EmbeddedDataset
 from mice.data.meta import MetaConfig, MetaDataset
 from mice.data.local import FilesDataset, beir_folder, msmarco_folder
 
-__all__ = ["Dataset", "DataWarning", "InMemoryDataset", "FilesDataset", "EmbeddedDataset", "EmbeddedConfig",
-           "MetaDataset", "MetaConfig", "load_dataset", "cache_dir", "beir_folder", "msmarco_folder", "write_beir"]
+__all__ = [
+    "Dataset",
+    "DataWarning",
+    "InMemoryDataset",
+    "FilesDataset",
+    "EmbeddedDataset",
+    "EmbeddedConfig",
+    "MetaDataset",
+    "MetaConfig",
+    "load_dataset",
+    "cache_dir",
+    "beir_folder",
+    "msmarco_folder",
+    "write_beir",
+]
 
 _LOADED: dict[str, Dataset] = {}
 
@@ -70,7 +84,7 @@ def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
 
         from mice.data.irds import IrdsDataset
 
-        body, _, query = s[len("irds:"):].partition("?")
+        body, _, query = s[len("irds:") :].partition("?")
         opts = dict(parse_qsl(query))
         if s not in _LOADED:
             _LOADED[s] = IrdsDataset(body, split=opts.get("split", "test"))
@@ -78,15 +92,17 @@ def load_dataset(spec: "str | os.PathLike | Dataset") -> Dataset:
     if s.startswith("files:"):
         from mice.data.local import files_spec
 
-        return files_spec(s[len("files:"):])
+        return files_spec(s[len("files:") :])
     path = Path(s).expanduser()
     if path.is_dir():
         from mice.data.local import folder_dataset
 
         return folder_dataset(path)
     if path.exists():
-        raise DataError(f"{path}: a dataset is a folder (BEIR or MS MARCO layout) or a spec; for single files "
-                        "use files:corpus=...,queries=...,qrels=...")
+        raise DataError(
+            f"{path}: a dataset is a folder (BEIR or MS MARCO layout) or a spec; for single files "
+            "use files:corpus=...,queries=...,qrels=..."
+        )
     raise DataError(f"unknown dataset {s!r}: not a folder, and not embedded:..., irds:..., files:... or mix:...")
 
 
@@ -99,8 +115,10 @@ def check_split_name(split, source) -> str:
 
     s = str(split)
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", s) or ".." in s:
-        raise DataError(f"{source}: split name {s!r} is not a plain name (letters, digits, '.', '_', '-'; no path "
-                        "separators or '..')")
+        raise DataError(
+            f"{source}: split name {s!r} is not a plain name (letters, digits, '.', '_', '-'; no path "
+            "separators or '..')"
+        )
     return s
 
 
@@ -114,14 +132,22 @@ def write_beir(dataset: "str | Dataset", folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     for split in ds.splits:  # each becomes a file name under qrels/: nothing may lead out of the folder
         check_split_name(split, ds.name)
-    write_text_atomic(folder / "corpus.jsonl", "".join(
-        json.dumps({"_id": k, "title": "", "text": v}, ensure_ascii=False) + "\n" for k, v in ds.corpus().items()))
+    write_text_atomic(
+        folder / "corpus.jsonl",
+        "".join(
+            json.dumps({"_id": k, "title": "", "text": v}, ensure_ascii=False) + "\n" for k, v in ds.corpus().items()
+        ),
+    )
     queries = {}
     for split in ds.splits:
         queries.update(ds.queries(split))
         q = ds.qrels(split)
-        write_text_atomic(folder / "qrels" / f"{split}.tsv", "query-id\tcorpus-id\tscore\n" + "".join(
-            f"{a}\t{b}\t{c}\n" for a, b, c in q.itertuples(index=False)))
-    write_text_atomic(folder / "queries.jsonl", "".join(
-        json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in queries.items()))
+        write_text_atomic(
+            folder / "qrels" / f"{split}.tsv",
+            "query-id\tcorpus-id\tscore\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in q.itertuples(index=False)),
+        )
+    write_text_atomic(
+        folder / "queries.jsonl",
+        "".join(json.dumps({"_id": k, "text": v}, ensure_ascii=False) + "\n" for k, v in queries.items()),
+    )
     return folder

@@ -5,6 +5,7 @@ package: importing every public submodule of torch or matplotlib has side effect
 monkey-patching) that must not leak into the caller, and a submodule that crashes on import must only cost
 one skipped module. Usage: ``python _docstrings.py PACKAGE OUT.json [MAX_DEPTH]``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,8 +17,22 @@ import re
 import sys
 import warnings
 
-SKIP_SUBMODULES = {"tests", "test", "testing", "conftest", "setup", "benchmarks", "benchmark", "__main__",
-                   "_pytest", "conftest", "tools", "build", "backends", "examples"}
+SKIP_SUBMODULES = {
+    "tests",
+    "test",
+    "testing",
+    "conftest",
+    "setup",
+    "benchmarks",
+    "benchmark",
+    "__main__",
+    "_pytest",
+    "conftest",
+    "tools",
+    "build",
+    "backends",
+    "examples",
+}
 
 MIN_SUMMARY_CHARS = 12
 MIN_SUMMARY_WORDS = 3
@@ -30,9 +45,13 @@ _SIGNATURE = re.compile(r"^\s*[\w.]+\s*\(.*\)\s*(->.*)?$", re.S)
 _GOOGLE_SECTION = re.compile(
     r"^(args|arguments|parameters|params|returns?|yields?|raises|examples?|example usage|usage|notes?|warnings?|"
     r"see also|attributes|keyword args|keyword arguments|kwargs|references|shape|shapes|methods|todo|"
-    r"inputs?|outputs?|reference|type|rtype|variables|properties|other parameters)\s*:{1,2}\s*$", re.I)
-_FIELD = re.compile(r"^:(param|parameter|arg|argument|key|keyword|type|returns?|rtype|raises?|except|var|ivar|"
-                    r"cvar|vartype|meta)\b")
+    r"inputs?|outputs?|reference|type|rtype|variables|properties|other parameters)\s*:{1,2}\s*$",
+    re.I,
+)
+_FIELD = re.compile(
+    r"^:(param|parameter|arg|argument|key|keyword|type|returns?|rtype|raises?|except|var|ivar|"
+    r"cvar|vartype|meta)\b"
+)
 _DIRECTIVE = re.compile(r"^\.\.\s+[\w:-]+::")
 _ROLE = re.compile(r":[\w:+.-]+:`([^`]*)`")
 _LINK_TARGET = re.compile(r"^(.*?)\s*<[^<>]+>$", re.S)
@@ -95,8 +114,13 @@ def split_docstring(doc: str | None) -> tuple[str, str] | None:
         while i < len(lines) and not lines[i].strip():
             i += 1
         first, end = paragraph(i)
-    if not first or any(_is_underline(x) for x in first) or _DIRECTIVE.match(first[0].strip()) or \
-            first[0].strip().startswith(">>>") or _GOOGLE_SECTION.match(first[0].strip()):
+    if (
+        not first
+        or any(_is_underline(x) for x in first)
+        or _DIRECTIVE.match(first[0].strip())
+        or first[0].strip().startswith(">>>")
+        or _GOOGLE_SECTION.match(first[0].strip())
+    ):
         return None
     # a summary that runs into the description without a blank line: keep its first line if it is a sentence
     rest_of_first: list[str] = []
@@ -174,8 +198,9 @@ def acceptable(summary: str, description: str) -> bool:
     if len(description) < MIN_DESCRIPTION_CHARS or len(description.split()) < MIN_DESCRIPTION_WORDS:
         return False
     low = summary.lower()
-    if low.startswith(("alias for", "alias of", "see ", "deprecated", "this function is deprecated",
-                       "multiply dispatched")):
+    if low.startswith(
+        ("alias for", "alias of", "see ", "deprecated", "this function is deprecated", "multiply dispatched")
+    ):
         return False
     return True
 
@@ -295,8 +320,13 @@ def harvest(root: str, max_depth: int = 3) -> dict:
         kind = "class" if inspect.isclass(obj) else ("property" if isinstance(obj, property) else "function")
         records.append({"id": path, "package": root, "kind": kind, "query": summary, "doc": description})
     version = getattr(sys.modules.get(root), "__version__", None)
-    return {"package": root, "version": str(version) if version is not None else None,
-            "objects": len(found), "records": records, **stats}
+    return {
+        "package": root,
+        "version": str(version) if version is not None else None,
+        "objects": len(found),
+        "records": records,
+        **stats,
+    }
 
 
 def main(argv: list[str]) -> int:

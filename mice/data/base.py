@@ -1,4 +1,5 @@
 """The one interface every data source presents: a corpus, queries per split, graded judgements per split."""
+
 from __future__ import annotations
 
 import abc
@@ -96,8 +97,11 @@ class Dataset:
         out = {"name": self.name, "corpus": len(self.corpus())}
         for split in self.splits:
             q = self.qrels(split)
-            out[split] = {"queries": len(self.queries(split)), "qrels": len(q),
-                          "relevant": int((q["relevance"] > 0).sum())}
+            out[split] = {
+                "queries": len(self.queries(split)),
+                "qrels": len(q),
+                "relevant": int((q["relevance"] > 0).sum()),
+            }
         return out
 
     def validate(self) -> dict:
@@ -108,8 +112,10 @@ class Dataset:
             q = self.qrels(split)
             n = int((~q["doc_id"].isin(corpus.keys())).sum())
             if n:
-                warn(f"{self.name}/{split}: {n} judgements name documents that are not in the corpus "
-                     "(kept: they count as relevant documents no run can retrieve)")
+                warn(
+                    f"{self.name}/{split}: {n} judgements name documents that are not in the corpus "
+                    "(kept: they count as relevant documents no run can retrieve)"
+                )
             missing[split] = n
         return missing
 
@@ -124,8 +130,13 @@ class InMemoryDataset(Dataset):
     (query_id, doc_id, relevance)). Queries of a split are restricted to judged ones, as in BEIR.
     """
 
-    def __init__(self, name: str, corpus: Mapping[str, str], queries: Mapping[str, Mapping[str, str]],
-                 qrels: Mapping[str, object]) -> None:
+    def __init__(
+        self,
+        name: str,
+        corpus: Mapping[str, str],
+        queries: Mapping[str, Mapping[str, str]],
+        qrels: Mapping[str, object],
+    ) -> None:
         super().__init__()
         self.name = name
         self._corpus_src = {str(k): str(v) for k, v in corpus.items()}
@@ -134,8 +145,9 @@ class InMemoryDataset(Dataset):
         for split, df in self._qrels_src.items():
             missing = set(df["query_id"].astype(str)) - set(self._queries_src.get(split, {}))
             if missing:
-                raise DataError(f"{name}/{split}: qrels name {len(missing)} unknown queries "
-                                f"(e.g. {sorted(missing)[:3]})")
+                raise DataError(
+                    f"{name}/{split}: qrels name {len(missing)} unknown queries (e.g. {sorted(missing)[:3]})"
+                )
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -153,7 +165,6 @@ class InMemoryDataset(Dataset):
 
     def fingerprint(self) -> str:
         return "mem-" + super().fingerprint()
-
 
 
 class TableDataset(Dataset, abc.ABC):

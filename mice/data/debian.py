@@ -21,6 +21,7 @@ The collection depends only on the status file's content and the installed Pytho
 
 Spec: `embedded:debian[?status=PATH&max_docs=N&max_words=N&min_words=N&fractions=0.9,0.1,0]`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -95,9 +96,18 @@ def read_status(path: str | Path) -> list[dict]:
         if not name or not status.endswith(" installed") or "description" not in fields:
             continue
         desc = fields["description"]
-        records.append({"name": name, "id": normalise_name(name), "version": (fields.get("version") or [""])[0],
-                        "source": (fields.get("source") or [name])[0].split()[0], "summary": desc[0],
-                        "description": debian_text(desc[1:]), "content_type": "text/markdown", "rank": 0})
+        records.append(
+            {
+                "name": name,
+                "id": normalise_name(name),
+                "version": (fields.get("version") or [""])[0],
+                "source": (fields.get("source") or [name])[0].split()[0],
+                "summary": desc[0],
+                "description": debian_text(desc[1:]),
+                "content_type": "text/markdown",
+                "rank": 0,
+            }
+        )
     records.sort(key=lambda r: (r["id"], r["version"]))
     return records
 
@@ -140,22 +150,33 @@ def build(cfg: DebianConfig) -> tuple[pd.DataFrame, dict]:
     meta, _ = build_meta(MetaConfig(fractions=(0.0, 0.0, 1.0)))
     same_q = {" ".join(_words(t)) for t in meta["query"]}
     same_d = {" ".join(_words(t)) for t in meta["doc"]}
-    shared = [(" ".join(_words(q)) in same_q) or (" ".join(_words(d)) in same_d)
-              for q, d in zip(df["query"], df["doc"])]
+    shared = [
+        (" ".join(_words(q)) in same_q) or (" ".join(_words(d)) in same_d) for q, d in zip(df["query"], df["doc"])
+    ]
     stats["same_text_as_meta"] = int(sum(shared))
     df = df[[not s for s in shared]].reset_index(drop=True)
     stats["pairs"] = len(df)
     stats["splits"] = {s: int((df["split"] == s).sum()) for s in ("train", "dev", "test")}
     content = hashlib.sha1(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()
     status_hash = hashlib.sha1(Path(cfg.status).read_bytes()).hexdigest()
-    key = hashlib.sha1(json.dumps({
-        "builder": BUILDER_VERSION, "source": [hashlib.sha1(p.read_bytes()).hexdigest() for p in
-                                               (Path(__file__), *META_SOURCES)],
-        "status": status_hash, "python": sorted({(r["id"], r["version"]) for r in installed}),
-        "config": {**asdict(cfg), "status": str(cfg.status), "fractions": list(cfg.fractions)}},
-        sort_keys=True).encode()).hexdigest()
-    stats.update(config={**asdict(cfg), "fractions": list(cfg.fractions)}, key=key, content=content,
-                 python_packages_left_out=len(exclude))
+    key = hashlib.sha1(
+        json.dumps(
+            {
+                "builder": BUILDER_VERSION,
+                "source": [hashlib.sha1(p.read_bytes()).hexdigest() for p in (Path(__file__), *META_SOURCES)],
+                "status": status_hash,
+                "python": sorted({(r["id"], r["version"]) for r in installed}),
+                "config": {**asdict(cfg), "status": str(cfg.status), "fractions": list(cfg.fractions)},
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    stats.update(
+        config={**asdict(cfg), "fractions": list(cfg.fractions)},
+        key=key,
+        content=content,
+        python_packages_left_out=len(exclude),
+    )
     if stats["splits"]["train"] == 0:
         warn(f"embedded:debian: no training pair from {cfg.status}")
     return df, stats

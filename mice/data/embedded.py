@@ -13,6 +13,7 @@ result is cached in `cache_dir()/embedded/` and keyed by the package versions an
 Specs: `embedded:docs` (numpy, pandas, scipy, matplotlib, torch), `embedded:docs-ood` (sympy, networkx), and
 either with options, e.g. `embedded:docs?packages=json,logging&max_per_package=200`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,10 +55,15 @@ class EmbeddedConfig:
     workers: int = field(default=0, compare=False)  # 0 = one per CPU core
 
     def key(self, versions: dict[str, str]) -> str:
-        payload = {"builder": BUILDER_VERSION, "extractor": hashlib.sha1(_EXTRACTOR.read_bytes()).hexdigest(),
-                   "packages": list(self.packages), "versions": versions,
-                   "max_per_package": self.max_per_package, "max_depth": self.max_depth,
-                   "fractions": list(self.fractions)}
+        payload = {
+            "builder": BUILDER_VERSION,
+            "extractor": hashlib.sha1(_EXTRACTOR.read_bytes()).hexdigest(),
+            "packages": list(self.packages),
+            "versions": versions,
+            "max_per_package": self.max_per_package,
+            "max_depth": self.max_depth,
+            "fractions": list(self.fractions),
+        }
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -121,13 +127,20 @@ def _harvest(package: str, cfg: EmbeddedConfig) -> dict:
     """Run the extractor for one package in a fresh interpreter; returns its JSON result or {'error': ...}."""
     with tempfile.TemporaryDirectory(prefix="mice-docs-") as tmp:
         out = Path(tmp) / "out.json"
-        env = dict(os.environ, MPLBACKEND="Agg", PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false",
-                   PYTHONHASHSEED="0")
+        env = dict(
+            os.environ, MPLBACKEND="Agg", PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false", PYTHONHASHSEED="0"
+        )
         code = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
         try:
-            proc = subprocess.run([sys.executable, "-c", code, str(_EXTRACTOR), package, str(out), str(cfg.max_depth)],
-                                  cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, timeout=cfg.timeout_s)
+            proc = subprocess.run(
+                [sys.executable, "-c", code, str(_EXTRACTOR), package, str(out), str(cfg.max_depth)],
+                cwd=tmp,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=cfg.timeout_s,
+            )
         except subprocess.TimeoutExpired:
             return {"package": package, "error": f"timed out after {cfg.timeout_s:.0f} s"}
         if proc.returncode != 0 or not out.exists():
@@ -137,7 +150,7 @@ def _harvest(package: str, cfg: EmbeddedConfig) -> dict:
 
 
 def _stable_unit(text: str, salt: str) -> float:
-    return int(hashlib.sha1(f"{salt}:{text}".encode()).hexdigest()[:12], 16) / 16 ** 12
+    return int(hashlib.sha1(f"{salt}:{text}".encode()).hexdigest()[:12], 16) / 16**12
 
 
 def first_pair(query: str, doc: str, seen_q: set, seen_d: set, stats: dict) -> bool:
@@ -167,10 +180,14 @@ def assemble(results: list[dict], cfg: EmbeddedConfig) -> tuple[pd.DataFrame, di
         if "error" in res:
             stats["packages"][pkg] = {"error": res["error"]}
             continue
-        stats["packages"][pkg] = {"version": res.get("version"), "modules_imported": res["modules_imported"],
-                                  "modules_failed": len(res["modules_failed"]),
-                                  "failed_examples": res["modules_failed"][:10],
-                                  "objects": res["objects"], "harvested": len(res["records"])}
+        stats["packages"][pkg] = {
+            "version": res.get("version"),
+            "modules_imported": res["modules_imported"],
+            "modules_failed": len(res["modules_failed"]),
+            "failed_examples": res["modules_failed"][:10],
+            "objects": res["objects"],
+            "harvested": len(res["records"]),
+        }
         records.extend(res["records"])
     # shortest public path first: it names the object where users meet it
     records.sort(key=lambda r: (r["id"].count("."), len(r["id"]), r["id"]))
@@ -214,17 +231,21 @@ def build(cfg: EmbeddedConfig, use_cache: bool = True) -> tuple[pd.DataFrame, di
         results = list(pool.map(lambda p: _harvest(p, cfg), cfg.packages))
     failed = {r["package"]: r["error"] for r in results if "error" in r}
     if len(failed) == len(results):
-        raise DataError("embedded corpus: every package failed to import: "
-                        + "; ".join(f"{p}: {e}" for p, e in failed.items()))
+        raise DataError(
+            "embedded corpus: every package failed to import: " + "; ".join(f"{p}: {e}" for p, e in failed.items())
+        )
     df, stats = assemble(results, cfg)
     stats.update(config={**asdict(cfg), "packages": list(cfg.packages)}, versions=versions, key=key)
     skipped = sum(info.get("modules_failed", 0) for info in stats["packages"].values())
     if skipped:
-        warn(f"embedded:{cfg.name}: {skipped} submodules could not be imported and were skipped "
-             "(see `mice data info` for the list)")
+        warn(
+            f"embedded:{cfg.name}: {skipped} submodules could not be imported and were skipped "
+            "(see `mice data info` for the list)"
+        )
     if failed:
-        warn(f"embedded:{cfg.name}: package(s) skipped, not cached: "
-             + "; ".join(f"{p}: {e}" for p, e in failed.items()))
+        warn(
+            f"embedded:{cfg.name}: package(s) skipped, not cached: " + "; ".join(f"{p}: {e}" for p, e in failed.items())
+        )
     elif use_cache:
         write_json_atomic(meta, stats)
         write_table(df, table)

@@ -1,4 +1,5 @@
 """`irds:<id>` datasets through the optional `ir_datasets` package (pip install 'mice-toolkit[irds]')."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -12,8 +13,10 @@ def _import_ir_datasets():
     try:
         import ir_datasets
     except ImportError:
-        raise DataError("irds: datasets need the optional package ir_datasets "
-                        "(pip install 'mice-toolkit[irds]' or pip install ir_datasets); it is not installed") from None
+        raise DataError(
+            "irds: datasets need the optional package ir_datasets "
+            "(pip install 'mice-toolkit[irds]' or pip install ir_datasets); it is not installed"
+        ) from None
     return ir_datasets
 
 
@@ -43,8 +46,10 @@ class IrdsDataset(Dataset):
         except DataError:
             raise
         except Exception as err:  # noqa: BLE001 - network/download failures surface in many types
-            raise DataError(f"{self.name}: could not load {what} ({type(err).__name__}: {err}); "
-                            "ir_datasets needs network access or a local copy") from None
+            raise DataError(
+                f"{self.name}: could not load {what} ({type(err).__name__}: {err}); "
+                "ir_datasets needs network access or a local copy"
+            ) from None
 
     def _load_corpus(self) -> dict[str, str]:
         if not self._ds.has_docs():
@@ -73,8 +78,9 @@ class IrdsDataset(Dataset):
         return self._guard("queries", read)
 
     def _load_qrels(self, split: str) -> pd.DataFrame:
-        return self._guard("qrels", lambda: make_qrels(
-            [(q.query_id, q.doc_id, q.relevance) for q in self._ds.qrels_iter()]))
+        return self._guard(
+            "qrels", lambda: make_qrels([(q.query_id, q.doc_id, q.relevance) for q in self._ds.qrels_iter()])
+        )
 
     def fingerprint(self) -> str:
         return f"irds-{self.dataset_id}"

@@ -4,6 +4,7 @@ Errors name the file and line. Empty documents and duplicate ids are skipped wit
 file (skipping is the sane default there); a bad JSON line, a missing field, an empty query or qrels naming
 an unknown query are errors.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,10 @@ def read_jsonl_texts(path: str | os.PathLike, kind: str) -> dict[str, str]:
     for lineno, obj in _jsonl(path):
         key = _field(obj, "_id", path, lineno)
         if not key.strip() or any(c.isspace() for c in key):
-            raise DataError(f"{path}:{lineno}: '_id' must be a non-empty id without spaces, got {key!r} "
-                            "(run files separate fields by whitespace)")
+            raise DataError(
+                f"{path}:{lineno}: '_id' must be a non-empty id without spaces, got {key!r} "
+                "(run files separate fields by whitespace)"
+            )
         text = _field(obj, "text", path, lineno).strip()
         if kind == "doc":
             title = _field(obj, "title", path, lineno, required=False).strip()
@@ -144,8 +147,9 @@ def checked_qrels(path: Path, queries: Mapping[str, str]) -> pd.DataFrame:
         n = df.loc[unknown, "query_id"].nunique()
         where = _line_of(path, qid) if path.suffix not in (".parquet", ".csv") else None
         loc = f"{path}:{where}" if where else str(path)
-        raise DataError(f"{loc}: qrels name query {qid!r}, which is not in the queries file "
-                        f"({n} unknown queries in all)")
+        raise DataError(
+            f"{loc}: qrels name query {qid!r}, which is not in the queries file ({n} unknown queries in all)"
+        )
     return df
 
 
@@ -156,8 +160,13 @@ class FilesDataset(Dataset):
     anything else `id<TAB>text`; qrels may be TREC, BEIR TSV or a table (see `mice.rank.runs.read_qrels`).
     """
 
-    def __init__(self, corpus: str | os.PathLike, queries: str | os.PathLike | Mapping[str, str | os.PathLike],
-                 qrels: Mapping[str, str | os.PathLike], name: str | None = None) -> None:
+    def __init__(
+        self,
+        corpus: str | os.PathLike,
+        queries: str | os.PathLike | Mapping[str, str | os.PathLike],
+        qrels: Mapping[str, str | os.PathLike],
+        name: str | None = None,
+    ) -> None:
         super().__init__()
         self.corpus_path = Path(corpus)
         self.qrels_paths = {s: Path(p) for s, p in qrels.items()}
@@ -211,15 +220,16 @@ def beir_folder(folder: str | os.PathLike) -> FilesDataset:
 def msmarco_folder(folder: str | os.PathLike) -> FilesDataset:
     """An MS MARCO-style folder: `collection.tsv`, `queries.<split>.tsv`, `qrels.<split>.tsv` (TREC qrels)."""
     folder = Path(folder)
-    queries = {p.name[len("queries."):-len(".tsv")]: p for p in sorted(folder.glob("queries.*.tsv"))}
-    qrels = {p.name[len("qrels."):-len(".tsv")]: p for p in sorted(folder.glob("qrels.*.tsv"))}
+    queries = {p.name[len("queries.") : -len(".tsv")]: p for p in sorted(folder.glob("queries.*.tsv"))}
+    qrels = {p.name[len("qrels.") : -len(".tsv")]: p for p in sorted(folder.glob("qrels.*.tsv"))}
     splits = sorted(set(queries) & set(qrels))
     if not splits:
         raise DataError(f"{folder}: expected queries.<split>.tsv with a matching qrels.<split>.tsv")
     for split in sorted(set(qrels) - set(queries)):
         warn(f"{folder}: qrels.{split}.tsv has no queries.{split}.tsv; split {split!r} ignored")
-    return FilesDataset(folder / "collection.tsv", {s: queries[s] for s in splits}, {s: qrels[s] for s in splits},
-                        name=folder.name)
+    return FilesDataset(
+        folder / "collection.tsv", {s: queries[s] for s in splits}, {s: qrels[s] for s in splits}, name=folder.name
+    )
 
 
 def folder_dataset(folder: str | os.PathLike) -> FilesDataset:
@@ -228,8 +238,10 @@ def folder_dataset(folder: str | os.PathLike) -> FilesDataset:
         return beir_folder(folder)
     if (folder / "collection.tsv").exists():
         return msmarco_folder(folder)
-    raise DataError(f"{folder}: not a dataset folder (expected corpus.jsonl + queries.jsonl + qrels/<split>.tsv "
-                    "(BEIR) or collection.tsv + queries.<split>.tsv + qrels.<split>.tsv (MS MARCO))")
+    raise DataError(
+        f"{folder}: not a dataset folder (expected corpus.jsonl + queries.jsonl + qrels/<split>.tsv "
+        "(BEIR) or collection.tsv + queries.<split>.tsv + qrels.<split>.tsv (MS MARCO))"
+    )
 
 
 def files_spec(body: str) -> FilesDataset:
@@ -273,9 +285,10 @@ class OffsetTexts(Mapping):
         import pyarrow as pa
 
         self.path = Path(path)
-        self._raw = (np.memmap(self.path, dtype=np.uint8, mode="r") if self.path.stat().st_size
-                     else np.zeros(0, np.uint8))
-        ends = [np.flatnonzero(self._raw[s:s + self._BLOCK] == 10) + s for s in range(0, len(self._raw), self._BLOCK)]
+        self._raw = (
+            np.memmap(self.path, dtype=np.uint8, mode="r") if self.path.stat().st_size else np.zeros(0, np.uint8)
+        )
+        ends = [np.flatnonzero(self._raw[s : s + self._BLOCK] == 10) + s for s in range(0, len(self._raw), self._BLOCK)]
         ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
         if len(self._raw) and self._raw[-1] != 10:
             ends = np.append(ends, len(self._raw))
@@ -286,9 +299,12 @@ class OffsetTexts(Mapping):
         # whole lines as one Arrow column (a delimiter that never occurs), then the text before the first tab
         opts = pacsv.ParseOptions(delimiter="\x01", quote_char=False, ignore_empty_lines=False)
         try:
-            lines = pacsv.read_csv(self.path, read_options=pacsv.ReadOptions(column_names=["line"]),
-                                   parse_options=opts, convert_options=pacsv.ConvertOptions(
-                                       column_types={"line": pa.string()}, strings_can_be_null=False)).column("line")
+            lines = pacsv.read_csv(
+                self.path,
+                read_options=pacsv.ReadOptions(column_names=["line"]),
+                parse_options=opts,
+                convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False),
+            ).column("line")
         except pa.ArrowInvalid as err:  # a \x01 byte or invalid UTF-8 in some line
             raise DataError(f"{self.path}: not an 'id<TAB>text' file ({str(err).splitlines()[0][:120]})") from None
         ids = pc.list_element(pc.split_pattern(lines, "\t", max_splits=1), 0)
@@ -320,7 +336,7 @@ class OffsetTexts(Mapping):
 
     def __getitem__(self, key) -> str:
         r = self._row(key)
-        line = bytes(self._raw[self._starts[r]:self._ends[r]]).rstrip(b"\r")
+        line = bytes(self._raw[self._starts[r] : self._ends[r]]).rstrip(b"\r")
         return line.split(b"\t", 1)[1].decode("utf-8") if b"\t" in line else ""
 
     def __contains__(self, key) -> bool:

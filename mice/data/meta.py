@@ -36,6 +36,7 @@ the built table itself, so it changes exactly when the collection does.
 
 Spec: `embedded:meta[?max_docs=N&max_words=N&min_words=N&fractions=0,0.2,0.8]`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,6 +55,7 @@ import pandas as pd
 from mice.errors import DataError
 from mice.data._docstrings import clean_inline
 from mice.data.base import TableDataset, warn
+
 # the same hash as embedded:docs, so the same id always lands in the same split
 from mice.data.embedded import _stable_unit, first_pair, parse_fractions
 
@@ -79,9 +81,12 @@ class MetaConfig:
 
     def key(self, installed: list[tuple[str, str]]) -> str:
         """Keyed by the sorted (name, version) list, the builder's source and the options."""
-        payload = {"builder": BUILDER_VERSION,
-                   "source": [hashlib.sha1(p.read_bytes()).hexdigest() for p in _SOURCES],
-                   "installed": sorted(installed), "config": {**asdict(self), "fractions": list(self.fractions)}}
+        payload = {
+            "builder": BUILDER_VERSION,
+            "source": [hashlib.sha1(p.read_bytes()).hexdigest() for p in _SOURCES],
+            "installed": sorted(installed),
+            "config": {**asdict(self), "fractions": list(self.fractions)},
+        }
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -122,6 +127,7 @@ def parse_options(spec: str, default, options: tuple[str, ...], text_options: tu
 
 
 # -- reading the installed metadata ------------------------------------------------------------------------
+
 
 def normalise_name(name: str) -> str:
     """PEP 503 normalised distribution name: `Jinja2` -> `jinja2`, `typing_extensions` -> `typing-extensions`."""
@@ -172,13 +178,22 @@ def read_installed(path: list[str] | None = None) -> list[dict]:
         if not name:
             continue
         payload = meta.get_payload()
-        description = payload if isinstance(payload, str) and payload.strip() else \
-            _unfold_header(meta.get("Description") or "")
+        description = (
+            payload if isinstance(payload, str) and payload.strip() else _unfold_header(meta.get("Description") or "")
+        )
         rank, site = _site_rank(dist, path_index)
-        records.append({"name": str(name), "id": normalise_name(str(name)), "version": str(meta.get("Version") or ""),
-                        "summary": str(meta.get("Summary") or ""), "description": str(description),
-                        "content_type": str(meta.get("Description-Content-Type") or ""),
-                        "rank": rank, "site": site})
+        records.append(
+            {
+                "name": str(name),
+                "id": normalise_name(str(name)),
+                "version": str(meta.get("Version") or ""),
+                "summary": str(meta.get("Summary") or ""),
+                "description": str(description),
+                "content_type": str(meta.get("Description-Content-Type") or ""),
+                "rank": rank,
+                "site": site,
+            }
+        )
     records.sort(key=lambda r: (r["id"], r["rank"], r["version"], r["summary"], r["description"]))
     return records
 
@@ -273,8 +288,11 @@ def _paragraphs(text: str, markdown: bool) -> list[tuple[bool, str]]:
             i = _after_fence(lines, i, fence.group(1))
             prev_blank, literal_next = True, False
             continue
-        if _DIRECTIVE.match(line) or (literal_next and prev_blank and ind > 0) or \
-                (markdown and prev_blank and ind >= 4 and not prev_listy):
+        if (
+            _DIRECTIVE.match(line)
+            or (literal_next and prev_blank and ind > 0)
+            or (markdown and prev_blank and ind >= 4 and not prev_listy)
+        ):
             # reST directive / comment / target, a literal block after `::`, or an indented markdown code
             # block: skip the line and everything indented deeper (blank lines included)
             flush()
@@ -336,8 +354,9 @@ def _inline(text: str) -> str:
     return re.sub(r"\s+(?=[.,;:!?](\s|$))", "", " ".join(text.split()))
 
 
-def clean_description(text: str, name: str = "", summary: str = "", content_type: str = "",
-                      max_words: int = 300) -> str:
+def clean_description(
+    text: str, name: str = "", summary: str = "", content_type: str = "", max_words: int = 300
+) -> str:
     """Markdown / reST / HTML long description -> plain prose (see the module docstring), cut to `max_words`."""
     if not text or not text.strip():
         return ""
@@ -350,8 +369,11 @@ def clean_description(text: str, name: str = "", summary: str = "", content_type
     if paras and paras[0][0]:  # the first heading goes when it only repeats the name (or the summary)
         h, n = _alnum(paras[0][1]), _alnum(name)
         short = len(paras[0][1].split()) <= 4
-        if h and (h == n or h == _alnum(summary) or
-                  (short and n and len(h) >= 3 and (n.startswith(h) or n.endswith(h) or h.startswith(n)))):
+        if h and (
+            h == n
+            or h == _alnum(summary)
+            or (short and n and len(h) >= 3 and (n.startswith(h) or n.endswith(h) or h.startswith(n)))
+        ):
             paras = paras[1:]
     words = " ".join(t for _, t in paras).split()
     target = _words(summary)
@@ -372,11 +394,21 @@ def clean_summary(text: str) -> str:
 
 # -- assembling the collection -------------------------------------------------------------------------------
 
+
 def assemble(records: list[dict], cfg, exclude: frozenset = frozenset()) -> tuple[pd.DataFrame, dict]:
     """Clean, filter, deduplicate, cap and split raw records (pure and deterministic: any order in, same out).
     Records whose id is in `exclude` are left out (counted in `excluded`)."""
-    stats = {"distributions": 0, "other_copies": 0, "excluded": 0, "no_summary": 0, "short_summary": 0,
-             "no_description": 0, "short_description": 0, "duplicate_queries": 0, "duplicate_docs": 0}
+    stats = {
+        "distributions": 0,
+        "other_copies": 0,
+        "excluded": 0,
+        "no_summary": 0,
+        "short_summary": 0,
+        "no_description": 0,
+        "short_description": 0,
+        "duplicate_queries": 0,
+        "duplicate_docs": 0,
+    }
     best: dict[str, dict] = {}
     for r in sorted(records, key=lambda r: (r["id"], r.get("rank", 0), r["version"], r["summary"], r["description"])):
         if r["id"] in best:
@@ -427,12 +459,17 @@ def build(cfg: MetaConfig, path: list[str] | None = None) -> tuple[pd.DataFrame,
     records = read_installed(path)
     df, stats = assemble(records, cfg)
     content = hashlib.sha1(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()
-    stats.update(config={**asdict(cfg), "fractions": list(cfg.fractions)},
-                 key=cfg.key(sorted({(r["id"], r["version"]) for r in records})), content=content,
-                 sites=sorted({r["site"] for r in records if r["site"]}))
+    stats.update(
+        config={**asdict(cfg), "fractions": list(cfg.fractions)},
+        key=cfg.key(sorted({(r["id"], r["version"]) for r in records})),
+        content=content,
+        sites=sorted({r["site"] for r in records if r["site"]}),
+    )
     if stats["splits"]["test"] < MIN_TEST_QUERIES:
-        warn(f"embedded:{cfg.name}: only {stats['splits']['test']} test queries from {stats['distributions']} "
-             f"installed distributions (fewer than {MIN_TEST_QUERIES}: confidence intervals will be wide)")
+        warn(
+            f"embedded:{cfg.name}: only {stats['splits']['test']} test queries from {stats['distributions']} "
+            f"installed distributions (fewer than {MIN_TEST_QUERIES}: confidence intervals will be wide)"
+        )
     return df, stats
 
 
@@ -458,8 +495,7 @@ class SummaryDataset(TableDataset):
 
     def fingerprint(self) -> str:
         self.table
-        return (f"{self.config.name}-{self.build_stats['key'][:16]}-{self.build_stats['content'][:16]}-"
-                f"{len(self.table)}")
+        return f"{self.config.name}-{self.build_stats['key'][:16]}-{self.build_stats['content'][:16]}-{len(self.table)}"
 
 
 class MetaDataset(SummaryDataset):

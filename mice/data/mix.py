@@ -5,6 +5,7 @@ coincide). Corpus, queries and judgements are the union; a split is present when
 mix and validate on the first part alone (`TrainConfig.dev_dataset`), so dev numbers stay comparable with a
 model trained on that part only. The fingerprint joins the parts' fingerprints.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ from mice.data.base import Dataset
 
 def split_spec(spec: str) -> list[str]:
     """`mix:A+B` -> [A, B] (at least two parts, none empty)."""
-    body = spec[len("mix:"):] if spec.startswith("mix:") else spec
+    body = spec[len("mix:") :] if spec.startswith("mix:") else spec
     parts = [p.strip() for p in body.split("+")]
     if len(parts) < 2 or not all(parts):
         raise DataError(f"{spec}: a mix names two or more datasets joined by '+' (mix:embedded:docs+embedded:debian)")
@@ -55,8 +56,12 @@ class MixedDataset(Dataset):
 
     def query_parts(self, split: str) -> dict[str, int]:
         """Which part each query of `split` comes from (its index in the mix)."""
-        return {self.prefix(i) + k: i for i, part in enumerate(self.parts) if split in part.splits
-                for k in part.queries(split)}
+        return {
+            self.prefix(i) + k: i
+            for i, part in enumerate(self.parts)
+            if split in part.splits
+            for k in part.queries(split)
+        }
 
     def _load_qrels(self, split: str) -> pd.DataFrame:
         frames = []

@@ -16,6 +16,7 @@ distance without matrix products (exact differences), so the codes of a shard ar
 number of processes or threads that write it. A codec is saved as raw little-endian float32 arrays (`to_bytes`)
 whose shapes are in its `spec`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,7 +49,7 @@ def _nearest(x: torch.Tensor, c: torch.Tensor, exact: bool = True) -> torch.Tens
     out = torch.empty(x.shape[0], dtype=torch.long)
     mode = "donot_use_mm_for_euclid_dist" if exact else "use_mm_for_euclid_dist"
     for s in range(0, x.shape[0], _CHUNK):
-        out[s:s + _CHUNK] = torch.cdist(x[s:s + _CHUNK], c, compute_mode=mode).argmin(dim=1)
+        out[s : s + _CHUNK] = torch.cdist(x[s : s + _CHUNK], c, compute_mode=mode).argmin(dim=1)
     return out
 
 
@@ -94,8 +95,9 @@ class PQCodec:
         return self.m
 
     @classmethod
-    def train(cls, x: torch.Tensor, m: int = 48, iters: int = 12, seed: int = 0, rotation: bool = False,
-              opq_iters: int = 4) -> "PQCodec":
+    def train(
+        cls, x: torch.Tensor, m: int = 48, iters: int = 12, seed: int = 0, rotation: bool = False, opq_iters: int = 4
+    ) -> "PQCodec":
         H = x.shape[1]
         if m < 1 or H % m:
             raise IndexError_(f"pq: {m} sub-vectors do not divide the hidden size {H} (--pq-m)")
@@ -135,8 +137,14 @@ class PQCodec:
         return y @ self.rotation.T if self.rotation is not None else y
 
     def spec(self) -> dict:
-        return {"kind": "pq", "m": self.m, "bits": 8, "hidden": self.hidden, "rotation": self.rotation is not None,
-                "code_bytes": self.code_bytes}
+        return {
+            "kind": "pq",
+            "m": self.m,
+            "bits": 8,
+            "hidden": self.hidden,
+            "rotation": self.rotation is not None,
+            "code_bytes": self.code_bytes,
+        }
 
     def to_bytes(self) -> bytes:
         parts = [self.centroids.float().contiguous().numpy().astype("<f4").tobytes()]
@@ -180,8 +188,9 @@ class ResidualCodec:
         return 2 + self.hidden * self.bits // 8
 
     @classmethod
-    def train(cls, x: torch.Tensor, centroids: int = 1024, bits: int = 1, iters: int = 8,
-              seed: int = 0) -> "ResidualCodec":
+    def train(
+        cls, x: torch.Tensor, centroids: int = 1024, bits: int = 1, iters: int = 8, seed: int = 0
+    ) -> "ResidualCodec":
         H = x.shape[1]
         if bits not in (1, 2, 4, 8) or (H * bits) % 8:
             raise IndexError_(f"residual: {bits} bits per dimension (1, 2, 4 or 8, H·bits a multiple of 8)")
@@ -191,12 +200,13 @@ class ResidualCodec:
         with single_thread():
             c = kmeans(x, min(centroids, len(x)), iters, seed)  # a corpus smaller than the codebook: one per state
             r = x - c[_nearest(x, c)]
-            q = torch.linspace(0, 1, 2 ** bits + 1)[1:-1]
+            q = torch.linspace(0, 1, 2**bits + 1)[1:-1]
             cutoffs = torch.quantile(r.double(), q.double(), dim=0).T.float().contiguous()  # [H, 2^b - 1]
             bucket = _bucketize(r, cutoffs)
-            sums = torch.zeros(H, 2 ** bits, dtype=torch.float64).scatter_add_(1, bucket.T, r.T.double())
-            counts = torch.zeros(H, 2 ** bits, dtype=torch.float64).scatter_add_(
-                1, bucket.T, torch.ones_like(r.T, dtype=torch.float64))
+            sums = torch.zeros(H, 2**bits, dtype=torch.float64).scatter_add_(1, bucket.T, r.T.double())
+            counts = torch.zeros(H, 2**bits, dtype=torch.float64).scatter_add_(
+                1, bucket.T, torch.ones_like(r.T, dtype=torch.float64)
+            )
             weights = (sums / counts.clamp(min=1)).float()
         return cls(c, cutoffs, weights)
 
@@ -217,23 +227,32 @@ class ResidualCodec:
         return self.centroids[ids] + res
 
     def spec(self) -> dict:
-        return {"kind": "residual", "centroids": int(self.centroids.shape[0]), "bits": self.bits,
-                "hidden": self.hidden, "code_bytes": self.code_bytes}
+        return {
+            "kind": "residual",
+            "centroids": int(self.centroids.shape[0]),
+            "bits": self.bits,
+            "hidden": self.hidden,
+            "code_bytes": self.code_bytes,
+        }
 
     def to_bytes(self) -> bytes:
-        return b"".join(t.float().contiguous().numpy().astype("<f4").tobytes()
-                        for t in (self.centroids, self.cutoffs, self.weights))
+        return b"".join(
+            t.float().contiguous().numpy().astype("<f4").tobytes() for t in (self.centroids, self.cutoffs, self.weights)
+        )
 
     @classmethod
     def from_bytes(cls, spec: dict, data: bytes) -> "ResidualCodec":
         k, H, b = int(spec["centroids"]), int(spec["hidden"]), int(spec["bits"])
         arr = np.frombuffer(data, dtype="<f4")
-        sizes = [k * H, H * (2 ** b - 1), H * 2 ** b]
+        sizes = [k * H, H * (2**b - 1), H * 2**b]
         if arr.size != sum(sizes):
             raise IndexError_(f"residual codec: {arr.size} values stored, {sum(sizes)} expected")
         c, cut, w = np.split(arr, np.cumsum(sizes)[:-1])
-        return cls(torch.from_numpy(c.copy()).view(k, H), torch.from_numpy(cut.copy()).view(H, 2 ** b - 1),
-                   torch.from_numpy(w.copy()).view(H, 2 ** b))
+        return cls(
+            torch.from_numpy(c.copy()).view(k, H),
+            torch.from_numpy(cut.copy()).view(H, 2**b - 1),
+            torch.from_numpy(w.copy()).view(H, 2**b),
+        )
 
 
 def _bucketize(r: torch.Tensor, cutoffs: torch.Tensor) -> torch.Tensor:
@@ -269,8 +288,15 @@ def codec_from_spec(spec: dict, data: bytes):
     raise IndexError_(f"unknown codec {kind!r} ({', '.join(KINDS)})")
 
 
-def train_codec(kind: str, x: torch.Tensor, pq_m: int = 48, rotation: bool = False, centroids: int = 1024,
-                bits: int = 1, seed: int = 0):
+def train_codec(
+    kind: str,
+    x: torch.Tensor,
+    pq_m: int = 48,
+    rotation: bool = False,
+    centroids: int = 1024,
+    bits: int = 1,
+    seed: int = 0,
+):
     """A codec of `kind` trained on token states `x` [n, H]."""
     if kind == "pq":
         return PQCodec.train(x, m=pq_m, seed=seed, rotation=rotation)

@@ -19,6 +19,7 @@ What makes it fast (each measured by `mice bench latency`):
   fp16; the fused weights stay fp32); `threads` sets torch's intra-op threads.
 Scores equal `MICEModel.predict` on the same states (≤ 1e-5 in fp32).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -107,8 +108,9 @@ class FastMICE:
         `cls_ctx(j)` reading the documents (projected, absorbed or cached keys/values)."""
         if prep.constant is not None:
             return prep.constant.expand(n).clone()
-        return self.model.run_interaction(prep.hidden, prep.self_mask, n, cross, cls_ctx, q0=prep.cross_q,
-                                          cls0=prep.cls_ffn, shortcut=True)
+        return self.model.run_interaction(
+            prep.hidden, prep.self_mask, n, cross, cls_ctx, q0=prep.cross_q, cls0=prep.cls_ffn, shortcut=True
+        )
 
     @staticmethod
     def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -119,8 +121,9 @@ class FastMICE:
 
     def _sdpa_cross(self, q, k, v, key_mask) -> torch.Tensor:
         n = k.shape[0]
-        ctx = F.scaled_dot_product_attention(q.expand(n, -1, -1, -1), self._split_heads(k), self._split_heads(v),
-                                             attn_mask=key_mask)
+        ctx = F.scaled_dot_product_attention(
+            q.expand(n, -1, -1, -1), self._split_heads(k), self._split_heads(v), attn_mask=key_mask
+        )
         return self._merge_heads(ctx)
 
     def _absorbed_cross(self, j: int, q: torch.Tensor, states: torch.Tensor, mask: torch.Tensor | None):
@@ -134,7 +137,7 @@ class FastMICE:
         r = heads * lq
         wk, wv_t, bv = self.absorb_w[j]
         # einsum folds the documents into the GEMM rows; matmul would broadcast (copy) the weights per document
-        qt = torch.einsum("nhqd,hdk->nhqk", q * (dh ** -0.5), wk)  # [1|N, heads, Lq-1, H]
+        qt = torch.einsum("nhqd,hdk->nhqk", q * (dh**-0.5), wk)  # [1|N, heads, Lq-1, H]
         if q.shape[0] == 1:  # shared query (first interaction layer): one GEMM over all document tokens
             s = torch.matmul(states, qt.reshape(r, H).T)  # [N, Ld, R]
             if mask is not None and not bool(mask.all()):
@@ -175,6 +178,7 @@ class FastMICE:
                     k, v = m.adapter.project_kv(self.a + j, hidden, m.cross[j])
                     ctx = F.scaled_dot_product_attention(q.expand(n, -1, -1, -1), k, v, attn_mask=key_mask)
                     return self._merge_heads(ctx)
+
                 return self._run(prep, n, cross, cls_ctx)
             if self.use_absorbed(prep):
                 return self._run(prep, n, lambda j, q: self._absorbed_cross(j, q, hidden, doc.mask), cls_ctx)
@@ -185,9 +189,11 @@ class FastMICE:
             def cross(j, q):
                 # the key bias shifts every score of a query row equally (cancels in the softmax); the value
                 # bias passes through the convex combination, so it is added once to the context
-                ctx = self._sdpa_cross(q, kv[..., 2 * j * H:(2 * j + 1) * H], kv[..., (2 * j + 1) * H:(2 * j + 2) * H],
-                                       key_mask)
-                return ctx + self.kv_b[(2 * j + 1) * H:(2 * j + 2) * H]
+                ctx = self._sdpa_cross(
+                    q, kv[..., 2 * j * H : (2 * j + 1) * H], kv[..., (2 * j + 1) * H : (2 * j + 2) * H], key_mask
+                )
+                return ctx + self.kv_b[(2 * j + 1) * H : (2 * j + 2) * H]
+
             return self._run(prep, n, cross, cls_ctx)
 
     def score_kv(self, prep: PreparedQuery, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -197,10 +203,16 @@ class FastMICE:
             key_mask = self._key_mask(mask)
             cls_ctx = None
             if self.model.cls_reads_document:
+
                 def cls_ctx(j):  # the uniform average of layer j's cached values (real tokens)
                     return MICEModel.doc_mean(DocStates(kv[:, :, 2 * j + 1].float(), mask))
-            return self._run(prep, kv.shape[0], lambda j, q: self._sdpa_cross(q, kv[:, :, 2 * j], kv[:, :, 2 * j + 1],
-                                                                             key_mask), cls_ctx)
+
+            return self._run(
+                prep,
+                kv.shape[0],
+                lambda j, q: self._sdpa_cross(q, kv[:, :, 2 * j], kv[:, :, 2 * j + 1], key_mask),
+                cls_ctx,
+            )
 
 
 class FastReranker:
@@ -211,8 +223,15 @@ class FastReranker:
     `batch_size` documents per batch.
     """
 
-    def __init__(self, model: MICEModel, index, use_kv="auto", batch_size: int = 64, threads: int | None = None,
-                 verify: bool = True):
+    def __init__(
+        self,
+        model: MICEModel,
+        index,
+        use_kv="auto",
+        batch_size: int = 64,
+        threads: int | None = None,
+        verify: bool = True,
+    ):
         self.index = index if isinstance(index, DocIndex) else DocIndex.open(index, verify=verify)
         self.index.check_model(model)
         if use_kv == "auto":
@@ -237,15 +256,18 @@ class FastReranker:
     def storage(self) -> dict:
         """Bytes stored per document token: the states, the cached keys/values, and what scoring reads."""
         idx = self.index
-        return {"dtype": idx.dtype, "states_bytes_per_token": idx.bytes_per_token("states"),
-                "kv_bytes_per_token": idx.bytes_per_token("kv") if idx.has_kv else 0.0,
-                "read_bytes_per_token": idx.bytes_per_token("kv" if self.use_kv else "states"),
-                "total_bytes_per_token": idx.bytes_per_token()}
+        return {
+            "dtype": idx.dtype,
+            "states_bytes_per_token": idx.bytes_per_token("states"),
+            "kv_bytes_per_token": idx.bytes_per_token("kv") if idx.has_kv else 0.0,
+            "read_bytes_per_token": idx.bytes_per_token("kv" if self.use_kv else "states"),
+            "total_bytes_per_token": idx.bytes_per_token(),
+        }
 
     def _batches(self, positions: np.ndarray):
         order = np.argsort(-self.index.lengths[positions], kind="stable")  # by length: little padding
         for start in range(0, len(order), self.batch_size):
-            yield order[start: start + self.batch_size]
+            yield order[start : start + self.batch_size]
 
     def score_positions(self, prep: PreparedQuery, positions: np.ndarray) -> np.ndarray:
         out = np.empty(len(positions), dtype=np.float32)
@@ -270,8 +292,9 @@ class FastReranker:
             return np.zeros(0, dtype=np.float32)
         return self.score_positions(self.fast.prepare(query), self.index.positions(doc_ids))
 
-    def rank(self, query: str, doc_ids: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False) -> list[dict]:
+    def rank(
+        self, query: str, doc_ids: Sequence[str], top_k: int | None = None, return_documents: bool = False
+    ) -> list[dict]:
         """Best first, sentence-transformers' format: [{corpus_id (position in `doc_ids`), score[, doc_id]}]."""
         from mice.models.scoring import rank_by_scores
 

@@ -31,6 +31,7 @@ texts, or token ids), the storage dtype, the precision the states are computed a
 The output folder is locked (`mice.identity.output_lock`) while a build writes it, and progress goes to the
 `mice.index.store` logger and `build.log` in the folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,10 @@ MAX_MAPPED_BYTES = 4 << 30  # shard files a DocIndex keeps mapped at once (addre
 def normalise_dtype(dtype: str) -> str:
     d = _ALIASES.get(str(dtype).lower(), str(dtype).lower())
     if d not in DTYPES:
-        raise IndexError_(f"unknown index storage dtype {dtype!r} (--storage-dtype: float16, float32, int8, pq or "
-                          "residual; the precision the states are computed at is --dtype fp32|bf16|fp16)")
+        raise IndexError_(
+            f"unknown index storage dtype {dtype!r} (--storage-dtype: float16, float32, int8, pq or "
+            "residual; the precision the states are computed at is --dtype fp32|bf16|fp16)"
+        )
     return d
 
 
@@ -107,8 +110,10 @@ class IndexConfig:
         """What changes a codec's bytes (part of the build identity), None for plain storages."""
         if not self.codec:
             return None
-        own = {"pq": {"pq_m": self.pq_m, "rotation": self.rotation},
-               "residual": {"centroids": self.centroids, "bits": self.bits}}[self.dtype]
+        own = {
+            "pq": {"pq_m": self.pq_m, "rotation": self.rotation},
+            "residual": {"centroids": self.centroids, "bits": self.bits},
+        }[self.dtype]
         return {"kind": self.dtype, **own, "train_tokens": self.train_tokens, "seed": self.codec_seed}
 
 
@@ -181,10 +186,17 @@ def _manifest_checksum(obj: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- building
 def _model_record(model, config: IndexConfig) -> dict:
-    rec = {"fingerprint": model.fingerprint(), "name": model.name, "source": model.mice_config.source,
-           "contextual_layers": model.contextual_layers, "interaction_layers": model.interaction_layers,
-           "hidden_size": model.hidden_size, "max_doc_length": model.mice_config.max_doc_length,
-           "model_type": model.config.model_type, "compute_dtype": _compute_dtype(model)}
+    rec = {
+        "fingerprint": model.fingerprint(),
+        "name": model.name,
+        "source": model.mice_config.source,
+        "contextual_layers": model.contextual_layers,
+        "interaction_layers": model.interaction_layers,
+        "hidden_size": model.hidden_size,
+        "max_doc_length": model.mice_config.max_doc_length,
+        "model_type": model.config.model_type,
+        "compute_dtype": _compute_dtype(model),
+    }
     if config.kv:
         rec["kv_fingerprint"] = model.kv_fingerprint()
         rec["kv_layers"] = model.live_cross_layers
@@ -203,8 +215,10 @@ def kv_projection(model):
     import torch
 
     if model.adapter.kv_norm:
-        raise IndexError_(f"{model.adapter.family}: cross-attention keys read a per-layer normalisation of the "
-                          "states; use kv_projector")
+        raise IndexError_(
+            f"{model.adapter.family}: cross-attention keys read a per-layer normalisation of the "
+            "states; use kv_projector"
+        )
     ws, bs = [], []
     for block in list(model.cross)[: model.live_cross_layers]:
         for _, w, b in model.adapter.kv_weights(block):
@@ -229,6 +243,7 @@ def kv_projector(model) -> Callable:
             if w is None:
                 return st.new_zeros(st.shape[0], 0, st.shape[1])
             return F.linear(st.to(w.device), w, b).view(st.shape[0], -1, st.shape[1])
+
         return fused
     ad, a = model.adapter, model.contextual_layers
     blocks = list(model.cross)[: model.live_cross_layers]
@@ -236,14 +251,17 @@ def kv_projector(model) -> Callable:
     @torch.no_grad()
     def per_layer(st):
         st = st.to(model.device)
-        parts = [F.linear(ad.kv_input(a + j, st), w, b) for j, block in enumerate(blocks)
-                 for _, w, b in ad.kv_weights(block)]
+        parts = [
+            F.linear(ad.kv_input(a + j, st), w, b) for j, block in enumerate(blocks) for _, w, b in ad.kv_weights(block)
+        ]
         return torch.stack(parts, dim=1) if parts else st.new_zeros(st.shape[0], 0, st.shape[1])
+
     return per_layer
 
 
-def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], config: IndexConfig,
-                 kv_project, codec=None) -> dict:
+def _write_shard(
+    out: Path, s: int, items: Iterable[tuple[str, "object"]], config: IndexConfig, kv_project, codec=None
+) -> dict:
     """Write one shard from (doc_id, states [L, H] tensor) items; returns its JSON record. `kv_project`:
     `kv_projector(model)` when the index caches keys/values; `codec`: the trained codec of a pq/residual index
     (states are encoded `_CODEC_BLOCK` tokens at a time; a token's code depends on that token alone)."""
@@ -263,6 +281,7 @@ def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], confi
         if pending:
             files["states"].write(codec.encode(np.concatenate(pending)))
             pending.clear()
+
     try:
         for doc_id, states in items:
             st = states.detach().float()
@@ -286,9 +305,15 @@ def _write_shard(out: Path, s: int, items: Iterable[tuple[str, "object"]], confi
             lengths.append(int(st.shape[0]))
             tokens += int(st.shape[0])
         flush()
-        record = {"name": name, "documents": len(doc_ids), "tokens": tokens, "doc_ids": doc_ids,
-                  "offsets": offsets, "lengths": lengths,
-                  "files": {k: {"file": f.path.name, **f.commit()} for k, f in files.items()}}
+        record = {
+            "name": name,
+            "documents": len(doc_ids),
+            "tokens": tokens,
+            "doc_ids": doc_ids,
+            "offsets": offsets,
+            "lengths": lengths,
+            "files": {k: {"file": f.path.name, **f.commit()} for k, f in files.items()},
+        }
     except BaseException:
         for f in files.values():
             f.abort()
@@ -308,7 +333,7 @@ def _codec_sample(doc_ids: list[str], encode, config: IndexConfig):
     order = np.random.default_rng(config.codec_seed).permutation(len(doc_ids))
     rows, n = [], 0
     for start in range(0, len(order), 256):
-        for _, st in encode([doc_ids[i] for i in order[start:start + 256]]):
+        for _, st in encode([doc_ids[i] for i in order[start : start + 256]]):
             rows.append(st.detach().float().cpu())
             n += len(rows[-1])
         if n >= config.train_tokens:
@@ -333,16 +358,37 @@ def _ensure_codec(doc_ids: list[str], encode, out: Path, config: IndexConfig):
             log.warning("%s; training the codec again", err)
     t0 = time.perf_counter()
     x = _codec_sample(doc_ids, encode, config)
-    codec = train_codec(config.dtype, x, pq_m=config.pq_m, rotation=config.rotation, centroids=config.centroids,
-                        bits=config.bits, seed=config.codec_seed)
+    codec = train_codec(
+        config.dtype,
+        x,
+        pq_m=config.pq_m,
+        rotation=config.rotation,
+        centroids=config.centroids,
+        bits=config.bits,
+        seed=config.codec_seed,
+    )
     data = codec.to_bytes()
     with atomic_path(out / CODEC_BIN) as tmp:
         tmp.write_bytes(data)
-    write_json_atomic(out / CODEC_JSON, {"settings": config.codec_settings(), "spec": codec.spec(),
-                                         "file": CODEC_BIN, "bytes": len(data),
-                                         "sha256": hashlib.sha256(data).hexdigest(), "train_states": len(x)})
-    log.info("%s: %s codec trained on %d token states in %.1f s (%d B per token)", out, config.dtype, len(x),
-             time.perf_counter() - t0, codec.code_bytes)
+    write_json_atomic(
+        out / CODEC_JSON,
+        {
+            "settings": config.codec_settings(),
+            "spec": codec.spec(),
+            "file": CODEC_BIN,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "train_states": len(x),
+        },
+    )
+    log.info(
+        "%s: %s codec trained on %d token states in %.1f s (%d B per token)",
+        out,
+        config.dtype,
+        len(x),
+        time.perf_counter() - t0,
+        codec.code_bytes,
+    )
     return codec
 
 
@@ -359,8 +405,9 @@ def read_codec(out: Path, settings: dict | None = None):
     if settings is not None and rec.get("settings") != settings:
         raise IndexError_(f"{cj}: codec trained with other settings")
     if len(data) != rec.get("bytes") or hashlib.sha256(data).hexdigest() != rec.get("sha256"):
-        raise IndexError_(f"{Path(out) / rec['file']}: corrupted codec (size or sha256 differs from {cj.name}); "
-                          "rebuild the index")
+        raise IndexError_(
+            f"{Path(out) / rec['file']}: corrupted codec (size or sha256 differs from {cj.name}); rebuild the index"
+        )
     return codec_from_spec(rec["spec"], data)
 
 
@@ -378,8 +425,9 @@ def _shard_complete(out: Path, s: int, expected_ids: list[str]) -> dict | None:
     for f in rec.get("files", {}).values():
         p = out / f["file"]
         if not p.exists() or p.stat().st_size != f["bytes"] or _sha256_file(p) != f["sha256"]:
-            log.warning("%s: %s is damaged (size or sha256 differs from %s); rebuilding the shard",
-                        out, f["file"], path.name)
+            log.warning(
+                "%s: %s is damaged (size or sha256 differs from %s); rebuilding the shard", out, f["file"], path.name
+            )
             return None
     return rec
 
@@ -399,23 +447,38 @@ def build_identity(model, config: IndexConfig, doc_ids: Sequence[str], content: 
     """Everything that changes the bytes of an index, each component computed from content."""
     from mice.identity import job_identity
 
-    return job_identity(format=FORMAT, doc_states=model.fingerprint(),
-                        kv_weights=model.kv_fingerprint() if config.kv else None,
-                        max_doc_length=int(model.mice_config.max_doc_length), hidden_size=int(model.hidden_size),
-                        dtype=config.dtype, compute_dtype=_compute_dtype(model), kv=bool(config.kv),
-                        shard_size=int(config.shard_size), documents=_ids_hash(doc_ids), content=content,
-                        **({"codec": config.codec_settings()} if config.codec else {}),
-                        # documents are encoded in padded batches, so the batch size can change the stored bytes'
-                        # last bits; keyed when not the default, so indexes built before it was keyed keep theirs
-                        **({"batch_size": int(config.batch_size)} if config.batch_size != DEFAULT_BATCH_SIZE else {}))
+    return job_identity(
+        format=FORMAT,
+        doc_states=model.fingerprint(),
+        kv_weights=model.kv_fingerprint() if config.kv else None,
+        max_doc_length=int(model.mice_config.max_doc_length),
+        hidden_size=int(model.hidden_size),
+        dtype=config.dtype,
+        compute_dtype=_compute_dtype(model),
+        kv=bool(config.kv),
+        shard_size=int(config.shard_size),
+        documents=_ids_hash(doc_ids),
+        content=content,
+        **({"codec": config.codec_settings()} if config.codec else {}),
+        # documents are encoded in padded batches, so the batch size can change the stored bytes'
+        # last bits; keyed when not the default, so indexes built before it was keyed keep theirs
+        **({"batch_size": int(config.batch_size)} if config.batch_size != DEFAULT_BATCH_SIZE else {}),
+    )
 
 
 EncodeFn = Callable[[list[str]], Iterator[tuple[str, "object"]]]
 
 
-def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, config: IndexConfig | None = None,
-                     overwrite: bool = False, show_progress_bar: bool = False,
-                     content: str | None = None) -> "DocIndex":
+def build_index_with(
+    model,
+    doc_ids: Sequence[str],
+    encode: EncodeFn,
+    out,
+    config: IndexConfig | None = None,
+    overwrite: bool = False,
+    show_progress_bar: bool = False,
+    content: str | None = None,
+) -> "DocIndex":
     """Build (or resume) an index of `doc_ids`; `encode(ids)` yields (doc_id, states [L, H]) for those ids.
 
     Under N processes (`mice --nproc N index build …`, `mice.distributed`) shard s is written by rank s % N; rank 0
@@ -437,19 +500,38 @@ def build_index_with(model, doc_ids: Sequence[str], encode: EncodeFn, out, confi
 
     with rank_lock(out):
         w = world()
-        with run_log(out / (BUILD_LOG if w.main else f"{BUILD_LOG}.rank{w.rank}"), log.name,
-                     "%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"):
+        with run_log(
+            out / (BUILD_LOG if w.main else f"{BUILD_LOG}.rank{w.rank}"),
+            log.name,
+            "%(asctime)s %(message)s",
+            "%Y-%m-%d %H:%M:%S",
+        ):
             return _build_locked(model, doc_ids, encode, out, config, overwrite, show_progress_bar, content)
 
 
-def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwrite: bool, show_progress_bar: bool,
-                  content: str | None) -> "DocIndex":
+def _build_locked(
+    model,
+    doc_ids,
+    encode,
+    out: Path,
+    config: IndexConfig,
+    overwrite: bool,
+    show_progress_bar: bool,
+    content: str | None,
+) -> "DocIndex":
     from mice.identity import identity_diff
 
     identity = build_identity(model, config, doc_ids, content)
-    settings = {"format": FORMAT, "identity": identity, "model": _model_record(model, config),
-                "dtype": config.dtype, "kv": config.kv, "shard_size": config.shard_size,
-                "documents": len(doc_ids), "ids_hash": _ids_hash(doc_ids)}
+    settings = {
+        "format": FORMAT,
+        "identity": identity,
+        "model": _model_record(model, config),
+        "dtype": config.dtype,
+        "kv": config.kv,
+        "shard_size": config.shard_size,
+        "documents": len(doc_ids),
+        "ids_hash": _ids_hash(doc_ids),
+    }
     build_file, manifest_file = out / "build.json", out / "manifest.json"
     from mice.distributed import world
 
@@ -459,8 +541,10 @@ def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwr
         w.barrier()
         previous = json.loads(build_file.read_text())
         if previous.get("identity") != identity:
-            raise IndexError_(f"{out}: rank {w.rank} builds with other settings than rank 0 "
-                              f"[differs: {identity_diff(previous.get('identity'), identity)}]")
+            raise IndexError_(
+                f"{out}: rank {w.rank} builds with other settings than rank 0 "
+                f"[differs: {identity_diff(previous.get('identity'), identity)}]"
+            )
         return _build_shards(model, doc_ids, encode, out, config, show_progress_bar, settings, w)
     w.barrier()  # (the first barrier lets rank 0 start before the others look at the folder)
     _remove_temporaries(out)
@@ -470,13 +554,16 @@ def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwr
         try:
             previous = json.loads(build_file.read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            raise IndexError_(f"{build_file}: corrupted build record; rebuild with overwrite=True (--overwrite)") \
-                from None
+            raise IndexError_(
+                f"{build_file}: corrupted build record; rebuild with overwrite=True (--overwrite)"
+            ) from None
         old = previous.get("identity") if isinstance(previous, dict) else None
         diff = identity_diff(old, identity) if isinstance(old, dict) else "identity (none recorded)"
         if diff:
-            raise IndexError_(f"{out}: holds an index built with other settings [differs: {diff}]; use another "
-                              "folder or overwrite=True (--overwrite)")
+            raise IndexError_(
+                f"{out}: holds an index built with other settings [differs: {diff}]; use another "
+                "folder or overwrite=True (--overwrite)"
+            )
     elif manifest_file.exists() or any(out.glob("shard-*")):
         raise IndexError_(f"{out}: not empty and not a resumable index build; use overwrite=True (--overwrite)")
     finished = False
@@ -496,8 +583,9 @@ def _build_locked(model, doc_ids, encode, out: Path, config: IndexConfig, overwr
     return _build_shards(model, doc_ids, encode, out, config, show_progress_bar, settings, w)
 
 
-def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_progress_bar: bool, settings: dict,
-                  w) -> "DocIndex":
+def _build_shards(
+    model, doc_ids, encode, out: Path, config: IndexConfig, show_progress_bar: bool, settings: dict, w
+) -> "DocIndex":
     """Write this rank's missing shards; rank 0 then verifies all shards and writes the manifest."""
     if (out / "manifest.json").exists():  # rank 0 found the index finished and whole
         return DocIndex.open(out, model=model, verify=False)
@@ -511,13 +599,19 @@ def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_p
     label = f"indexing {len(doc_ids)} documents" + (f" (rank {w.rank} of {w.size})" if w.distributed else "")
     with Progress(len(mine), label, bar=show_progress_bar and w.main, logger=log.name) as bar:
         for s in mine:
-            ids = doc_ids[s * config.shard_size: (s + 1) * config.shard_size]
+            ids = doc_ids[s * config.shard_size : (s + 1) * config.shard_size]
             rec = _shard_complete(out, s, ids)
             if rec is None:
                 rec = _write_shard(out, s, encode(ids), config, kv_project, codec)
                 built += 1
-                log.info("%s: shard %d/%d written (%d documents, %d tokens)", out, s + 1, n_shards,
-                         rec["documents"], rec["tokens"])
+                log.info(
+                    "%s: shard %d/%d written (%d documents, %d tokens)",
+                    out,
+                    s + 1,
+                    n_shards,
+                    rec["documents"],
+                    rec["tokens"],
+                )
             else:
                 log.info("%s: shard %d/%d kept (checksums verified)", out, s + 1, n_shards)
             recs[s] = rec
@@ -528,7 +622,7 @@ def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_p
         return DocIndex.open(out, model=model, verify=False)
     records = []
     for s in range(n_shards):
-        ids = doc_ids[s * config.shard_size: (s + 1) * config.shard_size]
+        ids = doc_ids[s * config.shard_size : (s + 1) * config.shard_size]
         rec = recs[s] if s in recs else _shard_complete(out, s, ids)  # other ranks' shards: verified here
         if rec is None:
             raise IndexError_(f"{out}: shard {s} is missing or fails its checksums after every rank finished")
@@ -542,15 +636,28 @@ def _build_shards(model, doc_ids, encode, out: Path, config: IndexConfig, show_p
             bytes_by_kind[k] = bytes_by_kind.get(k, 0) + f["bytes"]
     if config.codec:
         manifest["codec"] = json.loads((out / CODEC_JSON).read_text())
-    manifest.update({
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tokens": n_tokens, "bytes": bytes_by_kind,
-        "shards": [{"name": r["name"], "documents": r["documents"], "tokens": r["tokens"],
-                    "files": r["files"]} for r in records],
-    })
+    manifest.update(
+        {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "tokens": n_tokens,
+            "bytes": bytes_by_kind,
+            "shards": [
+                {"name": r["name"], "documents": r["documents"], "tokens": r["tokens"], "files": r["files"]}
+                for r in records
+            ],
+        }
+    )
     manifest["checksum"] = _manifest_checksum(manifest)
     write_json_atomic(manifest_file, manifest)
-    log.info("%s: index complete (%d documents, %d tokens, %d shards, %d built now by rank 0 of %d)", out,
-             len(doc_ids), n_tokens, n_shards, built, w.size)
+    log.info(
+        "%s: index complete (%d documents, %d tokens, %d shards, %d built now by rank 0 of %d)",
+        out,
+        len(doc_ids),
+        n_tokens,
+        n_shards,
+        built,
+        w.size,
+    )
     w.barrier()
     return DocIndex.open(out, model=model, verify=False)
 
@@ -564,14 +671,23 @@ def _remove_temporaries(out: Path) -> None:
 
 
 def _clear(out: Path) -> None:
-    for p in [out / "manifest.json", out / "build.json", out / CODEC_JSON, out / CODEC_BIN] \
-            + list(out.glob("shard-*")) + list(out.glob(".shard-*")):
+    for p in (
+        [out / "manifest.json", out / "build.json", out / CODEC_JSON, out / CODEC_BIN]
+        + list(out.glob("shard-*"))
+        + list(out.glob(".shard-*"))
+    ):
         if p.is_file():
             p.unlink()
 
 
-def build_index(model, corpus: Mapping[str, str], out, config: IndexConfig | None = None, overwrite: bool = False,
-                show_progress_bar: bool = False) -> "DocIndex":
+def build_index(
+    model,
+    corpus: Mapping[str, str],
+    out,
+    config: IndexConfig | None = None,
+    overwrite: bool = False,
+    show_progress_bar: bool = False,
+) -> "DocIndex":
     """Encode every document of `corpus` (doc_id -> text) once with `model`'s contextual layers and store the
     states in `out`. Resumable: rerunning after an interruption continues at the first incomplete shard."""
     config = config or IndexConfig()
@@ -582,12 +698,21 @@ def build_index(model, corpus: Mapping[str, str], out, config: IndexConfig | Non
         for pos, states in model.iter_document_states(texts, batch_size=config.batch_size):
             yield batch_ids[pos], states
 
-    return build_index_with(model, ids, encode, out, config, overwrite=overwrite, show_progress_bar=show_progress_bar,
-                            content=content_hash((d, corpus[d]) for d in ids))
+    return build_index_with(
+        model,
+        ids,
+        encode,
+        out,
+        config,
+        overwrite=overwrite,
+        show_progress_bar=show_progress_bar,
+        content=content_hash((d, corpus[d]) for d in ids),
+    )
 
 
-def build_index_from_token_ids(model, docs: Mapping[str, Sequence[int]], out, config: IndexConfig | None = None,
-                               overwrite: bool = False) -> "DocIndex":
+def build_index_from_token_ids(
+    model, docs: Mapping[str, Sequence[int]], out, config: IndexConfig | None = None, overwrite: bool = False
+) -> "DocIndex":
     """Same as `build_index` from already tokenised documents (`[CLS] d [SEP]` ids), e.g. for benchmarks."""
     import torch
 
@@ -597,23 +722,25 @@ def build_index_from_token_ids(model, docs: Mapping[str, Sequence[int]], out, co
 
     def encode(batch_ids: list[str]):
         for start in range(0, len(batch_ids), config.batch_size):
-            chunk = batch_ids[start: start + config.batch_size]
+            chunk = batch_ids[start : start + config.batch_size]
             seqs = [list(docs[d]) for d in chunk]
             width = max(len(s) for s in seqs)
             pad = model.tokenizer.pad_token_id or 0
             input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=model.device)
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=model.device)
             with torch.no_grad(), model.autocast():
-                st = model.encode_doc_batch({"input_ids": input_ids, "attention_mask": mask,
-                                             "token_type_ids": torch.full_like(input_ids, tt)})
+                st = model.encode_doc_batch(
+                    {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": torch.full_like(input_ids, tt)}
+                )
             for row, d in enumerate(chunk):
                 yield d, st.hidden[row, : len(seqs[row])]
 
     was = model.training
     model.eval()
     try:
-        return build_index_with(model, ids, encode, out, config, overwrite=overwrite,
-                                content=content_hash((d, docs[d]) for d in ids))
+        return build_index_with(
+            model, ids, encode, out, config, overwrite=overwrite, content=content_hash((d, docs[d]) for d in ids)
+        )
     finally:
         model.train(was)
 
@@ -649,9 +776,12 @@ class DocIndex:
             lengths += rec["lengths"]
             t = rec["tokens"]
             files = sh["files"]
-            shapes = {"states": (np_dtype, (t, width)), "states.scale": (np.float32, (t,)),
-                      "kv": (np_dtype, (t, self.kv_slots, self.hidden_size)),
-                      "kv.scale": (np.float32, (t, self.kv_slots))}
+            shapes = {
+                "states": (np_dtype, (t, width)),
+                "states.scale": (np.float32, (t,)),
+                "kv": (np_dtype, (t, self.kv_slots, self.hidden_size)),
+                "kv.scale": (np.float32, (t, self.kv_slots)),
+            }
             self._files.append({k: (path / files[k]["file"], *shapes[k]) for k in shapes if k in files})
         self.shard_of = np.asarray(shard_of, dtype=np.int32)
         self.offsets = np.asarray(offsets, dtype=np.int64)
@@ -698,11 +828,14 @@ class DocIndex:
                 if not p.exists():
                     raise IndexError_(f"{path}: shard {sh['name']} is missing {f['file']}")
                 if p.stat().st_size != f["bytes"]:
-                    raise IndexError_(f"{p}: corrupted shard {sh['name']} ({p.stat().st_size} bytes, "
-                                      f"manifest says {f['bytes']}); rebuild the index")
+                    raise IndexError_(
+                        f"{p}: corrupted shard {sh['name']} ({p.stat().st_size} bytes, "
+                        f"manifest says {f['bytes']}); rebuild the index"
+                    )
                 if verify and _sha256_file(p) != f["sha256"]:
-                    raise IndexError_(f"{p}: corrupted shard {sh['name']} (sha256 checksum mismatch); "
-                                      "rebuild the index")
+                    raise IndexError_(
+                        f"{p}: corrupted shard {sh['name']} (sha256 checksum mismatch); rebuild the index"
+                    )
             shard_json = path / f"{sh['name']}.json"
             if not shard_json.exists():
                 raise IndexError_(f"{path}: shard {sh['name']} has no {shard_json.name}")
@@ -710,13 +843,15 @@ class DocIndex:
             rec = manifest["codec"]
             p = path / rec["file"]
             if not p.exists() or p.stat().st_size != rec["bytes"] or (verify and _sha256_file(p) != rec["sha256"]):
-                raise IndexError_(f"{p}: codec missing or corrupted (size or sha256 differs from the manifest); "
-                                  "rebuild the index")
+                raise IndexError_(
+                    f"{p}: codec missing or corrupted (size or sha256 differs from the manifest); rebuild the index"
+                )
         try:
             index = cls(path, manifest, max_mapped_bytes or MAX_MAPPED_BYTES)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
-            raise IndexError_(f"{path}: corrupted shard record ({type(err).__name__}: {err}); rebuild the index") \
-                from None
+            raise IndexError_(
+                f"{path}: corrupted shard record ({type(err).__name__}: {err}); rebuild the index"
+            ) from None
         if model is not None:
             index.check_model(model)
         return index
@@ -730,13 +865,16 @@ class DocIndex:
             raise IndexError_(
                 f"{self.path}: index was built by another model ({rec.get('name')} from {rec.get('source')!r}, "
                 f"fingerprint {rec['fingerprint'][:12]}) than {model.name} from {model.mice_config.source!r} "
-                f"(fingerprint {fp[:12]}): contextual layers, tokenizer or a differ; rebuild the index")
+                f"(fingerprint {fp[:12]}): contextual layers, tokenizer or a differ; rebuild the index"
+            )
         if kv:
             if not self.has_kv:
                 raise IndexError_(f"{self.path}: index has no cached keys/values (build it with kv=True / --kv)")
             if model.kv_fingerprint() != rec.get("kv_fingerprint"):
-                raise IndexError_(f"{self.path}: cached keys/values were computed with other cross-attention "
-                                  "weights than this model's; rebuild with --kv or score from states")
+                raise IndexError_(
+                    f"{self.path}: cached keys/values were computed with other cross-attention "
+                    "weights than this model's; rebuild with --kv or score from states"
+                )
 
     # -- sizes
     def __len__(self) -> int:
@@ -762,14 +900,23 @@ class DocIndex:
 
     def info(self) -> dict:
         m = self.manifest
-        out = {"path": str(self.path), "model": m["model"]["name"], "source": m["model"]["source"],
-               "fingerprint": m["model"]["fingerprint"], "dtype": self.dtype,
-               "compute_dtype": m["model"].get("compute_dtype", "fp32"), "kv": self.has_kv,
-               "documents": len(self), "tokens": self.n_tokens, "shards": len(m["shards"]),
-               "bytes": int(sum(m["bytes"].values())),
-               "bytes_per_token": round(self.bytes_per_token(), 2),
-               "bytes_per_token_states": round(self.bytes_per_token("states"), 2),
-               "mean_doc_tokens": round(self.n_tokens / max(1, len(self)), 1), "created": m.get("created")}
+        out = {
+            "path": str(self.path),
+            "model": m["model"]["name"],
+            "source": m["model"]["source"],
+            "fingerprint": m["model"]["fingerprint"],
+            "dtype": self.dtype,
+            "compute_dtype": m["model"].get("compute_dtype", "fp32"),
+            "kv": self.has_kv,
+            "documents": len(self),
+            "tokens": self.n_tokens,
+            "shards": len(m["shards"]),
+            "bytes": int(sum(m["bytes"].values())),
+            "bytes_per_token": round(self.bytes_per_token(), 2),
+            "bytes_per_token_states": round(self.bytes_per_token("states"), 2),
+            "mean_doc_tokens": round(self.n_tokens / max(1, len(self)), 1),
+            "created": m.get("created"),
+        }
         if self.codec is not None:
             out["codec"] = ", ".join(f"{k} {v}" for k, v in self.codec.spec().items() if k != "hidden")
             out["codec_bytes"] = int(m["codec"]["bytes"])
@@ -797,9 +944,20 @@ class DocIndex:
             buf = torch.empty(shape, dtype=torch.float32)
         mask = torch.arange(width)[None, :] < torch.from_numpy(lens)[:, None]
         if codec is not None:  # every document's codes (copied out of the map), decoded in one call, then placed
-            codes = np.concatenate([np.array(self._shard(int(self.shard_of[p]))[kind][int(self.offsets[p]):
-                                                                                     int(self.offsets[p]) + int(n)])
-                                    for p, n in zip(positions, lens)]) if len(positions) else None
+            codes = (
+                np.concatenate(
+                    [
+                        np.array(
+                            self._shard(int(self.shard_of[p]))[kind][
+                                int(self.offsets[p]) : int(self.offsets[p]) + int(n)
+                            ]
+                        )
+                        for p, n in zip(positions, lens)
+                    ]
+                )
+                if len(positions)
+                else None
+            )
             if codes is not None and len(codes):
                 if bool(mask.all()):
                     buf.view(-1, shape[-1]).copy_(codec.decode(codes))
@@ -810,10 +968,11 @@ class DocIndex:
         for row, p in enumerate(positions):
             s, off, n = int(self.shard_of[p]), int(self.offsets[p]), int(lens[row])
             arrays = self._shard(s)
-            chunk = torch.from_numpy(arrays[kind][off: off + n]).reshape((n,) + tuple(width_shape))
+            chunk = torch.from_numpy(arrays[kind][off : off + n]).reshape((n,) + tuple(width_shape))
             if f"{kind}.scale" in arrays:
-                sc = torch.from_numpy(arrays[f"{kind}.scale"][off: off + n]).reshape(
-                    (n,) + tuple(width_shape[:-1]) + (1,))
+                sc = torch.from_numpy(arrays[f"{kind}.scale"][off : off + n]).reshape(
+                    (n,) + tuple(width_shape[:-1]) + (1,)
+                )
                 torch.mul(chunk, sc, out=buf[row, :n])
             else:
                 buf[row, :n].copy_(chunk)

@@ -14,6 +14,7 @@ Both use `attention_core`, the one place where scores, masks (both knockout mode
 cross-attention copies. Masks are additive (0 / large negative) or boolean (True = may attend), broadcastable
 to [B, heads, Tq, Tk]; `allow` (bool [B, Tq, Tk]) is an interaction mask applied in `mode`.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -28,9 +29,17 @@ MODES = ("renorm", "zero")
 ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
 
 
-def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
-                   allow: torch.Tensor | None = None, mode: str = "renorm", scaling: float | None = None,
-                   dropout_p: float = 0.0, block=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def attention_core(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    allow: torch.Tensor | None = None,
+    mode: str = "renorm",
+    scaling: float | None = None,
+    dropout_p: float = 0.0,
+    block=None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention of q [B, heads, Tq, dh] over k, v [B, heads, Tk, dh]: (z [B, Tq, heads, dh], pattern or None).
 
     `renorm` blocks `~allow` before the softmax, `zero` zeroes it after (no renormalisation). `block` is a
@@ -55,8 +64,7 @@ def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
         return z.transpose(1, 2).contiguous(), None
     scores = torch.matmul(q, k.transpose(2, 3)) * scaling
     if bias is not None:
-        scores = scores.masked_fill(~bias, torch.finfo(scores.dtype).min) if bias.dtype == torch.bool \
-            else scores + bias
+        scores = scores.masked_fill(~bias, torch.finfo(scores.dtype).min) if bias.dtype == torch.bool else scores + bias
     if allow is not None and mode == "renorm":
         scores = scores.masked_fill(~allow.unsqueeze(1), float("-inf"))
     if block is not None:
@@ -128,7 +136,7 @@ class Adapter(ABC):
 
     @property
     def scaling(self) -> float:
-        return self.head_dim ** -0.5
+        return self.head_dim**-0.5
 
     @property
     def token_types(self) -> int:
@@ -221,9 +229,20 @@ class Adapter(ABC):
     def ffn(self, l: int, h: torch.Tensor) -> torch.Tensor:
         """Layer l's feed-forward block with its residual and norm, as the family places them."""
 
-    def attention_sublayer(self, l: int, x: torch.Tensor, bias=None, allow=None, mode: str = "renorm",
-                           rows: int | None = None, dropout_p: float = 0.0, block=None, kv=None,
-                           ctx=None, kv_ctx=None) -> torch.Tensor:
+    def attention_sublayer(
+        self,
+        l: int,
+        x: torch.Tensor,
+        bias=None,
+        allow=None,
+        mode: str = "renorm",
+        rows: int | None = None,
+        dropout_p: float = 0.0,
+        block=None,
+        kv=None,
+        ctx=None,
+        kv_ctx=None,
+    ) -> torch.Tensor:
         """Layer `l`'s attention sublayer for the first `rows` rows of x (all by default), keys and values
         from every row of x (or from `kv`, another stream with its own `kv_ctx`: cross-attention)."""
         xq = x if rows is None else x[:, :rows]
@@ -402,8 +421,11 @@ class ModernBertAdapter(Adapter):
         if self.pools_cls:
             pooled = h[:, 0]
         else:  # mean over real tokens, as HF does (all rows when no mask is given)
-            m = torch.ones(h.shape[:2], dtype=h.dtype, device=h.device) if attention_mask is None \
+            m = (
+                torch.ones(h.shape[:2], dtype=h.dtype, device=h.device)
+                if attention_mask is None
                 else attention_mask.to(h.dtype)
+            )
             pooled = (h * m.unsqueeze(-1)).sum(dim=1) / m.sum(dim=1, keepdim=True)
         return model.classifier(model.drop(model.head(pooled)))
 
@@ -479,9 +501,9 @@ class ModernBertCross(nn.Module):
         for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
             lin = nn.Linear(w.shape[1], hidden, bias=b is not None)
             with torch.no_grad():
-                lin.weight.copy_(w[i * hidden:(i + 1) * hidden])
+                lin.weight.copy_(w[i * hidden : (i + 1) * hidden])
                 if b is not None:
-                    lin.bias.copy_(b[i * hidden:(i + 1) * hidden])
+                    lin.bias.copy_(b[i * hidden : (i + 1) * hidden])
             setattr(self, name, lin.to(w.device, w.dtype))
         import copy
 
@@ -502,8 +524,10 @@ def adapter_for(model: nn.Module) -> Adapter:
     for cls in ADAPTERS:
         if model_type in cls.model_types:
             return cls(model)
-    raise ModelError(f"{type(model).__name__} ({model_type!r}): no backbone adapter; supported model types: "
-                     f"{', '.join(supported_types())}")
+    raise ModelError(
+        f"{type(model).__name__} ({model_type!r}): no backbone adapter; supported model types: "
+        f"{', '.join(supported_types())}"
+    )
 
 
 def position_limit(config) -> int:

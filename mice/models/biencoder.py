@@ -6,6 +6,7 @@ Implemented on plain transformers with the model folder's own sentence-transform
 needs no sentence-transformers install; embeddings match `SentenceTransformer(path).encode(...,
 normalize_embeddings=True)` (checked in the tests when sentence-transformers is present).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,13 @@ from mice.models.scoring import RankMixin
 class BiEncoder(RankMixin, ComputePrecision):
     """`predict(pairs) -> cosine similarities`, like a cross-encoder; `encode(texts) -> unit vectors`."""
 
-    def __init__(self, name_or_path: str | os.PathLike = "packaged:minilm", device: str | None = None,
-                 max_length: int | None = None, cache_size: int = 200_000) -> None:
+    def __init__(
+        self,
+        name_or_path: str | os.PathLike = "packaged:minilm",
+        device: str | None = None,
+        max_length: int | None = None,
+        cache_size: int = 200_000,
+    ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -56,8 +62,9 @@ class BiEncoder(RankMixin, ComputePrecision):
     def _embed(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt").to(self.device)
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         with torch.inference_mode(), self.autocast():
             hidden = self.model(**batch).last_hidden_state
             if self.pooling == "cls":
@@ -74,7 +81,7 @@ class BiEncoder(RankMixin, ComputePrecision):
         todo = sorted({t for t in texts if not (cache and t in self._cache)}, key=len)
         fresh: dict[str, np.ndarray] = {}
         for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
+            chunk = todo[i : i + batch_size]
             fresh.update(zip(chunk, self._embed(chunk)))
         if cache:
             if len(self._cache) + len(fresh) > self.cache_size:
@@ -85,8 +92,9 @@ class BiEncoder(RankMixin, ComputePrecision):
             return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
         return np.stack([fresh[t] if t in fresh else lookup[t] for t in texts])
 
-    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64,
-                show_progress_bar: bool = False) -> np.ndarray:
+    def predict(
+        self, pairs: Sequence[tuple[str, str]], batch_size: int = 64, show_progress_bar: bool = False
+    ) -> np.ndarray:
         """Cosine similarity of each (query, document) pair, float32 [N]."""
         from mice.validate import positive
 
@@ -101,9 +109,14 @@ class BiEncoder(RankMixin, ComputePrecision):
     def identity(self) -> dict:
         from mice.identity import module_fingerprint, tokenizer_fingerprint
 
-        return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model),
-                "tokenizer": tokenizer_fingerprint(self.tokenizer), "pooling": self.pooling,
-                "max_length": self.max_length, "compute_dtype": self.compute_dtype}
+        return {
+            "scorer": type(self).__name__,
+            "weights": module_fingerprint(self.model),
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "compute_dtype": self.compute_dtype,
+        }
 
     def __repr__(self) -> str:
         return f"BiEncoder({self.name_or_path!r}, pooling={self.pooling}, max_length={self.max_length})"

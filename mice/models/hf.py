@@ -1,4 +1,5 @@
 """Silence Hugging Face logging and progress bars, so command output and training logs stay readable."""
+
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,7 @@ masks and knockouts are applied in the same place, in either mode:
 - `renorm`: blocked scores are set to -inf before the softmax (what training masks do);
 - `zero`: blocked weights are zeroed after the softmax, without renormalising.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,9 +57,19 @@ class HookedBlock(nn.Module):
         return any(p.has_hooks() for p in (self.attn.hook_attn_scores, self.attn.hook_pattern, self.attn.hook_z))
 
 
-def hooked_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                             mice_block: HookedBlock | None = None, mice_allow: torch.Tensor | None = None,
-                             mice_mode: str = "renorm", **kwargs):
+def hooked_attention_forward(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    mice_block: HookedBlock | None = None,
+    mice_allow: torch.Tensor | None = None,
+    mice_mode: str = "renorm",
+    **kwargs,
+):
     """Drop-in for HF's eager attention, routed through the hook points of `mice_block`.
 
     `mice_block`, `mice_allow` (bool [B, T, T], the compiled interaction mask of this layer) and `mice_mode` are
@@ -66,8 +77,17 @@ def hooked_attention_forward(module, query, key, value, attention_mask, scaling=
     directly gets none of them and behaves as plain eager attention. The arithmetic is `attention_core`'s
     (fused when nothing is hooked and the mask renormalises: masked scoring costs what plain scoring does).
     """
-    return attention_core(query, key, value, attention_mask, mice_allow, mice_mode, scaling,
-                          dropout if module.training else 0.0, mice_block)
+    return attention_core(
+        query,
+        key,
+        value,
+        attention_mask,
+        mice_allow,
+        mice_mode,
+        scaling,
+        dropout if module.training else 0.0,
+        mice_block,
+    )
 
 
 def register_attention() -> None:
@@ -108,8 +128,9 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
-    def from_pretrained(cls, name_or_path, max_length: int | None = None, device=None, num_labels: int = 1,
-                        **model_kwargs) -> "HookedCrossEncoder":
+    def from_pretrained(
+        cls, name_or_path, max_length: int | None = None, device=None, num_labels: int = 1, **model_kwargs
+    ) -> "HookedCrossEncoder":
         """Load any HF `…ForSequenceClassification` cross-encoder, a sentence-transformers modular one (its
         head modules in the family's head, `mice.models.st_format`), or a bare encoder with a fresh head."""
         from transformers import AutoTokenizer
@@ -151,9 +172,14 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
         from mice.identity import mask_identity, module_fingerprint, tokenizer_fingerprint
 
         mask, mode = self._default_mask
-        return {"scorer": type(self).__name__, "weights": module_fingerprint(self.model),
-                "tokenizer": tokenizer_fingerprint(self.tokenizer),
-                "mask": mask_identity(mask, mode), "max_length": self.max_length, "compute_dtype": self.compute_dtype}
+        return {
+            "scorer": type(self).__name__,
+            "weights": module_fingerprint(self.model),
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "mask": mask_identity(mask, mode),
+            "max_length": self.max_length,
+            "compute_dtype": self.compute_dtype,
+        }
 
     def run_with_cache(self, *model_args, **kwargs):
         """TransformerLens' `run_with_cache`, returning an `ActivationCache` (names `blocks.{l}.attn.hook_pattern`…)."""
@@ -212,8 +238,9 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
         """What every layer of this batch needs besides the stream (the adapter's padding/window masks...)."""
         return self.adapter.layer_context(batch["attention_mask"], dtype)
 
-    def run_layers(self, resid: torch.Tensor, batch, start: int = 0, end: int | None = None, mask=None,
-                   mode: str | None = None) -> torch.Tensor:
+    def run_layers(
+        self, resid: torch.Tensor, batch, start: int = 0, end: int | None = None, mask=None, mode: str | None = None
+    ) -> torch.Tensor:
         """Layers [start, end) on a residual stream: lets sweeps resume from a cached clean stream."""
         m, md = self._mask_and_mode(mask, mode)
         end = self.n_layers if end is None else end
@@ -228,8 +255,9 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
                 allow = compiled[key]
             block = self.blocks[l]
             resid = block.hook_resid_pre(resid)
-            resid = block.hook_resid_post(self.adapter.run_layer(l, resid, ctx, mice_block=block, mice_allow=allow,
-                                                                 mice_mode=md))
+            resid = block.hook_resid_post(
+                self.adapter.run_layer(l, resid, ctx, mice_block=block, mice_allow=allow, mice_mode=md)
+            )
         return resid
 
     def score_head(self, resid: torch.Tensor, batch=None) -> torch.Tensor:
@@ -257,8 +285,14 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
 
     # ------------------------------------------------------------------ sentence-transformers verbs
     @torch.no_grad()
-    def predict(self, pairs: Sequence[Sequence[str]], batch_size: int = 32, mask=None, mode: str | None = None,
-                show_progress_bar: bool = False) -> np.ndarray:
+    def predict(
+        self,
+        pairs: Sequence[Sequence[str]],
+        batch_size: int = 32,
+        mask=None,
+        mode: str | None = None,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray:
         """Raw scores for (query, doc) pairs, batched by length (order preserved)."""
         from mice.validate import positive
 
@@ -275,12 +309,13 @@ class HookedCrossEncoder(RankMixin, ComputePrecision, HookedRootModule):
         self.model.eval()
         try:
             for s in starts:
-                idx = order[s:s + batch_size]
+                idx = order[s : s + batch_size]
                 scores = self.forward([pairs[i] for i in idx], mask=m, mode=md)
                 out[idx] = scores.float().cpu().numpy()
         finally:
             self.model.train(was_training)
         return out
+
 
 LENGTH_KEY = "mice_max_length"  # config.json: the pair length a cross-encoder was trained (or saved) at
 _WARNED_LENGTHS: set = set()
@@ -291,8 +326,10 @@ def _pair_length(config, limit: int, requested: int | None) -> int:
     model and length, beyond the length the model was trained at), else the trained one, else the limit."""
     trained = getattr(config, LENGTH_KEY, None)
     if trained is not None and (isinstance(trained, bool) or not isinstance(trained, int) or trained < 2):
-        raise ModelError(f"{getattr(config, 'name_or_path', '') or 'the model'}/config.json: {LENGTH_KEY} must be "
-                         f"an integer >= 2, got {trained!r}")
+        raise ModelError(
+            f"{getattr(config, 'name_or_path', '') or 'the model'}/config.json: {LENGTH_KEY} must be "
+            f"an integer >= 2, got {trained!r}"
+        )
     if requested is None:
         return min(int(trained), limit) if trained else limit
     from mice.validate import check_setting
@@ -306,8 +343,9 @@ def _pair_length(config, limit: int, requested: int | None) -> int:
             _WARNED_LENGTHS.add(key)
             import logging
 
-            logging.getLogger("mice").warning("scoring at max_length %d, longer than the %d tokens this model was "
-                                              "trained at", requested, int(trained))
+            logging.getLogger("mice").warning(
+                "scoring at max_length %d, longer than the %d tokens this model was trained at", requested, int(trained)
+            )
     return int(requested)
 
 
@@ -322,6 +360,7 @@ def knockout_hook(allow: torch.Tensor, mode: str = "renorm"):
 
     `allow` broadcasts to [B, H, T, T]. Attach it to `hook_attn_scores` for `renorm`, `hook_pattern` for `zero`.
     """
+
     def hook(tensor, hook=None):
         if mode == "renorm":
             return tensor.masked_fill(~allow, float("-inf"))
@@ -330,8 +369,9 @@ def knockout_hook(allow: torch.Tensor, mode: str = "renorm"):
     return hook
 
 
-def knockout_hooks(model: HookedCrossEncoder, batch, mask: InteractionMask, mode: str = "renorm",
-                   heads: Iterable[int] | None = None) -> list:
+def knockout_hooks(
+    model: HookedCrossEncoder, batch, mask: InteractionMask, mode: str = "renorm", heads: Iterable[int] | None = None
+) -> list:
     """`fwd_hooks` list applying `mask` through hooks (optionally only to some heads) — same result as passing it."""
     name = "hook_attn_scores" if mode == "renorm" else "hook_pattern"
     hooks = []

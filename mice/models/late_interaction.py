@@ -19,6 +19,7 @@ timing does not depend on the weights.
 Saved folder (`save_pretrained`): the encoder as a plain HF folder (config.json, model.safetensors, tokenizer),
 plus `projection.safetensors` and `late_interaction.json` (format, dim, lengths, source).
 """
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,14 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
     """Encoder + projection + MaxSim. `forward(queries, docs)` is differentiable (training); `predict`, `rank`
     and `save_pretrained` follow sentence-transformers' `CrossEncoder` like MICE's."""
 
-    def __init__(self, encoder: nn.Module, dim: int = 128, seed: int = 0, tokenizer=None,
-                 config: LateInteractionConfig | None = None):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        dim: int = 128,
+        seed: int = 0,
+        tokenizer=None,
+        config: LateInteractionConfig | None = None,
+    ):
         super().__init__()
         self.encoder = encoder.eval()
         hidden = int(encoder.config.hidden_size)
@@ -94,9 +101,16 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
         self.li_config = config or LateInteractionConfig(dim=dim)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, dim: int = 128, seed: int = 0, attn_implementation: str = "sdpa",
-                        max_query_length: int | None = None, max_doc_length: int | None = None,
-                        device=None) -> "MaxSimScorer":
+    def from_pretrained(
+        cls,
+        name_or_path,
+        dim: int = 128,
+        seed: int = 0,
+        attn_implementation: str = "sdpa",
+        max_query_length: int | None = None,
+        max_doc_length: int | None = None,
+        device=None,
+    ) -> "MaxSimScorer":
         """A saved late-interaction folder (its trained projection), or any encoder / cross-encoder folder or hub
         name (its encoder, a fresh projection drawn under `seed`). The lengths override the saved ones."""
         from transformers import AutoTokenizer
@@ -112,8 +126,9 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
         if is_late_interaction_folder(path):
             raw = json.loads((Path(path) / CONFIG_FILE).read_text())
             if raw.get("format") != FORMAT:
-                raise ModelError(f"{Path(path) / CONFIG_FILE}: unknown format {raw.get('format')!r} "
-                                 f"(expected {FORMAT!r})")
+                raise ModelError(
+                    f"{Path(path) / CONFIG_FILE}: unknown format {raw.get('format')!r} (expected {FORMAT!r})"
+                )
             known = LateInteractionConfig.__dataclass_fields__
             cfg = LateInteractionConfig(**{k: v for k, v in raw.items() if k in known})
             model = cls(encoder, dim=cfg.dim, seed=seed, tokenizer=tokenizer, config=cfg)
@@ -124,8 +139,13 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
                 raise ModelError(f"{Path(path) / PROJECTION_FILE}: expected one [{cfg.dim}, H] weight")
             model.proj.load_state_dict(weights)
         else:
-            model = cls(encoder, dim=dim, seed=seed, tokenizer=tokenizer,
-                        config=LateInteractionConfig(dim=dim, source=str(name_or_path)))
+            model = cls(
+                encoder,
+                dim=dim,
+                seed=seed,
+                tokenizer=tokenizer,
+                config=LateInteractionConfig(dim=dim, source=str(name_or_path)),
+            )
         limit = int(getattr(encoder.config, "max_position_embeddings", 512))
         for name, value in (("max_query_length", max_query_length), ("max_doc_length", max_doc_length)):
             if value is not None:
@@ -160,8 +180,10 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
 
     def __repr__(self) -> str:
         c = self.li_config
-        return (f"MaxSimScorer(dim={c.dim}, source={c.source!r}, max_query_length={c.max_query_length}, "
-                f"max_doc_length={c.max_doc_length})")
+        return (
+            f"MaxSimScorer(dim={c.dim}, source={c.source!r}, max_query_length={c.max_query_length}, "
+            f"max_doc_length={c.max_doc_length})"
+        )
 
     # ------------------------------------------------------------------------------------------ encoding
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -174,22 +196,35 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
         if self.tokenizer is None:
             raise ModelError("this MaxSimScorer has no tokenizer (build it with from_pretrained)")
         n = self.li_config.max_query_length if kind == "query" else self.li_config.max_doc_length
-        enc = self.tokenizer([str(t) for t in texts], truncation=True, max_length=n, padding=True,
-                             return_tensors="pt", return_token_type_ids=False)
+        enc = self.tokenizer(
+            [str(t) for t in texts],
+            truncation=True,
+            max_length=n,
+            padding=True,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
     def encode_texts(self, texts: Sequence[str], kind: str) -> TokenVectors:
         batch = self.tokenize(texts, kind)
         return TokenVectors(self.encode(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"].bool())
 
-    def encode_documents(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 32,
-                         dtype=torch.float16) -> TokenVectors:
+    def encode_documents(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 32, dtype=torch.float16
+    ) -> TokenVectors:
         """What is stored: token vectors of tokenised documents, in `dtype`, on the CPU."""
         out = []
         with torch.inference_mode(), self.autocast():
             for i in range(0, len(input_ids), batch_size):
-                out.append(self.encode(input_ids[i:i + batch_size].to(self.device),
-                                       attention_mask[i:i + batch_size].to(self.device)).to(dtype).cpu())
+                out.append(
+                    self.encode(
+                        input_ids[i : i + batch_size].to(self.device),
+                        attention_mask[i : i + batch_size].to(self.device),
+                    )
+                    .to(dtype)
+                    .cpu()
+                )
         return TokenVectors(torch.cat(out), attention_mask.bool().cpu())
 
     # ------------------------------------------------------------------------------------------- scoring
@@ -222,13 +257,21 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
         """Scores of all stored documents for one tokenised query [1, Lq]."""
         with torch.inference_mode(), self.autocast():
             q = self.encode(query_ids.to(self.device), torch.ones_like(query_ids, device=self.device))[0]
-            out = [self.maxsim(q, docs.vectors[i:i + batch_size].to(self.device),
-                               docs.mask[i:i + batch_size].to(self.device))
-                   for i in range(0, len(docs.vectors), batch_size)]
+            out = [
+                self.maxsim(
+                    q, docs.vectors[i : i + batch_size].to(self.device), docs.mask[i : i + batch_size].to(self.device)
+                )
+                for i in range(0, len(docs.vectors), batch_size)
+            ]
         return torch.cat(out).float().cpu().numpy()
 
-    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, show_progress_bar: bool = False,
-                convert_to_numpy: bool = True):
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        convert_to_numpy: bool = True,
+    ):
         """Scores for (query, document) pairs, in input order (each distinct query is encoded once per batch)."""
         from mice.validate import positive
 
@@ -240,13 +283,13 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
         try:
             with torch.inference_mode(), self.autocast():
                 for start in range(0, len(pairs), batch_size):
-                    chunk = pairs[start:start + batch_size]
+                    chunk = pairs[start : start + batch_size]
                     uniq = list(dict.fromkeys(q for q, _ in chunk))
                     qv = self.encode_texts(uniq, "query")
                     pos = torch.tensor([uniq.index(q) for q, _ in chunk], device=self.device)
                     qv = TokenVectors(qv.vectors.index_select(0, pos), qv.mask.index_select(0, pos))
                     dv = self.encode_texts([d for _, d in chunk], "doc")
-                    out[start:start + len(chunk)] = self.maxsim_pairs(qv, dv).float().cpu()
+                    out[start : start + len(chunk)] = self.maxsim_pairs(qv, dv).float().cpu()
         finally:
             self.train(was_training)
         return out.numpy() if convert_to_numpy else out
@@ -255,9 +298,11 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
         """Loaded weights (encoder and projection), lengths and compute precision, for resumable jobs."""
         from mice.identity import module_fingerprint, tokenizer_fingerprint
 
-        return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
-                "tokenizer": tokenizer_fingerprint(self.tokenizer),
-                "max_query_length": self.li_config.max_query_length, "max_length": self.li_config.max_doc_length,
-                "compute_dtype": self.compute_dtype}
-
-
+        return {
+            "scorer": type(self).__name__,
+            "weights": module_fingerprint(self),
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "max_query_length": self.li_config.max_query_length,
+            "max_length": self.li_config.max_doc_length,
+            "compute_dtype": self.compute_dtype,
+        }

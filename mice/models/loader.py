@@ -13,6 +13,7 @@ Every option is honoured or refused: an option the chosen scorer cannot apply ra
 that precision (fp32: no autocast, today's scores exactly); a precision the device cannot run is a `SettingError`.
 Folder problems (missing path, no config.json, unreadable weights) are `ModelError`s naming the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,14 @@ def check_folder(spec: str) -> str:
     `ModelError` naming what is missing (instead of HF's "Repo id must be in the form …")."""
     path = resolve_model_path(spec)
     p = Path(path)
-    looks_local = p.exists() or p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1 \
-        or path.endswith("/") or "\\" in path
+    looks_local = (
+        p.exists()
+        or p.is_absolute()
+        or path.startswith((".", "~"))
+        or path.count("/") > 1
+        or path.endswith("/")
+        or "\\" in path
+    )
     if not looks_local:
         return path  # a hub name: HF resolves it (offline, a clear error follows from the loader)
     if not p.exists():
@@ -69,19 +76,27 @@ def check_folder(spec: str) -> str:
         json.loads(cfg.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"{cfg}: not valid JSON ({err})") from None
-    weights = [w for w in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-               if (p / w).exists()]
+    weights = [
+        w for w in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json") if (p / w).exists()
+    ]
     if not weights:
         raise ModelError(f"{p}: no weights (model.safetensors or pytorch_model.bin)")
     if not any((p / t).is_file() for t in TOKENIZER_FILES):
-        raise ModelError(f"{p}: no tokenizer ({' or '.join(TOKENIZER_FILES[:3])}); without it every word would "
-                         "be an unknown token")
+        raise ModelError(
+            f"{p}: no tokenizer ({' or '.join(TOKENIZER_FILES[:3])}); without it every word would be an unknown token"
+        )
     return path
 
 
 # any one of these makes a folder's tokenizer (fast, WordPiece, BPE, SentencePiece)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 
 def check_device(device) -> None:
@@ -112,15 +127,29 @@ def load_error(spec, err: Exception) -> ModelError:
     p = Path(resolve_model_path(str(spec)))
     what = " ".join(str(err).split())[:200]
     for name in ("model.safetensors", "pytorch_model.bin"):
-        if (p / name).exists() and any(s in type(err).__name__ + what for s in ("Safetensor", "safetensor", "header",
-                                                                                 "pickle", "zip", "EOF", "size")):
+        if (p / name).exists() and any(
+            s in type(err).__name__ + what
+            for s in ("Safetensor", "safetensor", "header", "pickle", "zip", "EOF", "size")
+        ):
             return ModelError(f"{p / name}: cannot be read ({type(err).__name__}: {what})")
     return ModelError(f"cannot load model {spec}: {type(err).__name__}: {what}")
 
 
-def load(spec, *, mask=None, mode: str = "renorm", device=None, max_length: int | None = None,
-         max_query_length: int | None = None, index=None, arch: str | None = None, kind: str = "any",
-         use_kv="auto", batch_size: int = 64, dtype="fp32"):
+def load(
+    spec,
+    *,
+    mask=None,
+    mode: str = "renorm",
+    device=None,
+    max_length: int | None = None,
+    max_query_length: int | None = None,
+    index=None,
+    arch: str | None = None,
+    kind: str = "any",
+    use_kv="auto",
+    batch_size: int = 64,
+    dtype="fp32",
+):
     """The scorer for `spec` (see the module docstring). `kind="hooked"` insists on a HookedCrossEncoder
     (probes and ablations), `kind="mice"` on a MICE model; `max_length` is the pair length of a cross-encoder,
     the document length of MICE (`max_query_length` its query length); `index` a document-state index folder
@@ -157,15 +186,18 @@ def _load(spec, mask, mode, device, max_length, max_query_length, index, arch, k
     if s.startswith("biencoder:"):
         if kind != "any":
             refuse(f"a bi-encoder as a {kind} model", "it has no cross-attention to hook")
-        for option, value in (("--mask", mask), ("--index", index), ("--arch", arch),
-                              ("--max-query-length", max_query_length)):
+        for option, value in (
+            ("--mask", mask),
+            ("--index", index),
+            ("--arch", arch),
+            ("--max-query-length", max_query_length),
+        ):
             if value is not None:
                 refuse(option, "a bi-encoder encodes query and document apart")
         from mice.models.biencoder import BiEncoder
 
         name = s.split(":", 1)[1]
-        return BiEncoder("packaged:minilm" if name in ("", "packaged") else name, device=device,
-                         max_length=max_length)
+        return BiEncoder("packaged:minilm" if name in ("", "packaged") else name, device=device, max_length=max_length)
 
     path = check_folder(s)
     try:
@@ -179,14 +211,18 @@ def _load(spec, mask, mode, device, max_length, max_query_length, index, arch, k
                     refuse(option, "a late-interaction model encodes query and document apart")
             from mice.models.late_interaction import MaxSimScorer
 
-            return MaxSimScorer.from_pretrained(path, max_query_length=max_query_length, max_doc_length=max_length,
-                                                device=device)
+            return MaxSimScorer.from_pretrained(
+                path, max_query_length=max_query_length, max_doc_length=max_length, device=device
+            )
         if is_mice_folder(path) or arch is not None:
-            return _load_mice(s, path, mask, device, max_length, max_query_length, index, arch, kind, use_kv,
-                              batch_size)
+            return _load_mice(
+                s, path, mask, device, max_length, max_query_length, index, arch, kind, use_kv, batch_size
+            )
         if kind == "mice":
-            raise ModelError(f"{s} is not a MICE folder (config.json without a \"mice\" key); give --arch a+b "
-                             "to build MICE-ℓa+b from this cross-encoder")
+            raise ModelError(
+                f'{s} is not a MICE folder (config.json without a "mice" key); give --arch a+b '
+                "to build MICE-ℓa+b from this cross-encoder"
+            )
         if index is not None:
             refuse("--index", "only a MICE model reads a document-state index")
         if max_query_length is not None:
@@ -212,8 +248,10 @@ def _load_mice(s, path, mask, device, max_length, max_query_length, index, arch,
     from mice.models.mice_model import MICEModel
 
     if kind == "hooked":
-        raise ModelError(f"{s}: probes and ablations need a cross-encoder with hooks; a MICE model has its "
-                         "interaction pattern built in")
+        raise ModelError(
+            f"{s}: probes and ablations need a cross-encoder with hooks; a MICE model has its "
+            "interaction pattern built in"
+        )
     if mask is not None:
         raise ModelError(f"{s}: a MICE model has its interaction pattern built in; --mask does not apply")
     if arch is not None:
@@ -223,17 +261,24 @@ def _load_mice(s, path, mask, device, max_length, max_query_length, index, arch,
             a, b = (int(x) for x in str(arch).split("+"))
         except ValueError:
             raise ModelError(f"--arch {arch!r}: expected a+b, e.g. 3+3") from None
-        model = MICEModel.from_cross_encoder(path, contextual_layers=a, interaction_layers=b,
-                                             max_query_length=max_query_length, max_doc_length=max_length,
-                                             device=device)
+        model = MICEModel.from_cross_encoder(
+            path,
+            contextual_layers=a,
+            interaction_layers=b,
+            max_query_length=max_query_length,
+            max_doc_length=max_length,
+            device=device,
+        )
     else:
-        model = MICEModel.from_pretrained(path, device=device, max_query_length=max_query_length,
-                                          max_doc_length=max_length)
+        model = MICEModel.from_pretrained(
+            path, device=device, max_query_length=max_query_length, max_doc_length=max_length
+        )
     if index is None:
         return model
     if max_length is not None:
-        raise ModelError(f"{s}: --max-length does not apply with --index (documents were encoded when the "
-                         "index was built)")
+        raise ModelError(
+            f"{s}: --max-length does not apply with --index (documents were encoded when the index was built)"
+        )
     from mice.index.fast_rerank import FastReranker, IndexScorer
 
     return IndexScorer(FastReranker(model, index, use_kv=use_kv, batch_size=batch_size))

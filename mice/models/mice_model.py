@@ -43,6 +43,7 @@ The query side that does not depend on the document (embeddings, the `a` context
 interaction layer's self-attention) is `encode_query`; it is computed once per query and broadcast to all its
 candidate documents (`interact` accepts one query for N documents).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -156,27 +157,34 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
     and `save_pretrained` follow sentence-transformers' `CrossEncoder`.
     """
 
-    def __init__(self, backbone: nn.Module, tokenizer, mice_config: MICEArchitecture,
-                 cross: nn.ModuleList | None = None):
+    def __init__(
+        self, backbone: nn.Module, tokenizer, mice_config: MICEArchitecture, cross: nn.ModuleList | None = None
+    ):
         super().__init__()
         model_type = getattr(backbone.config, "model_type", "")
         if model_type not in supported_types():
-            raise ModelError(f"MICE needs an encoder with a backbone adapter ({', '.join(supported_types())}); "
-                             f"got {model_type!r}")
+            raise ModelError(
+                f"MICE needs an encoder with a backbone adapter ({', '.join(supported_types())}); got {model_type!r}"
+            )
         adapter = adapter_for(backbone)
         if not adapter.pools_cls:
-            raise ModelError(f"MICE scores from the query's [CLS] row; this {adapter.family} head pools by "
-                             f"{getattr(backbone.config, 'classifier_pooling', '?')!r} (not supported yet)")
+            raise ModelError(
+                f"MICE scores from the query's [CLS] row; this {adapter.family} head pools by "
+                f"{getattr(backbone.config, 'classifier_pooling', '?')!r} (not supported yet)"
+            )
         a, b = mice_config.contextual_layers, mice_config.interaction_layers
         n_layers = adapter.n_layers
         if a < 0 or b < 1 or a + b > n_layers:
-            raise ModelError(f"MICE-ℓ{a}+{b} does not fit a backbone with {n_layers} layers "
-                             f"(need a >= 0, b >= 1, a + b <= {n_layers})")
+            raise ModelError(
+                f"MICE-ℓ{a}+{b} does not fit a backbone with {n_layers} layers "
+                f"(need a >= 0, b >= 1, a + b <= {n_layers})"
+            )
         if n_layers > a + b:  # the layers above a+b are dropped
             adapter.truncate(a + b)
         if mice_config.cls_cross_attention not in CLS_CROSS_MODES:
-            raise ModelError(f"cls_cross_attention={mice_config.cls_cross_attention!r}: expected one of "
-                             f"{', '.join(CLS_CROSS_MODES)}")
+            raise ModelError(
+                f"cls_cross_attention={mice_config.cls_cross_attention!r}: expected one of {', '.join(CLS_CROSS_MODES)}"
+            )
         self.backbone = backbone
         self.adapter = adapter
         self.tokenizer = tokenizer
@@ -224,16 +232,26 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         return f"MICE-ℓ{self.contextual_layers}+{self.interaction_layers}"
 
     def __repr__(self) -> str:  # the nn.Module repr of a whole BERT is not what a notebook user wants
-        return (f"MICEModel({self.name}, source={self.mice_config.source!r}, hidden={self.hidden_size}, "
-                f"heads={self.num_heads}, max_query_length={self.mice_config.max_query_length}, "
-                f"max_doc_length={self.mice_config.max_doc_length})")
+        return (
+            f"MICEModel({self.name}, source={self.mice_config.source!r}, hidden={self.hidden_size}, "
+            f"heads={self.num_heads}, max_query_length={self.mice_config.max_query_length}, "
+            f"max_doc_length={self.mice_config.max_doc_length})"
+        )
 
     # ---------------------------------------------------------------------------------------- construction
     @classmethod
-    def from_cross_encoder(cls, name_or_path, contextual_layers: int = 3, interaction_layers: int = 3,
-                           max_query_length: int | None = None, max_doc_length: int | None = None,
-                           mask=None, device=None, seed: int = 0,
-                           cls_cross_attention: str = "none") -> "MICEModel":
+    def from_cross_encoder(
+        cls,
+        name_or_path,
+        contextual_layers: int = 3,
+        interaction_layers: int = 3,
+        max_query_length: int | None = None,
+        max_doc_length: int | None = None,
+        mask=None,
+        device=None,
+        seed: int = 0,
+        cls_cross_attention: str = "none",
+    ) -> "MICEModel":
         """MICE-ℓa+b from a `...ForSequenceClassification` folder, a sentence-transformers modular folder
         (`mice.models.st_format`), or a bare encoder (`BertModel`): then the pooler comes from the encoder and the
         classifier is fresh (1 label, initialised under `seed`).
@@ -252,12 +270,17 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             torch.manual_seed(seed)
             backbone = load_classifier(path, 1, attn_implementation="eager")
         if int(backbone.config.num_labels) != 1:
-            raise ModelError(f"{name_or_path}: MICE scores with a 1-logit head; this model has "
-                             f"{backbone.config.num_labels} labels")
+            raise ModelError(
+                f"{name_or_path}: MICE scores with a 1-logit head; this model has {backbone.config.num_labels} labels"
+            )
         tokenizer = AutoTokenizer.from_pretrained(path)
-        mcfg = MICEArchitecture(contextual_layers=int(contextual_layers), interaction_layers=int(interaction_layers),
-                          source=str(name_or_path), mask=getattr(mask, "name", mask),
-                          cls_cross_attention=str(cls_cross_attention))
+        mcfg = MICEArchitecture(
+            contextual_layers=int(contextual_layers),
+            interaction_layers=int(interaction_layers),
+            source=str(name_or_path),
+            mask=getattr(mask, "name", mask),
+            cls_cross_attention=str(cls_cross_attention),
+        )
         cls._set_lengths(mcfg, backbone.config, tokenizer, max_query_length, max_doc_length)
         if adapter_for(backbone).token_types < 2:
             mcfg.doc_token_type = 0
@@ -287,8 +310,14 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
                 raise ModelError(f"{what}={n} outside [2, {cls._position_limit(hf_config)}] for this backbone")
 
     @classmethod
-    def from_pretrained(cls, path, device=None, max_length: int | None = None,
-                        max_query_length: int | None = None, max_doc_length: int | None = None) -> "MICEModel":
+    def from_pretrained(
+        cls,
+        path,
+        device=None,
+        max_length: int | None = None,
+        max_query_length: int | None = None,
+        max_doc_length: int | None = None,
+    ) -> "MICEModel":
         """Load a folder written by `save_pretrained` (config.json with a "mice" key, safetensors weights).
 
         `max_query_length` / `max_doc_length` (`max_length` is an alias of the latter) override the saved
@@ -302,7 +331,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             raise ModelError(f"{path}: no config.json (not a saved model folder)")
         raw = json.loads(cfg_file.read_text())
         if "mice" not in raw:
-            raise ModelError(f"{cfg_file}: no \"mice\" key; use MICEModel.from_cross_encoder for a cross-encoder")
+            raise ModelError(f'{cfg_file}: no "mice" key; use MICEModel.from_cross_encoder for a cross-encoder')
         mcfg = MICEArchitecture.from_dict(raw.pop("mice"))
         if mcfg.format != FORMAT:
             raise ModelError(f"{cfg_file}: unknown MICE format {mcfg.format!r} (expected {FORMAT!r})")
@@ -314,8 +343,9 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         with _quiet_transformers():
             backbone = AutoModelForSequenceClassification.from_config(hf_config, attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        cls._set_lengths(mcfg, hf_config, tokenizer, max_query_length,
-                         max_doc_length if max_doc_length is not None else max_length)
+        cls._set_lengths(
+            mcfg, hf_config, tokenizer, max_query_length, max_doc_length if max_doc_length is not None else max_length
+        )
         model = cls(backbone, tokenizer, mcfg)
         weights = path / "model.safetensors"
         if not weights.exists():
@@ -325,8 +355,9 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
-            raise ModelError(f"{weights}: weights do not match {model.name} "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise ModelError(
+                f"{weights}: weights do not match {model.name} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         model.load_state_dict(state, strict=True)
         model.eval()
         return model.to(device) if device is not None else model
@@ -347,8 +378,11 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with atomic_path(path / "model.safetensors") as tmp:
-            save_file({k: v.cpu() for k, v in self._weights_for_saving().items()}, str(tmp),
-                      metadata={"format": "pt", "mice": FORMAT})
+            save_file(
+                {k: v.cpu() for k, v in self._weights_for_saving().items()},
+                str(tmp),
+                metadata={"format": "pt", "mice": FORMAT},
+            )
         self.tokenizer.save_pretrained(str(path))
         cfg = self.config.to_dict()
         cfg["architectures"] = [type(self.backbone).__name__]
@@ -360,11 +394,20 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
     # ----------------------------------------------------------------------------------------- tokenising
     def _tokenize(self, texts: Sequence[str], max_length: int, token_type: int) -> dict:
         texts = [str(t) for t in texts]
-        enc = self.tokenizer(texts, truncation=True, max_length=max_length, padding=True,
-                             return_tensors="pt", return_token_type_ids=False)
+        enc = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
         ids = enc["input_ids"].to(self.device)
-        return {"input_ids": ids, "attention_mask": enc["attention_mask"].to(self.device),
-                "token_type_ids": torch.full_like(ids, token_type)}
+        return {
+            "input_ids": ids,
+            "attention_mask": enc["attention_mask"].to(self.device),
+            "token_type_ids": torch.full_like(ids, token_type),
+        }
 
     def tokenize_queries(self, queries: Sequence[str]) -> dict:
         """`[CLS] q [SEP]` per query, padded, token type 0, on the model's device."""
@@ -450,6 +493,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             k, v = ad.project_kv(a + j, doc.hidden, self.cross[j])
             z, _ = attention_core(q, k, v, bias, scaling=ad.scaling, dropout_p=self._dropout_p())
             return merge_heads(z)
+
         return cross
 
     def doc_mean_reader(self, doc: DocStates):
@@ -457,8 +501,9 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         document values = the value projection of the mean state (the projection is affine)."""
         ad, a = self.adapter, self.contextual_layers
         if ad.kv_norm:  # values are affine in each layer's own normalisation of the states
-            return lambda j: ad.project_v(a + j, self.doc_mean(DocStates(ad.kv_input(a + j, doc.hidden), doc.mask)),
-                                          self.cross[j])
+            return lambda j: ad.project_v(
+                a + j, self.doc_mean(DocStates(ad.kv_input(a + j, doc.hidden), doc.mask)), self.cross[j]
+            )
         mean = self.doc_mean(doc)
         return lambda j: ad.project_v(a + j, mean, self.cross[j])
 
@@ -483,9 +528,17 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         out = self.adapter.attn_out(l, self.doc_reader(doc)(j, q), tokens, self.cross[j])
         return torch.cat([self.cls_cross(j, h[:, :1], doc), out], dim=1)
 
-    def run_interaction(self, h: torch.Tensor, smask: torch.Tensor | None, n: int, cross, cls_ctx=None,
-                        q0: torch.Tensor | None = None, cls0: torch.Tensor | None = None,
-                        shortcut: bool | None = None) -> torch.Tensor:
+    def run_interaction(
+        self,
+        h: torch.Tensor,
+        smask: torch.Tensor | None,
+        n: int,
+        cross,
+        cls_ctx=None,
+        q0: torch.Tensor | None = None,
+        cls0: torch.Tensor | None = None,
+        shortcut: bool | None = None,
+    ) -> torch.Tensor:
         """The b interaction layers, scores [N]: the one implementation of MICE's interaction (`interact` and
         the fast path, `mice.index.fast_rerank`, differ only in how they read the document).
 
@@ -530,8 +583,13 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             h, qmask = h.expand(n, -1, -1), qmask.expand(n, -1)
         if doc.hidden.dtype != h.dtype:
             doc = DocStates(doc.hidden.to(h.dtype), doc.mask)
-        return self.run_interaction(h, self.query_self_mask(qmask), n, self.doc_reader(doc),
-                                    self.doc_mean_reader(doc) if self.cls_reads_document else None)
+        return self.run_interaction(
+            h,
+            self.query_self_mask(qmask),
+            n,
+            self.doc_reader(doc),
+            self.doc_mean_reader(doc) if self.cls_reads_document else None,
+        )
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """The source model's scoring head (final norm, pooling, classifier) on the query `[CLS]`: a raw logit
@@ -550,33 +608,42 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             return self.interact(self.encode_query(query_batch), doc)
 
     # ------------------------------------------------------------------------------- sentence-transformers
-    def encode_documents(self, texts: Sequence[str], batch_size: int = 32,
-                         show_progress_bar: bool = False) -> DocStates:
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False
+    ) -> DocStates:
         """Layer-`a` states of `texts` (no gradients), in input order; batches are formed by length."""
         states = list(self.iter_document_states(texts, batch_size=batch_size, show_progress_bar=show_progress_bar))
         ordered: list[torch.Tensor | None] = [None] * len(texts)
         for i, s in states:
             ordered[i] = s
-        return DocStates.from_list(ordered) if ordered else DocStates(
-            torch.zeros(0, 0, self.hidden_size), torch.zeros(0, 0, dtype=torch.bool))
+        return (
+            DocStates.from_list(ordered)
+            if ordered
+            else DocStates(torch.zeros(0, 0, self.hidden_size), torch.zeros(0, 0, dtype=torch.bool))
+        )
 
-    def iter_document_states(self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False,
-                             sort_by_length: bool = True) -> Iterable[tuple[int, torch.Tensor]]:
+    def iter_document_states(
+        self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False, sort_by_length: bool = True
+    ) -> Iterable[tuple[int, torch.Tensor]]:
         """Yield (position, [L_i, H] states) per document, batched by token length (what the index stores)."""
         texts = [str(t) for t in texts]
         if not texts:
             return
         order = list(range(len(texts)))
         if sort_by_length:
-            lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True,
-                                                         max_length=self.mice_config.max_doc_length)["input_ids"]]
+            lengths = [
+                len(ids)
+                for ids in self.tokenizer(texts, truncation=True, max_length=self.mice_config.max_doc_length)[
+                    "input_ids"
+                ]
+            ]
             order.sort(key=lambda i: -lengths[i])
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
                 for start in track(range(0, len(order), batch_size), "encoding documents", show_progress_bar):
-                    idx = order[start: start + batch_size]
+                    idx = order[start : start + batch_size]
                     with self.autocast():  # not around the yield: the consumer's own work stays in fp32
                         doc = self.encode_doc_batch([texts[i] for i in idx])
                     for row, i in enumerate(idx):
@@ -585,8 +652,14 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         finally:
             self.train(was_training)
 
-    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, doc_states: DocStates | None = None,
-                show_progress_bar: bool = False, convert_to_numpy: bool = True):
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        batch_size: int = 32,
+        doc_states: DocStates | None = None,
+        show_progress_bar: bool = False,
+        convert_to_numpy: bool = True,
+    ):
         """Scores for (query, document) pairs, in input order. With `doc_states` (one per pair, same order),
         the document texts are not used. Pairs sharing a query in a batch share its query-side work."""
         from mice.validate import positive
@@ -602,7 +675,7 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         try:
             with torch.no_grad(), self.autocast():
                 for start in track(range(0, len(order), batch_size), "scoring", show_progress_bar):
-                    idx = order[start: start + batch_size]
+                    idx = order[start : start + batch_size]
                     if doc_states is not None:
                         doc = doc_states.select(idx).to(self.device)
                     else:
@@ -623,10 +696,14 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         precision."""
         from mice.identity import module_fingerprint, tokenizer_fingerprint
 
-        return {"scorer": type(self).__name__, "weights": module_fingerprint(self),
-                "tokenizer": tokenizer_fingerprint(self.tokenizer),
-                "query_max_length": self.mice_config.max_query_length, "max_length": self.mice_config.max_doc_length,
-                "compute_dtype": self.compute_dtype}
+        return {
+            "scorer": type(self).__name__,
+            "weights": module_fingerprint(self),
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "query_max_length": self.mice_config.max_query_length,
+            "max_length": self.mice_config.max_doc_length,
+            "compute_dtype": self.compute_dtype,
+        }
 
     # ------------------------------------------------------------------------------------- fingerprints
     def _hash_tensors(self, h, named: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -640,8 +717,10 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         h = hashlib.sha256()
         vocab = sorted(tok.get_vocab().items())
         h.update(json.dumps(vocab, ensure_ascii=False).encode())
-        specials = {k: getattr(tok, k, None) for k in ("cls_token", "sep_token", "pad_token", "bos_token",
-                                                      "eos_token", "unk_token")}
+        specials = {
+            k: getattr(tok, k, None)
+            for k in ("cls_token", "sep_token", "pad_token", "bos_token", "eos_token", "unk_token")
+        }
         h.update(json.dumps(specials, sort_keys=True).encode())
         h.update(json.dumps(tok(["Fingerprint Ëxample 123, ok?"])["input_ids"]).encode())  # normaliser
         return h.hexdigest()
@@ -650,11 +729,14 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         """Identity of the document side: contextual-layer weights, tokenizer, `a` and the document token type.
         Two models with equal fingerprints produce the same document states (what an index stores)."""
         h = hashlib.sha256()
-        h.update(f"mice-doc-states/1 a={self.contextual_layers} type={self.mice_config.doc_token_type} "
-                 f"model_type={self.config.model_type}".encode())
+        h.update(
+            f"mice-doc-states/1 a={self.contextual_layers} type={self.mice_config.doc_token_type} "
+            f"model_type={self.config.model_type}".encode()
+        )
         h.update(self.tokenizer_fingerprint().encode())
-        named = [p for prefix, module in self.adapter.embedding_modules()
-                 for p in module.named_parameters(prefix=prefix)]
+        named = [
+            p for prefix, module in self.adapter.embedding_modules() for p in module.named_parameters(prefix=prefix)
+        ]
         for l in range(self.contextual_layers):
             named += list(self.layers[l].named_parameters(prefix=f"layer.{l}"))
         self._hash_tensors(h, named)
@@ -682,8 +764,8 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
 
 
 def _to_file_key(key: str) -> str:
-    return key[len("backbone."):] if key.startswith("backbone.") else "mice_" + key
+    return key[len("backbone.") :] if key.startswith("backbone.") else "mice_" + key
 
 
 def _from_file_key(key: str) -> str:
-    return key[len("mice_"):] if key.startswith("mice_") else "backbone." + key
+    return key[len("mice_") :] if key.startswith("mice_") else "backbone." + key

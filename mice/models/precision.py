@@ -11,6 +11,7 @@ The precision is part of a scorer's `identity()` (`compute_dtype`), so a resumed
 scores computed at two precisions. Training uses the same names (`mice train --dtype`, mapped onto accelerate's
 `mixed_precision` by `mixed_precision()`; `check_mixed_precision` refuses what the device cannot run).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,13 +19,15 @@ import contextlib
 from mice.validate import CHOICES, SettingError
 
 PRECISIONS = CHOICES["compute_dtype"]  # ("fp32", "bf16", "fp16")
-HELP = ("Compute precision: fp32 (default), bf16 or fp16 (matmuls and attention under torch.autocast; weights and "
-        "scores stay float32)")  # `--dtype` of score and rerank
+HELP = (
+    "Compute precision: fp32 (default), bf16 or fp16 (matmuls and attention under torch.autocast; weights and "
+    "scores stay float32)"
+)  # `--dtype` of score and rerank
 _TORCH_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def normalise_precision(dtype, flag: str = "--dtype") -> str:
-    """"fp32" | "bf16" | "fp16" from those names, None (fp32), or a torch dtype (`torch.bfloat16`)."""
+    """ "fp32" | "bf16" | "fp16" from those names, None (fp32), or a torch dtype (`torch.bfloat16`)."""
     if dtype is None:
         return "fp32"
     name = str(dtype).removeprefix("torch.")
@@ -78,8 +81,11 @@ def _warn_slow_fp16(device, flag: str) -> None:
         _WARNED.add("cpu")
         import logging
 
-        logging.getLogger("mice").warning("%s fp16 on CPU is correct but usually slower than fp32 (few CPUs have "
-                                          "fp16 arithmetic); bf16 is the fast choice on CPU", flag)
+        logging.getLogger("mice").warning(
+            "%s fp16 on CPU is correct but usually slower than fp32 (few CPUs have "
+            "fp16 arithmetic); bf16 is the fast choice on CPU",
+            flag,
+        )
 
 
 class ComputePrecision:
@@ -118,5 +124,6 @@ def check_mixed_precision(mixed: str, device) -> None:
     precision = {v: k for k, v in MIXED_PRECISION.items()}.get(mixed, mixed)
     check_precision(precision, device)
     if precision == "fp16" and torch.device(device if device is not None else "cpu").type == "cpu":
-        raise SettingError("--dtype fp16 trains on a GPU only (accelerate would silently train in fp32 on CPU); "
-                           "on CPU use bf16")
+        raise SettingError(
+            "--dtype fp16 trains on a GPU only (accelerate would silently train in fp32 on CPU); on CPU use bf16"
+        )

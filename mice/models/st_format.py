@@ -31,6 +31,7 @@ Modular heads read here, exactly (anything else is a one-line `ModelError` namin
 Scores: mice's `predict` returns the raw logit. sentence-transformers' `predict` applies `activation_fn`
 (Sigmoid by default for one label), so its number is `activation_fn(mice score)`; rankings are the same.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,13 @@ from mice.models.hf import quiet_transformers
 MODULES = "modules.json"
 ST_CONFIG = "config_sentence_transformers.json"
 # sentence-transformers' saved activation (class path) -> the name HF's ACT2FN knows it by
-ACTIVATIONS = {"torch.nn.modules.activation.GELU": "gelu", "torch.nn.modules.activation.Tanh": "tanh",
-               "torch.nn.modules.activation.ReLU": "relu", "torch.nn.modules.activation.SiLU": "silu",
-               "torch.nn.modules.linear.Identity": "linear"}
+ACTIVATIONS = {
+    "torch.nn.modules.activation.GELU": "gelu",
+    "torch.nn.modules.activation.Tanh": "tanh",
+    "torch.nn.modules.activation.ReLU": "relu",
+    "torch.nn.modules.activation.SiLU": "silu",
+    "torch.nn.modules.linear.Identity": "linear",
+}
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model.bin", "*/pytorch_model.bin"]
 
 
@@ -115,10 +120,14 @@ def head_modules(folder) -> list[_Module] | None:
     entries = _read_json(file)
     if not isinstance(entries, list) or not entries:
         raise ModelError(f"{file}: expected a list of modules")
-    mods = [_Module(folder, e, f"module {e.get('idx', i)} {e.get('path') or '(root)'}")
-            for i, e in enumerate(entries) if isinstance(e, dict)]
-    if st.get("model_type") != "CrossEncoder" and not any(m.config.get("module_output_name") == "scores"
-                                                           for m in mods[1:]):
+    mods = [
+        _Module(folder, e, f"module {e.get('idx', i)} {e.get('path') or '(root)'}")
+        for i, e in enumerate(entries)
+        if isinstance(e, dict)
+    ]
+    if st.get("model_type") != "CrossEncoder" and not any(
+        m.config.get("module_output_name") == "scores" for m in mods[1:]
+    ):
         return None  # a bi-encoder (e.g. the packaged MiniLM): its encoder is a bare backbone
     if st.get("default_prompt_name"):
         raise ModelError(f"{st_cfg}: default_prompt_name is set; mice does not prepend prompts to pairs")
@@ -128,8 +137,9 @@ def head_modules(folder) -> list[_Module] | None:
     if first.dir != folder:
         raise ModelError(f"{file}: {first} is not saved in the folder's root")
     if first.config.get("do_lower_case"):
-        raise ModelError(f"{first.dir / 'sentence_bert_config.json'}: do_lower_case is set; mice does not "
-                         "lower-case pairs")
+        raise ModelError(
+            f"{first.dir / 'sentence_bert_config.json'}: do_lower_case is set; mice does not lower-case pairs"
+        )
     task = first.config.get("transformer_task", "sequence-classification")
     if task == "sequence-classification" and len(mods) == 1:
         return None
@@ -152,8 +162,10 @@ def _dense(m: _Module, hidden: int, out: int | None, act: str | None, scores: bo
         bad = f"shape {c.get('in_features')}→{c.get('out_features')} where the head needs {need}"
     elif c.get("use_residual"):
         bad = "use_residual is not part of the head"
-    elif c.get("module_input_name", "sentence_embedding") != "sentence_embedding" or \
-            (c.get("module_output_name") == "scores") != scores:
+    elif (
+        c.get("module_input_name", "sentence_embedding") != "sentence_embedding"
+        or (c.get("module_output_name") == "scores") != scores
+    ):
         bad = "reads or writes an unexpected feature"
     elif act is not None and c.get("activation_function") != act:
         bad = f"activation {c.get('activation_function')} where the head needs {act}"
@@ -189,16 +201,21 @@ def _modernbert(config, mods: list[_Module], folder: Path):
     if mods[2].kind != "LayerNorm" or int(mods[2].config.get("dimension", -1)) != h:
         raise ModelError(f"{mods[2].dir / 'config.json'}: {mods[2]}: expected LayerNorm({h})")
     if abs(float(config.norm_eps) - 1e-5) > 1e-12:  # sentence-transformers' LayerNorm uses torch's default eps
-        raise ModelError(f"{folder / 'config.json'}: norm_eps {config.norm_eps} differs from the LayerNorm "
-                         f"module's 1e-5 ({mods[2]})")
+        raise ModelError(
+            f"{folder / 'config.json'}: norm_eps {config.norm_eps} differs from the LayerNorm module's 1e-5 ({mods[2]})"
+        )
     norm = mods[2].weights()
     out = _dense(mods[3], h, None, "torch.nn.modules.linear.Identity", scores=True)
     config.classifier_pooling = mode
     config.classifier_bias = dense["bias"] is not None
     config.classifier_activation = ACTIVATIONS[mods[1].config["activation_function"]]
     config.norm_bias = True  # the head's norm has a bias; zero biases elsewhere compute what none did
-    state = {"head.dense.weight": dense["weight"], "head.norm.weight": norm["norm.weight"],
-             "head.norm.bias": norm["norm.bias"], "classifier.weight": out["weight"]}
+    state = {
+        "head.dense.weight": dense["weight"],
+        "head.norm.weight": norm["norm.weight"],
+        "head.norm.bias": norm["norm.bias"],
+        "classifier.weight": out["weight"],
+    }
     if dense["bias"] is not None:
         state["head.dense.bias"] = dense["bias"]
     return state, out, ("head.", "classifier.", "norm.bias")
@@ -214,8 +231,11 @@ def _bert(config, mods: list[_Module], folder: Path):
     if pooler["bias"] is None:
         raise ModelError(f"{mods[1].dir / 'config.json'}: {mods[1]}: BERT's pooler needs a bias")
     out = _dense(mods[2], h, None, "torch.nn.modules.linear.Identity", scores=True)
-    state = {"bert.pooler.dense.weight": pooler["weight"], "bert.pooler.dense.bias": pooler["bias"],
-             "classifier.weight": out["weight"]}
+    state = {
+        "bert.pooler.dense.weight": pooler["weight"],
+        "bert.pooler.dense.bias": pooler["bias"],
+        "classifier.weight": out["weight"],
+    }
     return state, out, ("bert.pooler.", "classifier.")
 
 
@@ -232,17 +252,20 @@ def load_modular(folder, mods: list[_Module], **model_kwargs):
     config = AutoConfig.from_pretrained(str(folder))
     build = HEADS.get(config.model_type)
     if build is None:
-        raise ModelError(f"{folder / MODULES}: a {config.model_type} encoder with a sentence-transformers head "
-                         f"({' → '.join(m.kind for m in mods)}); mice reads such heads for "
-                         f"{', '.join(HEADS)} only")
+        raise ModelError(
+            f"{folder / MODULES}: a {config.model_type} encoder with a sentence-transformers head "
+            f"({' → '.join(m.kind for m in mods)}); mice reads such heads for "
+            f"{', '.join(HEADS)} only"
+        )
     state, out, fresh = build(config, mods, folder)
     labels = int(out["weight"].shape[0])
     config.num_labels = labels
     state["classifier.bias"] = out["bias"] if out["bias"] is not None else torch.zeros(labels)
     config.architectures = [type(config).__name__.replace("Config", "ForSequenceClassification")]
     with quiet_transformers():  # the head HF reports as missing is filled below
-        model, info = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config,
-                                                                         output_loading_info=True, **model_kwargs)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), config=config, output_loading_info=True, **model_kwargs
+        )
     own = model.state_dict()
     missing = [k for k in info["missing_keys"] if k not in state]
     stray = [k for k in missing if not any(k.startswith(p) or k.endswith(p) for p in fresh)]
@@ -278,8 +301,9 @@ def load_classifier(name_or_path, num_labels: int = 1, **model_kwargs):
     # what HF would log (or raise without naming the tensor) is read from the loading info and refused there
     kwargs = {"ignore_mismatched_sizes": True, **model_kwargs}
     with quiet_transformers():
-        model, info = AutoModelForSequenceClassification.from_pretrained(path, config=config,
-                                                                         output_loading_info=True, **kwargs)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, output_loading_info=True, **kwargs
+        )
     check_loading_info(Path(path), info, bare)
     check_finite(Path(path), model)
     return model
@@ -311,8 +335,7 @@ def _saved_names(folder: Path) -> list[str]:
         with safe_open(str(file), framework="pt") as fh:
             return list(fh.keys())
     except Exception as err:  # a torn or foreign file: one line naming it
-        raise ModelError(f"{file}: cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:160]})") \
-            from None
+        raise ModelError(f"{file}: cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
 
 
 def check_layer_count(folder: Path, config) -> None:
@@ -325,8 +348,10 @@ def check_layer_count(folder: Path, config) -> None:
         return
     have = max(found) + 1
     if have != want:
-        raise ModelError(f"{folder / 'config.json'}: num_hidden_layers is {want}, but {_weights_file(folder).name} "
-                         f"holds {have} layers")
+        raise ModelError(
+            f"{folder / 'config.json'}: num_hidden_layers is {want}, but {_weights_file(folder).name} "
+            f"holds {have} layers"
+        )
 
 
 def check_loading_info(folder: Path, info: dict, bare: bool) -> None:
@@ -334,19 +359,28 @@ def check_loading_info(folder: Path, info: dict, bare: bool) -> None:
     tensor. A bare encoder may lack its fresh head and carry pre-training heads; nothing else may differ."""
     file = _weights_file(folder)
     missing = [k for k in info.get("missing_keys", []) if not (bare and any(p in k for p in _FRESH_HEAD))]
-    unexpected = [k for k in info.get("unexpected_keys", [])
-                  if not (bare and any(k.startswith(p) or f".{p}" in k for p in _PRETRAINING_HEADS))]
+    unexpected = [
+        k
+        for k in info.get("unexpected_keys", [])
+        if not (bare and any(k.startswith(p) or f".{p}" in k for p in _PRETRAINING_HEADS))
+    ]
     mismatched = list(info.get("mismatched_keys", []))
     if mismatched:
         name, *shapes = mismatched[0] if isinstance(mismatched[0], (tuple, list)) else (mismatched[0],)
-        raise ModelError(f"{file}: tensor {name} has the wrong shape for config.json"
-                         + (f" ({' vs '.join(map(str, shapes))})" if shapes else ""))
+        raise ModelError(
+            f"{file}: tensor {name} has the wrong shape for config.json"
+            + (f" ({' vs '.join(map(str, shapes))})" if shapes else "")
+        )
     if missing:
-        raise ModelError(f"{file}: tensor {sorted(missing)[0]} is missing ({len(missing)} missing in all); "
-                         "the weights do not match config.json")
+        raise ModelError(
+            f"{file}: tensor {sorted(missing)[0]} is missing ({len(missing)} missing in all); "
+            "the weights do not match config.json"
+        )
     if unexpected:
-        raise ModelError(f"{file}: tensor {sorted(unexpected)[0]} is not part of the model config.json describes "
-                         f"({len(unexpected)} unexpected in all)")
+        raise ModelError(
+            f"{file}: tensor {sorted(unexpected)[0]} is not part of the model config.json describes "
+            f"({len(unexpected)} unexpected in all)"
+        )
     errors = [e for e in info.get("error_msgs", []) if e]
     if errors:
         raise ModelError(f"{file}: {' '.join(str(errors[0]).split())[:200]}")

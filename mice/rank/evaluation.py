@@ -8,6 +8,7 @@ Conventions:
   corrects each measure's family of comparisons with Holm's method.
 These helpers are public so that ablation studies (clean vs knocked-out runs) reuse the same statistics.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,8 +53,7 @@ def per_query(qrels: pd.DataFrame, run: pd.DataFrame, metrics=DEFAULT_METRICS) -
     measures = parse_metrics(metrics)
     qrels = make_qrels(qrels)
     run = make_run(run)
-    values = {(str(m.query_id), str(m.measure)): float(m.value)
-              for m in ir_measures.iter_calc(measures, qrels, run)}
+    values = {(str(m.query_id), str(m.measure)): float(m.value) for m in ir_measures.iter_calc(measures, qrels, run)}
     qids = sorted(qrels["query_id"].unique())
     rows = [(q, str(m), values.get((q, str(m)), 0.0)) for m in measures for q in qids]
     return pd.DataFrame(rows, columns=["query_id", "measure", "value"])
@@ -90,8 +90,9 @@ def _aligned(a, b) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(a, pd.Series) and isinstance(b, pd.Series):
         if set(a.index) != set(b.index):
             only_a, only_b = len(set(a.index) - set(b.index)), len(set(b.index) - set(a.index))
-            raise DataError(f"paired test needs the same queries on both sides ({only_a} only in a, "
-                            f"{only_b} only in b)")
+            raise DataError(
+                f"paired test needs the same queries on both sides ({only_a} only in a, {only_b} only in b)"
+            )
         b = b.reindex(a.index)
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
@@ -134,9 +135,15 @@ def paired_test(a, b, n_resamples: int = 10_000, seed: int = 0) -> PairedTest:
     return PairedTest(n=n, mean_a=mean_a, mean_b=mean_b, delta=mean_b - mean_a, p_ttest=p_t, p_randomization=p_r)
 
 
-def evaluate(qrels: pd.DataFrame, runs: Mapping[str, pd.DataFrame], metrics=DEFAULT_METRICS,
-             baseline: str | None = None, n_resamples: int = 10_000, seed: int = 0,
-             per_query_out: dict | None = None) -> pd.DataFrame:
+def evaluate(
+    qrels: pd.DataFrame,
+    runs: Mapping[str, pd.DataFrame],
+    metrics=DEFAULT_METRICS,
+    baseline: str | None = None,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    per_query_out: dict | None = None,
+) -> pd.DataFrame:
     """Aggregate each run and test it against the baseline (default: the first run).
 
     Returns a long DataFrame, one row per (run, measure): value (mean over judged queries), delta to the
@@ -162,8 +169,15 @@ def evaluate(qrels: pd.DataFrame, runs: Mapping[str, pd.DataFrame], metrics=DEFA
         for name in names:
             vals = tables[name]
             vals = vals[vals["measure"] == m].set_index("query_id")["value"]
-            row = {"run": name, "measure": m, "value": float(vals.mean()), "n_queries": int(vals.size),
-                   "delta": float(vals.mean() - base.mean()), "p_ttest": np.nan, "p_randomization": np.nan}
+            row = {
+                "run": name,
+                "measure": m,
+                "value": float(vals.mean()),
+                "n_queries": int(vals.size),
+                "delta": float(vals.mean() - base.mean()),
+                "p_ttest": np.nan,
+                "p_randomization": np.nan,
+            }
             if name != baseline:
                 t = paired_test(base, vals, n_resamples=n_resamples, seed=seed)
                 row.update(p_ttest=t.p_ttest, p_randomization=t.p_randomization)
@@ -173,8 +187,17 @@ def evaluate(qrels: pd.DataFrame, runs: Mapping[str, pd.DataFrame], metrics=DEFA
             for r, p in zip(block, adjusted):
                 r[f"{key}_holm"] = float(p)
         rows.extend(block)
-    cols = ["run", "measure", "value", "n_queries", "delta", "p_ttest", "p_randomization", "p_ttest_holm",
-            "p_randomization_holm"]
+    cols = [
+        "run",
+        "measure",
+        "value",
+        "n_queries",
+        "delta",
+        "p_ttest",
+        "p_randomization",
+        "p_ttest_holm",
+        "p_randomization_holm",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -183,6 +206,7 @@ def summary_table(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 
     `†` marks a Holm-corrected t-test p < alpha against the baseline, `‡` a Holm-corrected randomisation test.
     """
+
     def cell(r) -> str:
         mark = ("†" if r.p_ttest_holm < alpha else "") + ("‡" if r.p_randomization_holm < alpha else "")
         return f"{r.value:.4f}{mark}"
@@ -201,8 +225,9 @@ def seed_average(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return both.groupby(["query_id", "measure"], as_index=False, sort=True)["value"].mean()
 
 
-def paper_test(tables: Mapping[str, pd.DataFrame], groups: Mapping[str, Sequence[str]], baseline: str,
-               alpha: float = 0.05) -> pd.DataFrame:
+def paper_test(
+    tables: Mapping[str, pd.DataFrame], groups: Mapping[str, Sequence[str]], baseline: str, alpha: float = 0.05
+) -> pd.DataFrame:
     """The MICE paper's test: each system's per-query values are averaged over its seeds, then compared with the
     baseline's (also seed-averaged) by Welch's unequal-variance t-test (two-sided; unpaired, as the paper
     does). `tables`: run name → per_query table; `groups`: system → its run names (one per seed).
@@ -221,9 +246,16 @@ def paper_test(tables: Mapping[str, pd.DataFrame], groups: Mapping[str, Sequence
         for name, runs in groups.items():
             vals = avg[name]
             vals = vals[vals["measure"] == m].set_index("query_id")["value"]
-            row = {"system": name, "measure": m, "value": float(vals.mean()), "seeds": len(runs),
-                   "n_queries": int(vals.size), "delta": float(vals.mean() - base.mean()), "p_welch": np.nan,
-                   "arrow": ""}
+            row = {
+                "system": name,
+                "measure": m,
+                "value": float(vals.mean()),
+                "seeds": len(runs),
+                "n_queries": int(vals.size),
+                "delta": float(vals.mean() - base.mean()),
+                "p_welch": np.nan,
+                "arrow": "",
+            }
             if name != baseline:
                 a, b = base.to_numpy(float), vals.to_numpy(float)
                 if np.array_equal(a, b) or (a.std() == 0 and b.std() == 0 and a.mean() == b.mean()):
@@ -234,5 +266,4 @@ def paper_test(tables: Mapping[str, pd.DataFrame], groups: Mapping[str, Sequence
                 if p < alpha:
                     row["arrow"] = "↑" if row["delta"] > 0 else "↓"
             rows.append(row)
-    return pd.DataFrame(rows, columns=["system", "measure", "value", "seeds", "n_queries", "delta", "p_welch",
-                                       "arrow"])
+    return pd.DataFrame(rows, columns=["system", "measure", "value", "seeds", "n_queries", "delta", "p_welch", "arrow"])

@@ -4,6 +4,7 @@ The index lives in `cache_dir()/bm25/<dataset>-<fingerprint>/` and is rebuilt on
 Tokenisation: lower-cased words of two or more characters, English stop words removed, no stemming (so the
 same text always gives the same run, with no optional stemmer installed or not).
 """
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,9 @@ class BM25Index:
         return cls(retriever, doc_ids, config)
 
     @classmethod
-    def for_dataset(cls, dataset: "str | Dataset", config: BM25Config = BM25Config(),
-                    use_cache: bool = True) -> "BM25Index":
+    def for_dataset(
+        cls, dataset: "str | Dataset", config: BM25Config = BM25Config(), use_cache: bool = True
+    ) -> "BM25Index":
         """Load the cached index of `dataset`, building (and caching, atomically) it on first use."""
         import bm25s
 
@@ -116,11 +118,17 @@ class BM25Index:
                 rows_d.extend(self.doc_ids[int(i)] for i in di[keep])
                 rows_s.extend(float(s) for s in sc[keep])
         return sort_run(make_run({"query_id": rows_q, "doc_id": rows_d, "score": rows_s}))[
-            ["query_id", "doc_id", "score"]]
+            ["query_id", "doc_id", "score"]
+        ]
 
 
-def bm25_run(dataset: "str | Dataset", split: str = "test", k: int = 100, config: BM25Config = BM25Config(),
-             use_cache: bool = True) -> pd.DataFrame:
+def bm25_run(
+    dataset: "str | Dataset",
+    split: str = "test",
+    k: int = 100,
+    config: BM25Config = BM25Config(),
+    use_cache: bool = True,
+) -> pd.DataFrame:
     """BM25 top-`k` run for the queries of `split` (DataFrame [query_id, doc_id, score], ranked)."""
     ds = load_dataset(dataset)
     queries = ds.queries(split)
@@ -131,8 +139,15 @@ def bm25_run(dataset: "str | Dataset", split: str = "test", k: int = 100, config
         from mice.identity import identity_hash
 
         safe = re.sub(r"[^\w.-]+", "_", ds.name)[:60]
-        key = identity_hash({"data": ds.fingerprint(), "bm25": config.tag(), "split": split, "k": int(k),
-                             "queries": sorted(queries.items())})[:24]
+        key = identity_hash(
+            {
+                "data": ds.fingerprint(),
+                "bm25": config.tag(),
+                "split": split,
+                "k": int(k),
+                "queries": sorted(queries.items()),
+            }
+        )[:24]
         path = cache_dir() / "bm25" / "runs" / f"{safe}-{split}-{key}.parquet"
         if path.exists():
             return read_table(path)

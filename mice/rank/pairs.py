@@ -1,4 +1,5 @@
 """`query<TAB>document` pair files, as `mice score` and `mice ablate attribute --pairs` read them."""
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ are done; rerunning the same job picks up from the sidecar. A finished job leave
 The scorer is called through `score_batch`, the single place to extend for scorers that need more than
 texts (e.g. a MICE index keyed by doc id: give the scorer a `predict_candidates(batch, batch_size)` method).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,8 +72,9 @@ def candidates(run: pd.DataFrame, queries: dict[str, str], k: int) -> dict[str, 
     return grouped
 
 
-def run_candidates(run: "pd.DataFrame | str | os.PathLike", queries: dict[str, str], k: int,
-                   warn_others: bool = True) -> tuple[dict[str, list[str]], list[str]]:
+def run_candidates(
+    run: "pd.DataFrame | str | os.PathLike", queries: dict[str, str], k: int, warn_others: bool = True
+) -> tuple[dict[str, list[str]], list[str]]:
     """(`candidates` of the run's queries that are in `queries`, the ids of its other queries). A TREC run file is
     streamed query by query (`iter_run_queries`): only the kept queries' top-`k` ids stay in memory, never the
     whole file (at the authors' depth, 1000 lines per query). A run whose queries' lines are not together, a
@@ -120,8 +122,17 @@ def _chunks(cands: dict[str, list[str]], target: int) -> list[list[str]]:
     return chunks
 
 
-def job_identity(scorer, dataset: Dataset, split: str, queries: dict[str, str], cands: dict[str, list[str]],
-                 k: int, batch_size: int, chunk_pairs: int | None, job=None) -> dict:
+def job_identity(
+    scorer,
+    dataset: Dataset,
+    split: str,
+    queries: dict[str, str],
+    cands: dict[str, list[str]],
+    k: int,
+    batch_size: int,
+    chunk_pairs: int | None,
+    job=None,
+) -> dict:
     """Content identity of a re-ranking job: the scorer's own identity (loaded weights, resolved mask tables,
     lengths, index checksum), the corpus content, the query texts and candidates, and every setting that changes
     the output. `job` (a string or dict) adds to it."""
@@ -135,8 +146,16 @@ def job_identity(scorer, dataset: Dataset, split: str, queries: dict[str, str], 
     else:  # a scorer of the user's own: `job` names it, else its class and path
         scorer_id = {} if job else {"scorer": _scorer_name(scorer)}
     extra = job if isinstance(job, dict) else ({"job": job} if job else {})
-    return _identity(**scorer_id, **extra, corpus=dataset_identity(dataset), split=split, candidates=h.hexdigest(),
-                     k=k, batch_size=batch_size, chunk_pairs=chunk_pairs)
+    return _identity(
+        **scorer_id,
+        **extra,
+        corpus=dataset_identity(dataset),
+        split=split,
+        candidates=h.hexdigest(),
+        k=k,
+        batch_size=batch_size,
+        chunk_pairs=chunk_pairs,
+    )
 
 
 def _ranked(run: pd.DataFrame) -> pd.DataFrame:
@@ -159,8 +178,13 @@ def _finished(out: Path, key: dict, tag: str) -> "pd.DataFrame | None":
         obj = json.loads(receipt.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(obj, dict) or obj.get("format") != DONE_FORMAT or obj.get("job") != identity_hash(key) \
-            or obj.get("tag") != tag or obj.get("sha256") != file_hash(out):
+    if (
+        not isinstance(obj, dict)
+        or obj.get("format") != DONE_FORMAT
+        or obj.get("job") != identity_hash(key)
+        or obj.get("tag") != tag
+        or obj.get("sha256") != file_hash(out)
+    ):
         return None
     return _ranked(read_run(out))
 
@@ -169,8 +193,9 @@ def _write_receipt(out: Path, key: dict, tag: str) -> None:
     from mice.files import write_json_atomic
     from mice.identity import file_hash, identity_hash
 
-    write_json_atomic(_receipt(out), {"format": DONE_FORMAT, "job": identity_hash(key), "tag": tag,
-                                         "sha256": file_hash(out)})
+    write_json_atomic(
+        _receipt(out), {"format": DONE_FORMAT, "job": identity_hash(key), "tag": tag, "sha256": file_hash(out)}
+    )
 
 
 class _Partial:
@@ -180,8 +205,9 @@ class _Partial:
     reading: the query is one of the job's, its documents are exactly its candidates, its scores finite
     numbers. A record edited by hand, or damaged, is refused, never used."""
 
-    MISMATCH = "partial results of a different re-ranking job; rerun with --overwrite to start afresh, or choose " \
-               "another --out"
+    MISMATCH = (
+        "partial results of a different re-ranking job; rerun with --overwrite to start afresh, or choose another --out"
+    )
 
     def __init__(self, path: Path, key: dict, cands: dict[str, list[str]], restart: bool = False) -> None:
         from mice.distributed import ShardedJournal
@@ -201,19 +227,27 @@ class _Partial:
         for n, obj in enumerate(records, 2):  # line 1 is the header
             qid = obj.get("query_id") if isinstance(obj, dict) else None
             ids, scores = (obj.get("doc_ids"), obj.get("scores")) if isinstance(obj, dict) else (None, None)
-            fine = isinstance(qid, str) and qid in self.cands and ids == self.cands[qid] \
-                and isinstance(scores, list) and len(scores) == len(ids) \
-                and all(isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) for s in scores) \
+            fine = (
+                isinstance(qid, str)
+                and qid in self.cands
+                and ids == self.cands[qid]
+                and isinstance(scores, list)
+                and len(scores) == len(ids)
+                and all(isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) for s in scores)
                 and obj.get("sum") == self._sum(qid, ids, scores)
+            )
             if not fine:
-                raise DataError(f"{self.path}: record {n} was edited or is damaged (its content or checksum does "
-                                "not match this job); rerun with --overwrite to start afresh")
+                raise DataError(
+                    f"{self.path}: record {n} was edited or is damaged (its content or checksum does "
+                    "not match this job); rerun with --overwrite to start afresh"
+                )
             done[qid] = (ids, scores)
         return done
 
     def add(self, qid: str, doc_ids: list[str], scores: list[float]) -> None:
-        self._journal.append({"query_id": qid, "doc_ids": doc_ids, "scores": scores,
-                              "sum": self._sum(qid, doc_ids, scores)})
+        self._journal.append(
+            {"query_id": qid, "doc_ids": doc_ids, "scores": scores, "sum": self._sum(qid, doc_ids, scores)}
+        )
         self.done[qid] = (doc_ids, scores)
 
     def close(self) -> None:
@@ -227,12 +261,23 @@ class _Partial:
         self._journal.unlink_all()
 
 
-def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | str | os.PathLike", k: int = 100,
-           batch_size: int = 32, out: "str | os.PathLike | None" = None, show_progress_bar: bool = False,
-           tag: str = "mice-rerank", job: "str | dict | None" = None, chunk_pairs: int | None = None,
-           score_fn: Callable[[object, CandidateBatch, int], np.ndarray] = score_batch,
-           query_ids: "Iterable[str] | None" = None, overwrite: bool = False,
-           on_resume: "Callable[[Path, int], None] | None" = None) -> pd.DataFrame:
+def rerank(
+    scorer,
+    dataset: "str | Dataset",
+    split: str,
+    run: "pd.DataFrame | str | os.PathLike",
+    k: int = 100,
+    batch_size: int = 32,
+    out: "str | os.PathLike | None" = None,
+    show_progress_bar: bool = False,
+    tag: str = "mice-rerank",
+    job: "str | dict | None" = None,
+    chunk_pairs: int | None = None,
+    score_fn: Callable[[object, CandidateBatch, int], np.ndarray] = score_batch,
+    query_ids: "Iterable[str] | None" = None,
+    overwrite: bool = False,
+    on_resume: "Callable[[Path, int], None] | None" = None,
+) -> pd.DataFrame:
     """Score each split query's top-`k` first-stage documents with `scorer`; return the new run.
 
     `run`: DataFrame or run file. `out`: write the TREC run there (atomically) and make the job resumable
@@ -253,8 +298,23 @@ def rerank(scorer, dataset: "str | Dataset", split: str, run: "pd.DataFrame | st
     from mice.distributed import rank_lock, require_output
 
     require_output(out, "re-ranking")
-    args = (scorer, dataset, split, run, k, batch_size, out, show_progress_bar, tag, job, chunk_pairs, score_fn,
-            query_ids, overwrite, on_resume)
+    args = (
+        scorer,
+        dataset,
+        split,
+        run,
+        k,
+        batch_size,
+        out,
+        show_progress_bar,
+        tag,
+        job,
+        chunk_pairs,
+        score_fn,
+        query_ids,
+        overwrite,
+        on_resume,
+    )
     if out is None:
         return _rerank(*args)
     with rank_lock(out):
@@ -270,25 +330,44 @@ def _job_candidates(dataset, split, run, k, query_ids) -> tuple[Dataset, dict, d
         wanted = list(query_ids)
         unknown_q = [q for q in wanted if q not in queries]
         if unknown_q:
-            raise DataError(f"re-ranking: {len(unknown_q)} query ids are not in {ds.name}'s {split} split "
-                            f"(e.g. {unknown_q[:3]})")
+            raise DataError(
+                f"re-ranking: {len(unknown_q)} query ids are not in {ds.name}'s {split} split (e.g. {unknown_q[:3]})"
+            )
         queries = {q: queries[q] for q in wanted}
     cands, others = run_candidates(run, queries, k, warn_others=query_ids is None)
     if not cands and others and query_ids is None:
         where = f"{run}: " if not isinstance(run, pd.DataFrame) else "run: "
-        raise DataError(f"{where}none of its {len(others)} queries is in {ds.name}'s {split} split "
-                        f"(e.g. {sorted(others)[:3]}); is --split right?")
+        raise DataError(
+            f"{where}none of its {len(others)} queries is in {ds.name}'s {split} split "
+            f"(e.g. {sorted(others)[:3]}); is --split right?"
+        )
     corpus = ds.corpus()
     unknown = {d for docs in cands.values() for d in docs if d not in corpus}
     if unknown:
         where = f"{run}: " if not isinstance(run, pd.DataFrame) else ""
-        raise DataError(f"{where}run names {len(unknown)} documents that are not in {ds.name}'s corpus "
-                        f"(e.g. {sorted(unknown)[:3]})")
+        raise DataError(
+            f"{where}run names {len(unknown)} documents that are not in {ds.name}'s corpus (e.g. {sorted(unknown)[:3]})"
+        )
     return ds, queries, cands, corpus
 
 
-def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job, chunk_pairs, score_fn, query_ids,
-            overwrite, on_resume=None) -> pd.DataFrame:
+def _rerank(
+    scorer,
+    dataset,
+    split,
+    run,
+    k,
+    batch_size,
+    out,
+    progress,
+    tag,
+    job,
+    chunk_pairs,
+    score_fn,
+    query_ids,
+    overwrite,
+    on_resume=None,
+) -> pd.DataFrame:
     ds, queries, cands, corpus = _job_candidates(dataset, split, run, k, query_ids)
     partial = None
     if out is not None:
@@ -308,8 +387,11 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
     from mice.distributed import world
 
     w = world()  # under N processes, chunk i is rank i % N's: the same chunks (and batches) as on one process
-    chunks = [c for i, c in enumerate(_chunks(cands, target=chunk_pairs or max(batch_size * 8, 64)))
-              if w.owns(i) and any(q not in done for q in c)]
+    chunks = [
+        c
+        for i, c in enumerate(_chunks(cands, target=chunk_pairs or max(batch_size * 8, 64)))
+        if w.owns(i) and any(q not in done for q in c)
+    ]
     prog = progress_bar(sum(len(cands[q]) for c in chunks for q in c), "re-ranking pairs", enabled=progress and w.main)
     try:
         for chunk in chunks:
@@ -319,7 +401,7 @@ def _rerank(scorer, dataset, split, run, k, batch_size, out, progress, tag, job,
             for q in chunk:
                 n = len(cands[q])
                 if q in todo:
-                    result = (list(cands[q]), [float(s) for s in scores[pos:pos + n]])
+                    result = (list(cands[q]), [float(s) for s in scores[pos : pos + n]])
                     done[q] = result
                     if partial:
                         partial.add(q, *result)
@@ -353,9 +435,13 @@ def _score_chunk(chunk, queries, corpus, cands, scorer, score_fn, batch_size, pr
     order = sorted(range(len(items)), key=lambda i: (len(queries[items[i][0]]) + len(corpus[items[i][1]]), i))
     scores = np.empty(len(items), dtype=np.float64)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = CandidateBatch([items[i][0] for i in idx], [items[i][1] for i in idx],
-                               [queries[items[i][0]] for i in idx], [corpus[items[i][1]] for i in idx])
+        idx = order[start : start + batch_size]
+        batch = CandidateBatch(
+            [items[i][0] for i in idx],
+            [items[i][1] for i in idx],
+            [queries[items[i][0]] for i in idx],
+            [corpus[items[i][1]] for i in idx],
+        )
         scores[idx] = score_fn(scorer, batch, batch_size)
         prog.advance(len(idx))
     return scores

@@ -5,6 +5,7 @@ A run in memory is a DataFrame [query_id, doc_id, score] (str, str, float); qrel
 (`qid Q0 docid rank score tag`), written atomically, ranked by score (ties broken by doc id so that the same
 scores always give the same file). Parquet/CSV tables with the same column names are accepted too.
 """
+
 from __future__ import annotations
 
 import io
@@ -61,14 +62,17 @@ def text_lines(path: str | os.PathLike, what: str):
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
     if data.startswith(BOM):
-        raise DataError(f"{path}: starts with a UTF-8 byte-order mark (BOM), which would corrupt its first "
-                        "line; save it as UTF-8 without BOM")
+        raise DataError(
+            f"{path}: starts with a UTF-8 byte-order mark (BOM), which would corrupt its first "
+            "line; save it as UTF-8 without BOM"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x}); save the {what} file as "
-                        "UTF-8") from None
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x}); save the {what} file as UTF-8"
+        ) from None
     return enumerate(io.StringIO(text, newline=None), 1)  # the lines `open()` would give
 
 
@@ -80,12 +84,12 @@ def read_any_table(path, what: str) -> pd.DataFrame:
     try:
         return read_table(path)
     except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot be read as a {what} table ({' '.join(str(err).split())[:160]})") \
-            from None
+        raise DataError(f"{path}: cannot be read as a {what} table ({' '.join(str(err).split())[:160]})") from None
     except Exception as err:  # pyarrow's own errors for a corrupt parquet file
         if type(err).__module__.startswith(("pyarrow", "pandas")):
-            raise DataError(f"{path}: cannot be read as a {what} table ({type(err).__name__}: "
-                            f"{' '.join(str(err).split())[:160]})") from None
+            raise DataError(
+                f"{path}: cannot be read as a {what} table ({type(err).__name__}: {' '.join(str(err).split())[:160]})"
+            ) from None
         raise
 
 
@@ -128,15 +132,18 @@ def read_run(path: str | os.PathLike) -> pd.DataFrame:
         if not fields:
             continue
         if len(fields) != 6:
-            raise DataError(f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
-                            f"got {len(fields)}: {line.strip()[:80]!r}")
+            raise DataError(
+                f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
+                f"got {len(fields)}: {line.strip()[:80]!r}"
+            )
         qid, _, did, rank, score, _ = fields
         try:
             int(rank)
             score = float(score)
         except ValueError:
-            raise DataError(f"{path}:{lineno}: rank must be an integer and score a number: "
-                            f"{line.strip()[:80]!r}") from None
+            raise DataError(
+                f"{path}:{lineno}: rank must be an integer and score a number: {line.strip()[:80]!r}"
+            ) from None
         if not math.isfinite(score):
             raise DataError(f"{path}:{lineno}: score must be a finite number, got {fields[4]!r}")
         if (qid, did) in seen:
@@ -164,13 +171,16 @@ def _stream_lines(path: Path, what: str):
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if lineno == 1 and raw.startswith(BOM):
-                raise DataError(f"{path}: starts with a UTF-8 byte-order mark (BOM), which would corrupt its first "
-                                "line; save it as UTF-8 without BOM")
+                raise DataError(
+                    f"{path}: starts with a UTF-8 byte-order mark (BOM), which would corrupt its first "
+                    "line; save it as UTF-8 without BOM"
+                )
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[err.start]:02x}); save the {what} file "
-                                "as UTF-8") from None
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[err.start]:02x}); save the {what} file as UTF-8"
+                ) from None
 
 
 def _top(rows: list[tuple[str, float]], k: int | None) -> list[str]:
@@ -192,22 +202,26 @@ def iter_run_queries(path: str | os.PathLike, k: int | None = None):
         if not fields:
             continue
         if len(fields) != 6:
-            raise DataError(f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
-                            f"got {len(fields)}: {line.strip()[:80]!r}")
+            raise DataError(
+                f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
+                f"got {len(fields)}: {line.strip()[:80]!r}"
+            )
         qid, _, did, rank, score, _ = fields
         try:
             int(rank)
             score = float(score)
         except ValueError:
-            raise DataError(f"{path}:{lineno}: rank must be an integer and score a number: "
-                            f"{line.strip()[:80]!r}") from None
+            raise DataError(
+                f"{path}:{lineno}: rank must be an integer and score a number: {line.strip()[:80]!r}"
+            ) from None
         if not math.isfinite(score):
             raise DataError(f"{path}:{lineno}: score must be a finite number, got {fields[4]!r}")
         empty = False
         if qid != current:
             if qid in finished:
-                raise RunNotGrouped(f"{path}:{lineno}: query {qid!r} comes back after other queries (its lines "
-                                    "are not together)")
+                raise RunNotGrouped(
+                    f"{path}:{lineno}: query {qid!r} comes back after other queries (its lines are not together)"
+                )
             if current is not None:
                 yield current, _top(rows, k)
                 finished.add(current)
@@ -225,8 +239,10 @@ def format_run(run: pd.DataFrame, tag: str = "mice", k: int | None = None) -> st
     """The TREC text of a run (sorted; scores written with full float precision)."""
     ranked = sort_run(run, k)
     tag = tag.replace(" ", "_") or "mice"
-    return "".join(f"{q} Q0 {d} {r} {float(s)!r} {tag}\n"
-                   for q, d, r, s in zip(ranked["query_id"], ranked["doc_id"], ranked["rank"], ranked["score"]))
+    return "".join(
+        f"{q} Q0 {d} {r} {float(s)!r} {tag}\n"
+        for q, d, r, s in zip(ranked["query_id"], ranked["doc_id"], ranked["rank"], ranked["score"])
+    )
 
 
 def write_run(run: pd.DataFrame, path: str | os.PathLike, tag: str = "mice", k: int | None = None) -> Path:
@@ -288,8 +304,10 @@ def read_qrels(path: str | os.PathLike) -> pd.DataFrame:
         if ncols is None:
             ncols = len(fields)
             if ncols not in (3, 4):
-                raise DataError(f"{path}:{lineno}: expected 'qid iter docid rel' (TREC) or "
-                                f"'query-id corpus-id score' (BEIR), got {len(fields)} fields")
+                raise DataError(
+                    f"{path}:{lineno}: expected 'qid iter docid rel' (TREC) or "
+                    f"'query-id corpus-id score' (BEIR), got {len(fields)} fields"
+                )
             if ncols == 3 and fields[2].lower() in ("score", "relevance", "rel", "label"):
                 continue  # BEIR header
             if ncols == 3 and fields[0].lower() in ("query-id", "query_id", "qid"):
@@ -325,6 +343,5 @@ def write_qrels(qrels: pd.DataFrame, path: str | os.PathLike) -> Path:
 
         return write_table(qrels, path)
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{q} 0 {d} {r}\n" for q, d, r in qrels.itertuples(index=False)),
-                       encoding="utf-8")
+        tmp.write_text("".join(f"{q} 0 {d} {r}\n" for q, d, r in qrels.itertuples(index=False)), encoding="utf-8")
     return path

@@ -3,15 +3,31 @@
 Python API: `Trainer(TrainConfig(...)).train()`, `preset("quick", mode="mice", model=...)`, `train_seeds`.
 CLI: `mice train` (see `mice train --help`). Runs data-parallel under `accelerate launch`.
 """
+
 from __future__ import annotations
 
 from mice.train.config import MODES, ConfigError, TrainConfig, TrainingDiverged, read_config_file
 from mice.train.losses import combined_loss, listwise_ce, margin_mse, pointwise_bce
 from mice.train.presets import PRESETS, preset, preset_settings
 
-__all__ = ["TrainConfig", "Trainer", "TrainResult", "train_seeds", "preset", "preset_settings", "PRESETS", "MODES",
-           "ConfigError", "TrainingDiverged", "read_config_file", "margin_mse", "listwise_ce", "pointwise_bce",
-           "combined_loss", "MASK_KEY"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "TrainResult",
+    "train_seeds",
+    "preset",
+    "preset_settings",
+    "PRESETS",
+    "MODES",
+    "ConfigError",
+    "TrainingDiverged",
+    "read_config_file",
+    "margin_mse",
+    "listwise_ce",
+    "pointwise_bce",
+    "combined_loss",
+    "MASK_KEY",
+]
 
 
 def __getattr__(name):

@@ -3,6 +3,7 @@
 Values come, in increasing priority, from the dataclass defaults, a preset (`mice.train.presets`), a config
 file (JSON or TOML, flat keys named like the fields) and explicit overrides (CLI flags).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,10 @@ class ConfigError(MiceError, ValueError):
 
 class TrainingDiverged(MiceError, RuntimeError):
     """The loss (or the gradient norm) became NaN/inf; the last good checkpoint was kept."""
+
+
+def _bad(name, why):
+    raise ConfigError(f"train config: {name}: {why}")
 
 
 @dataclass
@@ -134,80 +139,104 @@ class TrainConfig:
         return "margin-mse" in self.loss_terms
 
     def validate(self) -> "TrainConfig":
-        def bad(name, why):
-            raise ConfigError(f"train config: {name}: {why}")
+        self._check_mode_loss_and_counts()
+        self._check_training_settings()
+        return self
 
+    def _check_mode_loss_and_counts(self) -> None:
+        """`validate`, first part: the mode, the loss terms, teacher and mask, the counts that must be >= 1."""
         if self.mode not in MODES:
-            bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
+            _bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
         terms = self.loss_terms
         if not terms:
-            bad("loss", "empty")
+            _bad("loss", "empty")
         for t in terms:
             if t not in LOSS_TERMS:
-                bad("loss", f"unknown term {t!r} (terms: {', '.join(LOSS_TERMS)}, joined with '+')")
+                _bad("loss", f"unknown term {t!r} (terms: {', '.join(LOSS_TERMS)}, joined with '+')")
         if self.needs_teacher and not self.teacher:
-            bad("teacher", "margin-mse needs a teacher (a model spec, 'source', or a teacher score file)")
+            _bad("teacher", "margin-mse needs a teacher (a model spec, 'source', or a teacher score file)")
         if self.mode == "masked" and not self.mask:
-            bad("mask", "masked mode needs a mask (a preset such as mask2 or mask3:k=2, or a mask .json)")
+            _bad("mask", "masked mode needs a mask (a preset such as mask2 or mask3:k=2, or a mask .json)")
         if self.mask:
             _check_mask_spec(self.mask)
         if self.mode != "masked" and self.mask:
-            bad("mask", f"a mask applies to masked mode, not {self.mode} (use --mode masked)")
-        for name in ("negatives", "batch_size", "max_steps", "bm25_depth", "dev_top_k", "eval_every",
-                     "log_every", "save_every", "max_length", "max_query_length", "eval_batch_size",
-                     "teacher_batch_size"):
+            _bad("mask", f"a mask applies to masked mode, not {self.mode} (use --mode masked)")
+        for name in (
+            "negatives",
+            "batch_size",
+            "max_steps",
+            "bm25_depth",
+            "dev_top_k",
+            "eval_every",
+            "log_every",
+            "save_every",
+            "max_length",
+            "max_query_length",
+            "eval_batch_size",
+            "teacher_batch_size",
+        ):
             if int(getattr(self, name)) < 1:
-                bad(name, f"must be >= 1, got {getattr(self, name)}")
+                _bad(name, f"must be >= 1, got {getattr(self, name)}")
+
+    def _check_training_settings(self) -> None:
+        """`validate`, second part: sampling, rates, schedules and the other settings, in that order."""
+        terms = self.loss_terms
         if "listwise" in terms and "bce" in terms:
-            bad("loss", "listwise and bce are alternatives; pick one")
+            _bad("loss", "listwise and bce are alternatives; pick one")
         if self.bm25_depth <= 1:
-            bad("bm25_depth", "needs room for negatives")
+            _bad("bm25_depth", "needs room for negatives")
         if self.negative_miner is not None and not str(self.negative_miner).startswith("biencoder:"):
-            bad("negative_miner", f"{self.negative_miner!r} is not a bi-encoder spec (biencoder:packaged or "
-                                  "biencoder:<folder>)")
+            _bad(
+                "negative_miner",
+                f"{self.negative_miner!r} is not a bi-encoder spec (biencoder:packaged or biencoder:<folder>)",
+            )
         if self.sampling not in SAMPLINGS:
-            bad("sampling", f"{self.sampling!r} ({', '.join(SAMPLINGS)})")
+            _bad("sampling", f"{self.sampling!r} ({', '.join(SAMPLINGS)})")
         if self.sampling == "triples" and not (self.needs_teacher and self.teacher and self.teacher != SOURCE_TEACHER):
-            bad("sampling", "triples walks a teacher file's triples: needs a margin-mse loss and --teacher FILE "
-                            "(or hofstatter-ensemble)")
+            _bad(
+                "sampling",
+                "triples walks a teacher file's triples: needs a margin-mse loss and --teacher FILE "
+                "(or hofstatter-ensemble)",
+            )
         if self.sampling == "triples" and int(self.negatives) != 1:
-            bad("negatives", f"sampling: triples gives one negative per triple; set negatives to 1, got "
-                             f"{self.negatives}")
+            _bad(
+                "negatives",
+                f"sampling: triples gives one negative per triple; set negatives to 1, got {self.negatives}",
+            )
         if not (0 <= float(self.mix_alpha) <= 1):
-            bad("mix_alpha", f"must be in [0, 1], got {self.mix_alpha}")
+            _bad("mix_alpha", f"must be in [0, 1], got {self.mix_alpha}")
         for name in ("lr", "max_grad_norm"):
             v = float(getattr(self, name))
             if not (v > 0 and math.isfinite(v)):
-                bad(name, f"must be a positive number, got {v}")
+                _bad(name, f"must be a positive number, got {v}")
         if self.head_lr is not None and not float(self.head_lr) > 0:
-            bad("head_lr", f"must be positive, got {self.head_lr}")
+            _bad("head_lr", f"must be positive, got {self.head_lr}")
         if self.warmup_steps < 0:
-            bad("warmup_steps", "must be >= 0")
+            _bad("warmup_steps", "must be >= 0")
         if self.until_beats_teacher and not (self.needs_teacher and self.dev_split):
-            bad("until_beats_teacher", "needs a teacher model (a margin-mse loss) and a dev split")
+            _bad("until_beats_teacher", "needs a teacher model (a margin-mse loss) and a dev split")
         if not 0 < self.beat_teacher_p <= 1:
-            bad("beat_teacher_p", f"must be in (0, 1], got {self.beat_teacher_p}")
+            _bad("beat_teacher_p", f"must be in (0, 1], got {self.beat_teacher_p}")
         if self.max_minutes is not None and not float(self.max_minutes) > 0:
-            bad("max_minutes", f"must be positive, got {self.max_minutes}")
+            _bad("max_minutes", f"must be positive, got {self.max_minutes}")
         if self.mode == "mice" and (self.contextual_layers < 0 or self.interaction_layers < 1):
-            bad("interaction_layers", "MICE needs a >= 0 contextual and b >= 1 interaction layers")
+            _bad("interaction_layers", "MICE needs a >= 0 contextual and b >= 1 interaction layers")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            bad("mixed_precision", f"{self.mixed_precision!r} (no, fp16, bf16)")
+            _bad("mixed_precision", f"{self.mixed_precision!r} (no, fp16, bf16)")
         if self.dev_sample not in SAMPLES:
-            bad("dev_sample", f"{self.dev_sample!r} (first, random)")
+            _bad("dev_sample", f"{self.dev_sample!r} (first, random)")
         from mice.models.mice_model import CLS_CROSS_MODES
 
         if self.cls_cross_attention not in CLS_CROSS_MODES:
-            bad("cls_cross_attention", f"{self.cls_cross_attention!r} ({', '.join(CLS_CROSS_MODES)})")
+            _bad("cls_cross_attention", f"{self.cls_cross_attention!r} ({', '.join(CLS_CROSS_MODES)})")
         if self.mode != "mice" and self.cls_cross_attention != "none":
-            bad("cls_cross_attention", "applies to mice mode only")
+            _bad("cls_cross_attention", "applies to mice mode only")
         if not float(self.weight_decay) >= 0:
-            bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+            _bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if self.lr_schedule not in ("linear", "constant"):
-            bad("lr_schedule", f"{self.lr_schedule!r} (linear, constant)")
+            _bad("lr_schedule", f"{self.lr_schedule!r} (linear, constant)")
         if self.mask_mode not in ("renorm", "zero"):
-            bad("mask_mode", f"{self.mask_mode!r} (renorm, zero)")
-        return self
+            _bad("mask_mode", f"{self.mask_mode!r} (renorm, zero)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -244,13 +273,25 @@ def _check_mask_spec(spec: str) -> None:
         return
     base = s.split("(", 1)[0].split(":", 1)[0].strip().lower()
     if base not in PRESETS:
-        raise ConfigError(f"train config: mask: unknown preset {base!r} (presets: {', '.join(PRESETS)}; "
-                          "or a mask .json file)")
+        raise ConfigError(
+            f"train config: mask: unknown preset {base!r} (presets: {', '.join(PRESETS)}; or a mask .json file)"
+        )
 
 
-_OPTIONAL_TYPES = {"dev_split": str, "dev_dataset": str, "mask": str, "teacher": str, "teacher_max_length": int,
-                   "teacher_cache": str, "negative_miner": str, "head_lr": float, "max_minutes": float,
-                   "dev_queries": int, "dev_exclude": str, "num_threads": int}
+_OPTIONAL_TYPES = {
+    "dev_split": str,
+    "dev_dataset": str,
+    "mask": str,
+    "teacher": str,
+    "teacher_max_length": int,
+    "teacher_cache": str,
+    "negative_miner": str,
+    "head_lr": float,
+    "max_minutes": float,
+    "dev_queries": int,
+    "dev_exclude": str,
+    "num_threads": int,
+}
 
 
 def _coerce(name: str, value, current, source: str):

@@ -3,6 +3,7 @@
 The paper validates on 500 random MS MARCO dev queries with dev.small removed, because dev.small is its test
 set: choosing checkpoints on test queries makes the reported score optimistic. The draw depends on `dev_seed`
 only, so every training seed of a preset validates on the same queries."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +53,9 @@ def query_order(query_ids: Iterable[str], sample: str = "first", seed: int = 0) 
     raise DataError(f"sample={sample!r}: expected first or random")
 
 
-def select_dev_queries(query_ids: Iterable[str], n: int | None, sample: str = "first", seed: int = 0,
-                       exclude: set[str] | None = None) -> list[str]:
+def select_dev_queries(
+    query_ids: Iterable[str], n: int | None, sample: str = "first", seed: int = 0, exclude: set[str] | None = None
+) -> list[str]:
     """The dev query ids to validate on, sorted. Errors when the exclusion leaves nothing."""
     pool = sorted(set(query_ids) - set(exclude or ()))
     if not pool:

@@ -23,6 +23,7 @@ locked (`mice.identity.output_lock`) while a run writes it.
 On one process it behaves exactly like a plain PyTorch loop (no wrapping happens); under `accelerate launch`
 gradients are averaged across processes, so R processes with batch B reproduce one process with batch R·B.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,9 +51,22 @@ LOG_COLUMNS = ["step", "loss", "lr", "pairs_per_s", "elapsed_s", "dev_rr10", "de
 DEV_METRICS = ("RR@10", "nDCG@10")
 # settings that may change when resuming (they do not change what a step computes; `max_steps` only under the
 # constant schedule: `Trainer.identity` adds it back when the linear decay reads it)
-_RESUME_FREE = {"output", "resume", "overwrite", "max_minutes", "until_beats_teacher", "beat_teacher_p", "num_threads",
-                "eval_every",
-                "save_every", "log_every", "eval_batch_size", "teacher_batch_size", "teacher_cache", "max_steps"}
+_RESUME_FREE = {
+    "output",
+    "resume",
+    "overwrite",
+    "max_minutes",
+    "until_beats_teacher",
+    "beat_teacher_p",
+    "num_threads",
+    "eval_every",
+    "save_every",
+    "log_every",
+    "eval_batch_size",
+    "teacher_batch_size",
+    "teacher_cache",
+    "max_steps",
+}
 # settings whose *content* enters the identity instead of their spec string (see `Trainer.identity`)
 _BY_CONTENT = {"model", "dataset", "dev_dataset", "teacher", "mask"}
 
@@ -77,7 +91,8 @@ def safe_load(path: Path):
         raise TrainStateError(
             f"{path}: refused: not a plain-tensor training state ({first[:120]}); it was written by an older "
             "mice or tampered with, and loading it would need pickle, which can run code. Start over with "
-            "--overwrite") from None
+            "--overwrite"
+        ) from None
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -101,6 +116,7 @@ def _recover_dir(final: Path) -> None:
 def linear_schedule(warmup: int, total: int, decay: bool = True) -> Callable[[int], float]:
     """LR factor: linear warmup over `warmup` steps, then linear decay to 0 at step `total` (or, without
     `decay`, constant: the factor never depends on `total`)."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -143,8 +159,14 @@ class Trainer:
     `callbacks` are called as `fn(trainer, step)` after every optimizer step (after any checkpoint of that step).
     """
 
-    def __init__(self, config: TrainConfig, dataset=None, accelerator=None,
-                 callbacks: Sequence[Callable] = (), quiet: bool = False):
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset=None,
+        accelerator=None,
+        callbacks: Sequence[Callable] = (),
+        quiet: bool = False,
+    ):
         self.config = config.validate()
         self.dataset = dataset
         self.accelerator = accelerator
@@ -179,8 +201,9 @@ class Trainer:
         if has_ckpt and cfg.resume:
             return last
         if has_ckpt and not cfg.overwrite:
-            raise ConfigError(f"{out} already holds a checkpoint (last/); pass --resume to continue it or "
-                              "--overwrite to start over")
+            raise ConfigError(
+                f"{out} already holds a checkpoint (last/); pass --resume to continue it or --overwrite to start over"
+            )
         if (out / "best").exists() and not cfg.overwrite and not cfg.resume:
             raise ConfigError(f"{out} already holds a trained model (best/); pass --overwrite to replace it")
         if self.acc.is_main_process:
@@ -211,9 +234,15 @@ class Trainer:
         elif score_file is not None:
             self.teacher, triples = TeacherScores.from_file(score_file)
         with self.acc.main_process_first():  # the BM25 index is built (and cached) once
-            pool = None if cfg.sampling == "triples" else pool_from_triples(triples, ds) if triples is not None \
-                else pool_from_dataset(ds, cfg.train_split, cfg.bm25_depth, cfg.negative_miner,
-                                       cfg.teacher_max_length or cfg.max_length)
+            pool = (
+                None
+                if cfg.sampling == "triples"
+                else pool_from_triples(triples, ds)
+                if triples is not None
+                else pool_from_dataset(
+                    ds, cfg.train_split, cfg.bm25_depth, cfg.negative_miner, cfg.teacher_max_length or cfg.max_length
+                )
+            )
             dev_ds = load_dataset(cfg.dev_dataset) if cfg.dev_dataset else ds
             self.dev = self._dev_candidates(dev_ds) if cfg.dev_split else None
         if pool is not None:
@@ -222,14 +251,17 @@ class Trainer:
         if cfg.mix_alpha != 1.0 and not getattr(self.sampler, "mixed", False):
             from mice.data.base import warn
 
-            warn(f"mix_alpha {cfg.mix_alpha}: {ds.name} is not a mix of two or more parts with training queries; "
-                 "every query is drawn equally often")
+            warn(
+                f"mix_alpha {cfg.mix_alpha}: {ds.name} is not a mix of two or more parts with training queries; "
+                "every query is drawn equally often"
+            )
         if cfg.needs_teacher and self.teacher is None:
             spec = cfg.model if cfg.teacher == SOURCE_TEACHER else cfg.teacher
             tmax = cfg.teacher_max_length or cfg.max_length
             cache = Path(cfg.teacher_cache) if cfg.teacher_cache else default_cache_path(spec, tmax, ds)
-            self.teacher = TeacherScores(spec, cache, max_length=tmax, batch_size=cfg.teacher_batch_size,
-                                         device=self.acc.device)
+            self.teacher = TeacherScores(
+                spec, cache, max_length=tmax, batch_size=cfg.teacher_batch_size, device=self.acc.device
+            )
 
     def _dev_candidates(self, ds) -> dict:
         from mice.rank.first_stage import BM25Index
@@ -237,8 +269,9 @@ class Trainer:
 
         cfg = self.config
         queries = ds.queries(cfg.dev_split)
-        qids = select_dev_queries(queries, cfg.dev_queries, cfg.dev_sample, cfg.dev_seed,
-                                  excluded_query_ids(cfg.dev_exclude))
+        qids = select_dev_queries(
+            queries, cfg.dev_queries, cfg.dev_sample, cfg.dev_seed, excluded_query_ids(cfg.dev_exclude)
+        )
         keep = set(qids)
         # only the chosen queries are retrieved (MS MARCO dev has ~55k judged queries; validation uses 500)
         run = BM25Index.for_dataset(ds).search({q: queries[q] for q in qids}, cfg.dev_top_k)
@@ -277,8 +310,9 @@ class Trainer:
 
         pairs = self.dev["pairs"]
         with torch.no_grad():
-            scores = self.teacher.scorer.predict([(q, d) for _, _, q, d in pairs],
-                                                 batch_size=self.config.eval_batch_size)
+            scores = self.teacher.scorer.predict(
+                [(q, d) for _, _, q, d in pairs], batch_size=self.config.eval_batch_size
+            )
         return self._dev_metrics([(qid, did, float(s)) for (qid, did, _, _), s in zip(pairs, scores)])
 
     def evaluate(self) -> dict[str, float]:
@@ -288,11 +322,14 @@ class Trainer:
 
         acc = self.acc
         pairs = self.dev["pairs"]
-        mine = pairs[acc.process_index::acc.num_processes]
+        mine = pairs[acc.process_index :: acc.num_processes]
         model = acc.unwrap_model(self.model)
         with torch.no_grad():
-            scores = model.predict([(q, d) for _, _, q, d in mine], batch_size=self.config.eval_batch_size) \
-                if mine else np.zeros(0)
+            scores = (
+                model.predict([(q, d) for _, _, q, d in mine], batch_size=self.config.eval_batch_size)
+                if mine
+                else np.zeros(0)
+            )
         return self._dev_metrics(gather_object([(qid, did, float(s)) for (qid, did, _, _), s in zip(mine, scores)]))
 
     # ----------------------------------------------------------------------------------------- checkpoints
@@ -342,10 +379,19 @@ class Trainer:
         torch.save(_rng_state(), tmp / f"rng_state_{acc.process_index}.pt")
         if acc.is_main_process:
             self._save_model(tmp)
-            state = {"format": STATE_FORMAT, "step": self.step, "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "best_metric": self.best_metric,
-                     "best_step": self.best_step, "best_dev": self.best_dev, "elapsed_s": self.elapsed(),
-                     "world_size": acc.num_processes, "config": self.config.to_dict(), "identity": self.job}
+            state = {
+                "format": STATE_FORMAT,
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "best_metric": self.best_metric,
+                "best_step": self.best_step,
+                "best_dev": self.best_dev,
+                "elapsed_s": self.elapsed(),
+                "world_size": acc.num_processes,
+                "config": self.config.to_dict(),
+                "identity": self.job,
+            }
             torch.save(state, tmp / STATE_FILE)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -375,8 +421,9 @@ class Trainer:
         if cfg.lr_schedule == "linear":  # the decay reaches 0 at max_steps: another count is another schedule
             parts["config.max_steps"] = cfg.max_steps
         parts["start_model"] = weights_fingerprint(cfg.model)
-        parts["data"] = dataset_identity(self.ds, [cfg.train_split] + ([cfg.dev_split] if cfg.dev_split and
-                                                                       not cfg.dev_dataset else []))
+        parts["data"] = dataset_identity(
+            self.ds, [cfg.train_split] + ([cfg.dev_split] if cfg.dev_split and not cfg.dev_dataset else [])
+        )
         if cfg.dev_dataset and cfg.dev_split:
             from mice.data import load_dataset
 
@@ -395,21 +442,27 @@ class Trainer:
         state = safe_load(folder / STATE_FILE)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             fmt = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise TrainStateError(f"{folder / STATE_FILE}: unknown checkpoint format {fmt!r} (expected "
-                                  f"{STATE_FORMAT!r}; older checkpoints cannot be resumed): start over with "
-                                  "--overwrite")
+            raise TrainStateError(
+                f"{folder / STATE_FILE}: unknown checkpoint format {fmt!r} (expected "
+                f"{STATE_FORMAT!r}; older checkpoints cannot be resumed): start over with "
+                "--overwrite"
+            )
         from mice.identity import identity_diff
 
         diff = identity_diff(state.get("identity"), self.job)
         if diff:
-            raise IdentityError(f"{self.output}: cannot resume, the checkpoint was trained under another job "
-                                f"[differs: {diff}]; pass --overwrite to start over")
+            raise IdentityError(
+                f"{self.output}: cannot resume, the checkpoint was trained under another job "
+                f"[differs: {diff}]; pass --overwrite to start over"
+            )
         return state
 
     def _load_checkpoint(self, folder: Path, state: dict) -> None:
         if state.get("world_size", 1) != self.acc.num_processes:
-            self._print(f"[yellow]note:[/] resuming a {state.get('world_size')}-process run on "
-                        f"{self.acc.num_processes} process(es)")
+            self._print(
+                f"[yellow]note:[/] resuming a {state.get('world_size')}-process run on "
+                f"{self.acc.num_processes} process(es)"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
@@ -467,8 +520,9 @@ class Trainer:
         with lock:
             if main:
                 self.output.mkdir(parents=True, exist_ok=True)
-            with run_log(self.output / LOG_FILE if main else None, "mice.train", "%(asctime)s %(message)s",
-                         "%Y-%m-%d %H:%M:%S"):
+            with run_log(
+                self.output / LOG_FILE if main else None, "mice.train", "%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"
+            ):
                 return self._train()
 
     def _train(self) -> TrainResult:
@@ -516,9 +570,11 @@ class Trainer:
             self._load_checkpoint(resume_from, state)
             self._print(f"resuming from {resume_from} at step {self.step}")
         pairs_per_step = cfg.batch_size * (1 + cfg.negatives) * acc.num_processes
-        self._print(f"[bold]mice train[/] {cfg.mode}: {cfg.model} on {self.ds.name}/{cfg.train_split} "
-                    f"({len(self.pool)} queries), {acc.num_processes} process(es), {pairs_per_step} pairs/step, "
-                    f"loss {cfg.loss}" + (f", teacher {self.teacher.spec or cfg.teacher}" if self.teacher else ""))
+        self._print(
+            f"[bold]mice train[/] {cfg.mode}: {cfg.model} on {self.ds.name}/{cfg.train_split} "
+            f"({len(self.pool)} queries), {acc.num_processes} process(es), {pairs_per_step} pairs/step, "
+            f"loss {cfg.loss}" + (f", teacher {self.teacher.spec or cfg.teacher}" if self.teacher else "")
+        )
         self._teacher_goal()
         return self.step, resume_from is not None
 
@@ -532,10 +588,12 @@ class Trainer:
             raise ConfigError("until_beats_teacher needs a teacher model (not a score file) and dev queries")
         self.teacher_dev_metrics = self.teacher_dev()
         self.teacher_dev_rr = self.last_dev_rr
-        self._print(f"teacher on dev: RR@10 {self.teacher_dev_metrics['RR@10']:.4f}  nDCG@10 "
-                    f"{self.teacher_dev_metrics['nDCG@10']:.4f} (training stops once the student beats it, "
-                    f"one-sided paired t-test p < {cfg.beat_teacher_threshold:.3g}: {cfg.beat_teacher_p:g} over "
-                    f"{cfg.beat_teacher_looks} looks)")
+        self._print(
+            f"teacher on dev: RR@10 {self.teacher_dev_metrics['RR@10']:.4f}  nDCG@10 "
+            f"{self.teacher_dev_metrics['nDCG@10']:.4f} (training stops once the student beats it, "
+            f"one-sided paired t-test p < {cfg.beat_teacher_threshold:.3g}: {cfg.beat_teacher_p:g} over "
+            f"{cfg.beat_teacher_looks} looks)"
+        )
 
     def _steps(self, start_step: int) -> str:
         """Optimizer steps until `max_steps`, the time budget or a significant win over the teacher; evaluates and
@@ -545,8 +603,13 @@ class Trainer:
         cfg = self.config
         stopped_by = "max_steps"
         window = _Window(time.perf_counter())
-        with progress(cfg.max_steps, "training", enabled=not (self.quiet or not self.acc.is_main_process),
-                      done=self.step, console=self.console) as bar:
+        with progress(
+            cfg.max_steps,
+            "training",
+            enabled=not (self.quiet or not self.acc.is_main_process),
+            done=self.step,
+            console=self.console,
+        ) as bar:
             while self.step < cfg.max_steps:
                 global_loss, time_up = self._step()
                 window.add(global_loss)
@@ -614,11 +677,16 @@ class Trainer:
         self._log(step=self.step, loss=loss, lr=lr, pairs_per_s=rate, elapsed_s=self.elapsed())
         session = time.perf_counter() - self._t0
         left = session / (self.step - start_step) * (cfg.max_steps - self.step)
-        self._print(f"step {self.step:>6}/{cfg.max_steps}  loss {loss:.4f}  "
-                    f"lr {lr:.2e}  {rate:.1f} pairs/s  [{self.elapsed():.0f} s, about {left:.0f} s "
-                    "left]", console=not self.console.is_terminal)
-        bar.info(f"loss {loss:.4f}  {rate:.0f} pairs/s"
-                 + (f"  best RR@10 {self.best_metric:.4f}" if self.best_metric is not None else ""))
+        self._print(
+            f"step {self.step:>6}/{cfg.max_steps}  loss {loss:.4f}  "
+            f"lr {lr:.2e}  {rate:.1f} pairs/s  [{self.elapsed():.0f} s, about {left:.0f} s "
+            "left]",
+            console=not self.console.is_terminal,
+        )
+        bar.info(
+            f"loss {loss:.4f}  {rate:.0f} pairs/s"
+            + (f"  best RR@10 {self.best_metric:.4f}" if self.best_metric is not None else "")
+        )
         window.reset(now)
 
     def _evaluate_on_schedule(self, loss: float, last_step: bool) -> bool:
@@ -651,27 +719,51 @@ class Trainer:
         if acc.is_main_process:
             self._write_log()
             write_json_atomic(self.output / "summary.json", summary)
-        self._print(f"done: {self.step} steps in {wall:.1f} s (stopped by {stopped_by})"
-                    + (f"; best dev RR@10 {self.best_metric:.4f} at step {self.best_step}"
-                       if self.best_metric is not None else "") + f"; model in {self.output / 'best'}")
+        self._print(
+            f"done: {self.step} steps in {wall:.1f} s (stopped by {stopped_by})"
+            + (
+                f"; best dev RR@10 {self.best_metric:.4f} at step {self.best_step}"
+                if self.best_metric is not None
+                else ""
+            )
+            + f"; model in {self.output / 'best'}"
+        )
         acc.wait_for_everyone()
         return TrainResult(self.output, self.step, self.best_step, self.best_dev, wall, stopped_by, summary)
 
     def _summary(self, start_step: int, stopped_by: str, wall: float) -> dict:
         cfg, world = self.config, self.acc.num_processes
-        rates = [r["pairs_per_s"] for r in self.log_rows if r["step"] > start_step and
-                 not (isinstance(r["pairs_per_s"], float) and math.isnan(r["pairs_per_s"]))]
+        rates = [
+            r["pairs_per_s"]
+            for r in self.log_rows
+            if r["step"] > start_step and not (isinstance(r["pairs_per_s"], float) and math.isnan(r["pairs_per_s"]))
+        ]
         return {
-            "status": "ok", "mode": cfg.mode, "model": cfg.model, "dataset": self.ds.name, "seed": cfg.seed,
-            "steps": self.step, "max_steps": cfg.max_steps, "stopped_by": stopped_by,
-            "wall_time_s": round(wall, 2), "this_session_s": round(time.perf_counter() - self._t0, 2),
+            "status": "ok",
+            "mode": cfg.mode,
+            "model": cfg.model,
+            "dataset": self.ds.name,
+            "seed": cfg.seed,
+            "steps": self.step,
+            "max_steps": cfg.max_steps,
+            "stopped_by": stopped_by,
+            "wall_time_s": round(wall, 2),
+            "this_session_s": round(time.perf_counter() - self._t0, 2),
             "pairs_per_s": round(float(np.mean(rates)), 2) if rates else None,
-            "best_step": self.best_step, "best_dev": self.best_dev, "dev_metric": "RR@10",
+            "best_step": self.best_step,
+            "best_dev": self.best_dev,
+            "dev_metric": "RR@10",
             **({"teacher_dev": self.teacher_dev_metrics} if self.teacher_dev_metrics is not None else {}),
-            "processes": world, "global_batch": cfg.batch_size * world,
-            "teacher": None if self.teacher is None else {
-                "spec": self.teacher.spec or cfg.teacher, "cache": str(self.teacher.cache_path or ""),
-                "pairs_scored": self.teacher.n_scored, "pairs_from_cache": self.teacher.n_cached},
+            "processes": world,
+            "global_batch": cfg.batch_size * world,
+            "teacher": None
+            if self.teacher is None
+            else {
+                "spec": self.teacher.spec or cfg.teacher,
+                "cache": str(self.teacher.cache_path or ""),
+                "pairs_scored": self.teacher.n_scored,
+                "pairs_from_cache": self.teacher.n_cached,
+            },
             "output": str(self.output),
         }
 
@@ -691,13 +783,22 @@ class Trainer:
         rr = metrics["RR@10"]
         better = self.best_metric is None or rr > self.best_metric
         vs = {"p_vs_teacher": self.p_vs_teacher()} if self.teacher_dev_metrics is not None else {}
-        self._log(step=self.step, dev_rr10=rr, dev_ndcg10=metrics["nDCG@10"], elapsed_s=self.elapsed(),
-                  **({"loss": loss} if loss is not None else {}), **vs)
-        self._print(f"step {self.step:>6}/{self.config.max_steps}  "
-                    + (f"loss {loss:.4f}  " if loss is not None else "")
-                    + f"dev RR@10 {rr:.4f}  nDCG@10 {metrics['nDCG@10']:.4f}  "
-                    + (f"(vs teacher p {vs['p_vs_teacher']:.3g})  " if vs else "")
-                    + f"[{self.elapsed():.0f} s]" + ("  [green]best[/]" if better else ""))
+        self._log(
+            step=self.step,
+            dev_rr10=rr,
+            dev_ndcg10=metrics["nDCG@10"],
+            elapsed_s=self.elapsed(),
+            **({"loss": loss} if loss is not None else {}),
+            **vs,
+        )
+        self._print(
+            f"step {self.step:>6}/{self.config.max_steps}  "
+            + (f"loss {loss:.4f}  " if loss is not None else "")
+            + f"dev RR@10 {rr:.4f}  nDCG@10 {metrics['nDCG@10']:.4f}  "
+            + (f"(vs teacher p {vs['p_vs_teacher']:.3g})  " if vs else "")
+            + f"[{self.elapsed():.0f} s]"
+            + ("  [green]best[/]" if better else "")
+        )
         if better:
             self.best_metric, self.best_step, self.best_dev = rr, self.step, metrics
             self._write_best(metrics)
@@ -710,15 +811,21 @@ class Trainer:
         from mice.files import write_json_atomic
 
         last = self.output / "last"
-        kept = (f"the last good checkpoint is kept in {last} (step "
-                f"{_checkpoint_step(last)})" if (last / STATE_FILE).exists() else "no checkpoint had been written")
+        kept = (
+            f"the last good checkpoint is kept in {last} (step {_checkpoint_step(last)})"
+            if (last / STATE_FILE).exists()
+            else "no checkpoint had been written"
+        )
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
-        message = (f"training diverged at step {self.step + 1}: {what}; {kept}. Lower the learning rate "
-                   f"(--set lr=…, now {self.config.lr:g}), check the teacher scores, or resume from the checkpoint.")
+        message = (
+            f"training diverged at step {self.step + 1}: {what}; {kept}. Lower the learning rate "
+            f"(--set lr=…, now {self.config.lr:g}), check the teacher scores, or resume from the checkpoint."
+        )
         if self.acc.is_main_process:
             self._write_log()
-            write_json_atomic(self.output / "summary.json", {"status": "diverged", "step": self.step + 1,
-                                                             "message": message})
+            write_json_atomic(
+                self.output / "summary.json", {"status": "diverged", "step": self.step + 1, "message": message}
+            )
         raise TrainingDiverged(message)
 
 
@@ -757,10 +864,17 @@ def _rng_state() -> dict:
 
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(internal), gauss],
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -773,18 +887,27 @@ def _set_rng_state(state: dict, path: Path | str = "rng state") -> None:
         version, internal, gauss = state["python"]
         random.setstate((int(version), tuple(int(x) for x in internal), gauss))
         npst = state["numpy"]
-        np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                             npst["cached_gaussian"]))
+        np.random.set_state(
+            (
+                npst["name"],
+                npst["keys"].numpy().astype(np.uint32),
+                npst["pos"],
+                npst["has_gauss"],
+                npst["cached_gaussian"],
+            )
+        )
         torch.set_rng_state(state["torch"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise TrainStateError(f"{path}: malformed RNG state ({type(err).__name__}: {err}); start over with "
-                              "--overwrite") from None
+        raise TrainStateError(
+            f"{path}: malformed RNG state ({type(err).__name__}: {err}); start over with --overwrite"
+        ) from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train_seeds(config: TrainConfig, seeds: Sequence[int], dataset=None, quiet: bool = False,
-                accelerator=None) -> pd.DataFrame:
+def train_seeds(
+    config: TrainConfig, seeds: Sequence[int], dataset=None, quiet: bool = False, accelerator=None
+) -> pd.DataFrame:
     """One run per seed in `<output>/seed-<s>/`; writes and returns a table of the runs (seeds.csv) with their
     mean and standard deviation (seeds_summary.json). The teacher cache is shared between seeds."""
     from mice.files import write_json_atomic, write_table
@@ -794,9 +917,17 @@ def train_seeds(config: TrainConfig, seeds: Sequence[int], dataset=None, quiet: 
     for s in seeds:
         cfg = config.updated({"seed": int(s), "output": str(root / f"seed-{s}")})
         res = Trainer(cfg, dataset=dataset, quiet=quiet, accelerator=accelerator).train()
-        rows.append({"seed": int(s), "steps": res.steps, "best_step": res.best_step,
-                     "dev_rr10": res.best_dev.get("RR@10"), "dev_ndcg10": res.best_dev.get("nDCG@10"),
-                     "wall_time_s": round(res.wall_time_s, 2), "stopped_by": res.stopped_by})
+        rows.append(
+            {
+                "seed": int(s),
+                "steps": res.steps,
+                "best_step": res.best_step,
+                "dev_rr10": res.best_dev.get("RR@10"),
+                "dev_ndcg10": res.best_dev.get("nDCG@10"),
+                "wall_time_s": round(res.wall_time_s, 2),
+                "stopped_by": res.stopped_by,
+            }
+        )
     table = pd.DataFrame(rows)
     stats = {}
     for col in ("dev_rr10", "dev_ndcg10", "wall_time_s"):
@@ -812,6 +943,7 @@ def train_seeds(config: TrainConfig, seeds: Sequence[int], dataset=None, quiet: 
         pass
     if is_main:
         write_table(table, root / "seeds.csv")
-        write_json_atomic(root / "seeds_summary.json", {"seeds": [int(s) for s in seeds], "runs": rows,
-                                                        "mean_std": stats})
+        write_json_atomic(
+            root / "seeds_summary.json", {"seeds": [int(s) for s in seeds], "runs": rows, "mean_std": stats}
+        )
     return table

@@ -1,4 +1,5 @@
 """Ranking and distillation losses on group scores [B, G] (column 0 = the positive, the rest negatives)."""
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,9 @@ def pointwise_bce(student: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(student.float(), labels)
 
 
-def combined_loss(terms: list[str], student: torch.Tensor, teacher: torch.Tensor | None,
-                  distill_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+def combined_loss(
+    terms: list[str], student: torch.Tensor, teacher: torch.Tensor | None, distill_weight: float = 1.0
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum of the named terms (margin-mse weighted by `distill_weight` when a ranking term is present);
     returns the loss and each term's value for logging."""
     total = None

@@ -7,6 +7,7 @@ the teacher's own confusions asks the student to repeat them. Exact search over 
 collections trained on offline are a few thousand documents. The run is cached under the mice cache, keyed by
 the miner's weights, the corpus, the split, the depth and the length, and written atomically.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,9 @@ def mined_run(dataset, split: str, spec: str, depth: int, max_length: int, batch
     from mice.models.loader import load
 
     miner = load(spec, max_length=max_length)
-    key = identity_hash({"miner": miner.identity(), "dataset": dataset.fingerprint(), "split": split,
-                         "depth": int(depth)})
+    key = identity_hash(
+        {"miner": miner.identity(), "dataset": dataset.fingerprint(), "split": split, "depth": int(depth)}
+    )
     path = cache_dir() / "mined" / f"{key[:20]}.parquet"
     if path.exists():
         return read_table(path)
@@ -33,7 +35,7 @@ def mined_run(dataset, split: str, spec: str, depth: int, max_length: int, batch
     rows = []
     k = min(int(depth), len(doc_ids))
     for start in range(0, len(qids), 1024):
-        chunk = qids[start:start + 1024]
+        chunk = qids[start : start + 1024]
         sims = miner.encode([queries[q] for q in chunk], batch_size, cache=False) @ docs.T
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         for i, qid in enumerate(chunk):

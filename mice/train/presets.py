@@ -17,32 +17,74 @@
   These are GPU runs on `irds:` data; offline, point `--dataset` and `--set dev_dataset=…`, `dev_exclude=…` and
   `teacher=…` at local files of the same shape (the tests do).
 """
+
 from __future__ import annotations
 
 from mice.errors import MiceError
 from mice.train.config import SOURCE_TEACHER, TrainConfig
 
 _COMMON = {
-    "tiny": {"max_steps": 8, "batch_size": 2, "negatives": 2, "bm25_depth": 10, "max_length": 64,
-             "max_query_length": 24, "lr": 1e-4, "eval_every": 4, "save_every": 4, "log_every": 2,
-             "dev_queries": 10, "dev_top_k": 10, "warmup_steps": 1},
-    "quick": {"dataset": "embedded:docs", "batch_size": 4, "negatives": 3, "bm25_depth": 20, "max_length": 96,
-              "max_query_length": 32, "dev_queries": 50, "dev_top_k": 20, "log_every": 10,
-              "max_minutes": 5.5, "eval_batch_size": 64},
+    "tiny": {
+        "max_steps": 8,
+        "batch_size": 2,
+        "negatives": 2,
+        "bm25_depth": 10,
+        "max_length": 64,
+        "max_query_length": 24,
+        "lr": 1e-4,
+        "eval_every": 4,
+        "save_every": 4,
+        "log_every": 2,
+        "dev_queries": 10,
+        "dev_top_k": 10,
+        "warmup_steps": 1,
+    },
+    "quick": {
+        "dataset": "embedded:docs",
+        "batch_size": 4,
+        "negatives": 3,
+        "bm25_depth": 20,
+        "max_length": 96,
+        "max_query_length": 32,
+        "dev_queries": 50,
+        "dev_top_k": 20,
+        "log_every": 10,
+        "max_minutes": 5.5,
+        "eval_batch_size": 64,
+    },
 }
 
 # The paper's recipe, shared by every paper-* preset (xpmir/mice: src/ir_training/**/*.yaml and
 # src/midFusion_training/*.yaml; `steps_per_epoch` 100 × `max_epochs` 1250 = 125k steps).
 PAPER_RECIPE = {
-    "loss": "margin-mse", "teacher": "hofstatter-ensemble", "teacher_scale": 1.0, "sampling": "triples",
-    "batch_size": 32, "negatives": 1, "lr": 7e-6, "head_lr": None, "weight_decay": 0.0, "warmup_steps": 5000,
-    "max_steps": 125_000, "max_grad_norm": 1.0,
-    "max_length": 512, "max_query_length": 512,
-    "dataset": "irds:msmarco-passage/train?split=train", "train_split": "train",
-    "dev_dataset": "irds:msmarco-passage/dev?split=dev", "dev_split": "dev",
-    "dev_exclude": "irds:msmarco-passage/dev/small", "dev_queries": 500, "dev_sample": "random",
-    "dev_top_k": 100, "bm25_depth": 100, "eval_every": 10_000, "save_every": 10_000, "log_every": 100,
-    "eval_at_start": False, "eval_batch_size": 128,
+    "loss": "margin-mse",
+    "teacher": "hofstatter-ensemble",
+    "teacher_scale": 1.0,
+    "sampling": "triples",
+    "batch_size": 32,
+    "negatives": 1,
+    "lr": 7e-6,
+    "head_lr": None,
+    "weight_decay": 0.0,
+    "warmup_steps": 5000,
+    "max_steps": 125_000,
+    "max_grad_norm": 1.0,
+    "max_length": 512,
+    "max_query_length": 512,
+    "dataset": "irds:msmarco-passage/train?split=train",
+    "train_split": "train",
+    "dev_dataset": "irds:msmarco-passage/dev?split=dev",
+    "dev_split": "dev",
+    "dev_exclude": "irds:msmarco-passage/dev/small",
+    "dev_queries": 500,
+    "dev_sample": "random",
+    "dev_top_k": 100,
+    "bm25_depth": 100,
+    "eval_every": 10_000,
+    "save_every": 10_000,
+    "log_every": 100,
+    "eval_at_start": False,
+    "eval_batch_size": 128,
 }
 
 MINILM = "microsoft/MiniLM-L12-H384-uncased"
@@ -92,26 +134,64 @@ PAPER_MODELS: dict[str, tuple[str, dict]] = {
 _BY_MODE = {
     ("tiny", "cross-encoder"): {"loss": "listwise"},
     ("tiny", "masked"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "mask": "mask2"},
-    ("tiny", "mice"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "contextual_layers": 1,
-                       "interaction_layers": 2},  # a tiny model needs >= 3 layers
+    ("tiny", "mice"): {
+        "loss": "margin-mse",
+        "teacher": SOURCE_TEACHER,
+        "contextual_layers": 1,
+        "interaction_layers": 2,
+    },  # a tiny model needs >= 3 layers
     ("tiny", "late-interaction"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER},
-    ("quick", "cross-encoder"): {"model": "packaged:minilm", "loss": "listwise+margin-mse",
-                                 "teacher": "biencoder:packaged", "teacher_scale": 10.0, "lr": 6e-5,
-                                 "head_lr": 1e-3, "warmup_steps": 30, "max_steps": 300, "eval_every": 75,
-                                 "save_every": 75, "eval_at_start": False},
-    ("quick", "masked"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "mask": "mask2", "lr": 5e-5,
-                          "warmup_steps": 20, "max_steps": 300, "eval_every": 75, "save_every": 75,
-                          "eval_at_start": False},
+    ("quick", "cross-encoder"): {
+        "model": "packaged:minilm",
+        "loss": "listwise+margin-mse",
+        "teacher": "biencoder:packaged",
+        "teacher_scale": 10.0,
+        "lr": 6e-5,
+        "head_lr": 1e-3,
+        "warmup_steps": 30,
+        "max_steps": 300,
+        "eval_every": 75,
+        "save_every": 75,
+        "eval_at_start": False,
+    },
+    ("quick", "masked"): {
+        "loss": "margin-mse",
+        "teacher": SOURCE_TEACHER,
+        "mask": "mask2",
+        "lr": 5e-5,
+        "warmup_steps": 20,
+        "max_steps": 300,
+        "eval_every": 75,
+        "save_every": 75,
+        "eval_at_start": False,
+    },
     # MICE-ℓ2+4: measured on embedded:docs, 300 steps from the demo cross-encoder reach its dev RR@10, while
     # ℓ3+3 (whose last cross-attention is dead weight, leaving two that read the document) is at ~75% after 400
-    ("quick", "mice"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "contextual_layers": 2,
-                        "interaction_layers": 4, "lr": 6e-5, "warmup_steps": 20, "max_steps": 300,
-                        "eval_every": 75, "save_every": 75, "eval_at_start": False},  # untrained MICE ≈ random
+    ("quick", "mice"): {
+        "loss": "margin-mse",
+        "teacher": SOURCE_TEACHER,
+        "contextual_layers": 2,
+        "interaction_layers": 4,
+        "lr": 6e-5,
+        "warmup_steps": 20,
+        "max_steps": 300,
+        "eval_every": 75,
+        "save_every": 75,
+        "eval_at_start": False,
+    },  # untrained MICE ≈ random
     # the late-interaction baseline: MICE's recipe (same teacher, lr, steps), and a head lr for its fresh
     # projection as for the cross-encoder's fresh head
-    ("quick", "late-interaction"): {"loss": "margin-mse", "teacher": SOURCE_TEACHER, "lr": 6e-5, "head_lr": 1e-3,
-                                    "warmup_steps": 20, "max_steps": 300, "eval_every": 75, "save_every": 75,
-                                    "eval_at_start": False},
+    ("quick", "late-interaction"): {
+        "loss": "margin-mse",
+        "teacher": SOURCE_TEACHER,
+        "lr": 6e-5,
+        "head_lr": 1e-3,
+        "warmup_steps": 20,
+        "max_steps": 300,
+        "eval_every": 75,
+        "save_every": 75,
+        "eval_at_start": False,
+    },
 }
 
 PRESETS = tuple(_COMMON) + tuple(PAPER_MODELS)
@@ -131,8 +211,7 @@ def preset_settings(name: str, mode: str | None = None) -> dict:
             raise MiceError(f"preset {name} trains a {fixed} model; --mode {mode} contradicts it")
         return {**PAPER_RECIPE, **PAPER_MODELS[name][1]}
     if name == "paper":
-        raise MiceError("preset 'paper' was replaced by one preset per paper model: "
-                        + ", ".join(PAPER_MODELS))
+        raise MiceError("preset 'paper' was replaced by one preset per paper model: " + ", ".join(PAPER_MODELS))
     if name not in _COMMON:
         raise MiceError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
     mode = mode or "cross-encoder"

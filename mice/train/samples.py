@@ -6,6 +6,7 @@ resumed run sees exactly the batches an uninterrupted one would, and under data 
 the same global batch and takes its own slice (rank r of R gets groups [r·B, (r+1)·B)) — which is why R
 processes with batch B train exactly like one process with batch R·B.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ class TrainingPool:
         return len(self.query_ids)
 
 
-def pool_from_dataset(dataset, split: str, depth: int, miner: str | None = None,
-                      miner_max_length: int = 256) -> TrainingPool:
+def pool_from_dataset(
+    dataset, split: str, depth: int, miner: str | None = None, miner_max_length: int = 256
+) -> TrainingPool:
     """Relevant documents from the qrels of `split`, negatives from BM25's top-`depth` minus the judged relevant;
     with a `miner` (bi-encoder spec), its top-`depth` are candidates too (BM25's first, then the miner's new ones)."""
     from mice.data.base import warn
@@ -71,8 +73,12 @@ def pool_from_dataset(dataset, split: str, depth: int, miner: str | None = None,
     if miner is not None:
         from mice.train.mining import mined_run
 
-        run = pd.concat([run[["query_id", "doc_id"]],
-                         mined_run(dataset, split, miner, depth, miner_max_length)[["query_id", "doc_id"]]])
+        run = pd.concat(
+            [
+                run[["query_id", "doc_id"]],
+                mined_run(dataset, split, miner, depth, miner_max_length)[["query_id", "doc_id"]],
+            ]
+        )
     judged = set(zip(rel["query_id"], rel["doc_id"]))
     candidates: dict[str, list[str]] = {}
     seen: set[tuple[str, str]] = set()
@@ -84,8 +90,10 @@ def pool_from_dataset(dataset, split: str, depth: int, miner: str | None = None,
     pool = TrainingPool(queries, positives, candidates, corpus, parts)
     dropped = len(positives) - len(pool)
     if dropped:
-        warn(f"{dataset.name}/{split}: {dropped} of {len(positives)} training queries have no BM25 negative "
-             f"in the top {depth} and are not used")
+        warn(
+            f"{dataset.name}/{split}: {dropped} of {len(positives)} training queries have no BM25 negative "
+            f"in the top {depth} and are not used"
+        )
     return pool
 
 
@@ -95,13 +103,15 @@ def pool_from_triples(triples: pd.DataFrame, dataset) -> TrainingPool:
     queries: dict[str, str] = {}
     for split in dataset.splits:
         queries.update(dataset.queries(split))
-    known = triples["qid"].isin(queries.keys()) & triples["pos"].isin(corpus.keys()) & triples["neg"].isin(
-        corpus.keys())
+    known = (
+        triples["qid"].isin(queries.keys()) & triples["pos"].isin(corpus.keys()) & triples["neg"].isin(corpus.keys())
+    )
     if not known.all():
         from mice.data.base import warn
 
-        warn(f"teacher file: {int((~known).sum())} of {len(triples)} triples name unknown queries or documents "
-             "(skipped)")
+        warn(
+            f"teacher file: {int((~known).sum())} of {len(triples)} triples name unknown queries or documents (skipped)"
+        )
     triples = triples[known]
     positives: dict[str, list[str]] = {}
     candidates: dict[str, list[str]] = {}
@@ -134,7 +144,8 @@ class GroupSampler:
             if len(by_part) > 1:
                 self._by_part = [by_part[k] for k in sorted(by_part)]
                 self._cycle, self._rank, self._counts = self.cycle(
-                    [len(q) for q in self._by_part], float(mix_alpha), self.CYCLE)
+                    [len(q) for q in self._by_part], float(mix_alpha), self.CYCLE
+                )
 
     @property
     def mixed(self) -> bool:
@@ -148,7 +159,7 @@ class GroupSampler:
         weights = np.array(sizes, dtype=float) ** alpha
         exact = weights / weights.sum() * length
         counts = np.floor(exact).astype(int)
-        for s in np.argsort(-(exact - np.floor(exact)), kind="stable")[:length - int(counts.sum())]:
+        for s in np.argsort(-(exact - np.floor(exact)), kind="stable")[: length - int(counts.sum())]:
             counts[s] += 1
         for s in np.flatnonzero(counts == 0):  # a tiny part still comes once a cycle, at the largest's expense
             counts[s], counts[np.argmax(counts)] = 1, counts.max() - 1
@@ -250,8 +261,10 @@ def known_triples(triples, queries: Mapping[str, str], corpus: Mapping[str, str]
     if keep.all():
         return triples
     if not keep.any():
-        raise DataError(f"{triples.path}: none of its {len(triples)} triples names a query and documents of the "
-                        "dataset (are the ids those of the dataset?)")
+        raise DataError(
+            f"{triples.path}: none of its {len(triples)} triples names a query and documents of the "
+            "dataset (are the ids those of the dataset?)"
+        )
     from mice.data.base import warn
 
     warn(f"teacher file: {int((~keep).sum())} of {len(triples)} triples name unknown queries or documents (skipped)")

@@ -4,6 +4,7 @@
 [B, G]; it is the module data parallelism wraps, so every trainable parameter is reached through it.
 `predict`, `save` and `param_groups` are what the loop needs besides.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,7 @@ from mice.models.hf import quiet_hf as _quiet_hf
 from mice.train.config import TrainConfig
 
 from mice.models.loader import MASK_KEY  # config.json key recording a masked cross-encoder's interaction mask
+
 # fresh heads (ModernBERT: head.dense/norm), the late-interaction projection too
 HEAD_MARKERS = ("classifier", ".pooler.", ".head.", "late.proj.")
 
@@ -116,22 +118,31 @@ def build_student(config: TrainConfig, source: str | None = None, device=None) -
         from mice.models.mice_model import MICEModel
 
         if resumed:
-            model = MICEModel.from_pretrained(src, max_query_length=config.max_query_length,
-                                              max_doc_length=config.max_length)
+            model = MICEModel.from_pretrained(
+                src, max_query_length=config.max_query_length, max_doc_length=config.max_length
+            )
         else:
-            model = MICEModel.from_cross_encoder(src, contextual_layers=config.contextual_layers,
-                                                 interaction_layers=config.interaction_layers,
-                                                 max_query_length=config.max_query_length,
-                                                 max_doc_length=config.max_length, seed=config.seed,
-                                                 cls_cross_attention=config.cls_cross_attention)
+            model = MICEModel.from_cross_encoder(
+                src,
+                contextual_layers=config.contextual_layers,
+                interaction_layers=config.interaction_layers,
+                max_query_length=config.max_query_length,
+                max_doc_length=config.max_length,
+                seed=config.seed,
+                cls_cross_attention=config.cls_cross_attention,
+            )
         student: nn.Module = MICEStudent(model)
     elif config.mode == "late-interaction":
         from mice.models.late_interaction import MaxSimScorer
 
         quiet_hf()
-        model = MaxSimScorer.from_pretrained(src, seed=config.seed, attn_implementation="eager",
-                                             max_query_length=config.max_query_length,
-                                             max_doc_length=config.max_length)
+        model = MaxSimScorer.from_pretrained(
+            src,
+            seed=config.seed,
+            attn_implementation="eager",
+            max_query_length=config.max_query_length,
+            max_doc_length=config.max_length,
+        )
         student = LateInteractionStudent(model)
     else:
         from mice.models.hooked import HookedCrossEncoder
@@ -141,10 +152,12 @@ def build_student(config: TrainConfig, source: str | None = None, device=None) -
             torch.manual_seed(config.seed)
             hooked = HookedCrossEncoder.from_pretrained(src, max_length=config.max_length)
         if hooked.model.config.num_labels != 1 and config.mode == "cross-encoder" and not resumed:
-            raise ModelError(f"{src}: the student needs a 1-logit head; this model has "
-                             f"{hooked.model.config.num_labels} labels")
-        student = CrossEncoderStudent(hooked, mask=config.mask if config.mode == "masked" else None,
-                                      mask_mode=config.mask_mode)
+            raise ModelError(
+                f"{src}: the student needs a 1-logit head; this model has {hooked.model.config.num_labels} labels"
+            )
+        student = CrossEncoderStudent(
+            hooked, mask=config.mask if config.mode == "masked" else None, mask_mode=config.mask_mode
+        )
     return student.to(device) if device is not None else student
 
 
@@ -160,7 +173,12 @@ def param_groups(student: nn.Module, lr: float, head_lr: float | None, weight_de
         groups.setdefault((head, no_decay), []).append(p)
     out = []
     for (head, no_decay), params in sorted(groups.items()):
-        out.append({"params": params, "lr": (head_lr or lr) if head else lr,
-                    "weight_decay": 0.0 if no_decay else weight_decay, "name": f"{'head' if head else 'encoder'}"
-                    f"{'-nodecay' if no_decay else ''}"})
+        out.append(
+            {
+                "params": params,
+                "lr": (head_lr or lr) if head else lr,
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "name": f"{'head' if head else 'encoder'}{'-nodecay' if no_decay else ''}",
+            }
+        )
     return out

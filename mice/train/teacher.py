@@ -8,6 +8,7 @@ appended to the cache, so a second run (another seed, a resumed run, a MICE run 
 the teacher on a pair it has already scored. The cache file is keyed by the teacher's weights, its max length
 and the dataset's fingerprint.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,8 +47,10 @@ def teacher_file(spec: str | None) -> Path | None:
     if str(spec) == HOFSTATTER:
         path = hofstatter_path()
         if not path.is_file():
-            raise DataError(f"teacher {HOFSTATTER}: {path} not found; download {HOFSTATTER_URL} there "
-                            f"(or set {HOFSTATTER_ENV}=PATH, or set teacher=FILE)")
+            raise DataError(
+                f"teacher {HOFSTATTER}: {path} not found; download {HOFSTATTER_URL} there "
+                f"(or set {HOFSTATTER_ENV}=PATH, or set teacher=FILE)"
+            )
         return path
     path = Path(str(spec)).expanduser()
     return path if path.is_file() else None
@@ -99,16 +102,24 @@ def default_cache_path(spec: str, max_length: int | None, dataset) -> Path:
 
     from mice.identity import identity_hash
 
-    digest = identity_hash({"teacher": teacher_identity(spec), "max_length": max_length,
-                            "dataset": dataset.fingerprint()})[:20]
+    digest = identity_hash(
+        {"teacher": teacher_identity(spec), "max_length": max_length, "dataset": dataset.fingerprint()}
+    )[:20]
     return cache_dir() / "teacher" / f"{digest}.parquet"
 
 
 class TeacherScores:
     """(query_id, doc_id) → teacher score, from a model (lazily, cached) or from a score file."""
 
-    def __init__(self, spec: str | None, cache_path=None, max_length: int | None = None, batch_size: int = 64,
-                 device=None, scores: dict | None = None):
+    def __init__(
+        self,
+        spec: str | None,
+        cache_path=None,
+        max_length: int | None = None,
+        batch_size: int = 64,
+        device=None,
+        scores: dict | None = None,
+    ):
         self.spec = spec
         self.cache_path = Path(cache_path) if cache_path else None
         self.max_length = max_length
@@ -121,8 +132,7 @@ class TeacherScores:
         self._scorer = None
         if self.cache_path is not None and self.cache_path.exists():
             df = pd.read_parquet(self.cache_path)
-            self.table.update(zip(zip(df["query_id"].astype(str), df["doc_id"].astype(str)),
-                                  df["score"].astype(float)))
+            self.table.update(zip(zip(df["query_id"].astype(str), df["doc_id"].astype(str)), df["score"].astype(float)))
             self.n_cached = len(df)
 
     @classmethod
@@ -178,8 +188,9 @@ class TeacherScores:
         import torch
 
         with torch.no_grad():
-            values = np.asarray(self.scorer.predict(list(todo.values()), batch_size=self.batch_size),
-                                dtype=np.float64).reshape(-1)
+            values = np.asarray(
+                self.scorer.predict(list(todo.values()), batch_size=self.batch_size), dtype=np.float64
+            ).reshape(-1)
         for key, v in zip(todo, values):
             self.table[key] = float(v)
             self.new[key] = float(v)
@@ -232,8 +243,16 @@ class TripleArrays:
 
     def take(self, keep: np.ndarray) -> "TripleArrays":
         """The triples where the boolean mask `keep` is true (same vocabularies)."""
-        return TripleArrays(self.score_pos[keep], self.score_neg[keep], self.qid[keep], self.pos[keep],
-                            self.neg[keep], self.query_ids, self.doc_ids, self.path)
+        return TripleArrays(
+            self.score_pos[keep],
+            self.score_neg[keep],
+            self.qid[keep],
+            self.pos[keep],
+            self.neg[keep],
+            self.query_ids,
+            self.doc_ids,
+            self.path,
+        )
 
     def unique(self) -> "TripleArrays":
         """The triples without repeats of the same (qid, pos, neg) (the first kept, order preserved). Sort-based:
@@ -244,9 +263,15 @@ class TripleArrays:
 
     def frame(self) -> pd.DataFrame:
         """The `read_score_file` DataFrame (ids as strings): for small files only."""
-        return pd.DataFrame({"score_pos": self.score_pos.astype(float), "score_neg": self.score_neg.astype(float),
-                             "qid": self.query_ids[self.qid].astype(str), "pos": self.doc_ids[self.pos].astype(str),
-                             "neg": self.doc_ids[self.neg].astype(str)})
+        return pd.DataFrame(
+            {
+                "score_pos": self.score_pos.astype(float),
+                "score_neg": self.score_neg.astype(float),
+                "qid": self.query_ids[self.qid].astype(str),
+                "pos": self.doc_ids[self.pos].astype(str),
+                "neg": self.doc_ids[self.neg].astype(str),
+            }
+        )
 
 
 def first_occurrences(*keys: np.ndarray) -> np.ndarray:
@@ -279,10 +304,13 @@ def _read_columns(path: Path, sep: str, id_type, score_type, block_size: int) ->
     from pyarrow import csv as pacsv
 
     types = {"sp": score_type, "sn": score_type, "q": id_type, "p": id_type, "n": id_type}
-    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(column_names=list(types), block_size=block_size),
-                            parse_options=pacsv.ParseOptions(delimiter=sep, ignore_empty_lines=True),
-                            convert_options=pacsv.ConvertOptions(column_types=types),
-                            memory_pool=pa.system_memory_pool())  # freed blocks go back to the system
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=list(types), block_size=block_size),
+        parse_options=pacsv.ParseOptions(delimiter=sep, ignore_empty_lines=True),
+        convert_options=pacsv.ConvertOptions(column_types=types),
+        memory_pool=pa.system_memory_pool(),
+    )  # freed blocks go back to the system
     parts: list[list[np.ndarray]] = [[] for _ in types]
     for batch in reader:
         for i, col in enumerate(batch.columns):
@@ -302,7 +330,7 @@ def _codes(values: np.ndarray, vocab: np.ndarray, chunk: int = 1 << 22) -> np.nd
     index = pd.Index(vocab)
     out = np.empty(len(values), dtype=np.int32)
     for start in range(0, len(values), chunk):
-        out[start:start + chunk] = index.get_indexer(values[start:start + chunk])
+        out[start : start + chunk] = index.get_indexer(values[start : start + chunk])
     return out
 
 

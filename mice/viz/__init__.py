@@ -8,11 +8,22 @@
 Each view has `_repr_html_` (Jupyter) and `.save(path)` (a standalone page that opens offline).
 Path convention: `a->b` = tokens of group a attend to tokens of group b.
 """
+
 from mice.viz.html import View, page
 from mice.viz.knockouts import KnockoutView, knockouts
 from mice.viz.mask import MaskView, mask_view
 from mice.viz.pair import PairAttentionView, pair_attention
 from mice.viz.paths import PathMassView, path_mass
 
-__all__ = ["View", "page", "PairAttentionView", "pair_attention", "PathMassView", "path_mass", "KnockoutView",
-           "knockouts", "MaskView", "mask_view"]
+__all__ = [
+    "View",
+    "page",
+    "PairAttentionView",
+    "pair_attention",
+    "PathMassView",
+    "path_mass",
+    "KnockoutView",
+    "knockouts",
+    "MaskView",
+    "mask_view",
+]

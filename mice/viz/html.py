@@ -6,6 +6,7 @@ Data travel inside the fragment as JSON (large arrays as base64 of little-endian
 carries a Content-Security-Policy that forbids every network fetch, so "works offline" is enforced by the
 browser, not only promised.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-CONVENTION = ("Path convention: a->b means tokens of group a (row, attending) attend to tokens of group b "
-              "(column, attended); information flows from b into a.")
+CONVENTION = (
+    "Path convention: a->b means tokens of group a (row, attending) attend to tokens of group b "
+    "(column, attended); information flows from b into a."
+)
 SEG_COLORS = {"cls": "#4d4d4d", "q": "#1f77b4", "sep1": "#8c8c00", "d": "#d95f02", "sep2": "#17a2b8", "pad": "#bbbbbb"}
-CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; "
-       "font-src data:")
+CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:"
 
 CSS = """
 .mice-viz{font:13px/1.35 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;margin:8px 0;max-width:100%}
@@ -179,12 +181,14 @@ class View:
     def html(self) -> str:
         uid = f"mice-{self.kind}-{uuid.uuid4().hex[:10]}"
         payload = {"title": self.title, "convention": CONVENTION, **self.data()}
-        return (f'<div class="mice-viz mice-{self.kind}" id="{uid}" data-kind="{self.kind}"></div>\n'
-                f"<style>{CSS}</style>\n"
-                f"<script>\n{LIB_JS}\n{self.js}\n"
-                f"(function(){{var t0=performance.now();var root=document.getElementById({json.dumps(uid)});"
-                f"miceViz.views[{json.dumps(self.kind)}](root,{json_for_script(payload)});"
-                f"root.setAttribute('data-render-ms',(performance.now()-t0).toFixed(1));}})();\n</script>")
+        return (
+            f'<div class="mice-viz mice-{self.kind}" id="{uid}" data-kind="{self.kind}"></div>\n'
+            f"<style>{CSS}</style>\n"
+            f"<script>\n{LIB_JS}\n{self.js}\n"
+            f"(function(){{var t0=performance.now();var root=document.getElementById({json.dumps(uid)});"
+            f"miceViz.views[{json.dumps(self.kind)}](root,{json_for_script(payload)});"
+            f"root.setAttribute('data-render-ms',(performance.now()-t0).toFixed(1));}})();\n</script>"
+        )
 
     def _repr_html_(self) -> str:
         return self.html()
@@ -197,7 +201,9 @@ class View:
 
 
 def page(title: str, body: str, head: str = "") -> str:
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{html.escape(title)}</title>{head}</head>\n<body>\n{body}\n</body></html>\n")
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title>{head}</head>\n<body>\n{body}\n</body></html>\n"
+    )

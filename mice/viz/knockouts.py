@@ -5,6 +5,7 @@ Accepts any table with `layer`, `path`, a value column, optional `head` (-1 = al
 `ci_high`, and optionally a per-query table (`query_id`, `layer`, `path`, [`head`], value). Without CI columns
 but with per-query values, the view shows a 95% t-interval of the mean over queries, computed here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -96,8 +97,15 @@ class KnockoutView(View):
     kind = "knockouts"
     js = JS
 
-    def __init__(self, table: pd.DataFrame, value: str | None = None, per_query: pd.DataFrame | None = None,
-                 per_query_value: str | None = None, mode: str | None = None, title: str | None = None):
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        value: str | None = None,
+        per_query: pd.DataFrame | None = None,
+        per_query_value: str | None = None,
+        mode: str | None = None,
+        title: str | None = None,
+    ):
         for c in ("layer", "path"):
             if c not in table.columns:
                 raise DataError(f"knockout view: table lacks column {c!r} (columns: {list(table.columns)})")
@@ -124,8 +132,10 @@ class KnockoutView(View):
         dup = table[table.duplicated(keys, keep=False)]
         if len(dup):
             first = dup.iloc[0]
-            raise DataError(f"knockout view: several rows for {dict((k, first[k]) for k in keys)}; "
-                            f"one row per ({', '.join(keys)}) is needed")
+            raise DataError(
+                f"knockout view: several rows for {dict((k, first[k]) for k in keys)}; "
+                f"one row per ({', '.join(keys)}) is needed"
+            )
         self.table = table
         self.value = value
         self.per_query = per_query if per_query is not None and len(per_query) else None
@@ -133,8 +143,9 @@ class KnockoutView(View):
             per_query_value = per_query_value or value
             need = [c for c in ("query_id", "layer", "path", per_query_value) if c not in self.per_query.columns]
             if need:
-                raise DataError(f"knockout view: per-query table lacks column(s) {need} "
-                                f"(columns: {list(self.per_query.columns)})")
+                raise DataError(
+                    f"knockout view: per-query table lacks column(s) {need} (columns: {list(self.per_query.columns)})"
+                )
         self.per_query_value = per_query_value
         self.title = title or f"Knockouts: {value} per layer and path"
 
@@ -155,9 +166,11 @@ class KnockoutView(View):
             pq = self.per_query[self.per_query["layer"] >= 0]
             pq_heads = pq["head"].astype(int) if "head" in pq.columns else pd.Series(-1, index=pq.index)
             for (l, h, p), g in pq.assign(_h=pq_heads).groupby(["layer", "_h", "path"]):
-                pq_groups[f"{int(l)}|{int(h)}|{p}"] = [[str(q), clean(v)] for q, v in
-                                                       zip(g["query_id"], g[self.per_query_value].astype(float))
-                                                       if np.isfinite(v)]
+                pq_groups[f"{int(l)}|{int(h)}|{p}"] = [
+                    [str(q), clean(v)]
+                    for q, v in zip(g["query_id"], g[self.per_query_value].astype(float))
+                    if np.isfinite(v)
+                ]
         cells = {}
         for (idx, r), h in zip(t.iterrows(), heads):
             key = f"{int(r['layer'])}|{int(h)}|{r['path']}"
@@ -170,15 +183,26 @@ class KnockoutView(View):
             if "status" in t.columns and r["status"] != "ok":
                 note = f"{r['status']}: {r.get('reason', '')}"
             extra = {c: clean(r[c]) for c in EXTRA if c in t.columns and c != self.value and pd.notna(r[c])}
-            cells[key] = {"value": clean(float(r[self.value])) if pd.notna(r[self.value]) else None,
-                          "ci_low": lo, "ci_high": hi, "note": note, "extra": extra}
+            cells[key] = {
+                "value": clean(float(r[self.value])) if pd.notna(r[self.value]) else None,
+                "ci_low": lo,
+                "ci_high": hi,
+                "note": note,
+                "extra": extra,
+            }
         present = [s for s in REAL_SEGMENTS if any(p.startswith(s + "->") or p.endswith("->" + s) for p in t["path"])]
         paths = [f"{a}->{b}" for a in present for b in present]
         paths += sorted(set(t["path"]) - set(paths))  # composite paths (`q->*`) after the single ones
-        return {"value": self.value, "pq_value": self.per_query_value or "",
-                "ci_label": "(95% CI from the table)" if has_ci else "(95% t-interval over queries)",
-                "layers": sorted(int(l) for l in t["layer"].unique()), "paths": paths,
-                "heads": sorted(set(int(h) for h in heads)), "cells": cells, "per_query": pq_groups}
+        return {
+            "value": self.value,
+            "pq_value": self.per_query_value or "",
+            "ci_label": "(95% CI from the table)" if has_ci else "(95% t-interval over queries)",
+            "layers": sorted(int(l) for l in t["layer"].unique()),
+            "paths": paths,
+            "heads": sorted(set(int(h) for h in heads)),
+            "cells": cells,
+            "per_query": pq_groups,
+        }
 
 
 def knockouts(table_or_path, **kw) -> KnockoutView:

@@ -2,6 +2,7 @@
 cell toggles it; the view then shows the edited mask as `mice-mask/2` JSON (rules built exactly as
 `InteractionMask.from_tables` builds them) with a download button, and says when the edit is invalid (a segment
 left with nothing to attend to). Cells marked structural cannot affect the score and are drawn hatched."""
+
 from __future__ import annotations
 
 import json
@@ -117,7 +118,9 @@ def _as_mask(mask) -> InteractionMask:
         return _as_mask_obj(obj, str(path))
     if isinstance(mask, dict):
         return _as_mask_obj(mask, "<dict>")
-    raise MaskError(f"mask view: expected an InteractionMask, a mask/config dict or a JSON file, got {type(mask).__name__}")
+    raise MaskError(
+        f"mask view: expected an InteractionMask, a mask/config dict or a JSON file, got {type(mask).__name__}"
+    )
 
 
 def _as_mask_obj(obj: dict, source: str) -> InteractionMask:
@@ -135,7 +138,9 @@ def _structural(structural, num_layers: int) -> np.ndarray | None:
     if isinstance(structural, np.ndarray) or (hasattr(structural, "shape") and hasattr(structural, "dtype")):
         a = np.asarray(structural, dtype=bool)
         if a.ndim != 3 or a.shape[0] != num_layers or a.shape[1] != a.shape[2] or a.shape[1] not in (n, n + 1):
-            raise MaskError(f"structural: expected a bool array [{num_layers}, {n}, {n}] (or with pad), got {list(a.shape)}")
+            raise MaskError(
+                f"structural: expected a bool array [{num_layers}, {n}, {n}] (or with pad), got {list(a.shape)}"
+            )
         return a[:, :n, :n]
     out = np.zeros((num_layers, n, n), dtype=bool)
     for k, item in enumerate(structural):
@@ -180,11 +185,17 @@ class MaskView(View):
 
     def data(self) -> dict:
         n = SEG["pad"]
-        canonical = InteractionMask.from_tables(self.mask.tables, name=self.mask.name,
-                                                provenance=dict(self.mask.provenance))
-        return {"segments": list(REAL_SEGMENTS), "num_layers": self.mask.num_layers, "name": self.mask.name,
-                "provenance": canonical.provenance, "tables": self.mask.tables[:, :n, :n].tolist(),
-                "structural": None if self.structural is None else self.structural.tolist()}
+        canonical = InteractionMask.from_tables(
+            self.mask.tables, name=self.mask.name, provenance=dict(self.mask.provenance)
+        )
+        return {
+            "segments": list(REAL_SEGMENTS),
+            "num_layers": self.mask.num_layers,
+            "name": self.mask.name,
+            "provenance": canonical.provenance,
+            "tables": self.mask.tables[:, :n, :n].tolist(),
+            "structural": None if self.structural is None else self.structural.tolist(),
+        }
 
 
 def mask_view(mask, structural=None, **kw) -> MaskView:

@@ -1,5 +1,6 @@
 """Pair attention: the token-level pattern of one (query, document) pair, by layer and head (or their mean),
 filtered by path, with hover showing what a token attends to and what attends to it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -116,8 +117,10 @@ class PairAttentionView(View):
             raise DataError(f"pair attention: pattern must be [layers, heads, T, T], got shape {list(p.shape)}")
         tokens, segments = list(tokens), list(segments)
         if not (len(tokens) == len(segments) == p.shape[2]):
-            raise DataError(f"pair attention: {len(tokens)} tokens and {len(segments)} segments for a pattern over "
-                            f"{p.shape[2]} positions")
+            raise DataError(
+                f"pair attention: {len(tokens)} tokens and {len(segments)} segments for a pattern over "
+                f"{p.shape[2]} positions"
+            )
         bad = sorted({s for s in segments if s not in SEGMENTS})
         if bad:
             raise DataError(f"pair attention: unknown segment(s) {bad} (segments: {', '.join(SEGMENTS)})")
@@ -135,16 +138,21 @@ class PairAttentionView(View):
         self.pattern = self.pattern[self.layer_ids]
         size = 2 * self.pattern.size
         if size > self.MAX_BYTES:
-            raise DataError(f"pair attention: {size / 2**20:.0f} MiB of attention to embed (over "
-                            f"{self.MAX_BYTES >> 20} MiB); show fewer layers (layers=[...]) or a shorter pair")
-        self.layer = self.layer_ids.index(layer % n_layers) if layer % n_layers in self.layer_ids else len(self.layer_ids) - 1
+            raise DataError(
+                f"pair attention: {size / 2**20:.0f} MiB of attention to embed (over "
+                f"{self.MAX_BYTES >> 20} MiB); show fewer layers (layers=[...]) or a shorter pair"
+            )
+        self.layer = (
+            self.layer_ids.index(layer % n_layers) if layer % n_layers in self.layer_ids else len(self.layer_ids) - 1
+        )
         self.title = title or "Pair attention"
 
     @classmethod
     def from_example(cls, example: dict, **kw) -> "PairAttentionView":
         """A saved probe example (`probes.load_examples`): query_id, doc_id, tokens, segments, pattern."""
-        kw.setdefault("title", f"Pair attention: query {example.get('query_id', '?')} / document "
-                               f"{example.get('doc_id', '?')}")
+        kw.setdefault(
+            "title", f"Pair attention: query {example.get('query_id', '?')} / document {example.get('doc_id', '?')}"
+        )
         return cls(example["pattern"], example["tokens"], example["segments"], **kw)
 
     @classmethod
@@ -174,9 +182,18 @@ class PairAttentionView(View):
 
     def data(self) -> dict:
         present = [s for s in REAL_SEGMENTS if s in self.segments]
-        return {"layers": int(self.pattern.shape[0]), "heads": int(self.pattern.shape[1]), "layer": self.layer, "layer_ids": self.layer_ids,
-                "tokens": self.tokens, "segments": self.segments, "present": present, "colors": SEG_COLORS,
-                "scale": 65535, "pattern_b64": b64_uint16(self.pattern)}
+        return {
+            "layers": int(self.pattern.shape[0]),
+            "heads": int(self.pattern.shape[1]),
+            "layer": self.layer,
+            "layer_ids": self.layer_ids,
+            "tokens": self.tokens,
+            "segments": self.segments,
+            "present": present,
+            "colors": SEG_COLORS,
+            "scale": 65535,
+            "pattern_b64": b64_uint16(self.pattern),
+        }
 
 
 def pair_attention(pattern_or_example, tokens=None, segments=None, **kw) -> PairAttentionView:

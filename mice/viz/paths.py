@@ -1,4 +1,5 @@
 """Path mass: the layer x path (x head) table of `mice probe attention` as a heatmap with hover values."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -76,10 +77,18 @@ class PathMassView(View):
             t = pd.concat([t, mean], ignore_index=True)
         for r in t.to_dict("records"):
             cells[f"{int(r['layer'])}|{int(r['head'])}|{r['from']}->{r['to']}"] = [
-                clean(r[self.value]), clean(r[std]) if std else None, clean(r[npairs]) if npairs else None]
+                clean(r[self.value]),
+                clean(r[std]) if std else None,
+                clean(r[npairs]) if npairs else None,
+            ]
         heads = sorted(int(h) for h in t["head"].unique() if h >= 0)
-        return {"paths": paths, "layers": int(t["layer"].max()) + 1, "heads": heads, "value": self.value,
-                "cells": cells}
+        return {
+            "paths": paths,
+            "layers": int(t["layer"].max()) + 1,
+            "heads": heads,
+            "value": self.value,
+            "cells": cells,
+        }
 
 
 def path_mass(table_or_path, **kw) -> PathMassView:

@@ -1,6 +1,7 @@
 """`report.html`: the Markdown report rendered as one self-contained page (every figure inlined as a data: URI,
 a table of contents, the interactive views embedded in their sections). Built from the report's own Markdown
 text, so it holds exactly the tables and figures of `report.md`."""
+
 from __future__ import annotations
 
 import base64
@@ -46,8 +47,9 @@ def _inline_images(body: str, base: Path) -> str:
         root = Path(base).resolve()
         path = (root / src).resolve()  # an absolute src stays absolute; links are followed before checking
         if not path.is_relative_to(root):
-            raise DataError(f"report.html: figure {src} is outside the run folder {root}; only files inside it are "
-                            "inlined")
+            raise DataError(
+                f"report.html: figure {src} is outside the run folder {root}; only files inside it are inlined"
+            )
         if not path.is_file():
             raise DataError(f"report.html: figure {src} not found (looked in {base})")
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -71,8 +73,9 @@ def _split_sections(markdown: str) -> list[tuple[str, str]]:
     return sections
 
 
-def render_report_html(markdown: str, base, views: dict[str, list[tuple[str, View]]] | None = None,
-                       title: str = "MICE demo report") -> str:
+def render_report_html(
+    markdown: str, base, views: dict[str, list[tuple[str, View]]] | None = None, title: str = "MICE demo report"
+) -> str:
     """Markdown (as `report.md` holds it) -> one page. `base`: where relative figure paths resolve.
     `views`: section title -> [(caption, view)], embedded at the end of that section (an "Interactive views"
     section collects those whose section is absent)."""
@@ -112,10 +115,13 @@ def render_report_html(markdown: str, base, views: dict[str, list[tuple[str, Vie
             open_sub = False
         nav.append(f'<li><a href="#{anchor}">{inner}</a></li>')
     nav.append("</ul></ul></nav>" if open_sub else "</ul></nav>")
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
-            f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style></head>\n<body>\n"
-            + "".join(nav) + f"\n<main>\n{body}\n</main>\n</body></html>\n")
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f"<title>{html.escape(title)}</title><style>{PAGE_CSS}</style></head>\n<body>\n"
+        + "".join(nav)
+        + f"\n<main>\n{body}\n</main>\n</body></html>\n"
+    )
 
 
 def _views_html(items: list[tuple[str, View]]) -> str:
@@ -142,22 +148,31 @@ def demo_views(root) -> dict[str, list[tuple[str, View]]]:
 
             exs = load_examples(examples[0])
             if exs:
-                items.append(("Explore: one pair's token-level attention (hover a token, pick layer/head/path)",
-                              PairAttentionView.from_example(exs[0])))
+                items.append(
+                    (
+                        "Explore: one pair's token-level attention (hover a token, pick layer/head/path)",
+                        PairAttentionView.from_example(exs[0]),
+                    )
+                )
         views["Attention paths (probe)"] = items
     sweep = root / "sweep" / "sweep.parquet"
     if sweep.exists():
-        views["Knockouts"] = [("Explore: knockout effects (click a cell for per-query values and a CI)",
-                               KnockoutView.from_sweep(sweep))]
+        views["Knockouts"] = [
+            ("Explore: knockout effects (click a cell for per-query values and a CI)", KnockoutView.from_sweep(sweep))
+        ]
     mask = root / "derive" / "mask.json"
     if mask.exists():
         from mice.reach import structural_table
         from mice.masks import InteractionMask
 
         loaded = InteractionMask.load(mask)
-        views["Derived interaction mask"] = [("Explore: the derived mask (click cells to edit, download JSON; "
-                                              "hatched cells are structural: they cannot change the score)",
-                                              MaskView(loaded, structural=structural_table(loaded)))]
+        views["Derived interaction mask"] = [
+            (
+                "Explore: the derived mask (click cells to edit, download JSON; "
+                "hatched cells are structural: they cannot change the score)",
+                MaskView(loaded, structural=structural_table(loaded)),
+            )
+        ]
     derived = root / "search" / "derived.json"
     if derived.exists():
         from mice.derived import DerivedConfig
@@ -167,6 +182,11 @@ def demo_views(root) -> dict[str, list[tuple[str, View]]]:
             from mice.reach import structural_table
 
             m = cfg.interaction_mask()
-            views["Trained search"] = [(f"Explore: the mask of the derived configuration ({cfg.decision}; click "
-                                        "cells to edit, download JSON)", MaskView(m, structural=structural_table(m)))]
+            views["Trained search"] = [
+                (
+                    f"Explore: the mask of the derived configuration ({cfg.decision}; click "
+                    "cells to edit, download JSON)",
+                    MaskView(m, structural=structural_table(m)),
+                )
+            ]
     return views
