@@ -196,7 +196,7 @@ class JointSearch(Search):
 
     def _references(self) -> None:
         from mice.files import write_json_atomic
-        from mice.models.loader import load_scorer
+        from mice.models.loader import load
 
         self.ref = {}
         scorer = None
@@ -205,7 +205,7 @@ class JointSearch(Search):
             if path.exists():
                 self.ref[name] = np.asarray(json.loads(path.read_text())["scores"])
                 continue
-            scorer = scorer or load_scorer(self.cfg.model, max_length=self.max_length)
+            scorer = scorer or load(self.cfg.model, max_length=self.max_length)
             self.ref[name] = self._pool_scores(scorer, pool)
             write_json_atomic(path, {"model": self.base_identity["model"], "scores": self.ref[name].tolist()})
         self.groups = {name: self._groups(pool) for name, pool in self.pools.items()}
@@ -215,14 +215,14 @@ class JointSearch(Search):
         """Per-query fidelity (and, on the labelled confirm pool, nDCG@10 and RR@10) of `cand` trained to
         `steps` under `seed`; cached beside the checkpoint, keyed by the pool's fingerprint."""
         from mice.files import write_json_atomic
-        from mice.models.loader import load_scorer
+        from mice.models.loader import load
 
         path = self.folder(cand) / f"seed-{seed}" / f"{pool}-{steps}-{self.fps[pool]}.json"
         if path.exists():
             return json.loads(path.read_text())
         last = self.train_to(cand, seed, steps)
         t0 = time.perf_counter()
-        scores = self._pool_scores(load_scorer(last), self.pools[pool])
+        scores = self._pool_scores(load(last), self.pools[pool])
         rec = {
             "candidate": cand.name,
             "seed": seed,

@@ -388,11 +388,11 @@ class Search:
 
     def _reference(self) -> None:
         """The cross-encoder's own scores on the dev candidates (the point every candidate is measured from)."""
-        from mice.models.loader import load_scorer
+        from mice.models.loader import load
 
         def compute():
             t0 = time.perf_counter()
-            scores = self._score(load_scorer(self.cfg.model, max_length=self.max_length))
+            scores = self._score(load(self.cfg.model, max_length=self.max_length))
             return {"scores": scores.tolist(), "seconds": round(time.perf_counter() - t0, 2)}
 
         # keyed by the reference model's weights and length too: another model's scores are never reused
@@ -416,9 +416,9 @@ class Search:
         def compute():
             t0 = time.perf_counter()
             if cand.mode == "masked":
-                from mice.models.loader import load_scorer
+                from mice.models.loader import load
 
-                scorer = load_scorer(self.cfg.model, mask=cand.mask, max_length=self.max_length)
+                scorer = load(self.cfg.model, mask=cand.mask, max_length=self.max_length)
             else:
                 from mice.models.mice_model import MICEModel
 
@@ -464,13 +464,13 @@ class Search:
         """Train `cand` under `seed` to `steps` (continuing its last rung) and score it; cached."""
 
         def compute():
-            from mice.models.loader import load_scorer
+            from mice.models.loader import load
 
             t0 = time.perf_counter()
             last = self.train_to(cand, seed, steps)
             train_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            m = self._measure(self._score(load_scorer(last)))
+            m = self._measure(self._score(load(last)))
             return {
                 "candidate": cand.name,
                 "seed": seed,

@@ -197,7 +197,7 @@ def test_the_cross_encoders_long_phase_trains_on_from_its_best_checkpoint_at_the
     with it, and the models trained from it (masked, MICE, late interaction) read that length too."""
     from mice.app.demo import CACHE_VERSION, Demo, get_preset
     from mice.errors import MiceError
-    from mice.models.loader import load_scorer
+    from mice.models.loader import load
     from mice.train.config import TrainConfig
 
     # the quick recipe (distilled from the bi-encoder) on the tiny model, so that the first phase has a stop rule
@@ -228,7 +228,7 @@ def test_the_cross_encoders_long_phase_trains_on_from_its_best_checkpoint_at_the
     same = ("dataset", "dev_dataset", "loss", "teacher", "distill_weight", "lr", "batch_size", "negatives")
     assert {f: getattr(last, f) for f in same} == {f: getattr(first, f) for f in same}
     assert json.loads((folder / "long_result.json").read_text())["steps"] == 4
-    assert load_scorer(demo.ce_path()).max_length == 128  # the stage's runs are at the longer length
+    assert load(demo.ce_path()).max_length == 128  # the stage's runs are at the longer length
     for domain in demo.datasets():
         assert (folder / f"cross-encoder-{domain}.trec").exists()
     for mode in ("masked", "mice", "late-interaction"):

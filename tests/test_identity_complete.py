@@ -224,10 +224,9 @@ def test_every_option_is_in_the_identity_or_output_neutral(job):
 
 def _identity_source(job: str) -> str:
     """The source of the code that builds `job`'s identity: its components must appear there by name."""
+    import importlib
     import inspect
 
-    import ablations.attribution
-    import ablations.sweep
     import mice.index.store
     import mice.models.hooked
     import mice.rank.rerank
@@ -235,9 +234,9 @@ def _identity_source(job: str) -> str:
     return {
         "rerank": inspect.getsource(mice.rank.rerank.job_identity)
         + inspect.getsource(mice.models.hooked.HookedCrossEncoder.identity),
-        "ablate sweep": inspect.getsource(ablations.sweep)
+        "ablate sweep": inspect.getsource(importlib.import_module("ablations.sweep"))
         + inspect.getsource(mice.models.hooked.HookedCrossEncoder.identity),
-        "ablate attribute": inspect.getsource(ablations.attribution)
+        "ablate attribute": inspect.getsource(importlib.import_module("ablations.attribution"))
         + inspect.getsource(mice.models.hooked.HookedCrossEncoder.identity),
         "index build": inspect.getsource(mice.index.store.build_identity),
     }[job]

@@ -386,7 +386,7 @@ class Demo:
         return folder / sub / "best"
 
     def stage_cross_encoder(self, folder: Path) -> dict:
-        from mice.models.loader import load_scorer
+        from mice.models.loader import load
 
         until = {"until_beats_teacher": True} if self.p.ce_until_beats_teacher else {}
         if self.p.ce_eval_every:
@@ -413,7 +413,7 @@ class Demo:
                 max_length=self.p.long_length,
                 **until,
             )
-        scorer = load_scorer(best, max_length=self.p.rerank_max_length)
+        scorer = load(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "cross-encoder", every_query=self.every_query(domain))
         return {"model": str(best.relative_to(folder))}
@@ -577,7 +577,7 @@ class Demo:
 
     def stage_masked(self, folder: Path) -> dict:
         """The masked cross-encoder under the derived configuration's mask (none: nothing to train)."""
-        from mice.models.loader import load_scorer
+        from mice.models.loader import load
 
         derived = self.derived()
         if derived.decision == "cross-encoder":
@@ -589,7 +589,7 @@ class Demo:
             model=str(self.ce_path()),
             mask=str(self.path("search", "derived.json")),
         )
-        scorer = load_scorer(best, max_length=self.p.rerank_max_length)
+        scorer = load(best, max_length=self.p.rerank_max_length)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "masked")
         return {"model": str(best.relative_to(folder))}
@@ -634,7 +634,7 @@ class Demo:
         """MICE under the derived a and b; when the search chose none, its most effective measured MICE, so that
         the demo always ends with a MICE model, its index and its latency (report.md says which)."""
         from mice.files import write_json_atomic
-        from mice.models.loader import load_scorer
+        from mice.models.loader import load
 
         derived = self.derived()
         if derived.decision == "mice":
@@ -657,7 +657,7 @@ class Demo:
             cls_cross_attention=info["cls_cross_attention"],
         )
         write_json_atomic(folder / "mice.json", info)
-        scorer = load_scorer(best)
+        scorer = load(best)
         for domain in self.datasets():
             self._rerank(scorer, domain, folder, "mice", every_query=self.every_query(domain))
         return {"model": str(best.relative_to(folder)), **info}
@@ -682,11 +682,11 @@ class Demo:
         from mice.rank.evaluation import evaluate
         from mice.index.fast_rerank import FastReranker, IndexScorer
         from mice.index.store import IndexConfig, build_index
-        from mice.models.loader import load_scorer
+        from mice.models.loader import load
         from mice.rank.rerank import rerank
         from mice.rank.runs import read_run
 
-        model = load_scorer(self.path("mice", "train", "best"))
+        model = load(self.path("mice", "train", "best"))
         ds = load_dataset(self.p.dataset)
         run = _restrict(read_run(self.path("bm25", "in.trec")), _subset_queries(ds, "test", self.p.test_queries))
         needed = set(run.groupby("query_id").head(self.p.first_stage_k)["doc_id"])

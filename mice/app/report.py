@@ -97,7 +97,7 @@ def write_report_html(root, text: str | None = None, figures_dir=None, out=None)
     if text is None:
         timings = read_table(root / "timings.csv") if (root / "timings.csv").exists() else None
         text = report_markdown(root, timings=timings, figures_dir=figures_dir)
-    page = render_report_html(text, base=root, views=demo_views(root))
+    page = render_report_html(text, base=root, views=demo_views(root), figures_dir=figures_dir)
     return write_text_atomic(Path(out) if out else root / "report.html", page)
 
 

@@ -282,8 +282,3 @@ def _load_mice(s, path, mask, device, max_length, max_query_length, index, arch,
     from mice.index.fast_rerank import FastReranker, IndexScorer
 
     return IndexScorer(FastReranker(model, index, use_kv=use_kv, batch_size=batch_size))
-
-
-def load_scorer(spec, mask=None, device=None, max_length: int | None = None, mode: str = "renorm", dtype="fp32"):
-    """Backwards-compatible name of `load` (same behaviour, same errors)."""
-    return load(spec, mask=mask, device=device, max_length=max_length, mode=mode, dtype=dtype)

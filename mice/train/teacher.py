@@ -1,6 +1,6 @@
 """Teacher scores for Margin-MSE distillation, computed once per (query, document) and cached in parquet.
 
-The teacher is any scorer spec `mice.models.loader.load_scorer` understands (a cross-encoder folder, a hub name,
+The teacher is any scorer spec `mice.models.loader.load` understands (a cross-encoder folder, a hub name,
 `biencoder:packaged`, …) or a file of precomputed scores in the MS MARCO distillation format, one triple per
 line: `score_pos score_neg qid pos_id neg_id` (whitespace separated; a .parquet/.csv table with those columns
 works too). Model teachers are scored lazily — only the pairs training actually visits — and every new score is

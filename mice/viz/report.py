@@ -39,14 +39,18 @@ def _slug(text: str, seen: dict) -> str:
     return base if n == 0 else f"{base}-{n}"
 
 
-def _inline_images(body: str, base: Path) -> str:
+def _inline_images(body: str, base: Path, figures_dir=None) -> str:
+    """Figures inlined as data URIs; only files inside the run folder, or the figures folder the caller drew
+    into, are read (a path in a table cell cannot reach anything else)."""
+    roots = [Path(base).resolve()] + ([Path(figures_dir).resolve()] if figures_dir else [])
+
     def repl(m):
         src = unquote(html.unescape(m.group(1)))  # markdown-it percent-encodes link targets
         if src.startswith("data:"):
             return m.group(0)
-        root = Path(base).resolve()
+        root = roots[0]
         path = (root / src).resolve()  # an absolute src stays absolute; links are followed before checking
-        if not path.is_relative_to(root):
+        if not any(path.is_relative_to(r) for r in roots):
             raise DataError(
                 f"report.html: figure {src} is outside the run folder {root}; only files inside it are inlined"
             )
@@ -74,9 +78,14 @@ def _split_sections(markdown: str) -> list[tuple[str, str]]:
 
 
 def render_report_html(
-    markdown: str, base, views: dict[str, list[tuple[str, View]]] | None = None, title: str = "MICE demo report"
+    markdown: str,
+    base,
+    views: dict[str, list[tuple[str, View]]] | None = None,
+    title: str = "MICE demo report",
+    figures_dir=None,
 ) -> str:
-    """Markdown (as `report.md` holds it) -> one page. `base`: where relative figure paths resolve.
+    """Markdown (as `report.md` holds it) -> one page. `base`: where relative figure paths resolve;
+    `figures_dir`: a folder of figures drawn outside it (`mice figures --out`), also inlined.
     `views`: section title -> [(caption, view)], embedded at the end of that section (an "Interactive views"
     section collects those whose section is absent)."""
     from markdown_it import MarkdownIt
@@ -91,7 +100,7 @@ def render_report_html(
     leftover = [v for vs in views.values() for v in vs]
     if leftover:
         parts.append(md.render("## Interactive views") + _views_html(leftover))
-    body = _inline_images("\n".join(parts), Path(base))
+    body = _inline_images("\n".join(parts), Path(base), figures_dir)
     body = body.replace("<table>", '<table class="md-table">')
     seen: dict = {}
     toc: list[tuple[int, str, str]] = []
