@@ -90,8 +90,8 @@ def _argv(job, command: str, out: Path) -> list:
             out,
             "--max-steps",
             2,
-            "--threads",
-            1,
+            "--set",
+            "num_threads=1",
         ],
         "index build": [
             "index",
