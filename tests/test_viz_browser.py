@@ -318,10 +318,11 @@ def test_demo_sized_views_render(browser, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- report.html
 def _md_tables(md: str) -> list[list[str]]:
-    """Header cells of every Markdown table in report.md."""
+    """Header cells of every Markdown table in report.md, as the page shows them (report cells are escaped for
+    Markdown: `n\\_queries` renders as `n_queries`)."""
     lines = md.splitlines()
     return [
-        [c.strip() for c in lines[i].strip().strip("|").split("|")]
+        [re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", c.strip()) for c in lines[i].strip().strip("|").split("|")]
         for i in range(len(lines) - 1)
         if lines[i].startswith("|") and lines[i + 1].startswith("|---")
     ]
