@@ -418,6 +418,13 @@ def test_the_demo_trains_the_searchs_best_measured_mice_when_it_chose_none(tmp_p
     info = demo.fallback_mice(derived)
     assert (info["a"], info["b"], info["chosen"]) == (1, 3, False)  # the collapsed b = 1 is never trained
     assert "8.0% below the best" in info["why"] and "tolerance 5%" in info["why"]
-    write_table(pd.DataFrame(rows[:1]), tmp_path / "search" / "search.parquet")  # no layer stage ran
+    # no layer stage ran: the best measured split that leaves two interaction layers (a = 3 would leave one, which
+    # collapses; a collapsed mask row is never used)
+    masks = [
+        rows[0],
+        {**rows[0], "candidate": "mask3(k=3)", "a": 3.0, "ndcg@10": 0.55},
+        {**rows[0], "candidate": "mask3(k=2)", "a": 2.0, "ndcg@10": 0.60, "collapsed": True},
+    ]
+    write_table(pd.DataFrame(masks), tmp_path / "search" / "search.parquet")
     info = demo.fallback_mice(derived)
     assert (info["a"], info["b"]) == (1, 3) and "untested" in info["why"]

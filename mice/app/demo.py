@@ -617,7 +617,15 @@ class Demo:
                 f"it failed the search's rule at {loss:.1%} below the best (tolerance {derived.tolerance:.0%})"
             )
         else:
-            masks = t[(t["stage"] == "mask") & t["trained"] & t["a"].notna() & (t["a"] >= 1)]
+            # b = L - a >= 2: with one interaction layer the [CLS] never reads the document (MICE-ℓa+1 collapses)
+            masks = t[
+                (t["stage"] == "mask")
+                & t["trained"]
+                & ~t["collapsed"].astype(bool)
+                & t["a"].notna()
+                & (t["a"] >= 1)
+                & (t["a"] <= derived.num_layers - 2)
+            ]
             if len(masks):
                 a = int(masks.sort_values(m, ascending=False).iloc[0]["a"])
             else:
