@@ -262,6 +262,19 @@ def final_rung(n: int, finalists: int, eta: int, max_rungs: int | None) -> int:
     return rung
 
 
+def shown_columns(metric: str) -> list[str]:
+    """The columns a search table is shown with, in the report and by `mice ablate search`."""
+    m = metric
+    return ["stage", "candidate", "rung", "steps", "seeds", m, f"{m}_ci_low", f"{m}_ci_high", f"delta_{m}"] + [
+        f"p_delta_{m}",
+        "kendall_tau",
+        "collapsed",
+        "rel_loss",
+        "within_tolerance",
+        "chosen",
+    ]
+
+
 def finals(table: pd.DataFrame) -> pd.DataFrame:
     """Every stage's trained finalists. Raises if they did not all train the same steps (the equal-finals rule:
     the layer stage's choice is measured against the mask stage's finalists)."""

@@ -644,23 +644,9 @@ def _search_budget(meta: dict, derived) -> str:
 
 def _search_tables(t: pd.DataFrame, m: str, c: dict) -> list[str]:
     """The finalists with CIs, then every candidate zero-shot beside itself after the first rung."""
-    cols = [
-        "stage",
-        "candidate",
-        "rung",
-        "steps",
-        "seeds",
-        m,
-        f"{m}_ci_low",
-        f"{m}_ci_high",
-        f"delta_{m}",
-        f"p_delta_{m}",
-        "kendall_tau",
-        "collapsed",
-        "rel_loss",
-        "within_tolerance",
-        "chosen",
-    ]
+    from ablations.search import shown_columns
+
+    cols = shown_columns(m)
     fin = t[t["trained"] & t["finalist"].astype(bool)]
     lines = [
         f"Finalists (seed-averaged; `delta_{m}` and its p-value are paired against the cross-encoder; "

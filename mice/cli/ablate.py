@@ -647,24 +647,11 @@ def search_cmd(
 def _report_search(res, cfg, out: Path) -> None:
     """What `ablate search` prints: every trained candidate's row, the decision and the steps it took."""
     m = cfg.metric
-    cols = [
-        "stage",
-        "candidate",
-        "rung",
-        "steps",
-        "seeds",
-        m,
-        f"{m}_ci_low",
-        f"{m}_ci_high",
-        f"delta_{m}",
-        f"p_delta_{m}",
-        "kendall_tau",
-        "collapsed",
-        "within_tolerance",
-        "chosen",
-    ]
+    from ablations.search import shown_columns
+
+    cols = shown_columns(m)
     t = res.table
-    typer.echo(t[t["trained"]][cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    typer.echo(t[t["trained"]][[c for c in cols if c in t]].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     typer.echo(f"decision: {res.config.decision}; {res.meta['why']}")
     typer.echo(
         f"{res.meta['steps_total']} training steps in all ({res.meta['steps_trained_this_run']} this run, "

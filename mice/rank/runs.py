@@ -128,24 +128,10 @@ def read_run(path: str | os.PathLike) -> pd.DataFrame:
     qids, dids, scores = [], [], []
     seen: set[tuple[str, str]] = set()
     for lineno, line in text_lines(path, "run"):
-        fields = line.split()
-        if not fields:
+        parsed = _run_line(path, lineno, line)
+        if parsed is None:
             continue
-        if len(fields) != 6:
-            raise DataError(
-                f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
-                f"got {len(fields)}: {line.strip()[:80]!r}"
-            )
-        qid, _, did, rank, score, _ = fields
-        try:
-            int(rank)
-            score = float(score)
-        except ValueError:
-            raise DataError(
-                f"{path}:{lineno}: rank must be an integer and score a number: {line.strip()[:80]!r}"
-            ) from None
-        if not math.isfinite(score):
-            raise DataError(f"{path}:{lineno}: score must be a finite number, got {fields[4]!r}")
+        qid, did, score = parsed
         if (qid, did) in seen:
             raise DataError(f"{path}:{lineno}: document {did!r} listed twice for query {qid!r}")
         seen.add((qid, did))
@@ -155,6 +141,27 @@ def read_run(path: str | os.PathLike) -> pd.DataFrame:
     if not qids:
         raise DataError(f"{path}: run file is empty")
     return make_run({"query_id": qids, "doc_id": dids, "score": scores})
+
+
+def _run_line(path, lineno: int, line: str) -> tuple[str, str, float] | None:
+    """(query id, doc id, score) of one TREC run line, None for a blank line; errors name file and line."""
+    fields = line.split()
+    if not fields:
+        return None
+    if len(fields) != 6:
+        raise DataError(
+            f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
+            f"got {len(fields)}: {line.strip()[:80]!r}"
+        )
+    qid, _, did, rank, score, _ = fields
+    try:
+        int(rank)
+        value = float(score)
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: rank must be an integer and score a number: {line.strip()[:80]!r}") from None
+    if not math.isfinite(value):
+        raise DataError(f"{path}:{lineno}: score must be a finite number, got {score!r}")
+    return qid, did, value
 
 
 class RunNotGrouped(DataError):
@@ -198,24 +205,10 @@ def iter_run_queries(path: str | os.PathLike, k: int | None = None):
     current, rows, seen, finished = None, [], set(), set()
     empty = True
     for lineno, line in _stream_lines(path, "run"):
-        fields = line.split()
-        if not fields:
+        parsed = _run_line(path, lineno, line)
+        if parsed is None:
             continue
-        if len(fields) != 6:
-            raise DataError(
-                f"{path}:{lineno}: expected 6 fields 'qid Q0 docid rank score tag', "
-                f"got {len(fields)}: {line.strip()[:80]!r}"
-            )
-        qid, _, did, rank, score, _ = fields
-        try:
-            int(rank)
-            score = float(score)
-        except ValueError:
-            raise DataError(
-                f"{path}:{lineno}: rank must be an integer and score a number: {line.strip()[:80]!r}"
-            ) from None
-        if not math.isfinite(score):
-            raise DataError(f"{path}:{lineno}: score must be a finite number, got {fields[4]!r}")
+        qid, did, score = parsed
         empty = False
         if qid != current:
             if qid in finished:
