@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -120,10 +122,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
 @contextlib.contextmanager
 def named_os_errors(path: str | os.PathLike) -> Iterator[None]:
     """An OS error raised inside the block without a file name (a full disk seen by a buffered write, or by a
-    library's own writer) is raised again naming `path`, so its one-line message says where it happened."""
+    library's own writer) is raised again naming `path`, so its one-line message says where it happened. So is
+    the error of a writer written in Rust (safetensors, tokenizers), which is no `OSError` but carries the
+    errno in its text ("No space left on device (os error 28)")."""
     try:
         yield
     except OSError as err:
@@ -131,6 +138,12 @@ def named_os_errors(path: str | os.PathLike) -> Iterator[None]:
             raise
         code = err.errno if err.errno is not None else _errno_of(err)
         raise OSError(code, os.strerror(code) if code else str(err), str(path)) from err
+    except Exception as err:
+        found = _RUST_OS_ERROR.search(str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from err
 
 
 def _errno_of(err: OSError) -> int | None:
@@ -150,6 +163,56 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class _Sink:
+    """A file for `torch.save` that remembers the OS error of a failed write: torch's zip writer reports it only
+    as a `RuntimeError` without an errno ("unexpected pos …")."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _canonical(obj):
+    """`obj` with fresh dicts, lists and tuples and every string interned. Pickle writes an object met twice as a
+    reference to the first, so the bytes of `torch.save` depend on which equal values happen to be one object
+    (an optimizer's state keys are the code's own strings in a fresh run, loaded ones in a resumed run); in
+    this form they depend on the values alone."""
+    import sys
+
+    if isinstance(obj, str):
+        return sys.intern(str(obj))
+    if type(obj) in (dict, collections.OrderedDict):
+        return type(obj)((_canonical(k), _canonical(v)) for k, v in obj.items())
+    if type(obj) in (list, tuple):
+        return type(obj)(_canonical(v) for v in obj)
+    return obj
+
+
+def torch_save_atomic(obj, path: str | os.PathLike) -> Path:
+    """`torch.save(obj, path)`, atomically, in bytes that depend on the values alone (`_canonical`); a write that
+    fails (a full disk) is one `OSError` naming `path`."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        sink = _Sink(fh)
+        try:
+            torch.save(_canonical(obj), sink)
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None
+    return Path(path)
 
 
 def write_table(df, path: str | os.PathLike) -> Path:

@@ -1,13 +1,18 @@
 """Full disks, read-only outputs, outputs that are folders, hostile table cells and split names. Disk-full is a
 real 64 KiB tmpfs (mounted here when the tests run as root; skipped otherwise), full at the start or with a page
 or a few left so that the job's own files fill it mid-way; read-only a read-only remount of it. Every case goes
-through the real `mice` entry point and ends in one `error:` line naming the path, exit 2; once space is freed, a
-re-rank or sweep resumes to the very files an uninterrupted run writes."""
+through the real `mice` entry point and ends in one `error:` line naming the path, exit 2; once space is freed,
+every long job (rerank, sweep, train, index build, data export) resumes to the very files an uninterrupted run
+of the same command writes."""
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -159,48 +164,156 @@ def test_a_full_disk_at_the_start_is_refused_before_any_work(job, small_disk, co
     assert _left(small_disk) == set(), command
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_a_disk_that_fills_mid_job_is_one_line_naming_the_path(job, small_disk, tmp_path, command):
-    """One free page passes the write check at the start; the job's own files then fill the disk."""
-    _fill(small_disk, leave=4096 if command != "sweep" else 16384)
-    code, err = run_main(_argv(job, command, small_disk / "out"))
+# pages left free before the job starts: one passes the write check and the job's own files fill the disk;
+# more let it get further (a shard's data written but not its record, a model folder half-written)
+MID_JOB = [("rerank", 1), ("export", 1), ("export", 2), ("train", 1), ("train", 4), ("index build", 1)]
+MID_JOB += [("index build", 2), ("index build", 4), ("sweep", 4)]
+RESUME = {"train": ["--resume"]}  # how the CLI resumes a job: train continues its checkpoint only when asked
+
+
+@pytest.mark.parametrize("command,pages", MID_JOB)
+def test_a_disk_that_fills_mid_job_is_one_line_and_resumes_once_space_is_freed(
+    job, small_disk, tmp_path, command, pages
+):
+    """One `error:` line naming the disk, no temporary file left; once space is freed, the same command (train:
+    with --resume) ends with the very files an uninterrupted run of it writes."""
+    _fill(small_disk, leave=4096 * pages)
+    argv = _argv(job, command, small_disk / "out")
+    code, err = run_main(argv)
     assert_one_error(code, err, str(small_disk), "no space left", where=command)
     left = _left(small_disk)
-    assert not any(name.startswith(".") and name.endswith(".tmp") for name in left), left  # no temp files
+    assert not any(p.startswith(".") and p.endswith(".tmp") for n in left for p in Path(n).parts), left
     if command == "sweep":  # the journal of finished units stays; no sidecar beside a missing table
         assert left <= {"out.csv.partial"}, left
-    if command in ("rerank", "sweep"):  # once space is freed, the job resumes to what an uninterrupted run writes
-        _grow(small_disk)
-        code, err = run_main(_argv(job, command, small_disk / "out"))
-        assert code in (0, None), err
-        clean = tmp_path / "clean"
-        assert run_main(_argv(job, command, clean))[0] in (0, None)
-        _same_outputs(small_disk, "out", clean.parent, "clean")
+    _grow(small_disk)
+    code, err = run_main([*argv, *RESUME.get(command, [])])
+    assert code in (0, None), err
+    _set_aside(small_disk, tmp_path / "resumed")
+    code, err = run_main(argv)  # uninterrupted, into the same place, now clean
+    assert code in (0, None), err
+    _same_outputs(tmp_path / "resumed", small_disk)
 
 
-def _grow(point: Path) -> None:
-    """Free the space: drop the filler, and make the disk large enough for the whole output."""
-    (point / "filler").unlink()
-    subprocess.run(["mount", "-o", "remount,size=16m", str(point)], check=True)
+def test_training_that_fills_the_disk_mid_checkpoint_resumes_from_the_last_whole_one(job, small_disk, tmp_path):
+    """A checkpoint every step; the disk holds best/ and step 1's last/, and fills while step 2's checkpoint is
+    written: that one is not left half-written, and --resume continues step 1's to the very files an
+    uninterrupted run writes."""
+    import torch
+
+    argv = [*_argv(job, "train", small_disk / "out"), "--set", "save_every=1"]
+    _grow(small_disk, filler=False)
+    code, err = run_main(argv)  # uninterrupted, first: how much room the run takes
+    assert code in (0, None), err
+    _set_aside(small_disk, tmp_path / "clean")
+    whole = sum(f.stat().st_size for f in (tmp_path / "clean").rglob("*") if f.is_file())
+    half = (tmp_path / "clean" / "out" / "last" / "model.safetensors").stat().st_size // 2
+    subprocess.run(["mount", "-o", f"remount,size={whole + half}", str(small_disk)], check=True)
+    code, err = run_main(argv)
+    assert_one_error(code, err, str(small_disk), "no space left")
+    assert sorted(p.name for p in (small_disk / "out").iterdir()) == [
+        "best",
+        "last",
+        "train.log",
+        "train_config.json",
+        "train_log.csv",
+    ]
+    assert torch.load(small_disk / "out" / "last" / "trainer_state.pt", weights_only=True)["step"] == 1
+    _grow(small_disk, filler=False)
+    code, err = run_main([*argv, "--resume"])
+    assert code in (0, None), err
+    assert "resuming from" in (small_disk / "out" / "train.log").read_text()
+    _set_aside(small_disk, tmp_path / "resumed")
+    _same_outputs(tmp_path / "resumed", tmp_path / "clean")
 
 
-def _same_outputs(folder: Path, name: str, clean_folder: Path, clean_name: str) -> None:
-    """Every file of the job `name` equals the uninterrupted job's, byte for byte (a sweep's metadata up to its
-    elapsed time, and the name of its per-query file)."""
-    import json
+def _grow(point: Path, filler: bool = True) -> None:
+    """Free the space: drop the filler, and make the disk large enough for the whole output (a tiny model's
+    best/ and last/ take about 18 MB)."""
+    if filler:
+        (point / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(point)], check=True)
 
-    files = sorted(p.name for p in folder.iterdir() if p.name.startswith(name + "."))
-    assert files == sorted(
-        p.name.replace(clean_name, name, 1) for p in clean_folder.iterdir() if p.name.startswith(clean_name + ".")
-    ), files
+
+def _set_aside(point: Path, aside: Path) -> None:
+    """Move everything on the disk to `aside` (off it), so that the same command can run again into a clean
+    folder: the same paths, hence the same paths inside what it writes."""
+    aside.mkdir(parents=True)
+    for p in point.iterdir():
+        shutil.move(str(p), str(aside / p.name))
+
+
+def _drop_keys(*keys):
+    def drop(path: Path):
+        obj = json.loads(path.read_text())
+        for k in keys:
+            obj.pop(k)
+        return obj
+
+    return drop
+
+
+def _drop_columns(*columns):
+    def drop(path: Path):
+        rows = list(csv.reader(path.read_text().splitlines()))
+        keep = [i for i, c in enumerate(rows[0]) if c not in columns]
+        assert len(keep) == len(rows[0]) - len(columns), rows[0]
+        return [[r[i] for i in keep] for r in rows]
+
+    return drop
+
+
+def _drop_state_keys(*keys):
+    def drop(path: Path):
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for k in keys:
+            state.pop(k)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.getvalue()
+
+    return drop
+
+
+# What legitimately differs between two runs of one job, file by file: wall-clock times and speeds. Every other
+# file is compared byte for byte (weights, configs, tokenizers, index shards and manifest, exported data, runs).
+_VARIES = {
+    "out.meta.json": _drop_keys("elapsed_s"),  # a sweep's wall time
+    "summary.json": _drop_keys("wall_time_s", "this_session_s", "pairs_per_s"),  # training's times and speed
+    "train_log.csv": _drop_columns("pairs_per_s", "elapsed_s"),  # likewise, per logged step
+    "trainer_state.pt": _drop_state_keys("elapsed_s"),  # the training time so far (a resumed run adds to it)
+}
+_LOGS = ("train.log", "build.log")  # appended to by every attempt: `_same_log`
+_TIMES = re.compile(r"\b\d+(\.\d+)? (pairs/)?s\b")  # "12 s", "0.5 s", "218.5 pairs/s"
+
+
+def _same_log(resumed: Path, clean: Path) -> None:
+    """Less the time stamp that opens each line and the durations and speeds in it, the uninterrupted run's lines
+    are all in the resumed log, in order; any other line there is the notice that a run resumed, or a repeat
+    of a line the uninterrupted run writes too (the failed attempt's, which a log keeps)."""
+
+    def lines(path: Path) -> list[str]:
+        return [_TIMES.sub("<t>", line.split(" ", 2)[2]) for line in path.read_text().splitlines()]
+
+    ours, theirs = [x for x in lines(resumed) if not x.startswith("resuming from ")], lines(clean)
+    assert set(ours) <= set(theirs), sorted(set(ours) - set(theirs))
+    rest = iter(ours)
+    assert all(line in rest for line in theirs), (ours, theirs)  # a subsequence
+
+
+def _same_outputs(resumed: Path, clean: Path) -> None:
+    """Every file the resumed job left equals the uninterrupted job's, byte for byte, but as `_VARIES` and
+    `_LOGS` say."""
+    files = sorted(str(p.relative_to(resumed)) for p in resumed.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(clean)) for p in clean.rglob("*") if p.is_file())
     for f in files:
-        a, b = folder / f, clean_folder / f.replace(name, clean_name, 1)
-        if f.endswith(".meta.json"):
-            ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
-            for m in (ma, mb):
-                m.pop("elapsed_s"), m.pop("per_query")
-            assert ma == mb
-        elif not f.endswith(".done.json"):  # a rerank receipt names its job, which names its output
+        a, b, name = resumed / f, clean / f, Path(f).name
+        if name in _LOGS:
+            _same_log(a, b)
+        elif name in _VARIES:
+            assert _VARIES[name](a) == _VARIES[name](b), f
+        else:
             assert a.read_bytes() == b.read_bytes(), f
 
 
@@ -213,8 +326,6 @@ def test_a_sweep_whose_tables_do_not_fit_leaves_none_of_them_and_resumes(job, sm
         pass
 
     argv = _argv(job, "sweep", small_disk / "out")[:-1]  # without --heads: three units
-    clean = tmp_path / "clean.csv"
-    assert run_main([*argv[:-3], clean, "--k", 3])[0] in (0, None)
 
     def stop_after_last(done, total):
         if done == total:
@@ -231,7 +342,9 @@ def test_a_sweep_whose_tables_do_not_fit_leaves_none_of_them_and_resumes(job, sm
     assert _left(small_disk) == {"out.csv.partial"}
     _grow(small_disk)
     assert run_main(argv)[0] in (0, None)
-    _same_outputs(small_disk, "out", tmp_path, "clean")
+    _set_aside(small_disk, tmp_path / "resumed")
+    assert run_main(argv)[0] in (0, None)  # uninterrupted, into the same place, now clean
+    _same_outputs(tmp_path / "resumed", small_disk)
 
 
 def test_an_output_that_is_a_folder_is_refused_before_scoring(job, tmp_path):

@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from mice.errors import IndexError_
-from mice.files import write_json_atomic
+from mice.files import named_os_errors, write_json_atomic
 
 log = logging.getLogger("mice.index.store")
 DEFAULT_BATCH_SIZE = 32
@@ -138,7 +138,8 @@ def _sha256_file(path: Path) -> str:
 
 
 class _HashedFile:
-    """A temporary file that hashes what is written to it; `commit` renames it onto its final name."""
+    """A temporary file that hashes what is written to it; `commit` renames it onto its final name. A write that
+    fails (a full disk) is an OS error naming the final name."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -149,22 +150,29 @@ class _HashedFile:
 
     def write(self, arr: np.ndarray) -> None:
         b = np.ascontiguousarray(arr).tobytes()
-        self.f.write(b)
+        with named_os_errors(self.path):
+            self.f.write(b)
         self.h.update(b)
         self.bytes += len(b)
 
     def commit(self) -> dict:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
+        with named_os_errors(self.path):
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            os.replace(self.tmp, self.path)
         return {"bytes": self.bytes, "sha256": self.h.hexdigest()}
 
     def abort(self) -> None:
-        if not self.f.closed:
-            self.f.close()
-        if self.tmp.exists():
-            self.tmp.unlink()
+        """Remove the temporary file; closing it may fail again (the buffer still holds what did not fit), which
+        must not keep it on disk."""
+        try:
+            if not self.f.closed:
+                self.f.close()
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _ids_hash(doc_ids: Sequence[str]) -> str:
@@ -638,7 +646,6 @@ def _build_shards(
         manifest["codec"] = json.loads((out / CODEC_JSON).read_text())
     manifest.update(
         {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "tokens": n_tokens,
             "bytes": bytes_by_kind,
             "shards": [
@@ -660,6 +667,12 @@ def _build_shards(
     )
     w.barrier()
     return DocIndex.open(out, model=model, verify=False)
+
+
+def _mtime(path: Path) -> str:
+    """When `path` was written. A manifest does not record it (older ones did): it holds nothing but what the
+    index is, so two builds of one corpus with one model write the same bytes."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(path.stat().st_mtime))
 
 
 def _remove_temporaries(out: Path) -> None:
@@ -915,7 +928,7 @@ class DocIndex:
             "bytes_per_token": round(self.bytes_per_token(), 2),
             "bytes_per_token_states": round(self.bytes_per_token("states"), 2),
             "mean_doc_tokens": round(self.n_tokens / max(1, len(self)), 1),
-            "created": m.get("created"),
+            "created": m.get("created") or _mtime(self.path / "manifest.json"),
         }
         if self.codec is not None:
             out["codec"] = ", ".join(f"{k} {v}" for k, v in self.codec.spec().items() if k != "hidden")

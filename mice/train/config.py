@@ -256,10 +256,16 @@ class TrainConfig:
             clean[k] = _coerce(k, value, getattr(self, k), source)
         return replace(self, **clean)
 
+    def settings(self) -> dict:
+        """Every setting but `resume` and `overwrite`, which say what to do with the output folder this once: what
+        train_config.json and a checkpoint record (saved, a config reused through --config would resume or wipe
+        another run's folder; and a run resumed writes the settings an uninterrupted run writes)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("resume", "overwrite")}
+
     def save(self, path) -> Path:
         from mice.files import write_json_atomic
 
-        return write_json_atomic(path, self.to_dict())
+        return write_json_atomic(path, self.settings())
 
 
 def _check_mask_spec(spec: str) -> None:

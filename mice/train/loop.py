@@ -8,8 +8,9 @@ BM25 top-k is re-ranked (each process scores a slice; results are gathered) and 
 Output folder:
 - `best/`: the best model by dev RR@10, a plain folder `mice.models.loader.load` opens;
 - `last/`: the latest checkpoint: the model folder plus `trainer_state.pt` (optimizer, scheduler, step, best,
-  elapsed time, the job identity) and `rng_state_<rank>.pt`; written to a temporary folder and swapped in, so a
-  kill at any moment leaves either the previous or the new checkpoint. Both files hold only tensors and plain
+  elapsed time, the loss not yet logged, the job identity) and `rng_state_<rank>.pt`; written to a temporary
+  folder and swapped in, so a kill or a full disk at any moment leaves either the previous or the new
+  checkpoint (and no temporary folder after a failed write). Both files hold only tensors and plain
   Python values and are read with `torch.load(..., weights_only=True)`: a checkpoint received from someone else
   cannot run code on `--resume` (a pickle that needs more is refused);
 - `train_log.csv` (step, loss, lr, pairs_per_s, dev RR@10, …), `train.log` (every progress line, also when no
@@ -339,16 +340,32 @@ class Trainer:
         quiet_hf()
         self.acc.unwrap_model(self.model).save(folder)
 
+    def _write_folder(self, name: str, write: Callable[[Path], None]) -> None:
+        """`write(tmp)` fills `.name.tmp`, swapped in for `output/name` only once whole. A failure (a full disk)
+        removes the temporary folder, so nothing half-written is left for a rerun to find, and is one OS error
+        naming `output/name` (safetensors' and tokenizers' writers raise no `OSError` of their own)."""
+        from mice.files import named_os_errors
+
+        tmp, final = self.output / f".{name}.tmp", self.output / name
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        try:
+            with named_os_errors(final):
+                write(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _replace_dir(tmp, final)
+
     def _write_best(self, metrics: dict) -> None:
         from mice.files import write_json_atomic
 
-        if self.acc.is_main_process:
-            tmp = self.output / ".best.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
+        def write(tmp: Path) -> None:
             self._save_model(tmp)
             write_json_atomic(tmp / "best.json", {"step": self.step, "dev": metrics})
-            _replace_dir(tmp, self.output / "best")
+
+        if self.acc.is_main_process:
+            self._write_folder("best", write)
         self.acc.wait_for_everyone()
 
     def _flush_teacher(self) -> None:
@@ -363,9 +380,29 @@ class Trainer:
             for q, d, s in rows:
                 self.teacher.table[(q, d)] = s
 
+    def _state(self) -> dict:
+        """What `trainer_state.pt` holds (every value a tensor or a plain Python value)."""
+        window = getattr(self, "_window", None)
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "best_dev": self.best_dev,
+            "elapsed_s": self.elapsed(),
+            "world_size": self.acc.num_processes,
+            "config": self.config.settings(),
+            "identity": self.job,
+            # the loss summed since the last log step: a resumed run logs the mean an uninterrupted one logs
+            "window": {"loss": window.loss, "steps": window.steps} if window is not None else None,
+        }
+
     def save_checkpoint(self) -> None:
-        """`last/` = model folder + optimizer, scheduler, step, best so far, elapsed time and RNG states."""
-        import torch
+        """`last/` = model folder + optimizer, scheduler, step, best so far, elapsed time and RNG states. A failure
+        (a full disk) leaves the previous checkpoint, and no temporary folder, behind."""
+        from mice.files import named_os_errors, torch_save_atomic
 
         acc = self.acc
         t0 = time.perf_counter()
@@ -376,23 +413,16 @@ class Trainer:
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng_state_{acc.process_index}.pt")
-        if acc.is_main_process:
-            self._save_model(tmp)
-            state = {
-                "format": STATE_FORMAT,
-                "step": self.step,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "best_metric": self.best_metric,
-                "best_step": self.best_step,
-                "best_dev": self.best_dev,
-                "elapsed_s": self.elapsed(),
-                "world_size": acc.num_processes,
-                "config": self.config.to_dict(),
-                "identity": self.job,
-            }
-            torch.save(state, tmp / STATE_FILE)
+        try:
+            with named_os_errors(self.output / "last"):
+                torch_save_atomic(_rng_state(), tmp / f"rng_state_{acc.process_index}.pt")
+                if acc.is_main_process:
+                    self._save_model(tmp)
+                    torch_save_atomic(self._state(), tmp / STATE_FILE)
+        except BaseException:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         acc.wait_for_everyone()
         if acc.is_main_process:
             _replace_dir(tmp, self.output / "last")
@@ -470,6 +500,8 @@ class Trainer:
         self.best_step = state["best_step"]
         self.best_dev = state.get("best_dev") or {}
         self._elapsed_before = float(state["elapsed_s"])
+        window = state.get("window")  # absent from checkpoints written before it was kept
+        self._window_before = window if isinstance(window, dict) else {}
         rng_file = folder / f"rng_state_{self.acc.process_index}.pt"
         if rng_file.exists():
             _set_rng_state(safe_load(rng_file), rng_file)
@@ -547,6 +579,7 @@ class Trainer:
         self.console = Console(stderr=False)
         self._t0 = time.perf_counter()
         self._elapsed_before = 0.0
+        self._window_before = {}
         self._last_eval_s = self._last_save_s = 0.0
         resume_from = self._prepare_output()
         _seed_everything(cfg.seed)
@@ -602,7 +635,10 @@ class Trainer:
 
         cfg = self.config
         stopped_by = "max_steps"
-        window = _Window(time.perf_counter())
+        before = self._window_before  # resumed: the steps before the checkpoint that no log line has counted yet
+        self._window = window = _Window(
+            time.perf_counter(), float(before.get("loss", 0.0)), int(before.get("steps", 0))
+        )
         with progress(
             cfg.max_steps,
             "training",
@@ -707,11 +743,7 @@ class Trainer:
             self.save_checkpoint()  # resumed at max_steps or max_steps reached before: keep the folder whole
         self._flush_teacher()
         if self.dev is None and acc.is_main_process:  # no dev split: the final model is the one we keep
-            tmp = self.output / ".best.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            self._save_model(tmp)
-            _replace_dir(tmp, self.output / "best")
+            self._write_folder("best", self._save_model)
             self.best_step = self.step
         acc.wait_for_everyone()
         wall = self.elapsed()
