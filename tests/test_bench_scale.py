@@ -198,7 +198,9 @@ def test_scale_compressed_rows_and_projection(tiny, tmp_path):
     marco = proj[(proj["corpus"] == "MS MARCO passage") & (proj["dtype"] == "pq")].set_index("processes")
     assert set(marco.index) == {1, 8, 64} and (marco["bytes_per_token"] == 48).all()
     assert marco.loc[1, "gib"] == pytest.approx(618_927_610 * 48 / 2**30)
-    assert marco.loc[64, "build_hours"] == pytest.approx(marco.loc[1, "build_hours"] / 64)
+    fit_h = builds.loc[("pq", False), "codec_s"] * 65536 / builds.loc[("pq", False), "codec_states"] / 3600
+    assert builds.loc[("pq", False), "codec_s"] > 0 and builds.loc[("float16", False), "codec_s"] == 0
+    assert marco.loc[64, "build_hours"] == pytest.approx(fit_h + (marco.loc[1, "build_hours"] - fit_h) / 64)
     res_rows = proj[(proj["corpus"] == "MS MARCO passage") & (proj["dtype"] == "residual")]
     assert (res_rows["bytes_per_token"] == 50).all()
 
@@ -251,6 +253,30 @@ def test_projection_arithmetic():
     assert row["gib"] == pytest.approx(442.7, abs=0.05)
     nq = marco[marco["corpus"] == "BEIR NQ"].iloc[0]
     assert nq["tokens"] == 268_146_800 and nq["bytes"] == 268_146_800 * 768
+
+
+def test_a_codebook_fit_is_projected_once_not_per_token():
+    """pq: the fit (10 s on 5,000 states here) is scaled to the 65,536-state sample, once; the per-token rate is
+    the build's without the fit, divided over N processes."""
+    rec = {
+        "dtype": "pq",
+        "kv": False,
+        "bytes_per_token": 48.0,
+        "stored_vectors_per_token": 1,
+        "hidden": 384,
+        "tokens_per_s": 100.0,
+        "tokens_per_cpu_s": 50.0,
+        "codec_s": 10.0,
+        "codec_states": 5000,
+        "tokens_per_s_encode": 200.0,
+    }
+    p = project(pd.DataFrame([rec]), corpora=[Corpus("X", 100_000, 10, "assumed")], processes=(1, 4))
+    p = p.set_index("processes")
+    fit = 10.0 * 65536 / 5000
+    assert p.loc[1, "build_hours"] == pytest.approx((fit + 1_000_000 / 200) / 3600)
+    assert p.loc[4, "build_hours"] == pytest.approx((fit + 1_000_000 / 800) / 3600)
+    assert p.loc[1, "core_hours"] == pytest.approx((fit + 1_000_000 / 100) / 3600)  # CPU rate scaled alike
+    assert p.loc[4, "time_arithmetic"].startswith(f"{fit:,.0f} s codebook fit + 1,000,000 tokens")
 
 
 def test_stored_vector_bytes():

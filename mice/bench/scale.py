@@ -92,6 +92,9 @@ COLUMNS = [
     "pairs_per_s",
     "tokens_per_cpu_s",
     "pairs_per_cpu_s",
+    "codec_s",
+    "codec_states",
+    "tokens_per_s_encode",
     "bytes_per_token",
     "bytes_per_token_states",
     "bytes_per_token_kv",
@@ -263,6 +266,7 @@ def _scale_builds(
     )
     times: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
     cpu: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}
+    fit: dict[tuple[str, bool], list[float]] = {c: [] for c in builds}  # codebook fits (pq, residual)
     indexes = {}
     for _ in range(config.repeats):
         for dtype, kv in builds:
@@ -276,12 +280,14 @@ def _scale_builds(
             )
             times[(dtype, kv)].append(time.perf_counter() - t0)
             cpu[(dtype, kv)].append(time.process_time() - c0)
+            fit[(dtype, kv)].append(indexes[(dtype, kv)].codec_s)
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = []
     for dtype, kv in builds:
         index = indexes[(dtype, kv)]
         med, p10, p90 = _summary(times[(dtype, kv)])
         n_tok = index.n_tokens
+        codec_s = _median(fit[(dtype, kv)])
         rows.append(
             {
                 "section": "build",
@@ -299,6 +305,9 @@ def _scale_builds(
                 "tokens_per_s": n_tok / med,
                 "bytes_per_token": index.bytes_per_token(),
                 "tokens_per_cpu_s": n_tok / max(_median(cpu[(dtype, kv)]), 1e-9),
+                "codec_s": codec_s,
+                "codec_states": int(index.manifest["codec"].get("train_states", 0)) if index.codec is not None else 0,
+                "tokens_per_s_encode": n_tok / max(med - codec_s, 1e-9),
                 "bytes_per_token_states": index.bytes_per_token("states"),
                 "bytes_per_token_kv": index.bytes_per_token("kv") if kv else 0.0,
                 "stored_vectors_per_token": 1 + index.kv_slots,
@@ -470,6 +479,25 @@ def add_scale_ratios(df):
 
 
 # ------------------------------------------------------------------------------------------------ projection
+def _build_rates(rec: dict, tokens: int) -> tuple[float, float, float]:
+    """(codebook fit seconds at full scale, encoding tokens/s, tokens per CPU second) of one measured build.
+
+    A pq/residual build fits its codebooks once, on a sample of `IndexConfig.train_tokens` states (the whole
+    corpus when smaller), before encoding: that fit is a fixed cost, not a per-token one. It is projected linearly
+    in the sample size from the measured fit (`codec_s` on `codec_states` states; Lloyd iterations are linear in
+    the points) and done by one process; the per-token rate is the build's without the fit
+    (`tokens_per_s_encode`), and its CPU rate is scaled by the same wall-clock fraction."""
+    from mice.index.store import IndexConfig
+
+    tps, per_cpu = float(rec["tokens_per_s"]), rec.get("tokens_per_cpu_s")
+    per_cpu = float(per_cpu) if per_cpu is not None else float("nan")
+    fit_s, states = float(rec.get("codec_s") or 0.0), int(rec.get("codec_states") or 0)
+    if fit_s <= 0 or states <= 0:
+        return 0.0, tps, per_cpu
+    enc = float(rec["tokens_per_s_encode"])
+    return fit_s * min(IndexConfig().train_tokens, tokens) / states, enc, per_cpu * enc / tps
+
+
 def project(
     builds, corpora: Sequence[Corpus] = CORPORA, processes: Sequence[int] = PROCESSES, hidden: int = PROJECT_HIDDEN
 ):
@@ -513,11 +541,10 @@ def project(
                 f"{c.passages:,} passages × {c.tokens_per_passage:g} tokens = {tokens:,} tokens × "
                 f"{bpt:g} B/token ({how}) = {size:,.0f} B = {size / 2**30:,.1f} GiB"
             )
-            tps = float(rec["tokens_per_s"])
-            per_cpu = rec.get("tokens_per_cpu_s")
-            core_hours = tokens / float(per_cpu) / 3600 if per_cpu is not None and per_cpu == per_cpu else np.nan
+            fit_s, tps, per_cpu = _build_rates(rec, tokens)
+            core_hours = (fit_s + tokens / per_cpu) / 3600 if per_cpu == per_cpu else np.nan
             for n in processes:
-                seconds = tokens / (tps * n)
+                seconds = fit_s + tokens / (tps * n)
                 rows.append(
                     {
                         "corpus": c.name,
@@ -535,7 +562,8 @@ def project(
                         "build_hours": seconds / 3600,
                         "core_hours": core_hours,
                         "size_arithmetic": size_text,
-                        "time_arithmetic": f"{tokens:,} tokens ÷ ({tps:,.0f} tokens/s × {n}) = {seconds:,.0f} s "
+                        "time_arithmetic": (f"{fit_s:,.0f} s codebook fit + " if fit_s else "")
+                        + f"{tokens:,} tokens ÷ ({tps:,.0f} tokens/s × {n}) = {seconds:,.0f} s "
                         f"= {seconds / 3600:,.2f} h",
                         "assumption": c.assumption,
                     }

@@ -583,12 +583,16 @@ def _build_locked(
             manifest_file.unlink()
     else:
         write_json_atomic(build_file, settings)
+    t0, codec_s = time.perf_counter(), 0.0
     if not finished and config.codec:
         _ensure_codec(doc_ids, encode, out, config)
+        codec_s = time.perf_counter() - t0
     w.barrier()  # the folder is ready (codec included): the other ranks check build.json and write their shards
     if finished:
         return finished
-    return _build_shards(model, doc_ids, encode, out, config, show_progress_bar, settings, w)
+    index = _build_shards(model, doc_ids, encode, out, config, show_progress_bar, settings, w)
+    index.codec_s = codec_s  # this build's codebook fit (sample encoding included), for benchmarks; not stored
+    return index
 
 
 def _build_shards(
@@ -780,6 +784,7 @@ class DocIndex:
         self.max_mapped_bytes = int(max_mapped_bytes)
         np_dtype = DTYPES[self.dtype]
         self.codec = read_codec(path) if self.dtype in CODECS else None
+        self.codec_s = 0.0  # seconds the build that returned this object spent fitting the codec (benchmarks)
         width = self.codec.code_bytes if self.codec is not None else self.hidden_size
         for s, sh in enumerate(manifest["shards"]):
             rec = json.loads((path / f"{sh['name']}.json").read_text())
