@@ -36,6 +36,20 @@ def test_predict_is_cosine_and_cached(encoder):
     assert encoder.rank("sort an array", [p[1] for p in pairs])[0]["corpus_id"] == 0
 
 
+def test_batches_are_formed_by_length_then_text(encoder, monkeypatch):
+    """Which texts share a batch (hence each one's padding) follows the texts alone, not a set's hash order."""
+    chunks = []
+    embed = encoder._embed
+    monkeypatch.setattr(encoder, "_embed", lambda chunk: chunks.append(list(chunk)) or embed(chunk))
+    texts = ["gamma ray", "alpha one", "beta two", "delta", "omega"]
+    out = encoder.encode(texts, batch_size=2, cache=False)
+    assert chunks == [["delta", "omega"], ["beta two", "alpha one"], ["gamma ray"]]
+    chunks.clear()
+    again = encoder.encode(texts[::-1], batch_size=2, cache=False)[::-1]
+    assert chunks == [["delta", "omega"], ["beta two", "alpha one"], ["gamma ray"]]
+    np.testing.assert_array_equal(out, again)
+
+
 def test_biencoder_reranks_bm25_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("MICE_CACHE", str(tmp_path / "cache"))
     folder = write_beir_folder(tmp_path / "mini")

@@ -55,6 +55,9 @@ _FIELD = re.compile(
 _DIRECTIVE = re.compile(r"^\.\.\s+[\w:-]+::")
 _ROLE = re.compile(r":[\w:+.-]+:`([^`]*)`")
 _LINK_TARGET = re.compile(r"^(.*?)\s*<[^<>]+>$", re.S)
+# the address in a default value's repr (pybind11 bakes `<... object at 0x7f...>` into signatures at import time):
+# it differs from one interpreter to the next, and would make the collection's text do so
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")
 
 
 def _role_text(match: re.Match) -> str:
@@ -96,7 +99,7 @@ def split_docstring(doc: str | None) -> tuple[str, str] | None:
     """
     if not doc or not isinstance(doc, str):
         return None
-    lines = inspect.cleandoc(doc).splitlines()
+    lines = inspect.cleandoc(_ADDRESS.sub(">", doc)).splitlines()
     # paragraphs of the head until the first blank line
     i = 0
     while i < len(lines) and not lines[i].strip():

@@ -78,7 +78,8 @@ class BiEncoder(RankMixin, ComputePrecision):
     def encode(self, texts: Sequence[str], batch_size: int = 64, cache: bool = True) -> np.ndarray:
         """Unit-norm embeddings [N, dim]; texts are batched by length and (optionally) memoised."""
         texts = list(texts)
-        todo = sorted({t for t in texts if not (cache and t in self._cache)}, key=len)
+        # by length, then text: the batches (hence each text's padding) do not depend on set order
+        todo = sorted({t for t in texts if not (cache and t in self._cache)}, key=lambda t: (len(t), t))
         fresh: dict[str, np.ndarray] = {}
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
