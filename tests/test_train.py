@@ -294,6 +294,35 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
 
 
+# ------------------------------------------------------------------------------------ reuse and speed
+def test_fused_adamw_moves_every_weight_as_the_per_tensor_adamw(env):
+    """`adamw` (torch's fused kernel, what the loop trains with) against the per-tensor AdamW it replaced: the
+    same weights to float rounding after a few steps, over every parameter group (head lr, no decay)."""
+    import copy
+
+    from mice.train.student import adamw, build_student, param_groups
+
+    cfg = preset("tiny", "masked", model=env["student"], dataset=env["data"], head_lr=1e-3, weight_decay=0.01)
+    fast = build_student(cfg).train()
+    slow = copy.deepcopy(fast)
+    opt_fast = adamw(param_groups(fast, cfg.lr, cfg.head_lr, cfg.weight_decay), cfg.lr)
+    opt_slow = torch.optim.AdamW(param_groups(slow, cfg.lr, cfg.head_lr, cfg.weight_decay), lr=cfg.lr)
+    assert opt_fast.defaults["fused"] and not opt_slow.defaults["fused"]
+    assert len(opt_fast.param_groups) == 4
+    for step in range(4):
+        gen = torch.Generator().manual_seed(step)
+        for a, b in zip(fast.parameters(), slow.parameters()):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        opt_fast.step()
+        opt_slow.step()
+    moved = False
+    for (name, a), b, start in zip(fast.named_parameters(), slow.parameters(), build_student(cfg).parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+        moved |= not torch.equal(a, start)
+    assert moved
+
+
 # --------------------------------------------------------------------------------------------- teacher
 def test_teacher_scores_are_cached_and_reused(env):
     from mice.models.loader import load

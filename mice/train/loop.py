@@ -539,7 +539,7 @@ class Trainer:
         import torch
         from rich.console import Console
 
-        from mice.train.student import build_student, param_groups
+        from mice.train.student import adamw, build_student, param_groups
 
         cfg, acc = self.config, self.acc
         if cfg.num_threads:
@@ -559,7 +559,7 @@ class Trainer:
 
         student = build_student(cfg, source=str(resume_from) if resume_from else None)
         student.train()
-        optimizer = torch.optim.AdamW(param_groups(student, cfg.lr, cfg.head_lr, cfg.weight_decay), lr=cfg.lr)
+        optimizer = adamw(param_groups(student, cfg.lr, cfg.head_lr, cfg.weight_decay), cfg.lr)
         schedule = linear_schedule(cfg.warmup_steps, cfg.max_steps, decay=cfg.lr_schedule == "linear")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.optimizer, self.scheduler = optimizer, scheduler
