@@ -305,10 +305,10 @@ def module_fingerprint(module) -> str:
     return h.hexdigest()
 
 
-def dataset_identity(ds, splits=()) -> str:
-    """sha256 over a dataset's content: the corpus, and the queries and qrels of `splits` (sorted, so the
-    order files list them in does not matter). Unlike `Dataset.fingerprint` (which may key on file paths and
-    mtimes), this changes exactly when the text or the judgements change."""
+def dataset_identity(ds, splits=(), corpus: bool = True) -> str:
+    """sha256 over a dataset's content: the corpus (unless `corpus` is false), and the queries and qrels of
+    `splits` (sorted, so the order files list them in does not matter). Unlike `Dataset.fingerprint` (which may
+    key on file paths and mtimes), this changes exactly when the text or the judgements change."""
     h = hashlib.sha256()
 
     def put(*parts) -> None:
@@ -317,7 +317,7 @@ def dataset_identity(ds, splits=()) -> str:
             h.update(b"\0")
         h.update(b"\1")
 
-    for doc_id, text in sorted(ds.corpus().items()):
+    for doc_id, text in sorted(ds.corpus().items()) if corpus else ():
         put("d", doc_id, text)
     for split in splits:
         if split is None:

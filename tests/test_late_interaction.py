@@ -59,6 +59,17 @@ def test_forward_predict_and_stored_vectors_agree(model):
     np.testing.assert_allclose(model.score(qids, stored, batch_size=2), fwd, atol=1e-5, rtol=0)
 
 
+def test_predict_in_length_order_gives_every_pair_its_own_score(model):
+    """`predict` encodes each distinct query once and the documents longest first: every score is the pair's
+    forward score alone, in input order, whatever the batch size (and on an empty input, nothing)."""
+    pairs = [(q, d) for q in QUERIES[:3] for d in DOCS[::-1]] + [(QUERIES[0], DOCS[1])]
+    with torch.no_grad():
+        alone = np.array([float(model([q], [d])[0, 0]) for q, d in pairs])
+    for batch_size in (1, 4, 64):
+        np.testing.assert_allclose(model.predict(pairs, batch_size=batch_size), alone, atol=1e-5, rtol=0)
+    assert model.predict([]).shape == (0,)
+
+
 def test_save_and_load(model, tmp_path):
     model.save_pretrained(tmp_path / "li")
     assert is_late_interaction_folder(tmp_path / "li")

@@ -294,6 +294,70 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
 
 
+# ------------------------------------------------------------------------------------ reuse and speed
+def test_fused_adamw_moves_every_weight_as_the_per_tensor_adamw(env):
+    """`adamw` (torch's fused kernel, what the loop trains with) against the per-tensor AdamW it replaced: the
+    same weights to float rounding after a few steps, over every parameter group (head lr, no decay)."""
+    import copy
+
+    from mice.train.student import adamw, build_student, param_groups
+
+    cfg = preset("tiny", "masked", model=env["student"], dataset=env["data"], head_lr=1e-3, weight_decay=0.01)
+    fast = build_student(cfg).train()
+    slow = copy.deepcopy(fast)
+    opt_fast = adamw(param_groups(fast, cfg.lr, cfg.head_lr, cfg.weight_decay), cfg.lr)
+    opt_slow = torch.optim.AdamW(param_groups(slow, cfg.lr, cfg.head_lr, cfg.weight_decay), lr=cfg.lr)
+    assert opt_fast.defaults["fused"] and not opt_slow.defaults["fused"]
+    assert len(opt_fast.param_groups) == 4
+    for step in range(4):
+        gen = torch.Generator().manual_seed(step)
+        for a, b in zip(fast.parameters(), slow.parameters()):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        opt_fast.step()
+        opt_slow.step()
+    moved = False
+    for (name, a), b, start in zip(fast.named_parameters(), slow.parameters(), build_student(cfg).parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+        moved |= not torch.equal(a, start)
+    assert moved
+
+
+def test_training_pool_is_built_once_per_data_and_settings(env, tmp_path):
+    """The search and the frontier start dozens of runs in one process: the pool of the same data and settings is
+    built once (an equal pool), another depth or edited data (judgements, corpus) builds a new one."""
+    import shutil
+
+    from mice.data import load_dataset
+    from mice.train.samples import pool_from_dataset, shared_pool
+
+    folder = shutil.copytree(env["data"], tmp_path / "data")
+    first = shared_pool(load_dataset(str(folder)), "train", 5)
+    assert shared_pool(load_dataset(str(folder)), "train", 5) is first  # a file dataset is a new object each time
+    fresh = pool_from_dataset(load_dataset(str(folder)), "train", 5)
+    assert (first.query_ids, first.positives, first.candidates) == (fresh.query_ids, fresh.positives, fresh.candidates)
+    assert shared_pool(load_dataset(str(folder)), "train", 3) is not first
+    qrels = folder / "qrels" / "train.tsv"
+    lines = qrels.read_text().splitlines(keepends=True)
+    qrels.write_text("".join(lines[:-1]))  # one judgement fewer
+    edited = shared_pool(load_dataset(str(folder)), "train", 5)
+    assert edited is not first and len(edited.positives) == len(first.positives) - 1
+    corpus = folder / "corpus.jsonl"
+    corpus.write_text(corpus.read_text() + json.dumps({"_id": "extra", "text": "an extra document"}) + "\n")
+    assert shared_pool(load_dataset(str(folder)), "train", 5) is not edited
+
+
+def test_dev_candidates_are_built_once_per_data_and_settings(env):
+    from mice.data import load_dataset
+    from mice.train import Trainer
+
+    ds = load_dataset(env["data"])
+    first = Trainer(_cfg(env, env["root"] / "dev-a"))._dev_candidates(ds)
+    assert Trainer(_cfg(env, env["root"] / "dev-b", seed=3))._dev_candidates(load_dataset(env["data"])) is first
+    other = Trainer(_cfg(env, env["root"] / "dev-c", dev_top_k=3))._dev_candidates(ds)
+    assert other is not first and len(other["pairs"]) < len(first["pairs"])
+
+
 # --------------------------------------------------------------------------------------------- teacher
 def test_teacher_scores_are_cached_and_reused(env):
     from mice.models.loader import load

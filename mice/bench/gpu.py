@@ -365,7 +365,7 @@ def _train(config: GPUBenchConfig, folder: Path, device, dtype: str, work: Path,
     from mice.models.precision import autocast
     from mice.train.config import TrainConfig
     from mice.train.losses import margin_mse
-    from mice.train.student import build_student, param_groups
+    from mice.train.student import adamw, build_student, param_groups
 
     g = config.train_groups
     queries = _texts(g, config.query_len, config.seed)
@@ -387,7 +387,7 @@ def _train(config: GPUBenchConfig, folder: Path, device, dtype: str, work: Path,
             weight_decay=0.0,
         )
         student = build_student(cfg, device=device).train()
-        opt = torch.optim.AdamW(param_groups(student, cfg.lr, None, 0.0), lr=cfg.lr)
+        opt = adamw(param_groups(student, cfg.lr, None, 0.0), cfg.lr)
         times = []
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

@@ -1,5 +1,6 @@
-"""`mice bench latency|plot|scale`: time re-ranking with every method in one process, draw the figure, and
-measure the scale figures (index build, storage, re-ranking throughput; projection to full collections)."""
+"""`mice bench latency|plot|scale|train`: time re-ranking with every method in one process, draw the figure,
+measure the scale figures (index build, storage, re-ranking throughput; projection to full collections), and
+what a training step of each mode costs against the cross-encoder's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import typer
 bench_app = typer.Typer(
     help="Benchmarks: re-ranking latency of the cross-encoder, masked, MICE (on the fly, "
     "from the index, cached K/V) and MaxSim; scale figures (index build, storage, "
-    "throughput per process, projection).",
+    "throughput per process, projection); training step cost of each mode against the cross-encoder's.",
     no_args_is_help=True,
 )
 
@@ -604,6 +605,59 @@ def gpu_cmd(
     with plain_warnings():
         run_gpu_bench(config, out, log=lambda s: console.print(s, highlight=False))
     console.print((out / "gpu.md").read_text(), highlight=False)
+
+
+@bench_app.command("train")
+def train_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="CSV to write (one row per mode and phase)"),
+    model: str = typer.Option("packaged:minilm", "--model", "-m", help="Backbone every mode starts from"),
+    dataset: str = typer.Option("embedded:docs", "--dataset", "-d", help="Dataset the groups are drawn from"),
+    split: str = typer.Option("train", "--split", help="Split the groups are drawn from"),
+    preset: str = typer.Option("quick", "--preset", help="Train preset giving every mode's settings"),
+    modes: str = typer.Option(
+        ",".join(__import__("mice.bench.train", fromlist=["MODES"]).MODES),
+        "--modes",
+        help="Comma-separated modes (the cross-encoder is the reference)",
+    ),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Mask of the masked mode (default: the preset's)"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="MICE architecture a+b (default: the preset's)"),
+    steps: int = typer.Option(8, "--steps", help="Timed steps per mode (interleaved across the modes)"),
+    warmup: int = typer.Option(1, "--warmup", help="Untimed steps per mode first"),
+    eval_pairs: int = typer.Option(64, "--eval-pairs", help="Pairs each evaluation re-ranks (reported per 600)"),
+    eval_every: int = typer.Option(2, "--eval-every", help="Evaluate every this many timed steps"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: torch's)"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+) -> None:
+    """What a training step of each mode costs, phase by phase (data, teacher, forward, backward, optimizer;
+    evaluation per 600 pairs), as a ratio to the cross-encoder's step: steps interleaved in one process."""
+    from rich.console import Console
+
+    from mice.bench.train import TrainBenchConfig, run_train_bench, table
+    from mice.cli.data import plain_warnings
+    from mice.files import write_table
+
+    console = Console(width=150)
+    config = TrainBenchConfig(
+        model=model,
+        dataset=dataset,
+        split=split,
+        preset=preset,
+        modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+        mask=mask,
+        layers=_arch(arch) if arch else None,
+        steps=steps,
+        warmup=warmup,
+        eval_pairs=eval_pairs,
+        eval_every=eval_every,
+        threads=threads,
+        device=device,
+    )
+    with plain_warnings():
+        df = run_train_bench(config, log=lambda s: console.print(s, highlight=False))
+    write_table(df, out)
+    console.print("time per phase / the cross-encoder's student step (data + forward + backward + optimizer)")
+    console.print(table(df), highlight=False)
+    console.print(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:

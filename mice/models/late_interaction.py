@@ -272,27 +272,44 @@ class MaxSimScorer(RankMixin, ComputePrecision, nn.Module):
         show_progress_bar: bool = False,
         convert_to_numpy: bool = True,
     ):
-        """Scores for (query, document) pairs, in input order (each distinct query is encoded once per batch)."""
+        """Scores for (query, document) pairs, in input order. Each distinct query is encoded once; documents are
+        encoded longest first, so a batch pads to lengths alike (what re-ranking a top-k list costs at most)."""
         from mice.validate import positive
 
         positive("batch_size", batch_size)
         pairs = [(str(q), str(d)) for q, d in pairs]
         out = torch.empty(len(pairs), dtype=torch.float32)
+        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][1]))
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode(), self.autocast():
+                queries = self._query_vectors(list(dict.fromkeys(q for q, _ in pairs)), batch_size)
                 for start in range(0, len(pairs), batch_size):
-                    chunk = pairs[start : start + batch_size]
-                    uniq = list(dict.fromkeys(q for q, _ in chunk))
-                    qv = self.encode_texts(uniq, "query")
-                    pos = torch.tensor([uniq.index(q) for q, _ in chunk], device=self.device)
-                    qv = TokenVectors(qv.vectors.index_select(0, pos), qv.mask.index_select(0, pos))
-                    dv = self.encode_texts([d for _, d in chunk], "doc")
-                    out[start : start + len(chunk)] = self.maxsim_pairs(qv, dv).float().cpu()
+                    idx = order[start : start + batch_size]
+                    qv = queries([pairs[i][0] for i in idx])
+                    dv = self.encode_texts([pairs[i][1] for i in idx], "doc")
+                    out[torch.tensor(idx, dtype=torch.long)] = self.maxsim_pairs(qv, dv).float().cpu()
         finally:
             self.train(was_training)
         return out.numpy() if convert_to_numpy else out
+
+    def _query_vectors(self, texts: list[str], batch_size: int):
+        """`take(queries) -> TokenVectors` of those queries (any of `texts`), all encoded once here, in batches; a
+        query's padding rows are zero vectors that no score counts."""
+        if not texts:
+            return None
+        parts = [self.encode_texts(texts[i : i + batch_size], "query") for i in range(0, len(texts), batch_size)]
+        width = max(p.vectors.shape[1] for p in parts)
+        vectors = torch.cat([F.pad(p.vectors, (0, 0, 0, width - p.vectors.shape[1])) for p in parts])
+        mask = torch.cat([F.pad(p.mask, (0, width - p.mask.shape[1])) for p in parts])
+        row = {q: i for i, q in enumerate(texts)}
+
+        def take(queries: list[str]) -> TokenVectors:
+            pos = torch.tensor([row[q] for q in queries], device=vectors.device)
+            return TokenVectors(vectors.index_select(0, pos), mask.index_select(0, pos))
+
+        return take
 
     def identity(self) -> dict:
         """Loaded weights (encoder and projection), lengths and compute precision, for resumable jobs."""

@@ -219,7 +219,7 @@ class Trainer:
 
     def _load_data(self):
         from mice.data import load_dataset
-        from mice.train.samples import GroupSampler, pool_from_dataset, pool_from_triples
+        from mice.train.samples import GroupSampler, pool_from_triples, shared_pool
         from mice.train.teacher import TeacherScores, default_cache_path, teacher_file
 
         cfg = self.config
@@ -240,7 +240,7 @@ class Trainer:
                 if cfg.sampling == "triples"
                 else pool_from_triples(triples, ds)
                 if triples is not None
-                else pool_from_dataset(
+                else shared_pool(
                     ds, cfg.train_split, cfg.bm25_depth, cfg.negative_miner, cfg.teacher_max_length or cfg.max_length
                 )
             )
@@ -267,20 +267,25 @@ class Trainer:
     def _dev_candidates(self, ds) -> dict:
         from mice.rank.first_stage import BM25Index
         from mice.train.devset import excluded_query_ids, select_dev_queries
+        from mice.train.samples import data_key, reused
 
         cfg = self.config
         queries = ds.queries(cfg.dev_split)
         qids = select_dev_queries(
             queries, cfg.dev_queries, cfg.dev_sample, cfg.dev_seed, excluded_query_ids(cfg.dev_exclude)
         )
-        keep = set(qids)
-        # only the chosen queries are retrieved (MS MARCO dev has ~55k judged queries; validation uses 500)
-        run = BM25Index.for_dataset(ds).search({q: queries[q] for q in qids}, cfg.dev_top_k)
-        corpus = ds.corpus()
-        qrels = ds.qrels(cfg.dev_split)
-        qrels = qrels[qrels["query_id"].isin(keep)]
-        pairs = [(q, d, queries[q], corpus[d]) for q, d in zip(run["query_id"], run["doc_id"])]
-        return {"pairs": pairs, "qrels": qrels, "bm25": run}
+
+        def build() -> dict:
+            # only the chosen queries are retrieved (MS MARCO dev has ~55k judged queries; validation uses 500)
+            run = BM25Index.for_dataset(ds).search({q: queries[q] for q in qids}, cfg.dev_top_k)
+            corpus = ds.corpus()
+            qrels = ds.qrels(cfg.dev_split)
+            qrels = qrels[qrels["query_id"].isin(set(qids))]
+            pairs = [(q, d, queries[q], corpus[d]) for q, d in zip(run["query_id"], run["doc_id"])]
+            return {"pairs": pairs, "qrels": qrels, "bm25": run}
+
+        # the same data, queries and depth give the same candidates: built once per process
+        return reused(("dev", *data_key(ds, cfg.dev_split), tuple(qids), cfg.dev_top_k), build)
 
     # ----------------------------------------------------------------------------------------- evaluation
     def _dev_metrics(self, rows) -> dict[str, float]:
@@ -571,7 +576,7 @@ class Trainer:
         import torch
         from rich.console import Console
 
-        from mice.train.student import build_student, param_groups
+        from mice.train.student import adamw, build_student, param_groups
 
         cfg, acc = self.config, self.acc
         if cfg.num_threads:
@@ -592,7 +597,7 @@ class Trainer:
 
         student = build_student(cfg, source=str(resume_from) if resume_from else None)
         student.train()
-        optimizer = torch.optim.AdamW(param_groups(student, cfg.lr, cfg.head_lr, cfg.weight_decay), lr=cfg.lr)
+        optimizer = adamw(param_groups(student, cfg.lr, cfg.head_lr, cfg.weight_decay), cfg.lr)
         schedule = linear_schedule(cfg.warmup_steps, cfg.max_steps, decay=cfg.lr_schedule == "linear")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.optimizer, self.scheduler = optimizer, scheduler

@@ -9,13 +9,18 @@ processes with batch B train exactly like one process with batch R·B.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from mice.errors import DataError
+
+T = TypeVar("T")
+REUSE_SIZE = 4  # what `reused` keeps: the pools and dev candidates of the last few (data, settings)
+_REUSED: "OrderedDict[tuple, object]" = OrderedDict()
 
 
 @dataclass
@@ -95,6 +100,52 @@ def pool_from_dataset(
             f"in the top {depth} and are not used"
         )
     return pool
+
+
+def reused(key: tuple, build: Callable[[], T]) -> T:
+    """`build()`, kept for the rest of the process under `key` (the last `REUSE_SIZE` keys): what a run builds
+    from its data alone is built once by a search or a frontier that starts dozens of runs in one process. The
+    key must name everything the result depends on; the result is shared, so nobody may modify it."""
+    if key in _REUSED:
+        _REUSED.move_to_end(key)
+        return _REUSED[key]  # type: ignore[return-value]
+    value = build()
+    _REUSED[key] = value
+    while len(_REUSED) > REUSE_SIZE:
+        _REUSED.popitem(last=False)
+    return value
+
+
+def shared_pool(dataset, split: str, depth: int, miner: str | None = None, miner_max_length: int = 256) -> TrainingPool:
+    """`pool_from_dataset`, built once per process for the same data and settings (`reused`). The key: the
+    dataset's fingerprint (what the BM25 index and run it reads are cached under), the content of the split's
+    queries and judgements, the depth and the miner's weights; an edited file or a retrained miner never gets a
+    stale pool."""
+    return reused(
+        ("pool", *data_key(dataset, split), int(depth), _miner_key(miner, miner_max_length)),
+        lambda: pool_from_dataset(dataset, split, depth, miner, miner_max_length),
+    )
+
+
+def data_key(dataset, split: str) -> tuple:
+    """What a pool or a dev set built from `split` of `dataset` depends on, for `reused`: the corpus through the
+    dataset's fingerprint (hashing it all again would cost more than the pool on a large collection), and the
+    split's queries and judgements by content."""
+    from mice.identity import dataset_identity
+
+    return (
+        type(dataset).__name__,
+        dataset.name,
+        dataset.fingerprint(),
+        split,
+        dataset_identity(dataset, [split], corpus=False),
+    )
+
+
+def _miner_key(miner: str | None, max_length: int):
+    from mice.identity import weights_fingerprint
+
+    return None if miner is None else (str(miner), weights_fingerprint(miner), int(max_length))
 
 
 def pool_from_triples(triples: pd.DataFrame, dataset) -> TrainingPool:
