@@ -48,6 +48,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "max_steps": (1, None, True),
     "max_minutes": (0, None, False),
     "eval_every": (1, None, True),
+    "eval_pairs": (1, None, True),  # `mice bench train`: pairs re-ranked per evaluation measurement
     "save_every": (1, None, True),
     "negatives": (1, 1024, True),  # sampled per query and batched: 100000 would allocate for hours
     "contextual_layers": (1, MAX_LAYERS, True),
