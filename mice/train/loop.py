@@ -429,9 +429,9 @@ class Trainer:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         acc.wait_for_everyone()
-        if acc.is_main_process:
-            _replace_dir(tmp, self.output / "last")
+        if acc.is_main_process:  # the log first: a kill between the two leaves rows a resume drops, never a gap
             self._write_log()
+            _replace_dir(tmp, self.output / "last")
         acc.wait_for_everyone()
         self._last_save_s = time.perf_counter() - t0
 
