@@ -13,13 +13,18 @@ from mice.models.testing import tiny_cross_encoder
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_bench_cli_tiny(tmp_path):
+def test_bench_cli_tiny(tmp_path, monkeypatch):
+    import tempfile
+
     from typer.testing import CliRunner
 
     from mice.cli import app
 
     model = tiny_cross_encoder(tmp_path / "ce", num_layers=4)
     out = tmp_path / "bench.csv"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the benchmark's own folder goes
     res = CliRunner().invoke(
         app,
         [
@@ -48,6 +53,7 @@ def test_bench_cli_tiny(tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
+    assert list(scratch.iterdir()) == []  # the temporary backbone, indexes and vectors are removed
     df = pd.read_csv(out)
     assert list(df.columns) == COLUMNS
     assert sorted(df["doc_len"].unique()) == [16, 24]

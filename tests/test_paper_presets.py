@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pandas as pd
 import pytest
@@ -152,6 +153,7 @@ def env(tmp_path_factory):
     (encoder / "config.json").write_text(json.dumps(cfg))
     yield {"root": root, "data": data, "encoder": encoder}
     mp.undo()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _offline(env, out) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,7 @@ def train_env(tmp_path_factory, name: str, **models):
     built = {key: str(tiny_cross_encoder(root / key, **kw)) for key, kw in models.items()}
     yield {"root": root, "data": str(data), **built}
     mp.undo()
+    shutil.rmtree(root, ignore_errors=True)  # checkpoints take gigabytes; the module is done with them
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ computes agrees with Python (path mass, per-query CI, edited mask JSON). Render 
 printed, not asserted."""
 
 import json
+import shutil
 import os
 import re
 import subprocess
@@ -376,7 +377,8 @@ def tiny_demo(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("demo") / "tiny"
     run_demo(run, "tiny")
-    return run
+    yield run
+    shutil.rmtree(run.parent, ignore_errors=True)
 
 
 @pytest.mark.integration

@@ -29,7 +29,7 @@ import platform
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -479,7 +479,11 @@ def _time_methods(bench: _Bench, setups: dict) -> tuple[list[str], dict, dict]:
 
 
 def run_latency(config: LatencyConfig, log: Callable[[str], None] = print):
-    """Run the benchmark; returns a DataFrame with `COLUMNS`."""
+    """Run the benchmark; returns a DataFrame with `COLUMNS`. Without `config.workdir` the backbone, indexes and
+    token vectors go to a temporary folder that is removed afterwards, however the run ends."""
+    if config.workdir is None:
+        with tempfile.TemporaryDirectory(prefix="mice-bench-") as work:
+            return run_latency(replace(config, workdir=work), log)
     import pandas as pd
 
     from mice.errors import ModelError
