@@ -65,6 +65,36 @@ def test_pq_is_exact_on_data_it_can_represent_and_bounded_on_gaussians():
         PQCodec.train(x, m=5)
 
 
+def test_anchors_recover_token_and_position_means_and_round_trip():
+    """States that are a token row plus a position row plus small noise: the anchors find both (up to a constant
+    moved between them), so anchored pq codes only the noise; without token ids it refuses in one line."""
+    g = torch.Generator().manual_seed(2)
+    V, P, H, n = 50, 12, 16, 5000
+    T, Pos = torch.randn(V, H, generator=g) * 3, torch.randn(P, H, generator=g)
+    ids, pos = torch.randint(0, V, (n,), generator=g), torch.randint(0, P, (n,), generator=g)
+    noise = 0.05 * torch.randn(n, H, generator=g)
+    x = T[ids] + Pos[pos] + noise
+    plain = PQCodec.train(x, m=4)
+    anchored = PQCodec.train(x, m=4, token_ids=ids, positions=pos)
+    assert anchored.code_bytes == 4 + 2 and anchored.spec()["anchors"]["tokens"] == V
+    assert _rel_err(x - noise, anchored.anchors(ids, pos)) < 1e-3
+    codes = anchored.encode(x, ids, pos)
+    assert codes.shape == (n, 6) and (codes[:, :2].copy().view("<u2").reshape(-1) == ids.numpy()).all()
+    err_anchored = _rel_err(x, anchored.decode(codes, pos))
+    assert err_anchored < 0.2 * _rel_err(x, plain.decode(plain.encode(x))) and err_anchored < 1e-3
+    back = codec_from_spec(anchored.spec(), anchored.to_bytes())
+    assert torch.equal(back.decode(codes, pos), anchored.decode(codes, pos))
+    assert (back.encode(x, ids, pos) == codes).all()
+    unseen = torch.full((3,), V + 7)  # an id outside the sample: the mean row
+    assert torch.allclose(
+        anchored.anchors(unseen, pos[:3])[0] - anchored.anchors.position[pos[0]], anchored.anchors.token[-1]
+    )
+    with pytest.raises(IndexError_, match="token ids"):
+        anchored.encode(x)
+    with pytest.raises(IndexError_, match="positions"):
+        anchored.decode(codes)
+
+
 @pytest.mark.parametrize("bits,bound", [(1, 0.35), (2, 0.15)])
 def test_residual_round_trip_bounds(bits, bound):
     x = _gaussian()
@@ -94,33 +124,41 @@ def model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def indexes(model, tmp_path_factory):
     root = tmp_path_factory.mktemp("cidx")
-    configs = {"float16": {}, "pq": {"pq_m": 8}, "residual": {"bits": 2, "centroids": 64}}
+    configs = {
+        "float16": {},
+        "pq": {"pq_m": 8},
+        "pq-anchored": {"dtype": "pq", "pq_m": 8, "anchors": True},
+        "residual": {"bits": 2, "centroids": 64},
+    }
     return {
-        k: build_index(model, CORPUS, root / k, IndexConfig(dtype=k, shard_size=32, train_tokens=2048, **kw))
+        k: build_index(model, CORPUS, root / k, IndexConfig(**{"dtype": k, **kw}, shard_size=32, train_tokens=2048))
         for k, kw in configs.items()
     }
 
 
 def test_compressed_index_reranks_like_float16(model, indexes):
-    """Stated bound (H = 32, pq 8 B/token = 16× below float16; residual 2 + 8 B/token): per query, the Spearman
-    correlation of the scores with the float16 index's is ≥ 0.8 and the stored states decode within 0.35 relative
-    squared error of the float16 ones."""
+    """Stated bound (H = 32, pq 8 B/token = 16× below float16; anchored pq 2 + 8; residual 2 + 8 B/token): per
+    query, the Spearman correlation of the scores with the float16 index's is ≥ 0.8 and the stored states decode
+    within 0.35 relative squared error of the float16 ones; the anchors lower pq's error at least twofold."""
     ids = list(CORPUS)
     ref = indexes["float16"]
     ref_states = ref.states(ref.positions(ids))
     ref_scores = [FastReranker(model, ref).score(q, ids) for q in QUERIES]
-    for kind in ("pq", "residual"):
+    errors = {}
+    for kind in ("pq", "pq-anchored", "residual"):
         idx = indexes[kind]
-        assert idx.bytes_per_token() == idx.codec.code_bytes == {"pq": 8, "residual": 10}[kind]
+        assert idx.bytes_per_token() == idx.codec.code_bytes == {"pq": 8, "pq-anchored": 10, "residual": 10}[kind]
         st = idx.states(idx.positions(ids))
         assert torch.equal(st.mask, ref_states.mask)
-        assert _rel_err(ref_states.hidden[st.mask], st.hidden[st.mask]) < 0.35
+        errors[kind] = _rel_err(ref_states.hidden[st.mask], st.hidden[st.mask])
+        assert errors[kind] < 0.35
         assert float(st.hidden[~st.mask].abs().sum()) == 0.0  # padding stays zero
         rr = FastReranker(model, idx)
         for q, r in zip(QUERIES, ref_scores):
             assert spearmanr(r, rr.score(q, ids))[0] >= 0.8, (kind, q)
         info = idx.info()
         assert info["bytes_per_token"] == idx.codec.code_bytes and info["codec_bytes"] == len(idx.codec.to_bytes())
+    assert errors["pq-anchored"] < 0.5 * errors["pq"], errors
 
 
 def test_codec_checked_and_kv_refused(model, indexes, tmp_path):
@@ -137,17 +175,19 @@ def test_codec_checked_and_kv_refused(model, indexes, tmp_path):
         DocIndex.open(copy)
 
 
-def test_interrupted_compressed_build_resumes_to_the_same_bytes(model, tmp_path):
+@pytest.mark.parametrize("anchors", [False, True])
+def test_interrupted_compressed_build_resumes_to_the_same_bytes(model, tmp_path, anchors):
     corpus = dict(list(CORPUS.items())[:40])
-    config = IndexConfig(dtype="pq", pq_m=8, shard_size=10, batch_size=4, train_tokens=512)
+    config = IndexConfig(dtype="pq", pq_m=8, anchors=anchors, shard_size=10, batch_size=4, train_tokens=512)
     out, calls = tmp_path / "idx", []
 
     def encode_then_fail(ids):
         calls.append(ids)
         if len(calls) == 5:  # the codec's sample was drawn; killed in the middle of a shard
             raise KeyboardInterrupt
-        for i, s in model.iter_document_states([corpus[d] for d in ids], batch_size=config.batch_size):
-            yield ids[i], s  # as build_index encodes (states depend on the batch's padding in the last bits)
+        texts = [corpus[d] for d in ids]
+        for i, s, tok in model.iter_document_states(texts, batch_size=config.batch_size, with_token_ids=True):
+            yield ids[i], s, tok  # as build_index encodes (states depend on the batch's padding in the last bits)
 
     with pytest.raises(KeyboardInterrupt):
         build_index_with(model, list(corpus), encode_then_fail, out, config, content=content_hash(corpus.items()))
@@ -193,6 +233,7 @@ def test_two_processes_build_the_bytes_one_process_builds(model, tmp_path):
         "pq",
         "--pq-m",
         8,
+        "--anchors",
         "--train-tokens",
         600,
     ]
@@ -216,7 +257,14 @@ def test_two_processes_build_the_bytes_one_process_builds(model, tmp_path):
     assert {k for k in m1 if m1[k] != m2[k]} <= {"created", "checksum"}
 
 
-def test_cli_build_and_info_print_bytes_per_token(model, tmp_path):
+@pytest.mark.parametrize(
+    "options,kind,bytes_per_token",
+    [
+        (["--storage", "residual", "--bits", "1", "--centroids", "16"], "residual", 2 + 32 // 8),
+        (["--storage", "pq", "--pq-m", "4", "--anchors"], "pq", 2 + 4),
+    ],
+)
+def test_cli_build_and_info_print_bytes_per_token(model, tmp_path, options, kind, bytes_per_token):
     from typer.testing import CliRunner
 
     from mice.cli import app
@@ -238,20 +286,15 @@ def test_cli_build_and_info_print_bytes_per_token(model, tmp_path):
             str(beir),
             "--out",
             str(tmp_path / "idx"),
-            "--storage",
-            "residual",
-            "--bits",
-            "1",
-            "--centroids",
-            "16",
+            *options,
             "--train-tokens",
             "300",
         ],
     )
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["index", "info", str(tmp_path / "idx")])
-    assert res.exit_code == 0 and "bytes per token" in res.output and "residual" in res.output
-    assert DocIndex.open(tmp_path / "idx").bytes_per_token() == 2 + 32 // 8
+    assert res.exit_code == 0 and "bytes per token" in res.output and kind in res.output
+    assert DocIndex.open(tmp_path / "idx").bytes_per_token() == bytes_per_token
 
 
 @pytest.mark.parametrize(
@@ -260,6 +303,7 @@ def test_cli_build_and_info_print_bytes_per_token(model, tmp_path):
         (["--storage", "pq", "--pq-m", "5"], "--pq-m"),
         (["--storage", "pq", "--kv"], "--kv"),
         (["--storage", "residual", "--bits", "3"], "bits"),
+        (["--storage", "residual", "--anchors"], "anchors"),
         (["--storage", "zip"], "zip"),
     ],
 )

@@ -55,6 +55,7 @@ COLUMNS = [
 _KEYS = {
     "m": ("pq_m", int),
     "rotation": ("rotation", lambda v: v.lower() in ("1", "true", "yes")),
+    "anchors": ("anchors", lambda v: v.lower() in ("1", "true", "yes")),
     "centroids": ("centroids", int),
     "bits": ("bits", int),
     "train": ("train_tokens", int),
@@ -62,7 +63,8 @@ _KEYS = {
 
 
 def parse_storage(spec: str) -> dict:
-    """ "pq", "pq:m=32", "pq:m=48:rotation=1", "residual:bits=2:centroids=4096" -> IndexConfig keywords."""
+    """ "pq", "pq:m=32", "pq:m=48:rotation=1", "pq:m=32:anchors=1", "residual:bits=2:centroids=4096" ->
+    IndexConfig keywords."""
     from mice.errors import MiceError
     from mice.index.store import normalise_dtype
 

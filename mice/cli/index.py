@@ -109,6 +109,11 @@ _STORAGE = typer.Option(
 )
 _PQ_M = typer.Option(48, "--pq-m", help="pq: sub-vectors per state, one byte each (48 = 48 B per token)")
 _ROTATION = typer.Option(False, "--rotation/--no-rotation", help="pq: learn an orthogonal rotation first (OPQ)")
+_ANCHORS = typer.Option(
+    False,
+    "--anchors/--no-anchors",
+    help="pq: code what each state adds to its token's and position's mean state (2 B more: the token id)",
+)
 _CENTROIDS = typer.Option(1024, "--centroids", help="residual: k-means centroids (id stored in 2 bytes)")
 _BITS = typer.Option(1, "--bits", help="residual: bits per dimension of the residual (1, 2, 4 or 8)")
 _TRAIN = typer.Option(
@@ -157,6 +162,7 @@ def index_main(
     compute_dtype: str = _COMPUTE_DTYPE,
     pq_m: int = _PQ_M,
     rotation: bool = _ROTATION,
+    anchors: bool = _ANCHORS,
     centroids: int = _CENTROIDS,
     bits: int = _BITS,
     train_tokens: int = _TRAIN,
@@ -183,12 +189,19 @@ def index_main(
         arch,
         device,
         compute_dtype,
-        _codec(pq_m, rotation, centroids, bits, train_tokens),
+        _codec(pq_m, rotation, anchors, centroids, bits, train_tokens),
     )
 
 
-def _codec(pq_m: int, rotation: bool, centroids: int, bits: int, train_tokens: int) -> dict:
-    return {"pq_m": pq_m, "rotation": rotation, "centroids": centroids, "bits": bits, "train_tokens": train_tokens}
+def _codec(pq_m: int, rotation: bool, anchors: bool, centroids: int, bits: int, train_tokens: int) -> dict:
+    return {
+        "pq_m": pq_m,
+        "rotation": rotation,
+        "anchors": anchors,
+        "centroids": centroids,
+        "bits": bits,
+        "train_tokens": train_tokens,
+    }
 
 
 @index_app.command("build")
@@ -206,6 +219,7 @@ def build_cmd(
     compute_dtype: str = _COMPUTE_DTYPE,
     pq_m: int = _PQ_M,
     rotation: bool = _ROTATION,
+    anchors: bool = _ANCHORS,
     centroids: int = _CENTROIDS,
     bits: int = _BITS,
     train_tokens: int = _TRAIN,
@@ -223,7 +237,7 @@ def build_cmd(
         arch,
         device,
         compute_dtype,
-        _codec(pq_m, rotation, centroids, bits, train_tokens),
+        _codec(pq_m, rotation, anchors, centroids, bits, train_tokens),
     )
 
 

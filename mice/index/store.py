@@ -79,8 +79,9 @@ class IndexConfig:
 
     Compressed storages (`dtype` pq or residual, `mice.index.codec`): codebooks trained on `train_tokens` token
     states of a seeded sample of the documents (`codec_seed`); pq: `pq_m` sub-vectors of 8 bits (`pq_m` bytes per
-    token), after a learnt rotation with `rotation`; residual: one of `centroids` centroids (2 bytes) + `bits` bits
-    per dimension."""
+    token), after a learnt rotation with `rotation`, of what each state adds to its token's and position's anchor
+    with `anchors` (2 bytes more: the token id); residual: one of `centroids` centroids (2 bytes) + `bits` bits per
+    dimension."""
 
     dtype: str = "float16"
     kv: bool = False
@@ -88,6 +89,7 @@ class IndexConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     pq_m: int = 48
     rotation: bool = False
+    anchors: bool = False
     centroids: int = 1024
     bits: int = 1
     train_tokens: int = 65536
@@ -99,6 +101,8 @@ class IndexConfig:
             raise IndexError_("shard_size and batch_size must be >= 1")
         if self.codec and self.kv:
             raise IndexError_(f"--kv stores uncompressed keys/values: not with --storage-dtype {self.dtype}")
+        if self.anchors and self.dtype != "pq":
+            raise IndexError_(f"anchors are a pq option, not one of --storage-dtype {self.dtype}")
         if self.codec and self.train_tokens < 256:
             raise IndexError_(f"train_tokens {self.train_tokens}: a codec needs at least 256 training states")
 
@@ -111,7 +115,7 @@ class IndexConfig:
         if not self.codec:
             return None
         own = {
-            "pq": {"pq_m": self.pq_m, "rotation": self.rotation},
+            "pq": {"pq_m": self.pq_m, "rotation": self.rotation, **({"anchors": True} if self.anchors else {})},
             "residual": {"centroids": self.centroids, "bits": self.bits},
         }[self.dtype]
         return {"kind": self.dtype, **own, "train_tokens": self.train_tokens, "seed": self.codec_seed}
@@ -270,9 +274,10 @@ def kv_projector(model) -> Callable:
 def _write_shard(
     out: Path, s: int, items: Iterable[tuple[str, "object"]], config: IndexConfig, kv_project, codec=None
 ) -> dict:
-    """Write one shard from (doc_id, states [L, H] tensor) items; returns its JSON record. `kv_project`:
-    `kv_projector(model)` when the index caches keys/values; `codec`: the trained codec of a pq/residual index
-    (states are encoded `_CODEC_BLOCK` tokens at a time; a token's code depends on that token alone)."""
+    """Write one shard from (doc_id, states [L, H] tensor[, token ids [L]]) items; returns its JSON record.
+    `kv_project`: `kv_projector(model)` when the index caches keys/values; `codec`: the trained codec of a
+    pq/residual index (states are encoded `_CODEC_BLOCK` tokens at a time; a token's code depends on that token, its
+    id and its position alone)."""
     name = _shard_name(s)
     files = {"states": _HashedFile(out / f"{name}.states.bin")}
     if config.dtype == "int8":
@@ -283,19 +288,20 @@ def _write_shard(
             files["kv.scale"] = _HashedFile(out / f"{name}.kv.scale.bin")
     doc_ids, offsets, lengths = [], [], []
     tokens = 0
-    pending: list[np.ndarray] = []  # codec: states waiting to be encoded
+    pending: list[tuple] = []  # codec: (states, token ids, positions) waiting to be encoded
 
     def flush():
         if pending:
-            files["states"].write(codec.encode(np.concatenate(pending)))
+            x, ids, pos = (np.concatenate(part) for part in zip(*pending))
+            files["states"].write(codec.encode(x, ids, pos))
             pending.clear()
 
     try:
-        for doc_id, states in items:
+        for doc_id, states, *token_ids in items:
             st = states.detach().float()
             if codec is not None:
-                pending.append(st.cpu().numpy())
-                if sum(len(p) for p in pending) >= _CODEC_BLOCK:
+                pending.append(_codec_rows(st, token_ids, codec))
+                if sum(len(p[0]) for p in pending) >= _CODEC_BLOCK:
                     flush()
             else:
                 q, scale = quantize(st.cpu().numpy()[:, None, :], config.dtype)
@@ -333,6 +339,17 @@ def _write_shard(
 CODEC_JSON, CODEC_BIN = "codec.json", "codec.bin"
 
 
+def _codec_rows(st, token_ids: list, codec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(states, token ids, positions in the document) of one document for a codec (ids -1 when not given)."""
+    n = int(st.shape[0])
+    ids = np.asarray(token_ids[0].cpu() if hasattr(token_ids[0], "cpu") else token_ids[0]) if token_ids else None
+    if ids is None and getattr(codec, "anchors", None) is not None:
+        raise IndexError_("an anchored pq codec needs each document's token ids; this encoder yields states only")
+    if ids is not None and len(ids) != n:
+        raise IndexError_(f"{n} states but {len(ids)} token ids for one document")
+    return st.cpu().numpy(), (ids if ids is not None else np.full(n, -1)).astype(np.int64), np.arange(n)
+
+
 def _codec_sample(doc_ids: list[str], encode, config: IndexConfig):
     """About `train_tokens` token states: documents in a seeded order until that many tokens, then a seeded
     subset of their rows."""
@@ -341,16 +358,25 @@ def _codec_sample(doc_ids: list[str], encode, config: IndexConfig):
     order = np.random.default_rng(config.codec_seed).permutation(len(doc_ids))
     rows, n = [], 0
     for start in range(0, len(order), 256):
-        for _, st in encode([doc_ids[i] for i in order[start : start + 256]]):
-            rows.append(st.detach().float().cpu())
-            n += len(rows[-1])
+        for _, st, *token_ids in encode([doc_ids[i] for i in order[start : start + 256]]):
+            st = st.detach().float()
+            if config.anchors:
+                rows.append(_codec_rows(st, token_ids, codec=None))
+                if (rows[-1][1] < 0).any():
+                    raise IndexError_("an anchored pq codec needs each document's token ids; this encoder gives none")
+            else:
+                rows.append((st.cpu().numpy(), None, None))
+            n += len(rows[-1][0])
         if n >= config.train_tokens:
             break
-    x = torch.cat(rows)
-    if len(x) > config.train_tokens:
-        keep = np.random.default_rng(config.codec_seed + 1).choice(len(x), config.train_tokens, replace=False)
-        x = x[torch.from_numpy(np.sort(keep))]
-    return x
+    keep = np.arange(n)
+    if n > config.train_tokens:
+        keep = np.sort(np.random.default_rng(config.codec_seed + 1).choice(n, config.train_tokens, replace=False))
+    x = torch.from_numpy(np.concatenate([r[0] for r in rows])[keep])
+    if not config.anchors:
+        return x, None, None
+    ids, pos = (torch.from_numpy(np.concatenate([r[i] for r in rows])[keep]) for i in (1, 2))
+    return x, ids, pos
 
 
 def _ensure_codec(doc_ids: list[str], encode, out: Path, config: IndexConfig):
@@ -365,7 +391,7 @@ def _ensure_codec(doc_ids: list[str], encode, out: Path, config: IndexConfig):
         if (out / CODEC_JSON).exists():
             log.warning("%s; training the codec again", err)
     t0 = time.perf_counter()
-    x = _codec_sample(doc_ids, encode, config)
+    x, token_ids, positions = _codec_sample(doc_ids, encode, config)
     codec = train_codec(
         config.dtype,
         x,
@@ -374,6 +400,8 @@ def _ensure_codec(doc_ids: list[str], encode, out: Path, config: IndexConfig):
         centroids=config.centroids,
         bits=config.bits,
         seed=config.codec_seed,
+        token_ids=token_ids,
+        positions=positions,
     )
     data = codec.to_bytes()
     with atomic_path(out / CODEC_BIN) as tmp:
@@ -712,8 +740,10 @@ def build_index(
 
     def encode(batch_ids: list[str]):
         texts = [corpus[d] for d in batch_ids]
-        for pos, states in model.iter_document_states(texts, batch_size=config.batch_size):
-            yield batch_ids[pos], states
+        for pos, states, token_ids in model.iter_document_states(
+            texts, batch_size=config.batch_size, with_token_ids=True
+        ):
+            yield batch_ids[pos], states, token_ids
 
     return build_index_with(
         model,
@@ -750,7 +780,7 @@ def build_index_from_token_ids(
                     {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": torch.full_like(input_ids, tt)}
                 )
             for row, d in enumerate(chunk):
-                yield d, st.hidden[row, : len(seqs[row])]
+                yield d, st.hidden[row, : len(seqs[row])], seqs[row]
 
     was = model.training
     model.eval()
@@ -977,11 +1007,12 @@ class DocIndex:
                 else None
             )
             if codes is not None and len(codes):
+                token_pos = mask.nonzero()[:, 1]  # each code's position in its document (row-major, as `codes`)
                 if bool(mask.all()):
-                    buf.view(-1, shape[-1]).copy_(codec.decode(codes))
+                    buf.view(-1, shape[-1]).copy_(codec.decode(codes, token_pos))
                 else:
                     buf.zero_()
-                    buf[mask] = codec.decode(codes)
+                    buf[mask] = codec.decode(codes, token_pos)
             return buf, mask
         for row, p in enumerate(positions):
             s, off, n = int(self.shard_of[p]), int(self.offsets[p]), int(lens[row])

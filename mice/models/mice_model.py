@@ -623,9 +623,15 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         )
 
     def iter_document_states(
-        self, texts: Sequence[str], batch_size: int = 32, show_progress_bar: bool = False, sort_by_length: bool = True
-    ) -> Iterable[tuple[int, torch.Tensor]]:
-        """Yield (position, [L_i, H] states) per document, batched by token length (what the index stores)."""
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        sort_by_length: bool = True,
+        with_token_ids: bool = False,
+    ) -> Iterable[tuple]:
+        """Yield (position, [L_i, H] states[, [L_i] token ids]) per document, batched by token length (what the index
+        stores; an anchored compressed index also stores the ids)."""
         texts = [str(t) for t in texts]
         if not texts:
             return
@@ -644,11 +650,15 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
             with torch.no_grad():
                 for start in track(range(0, len(order), batch_size), "encoding documents", show_progress_bar):
                     idx = order[start : start + batch_size]
+                    batch = self._to_batch([texts[i] for i in idx], "doc")
                     with self.autocast():  # not around the yield: the consumer's own work stays in fp32
-                        doc = self.encode_doc_batch([texts[i] for i in idx])
+                        doc = self.encode_doc_batch(batch)
                     for row, i in enumerate(idx):
                         n = int(doc.mask[row].sum())
-                        yield i, doc.hidden[row, :n]
+                        if with_token_ids:
+                            yield i, doc.hidden[row, :n], batch["input_ids"][row, :n].cpu()
+                        else:
+                            yield i, doc.hidden[row, :n]
         finally:
             self.train(was_training)
 
