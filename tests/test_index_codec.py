@@ -18,7 +18,7 @@ import torch
 from scipy.stats import spearmanr
 
 from mice.errors import IndexError_
-from mice.index.codec import PQCodec, ResidualCodec, _pack, _unpack, codec_from_spec
+from mice.index.codec import AnchorSums, Anchors, PQCodec, ResidualCodec, _pack, _unpack, codec_from_spec
 from mice.index.fast_rerank import FastReranker
 from mice.index.store import DocIndex, IndexConfig, build_index, build_index_with, content_hash
 from mice.models.mice_model import MICEModel
@@ -89,6 +89,23 @@ def test_anchors_recover_token_and_position_means_and_round_trip():
     assert torch.allclose(
         anchored.anchors(unseen, pos[:3])[0] - anchored.anchors.position[pos[0]], anchored.anchors.token[-1]
     )
+    # the sums added document by document give the anchors of the whole sample at once (never held at once)
+    sums = AnchorSums(H)
+    for chunk in torch.arange(n).split(97):
+        sums.add(x[chunk], ids[chunk], pos[chunk])
+    streamed, whole = sums.fit(), Anchors.fit(x, ids, pos)
+    assert torch.equal(streamed.ids, whole.ids)
+    assert torch.allclose(streamed.token, whole.token, atol=1e-5) and torch.allclose(
+        streamed.position, whole.position, atol=1e-5
+    )
+    # shrinking: an id seen once moves towards the mean row, an id seen ~100 times barely moves
+    once = torch.cat([ids[:-1], torch.tensor([V + 3])])
+    plain, shrunk = Anchors.fit(x, once, pos), Anchors.fit(x, once, pos, shrink=4.0)
+    rare, common = plain.rows(torch.tensor([V + 3, int(ids[0])]))
+    assert torch.allclose(
+        shrunk.token[rare], (plain.token[rare] + 4 * shrunk.token[-1]) / 5, atol=0.05 * float(plain.token[rare].norm())
+    )
+    assert float((shrunk.token[common] - plain.token[common]).norm()) < 0.1 * float(plain.token[common].norm())
     with pytest.raises(IndexError_, match="token ids"):
         anchored.encode(x)
     with pytest.raises(IndexError_, match="positions"):

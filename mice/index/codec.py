@@ -8,8 +8,8 @@ Two codecs, each turning a float vector of H values into a fixed number of bytes
   With `anchors`, the codes describe only what the context adds to a token: each state minus its anchor, the
   mean state of its token id plus the mean offset of its position in the document (`Anchors`), and the code
   starts with the token id (2 bytes more per token). In a first contextual layer the token's identity and position
-  carry most of the state: on the quick demo's MICE-ℓ1+5 the anchors remove about 80% of the squared error at
-  equal code size, more than a rotation does.
+  carry most of the state, so the anchors remove most of the squared error of the states they were fitted on; a
+  token id the sample never saw falls back to the mean, and its residual is large (docs/results.md measures both).
 - `residual` (as ColBERTv2/PLAID): the id of the nearest of `centroids` k-means centroids (2 bytes) plus `bits` bits
   per dimension of the residual, each dimension quantised to 2^bits buckets at that dimension's quantiles, decoded
   to the bucket's mean: 2 + H·bits/8 bytes per token (50 B at 1 bit, H = 384).
@@ -81,28 +81,21 @@ def kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
 
 @dataclass
 class Anchors:
-    """A token's state before its context is known: `token[id] + position[pos]`, fitted on the training sample by
-    alternating means (a few rounds of: token rows = mean of state - position row over that id; position rows =
-    mean of state - token row over that position). An id absent from the sample takes the last `token` row (the
-    mean over all), a position beyond the sample's longest document no position row."""
+    """A token's state before its context is known: `token[id] + position[pos]`, fitted by alternating means
+    (token rows = mean of state - position row over that id; position rows = mean of state - token row over that
+    position) from `AnchorSums`. A token row is shrunk towards the mean over all tokens by `shrink` pseudo-counts,
+    so that a rare id's row is not one context's state; an id absent from the sample takes the last `token` row
+    (that mean), a position beyond the sample's longest document no position row."""
 
     ids: torch.Tensor  # [r] sorted token ids that have a row
     token: torch.Tensor  # [r + 1, H]: the rows of `ids`, then the row of every other id
     position: torch.Tensor  # [p, H]
 
     @classmethod
-    def fit(cls, x: torch.Tensor, token_ids: torch.Tensor, positions: torch.Tensor, rounds: int = 4) -> "Anchors":
-        x = x.double()
-        ids, inv = torch.unique(token_ids.long(), return_inverse=True)
-        pos = positions.long()
-        P = torch.zeros(int(pos.max()) + 1, x.shape[1], dtype=torch.float64)
-        for _ in range(rounds):
-            r = x - P[pos]
-            T = _means(r, inv, len(ids))
-            P = _means(x - T[inv], pos, len(P))
-        T = _means(x - P[pos], inv, len(ids))
-        other = (x - P[pos]).mean(0, keepdim=True)
-        return cls(ids, torch.cat([T, other]).float(), P.float())
+    def fit(cls, x: torch.Tensor, token_ids: torch.Tensor, positions: torch.Tensor, shrink: float = 0.0) -> "Anchors":
+        sums = AnchorSums(x.shape[1])
+        sums.add(x, token_ids, positions)
+        return sums.fit(shrink=shrink)
 
     def rows(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Row of `token` for each id (the last row for an id without one)."""
@@ -127,10 +120,54 @@ class Anchors:
         return cls(ids_t, torch.from_numpy(token.copy()), torch.from_numpy(position.copy()))
 
 
-def _means(x: torch.Tensor, key: torch.Tensor, n: int) -> torch.Tensor:
-    """Row means of `x` [N, H] grouped by `key` (values 0..n-1); a group without rows gets zeros."""
-    sums = torch.zeros(n, x.shape[1], dtype=x.dtype).index_add_(0, key, x)
-    return sums / torch.bincount(key, minlength=n).clamp(min=1)[:, None].to(x.dtype)
+class AnchorSums:
+    """What `Anchors` are fitted from, added document by document so that a sample of millions of token states is
+    never held at once: per token id and per position the sum of the states and the count, and the count of every
+    (id, position) pair. float64 sums: the same bytes whatever the order of documents within a batch of adds."""
+
+    def __init__(self, hidden: int, vocab: int = 4096, positions: int = 128):
+        self.tok = torch.zeros(vocab, hidden, dtype=torch.float64)
+        self.pos = torch.zeros(positions, hidden, dtype=torch.float64)
+        self.cross = torch.zeros(vocab, positions, dtype=torch.float64)  # tokens of id i at position p
+        self.tokens = 0
+
+    def _grow(self, vocab: int, positions: int) -> None:
+        v, p = self.cross.shape
+        if vocab > v or positions > p:
+            v2, p2 = max(v, _pow2(vocab)), max(p, _pow2(positions))
+            self.tok = torch.cat([self.tok, self.tok.new_zeros(v2 - v, self.tok.shape[1])])
+            self.pos = torch.cat([self.pos, self.pos.new_zeros(p2 - p, self.pos.shape[1])])
+            self.cross = torch.nn.functional.pad(self.cross, (0, p2 - p, 0, v2 - v))
+
+    def add(self, x: torch.Tensor, token_ids: torch.Tensor, positions: torch.Tensor) -> None:
+        ids, pos = _anchor_inputs(len(x), token_ids, positions)
+        if not len(ids):
+            return
+        self._grow(int(ids.max()) + 1, int(pos.max()) + 1)
+        x = x.double()
+        self.tok.index_add_(0, ids, x)
+        self.pos.index_add_(0, pos, x)
+        self.cross.index_put_((ids, pos), torch.ones(len(ids), dtype=torch.float64), accumulate=True)
+        self.tokens += len(ids)
+
+    def fit(self, rounds: int = 4, shrink: float = 0.0) -> Anchors:
+        if not self.tokens:
+            raise IndexError_("anchors: no token states to fit them on")
+        seen = (self.cross.sum(1) > 0).nonzero().flatten()
+        C, S_tok = self.cross[seen], self.tok[seen]
+        n_tok, n_pos = C.sum(1), self.cross.sum(0)
+        last = int((n_pos > 0).nonzero().max()) + 1
+        C, n_pos, S_pos = C[:, :last], n_pos[:last], self.pos[:last]
+        P = torch.zeros_like(S_pos)
+        for _ in range(rounds + 1):
+            other = (S_tok.sum(0) - n_pos @ P) / self.tokens  # mean of (state - its position row)
+            T = (S_tok - C @ P + shrink * other) / (n_tok + shrink)[:, None]
+            P = (S_pos - C.T @ T) / n_pos.clamp(min=1)[:, None]
+        return Anchors(seen, torch.cat([T, other[None]]).float(), P.float())
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 1).bit_length()
 
 
 def _split_ids(codes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
@@ -185,18 +222,19 @@ class PQCodec:
         opq_iters: int = 4,
         token_ids=None,
         positions=None,
+        anchors: Anchors | None = None,
     ) -> "PQCodec":
-        """Codebooks for states `x` [n, H]; with `token_ids` and `positions` (each [n]) anchored on them."""
+        """Codebooks for states `x` [n, H]; with `token_ids` and `positions` (each [n]) anchored: on `anchors`
+        (fitted on a larger sample by `AnchorSums`), else on anchors fitted on `x`."""
         H = x.shape[1]
         if m < 1 or H % m:
             raise IndexError_(f"pq: {m} sub-vectors do not divide the hidden size {H} (--pq-m)")
         x = x.float()
-        anchors = None
-        if token_ids is not None or positions is not None:
-            ids, pos = _anchor_inputs(len(x), token_ids, positions)
+        if anchors is None and (token_ids is not None or positions is not None):
             with single_thread():
-                anchors = Anchors.fit(x, ids, pos)
-            x = x - anchors(ids, pos)
+                anchors = Anchors.fit(x, *_anchor_inputs(len(x), token_ids, positions))
+        if anchors is not None:
+            x = x - anchors(*_anchor_inputs(len(x), token_ids, positions))
         codec = cls._train_pq(x, m, iters, seed, rotation, opq_iters)
         codec.anchors = anchors
         return codec
@@ -425,11 +463,14 @@ def train_codec(
     seed: int = 0,
     token_ids=None,
     positions=None,
+    anchors: Anchors | None = None,
 ):
     """A codec of `kind` trained on token states `x` [n, H] (pq: anchored when given `token_ids` and
-    `positions`)."""
+    `positions`, on `anchors` when given)."""
     if kind == "pq":
-        return PQCodec.train(x, m=pq_m, seed=seed, rotation=rotation, token_ids=token_ids, positions=positions)
+        return PQCodec.train(
+            x, m=pq_m, seed=seed, rotation=rotation, token_ids=token_ids, positions=positions, anchors=anchors
+        )
     if kind == "residual":
         return ResidualCodec.train(x, centroids=centroids, bits=bits, seed=seed)
     raise IndexError_(f"unknown codec {kind!r} ({', '.join(KINDS)})")

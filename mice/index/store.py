@@ -80,8 +80,9 @@ class IndexConfig:
     Compressed storages (`dtype` pq or residual, `mice.index.codec`): codebooks trained on `train_tokens` token
     states of a seeded sample of the documents (`codec_seed`); pq: `pq_m` sub-vectors of 8 bits (`pq_m` bytes per
     token), after a learnt rotation with `rotation`, of what each state adds to its token's and position's anchor
-    with `anchors` (2 bytes more: the token id); residual: one of `centroids` centroids (2 bytes) + `bits` bits per
-    dimension."""
+    with `anchors` (2 bytes more: the token id; anchors fitted on up to `anchor_tokens` states, each token row
+    shrunk by `anchor_shrink` pseudo-counts towards the mean); residual: one of `centroids` centroids (2 bytes) +
+    `bits` bits per dimension."""
 
     dtype: str = "float16"
     kv: bool = False
@@ -90,6 +91,8 @@ class IndexConfig:
     pq_m: int = 48
     rotation: bool = False
     anchors: bool = False
+    anchor_tokens: int = 1 << 20
+    anchor_shrink: float = 4.0
     centroids: int = 1024
     bits: int = 1
     train_tokens: int = 65536
@@ -103,6 +106,11 @@ class IndexConfig:
             raise IndexError_(f"--kv stores uncompressed keys/values: not with --storage-dtype {self.dtype}")
         if self.anchors and self.dtype != "pq":
             raise IndexError_(f"anchors are a pq option, not one of --storage-dtype {self.dtype}")
+        if self.anchors and (self.anchor_tokens < self.train_tokens or self.anchor_shrink < 0):
+            raise IndexError_(
+                f"anchor_tokens {self.anchor_tokens} below train_tokens {self.train_tokens}, or anchor_shrink "
+                f"{self.anchor_shrink} < 0"
+            )
         if self.codec and self.train_tokens < 256:
             raise IndexError_(f"train_tokens {self.train_tokens}: a codec needs at least 256 training states")
 
@@ -115,10 +123,15 @@ class IndexConfig:
         if not self.codec:
             return None
         own = {
-            "pq": {"pq_m": self.pq_m, "rotation": self.rotation, **({"anchors": True} if self.anchors else {})},
+            "pq": {"pq_m": self.pq_m, "rotation": self.rotation, **self._anchor_settings()},
             "residual": {"centroids": self.centroids, "bits": self.bits},
         }[self.dtype]
         return {"kind": self.dtype, **own, "train_tokens": self.train_tokens, "seed": self.codec_seed}
+
+    def _anchor_settings(self) -> dict:
+        if not self.anchors:
+            return {}
+        return {"anchors": True, "anchor_tokens": self.anchor_tokens, "anchor_shrink": self.anchor_shrink}
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -351,32 +364,38 @@ def _codec_rows(st, token_ids: list, codec) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _codec_sample(doc_ids: list[str], encode, config: IndexConfig):
-    """About `train_tokens` token states: documents in a seeded order until that many tokens, then a seeded
-    subset of their rows."""
+    """The codec's training sample: documents in a seeded order until `train_tokens` states, then a seeded subset
+    of their rows: (states, token ids, positions, anchors). With anchors, the documents go on until
+    `anchor_tokens` states, added to the anchors' sums one document at a time (never held at once), and the
+    states are what each adds to its anchor."""
     import torch
 
+    from mice.index.codec import AnchorSums
+
     order = np.random.default_rng(config.codec_seed).permutation(len(doc_ids))
-    rows, n = [], 0
+    sums, rows, n = None, [], 0
     for start in range(0, len(order), 256):
         for _, st, *token_ids in encode([doc_ids[i] for i in order[start : start + 256]]):
             st = st.detach().float()
-            if config.anchors:
-                rows.append(_codec_rows(st, token_ids, codec=None))
-                if (rows[-1][1] < 0).any():
-                    raise IndexError_("an anchored pq codec needs each document's token ids; this encoder gives none")
-            else:
-                rows.append((st.cpu().numpy(), None, None))
-            n += len(rows[-1][0])
-        if n >= config.train_tokens:
+            row = _codec_rows(st, token_ids, codec=None)
+            if config.anchors and (row[1] < 0).any():
+                raise IndexError_("an anchored pq codec needs each document's token ids; this encoder gives none")
+            if config.anchors and (sums is None or sums.tokens < config.anchor_tokens):
+                sums = sums or AnchorSums(st.shape[1])
+                sums.add(torch.from_numpy(row[0]), torch.from_numpy(row[1]), torch.from_numpy(row[2]))
+            if n < config.train_tokens:
+                rows.append(row)
+                n += len(row[0])
+        if n >= config.train_tokens and (not config.anchors or sums.tokens >= config.anchor_tokens):
             break
     keep = np.arange(n)
     if n > config.train_tokens:
         keep = np.sort(np.random.default_rng(config.codec_seed + 1).choice(n, config.train_tokens, replace=False))
     x = torch.from_numpy(np.concatenate([r[0] for r in rows])[keep])
-    if not config.anchors:
-        return x, None, None
+    if sums is None:
+        return x, None, None, None
     ids, pos = (torch.from_numpy(np.concatenate([r[i] for r in rows])[keep]) for i in (1, 2))
-    return x, ids, pos
+    return x, ids, pos, sums.fit(shrink=config.anchor_shrink)
 
 
 def _ensure_codec(doc_ids: list[str], encode, out: Path, config: IndexConfig):
@@ -391,7 +410,7 @@ def _ensure_codec(doc_ids: list[str], encode, out: Path, config: IndexConfig):
         if (out / CODEC_JSON).exists():
             log.warning("%s; training the codec again", err)
     t0 = time.perf_counter()
-    x, token_ids, positions = _codec_sample(doc_ids, encode, config)
+    x, token_ids, positions, anchors = _codec_sample(doc_ids, encode, config)
     codec = train_codec(
         config.dtype,
         x,
@@ -402,6 +421,7 @@ def _ensure_codec(doc_ids: list[str], encode, out: Path, config: IndexConfig):
         seed=config.codec_seed,
         token_ids=token_ids,
         positions=positions,
+        anchors=anchors,
     )
     data = codec.to_bytes()
     with atomic_path(out / CODEC_BIN) as tmp:
