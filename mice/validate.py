@@ -86,6 +86,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "max_runs": (0, None, True),  # `mice ablate frontier`: new (configuration, seed) runs before stopping
     "bits": (1, 8, True),  # residual codec: bits per dimension
     "pq_m": (1, None, True),  # product quantization: sub-vectors (bytes per token)
+    "pq_refine": (0, None, True),  # a second pq stage: sub-vectors (bytes per token), 0 = none
     "centroids": (2, 65536, True),  # residual codec: k-means centroids (a 2-byte id)
     "train_tokens": (1, None, True),  # codebooks: token states sampled to train them
     "depth": (1, None, True),  # candidates per query re-ranked

@@ -65,6 +65,28 @@ def test_pq_is_exact_on_data_it_can_represent_and_bounded_on_gaussians():
         PQCodec.train(x, m=5)
 
 
+def test_a_refining_stage_codes_what_the_first_leaves():
+    """A second stage of m2 bytes lowers the error of an m-byte pq, round-trips through its bytes, and its codes
+    are the first stage's codes followed by m2 more (anchored: after the token id)."""
+    x = _gaussian(seed=3)
+    one = PQCodec.train(x, m=8)
+    two = PQCodec.train(x, m=8, refine_m=4)
+    codes = two.encode(x)
+    assert codes.shape == (len(x), 12) and two.code_bytes == 12 and two.spec()["refine_m"] == 4
+    assert (codes[:, :8] == one.encode(x)).all()  # the same first stage (same seeds)
+    assert _rel_err(x, two.decode(codes)) < 0.8 * _rel_err(x, one.decode(one.encode(x)))
+    back = codec_from_spec(two.spec(), two.to_bytes())
+    assert torch.equal(back.decode(codes), two.decode(codes)) and (back.encode(x) == codes).all()
+    ids, pos = torch.arange(len(x)) % 40, torch.arange(len(x)) % 30
+    anchored = PQCodec.train(x, m=8, refine_m=4, token_ids=ids, positions=pos, rotation=True)
+    codes = anchored.encode(x, ids, pos)
+    assert codes.shape == (len(x), 14) and anchored.code_bytes == 14
+    back = codec_from_spec(anchored.spec(), anchored.to_bytes())
+    assert torch.equal(back.decode(codes, pos), anchored.decode(codes, pos))
+    with pytest.raises(IndexError_, match="--pq-refine"):
+        PQCodec.train(x, m=8, refine_m=5)
+
+
 def test_anchors_recover_token_and_position_means_and_round_trip():
     """States that are a token row plus a position row plus small noise: the anchors find both (up to a constant
     moved between them), so anchored pq codes only the noise; without token ids it refuses in one line."""
@@ -144,7 +166,7 @@ def indexes(model, tmp_path_factory):
     configs = {
         "float16": {},
         "pq": {"pq_m": 8},
-        "pq-anchored": {"dtype": "pq", "pq_m": 8, "anchors": True},
+        "pq-anchored": {"dtype": "pq", "pq_m": 8, "anchors": True, "pq_refine": 4},
         "residual": {"bits": 2, "centroids": 64},
     }
     return {
@@ -154,9 +176,10 @@ def indexes(model, tmp_path_factory):
 
 
 def test_compressed_index_reranks_like_float16(model, indexes):
-    """Stated bound (H = 32, pq 8 B/token = 16× below float16; anchored pq 2 + 8; residual 2 + 8 B/token): per
-    query, the Spearman correlation of the scores with the float16 index's is ≥ 0.8 and the stored states decode
-    within 0.35 relative squared error of the float16 ones; the anchors lower pq's error at least twofold."""
+    """Stated bound (H = 32, pq 8 B/token = 16× below float16; anchored and refined pq 2 + 8 + 4; residual 2 + 8
+    B/token): per query, the Spearman correlation of the scores with the float16 index's is ≥ 0.8 and the stored
+    states decode within 0.35 relative squared error of the float16 ones; anchors and a refining stage lower pq's
+    error at least twofold."""
     ids = list(CORPUS)
     ref = indexes["float16"]
     ref_states = ref.states(ref.positions(ids))
@@ -164,7 +187,7 @@ def test_compressed_index_reranks_like_float16(model, indexes):
     errors = {}
     for kind in ("pq", "pq-anchored", "residual"):
         idx = indexes[kind]
-        assert idx.bytes_per_token() == idx.codec.code_bytes == {"pq": 8, "pq-anchored": 10, "residual": 10}[kind]
+        assert idx.bytes_per_token() == idx.codec.code_bytes == {"pq": 8, "pq-anchored": 14, "residual": 10}[kind]
         st = idx.states(idx.positions(ids))
         assert torch.equal(st.mask, ref_states.mask)
         errors[kind] = _rel_err(ref_states.hidden[st.mask], st.hidden[st.mask])
@@ -278,7 +301,7 @@ def test_two_processes_build_the_bytes_one_process_builds(model, tmp_path):
     "options,kind,bytes_per_token",
     [
         (["--storage", "residual", "--bits", "1", "--centroids", "16"], "residual", 2 + 32 // 8),
-        (["--storage", "pq", "--pq-m", "4", "--anchors"], "pq", 2 + 4),
+        (["--storage", "pq", "--pq-m", "4", "--anchors", "--pq-refine", "2"], "pq", 2 + 4 + 2),
     ],
 )
 def test_cli_build_and_info_print_bytes_per_token(model, tmp_path, options, kind, bytes_per_token):
@@ -321,6 +344,7 @@ def test_cli_build_and_info_print_bytes_per_token(model, tmp_path, options, kind
         (["--storage", "pq", "--kv"], "--kv"),
         (["--storage", "residual", "--bits", "3"], "bits"),
         (["--storage", "residual", "--anchors"], "anchors"),
+        (["--storage", "pq", "--pq-m", "8", "--pq-refine", "5"], "--pq-refine"),
         (["--storage", "zip"], "zip"),
     ],
 )

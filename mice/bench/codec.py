@@ -54,6 +54,7 @@ COLUMNS = [
 ]
 _KEYS = {
     "m": ("pq_m", int),
+    "refine": ("pq_refine", int),
     "rotation": ("rotation", lambda v: v.lower() in ("1", "true", "yes")),
     "anchors": ("anchors", lambda v: v.lower() in ("1", "true", "yes")),
     "centroids": ("centroids", int),
@@ -63,7 +64,7 @@ _KEYS = {
 
 
 def parse_storage(spec: str) -> dict:
-    """ "pq", "pq:m=32", "pq:m=48:rotation=1", "pq:m=32:anchors=1", "residual:bits=2:centroids=4096" ->
+    """ "pq", "pq:m=32", "pq:m=48:rotation=1", "pq:m=32:refine=12:anchors=1", "residual:bits=2:centroids=4096" ->
     IndexConfig keywords."""
     from mice.errors import MiceError
     from mice.index.store import normalise_dtype

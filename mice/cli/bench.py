@@ -492,7 +492,7 @@ def codec_cmd(
         ["pq", "pq:m=32"],
         "--storage",
         help="Compressed storage to compare "
-        "with float16, repeatable: pq, pq:m=32, pq:m=48:rotation=1, pq:m=32:anchors=1, "
+        "with float16, repeatable: pq, pq:m=32, pq:m=48:rotation=1, pq:m=32:refine=12:anchors=1, "
         "residual:bits=1:centroids=4096",
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write"),

@@ -109,6 +109,9 @@ _STORAGE = typer.Option(
 )
 _PQ_M = typer.Option(48, "--pq-m", help="pq: sub-vectors per state, one byte each (48 = 48 B per token)")
 _ROTATION = typer.Option(False, "--rotation/--no-rotation", help="pq: learn an orthogonal rotation first (OPQ)")
+_PQ_REFINE = typer.Option(
+    0, "--pq-refine", help="pq: a second stage of this many sub-vectors on what the first leaves (bytes per token)"
+)
 _ANCHORS = typer.Option(
     False,
     "--anchors/--no-anchors",
@@ -161,6 +164,7 @@ def index_main(
     device: Optional[str] = _DEVICE,
     compute_dtype: str = _COMPUTE_DTYPE,
     pq_m: int = _PQ_M,
+    pq_refine: int = _PQ_REFINE,
     rotation: bool = _ROTATION,
     anchors: bool = _ANCHORS,
     centroids: int = _CENTROIDS,
@@ -189,13 +193,16 @@ def index_main(
         arch,
         device,
         compute_dtype,
-        _codec(pq_m, rotation, anchors, centroids, bits, train_tokens),
+        _codec(pq_m, pq_refine, rotation, anchors, centroids, bits, train_tokens),
     )
 
 
-def _codec(pq_m: int, rotation: bool, anchors: bool, centroids: int, bits: int, train_tokens: int) -> dict:
+def _codec(
+    pq_m: int, pq_refine: int, rotation: bool, anchors: bool, centroids: int, bits: int, train_tokens: int
+) -> dict:
     return {
         "pq_m": pq_m,
+        "pq_refine": pq_refine,
         "rotation": rotation,
         "anchors": anchors,
         "centroids": centroids,
@@ -218,6 +225,7 @@ def build_cmd(
     device: Optional[str] = _DEVICE,
     compute_dtype: str = _COMPUTE_DTYPE,
     pq_m: int = _PQ_M,
+    pq_refine: int = _PQ_REFINE,
     rotation: bool = _ROTATION,
     anchors: bool = _ANCHORS,
     centroids: int = _CENTROIDS,
@@ -237,7 +245,7 @@ def build_cmd(
         arch,
         device,
         compute_dtype,
-        _codec(pq_m, rotation, anchors, centroids, bits, train_tokens),
+        _codec(pq_m, pq_refine, rotation, anchors, centroids, bits, train_tokens),
     )
 
 

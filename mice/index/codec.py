@@ -170,6 +170,21 @@ def _pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 1).bit_length()
 
 
+def _sub_codes(x: torch.Tensor, centroids: torch.Tensor) -> np.ndarray:
+    """[n, H] -> [n, m] uint8: each of the m sub-vectors' nearest of its 256 centroids ([m, 256, H/m])."""
+    sub = x.reshape(x.shape[0], centroids.shape[0], -1)
+    codes = torch.stack([_nearest(sub[:, j].contiguous(), centroids[j]) for j in range(centroids.shape[0])], dim=1)
+    return codes.to(torch.uint8).numpy()
+
+
+def _sub_values(codes, centroids: torch.Tensor) -> torch.Tensor:
+    """[n, m] uint8 -> [n, H]: the centroids the codes name, side by side."""
+    codes = torch.as_tensor(np.asarray(codes)).long()
+    m, _, d = centroids.shape
+    idx = codes + torch.arange(m)[None, :] * 256
+    return torch.nn.functional.embedding(idx, centroids.reshape(-1, d)).view(codes.shape[0], m * d)
+
+
 def _split_ids(codes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
     """(token ids, the rest) of anchored codes: the first 2 bytes are the little-endian token id."""
     codes = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8))
@@ -196,6 +211,7 @@ class PQCodec:
     centroids: torch.Tensor  # [m, 256, H/m]
     rotation: torch.Tensor | None = None  # [H, H]: codes describe x @ rotation
     anchors: Anchors | None = None
+    refine: torch.Tensor | None = None  # [m2, 256, H/m2]: a second stage on what the first leaves (no rotation)
 
     kind = "pq"
 
@@ -208,8 +224,12 @@ class PQCodec:
         return int(self.centroids.shape[0] * self.centroids.shape[2])
 
     @property
+    def refine_m(self) -> int:
+        return int(self.refine.shape[0]) if self.refine is not None else 0
+
+    @property
     def code_bytes(self) -> int:
-        return self.m + (2 if self.anchors is not None else 0)
+        return self.m + self.refine_m + (2 if self.anchors is not None else 0)
 
     @classmethod
     def train(
@@ -223,12 +243,16 @@ class PQCodec:
         token_ids=None,
         positions=None,
         anchors: Anchors | None = None,
+        refine_m: int = 0,
     ) -> "PQCodec":
         """Codebooks for states `x` [n, H]; with `token_ids` and `positions` (each [n]) anchored: on `anchors`
-        (fitted on a larger sample by `AnchorSums`), else on anchors fitted on `x`."""
+        (fitted on a larger sample by `AnchorSums`), else on anchors fitted on `x`. `refine_m` > 0: a second
+        stage of that many sub-vectors codes what the first stage leaves (refine_m bytes more per token)."""
         H = x.shape[1]
         if m < 1 or H % m:
             raise IndexError_(f"pq: {m} sub-vectors do not divide the hidden size {H} (--pq-m)")
+        if refine_m < 0 or (refine_m and H % refine_m):
+            raise IndexError_(f"pq: {refine_m} refining sub-vectors do not divide the hidden size {H} (--pq-refine)")
         x = x.float()
         if anchors is None and (token_ids is not None or positions is not None):
             with single_thread():
@@ -237,6 +261,13 @@ class PQCodec:
             x = x - anchors(*_anchor_inputs(len(x), token_ids, positions))
         codec = cls._train_pq(x, m, iters, seed, rotation, opq_iters)
         codec.anchors = anchors
+        if refine_m:
+            left = x - codec._decode(codec._encode(x))
+            with single_thread():
+                sub = left.reshape(-1, refine_m, H // refine_m)
+                codec.refine = torch.stack(
+                    [kmeans(sub[:, j].contiguous(), 256, iters, seed + 7919 + j) for j in range(refine_m)]
+                )
         return codec
 
     @classmethod
@@ -257,35 +288,38 @@ class PQCodec:
         return codec
 
     def encode(self, x, token_ids=None, positions=None) -> np.ndarray:
-        """[n, H] float -> [n, m] uint8; anchored: [n, 2 + m], the token id first (needs `token_ids` and each
-        token's `positions` in its document)."""
+        """[n, H] float -> [n, code_bytes] uint8: the token id first when anchored (needs `token_ids` and each
+        token's `positions` in its document), then m bytes, then refine_m bytes when refined."""
         x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-        if self.anchors is None:
-            return self._encode(x)
-        ids, pos = _anchor_inputs(len(x), token_ids, positions)
-        head = ids.numpy().astype("<u2").view(np.uint8).reshape(-1, 2)
-        return np.concatenate([head, self._encode(x - self.anchors(ids, pos))], axis=1)
+        parts = []
+        if self.anchors is not None:
+            ids, pos = _anchor_inputs(len(x), token_ids, positions)
+            parts.append(ids.numpy().astype("<u2").view(np.uint8).reshape(-1, 2))
+            x = x - self.anchors(ids, pos)
+        codes = self._encode(x)
+        parts.append(codes)
+        if self.refine is not None:
+            parts.append(_sub_codes(x - self._decode(codes), self.refine))
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else codes
 
     def _encode(self, x: torch.Tensor) -> np.ndarray:
-        if self.rotation is not None:
-            x = x @ self.rotation
-        sub = x.view(x.shape[0], self.m, -1)
-        codes = torch.stack([_nearest(sub[:, j].contiguous(), self.centroids[j]) for j in range(self.m)], dim=1)
-        return codes.to(torch.uint8).numpy()
+        return _sub_codes(x @ self.rotation if self.rotation is not None else x, self.centroids)
 
     def _decode_rotated(self, codes) -> torch.Tensor:
-        codes = torch.as_tensor(np.asarray(codes)).long()
-        flat = self.centroids.reshape(-1, self.centroids.shape[2])
-        idx = codes + torch.arange(self.m)[None, :] * 256
-        return torch.nn.functional.embedding(idx, flat).view(codes.shape[0], self.hidden)
+        return _sub_values(codes, self.centroids)
 
     def decode(self, codes, positions=None) -> torch.Tensor:
         """[n, code_bytes] uint8 -> [n, H] float32 (`positions`: each token's in its document, when anchored)."""
-        if self.anchors is None:
-            return self._decode(codes)
-        ids, rest = _split_ids(codes)
-        ids, pos = _anchor_inputs(len(ids), ids, positions)
-        return self._decode(rest) + self.anchors(ids, pos)
+        codes = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8))
+        ids = None
+        if self.anchors is not None:
+            ids, codes = _split_ids(codes)
+        y = self._decode(codes[:, : self.m])
+        if self.refine is not None:
+            y = y + _sub_values(codes[:, self.m :], self.refine)
+        if ids is not None:
+            y = y + self.anchors(*_anchor_inputs(len(ids), ids, positions))
+        return y
 
     def _decode(self, codes) -> torch.Tensor:
         y = self._decode_rotated(codes)
@@ -299,6 +333,7 @@ class PQCodec:
             "hidden": self.hidden,
             "rotation": self.rotation is not None,
             "code_bytes": self.code_bytes,
+            **({"refine_m": self.refine_m} if self.refine is not None else {}),
             **(
                 {"anchors": {"tokens": len(self.anchors.ids), "positions": len(self.anchors.position)}}
                 if self.anchors is not None
@@ -307,7 +342,7 @@ class PQCodec:
         }
 
     def to_bytes(self) -> bytes:
-        parts = [self.centroids, *([self.rotation] if self.rotation is not None else [])]
+        parts = [self.centroids, *(t for t in (self.rotation, self.refine) if t is not None)]
         parts += self.anchors.arrays() if self.anchors is not None else []
         return b"".join(t.float().contiguous().numpy().astype("<f4").tobytes() for t in parts)
 
@@ -316,18 +351,20 @@ class PQCodec:
         m, H = int(spec["m"]), int(spec["hidden"])
         arr = np.frombuffer(data, dtype="<f4")
         n_c, n_r = m * 256 * (H // m), (H * H if spec["rotation"] else 0)
+        m2 = int(spec.get("refine_m", 0))
         anchored = spec.get("anchors")
         r, p = (int(anchored["tokens"]), int(anchored["positions"])) if anchored else (0, 0)
-        sizes = [n_c, n_r, *([r, (r + 1) * H, p * H] if anchored else [])]
+        sizes = [n_c, n_r, m2 * 256 * (H // m2 if m2 else 0), *([r, (r + 1) * H, p * H] if anchored else [])]
         if arr.size != sum(sizes):
             raise IndexError_(f"pq codec: {arr.size} values stored, {sum(sizes)} expected")
         parts = np.split(arr, np.cumsum(sizes)[:-1])
         cents = torch.from_numpy(parts[0].copy()).view(m, 256, H // m)
         rot = torch.from_numpy(parts[1].copy()).view(H, H) if spec["rotation"] else None
+        refine = torch.from_numpy(parts[2].copy()).view(m2, 256, H // m2) if m2 else None
         anchors = (
-            Anchors.from_arrays(parts[2], parts[3].reshape(r + 1, H), parts[4].reshape(p, H)) if anchored else None
+            Anchors.from_arrays(parts[3], parts[4].reshape(r + 1, H), parts[5].reshape(p, H)) if anchored else None
         )
-        return cls(cents, rot, anchors)
+        return cls(cents, rot, anchors, refine)
 
 
 @dataclass
@@ -464,12 +501,20 @@ def train_codec(
     token_ids=None,
     positions=None,
     anchors: Anchors | None = None,
+    refine_m: int = 0,
 ):
     """A codec of `kind` trained on token states `x` [n, H] (pq: anchored when given `token_ids` and
-    `positions`, on `anchors` when given)."""
+    `positions`, on `anchors` when given; refined by a second stage of `refine_m` bytes)."""
     if kind == "pq":
         return PQCodec.train(
-            x, m=pq_m, seed=seed, rotation=rotation, token_ids=token_ids, positions=positions, anchors=anchors
+            x,
+            m=pq_m,
+            seed=seed,
+            rotation=rotation,
+            token_ids=token_ids,
+            positions=positions,
+            anchors=anchors,
+            refine_m=refine_m,
         )
     if kind == "residual":
         return ResidualCodec.train(x, centroids=centroids, bits=bits, seed=seed)

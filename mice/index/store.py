@@ -78,17 +78,19 @@ class IndexConfig:
     (2·(b-1)·H more values per token) so that re-ranking skips their projections.
 
     Compressed storages (`dtype` pq or residual, `mice.index.codec`): codebooks trained on `train_tokens` token
-    states of a seeded sample of the documents (`codec_seed`); pq: `pq_m` sub-vectors of 8 bits (`pq_m` bytes per
-    token), after a learnt rotation with `rotation`, of what each state adds to its token's and position's anchor
-    with `anchors` (2 bytes more: the token id; anchors fitted on up to `anchor_tokens` states, each token row
-    shrunk by `anchor_shrink` pseudo-counts towards the mean); residual: one of `centroids` centroids (2 bytes) +
-    `bits` bits per dimension."""
+    states of a seeded sample of the documents (`codec_seed`).
+    - pq: `pq_m` sub-vectors of 8 bits (`pq_m` bytes per token), after a learnt rotation with `rotation`;
+      `pq_refine` bytes more: a second stage on what the first leaves; with `anchors`, of what each state adds to
+      its token's and position's anchor (2 bytes more: the token id; anchors fitted on up to `anchor_tokens`
+      states, each token row shrunk by `anchor_shrink` pseudo-counts towards the mean).
+    - residual: one of `centroids` centroids (2 bytes) + `bits` bits per dimension."""
 
     dtype: str = "float16"
     kv: bool = False
     shard_size: int = 4096
     batch_size: int = DEFAULT_BATCH_SIZE
     pq_m: int = 48
+    pq_refine: int = 0
     rotation: bool = False
     anchors: bool = False
     anchor_tokens: int = 1 << 20
@@ -104,8 +106,8 @@ class IndexConfig:
             raise IndexError_("shard_size and batch_size must be >= 1")
         if self.codec and self.kv:
             raise IndexError_(f"--kv stores uncompressed keys/values: not with --storage-dtype {self.dtype}")
-        if self.anchors and self.dtype != "pq":
-            raise IndexError_(f"anchors are a pq option, not one of --storage-dtype {self.dtype}")
+        if (self.anchors or self.pq_refine) and self.dtype != "pq":
+            raise IndexError_(f"anchors and --pq-refine are pq options, not ones of --storage {self.dtype}")
         if self.anchors and (self.anchor_tokens < self.train_tokens or self.anchor_shrink < 0):
             raise IndexError_(
                 f"anchor_tokens {self.anchor_tokens} below train_tokens {self.train_tokens}, or anchor_shrink "
@@ -123,7 +125,12 @@ class IndexConfig:
         if not self.codec:
             return None
         own = {
-            "pq": {"pq_m": self.pq_m, "rotation": self.rotation, **self._anchor_settings()},
+            "pq": {
+                "pq_m": self.pq_m,
+                "rotation": self.rotation,
+                **({"pq_refine": self.pq_refine} if self.pq_refine else {}),
+                **self._anchor_settings(),
+            },
             "residual": {"centroids": self.centroids, "bits": self.bits},
         }[self.dtype]
         return {"kind": self.dtype, **own, "train_tokens": self.train_tokens, "seed": self.codec_seed}
@@ -422,6 +429,7 @@ def _ensure_codec(doc_ids: list[str], encode, out: Path, config: IndexConfig):
         token_ids=token_ids,
         positions=positions,
         anchors=anchors,
+        refine_m=config.pq_refine,
     )
     data = codec.to_bytes()
     with atomic_path(out / CODEC_BIN) as tmp:
