@@ -62,6 +62,16 @@ def test_contextual_layers_match_hugging_face(mice22, tiny_dir):
     assert torch.allclose(ours.hidden[m], ref[m], atol=1e-5)
 
 
+def test_a_document_shared_by_queries_scores_as_when_scored_alone(mice22):
+    """`predict` encodes each distinct document once (a pool shares documents across queries): every pair's score
+    equals that pair scored alone, whatever the batch size and however the pairs are ordered."""
+    pairs = [(q, d) for q in QUERIES for d in DOCS[:3]] + [(QUERIES[0], DOCS[-1]), (QUERIES[-1], DOCS[0])]
+    alone = np.array([mice22.predict([p])[0] for p in pairs])
+    for batch_size in (1, 3, 64):
+        np.testing.assert_allclose(mice22.predict(pairs, batch_size=batch_size), alone, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(mice22.predict(pairs[::-1], batch_size=4), alone[::-1], atol=1e-5, rtol=0)
+
+
 def test_precomputed_states_equal_on_the_fly(mice22):
     pairs = list(zip(QUERIES, DOCS))
     fly = mice22.predict(pairs, batch_size=2)

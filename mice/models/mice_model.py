@@ -62,6 +62,8 @@ from mice.models.precision import ComputePrecision
 from mice.models.scoring import RankMixin
 from mice.models.hf import quiet_transformers as _quiet_transformers  # noqa: F401  (also imported by mice.bench.latency)
 
+_DOC_CHUNK = 8  # batches of distinct documents encoded at once by `MICEModel.predict` (their states are kept)
+
 FORMAT = "mice-model/1"
 CLS_CROSS_MODES = ("none", "uniform")
 
@@ -671,7 +673,9 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         convert_to_numpy: bool = True,
     ):
         """Scores for (query, document) pairs, in input order. With `doc_states` (one per pair, same order),
-        the document texts are not used. Pairs sharing a query in a batch share its query-side work."""
+        the document texts are not used. A document's layer-`a` states do not depend on the query, so each
+        distinct document text is encoded once however many queries it is paired with (a re-ranking pool shares
+        documents across queries), and pairs sharing a query in a batch share its query-side work."""
         from mice.validate import positive
 
         positive("batch_size", batch_size)
@@ -679,17 +683,11 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         if doc_states is not None and len(doc_states) != len(pairs):
             raise ModelError(f"{len(doc_states)} document states for {len(pairs)} pairs")
         out = torch.empty(len(pairs), dtype=torch.float32)
-        order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], -len(str(pairs[i][1] or ""))))
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad(), self.autocast():
-                for start in track(range(0, len(order), batch_size), "scoring", show_progress_bar):
-                    idx = order[start : start + batch_size]
-                    if doc_states is not None:
-                        doc = doc_states.select(idx).to(self.device)
-                    else:
-                        doc = self.encode_doc_batch([str(pairs[i][1]) for i in idx])
+                for idx, doc in self._pair_batches(pairs, batch_size, doc_states, show_progress_bar):
                     queries = [pairs[i][0] for i in idx]
                     uniq = list(dict.fromkeys(queries))
                     qs = self.encode_query(uniq)
@@ -700,6 +698,40 @@ class MICEModel(RankMixin, ComputePrecision, nn.Module):
         finally:
             self.train(was_training)
         return out.numpy() if convert_to_numpy else out
+
+    def _pair_batches(self, pairs, batch_size: int, doc_states: DocStates | None, show_progress_bar: bool):
+        """(pair indices, their DocStates) batches. Given states: pairs by query. Else distinct documents are
+        encoded `_DOC_CHUNK` batches at a time, longest first, and every pair of a chunk's documents is scored
+        from those states, by query."""
+        if doc_states is not None:
+            order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
+            for start in track(range(0, len(order), batch_size), "scoring", show_progress_bar):
+                idx = order[start : start + batch_size]
+                yield idx, doc_states.select(idx).to(self.device)
+            return
+        texts = list(dict.fromkeys(str(d) for _, d in pairs))
+        at = {t: i for i, t in enumerate(texts)}
+        of_doc: list[list[int]] = [[] for _ in texts]
+        for i, (_, d) in enumerate(pairs):
+            of_doc[at[str(d)]].append(i)
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.mice_config.max_doc_length)["input_ids"]
+        lengths = [len(ids) for ids in tokens]
+        by_len = sorted(range(len(texts)), key=lambda j: -lengths[j])
+        chunk = _DOC_CHUNK * batch_size
+        for start in track(range(0, len(by_len), chunk), "scoring", show_progress_bar):
+            docs = by_len[start : start + chunk]
+            states: dict[int, torch.Tensor] = {}
+            for b in range(0, len(docs), batch_size):
+                part = docs[b : b + batch_size]
+                enc = self.encode_doc_batch([texts[j] for j in part])
+                for row, j in enumerate(part):
+                    states[j] = enc.hidden[row, : int(enc.mask[row].sum())]
+            rows = sorted(
+                ((pairs[i][0], -lengths[j], i, j) for j in docs for i in of_doc[j]), key=lambda r: (r[0], r[1], r[2])
+            )
+            for b in range(0, len(rows), batch_size):
+                part = rows[b : b + batch_size]
+                yield [r[2] for r in part], DocStates.from_list([states[r[3]] for r in part])
 
     def identity(self) -> dict:
         """What makes this scorer's output what it is (for resumable jobs): loaded weights, lengths, compute
