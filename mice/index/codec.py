@@ -97,19 +97,20 @@ class Anchors:
         sums.add(x, token_ids, positions)
         return sums.fit(shrink=shrink)
 
+    def __post_init__(self):
+        # look-up tables for decoding: id -> token row (the last row for an id without one), and the position rows
+        # followed by a zero row taken by every position beyond them
+        self._row_of = torch.full((int(self.ids.max()) + 2 if len(self.ids) else 1,), len(self.ids), dtype=torch.long)
+        self._row_of[self.ids.long()] = torch.arange(len(self.ids))
+        self._position = torch.cat([self.position, self.position.new_zeros(1, self.position.shape[1])])
+
     def rows(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Row of `token` for each id (the last row for an id without one)."""
-        t = token_ids.long()
-        at = torch.searchsorted(self.ids, t).clamp(max=max(len(self.ids) - 1, 0))
-        found = (self.ids[at] == t) if len(self.ids) else torch.zeros_like(t, dtype=torch.bool)
-        return torch.where(found, at, torch.full_like(at, len(self.ids)))
+        return self._row_of[token_ids.long().clamp(max=len(self._row_of) - 1)]
 
     def __call__(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        out = self.token[self.rows(token_ids)]
-        pos = positions.long()
-        inside = pos < len(self.position)
-        out[inside] += self.position[pos[inside]]
-        return out
+        pos = positions.long().clamp(max=len(self.position))
+        return self.token[self.rows(token_ids)] + self._position[pos]
 
     def arrays(self) -> list[torch.Tensor]:
         return [self.ids.float(), self.token, self.position]  # ids < 65536: exact in float32
