@@ -171,6 +171,8 @@ IN_IDENTITY = {
         "batch_size": "batch_size",
         "pq_m": "codec",
         "rotation": "codec",
+        "anchors": "codec",
+        "pq_refine": "codec",
         "centroids": "codec",
         "bits": "codec",
         "train_tokens": "codec",

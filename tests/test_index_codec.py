@@ -206,6 +206,9 @@ def test_codec_checked_and_kv_refused(model, indexes, tmp_path):
 
     with pytest.raises(IndexError_, match="--kv"):
         IndexConfig(dtype="pq", kv=True)
+    plain = IndexConfig(dtype="pq").codec_settings()  # the codec's settings are part of the build identity
+    assert IndexConfig(dtype="pq", anchors=True).codec_settings() != plain
+    assert IndexConfig(dtype="pq", pq_refine=8).codec_settings() != plain
     copy = tmp_path / "pq"
     shutil.copytree(indexes["pq"].path, copy)
     data = bytearray((copy / "codec.bin").read_bytes())
