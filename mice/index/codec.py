@@ -186,8 +186,13 @@ def _sub_values(codes, centroids: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.embedding(idx, centroids.reshape(-1, d)).view(codes.shape[0], m * d)
 
 
+def _id_bytes(ids: torch.Tensor) -> np.ndarray:
+    """[n] ids < 65536 -> [n, 2] uint8, little-endian: the head of an anchored pq or a residual code."""
+    return ids.numpy().astype("<u2").view(np.uint8).reshape(-1, 2)
+
+
 def _split_ids(codes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """(token ids, the rest) of anchored codes: the first 2 bytes are the little-endian token id."""
+    """(ids, the rest) of codes whose first 2 bytes are a little-endian id (`_id_bytes`)."""
     codes = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8))
     ids = torch.from_numpy(codes[:, :2].copy().view("<u2").astype(np.int64).reshape(-1))
     return ids, codes[:, 2:]
@@ -295,7 +300,7 @@ class PQCodec:
         parts = []
         if self.anchors is not None:
             ids, pos = _anchor_inputs(len(x), token_ids, positions)
-            parts.append(ids.numpy().astype("<u2").view(np.uint8).reshape(-1, 2))
+            parts.append(_id_bytes(ids))
             x = x - self.anchors(ids, pos)
         codes = self._encode(x)
         parts.append(codes)
@@ -419,13 +424,11 @@ class ResidualCodec:
         ids = _nearest(x, self.centroids)
         bucket = _bucketize(x - self.centroids[ids], self.cutoffs).numpy().astype(np.uint8)  # [n, H]
         packed = _pack(bucket, self.bits)
-        head = ids.numpy().astype("<u2").view(np.uint8).reshape(-1, 2)
-        return np.concatenate([head, packed], axis=1)
+        return np.concatenate([_id_bytes(ids), packed], axis=1)
 
     def decode(self, codes, positions=None) -> torch.Tensor:
-        codes = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8))
-        ids = torch.from_numpy(codes[:, :2].copy().view("<u2").astype(np.int64).reshape(-1))
-        bucket = torch.from_numpy(_unpack(codes[:, 2:], self.bits, self.hidden).astype(np.int64))
+        ids, rest = _split_ids(codes)
+        bucket = torch.from_numpy(_unpack(rest, self.bits, self.hidden).astype(np.int64))
         res = self.weights[torch.arange(self.hidden)[None, :], bucket]  # each dimension's bucket value
         return self.centroids[ids] + res
 

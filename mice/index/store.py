@@ -34,6 +34,7 @@ The output folder is locked (`mice.identity.output_lock`) while a build writes i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -191,10 +192,9 @@ class _HashedFile:
         """Remove the temporary file; closing it may fail again (the buffer still holds what did not fit), which
         must not keep it on disk."""
         try:
-            if not self.f.closed:
-                self.f.close()
-        except OSError:
-            pass
+            with contextlib.suppress(OSError):
+                if not self.f.closed:
+                    self.f.close()
         finally:
             self.tmp.unlink(missing_ok=True)
 
@@ -320,7 +320,7 @@ def _write_shard(
         for doc_id, states, *token_ids in items:
             st = states.detach().float()
             if codec is not None:
-                pending.append(_codec_rows(st, token_ids, codec))
+                pending.append(_codec_rows(st, token_ids, anchored=getattr(codec, "anchors", None) is not None))
                 if sum(len(p[0]) for p in pending) >= _CODEC_BLOCK:
                     flush()
             else:
@@ -359,11 +359,12 @@ def _write_shard(
 CODEC_JSON, CODEC_BIN = "codec.json", "codec.bin"
 
 
-def _codec_rows(st, token_ids: list, codec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(states, token ids, positions in the document) of one document for a codec (ids -1 when not given)."""
+def _codec_rows(st, token_ids: list, anchored: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(states, token ids, positions in the document) of one document for a codec (ids -1 when not given, which
+    an `anchored` codec refuses)."""
     n = int(st.shape[0])
     ids = np.asarray(token_ids[0].cpu() if hasattr(token_ids[0], "cpu") else token_ids[0]) if token_ids else None
-    if ids is None and getattr(codec, "anchors", None) is not None:
+    if ids is None and anchored:
         raise IndexError_("an anchored pq codec needs each document's token ids; this encoder yields states only")
     if ids is not None and len(ids) != n:
         raise IndexError_(f"{n} states but {len(ids)} token ids for one document")
@@ -384,9 +385,7 @@ def _codec_sample(doc_ids: list[str], encode, config: IndexConfig):
     for start in range(0, len(order), 256):
         for _, st, *token_ids in encode([doc_ids[i] for i in order[start : start + 256]]):
             st = st.detach().float()
-            row = _codec_rows(st, token_ids, codec=None)
-            if config.anchors and (row[1] < 0).any():
-                raise IndexError_("an anchored pq codec needs each document's token ids; this encoder gives none")
+            row = _codec_rows(st, token_ids, anchored=config.anchors)
             if config.anchors and (sums is None or sums.tokens < config.anchor_tokens):
                 sums = sums or AnchorSums(st.shape[1])
                 sums.add(torch.from_numpy(row[0]), torch.from_numpy(row[1]), torch.from_numpy(row[2]))
