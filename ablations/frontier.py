@@ -13,6 +13,7 @@ measurements, and `frontier.parquet` is rewritten after each, so a SIGKILL loses
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ import pandas as pd
 
 from ablations.decision import mean_ci, relative_loss
 from ablations.joint import CONTROL, JointConfig, JointSearch, _pool, grid
+from ablations.regret import fidelity_validity
 from ablations.search import Candidate
 from mice.errors import MiceError
 
@@ -100,26 +102,55 @@ class Frontier(JointSearch):
     # -------------------------------------------------------------------------------------------- run
     def run(self, max_runs: int | None = None):
         """Train and measure every (configuration, seed), seed by seed; `max_runs` stops after that many new
-        (configuration, seed) runs (a partial frontier). Returns (table, per_query)."""
-        from mice.identity import output_lock
+        (configuration, seed) runs (a partial frontier). Returns (table, meta).
 
+        Several processes (or machines sharing the folder) may run the same frontier at once: each
+        (configuration, seed) is taken under its own lock, a worker skips the runs another holds and, at the
+        end, waits for them, so every worker returns the whole frontier and no run trains twice."""
         self.out.mkdir(parents=True, exist_ok=True)
-        with output_lock(self.out / "frontier.json"):
+        with _waiting_lock(self.out / "frontier.json", self.log):
             self._setup()
             self._references()
-            done = 0
-            for seed in self.seeds():
-                for cand in self.configurations():
-                    if self._finished(cand, seed):
-                        continue
-                    if max_runs is not None and done >= max_runs:
-                        return self.write()
-                    t0 = time.perf_counter()
-                    for pool in self.pools:
-                        self.measured(cand, seed, self.fcfg.steps, pool)
-                    done += 1
-                    self.log(f"  {cand.name} seed {seed}: {time.perf_counter() - t0:.0f} s")
-                    self.write()
+        done, skipped = 0, []
+        for seed in self.seeds():
+            for cand in self.configurations():
+                if max_runs is not None and done >= max_runs:
+                    return self._write_shared()
+                ran = self._run_one(cand, seed, wait=False)
+                done += ran is True
+                if ran is None:
+                    skipped.append((cand, seed))
+        for cand, seed in skipped:
+            if max_runs is not None and done >= max_runs:
+                break
+            done += self._run_one(cand, seed, wait=True) is True
+        return self._write_shared()
+
+    def _run_one(self, cand: Candidate, seed: int, wait: bool) -> bool | None:
+        """Train and measure one run under its lock: True when it ran here, False when it was already
+        finished, None when another worker holds it (and `wait` is off)."""
+        from mice.errors import LockError
+        from mice.identity import output_lock
+
+        if self._finished(cand, seed):
+            return False
+        lock = self.folder(cand) / f"seed-{seed}" / "run"
+        try:
+            with _waiting_lock(lock, self.log) if wait else output_lock(lock):
+                if self._finished(cand, seed):  # another worker finished it meanwhile
+                    return False
+                t0 = time.perf_counter()
+                for pool in self.pools:
+                    self.measured(cand, seed, self.fcfg.steps, pool)
+                self.log(f"  {cand.name} seed {seed}: {time.perf_counter() - t0:.0f} s")
+        except LockError:
+            self.log(f"  {cand.name} seed {seed}: another worker has it, going on")
+            return None
+        self._write_shared()
+        return True
+
+    def _write_shared(self):
+        with _waiting_lock(self.out / "frontier.json", self.log):
             return self.write()
 
     def _finished(self, cand: Candidate, seed: int) -> bool:
@@ -163,6 +194,7 @@ class Frontier(JointSearch):
         if len(table):
             table["pareto"] = pareto(table)
         write_table(table, self.out / "frontier.parquet")
+        validity = fidelity_validity(table) if len(table) else pd.DataFrame()
         if long:
             write_table(pd.concat(long, ignore_index=True), self.out / "frontier.per_query.parquet")
         meta = {
@@ -173,6 +205,8 @@ class Frontier(JointSearch):
             "runs_finished": int(sum(self._finished(c, s) for c in self.configurations() for s in self.seeds())),
             "runs_total": len(self.configurations()) * len(self.seeds()),
             "steps_total": self.fcfg.steps * len(self.configurations()) * len(self.seeds()),
+            # Spearman rho of fidelity against test nDCG@10 across configurations, per test set
+            "fidelity_validity": validity.replace({np.nan: None}).to_dict("records"),
         }
         write_json_atomic(self.out / "frontier.json", meta)
         return table, meta
@@ -228,6 +262,29 @@ class Frontier(JointSearch):
                 }
             )
         return out
+
+
+@contextlib.contextmanager
+def _waiting_lock(path: Path, log: Callable[[str], None], poll: float = 0.5):
+    """`output_lock(path)`, waiting while another live process holds it (the kernel lock frees it when its
+    holder dies, however it dies)."""
+    from mice.errors import LockError
+    from mice.identity import output_lock
+
+    said = False
+    while True:
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(output_lock(path))
+        except LockError:
+            if not said:
+                log(f"  waiting for the worker that holds {path.name}")
+                said = True
+            time.sleep(poll)
+            continue
+        break
+    with stack:
+        yield
 
 
 def _mean_ci(name: str, values: np.ndarray) -> dict:

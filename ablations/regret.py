@@ -86,6 +86,23 @@ def simple_rules(
     return out
 
 
+def fidelity_validity(table: pd.DataFrame, metric: str = "ndcg@10") -> pd.DataFrame:
+    """Does the label-free measure order configurations as the test labels do? Per test set, Spearman rho between
+    each trained configuration's fidelity (on the screening pool, which no configuration trained on) and its
+    test `metric`: over every trained configuration (MICE, Baseline ft, late interaction), and over those that
+    re-rank (collapsed ones, which keep the first stage's order, left out)."""
+    from scipy import stats
+
+    rows = []
+    trained = table[table["kind"].isin(["mice", "control", "late-interaction"])]
+    for domain, t in trained.groupby("domain", sort=False):
+        collapsed = t["collapsed"].fillna(False).astype(bool) if "collapsed" in t else False
+        for subset, part in (("all", t), ("re-ranking", t[~collapsed])):
+            rho = stats.spearmanr(part["fidelity"], part[metric]).statistic if len(part) >= 3 else np.nan
+            rows.append({"domain": domain, "configurations": subset, "n": len(part), "spearman": float(rho)})
+    return pd.DataFrame(rows, columns=["domain", "configurations", "n", "spearman"])
+
+
 def summarize(picks: pd.DataFrame) -> pd.DataFrame:
     """One row per procedure: replicates, the modal b and how often it was picked, median regret, misses and
     the compute share."""

@@ -18,7 +18,7 @@ import pytest
 from ablations.decision import choose, cost_key, fidelity_per_query, relative_loss
 from ablations.frontier import FrontierConfig, frontier, pareto
 from ablations.joint import JointConfig, grid, joint_search
-from ablations.regret import regret, simple_rules, summarize
+from ablations.regret import fidelity_validity, regret, simple_rules, summarize
 from mice.errors import MiceError
 
 from test_train import train_env
@@ -180,6 +180,19 @@ def test_regret_against_the_frontier():
     assert set(t[front]["configuration"]) == {"MICE-l1+2", "MICE-l1+3"}  # collapsed b = 1 is off the front
 
 
+def test_fidelity_validity_is_spearman_over_trained_configurations():
+    t = _frontier_table(
+        {(3, 1): (0.30, 0.5), (2, 2): (0.47, 0.08), (1, 2): (0.49, 0.04), (1, 3): (0.5, 0.01)}, control=0.52
+    )
+    t["fidelity"] = [0.80, 0.90, 0.95, 0.97, 0.99]  # l3+1, l2+2, l1+2, l1+3, control: the order of nDCG@10
+    v = fidelity_validity(t).set_index("configurations")
+    assert v.loc["all", "spearman"] == pytest.approx(1.0) and v.loc["all", "n"] == 5
+    assert v.loc["re-ranking", "n"] == 4  # the collapsed b = 1 row is left out
+    t.loc[t["configuration"] == "MICE-l1+3", "fidelity"] = 0.85  # one configuration out of order
+    rho = fidelity_validity(t).set_index("configurations").loc["all", "spearman"]
+    assert rho == pytest.approx(0.7)  # rank differences 0, 1, 1, -2, 0: 1 - 6 * 6 / (5 * 24)
+
+
 # ---------------------------------------------------------------------------------------- tiny models
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -277,6 +290,29 @@ def test_the_frontier_resumes_after_sigkill(env):
     assert [p.name for p in made] == ["frontier.png"]
     text = report_markdown(run)
     assert "## The frontier" in text and "(8 of 8 runs finished)" in text and "figures/frontier.png" in text
+
+
+def test_two_frontier_workers_share_the_runs_and_agree_with_one(env):
+    """Two processes on one folder: each run trains once (by one of them), both return the whole frontier, and
+    it is the one-process frontier (the same per-query measurements, seed for seed)."""
+    one = env["root"] / "frontier-whole"
+    if not (one / "frontier.parquet").exists():
+        assert _run_frontier(env, one).wait(timeout=600) == 0
+    two = env["root"] / "frontier-two-workers"
+    procs = [_run_frontier(env, two) for _ in range(2)]
+    logs = []
+    for proc in procs:
+        assert proc.wait(timeout=900) == 0
+        logs.append(proc.stdout.read())
+    trained = [line.strip() for log in logs for line in log.splitlines() if line.strip().startswith("train ")]
+    assert len(trained) == len(set(trained)) == 8, logs  # control + 3 MICE, 2 seeds: each once
+    assert all("train " in log for log in logs), logs  # both worked
+    from mice.files import read_table
+
+    pd.testing.assert_frame_equal(read_table(one / "frontier.parquet"), read_table(two / "frontier.parquet"))
+    info = json.loads((two / "frontier.json").read_text())
+    assert info["runs_finished"] == info["runs_total"] == 8
+    assert {v["configurations"] for v in info["fidelity_validity"]} == {"all", "re-ranking"}
 
 
 def test_frontier_refuses_bad_settings(env):

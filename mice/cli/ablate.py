@@ -698,7 +698,8 @@ def frontier_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Scoring batch size"),
 ) -> None:
     """The MICE frontier: every MICE-ℓa+b, Baseline ft and late interaction trained at one budget under every
-    seed, on every test query; the ground truth a search is scored against. Cached and resumable."""
+    seed, on every test query; the ground truth a search is scored against. Cached and resumable; start the
+    same command in more processes (or machines sharing --out) to train runs in parallel."""
     from ablations.frontier import FrontierConfig, frontier
 
     from mice.cli.train import key_values
@@ -732,6 +733,12 @@ def frontier_cmd(
     ]
     if len(table):
         typer.echo(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    for v in meta["fidelity_validity"]:
+        rho = "n/a" if v["spearman"] is None else f"{v['spearman']:.3f}"
+        typer.echo(
+            f"fidelity vs test nDCG@10, {v['domain']}, {v['configurations']} configurations (n={v['n']}): "
+            f"Spearman {rho}"
+        )
     typer.echo(
         f"{meta['runs_finished']} of {meta['runs_total']} (configuration, seed) runs finished; "
         f"wrote {out / 'frontier.parquet'}"
