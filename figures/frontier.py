@@ -50,6 +50,7 @@ def _merge_panel(ax, t: pd.DataFrame, num_layers: int) -> None:
     m = t[(t["kind"] == "mice") & (t["a"] + t["b"] == num_layers)].sort_values("a")
     _errorbar(ax, m, "a", color="tab:blue")
     ax.plot(m["a"], m["ndcg@10"], color="tab:blue", lw=0.8)
+    ax.set_xticks(range(1, num_layers))
     ax.set(xlabel="merge layer a (b = L - a)", ylabel="test nDCG@10", title="merge-layer view")
 
 
@@ -65,11 +66,13 @@ def _drop_panel(ax, t: pd.DataFrame) -> None:
             capsize=2,
             label=f"a = {int(a)}",
         )
+    if len(m):
+        ax.set_xticks(range(1, int(m["b"].max()) + 1))
     ax.set(xlabel="interaction layers b", ylabel="test nDCG@10", title="layer-drop view")
     ax.legend(fontsize=6)
 
 
-def plot_frontier(table, out_stem, domain: str = "in", num_layers: int | None = None):
+def plot_frontier(table, out_stem, domain: str = "in", num_layers: int | None = None, formats=("png", "pdf")):
     """Three panels for one test set; `table` is frontier.parquet (a DataFrame or a path)."""
     import matplotlib.pyplot as plt
 
@@ -85,4 +88,4 @@ def plot_frontier(table, out_stem, domain: str = "in", num_layers: int | None = 
     _drop_panel(axes[2], t)
     seeds = int(t["seeds"].max()) if len(t) else 0
     fig.suptitle(f"MICE frontier ({domain}; {int(t['steps'].max())} steps x {seeds} seeds; 95% CIs over queries)")
-    return save_figure(fig, out_stem)
+    return save_figure(fig, out_stem, formats)

@@ -1,0 +1,70 @@
+"""Write a frontier's docs table and figure from its saved results alone.
+
+`python docs/scripts/frontier_results.py FRONTIER_FOLDER NAME [--tolerance 0.05]` draws
+`docs/img/frontier-NAME.png` from `frontier.parquet` and prints the markdown table (every configuration on each test
+set: nDCG@10 with its 95% CI, the upper bound of the relative loss against Baseline ft, whether it qualifies, the
+Pareto front) and the fidelity-vs-test Spearman rho, to paste into `docs/results.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from ablations.regret import fidelity_validity  # noqa: E402
+from figures.frontier import plot_frontier  # noqa: E402
+from mice.files import read_table  # noqa: E402
+
+
+def _ci(r, m: str) -> str:
+    return f"{r[m]:.4f} [{r[m + '_low']:.3f}, {r[m + '_high']:.3f}]"
+
+
+def markdown(table, tolerance: float) -> str:
+    lines = []
+    for domain, t in table.groupby("domain", sort=False):
+        lines += [
+            f"**{domain}** ({int(t['queries'].max())} queries)",
+            "",
+            "| configuration | cost (b) | seeds | fidelity | nDCG@10 [95% CI] | loss upper bound | qualifies "
+            "| Pareto |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for _, r in t.sort_values(["cost", "a"], ascending=[True, False], na_position="last").iterrows():
+            up = r.get("loss_high")
+            has_up = up == up and up is not None
+            qual = "collapsed" if bool(r.get("collapsed")) else ("yes" if has_up and up <= tolerance else "")
+            lines.append(
+                f"| {r['configuration']} | {int(r['cost'])} | {int(r['seeds'])} | {r['fidelity']:.3f} | "
+                f"{_ci(r, 'ndcg@10')} | {f'{up:+.1%}' if has_up else ''} | {qual if r['kind'] == 'mice' else ''} | "
+                f"{'yes' if bool(r.get('pareto')) else ''} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("name")
+    ap.add_argument("--tolerance", type=float, default=0.05)
+    args = ap.parse_args(argv)
+    table = read_table(args.folder / "frontier.parquet")
+    meta = json.loads((args.folder / "frontier.json").read_text())
+    paths = plot_frontier(table, ROOT / "docs" / "img" / f"frontier-{args.name}", formats=("png",))
+    print(f"{meta['runs_finished']} of {meta['runs_total']} runs; figure {paths[0].relative_to(ROOT)}\n")
+    print(markdown(table, args.tolerance))
+    v = fidelity_validity(table)
+    print("| test set | configurations | n | Spearman rho |\n|---|---|---|---|")
+    for _, r in v.iterrows():
+        print(f"| {r['domain']} | {r['configurations']} | {r['n']} | {r['spearman']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
