@@ -253,7 +253,7 @@ def _run_frontier(env, out) -> subprocess.Popen:
     )
 
 
-def test_the_frontier_resumes_after_sigkill(env):
+def test_the_frontier_resumes_after_sigkill(env, capsys):
     whole = env["root"] / "frontier-whole"
     proc = _run_frontier(env, whole)
     assert proc.wait(timeout=600) == 0, proc.stdout.read()[-3000:]
@@ -276,6 +276,14 @@ def test_the_frontier_resumes_after_sigkill(env):
     pd.testing.assert_frame_equal(a, b)
     assert set(a["configuration"]) == {"baseline-ft", "MICE-l1+1", "MICE-l2+1", "MICE-l1+2", "cross-encoder"}
     assert a.loc[a["kind"] == "mice", "loss_high"].notna().all()
+    # the docs' table and figure are written from the saved results alone
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "docs" / "scripts" / "frontier_results.py"))
+    script["main"]([str(whole), "tiny", "--img", str(env["root"] / "img")])
+    printed = capsys.readouterr().out
+    assert (env["root"] / "img" / "frontier-tiny.png").stat().st_size > 0
+    assert "8 of 8 runs" in printed and "| MICE-l1+2 | 2 | 2 |" in printed and "| in | all | 4 |" in printed
     # a demo run holding this frontier draws it and reports it (figures read the saved table only)
     import shutil
 
