@@ -174,7 +174,7 @@ class Frontier(JointSearch):
     def write(self):
         from mice.files import write_json_atomic, write_table
 
-        rows, long = [], []
+        rows, long, per_query = [], [], {}
         ctrl = {pool: self._records(self.control, pool) for pool in self.pools}
         for cand in self.configurations():
             recs = {pool: self._records(cand, pool) for pool in self.pools}
@@ -182,6 +182,11 @@ class Frontier(JointSearch):
                 continue
             fid = np.mean([r["fidelity"] for r in recs["screen"]], axis=0)
             collapsed = bool(np.mean([r["constant"] for r in recs["screen"]]) > 0.5)
+            per_query[cand.name] = {"fidelity": fid} | {
+                pool.removeprefix("test-"): np.mean([r["ndcg@10"] for r in rs], axis=0)
+                for pool, rs in recs.items()
+                if pool != "screen"
+            }
             for pool, rs in recs.items():
                 if pool == "screen":
                     continue
@@ -194,7 +199,7 @@ class Frontier(JointSearch):
         if len(table):
             table["pareto"] = pareto(table)
         write_table(table, self.out / "frontier.parquet")
-        validity = fidelity_validity(table) if len(table) else pd.DataFrame()
+        validity = fidelity_validity(table, per_query) if len(table) else pd.DataFrame()
         if long:
             write_table(pd.concat(long, ignore_index=True), self.out / "frontier.per_query.parquet")
         meta = {

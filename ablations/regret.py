@@ -86,21 +86,50 @@ def simple_rules(
     return out
 
 
-def fidelity_validity(table: pd.DataFrame, metric: str = "ndcg@10") -> pd.DataFrame:
+def fidelity_validity(
+    table: pd.DataFrame, per_query: dict | None = None, metric: str = "ndcg@10", n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
     """Does the label-free measure order configurations as the test labels do? Per test set, Spearman rho between
     each trained configuration's fidelity (on the screening pool, which no configuration trained on) and its
     test `metric`: over every trained configuration (MICE, Baseline ft, late interaction), and over those that
-    re-rank (collapsed ones, which keep the first stage's order, left out)."""
-    from scipy import stats
-
+    re-rank (collapsed ones, which keep the first stage's order, left out). `per_query`
+    ({configuration: {"fidelity": per screening query, domain: `metric` per test query}}) adds a 95% bootstrap
+    CI, resampling the queries of both pools."""
     rows = []
     trained = table[table["kind"].isin(["mice", "control", "late-interaction"])]
     for domain, t in trained.groupby("domain", sort=False):
         collapsed = t["collapsed"].fillna(False).astype(bool) if "collapsed" in t else False
         for subset, part in (("all", t), ("re-ranking", t[~collapsed])):
-            rho = stats.spearmanr(part["fidelity"], part[metric]).statistic if len(part) >= 3 else np.nan
-            rows.append({"domain": domain, "configurations": subset, "n": len(part), "spearman": float(rho)})
-    return pd.DataFrame(rows, columns=["domain", "configurations", "n", "spearman"])
+            row = {"domain": domain, "configurations": subset, "n": len(part), "spearman": np.nan}
+            row.update(spearman_low=np.nan, spearman_high=np.nan)
+            if len(part) >= 3:
+                row["spearman"] = _spearman(part["fidelity"].to_numpy()[:, None], part[metric].to_numpy()[:, None])[0]
+                if per_query is not None:
+                    names = list(part["configuration"])
+                    fid = np.stack([np.asarray(per_query[n]["fidelity"]) for n in names])
+                    met = np.stack([np.asarray(per_query[n][domain]) for n in names])
+                    boot = _spearman(*_resampled_means(fid, met, n_boot, seed))
+                    row["spearman_low"], row["spearman_high"] = np.nanpercentile(boot, [2.5, 97.5])
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["domain", "configurations", "n", "spearman", "spearman_low", "spearman_high"])
+
+
+def _resampled_means(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per configuration (rows), the means of `x` and `y` over `n_boot` resamples of their queries (columns)."""
+    rng = np.random.default_rng(seed)
+    ix = rng.integers(0, x.shape[1], (n_boot, x.shape[1]))
+    iy = rng.integers(0, y.shape[1], (n_boot, y.shape[1]))
+    return x[:, ix].mean(-1), y[:, iy].mean(-1)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman rho between the rows of `x` and of `y`, one value per column (average ranks for ties)."""
+    from scipy import stats
+
+    rx, ry = stats.rankdata(x, axis=0), stats.rankdata(y, axis=0)
+    rx, ry = rx - rx.mean(0), ry - ry.mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(0) / np.sqrt((rx**2).sum(0) * (ry**2).sum(0))
 
 
 def summarize(picks: pd.DataFrame) -> pd.DataFrame:

@@ -191,6 +191,22 @@ def test_fidelity_validity_is_spearman_over_trained_configurations():
     t.loc[t["configuration"] == "MICE-l1+3", "fidelity"] = 0.85  # one configuration out of order
     rho = fidelity_validity(t).set_index("configurations").loc["all", "spearman"]
     assert rho == pytest.approx(0.7)  # rank differences 0, 1, 1, -2, 0: 1 - 6 * 6 / (5 * 24)
+    # per-query values add a bootstrap CI: far-apart configurations keep their order under resampling,
+    # configurations whose means overlap do not
+    rng = np.random.default_rng(0)
+    names = list(t["configuration"])
+    apart = {
+        n: {"fidelity": f + rng.normal(0, 0.01, 400), "in": x + rng.normal(0, 0.01, 300)}
+        for n, f, x in zip(names, t["fidelity"], t["ndcg@10"])
+    }
+    v = fidelity_validity(t, apart).set_index("configurations").loc["all"]
+    assert v["spearman_low"] == v["spearman_high"] == pytest.approx(0.7)
+    close = {
+        n: {"fidelity": f + rng.normal(0, 0.5, 400), "in": x + rng.normal(0, 0.5, 300)}
+        for n, f, x in zip(names, t["fidelity"], t["ndcg@10"])
+    }
+    v = fidelity_validity(t, close).set_index("configurations").loc["all"]
+    assert v["spearman_low"] <= 0.3 and v["spearman_high"] >= 0.9  # the same planted order, now unresolved
 
 
 # ---------------------------------------------------------------------------------------- tiny models
@@ -321,6 +337,8 @@ def test_two_frontier_workers_share_the_runs_and_agree_with_one(env):
     info = json.loads((two / "frontier.json").read_text())
     assert info["runs_finished"] == info["runs_total"] == 8
     assert {v["configurations"] for v in info["fidelity_validity"]} == {"all", "re-ranking"}
+    full = [v for v in info["fidelity_validity"] if v["configurations"] == "all"][0]
+    assert full["n"] == 4 and -1 <= full["spearman_low"] <= full["spearman_high"] <= 1
 
 
 def test_frontier_refuses_bad_settings(env):

@@ -3,7 +3,8 @@
 `python docs/scripts/frontier_results.py FRONTIER_FOLDER NAME [--tolerance 0.05]` draws
 `docs/img/frontier-NAME.png` from `frontier.parquet` and prints the markdown table (every configuration on each test
 set: nDCG@10 with its 95% CI, the upper bound of the relative loss against Baseline ft, whether it qualifies, the
-Pareto front) and the fidelity-vs-test Spearman rho, to paste into `docs/results.md`.
+Pareto front) and the fidelity-vs-test Spearman rho with its bootstrap CI (from `frontier.json`), to paste into
+`docs/results.md`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from ablations.regret import fidelity_validity  # noqa: E402
 from figures.frontier import plot_frontier  # noqa: E402
 from mice.files import read_table  # noqa: E402
 
@@ -60,10 +60,11 @@ def main(argv=None) -> int:
     paths = plot_frontier(table, args.img / f"frontier-{args.name}", formats=("png",))
     print(f"{meta['runs_finished']} of {meta['runs_total']} runs; figure {paths[0]}\n")
     print(markdown(table, args.tolerance))
-    v = fidelity_validity(table)
-    print("| test set | configurations | n | Spearman rho |\n|---|---|---|---|")
-    for _, r in v.iterrows():
-        print(f"| {r['domain']} | {r['configurations']} | {r['n']} | {r['spearman']:.3f} |")
+    print("| test set | configurations | n | Spearman rho [95% CI] |\n|---|---|---|---|")
+    for v in meta["fidelity_validity"]:
+        ci = "" if v["spearman_low"] is None else f" [{v['spearman_low']:.3f}, {v['spearman_high']:.3f}]"
+        rho = "n/a" if v["spearman"] is None else f"{v['spearman']:.3f}{ci}"
+        print(f"| {v['domain']} | {v['configurations']} | {v['n']} | {rho} |")
     return 0
 
 

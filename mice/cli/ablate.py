@@ -735,6 +735,8 @@ def frontier_cmd(
         typer.echo(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     for v in meta["fidelity_validity"]:
         rho = "n/a" if v["spearman"] is None else f"{v['spearman']:.3f}"
+        if v["spearman_low"] is not None:
+            rho += f" [{v['spearman_low']:.3f}, {v['spearman_high']:.3f}]"
         typer.echo(
             f"fidelity vs test nDCG@10, {v['domain']}, {v['configurations']} configurations (n={v['n']}): "
             f"Spearman {rho}"
