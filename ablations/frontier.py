@@ -232,6 +232,10 @@ class Frontier(JointSearch):
             "fidelity": float(fid.mean()),
             **_mean_ci("ndcg@10", nd),
             **_mean_ci("rr@10", rr),
+            # spread between seeds (the CI above is over queries, of the seeds' mean)
+            "ndcg@10_seed_sd": float(np.std([np.mean(r["ndcg@10"]) for r in recs], ddof=1))
+            if len(recs) > 1
+            else np.nan,
         }
         if ctrl_recs and cand.name != CONTROL:
             loss = relative_loss(nd, np.mean([r["ndcg@10"] for r in ctrl_recs], axis=0))

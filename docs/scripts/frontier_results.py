@@ -17,6 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
+from ablations.regret import fidelity_validity  # noqa: E402
 from figures.frontier import plot_frontier  # noqa: E402
 from mice.files import read_table  # noqa: E402
 
@@ -25,15 +28,20 @@ def _ci(r, m: str) -> str:
     return f"{r[m]:.4f} [{r[m + '_low']:.3f}, {r[m + '_high']:.3f}]"
 
 
+def _sd(r) -> str:
+    sd = r.get("ndcg@10_seed_sd")
+    return "" if sd is None or sd != sd else f"{sd:.3f}"
+
+
 def markdown(table, tolerance: float) -> str:
     lines = []
     for domain, t in table.groupby("domain", sort=False):
         lines += [
             f"**{domain}** ({int(t['queries'].max())} queries)",
             "",
-            "| configuration | cost (b) | seeds | fidelity | nDCG@10 [95% CI] | loss upper bound | qualifies "
-            "| Pareto |",
-            "|---|---|---|---|---|---|---|---|",
+            "| configuration | cost (b) | seeds | fidelity | nDCG@10 [95% CI] | seed sd | loss upper bound "
+            "| qualifies | Pareto |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for _, r in t.sort_values(["cost", "a"], ascending=[True, False], na_position="last").iterrows():
             up = r.get("loss_high")
@@ -41,8 +49,8 @@ def markdown(table, tolerance: float) -> str:
             qual = "collapsed" if bool(r.get("collapsed")) else ("yes" if has_up and up <= tolerance else "")
             lines.append(
                 f"| {r['configuration']} | {int(r['cost'])} | {int(r['seeds'])} | {r['fidelity']:.3f} | "
-                f"{_ci(r, 'ndcg@10')} | {f'{up:+.1%}' if has_up else ''} | {qual if r['kind'] == 'mice' else ''} | "
-                f"{'yes' if bool(r.get('pareto')) else ''} |"
+                f"{_ci(r, 'ndcg@10')} | {_sd(r)} | {f'{up:+.1%}' if has_up else ''} | "
+                f"{qual if r['kind'] == 'mice' else ''} | {'yes' if bool(r.get('pareto')) else ''} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -61,8 +69,11 @@ def main(argv=None) -> int:
     print(f"{meta['runs_finished']} of {meta['runs_total']} runs; figure {paths[0]}\n")
     print(markdown(table, args.tolerance))
     print("| test set | configurations | n | Spearman rho [95% CI] |\n|---|---|---|---|")
-    for v in meta["fidelity_validity"]:
-        ci = "" if v["spearman_low"] is None else f" [{v['spearman_low']:.3f}, {v['spearman_high']:.3f}]"
+    validity = meta.get("fidelity_validity")  # written by the frontier, with its bootstrap CI
+    if validity is None:
+        validity = fidelity_validity(table).replace({np.nan: None}).to_dict("records")
+    for v in validity:
+        ci = "" if v.get("spearman_low") is None else f" [{v['spearman_low']:.3f}, {v['spearman_high']:.3f}]"
         rho = "n/a" if v["spearman"] is None else f"{v['spearman']:.3f}{ci}"
         print(f"| {v['domain']} | {v['configurations']} | {v['n']} | {rho} |")
     return 0
