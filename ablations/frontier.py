@@ -30,6 +30,19 @@ from ablations.search import Candidate
 from mice.errors import MiceError
 
 LATE = "late-interaction"
+# the columns a reader sees first, in the command's output and the demo's report
+COLUMNS = (
+    "configuration",
+    "domain",
+    "seeds",
+    "fidelity",
+    "ndcg@10",
+    "ndcg@10_low",
+    "ndcg@10_high",
+    "loss_high",
+    "collapsed",
+    "pareto",
+)
 DEFAULT_TESTS = (("in", "embedded:docs"), ("ood", "embedded:docs-ood"), ("meta", "embedded:meta"))
 
 

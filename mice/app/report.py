@@ -466,21 +466,9 @@ def _frontier_section(r: _Report) -> list[str]:
     meta = _json(r.root / "frontier" / "frontier.json")
     t = read_table(table)
     t = t[t["domain"] == "in"]
-    cols = [
-        c
-        for c in (
-            "configuration",
-            "seeds",
-            "fidelity",
-            "ndcg@10",
-            "ndcg@10_low",
-            "ndcg@10_high",
-            "loss_high",
-            "collapsed",
-            "pareto",
-        )
-        if c in t
-    ]
+    from ablations.frontier import COLUMNS
+
+    cols = [c for c in COLUMNS if c in t and c != "domain"]
     return [
         "## The frontier",
         "",

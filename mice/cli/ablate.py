@@ -700,7 +700,7 @@ def frontier_cmd(
     """The MICE frontier: every MICE-ℓa+b, Baseline ft and late interaction trained at one budget under every
     seed, on every test query; the ground truth a search is scored against. Cached and resumable; start the
     same command in more processes (or machines sharing --out) to train runs in parallel."""
-    from ablations.frontier import FrontierConfig, frontier
+    from ablations.frontier import COLUMNS, FrontierConfig, frontier
 
     from mice.cli.train import key_values
 
@@ -719,20 +719,9 @@ def frontier_cmd(
         batch_size=batch_size,
     )
     table, meta = frontier(cfg, out, log=typer.echo, max_runs=max_runs)
-    cols = [
-        "configuration",
-        "domain",
-        "seeds",
-        "fidelity",
-        "ndcg@10",
-        "ndcg@10_low",
-        "ndcg@10_high",
-        "loss_high",
-        "collapsed",
-        "pareto",
-    ]
     if len(table):
-        typer.echo(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        cols = [c for c in COLUMNS if c in table]
+        typer.echo(table[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     for v in meta["fidelity_validity"]:
         rho = "n/a" if v["spearman"] is None else f"{v['spearman']:.3f}"
         if v["spearman_low"] is not None:
