@@ -511,43 +511,20 @@ def validate_search(
     pick) and validation_summary.csv into `out`."""
     from dataclasses import replace
 
-    from ablations.regret import load_frontier, regret, simple_rules, summarize
-    from mice.files import write_table
+    from ablations.regret import simple_rules, validate_replicates
 
     out = Path(out)
-    table, fmeta = load_frontier(frontier_folder)
-    rows, search = [], None
-    for r in range(replicates):
-        cfg = replace(config, draw=r)
-        search = JointSearch(cfg, out / f"draw-{r}", log=log)
-        _, meta, derived = search.run()
-        a, b = (derived.contextual_layers, derived.interaction_layers) if derived.decision == "mice" else (None, None)
-        rows.append(
-            {
-                "procedure": "joint search",
-                "draw": r,
-                "a": a,
-                "b": b,
-                "steps": meta["steps_total"],
-                "compute_share": meta["steps_total"] / fmeta["steps_total"],
-                **regret(table, a, b, config.tolerance),
-            }
-        )
-    rules = simple_rules(search.num_layers, zero_shot_table(search), screen_a, config.tolerance)
-    for name, (a, b) in rules.items():
-        rows.append(
-            {
-                "procedure": name,
-                "draw": 0,
-                "a": a,
-                "b": b,
-                "steps": 0,
-                "compute_share": 0.0,
-                **regret(table, a, b, config.tolerance),
-            }
-        )
-    picks = pd.DataFrame(rows)
-    summary = summarize(picks)
-    write_table(picks, out / "validation.csv")
-    write_table(summary, out / "validation_summary.csv")
-    return picks, summary
+    searches = {}
+
+    def replicate(r: int):
+        searches[r] = JointSearch(replace(config, draw=r), out / f"draw-{r}", log=log)
+        _, meta, derived = searches[r].run()
+        mice = derived.decision == "mice"
+        a, b = (derived.contextual_layers, derived.interaction_layers) if mice else (None, None)
+        return a, b, meta["steps_total"]
+
+    def rules():
+        last = searches[replicates - 1]
+        return simple_rules(last.num_layers, zero_shot_table(last), screen_a, config.tolerance)
+
+    return validate_replicates("joint search", replicate, frontier_folder, out, replicates, rules, config.tolerance)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -156,6 +157,43 @@ def summarize(picks: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def validate_replicates(
+    procedure: str,
+    replicate: Callable[[int], tuple[int | None, int | None, int]],
+    frontier_folder,
+    out,
+    replicates: int,
+    rules: Callable[[], dict[str, tuple[int | None, int | None]]] | None = None,
+    tolerance: float = 0.05,
+    extra: dict[str, Callable[[int], tuple[int | None, int | None, int]]] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score `replicates` runs of a decision procedure against a frontier. `replicate(r)` runs draw r and returns
+    its pick (a, b; None, None for no MICE) and its training steps; `extra` procedures are scored on the same
+    draws (called after `replicate(r)`, e.g. what the pick turns into); `rules()`, called after the replicates,
+    gives picks that need no training, scored once. Writes validation.csv (one row per pick) and
+    validation_summary.csv into `out`."""
+    from mice.files import write_table
+
+    table, fmeta = load_frontier(frontier_folder)
+
+    def row(name: str, draw: int, a, b, steps: int) -> dict:
+        share = steps / fmeta["steps_total"]
+        return {"procedure": name, "draw": draw, "a": a, "b": b, "steps": steps, "compute_share": share} | regret(
+            table, a, b, tolerance
+        )
+
+    rows = []
+    for r in range(replicates):
+        rows.append(row(procedure, r, *replicate(r)))
+        rows += [row(name, r, *fn(r)) for name, fn in (extra or {}).items()]
+    rows += [row(name, 0, a, b, 0) for name, (a, b) in (rules() if rules else {}).items()]
+    picks = pd.DataFrame(rows)
+    summary = summarize(picks)
+    write_table(picks, Path(out) / "validation.csv")
+    write_table(summary, Path(out) / "validation_summary.csv")
+    return picks, summary
 
 
 def load_frontier(folder) -> tuple[pd.DataFrame, dict]:

@@ -102,6 +102,8 @@ class SearchConfig:
     # both stages' finalists train the same steps: the longest final rung either stage can reach (`final_steps`)
     equal_finals: bool = True
     batch_size: int = 32
+    # a replicate: draw r samples its random dev queries under seed r and trains seeds + 1000 r (0: the search)
+    draw: int = 0
 
     def validate(self) -> "SearchConfig":
         def bad(name, why):
@@ -118,6 +120,8 @@ class SearchConfig:
             bad("sample", f"expected first or random, got {self.sample!r}")
         if self.seeded_from is not None and self.seeded_from < 0:
             bad("seeded_from", f"must be >= 0, got {self.seeded_from}")
+        if self.draw < 0 or (self.draw and self.sample != "random"):
+            bad("draw", f"a replicate draws its dev queries at random (sample random, draw >= 0; got {self.draw})")
         if self.max_rungs is not None and self.max_rungs < 1:
             bad("max_rungs", f"must be >= 1, got {self.max_rungs}")
         if self.eta < 2:
@@ -295,6 +299,10 @@ class Search:
         self.log = log or (lambda s: None)
         self.trained_steps = 0  # steps trained by this run (a resumed run counts only new ones)
 
+    def seeds(self) -> list[int]:
+        """Training seeds of this draw: replicates train their own models."""
+        return [int(s) + 1000 * int(self.cfg.draw) for s in self.cfg.seeds]
+
     # ------------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
         from transformers import AutoConfig
@@ -311,7 +319,9 @@ class Search:
         cfg = self.cfg
         self.num_layers = int(AutoConfig.from_pretrained(resolve_model_path(cfg.model)).num_hidden_layers)
         self.ds = load_dataset(cfg.dataset)
-        self.cands = from_run(self.ds, cfg.split, cfg.run, k=cfg.k, max_queries=cfg.queries, sample=cfg.sample)
+        self.cands = from_run(
+            self.ds, cfg.split, cfg.run, k=cfg.k, max_queries=cfg.queries, sample=cfg.sample, seed=cfg.draw
+        )
         self.cands_fp = self.cands.fingerprint()
         self.effects = RankEffects(self.cands.frame, self.cands.qrels)
         base = self._train_config("masked", "mask2", None, None, seed=0, steps=1, output="-")
@@ -564,7 +574,8 @@ class Search:
             scored, pqs = [], {}
             seeded = final or (cfg.seeded_from is not None and rung >= cfg.seeded_from)
             for cand in alive:
-                recs = [self.trained(cand, seed, steps) for seed in (cfg.seeds if seeded else cfg.seeds[:1])]
+                seeds = self.seeds() if seeded else self.seeds()[:1]
+                recs = [self.trained(cand, seed, steps) for seed in seeds]
                 row, pq = self._row(cand, recs, rung, trained=True)
                 row["finalist"] = final
                 rows.append(row)
@@ -809,7 +820,7 @@ class Search:
             "final_steps": final_steps,
             **({"seeded_from": cfg.seeded_from} if cfg.seeded_from is not None else {}),
             **({"cut": cfg.cut, "cut_alpha": cfg.cut_alpha} if cfg.cut != "halving" else {}),
-            "seeds": list(cfg.seeds),
+            "seeds": self.seeds(),
             "dev_queries": len(self.effects.qids),
             "k": cfg.k,
             "steps_total": meta["steps_total"],

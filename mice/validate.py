@@ -84,6 +84,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "replicates": (1, None, True),  # `mice ablate joint --validate`: independent runs of the search
     "test_k": (1, None, True),  # `mice ablate frontier`: candidates re-ranked per test query
     "max_runs": (0, None, True),  # `mice ablate frontier`: new (configuration, seed) runs before stopping
+    "validate_search": (0, None, True),  # `mice demo`: draws of the search scored against the frontier (0: none)
     "bits": (1, 8, True),  # residual codec: bits per dimension
     "pq_m": (1, None, True),  # product quantization: sub-vectors (bytes per token)
     "pq_refine": (0, None, True),  # a second pq stage: sub-vectors (bytes per token), 0 = none

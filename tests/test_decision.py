@@ -17,7 +17,7 @@ import pytest
 
 from ablations.decision import choose, cost_key, fidelity_per_query, relative_loss
 from ablations.frontier import FrontierConfig, frontier, pareto
-from ablations.joint import JointConfig, grid, joint_search
+from ablations.joint import JointConfig, grid, joint_search, validate_search
 from ablations.regret import fidelity_validity, regret, simple_rules, summarize
 from mice.errors import MiceError
 
@@ -339,6 +339,34 @@ def test_two_frontier_workers_share_the_runs_and_agree_with_one(env):
     assert {v["configurations"] for v in info["fidelity_validity"]} == {"all", "re-ranking"}
     full = [v for v in info["fidelity_validity"] if v["configurations"] == "all"][0]
     assert full["n"] == 4 and -1 <= full["spearman_low"] <= full["spearman_high"] <= 1
+
+
+def test_the_joint_search_is_scored_against_the_frontier(env):
+    whole = env["root"] / "frontier-whole"
+    if not (whole / "frontier.parquet").exists():
+        assert _run_frontier(env, whole).wait(timeout=600) == 0
+    cfg = JointConfig(
+        model=env["ce"],
+        dataset=env["data"],
+        train_preset="tiny",
+        train={"batch_size": 2},
+        steps=1,
+        eta=2,
+        finalists=2,
+        seeds=(0, 1),
+        k=6,
+        confirm_queries=4,
+        fidelity_queries=6,
+        tolerance=0.9,
+    )
+    picks, summary = validate_search(cfg, whole, env["root"] / "validate", replicates=2)
+    searched = picks[picks["procedure"] == "joint search"]
+    assert list(searched["draw"]) == [0, 1] and (searched["steps"] > 0).all()
+    total = json.loads((whole / "frontier.json").read_text())["steps_total"]
+    assert searched["compute_share"].tolist() == pytest.approx((searched["steps"] / total).tolist())
+    assert {"fixed l[L/3]+3", "zero-shot"} <= set(picks["procedure"])
+    assert summary.set_index("procedure").loc["joint search", "replicates"] == 2
+    assert (env["root"] / "validate" / "validation_summary.csv").exists()
 
 
 def test_frontier_refuses_bad_settings(env):

@@ -428,3 +428,59 @@ def test_the_demo_trains_the_searchs_best_measured_mice_when_it_chose_none(tmp_p
     write_table(pd.DataFrame(masks), tmp_path / "search" / "search.parquet")
     info = demo.fallback_mice(derived)
     assert (info["a"], info["b"]) == (1, 3) and "untested" in info["why"]
+
+
+@pytest.mark.integration
+def test_the_demos_search_is_scored_against_a_frontier_of_its_cross_encoder(tmp_path):
+    """`mice demo --frontier F --validate-search N`: N draws of the demo's own search (draw 0 is the search the
+    demo ran, reused; the others sample other dev queries and train other seeds), each pick and the MICE the demo
+    trains from it scored against the frontier, beside the fixed rule; the report shows it."""
+    import shutil
+
+    import pandas as pd
+
+    from ablations.frontier import FrontierConfig, frontier
+    from mice.app.demo import Demo, get_preset
+
+    run = tmp_path / "demo"
+    shutil.copytree(demo_artifacts(ROOT), run, symlinks=True)
+    p = get_preset("tiny")
+    ce = Demo(run, p).ce_path()
+    front = tmp_path / "frontier"
+    frontier(
+        FrontierConfig(
+            model=str(ce),
+            dataset=p.dataset,
+            tests=(("in", p.dataset),),
+            test_k=6,
+            fidelity=(),
+            fidelity_queries=6,
+            k=6,
+            steps=2,
+            seeds=(0,),
+            train_preset="tiny",
+            train={"batch_size": 2},
+            late_interaction=False,
+        ),
+        front,
+    )
+    report = run_demo(run, "tiny", frontier=front, validate=2).read_text()
+    folder = run / "search-validation"
+    picks = pd.read_csv(folder / "validation.csv")
+    own = json.loads((run / "search" / "search.json").read_text())
+    searched = picks[picks["procedure"] == "the demo's search"].set_index("draw")
+    assert list(searched.index) == [0, 1]
+    assert searched.loc[0, "steps"] == own["steps_total"]  # draw 0 is the demo's search, nothing retrained
+    first = json.loads((folder / "draw-0" / "search.json").read_text())
+    assert first["steps_trained_this_run"] == 0 and first["candidates_fingerprint"] == own["candidates_fingerprint"]
+    fronts = json.loads((front / "frontier.json").read_text())
+    assert searched["compute_share"].tolist() == pytest.approx((searched["steps"] / fronts["steps_total"]).tolist())
+    again = json.loads((folder / "draw-1" / "search.json").read_text())
+    assert again["candidates_fingerprint"] != own["candidates_fingerprint"]  # other dev queries
+    assert again["config"]["draw"] == 1 and again["steps_trained_this_run"] > 0
+    trained = picks[picks["procedure"].str.startswith("the demo's MICE")]
+    assert len(trained) == 2 and trained["b"].notna().all()  # the demo always trains a MICE model
+    assert "fixed l[L/3]+3" in set(picks["procedure"])
+    assert "## The search scored against the frontier" in report
+    summary = pd.read_csv(folder / "validation_summary.csv").set_index("procedure")
+    assert summary.loc["the demo's search", "replicates"] == 2

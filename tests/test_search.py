@@ -329,6 +329,8 @@ def test_search_refuses_bad_settings(env):
         config(env, seeds=(0,)).validate()
     with pytest.raises(MiceError, match="sample: expected first or random"):
         config(env, sample="all").validate()
+    with pytest.raises(MiceError, match="draw: a replicate draws its dev queries at random"):
+        config(env, sample="first", draw=1).validate()
     # a split with no layer above it: the layer stage's own error, not one from working out the equal finals
     with pytest.raises(MiceError, match="no interaction layers left above a=4"):
         search(config(env, stages=("layers",), contextual_layers=4), env["root"] / "bad-a")

@@ -519,13 +519,13 @@ class Demo:
             "structural": len(derivation.meta["structural"]),
         }
 
-    def stage_search(self, folder: Path) -> dict:
-        """The trained search (`mice ablate search`): the paper's mask steps, every merge layer k and the
-        screen's mask, then every b of MICE-ℓa+b, each a short distillation fine-tune from the cross-encoder."""
-        from ablations.search import SearchConfig, search
+    def search_config(self, draw: int = 0):
+        """The trained search's settings (`mice ablate search`): the paper's mask steps, every merge layer k and
+        the screen's mask, then every b of MICE-ℓa+b; `draw` > 0 is a replicate (other dev queries and seeds)."""
+        from ablations.search import SearchConfig
 
         train = {"dev_queries": self.p.dev_queries} if self.p.dev_queries else {}
-        cfg = SearchConfig(
+        return SearchConfig(
             model=str(self.ce_path()),
             dataset=self.p.dataset,
             split="dev",
@@ -548,9 +548,15 @@ class Demo:
             cut=self.p.search_cut,
             equal_finals=self.p.search_equal_finals,
             extra_masks=(str(self.path("derive", "mask.json")),),
+            draw=draw,
         )
+
+    def stage_search(self, folder: Path) -> dict:
+        """The trained search: each candidate a short distillation fine-tune from the cross-encoder."""
+        from ablations.search import search
+
         self._adopt_candidates(folder)
-        res = search(cfg, folder, log=self.console.print if self.console else None)
+        res = search(self.search_config(), folder, log=self.console.print if self.console else None)
         return {
             "decision": res.config.decision,
             "a": res.config.contextual_layers,
@@ -599,13 +605,14 @@ class Demo:
         info = json.loads(self.path("mice", "mice.json").read_text())
         return int(info["a"]), int(info["b"])
 
-    def fallback_mice(self, derived) -> dict:
+    def fallback_mice(self, derived, table: Path | None = None) -> dict:
         """When the search chose no MICE: its most effective measured MICE configuration (the layer stage's
         finalists, else its best rung), or, when the layer stage never ran, MICE over the best split the mask
-        stage measured with every layer above it. Says by how much it failed the search's rule."""
+        stage measured with every layer above it. Says by how much it failed the search's rule. `table`: the
+        search's search.parquet (default: this demo's)."""
         from mice.files import read_table
 
-        t = read_table(self.path("search", "search.parquet"))
+        t = read_table(table or self.path("search", "search.parquet"))
         m = derived.metric if derived.metric in t else "ndcg@10"
         layers = t[(t["stage"] == "layers") & t["trained"] & ~t["collapsed"].astype(bool)]
         if len(layers):
@@ -818,6 +825,52 @@ class Demo:
         for name in ("frontier.parquet", "frontier.json"):
             shutil.copyfile(source / name, self.out / "frontier" / name)
 
+    def validate_search(self, replicates: int):
+        """The demo's search scored against the frontier (`frontier`, of this cross-encoder): `replicates` draws
+        (draw 0 is the demo's own search; the others sample other dev queries and train other seeds). Each draw
+        is scored twice: its pick (no MICE when it chose none) and the MICE the demo trains from it (the pick, or
+        the search's most effective measured MICE); the fixed ℓ⌊L/3⌋+3 beside them. Writes
+        search-validation/validation.csv and validation_summary.csv; returns (picks, summary)."""
+        from ablations.regret import simple_rules, validate_replicates
+        from ablations.search import search
+
+        out = self.out / "search-validation"
+        runs = {}
+
+        def replicate(r: int):
+            folder = out / f"draw-{r}"
+            if r == 0 and not (folder / "candidates").exists():  # the demo's own search: its models, reused
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "candidates").symlink_to(self.path("search", "candidates").resolve())
+            res = search(self.search_config(draw=r), folder, log=self.console.print if self.console else None)
+            runs[r] = (res, folder)
+            return self._split(res.config, None) + (res.meta["steps_total"],)
+
+        def trained(r: int):
+            res, folder = runs[r]
+            return self._split(res.config, folder / "search.parquet") + (res.meta["steps_total"],)
+
+        return validate_replicates(
+            "the demo's search",
+            replicate,
+            self.frontier,
+            out,
+            replicates,
+            rules=lambda: simple_rules(runs[0][0].meta["num_layers"]),
+            tolerance=self.p.search_tolerance,
+            extra={"the demo's MICE (its pick, or the fallback)": trained},
+        )
+
+    def _split(self, derived, fallback_table: Path | None) -> tuple:
+        """(a, b) of a search's decision; (None, None) when it chose no MICE, unless `fallback_table` (its
+        search.parquet) says which MICE the demo trains instead."""
+        if derived.decision == "mice":
+            return derived.contextual_layers, derived.interaction_layers
+        if fallback_table is None:
+            return None, None
+        info = self.fallback_mice(derived, fallback_table)
+        return info["a"], info["b"]
+
     def stage_figures(self, folder: Path) -> dict:
         from figures.make import make_all
 
@@ -902,7 +955,9 @@ class Demo:
             ),
         ]
 
-    def run(self) -> Path:
+    def run(self, validate: int = 0) -> Path:
+        """Run (or resume) every stage, then the report; `validate` > 0 first scores that many draws of the
+        search against the frontier (`validate_search`)."""
         from mice.files import write_json_atomic
         from mice.app.report import write_report
 
@@ -917,6 +972,8 @@ class Demo:
             p.run(name, fn, title, key=key)
         if self.frontier is not None:
             self.adopt_frontier(self.frontier)
+            if validate:
+                self.validate_search(validate)
         # figures and report are cheap and always redrawn from the saved results
         import shutil
 
@@ -978,9 +1035,16 @@ def mice_vs_cross_encoder(folder) -> pd.DataFrame:
     )
 
 
-def run_demo(out="runs/demo", preset: str = "quick", console=None, frontier=None, **overrides) -> Path:
-    """Run (or resume) the demo; returns the path of report.md."""
-    return Demo(out, get_preset(preset, **overrides), console=console, frontier=frontier).run()
+def run_demo(
+    out="runs/demo", preset: str = "quick", console=None, frontier=None, validate: int = 0, **overrides
+) -> Path:
+    """Run (or resume) the demo; returns the path of report.md. `validate` > 0 (with `frontier`): score that many
+    draws of the search against the frontier."""
+    if validate and frontier is None:
+        from mice.errors import MiceError
+
+        raise MiceError("--validate-search: needs --frontier (the ground truth the search is scored against)")
+    return Demo(out, get_preset(preset, **overrides), console=console, frontier=frontier).run(validate)
 
 
 def environment() -> dict:

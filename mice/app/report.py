@@ -144,6 +144,7 @@ def report_markdown(root, env: dict | None = None, timings: pd.DataFrame | None 
         _mask_section,
         _search_section,
         _frontier_section,
+        _validation_section,
         _mice_section,
         _index_section,
         _efficiency_section,
@@ -480,6 +481,28 @@ def _frontier_section(r: _Report) -> list[str]:
         _md(t[cols]),
         "",
         *r.figure("figures/frontier.png", "Cost against effectiveness, merge-layer and layer-drop views"),
+    ]
+
+
+def _validation_section(r: _Report) -> list[str]:
+    """The search scored against the frontier (`mice demo --frontier F --validate-search N`), when it was."""
+    folder = r.root / "search-validation"
+    if not (folder / "validation_summary.csv").exists():
+        return []
+    summary = read_table(folder / "validation_summary.csv")
+    picks = read_table(folder / "validation.csv")
+    cols = ["procedure", "draw", "pick", "truth", "regret", "miss", "steps", "compute_share"]
+    return [
+        "## The search scored against the frontier",
+        "",
+        "Each draw samples other dev queries and trains other seeds (draw 0 is this demo's search). Regret: the "
+        "frontier's in-domain test nDCG@10 of its best qualifying configuration at equal or lower cost, minus the "
+        "pick's; a miss: no MICE while one qualifies; compute: training steps as a share of the frontier's.",
+        "",
+        _md(summary),
+        "",
+        _md(picks[[c for c in cols if c in picks]]),
+        "",
     ]
 
 

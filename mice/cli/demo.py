@@ -42,6 +42,12 @@ def demo(
         "--frontier",
         help="A frontier folder of this demo's cross-encoder (`mice ablate frontier`): its figure goes in the report",
     ),
+    validate_search: int = typer.Option(
+        0,
+        "--validate-search",
+        help="With --frontier: run the search this many times (other dev queries and seeds) and score each pick "
+        "against the frontier (regret, stability, compute)",
+    ),
 ) -> None:
     """The whole method on the offline default, ending in OUT/report.md and OUT/report.html."""
     import time
@@ -67,6 +73,7 @@ def demo(
         preset,
         console=console,
         frontier=frontier,
+        validate=validate_search,
         backbone=backbone,
         dev_sample=dev_sample,
         dataset_external=external,
