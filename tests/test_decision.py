@@ -215,8 +215,8 @@ def env(tmp_path_factory):
     yield from train_env(tmp_path_factory, "decision", ce=dict(num_layers=3, seed=0))
 
 
-def test_joint_search_on_a_tiny_model(env):
-    cfg = JointConfig(
+def _tiny_joint(env) -> JointConfig:
+    return JointConfig(
         model=env["ce"],
         dataset=env["data"],
         train_preset="tiny",
@@ -230,6 +230,10 @@ def test_joint_search_on_a_tiny_model(env):
         fidelity_queries=6,
         tolerance=0.9,
     )
+
+
+def test_joint_search_on_a_tiny_model(env):
+    cfg = _tiny_joint(env)
     table, meta, derived = joint_search(cfg, env["root"] / "joint")
     assert set(table[table["rung"] == 0]["candidate"]) == {"MICE-l1+1", "MICE-l2+1", "MICE-l1+2", "baseline-ft"}
     final = table[table["finalist"]]
@@ -345,20 +349,7 @@ def test_the_joint_search_is_scored_against_the_frontier(env):
     whole = env["root"] / "frontier-whole"
     if not (whole / "frontier.parquet").exists():
         assert _run_frontier(env, whole).wait(timeout=600) == 0
-    cfg = JointConfig(
-        model=env["ce"],
-        dataset=env["data"],
-        train_preset="tiny",
-        train={"batch_size": 2},
-        steps=1,
-        eta=2,
-        finalists=2,
-        seeds=(0, 1),
-        k=6,
-        confirm_queries=4,
-        fidelity_queries=6,
-        tolerance=0.9,
-    )
+    cfg = _tiny_joint(env)
     picks, summary = validate_search(cfg, whole, env["root"] / "validate", replicates=2)
     searched = picks[picks["procedure"] == "joint search"]
     assert list(searched["draw"]) == [0, 1] and (searched["steps"] > 0).all()
