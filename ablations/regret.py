@@ -26,6 +26,9 @@ from ablations.decision import cost_key
 from mice.errors import MiceError
 
 
+NO_MICE = "no MICE"
+
+
 def truth(table: pd.DataFrame, tolerance: float, domain: str = "in") -> pd.DataFrame:
     """The frontier's MICE rows of `domain` with `qualifies`, sorted cheapest first."""
     t = table[(table["domain"] == domain) & (table["kind"] == "mice")].copy()
@@ -45,7 +48,7 @@ def regret(table: pd.DataFrame, a: int | None, b: int | None, tolerance: float, 
         "truth_ndcg": np.nan if gt is None else float(gt["ndcg@10"]),
     }
     if a is None or b is None:
-        return {**out, "pick": None, "regret": np.nan, "miss": gt is not None, "same_as_truth": gt is None}
+        return {**out, "pick": NO_MICE, "regret": np.nan, "miss": gt is not None, "same_as_truth": gt is None}
     mine = t[(t["a"] == a) & (t["b"] == b)]
     if not len(mine):
         return {
@@ -64,6 +67,8 @@ def regret(table: pd.DataFrame, a: int | None, b: int | None, tolerance: float, 
         "pick": f"MICE-l{a}+{b}",
         "pick_ndcg": own,
         "regret": best - own if np.isfinite(best) else np.nan,
+        # query-time layers paid beyond the ground truth's (negative: cheaper than the evidence allows)
+        "extra_cost": np.nan if gt is None else int(b) - int(gt["b"]),
         "miss": False,
         "same_as_truth": gt is not None and (gt["a"], gt["b"]) == (a, b),
     }
@@ -139,7 +144,7 @@ def summarize(picks: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for proc, g in picks.groupby("procedure", sort=False):
         bs = Counter(g["b"].dropna().astype(int))
-        ab = Counter(g["pick"].fillna("none"))
+        ab = Counter(g["pick"].fillna(NO_MICE))
         modal_b, n_b = bs.most_common(1)[0] if bs else (None, 0)
         rows.append(
             {
@@ -151,6 +156,7 @@ def summarize(picks: pd.DataFrame) -> pd.DataFrame:
                 "same_b": n_b,
                 "median_regret": float(np.nanmedian(g["regret"])) if g["regret"].notna().any() else np.nan,
                 "max_regret": float(np.nanmax(g["regret"])) if g["regret"].notna().any() else np.nan,
+                "median_extra_cost": _median(g["extra_cost"]) if "extra_cost" in g else np.nan,
                 "misses": int(g["miss"].sum()),
                 "same_as_truth": int(g["same_as_truth"].sum()),
                 "compute_share": float(g["compute_share"].median()) if "compute_share" in g else 0.0,
@@ -194,6 +200,10 @@ def validate_replicates(
     write_table(picks, Path(out) / "validation.csv")
     write_table(summary, Path(out) / "validation_summary.csv")
     return picks, summary
+
+
+def _median(values: pd.Series) -> float:
+    return float(np.nanmedian(values)) if values.notna().any() else np.nan
 
 
 def load_frontier(folder) -> tuple[pd.DataFrame, dict]:

@@ -142,9 +142,11 @@ def test_regret_against_the_frontier():
     t = _frontier_table({(3, 1): (0.6, -0.1), (2, 2): (0.47, 0.08), (1, 2): (0.49, 0.04), (1, 3): (0.5, 0.01)})
     assert regret(t, 1, 2, 0.05)["regret"] == 0 and regret(t, 1, 2, 0.05)["same_as_truth"]
     assert regret(t, 1, 3, 0.05)["regret"] == pytest.approx(0.0)  # b = 3 is the best at cost <= 3
+    assert regret(t, 1, 3, 0.05)["extra_cost"] == 1  # ... but one layer dearer than the cheapest qualifying
     r = regret(t, 2, 2, 0.05)  # does not qualify: the best qualifying at b <= 2 is l1+2
     assert r["regret"] == pytest.approx(0.02) and r["truth"] == "MICE-l1+2"
     assert regret(t, None, None, 0.05)["miss"]  # no MICE while one qualifies
+    assert regret(t, None, None, 0.05)["pick"] == "no MICE"
     rules = simple_rules(6)
     assert rules["fixed l[L/3]+3"] == (2, 3)
     zs = pd.DataFrame({"a": [2, 1], "b": [2, 3], "loss_upper": [0.2, 0.03], "collapsed": [False, False]})

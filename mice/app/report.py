@@ -491,13 +491,14 @@ def _validation_section(r: _Report) -> list[str]:
         return []
     summary = read_table(folder / "validation_summary.csv")
     picks = read_table(folder / "validation.csv")
-    cols = ["procedure", "draw", "pick", "truth", "regret", "miss", "steps", "compute_share"]
+    cols = ["procedure", "draw", "pick", "truth", "regret", "extra_cost", "miss", "steps", "compute_share"]
     return [
         "## The search scored against the frontier",
         "",
         "Each draw samples other dev queries and trains other seeds (draw 0 is this demo's search). Regret: the "
         "frontier's in-domain test nDCG@10 of its best qualifying configuration at equal or lower cost, minus the "
-        "pick's; a miss: no MICE while one qualifies; compute: training steps as a share of the frontier's.",
+        "pick's; extra cost: query-time layers beyond the ground truth's b; a miss: no MICE while one qualifies; "
+        "compute: training steps as a share of the frontier's.",
         "",
         _md(summary),
         "",
