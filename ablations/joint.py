@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ablations.decision import choose, cost_key, fidelity_per_query, mean_ci, relative_loss
-from ablations.search import Candidate, Search, SearchConfig, promoted_count
+from ablations.search import Candidate, Search, SearchConfig, promoted_count, replicate_seeds
 from mice.errors import MiceError
 
 CONTROL = "baseline-ft"
@@ -256,7 +256,7 @@ class JointSearch(Search):
     # ---------------------------------------------------------------------------------------- halving
     def seeds(self) -> list[int]:
         """Training seeds of this draw: replicates train their own models."""
-        return [int(s) + 1000 * int(self.jcfg.draw) for s in self.jcfg.seeds]
+        return replicate_seeds(self.jcfg.seeds, self.jcfg.draw)
 
     def _rung_row(self, cand: Candidate, rung: int, steps: int, seeds, values, control) -> dict:
         loss = relative_loss(values, control, alpha=self.jcfg.alpha) if cand.name != CONTROL else None

@@ -120,6 +120,14 @@ def fidelity_validity(
     return pd.DataFrame(rows, columns=["domain", "configurations", "n", "spearman", "spearman_low", "spearman_high"])
 
 
+def validity_text(v: dict) -> str:
+    """One row of `frontier.json`'s fidelity_validity as `rho [low, high]` (`n/a` under 3 configurations)."""
+    if v["spearman"] is None:
+        return "n/a"
+    ci = "" if v.get("spearman_low") is None else f" [{v['spearman_low']:.3f}, {v['spearman_high']:.3f}]"
+    return f"{v['spearman']:.3f}{ci}"
+
+
 def _resampled_means(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Per configuration (rows), the means of `x` and `y` over `n_boot` resamples of their queries (columns)."""
     rng = np.random.default_rng(seed)

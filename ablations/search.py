@@ -289,6 +289,11 @@ def finals(table: pd.DataFrame) -> pd.DataFrame:
     return t.reset_index(drop=True)
 
 
+def replicate_seeds(seeds, draw: int) -> list[int]:
+    """The training seeds of replicate `draw` (0: `seeds` themselves); other draws never share a model."""
+    return [int(s) + 1000 * int(draw) for s in seeds]
+
+
 class Search:
     """Run (or resume) a trained search into `out`; `run()` returns a SearchResult and writes search.parquet,
     search.per_query.parquet, search.json and derived.json (mice-config/1)."""
@@ -301,7 +306,7 @@ class Search:
 
     def seeds(self) -> list[int]:
         """Training seeds of this draw: replicates train their own models."""
-        return [int(s) + 1000 * int(self.cfg.draw) for s in self.cfg.seeds]
+        return replicate_seeds(self.cfg.seeds, self.cfg.draw)
 
     # ------------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:

@@ -17,9 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-
-from ablations.regret import fidelity_validity  # noqa: E402
+from ablations.regret import validity_text  # noqa: E402
 from figures.frontier import plot_frontier  # noqa: E402
 from mice.files import read_table  # noqa: E402
 
@@ -69,13 +67,10 @@ def main(argv=None) -> int:
     print(f"{meta['runs_finished']} of {meta['runs_total']} runs; figure {paths[0]}\n")
     print(markdown(table, args.tolerance))
     print("| test set | configurations | n | Spearman rho [95% CI] |\n|---|---|---|---|")
-    validity = meta.get("fidelity_validity")  # written by the frontier, with its bootstrap CI
-    if validity is None:
-        validity = fidelity_validity(table).replace({np.nan: None}).to_dict("records")
-    for v in validity:
-        ci = "" if v.get("spearman_low") is None else f" [{v['spearman_low']:.3f}, {v['spearman_high']:.3f}]"
-        rho = "n/a" if v["spearman"] is None else f"{v['spearman']:.3f}{ci}"
-        print(f"| {v['domain']} | {v['configurations']} | {v['n']} | {rho} |")
+    if "fidelity_validity" not in meta:
+        raise SystemExit(f"{args.folder / 'frontier.json'}: no fidelity_validity (rerun `mice ablate frontier`)")
+    for v in meta["fidelity_validity"]:
+        print(f"| {v['domain']} | {v['configurations']} | {v['n']} | {validity_text(v)} |")
     return 0
 
 

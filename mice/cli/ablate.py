@@ -701,6 +701,7 @@ def frontier_cmd(
     seed, on every test query; the ground truth a search is scored against. Cached and resumable; start the
     same command in more processes (or machines sharing --out) to train runs in parallel."""
     from ablations.frontier import COLUMNS, FrontierConfig, frontier
+    from ablations.regret import validity_text
 
     from mice.cli.train import key_values
 
@@ -723,12 +724,9 @@ def frontier_cmd(
         cols = [c for c in COLUMNS if c in table]
         typer.echo(table[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     for v in meta["fidelity_validity"]:
-        rho = "n/a" if v["spearman"] is None else f"{v['spearman']:.3f}"
-        if v["spearman_low"] is not None:
-            rho += f" [{v['spearman_low']:.3f}, {v['spearman_high']:.3f}]"
         typer.echo(
             f"fidelity vs test nDCG@10, {v['domain']}, {v['configurations']} configurations (n={v['n']}): "
-            f"Spearman {rho}"
+            f"Spearman {validity_text(v)}"
         )
     typer.echo(
         f"{meta['runs_finished']} of {meta['runs_total']} (configuration, seed) runs finished; "
