@@ -12,8 +12,13 @@ labelled dev queries. Here:
   go on first, cheapest first, then the rest by fidelity; the finalists and the control train `seeds`.
 - **Choice**: `ablations.decision.choose`: the cheapest finalist (smallest b, then largest a) whose one-sided 95%
   upper bound of the relative fidelity loss against the control is within `tolerance`, confirmed on the held-out
-  dev queries (fidelity, the same rule). Labelled dev nDCG@10 and RR@10 on those held-out queries are reported
-  beside it. Nothing qualifies: the derived file says so, and names the most faithful MICE measured.
+  labelled dev queries by the same rule on `confirm_metric` (nDCG@10: fidelity ranks configurations well, but
+  its scale is not the labels', so the tolerance is checked in the labels' units where they exist). Labelled dev
+  nDCG@10 and RR@10 on those queries are reported beside it. Nothing qualifies: the derived file says so, and
+  names the most faithful MICE measured.
+- **Before training**: configurations whose untrained scores are constant per query (the [CLS] never reads the
+  document) are recorded as collapsed and not trained; `rung_queries` screens early rungs on a random part of
+  the pool, since they only rank.
 - **Replicates**: `draw` changes which dev queries are held out, the screening sample and the training seeds, so
   a replicate is an independent run of the whole procedure.
 Every (candidate, seed) trains in the staged search's content-keyed folders, so both searches and the frontier
@@ -48,7 +53,9 @@ class JointConfig:
     run: str = "bm25"  # first-stage run of the dev split (a file or "bm25")
     fidelity: tuple[str, ...] = ()  # further unlabelled query sets, "dataset@split", none used in training
     fidelity_queries: int = 1000  # the screening pool (dev minus the held-out part, then `fidelity` sets)
-    confirm_queries: int = 150  # held-out dev queries, used only to confirm the choice
+    confirm_queries: int | None = 150  # held-out labelled dev queries, used only to confirm (None: all of dev)
+    rung_queries: int | None = None  # screening queries before the final rung (None: the whole pool)
+    confirm_metric: str = "ndcg@10"  # labelled measure of the confirmation
     k: int = 10  # candidates per query (first-stage top k)
     train_preset: str = "quick"
     train: dict = field(default_factory=dict)
@@ -65,8 +72,8 @@ class JointConfig:
     batch_size: int = 64
 
     def validate(self) -> "JointConfig":
-        for name in ("fidelity_queries", "confirm_queries", "k", "steps", "finalists", "batch_size", "min_a"):
-            if int(getattr(self, name)) < 1:
+        for name in ("fidelity_queries", "confirm_queries", "rung_queries", "k", "steps", "finalists", "batch_size"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise MiceError(f"joint search: {name} must be >= 1, got {getattr(self, name)}")
         if self.eta < 2:
             raise MiceError(f"joint search: eta must be >= 2, got {self.eta}")
@@ -76,6 +83,10 @@ class JointConfig:
             raise MiceError(
                 f"joint search: tolerance in [0, 1) and alpha in (0, 0.5) (got {self.tolerance}, {self.alpha})"
             )
+        if int(self.min_a) < 1:
+            raise MiceError(f"joint search: min_a must be >= 1, got {self.min_a}")
+        if self.confirm_metric not in ("ndcg@10", "rr@10", "fidelity"):
+            raise MiceError(f"joint search: confirm_metric is ndcg@10, rr@10 or fidelity, got {self.confirm_metric!r}")
         for spec in self.fidelity:
             if "@" not in spec:
                 raise MiceError(f"joint search: fidelity set {spec!r} is not dataset@split")
@@ -106,6 +117,17 @@ def control_candidate(folder, num_layers: int) -> Candidate:
 
         write_json_atomic(path, InteractionMask.full(num_layers).to_dict())
     return Candidate("joint", CONTROL, "masked", str(path.resolve()), None, None, (0,))
+
+
+def _with_candidates(dataset: str, split: str, k: int, qids: list[str]) -> list[str]:
+    """`qids` in their order, less the queries BM25 returns nothing for (an unlabelled set is used as it is)."""
+    from mice.data import load_dataset
+    from mice.rank.rerank import candidates as top_k
+    from probes.candidates import resolve_run
+
+    ds = load_dataset(dataset)
+    have = top_k(resolve_run(ds, split, "bm25", k), ds.queries(split), k)
+    return [q for q in qids if str(q) in have]
 
 
 def _pool(specs: list[tuple[str, str, list[str] | None]], run_for, k: int):
@@ -152,24 +174,32 @@ class JointSearch(Search):
 
         cfg = self.jcfg
         dev = query_order(load_dataset(cfg.dataset).queries(cfg.split), "random", cfg.draw)
-        if len(dev) <= cfg.confirm_queries:
+        n_held = len(dev) if cfg.confirm_queries is None else cfg.confirm_queries
+        if cfg.confirm_queries is not None and len(dev) <= n_held:
             raise MiceError(
-                f"{cfg.dataset}/{cfg.split}: {len(dev)} queries, not more than the "
-                f"{cfg.confirm_queries} held out for confirmation"
+                f"{cfg.dataset}/{cfg.split}: {len(dev)} queries, not more than the {n_held} held out for confirmation"
             )
-        held, rest = dev[: cfg.confirm_queries], dev[cfg.confirm_queries :]
-        parts = [(cfg.dataset, cfg.split, rest)]
+        held, rest = dev[:n_held], dev[n_held:]
+        parts = [(cfg.dataset, cfg.split, rest)] if rest else []
         for spec in cfg.fidelity:
             name, split = spec.rsplit("@", 1)
-            parts.append((name, split, query_order(load_dataset(name).queries(split), "random", cfg.draw)))
-        parts = self._trim(parts, cfg.fidelity_queries)
+            order = query_order(load_dataset(name).queries(split), "random", cfg.draw)
+            parts.append((name, split, _with_candidates(name, split, cfg.k, order)))
+        if not parts:
+            raise MiceError(
+                "joint search: the screening pool is empty (every dev query is held out for confirmation): "
+                "name unlabelled query sets with --fidelity"
+            )
 
         def run_for(spec, split):
             return cfg.run if (spec, split) == (cfg.dataset, cfg.split) else "bm25"
 
-        self.screen = _pool(parts, run_for, cfg.k)
+        self.screen = _pool(self._trim(parts, cfg.fidelity_queries), run_for, cfg.k)
         self.confirm_pool = _pool([(cfg.dataset, cfg.split, held)], run_for, cfg.k)
         self.pools = {"screen": self.screen, "confirm": self.confirm_pool}
+        if cfg.rung_queries is not None and cfg.rung_queries < cfg.fidelity_queries:
+            # early rungs only rank candidates: a random part of the pool does, at a fraction of the scoring
+            self.pools["rung"] = _pool(self._trim(parts, cfg.rung_queries), run_for, cfg.k)
         self.fps = {name: pool.fingerprint()[:12] for name, pool in self.pools.items()}
         self.control = control_candidate(self.out, self.num_layers)
 
@@ -180,6 +210,8 @@ class JointSearch(Search):
         for spec, split, qids in parts:
             if left <= 0:
                 break
+            if not len(qids):
+                continue
             out.append((spec, split, sorted(qids[:left])))
             left -= len(out[-1][2])
         return out
@@ -258,9 +290,9 @@ class JointSearch(Search):
         """Training seeds of this draw: replicates train their own models."""
         return replicate_seeds(self.jcfg.seeds, self.jcfg.draw)
 
-    def _rung_row(self, cand: Candidate, rung: int, steps: int, seeds, values, control) -> dict:
+    def _rung_row(self, cand: Candidate, rung: int, steps: int, seeds, values, control, pool: str) -> dict:
         loss = relative_loss(values, control, alpha=self.jcfg.alpha) if cand.name != CONTROL else None
-        collapsed = bool(np.mean(self._values(cand, seeds, steps, "screen", "constant")) > 0.5)
+        collapsed = bool(np.mean(self._values(cand, seeds, steps, pool, "constant")) > 0.5)
         return {
             "collapsed": collapsed,
             "candidate": cand.name,
@@ -271,6 +303,7 @@ class JointSearch(Search):
             "seeds": ",".join(map(str, seeds)),
             "n_seeds": len(seeds),
             "queries": len(values),
+            "pool": pool,
             "fidelity": float(np.mean(values)),
             "loss": np.nan if loss is None else loss.mean,
             "loss_upper": np.nan if loss is None else loss.upper,
@@ -289,19 +322,20 @@ class JointSearch(Search):
 
     def halving(self, table: list[dict]) -> tuple[list[Candidate], int]:
         """Successive halving over the grid with the control at every rung; returns the finalists and their
-        steps. Each rung appends its rows to `table`."""
+        steps. Each rung appends its rows to `table`; early rungs rank on the `rung` pool where there is one."""
         cfg, control = self.jcfg, self.control
-        alive, rung = grid(self.num_layers, cfg.min_a, cfg.max_b), 0
+        alive, rung = self.trainable(table), 0
         while True:
             steps = cfg.steps * cfg.eta**rung
             keep = promoted_count(len(alive), rung, cfg.finalists, cfg.eta, cfg.max_rungs)
             seeds = self.seeds() if keep is None else self.seeds()[:1]
-            ctrl = self._values(control, seeds, steps, "screen")
+            pool = "rung" if keep is not None and "rung" in self.pools else "screen"
+            ctrl = self._values(control, seeds, steps, pool)
             rows = {
-                c.name: self._rung_row(c, rung, steps, seeds, self._values(c, seeds, steps, "screen"), ctrl)
+                c.name: self._rung_row(c, rung, steps, seeds, self._values(c, seeds, steps, pool), ctrl, pool)
                 for c in alive
             }
-            rows[CONTROL] = self._rung_row(control, rung, steps, seeds, ctrl, ctrl)
+            rows[CONTROL] = self._rung_row(control, rung, steps, seeds, ctrl, ctrl, pool)
             order = self._order(rows, alive)
             promoted = {c.name for c in order[:keep]} if keep is not None else set()
             for name, row in rows.items():
@@ -310,6 +344,40 @@ class JointSearch(Search):
                 return alive, steps
             self.log(f"  rung {rung} ({steps} steps): promoted " + ", ".join(c.name for c in order[:keep]))
             alive, rung = order[:keep], rung + 1
+
+    def trainable(self, table: list[dict], probe_queries: int = 8) -> list[Candidate]:
+        """The grid less the configurations that cannot re-rank whatever their training: untrained, their
+        scores are constant within each of the first `probe_queries` screening queries (the [CLS] never reads
+        the document, as in MICE with b = 1 and no [CLS] cross-attention). Those get a row and no training."""
+        from mice.models.mice_model import MICEModel
+
+        groups = self.groups["screen"][:probe_queries]
+        every = self.screen.pairs
+        pairs = [every[i] for i in np.concatenate(groups)]
+        tc = self._train_config("mice", None, 1, 1, 0, 1, "-")
+        keep = []
+        for cand in grid(self.num_layers, self.jcfg.min_a, self.jcfg.max_b):
+            model = MICEModel.from_cross_encoder(
+                self.cfg.model,
+                contextual_layers=cand.a,
+                interaction_layers=cand.b,
+                max_doc_length=tc.max_length,
+                max_query_length=tc.max_query_length,
+            )
+            scores = np.asarray(model.predict(pairs, batch_size=self.cfg.batch_size), dtype=np.float64)
+            at, flat = 0, []
+            for g in groups:
+                s = scores[at : at + len(g)]
+                at += len(g)
+                flat.append(len(g) > 1 and np.ptp(s) <= 1e-6 * (1 + np.abs(s).max()))
+            if np.mean(flat) > 0.5:
+                table.append({"collapsed": True, "candidate": cand.name, "a": cand.a, "b": cand.b, "rung": 0})
+                table[-1].update(steps=0, seeds="", n_seeds=0, queries=len(groups), pool="screen")
+                table[-1].update(qualifies=False, finalist=False, promoted=False)
+                self.log(f"  {cand.name}: scores constant before training, not trained")
+                continue
+            keep.append(cand)
+        return keep
 
     # -------------------------------------------------------------------------------------------- run
     def decide(self, finalists: list[Candidate], steps: int):
@@ -325,12 +393,13 @@ class JointSearch(Search):
             }
             for c in finalists
         ]
-        held_ctrl = self._values(control, seeds, steps, "confirm")
+        measure = cfg.confirm_metric
+        held_ctrl = self._values(control, seeds, steps, "confirm", measure)
         choice = choose(
             cands,
             self._values(control, seeds, steps, "screen"),
             cfg.tolerance,
-            confirm=lambda c: (self._values(by_name[c["name"]], seeds, steps, "confirm"), held_ctrl),
+            confirm=lambda c: (self._values(by_name[c["name"]], seeds, steps, "confirm", measure), held_ctrl),
             alpha=cfg.alpha,
         )
         labelled = {}
@@ -431,8 +500,9 @@ class JointSearch(Search):
         prov["why"] = (
             f"{choice.chosen}: the cheapest finalist (smallest b, then largest a) non-inferior to "
             f"{CONTROL}: relative fidelity loss {r['loss']:.1%} (upper {r['loss_upper']:.1%} <= "
-            f"{cfg.tolerance:.0%}), confirmed on {meta['pools']['confirm']} held-out dev queries "
-            f"({r.get('confirm_loss', float('nan')):.1%}, upper {r.get('confirm_upper', float('nan')):.1%})"
+            f"{cfg.tolerance:.0%}), confirmed on {meta['pools']['confirm']} held-out dev queries by "
+            f"{cfg.confirm_metric} ({r.get('confirm_loss', float('nan')):.1%}, upper "
+            f"{r.get('confirm_upper', float('nan')):.1%})"
         )
         mask = InteractionMask.parse(f"mask3:k={r['a']}", self.num_layers)
         mask = InteractionMask(mask.num_layers, mask.rules, name=mask.name, provenance={"method": "joint search"})

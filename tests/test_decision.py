@@ -17,7 +17,7 @@ import pytest
 
 from ablations.decision import choose, cost_key, fidelity_per_query, relative_loss
 from ablations.frontier import FrontierConfig, frontier, pareto
-from ablations.joint import JointConfig, grid, joint_search, validate_search
+from ablations.joint import JointConfig, JointSearch, grid, joint_search, validate_search
 from ablations.regret import fidelity_validity, regret, simple_rules, summarize
 from mice.errors import MiceError
 
@@ -214,7 +214,7 @@ def test_fidelity_validity_is_spearman_over_trained_configurations():
 # ---------------------------------------------------------------------------------------- tiny models
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    yield from train_env(tmp_path_factory, "decision", ce=dict(num_layers=3, seed=0))
+    yield from train_env(tmp_path_factory, "decision", ce=dict(num_layers=3, seed=0), ce4=dict(num_layers=4, seed=0))
 
 
 def _tiny_joint(env) -> JointConfig:
@@ -238,6 +238,10 @@ def test_joint_search_on_a_tiny_model(env):
     cfg = _tiny_joint(env)
     table, meta, derived = joint_search(cfg, env["root"] / "joint")
     assert set(table[table["rung"] == 0]["candidate"]) == {"MICE-l1+1", "MICE-l2+1", "MICE-l1+2", "baseline-ft"}
+    # b = 1 cannot re-rank ([CLS] never reads the document): found constant before training, never trained
+    flat = table[table["b"] == 1]
+    assert len(flat) == 2 and flat["collapsed"].all() and (flat["steps"] == 0).all()
+    assert not any((env["root"] / "joint" / "candidates").glob("MICE-l*-1-*/seed-*/train"))
     final = table[table["finalist"]]
     assert set(final["n_seeds"]) == {2} and final["steps"].nunique() == 1 and "baseline-ft" in set(final["candidate"])
     assert meta["pools"] == {"screen": 6, "confirm": 4}
@@ -251,7 +255,38 @@ def test_joint_search_on_a_tiny_model(env):
     assert meta2["steps_trained_this_run"] == 0
     # another draw holds out other dev queries and trains its own seeds
     other, meta3, _ = joint_search(JointConfig(**{**cfg.__dict__, "draw": 1}), env["root"] / "joint-1")
-    assert meta3["config"]["draw"] == 1 and set(other["seeds"].str.split(",").explode().astype(int)) >= {1000}
+    trained_seeds = other["seeds"].str.split(",").explode().loc[lambda x: x != ""].astype(int)
+    assert meta3["config"]["draw"] == 1 and set(trained_seeds) >= {1000}
+
+
+def test_joint_search_confirms_in_labels_and_ranks_early_rungs_on_part_of_the_pool(env):
+    from ablations.decision import relative_loss
+
+    # four layers: three trainable splits (l1+2, l2+2, l1+3), so halving has rungs before the final one
+    cfg = JointConfig(**{**_tiny_joint(env).__dict__, "model": env["ce4"], "rung_queries": 3, "finalists": 1})
+    out = env["root"] / "joint-rung"
+    table, meta, _ = joint_search(cfg, out)
+    trained = table[table["steps"] > 0]
+    early, final = trained[~trained["finalist"]], trained[trained["finalist"]]
+    assert len(early) and set(early["pool"]) == {"rung"} and set(early["queries"]) == {3}
+    assert set(final["pool"]) == {"screen"} and set(final["queries"]) == {6}
+    # the confirmation is the non-inferiority rule on held-out labelled nDCG@10, not on fidelity
+    rec = next(r for r in meta["decision"] if "confirm_loss" in r)
+    search = JointSearch(cfg, out)
+    search._setup()
+    steps, seeds = meta["final_steps"], search.seeds()
+    ndcg = {
+        n: search._values(c, seeds, steps, "confirm", "ndcg@10")
+        for n, c in [(rec["name"], next(c for c in grid(4) if c.name == rec["name"])), ("baseline-ft", search.control)]
+    }
+    want = relative_loss(ndcg[rec["name"]], ndcg["baseline-ft"], alpha=cfg.alpha)
+    assert rec["confirm_loss"] == pytest.approx(want.mean) and rec["confirm_upper"] == pytest.approx(want.upper)
+
+
+def test_joint_search_refuses_an_empty_screening_pool(env):
+    cfg = JointConfig(**{**_tiny_joint(env).__dict__, "confirm_queries": None})
+    with pytest.raises(MiceError, match="screening pool is empty.*--fidelity"):
+        joint_search(cfg, env["root"] / "joint-empty")
 
 
 FRONTIER_SCRIPT = """

@@ -514,6 +514,16 @@ def _ints(text: Optional[str], flag: str) -> Optional[tuple]:
         raise MiceError(f"{flag} {text!r}: expected integers separated by commas") from None
 
 
+def _count_or_all(text: str, flag: str) -> Optional[int]:
+    if text.strip() == "all":
+        return None
+    if not text.strip().isdigit():
+        from mice.errors import MiceError
+
+        raise MiceError(f"{flag} {text!r}: expected a number of queries or all")
+    return int(text)
+
+
 _SEARCH_SAMPLE = typer.Option(
     "first", "--sample", help="first: the first N by id; random: N at random (ids often sort by topic)"
 )
@@ -745,7 +755,13 @@ def joint_cmd(
         help="Unlabelled query sets (dataset@split, comma-separated) for the screening pool beside the dev split",
     ),
     fidelity_queries: int = typer.Option(1000, "--fidelity-queries", help="Screening pool size"),
-    confirm_queries: int = typer.Option(150, "--confirm-queries", help="Held-out dev queries"),
+    confirm_queries: str = typer.Option(
+        "150", "--confirm-queries", help="Held-out labelled dev queries that confirm the choice (a number or all)"
+    ),
+    rung_queries: Optional[int] = typer.Option(
+        None, "--rung-queries", help="Screening queries of the rungs before the last (default: the whole pool)"
+    ),
+    confirm_metric: str = typer.Option("ndcg@10", "--confirm-metric", help="ndcg@10, rr@10 or fidelity"),
     preset: str = typer.Option("quick", "--preset"),
     steps: int = typer.Option(20, "--steps", help="First rung's steps; rung r trains steps x eta^r"),
     eta: int = typer.Option(3, "--eta"),
@@ -772,7 +788,9 @@ def joint_cmd(
         dataset=dataset,
         fidelity=tuple(x.strip() for x in fidelity.split(",") if x.strip()),
         fidelity_queries=fidelity_queries,
-        confirm_queries=confirm_queries,
+        confirm_queries=_count_or_all(confirm_queries, "--confirm-queries"),
+        rung_queries=rung_queries,
+        confirm_metric=confirm_metric,
         train_preset=preset,
         train=key_values(set_),
         steps=steps,
