@@ -382,7 +382,7 @@ def test_two_frontier_workers_share_the_runs_and_agree_with_one(env):
     assert full["n"] == 4 and -1 <= full["spearman_low"] <= full["spearman_high"] <= 1
 
 
-def test_the_joint_search_is_scored_against_the_frontier(env):
+def test_the_joint_search_is_scored_against_the_frontier(env, capsys):
     whole = env["root"] / "frontier-whole"
     if not (whole / "frontier.parquet").exists():
         assert _run_frontier(env, whole).wait(timeout=600) == 0
@@ -395,6 +395,16 @@ def test_the_joint_search_is_scored_against_the_frontier(env):
     assert {"fixed l[L/3]+3", "zero-shot"} <= set(picks["procedure"])
     assert summary.set_index("procedure").loc["joint search", "replicates"] == 2
     assert (env["root"] / "validate" / "validation_summary.csv").exists()
+    # the docs script prints one row per procedure, from validation.csv alone
+    import runpy
+
+    capsys.readouterr()
+    script = runpy.run_path(str(ROOT / "docs" / "scripts" / "frontier_results.py"))
+    script["main"](
+        [str(whole), "tiny", "--img", str(env["root"] / "img"), "--validation", str(env["root"] / "validate")]
+    )
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| joint search | 2 |")]
+    assert len(rows) == 1 and rows[0].count("|") == 9
 
 
 def test_frontier_refuses_bad_settings(env):

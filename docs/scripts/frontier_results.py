@@ -4,7 +4,8 @@
 `docs/img/frontier-NAME.png` from `frontier.parquet` and prints the markdown table (every configuration on each test
 set: nDCG@10 with its 95% CI, the upper bound of the relative loss against Baseline ft, whether it qualifies, the
 Pareto front) and the fidelity-vs-test Spearman rho with its bootstrap CI (from `frontier.json`), to paste into
-`docs/results.md`.
+`docs/results.md`. `--validation FOLDER` (repeatable) adds the table of a search's validation against that frontier
+(`validation.csv` of `mice ablate joint --validate` or `mice demo --validate-search`).
 """
 
 from __future__ import annotations
@@ -54,12 +55,39 @@ def markdown(table, tolerance: float) -> str:
     return "\n".join(lines)
 
 
+def validation_markdown(picks) -> str:
+    """One row per procedure: draws, its picks, misses, median and largest regret, extra cost and compute."""
+    from collections import Counter
+
+    from ablations.regret import summarize
+
+    lines = [
+        "| procedure | draws | picks | same b | misses | median regret [max] | median extra cost | compute share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in summarize(picks).iterrows():
+        g = picks[picks["procedure"] == r["procedure"]]
+        chosen = ", ".join(f"{p} × {n}" for p, n in Counter(g["pick"].fillna("no MICE")).most_common())
+        regret = (
+            "n/a" if r["median_regret"] != r["median_regret"] else (f"{r['median_regret']:.3f} [{r['max_regret']:.3f}]")
+        )
+        extra = "n/a" if r["median_extra_cost"] != r["median_extra_cost"] else f"{r['median_extra_cost']:+g}"
+        shares = g["compute_share"]
+        share = f"{shares.min():.1%}-{shares.max():.1%}" if shares.max() > shares.min() else f"{shares.max():.1%}"
+        lines.append(
+            f"| {r['procedure']} | {int(r['replicates'])} | {chosen} | {int(r['same_b'])} | {int(r['misses'])} "
+            f"| {regret} | {extra} | {share} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("name")
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--img", type=Path, default=ROOT / "docs" / "img", help="folder of the figure")
+    ap.add_argument("--validation", type=Path, action="append", default=[], help="a folder with validation.csv")
     args = ap.parse_args(argv)
     table = read_table(args.folder / "frontier.parquet")
     meta = json.loads((args.folder / "frontier.json").read_text())
@@ -71,6 +99,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.folder / 'frontier.json'}: no fidelity_validity (rerun `mice ablate frontier`)")
     for v in meta["fidelity_validity"]:
         print(f"| {v['domain']} | {v['configurations']} | {v['n']} | {validity_text(v)} |")
+    for folder in args.validation:
+        print(f"\n{folder}:\n")
+        print(validation_markdown(read_table(folder / "validation.csv")))
     return 0
 
 
