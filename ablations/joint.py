@@ -492,8 +492,15 @@ class JointSearch(Search):
             prov["fallback"] = {"a": best["a"], "b": best["b"], "loss": best["loss"], "loss_upper": best["loss_upper"]}
             prov["why"] = (
                 f"no finalist is non-inferior to {CONTROL} within {cfg.tolerance:.0%} (one-sided "
-                f"{1 - cfg.alpha:.0%} upper bound of the relative fidelity loss); the most faithful, "
+                f"{1 - cfg.alpha:.0%} upper bound of the relative fidelity loss) and confirmed; the most faithful, "
                 f"MICE-ℓ{best['a']}+{best['b']}, loses {best['loss']:.1%} (up to {best['loss_upper']:.1%})"
+            )
+            failed = [x for x in choice.records if x.get("confirmed") is False]
+            prov["why"] += "".join(
+                f"; {x['name']} qualified on fidelity but failed confirmation on {meta['pools']['confirm']} "
+                f"held-out dev queries by {cfg.confirm_metric} ({x['confirm_loss']:.1%}, upper "
+                f"{x['confirm_upper']:.1%})"
+                for x in failed
             )
             return DerivedConfig(decision="cross-encoder", provenance=prov, **common)
         r = recs[choice.chosen]

@@ -283,6 +283,25 @@ def test_joint_search_confirms_in_labels_and_ranks_early_rungs_on_part_of_the_po
     assert rec["confirm_loss"] == pytest.approx(want.mean) and rec["confirm_upper"] == pytest.approx(want.upper)
 
 
+def test_a_search_that_confirms_nothing_says_which_finalist_failed_confirmation():
+    from ablations.decision import Choice
+
+    search = object.__new__(JointSearch)  # the decision's file only: no model, no pools
+    search.jcfg, search.num_layers = JointConfig(model="m"), 6
+    recs = [
+        {"name": "MICE-l3+3", "a": 3, "b": 3, "loss": 0.06, "loss_upper": 0.062, "collapsed": False},
+        {"name": "MICE-l2+4", "a": 2, "b": 4, "loss": 0.033, "loss_upper": 0.035, "collapsed": False},
+    ]
+    recs[0]["qualifies"], recs[1]["qualifies"] = False, True
+    recs[1].update(confirm_loss=0.038, confirm_upper=0.058, confirmed=False)
+    meta = {"final_steps": 180, "pools": {"screen": 1000, "confirm": 448}, "steps_total": 1860}
+    derived = search.derived_config(Choice(None, recs), meta | {"labelled": {}, "ci_width": 0.004})
+    assert derived.decision == "cross-encoder" and derived.provenance["fallback"]["b"] == 4
+    why = derived.provenance["why"]
+    assert "MICE-l2+4 qualified on fidelity but failed confirmation on 448 held-out dev queries" in why
+    assert "(3.8%, upper 5.8%)" in why and "MICE-l3+3 qualified" not in why
+
+
 def test_joint_search_refuses_an_empty_screening_pool(env):
     cfg = JointConfig(**{**_tiny_joint(env).__dict__, "confirm_queries": None})
     with pytest.raises(MiceError, match="screening pool is empty.*--fidelity"):
