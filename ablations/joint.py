@@ -37,7 +37,14 @@ import numpy as np
 import pandas as pd
 
 from ablations.decision import choose, cost_key, fidelity_per_query, mean_ci, relative_loss
-from ablations.search import Candidate, Search, SearchConfig, promoted_count, replicate_seeds
+from ablations.search import (
+    Candidate,
+    Search,
+    SearchConfig,
+    constant_per_query,
+    promoted_count,
+    replicate_seeds,
+)
 from mice.errors import MiceError
 
 CONTROL = "baseline-ft"
@@ -264,10 +271,7 @@ class JointSearch(Search):
             "fidelity": fidelity_per_query(self.groups[pool], self.ref[pool], scores).tolist(),
             # a query whose candidates all score alike is not re-ranked (MICE with b = 1: its [CLS] never
             # reads the document): such a candidate keeps the first stage's order and is never chosen
-            "constant": [
-                float(np.ptp(scores[g]) <= 1e-6 * (1 + np.abs(scores[g]).max())) if len(g) > 1 else 0.0
-                for g in self.groups[pool]
-            ],
+            "constant": constant_per_query(self.groups[pool], scores),
         }
         if pool != "screen":  # labelled pools: held-out dev, test sets
             rec.update(self._labelled(self.pools[pool], scores))
@@ -349,27 +353,15 @@ class JointSearch(Search):
         """The grid less the configurations that cannot re-rank whatever their training: untrained, their
         scores are constant within each of the first `probe_queries` screening queries (the [CLS] never reads
         the document, as in MICE with b = 1 and no [CLS] cross-attention). Those get a row and no training."""
-        from mice.models.mice_model import MICEModel
-
         groups = self.groups["screen"][:probe_queries]
         every = self.screen.pairs
-        pairs = [every[i] for i in np.concatenate(groups)]
-        tc = self._train_config("mice", None, 1, 1, 0, 1, "-")
+        rows = np.concatenate(groups)
+        local = np.split(np.arange(len(rows)), np.cumsum([len(g) for g in groups])[:-1])
         keep = []
         for cand in grid(self.num_layers, self.jcfg.min_a, self.jcfg.max_b):
-            model = MICEModel.from_cross_encoder(
-                self.cfg.model,
-                contextual_layers=cand.a,
-                interaction_layers=cand.b,
-                max_doc_length=tc.max_length,
-                max_query_length=tc.max_query_length,
-            )
-            scores = np.asarray(model.predict(pairs, batch_size=self.cfg.batch_size), dtype=np.float64)
-            at, flat = 0, []
-            for g in groups:
-                s = scores[at : at + len(g)]
-                at += len(g)
-                flat.append(len(g) > 1 and np.ptp(s) <= 1e-6 * (1 + np.abs(s).max()))
+            model = self.untrained_mice(cand)
+            scores = np.asarray(model.predict([every[i] for i in rows], batch_size=self.cfg.batch_size), dtype=float)
+            flat = constant_per_query(local, scores)
             if np.mean(flat) > 0.5:
                 table.append({"collapsed": True, "candidate": cand.name, "a": cand.a, "b": cand.b, "rung": 0})
                 table[-1].update(steps=0, seeds="", n_seeds=0, queries=len(groups), pool="screen")
@@ -540,25 +532,16 @@ def zero_shot_table(search: JointSearch) -> pd.DataFrame:
     """Every grid configuration built from the cross-encoder without training, its fidelity loss against the
     cross-encoder itself on the screening pool (cached in `zero-shot.parquet`)."""
     from mice.files import read_table, write_table
-    from mice.models.mice_model import MICEModel
 
     path = search.out / f"zero-shot-{search.fps['screen']}.parquet"
     if path.exists():
         return read_table(path)
-    tc = search._train_config("mice", None, 1, 1, 0, 1, "-")
     ones = np.ones(len(search.groups["screen"]))
     rows = []
     for cand in grid(search.num_layers, search.jcfg.min_a, search.jcfg.max_b):
-        model = MICEModel.from_cross_encoder(
-            search.cfg.model,
-            contextual_layers=cand.a,
-            interaction_layers=cand.b,
-            max_doc_length=tc.max_length,
-            max_query_length=tc.max_query_length,
-        )
-        scores = search._pool_scores(model, search.screen)
+        scores = search._pool_scores(search.untrained_mice(cand), search.screen)
         fid = fidelity_per_query(search.groups["screen"], search.ref["screen"], scores)
-        const = [float(np.ptp(scores[g]) <= 1e-6 * (1 + np.abs(scores[g]).max())) for g in search.groups["screen"]]
+        const = constant_per_query(search.groups["screen"], scores)
         loss = relative_loss(fid, ones, alpha=search.jcfg.alpha)
         rows.append(
             {

@@ -249,6 +249,11 @@ class SearchResult:
     meta: dict
 
 
+def constant_per_query(groups, scores: np.ndarray) -> list[float]:
+    """1.0 for each query whose candidates all score alike (it is not re-ranked), else 0.0."""
+    return [float(np.ptp(scores[g]) <= 1e-6 * (1 + np.abs(scores[g]).max())) if len(g) > 1 else 0.0 for g in groups]
+
+
 def promoted_count(alive: int, rung: int, finalists: int, eta: int, max_rungs: int | None) -> int | None:
     """Successive halving's rule: how many of `alive` candidates at `rung` go on (None: they are the finalists)."""
     if alive <= finalists or (max_rungs is not None and rung == max_rungs - 1):
@@ -377,6 +382,20 @@ class Search:
             what.update(a=cand.a, b=cand.b)
         return identity_hash({**self.base_identity, "settings": settings, "candidate": what})[:12]
 
+    def untrained_mice(self, cand: Candidate):
+        """MICE-ℓa+b built from the cross-encoder with no training, under the training preset's lengths."""
+        from mice.models.mice_model import MICEModel
+
+        tc = self._train_config("mice", None, cand.a, cand.b, 0, 1, "-", cls_cross=cand.cls_cross or "none")
+        return MICEModel.from_cross_encoder(
+            self.cfg.model,
+            contextual_layers=cand.a,
+            interaction_layers=cand.b,
+            max_doc_length=tc.max_length,
+            max_query_length=tc.max_query_length,
+            cls_cross_attention=tc.cls_cross_attention,
+        )
+
     def folder(self, cand: Candidate) -> Path:
         return self.out / "candidates" / f"{cand.slug}-{self._key(cand)}"
 
@@ -387,10 +406,7 @@ class Search:
         out = {m: pq[m][0].tolist() for m in ("delta_ndcg@10", "delta_rr@10", "delta_margin", "kendall_tau")}
         # a query whose candidates all score alike is not re-ranked: its nDCG is the first stage's (ties keep
         # candidate order), e.g. MICE with b = 1, whose [CLS] never reads the document
-        out["constant"] = [
-            float(np.ptp(scores[g]) <= 1e-6 * (1 + np.abs(scores[g]).max())) if len(g) > 1 else 0.0
-            for g in self.effects.groups
-        ]
+        out["constant"] = constant_per_query(self.effects.groups, scores)
         out["ndcg@10"] = (np.asarray(self.ref_pq["ndcg@10"]) + pq["delta_ndcg@10"][0]).tolist()
         out["rr@10"] = (np.asarray(self.ref_pq["rr@10"]) + pq["delta_rr@10"][0]).tolist()
         return out
@@ -448,17 +464,7 @@ class Search:
 
                 scorer = load(self.cfg.model, mask=cand.mask, max_length=self.max_length)
             else:
-                from mice.models.mice_model import MICEModel
-
-                tc = self._train_config("mice", None, cand.a, cand.b, 0, 1, "-", cls_cross=cand.cls_cross)
-                scorer = MICEModel.from_cross_encoder(
-                    self.cfg.model,
-                    contextual_layers=cand.a,
-                    interaction_layers=cand.b,
-                    max_doc_length=tc.max_length,
-                    max_query_length=tc.max_query_length,
-                    cls_cross_attention=tc.cls_cross_attention,
-                )
+                scorer = self.untrained_mice(cand)
             m = self._measure(self._score(scorer))
             return {"candidate": cand.name, "steps": 0, "measures": m, "score_s": round(time.perf_counter() - t0, 2)}
 
