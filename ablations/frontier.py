@@ -155,6 +155,7 @@ class Frontier(JointSearch):
                 t0 = time.perf_counter()
                 for pool in self.pools:
                     self.measured(cand, seed, self.fcfg.steps, pool)
+                self._prune([cand], [seed])  # measured on every pool: its weights are all a reader needs
                 self.log(f"  {cand.name} seed {seed}: {time.perf_counter() - t0:.0f} s")
         except LockError:
             self.log(f"  {cand.name} seed {seed}: another worker has it, going on")

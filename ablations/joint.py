@@ -77,6 +77,7 @@ class JointConfig:
     max_b: int | None = None  # None: every b the model allows
     draw: int = 0
     batch_size: int = 64
+    keep_checkpoints: bool = False  # False: runs the search is done with keep their weights only (Search.prune)
 
     def validate(self) -> "JointConfig":
         for name in ("fidelity_queries", "confirm_queries", "rung_queries", "k", "steps", "finalists", "batch_size"):
@@ -344,10 +345,19 @@ class JointSearch(Search):
             promoted = {c.name for c in order[:keep]} if keep is not None else set()
             for name, row in rows.items():
                 table.append({**row, "finalist": keep is None, "promoted": name in promoted})
+            if keep is not None:
+                self._prune([c for c in alive if c.name not in promoted], seeds)
             if keep is None:
                 return alive, steps
             self.log(f"  rung {rung} ({steps} steps): promoted " + ", ".join(c.name for c in order[:keep]))
             alive, rung = order[:keep], rung + 1
+
+    def _prune(self, cands: list[Candidate], seeds) -> None:
+        """Checkpoints of runs this search is done with (see `Search.prune`), unless `keep_checkpoints`."""
+        if not self.jcfg.keep_checkpoints:
+            for cand in cands:
+                for seed in seeds:
+                    self.prune(cand, seed)
 
     def trainable(self, table: list[dict], probe_queries: int = 8) -> list[Candidate]:
         """The grid less the configurations that cannot re-rank whatever their training: untrained, their
@@ -413,6 +423,7 @@ class JointSearch(Search):
             rows: list[dict] = []
             finalists, steps = self.halving(rows)
             choice, labelled = self.decide(finalists, steps)
+            self._prune([*finalists, self.control], self.seeds())
             table = pd.DataFrame(rows)
             write_table(table, self.out / "joint.parquet")
             meta = {

@@ -249,12 +249,21 @@ def test_joint_search_on_a_tiny_model(env):
     assert derived.decision == "mice" and len(chosen) == 1
     assert f"MICE-l{derived.contextual_layers}+{derived.interaction_layers}" == meta["chosen"] == chosen[0]["name"]
     assert derived.budget["steps_total"] == meta["steps_total"] > 0
+    # runs the search is done with keep their weights only: no optimizer state, no copy in best/
+    cands = env["root"] / "joint" / "candidates"
+    lasts = list(cands.glob("*/seed-*/train/last"))
+    assert len(lasts) >= 3 and all((p / "model.safetensors").exists() for p in lasts)
+    assert not list(cands.rglob("trainer_state.pt")) and not list(cands.glob("*/seed-*/train/best"))
     # a rerun reuses every trained model and measurement: the same table, nothing trained
     again, meta2, _ = joint_search(cfg, env["root"] / "joint")
     pd.testing.assert_frame_equal(table, again)
     assert meta2["steps_trained_this_run"] == 0
     # another draw holds out other dev queries and trains its own seeds
-    other, meta3, _ = joint_search(JointConfig(**{**cfg.__dict__, "draw": 1}), env["root"] / "joint-1")
+    other, meta3, _ = joint_search(
+        JointConfig(**{**cfg.__dict__, "draw": 1, "keep_checkpoints": True}), env["root"] / "joint-1"
+    )
+    kept = list((env["root"] / "joint-1" / "candidates").glob("*/seed-*/train/last/trainer_state.pt"))
+    assert len(kept) == len(lasts)  # --keep-checkpoints: every run can still continue
     trained_seeds = other["seeds"].str.split(",").explode().loc[lambda x: x != ""].astype(int)
     assert meta3["config"]["draw"] == 1 and set(trained_seeds) >= {1000}
 
@@ -335,6 +344,7 @@ def test_the_frontier_resumes_after_sigkill(env, capsys):
     assert proc.wait(timeout=600) == 0, proc.stdout.read()[-3000:]
     info = json.loads((whole / "frontier.json").read_text())
     assert info["runs_finished"] == info["runs_total"] == 2 * 4  # control + 3 MICE, 2 seeds
+    assert not list((whole / "candidates").rglob("trainer_state.pt"))  # finished runs keep their weights only
     killed = env["root"] / "frontier-killed"
     proc = _run_frontier(env, killed)
     deadline = time.time() + 600

@@ -775,6 +775,9 @@ def joint_cmd(
         None, "--validate", help="A frontier folder: run --replicates draws and score every pick against it"
     ),
     replicates: int = typer.Option(5, "--replicates"),
+    keep_checkpoints: bool = typer.Option(
+        False, "--keep-checkpoints", help="Keep every run's optimizer state and best/ (default: weights only)"
+    ),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Training setting: key=value"),
 ) -> None:
     """Joint search over MICE-ℓa+b: successive halving on label-free fidelity, non-inferiority against Baseline
@@ -799,6 +802,7 @@ def joint_cmd(
         seeds=_ints(seeds, "--seeds"),
         tolerance=tolerance,
         draw=draw,
+        keep_checkpoints=keep_checkpoints,
     )
     if validate is not None:
         picks, summary = validate_search(cfg, validate, out, replicates=replicates, log=typer.echo)
