@@ -207,7 +207,8 @@ class JointSearch(Search):
         self.pools = {"screen": self.screen, "confirm": self.confirm_pool}
         if cfg.rung_queries is not None and cfg.rung_queries < cfg.fidelity_queries:
             # early rungs only rank candidates: a random part of the pool does, at a fraction of the scoring
-            self.pools["rung"] = _pool(self._trim(parts, cfg.rung_queries), run_for, cfg.k)
+            part = self._trim(parts, cfg.rung_queries)
+            self.pools["rung"] = self.screen.subset([f"{s}@{sp}:{q}" for s, sp, qids in part for q in qids])
         self.fps = {name: pool.fingerprint()[:12] for name, pool in self.pools.items()}
         self.control = control_candidate(self.out, self.num_layers)
 
@@ -245,8 +246,13 @@ class JointSearch(Search):
             if path.exists():
                 self.ref[name] = np.asarray(json.loads(path.read_text())["scores"])
                 continue
-            scorer = scorer or load(self.cfg.model, max_length=self.max_length)
-            self.ref[name] = self._pool_scores(scorer, pool)
+            if name == "rung":  # part of the screening pool: its reference scores are those pairs' scores
+                rows = pd.MultiIndex.from_frame(self.screen.frame[["query_id", "doc_id"]])
+                at = rows.get_indexer(pd.MultiIndex.from_frame(pool.frame[["query_id", "doc_id"]]))
+                self.ref[name] = self.ref["screen"][at]
+            else:
+                scorer = scorer or load(self.cfg.model, max_length=self.max_length)
+                self.ref[name] = self._pool_scores(scorer, pool)
             write_json_atomic(path, {"model": self.base_identity["model"], "scores": self.ref[name].tolist()})
         self.groups = {name: self._groups(pool) for name, pool in self.pools.items()}
 
@@ -363,15 +369,22 @@ class JointSearch(Search):
         """The grid less the configurations that cannot re-rank whatever their training: untrained, their
         scores are constant within each of the first `probe_queries` screening queries (the [CLS] never reads
         the document, as in MICE with b = 1 and no [CLS] cross-attention). Those get a row and no training."""
+        from mice.files import write_json_atomic
+
         groups = self.groups["screen"][:probe_queries]
         every = self.screen.pairs
         rows = np.concatenate(groups)
         local = np.split(np.arange(len(rows)), np.cumsum([len(g) for g in groups])[:-1])
         keep = []
         for cand in grid(self.num_layers, self.jcfg.min_a, self.jcfg.max_b):
-            model = self.untrained_mice(cand)
-            scores = np.asarray(model.predict([every[i] for i in rows], batch_size=self.cfg.batch_size), dtype=float)
-            flat = constant_per_query(local, scores)
+            path = self.folder(cand) / f"untrained-{probe_queries}-{self.fps['screen']}.json"
+            if path.exists():  # a resumed or revalidated search does not rebuild every untrained model
+                flat = json.loads(path.read_text())["constant"]
+            else:
+                model = self.untrained_mice(cand)
+                pairs = [every[i] for i in rows]
+                flat = constant_per_query(local, np.asarray(model.predict(pairs, batch_size=self.cfg.batch_size)))
+                write_json_atomic(path, {"candidate": cand.name, "constant": flat})
             if np.mean(flat) > 0.5:
                 table.append({"collapsed": True, "candidate": cand.name, "a": cand.a, "b": cand.b, "rung": 0})
                 table[-1].update(steps=0, seeds="", n_seeds=0, queries=len(groups), pool="screen")

@@ -254,6 +254,7 @@ def test_joint_search_on_a_tiny_model(env):
     lasts = list(cands.glob("*/seed-*/train/last"))
     assert len(lasts) >= 3 and all((p / "model.safetensors").exists() for p in lasts)
     assert not list(cands.rglob("trainer_state.pt")) and not list(cands.glob("*/seed-*/train/best"))
+    assert len(list(cands.glob("MICE-*/untrained-*.json"))) == 3  # the collapse check, kept for a rerun
     # a rerun reuses every trained model and measurement: the same table, nothing trained
     again, meta2, _ = joint_search(cfg, env["root"] / "joint")
     pd.testing.assert_frame_equal(table, again)
@@ -290,6 +291,14 @@ def test_joint_search_confirms_in_labels_and_ranks_early_rungs_on_part_of_the_po
     }
     want = relative_loss(ndcg[rec["name"]], ndcg["baseline-ft"], alpha=cfg.alpha)
     assert rec["confirm_loss"] == pytest.approx(want.mean) and rec["confirm_upper"] == pytest.approx(want.upper)
+    # the rung pool is part of the screening pool: its reference scores, taken from the screen's, are the
+    # cross-encoder's own scores of those pairs
+    from mice.models.loader import load
+
+    search._references()
+    direct = search._pool_scores(load(cfg.model, max_length=search.max_length), search.pools["rung"])
+    assert len(direct) == len(search.pools["rung"]) < len(search.pools["screen"])
+    np.testing.assert_allclose(search.ref["rung"], direct, rtol=0, atol=1e-5)
 
 
 def test_a_search_that_confirms_nothing_says_which_finalist_failed_confirmation():
