@@ -80,7 +80,8 @@ class JointConfig:
     keep_checkpoints: bool = False  # False: runs the search is done with keep their weights only (Search.prune)
 
     def validate(self) -> "JointConfig":
-        for name in ("fidelity_queries", "confirm_queries", "rung_queries", "k", "steps", "finalists", "batch_size"):
+        names = ("fidelity_queries", "confirm_queries", "rung_queries", "k", "steps", "finalists", "max_rungs")
+        for name in (*names, "batch_size"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise MiceError(f"joint search: {name} must be >= 1, got {getattr(self, name)}")
         if self.eta < 2:

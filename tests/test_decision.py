@@ -301,6 +301,17 @@ def test_joint_search_confirms_in_labels_and_ranks_early_rungs_on_part_of_the_po
     np.testing.assert_allclose(search.ref["rung"], direct, rtol=0, atol=1e-5)
 
 
+def test_max_rungs_caps_the_halving(env):
+    # one rung: every trainable split is a finalist at the first rung's steps, with every seed
+    cfg = JointConfig(**{**_tiny_joint(env).__dict__, "model": env["ce4"], "finalists": 1, "max_rungs": 1})
+    table, meta, _ = joint_search(cfg, env["root"] / "joint-one-rung")
+    trained = table[table["steps"] > 0]
+    assert set(trained["rung"]) == {0} and trained["finalist"].all() and set(trained["n_seeds"]) == {2}
+    assert meta["final_steps"] == cfg.steps and len(trained) == 4  # l1+2, l2+2, l1+3 and the control
+    with pytest.raises(MiceError, match="max_rungs must be >= 1"):
+        joint_search(JointConfig(**{**cfg.__dict__, "max_rungs": 0}), env["root"] / "joint-zero-rungs")
+
+
 def test_a_search_that_confirms_nothing_says_which_finalist_failed_confirmation():
     from ablations.decision import Choice
 

@@ -766,6 +766,7 @@ def joint_cmd(
     steps: int = typer.Option(20, "--steps", help="First rung's steps; rung r trains steps x eta^r"),
     eta: int = typer.Option(3, "--eta"),
     finalists: int = typer.Option(2, "--finalists"),
+    max_rungs: Optional[int] = _SEARCH_MAX_RUNGS,
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds of the finalists and the control"),
     tolerance: float = typer.Option(
         0.05, "--tolerance", help="Largest relative fidelity loss (one-sided 95% upper bound) against Baseline ft"
@@ -799,6 +800,7 @@ def joint_cmd(
         steps=steps,
         eta=eta,
         finalists=finalists,
+        max_rungs=max_rungs,
         seeds=_ints(seeds, "--seeds"),
         tolerance=tolerance,
         draw=draw,
