@@ -8,8 +8,11 @@ labelled dev queries. Here:
   cross-encoder fine-tuned the same steps with no mask, the paper's control), trained at every rung.
 - **Measure**: fidelity to the cross-encoder (`ablations.decision.fidelity_per_query`) on a screening pool of
   unlabelled queries no candidate trained on (the dev split minus the held-out part, plus `fidelity` sets).
-- **Budget**: successive halving in steps (`steps`, `eta`, `finalists`); at each rung the non-inferior candidates
-  go on first, cheapest first, then the rest by fidelity; the finalists and the control train `seeds`.
+- **Budget**: successive halving in steps (`steps`, `eta`, `finalists`, `max_rungs`); at each rung the non-inferior
+  candidates go on first, cheapest first, then the rest by fidelity; the finalists and the control train `seeds`.
+  Learning curves cross: at 20 steps the splits with a large a (least changed from the cross-encoder) lead on
+  fidelity, by 60 steps the ones that end up best do, so a first rung long enough to rank (`max_rungs=2`: one
+  rung for every split, then the finals) is worth its steps.
 - **Choice**: `ablations.decision.choose`: the cheapest finalist (smallest b, then largest a) whose one-sided 95%
   upper bound of the relative fidelity loss against the control is within `tolerance`, confirmed on the held-out
   labelled dev queries by the same rule on `confirm_metric` (nDCG@10: fidelity ranks configurations well, but
