@@ -454,6 +454,15 @@ def test_the_joint_search_is_scored_against_the_frontier(env, capsys):
     )
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| joint search | 2 |")]
     assert len(rows) == 1 and rows[0].count("|") == 9
+    # replayed from the saved measurements alone (nothing trains), "as run" is the decision each draw made
+    from ablations.regret import load_frontier
+
+    replay = runpy.run_path(str(ROOT / "docs" / "scripts" / "joint_replay.py"))["replay"]
+    table, _ = load_frontier(whole)
+    variants = {"as run": (None, None, None), "half the screening": (None, 3, None)}
+    for r, pick in searched.set_index("draw")["pick"].items():
+        rows = replay(env["root"] / "validate" / f"draw-{r}", table, variants)
+        assert [x["variant"] for x in rows] == list(variants) and rows[0]["pick"] == pick
 
 
 def test_frontier_refuses_bad_settings(env):

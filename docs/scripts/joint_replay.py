@@ -1,0 +1,106 @@
+"""Replay the finals of finished joint-search draws under smaller budgets, from their saved measurements alone.
+
+`python docs/scripts/joint_replay.py FRONTIER JOINT` reads every JOINT/draw-*/joint.json, rebuilds its pools and
+decides again among the same finalists with fewer seeds, a random part of the screening pool or of the held-out
+queries. Nothing trains: a missing measurement is an error. Prints a markdown table of picks per draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = {  # name: (seeds, screening queries, held-out queries); None: as run
+    "as run": (None, None, None),
+    "2 seeds": (2, None, None),
+    "300 screening": (None, 300, None),
+    "2 seeds, 300 screening": (2, 300, None),
+    "150 held out": (None, None, 150),
+}
+
+
+def _no_training(*args, **kwargs):
+    raise RuntimeError("the replay would train: a measurement is missing")
+
+
+def replay(folder: Path, table, variants=VARIANTS) -> list[dict]:
+    """One row per variant for the draw in `folder`: its pick and its regret against the frontier `table`."""
+    import numpy as np
+    import pandas as pd
+
+    from ablations.decision import choose
+    from ablations.joint import CONTROL, JointConfig, JointSearch, grid
+    from ablations.regret import regret
+
+    meta = json.loads((folder / "joint.json").read_text())
+    cfg = dict(meta["config"])
+    cfg.update(seeds=tuple(cfg["seeds"]), fidelity=tuple(cfg["fidelity"]), keep_checkpoints=True)
+    s = JointSearch(JointConfig(**cfg), folder)
+    s.train_to = _no_training
+    s._setup()
+    s._references()
+    t = pd.read_parquet(folder / "joint.parquet")
+    steps = int(meta["final_steps"])
+    names = set(t[t["finalist"] & (t["candidate"] != CONTROL)]["candidate"])
+    finalists = {c.name: c for c in grid(s.num_layers) if c.name in names}
+    cut = t[~t["finalist"] & ~t["candidate"].isin(names | {CONTROL})]
+    rows = []
+    for name, (k, n_screen, n_held) in variants.items():
+        rng = np.random.default_rng(int(cfg["draw"]))
+        seeds = s.seeds()[:k] if k else s.seeds()
+        n_s, n_h = len(s.groups["screen"]), len(s.groups["confirm"])
+        si = np.sort(rng.choice(n_s, n_screen, replace=False)) if n_screen else np.arange(n_s)
+        hi = np.sort(rng.choice(n_h, n_held, replace=False)) if n_held else np.arange(n_h)
+
+        def values(cand, pool, measure, idx, seeds=seeds):
+            return s._values(cand, seeds, steps, pool, measure)[idx]
+
+        cands = [
+            {"name": n, "a": c.a, "b": c.b, "values": values(c, "screen", "fidelity", si)} for n, c in finalists.items()
+        ]
+        held = values(s.control, "confirm", cfg["confirm_metric"], hi)
+        choice = choose(
+            cands,
+            values(s.control, "screen", "fidelity", si),
+            cfg["tolerance"],
+            confirm=lambda c: (values(finalists[c["name"]], "confirm", cfg["confirm_metric"], hi), held),
+            alpha=cfg["alpha"],
+        )
+        pick = finalists.get(choice.chosen)
+        r = regret(table, pick and pick.a, pick and pick.b, cfg["tolerance"])
+        total = int(cut.groupby("candidate")["steps"].max().sum()) + (len(finalists) + 1) * steps * len(seeds)
+        rows.append(
+            {"draw": int(cfg["draw"]), "variant": name, "pick": r["pick"], "regret": r["regret"], "steps": total}
+        )
+    return rows
+
+
+def main(argv=None) -> int:
+    import pandas as pd
+
+    from ablations.regret import load_frontier
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("frontier", type=Path)
+    ap.add_argument("joint", type=Path, help="a folder of draw-*/ joint searches")
+    args = ap.parse_args(argv)
+    table, _ = load_frontier(args.frontier)
+    rows = [r for d in sorted(args.joint.glob("draw-*/joint.json")) for r in replay(d.parent, table)]
+    df = pd.DataFrame(rows)
+    draws = sorted(df["draw"].unique())
+    print("| finals replayed with | " + " | ".join(f"draw {d}" for d in draws) + " | steps |")
+    print("|---" * (len(draws) + 2) + "|")
+    for name in VARIANTS:
+        g = df[df["variant"] == name].set_index("draw")
+        picks = " | ".join(str(g.loc[d, "pick"]).replace("MICE-l", "ℓ") for d in draws)
+        print(f"| {name} | {picks} | {int(g['steps'].median()):,} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
