@@ -246,17 +246,17 @@ class JointSearch(Search):
         self.ref = {}
         scorer = None
         for name, pool in self.pools.items():
-            path = self.out / f"reference-{name}-{self.fps[name]}.json"
-            if path.exists():
-                self.ref[name] = np.asarray(json.loads(path.read_text())["scores"])
-                continue
             if name == "rung":  # part of the screening pool: its reference scores are those pairs' scores
                 rows = pd.MultiIndex.from_frame(self.screen.frame[["query_id", "doc_id"]])
                 at = rows.get_indexer(pd.MultiIndex.from_frame(pool.frame[["query_id", "doc_id"]]))
                 self.ref[name] = self.ref["screen"][at]
-            else:
-                scorer = scorer or load(self.cfg.model, max_length=self.max_length)
-                self.ref[name] = self._pool_scores(scorer, pool)
+                continue
+            path = self.out / f"reference-{name}-{self.fps[name]}.json"
+            if path.exists():
+                self.ref[name] = np.asarray(json.loads(path.read_text())["scores"])
+                continue
+            scorer = scorer or load(self.cfg.model, max_length=self.max_length)
+            self.ref[name] = self._pool_scores(scorer, pool)
             write_json_atomic(path, {"model": self.base_identity["model"], "scores": self.ref[name].tolist()})
         self.groups = {name: self._groups(pool) for name, pool in self.pools.items()}
 

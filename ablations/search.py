@@ -495,18 +495,15 @@ class Search:
             raise MiceError(f"{cand.name} seed {seed}: stopped at step {res.steps} of {steps} ({res.stopped_by})")
         return last
 
-    def prune(self, cand: Candidate, seed: int) -> int:
+    def prune(self, cand: Candidate, seed: int) -> None:
         """Free a (candidate, seed) the search will not train again: keep `last/`'s weights (what it scores and
         what a user loads) and drop `best/` (a copy: training here has no dev split) and the optimizer state
-        (it only continues a later rung; a rerun that needs one trains from the start). Returns bytes freed."""
+        (it only continues a later rung; a rerun that needs one trains from the start)."""
         from mice.train.loop import STATE_FILE
 
         train = self.folder(cand) / f"seed-{seed}" / "train"
-        gone = [train / "best", train / "last" / STATE_FILE]
-        freed = sum(f.stat().st_size for p in gone if p.exists() for f in ([p] if p.is_file() else p.rglob("*")))
-        shutil.rmtree(gone[0], ignore_errors=True)
-        gone[1].unlink(missing_ok=True)
-        return freed
+        shutil.rmtree(train / "best", ignore_errors=True)
+        (train / "last" / STATE_FILE).unlink(missing_ok=True)
 
     def trained(self, cand: Candidate, seed: int, steps: int) -> dict:
         """Train `cand` under `seed` to `steps` (continuing its last rung) and score it; cached."""
