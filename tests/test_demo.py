@@ -484,3 +484,76 @@ def test_the_demos_search_is_scored_against_a_frontier_of_its_cross_encoder(tmp_
     assert "## The search scored against the frontier" in report
     summary = pd.read_csv(folder / "validation_summary.csv").set_index("procedure")
     assert summary.loc["the demo's search", "replicates"] == 2
+
+
+def test_the_demo_can_decide_by_the_joint_search(tmp_path):
+    """`mice demo --search joint`: the joint search replaces the staged one (every stage before it reused), the
+    demo trains what it derived, and the report shows its rungs, decision and labelled confirmation."""
+    import shutil
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+    from mice.derived import DerivedConfig
+
+    run = tmp_path / "demo"
+    shutil.copytree(demo_artifacts(ROOT), run, symlinks=True)
+    r = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(run), "--search", "joint"])
+    assert r.exit_code == 0, r.output
+    timings = pd.read_csv(run / "timings.csv").set_index("stage")
+    assert timings.loc[["data", "cross_encoder", "sweep", "derive"], "cached"].all()
+    assert not timings.loc[["search", "mice", "index", "bench"], "cached"].any()
+    meta = json.loads((run / "search" / "joint.json").read_text())
+    assert meta["config"]["fidelity"] == ["embedded:docs-ood?packages=http,xml&max_per_package=150@train"]
+    assert meta["pools"]["confirm"] == 21 and meta["pools"]["screen"] == 12  # every dev query held out
+    derived = DerivedConfig.load(run / "search" / "derived.json")
+    assert derived.budget["method"] == "joint" and derived.decision == "mice"  # the tiny preset's wide tolerance
+    mice_stage = json.loads((run / "mice" / "stage.json").read_text())["outputs"]
+    assert (mice_stage["a"], mice_stage["b"]) == (derived.contextual_layers, derived.interaction_layers)
+    report = (run / "report.md").read_text()
+    assert "## Joint search" in report and "## Trained search" not in report
+    assert "Labelled dev effectiveness on the held-out queries" in report and "baseline-ft" in report
+    r = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(tmp_path / "x"), "--search", "greedy"])
+    assert r.exit_code != 0 and "search_method 'greedy': expected staged or joint" in str(r.exception or r.output)
+    assert not (tmp_path / "x").exists()  # refused before any stage ran
+
+
+def test_without_a_qualifying_split_the_demo_trains_the_joint_searchs_most_faithful_finalist(tmp_path):
+    """A joint search that chose no MICE names its most faithful finalist; the demo trains that one and says by
+    how much it failed non-inferiority."""
+    from mice.app.demo import Demo, get_preset
+    from mice.derived import DerivedConfig
+
+    derived = DerivedConfig(
+        decision="cross-encoder",
+        num_layers=2,
+        tolerance=0.05,
+        metric="fidelity@10",
+        budget={"method": "joint"},
+        provenance={"fallback": {"a": 1, "b": 1, "loss": 0.071, "loss_upper": 0.093}},
+    )
+    info = Demo(tmp_path, get_preset("tiny", search_method="joint")).fallback_mice(derived)
+    assert (info["a"], info["b"], info["chosen"]) == (1, 1, False)
+    assert "7.1%" in info["why"] and "upper bound 9.3%" in info["why"] and "tolerance of 5%" in info["why"]
+
+
+def test_the_joint_searchs_fields_key_the_stages_only_when_it_decides(tmp_path):
+    """The staged search's cached stages keep their key whatever the joint fields say; the joint search keys the
+    search stage (and the stages after it) by its method and schedule."""
+    from mice.app.demo import CACHE_VERSION, Demo, get_preset
+
+    fields = ("search_steps", "search_method", "joint_steps", "joint_screen_queries")
+    staged = Demo(tmp_path / "s", get_preset("tiny")).key(fields)
+    assert staged == {"version": CACHE_VERSION, "search_steps": 2}  # tiny sets joint_steps, which keys nothing here
+    joint = Demo(tmp_path / "j", get_preset("tiny", search_method="joint")).key(fields)
+    assert joint == {
+        "version": CACHE_VERSION,
+        "search_steps": 2,
+        "search_method": "joint",
+        "joint_steps": 2,
+        "joint_screen_queries": 12,
+    }
+    assert Demo(tmp_path / "q", get_preset("quick", search_method="joint")).key(("joint_steps",)) == {
+        "version": CACHE_VERSION
+    }  # at its default, like every field added within a cache version

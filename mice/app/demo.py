@@ -90,6 +90,18 @@ class DemoPreset:
     search_cut: str = "halving"  # SearchConfig.cut
     search_cls_cross: tuple[str, ...] = ("none",)  # MICE's [CLS] cross-attention modes tried for each b
     search_equal_finals: bool = True  # both stages' finalists train the same steps
+    # which search decides: "staged" (the above: mask steps, then the merge layer, then b, on labelled dev queries)
+    # or "joint" (`ablations.joint`: every MICE-ℓa+b at once, screened by fidelity on unlabelled queries, each
+    # finalist non-inferior to Baseline ft by its CI, confirmed on held-out dev queries). The joint search's
+    # seeds, finalists, eta and tolerance are the search_* fields; its schedule is the one scored against the
+    # quick frontier (docs/results.md): it costs about 45 CPU-minutes, so the quick demo does not run it by default
+    search_method: str = "staged"
+    joint_steps: int = 60  # first rung, every split: long enough to rank them (learning curves cross before)
+    joint_max_rungs: int | None = 2  # one rung for every split, then the finals at joint_steps * search_eta
+    joint_screen_queries: int = 300  # unlabelled screening queries, from dataset_ood's train split
+    joint_rung_queries: int | None = 250  # screening queries of the first rung (None: all of them)
+    joint_confirm_queries: int | None = None  # held-out dev queries that confirm the choice (None: every one)
+    joint_warmup_steps: int | None = 10  # warm-up of every candidate (None: the train preset's)
     derive_patience: int = 8  # rejected paths in a row before the greedy derivation stops
     derive_max_steps: int | None = 12  # exact re-checks at most (structural cells need none)
     bench_docs: int = 32  # one batch; `mice bench latency` defaults to 100
@@ -117,12 +129,20 @@ KEYED_WHEN_SET = {
     "search_promote",
     "search_equal_finals",
     "search_cut",
+    "search_method",
+    "joint_steps",
+    "joint_max_rungs",
+    "joint_screen_queries",
+    "joint_rung_queries",
+    "joint_confirm_queries",
+    "joint_warmup_steps",
 }  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
 BEAT_TEACHER_RULE = 2
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
+SEARCH_METHODS = ("staged", "joint")
 
 
 def _preset_value(name: str, value):
@@ -190,6 +210,13 @@ class Demo:
                 f"encoder's last phase: steps at a longer pair length); got {preset.long_length} and "
                 f"{preset.ce_long_steps}"
             )
+        if preset.search_method not in SEARCH_METHODS:
+            from mice.errors import MiceError
+
+            raise MiceError(
+                f"demo preset {preset.name!r}: search_method {preset.search_method!r}: expected "
+                + " or ".join(SEARCH_METHODS)
+            )
         self.external_fingerprint = self.check_external() if preset.dataset_external else None  # before any folder
         self.pipe = Pipeline(self.out, console=console, fingerprint={"preset": asdict(preset)})
 
@@ -198,6 +225,8 @@ class Demo:
         values, defaults = asdict(self.p), {**asdict(DemoPreset()), **KEYED_AGAINST}
         # fields added within a cache version enter the key only when set away from their default, so that
         # finished stages of earlier runs stay valid (the identity of what they computed did not change)
+        # the joint search's own fields key nothing while the staged search decides
+        fields = [f for f in fields if values["search_method"] == "joint" or not f.startswith("joint_")]
         key = {
             "version": CACHE_VERSION,
             **{f: values[f] for f in fields if f not in KEYED_WHEN_SET or values[f] != defaults[f]},
@@ -551,12 +580,49 @@ class Demo:
             draw=draw,
         )
 
+    def joint_config(self, draw: int = 0):
+        """The joint search's settings (`mice ablate joint`): every MICE-ℓa+b and Baseline ft, screened on
+        `dataset_ood`'s train split, confirmed on the dev split; `draw` > 0 is a replicate."""
+        from ablations.joint import JointConfig
+
+        p = self.p
+        return JointConfig(
+            model=str(self.ce_path()),
+            dataset=p.dataset,
+            split="dev",
+            fidelity=(f"{p.dataset_ood}@train",),
+            fidelity_queries=p.joint_screen_queries,
+            confirm_queries=p.joint_confirm_queries,
+            rung_queries=p.joint_rung_queries,
+            k=p.sweep_k,
+            train_preset=p.train_preset,
+            train={} if p.joint_warmup_steps is None else {"warmup_steps": p.joint_warmup_steps},
+            steps=p.joint_steps,
+            eta=p.search_eta,
+            finalists=p.search_finalists,
+            max_rungs=p.joint_max_rungs,
+            seeds=tuple(p.search_seeds),
+            tolerance=p.search_tolerance,
+            draw=draw,
+        )
+
     def stage_search(self, folder: Path) -> dict:
         """The trained search: each candidate a short distillation fine-tune from the cross-encoder."""
         from ablations.search import search
 
         self._adopt_candidates(folder)
-        res = search(self.search_config(), folder, log=self.console.print if self.console else None)
+        say = self.console.print if self.console else None
+        if self.p.search_method == "joint":
+            from ablations.joint import joint_search
+
+            _, meta, derived = joint_search(self.joint_config(), folder, log=say)
+            return {
+                "decision": derived.decision,
+                "a": derived.contextual_layers,
+                "b": derived.interaction_layers,
+                "steps_total": meta["steps_total"],
+            }
+        res = search(self.search_config(), folder, log=say)
         return {
             "decision": res.config.decision,
             "a": res.config.contextual_layers,
@@ -612,6 +678,15 @@ class Demo:
         search's search.parquet (default: this demo's)."""
         from mice.files import read_table
 
+        fallback = derived.provenance.get("fallback")
+        if derived.budget.get("method") == "joint" and fallback:  # the joint search names its most faithful MICE
+            a, b = int(fallback["a"]), int(fallback["b"])
+            why = (
+                f"the joint search chose no MICE: its most faithful finalist, MICE-ℓ{a}+{b}, was trained instead; "
+                f"it failed non-inferiority to Baseline ft: relative fidelity loss {fallback['loss']:.1%}, upper "
+                f"bound {fallback['loss_upper']:.1%} against a tolerance of {derived.tolerance:.0%}"
+            )
+            return {"a": a, "b": b, "cls_cross_attention": "none", "chosen": False, "why": why}
         t = read_table(table or self.path("search", "search.parquet"))
         m = derived.metric if derived.metric in t else "ndcg@10"
         layers = t[(t["stage"] == "layers") & t["trained"] & ~t["collapsed"].astype(bool)]
@@ -832,7 +907,6 @@ class Demo:
         the search's most effective measured MICE); the fixed ℓ⌊L/3⌋+3 beside them. Writes
         search-validation/validation.csv and validation_summary.csv; returns (picks, summary)."""
         from ablations.regret import simple_rules, validate_replicates
-        from ablations.search import search
 
         out = self.out / "search-validation"
         runs = {}
@@ -842,13 +916,12 @@ class Demo:
             if r == 0 and not (folder / "candidates").exists():  # the demo's own search: its models, reused
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "candidates").symlink_to(self.path("search", "candidates").resolve())
-            res = search(self.search_config(draw=r), folder, log=self.console.print if self.console else None)
-            runs[r] = (res, folder)
-            return self._split(res.config, None) + (res.meta["steps_total"],)
+            runs[r] = self._search_draw(r, folder)
+            return self._split(runs[r][0]) + (runs[r][1]["steps_total"],)
 
         def trained(r: int):
-            res, folder = runs[r]
-            return self._split(res.config, folder / "search.parquet") + (res.meta["steps_total"],)
+            derived, meta, table = runs[r]
+            return self._split(derived, fallback=True, table=table) + (meta["steps_total"],)
 
         return validate_replicates(
             "the demo's search",
@@ -856,19 +929,32 @@ class Demo:
             self.frontier,
             out,
             replicates,
-            rules=lambda: simple_rules(runs[0][0].meta["num_layers"]),
+            rules=lambda: simple_rules(runs[0][1]["num_layers"]),
             tolerance=self.p.search_tolerance,
             extra={"the demo's MICE (its pick, or the fallback)": trained},
         )
 
-    def _split(self, derived, fallback_table: Path | None) -> tuple:
-        """(a, b) of a search's decision; (None, None) when it chose no MICE, unless `fallback_table` (its
-        search.parquet) says which MICE the demo trains instead."""
+    def _search_draw(self, draw: int, folder: Path) -> tuple:
+        """Draw `draw` of the demo's search into `folder`: (derived config, meta, its table for the fallback)."""
+        say = self.console.print if self.console else None
+        if self.p.search_method == "joint":
+            from ablations.joint import joint_search
+
+            _, meta, derived = joint_search(self.joint_config(draw=draw), folder, log=say)
+            return derived, meta, None
+        from ablations.search import search
+
+        res = search(self.search_config(draw=draw), folder, log=say)
+        return res.config, res.meta, folder / "search.parquet"
+
+    def _split(self, derived, fallback: bool = False, table: Path | None = None) -> tuple:
+        """(a, b) of a search's decision; (None, None) when it chose no MICE, unless `fallback`: then the MICE the
+        demo trains instead (`fallback_mice`; `table`: the staged search's search.parquet)."""
         if derived.decision == "mice":
             return derived.contextual_layers, derived.interaction_layers
-        if fallback_table is None:
+        if not fallback:
             return None, None
-        info = self.fallback_mice(derived, fallback_table)
+        info = self.fallback_mice(derived, table)
         return info["a"], info["b"]
 
     def stage_figures(self, folder: Path) -> dict:
@@ -914,6 +1000,13 @@ class Demo:
             "search_cut",
             "search_tolerance",
             "max_interaction_layers",
+            "search_method",
+            "joint_steps",
+            "joint_max_rungs",
+            "joint_screen_queries",
+            "joint_rung_queries",
+            "joint_confirm_queries",
+            "joint_warmup_steps",
         )
         mice = searched + ("mice_steps",)
         return [

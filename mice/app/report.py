@@ -591,8 +591,68 @@ def _no_mice(t, m: str) -> str:
     )
 
 
+def _joint_section(r: _Report) -> list[str]:
+    """The joint search (`mice demo --search joint`): budget, every rung, the finalists' decision with CIs and
+    their labelled confirmation, the derived configuration."""
+    from mice.derived import DerivedConfig
+
+    meta = json.loads((r.root / "search" / "joint.json").read_text())
+    derived = DerivedConfig.load(r.root / "search" / "derived.json")
+    t = read_table(r.root / "search" / "joint.parquet").astype({"a": "Int64", "b": "Int64"})
+    c, pools = meta["config"], meta["pools"]
+    cols = ["candidate", "a", "b", "rung", "steps", "n_seeds", "pool", "queries", "fidelity", "loss", "loss_upper"]
+    cols += ["collapsed", "qualifies", "promoted", "finalist"]
+    decision = pd.DataFrame(meta["decision"])
+    labelled = pd.DataFrame(
+        [
+            {"candidate": name, **{f"{m} {k}": v for m, ci in ms.items() for k, v in zip(("", "low", "high"), ci)}}
+            for name, ms in meta["labelled"].items()
+        ]
+    ).rename(columns=lambda x: x.strip())
+    verdict = (
+        f"**MICE-ℓ{derived.contextual_layers}+{derived.interaction_layers}**"
+        if derived.decision == "mice"
+        else "**no MICE configuration qualifies**"
+    )
+    return [
+        "## Joint search",
+        "",
+        f"Every MICE-ℓa+b and the control, Baseline ft (the cross-encoder fine-tuned the same steps, no mask), "
+        f"fine-tuned from the cross-encoder: {c['steps']} steps each in the first rung, then successive halving "
+        f"(×{c['eta']} steps) to {c['finalists']} finalists trained under seeds "
+        f"{', '.join(map(str, derived.budget.get('seeds', c['seeds'])))} for {meta['final_steps']} steps. "
+        f"Measure: fidelity to the cross-encoder's ranking on {pools['screen']} unlabelled screening queries "
+        f"({pools.get('rung', pools['screen'])} in the first rung). Rule: a finalist qualifies when the one-sided "
+        f"{1 - c['alpha']:.0%} upper bound of its relative fidelity loss against Baseline ft is within "
+        f"{c['tolerance']:.0%} (mean CI width {meta['ci_width']:.3f}), then it is confirmed by {c['confirm_metric']} "
+        f"on {pools['confirm']} held-out dev queries; the cheapest (smallest b, then largest a) is chosen. "
+        f"Budget: {meta['steps_total']} training steps.",
+        "",
+        _md(t[[x for x in cols if x in t]]),
+        "",
+        "The finalists' decision (`loss`: relative fidelity loss against Baseline ft; `confirm_*`: relative "
+        f"{c['confirm_metric']} loss on the held-out dev queries, upper = one-sided bound):",
+        "",
+        _md(decision),
+        "",
+        "Labelled dev effectiveness on the held-out queries (seed means, 95% CI over queries):",
+        "",
+        _md(labelled),
+        "",
+        f"Derived configuration (`search/derived.json`, mice-config/1): {verdict}. Why: "
+        f"{derived.provenance.get('why', '')}.",
+        "",
+        "```",
+        derived.render(),
+        "```",
+        "",
+    ]
+
+
 def _search_section(r: _Report) -> list[str]:
     """The trained search: budget, curves at equal steps beside zero-shot, finalists with CIs, the decision."""
+    if (r.root / "search" / "joint.json").exists():
+        return _joint_section(r)
     if not (r.root / "search" / "search.parquet").exists():
         return []
     from mice.derived import DerivedConfig

@@ -29,6 +29,13 @@ def demo(
         "knockout and search stages use: first (N by id) or random "
         "(default: the preset's)",
     ),
+    search_method: Optional[str] = typer.Option(
+        None,
+        "--search",
+        help="Which search decides a and b: staged (mask steps, merge layer, then b, on labelled dev queries) or "
+        "joint (every MICE split screened by fidelity, non-inferior to Baseline ft by its CI, confirmed on every "
+        "dev query; about 45 CPU-minutes on the quick preset) (default: the preset's)",
+    ),
     external: Optional[str] = typer.Option(
         None,
         "--external",
@@ -76,6 +83,7 @@ def demo(
         validate=validate_search,
         backbone=backbone,
         dev_sample=dev_sample,
+        search_method=search_method,
         dataset_external=external,
     )
     took = time.perf_counter() - start
