@@ -93,6 +93,11 @@ def _derivation_figures(run_dir: Path, out_dir: Path) -> list[Path]:
 
 def _search_figures(run_dir: Path, out_dir: Path) -> list[Path]:
     search = run_dir / "search" / "search.parquet"
+    if (run_dir / "search" / "joint.parquet").exists():
+        from figures.joint import plot_joint
+
+        tolerance = json.loads((run_dir / "search" / "joint.json").read_text())["config"]["tolerance"]
+        return plot_joint(run_dir / "search" / "joint.parquet", out_dir / "search_joint", tolerance=tolerance)
     if not search.exists():
         return []
     from figures.derivation import plot_search

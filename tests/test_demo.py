@@ -514,6 +514,7 @@ def test_the_demo_can_decide_by_the_joint_search(tmp_path):
     report = (run / "report.md").read_text()
     assert "## Joint search" in report and "## Trained search" not in report
     assert "Labelled dev effectiveness on the held-out queries" in report and "baseline-ft" in report
+    assert (run / "figures" / "search_joint.png").exists() and "figures/search_joint.png" in report
     r = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(tmp_path / "x"), "--search", "greedy"])
     assert r.exit_code != 0 and "search_method 'greedy': expected staged or joint" in str(r.exception or r.output)
     assert not (tmp_path / "x").exists()  # refused before any stage ran

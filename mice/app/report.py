@@ -630,6 +630,7 @@ def _joint_section(r: _Report) -> list[str]:
         "",
         _md(t[[x for x in cols if x in t]]),
         "",
+        *r.figure("figures/search_joint.png", "Joint search: relative fidelity loss against cost, every rung"),
         "The finalists' decision (`loss`: relative fidelity loss against Baseline ft; `confirm_*`: relative "
         f"{c['confirm_metric']} loss on the held-out dev queries, upper = one-sided bound):",
         "",
