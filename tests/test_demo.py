@@ -486,9 +486,10 @@ def test_the_demos_search_is_scored_against_a_frontier_of_its_cross_encoder(tmp_
     assert summary.loc["the demo's search", "replicates"] == 2
 
 
-def test_the_demo_can_decide_by_the_joint_search(tmp_path):
+def test_the_demo_can_decide_by_the_joint_search(tmp_path, monkeypatch):
     """`mice demo --search joint`: the joint search replaces the staged one (every stage before it reused), the
-    demo trains what it derived, and the report shows its rungs, decision and labelled confirmation."""
+    demo trains what it derived, the report shows its rungs, decision and labelled confirmation, and the
+    notebooks that read the search and the MICE model run on it."""
     import shutil
 
     import pandas as pd
@@ -515,6 +516,15 @@ def test_the_demo_can_decide_by_the_joint_search(tmp_path):
     assert "## Joint search" in report and "## Trained search" not in report
     assert "Labelled dev effectiveness on the held-out queries" in report and "baseline-ft" in report
     assert (run / "figures" / "search_joint.png").exists() and "figures/search_joint.png" in report
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("MICE_RUNS", str(tmp_path))  # the kernels read this run as the user's demo
+    for name in ("03_derive_mask_and_train.ipynb", "04_mice_efficiency.ipynb"):
+        nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+        printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        assert str(run) in printed, name  # it read the joint run, not a tiny demo of its own
     r = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(tmp_path / "x"), "--search", "greedy"])
     assert r.exit_code != 0 and "search_method 'greedy': expected staged or joint" in str(r.exception or r.output)
     assert not (tmp_path / "x").exists()  # refused before any stage ran
