@@ -607,27 +607,15 @@ class Demo:
         )
 
     def stage_search(self, folder: Path) -> dict:
-        """The trained search: each candidate a short distillation fine-tune from the cross-encoder."""
-        from ablations.search import search
-
+        """The trained search (staged or joint): each candidate a short distillation fine-tune from the
+        cross-encoder."""
         self._adopt_candidates(folder)
-        say = self.console.print if self.console else None
-        if self.p.search_method == "joint":
-            from ablations.joint import joint_search
-
-            _, meta, derived = joint_search(self.joint_config(), folder, log=say)
-            return {
-                "decision": derived.decision,
-                "a": derived.contextual_layers,
-                "b": derived.interaction_layers,
-                "steps_total": meta["steps_total"],
-            }
-        res = search(self.search_config(), folder, log=say)
+        derived, meta, _ = self._search_draw(0, folder)
         return {
-            "decision": res.config.decision,
-            "a": res.config.contextual_layers,
-            "b": res.config.interaction_layers,
-            "steps_total": res.meta["steps_total"],
+            "decision": derived.decision,
+            "a": derived.contextual_layers,
+            "b": derived.interaction_layers,
+            "steps_total": meta["steps_total"],
         }
 
     def _adopt_candidates(self, folder: Path) -> None:
