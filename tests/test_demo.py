@@ -2,7 +2,6 @@
 the report has every section, and a second run reuses every stage."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -72,9 +71,8 @@ def test_tiny_demo_end_to_end_and_cached():
         "derivation_steps",
     ):
         assert (run / "figures" / f"{fig}.png").exists() and (run / "figures" / f"{fig}.pdf").exists(), fig
-    start = time.perf_counter()
+    # the second run reuses every stage: its timings say which ran (a clock would fail on a loaded machine)
     run_demo(run, json.loads((run / "preset.json").read_text())["name"])
-    assert time.perf_counter() - start < 60  # everything but figures and report came from the cache
     timings = (run / "timings.csv").read_text()
     assert "True" in timings and timings.count("False") == 1  # only the figures stage was redrawn
 
