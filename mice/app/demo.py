@@ -94,7 +94,7 @@ class DemoPreset:
     # or "joint" (`ablations.joint`: every MICE-ℓa+b at once, screened by fidelity on unlabelled queries, each
     # finalist non-inferior to Baseline ft by its CI, confirmed on held-out dev queries). The joint search's
     # seeds, finalists, eta and tolerance are the search_* fields; its schedule is the one scored against the
-    # quick frontier (docs/results.md): it costs about 45 CPU-minutes, so the quick demo does not run it by default
+    # quick frontier (docs/results.md): about an hour of one CPU thread, so the quick demo does not run it by default
     search_method: str = "staged"
     joint_steps: int = 60  # first rung, every split: long enough to rank them (learning curves cross before)
     joint_max_rungs: int | None = 2  # one rung for every split, then the finals at joint_steps * search_eta
@@ -143,6 +143,29 @@ BEAT_TEACHER_RULE = 2
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 SEARCH_METHODS = ("staged", "joint")
+# the preset fields the search stage reads (either search; `Demo.key` drops the joint ones while the staged decides)
+SEARCH_FIELDS = (
+    "search_steps",
+    "search_eta",
+    "search_queries",
+    "search_seeds",
+    "search_finalists",
+    "search_rungs",
+    "search_seeded_from",
+    "search_cls_cross",
+    "search_promote",
+    "search_equal_finals",
+    "search_cut",
+    "search_tolerance",
+    "max_interaction_layers",
+    "search_method",
+    "joint_steps",
+    "joint_max_rungs",
+    "joint_screen_queries",
+    "joint_rung_queries",
+    "joint_confirm_queries",
+    "joint_warmup_steps",
+)
 
 
 def _preset_value(name: str, value):
@@ -974,28 +997,7 @@ class Demo:
         )
         sweep = ce + ("sweep_queries", "exact_queries", "sweep_k")
         derived = sweep + ("check_queries", "tolerance", "derive_patience", "derive_max_steps")
-        searched = derived + (
-            "search_steps",
-            "search_eta",
-            "search_queries",
-            "search_seeds",
-            "search_finalists",
-            "search_rungs",
-            "search_seeded_from",
-            "search_cls_cross",
-            "search_promote",
-            "search_equal_finals",
-            "search_cut",
-            "search_tolerance",
-            "max_interaction_layers",
-            "search_method",
-            "joint_steps",
-            "joint_max_rungs",
-            "joint_screen_queries",
-            "joint_rung_queries",
-            "joint_confirm_queries",
-            "joint_warmup_steps",
-        )
+        searched = derived + SEARCH_FIELDS
         mice = searched + ("mice_steps",)
         return [
             ("data", self.stage_data, "build the embedded collections", data),

@@ -32,9 +32,8 @@ def demo(
     search_method: Optional[str] = typer.Option(
         None,
         "--search",
-        help="Which search decides a and b: staged (mask steps, merge layer, then b, on labelled dev queries) or "
-        "joint (every MICE split screened by fidelity, non-inferior to Baseline ft by its CI, confirmed on every "
-        "dev query; about 45 CPU-minutes on the quick preset) (default: the preset's)",
+        help="Which search decides a and b: staged (mask steps, merge layer, then b) or joint (every MICE split, "
+        "non-inferior to Baseline ft by its CI; about an hour of one CPU thread on quick) (default: the preset's)",
     ),
     external: Optional[str] = typer.Option(
         None,
