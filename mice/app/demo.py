@@ -110,6 +110,15 @@ class DemoPreset:
     seed: int = 0
 
 
+# the joint search's schedule (`Demo.joint_config`)
+JOINT_FIELDS = (
+    "joint_steps",
+    "joint_max_rungs",
+    "joint_screen_queries",
+    "joint_rung_queries",
+    "joint_confirm_queries",
+    "joint_warmup_steps",
+)
 # what a KEYED_WHEN_SET field is compared with when it is not its field's current default: the value stages were
 # computed under before the field existed or changed (the demo once took the first dev queries by id)
 KEYED_AGAINST = {"dev_sample": "first", "search_promote": "best", "search_equal_finals": False}
@@ -130,12 +139,7 @@ KEYED_WHEN_SET = {
     "search_equal_finals",
     "search_cut",
     "search_method",
-    "joint_steps",
-    "joint_max_rungs",
-    "joint_screen_queries",
-    "joint_rung_queries",
-    "joint_confirm_queries",
-    "joint_warmup_steps",
+    *JOINT_FIELDS,
 }  # see `Demo.key`
 # the beat-the-teacher stop rule's version (`TrainConfig.beat_teacher_p`): 2 = a significant dev win, Bonferroni
 # over the planned evaluations (1 was the first evaluation above the teacher, which stopped on noise)
@@ -159,12 +163,7 @@ SEARCH_FIELDS = (
     "search_tolerance",
     "max_interaction_layers",
     "search_method",
-    "joint_steps",
-    "joint_max_rungs",
-    "joint_screen_queries",
-    "joint_rung_queries",
-    "joint_confirm_queries",
-    "joint_warmup_steps",
+    *JOINT_FIELDS,
 )
 
 
@@ -249,7 +248,7 @@ class Demo:
         # fields added within a cache version enter the key only when set away from their default, so that
         # finished stages of earlier runs stay valid (the identity of what they computed did not change)
         # the joint search's own fields key nothing while the staged search decides
-        fields = [f for f in fields if values["search_method"] == "joint" or not f.startswith("joint_")]
+        fields = [f for f in fields if values["search_method"] == "joint" or f not in JOINT_FIELDS]
         key = {
             "version": CACHE_VERSION,
             **{f: values[f] for f in fields if f not in KEYED_WHEN_SET or values[f] != defaults[f]},
