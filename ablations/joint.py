@@ -64,6 +64,8 @@ class JointConfig:
     fidelity: tuple[str, ...] = ()  # further unlabelled query sets, "dataset@split", none used in training
     fidelity_queries: int = 1000  # the screening pool (dev minus the held-out part, then `fidelity` sets)
     confirm_queries: int | None = 150  # held-out labelled dev queries, used only to confirm (None: all of dev)
+    confirm_extra: tuple[str, ...] = ()  # further labelled sets that confirm, "dataset@split", none used in training
+    confirm_extra_queries: int | None = None  # queries taken from `confirm_extra`, in order (None: every one)
     rung_queries: int | None = None  # screening queries before the final rung (None: the whole pool)
     confirm_metric: str = "ndcg@10"  # labelled measure of the confirmation
     k: int = 10  # candidates per query (first-stage top k)
@@ -83,7 +85,8 @@ class JointConfig:
     keep_checkpoints: bool = False  # False: runs the search is done with keep their weights only (Search.prune)
 
     def validate(self) -> "JointConfig":
-        names = ("fidelity_queries", "confirm_queries", "rung_queries", "k", "steps", "finalists", "max_rungs")
+        names = ("fidelity_queries", "confirm_queries", "confirm_extra_queries", "rung_queries", "k", "steps")
+        names += ("finalists", "max_rungs")
         for name in (*names, "batch_size"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise MiceError(f"joint search: {name} must be >= 1, got {getattr(self, name)}")
@@ -99,9 +102,14 @@ class JointConfig:
             raise MiceError(f"joint search: min_a must be >= 1, got {self.min_a}")
         if self.confirm_metric not in ("ndcg@10", "rr@10", "fidelity"):
             raise MiceError(f"joint search: confirm_metric is ndcg@10, rr@10 or fidelity, got {self.confirm_metric!r}")
-        for spec in self.fidelity:
-            if "@" not in spec:
-                raise MiceError(f"joint search: fidelity set {spec!r} is not dataset@split")
+        if f"{self.dataset}@{self.split}" in self.confirm_extra:
+            raise MiceError(
+                f"joint search: confirm set {self.dataset}@{self.split} is the split whose held-out part confirms"
+            )
+        for kind, specs in (("fidelity", self.fidelity), ("confirm", self.confirm_extra)):
+            for spec in specs:
+                if "@" not in spec:
+                    raise MiceError(f"joint search: {kind} set {spec!r} is not dataset@split")
         return self
 
 
@@ -206,8 +214,10 @@ class JointSearch(Search):
         def run_for(spec, split):
             return cfg.run if (spec, split) == (cfg.dataset, cfg.split) else "bm25"
 
-        self.screen = _pool(self._trim(parts, cfg.fidelity_queries), run_for, cfg.k)
-        self.confirm_pool = _pool([(cfg.dataset, cfg.split, held)], run_for, cfg.k)
+        screened = self._trim(parts, cfg.fidelity_queries)
+        self.screen = _pool(screened, run_for, cfg.k)
+        extra = self._trim(self._unscreened(cfg.confirm_extra, screened), cfg.confirm_extra_queries or 10**9)
+        self.confirm_pool = _pool([(cfg.dataset, cfg.split, held), *extra], run_for, cfg.k)
         self.pools = {"screen": self.screen, "confirm": self.confirm_pool}
         if cfg.rung_queries is not None and cfg.rung_queries < cfg.fidelity_queries:
             # early rungs only rank candidates: a random part of the pool does, at a fraction of the scoring
@@ -215,6 +225,21 @@ class JointSearch(Search):
             self.pools["rung"] = self.screen.subset([f"{s}@{sp}:{q}" for s, sp, qids in part for q in qids])
         self.fps = {name: pool.fingerprint()[:12] for name, pool in self.pools.items()}
         self.control = control_candidate(self.out, self.num_layers)
+
+    def _unscreened(self, specs, screened) -> list[tuple[str, str, list[str]]]:
+        """The labelled sets that confirm beside the held-out dev queries, each in this draw's random order, less
+        the queries the screening pool took from the same set (a set may serve both, on disjoint queries)."""
+        from mice.data import load_dataset
+        from mice.train.devset import query_order
+
+        taken = {(spec, split): set(qids) for spec, split, qids in screened}
+        out = []
+        for spec in specs:
+            name, split = spec.rsplit("@", 1)
+            order = query_order(load_dataset(name).queries(split), "random", self.jcfg.draw)
+            used = taken.get((name, split), set())
+            out.append((name, split, [q for q in _with_candidates(name, split, self.jcfg.k, order) if q not in used]))
+        return out
 
     @staticmethod
     def _trim(parts, n: int):
@@ -518,7 +543,7 @@ class JointSearch(Search):
             failed = [x for x in choice.records if x.get("confirmed") is False]
             prov["why"] += "".join(
                 f"; {x['name']} qualified on fidelity but failed confirmation on {meta['pools']['confirm']} "
-                f"held-out dev queries by {cfg.confirm_metric} ({x['confirm_loss']:.1%}, upper "
+                f"held-out labelled queries by {cfg.confirm_metric} ({x['confirm_loss']:.1%}, upper "
                 f"{x['confirm_upper']:.1%})"
                 for x in failed
             )
@@ -527,7 +552,7 @@ class JointSearch(Search):
         prov["why"] = (
             f"{choice.chosen}: the cheapest finalist (smallest b, then largest a) non-inferior to "
             f"{CONTROL}: relative fidelity loss {r['loss']:.1%} (upper {r['loss_upper']:.1%} <= "
-            f"{cfg.tolerance:.0%}), confirmed on {meta['pools']['confirm']} held-out dev queries by "
+            f"{cfg.tolerance:.0%}), confirmed on {meta['pools']['confirm']} held-out labelled queries by "
             f"{cfg.confirm_metric} ({r.get('confirm_loss', float('nan')):.1%}, upper "
             f"{r.get('confirm_upper', float('nan')):.1%})"
         )

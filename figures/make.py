@@ -92,27 +92,29 @@ def _derivation_figures(run_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def _search_figures(run_dir: Path, out_dir: Path) -> list[Path]:
-    search = run_dir / "search" / "search.parquet"
-    if (run_dir / "search" / "joint.parquet").exists():
+    folder = run_dir / "search"
+    if (folder / "joint.parquet").exists():
         from figures.joint import plot_joint
 
-        tolerance = json.loads((run_dir / "search" / "joint.json").read_text())["config"]["tolerance"]
-        return plot_joint(run_dir / "search" / "joint.parquet", out_dir / "search_joint", tolerance=tolerance)
-    if not search.exists():
-        return []
-    from figures.derivation import plot_search
-    from figures.masks import plot_mask
+        tolerance = json.loads((folder / "joint.json").read_text())["config"]["tolerance"]
+        made = plot_joint(folder / "joint.parquet", out_dir / "search_joint", tolerance=tolerance)
+    elif (folder / "search.parquet").exists():
+        from figures.derivation import plot_search
 
-    table = read_table(search)
-    meta = json.loads((run_dir / "search" / "search.json").read_text())
-    metric = meta["config"]["metric"]
-    made = []
-    for stage in table["stage"].unique():
-        made += plot_search(
-            table, stage, out_dir / f"search_curve_{stage}", metric=metric, reference=meta["reference"][metric]
-        )
-    derived = run_dir / "search" / "derived.json"
-    if json.loads(derived.read_text()).get("mask"):
+        table = read_table(folder / "search.parquet")
+        meta = json.loads((folder / "search.json").read_text())
+        metric = meta["config"]["metric"]
+        made = []
+        for stage in table["stage"].unique():
+            made += plot_search(
+                table, stage, out_dir / f"search_curve_{stage}", metric=metric, reference=meta["reference"][metric]
+            )
+    else:
+        return []
+    derived = folder / "derived.json"
+    if derived.exists() and json.loads(derived.read_text()).get("mask"):  # either search's derived mask
+        from figures.masks import plot_mask
+
         made += plot_mask(InteractionMask.load(derived), out_dir / "search_derived_mask")
     return made
 

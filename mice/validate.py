@@ -80,6 +80,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "max_interaction_layers": (1, MAX_LAYERS, True),
     "fidelity_queries": (1, None, True),  # the joint search's screening pool
     "confirm_queries": (1, None, True),  # its held-out dev queries
+    "confirm_extra_queries": (1, None, True),  # its further labelled confirmation queries
     "rung_queries": (1, None, True),  # its screening queries before the last rung
     "draw": (0, None, True),  # which draw of held-out queries, screening sample and seeds
     "replicates": (1, None, True),  # `mice ablate joint --validate`: independent runs of the search

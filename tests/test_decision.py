@@ -327,8 +327,32 @@ def test_a_search_that_confirms_nothing_says_which_finalist_failed_confirmation(
     derived = search.derived_config(Choice(None, recs), meta | {"labelled": {}, "ci_width": 0.004})
     assert derived.decision == "cross-encoder" and derived.provenance["fallback"]["b"] == 4
     why = derived.provenance["why"]
-    assert "MICE-l2+4 qualified on fidelity but failed confirmation on 448 held-out dev queries" in why
+    assert "MICE-l2+4 qualified on fidelity but failed confirmation on 448 held-out labelled queries" in why
     assert "(3.8%, upper 5.8%)" in why and "MICE-l3+3 qualified" not in why
+
+
+def test_labelled_sets_confirm_beside_the_held_out_dev_queries_on_queries_the_screening_left(env):
+    """A set may both screen (unlabelled) and confirm (labelled): on disjoint queries, the held-out dev queries
+    first; the dev split itself cannot be named (its held-out part confirms already)."""
+    train = f"{env['data']}@train"
+    base = {**_tiny_joint(env).__dict__, "fidelity": (train,), "fidelity_queries": 9, "confirm_extra": (train,)}
+    search = JointSearch(JointConfig(**base), env["root"] / "joint-extra")
+    search._setup()
+    screen = set(search.screen.frame["query_id"])
+    confirm = list(dict.fromkeys(search.confirm_pool.frame["query_id"]))
+    assert len(screen) == 9 and sum(q.startswith(train) for q in screen) == 3  # 6 dev queries left, then train
+    dev = [q for q in confirm if not q.startswith(train)]
+    assert len(dev) == 4 and not screen & set(confirm)
+    assert len(confirm) - len(dev) == 37  # every train query but the 3 screened (each has BM25 candidates)
+    labelled = set(search.confirm_pool.qrels["query_id"])
+    assert set(confirm) <= labelled  # the extra queries keep their judgements
+    capped = JointSearch(JointConfig(**{**base, "confirm_extra_queries": 5}), env["root"] / "joint-extra-5")
+    capped._setup()
+    assert capped.confirm_pool.frame["query_id"].nunique() == 4 + 5
+    with pytest.raises(MiceError, match="confirm set .*@dev is the split whose held-out part confirms"):
+        JointConfig(**{**base, "confirm_extra": (f"{env['data']}@dev",)}).validate()
+    with pytest.raises(MiceError, match="confirm set 'x' is not dataset@split"):
+        JointConfig(**{**base, "confirm_extra": ("x",)}).validate()
 
 
 def test_joint_search_refuses_an_empty_screening_pool(env):
@@ -459,10 +483,13 @@ def test_the_joint_search_is_scored_against_the_frontier(env, capsys):
 
     replay = runpy.run_path(str(ROOT / "docs" / "scripts" / "joint_replay.py"))["replay"]
     table, _ = load_frontier(whole)
-    variants = {"as run": (None, None, None), "half the screening": (None, 3, None)}
+    variants = {"as run": (None,) * 4, "half the screening": (None, 3, None, None), "dev only": (None,) * 3 + ("dev",)}
     for r, pick in searched.set_index("draw")["pick"].items():
         rows = replay(env["root"] / "validate" / f"draw-{r}", table, variants)
         assert [x["variant"] for x in rows] == list(variants) and rows[0]["pick"] == pick
+        assert rows[2]["pick"] == pick  # no --confirm-extra: every held-out query is a dev query
+        bare = replay(env["root"] / "validate" / f"draw-{r}", None, variants)  # no frontier: picks, no regret
+        assert [x["pick"] for x in bare] == [x["pick"] for x in rows] and bare[0]["regret"] is None
 
 
 def test_frontier_refuses_bad_settings(env):

@@ -15,12 +15,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = {  # name: (seeds, screening queries, held-out queries); None: as run
-    "as run": (None, None, None),
-    "2 seeds": (2, None, None),
-    "300 screening": (None, 300, None),
-    "2 seeds, 300 screening": (2, 300, None),
-    "150 held out": (None, None, 150),
+VARIANTS = {  # name: (seeds, screening queries, held-out queries, held-out part); None: as run
+    "as run": (None, None, None, None),
+    "2 seeds": (2, None, None, None),
+    "300 screening": (None, 300, None, None),
+    "2 seeds, 300 screening": (2, 300, None, None),
+    "150 held out": (None, None, 150, None),
+    "dev only": (None, None, None, "dev"),  # the held-out dev queries without the --confirm-extra sets
 }
 
 
@@ -35,11 +36,12 @@ def replay(folder: Path, table, variants=VARIANTS) -> list[dict]:
 
     from ablations.decision import choose
     from ablations.joint import CONTROL, JointConfig, JointSearch, grid
-    from ablations.regret import regret
+    from ablations.regret import NO_MICE, regret
 
     meta = json.loads((folder / "joint.json").read_text())
     cfg = dict(meta["config"])
     cfg.update(seeds=tuple(cfg["seeds"]), fidelity=tuple(cfg["fidelity"]), keep_checkpoints=True)
+    cfg["confirm_extra"] = tuple(cfg.get("confirm_extra", ()))
     s = JointSearch(JointConfig(**cfg), folder)
     s.train_to = _no_training
     s._setup()
@@ -50,12 +52,15 @@ def replay(folder: Path, table, variants=VARIANTS) -> list[dict]:
     finalists = {c.name: c for c in grid(s.num_layers) if c.name in names}
     cut = t[~t["finalist"] & ~t["candidate"].isin(names | {CONTROL})]
     rows = []
-    for name, (k, n_screen, n_held) in variants.items():
+    held_ids = list(dict.fromkeys(s.confirm_pool.frame["query_id"]))
+    dev = np.flatnonzero([q.startswith(f"{cfg['dataset']}@{cfg['split']}:") for q in held_ids])
+    for name, (k, n_screen, n_held, part) in variants.items():
         rng = np.random.default_rng(int(cfg["draw"]))
         seeds = s.seeds()[:k] if k else s.seeds()
         n_s, n_h = len(s.groups["screen"]), len(s.groups["confirm"])
         si = np.sort(rng.choice(n_s, n_screen, replace=False)) if n_screen else np.arange(n_s)
         hi = np.sort(rng.choice(n_h, n_held, replace=False)) if n_held else np.arange(n_h)
+        hi = dev if part == "dev" else hi
 
         def values(cand, pool, measure, idx, seeds=seeds):
             return s._values(cand, seeds, steps, pool, measure)[idx]
@@ -72,7 +77,8 @@ def replay(folder: Path, table, variants=VARIANTS) -> list[dict]:
             alpha=cfg["alpha"],
         )
         pick = finalists.get(choice.chosen)
-        r = regret(table, pick and pick.a, pick and pick.b, cfg["tolerance"])
+        r = regret(table, pick and pick.a, pick and pick.b, cfg["tolerance"]) if table is not None else {}
+        r = {"pick": choice.chosen or NO_MICE, "regret": None, **r}
         total = int(cut.groupby("candidate")["steps"].max().sum()) + (len(finalists) + 1) * steps * len(seeds)
         rows.append(
             {"draw": int(cfg["draw"]), "variant": name, "pick": r["pick"], "regret": r["regret"], "steps": total}
@@ -86,10 +92,10 @@ def main(argv=None) -> int:
     from ablations.regret import load_frontier
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("frontier", type=Path)
+    ap.add_argument("frontier", type=Path, help="a frontier folder, or none: the picks without their regret")
     ap.add_argument("joint", type=Path, help="a folder of draw-*/ joint searches")
     args = ap.parse_args(argv)
-    table, _ = load_frontier(args.frontier)
+    table = None if str(args.frontier) == "none" else load_frontier(args.frontier)[0]
     rows = [r for d in sorted(args.joint.glob("draw-*/joint.json")) for r in replay(d.parent, table)]
     df = pd.DataFrame(rows)
     draws = sorted(df["draw"].unique())

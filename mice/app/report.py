@@ -591,6 +591,17 @@ def _no_mice(t, m: str) -> str:
     )
 
 
+def _confirm_pool(config: dict, pools: dict) -> str:
+    """What the joint search confirmed on: its held-out dev queries, and the labelled sets beside them."""
+    extra = config.get("confirm_extra") or []
+    if not extra:
+        return f"{pools['confirm']} held-out dev queries"
+    return (
+        f"{pools['confirm']:,} held-out labelled queries (the {config['split']} split's held-out part, then "
+        f"{', '.join(f'`{x}`' for x in extra)}, less the screening queries; no candidate trained on any)"
+    )
+
+
 def _joint_section(r: _Report) -> list[str]:
     """The joint search (`mice demo --search joint`): budget, every rung, the finalists' decision with CIs and
     their labelled confirmation, the derived configuration."""
@@ -625,18 +636,18 @@ def _joint_section(r: _Report) -> list[str]:
         f"({pools.get('rung', pools['screen'])} in the first rung). Rule: a finalist qualifies when the one-sided "
         f"{1 - c['alpha']:.0%} upper bound of its relative fidelity loss against Baseline ft is within "
         f"{c['tolerance']:.0%} (mean CI width {meta['ci_width']:.3f}), then it is confirmed by {c['confirm_metric']} "
-        f"on {pools['confirm']} held-out dev queries; the cheapest (smallest b, then largest a) is chosen. "
+        f"on {_confirm_pool(c, pools)}; the cheapest (smallest b, then largest a) is chosen. "
         f"Budget: {meta['steps_total']} training steps.",
         "",
         _md(t[[x for x in cols if x in t]]),
         "",
         *r.figure("figures/search_joint.png", "Joint search: relative fidelity loss against cost, every rung"),
         "The finalists' decision (`loss`: relative fidelity loss against Baseline ft; `confirm_*`: relative "
-        f"{c['confirm_metric']} loss on the held-out dev queries, upper = one-sided bound):",
+        f"{c['confirm_metric']} loss on the held-out labelled queries, upper = one-sided bound):",
         "",
         _md(decision),
         "",
-        "Labelled dev effectiveness on the held-out queries (seed means, 95% CI over queries):",
+        "Labelled effectiveness on the held-out queries (seed means, 95% CI over queries):",
         "",
         _md(labelled),
         "",
