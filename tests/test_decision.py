@@ -355,6 +355,24 @@ def test_labelled_sets_confirm_beside_the_held_out_dev_queries_on_queries_the_sc
         JointConfig(**{**base, "confirm_extra": ("x",)}).validate()
 
 
+def test_mice_ablate_joint_confirms_on_the_extra_labelled_sets(env):
+    from typer.testing import CliRunner
+
+    from mice.cli import app
+
+    out, train = env["root"] / "joint-cli", f"{env['data']}@train"
+    args = ["ablate", "joint", "-m", env["ce"], "-d", env["data"], "-o", str(out), "--preset", "tiny"]
+    args += ["--steps", "1", "--eta", "2", "--seeds", "0,1", "--confirm-queries", "4", "--fidelity", train]
+    args += ["--fidelity-queries", "9", "--confirm-extra", train, "--confirm-extra-queries", "5"]
+    args += ["--tolerance", "0.9", "--set", "batch_size=2"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "joint.json").read_text())
+    assert meta["config"]["confirm_extra"] == [train] and meta["pools"] == {"screen": 9, "confirm": 4 + 5}
+    bad = CliRunner().invoke(app, [*args[:-4], "--confirm-extra", "nowhere"])
+    assert bad.exit_code != 0 and "confirm set 'nowhere' is not dataset@split" in str(bad.exception or bad.output)
+
+
 def test_joint_search_refuses_an_empty_screening_pool(env):
     cfg = JointConfig(**{**_tiny_joint(env).__dict__, "confirm_queries": None})
     with pytest.raises(MiceError, match="screening pool is empty.*--fidelity"):

@@ -744,6 +744,22 @@ def frontier_cmd(
     )
 
 
+_CONFIRM_EXTRA = typer.Option(
+    "",
+    "--confirm-extra",
+    help="Further labelled query sets (dataset@split, comma-separated) that confirm beside the held-out dev "
+    "queries; no candidate trains on them, and the screening pool's queries are left out",
+)
+_CONFIRM_EXTRA_QUERIES = typer.Option(
+    None, "--confirm-extra-queries", help="Queries taken from --confirm-extra (default: every one)"
+)
+
+
+def _specs(text: str) -> tuple[str, ...]:
+    """A comma-separated list of dataset@split specs."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 @ablate_app.command("joint")
 def joint_cmd(
     model: str = _MODEL,
@@ -758,15 +774,8 @@ def joint_cmd(
     confirm_queries: str = typer.Option(
         "150", "--confirm-queries", help="Held-out labelled dev queries that confirm the choice (a number or all)"
     ),
-    confirm_extra: str = typer.Option(
-        "",
-        "--confirm-extra",
-        help="Further labelled query sets (dataset@split, comma-separated) that confirm beside the held-out dev "
-        "queries; no candidate trains on them, and the screening pool's queries are left out",
-    ),
-    confirm_extra_queries: Optional[int] = typer.Option(
-        None, "--confirm-extra-queries", help="Queries taken from --confirm-extra (default: every one)"
-    ),
+    confirm_extra: str = _CONFIRM_EXTRA,
+    confirm_extra_queries: Optional[int] = _CONFIRM_EXTRA_QUERIES,
     rung_queries: Optional[int] = typer.Option(
         None, "--rung-queries", help="Screening queries of the rungs before the last (default: the whole pool)"
     ),
@@ -799,10 +808,10 @@ def joint_cmd(
     cfg = JointConfig(
         model=model,
         dataset=dataset,
-        fidelity=tuple(x.strip() for x in fidelity.split(",") if x.strip()),
+        fidelity=_specs(fidelity),
         fidelity_queries=fidelity_queries,
         confirm_queries=_count_or_all(confirm_queries, "--confirm-queries"),
-        confirm_extra=tuple(x.strip() for x in confirm_extra.split(",") if x.strip()),
+        confirm_extra=_specs(confirm_extra),
         confirm_extra_queries=confirm_extra_queries,
         rung_queries=rung_queries,
         confirm_metric=confirm_metric,
