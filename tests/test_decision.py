@@ -369,6 +369,20 @@ def test_mice_ablate_joint_confirms_on_the_extra_labelled_sets(env):
     assert r.exit_code == 0, r.output
     meta = json.loads((out / "joint.json").read_text())
     assert meta["config"]["confirm_extra"] == [train] and meta["pools"] == {"screen": 9, "confirm": 4 + 5}
+    # the docs script splits each finalist's confirmation into its dev and extra parts, from the saved values
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "docs" / "scripts" / "joint_replay.py"))
+    rows = script["confirmations"](out)
+    assert {r["finalist"] for r in rows} == {r["name"] for r in meta["decision"]}
+    assert all((r["all"][3], r["dev"][3], r["extra"][3]) == (9, 4, 5) for r in rows)
+    tried = {r["name"]: r for r in meta["decision"] if "confirm_loss" in r}
+    assert tried  # the tiny tolerance qualifies a finalist, so one was confirmed
+    for r in rows:  # the whole pool's loss is the one the search confirmed on
+        if r["finalist"] in tried:
+            assert r["all"][:2] == pytest.approx(
+                (tried[r["finalist"]]["confirm_loss"], tried[r["finalist"]]["confirm_upper"])
+            )
     bad = CliRunner().invoke(app, [*args[:-4], "--confirm-extra", "nowhere"])
     assert bad.exit_code != 0 and "confirm set 'nowhere' is not dataset@split" in str(bad.exception or bad.output)
 
