@@ -168,6 +168,7 @@ class JointSearch(Search):
 
     def __init__(self, config: JointConfig, out, log: Callable[[str], None] | None = None, check: bool = True):
         self.jcfg = config.validate() if check else config
+        self._orders: dict[str, tuple[str, str, list[str]]] = {}
         staged = SearchConfig(
             model=config.model,
             dataset=config.dataset,
@@ -201,10 +202,7 @@ class JointSearch(Search):
             )
         held, rest = dev[:n_held], dev[n_held:]
         parts = [(cfg.dataset, cfg.split, rest)] if rest else []
-        for spec in cfg.fidelity:
-            name, split = spec.rsplit("@", 1)
-            order = query_order(load_dataset(name).queries(split), "random", cfg.draw)
-            parts.append((name, split, _with_candidates(name, split, cfg.k, order)))
+        parts += [self._ordered(spec) for spec in cfg.fidelity]
         if not parts:
             raise MiceError(
                 "joint search: the screening pool is empty (every dev query is held out for confirmation): "
@@ -216,7 +214,7 @@ class JointSearch(Search):
 
         screened = self._trim(parts, cfg.fidelity_queries)
         self.screen = _pool(screened, run_for, cfg.k)
-        extra = self._trim(self._unscreened(cfg.confirm_extra, screened), cfg.confirm_extra_queries or 10**9)
+        extra = self._trim(self._unscreened(cfg.confirm_extra, screened), cfg.confirm_extra_queries)
         self.confirm_pool = _pool([(cfg.dataset, cfg.split, held), *extra], run_for, cfg.k)
         self.pools = {"screen": self.screen, "confirm": self.confirm_pool}
         if cfg.rung_queries is not None and cfg.rung_queries < cfg.fidelity_queries:
@@ -226,25 +224,33 @@ class JointSearch(Search):
         self.fps = {name: pool.fingerprint()[:12] for name, pool in self.pools.items()}
         self.control = control_candidate(self.out, self.num_layers)
 
+    def _ordered(self, spec: str) -> tuple[str, str, list[str]]:
+        """`D@split`'s queries in this draw's random order, less those BM25 finds nothing for; computed once, since
+        a set may both screen and confirm."""
+        if spec not in self._orders:
+            from mice.data import load_dataset
+            from mice.train.devset import query_order
+
+            name, split = spec.rsplit("@", 1)
+            order = query_order(load_dataset(name).queries(split), "random", self.jcfg.draw)
+            self._orders[spec] = (name, split, _with_candidates(name, split, self.jcfg.k, order))
+        return self._orders[spec]
+
     def _unscreened(self, specs, screened) -> list[tuple[str, str, list[str]]]:
         """The labelled sets that confirm beside the held-out dev queries, each in this draw's random order, less
         the queries the screening pool took from the same set (a set may serve both, on disjoint queries)."""
-        from mice.data import load_dataset
-        from mice.train.devset import query_order
-
         taken = {(spec, split): set(qids) for spec, split, qids in screened}
         out = []
-        for spec in specs:
-            name, split = spec.rsplit("@", 1)
-            order = query_order(load_dataset(name).queries(split), "random", self.jcfg.draw)
+        for name, split, qids in map(self._ordered, specs):
             used = taken.get((name, split), set())
-            out.append((name, split, [q for q in _with_candidates(name, split, self.jcfg.k, order) if q not in used]))
+            out.append((name, split, [q for q in qids if q not in used]))
         return out
 
     @staticmethod
-    def _trim(parts, n: int):
-        """The first `n` queries over the parts in order (dev first), each part's own random order kept."""
-        out, left = [], n
+    def _trim(parts, n: int | None):
+        """The first `n` queries (every query when None) over the parts in order (dev first), each part's own
+        random order kept."""
+        out, left = [], sum(len(qids) for _, _, qids in parts) if n is None else n
         for spec, split, qids in parts:
             if left <= 0:
                 break
